@@ -1,0 +1,42 @@
+# aimetcli: every target sets up what it needs on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+AIMETCLI := $(VENV)/bin/aimetcli
+MODEL := sample_models/mobilenetv2_fmnist.onnx
+OUT := demo_out
+
+.PHONY: demo test bench sample-models clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,plot]'
+	touch $@
+
+demo: $(VENV)/.installed
+	@mkdir -p $(OUT)
+	$(AIMETCLI) fold-bn $(MODEL) -o $(OUT)/folded.onnx
+	@if $(AIMETCLI) --help | grep -q ' equalize'; then $(AIMETCLI) equalize $(OUT)/folded.onnx -o $(OUT)/equalized.onnx; fi
+	@if $(AIMETCLI) --help | grep -q ' ptq'; then \
+		$(AIMETCLI) ptq $(MODEL) -o $(OUT)/ptq --data sample_models/calib.npz --eval sample_models/eval.npz --labels label; \
+	elif $(AIMETCLI) --help | grep -q ' quantsim'; then \
+		$(AIMETCLI) quantsim $(OUT)/equalized.onnx -o $(OUT)/sim.onnx --data sample_models/calib.npz && \
+		$(AIMETCLI) evaluate $(MODEL) $(OUT)/sim.onnx --data sample_models/eval.npz --labels label; \
+	fi
+
+test: $(VENV)/.installed
+	$(PY) -m pytest tests
+
+bench: $(VENV)/.installed
+	$(PY) bench/run_all.py
+
+# Rebuilding the sample models needs torch (CPU wheel) and Debian's dataset-fashion-mnist.
+sample-models:
+	test -d /usr/share/datasets/fashion-mnist || (apt-get update && apt-get install -y dataset-fashion-mnist)
+	$(PYTHON) -m venv .venv-models
+	.venv-models/bin/pip install --quiet torch==2.13.0 onnx onnxruntime numpy
+	.venv-models/bin/python sample_models/build.py --out sample_models
+
+clean:
+	rm -rf $(VENV) .venv-models $(OUT) bench/data

@@ -1,0 +1,3 @@
+from aimetcli.cli import main
+
+main()

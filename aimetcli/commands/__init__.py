@@ -1,0 +1,13 @@
+"""CLI commands, one module per area; each is thin over aimetcli.api."""
+
+from __future__ import annotations
+
+import click
+
+
+def register(group: click.Group) -> None:
+    from aimetcli.commands import fold
+
+    for module in (fold,):
+        for command in module.COMMANDS:
+            group.add_command(command)

@@ -1,0 +1,64 @@
+"""fold-bn: fold BatchNormalization into neighbouring layers."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from aimetcli import api
+from aimetcli.cli import Output, common_options
+from aimetcli.commands._shared import (
+    external_data_option, input_argument, load_input, output_option, save_output, simplify_option,
+)
+
+
+def render_fold(out: Output, summary: api.FoldBnSummary) -> None:
+    if summary.folded:
+        table = Table(title=f"Folded {len(summary.folded)} BatchNormalization", title_justify="left")
+        for col in ("BatchNorm", "into layer", "direction", "channels"):
+            table.add_column(col)
+        for p in summary.folded:
+            table.add_row(p.bn, p.layer, p.direction, str(p.channels))
+        if out.verbose or len(summary.folded) <= 20:
+            out.info(table)
+        else:
+            out.info(f"Folded {len(summary.folded)} BatchNormalization (-v lists them).")
+    if summary.skipped:
+        table = Table(title=f"Left {len(summary.skipped)} BatchNormalization in place", title_justify="left")
+        table.add_column("BatchNorm")
+        table.add_column("reason")
+        for s in summary.skipped:
+            table.add_row(s.bn, s.reason)
+        out.info(table)
+    if not summary.folded and not summary.skipped:
+        out.info("No BatchNormalization in the model.")
+
+
+@click.command("fold-bn")
+@input_argument
+@output_option()
+@simplify_option
+@external_data_option
+@common_options
+def fold_bn(out: Output, model_in: str, output: str, simplify: bool, external_data: bool) -> None:
+    """Fold BatchNormalization into Conv / ConvTranspose / Gemm / MatMul weights.
+
+    Backward folds (layer then BN) are exact for any padding and groups; forward
+    folds (BN then layer) only into unpadded, ungrouped layers. BNs that cannot be
+    folded exactly are left in place and listed with the reason. The folded BN
+    statistics are kept in the model's metadata for later high-bias absorption
+    and analytical bias correction.
+
+    \b
+    Examples:
+      aimetcli fold-bn model.onnx -o folded.onnx
+      cat model.onnx | aimetcli fold-bn - -o - | aimetcli equalize - -o eq.onnx
+    """
+    model = load_input(out, model_in, output, simplify=simplify)
+    _, summary = api.fold_bn(model)
+    save_output(out, model, output, external_data=external_data)
+    render_fold(out, summary)
+    out.emit_json({"command": "fold-bn", "input": model_in, "output": output, **summary.to_json()})
+
+
+COMMANDS = [fold_bn]

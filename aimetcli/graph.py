@@ -1,0 +1,144 @@
+"""Small helpers over onnx-ir shared by the passes.
+
+The passes never rebuild lists of initializers or rescan the graph for consumers:
+onnx-ir keeps use-def links, so every lookup here is O(uses of one value).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import onnx_ir as ir
+
+ONNX_DOMAINS = ("", "ai.onnx")
+
+
+def is_op(node: ir.Node | None, *op_types: str) -> bool:
+    return node is not None and node.domain in ONNX_DOMAINS and node.op_type in op_types
+
+
+def node_label(node: ir.Node) -> str:
+    """A name a user can find: the node name, else its first output's name."""
+    if node.name:
+        return node.name
+    out = node.outputs[0].name if node.outputs else None
+    return f"{node.op_type}({out})" if out else node.op_type
+
+
+def constant(value: ir.Value | None) -> np.ndarray | None:
+    """The value's array when it is an initializer, else None.
+
+    Initializers that are also graph inputs (IR < 4 models) count as constants,
+    as onnxruntime and onnxsim treat them.
+    """
+    if value is None or value.const_value is None or not value.is_initializer():
+        return None
+    return value.const_value.numpy()
+
+
+def is_float_dtype(arr: np.ndarray) -> bool:
+    return arr.dtype.kind == "f" or arr.dtype.name == "bfloat16"
+
+
+def consumers_count(value: ir.Value) -> int:
+    """Number of uses, a graph output counting as one more."""
+    return len(value.uses()) + (1 if value.is_graph_output() else 0)
+
+
+def sole_consumer(value: ir.Value) -> ir.Node | None:
+    """The only node reading ``value``, or None when it branches or is a graph output."""
+    if value.is_graph_output():
+        return None
+    uses = value.uses()
+    if len(uses) != 1:
+        return None
+    return uses[0].node
+
+
+class Names:
+    """Hands out value names not used anywhere in the model (graph and subgraphs)."""
+
+    def __init__(self, model: ir.Model):
+        self._taken: set[str] = set()
+        for graph in (model.graph, *model.graph.subgraphs()):
+            for v in (*graph.inputs, *graph.initializers.values()):
+                if v.name:
+                    self._taken.add(v.name)
+            for node in graph:
+                for v in node.outputs:
+                    if v.name:
+                        self._taken.add(v.name)
+
+    def new(self, base: str) -> str:
+        base = base or "aimetcli"
+        name, i = base, 1
+        while name in self._taken:
+            name = f"{base}_{i}"
+            i += 1
+        self._taken.add(name)
+        return name
+
+
+def set_constant(value: ir.Value, array: np.ndarray) -> None:
+    """Replace an initializer's data in place (name kept)."""
+    value.const_value = ir.tensor(array, name=value.name)
+    value.shape = ir.Shape(array.shape)
+    value.type = ir.TensorType(value.const_value.dtype)
+
+
+def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    value = ir.Value(
+        name=name,
+        shape=ir.Shape(array.shape),
+        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+        const_value=ir.tensor(array, name=name),
+    )
+    graph.register_initializer(value)
+    return value
+
+
+def private_constant(graph: ir.Graph, names: Names, node: ir.Node, index: int) -> ir.Value:
+    """Make ``node.inputs[index]`` an initializer used by ``node`` alone.
+
+    When other nodes (or graph inputs/outputs) share it, the node gets its own copy,
+    so rewriting it cannot change what the other users see.
+    """
+    value = node.inputs[index]
+    assert value is not None and value.const_value is not None
+    if len(value.uses()) == 1 and not value.is_graph_output() and not value.is_graph_input():
+        return value
+    copy = add_initializer(graph, names.new(f"{value.name}_{node.name or node.op_type}"), value.const_value.numpy().copy())
+    node.replace_input_with(index, copy)
+    return copy
+
+
+def bypass(node: ir.Node, replacement: ir.Value) -> None:
+    """Remove a single-output ``node``, wiring its readers to ``replacement``.
+
+    ``replacement`` takes over the removed output's name, so graph outputs and
+    downstream tensor names seen by users stay the same.
+    """
+    graph = node.graph
+    assert graph is not None
+    out = node.outputs[0]
+    out_name = out.name
+    out.replace_all_uses_with(replacement, replace_graph_outputs=True)
+    graph.remove(node, safe=True)
+    if out_name and replacement.name != out_name and not replacement.is_initializer() and not replacement.is_graph_input():
+        replacement.name = out_name
+
+
+def remove_unused_initializers(graph: ir.Graph, candidates: Iterable[ir.Value]) -> None:
+    """Drop the given initializers once nothing reads them (checked per value, no rescans)."""
+    for value in candidates:
+        if value is None or not value.is_initializer() or value.uses() or value.is_graph_output():
+            continue
+        if value.name in graph.initializers and graph.initializers[value.name] is value:
+            del graph.initializers[value.name]
+            if value.is_graph_input():
+                graph.inputs.remove(value)
+
+
+def opset_version(model: ir.Model) -> int:
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))

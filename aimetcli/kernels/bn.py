@@ -1,0 +1,108 @@
+"""Batch-norm folding math (numpy only).
+
+BatchNormalization computes, per channel c,
+    BN(x)_c = gamma_c (x_c - mean_c) / sqrt(var_c + eps) + beta_c = s_c x_c + t_c
+with s = gamma / sqrt(var + eps) and t = beta - mean * s.
+
+Backward fold (layer then BN), y = W * x + b:
+    BN(y)_o = s_o (W_o * x + b_o) + t_o  =>  W'_o = s_o W_o,  b'_o = s_o b_o + t_o
+applied along the layer's output-channel axis.
+
+Forward fold (BN then layer), y = W * BN(x) + b with no padding:
+    y_o = sum_c W_oc * (s_c x_c + t_c) + b_o
+        =>  W'_oc = W_oc s_c,  b'_o = b_o + sum_{c,k} W_oc[k] t_c
+Exact only when every output position sees every kernel tap on real input, i.e.
+the layer pads nothing (zero padding in BN-output space is not zero in x space).
+
+All arithmetic is float64; results are cast back to the weight's dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def bn_scale_shift(gamma, beta, mean, var, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """s, t such that BN(x) = s x + t (float64)."""
+    gamma, beta, mean, var = (np.asarray(a, np.float64).reshape(-1) for a in (gamma, beta, mean, var))
+    s = gamma / np.sqrt(var + float(eps))
+    return s, beta - mean * s
+
+
+def _expand(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    shape = [1] * ndim
+    shape[axis] = -1
+    return v.reshape(shape)
+
+
+def scale_output_channels(weight: np.ndarray, scale: np.ndarray, *, kind: str, groups: int = 1,
+                          trans_b: bool = True) -> np.ndarray:
+    """Multiply each output channel of a layer's weight by ``scale`` (float64 result).
+
+    kind: 'conv' (W[Cout, Cin/g, k...]), 'convtranspose' (W[Cin, Cout/g, k...]),
+    'gemm' (B[N, K] when trans_b else B[K, N]), 'matmul' (B[K, N]).
+    """
+    w = np.asarray(weight, np.float64)
+    scale = np.asarray(scale, np.float64).reshape(-1)
+    if kind == "conv":
+        return w * _expand(scale, w.ndim, 0)
+    if kind == "convtranspose":
+        cin, cout_g = w.shape[0], w.shape[1]
+        wg = w.reshape(groups, cin // groups, cout_g, *w.shape[2:])
+        sg = scale.reshape(groups, 1, cout_g, *([1] * (w.ndim - 2)))
+        return (wg * sg).reshape(w.shape)
+    if kind == "gemm":
+        return w * _expand(scale, w.ndim, 0 if trans_b else 1)
+    if kind == "matmul":
+        return w * _expand(scale, w.ndim, 1)
+    raise ValueError(f"unknown layer kind {kind!r}")
+
+
+def scale_input_channels(weight: np.ndarray, scale: np.ndarray, *, kind: str, groups: int = 1,
+                         trans_b: bool = True) -> np.ndarray:
+    """Multiply each input channel of a layer's weight by ``scale`` (float64 result).
+
+    For grouped convolutions ``scale`` has one entry per input channel of the layer
+    (Cin), and Conv's W[:, c_local] of group g belongs to input channel g*Cin/g + c_local.
+    """
+    w = np.asarray(weight, np.float64)
+    scale = np.asarray(scale, np.float64).reshape(-1)
+    if kind == "conv":
+        cout, cin_g = w.shape[0], w.shape[1]
+        wg = w.reshape(groups, cout // groups, cin_g, *w.shape[2:])
+        sg = scale.reshape(groups, 1, cin_g, *([1] * (w.ndim - 2)))
+        return (wg * sg).reshape(w.shape)
+    if kind == "convtranspose":
+        return w * _expand(scale, w.ndim, 0)
+    if kind == "gemm":
+        return w * _expand(scale, w.ndim, 1 if trans_b else 0)
+    if kind == "matmul":
+        return w * _expand(scale, w.ndim, 0)
+    raise ValueError(f"unknown layer kind {kind!r}")
+
+
+def input_channel_sums(weight: np.ndarray, vec: np.ndarray, *, kind: str, groups: int = 1,
+                       trans_b: bool = True) -> np.ndarray:
+    """Per output channel o: sum over input channels c and kernel taps k of W[o, c, k] * vec[c].
+
+    This is the layer applied to a constant input ``vec`` (one value per input
+    channel) without its bias and without padding effects.
+    """
+    w = np.asarray(weight, np.float64)
+    vec = np.asarray(vec, np.float64).reshape(-1)
+    if kind == "conv":
+        cout, cin_g = w.shape[0], w.shape[1]
+        ksum = w.reshape(cout, cin_g, -1).sum(axis=2)  # [Cout, Cin/g]
+        vg = vec.reshape(groups, cin_g)
+        per_group = ksum.reshape(groups, cout // groups, cin_g)
+        return np.einsum("goc,gc->go", per_group, vg).reshape(cout)
+    if kind == "convtranspose":
+        cin, cout_g = w.shape[0], w.shape[1]
+        ksum = w.reshape(cin, cout_g, -1).sum(axis=2).reshape(groups, cin // groups, cout_g)
+        vg = vec.reshape(groups, cin // groups)
+        return np.einsum("gco,gc->go", ksum, vg).reshape(groups * cout_g)
+    if kind == "gemm":
+        return (w @ vec) if trans_b else (vec @ w)
+    if kind == "matmul":
+        return vec @ w
+    raise ValueError(f"unknown layer kind {kind!r}")

@@ -1,0 +1,217 @@
+"""Loading and saving models: paths or '-', external data, atomic writes.
+
+Rules every command relies on:
+
+* the input is read whole (or memory-mapped for external data) and never written;
+* an output is first written into a private temporary directory beside its final
+  place, then moved there with ``os.replace``: a failure or Ctrl-C leaves either
+  the old file or nothing, never a partial file;
+* models whose tensors exceed protobuf's 2 GB limit (or when asked) are saved with
+  their tensors in one external data file ``<output name>.data`` beside the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from aimetcli.errors import AimetCliError, ErrorKind
+
+STDIO = "-"
+PROTOBUF_LIMIT = 2**31 - 1
+# Leave room for the graph structure next to the tensors.
+_EXTERNAL_THRESHOLD = PROTOBUF_LIMIT - 64 * 2**20
+
+
+@dataclass
+class LoadedModel:
+    model: ir.Model
+    source: str  # path as given, or '-'
+
+
+def _read_source_bytes(source: str) -> bytes:
+    if source == STDIO:
+        data = sys.stdin.buffer.read()
+        if not data:
+            raise AimetCliError("standard input is empty: pipe an ONNX model into '-' or give a path")
+        return data
+    path = Path(source)
+    if not path.exists():
+        raise AimetCliError(f"{source}: no such file; check the path")
+    if path.is_dir():
+        raise AimetCliError(f"{source}: is a directory; give the path of an .onnx file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise AimetCliError(f"{source}: cannot be read ({exc.strerror}); check its permissions") from exc
+    if not data:
+        raise AimetCliError(f"{source}: file is empty; give a non-empty .onnx file")
+    return data
+
+
+def _parse(data: bytes, source: str) -> onnx.ModelProto:
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise AimetCliError(
+            f"{source}: not an ONNX model (protobuf parse failed: the file is truncated or of another "
+            "format); export the model to .onnx again"
+        ) from exc
+    if not proto.HasField("graph") or (len(proto.graph.node) == 0 and len(proto.graph.output) == 0):
+        raise AimetCliError(f"{source}: not an ONNX model (no graph found); give an .onnx file")
+    if not proto.opset_import:
+        raise AimetCliError(f"{source}: the model declares no opset; re-export it with an opset_import")
+    return proto
+
+
+def _has_external_data(proto: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+
+
+def _check(proto: onnx.ModelProto, source: str) -> None:
+    try:
+        if _has_external_data(proto) and source != STDIO:
+            onnx.checker.check_model(source)
+        else:
+            onnx.checker.check_model(proto)
+    except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AimetCliError(
+            f"{source}: the model fails onnx.checker ({first}); fix or re-export the model"
+        ) from exc
+    except (ValueError, OSError) as exc:
+        raise AimetCliError(f"{source}: the model fails onnx.checker ({exc}); fix or re-export the model") from exc
+
+
+def load_model(source: str, *, check: bool = True) -> LoadedModel:
+    """Load an ONNX model from a path or '-' (stdin) into onnx-ir.
+
+    External data is resolved relative to the model's directory and memory-mapped.
+    """
+    data = _read_source_bytes(source)
+    proto = _parse(data, source)
+    if _has_external_data(proto) and source == STDIO:
+        raise AimetCliError(
+            "a model with external data cannot be read from standard input; pass its path instead"
+        )
+    if check:
+        _check(proto, source)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as exc:  # onnx-ir rejects some malformed protos the checker lets through
+        raise AimetCliError(f"{source}: the model cannot be read ({exc}); fix or re-export it") from exc
+    if source != STDIO:
+        ir.external_data.set_base_dir(model.graph, os.path.dirname(os.path.abspath(source)))
+    return LoadedModel(model=model, source=source)
+
+
+def tensor_bytes(model: ir.Model) -> int:
+    """Total bytes of the initializers of the main graph and its subgraphs."""
+    total = 0
+    for graph in (model.graph, *model.graph.subgraphs()):
+        for value in graph.initializers.values():
+            if value.const_value is not None:
+                total += value.const_value.nbytes
+    return total
+
+
+def check_output_path(dest: str, *, source: str | None = None) -> None:
+    """Fail early (before any work) when an output cannot be written where asked."""
+    if dest == STDIO:
+        return
+    path = Path(dest)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.exists():
+        raise AimetCliError(
+            f"{dest}: output directory {parent} does not exist; create it first", ErrorKind.OUTPUT
+        )
+    if not parent.is_dir():
+        raise AimetCliError(f"{dest}: {parent} is not a directory; choose another output path", ErrorKind.OUTPUT)
+    if path.is_dir():
+        raise AimetCliError(f"{dest}: is a directory; give a file name for the output", ErrorKind.OUTPUT)
+    if not os.access(parent, os.W_OK):
+        raise AimetCliError(f"{dest}: directory {parent} is not writable; choose another output path", ErrorKind.OUTPUT)
+    if source is not None and source != STDIO and Path(source).exists() and path.exists():
+        if os.path.samefile(source, path):
+            raise AimetCliError(
+                f"{dest}: the output would overwrite the input; write to another file", ErrorKind.USAGE
+            )
+
+
+@contextlib.contextmanager
+def staged_dir(final_dir: Path) -> Iterator[Path]:
+    """A temporary directory beside ``final_dir``'s files, removed on any exit."""
+    tmp = Path(tempfile.mkdtemp(prefix=".aimetcli-", dir=final_dir))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def commit_staged(tmp: Path, final_dir: Path, names: list[str]) -> None:
+    """Move staged files into place; data files first so a model never points at nothing."""
+    for name in sorted(names, key=lambda n: n.endswith(".onnx")):
+        os.replace(tmp / name, final_dir / name)
+
+
+def serialize(model: ir.Model) -> bytes:
+    return ir.serde.serialize_model(model).SerializeToString(deterministic=True)
+
+
+def save_model(model: ir.Model, dest: str, *, external_data: bool | None = None) -> list[str]:
+    """Save atomically to a path or '-' (stdout). Returns the paths written.
+
+    ``external_data=None`` decides by size (over the protobuf limit -> external).
+    """
+    needs_external = tensor_bytes(model) > _EXTERNAL_THRESHOLD
+    use_external = needs_external if external_data is None else (external_data or needs_external)
+    if dest == STDIO:
+        if use_external:
+            raise AimetCliError(
+                "the model is larger than 2 GB and needs external data, which cannot go to standard "
+                "output; give an output path with -o",
+                ErrorKind.USAGE,
+            )
+        data = serialize(model)
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return [STDIO]
+    check_output_path(dest)
+    path = Path(dest)
+    final_dir = path.parent if str(path.parent) else Path(".")
+    written = [path.name]
+    with staged_dir(final_dir) as tmp:
+        try:
+            if use_external:
+                data_name = path.name + ".data"
+                ir.save(model, tmp / path.name, external_data=data_name)
+                written.append(data_name)
+            else:
+                (tmp / path.name).write_bytes(serialize(model))
+        except OSError as exc:
+            raise AimetCliError(f"{dest}: cannot be written ({exc.strerror}); free space or choose another path",
+                                ErrorKind.OUTPUT) from exc
+        except ValueError as exc:  # protobuf refuses > 2 GB
+            raise AimetCliError(f"{dest}: cannot be serialized ({exc}); use --external-data",
+                                ErrorKind.OUTPUT) from exc
+        commit_staged(tmp, final_dir, written)
+    return [str(final_dir / n) for n in written]
+
+
+def write_text_atomic(dest: Path, text: str) -> None:
+    """Write a small text file (encodings, reports) with the same atomic rule."""
+    final_dir = dest.parent if str(dest.parent) else Path(".")
+    with staged_dir(final_dir) as tmp:
+        (tmp / dest.name).write_text(text)
+        commit_staged(tmp, final_dir, [dest.name])

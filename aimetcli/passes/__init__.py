@@ -1,0 +1,1 @@
+"""Graph rewrites, one technique per module, each an onnx-ir pass."""

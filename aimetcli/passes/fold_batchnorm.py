@@ -1,0 +1,214 @@
+"""Fold BatchNormalization into the neighbouring Conv / ConvTranspose / Gemm / MatMul.
+
+With s = gamma / sqrt(var + eps) and t = beta - mean * s (see kernels/bn.py):
+
+* backward (layer -> BN):  W'_o = s_o W_o,   b'_o = s_o b_o + t_o   (any padding, groups)
+* forward  (BN -> layer):  W'_oc = W_oc s_c, b'_o = b_o + sum_{c,k} W_oc[k] t_c
+  only into Conv (group 1, no padding), Gemm (transA 0) and 2-D MatMul: zero padding
+  in BN-output space is not zero in x space, so a padded Conv would change.
+
+Backward folds are tried first, as AIMET does. A BN is left in place, with the
+reason, when its parameters are not constants, when it runs in training mode, when
+the layer's output also feeds something else (the BN output would no longer be the
+only thing that changed), or when the channel counts do not line up. Weights shared
+with other nodes are copied first, so the other readers keep the original values.
+
+The folded BN's beta and gamma are kept per layer (bn_stats.py) for high-bias
+absorption and analytical bias correction in later commands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from aimetcli import graph as g
+from aimetcli.bn_stats import BnStats, read_bn_stats, write_bn_stats
+from aimetcli.kernels import bn as bn_math
+from aimetcli.layers import Layer, as_layer, bias_array, bias_reason, normalize_gemm, weight_reason, write_bias
+
+
+@dataclass
+class FoldedPair:
+    bn: str
+    layer: str
+    direction: str  # "backward" (layer -> BN) or "forward" (BN -> layer)
+    channels: int
+
+
+@dataclass
+class SkippedBn:
+    bn: str
+    reason: str
+
+
+@dataclass
+class FoldBatchNormResult(ir.passes.PassResult):
+    folded: list[FoldedPair] = field(default_factory=list)
+    skipped: list[SkippedBn] = field(default_factory=list)
+
+
+@dataclass
+class _BnParams:
+    s: np.ndarray
+    t: np.ndarray
+    beta: np.ndarray
+    gamma: np.ndarray
+
+
+def _bn_reason(bn: ir.Node) -> str | None:
+    """Why this BN cannot be folded at all, or None."""
+    if bn.attributes.get_int("training_mode", 0):
+        return "training_mode=1 (statistics computed at run time)"
+    if bn.attributes.get_int("spatial", 1) == 0:
+        return "spatial=0 (per-element statistics)"
+    if len(bn.inputs) < 5:
+        return "fewer than 5 inputs"
+    for idx, what in zip(range(1, 5), ("scale", "bias", "mean", "var")):
+        v = bn.inputs[idx]
+        arr = g.constant(v)
+        if arr is None:
+            return f"its {what} ({v.name if v is not None else 'missing'}) is not a constant"
+        if not g.is_float_dtype(arr):
+            return f"its {what} is {arr.dtype}, not floating point"
+    for extra in bn.outputs[1:]:
+        if extra.uses() or extra.is_graph_output():
+            return "its running-statistics outputs are used"
+    return None
+
+
+def _bn_params(bn: ir.Node) -> _BnParams | str:
+    gamma, beta, mean, var = (np.asarray(g.constant(bn.inputs[i]), np.float64).reshape(-1) for i in range(1, 5))
+    eps = bn.attributes.get_float("epsilon", 1e-5)
+    if not (np.all(np.isfinite(gamma)) and np.all(np.isfinite(beta)) and np.all(np.isfinite(mean)) and np.all(np.isfinite(var))):
+        return "its parameters contain NaN or Inf"
+    if np.any(var + eps <= 0):
+        return "variance + epsilon is not positive in some channel (invalid statistics)"
+    s, t = bn_math.bn_scale_shift(gamma, beta, mean, var, eps)
+    return _BnParams(s=s, t=t, beta=beta, gamma=gamma)
+
+
+def _rank(value: ir.Value) -> int | None:
+    return len(value.shape) if value.shape is not None else None
+
+
+def _backward_reason(bn: ir.Node, n: int) -> tuple[Layer | None, str | None]:
+    producer = bn.inputs[0].producer()
+    layer = as_layer(producer)
+    if layer is None:
+        what = producer.op_type if producer is not None else "a graph input"
+        return None, f"fed by {what}, not Conv/ConvTranspose/Gemm/MatMul"
+    if g.sole_consumer(layer.output) is not bn:
+        return None, f"output of {layer.name} also feeds other nodes or the graph output"
+    reason = weight_reason(layer)
+    if reason:
+        return None, reason
+    w = layer.weight_array()
+    if layer.out_channels(w) != n:
+        return None, f"{layer.name} has {layer.out_channels(w)} output channels, BN has {n}"
+    if layer.kind == "matmul" and _rank(layer.node.inputs[0]) != 2:
+        return None, f"MatMul {layer.name} input is not known to be 2-D (BN would normalise another axis)"
+    return layer, bias_reason(layer, w)
+
+
+def _forward_reason(bn: ir.Node, n: int) -> tuple[Layer | None, str | None]:
+    consumer = g.sole_consumer(bn.outputs[0])
+    if consumer is None:
+        return None, "its output feeds several nodes or the graph output"
+    layer = as_layer(consumer)
+    if layer is None:
+        return None, f"followed by {consumer.op_type}, not Conv/Gemm/MatMul"
+    if consumer.inputs[0] is not bn.outputs[0]:
+        return None, f"it feeds {layer.name} as a weight, not as data"
+    if layer.kind == "convtranspose":
+        return None, f"followed by ConvTranspose {layer.name} (not folded forward, as in AIMET)"
+    if layer.kind == "conv":
+        pads = consumer.attributes.get_ints("pads", None)
+        auto_pad = consumer.attributes.get_string("auto_pad", "NOTSET")
+        if (pads and any(pads)) or auto_pad not in ("NOTSET", "VALID"):
+            return None, f"followed by {layer.name} which pads its input (zero padding would not be exact)"
+        if layer.groups != 1:
+            return None, f"followed by grouped Conv {layer.name} (group={layer.groups})"
+    reason = weight_reason(layer)
+    if reason:
+        return None, reason
+    w = layer.weight_array()
+    if layer.in_channels(w) != n:
+        return None, f"{layer.name} has {layer.in_channels(w)} input channels, BN has {n}"
+    if layer.kind == "matmul" and _rank(consumer.inputs[0]) != 2:
+        return None, f"MatMul {layer.name} input is not known to be 2-D"
+    return layer, bias_reason(layer, w)
+
+
+class FoldBatchNormPass(ir.passes.InPlacePass):
+    """Fold every foldable BatchNormalization of the main graph."""
+
+    def call(self, model: ir.Model) -> FoldBatchNormResult:
+        graph = model.graph
+        names = g.Names(model)
+        stats = read_bn_stats(model)
+        result = FoldBatchNormResult(model, modified=False)
+        for sub in graph.subgraphs():
+            for node in sub:
+                if g.is_op(node, "BatchNormalization"):
+                    result.skipped.append(SkippedBn(g.node_label(node), "inside a subgraph (If/Loop/Scan); left as is"))
+        for bn in list(graph):
+            if not g.is_op(bn, "BatchNormalization"):
+                continue
+            label = g.node_label(bn)
+            reason = _bn_reason(bn)
+            params = None
+            if reason is None:
+                params = _bn_params(bn)
+                if isinstance(params, str):
+                    reason, params = params, None
+            if params is None:
+                result.skipped.append(SkippedBn(label, reason))
+                continue
+            n = params.s.size
+            layer, why_back = _backward_reason(bn, n)
+            if layer is not None and why_back is None:
+                out_name = self._fold_backward(graph, names, bn, layer, params)
+                stats[out_name] = BnStats(params.beta.copy(), params.gamma.copy(), label)
+                result.folded.append(FoldedPair(label, layer.name, "backward", n))
+                continue
+            layer, why_fwd = _forward_reason(bn, n)
+            if layer is not None and why_fwd is None:
+                self._fold_forward(graph, names, bn, layer, params)
+                result.folded.append(FoldedPair(label, layer.name, "forward", n))
+                continue
+            result.skipped.append(SkippedBn(label, f"backward: {why_back}; forward: {why_fwd}"))
+        if result.folded:
+            write_bn_stats(model, stats)
+            result.modified = True
+        return result
+
+    @staticmethod
+    def _fold_backward(graph: ir.Graph, names: g.Names, bn: ir.Node, layer: Layer, p: _BnParams) -> str:
+        if layer.kind == "gemm":
+            normalize_gemm(layer, graph, names)
+        w_value = g.private_constant(graph, names, layer.node, 1)
+        w = w_value.const_value.numpy()
+        b = bias_array(layer, w)
+        g.set_constant(w_value, layer.scale_out(w, p.s).astype(w.dtype))
+        write_bias(layer, graph, names, b * p.s + p.t, w.dtype)
+        params = list(bn.inputs[1:])
+        g.bypass(bn, layer.output)
+        g.remove_unused_initializers(graph, params)
+        return layer.output.name
+
+    @staticmethod
+    def _fold_forward(graph: ir.Graph, names: g.Names, bn: ir.Node, layer: Layer, p: _BnParams) -> None:
+        if layer.kind == "gemm":
+            normalize_gemm(layer, graph, names)
+        w_value = g.private_constant(graph, names, layer.node, 1)
+        w = w_value.const_value.numpy()
+        b = bias_array(layer, w) + layer.apply_to_constant(w, p.t)
+        g.set_constant(w_value, layer.scale_in(w, p.s).astype(w.dtype))
+        layer.node.replace_input_with(0, bn.inputs[0])
+        write_bias(layer, graph, names, b, w.dtype)
+        params = list(bn.inputs[1:])
+        graph.remove(bn, safe=True)
+        g.remove_unused_initializers(graph, params)
