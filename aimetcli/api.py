@@ -101,3 +101,109 @@ def fold_bn(model: ir.Model) -> tuple[FoldBatchNormResult, FoldBnSummary]:
     remaining = sum(1 for n in model.graph.all_nodes() if g.is_op(n, "BatchNormalization"))
     summary = FoldBnSummary(result.folded, result.skipped, remaining, time.perf_counter() - start)
     return result, summary
+
+
+@dataclass
+class LayerRanges:
+    layer: str
+    op: str
+    weight: str
+    channels: int
+    ranges: list[float]  # max |w| per output channel
+    spread: float  # max/min of the non-zero ranges
+
+
+def weight_ranges(model: ir.Model) -> list[LayerRanges]:
+    """Per-output-channel weight ranges of every layer with constant float weights."""
+    from aimetcli.kernels import cle
+    from aimetcli.layers import as_layer, weight_reason
+
+    rows = []
+    for node in model.graph:
+        layer = as_layer(node)
+        if layer is None or weight_reason(layer):
+            continue
+        w = layer.weight_array()
+        r = layer.per_out_channel_abs_max(w)
+        rows.append(LayerRanges(layer.name, node.op_type, layer.weight.name, int(r.size), [float(x) for x in r],
+                                cle.range_spread(r)))
+    return rows
+
+
+@dataclass
+class EqualizeOptions:
+    replace_relu6: bool = True  # Clip(0, a) -> Relu inside scaling chains
+    high_bias_fold: bool = True
+
+
+@dataclass
+class EqualizeSummary:
+    folded_bn: int
+    relu6_replaced: int
+    chains: list[list[str]]
+    scaling_sets: int
+    iterations: int
+    bias_absorbed: list
+    stops: list
+    ranges_before: list[LayerRanges]
+    ranges_after: list[LayerRanges]
+    seconds: float
+
+    @property
+    def median_spread_before(self) -> float:
+        return _median([r.spread for r in self.ranges_before])
+
+    @property
+    def median_spread_after(self) -> float:
+        return _median([r.spread for r in self.ranges_after])
+
+    def to_json(self) -> dict:
+        doc = _jsonable(self)
+        for key in ("ranges_before", "ranges_after"):
+            for row in doc[key]:
+                row.pop("ranges")
+        doc["median_spread_before"] = self.median_spread_before
+        doc["median_spread_after"] = self.median_spread_after
+        return doc
+
+
+def _median(xs: list[float]) -> float:
+    import numpy as np
+
+    return float(np.median(xs)) if xs else 1.0
+
+
+def equalize(model: ir.Model, options: EqualizeOptions | None = None) -> EqualizeSummary:
+    """AIMET's equalize_model on ONNX: BN fold, ReLU6 -> ReLU, cross-layer scaling, high-bias fold."""
+    from aimetcli.passes.cross_layer_scaling import CrossLayerScalingPass, find_chains
+    from aimetcli.passes.high_bias_fold import HighBiasFoldPass
+    from aimetcli.passes.replace_relu6 import ReplaceRelu6Pass, is_relu_n
+
+    options = options or EqualizeOptions()
+    start = time.perf_counter()
+    before = weight_ranges(model)
+    fold_result, _ = fold_bn(model)
+    chains, stops = find_chains(model, through_relu6=options.replace_relu6)
+    opset = g.opset_version(model)
+    clips = [lk.node for c in chains for lk in c.links if lk.node is not None and is_relu_n(lk.node, opset)]
+    relu6 = ReplaceRelu6Pass(clips)
+    relu6(model)
+    for c in chains:
+        for lk in c.links:
+            if lk.activation == "Clip":
+                lk.activation, lk.node = "Relu", None
+    cls_result = CrossLayerScalingPass(chains)(model)
+    absorbed = HighBiasFoldPass(chains)(model).absorbed if options.high_bias_fold else []
+    after = weight_ranges(model)
+    return EqualizeSummary(
+        folded_bn=len(fold_result.folded),
+        relu6_replaced=relu6.replaced,
+        chains=[[layer.name for layer in c.layers] for c in chains],
+        scaling_sets=len(cls_result.sets),
+        iterations=cls_result.iterations,
+        bias_absorbed=absorbed,
+        stops=stops,
+        ranges_before=before,
+        ranges_after=after,
+        seconds=time.perf_counter() - start,
+    )

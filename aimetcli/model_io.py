@@ -209,9 +209,13 @@ def save_model(model: ir.Model, dest: str, *, external_data: bool | None = None)
     return [str(final_dir / n) for n in written]
 
 
-def write_text_atomic(dest: Path, text: str) -> None:
-    """Write a small text file (encodings, reports) with the same atomic rule."""
+def write_bytes_atomic(dest: Path, data: bytes) -> None:
+    """Write a small file (encodings, reports, plots) with the same atomic rule."""
     final_dir = dest.parent if str(dest.parent) else Path(".")
     with staged_dir(final_dir) as tmp:
-        (tmp / dest.name).write_text(text)
+        (tmp / dest.name).write_bytes(data)
         commit_staged(tmp, final_dir, [dest.name])
+
+
+def write_text_atomic(dest: Path, text: str) -> None:
+    write_bytes_atomic(dest, text.encode())

@@ -6,8 +6,8 @@ import click
 
 
 def register(group: click.Group) -> None:
-    from aimetcli.commands import fold
+    from aimetcli.commands import equalize, fold
 
-    for module in (fold,):
+    for module in (fold, equalize):
         for command in module.COMMANDS:
             group.add_command(command)

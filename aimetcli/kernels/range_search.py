@@ -1,0 +1,237 @@
+"""Range search over histograms: AIMET's TF-enhanced (SQNR) search and percentile clipping.
+
+Histograms are ``counts`` of shape (B,) with ``bin_edges`` (B+1,), or (C, B) with
+(C, B+1) for per-channel statistics; results are then per channel.
+
+TF-enhanced (AIMET ``post_training_tf_enhanced``; the grid and cost of
+aimet_torch's vectorised ``SqnrEncodingAnalyzer``, the same search as libpymo's
+``TfEnhancedEncodingAnalyzer``):
+
+  observed range  [lo, hi] = edges of the outermost non-empty bins, widened to hold 0,
+                  hi = max(hi, lo + min_range) (AIMET: 0.01)
+  asymmetric      d0 = (hi - lo) / N, o0 = round(lo / d0)            (N = num_steps)
+                  deltas   d = d0 * k / 16, k = 1..17                (17 candidates)
+                  offsets  o = round(-N + N * i / 19), i = 0..19, and o0  (21 candidates)
+                  each (d, o) is clamped to the observed grid [d0 o0, d0 (o0 + N)]:
+                  m = max(d0 o0, d o), M = min(d0 (o0 + N), d (o + N)),
+                  d = (M - m) / N, o = round(m / d)
+  symmetric       d = (2 max(|lo|, |hi|) / N) * k / 100, k = 1..101, o = floor(-N / 2)
+  cost(d, o)      with m_i the bin mid-points and h_i the counts:
+                  q_i = round(m_i / d - o); e_i = (clamp(q_i, 0, N) + o) d - m_i
+                  cost = sum_i h_i e_i^2 * (3.0 if q_i was clamped else 1)
+  the candidate of least cost wins (first one on ties); its (d, o) is the encoding.
+  (libpymo's C++ loop differs in details that do not matter here: it reuses the
+  clamped delta across offsets and skips candidates wider than the observed range.)
+
+Percentile (AIMET ``post_training_percentile``, libpymo ``PercentileEncodingAnalyzer``
+and aimet_torch's ``PercentileEncodingAnalyzer`` agree): ``percentile`` p in [50, 100]
+clips (100 - p)% of the values *on each side*: min = left edge of the first bin whose
+cumulative count reaches (1 - p/100) * total, max = left edge of the first bin whose
+cumulative count reaches p/100 * total (one bin width above min if they coincide);
+p = 100 keeps the full non-empty range. (onnxruntime's calibrator instead splits
+100 - p over both tails; AIMET's convention is kept.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from aimetcli.kernels.quant import (
+    AIMET_MIN_RANGE,
+    Encoding,
+    check_bitwidth,
+    minimum_scale,
+    num_steps,
+)
+
+__all__ = ["GAMMA", "percentile_range", "tf_enhanced_encoding", "tf_enhanced_range"]
+
+GAMMA = 3.0  # weight of clipping noise against rounding noise (AIMET)
+ASYM_DELTA_CANDIDATES = 17
+SYM_DELTA_CANDIDATES = 101
+OFFSET_CANDIDATES = 21
+# Candidates x bins evaluated at once: small blocks stay in cache and below malloc's mmap threshold.
+_CHUNK_ELEMENTS = 1 << 14
+
+
+def _as_2d(hist, bin_edges) -> tuple[np.ndarray, np.ndarray, bool]:
+    h = np.asarray(hist, dtype=np.float64)
+    e = np.asarray(bin_edges, dtype=np.float64)
+    single = h.ndim == 1
+    if single:
+        h, e = h[None, :], e[None, :]
+    if h.ndim != 2 or e.ndim != 2 or e.shape != (h.shape[0], h.shape[1] + 1) or h.shape[1] < 1:
+        raise ValueError(f"histogram of shape {np.shape(hist)} does not fit bin edges of shape {np.shape(bin_edges)}")
+    if np.any(h < 0) or not np.all(np.isfinite(h)):
+        raise ValueError("histogram counts must be finite and >= 0")
+    if not np.all(np.isfinite(e)) or np.any(np.diff(e, axis=1) <= 0):
+        raise ValueError("bin edges must be finite and increasing")
+    if np.any(h.sum(axis=1) <= 0):
+        raise ValueError("histogram is empty: no values were observed")
+    return h, e, single
+
+
+def _occupied_range(h: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left edge of the first and right edge of the last non-empty bin, per row."""
+    nz = h > 0
+    first = np.argmax(nz, axis=1)
+    last = h.shape[1] - 1 - np.argmax(nz[:, ::-1], axis=1)
+    rows = np.arange(h.shape[0])
+    return e[rows, first], e[rows, last + 1]
+
+
+def _candidates(lo, hi, steps: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate (delta, offset) grids, each of shape (C, K)."""
+    tiny = minimum_scale(steps)
+    if symmetric:
+        k = np.arange(1, SYM_DELTA_CANDIDATES + 1, dtype=np.float64) / (SYM_DELTA_CANDIDATES - 1)
+        d_max = 2.0 * np.maximum(hi, -lo) / steps
+        deltas = np.maximum(d_max[:, None] * k[None, :], tiny)
+        offsets = np.full_like(deltas, float(-((steps + 1) // 2)))  # floor(-N / 2)
+        return deltas, offsets
+    d0 = (hi - lo) / steps
+    o0 = np.rint(lo / d0)
+    obs_min = d0 * o0
+    obs_max = obs_min + d0 * steps
+    k = np.arange(1, ASYM_DELTA_CANDIDATES + 1, dtype=np.float64) / (ASYM_DELTA_CANDIDATES - 1)
+    n_off = min(steps + 2, OFFSET_CANDIDATES)
+    grid = np.rint(-steps + steps * np.arange(n_off - 1, dtype=np.float64) / (n_off - 2))
+    offs = np.concatenate([np.broadcast_to(grid, (lo.size, grid.size)), o0[:, None]], axis=1)  # (C, O)
+    d = d0[:, None, None] * k[None, :, None]  # (C, D, 1)
+    t_min = np.maximum(obs_min[:, None, None], d * offs[:, None, :])
+    t_max = np.minimum(obs_max[:, None, None], d * (offs[:, None, :] + steps))
+    deltas = np.maximum((t_max - t_min) / steps, tiny)
+    offsets = np.rint(t_min / deltas)
+    c = lo.size
+    return deltas.reshape(c, -1), offsets.reshape(c, -1)
+
+
+def _best(h: np.ndarray, e: np.ndarray, deltas: np.ndarray, offsets: np.ndarray,
+          steps: int, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the (delta, offset) of least expected quantization + gamma * clipping noise.
+
+    Same cost as the module docstring with fewer passes over the (candidates x bins)
+    grid. The offset is an integer, so it does not move the rounding: a mid-point m
+    falls on grid index rint(m / d) and is kept iff o <= rint(m / d) <= o + N. Kept
+    bins form one run [i0, i1) of the sorted mid-points; their rounding noise is
+    d^2 sum h (rint(m/d) - m/d)^2, and the clipping noise of the bins below (above)
+    the run, sum h (m - L)^2 with L = d o (d (o + N)), comes from prefix sums of
+    h, h m and h m^2 around the weighted mean (well conditioned).
+    """
+    c, k = deltas.shape
+    best_d = np.empty(c)
+    best_o = np.empty(c)
+    for row in range(c):
+        occupied = h[row] > 0  # empty bins cost nothing
+        counts = h[row, occupied]
+        mids = ((e[row, :-1] + e[row, 1:]) * 0.5)[occupied]
+        n = mids.size
+        center = float(np.dot(counts, mids) / counts.sum())  # centring keeps the prefix sums well conditioned
+        mc = mids - center
+        s0 = np.concatenate([[0.0], np.cumsum(counts)])
+        s1 = np.concatenate([[0.0], np.cumsum(counts * mc)])
+        s2 = np.concatenate([[0.0], np.cumsum(counts * mc * mc)])
+        d = deltas[row]
+        o = offsets[row]
+        lower = o * d
+        upper = (o + steps) * d
+        rounding = np.empty(k)
+        i0 = np.empty(k, dtype=np.intp)
+        i1 = np.empty(k, dtype=np.intp)
+        step = max(1, _CHUNK_ELEMENTS // max(1, n))
+        for start in range(0, k, step):
+            sl = slice(start, start + step)
+            u = mids[None, :] * (1.0 / d[sl, None])  # m / d
+            q = np.rint(u)  # grid index of each mid-point, before the offset shift
+            below = q < o[sl, None]
+            above = q > (o[sl] + steps)[:, None]
+            i0[sl] = np.count_nonzero(below, axis=1)
+            i1[sl] = n - np.count_nonzero(above, axis=1)
+            q -= u
+            q *= q
+            np.logical_or(below, above, out=below)
+            q[below] = 0.0
+            rounding[sl] = q @ counts
+        lc = lower - center
+        uc = upper - center
+        clip_low = s2[i0] - 2.0 * lc * s1[i0] + lc * lc * s0[i0]
+        clip_high = (s2[n] - s2[i1]) - 2.0 * uc * (s1[n] - s1[i1]) + uc * uc * (s0[n] - s0[i1])
+        costs = d * d * rounding + gamma * (np.maximum(clip_low, 0.0) + np.maximum(clip_high, 0.0))
+        i = int(np.argmin(costs))
+        best_d[row] = d[i]
+        best_o[row] = o[i]
+    return best_d, best_o
+
+
+def _search(hist, bin_edges, bitwidth: int, symmetric: bool, strict_symmetric: bool,
+            min_range: float, gamma: float):
+    bw = check_bitwidth(bitwidth)
+    h, e, single = _as_2d(hist, bin_edges)
+    strict = bool(symmetric) and bool(strict_symmetric)
+    steps = num_steps(bw, strict)
+    lo, hi = _occupied_range(h, e)
+    lo = np.minimum(lo, 0.0)
+    hi = np.maximum(hi, 0.0)
+    hi = np.maximum(hi, lo + min_range)
+    hi = np.maximum(hi, lo + steps * minimum_scale(steps))
+    deltas, offsets = _candidates(lo, hi, steps, bool(symmetric))
+    d, o = _best(h, e, deltas, offsets, steps, gamma)
+    return bw, steps, single, d, o
+
+
+def tf_enhanced_encoding(hist, bin_edges, bitwidth: int, symmetric: bool, *,
+                         strict_symmetric: bool = False, axis: int | None = None,
+                         min_range: float = AIMET_MIN_RANGE, gamma: float = GAMMA) -> Encoding:
+    """The TF-enhanced encoding itself: the best candidate's delta and offset.
+
+    Per-channel histograms give a per-channel encoding (pass the tensor's ``axis``).
+    """
+    bw, _, single, d, o = _search(hist, bin_edges, bitwidth, symmetric, strict_symmetric, min_range, gamma)
+    scale = d.astype(np.float32)
+    offset = o.astype(np.int64)
+    if single:
+        return Encoding(bw, bool(symmetric), scale[0], offset[0])
+    return Encoding(bw, bool(symmetric), scale, offset, axis=axis)
+
+
+def tf_enhanced_range(hist, bin_edges, bitwidth: int, symmetric: bool, *,
+                      strict_symmetric: bool = False, min_range: float = AIMET_MIN_RANGE,
+                      gamma: float = GAMMA):
+    """(min, max) of the TF-enhanced grid: (d o, d (o + N)), floats or per-channel arrays.
+
+    To build the encoding use :func:`tf_enhanced_encoding`: for symmetric grids,
+    feeding this range back through ``encoding_from_range`` would widen the scale by
+    2^(bw-1) / (2^(bw-1) - 1), since AIMET's symmetric range formula divides |min| by
+    the positive step count.
+    """
+    _, steps, single, d, o = _search(hist, bin_edges, bitwidth, symmetric, strict_symmetric, min_range, gamma)
+    lo, hi = d * o, d * (o + steps)
+    if single:
+        return float(lo[0]), float(hi[0])
+    return lo, hi
+
+
+def percentile_range(hist, bin_edges, percentile: float):
+    """(min, max) after clipping (100 - percentile)% of the counts on each side (AIMET).
+
+    ``percentile`` in [50, 100]. Floats for a 1-D histogram, arrays for (C, B).
+    """
+    p = float(percentile)
+    if not 50.0 <= p <= 100.0:
+        raise ValueError(f"percentile must be within 50..100, got {percentile}")
+    h, e, single = _as_2d(hist, bin_edges)
+    if p == 100.0:
+        lo, hi = _occupied_range(h, e)
+    else:
+        cdf = np.cumsum(h, axis=1)
+        total = cdf[:, -1]
+        rows = np.arange(h.shape[0])
+        lo_idx = np.array([np.searchsorted(cdf[r], total[r] * (1.0 - p / 100.0), side="left") for r in rows])
+        hi_idx = np.array([np.searchsorted(cdf[r], total[r] * (p / 100.0), side="left") for r in rows])
+        lo = e[rows, np.minimum(lo_idx, h.shape[1] - 1)]
+        hi = e[rows, np.minimum(hi_idx, h.shape[1] - 1)]
+        width = e[rows, 1] - e[rows, 0]
+        hi = np.where(hi <= lo, lo + width, hi)
+    if single:
+        return float(lo[0]), float(hi[0])
+    return lo, hi

@@ -1,0 +1,253 @@
+"""Cross-layer scaling: equalize per-channel weight ranges of consecutive layers.
+
+Math in kernels/cle.py. A *chain* is a run of weighted layers L0 -> L1 -> ... where
+each layer's output is read by exactly one node, either the next layer (as its
+data input) or one activation that commutes with positive per-channel scaling
+(Relu, LeakyRelu, PRelu with any slope since PRelu(x/s) = PRelu(x)/s for s > 0,
+and Clip(0, a) once replaced by Relu) whose output is
+read only by the next layer. A chain ends where a tensor branches (Add, Concat,
+several readers), at a graph output, at any other op, or where weights are not
+constants; the reason is recorded for ``-v``.
+
+Within a chain, conv -> depthwise conv -> conv triples use the three-layer rule,
+other neighbours the two-layer rule. Overlapping sets are rescaled in turn until
+every scale factor is within 1e-9 of 1 (the paper's iterate-to-convergence), so
+equalizing an equalized model changes nothing.
+
+Conv (any groups), ConvTranspose, Gemm and 2-D MatMul are handled; AIMET skips the
+fully connected ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from aimetcli import graph as g
+from aimetcli.bn_stats import BnStats, read_bn_stats, write_bn_stats
+from aimetcli.kernels import cle
+from aimetcli.layers import Layer, as_layer, bias_array, bias_reason, weight_reason
+from aimetcli.passes.replace_relu6 import is_relu_n
+
+SCALING_ACTIVATIONS = ("Relu", "LeakyRelu", "PRelu")
+MAX_ITERATIONS = 200
+TOLERANCE = 1e-9
+
+
+@dataclass
+class Link:
+    activation: str | None  # op type between the layers, None when directly connected
+    node: ir.Node | None
+
+
+@dataclass
+class Chain:
+    layers: list[Layer]
+    links: list[Link]
+
+
+@dataclass
+class ChainStop:
+    layer: str
+    reason: str
+
+
+def _is_depthwise(layer: Layer, w: np.ndarray) -> bool:
+    return layer.kind == "conv" and w.shape[1] == 1 and layer.groups == w.shape[0] and layer.groups > 1
+
+
+def _rewritable(layer: Layer) -> str | None:
+    reason = weight_reason(layer)
+    if reason:
+        return reason
+    return bias_reason(layer, layer.weight_array())
+
+
+def _next_link(l1: Layer, opset: int, through_relu6: bool) -> tuple[Layer | None, Link | None, str]:
+    out = l1.output
+    consumer = g.sole_consumer(out)
+    if consumer is None:
+        n = len(out.uses())
+        return None, None, "its output is a graph output" if out.is_graph_output() else f"its output has {n} readers"
+    link = Link(None, None)
+    nxt = consumer
+    if as_layer(consumer) is None:
+        op = consumer.op_type
+        allowed = g.is_op(consumer, *SCALING_ACTIVATIONS)
+        if g.is_op(consumer, "Clip") and is_relu_n(consumer, opset):
+            if not through_relu6:
+                return None, None, "followed by ReLU6 (kept with --keep-relu6)"
+            allowed = True
+        if not allowed:
+            return None, None, f"followed by {op}, which does not commute with scaling or ends the chain"
+        link = Link(op, consumer)
+        nxt = g.sole_consumer(consumer.outputs[0])
+        if nxt is None:
+            return None, None, f"the {op} output has {len(consumer.outputs[0].uses())} readers or is a graph output"
+    l2 = as_layer(nxt)
+    if l2 is None:
+        return None, None, f"followed by {nxt.op_type}" + (f" after {link.activation}" if link.activation else "")
+    if nxt.inputs[0] is not (link.node.outputs[0] if link.node else out):
+        return None, None, f"feeds {l2.name} as a weight"
+    reason = _rewritable(l2)
+    if reason:
+        return None, None, f"next layer: {reason}"
+    if l1.out_channels(l1.weight_array()) != l2.in_channels(l2.weight_array()):
+        return None, None, f"channels of {l1.name} and {l2.name} do not line up"
+    return l2, link, ""
+
+
+def find_chains(model: ir.Model, *, through_relu6: bool) -> tuple[list[Chain], list[ChainStop]]:
+    """All maximal scaling chains of the main graph, and where each one stopped."""
+    opset = g.opset_version(model)
+    nxt: dict[int, tuple[Layer, Link]] = {}
+    layers: dict[int, Layer] = {}
+    stops: list[ChainStop] = []
+    targets: set[int] = set()
+    for node in model.graph:
+        layer = as_layer(node)
+        if layer is None:
+            continue
+        reason = _rewritable(layer)
+        if reason:
+            stops.append(ChainStop(layer.name, reason))
+            continue
+        layers[id(node)] = layer
+        l2, link, why = _next_link(layer, opset, through_relu6)
+        if l2 is None:
+            stops.append(ChainStop(layer.name, why))
+            continue
+        nxt[id(node)] = (l2, link)
+        targets.add(id(l2.node))
+    chains = []
+    for key, layer in layers.items():
+        if key in targets or key not in nxt:
+            continue
+        chain = Chain([layer], [])
+        cur = key
+        while cur in nxt:
+            l2, link = nxt[cur]
+            l2 = layers.get(id(l2.node), l2)
+            chain.layers.append(l2)
+            chain.links.append(link)
+            cur = id(l2.node)
+        chains.append(chain)
+    return chains, stops
+
+
+@dataclass
+class _State:
+    """Weights of one layer as float64 during the iterations."""
+
+    layer: Layer
+    w: np.ndarray
+    b: np.ndarray
+    out_scale: np.ndarray  # product of the factors its output channels were multiplied by
+
+
+@dataclass
+class ScalingSet:
+    layers: list[str]
+    kind: str  # "pair" or "triple"
+
+
+@dataclass
+class CrossLayerScalingResult(ir.passes.PassResult):
+    sets: list[ScalingSet] = field(default_factory=list)
+    iterations: int = 0
+
+
+def scaling_sets(chain: Chain, states: dict[int, _State]) -> list[tuple[int, ...]]:
+    """Index tuples into chain.layers: triples for conv-depthwise-conv, else pairs."""
+    sets, i, n = [], 0, len(chain.layers)
+    while i < n - 1:
+        mid = states[id(chain.layers[i + 1].node)]
+        if i + 2 < n and _is_depthwise(mid.layer, mid.w):
+            sets.append((i, i + 1, i + 2))
+            i += 2
+        else:
+            sets.append((i, i + 1))
+            i += 1
+    return sets
+
+
+def _scale_pair(a: _State, b: _State) -> float:
+    s = cle.two_layer_scale(a.layer.per_out_channel_abs_max(a.w), b.layer.per_in_channel_abs_max(b.w))
+    a.w = a.layer.scale_out(a.w, 1.0 / s)
+    a.b = a.b / s
+    a.out_scale = a.out_scale / s
+    b.w = b.layer.scale_in(b.w, s)
+    return float(np.max(np.abs(np.log(s)))) if s.size else 0.0
+
+
+def _scale_triple(a: _State, d: _State, c: _State) -> float:
+    r1 = a.layer.per_out_channel_abs_max(a.w)
+    r2 = d.layer.per_out_channel_abs_max(d.w)
+    r3 = c.layer.per_in_channel_abs_max(c.w)
+    s12, s23 = cle.three_layer_scale(r1, r2, r3)
+    a.w = a.layer.scale_out(a.w, 1.0 / s12)
+    a.b = a.b / s12
+    a.out_scale = a.out_scale / s12
+    # depthwise: input channel i is output channel i
+    d.w = d.layer.scale_out(d.w, s12 / s23)
+    d.b = d.b / s23
+    d.out_scale = d.out_scale / s23
+    c.w = c.layer.scale_in(c.w, s23)
+    return float(max(np.max(np.abs(np.log(s12))), np.max(np.abs(np.log(s23))))) if s12.size else 0.0
+
+
+class CrossLayerScalingPass(ir.passes.InPlacePass):
+    """Equalize the given chains (from :func:`find_chains`)."""
+
+    def __init__(self, chains: list[Chain]):
+        super().__init__()
+        self.chains = chains
+
+    def call(self, model: ir.Model) -> CrossLayerScalingResult:
+        result = CrossLayerScalingResult(model, modified=False)
+        if not self.chains:
+            return result
+        states: dict[int, _State] = {}
+        for chain in self.chains:
+            for layer in chain.layers:
+                if id(layer.node) not in states:
+                    w = np.asarray(layer.weight_array(), np.float64)
+                    states[id(layer.node)] = _State(layer, w, bias_array(layer, w), np.ones(layer.out_channels(w)))
+        plan = []
+        for chain in self.chains:
+            for idx in scaling_sets(chain, states):
+                members = [states[id(chain.layers[i].node)] for i in idx]
+                plan.append(members)
+                result.sets.append(ScalingSet([m.layer.name for m in members], "triple" if len(idx) == 3 else "pair"))
+        for it in range(MAX_ITERATIONS):
+            worst = 0.0
+            for members in plan:
+                worst = max(worst, _scale_pair(*members) if len(members) == 2 else _scale_triple(*members))
+            result.iterations = it + 1
+            if worst < TOLERANCE:
+                break
+        self._write_back(model, states)
+        result.modified = True
+        return result
+
+    @staticmethod
+    def _write_back(model: ir.Model, states: dict[int, _State]) -> None:
+        from aimetcli.layers import write_bias
+
+        graph = model.graph
+        names = g.Names(model)
+        stats = read_bn_stats(model)
+        for st in states.values():
+            layer = st.layer
+            orig = layer.weight_array()
+            wv = g.private_constant(graph, names, layer.node, 1)
+            g.set_constant(wv, st.w.astype(orig.dtype))
+            if layer.bias is not None:  # scaling never creates a bias where there was none
+                write_bias(layer, graph, names, st.b, orig.dtype)
+            key = layer.output.name
+            if key in stats and not np.allclose(st.out_scale, 1.0, rtol=0, atol=0):
+                s = stats[key]
+                stats[key] = BnStats(s.beta * st.out_scale, s.gamma * st.out_scale, s.bn)
+        write_bn_stats(model, stats)

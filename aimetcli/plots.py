@@ -1,0 +1,73 @@
+"""Per-channel weight range plots (AIMET's quantization visualization), matplotlib optional."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from aimetcli.errors import AimetCliError, ErrorKind
+from aimetcli.model_io import check_output_path, write_bytes_atomic
+
+MAX_LAYERS = 16
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise AimetCliError(
+            "plotting needs matplotlib; install it with: pip install 'aimetcli[plot]'", ErrorKind.USAGE
+        ) from exc
+    return plt
+
+
+def _pick(rows, limit: int):
+    """The layers with the widest spread, in model order."""
+    chosen = sorted(range(len(rows)), key=lambda i: -rows[i].spread)[:limit]
+    return sorted(chosen)
+
+
+def plot_ranges(path: str, columns: list[tuple[str, list]]) -> None:
+    """One row per layer, one column per model state (e.g. before / after).
+
+    Each panel shows max |w| per output channel, as AIMET's visualize_model does.
+    """
+    if not (path.endswith(".png") or path.endswith(".html") or path.endswith(".svg")):
+        raise AimetCliError(f"{path}: plot file must end in .png, .svg or .html", ErrorKind.USAGE)
+    check_output_path(path)
+    plt = _pyplot()
+    first = columns[0][1]
+    idx = _pick(first, MAX_LAYERS)
+    by_name = [{r.layer: r for r in rows} for _, rows in columns]
+    nrows, ncols = max(1, len(idx)), len(columns)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 1.9 * nrows), squeeze=False)
+    for row, i in enumerate(idx):
+        name = first[i].layer
+        ymax = max(max(d[name].ranges) if name in d and d[name].ranges else 0 for d in by_name) or 1.0
+        for col, (title, _rows) in enumerate(columns):
+            ax = axes[row][col]
+            r = by_name[col].get(name)
+            if r is None:
+                ax.set_axis_off()
+                continue
+            ax.bar(range(len(r.ranges)), r.ranges, width=1.0, color="tab:blue" if col == 0 else "tab:green")
+            ax.set_ylim(0, ymax * 1.05)
+            ax.set_title(f"{title}: {name} ({r.op}, spread {r.spread:.1f}x)", fontsize=8)
+            ax.tick_params(labelsize=6)
+            if row == nrows - 1:
+                ax.set_xlabel("output channel", fontsize=7)
+            if col == 0:
+                ax.set_ylabel("max |w|", fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fmt = "svg" if path.endswith((".svg", ".html")) else "png"
+    fig.savefig(buf, format=fmt, dpi=110)
+    plt.close(fig)
+    data = buf.getvalue()
+    if path.endswith(".html"):
+        data = (b"<!doctype html><meta charset='utf-8'><title>aimetcli weight ranges</title>\n"
+                b"<h1>Per-channel weight ranges</h1>\n" + data + b"\n")
+    write_bytes_atomic(Path(path), data)
