@@ -207,3 +207,200 @@ def equalize(model: ir.Model, options: EqualizeOptions | None = None) -> Equaliz
         ranges_after=after,
         seconds=time.perf_counter() - start,
     )
+
+
+# ----------------------------------------------------------------------------------
+# quantsim
+# ----------------------------------------------------------------------------------
+QUANTSIM_METADATA_KEY = "aimetcli.quantsim"
+
+
+def upgrade_opset(model: ir.Model, target: int) -> ir.Model:
+    """The model at ``target`` ai.onnx opset (onnx's version converter), prepared again."""
+    import onnx
+
+    from aimetcli.errors import AimetCliError, ErrorKind
+
+    current = g.opset_version(model)
+    if current >= target:
+        return model
+    proto = ir.serde.serialize_model(model)
+    try:
+        converted = onnx.version_converter.convert_version(proto, target)
+    except Exception as exc:
+        raise AimetCliError(
+            f"cannot convert the model from opset {current} to {target}, which quantsim needs "
+            f"({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}); re-export it at opset {target} or newer",
+            ErrorKind.UNSUPPORTED,
+        ) from exc
+    if target >= 21 and converted.ir_version < 10:
+        converted.ir_version = 10
+    out = ir.serde.deserialize_model(converted)
+    out.metadata_props.update(model.metadata_props)
+    out, _ = prepare(out)
+    return out
+
+
+@dataclass
+class QuantsimSummary:
+    options: dict
+    activation_quantizers: int
+    param_quantizers: int
+    skipped: list
+    opset: int
+    samples: int
+    batches: int
+    calibration_seconds: float
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return _jsonable(self)
+
+
+def quantsim(model: ir.Model, dataset, options, *, config_path: str | None = None, batch_size: int = 32,
+             progress=None):
+    """Place quantizers, calibrate them with onnxruntime and insert QDQ nodes.
+
+    Returns (sim model, Encodings, QuantsimSummary). ``model`` may be replaced when
+    its opset must be raised for the QDQ nodes (13, or 21 for 16-bit).
+    """
+    from aimetcli.quantsim.calibrate import calibrate
+    from aimetcli.quantsim.config import load_config
+    from aimetcli.quantsim.insert import SIM_OPSET, WIDE_OPSET, insert_qdq
+    from aimetcli.quantsim.placement import place_quantizers
+
+    start = time.perf_counter()
+    cfg = load_config(config_path)
+    warnings = []
+    bns = sum(1 for n in model.graph if g.is_op(n, "BatchNormalization"))
+    if bns:
+        warnings.append(f"the model still has {bns} BatchNormalization; run fold-bn first to simulate what "
+                        "runtimes execute")
+    target = WIDE_OPSET if max(options.param_bw, options.act_bw) > 8 else SIM_OPSET
+    model = upgrade_opset(model, target)
+    placement = place_quantizers(model, cfg, options)
+    t0 = time.perf_counter()
+    encodings = calibrate(model, placement, options, dataset, batch_size, progress)
+    calib_seconds = time.perf_counter() - t0
+    for tensor, count in encodings.nonfinite.items():
+        warnings.append(f"{count} NaN/Inf values in tensor {tensor!r} were ignored during calibration")
+    insert_qdq(model, encodings.activations, encodings.params)
+    model.metadata_props[QUANTSIM_METADATA_KEY] = encodings_json(encodings, options, cfg.source, "1.0.0")
+    summary = QuantsimSummary(
+        options=options.as_record(cfg.source),
+        activation_quantizers=len(encodings.activations),
+        param_quantizers=len(encodings.params),
+        skipped=[{"tensor": t, "reason": r} for t, r in placement.skipped],
+        opset=g.opset_version(model),
+        samples=dataset.num_samples,
+        batches=dataset.num_batches(batch_size),
+        calibration_seconds=calib_seconds,
+        seconds=time.perf_counter() - start,
+        warnings=warnings,
+    )
+    return model, encodings, summary
+
+
+def quantizer_args(options, cfg_source: str = "default"):
+    from aimetcli.encodings import QuantizerArgs, aimet_quant_scheme_name
+
+    return QuantizerArgs(
+        activation_bitwidth=options.act_bw,
+        param_bitwidth=options.param_bw,
+        per_channel=bool(options.per_channel),
+        activation_symmetric=bool(options.act_symmetric),
+        param_symmetric=options.param_symmetric is not False,
+        quant_scheme=aimet_quant_scheme_name(options.scheme),
+    )
+
+
+def tensor_encodings(encodings) -> list:
+    from aimetcli.encodings import TensorEncoding
+
+    return [TensorEncoding(name, enc, "activation") for name, enc in sorted(encodings.activations.items())] + [
+        TensorEncoding(name, enc, "param") for name, enc in sorted(encodings.params.items())]
+
+
+def encodings_json(encodings, options, cfg_source: str, version: str) -> str:
+    from aimetcli import encodings as enc_io
+
+    return enc_io.dumps(tensor_encodings(encodings), version=version,
+                        quantizer_args=quantizer_args(options, cfg_source))
+
+
+# ----------------------------------------------------------------------------------
+# evaluate
+# ----------------------------------------------------------------------------------
+@dataclass
+class OutputComparison:
+    output: str
+    sqnr_db: float
+    max_abs_error: float
+
+
+@dataclass
+class EvaluateSummary:
+    models: list[str]
+    samples: int
+    top1: list[float | None]
+    comparisons: list[OutputComparison] = field(default_factory=list)
+    top1_agreement: float | None = None
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return _jsonable(self)
+
+
+def sqnr_db(reference, test) -> float:
+    import numpy as np
+
+    ref = np.asarray(reference, np.float64)
+    noise = np.sum((ref - np.asarray(test, np.float64)) ** 2)
+    signal = np.sum(ref**2)
+    if noise == 0:
+        return float("inf")
+    if signal == 0:
+        return float("-inf")
+    return float(10 * np.log10(signal / noise))
+
+
+def evaluate(models: list[ir.Model], dataset, *, batch_size: int = 64, optimization: str = "basic",
+             names: list[str] | None = None, progress=None) -> EvaluateSummary:
+    """Top-1 of each model (when the data has labels); for two models, how far apart they are."""
+    import numpy as np
+
+    from aimetcli.calibration import runner
+
+    start = time.perf_counter()
+    sessions = [runner.make_session(ir.serde.serialize_model(m), optimization=optimization) for m in models]
+    out_names = [o.name for o in sessions[0].get_outputs()]
+    collected: list[list[list[np.ndarray]]] = [[] for _ in sessions]
+    for feeds in dataset.batches(batch_size):
+        for i, sess in enumerate(sessions):
+            collected[i].append(runner.run(sess, feeds))
+        if progress is not None:
+            progress(1)
+    outputs = [[np.concatenate([b[k] for b in batches]) for k in range(len(batches[0]))] for batches in collected]
+    labels = dataset.labels
+    top1: list[float | None] = []
+    preds = []
+    for outs in outputs:
+        logits = outs[0]
+        pred = logits.reshape(logits.shape[0], -1).argmax(axis=1) if logits.ndim >= 2 else None
+        preds.append(pred)
+        if labels is not None and pred is not None:
+            top1.append(float(np.mean(pred == labels[: len(pred)]) * 100.0))
+        else:
+            top1.append(None)
+    summary = EvaluateSummary(names or [f"model{i}" for i in range(len(models))], dataset.num_samples, top1)
+    if len(outputs) == 2:
+        for k, name in enumerate(out_names):
+            a, b = outputs[0][k], outputs[1][k]
+            if a.shape != b.shape:
+                continue
+            summary.comparisons.append(OutputComparison(name, sqnr_db(a, b), float(np.max(np.abs(a - b)))))
+        if preds[0] is not None and preds[1] is not None:
+            summary.top1_agreement = float(np.mean(preds[0] == preds[1]) * 100.0)
+    summary.seconds = time.perf_counter() - start
+    return summary

@@ -6,8 +6,8 @@ import click
 
 
 def register(group: click.Group) -> None:
-    from aimetcli.commands import equalize, fold
+    from aimetcli.commands import equalize, fold, quantsim
 
-    for module in (fold, equalize):
+    for module in (fold, equalize, quantsim):
         for command in module.COMMANDS:
             group.add_command(command)

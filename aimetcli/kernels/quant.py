@@ -106,6 +106,7 @@ def minimum_scale(steps: int) -> float:
 
 
 def check_bitwidth(bitwidth) -> int:
+    """The bitwidth as an int, or ValueError unless it is an integer in 2..32."""
     if isinstance(bitwidth, bool) or not isinstance(bitwidth, (int, np.integer)):
         raise ValueError(f"bitwidth must be an integer, got {bitwidth!r}")
     bw = int(bitwidth)
@@ -235,17 +236,17 @@ class Encoding:
     @property
     def zero_point(self) -> np.ndarray:
         """ONNX zero point (int64, shape of scale): 0 for symmetric, -offset for asymmetric."""
-        return np.zeros_like(self.offset) if self.symmetric else -self.offset
+        return np.zeros_like(self.offset) if self.symmetric else np.negative(self.offset, out=np.empty_like(self.offset))
 
     @property
     def min(self) -> np.ndarray:
         """Smallest representable real value, scale * offset (float64)."""
-        return self.scale.astype(np.float64) * self.offset
+        return np.asarray(self.scale.astype(np.float64) * self.offset)
 
     @property
     def max(self) -> np.ndarray:
         """Largest representable real value, scale * (offset + num_steps) (float64)."""
-        return self.scale.astype(np.float64) * (self.offset + self.num_steps)
+        return np.asarray(self.scale.astype(np.float64) * (self.offset + self.num_steps))
 
     # -- ONNX ---------------------------------------------------------------------
     def onnx_dtype_name(self) -> str:
@@ -299,7 +300,7 @@ def _short(a: np.ndarray) -> str:
 
 
 def _round_half_away(v: np.ndarray) -> np.ndarray:
-    """C's round(): ties away from zero (AIMET's C++ and Python ``round`` on offsets)."""
+    """C's round(): ties away from zero, as libpymo rounds offsets."""
     return np.copysign(np.floor(np.abs(v) + 0.5), v)
 
 
@@ -352,17 +353,16 @@ def quantize(x, enc: Encoding) -> np.ndarray:
     NaN -> qmin. Returns int32 (bitwidth <= 16) or int64 (wider).
     """
     x = np.asarray(x, dtype=np.float32)
+    # Integers beyond 2^24 (bitwidths over 16) need float64 for the zero-point shift.
+    work = np.float32 if enc.bitwidth <= 16 else np.float64
     scale = enc.broadcast(enc.scale, x.ndim)
-    zp = enc.broadcast(enc.zero_point.astype(np.float32), x.ndim)
+    zp = enc.broadcast(enc.zero_point.astype(work), x.ndim)
     if enc.per_channel:
         axis = enc.axis + x.ndim if enc.axis < 0 else enc.axis
         if x.shape[axis] != enc.num_channels:
             raise ValueError(f"tensor has {x.shape[axis]} channels on axis {enc.axis}, encoding has {enc.num_channels}")
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        v = np.rint(x / scale)  # float32 division, round half to even
-    if enc.bitwidth > 16:  # integers beyond 2^24 need float64 for the zero-point shift
-        v = v.astype(np.float64)
-        zp = zp.astype(np.float64)
+        v = np.rint(x / scale).astype(work, copy=False)  # float32 division, round half to even
     # Saturation to [qmin - zp, qmax - zp] before adding zp is exact: the bounds are integers.
     lo = enc.qmin - zp
     hi = enc.qmax - zp

@@ -226,8 +226,8 @@ def percentile_range(hist, bin_edges, percentile: float):
         cdf = np.cumsum(h, axis=1)
         total = cdf[:, -1]
         rows = np.arange(h.shape[0])
-        lo_idx = np.array([np.searchsorted(cdf[r], total[r] * (1.0 - p / 100.0), side="left") for r in rows])
-        hi_idx = np.array([np.searchsorted(cdf[r], total[r] * (p / 100.0), side="left") for r in rows])
+        lo_idx = np.array([np.searchsorted(cdf[r], total[r] * (100.0 - p) / 100.0, side="left") for r in rows])
+        hi_idx = np.array([np.searchsorted(cdf[r], total[r] * p / 100.0, side="left") for r in rows])
         lo = e[rows, np.minimum(lo_idx, h.shape[1] - 1)]
         hi = e[rows, np.minimum(hi_idx, h.shape[1] - 1)]
         width = e[rows, 1] - e[rows, 0]

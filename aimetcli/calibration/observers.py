@@ -1,0 +1,286 @@
+"""Streaming statistics of tensors, fed batch by batch (numpy only).
+
+Observers never keep the data they see: :class:`MinMaxObserver` keeps running
+minima and maxima, :class:`HistogramObserver` a fixed number of bins (512, as
+AIMET's libpymo ``PDF_SIZE``). Both work per tensor or, with ``axis``, per channel
+(one statistic per index along that axis; every other axis is reduced).
+
+Non-finite values (NaN, +-Inf) are skipped and counted in ``nonfinite_count`` so
+the caller can warn; they never move a range.
+
+Histogram merging (AIMET's ``_HistogramObserver.merge_stats`` / libpymo
+``updateTensorHistogram``): the first batch sets the bin range [min, max] (widened
+by 1/2 on each side when min == max). A later batch with values outside it grows
+the range to [min(old, new), max(old, new)]; every old bin, of width w_s starting
+at a, moves into the new bins of width w_d >= w_s: the new bin j holding a gets
+round((end_j - a) / w_s * count) of its count and bin j + 1 the rest, so counts
+stay integers and their total is preserved exactly. The new batch is then binned
+into the grown range: bin = floor((x - min) * B / (max - min)), the maximum going
+to the last bin.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from aimetcli.kernels.quant import AIMET_MIN_RANGE, Encoding, QuantScheme, encoding_from_range
+from aimetcli.kernels.range_search import percentile_range, tf_enhanced_encoding
+
+__all__ = [
+    "DEFAULT_NUM_BINS",
+    "EmptyObserverError",
+    "HistogramObserver",
+    "MinMaxObserver",
+    "make_observer",
+    "observe_encoding",
+]
+
+DEFAULT_NUM_BINS = 512
+# Values binned at once: bounds the temporaries for large activations and keeps them in cache.
+_CHUNK = 1 << 16
+
+
+class EmptyObserverError(ValueError):
+    """No finite value has been observed (all batches empty, NaN or Inf)."""
+
+
+def _channels_first(x: np.ndarray, axis: int | None) -> np.ndarray:
+    """View (or copy) of x as (C, N): C = 1 per tensor, C = x.shape[axis] per channel."""
+    if axis is None:
+        return x.reshape(1, -1)
+    if x.ndim == 0:
+        raise ValueError("a scalar has no channel axis")
+    ax = axis + x.ndim if axis < 0 else axis
+    if not 0 <= ax < x.ndim:
+        raise ValueError(f"axis {axis} out of range for a {x.ndim}-D tensor")
+    return np.moveaxis(x, ax, 0).reshape(x.shape[ax], -1)
+
+
+def _batch_minmax(x2: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-row finite min and max (NaN where a row has no finite value) and the non-finite count."""
+    finite = np.isfinite(x2)
+    bad = int(finite.size - np.count_nonzero(finite))
+    if x2.shape[1] == 0:
+        nan = np.full(x2.shape[0], np.nan)
+        return nan, nan.copy(), bad
+    if bad == 0:
+        return x2.min(axis=1).astype(np.float64), x2.max(axis=1).astype(np.float64), 0
+    lo = np.where(finite, x2, np.inf).min(axis=1).astype(np.float64)
+    hi = np.where(finite, x2, -np.inf).max(axis=1).astype(np.float64)
+    empty = ~finite.any(axis=1)
+    lo[empty] = np.nan
+    hi[empty] = np.nan
+    return lo, hi, bad
+
+
+def _as_float_array(x) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype.kind not in "fiub":
+        raise TypeError(f"cannot observe a tensor of dtype {x.dtype}")
+    return x if x.dtype.kind == "f" else x.astype(np.float64)
+
+
+class MinMaxObserver:
+    """Running minimum and maximum of every finite value seen (per channel with ``axis``)."""
+
+    def __init__(self, axis: int | None = None):
+        self.axis = axis
+        self.nonfinite_count = 0
+        self._min: np.ndarray | None = None
+        self._max: np.ndarray | None = None
+
+    def update(self, x: np.ndarray) -> None:
+        x2 = _channels_first(_as_float_array(x), self.axis)
+        lo, hi, bad = _batch_minmax(x2)
+        self.nonfinite_count += bad
+        if self._min is None:
+            self._min, self._max = lo, hi
+            return
+        if lo.shape != self._min.shape:
+            raise ValueError(f"batch has {lo.size} channels, earlier batches had {self._min.size}")
+        self._min = np.fmin(self._min, lo)  # fmin/fmax ignore the NaN of channels without data
+        self._max = np.fmax(self._max, hi)
+
+    @property
+    def observed(self) -> bool:
+        """True once a finite value has been seen on every channel."""
+        return self._min is not None and not np.any(np.isnan(self._min))
+
+    def result(self):
+        """(min, max): floats per tensor, float64 arrays per channel."""
+        if not self.observed:
+            raise EmptyObserverError("no finite values observed" if self._min is None or self.axis is None
+                                     else "some channels have no finite values observed")
+        if self.axis is None:
+            return float(self._min[0]), float(self._max[0])
+        return self._min.copy(), self._max.copy()
+
+
+class HistogramObserver:
+    """Fixed-bin histogram whose range grows with the data, merged as AIMET does (module docstring)."""
+
+    def __init__(self, num_bins: int = DEFAULT_NUM_BINS, axis: int | None = None):
+        if int(num_bins) < 2:
+            raise ValueError(f"num_bins must be >= 2, got {num_bins}")
+        self.num_bins = int(num_bins)
+        self.axis = axis
+        self.nonfinite_count = 0
+        self._counts: np.ndarray | None = None  # (C, B) int64
+        self._lo: np.ndarray | None = None  # histogram range per channel
+        self._hi: np.ndarray | None = None
+        self._min: np.ndarray | None = None  # exact observed extremes per channel
+        self._max: np.ndarray | None = None
+
+    # -- feeding -------------------------------------------------------------------
+    def update(self, x: np.ndarray) -> None:
+        x2 = _channels_first(_as_float_array(x), self.axis)
+        lo, hi, bad = _batch_minmax(x2)
+        self.nonfinite_count += bad
+        c = lo.size
+        if self._counts is None:
+            self._counts = np.zeros((c, self.num_bins), dtype=np.int64)
+            self._lo = np.full(c, np.nan)
+            self._hi = np.full(c, np.nan)
+            self._min = np.full(c, np.nan)
+            self._max = np.full(c, np.nan)
+        elif c != self._counts.shape[0]:
+            raise ValueError(f"batch has {c} channels, earlier batches had {self._counts.shape[0]}")
+        self._min = np.fmin(self._min, lo)
+        self._max = np.fmax(self._max, hi)
+
+        has_data = ~np.isnan(lo)
+        fresh = has_data & np.isnan(self._lo)
+        if fresh.any():  # first data on these channels sets their range
+            flo, fhi = lo[fresh], hi[fresh]
+            same = flo == fhi
+            self._lo[fresh] = np.where(same, flo - 0.5, flo)
+            self._hi[fresh] = np.where(same, fhi + 0.5, fhi)
+        grow = has_data & ~fresh & ((lo < self._lo) | (hi > self._hi))
+        if grow.any():
+            self._rebin(grow, np.fmin(self._lo, lo), np.fmax(self._hi, hi))
+        if has_data.any():
+            self._add(x2, bad > 0)
+
+    def _rebin(self, rows: np.ndarray, new_lo: np.ndarray, new_hi: np.ndarray) -> None:
+        b = self.num_bins
+        idx = np.flatnonzero(rows)
+        counts = self._counts[idx].astype(np.float64)
+        src_lo, src_hi = self._lo[idx], self._hi[idx]
+        dst_lo, dst_hi = new_lo[idx], new_hi[idx]
+        src_w = (src_hi - src_lo) / b
+        dst_w = (dst_hi - dst_lo) / b
+        start = src_lo[:, None] + src_w[:, None] * np.arange(b)[None, :]
+        first = np.clip(np.floor((start - dst_lo[:, None]) / dst_w[:, None]), 0, b - 1).astype(np.int64)
+        first_end = dst_lo[:, None] + dst_w[:, None] * (first + 1)
+        part = np.minimum(np.rint((first_end - start) / src_w[:, None] * counts), counts)
+        part = np.maximum(part, 0.0)
+        second = np.minimum(first + 1, b - 1)
+        offsets = (np.arange(idx.size) * b)[:, None]
+        merged = np.bincount((first + offsets).ravel(), weights=part.ravel(), minlength=idx.size * b)
+        merged += np.bincount((second + offsets).ravel(), weights=(counts - part).ravel(), minlength=idx.size * b)
+        self._counts[idx] = np.rint(merged).astype(np.int64).reshape(idx.size, b)
+        self._lo[idx] = dst_lo
+        self._hi[idx] = dst_hi
+
+    def _add(self, x2: np.ndarray, any_nonfinite: bool) -> None:
+        """Bin the batch into the current ranges: bin = floor((x - lo) * B / (hi - lo)), clipped to [0, B-1].
+
+        float32 data is binned in float32 (an error far below a bin width), float64 in float64.
+        """
+        c, n = x2.shape
+        b = self.num_bins
+        known = ~np.isnan(self._lo)
+        inv_w64 = b / np.where(known, self._hi - self._lo, 1.0)
+        narrow = x2.dtype != np.float64 and np.all(np.abs(inv_w64) < np.finfo(np.float32).max)
+        work = np.float32 if narrow else np.float64
+        lo = np.where(known, self._lo, 0.0).astype(work)[:, None]
+        inv_w = inv_w64.astype(work)[:, None]
+        offsets = (np.arange(c, dtype=np.intp) * b)[:, None]
+        total = np.zeros(c * b, dtype=np.int64)
+        step = max(1, _CHUNK // c)
+        for start in range(0, n, step):
+            block = x2[:, start:start + step]
+            t = np.subtract(block, lo, dtype=work)
+            t *= inv_w
+            np.clip(t, 0, b - 1, out=t)
+            with np.errstate(invalid="ignore"):
+                idx = t.astype(np.intp)  # truncation is floor here: t >= 0
+            if c > 1:
+                idx += offsets
+            if any_nonfinite:
+                idx = idx[np.isfinite(block)]
+            total += np.bincount(idx.ravel(), minlength=c * b)
+        self._counts += total.reshape(c, b)
+
+    # -- reading -------------------------------------------------------------------
+    @property
+    def observed(self) -> bool:
+        return self._min is not None and not np.any(np.isnan(self._min))
+
+    def _require(self) -> None:
+        if not self.observed:
+            raise EmptyObserverError("no finite values observed" if self._min is None or self.axis is None
+                                     else "some channels have no finite values observed")
+
+    @property
+    def total_count(self) -> int:
+        """Number of finite values binned so far (all channels)."""
+        return 0 if self._counts is None else int(self._counts.sum())
+
+    def histogram(self) -> tuple[np.ndarray, np.ndarray]:
+        """(counts int64, bin edges float64): (B,), (B+1,) per tensor; (C, B), (C, B+1) per channel."""
+        self._require()
+        b = self.num_bins
+        edges = self._lo[:, None] + (self._hi - self._lo)[:, None] * (np.arange(b + 1)[None, :] / b)
+        edges[:, -1] = self._hi
+        if self.axis is None:
+            return self._counts[0].copy(), edges[0]
+        return self._counts.copy(), edges
+
+    def minmax(self):
+        """Exact (min, max) of the finite values seen: floats per tensor, arrays per channel."""
+        self._require()
+        if self.axis is None:
+            return float(self._min[0]), float(self._max[0])
+        return self._min.copy(), self._max.copy()
+
+
+Observer = MinMaxObserver | HistogramObserver
+
+
+def make_observer(scheme: QuantScheme, *, axis: int | None = None,
+                  num_bins: int = DEFAULT_NUM_BINS) -> Observer:
+    """The observer a scheme needs: min/max for MIN_MAX, a histogram for TF_ENHANCED and PERCENTILE."""
+    scheme = QuantScheme(scheme)
+    if scheme is QuantScheme.MIN_MAX:
+        return MinMaxObserver(axis=axis)
+    return HistogramObserver(num_bins=num_bins, axis=axis)
+
+
+def observe_encoding(observer: Observer, scheme: QuantScheme, bitwidth: int, symmetric: bool, *,
+                     percentile: float = 99.99, strict_symmetric: bool = False,
+                     min_range: float = AIMET_MIN_RANGE) -> Encoding:
+    """The encoding for what ``observer`` saw, under ``scheme``.
+
+    MIN_MAX: :func:`encoding_from_range` of the exact min/max (either observer).
+    PERCENTILE: :func:`percentile_range` of the histogram, then :func:`encoding_from_range`
+    with no minimum range (as libpymo; the percentile range is at least one bin wide).
+    TF_ENHANCED: :func:`tf_enhanced_encoding` of the histogram.
+    ``min_range`` (AIMET: 0.01) applies to MIN_MAX and TF_ENHANCED.
+    Per-channel observers give per-channel encodings on the observer's axis.
+    Raises :class:`EmptyObserverError` when nothing finite was observed.
+    """
+    scheme = QuantScheme(scheme)
+    if scheme is QuantScheme.MIN_MAX:
+        lo, hi = observer.result() if isinstance(observer, MinMaxObserver) else observer.minmax()
+        return encoding_from_range(lo, hi, bitwidth, symmetric, strict_symmetric=strict_symmetric,
+                                   axis=observer.axis, min_range=min_range)
+    if not isinstance(observer, HistogramObserver):
+        raise TypeError(f"scheme {scheme.value} needs a HistogramObserver, got {type(observer).__name__}")
+    counts, edges = observer.histogram()
+    if scheme is QuantScheme.PERCENTILE:  # libpymo's percentile path has no minimum range
+        lo, hi = percentile_range(counts, edges, percentile)
+        return encoding_from_range(lo, hi, bitwidth, symmetric, strict_symmetric=strict_symmetric,
+                                   axis=observer.axis, min_range=0.0)
+    return tf_enhanced_encoding(counts, edges, bitwidth, symmetric, strict_symmetric=strict_symmetric,
+                                axis=observer.axis, min_range=min_range)

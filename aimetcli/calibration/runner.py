@@ -1,0 +1,84 @@
+"""onnxruntime sessions for calibration and evaluation, with errors turned into one line.
+
+``optimization``: "none" (ORT_DISABLE_ALL: what equivalence tests need), "basic"
+(constant folding only: QDQ pairs stay float emulation, exactly the simulation) or
+"all" (what a deployment runs: QDQ becomes integer kernels).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from aimetcli.errors import AimetCliError, ErrorKind
+
+Progress = Callable[[int], None]
+
+_LEVELS = {
+    "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+_PROTO_LIMIT = 2**31 - 256 * 2**20
+
+
+def make_session(model: onnx.ModelProto | bytes | str, *, optimization: str = "basic",
+                 threads: int | None = None) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = _LEVELS[optimization]
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    try:
+        if isinstance(model, onnx.ModelProto):
+            if model.ByteSize() > _PROTO_LIMIT:
+                return _session_via_file(model, so)
+            model = model.SerializeToString()
+        return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    except AimetCliError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
+        raise AimetCliError(f"onnxruntime cannot load the model: {_first_line(exc)}", ErrorKind.RUNTIME) from exc
+
+
+def _session_via_file(model: onnx.ModelProto, so: ort.SessionOptions) -> ort.InferenceSession:
+    with tempfile.TemporaryDirectory(prefix="aimetcli-ort-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="model.onnx.data", size_threshold=1024)
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line[:300]
+
+
+def run(session: ort.InferenceSession, feeds: dict[str, np.ndarray],
+        outputs: Sequence[str] | None = None) -> list[np.ndarray]:
+    try:
+        return session.run(list(outputs) if outputs is not None else None, feeds)
+    except Exception as exc:
+        raise AimetCliError(f"onnxruntime failed while running the model: {_first_line(exc)}",
+                            ErrorKind.RUNTIME) from exc
+
+
+def run_batches(session: ort.InferenceSession, batches: Iterator[dict[str, np.ndarray]],
+                outputs: Sequence[str] | None = None, progress: Progress | None = None
+                ) -> Iterator[list[np.ndarray]]:
+    for feeds in batches:
+        yield run(session, feeds, outputs)
+        if progress is not None:
+            progress(1)
+
+
+def default_threads() -> int:
+    return max(1, os.cpu_count() or 1)

@@ -1,0 +1,150 @@
+"""quantsim and evaluate: QDQ simulation with AIMET encodings, and judging models on data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from aimetcli import api, model_io
+from aimetcli.cli import Output, common_options
+from aimetcli.commands._shared import (
+    data_options, external_data_option, input_argument, load_input, open_dataset, output_option, progress_bar,
+    save_output,
+)
+from aimetcli.encodings import SUPPORTED_VERSIONS
+from aimetcli.errors import AimetCliError, ErrorKind
+from aimetcli.kernels.quant import QuantScheme
+from aimetcli.quantsim.placement import QuantOptions
+
+
+def quant_options(func):
+    """Options that define the quantization (shared by quantsim, bias-correct, ptq, export)."""
+    options = [
+        click.option("--param-bw", type=click.IntRange(2, 16), default=8, show_default=True, help="Weight bitwidth."),
+        click.option("--act-bw", type=click.IntRange(2, 16), default=8, show_default=True,
+                     help="Activation bitwidth."),
+        click.option("--per-channel/--per-tensor", "per_channel", default=None,
+                     help="Per-channel weight quantization (default: as the config says, per-tensor)."),
+        click.option("--param-symmetric/--param-asymmetric", "param_symmetric", default=None,
+                     help="Weight symmetry (default: symmetric, from the config)."),
+        click.option("--act-symmetric/--act-asymmetric", "act_symmetric", default=None,
+                     help="Activation symmetry (default: asymmetric, from the config)."),
+        click.option("--quant-scheme", type=click.Choice([s.value for s in QuantScheme]), default="min-max",
+                     show_default=True, help="How ranges are chosen (tf-enhanced: AIMET's SQNR search)."),
+        click.option("--percentile", type=click.FloatRange(50.0, 100.0), default=99.99, show_default=True,
+                     help="Percentile for --quant-scheme percentile."),
+        click.option("--config", "config_path", type=str, default=None,
+                     help="AIMET quantsim config JSON (default: the one shipped, AIMET's default)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def make_options(param_bw, act_bw, per_channel, param_symmetric, act_symmetric, quant_scheme, percentile,
+                 **_ignored) -> QuantOptions:
+    return QuantOptions(param_bw=param_bw, act_bw=act_bw, per_channel=per_channel,
+                        param_symmetric=param_symmetric, act_symmetric=act_symmetric,
+                        scheme=QuantScheme(quant_scheme), percentile=percentile)
+
+
+def encodings_path(output: str, explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    if output == "-":
+        raise AimetCliError("with -o - give --encodings PATH for the encodings file", ErrorKind.USAGE)
+    p = Path(output)
+    return str(p.with_suffix(".encodings") if p.suffix == ".onnx" else Path(output + ".encodings"))
+
+
+@click.command("quantsim")
+@input_argument
+@output_option()
+@click.option("--data", "data", required=True, help="Calibration data: .npy, .npz, image folder or random:N.")
+@data_options
+@quant_options
+@click.option("--encodings", "encodings_out", default=None, help="Encodings file (default: OUTPUT with .encodings).")
+@click.option("--encoding-version", type=click.Choice(list(SUPPORTED_VERSIONS)), default="1.0.0", show_default=True)
+@external_data_option
+@common_options
+def quantsim(out: Output, model_in: str, output: str, data: str, encodings_out: str | None,
+             encoding_version: str, external_data: bool, config_path: str | None, **kw) -> None:
+    """Simulate quantization with QDQ nodes, calibrated with onnxruntime.
+
+    Places quantizers as AIMET's QuantizationSimModel does (default config: inputs,
+    op outputs and weights; supergroups fused; data movement unquantized), computes
+    encodings on the calibration data and writes the QDQ model, which runs on stock
+    onnxruntime, plus the encodings in AIMET's JSON format.
+
+    \b
+    Examples:
+      aimetcli quantsim folded.onnx -o sim.onnx --data calib.npz
+      aimetcli quantsim eq.onnx -o sim.onnx --data calib.npz --per-channel --param-bw 4
+    """
+    options = make_options(**kw)
+    enc_path = encodings_path(output, encodings_out)
+    model_io.check_output_path(enc_path)
+    model = load_input(out, model_in, output)
+    dataset = open_dataset(model, data, out=out, **kw)
+    batch_size = kw["batch_size"]
+    with progress_bar(out, dataset.num_batches(batch_size), "Calibrating") as bar:
+        sim, encodings, summary = api.quantsim(model, dataset, options, config_path=config_path,
+                                               batch_size=batch_size, progress=bar)
+    for w in summary.warnings:
+        out.warn(w)
+    text = api.encodings_json(encodings, options, summary.options["config"], encoding_version)
+    save_output(out, sim, output, external_data=external_data)
+    model_io.write_text_atomic(Path(enc_path), text)
+    out.info(f"Wrote {enc_path} (encodings {encoding_version})")
+    out.info(
+        f"{summary.activation_quantizers} activation and {summary.param_quantizers} weight quantizers "
+        f"(W{options.param_bw}A{options.act_bw}, {options.scheme.value}), calibrated on {summary.samples} samples "
+        f"in {summary.calibration_seconds:.2f} s."
+    )
+    for item in summary.skipped:
+        out.detail(f"not quantized: {item['tensor']}: {item['reason']}")
+    out.emit_json({"command": "quantsim", "input": model_in, "output": output, "encodings": enc_path,
+                   **summary.to_json()})
+
+
+@click.command("evaluate")
+@click.argument("models", nargs=-1, required=True, metavar="MODEL [MODEL]")
+@click.option("--data", "data", required=True, help="Evaluation data: .npy, .npz, image folder or random:N.")
+@click.option("--labels", "labels_key", default=None, help="Key of the labels in the .npz (default: label/labels/y).")
+@click.option("--ort-optimization", type=click.Choice(["none", "basic", "all"]), default="basic", show_default=True,
+              help="basic runs QDQ as float emulation (the simulation); all lets onnxruntime use integer kernels "
+                   "as a deployment would.")
+@data_options
+@common_options
+def evaluate(out: Output, models: tuple[str, ...], data: str, labels_key: str | None, ort_optimization: str,
+             **kw) -> None:
+    """Top-1 accuracy of one or two models; for two, how far their outputs are apart.
+
+    \b
+    Examples:
+      aimetcli evaluate model.onnx --data eval.npz --labels label
+      aimetcli evaluate model.onnx sim.onnx --data eval.npz
+    """
+    if len(models) > 2:
+        raise AimetCliError("evaluate takes one or two models", ErrorKind.USAGE)
+    loaded = [load_input(out, m, None) for m in models]
+    dataset = open_dataset(loaded[0], data, labels_key=labels_key, out=out, **kw)
+    with progress_bar(out, dataset.num_batches(kw["batch_size"]), "Evaluating") as bar:
+        summary = api.evaluate(loaded, dataset, batch_size=kw["batch_size"], optimization=ort_optimization,
+                               names=list(models), progress=bar)
+    table = Table(title=f"Evaluation on {summary.samples} samples", title_justify="left")
+    table.add_column("model")
+    table.add_column("top-1 %", justify="right")
+    for name, acc in zip(summary.models, summary.top1):
+        table.add_row(name, "-" if acc is None else f"{acc:.2f}")
+    out.info(table)
+    for c in summary.comparisons:
+        out.info(f"output {c.output}: SQNR {c.sqnr_db:.2f} dB, max abs error {c.max_abs_error:.4g}")
+    if summary.top1_agreement is not None:
+        out.info(f"top-1 agreement: {summary.top1_agreement:.2f}%")
+    out.emit_json({"command": "evaluate", **summary.to_json()})
+
+
+COMMANDS = [quantsim, evaluate]

@@ -1,0 +1,143 @@
+"""Phase three of quantsim: insert QuantizeLinear/DequantizeLinear for the encodings.
+
+Activations:  T -> QuantizeLinear -> DequantizeLinear [-> Clip] -> every reader of T
+Weights:      W becomes its integers (same name, integer type) -> DequantizeLinear -> readers
+
+The model then runs on stock onnxruntime and computes exactly what the numpy
+reference (kernels/quant.py: fake_quantize) computes: weights are stored as the
+integers ``quantize`` gives, and for grids narrower than their integer container
+(6-bit in int8, strict symmetric) a Clip to the grid's dequantized bounds follows
+the activation's DequantizeLinear. Containers: int8/uint8 up to 8 bits, int16/uint16
+up to 16 (opset 21), int32 for biases.
+
+A graph output keeps its name: its producer's value is renamed and the quantized
+value takes the output's name, so users' output names do not change.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from aimetcli import graph as g
+from aimetcli.kernels.quant import Encoding, quantize
+
+SIM_OPSET = 13
+WIDE_OPSET = 21  # int16/uint16 QuantizeLinear
+
+
+def container(enc: Encoding) -> tuple[np.dtype, int, int]:
+    """numpy dtype of the ONNX integers and its (min, max)."""
+    bits = 8 if enc.bitwidth <= 8 else 16 if enc.bitwidth <= 16 else 32
+    dtype = np.dtype(f"{'' if enc.signed else 'u'}int{bits}")
+    info = np.iinfo(dtype)
+    return dtype, int(info.min), int(info.max)
+
+
+def needs_clip(enc: Encoding) -> bool:
+    _, lo, hi = container(enc)
+    return (enc.qmin, enc.qmax) != (lo, hi)
+
+
+def required_opset(encs: list[Encoding]) -> int:
+    return WIDE_OPSET if any(8 < e.bitwidth <= 16 for e in encs) else SIM_OPSET
+
+
+def _values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
+    values = {v.name: v for v in graph.inputs}
+    for node in graph:
+        for v in node.outputs:
+            values[v.name] = v
+    return values
+
+
+def _scale_zp(graph: ir.Graph, names: g.Names, base: str, enc: Encoding) -> tuple[ir.Value, ir.Value]:
+    dtype, _, _ = container(enc)
+    scale = g.add_initializer(graph, names.new(f"{base}_scale"), np.asarray(enc.scale, np.float32))
+    zp = g.add_initializer(graph, names.new(f"{base}_zero_point"), np.asarray(enc.zero_point).astype(dtype))
+    return scale, zp
+
+
+def _axis_attrs(enc: Encoding) -> dict:
+    return {"axis": ir.AttrInt64("axis", int(enc.axis))} if enc.per_channel else {}
+
+
+def insert_activation(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Encoding) -> ir.Value:
+    tensor = value.name
+    scale, zp = _scale_zp(graph, names, tensor, enc)
+    q = ir.Node("", "QuantizeLinear", [value, scale, zp], name=names.new(f"{tensor}_QuantizeLinear"))
+    q.outputs[0].name = names.new(f"{tensor}_quantized")
+    dq = ir.Node("", "DequantizeLinear", [q.outputs[0], scale, zp], name=names.new(f"{tensor}_DequantizeLinear"))
+    dq.outputs[0].name = names.new(f"{tensor}_dequantized")
+    new_nodes = [q, dq]
+    final = dq.outputs[0]
+    if needs_clip(enc):
+        lo, hi = enc.dequantized_bounds()
+        lo_v = g.add_initializer(graph, names.new(f"{tensor}_clip_min"), np.asarray(lo, np.float32).reshape(()))
+        hi_v = g.add_initializer(graph, names.new(f"{tensor}_clip_max"), np.asarray(hi, np.float32).reshape(()))
+        clip = ir.Node("", "Clip", [final, lo_v, hi_v], name=names.new(f"{tensor}_Clip"))
+        clip.outputs[0].name = names.new(f"{tensor}_clipped")
+        new_nodes.append(clip)
+        final = clip.outputs[0]
+    final.type, final.shape = value.type, value.shape
+    # readers of the float tensor now read the quantized one
+    for use in list(value.uses()):
+        if use.node is not q:
+            use.node.replace_input_with(use.idx, final)
+    if value.is_graph_output():
+        outputs = graph.outputs
+        for i, out in enumerate(outputs):
+            if out is value:
+                outputs[i] = final
+        value.name = names.new(f"{tensor}_float")
+        final.name = tensor
+    producer = value.producer()
+    if producer is None:  # graph input: quantize first
+        first = next(iter(graph), None)
+        if first is None:
+            graph.extend(new_nodes)
+        else:
+            graph.insert_before(first, new_nodes)
+    else:
+        graph.insert_after(producer, new_nodes)
+    return final
+
+
+def insert_param(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Encoding) -> ir.Value:
+    """The initializer becomes its integers; a DequantizeLinear feeds its readers."""
+    tensor = value.name
+    w = value.const_value.numpy().astype(np.float32)
+    dtype, _, _ = container(enc)
+    ints = quantize(w, enc).astype(dtype)
+    scale, zp = _scale_zp(graph, names, tensor, enc)
+    g.set_constant(value, ints)
+    dq = ir.Node("", "DequantizeLinear", [value, scale, zp], attributes=_axis_attrs(enc),
+                 name=names.new(f"{tensor}_DequantizeLinear"))
+    dq.outputs[0].name = names.new(f"{tensor}_dequantized")
+    dq.outputs[0].type = ir.TensorType(ir.DataType.FLOAT)
+    dq.outputs[0].shape = ir.Shape(w.shape)
+    readers = [u for u in value.uses() if u.node is not dq]
+    for use in readers:
+        use.node.replace_input_with(use.idx, dq.outputs[0])
+    first = min((graph.index(u.node) for u in readers), default=None) if readers else None
+    if first is None:
+        graph.append(dq)
+    else:
+        graph.insert_before(graph.node(first), dq)
+    return dq.outputs[0]
+
+
+def insert_qdq(model: ir.Model, activations: dict[str, Encoding], params: dict[str, Encoding]) -> dict[str, str]:
+    """Insert every quantizer. Returns {graph output name: new name of its float value}."""
+    graph = model.graph
+    names = g.Names(model)
+    values = _values_by_name(graph)
+    renamed = {}
+    for tensor, enc in params.items():
+        insert_param(graph, names, graph.initializers[tensor], enc)
+    for tensor, enc in activations.items():
+        value = values[tensor]
+        insert_activation(graph, names, value, enc)
+        if value.name != tensor:
+            renamed[tensor] = value.name
+    return renamed

@@ -1,0 +1,199 @@
+"""Phase one of quantsim: decide which tensors get a quantizer (nothing is inserted here).
+
+Rules, as AIMET's QuantizationSimModel applies its config:
+
+* every op's float outputs are quantized, unless the op type turns it off (data
+  movement: Reshape, Flatten, Transpose, ...: their output stays on the grid of
+  their input) or the op is inside a supergroup (Conv+Relu, Conv+Clip, Add+Relu,
+  ...), where only the last op of the group is quantized, as a fused kernel would;
+* model inputs when ``model_input.is_input_quantized``; inputs of ops whose type
+  sets ``is_input_quantized``; graph outputs when ``model_output.is_output_quantized``;
+* weights of Conv / ConvTranspose / Gemm / MatMul (per channel on the output-channel
+  axis when asked), biases only when the config quantizes them.
+
+The result lists every quantizer with its bitwidth and symmetry, and every
+candidate left unquantized with the reason (``-v``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx_ir as ir
+
+from aimetcli import graph as g
+from aimetcli.kernels.quant import QuantScheme
+from aimetcli.layers import as_layer
+from aimetcli.quantsim.config import QuantsimConfig
+
+# float16/bfloat16 tensors stay unquantized: QDQ scales would have to be float16 too.
+FLOAT_TYPES = (ir.DataType.FLOAT,)
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    """What the user asked for on top of the config."""
+
+    param_bw: int = 8
+    act_bw: int = 8
+    per_channel: bool | None = None  # None: the config decides
+    param_symmetric: bool | None = None
+    act_symmetric: bool | None = None
+    scheme: QuantScheme = QuantScheme.MIN_MAX
+    percentile: float = 99.99
+
+    def as_record(self, cfg_source: str) -> dict:
+        return {"param_bw": self.param_bw, "act_bw": self.act_bw, "per_channel": self.per_channel,
+                "param_symmetric": self.param_symmetric, "act_symmetric": self.act_symmetric,
+                "scheme": self.scheme.value, "percentile": self.percentile, "config": cfg_source}
+
+
+@dataclass
+class ActQuantizer:
+    tensor: str
+    bitwidth: int
+    symmetric: bool
+    encoding_min: float | None = None  # config encoding_constraints
+    encoding_max: float | None = None
+
+
+@dataclass
+class ParamQuantizer:
+    tensor: str
+    kind: str  # "weight" or "bias"
+    op: str
+    bitwidth: int
+    symmetric: bool
+    axis: int | None  # per-channel axis of the tensor, None for per-tensor
+
+
+@dataclass
+class Placement:
+    activations: list[ActQuantizer] = field(default_factory=list)
+    params: list[ParamQuantizer] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    strict_symmetric: bool = False
+
+    @property
+    def max_bitwidth(self) -> int:
+        return max([q.bitwidth for q in (*self.activations, *self.params)] or [8])
+
+    @property
+    def per_channel(self) -> bool:
+        return any(q.axis is not None for q in self.params)
+
+
+def _is_float(value: ir.Value) -> bool:
+    return value.dtype in FLOAT_TYPES
+
+
+def _supergroup_inner(graph: ir.Graph, groups: list[tuple[str, ...]]) -> dict[ir.Node, str]:
+    """Nodes whose output is fused into the next op of a supergroup, with the group's name."""
+    inner: dict[ir.Node, str] = {}
+    for node in graph:
+        for ops in groups:
+            if not g.is_op(node, ops[0]):
+                continue
+            chain, cur = [node], node
+            for op in ops[1:]:
+                nxt = g.sole_consumer(cur.outputs[0]) if cur.outputs else None
+                if nxt is None or not g.is_op(nxt, op) or nxt.inputs[0] is not cur.outputs[0]:
+                    chain = None
+                    break
+                chain.append(nxt)
+                cur = nxt
+            if chain:
+                for n in chain[:-1]:
+                    inner[n] = "+".join(ops)
+    return inner
+
+
+def per_channel_axis(op: str, node: ir.Node, weight_ndim: int) -> int | None:
+    layer = as_layer(node)
+    if layer is None:
+        return None
+    if layer.kind == "conv":
+        return 0
+    if layer.kind == "convtranspose":
+        return 1 if layer.groups == 1 else None
+    if layer.kind == "gemm":
+        return 0 if layer.trans_b else 1
+    return 1 if weight_ndim == 2 else None
+
+
+def place_quantizers(model: ir.Model, cfg: QuantsimConfig, opts: QuantOptions) -> Placement:
+    graph = model.graph
+    placement = Placement(strict_symmetric=cfg.strict_symmetric)
+    seen: set[str] = set()
+
+    def act_symmetric(op: str) -> bool:
+        return opts.act_symmetric if opts.act_symmetric is not None else cfg.op_act_symmetric(op)
+
+    def add_act(value: ir.Value, op: str) -> None:
+        if value.name in seen:
+            return
+        if not _is_float(value):
+            if value.dtype is None:
+                placement.skipped.append((value.name, "element type unknown (shape inference could not tell)"))
+            return
+        seen.add(value.name)
+        rule = cfg.op_types.get(op)
+        placement.activations.append(ActQuantizer(
+            value.name, opts.act_bw, act_symmetric(op),
+            rule.encoding_min if rule else None, rule.encoding_max if rule else None))
+
+    if cfg.model_input_quantized:
+        for value in graph.inputs:
+            if not value.is_initializer():
+                add_act(value, "model_input")
+    inner = _supergroup_inner(graph, cfg.supergroups)
+    for node in graph:
+        op = node.op_type
+        if node.domain not in g.ONNX_DOMAINS:
+            placement.skipped.append((g.node_label(node), f"custom op {node.domain}::{op} left unquantized"))
+            continue
+        if cfg.op_input_quantized(op):
+            for value in node.inputs:
+                if value is not None and not value.is_initializer():
+                    add_act(value, op)
+        for value in node.outputs:
+            if not value.uses() and not value.is_graph_output():
+                continue
+            if node in inner:
+                placement.skipped.append((value.name, f"inside supergroup {inner[node]}"))
+            elif not cfg.op_output_quantized(op):
+                placement.skipped.append((value.name, f"{op} output is not quantized by the config"))
+            else:
+                add_act(value, op)
+        _place_params(node, cfg, opts, placement)
+    if cfg.model_output_quantized:
+        for value in graph.outputs:
+            add_act(value, "model_output")
+    return placement
+
+
+def _place_params(node: ir.Node, cfg: QuantsimConfig, opts: QuantOptions, placement: Placement) -> None:
+    layer = as_layer(node)
+    if layer is None:
+        return
+    op = node.op_type
+    for kind, value in (("weight", layer.weight), ("bias", layer.bias)):
+        if value is None:
+            continue
+        arr = g.constant(value)
+        if arr is None or not g.is_float_dtype(arr):
+            if kind == "weight":
+                placement.skipped.append((g.node_label(node), "weight is not a constant float tensor"))
+            continue
+        if any(p.tensor == value.name for p in placement.params):
+            continue  # shared weight: one quantizer
+        rule = cfg.param_rule(op, kind)
+        if not rule.is_quantized:
+            continue
+        symmetric = opts.param_symmetric if opts.param_symmetric is not None else bool(rule.is_symmetric)
+        per_channel = opts.per_channel if opts.per_channel is not None else cfg.op_per_channel(op)
+        axis = per_channel_axis(op, node, arr.ndim) if (per_channel and kind == "weight") else None
+        if per_channel and kind == "weight" and axis is None:
+            placement.skipped.append((value.name, "per-channel not possible here (grouped ConvTranspose); per-tensor"))
+        bw = opts.param_bw if kind == "weight" else 32
+        placement.params.append(ParamQuantizer(value.name, kind, op, bw, symmetric if kind == "weight" else True, axis))

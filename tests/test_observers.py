@@ -1,0 +1,177 @@
+"""Streaming observers: min/max and merged histograms, per tensor and per channel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aimetcli.calibration.observers import (
+    EmptyObserverError,
+    HistogramObserver,
+    MinMaxObserver,
+    make_observer,
+    observe_encoding,
+)
+from aimetcli.kernels.quant import QuantScheme, encoding_from_range
+from aimetcli.kernels.range_search import percentile_range, tf_enhanced_encoding, tf_enhanced_range
+
+RNG = np.random.default_rng(0)
+
+
+def test_minmax_streams_and_skips_nonfinite():
+    obs = MinMaxObserver()
+    obs.update(np.array([1.0, -2.0, 3.0], np.float32))
+    obs.update(np.array([[np.nan, 7.5], [np.inf, -np.inf]], np.float32))
+    obs.update(np.array([], np.float32))
+    obs.update(np.array([0.5, -3.25]))
+    assert obs.result() == (-3.25, 7.5)
+    assert obs.nonfinite_count == 3
+
+
+def test_minmax_per_channel():
+    x = RNG.normal(size=(4, 3, 5)).astype(np.float32)
+    y = RNG.normal(size=(2, 3, 5)).astype(np.float32) * 3
+    obs = MinMaxObserver(axis=1)
+    obs.update(x)
+    obs.update(y)
+    both = np.concatenate([x, y])
+    lo, hi = obs.result()
+    assert np.array_equal(lo, both.min(axis=(0, 2))) and np.array_equal(hi, both.max(axis=(0, 2)))
+    neg = MinMaxObserver(axis=-2)
+    neg.update(x)
+    assert np.array_equal(neg.result()[0], x.min(axis=(0, 2)))
+    with pytest.raises(ValueError, match="channels"):
+        obs.update(np.zeros((2, 4, 5), np.float32))
+
+
+def test_minmax_empty_raises():
+    obs = MinMaxObserver()
+    with pytest.raises(EmptyObserverError):
+        obs.result()
+    obs.update(np.full(4, np.nan, np.float32))
+    assert obs.nonfinite_count == 4
+    with pytest.raises(EmptyObserverError):
+        obs.result()
+    pc = MinMaxObserver(axis=0)
+    pc.update(np.array([[1.0, 2.0], [np.nan, np.nan]]))
+    with pytest.raises(EmptyObserverError, match="channels"):
+        pc.result()
+    pc.update(np.array([[0.0], [5.0]]))
+    assert [a.tolist() for a in pc.result()] == [[0.0, 5.0], [2.0, 5.0]]
+
+
+def test_histogram_single_batch_matches_numpy():
+    x = RNG.normal(size=100_000).astype(np.float32)
+    obs = HistogramObserver()
+    obs.update(x)
+    counts, edges = obs.histogram()
+    ref_counts, ref_edges = np.histogram(x.astype(np.float64), bins=512)
+    assert counts.shape == (512,) and edges.shape == (513,)
+    assert np.allclose(edges, ref_edges, rtol=0, atol=1e-12)
+    assert np.abs(counts - ref_counts).sum() <= 4  # values on bin edges may round either way
+    assert counts.sum() == x.size and obs.minmax() == (float(x.min()), float(x.max()))
+
+
+def test_histogram_merging_preserves_counts_and_tf_enhanced_result():
+    batches = [RNG.normal(0.0, s, 40_000).astype(np.float32) for s in (0.2, 0.5, 1.0, 2.0, 4.0)]
+    batches[2][:3] = [np.nan, np.inf, -np.inf]
+    batches[4][0] = 40.0  # a late outlier grows the range a lot
+    obs = HistogramObserver()
+    for b in batches:
+        obs.update(b)
+    data = np.concatenate(batches)
+    finite = data[np.isfinite(data)]
+    counts, edges = obs.histogram()
+    assert counts.dtype == np.int64 and counts.sum() == finite.size == obs.total_count
+    assert obs.nonfinite_count == 3
+    assert edges[0] == finite.min() and edges[-1] == finite.max()
+
+    single = HistogramObserver()
+    single.update(finite)
+    s_counts, s_edges = single.histogram()
+    assert np.allclose(s_edges, edges)
+    for sym in (False, True):
+        merged = tf_enhanced_range(counts, edges, 8, sym)
+        direct = tf_enhanced_range(s_counts, s_edges, 8, sym)
+        span = direct[1] - direct[0]
+        assert abs(merged[0] - direct[0]) < 0.05 * span and abs(merged[1] - direct[1]) < 0.05 * span
+    assert np.allclose(percentile_range(counts, edges, 99.9), percentile_range(s_counts, s_edges, 99.9),
+                       atol=3 * (edges[1] - edges[0]))
+
+
+def test_histogram_growing_both_ways_keeps_mass_where_it_was():
+    obs = HistogramObserver(num_bins=64)
+    obs.update(np.linspace(-1.0, 1.0, 6400))
+    obs.update(np.array([-3.0, 5.0]))
+    counts, edges = obs.histogram()
+    assert counts.sum() == 6402 and edges[0] == -3.0 and edges[-1] == 5.0
+    mids = (edges[:-1] + edges[1:]) / 2
+    inside = (mids > -1.2) & (mids < 1.2)
+    assert counts[inside].sum() == 6400
+
+
+def test_histogram_constant_data():
+    obs = HistogramObserver()
+    obs.update(np.full(1000, 2.5, np.float32))
+    counts, edges = obs.histogram()
+    assert counts.sum() == 1000 and edges[0] == 2.0 and edges[-1] == 3.0
+    assert obs.minmax() == (2.5, 2.5)
+    enc = observe_encoding(obs, QuantScheme.TF_ENHANCED, 8, False)
+    assert float(enc.max) >= 2.5 - float(enc.scale) and float(enc.min) == 0.0
+
+
+def test_histogram_per_channel_equals_separate_observers():
+    x1 = RNG.normal(size=(8, 3, 10)) * np.array([0.1, 1.0, 5.0])[None, :, None]
+    x2 = RNG.normal(size=(8, 3, 10)) * np.array([0.5, 0.2, 9.0])[None, :, None]
+    x2[0, 0, 0] = np.nan
+    pc = HistogramObserver(num_bins=128, axis=1)
+    for x in (x1, x2):
+        pc.update(x)
+    counts, edges = pc.histogram()
+    assert counts.shape == (3, 128) and edges.shape == (3, 129)
+    for c in range(3):
+        one = HistogramObserver(num_bins=128)
+        one.update(x1[:, c])
+        one.update(x2[:, c])
+        c_counts, c_edges = one.histogram()
+        assert np.array_equal(counts[c], c_counts) and np.allclose(edges[c], c_edges)
+    lo, hi = pc.minmax()
+    assert lo.shape == (3,) and pc.nonfinite_count == 1
+
+
+def test_observe_encoding_per_scheme():
+    x = np.concatenate([RNG.normal(size=50_000), [30.0]]).astype(np.float32)
+    mm = make_observer(QuantScheme.MIN_MAX)
+    hist = make_observer(QuantScheme.TF_ENHANCED)
+    assert isinstance(mm, MinMaxObserver) and isinstance(hist, HistogramObserver)
+    assert isinstance(make_observer("percentile"), HistogramObserver)
+    for obs in (mm, hist):
+        obs.update(x)
+    expected = encoding_from_range(float(x.min()), float(x.max()), 8, False)
+    assert observe_encoding(mm, QuantScheme.MIN_MAX, 8, False) == expected
+    assert observe_encoding(hist, QuantScheme.MIN_MAX, 8, False) == expected
+    counts, edges = hist.histogram()
+    assert observe_encoding(hist, QuantScheme.TF_ENHANCED, 8, True) == tf_enhanced_encoding(counts, edges, 8, True)
+    pct = observe_encoding(hist, QuantScheme.PERCENTILE, 8, False, percentile=99.9)
+    assert pct == encoding_from_range(*percentile_range(counts, edges, 99.9), 8, False, min_range=0.0)
+    assert float(pct.max) < 10.0
+    strict = observe_encoding(mm, QuantScheme.MIN_MAX, 8, True, strict_symmetric=True)
+    assert strict.strict_symmetric
+    with pytest.raises(TypeError, match="HistogramObserver"):
+        observe_encoding(mm, QuantScheme.TF_ENHANCED, 8, False)
+    with pytest.raises(EmptyObserverError):
+        observe_encoding(HistogramObserver(), QuantScheme.TF_ENHANCED, 8, False)
+
+
+def test_observe_encoding_per_channel_weights():
+    w = RNG.normal(size=(6, 4, 3, 3)).astype(np.float32) * np.arange(1, 7)[:, None, None, None]
+    for scheme in QuantScheme:
+        obs = make_observer(scheme, axis=0)
+        obs.update(w)
+        enc = observe_encoding(obs, scheme, 8, True)
+        assert enc.per_channel and enc.axis == 0 and enc.num_channels == 6
+        for c in range(6):
+            one = make_observer(scheme)
+            one.update(w[c])
+            single = observe_encoding(one, scheme, 8, True)
+            assert enc.scale[c] == single.scale and enc.offset[c] == single.offset

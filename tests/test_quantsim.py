@@ -1,0 +1,194 @@
+"""quantsim: placement, exact QDQ simulation against numpy, encodings that name real tensors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import helper
+
+from aimetcli import api
+from aimetcli import encodings as enc_io
+from aimetcli.calibration.data import open_data, input_specs
+from aimetcli.cli import main
+from aimetcli.kernels.quant import QuantScheme, fake_quantize
+from aimetcli.quantsim.placement import QuantOptions
+from helpers import init, make_model, op_count, rand, run, session, to_ir
+
+RNG = np.random.default_rng(3)
+
+
+def mlp(hidden=16, k=12, n=5):
+    inits = [init("W1", rand(hidden, k)), init("B1", rand(hidden)), init("W2", rand(n, hidden)), init("B2", rand(n))]
+    nodes = [
+        helper.make_node("Gemm", ["x", "W1", "B1"], ["h"], transB=1, name="fc1"),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Gemm", ["r", "W2", "B2"], ["y"], transB=1, name="fc2"),
+    ]
+    return make_model(nodes, [("x", ["N", k])], [("y", None)], inits)
+
+
+def sim_of(proto, data, **opts):
+    model, _ = api.prepare(to_ir(proto))
+    dataset = open_data(data, input_specs(model))
+    sim, encs, summary = api.quantsim(model, dataset, QuantOptions(**opts), batch_size=16)
+    return sim, encs, summary
+
+
+@pytest.mark.parametrize("param_bw, act_bw", [(8, 8), (6, 8), (4, 8), (8, 6), (8, 16), (16, 16)])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_sim_equals_numpy_recomputation(tmp_path, param_bw, act_bw, per_channel):
+    proto = mlp()
+    x = rand(64, 12)
+    np.save(tmp_path / "x.npy", x)
+    sim, encs, _ = sim_of(proto, str(tmp_path / "x.npy"), param_bw=param_bw, act_bw=act_bw, per_channel=per_channel)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    a, p = encs.activations, encs.params
+    assert set(a) == {"x", "r", "y"}  # Gemm+Relu is a supergroup: h is not quantized
+    assert set(p) == {"W1", "W2"}  # biases stay float (AIMET default config)
+    if per_channel:
+        assert p["W1"].axis == 0 and p["W1"].scale.shape == (16,)
+    xq = fake_quantize(x, a["x"])
+    h = xq @ fake_quantize(inits["W1"], p["W1"]).T + inits["B1"]
+    r = fake_quantize(np.maximum(h, 0), a["r"])
+    y = fake_quantize(r @ fake_quantize(inits["W2"], p["W2"]).T + inits["B2"], a["y"])
+    got = run(sim, {"x": x})[0]
+    # float32 sums in another order may move a value across a rounding boundary: at most one step
+    step = float(a["y"].scale)
+    assert np.max(np.abs(got - y)) <= step * 1.001
+    assert np.mean(got == y) > 0.98
+    # onnxruntime's basic optimizations keep the float emulation of the QDQ (no integer kernels)
+    import onnx_ir as ir
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    basic = ort.InferenceSession(ir.serde.serialize_model(sim).SerializeToString(), so,
+                                 providers=["CPUExecutionProvider"])
+    assert np.max(np.abs(basic.run(None, {"x": x})[0] - got)) <= step * 1.001
+
+
+def test_quantized_values_lie_on_grid(tmp_path):
+    proto = mlp()
+    x = rand(32, 12)
+    np.save(tmp_path / "x.npy", x)
+    sim, encs, _ = sim_of(proto, str(tmp_path / "x.npy"), act_bw=6)
+    y = run(sim, {"x": x})[0]
+    enc = encs.activations["y"]
+    q = np.rint(y / enc.scale) - enc.offset
+    assert q.min() >= 0 and q.max() <= 63
+    np.testing.assert_allclose(y, (q + enc.offset) * enc.scale, rtol=0, atol=1e-5 * float(enc.scale))
+
+
+def conv_model():
+    inits = [init("W1", rand(8, 3, 3, 3)), init("B1", rand(8)), init("W2", rand(4, 8, 1, 1)),
+             init("shape", np.array([0, -1], np.int64)), init("W3", rand(4 * 25, 3)), init("lo", np.array(0, np.float32)),
+             init("hi", np.array(6, np.float32))]
+    nodes = [
+        helper.make_node("Conv", ["input", "W1", "B1"], ["c1"], pads=[1] * 4, name="conv1"),
+        helper.make_node("Clip", ["c1", "lo", "hi"], ["a1"]),
+        helper.make_node("Conv", ["a1", "W2"], ["c2"], name="conv2"),
+        helper.make_node("Add", ["c2", "c2"], ["s"]),
+        helper.make_node("Relu", ["s"], ["r"]),
+        helper.make_node("Reshape", ["r", "shape"], ["f"]),
+        helper.make_node("MatMul", ["f", "W3"], ["logits"]),
+    ]
+    return make_model(nodes, [("input", ["N", 3, 5, 5])], [("logits", None)], inits)
+
+
+def test_placement_follows_aimet_default_config():
+    sim, encs, summary = sim_of(conv_model(), "random:8")
+    # Conv+Clip and Add+Relu are supergroups; Reshape output is data movement
+    assert set(encs.activations) == {"input", "a1", "c2", "r", "logits"}
+    assert set(encs.params) == {"W1", "W2", "W3"}
+    reasons = {s["tensor"]: s["reason"] for s in summary.skipped}
+    assert "supergroup" in reasons["c1"] and "Reshape" in reasons["f"]
+    assert op_count(sim, "QuantizeLinear") == 5 and op_count(sim, "DequantizeLinear") == 8
+    # graph output keeps its name and is quantized
+    assert [o.name for o in sim.graph.outputs] == ["logits"]
+
+
+@pytest.mark.parametrize("version", enc_io.SUPPORTED_VERSIONS)
+def test_cli_quantsim_writes_model_and_encodings(tmp_path, version):
+    src = tmp_path / "m.onnx"
+    onnx.save(conv_model(), src)
+    np.savez(tmp_path / "calib.npz", input=rand(20, 3, 5, 5))
+    out = tmp_path / "sim.onnx"
+    r = CliRunner().invoke(main, ["quantsim", str(src), "-o", str(out), "--data", str(tmp_path / "calib.npz"),
+                                  "--encoding-version", version, "--per-channel", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["activation_quantizers"] == 5
+    text = (tmp_path / "sim.encodings").read_text()
+    parsed = enc_io.loads(text, param_names={"W1", "W2", "W3"})
+    assert parsed.version == version
+    sim = onnx.load(out)
+    names = {v.name for v in sim.graph.input} | {i.name for i in sim.graph.initializer} | {
+        o for n in sim.graph.node for o in n.output}
+    for te in parsed.encodings:
+        assert te.name in names
+    # the sim model runs on stock onnxruntime with every optimization (integer kernels)
+    import onnxruntime as ort
+
+    ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": rand(2, 3, 5, 5)})
+
+
+def test_quantsim_is_deterministic(tmp_path):
+    src = tmp_path / "m.onnx"
+    onnx.save(conv_model(), src)
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"sim{i}.onnx"
+        r = CliRunner().invoke(main, ["quantsim", str(src), "-o", str(out), "--data", "random:16",
+                                      "--quant-scheme", "tf-enhanced"])
+        assert r.exit_code == 0, r.output
+        outs.append((out.read_bytes(), (tmp_path / f"sim{i}.encodings").read_bytes()))
+    assert outs[0] == outs[1]
+
+
+@pytest.mark.parametrize("scheme", [s.value for s in QuantScheme])
+def test_schemes_run(scheme):
+    sim, encs, _ = sim_of(conv_model(), "random:32", scheme=QuantScheme(scheme))
+    assert len(encs.activations) == 5
+
+
+def test_bad_config_names_key(tmp_path):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"defaults": {"ops": {"is_output_quantised": "True"}}}))
+    src = tmp_path / "m.onnx"
+    onnx.save(conv_model(), src)
+    r = CliRunner().invoke(main, ["quantsim", str(src), "-o", str(tmp_path / "s.onnx"), "--data", "random:4",
+                                  "--config", str(cfg)])
+    assert r.exit_code == 1
+    assert "is_output_quantised" in r.stderr and "defaults.ops" in r.stderr
+    assert not (tmp_path / "s.onnx").exists()
+
+
+def test_config_turns_quantizers_off(tmp_path):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"defaults": {"ops": {"is_output_quantized": "True"}, "params": {"is_quantized": "True"}},
+                               "op_type": {"Conv": {"is_output_quantized": "False"}},
+                               "params": {"weight": {"is_quantized": "False"}}, "supergroups": [],
+                               "model_input": {"is_input_quantized": "False"}}))
+    model, _ = api.prepare(to_ir(conv_model()))
+    sim, encs, _ = api.quantsim(model, open_data("random:4", input_specs(model)), QuantOptions(),
+                                config_path=str(cfg))
+    # weights off; biases follow defaults.params (quantized), at 32 bits as int32 DequantizeLinear
+    assert set(encs.params) == {"B1"} and encs.params["B1"].bitwidth == 32
+    run(sim, {"input": rand(2, 3, 5, 5)})
+    assert "input" not in encs.activations and "c2" not in encs.activations
+    assert {"a1", "s", "r", "logits"} <= set(encs.activations)
+
+
+def test_wrong_data_shape_is_one_line(tmp_path):
+    src = tmp_path / "m.onnx"
+    onnx.save(conv_model(), src)
+    np.save(tmp_path / "bad.npy", rand(4, 3, 6, 6))
+    r = CliRunner().invoke(main, ["quantsim", str(src), "-o", str(tmp_path / "s.onnx"), "--data",
+                                  str(tmp_path / "bad.npy")])
+    assert r.exit_code == 1
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "input" in lines[0], r.stderr
