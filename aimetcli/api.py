@@ -277,6 +277,9 @@ def quantsim(model: ir.Model, dataset, options, *, config_path: str | None = Non
     if bns:
         warnings.append(f"the model still has {bns} BatchNormalization; run fold-bn first to simulate what "
                         "runtimes execute")
+    mismatch = bias_correction_mismatch(model, options, cfg.source)
+    if mismatch:
+        warnings.append(mismatch)
     target = WIDE_OPSET if max(options.param_bw, options.act_bw) > 8 else SIM_OPSET
     model = upgrade_opset(model, target)
     placement = place_quantizers(model, cfg, options)
@@ -404,3 +407,81 @@ def evaluate(models: list[ir.Model], dataset, *, batch_size: int = 64, optimizat
             summary.top1_agreement = float(np.mean(preds[0] == preds[1]) * 100.0)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+# ----------------------------------------------------------------------------------
+# bias correction
+# ----------------------------------------------------------------------------------
+@dataclass
+class BiasCorrectSummary:
+    method: str
+    options: dict
+    corrected: list
+    skipped: list
+    peak_cache_bytes: int
+    samples: int
+    seconds: float
+
+    @property
+    def mean_shift_before(self) -> float:
+        import numpy as np
+
+        vals = [c.shift_before for c in self.corrected if c.method == "empirical"]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    @property
+    def mean_shift_after(self) -> float:
+        import numpy as np
+
+        vals = [c.shift_after for c in self.corrected if c.method == "empirical" and c.shift_after is not None]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    def to_json(self) -> dict:
+        doc = _jsonable(self)
+        doc["skipped"] = [{"layer": a, "reason": b} for a, b in self.skipped]
+        for key in ("mean_shift_before", "mean_shift_after"):
+            v = getattr(self, key)
+            doc[key] = None if v != v else v
+        for row in doc["corrected"]:
+            for key in ("shift_before", "shift_after"):
+                if row[key] is not None and row[key] != row[key]:
+                    row[key] = None
+        return doc
+
+
+def bias_correct(model: ir.Model, dataset, options, *, method: str = "hybrid", config_path: str | None = None,
+                 batch_size: int = 32, progress=None) -> BiasCorrectSummary:
+    """Correct biases for the quantization quantsim applies with ``options``; records them in the model."""
+    import json
+
+    from aimetcli.bias_correction import METADATA_KEY, correct_biases
+    from aimetcli.quantsim.config import load_config
+
+    start = time.perf_counter()
+    result = correct_biases(model, dataset, options, method=method, config_path=config_path,
+                            batch_size=batch_size, progress=progress)
+    record = options.as_record(load_config(config_path).source)
+    model.metadata_props[METADATA_KEY] = json.dumps({"method": method, "options": record}, sort_keys=True)
+    return BiasCorrectSummary(method, record, result.corrected, result.skipped, result.peak_cache_bytes,
+                              dataset.num_samples if dataset is not None else 0, time.perf_counter() - start)
+
+
+def bias_correction_mismatch(model: ir.Model, options, cfg_source: str) -> str | None:
+    """A warning when the model was bias-corrected for other quantization options."""
+    import json
+
+    from aimetcli.bias_correction import METADATA_KEY
+
+    text = model.metadata_props.get(METADATA_KEY)
+    if not text:
+        return None
+    try:
+        recorded = json.loads(text)["options"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    now = options.as_record(cfg_source)
+    diff = [k for k in sorted(now) if recorded.get(k) != now[k]]
+    if not diff:
+        return None
+    parts = ", ".join(f"{k} {recorded.get(k)!r} -> {now[k]!r}" for k in diff)
+    return f"the model's biases were corrected for other quantization options ({parts}); rerun bias-correct with these"

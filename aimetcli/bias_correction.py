@@ -9,16 +9,18 @@ each, so its cost grows with the square of depth. We instead:
 3. analytical layers (``analytical``/``hybrid``): where a layer reads a folded BN
    (carried statistics) through Relu, Clip or nothing, E[x] is the clipped-normal
    mean and ``b -= (W~ - W) . E[x]`` with no data at all;
-4. empirical layers: run the quantized (QDQ) model with every layer output exposed
-   and the biases fed as graph inputs, and add (FP32 mean - quantized mean) to each
-   bias; repeat ``passes`` times (default 2). Each pass corrects every layer at
-   once given the corrections of the previous pass, so after k passes every layer
-   has seen its upstream corrections up to k hops away. The shift measured in the
-   last pass (before its own update, so an upper bound of what remains) is
-   reported as ``shift_after`` so convergence is visible.
+4. empirical layers, exactly in AIMET's order (each layer corrected with every
+   earlier layer quantized and already corrected) but without rerunning the model
+   per layer: the quantized (QDQ) model is run in segments that end at each layer
+   output (calibration/segments.py). When segment k has run over all the data, the
+   layer's per-channel mean is compared with the FP32 one, the difference goes into
+   its bias *and* into the cached output, and only then does the next segment read it.
 
-Cost: 1 FP32 pass + 1 calibration pass + ``passes`` quantized passes, each linear
-in depth. Memory: one batch of activations plus one float64 vector per layer.
+Cost: 1 FP32 pass + 1 calibration pass + 1 segmented quantized pass, each linear
+in depth. Memory: one batch of activations for the FP32 and calibration passes;
+the segmented pass caches, for all samples, the tensors live between two segments
+(the widest cut of the graph times the number of samples; reported as
+``peak_cache_bytes``). Use --num-samples to bound it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import onnx_ir as ir
 from aimetcli import graph as g
 from aimetcli.bn_stats import read_bn_stats
 from aimetcli.calibration import runner
+from aimetcli.calibration.segments import SegmentRunner
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.bias import ChannelMean, clipped_normal_mean
 from aimetcli.kernels.quant import fake_quantize
@@ -48,15 +51,18 @@ class LayerCorrection:
     layer: str
     method: str  # analytical | empirical
     channels: int
-    shift_before: float  # mean |E[y_q] - E[y_fp]| over channels before correction
-    shift_after: float | None  # measured in the last quantized pass (None when not measured)
+    # mean over channels of |E[y_fp] - E[y_q]| in the quantized model with every earlier layer corrected:
+    # for empirical layers before their own correction (after it, 0 by construction); for analytical
+    # layers after theirs (data-free correction, measured when data is given)
+    shift_before: float
+    shift_after: float | None
 
 
 @dataclass
 class BiasCorrectionResult:
     corrected: list[LayerCorrection] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    passes: int = 0
+    peak_cache_bytes: int = 0
 
 
 def _input_expectation(layer: Layer, stats, opset: int) -> tuple[np.ndarray | None, str]:
@@ -123,7 +129,7 @@ def _mean_pass(proto: onnx.ModelProto, outputs: list[str], dataset, batch_size: 
 
 
 def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid", config_path: str | None = None,
-                   batch_size: int = 32, passes: int = 2, progress=None) -> BiasCorrectionResult:
+                   batch_size: int = 32, progress=None) -> BiasCorrectionResult:
     """Correct the biases of ``model`` (FP32, modified in place) for quantization with ``options``."""
     from aimetcli.quantsim.calibrate import calibrate
     from aimetcli.quantsim.config import load_config
@@ -182,33 +188,47 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
         delta = layer.apply_to_constant(err, ex)
         write_bias(layer, graph, names, bias_array(layer, w) - delta, w.dtype)
 
-    shifts: dict[str, list[float]] = {}
     if fp_means and encodings is not None:
         sim = ir.serde.deserialize_model(ir.serde.serialize_model(model))
         renamed = insert_qdq(sim, encodings.activations, encodings.params)
-        sim_proto = ir.serde.serialize_model(sim)
-        bias_names = [la.bias.name for la in measured]
-        biases = {la.bias.name: la.bias.const_value.numpy().astype(np.float32) for la in measured}
-        _biases_to_inputs(sim_proto, set(bias_names))
-        sim_outputs = [renamed.get(n, n) for n in out_names]
-        for p in range(passes):
-            q_means = _mean_pass(_copy(sim_proto), sim_outputs, dataset, batch_size, extra_feeds=biases,
-                                 progress=progress)
-            result.passes = p + 1
-            for layer, name, sim_name in zip(measured, out_names, sim_outputs):
-                diff = fp_means[name] - q_means[sim_name]
-                shifts.setdefault(name, []).append(float(np.mean(np.abs(diff))))
-                if id(layer.node) in analytical:
-                    continue
-                biases[layer.bias.name] = (biases[layer.bias.name].astype(np.float64) + diff).astype(np.float32)
+        by_sim_name = {renamed.get(la.output.name, la.output.name): la for la in measured}
+        corrections: dict[int, np.ndarray] = {}
+        shifts: dict[int, float] = {}
+
+        def on_cut(name: str, arrays: list[np.ndarray]) -> None:
+            layer = by_sim_name[name]
+            mean = ChannelMean()
+            for a in arrays:
+                mean.update(a)
+            diff = fp_means[layer.output.name] - mean.mean
+            shifts[id(layer.node)] = float(np.mean(np.abs(diff)))
+            if id(layer.node) in analytical:
+                return
+            corrections[id(layer.node)] = diff
+            shape = [1] * arrays[0].ndim
+            shape[1] = -1
+            step = diff.astype(arrays[0].dtype).reshape(shape)
+            for a in arrays:
+                a += step  # downstream segments see the corrected layer
+
+        seg_runner = SegmentRunner(ir.serde.serialize_model(sim), list(by_sim_name))
+        seg_runner.run(dataset.batches(batch_size), on_cut, progress)
+        result.peak_cache_bytes = seg_runner.peak_bytes
         for layer in empirical:
-            write_bias(layer, graph, names, biases[layer.bias.name].astype(np.float64), layer.weight_array().dtype)
-    for layer in measured if fp_means else [la for la in layers if id(la.node) in analytical]:
-        s = shifts.get(layer.output.name, [])
-        method_used = "analytical" if id(layer.node) in analytical else "empirical"
-        n = layer.out_channels(layer.weight_array())
-        result.corrected.append(LayerCorrection(layer.name, method_used, n, s[0] if s else float("nan"),
-                                                s[-1] if len(s) > 1 else None))
+            w = layer.weight_array()
+            write_bias(layer, graph, names, bias_array(layer, w) + corrections.get(id(layer.node), 0.0), w.dtype)
+        for layer in measured:
+            n = layer.out_channels(layer.weight_array())
+            is_analytical = id(layer.node) in analytical
+            before = shifts.get(id(layer.node), float("nan"))
+            result.corrected.append(LayerCorrection(
+                layer.name, "analytical" if is_analytical else "empirical", n,
+                float("nan") if is_analytical else before, before if is_analytical else 0.0))
+    else:
+        for layer in layers:
+            if id(layer.node) in analytical:
+                n = layer.out_channels(layer.weight_array())
+                result.corrected.append(LayerCorrection(layer.name, "analytical", n, float("nan"), None))
     return result
 
 

@@ -1,0 +1,70 @@
+"""bias-correct: empirical, analytical and hybrid bias correction."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from aimetcli import api
+from aimetcli.bias_correction import METHODS
+from aimetcli.cli import Output, common_options
+from aimetcli.commands._shared import (
+    data_options, external_data_option, input_argument, load_input, open_dataset, output_option, progress_bar,
+    save_output,
+)
+from aimetcli.commands.quantsim import make_options, quant_options
+from aimetcli.errors import AimetCliError, ErrorKind
+from aimetcli.layers import as_layer
+
+
+@click.command("bias-correct")
+@input_argument
+@output_option()
+@click.option("--data", "data", default=None, help="Data: .npy, .npz, image folder or random:N (empirical/hybrid).")
+@click.option("--method", type=click.Choice(METHODS), default="hybrid", show_default=True,
+              help="analytical uses the carried BN statistics (no data); hybrid: analytical where possible.")
+@data_options
+@quant_options
+@external_data_option
+@common_options
+def bias_correct(out: Output, model_in: str, output: str, data: str | None, method: str,
+                 external_data: bool, config_path: str | None, **kw) -> None:
+    """Correct the biases for the shift that weight quantization causes.
+
+    Corrects for the quantization quantsim applies with the same options; the
+    output is an FP32 model with corrected biases, which records those options.
+
+    \b
+    Examples:
+      aimetcli bias-correct eq.onnx -o bc.onnx --data calib.npz
+      aimetcli bias-correct eq.onnx -o bc.onnx --method analytical --param-bw 6
+    """
+    options = make_options(**kw)
+    if data is None and method != "analytical":
+        raise AimetCliError(f"--method {method} needs --data (or use --method analytical)", ErrorKind.USAGE)
+    model = load_input(out, model_in, output)
+    dataset = open_dataset(model, data, out=out, **kw) if data else None
+    # FP32 pass + calibration pass (per batch), then one step per layer segment
+    n_layers = sum(1 for n in model.graph if as_layer(n) is not None)
+    batches = dataset.num_batches(kw["batch_size"]) * 2 + n_layers + 1 if dataset else 0
+    with progress_bar(out, batches, "Correcting biases") as bar:
+        summary = api.bias_correct(model, dataset, options, method=method, config_path=config_path,
+                                   batch_size=kw["batch_size"], progress=bar)
+    save_output(out, model, output, external_data=external_data)
+    table = Table(title=f"Bias correction ({method}, W{options.param_bw}A{options.act_bw})", title_justify="left")
+    for col in ("layer", "method", "channels", "mean |shift| uncorrected", "after"):
+        table.add_column(col, justify="left" if col in ("layer", "method") else "right")
+    rows = summary.corrected if out.verbose else summary.corrected[:25]
+    for c in rows:
+        table.add_row(c.layer, c.method, str(c.channels),
+                      "-" if c.shift_before != c.shift_before else f"{c.shift_before:.3g}",
+                      "-" if c.shift_after is None else f"{c.shift_after:.3g}")
+    out.info(table)
+    out.info(f"Corrected {len(summary.corrected)} layers in {summary.seconds:.2f} s; mean |shift| "
+             f"{summary.mean_shift_before:.3g} -> {summary.mean_shift_after:.3g}.")
+    for layer, reason in summary.skipped:
+        out.detail(f"not corrected: {layer}: {reason}")
+    out.emit_json({"command": "bias-correct", "input": model_in, "output": output, **summary.to_json()})
+
+
+COMMANDS = [bias_correct]

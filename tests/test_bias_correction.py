@@ -1,0 +1,165 @@
+"""bias-correct: exact empirical means, closed-form analytical means, recorded options."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import helper
+
+from aimetcli import api
+from aimetcli.calibration.data import input_specs, open_data
+from aimetcli.cli import main
+from aimetcli.kernels.bias import clipped_normal_mean
+from aimetcli.kernels.quant import fake_quantize
+from aimetcli.layers import as_layer
+from aimetcli.quantsim.placement import QuantOptions
+from helpers import bn_inits, bn_node, init, make_model, rand, to_ir
+
+RNG = np.random.default_rng(11)
+
+
+def single_conv(bias: bool):
+    w = (RNG.standard_normal((6, 4, 1, 1)) * np.array([1, 5, 0.2, 2])[None, :, None, None]).astype(np.float32)
+    inits = [init("W", w)] + ([init("B", rand(6))] if bias else [])
+    nodes = [helper.make_node("Conv", ["x", "W"] + (["B"] if bias else []), ["y"], name="conv")]
+    return make_model(nodes, [("x", ["N", 4, 5, 5])], [("y", None)], inits)
+
+
+def known_inputs(n=256):
+    mu = np.array([0.5, -1.0, 2.0, 0.0], np.float32)[None, :, None, None]
+    sd = np.array([1.0, 0.3, 2.0, 0.7], np.float32)[None, :, None, None]
+    return (RNG.standard_normal((n, 4, 5, 5)).astype(np.float32) * sd + mu).astype(np.float32)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("param_bw", [4, 8])
+def test_empirical_makes_quantized_mean_equal_fp32(tmp_path, bias, param_bw):
+    proto = single_conv(bias)
+    x = known_inputs()
+    np.save(tmp_path / "x.npy", x)
+    model, _ = api.prepare(to_ir(proto))
+    options = QuantOptions(param_bw=param_bw)
+    dataset = open_data(str(tmp_path / "x.npy"), input_specs(model))
+    w = onnx.numpy_helper.to_array(proto.graph.initializer[0]).astype(np.float64)
+    b0 = onnx.numpy_helper.to_array(proto.graph.initializer[1]).astype(np.float64) if bias else np.zeros(6)
+    summary = api.bias_correct(model, dataset, options, method="empirical", batch_size=64)
+    assert [c.method for c in summary.corrected] == ["empirical"]
+    layer = as_layer(next(iter(model.graph)))
+    assert layer.bias is not None  # a bias was created where there was none
+    b1 = layer.bias.const_value.numpy().astype(np.float64)
+    # numpy re-computation with the encodings quantsim uses for these options
+    sim, encs, _ = api.quantsim(model, dataset, options, batch_size=64)
+    xq = fake_quantize(x, encs.activations["x"]).astype(np.float64)
+    wq = fake_quantize(w.astype(np.float32), encs.params["W"]).astype(np.float64)[:, :, 0, 0]
+    fp_mean = np.einsum("oc,nchw->o", w[:, :, 0, 0], x.astype(np.float64)) / (x.shape[0] * 25) + b0
+    q_before = np.einsum("oc,nchw->o", wq, xq) / (x.shape[0] * 25) + b0
+    q_after = q_before - b0 + b1
+    assert np.max(np.abs(q_before - fp_mean)) > 1e-4  # there was a shift to correct
+    np.testing.assert_allclose(q_after, fp_mean, rtol=0, atol=1e-5 * max(1.0, np.abs(fp_mean).max()))
+
+
+@pytest.mark.parametrize("lo, hi", [(-np.inf, np.inf), (0.0, np.inf), (0.0, 6.0), (-1.0, 2.0)])
+def test_clipped_normal_mean_matches_numerical_integration(lo, hi):
+    beta = np.array([-3.0, -0.5, 0.0, 1.0, 4.0, 7.0])
+    gamma = np.array([1.0, 2.0, 0.5, 1.5, 3.0, 1.0])
+    got = clipped_normal_mean(beta, gamma, lo, hi)
+    for b, g, m in zip(beta, gamma, got):
+        z = np.linspace(b - 12 * g, b + 12 * g, 200001)
+        pdf = np.exp(-0.5 * ((z - b) / g) ** 2) / (g * np.sqrt(2 * np.pi))
+        expect = np.trapezoid(np.clip(z, lo, hi) * pdf, z)
+        assert abs(m - expect) < 1e-6, (b, g, m, expect)
+
+
+def bn_chain():
+    inits = [init("W1", rand(8, 3, 3, 3)), init("W2", rand(5, 8, 3, 3)), init("lo", np.array(0, np.float32)),
+             init("hi", np.array(6, np.float32))] + bn_inits("bn", 8)
+    nodes = [
+        helper.make_node("Conv", ["x", "W1"], ["y1"], name="c1", pads=[1] * 4),
+        bn_node("bn", "y1", "z1"),
+        helper.make_node("Clip", ["z1", "lo", "hi"], ["a1"]),
+        helper.make_node("Conv", ["a1", "W2"], ["out"], name="c2", pads=[1] * 4),
+    ]
+    return make_model(nodes, [("x", ["N", 3, 6, 6])], [("out", None)], inits)
+
+
+def test_analytical_uses_carried_bn_stats_after_separate_fold(tmp_path):
+    # fold in one command, correct analytically (no data) in another
+    src = tmp_path / "m.onnx"
+    onnx.save(bn_chain(), src)
+    runner = CliRunner()
+    r = runner.invoke(main, ["fold-bn", str(src), "-o", str(tmp_path / "f.onnx")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["bias-correct", str(tmp_path / "f.onnx"), "-o", str(tmp_path / "bc.onnx"),
+                             "--method", "analytical", "--param-bw", "4", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert [c["layer"] for c in doc["corrected"]] == ["c2"]
+    assert any(s["layer"] == "c1" and "BN statistics" in s["reason"] for s in doc["skipped"])
+    folded = onnx.load(tmp_path / "f.onnx")
+    corrected = onnx.load(tmp_path / "bc.onnx")
+    from aimetcli.bn_stats import read_bn_stats
+    from aimetcli.model_io import load_model
+
+    stats = read_bn_stats(load_model(str(tmp_path / "f.onnx")).model)["z1"]
+    ex = clipped_normal_mean(stats.beta, stats.gamma, 0.0, 6.0)
+    w2 = next(onnx.numpy_helper.to_array(t) for t in folded.graph.initializer if t.name == "W2")
+    # the encoding quantsim would use: symmetric per-tensor 4-bit min-max of W2
+    from aimetcli.kernels.quant import encoding_from_range
+
+    lim = float(np.abs(w2).max())
+    enc = encoding_from_range(-lim, lim, 4, True)
+    err = fake_quantize(w2, enc).astype(np.float64) - w2
+    expect = -np.einsum("ockl,c->o", err, ex)
+    bias = [n for n in corrected.graph.node if n.op_type == "Conv"][1].input
+    assert len(bias) == 3
+    b = next(onnx.numpy_helper.to_array(t) for t in corrected.graph.initializer if t.name == bias[2])
+    np.testing.assert_allclose(b, expect, rtol=1e-5, atol=1e-6)
+
+
+def test_hybrid_is_analytical_where_stats_allow(tmp_path):
+    model, _ = api.prepare(to_ir(bn_chain()))
+    api.fold_bn(model)
+    summary = api.bias_correct(model, open_data("random:32", input_specs(model)), QuantOptions(), method="hybrid")
+    methods = {c.layer: c.method for c in summary.corrected}
+    assert methods == {"c1": "empirical", "c2": "analytical"}
+
+
+def test_shared_weights_get_private_biases():
+    w = rand(4, 3, 1, 1)
+    inits = [init("W", w)]
+    nodes = [helper.make_node("Conv", ["x", "W"], ["a"], name="ca"), helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Conv", ["x", "W"], ["b"], name="cb"), helper.make_node("Add", ["r", "b"], ["out"])]
+    proto = make_model(nodes, [("x", ["N", 3, 4, 4])], [("out", None)], inits)
+    model, _ = api.prepare(to_ir(proto))
+    summary = api.bias_correct(model, open_data("random:16", input_specs(model)), QuantOptions(param_bw=4),
+                               method="empirical")
+    assert len(summary.corrected) == 2
+    convs = [n for n in model.graph if n.op_type == "Conv"]
+    assert convs[0].inputs[2] is not convs[1].inputs[2]
+
+
+def test_quantsim_warns_when_options_differ(tmp_path):
+    src = tmp_path / "m.onnx"
+    onnx.save(single_conv(True), src)
+    runner = CliRunner()
+    r = runner.invoke(main, ["bias-correct", str(src), "-o", str(tmp_path / "bc.onnx"), "--data", "random:16",
+                             "--param-bw", "6"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["quantsim", str(tmp_path / "bc.onnx"), "-o", str(tmp_path / "sim.onnx"), "--data",
+                             "random:16"])
+    assert r.exit_code == 0
+    assert "corrected for other quantization options" in r.stderr and "param_bw 6 -> 8" in r.stderr
+    r = runner.invoke(main, ["quantsim", str(tmp_path / "bc.onnx"), "-o", str(tmp_path / "sim6.onnx"), "--data",
+                             "random:16", "--param-bw", "6"])
+    assert "corrected for other" not in r.stderr
+
+
+def test_empirical_without_data_is_usage_error(tmp_path):
+    src = tmp_path / "m.onnx"
+    onnx.save(single_conv(True), src)
+    r = CliRunner().invoke(main, ["bias-correct", str(src), "-o", str(tmp_path / "o.onnx")])
+    assert r.exit_code == 2 and "needs --data" in r.stderr
