@@ -289,7 +289,14 @@ def quantsim(model: ir.Model, dataset, options, *, config_path: str | None = Non
     for tensor, count in encodings.nonfinite.items():
         warnings.append(f"{count} NaN/Inf values in tensor {tensor!r} were ignored during calibration")
     insert_qdq(model, encodings.activations, encodings.params)
-    model.metadata_props[QUANTSIM_METADATA_KEY] = encodings_json(encodings, options, cfg.source, "1.0.0")
+    import json
+
+    model.metadata_props[QUANTSIM_METADATA_KEY] = json.dumps({
+        "options": options.as_record(cfg.source),
+        "encodings": json.loads(encodings_json(encodings, options, cfg.source, "1.0.0")),
+        "axes": {name: enc.axis for name, enc in sorted(encodings.params.items()) if enc.axis is not None},
+        "skipped": [{"tensor": t, "reason": r} for t, r in placement.skipped],
+    }, sort_keys=True)
     summary = QuantsimSummary(
         options=options.as_record(cfg.source),
         activation_quantizers=len(encodings.activations),
@@ -327,9 +334,14 @@ def tensor_encodings(encodings) -> list:
 
 def encodings_json(encodings, options, cfg_source: str, version: str) -> str:
     from aimetcli import encodings as enc_io
+    from aimetcli.errors import AimetCliError, ErrorKind
 
-    return enc_io.dumps(tensor_encodings(encodings), version=version,
-                        quantizer_args=quantizer_args(options, cfg_source))
+    try:
+        return enc_io.dumps(tensor_encodings(encodings), version=version,
+                            quantizer_args=quantizer_args(options, cfg_source))
+    except ValueError as exc:  # e.g. 2.0.0 has no field for a 6-bit grid
+        raise AimetCliError(f"encodings {version} cannot hold these encodings ({exc}); use --encoding-version 1.0.0",
+                            ErrorKind.USAGE) from exc
 
 
 # ----------------------------------------------------------------------------------
@@ -368,7 +380,7 @@ def sqnr_db(reference, test) -> float:
     return float(10 * np.log10(signal / noise))
 
 
-def evaluate(models: list[ir.Model], dataset, *, batch_size: int = 64, optimization: str = "basic",
+def evaluate(models: list[ir.Model], dataset, *, batch_size: int = 64, optimization: str | list[str] = "none",
              names: list[str] | None = None, progress=None) -> EvaluateSummary:
     """Top-1 of each model (when the data has labels); for two models, how far apart they are."""
     import numpy as np
@@ -376,7 +388,8 @@ def evaluate(models: list[ir.Model], dataset, *, batch_size: int = 64, optimizat
     from aimetcli.calibration import runner
 
     start = time.perf_counter()
-    sessions = [runner.make_session(ir.serde.serialize_model(m), optimization=optimization) for m in models]
+    levels = [optimization] * len(models) if isinstance(optimization, str) else list(optimization)
+    sessions = [runner.make_session(ir.serde.serialize_model(m), optimization=lvl) for m, lvl in zip(models, levels)]
     out_names = [o.name for o in sessions[0].get_outputs()]
     collected: list[list[list[np.ndarray]]] = [[] for _ in sessions]
     for feeds in dataset.batches(batch_size):

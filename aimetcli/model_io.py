@@ -190,23 +190,30 @@ def save_model(model: ir.Model, dest: str, *, external_data: bool | None = None)
     check_output_path(dest)
     path = Path(dest)
     final_dir = path.parent if str(path.parent) else Path(".")
-    written = [path.name]
     with staged_dir(final_dir) as tmp:
-        try:
-            if use_external:
-                data_name = path.name + ".data"
-                ir.save(model, tmp / path.name, external_data=data_name)
-                written.append(data_name)
-            else:
-                (tmp / path.name).write_bytes(serialize(model))
-        except OSError as exc:
-            raise AimetCliError(f"{dest}: cannot be written ({exc.strerror}); free space or choose another path",
-                                ErrorKind.OUTPUT) from exc
-        except ValueError as exc:  # protobuf refuses > 2 GB
-            raise AimetCliError(f"{dest}: cannot be serialized ({exc}); use --external-data",
-                                ErrorKind.OUTPUT) from exc
+        written = write_model_file(model, tmp / path.name, external_data=use_external)
         commit_staged(tmp, final_dir, written)
     return [str(final_dir / n) for n in written]
+
+
+def write_model_file(model: ir.Model, path: Path, *, external_data: bool | None = None) -> list[str]:
+    """Write a model file (and its '.data' file) in place; callers stage it. Returns file names."""
+    use_external = external_data if external_data is not None else tensor_bytes(model) > _EXTERNAL_THRESHOLD
+    names = [path.name]
+    try:
+        if use_external:
+            data_name = path.name + ".data"
+            ir.save(model, path, external_data=data_name)
+            names.append(data_name)
+        else:
+            path.write_bytes(serialize(model))
+    except OSError as exc:
+        raise AimetCliError(f"{path.name}: cannot be written ({exc.strerror}); free space or choose another path",
+                            ErrorKind.OUTPUT) from exc
+    except ValueError as exc:  # protobuf refuses > 2 GB
+        raise AimetCliError(f"{path.name}: cannot be serialized ({exc}); use --external-data",
+                            ErrorKind.OUTPUT) from exc
+    return names
 
 
 def write_bytes_atomic(dest: Path, data: bytes) -> None:

@@ -6,8 +6,8 @@ import click
 
 
 def register(group: click.Group) -> None:
-    from aimetcli.commands import bias, equalize, fold, quantsim
+    from aimetcli.commands import bias, equalize, export, fold, quantsim
 
-    for module in (fold, equalize, bias, quantsim):
+    for module in (fold, equalize, bias, quantsim, export):
         for command in module.COMMANDS:
             group.add_command(command)

@@ -113,9 +113,9 @@ def quantsim(out: Output, model_in: str, output: str, data: str, encodings_out: 
 @click.argument("models", nargs=-1, required=True, metavar="MODEL [MODEL]")
 @click.option("--data", "data", required=True, help="Evaluation data: .npy, .npz, image folder or random:N.")
 @click.option("--labels", "labels_key", default=None, help="Key of the labels in the .npz (default: label/labels/y).")
-@click.option("--ort-optimization", type=click.Choice(["none", "basic", "all"]), default="basic", show_default=True,
-              help="basic runs QDQ as float emulation (the simulation); all lets onnxruntime use integer kernels "
-                   "as a deployment would.")
+@click.option("--ort-optimization", default="none", show_default=True,
+              help="none runs QDQ as exact float emulation (the simulation); all lets onnxruntime use integer kernels "
+                   "as a deployment would. One value, or one per model: none,all.")
 @data_options
 @common_options
 def evaluate(out: Output, models: tuple[str, ...], data: str, labels_key: str | None, ort_optimization: str,
@@ -129,10 +129,16 @@ def evaluate(out: Output, models: tuple[str, ...], data: str, labels_key: str | 
     """
     if len(models) > 2:
         raise AimetCliError("evaluate takes one or two models", ErrorKind.USAGE)
+    levels = ort_optimization.split(",")
+    if len(levels) == 1:
+        levels = levels * len(models)
+    if len(levels) != len(models) or any(lv not in ("none", "basic", "all") for lv in levels):
+        raise AimetCliError(f"--ort-optimization {ort_optimization}: give none, basic or all, once or per model",
+                            ErrorKind.USAGE)
     loaded = [load_input(out, m, None) for m in models]
     dataset = open_dataset(loaded[0], data, labels_key=labels_key, out=out, **kw)
     with progress_bar(out, dataset.num_batches(kw["batch_size"]), "Evaluating") as bar:
-        summary = api.evaluate(loaded, dataset, batch_size=kw["batch_size"], optimization=ort_optimization,
+        summary = api.evaluate(loaded, dataset, batch_size=kw["batch_size"], optimization=levels,
                                names=list(models), progress=bar)
     table = Table(title=f"Evaluation on {summary.samples} samples", title_justify="left")
     table.add_column("model")

@@ -1,13 +1,14 @@
 """Phase three of quantsim: insert QuantizeLinear/DequantizeLinear for the encodings.
 
 Activations:  T -> QuantizeLinear -> DequantizeLinear [-> Clip] -> every reader of T
-Weights:      W becomes its integers (same name, integer type) -> DequantizeLinear -> readers
+Weights:      W -> QuantizeLinear -> DequantizeLinear [-> Max -> Min] -> readers (simulation), or
+              W becomes its integers (same name, integer type) -> DequantizeLinear (deployment)
 
 The model then runs on stock onnxruntime and computes exactly what the numpy
-reference (kernels/quant.py: fake_quantize) computes: weights are stored as the
-integers ``quantize`` gives, and for grids narrower than their integer container
-(6-bit in int8, strict symmetric) a Clip to the grid's dequantized bounds follows
-the activation's DequantizeLinear. Containers: int8/uint8 up to 8 bits, int16/uint16
+reference (kernels/quant.py: fake_quantize) computes: for grids narrower than their
+integer container (6-bit in int8, strict symmetric) a Clip (activations) or a
+per-channel Max/Min (simulated weights) to the grid's dequantized bounds follows
+the DequantizeLinear; stored integers are already on the grid. Containers: int8/uint8 up to 8 bits, int16/uint16
 up to 16 (opset 21), int32 for biases.
 
 A graph output keeps its name: its producer's value is renamed and the quantized
@@ -103,38 +104,73 @@ def insert_activation(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Enc
     return final
 
 
-def insert_param(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Encoding) -> ir.Value:
-    """The initializer becomes its integers; a DequantizeLinear feeds its readers."""
+def _bounds_shape(enc: Encoding, ndim: int) -> list[int]:
+    shape = [1] * ndim
+    if enc.per_channel:
+        shape[enc.axis] = -1
+    return shape
+
+
+def insert_param(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Encoding, *,
+                 store_integers: bool) -> ir.Value:
+    """Quantize a weight: ``store_integers`` keeps only its integers (deployment), else the
+    float weight stays and a QuantizeLinear computes them (simulation: export gets the
+    original weights back by removing the nodes)."""
     tensor = value.name
     w = value.const_value.numpy().astype(np.float32)
     dtype, _, _ = container(enc)
-    ints = quantize(w, enc).astype(dtype)
     scale, zp = _scale_zp(graph, names, tensor, enc)
-    g.set_constant(value, ints)
-    dq = ir.Node("", "DequantizeLinear", [value, scale, zp], attributes=_axis_attrs(enc),
+    nodes = []
+    if store_integers:
+        g.set_constant(value, quantize(w, enc).astype(dtype))
+        source = value
+    else:
+        q = ir.Node("", "QuantizeLinear", [value, scale, zp], attributes=_axis_attrs(enc),
+                    name=names.new(f"{tensor}_QuantizeLinear"))
+        q.outputs[0].name = names.new(f"{tensor}_quantized")
+        nodes.append(q)
+        source = q.outputs[0]
+    dq = ir.Node("", "DequantizeLinear", [source, scale, zp], attributes=_axis_attrs(enc),
                  name=names.new(f"{tensor}_DequantizeLinear"))
     dq.outputs[0].name = names.new(f"{tensor}_dequantized")
-    dq.outputs[0].type = ir.TensorType(ir.DataType.FLOAT)
-    dq.outputs[0].shape = ir.Shape(w.shape)
-    readers = [u for u in value.uses() if u.node is not dq]
+    nodes.append(dq)
+    final = dq.outputs[0]
+    if not store_integers and needs_clip(enc):
+        # QuantizeLinear saturates at the container; clip to the grid (per channel: Max/Min broadcast)
+        lo, hi = enc.dequantized_bounds()
+        shape = _bounds_shape(enc, w.ndim)
+        lo_v = g.add_initializer(graph, names.new(f"{tensor}_grid_min"), np.asarray(lo, np.float32).reshape(shape))
+        hi_v = g.add_initializer(graph, names.new(f"{tensor}_grid_max"), np.asarray(hi, np.float32).reshape(shape))
+        mx = ir.Node("", "Max", [final, lo_v], name=names.new(f"{tensor}_GridMax"))
+        mx.outputs[0].name = names.new(f"{tensor}_grid_lower")
+        mn = ir.Node("", "Min", [mx.outputs[0], hi_v], name=names.new(f"{tensor}_GridMin"))
+        mn.outputs[0].name = names.new(f"{tensor}_grid_clipped")
+        nodes += [mx, mn]
+        final = mn.outputs[0]
+    final.type = ir.TensorType(ir.DataType.FLOAT)
+    final.shape = ir.Shape(w.shape)
+    readers = [u for u in value.uses() if u.node not in nodes]
     for use in readers:
-        use.node.replace_input_with(use.idx, dq.outputs[0])
-    first = min((graph.index(u.node) for u in readers), default=None) if readers else None
+        use.node.replace_input_with(use.idx, final)
+    first = min(graph.index(u.node) for u in readers) if readers else None
     if first is None:
-        graph.append(dq)
+        graph.extend(nodes)
     else:
-        graph.insert_before(graph.node(first), dq)
-    return dq.outputs[0]
+        graph.insert_before(graph.node(first), nodes)
+    return final
 
 
-def insert_qdq(model: ir.Model, activations: dict[str, Encoding], params: dict[str, Encoding]) -> dict[str, str]:
+def insert_qdq(model: ir.Model, activations: dict[str, Encoding], params: dict[str, Encoding], *,
+               store_integers: bool = False) -> dict[str, str]:
     """Insert every quantizer. Returns {graph output name: new name of its float value}."""
     graph = model.graph
     names = g.Names(model)
     values = _values_by_name(graph)
     renamed = {}
     for tensor, enc in params.items():
-        insert_param(graph, names, graph.initializers[tensor], enc)
+        # QuantizeLinear has no int32 output: 32-bit (bias) grids are always stored as integers
+        insert_param(graph, names, graph.initializers[tensor], enc,
+                     store_integers=store_integers or enc.bitwidth > 16)
     for tensor, enc in activations.items():
         value = values[tensor]
         insert_activation(graph, names, value, enc)

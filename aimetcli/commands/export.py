@@ -1,0 +1,49 @@
+"""export: the files users ship."""
+
+from __future__ import annotations
+
+import click
+
+from aimetcli.cli import Output, common_options
+from aimetcli.commands._shared import input_argument, load_input
+from aimetcli.encodings import SUPPORTED_VERSIONS
+from aimetcli.export import export as export_model
+
+
+def render_export(out: Output, summary) -> None:
+    ratio = summary.fp32_bytes / max(1, summary.qdq_bytes)
+    out.info(f"Wrote {summary.directory}/: {', '.join(summary.files)}")
+    out.info(f"{summary.activation_encodings} activation and {summary.param_encodings} param encodings "
+             f"({summary.encodings_version}); model_qdq.onnx is {summary.qdq_bytes / 1e6:.2f} MB, "
+             f"{ratio:.1f}x smaller than model.onnx.")
+
+
+@click.command("export")
+@input_argument
+@click.option("-o", "--output", "output", required=True, help="Output directory (created if missing).")
+@click.option("--encodings", "encodings_path", default=None,
+              help="Encodings file for an FP32 MODEL (default: those embedded by quantsim).")
+@click.option("--encoding-version", type=click.Choice(list(SUPPORTED_VERSIONS)), default="1.0.0", show_default=True)
+@click.option("--signed-weights", is_flag=True,
+              help="Keep int8 weights in model_qdq.onnx (default uint8 with zero point 128: same grid, avoids "
+                   "onnxruntime's u8s8 saturation on CPUs without VNNI).")
+@common_options
+def export(out: Output, model_in: str, output: str, encodings_path: str | None, encoding_version: str,
+           signed_weights: bool) -> None:
+    """Write model.onnx + model.encodings (QNN/SNPE), model_qdq.onnx (onnxruntime) and report.json.
+
+    \b
+    Examples:
+      aimetcli export sim.onnx -o deploy/
+      aimetcli export model.onnx --encodings model.encodings -o deploy/ --encoding-version 0.6.1
+    """
+    model = load_input(out, model_in, None)
+    summary = export_model(model, output, encodings_path=encodings_path, version=encoding_version,
+                           unsigned_weights=not signed_weights)
+    render_export(out, summary)
+    from aimetcli.api import _jsonable
+
+    out.emit_json({"command": "export", "input": model_in, **_jsonable(summary)})
+
+
+COMMANDS = [export]

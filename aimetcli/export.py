@@ -1,0 +1,278 @@
+"""What users ship: FP32 model + AIMET encodings, and a deployable QDQ model.
+
+From a sim model (written by quantsim, which embeds its encodings) or from an FP32
+model plus an encodings file, ``export`` writes into a directory:
+
+* ``model.onnx``      FP32, every QuantizeLinear/DequantizeLinear removed: the weights
+                      are the original FP32 ones (the sim model keeps them);
+* ``model.encodings`` AIMET encodings (0.6.1 / 1.0.0 / 2.0.0) naming tensors of model.onnx;
+* ``model_qdq.onnx``  weights stored as integer initializers feeding DequantizeLinear,
+                      activations as QDQ pairs: onnxruntime runs integer kernels;
+* ``report.json``     what was quantized (bitwidth, symmetry, range) and what was not, and why.
+
+Deployable weights: onnxruntime's x86 u8s8 kernels without VNNI can saturate 16-bit
+intermediate sums (see shared facts), so by default the QDQ model stores symmetric
+8-bit weights as uint8 with zero point 128: the same grid and the same integers
+shifted by 128, computed by the u8u8 kernels that do not saturate.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from aimetcli import graph as g
+from aimetcli.encodings import EncodingsError, TensorEncoding, loads
+from aimetcli.errors import AimetCliError, ErrorKind
+from aimetcli.kernels.quant import Encoding
+from aimetcli.quantsim.insert import insert_qdq
+
+QUANTSIM_METADATA_KEY = "aimetcli.quantsim"
+
+
+@dataclass
+class Embedded:
+    encodings: list[TensorEncoding]
+    options: dict
+    skipped: list[dict]
+
+
+def read_embedded(model: ir.Model) -> Embedded | None:
+    text = model.metadata_props.get(QUANTSIM_METADATA_KEY)
+    if not text:
+        return None
+    doc = json.loads(text)
+    parsed = loads(json.dumps(doc["encodings"]))
+    axes = doc.get("axes", {})
+    encs = [TensorEncoding(te.name, _with_axis(te.encoding, axes.get(te.name)), te.kind) for te in parsed.encodings]
+    return Embedded(encs, doc.get("options", {}), doc.get("skipped", []))
+
+
+def _with_axis(enc: Encoding, axis: int | None) -> Encoding:
+    if axis is None or not enc.per_channel:
+        return enc
+    return Encoding(enc.bitwidth, enc.symmetric, enc.scale, enc.offset, axis=axis)
+
+
+def _sole(value: ir.Value, op: str) -> ir.Node | None:
+    node = g.sole_consumer(value)
+    return node if node is not None and g.is_op(node, op) else None
+
+
+def _quantizer_chain(q: ir.Node) -> list[ir.Node] | None:
+    """QuantizeLinear -> DequantizeLinear, then our Clip (activations) or Max -> Min (weights)."""
+    dq = _sole(q.outputs[0], "DequantizeLinear")
+    if dq is None:
+        return None
+    chain = [q, dq]
+    clip = _sole(dq.outputs[0], "Clip")
+    mx = _sole(dq.outputs[0], "Max")
+    if clip is not None and all(v is not None and v.is_initializer() for v in clip.inputs[1:]):
+        chain.append(clip)
+    elif mx is not None and mx.inputs[1] is not None and mx.inputs[1].is_initializer():
+        mn = _sole(mx.outputs[0], "Min")
+        if mn is not None and mn.inputs[1] is not None and mn.inputs[1].is_initializer():
+            chain += [mx, mn]
+    return chain
+
+
+def strip_qdq(model: ir.Model) -> int:
+    """Remove quantsim's QDQ nodes in place: the sim model becomes the FP32 model. Returns nodes removed."""
+    graph = model.graph
+    removed = 0
+    for node in list(graph):  # integers stored in the model (32-bit biases): back to their float values
+        src = node.inputs[0] if g.is_op(node, "DequantizeLinear") else None
+        if src is None or not src.is_initializer():
+            continue
+        scale = np.asarray(g.constant(node.inputs[1]), np.float32)
+        zp = g.constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+        q = src.const_value.numpy().astype(np.int64)
+        shape = [1] * q.ndim
+        if scale.ndim == 1 and q.ndim:
+            shape[node.attributes.get_int("axis", 1)] = -1
+        z = 0 if zp is None else np.asarray(zp, np.int64).reshape(shape if np.ndim(zp) == 1 else ())
+        g.set_constant(src, ((q - z).astype(np.float32) * scale.reshape(shape if scale.ndim == 1 else ())))
+        params = [v for v in node.inputs[1:] if v is not None]
+        node.outputs[0].replace_all_uses_with(src, replace_graph_outputs=True)
+        graph.remove(node, safe=True)
+        g.remove_unused_initializers(graph, params)
+        removed += 1
+    for node in list(graph):
+        if not g.is_op(node, "QuantizeLinear") or node.graph is None:
+            continue
+        chain = _quantizer_chain(node)
+        if chain is None:
+            continue
+        final = chain[-1].outputs[0]
+        x = node.inputs[0]
+        was_output = final.is_graph_output()
+        name = final.name
+        final.replace_all_uses_with(x, replace_graph_outputs=True)
+        params = [v for n in chain for v in n.inputs[1:] if v is not None]
+        graph.remove(list(reversed(chain)), safe=True)
+        if was_output:
+            x.name = name
+        g.remove_unused_initializers(graph, params)
+        removed += len(chain)
+    model.metadata_props.pop(QUANTSIM_METADATA_KEY, None)
+    return removed
+
+
+def check_names(model: ir.Model, encodings: list[TensorEncoding]) -> None:
+    """Every encoding must name a tensor of the model, exactly."""
+    names = {v.name for v in model.graph.inputs} | set(model.graph.initializers)
+    for node in model.graph:
+        names.update(v.name for v in node.outputs)
+    for te in encodings:
+        if te.name not in names:
+            raise AimetCliError(
+                f"encoding for {te.name!r} names no tensor of the model; export the encodings for this model",
+                ErrorKind.CONFIG)
+
+
+def split(encodings: list[TensorEncoding]) -> tuple[dict[str, Encoding], dict[str, Encoding]]:
+    acts = {te.name: te.encoding for te in encodings if te.kind == "activation"}
+    params = {te.name: te.encoding for te in encodings if te.kind == "param"}
+    return acts, params
+
+
+def fill_axes(model: ir.Model, params: dict[str, Encoding]) -> dict[str, Encoding]:
+    """Per-channel param encodings read from 0.6.1/1.0.0 files carry no axis: take it from the layer."""
+    from aimetcli.quantsim.placement import per_channel_axis
+
+    out = dict(params)
+    for node in model.graph:
+        for idx, value in enumerate(node.inputs):
+            if value is None or value.name not in out:
+                continue
+            enc = out[value.name]
+            if enc.per_channel and enc.axis is None:
+                axis = per_channel_axis(node.op_type, node, len(value.shape) if value.shape else 0) if idx == 1 else 0
+                if axis is None:
+                    raise AimetCliError(f"cannot tell the channel axis of per-channel encoding {value.name!r}",
+                                        ErrorKind.UNSUPPORTED)
+                out[value.name] = _with_axis(enc, axis)
+    return out
+
+
+def deployable(model: ir.Model, acts: dict[str, Encoding], params: dict[str, Encoding],
+               *, unsigned_weights: bool = True) -> ir.Model:
+    """A QDQ copy of the FP32 ``model`` for onnxruntime (see the module docstring)."""
+    from aimetcli.api import upgrade_opset
+    from aimetcli.quantsim.insert import required_opset
+
+    qdq = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    qdq = upgrade_opset(qdq, required_opset([*acts.values(), *params.values()]))
+    insert_qdq(qdq, acts, params, store_integers=True)
+    if unsigned_weights:
+        _weights_to_uint8(qdq)
+    return qdq
+
+
+def _weights_to_uint8(model: ir.Model) -> None:
+    """int8 weights with zero point 0 -> uint8 with zero point 128: same grid, no u8s8 saturation."""
+    for node in model.graph:
+        if not g.is_op(node, "DequantizeLinear"):
+            continue
+        w = node.inputs[0]
+        if not w.is_initializer() or w.const_value.dtype != ir.DataType.INT8:
+            continue
+        zp = node.inputs[2]
+        z = zp.const_value.numpy()
+        if np.any(z != 0) or len(zp.uses()) != 1:
+            continue
+        g.set_constant(w, (w.const_value.numpy().astype(np.int16) + 128).astype(np.uint8))
+        g.set_constant(zp, np.full(z.shape, 128, np.uint8))
+
+
+def report(model_name: str, encodings: list[TensorEncoding], skipped: list[dict], options: dict) -> dict:
+    rows = []
+    for te in sorted(encodings, key=lambda t: (t.kind, t.name)):
+        e = te.encoding
+        rows.append({
+            "tensor": te.name, "kind": te.kind, "bitwidth": e.bitwidth, "symmetric": e.symmetric,
+            "per_channel": e.per_channel,
+            "min": float(np.min(e.min)), "max": float(np.max(e.max)),
+        })
+    return {"model": model_name, "options": options, "quantized": rows, "not_quantized": skipped}
+
+
+def load_encodings_file(path: str, model: ir.Model) -> list[TensorEncoding]:
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise AimetCliError(f"--encodings {path}: no such file", ErrorKind.CONFIG)
+    try:
+        parsed = loads(p.read_bytes(), param_names=set(model.graph.initializers))
+    except EncodingsError as exc:
+        raise AimetCliError(f"--encodings {path}: {exc}", ErrorKind.CONFIG) from exc
+    return parsed.encodings
+
+
+@dataclass
+class ExportSummary:
+    directory: str
+    files: list[str]
+    encodings_version: str
+    activation_encodings: int
+    param_encodings: int
+    fp32_bytes: int
+    qdq_bytes: int
+    unsigned_weights: bool
+
+
+def export(model: ir.Model, outdir: str, *, encodings_path: str | None = None, version: str = "1.0.0",
+           unsigned_weights: bool = True, model_name: str = "model") -> ExportSummary:
+    """Write model.onnx, model.encodings, model_qdq.onnx and report.json into ``outdir`` (atomically)."""
+    from pathlib import Path
+
+    from aimetcli import encodings as enc_io
+    from aimetcli import model_io
+
+    out = Path(outdir)
+    if out.exists() and not out.is_dir():
+        raise AimetCliError(f"{outdir}: exists and is not a directory; give a directory for -o", ErrorKind.OUTPUT)
+    if not out.exists():
+        if not out.parent.exists():
+            raise AimetCliError(f"{outdir}: parent directory {out.parent} does not exist; create it first",
+                                ErrorKind.OUTPUT)
+        out.mkdir()
+    if encodings_path is not None:
+        encodings = load_encodings_file(encodings_path, model)
+        fp32 = model
+        options, skipped = {}, []
+    else:
+        embedded = read_embedded(model)
+        if embedded is None:
+            raise AimetCliError("the model holds no aimetcli quantsim encodings; export a model written by "
+                                "'aimetcli quantsim' or pass --encodings FILE", ErrorKind.USAGE)
+        encodings, options, skipped = embedded.encodings, embedded.options, embedded.skipped
+        fp32 = model
+        strip_qdq(fp32)
+    check_names(fp32, encodings)
+    acts, params = split(encodings)
+    params = fill_axes(fp32, params)
+    fixed = [TensorEncoding(te.name, params.get(te.name, te.encoding) if te.kind == "param" else te.encoding, te.kind)
+             for te in encodings]
+    try:
+        enc_text = enc_io.dumps(fixed, version=version)
+    except ValueError as exc:
+        raise AimetCliError(f"encodings {version} cannot hold these encodings ({exc}); use --encoding-version 1.0.0",
+                            ErrorKind.USAGE) from exc
+    qdq = deployable(fp32, acts, params, unsigned_weights=unsigned_weights)
+    names: list[str] = []
+    with model_io.staged_dir(out) as tmp:
+        names += model_io.write_model_file(fp32, tmp / f"{model_name}.onnx")
+        names += model_io.write_model_file(qdq, tmp / f"{model_name}_qdq.onnx")
+        (tmp / f"{model_name}.encodings").write_text(enc_text)
+        doc = report(f"{model_name}.onnx", fixed, skipped, options)
+        (tmp / "report.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        names += [f"{model_name}.encodings", "report.json"]
+        sizes = {n: (tmp / n).stat().st_size for n in names}
+        model_io.commit_staged(tmp, out, names)
+    return ExportSummary(str(out), sorted(names), version, len(acts), len(params),
+                         sizes[f"{model_name}.onnx"], sizes[f"{model_name}_qdq.onnx"], unsigned_weights)

@@ -1,0 +1,110 @@
+"""export: FP32 model + encodings for QNN/SNPE, deployable QDQ model for onnxruntime, report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import helper
+
+from aimetcli import encodings as enc_io
+from aimetcli.cli import main
+from helpers import init, make_model, op_count, rand, run
+
+
+def model_proto():
+    inits = [init("W1", rand(16, 3, 3, 3)), init("B1", rand(16)), init("W2", rand(8, 16, 1, 1)),
+             init("shape", np.array([0, -1], np.int64)), init("W3", rand(8 * 36, 10)), init("B3", rand(10))]
+    nodes = [
+        helper.make_node("Conv", ["input", "W1", "B1"], ["c1"], pads=[1] * 4),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "W2"], ["c2"]),
+        helper.make_node("Reshape", ["c2", "shape"], ["f"]),
+        helper.make_node("Gemm", ["f", "W3", "B3"], ["logits"]),
+    ]
+    return make_model(nodes, [("input", ["N", 3, 6, 6])], [("logits", None)], inits)
+
+
+@pytest.fixture
+def sim(tmp_path):
+    def make(*extra):
+        src = tmp_path / "m.onnx"
+        onnx.save(model_proto(), src)
+        out = tmp_path / "sim.onnx"
+        r = CliRunner().invoke(main, ["quantsim", str(src), "-o", str(out), "--data", "random:32", *extra])
+        assert r.exit_code == 0, r.output
+        return src, out
+    return make
+
+
+def all_names(m: onnx.ModelProto) -> set[str]:
+    return ({i.name for i in m.graph.input} | {t.name for t in m.graph.initializer}
+            | {o for n in m.graph.node for o in n.output})
+
+
+@pytest.mark.parametrize("extra", [[], ["--per-channel"], ["--param-bw", "4", "--act-bw", "6"]])
+def test_export_from_sim(tmp_path, sim, extra):
+    src, sim_path = sim(*extra)
+    deploy = tmp_path / "deploy"
+    r = CliRunner().invoke(main, ["export", str(sim_path), "-o", str(deploy), "--json"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in deploy.iterdir()) == ["model.encodings", "model.onnx", "model_qdq.onnx",
+                                                         "report.json"]
+    fp32 = onnx.load(deploy / "model.onnx")
+    assert op_count(fp32, "QuantizeLinear") == op_count(fp32, "DequantizeLinear") == 0
+    original = onnx.load(src)
+    # the original FP32 weights come back bit for bit, and so do the outputs
+    orig_w = {t.name: onnx.numpy_helper.to_array(t) for t in original.graph.initializer}
+    for t in fp32.graph.initializer:
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(t), orig_w[t.name])
+    x = rand(8, 3, 6, 6)
+    np.testing.assert_array_equal(run(fp32, {"input": x})[0], run(original, {"input": x})[0])
+    # every encoding names a tensor of model.onnx
+    parsed = enc_io.loads((deploy / "model.encodings").read_text(), param_names=set(orig_w))
+    names = all_names(fp32)
+    assert parsed.encodings and all(te.name in names for te in parsed.encodings)
+    # the deployable model computes exactly what the simulation computes (float emulation)
+    qdq = onnx.load(deploy / "model_qdq.onnx")
+    assert any(t.data_type in (onnx.TensorProto.UINT8, onnx.TensorProto.INT8) for t in qdq.graph.initializer
+               if t.name in ("W1", "W2", "W3"))
+    np.testing.assert_array_equal(run(qdq, {"input": x})[0], run(onnx.load(sim_path), {"input": x})[0])
+    report = json.loads((deploy / "report.json").read_text())
+    assert {row["tensor"] for row in report["quantized"]} == {te.name for te in parsed.encodings}
+    assert any("supergroup" in row["reason"] for row in report["not_quantized"])
+
+
+def test_qdq_model_is_smaller(tmp_path, sim):
+    _, sim_path = sim()
+    CliRunner().invoke(main, ["export", str(sim_path), "-o", str(tmp_path / "d")])
+    assert (tmp_path / "d" / "model_qdq.onnx").stat().st_size < 0.5 * (tmp_path / "d" / "model.onnx").stat().st_size
+
+
+@pytest.mark.parametrize("version", ["0.6.1", "1.0.0"])
+def test_export_fp32_with_encodings_file(tmp_path, sim, version):
+    src, sim_path = sim("--per-channel", "--encoding-version", version)
+    r = CliRunner().invoke(main, ["export", str(src), "--encodings", str(tmp_path / "sim.encodings"),
+                                  "-o", str(tmp_path / "d"), "--encoding-version", version])
+    assert r.exit_code == 0, r.output
+    x = rand(4, 3, 6, 6)
+    np.testing.assert_array_equal(run(onnx.load(tmp_path / "d" / "model_qdq.onnx"), {"input": x})[0],
+                                  run(onnx.load(sim_path), {"input": x})[0])
+
+
+def test_export_without_encodings_is_usage_error(tmp_path):
+    src = tmp_path / "m.onnx"
+    onnx.save(model_proto(), src)
+    r = CliRunner().invoke(main, ["export", str(src), "-o", str(tmp_path / "d")])
+    assert r.exit_code == 2 and "no aimetcli quantsim encodings" in r.stderr
+
+
+def test_encodings_for_another_model_are_refused(tmp_path, sim):
+    src, _ = sim()
+    text = (tmp_path / "sim.encodings").read_text().replace('"c2"', '"not_a_tensor"')
+    (tmp_path / "bad.encodings").write_text(text)
+    r = CliRunner().invoke(main, ["export", str(src), "--encodings", str(tmp_path / "bad.encodings"),
+                                  "-o", str(tmp_path / "d")])
+    assert r.exit_code == 1 and "not_a_tensor" in r.stderr
+    assert not (tmp_path / "d" / "model.onnx").exists()
