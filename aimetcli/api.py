@@ -498,3 +498,104 @@ def bias_correction_mismatch(model: ir.Model, options, cfg_source: str) -> str |
         return None
     parts = ", ".join(f"{k} {recorded.get(k)!r} -> {now[k]!r}" for k in diff)
     return f"the model's biases were corrected for other quantization options ({parts}); rerun bias-correct with these"
+
+
+# ----------------------------------------------------------------------------------
+# ptq: the whole recommended flow
+# ----------------------------------------------------------------------------------
+@dataclass
+class Stage:
+    name: str
+    top1: float | None
+    sqnr_db: float | None
+    seconds: float
+    note: str = ""
+
+
+@dataclass
+class PtqSummary:
+    stages: list[Stage]
+    options: dict
+    export: Any = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return _jsonable(self)
+
+
+def clone(model: ir.Model) -> ir.Model:
+    out = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    return out
+
+
+def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_model: bool = True,
+        correct_bias: bool = True, method: str = "hybrid", config_path: str | None = None, batch_size: int = 32,
+        encoding_version: str = "1.0.0", progress=None, on_stage=None) -> PtqSummary:
+    """AIMET's recommended flow: fold-bn, equalize, calibrate, bias-correct, calibrate again, export.
+
+    After each stage the quantized model is scored on ``evaluation`` (top-1 with labels, else SQNR
+    of the first output against the FP32 model), so the table shows what each technique bought.
+    """
+    from aimetcli.export import export as export_model
+
+    evaluation = evaluation or calib
+    fp32 = clone(model)
+    stages: list[Stage] = []
+    warnings: list[str] = []
+
+    def score(candidate: ir.Model, level: str = "none") -> tuple[float | None, float | None]:
+        res = evaluate([fp32, candidate], evaluation, batch_size=batch_size, optimization=["none", level])
+        sq = res.comparisons[0].sqnr_db if res.comparisons else None
+        return res.top1[1], sq
+
+    def record(name: str, seconds: float, candidate: ir.Model, note: str = "", level: str = "none") -> None:
+        top1, sq = score(candidate, level)
+        stages.append(Stage(name, top1, sq, seconds, note))
+        if on_stage is not None:
+            on_stage(stages[-1])
+
+    def simulate(m: ir.Model) -> tuple[ir.Model, Any, QuantsimSummary]:
+        sim, encs, summary = quantsim(clone(m), calib, options, config_path=config_path, batch_size=batch_size,
+                                      progress=progress)
+        for w in summary.warnings:
+            if "BatchNormalization" not in w and w not in warnings:
+                warnings.append(w)
+        return sim, encs, summary
+
+    t = time.perf_counter()
+    base = evaluate([fp32], evaluation, batch_size=batch_size)
+    stages.append(Stage("fp32", base.top1[0], None, time.perf_counter() - t, "reference"))
+    if on_stage is not None:
+        on_stage(stages[-1])
+
+    t = time.perf_counter()
+    _, fold_summary = fold_bn(model)
+    sim, _, _ = simulate(model)
+    record("fold-bn", time.perf_counter() - t, sim,
+           f"{len(fold_summary.folded)} BN folded, {len(fold_summary.skipped)} left")
+
+    if equalize_model:
+        t = time.perf_counter()
+        eq = equalize(model)
+        sim, _, _ = simulate(model)
+        record("+ equalize", time.perf_counter() - t, sim,
+               f"{eq.scaling_sets} sets, {len(eq.bias_absorbed)} absorbed")
+
+    if correct_bias:
+        t = time.perf_counter()
+        bc = bias_correct(model, calib, options, method=method, config_path=config_path, batch_size=batch_size)
+        sim, _, _ = simulate(model)
+        record("+ bias-correct", time.perf_counter() - t, sim,
+               f"{len(bc.corrected)} layers, {method}")
+
+    t = time.perf_counter()
+    from pathlib import Path
+
+    from aimetcli import model_io
+
+    out = Path(outdir)
+    exported = export_model(clone(sim), outdir, version=encoding_version)
+    model_io.save_model(sim, str(out / "sim.onnx"))
+    qdq = model_io.load_model(str(out / "model_qdq.onnx")).model
+    record("export: model_qdq", time.perf_counter() - t, qdq, "ORT integer kernels", level="all")
+    return PtqSummary(stages, options.as_record(config_path or "default"), exported, warnings)

@@ -108,3 +108,27 @@ def test_encodings_for_another_model_are_refused(tmp_path, sim):
                                   "-o", str(tmp_path / "d")])
     assert r.exit_code == 1 and "not_a_tensor" in r.stderr
     assert not (tmp_path / "d" / "model.onnx").exists()
+
+
+def test_ptq_one_command(tmp_path):
+    src = tmp_path / "m.onnx"
+    onnx.save(model_proto(), src)
+    x = rand(64, 3, 6, 6)
+    labels = run(model_proto(), {"input": x})[0].argmax(axis=1)
+    np.savez(tmp_path / "data.npz", input=x, label=labels)
+    r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(tmp_path / "out"), "--data", str(tmp_path / "data.npz"),
+                                  "--eval", str(tmp_path / "data.npz"), "--labels", "label", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert [s["name"] for s in doc["stages"]] == ["fp32", "fold-bn", "+ equalize", "+ bias-correct",
+                                                   "export: model_qdq"]
+    assert doc["stages"][0]["top1"] == 100.0
+    assert all(s["top1"] is not None for s in doc["stages"])
+    assert {p.name for p in (tmp_path / "out").iterdir()} >= {"sim.onnx", "model.onnx", "model.encodings",
+                                                               "model_qdq.onnx", "report.json"}
+    r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(tmp_path / "out2"), "--data", "random:16",
+                                  "--no-equalize", "--no-bias-correct", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert [s["name"] for s in doc["stages"]] == ["fp32", "fold-bn", "export: model_qdq"]
+    assert doc["stages"][1]["sqnr_db"] > 20

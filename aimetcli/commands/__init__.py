@@ -6,8 +6,8 @@ import click
 
 
 def register(group: click.Group) -> None:
-    from aimetcli.commands import bias, equalize, export, fold, quantsim
+    from aimetcli.commands import bias, equalize, export, fold, ptq, quantsim
 
-    for module in (fold, equalize, bias, quantsim, export):
+    for module in (fold, equalize, bias, quantsim, export, ptq):
         for command in module.COMMANDS:
             group.add_command(command)

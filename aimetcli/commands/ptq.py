@@ -1,0 +1,79 @@
+"""ptq: AIMET's recommended post-training flow in one command."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from aimetcli import api
+from aimetcli.bias_correction import METHODS
+from aimetcli.cli import Output, common_options
+from aimetcli.commands._shared import data_options, input_argument, load_input, open_dataset, simplify_option
+from aimetcli.commands.export import render_export
+from aimetcli.commands.quantsim import make_options, quant_options
+from aimetcli.encodings import SUPPORTED_VERSIONS
+from aimetcli.errors import AimetCliError, ErrorKind
+
+
+@click.command("ptq")
+@input_argument
+@click.option("-o", "--output", "output", required=True, help="Output directory (created if missing).")
+@click.option("--data", "data", required=True, help="Calibration data: .npy, .npz, image folder or random:N.")
+@click.option("--eval", "eval_data", default=None, help="Evaluation data (default: the calibration data).")
+@click.option("--labels", "labels_key", default=None, help="Labels key in the evaluation .npz (top-1 per stage).")
+@click.option("--no-equalize", is_flag=True, help="Skip cross-layer equalization.")
+@click.option("--no-bias-correct", is_flag=True, help="Skip bias correction.")
+@click.option("--bias-correct-method", type=click.Choice(METHODS), default="hybrid", show_default=True)
+@click.option("--encoding-version", type=click.Choice(list(SUPPORTED_VERSIONS)), default="1.0.0", show_default=True)
+@simplify_option
+@data_options
+@quant_options
+@common_options
+def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | None, labels_key: str | None,
+        no_equalize: bool, no_bias_correct: bool, bias_correct_method: str, encoding_version: str, simplify: bool,
+        config_path: str | None, **kw) -> None:
+    """Fold BN, equalize, calibrate, bias-correct, calibrate again and export.
+
+    Prints one table: per stage, top-1 of the quantized model (with --labels) or
+    the SQNR of its output against FP32, and the time taken. The output directory
+    gets sim.onnx and what export writes.
+
+    \b
+    Examples:
+      aimetcli ptq model.onnx -o out/ --data calib.npz --eval eval.npz --labels label
+      aimetcli ptq model.onnx -o out/ --data calib.npz --per-channel --no-bias-correct
+    """
+    if labels_key and not eval_data and not data.endswith(".npz"):
+        raise AimetCliError("--labels needs an .npz with labels (give --eval)", ErrorKind.USAGE)
+    options = make_options(**kw)
+    model = load_input(out, model_in, None, simplify=simplify)
+    calib = open_dataset(model, data, out=out, **kw)
+    evaluation = open_dataset(model, eval_data, labels_key=labels_key, out=out,
+                              **{**kw, "num_samples": None}) if eval_data else None
+    if evaluation is None and labels_key:
+        evaluation = open_dataset(model, data, labels_key=labels_key, out=out, **kw)
+
+    def on_stage(stage: api.Stage) -> None:
+        value = (f"top-1 {stage.top1:.2f}%" if stage.top1 is not None else
+                 f"SQNR {stage.sqnr_db:.1f} dB" if stage.sqnr_db is not None else "")
+        out.info(f"[{stage.seconds:6.2f} s] {stage.name}: {value}")
+
+    summary = api.ptq(model, calib, evaluation, options, outdir=output, equalize_model=not no_equalize,
+                      correct_bias=not no_bias_correct, method=bias_correct_method, config_path=config_path,
+                      batch_size=kw["batch_size"], encoding_version=encoding_version, on_stage=on_stage)
+    for w in summary.warnings:
+        out.warn(w)
+    table = Table(title=f"PTQ W{options.param_bw}A{options.act_bw} "
+                        f"{'per-channel' if options.per_channel else 'per-tensor'} ({options.scheme.value})",
+                  title_justify="left")
+    for col in ("stage (quantized)", "top-1 %", "SQNR dB", "time s", "note"):
+        table.add_column(col, justify="right" if col in ("top-1 %", "SQNR dB", "time s") else "left")
+    for s in summary.stages:
+        table.add_row(s.name, "-" if s.top1 is None else f"{s.top1:.2f}",
+                      "-" if s.sqnr_db is None else f"{s.sqnr_db:.1f}", f"{s.seconds:.2f}", s.note)
+    out.info(table)
+    render_export(out, summary.export)
+    out.emit_json({"command": "ptq", "input": model_in, "output": output, **summary.to_json()})
+
+
+COMMANDS = [ptq]
