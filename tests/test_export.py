@@ -112,9 +112,10 @@ def test_encodings_for_another_model_are_refused(tmp_path, sim):
 
 def test_ptq_one_command(tmp_path):
     src = tmp_path / "m.onnx"
-    onnx.save(model_proto(), src)
+    proto = model_proto()
+    onnx.save(proto, src)
     x = rand(64, 3, 6, 6)
-    labels = run(model_proto(), {"input": x})[0].argmax(axis=1)
+    labels = run(proto, {"input": x})[0].argmax(axis=1)
     np.savez(tmp_path / "data.npz", input=x, label=labels)
     r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(tmp_path / "out"), "--data", str(tmp_path / "data.npz"),
                                   "--eval", str(tmp_path / "data.npz"), "--labels", "label", "--json"])
