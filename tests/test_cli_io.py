@@ -175,3 +175,12 @@ def test_simplify_flag(runner, model_path, tmp_path):
     r = runner.invoke(main, ["fold-bn", str(model_path), "-o", str(tmp_path / "s.onnx"), "--simplify", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["remaining_bn"] == 0
+
+
+def test_every_command_is_in_the_readme():
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert readme.startswith("```\nmake demo")
+    for name in main.commands:
+        assert f"aimetcli {name} " in readme, name
