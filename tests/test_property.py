@@ -349,25 +349,59 @@ def _prepared(graph: Graph) -> ir.Model:
     return model
 
 
-def assert_close(ref: list[np.ndarray], got: list[np.ndarray], what: str, desc: list[str]) -> None:
-    """rtol 1e-4; atol 1e-5 of the largest |value| of each output channel (axis 1)."""
+def perturbed(model: onnx.ModelProto, rel: float = 1e-6) -> onnx.ModelProto:
+    """A copy whose float initializers are multiplied by 1 + rel * N(0, 1) elementwise."""
+    rng = np.random.default_rng(12345)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for i, t in enumerate(out.graph.initializer):
+        if t.data_type == TensorProto.FLOAT:
+            a = numpy_helper.to_array(t).astype(np.float64)
+            a = a * (1.0 + rel * rng.standard_normal(a.shape))
+            out.graph.initializer[i].CopyFrom(numpy_helper.from_array(a.astype(np.float32), t.name))
+    return out
+
+
+def float32_noise(model: onnx.ModelProto, feeds: dict, rel: float = 1e-6) -> list[np.ndarray]:
+    """How far the outputs move when every weight and input moves by ~rel (relative).
+
+    Activations that clip or kill large values (ReLU6, Relu) can leave outputs far
+    smaller than the sums that made them, so float32 rounding is judged against
+    this sensitivity rather than against the output's own magnitude.
+    """
+    rng = np.random.default_rng(54321)
+    shaken = {k: (v * (1.0 + rel * rng.standard_normal(v.shape))).astype(v.dtype) for k, v in feeds.items()}
+    a, b = run(model, feeds), run(perturbed(model, rel), shaken)
+    return [np.abs(x.astype(np.float64) - y.astype(np.float64)) for x, y in zip(a, b)]
+
+
+def _per_channel_max(a: np.ndarray) -> np.ndarray:
+    """max over everything but axis 1, broadcastable against ``a`` (the whole max below 2-D)."""
+    if a.ndim < 2:
+        return np.full(a.shape, float(a.max(initial=0.0)))
+    m = np.moveaxis(a, 1, 0).reshape(a.shape[1], -1).max(axis=1, initial=0.0)
+    shape = [1] * a.ndim
+    shape[1] = -1
+    return m.reshape(shape)
+
+
+def assert_close(ref: list[np.ndarray], got: list[np.ndarray], noise: list[np.ndarray], what: str,
+                 desc: list[str]) -> None:
+    """rtol 1e-4; atol per output channel: 1e-5 of its largest |value| plus 100x its float32 noise."""
     assert len(ref) == len(got)
-    for k, (a, b) in enumerate(zip(ref, got)):
+    for k, (a, b, n) in enumerate(zip(ref, got, noise)):
         assert a.shape == b.shape, (what, k, a.shape, b.shape)
-        assert np.all(np.isfinite(b) == np.isfinite(a)), (what, "non-finite values differ", desc)
+        assert np.array_equal(np.isfinite(a), np.isfinite(b)), f"{what}: non-finite values differ; {' '.join(desc)}"
         a64, b64 = a.astype(np.float64), b.astype(np.float64)
-        if a.ndim >= 2:
-            mag = np.moveaxis(np.abs(a64), 1, 0).reshape(a.shape[1], -1).max(axis=1)
-            shape = [1] * a.ndim
-            shape[1] = -1
-            atol = 1e-5 * mag.reshape(shape) + 1e-30
-        else:
-            atol = 1e-5 * float(np.abs(a64).max(initial=0.0)) + 1e-30
+        finite = np.isfinite(a64)
+        a64, b64, n = np.where(finite, a64, 0), np.where(finite, b64, 0), np.where(np.isfinite(n), n, 0)
+        atol = 1e-5 * _per_channel_max(np.abs(a64)) + 100 * _per_channel_max(n) + 1e-30
         err = np.abs(b64 - a64)
         bad = err > atol + 1e-4 * np.abs(a64)
         assert not bad.any(), (
             f"{what}: output {k} differs at {int(bad.sum())}/{bad.size} positions, worst |err| "
-            f"{float(err.max()):.3g} (|ref| max {float(np.abs(a64).max()):.3g}); graph: {' '.join(desc)}")
+            f"{float(err.max()):.3g} (|ref| max {float(np.abs(a64).max()):.3g}, float32 noise max "
+            f"{float(n.max()):.3g}); graph: {' '.join(desc)}")
 
 
 def check_output_model(model: ir.Model, graph: Graph, what: str) -> list[np.ndarray]:
@@ -388,7 +422,7 @@ def prop_fold_bn(spec: dict) -> None:
                          f"{[(s.bn, s.reason) for s in result.skipped]}; graph: {' '.join(graph.description)}")
     proto = ir.serde.serialize_model(model)
     onnx.checker.check_model(proto)
-    assert_close(ref, run(proto, feeds), "fold_bn", graph.description)
+    assert_close(ref, run(proto, feeds), float32_noise(graph.model, feeds), "fold_bn", graph.description)
 
 
 def prop_cross_layer_scaling(spec: dict) -> None:
@@ -399,7 +433,8 @@ def prop_cross_layer_scaling(spec: dict) -> None:
     api.equalize(model, api.EqualizeOptions(replace_relu6=False, high_bias_fold=False))
     proto = ir.serde.serialize_model(model)
     onnx.checker.check_model(proto)
-    assert_close(ref, run(proto, feeds), "cross-layer scaling", graph.description)
+    assert_close(ref, run(proto, feeds), float32_noise(graph.model, feeds), "cross-layer scaling",
+                 graph.description)
 
 
 def _one_line(exc: AimetCliError) -> None:

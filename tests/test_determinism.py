@@ -1,0 +1,63 @@
+"""Same command, same input -> byte-identical files; Ctrl-C -> exit 130 and no partial output."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import helper
+
+from aimetcli.cli import main
+from helpers import bn_inits, bn_node, init, make_model, rand
+
+
+@pytest.fixture
+def model_path(tmp_path):
+    inits = [init("W1", rand(8, 3, 3, 3)), init("W2", rand(8, 8, 3, 3)), init("W3", rand(8 * 16, 10))] + \
+        bn_inits("bn1", 8) + bn_inits("bn2", 8) + [init("shape", np.array([0, -1], np.int64))]
+    nodes = [
+        helper.make_node("Conv", ["input", "W1"], ["c1"], pads=[1] * 4, strides=[2, 2]),
+        bn_node("bn1", "c1", "b1"), helper.make_node("Relu", ["b1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "W2"], ["c2"], pads=[1] * 4, strides=[2, 2]),
+        bn_node("bn2", "c2", "b2"), helper.make_node("Relu", ["b2"], ["r2"]),
+        helper.make_node("Reshape", ["r2", "shape"], ["f"]),
+        helper.make_node("MatMul", ["f", "W3"], ["logits"]),
+    ]
+    path = tmp_path / "m.onnx"
+    onnx.save(make_model(nodes, [("input", ["N", 3, 16, 16])], [("logits", None)], inits), path)
+    return path
+
+
+@pytest.mark.parametrize("command", [
+    ["fold-bn"], ["equalize"], ["bias-correct", "--data", "random:16"],
+    ["quantsim", "--data", "random:16", "--quant-scheme", "tf-enhanced", "--per-channel"],
+])
+def test_byte_identical_outputs(tmp_path, model_path, command):
+    outputs = []
+    for i in range(2):
+        out = tmp_path / f"out{i}.onnx"
+        r = CliRunner().invoke(main, [command[0], str(model_path), "-o", str(out), *command[1:]])
+        assert r.exit_code == 0, r.output
+        files = [out.read_bytes()]
+        enc = tmp_path / f"out{i}.encodings"
+        if enc.exists():
+            files.append(enc.read_bytes())
+        outputs.append(files)
+    assert outputs[0] == outputs[1]
+
+
+def test_ctrl_c_during_calibration_exits_130_without_output(tmp_path, model_path, monkeypatch):
+    from aimetcli.calibration import runner
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run", interrupted)
+    for command in (["quantsim", "--data", "random:16"], ["bias-correct", "--data", "random:16"]):
+        out = tmp_path / "o.onnx"
+        r = CliRunner().invoke(main, [command[0], str(model_path), "-o", str(out), *command[1:]])
+        assert r.exit_code == 130, r.output
+        assert "Interrupted" in r.stderr and "Traceback" not in r.output
+        assert not out.exists() and not (tmp_path / "o.encodings").exists()
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".aimetcli-")]
