@@ -57,8 +57,9 @@ def test_sim_equals_numpy_recomputation(tmp_path, param_bw, act_bw, per_channel)
     y = fake_quantize(r @ fake_quantize(inits["W2"], p["W2"]).T + inits["B2"], a["y"])
     got = run(sim, {"x": x})[0]
     # float32 sums in another order may move a value across a rounding boundary: at most one step
-    step = float(a["y"].scale)
-    assert np.max(np.abs(got - y)) <= step * 1.001
+    # one step, plus float32 rounding of q * scale at large |q| (16 bit)
+    step = float(a["y"].scale) * 1.001 + 4 * np.finfo(np.float32).eps * float(np.abs(y).max())
+    assert np.max(np.abs(got - y)) <= step
     assert np.mean(got == y) > 0.98
     # onnxruntime's basic optimizations keep the float emulation of the QDQ (no integer kernels)
     import onnx_ir as ir
@@ -68,7 +69,7 @@ def test_sim_equals_numpy_recomputation(tmp_path, param_bw, act_bw, per_channel)
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     basic = ort.InferenceSession(ir.serde.serialize_model(sim).SerializeToString(), so,
                                  providers=["CPUExecutionProvider"])
-    assert np.max(np.abs(basic.run(None, {"x": x})[0] - got)) <= step * 1.001
+    assert np.max(np.abs(basic.run(None, {"x": x})[0] - got)) <= step
 
 
 def test_quantized_values_lie_on_grid(tmp_path):
