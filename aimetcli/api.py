@@ -181,8 +181,8 @@ def equalize(model: ir.Model, options: EqualizeOptions | None = None) -> Equaliz
 
     options = options or EqualizeOptions()
     start = time.perf_counter()
-    before = weight_ranges(model)
     fold_result, _ = fold_bn(model)
+    before = weight_ranges(model)  # after folding: what cross-layer scaling starts from
     chains, stops = find_chains(model, through_relu6=options.replace_relu6)
     opset = g.opset_version(model)
     clips = [lk.node for c in chains for lk in c.links if lk.node is not None and is_relu_n(lk.node, opset)]

@@ -8,7 +8,11 @@ cannot be analytical. We keep them in the model's ``metadata_props``:
     value JSON {"version": 1,
                 "layers": {"<layer output tensor name>":
                               {"bn": "<folded BN node name>",
-                               "beta": [per output channel], "gamma": [per output channel]}}}
+                               "beta": per output channel, "gamma": per output channel}}}
+
+beta and gamma are written as base64 of little-endian float64 (exact, and a
+hundred times faster to write than decimal lists, which matters on every pass of
+a 50-layer model); the reader also accepts plain JSON lists of numbers.
 
 The layer output of a backward fold (layer -> BN) is distributed per channel as
 N(beta, gamma^2) on the training data. Passes that rescale a layer's output
@@ -20,6 +24,7 @@ the BN's former output name.
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 
@@ -47,10 +52,7 @@ def read_bn_stats(model: ir.Model) -> dict[str, BnStats]:
     try:
         doc = json.loads(text)
         layers = doc["layers"]
-        return {
-            name: BnStats(np.asarray(e["beta"], np.float64), np.asarray(e["gamma"], np.float64), e.get("bn", ""))
-            for name, e in layers.items()
-        }
+        return {name: BnStats(_decode(e["beta"]), _decode(e["gamma"]), e.get("bn", "")) for name, e in layers.items()}
     except (ValueError, KeyError, TypeError):
         # Stats are an optimisation; a damaged entry must not stop the command.
         return {}
@@ -63,8 +65,18 @@ def write_bn_stats(model: ir.Model, stats: dict[str, BnStats]) -> None:
     doc = {
         "version": FORMAT_VERSION,
         "layers": {
-            name: {"bn": s.bn, "beta": [float(x) for x in s.beta], "gamma": [float(x) for x in s.gamma]}
+            name: {"bn": s.bn, "beta": _encode(s.beta), "gamma": _encode(s.gamma)}
             for name, s in sorted(stats.items())
         },
     }
     model.metadata_props[METADATA_KEY] = json.dumps(doc, separators=(",", ":"), sort_keys=True)
+
+
+def _encode(values: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(values, "<f8").tobytes()).decode("ascii")
+
+
+def _decode(value) -> np.ndarray:
+    if isinstance(value, str):
+        return np.frombuffer(base64.b64decode(value), "<f8").astype(np.float64)
+    return np.asarray(value, np.float64)
