@@ -11,16 +11,21 @@ each, so its cost grows with the square of depth. We instead:
    mean and ``b -= (W~ - W) . E[x]`` with no data at all;
 4. empirical layers, exactly in AIMET's order (each layer corrected with every
    earlier layer quantized and already corrected) but without rerunning the model
-   per layer: the quantized (QDQ) model is run in segments that end at each layer
-   output (calibration/segments.py). When segment k has run over all the data, the
-   layer's per-channel mean is compared with the FP32 one, the difference goes into
-   its bias *and* into the cached output, and only then does the next segment read it.
+   per layer: the model (weights fake-quantized) runs in segments that end at each
+   layer output and each quantized tensor (calibration/segments.py), along two
+   paths: float activations (what quantsim calibrates on) and quantized activations
+   (fake-quantized in numpy, bit-exact with QuantizeLinear/DequantizeLinear). When
+   a segment has run over all the data, a layer output's per-channel mean on the
+   quantized path is compared with the FP32 model's and the difference goes into
+   its bias and into both cached paths; a quantized tensor gets its encoding from
+   the float path, after every upstream correction, just as quantsim will compute
+   it on the corrected model. So ``bias-correct`` then ``quantsim`` with the same
+   options and data leaves (almost) no shift.
 
-Cost: 1 FP32 pass + 1 calibration pass + 1 segmented quantized pass, each linear
-in depth. Memory: one batch of activations for the FP32 and calibration passes;
-the segmented pass caches, for all samples, the tensors live between two segments
-(the widest cut of the graph times the number of samples; reported as
-``peak_cache_bytes``). Use --num-samples to bound it.
+Cost: 1 FP32 pass + 1 segmented pass over two paths, linear in depth. Memory: the
+tensors live between two segments, for all samples and both paths (the widest cut
+of the graph times the number of samples; ``peak_cache_bytes``). Use --num-samples
+to bound it.
 """
 
 from __future__ import annotations
@@ -110,17 +115,15 @@ def _candidates(model: ir.Model, result: BiasCorrectionResult) -> list[Layer]:
 
 
 def _mean_pass(proto: onnx.ModelProto, outputs: list[str], dataset, batch_size: int,
-               extra_feeds: dict[str, np.ndarray] | None = None, progress=None) -> dict[str, np.ndarray]:
+               progress=None, optimization: str = "basic") -> dict[str, np.ndarray]:
     present = {o.name for o in proto.graph.output}
     for name in outputs:
         if name not in present:
             proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
             present.add(name)
-    session = runner.make_session(proto, optimization="basic")
+    session = runner.make_session(proto, optimization=optimization)
     means = {name: ChannelMean() for name in outputs}
     for feeds in dataset.batches(batch_size):
-        if extra_feeds:
-            feeds = {**feeds, **extra_feeds}
         for name, value in zip(outputs, runner.run(session, feeds, outputs)):
             means[name].update(value)
         if progress is not None:
@@ -131,9 +134,8 @@ def _mean_pass(proto: onnx.ModelProto, outputs: list[str], dataset, batch_size: 
 def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid", config_path: str | None = None,
                    batch_size: int = 32, progress=None) -> BiasCorrectionResult:
     """Correct the biases of ``model`` (FP32, modified in place) for quantization with ``options``."""
-    from aimetcli.quantsim.calibrate import calibrate
+    from aimetcli.quantsim.calibrate import param_encodings
     from aimetcli.quantsim.config import load_config
-    from aimetcli.quantsim.insert import insert_qdq
     from aimetcli.quantsim.placement import place_quantizers
 
     if method not in METHODS:
@@ -173,8 +175,7 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
     if needs_data and dataset is not None:
         fp_means = _mean_pass(ir.serde.serialize_model(model), out_names, dataset, batch_size, progress=progress)
 
-    encodings = calibrate(model, placement, options, dataset, batch_size, progress) if dataset is not None else None
-    params = encodings.params if encodings is not None else _param_only(model, placement, options)
+    params = param_encodings(model, placement, options)
 
     # Analytical: b -= (W~ - W) . E[x]
     graph = model.graph
@@ -188,32 +189,10 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
         delta = layer.apply_to_constant(err, ex)
         write_bias(layer, graph, names, bias_array(layer, w) - delta, w.dtype)
 
-    if fp_means and encodings is not None:
-        sim = ir.serde.deserialize_model(ir.serde.serialize_model(model))
-        renamed = insert_qdq(sim, encodings.activations, encodings.params)
-        by_sim_name = {renamed.get(la.output.name, la.output.name): la for la in measured}
-        corrections: dict[int, np.ndarray] = {}
-        shifts: dict[int, float] = {}
-
-        def on_cut(name: str, arrays: list[np.ndarray]) -> None:
-            layer = by_sim_name[name]
-            mean = ChannelMean()
-            for a in arrays:
-                mean.update(a)
-            diff = fp_means[layer.output.name] - mean.mean
-            shifts[id(layer.node)] = float(np.mean(np.abs(diff)))
-            if id(layer.node) in analytical:
-                return
-            corrections[id(layer.node)] = diff
-            shape = [1] * arrays[0].ndim
-            shape[1] = -1
-            step = diff.astype(arrays[0].dtype).reshape(shape)
-            for a in arrays:
-                a += step  # downstream segments see the corrected layer
-
-        seg_runner = SegmentRunner(ir.serde.serialize_model(sim), list(by_sim_name))
-        seg_runner.run(dataset.batches(batch_size), on_cut, progress)
-        result.peak_cache_bytes = seg_runner.peak_bytes
+    if fp_means:
+        corrections, shifts, peak = _sequential_empirical(model, placement, params, options, dataset, batch_size,
+                                                          measured, analytical, fp_means, progress)
+        result.peak_cache_bytes = peak
         for layer in empirical:
             w = layer.weight_array()
             write_bias(layer, graph, names, bias_array(layer, w) + corrections.get(id(layer.node), 0.0), w.dtype)
@@ -232,25 +211,97 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
     return result
 
 
-def _param_only(model: ir.Model, placement, options):
-    from aimetcli.quantsim.calibrate import param_encodings
+def _sequential_empirical(model, placement, params, options, dataset, batch_size, measured, analytical,
+                          fp_means, progress):
+    """Empirical correction in AIMET's layer order, with the activation encodings quantsim will compute.
 
-    return param_encodings(model, placement, options)
+    Two paths run through the same segments (one ORT session per segment): the *float*
+    path (fake-quantized weights, float activations: what quantsim calibrates on) and the
+    *quantized* path (the same, with every activation quantizer applied in numpy, bit-exact
+    with QuantizeLinear/DequantizeLinear). Segments end at every layer output and every
+    quantized tensor. At a layer output, the quantized path's per-channel mean is compared
+    with the FP32 model's and the difference is added to both paths (and later the bias).
+    At a quantized tensor, its encoding is computed from the float path over all the data,
+    *after* every upstream correction, exactly as quantsim will compute it on the corrected
+    model, and the quantized path is fake-quantized with it.
+    """
+    from aimetcli.calibration.observers import make_observer, observe_encoding
+    from aimetcli.quantsim.calibrate import calibration_weights_proto
 
+    by_output = {la.output.name: la for la in measured}
+    acts = {a.tensor: a for a in placement.activations}
+    proto = calibration_weights_proto(model, params)
+    graph_inputs = {i.name for i in proto.graph.input}
+    corrections: dict[int, np.ndarray] = {}
+    shifts: dict[int, float] = {}
 
-def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    return out
+    def quantize_path(tensor: str, float_arrays: list[np.ndarray], quant_arrays: list[np.ndarray]) -> None:
+        a = acts[tensor]
+        if a.encoding_min is not None and a.encoding_max is not None:
+            from aimetcli.kernels.quant import encoding_from_range
 
-
-def _biases_to_inputs(proto: onnx.ModelProto, names: set[str]) -> None:
-    """Turn the named float initializers into graph inputs (fed each run)."""
-    keep = []
-    for t in proto.graph.initializer:
-        if t.name in names:
-            proto.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+            enc = encoding_from_range(a.encoding_min, a.encoding_max, a.bitwidth, a.symmetric)
         else:
-            keep.append(t)
-    del proto.graph.initializer[:]
-    proto.graph.initializer.extend(keep)
+            obs = make_observer(options.scheme)
+            for arr in float_arrays:
+                obs.update(arr)
+            enc = observe_encoding(obs, options.scheme, a.bitwidth, a.symmetric, percentile=options.percentile,
+                                   strict_symmetric=placement.strict_symmetric and a.symmetric)
+        for i, arr in enumerate(quant_arrays):
+            quant_arrays[i] = fake_quantize(arr, enc).astype(arr.dtype)
+
+    def on_cut(name: str, arrays: dict[str, list[np.ndarray]]) -> None:
+        layer = by_output.get(name)
+        if layer is not None:
+            mean = ChannelMean()
+            for a in arrays["quantized"]:
+                mean.update(a)
+            diff = fp_means[name] - mean.mean
+            shifts[id(layer.node)] = float(np.mean(np.abs(diff)))
+            if id(layer.node) not in analytical:
+                corrections[id(layer.node)] = diff
+                shape = [1] * arrays["quantized"][0].ndim
+                shape[1] = -1
+                for path_arrays in arrays.values():
+                    step = diff.astype(path_arrays[0].dtype).reshape(shape)
+                    for a in path_arrays:
+                        a += step  # downstream segments see the corrected layer
+        if name in acts:
+            quantize_path(name, arrays["float"], arrays["quantized"])
+
+    float_batches = [dict(b) for b in dataset.batches(batch_size)]
+    quant_batches = [dict(b) for b in float_batches]
+    for tensor in acts:
+        if tensor in graph_inputs:
+            arrays = [b[tensor] for b in quant_batches]
+            quantize_path(tensor, [b[tensor] for b in float_batches], arrays)
+            for b, arr in zip(quant_batches, arrays):
+                b[tensor] = arr
+    cuts = [t for t in acts if t not in graph_inputs] + list(by_output)
+    seg_runner = SegmentRunner(proto, cuts)
+    seg_runner.run({"float": float_batches, "quantized": quant_batches}, on_cut, progress)
+    return corrections, shifts, seg_runner.peak_bytes
+
+
+def _float_source(model: ir.Model, name: str) -> str:
+    """The float tensor behind ``name`` in a QDQ model (graph outputs keep their name on the DQ side)."""
+    values = {v.name: v for n in model.graph for v in n.outputs}
+    v = values.get(name)
+    while v is not None and v.producer() is not None and g.is_op(v.producer(), "Clip", "DequantizeLinear",
+                                                                    "QuantizeLinear"):
+        v = v.producer().inputs[0]
+    return v.name if v is not None else name
+
+
+def output_shift(reference: ir.Model, sim: ir.Model, dataset, *, batch_size: int = 32) -> dict[str, float]:
+    """Per layer of ``reference``: mean over channels of |E[y_sim] - E[y_reference]| on the data.
+
+    ``sim`` is a quantsim model of ``reference`` (or of a bias-corrected copy of it): this is the
+    shift bias correction exists to remove, measured against the uncorrected FP32 model.
+    """
+    names = [la.output.name for n in reference.graph if (la := as_layer(n)) is not None]
+    ref = _mean_pass(ir.serde.serialize_model(reference), names, dataset, batch_size)
+    sim_names = [_float_source(sim, n) for n in names]
+    # no graph optimizations: onnxruntime's rewrites of QDQ graphs are not the simulation
+    q = _mean_pass(ir.serde.serialize_model(sim), sim_names, dataset, batch_size, optimization="none")
+    return {n: float(np.mean(np.abs(ref[n] - q[s]))) for n, s in zip(names, sim_names)}

@@ -52,14 +52,13 @@ class Segment:
     nodes: list[onnx.NodeProto]
     inputs: list[str]
     outputs: list[str]
-    cut: str
-    session: object = None
+    cuts: list[str]
 
 
 @dataclass
 class SegmentRunner:
     model: onnx.ModelProto
-    cuts: list[str]  # in topological order of their producers
+    cuts: list[str]  # tensors to stop after (any order; a node producing several stops once)
     segments: list[Segment] = field(default_factory=list)
     peak_bytes: int = 0
 
@@ -70,15 +69,15 @@ class SegmentRunner:
         producer_seg: dict[str, int] = {name: -1 for name in graph_inputs}
         cut_set = set(self.cuts)
         current: list[onnx.NodeProto] = []
-        groups: list[tuple[list[onnx.NodeProto], str]] = []
+        groups: list[tuple[list[onnx.NodeProto], list[str]]] = []
         for node in graph.node:
             current.append(node)
             hit = [o for o in node.output if o in cut_set]
             if hit:
-                groups.append((current, hit[0]))
+                groups.append((current, hit))
                 current = []
         if current:
-            groups.append((current, ""))
+            groups.append((current, []))
         readers: dict[str, set[int]] = {}
         for k, (nodes, _) in enumerate(groups):
             for node in nodes:
@@ -90,12 +89,12 @@ class SegmentRunner:
                         continue
                     readers.setdefault(x, set()).add(k)
         graph_outputs = {o.name for o in graph.output}
-        for k, (nodes, cut) in enumerate(groups):
+        for k, (nodes, cuts) in enumerate(groups):
             produced = {o for n in nodes for o in n.output}
             needed = sorted({x for n in nodes for x in _node_inputs(n)} - produced - inits)
-            outs = sorted(o for o in produced if any(r > k for r in readers.get(o, ())) or o == cut
+            outs = sorted(o for o in produced if any(r > k for r in readers.get(o, ())) or o in cuts
                           or o in graph_outputs)
-            self.segments.append(Segment(nodes, needed, outs, cut))
+            self.segments.append(Segment(nodes, needed, outs, cuts))
         self._last_reader = {name: max(ks) for name, ks in readers.items()}
         self._types = self._elem_types()
 
@@ -130,29 +129,42 @@ class SegmentRunner:
         m.ir_version = self.model.ir_version
         return m
 
-    def run(self, batches: Iterable[dict[str, np.ndarray]],
-            on_cut: Callable[[str, list[np.ndarray]], None], progress: runner.Progress | None = None) -> None:
-        """Run every segment over all batches; ``on_cut(name, per-batch arrays)`` may edit them in place."""
-        cache: dict[str, list[np.ndarray]] = {}
-        for feeds in batches:
-            for name, arr in feeds.items():
-                cache.setdefault(name, []).append(arr)
-        n_batches = len(next(iter(cache.values()))) if cache else 0
+    def run(self, paths: dict[str, list[dict[str, np.ndarray]]],
+            on_cut: Callable[[str, dict[str, list[np.ndarray]]], None],
+            progress: runner.Progress | None = None) -> None:
+        """Run every segment over every batch of every path.
+
+        ``paths`` maps a path name to its batches of graph-input feeds (e.g. a float
+        path and a quantized path through the same segments). After the segment that
+        produces cut tensor T has run, ``on_cut(T, {path: per-batch arrays})`` may
+        change those arrays (in place or by replacing list items) before any later
+        segment reads them.
+        """
+        caches: dict[str, dict[str, list[np.ndarray]]] = {}
+        for path, batches in paths.items():
+            cache: dict[str, list[np.ndarray]] = {}
+            for feeds in batches:
+                for name, arr in feeds.items():
+                    cache.setdefault(name, []).append(arr)
+            caches[path] = cache
         for k, seg in enumerate(self.segments):
-            if not seg.nodes:
-                continue
-            session = runner.make_session(self._segment_model(seg), optimization="basic")
-            results: dict[str, list[np.ndarray]] = {o: [] for o in seg.outputs}
-            for i in range(n_batches):
-                feeds = {x: cache[x][i] for x in seg.inputs}
-                for name, value in zip(seg.outputs, runner.run(session, feeds, seg.outputs)):
-                    results[name].append(value)
-            cache.update(results)
-            self.peak_bytes = max(self.peak_bytes, sum(a.nbytes for arrs in cache.values() for a in arrs))
-            if seg.cut:
-                on_cut(seg.cut, cache[seg.cut])
-            for name in list(cache):
-                if self._last_reader.get(name, -1) <= k:
-                    del cache[name]
+            if seg.nodes:
+                session = runner.make_session(self._segment_model(seg), optimization="basic")
+                for cache in caches.values():
+                    n_batches = len(next(iter(cache.values()))) if cache else 0
+                    results: dict[str, list[np.ndarray]] = {o: [] for o in seg.outputs}
+                    for i in range(n_batches):
+                        feeds = {x: cache[x][i] for x in seg.inputs}
+                        for name, value in zip(seg.outputs, runner.run(session, feeds, seg.outputs)):
+                            results[name].append(value)
+                    cache.update(results)
+            self.peak_bytes = max(self.peak_bytes, sum(a.nbytes for cache in caches.values()
+                                                       for arrs in cache.values() for a in arrs))
+            for cut in seg.cuts:
+                on_cut(cut, {path: cache[cut] for path, cache in caches.items()})
+            for cache in caches.values():
+                for name in list(cache):
+                    if self._last_reader.get(name, -1) <= k:
+                        del cache[name]
             if progress is not None:
                 progress(1)

@@ -54,8 +54,8 @@ def param_encodings(model: ir.Model, placement: Placement, opts: QuantOptions) -
     return out
 
 
-def calibration_model(model: ir.Model, placement: Placement, params: dict[str, Encoding]) -> onnx.ModelProto:
-    """A protobuf copy: weights fake-quantized, quantized activations exposed as outputs."""
+def calibration_weights_proto(model: ir.Model, params: dict[str, Encoding]) -> onnx.ModelProto:
+    """A protobuf copy of the model with its quantized weights fake-quantized."""
     proto = ir.serde.serialize_model(model)
     by_name = {t.name: i for i, t in enumerate(proto.graph.initializer)}
     for name, enc in params.items():
@@ -63,6 +63,12 @@ def calibration_model(model: ir.Model, placement: Placement, params: dict[str, E
         arr = numpy_helper.to_array(proto.graph.initializer[idx])
         fq = fake_quantize(arr.astype(np.float32), enc).astype(arr.dtype)
         proto.graph.initializer[idx].CopyFrom(numpy_helper.from_array(fq, name))
+    return proto
+
+
+def calibration_model(model: ir.Model, placement: Placement, params: dict[str, Encoding]) -> onnx.ModelProto:
+    """A protobuf copy: weights fake-quantized, quantized activations exposed as outputs."""
+    proto = calibration_weights_proto(model, params)
     outputs = {o.name for o in proto.graph.output}
     inputs = {i.name for i in proto.graph.input}
     elem = {}
