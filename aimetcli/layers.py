@@ -137,7 +137,8 @@ def weight_reason(layer: Layer) -> str | None:
         return f"weight {w.name} of {layer.name} is computed at run time, not a constant"
     if not g.is_float_dtype(arr):
         return f"weight {w.name} of {layer.name} is {arr.dtype}, not floating point"
-    if not np.all(np.isfinite(arr.astype(np.float64))):
+    finite = np.isfinite(arr) if arr.dtype.kind == "f" else np.isfinite(arr.astype(np.float32))
+    if not finite.all():
         return f"weight {w.name} of {layer.name} contains NaN or Inf"
     if layer.kind == "matmul" and arr.ndim != 2:
         return f"MatMul {layer.name} has a {arr.ndim}-D weight (only 2-D weights are handled)"

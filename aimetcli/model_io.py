@@ -28,6 +28,8 @@ from google.protobuf.message import DecodeError
 from aimetcli.errors import AimetCliError, ErrorKind
 
 STDIO = "-"
+EXTERNAL_META = "aimetcli.loaded_with_external_data"
+IN_MEMORY_LIMIT = 2**31 - 256 * 2**20
 PROTOBUF_LIMIT = 2**31 - 1
 # Leave room for the graph structure next to the tensors.
 _EXTERNAL_THRESHOLD = PROTOBUF_LIMIT - 64 * 2**20
@@ -113,6 +115,17 @@ def load_model(source: str, *, check: bool = True) -> LoadedModel:
         raise AimetCliError(f"{source}: the model cannot be read ({exc}); fix or re-export it") from exc
     if source != STDIO:
         ir.external_data.set_base_dir(model.graph, os.path.dirname(os.path.abspath(source)))
+    if _has_external_data(proto):
+        # saved the same way unless asked otherwise: a model kept beside its data stays so
+        model.meta[EXTERNAL_META] = True
+        if tensor_bytes(model) <= IN_MEMORY_LIMIT:
+            # below the protobuf limit the tensors are read now, so every serialization (for
+            # onnxruntime, for copies) is self-contained; above it they stay memory-mapped
+            try:
+                ir.external_data.load_to_model(model)
+            except (OSError, ValueError) as exc:
+                raise AimetCliError(f"{source}: its external data cannot be read ({exc}); keep the .data file "
+                                    "beside the model") from exc
     return LoadedModel(model=model, source=source)
 
 
@@ -172,12 +185,15 @@ def serialize(model: ir.Model) -> bytes:
 def save_model(model: ir.Model, dest: str, *, external_data: bool | None = None) -> list[str]:
     """Save atomically to a path or '-' (stdout). Returns the paths written.
 
-    ``external_data=None`` decides by size (over the protobuf limit -> external).
+    ``external_data=None`` decides: external when the model was loaded with external
+    data or is over the protobuf limit.
     """
     needs_external = tensor_bytes(model) > _EXTERNAL_THRESHOLD
-    use_external = needs_external if external_data is None else (external_data or needs_external)
+    if external_data is None:
+        external_data = bool(model.meta.get(EXTERNAL_META, False))
+    use_external = external_data or needs_external
     if dest == STDIO:
-        if use_external:
+        if needs_external:
             raise AimetCliError(
                 "the model is larger than 2 GB and needs external data, which cannot go to standard "
                 "output; give an output path with -o",

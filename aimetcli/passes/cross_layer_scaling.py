@@ -27,6 +27,7 @@ import onnx_ir as ir
 
 from aimetcli import graph as g
 from aimetcli.bn_stats import BnStats, read_bn_stats, write_bn_stats
+from aimetcli.kernels import bn as bn_math
 from aimetcli.kernels import cle
 from aimetcli.layers import Layer, as_layer, bias_array, bias_reason, weight_reason
 from aimetcli.passes.replace_relu6 import is_relu_n
@@ -229,7 +230,7 @@ class CrossLayerScalingPass(ir.passes.InPlacePass):
         for chain in self.chains:
             for layer in chain.layers:
                 if id(layer.node) not in states:
-                    w = np.asarray(layer.weight_array(), np.float64)
+                    w = bn_math.working_array(layer.weight_array())
                     states[id(layer.node)] = _State(layer, w, bias_array(layer, w), np.ones(layer.out_channels(w)))
         plan = []
         for chain in self.chains:
@@ -267,7 +268,7 @@ class CrossLayerScalingPass(ir.passes.InPlacePass):
             layer = st.layer
             orig = layer.weight_array()
             wv = g.private_constant(graph, names, layer.node, 1)
-            g.set_constant(wv, st.w.astype(orig.dtype))
+            g.set_constant(wv, st.w.astype(orig.dtype, copy=False))
             if layer.bias is not None:  # scaling never creates a bias where there was none
                 write_bias(layer, graph, names, st.b, orig.dtype)
             key = layer.output.name
