@@ -68,6 +68,10 @@ def prepare(model: ir.Model, *, simplify: bool = False) -> tuple[ir.Model, Prepa
         except Exception as exc:  # onnxsim fails on many exotic models; it is optional
             report.simplify_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
             report.warnings.append(f"onnxsim failed ({report.simplify_error}); continuing without it")
+    if model.ir_version < 4:
+        # IR 3 lists every initializer as a graph input; the passes add initializers that are not,
+        # which only IR >= 4 allows (the inputs listed stay as they are)
+        model.ir_version = 4
     report.lifted_constants = LiftConstantsPass()(model).modified
     try:
         from onnx_ir.passes.common import ShapeInferencePass

@@ -87,36 +87,40 @@ class Layer:
         return 1
 
     # Weight maths, dispatched on kind
-    def scale_out(self, w: np.ndarray, s: np.ndarray) -> np.ndarray:
-        return bn_math.scale_output_channels(w, s, kind=self.kind, groups=self.groups, trans_b=self.trans_b)
+    def scale_out(self, w: np.ndarray, s: np.ndarray, inplace: bool = False) -> np.ndarray:
+        return bn_math.scale_output_channels(w, s, kind=self.kind, groups=self.groups, trans_b=self.trans_b,
+                                             inplace=inplace)
 
-    def scale_in(self, w: np.ndarray, s: np.ndarray) -> np.ndarray:
-        return bn_math.scale_input_channels(w, s, kind=self.kind, groups=self.groups, trans_b=self.trans_b)
+    def scale_in(self, w: np.ndarray, s: np.ndarray, inplace: bool = False) -> np.ndarray:
+        return bn_math.scale_input_channels(w, s, kind=self.kind, groups=self.groups, trans_b=self.trans_b,
+                                            inplace=inplace)
 
     def apply_to_constant(self, w: np.ndarray, vec: np.ndarray) -> np.ndarray:
         return bn_math.input_channel_sums(w, vec, kind=self.kind, groups=self.groups, trans_b=self.trans_b)
 
     def per_out_channel_abs_max(self, w: np.ndarray) -> np.ndarray:
         """max |w| per output channel (the per-channel weight range used by CLE)."""
-        w = np.abs(np.asarray(w, np.float64))
+        w = np.asarray(w)
         if self.kind == "convtranspose":
             cin, cout_g = w.shape[0], w.shape[1]
             wg = w.reshape(self.groups, cin // self.groups, cout_g, -1)
-            return wg.max(axis=(1, 3)).reshape(-1)
-        axis = self.out_axis()
-        return np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1).max(axis=1)
+            return _abs_max(wg, (1, 3)).reshape(-1)
+        return _abs_max(w, tuple(i for i in range(w.ndim) if i != self.out_axis()))
 
     def per_in_channel_abs_max(self, w: np.ndarray) -> np.ndarray:
         """max |w| per input channel of the layer (over all outputs that read it)."""
-        w = np.abs(np.asarray(w, np.float64))
+        w = np.asarray(w)
         if self.kind == "conv":
             cout, cin_g = w.shape[0], w.shape[1]
             wg = w.reshape(self.groups, cout // self.groups, cin_g, -1)
-            return wg.max(axis=(1, 3)).reshape(-1)
-        if self.kind == "convtranspose":
-            return w.reshape(w.shape[0], -1).max(axis=1)
-        axis = 1 if (self.kind == "gemm" and self.trans_b) else 0
-        return np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1).max(axis=1)
+            return _abs_max(wg, (1, 3)).reshape(-1)
+        axis = 0 if self.kind == "convtranspose" else (1 if (self.kind == "gemm" and self.trans_b) else 0)
+        return _abs_max(w, tuple(i for i in range(w.ndim) if i != axis))
+
+
+def _abs_max(w: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """max |w| over ``axes`` as float64, without an |w| copy of the whole tensor."""
+    return np.maximum(w.max(axis=axes), -w.min(axis=axes)).astype(np.float64)
 
 
 def as_layer(node: ir.Node | None) -> Layer | None:

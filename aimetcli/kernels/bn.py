@@ -43,6 +43,14 @@ def working_array(w: np.ndarray) -> np.ndarray:
     return w.astype(np.float64)
 
 
+def _multiply(w: np.ndarray, factor: np.ndarray, inplace: bool) -> np.ndarray:
+    """w * factor; in place when asked and possible (large arrays the caller owns)."""
+    if inplace and w.flags.writeable and w.dtype == factor.dtype:
+        np.multiply(w, factor, out=w)
+        return w
+    return w * factor
+
+
 def _factor(v: np.ndarray, like: np.ndarray) -> np.ndarray:
     return v.astype(like.dtype, copy=False)
 
@@ -54,30 +62,29 @@ def _expand(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
 
 
 def scale_output_channels(weight: np.ndarray, scale: np.ndarray, *, kind: str, groups: int = 1,
-                          trans_b: bool = True) -> np.ndarray:
+                          trans_b: bool = True, inplace: bool = False) -> np.ndarray:
     """Multiply each output channel of a layer's weight by ``scale`` (float64 result, see LARGE).
 
     kind: 'conv' (W[Cout, Cin/g, k...]), 'convtranspose' (W[Cin, Cout/g, k...]),
     'gemm' (B[N, K] when trans_b else B[K, N]), 'matmul' (B[K, N]).
+    ``inplace``: the caller owns ``weight`` and it may be overwritten (large float32 only).
     """
     w = working_array(weight)
     scale = _factor(np.asarray(scale, np.float64).reshape(-1), w)
-    if kind == "conv":
-        return w * _expand(scale, w.ndim, 0)
     if kind == "convtranspose":
         cin, cout_g = w.shape[0], w.shape[1]
-        wg = w.reshape(groups, cin // groups, cout_g, *w.shape[2:])
-        sg = scale.reshape(groups, 1, cout_g, *([1] * (w.ndim - 2)))
-        return (wg * sg).reshape(w.shape)
-    if kind == "gemm":
-        return w * _expand(scale, w.ndim, 0 if trans_b else 1)
-    if kind == "matmul":
-        return w * _expand(scale, w.ndim, 1)
-    raise ValueError(f"unknown layer kind {kind!r}")
+        view = w.reshape(groups, cin // groups, cout_g, *w.shape[2:])
+        factor = scale.reshape(groups, 1, cout_g, *([1] * (w.ndim - 2)))
+    elif kind in ("conv", "gemm", "matmul"):
+        axis = {"conv": 0, "gemm": 0 if trans_b else 1, "matmul": 1}[kind]
+        view, factor = w, _expand(scale, w.ndim, axis)
+    else:
+        raise ValueError(f"unknown layer kind {kind!r}")
+    return _multiply(view, factor, inplace and w is weight).reshape(w.shape)
 
 
 def scale_input_channels(weight: np.ndarray, scale: np.ndarray, *, kind: str, groups: int = 1,
-                         trans_b: bool = True) -> np.ndarray:
+                         trans_b: bool = True, inplace: bool = False) -> np.ndarray:
     """Multiply each input channel of a layer's weight by ``scale`` (float64 result, see LARGE).
 
     For grouped convolutions ``scale`` has one entry per input channel of the layer
@@ -87,16 +94,14 @@ def scale_input_channels(weight: np.ndarray, scale: np.ndarray, *, kind: str, gr
     scale = _factor(np.asarray(scale, np.float64).reshape(-1), w)
     if kind == "conv":
         cout, cin_g = w.shape[0], w.shape[1]
-        wg = w.reshape(groups, cout // groups, cin_g, *w.shape[2:])
-        sg = scale.reshape(groups, 1, cin_g, *([1] * (w.ndim - 2)))
-        return (wg * sg).reshape(w.shape)
-    if kind == "convtranspose":
-        return w * _expand(scale, w.ndim, 0)
-    if kind == "gemm":
-        return w * _expand(scale, w.ndim, 1 if trans_b else 0)
-    if kind == "matmul":
-        return w * _expand(scale, w.ndim, 0)
-    raise ValueError(f"unknown layer kind {kind!r}")
+        view = w.reshape(groups, cout // groups, cin_g, *w.shape[2:])
+        factor = scale.reshape(groups, 1, cin_g, *([1] * (w.ndim - 2)))
+    elif kind in ("convtranspose", "gemm", "matmul"):
+        axis = {"convtranspose": 0, "gemm": 1 if trans_b else 0, "matmul": 0}[kind]
+        view, factor = w, _expand(scale, w.ndim, axis)
+    else:
+        raise ValueError(f"unknown layer kind {kind!r}")
+    return _multiply(view, factor, inplace and w is weight).reshape(w.shape)
 
 
 def input_channel_sums(weight: np.ndarray, vec: np.ndarray, *, kind: str, groups: int = 1,

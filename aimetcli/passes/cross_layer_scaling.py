@@ -147,6 +147,15 @@ class _State:
     b: np.ndarray
     out_scale: np.ndarray  # product of the factors its output channels were multiplied by
     version: int = 0  # bumped whenever the weights change
+    owned: bool = False  # w may be overwritten: only this pass holds it (big weights scale in place)
+
+    def scale_out(self, s: np.ndarray) -> None:
+        self.w = self.layer.scale_out(self.w, s, inplace=self.owned)
+        self.owned = True
+
+    def scale_in(self, s: np.ndarray) -> None:
+        self.w = self.layer.scale_in(self.w, s, inplace=self.owned)
+        self.owned = True
 
 
 @dataclass
@@ -185,10 +194,10 @@ def _scale_pair(a: _State, b: _State) -> float:
     change = _log_change(s)
     if change < TOLERANCE:
         return change
-    a.w = a.layer.scale_out(a.w, 1.0 / s)
+    a.scale_out(1.0 / s)
     a.b = a.b / s
     a.out_scale = a.out_scale / s
-    b.w = b.layer.scale_in(b.w, s)
+    b.scale_in(s)
     a.version += 1
     b.version += 1
     return change
@@ -202,14 +211,14 @@ def _scale_triple(a: _State, d: _State, c: _State) -> float:
     change = _log_change(s12, s23)
     if change < TOLERANCE:
         return change
-    a.w = a.layer.scale_out(a.w, 1.0 / s12)
+    a.scale_out(1.0 / s12)
     a.b = a.b / s12
     a.out_scale = a.out_scale / s12
     # depthwise: input channel i is output channel i
-    d.w = d.layer.scale_out(d.w, s12 / s23)
+    d.scale_out(s12 / s23)
     d.b = d.b / s23
     d.out_scale = d.out_scale / s23
-    c.w = c.layer.scale_in(c.w, s23)
+    c.scale_in(s23)
     for st in (a, d, c):
         st.version += 1
     return change
@@ -230,8 +239,14 @@ class CrossLayerScalingPass(ir.passes.InPlacePass):
         for chain in self.chains:
             for layer in chain.layers:
                 if id(layer.node) not in states:
-                    w = bn_math.working_array(layer.weight_array())
-                    states[id(layer.node)] = _State(layer, w, bias_array(layer, w), np.ones(layer.out_channels(w)))
+                    wv = layer.weight
+                    original = layer.weight_array()
+                    w = bn_math.working_array(original)
+                    # a copy is ours; so is a writable weight only this layer reads (written by an
+                    # earlier pass, not read from the file): big weights are then scaled in place
+                    sole = len(wv.uses()) == 1 and not wv.is_graph_output() and original.flags.writeable
+                    states[id(layer.node)] = _State(layer, w, bias_array(layer, w), np.ones(layer.out_channels(w)),
+                                                    owned=w is not original or sole)
         plan = []
         for chain in self.chains:
             for idx in scaling_sets(chain, states):

@@ -42,6 +42,10 @@ def param_encodings(model: ir.Model, placement: Placement, opts: QuantOptions) -
     inits = model.graph.initializers
     for pq in placement.params:
         w = inits[pq.tensor].const_value.numpy().astype(np.float32)
+        if not np.all(np.isfinite(w)):
+            raise AimetCliError(
+                f"{pq.kind} {pq.tensor!r} of a {pq.op} holds {int(np.count_nonzero(~np.isfinite(w)))} NaN/Inf "
+                "values, which no quantization grid can represent; fix the model's weights", ErrorKind.INPUT)
         if pq.kind == "bias":
             lim = float(np.abs(w).max()) if w.size else 0.0
             out[pq.tensor] = encoding_from_range(-lim, lim, pq.bitwidth, True, min_range=0.0)

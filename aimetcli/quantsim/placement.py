@@ -190,6 +190,9 @@ def _place_params(node: ir.Node, cfg: QuantsimConfig, opts: QuantOptions, placem
         rule = cfg.param_rule(op, kind)
         if not rule.is_quantized:
             continue
+        if value.dtype not in FLOAT_TYPES:  # QuantizeLinear takes float32 here; a float16 QDQ would be invalid
+            placement.skipped.append((value.name, f"{kind} is {value.dtype.name.lower()}; left unquantized"))
+            continue
         symmetric = opts.param_symmetric if opts.param_symmetric is not None else bool(rule.is_symmetric)
         per_channel = opts.per_channel if opts.per_channel is not None else cfg.op_per_channel(op)
         axis = per_channel_axis(op, node, arr.ndim) if (per_channel and kind == "weight") else None
