@@ -32,6 +32,8 @@ class Output:
 
     def __post_init__(self) -> None:
         self.console = Console(stderr=True, highlight=False, soft_wrap=True)
+        if not self.console.is_terminal:  # logs and pipes: room for full tensor names
+            self.console = Console(stderr=True, highlight=False, soft_wrap=True, width=160)
 
     @property
     def show_progress(self) -> bool:

@@ -53,7 +53,7 @@ def bias_correct(out: Output, model_in: str, output: str, data: str | None, meth
     save_output(out, model, output, external_data=external_data)
     table = Table(title=f"Bias correction ({method}, W{options.param_bw}A{options.act_bw})", title_justify="left")
     for col in ("layer", "method", "channels", "mean |shift| uncorrected", "after"):
-        table.add_column(col, justify="left" if col in ("layer", "method") else "right")
+        table.add_column(col, justify="left" if col in ("layer", "method") else "right", overflow="fold")
     rows = summary.corrected if out.verbose else summary.corrected[:25]
     for c in rows:
         table.add_row(c.layer, c.method, str(c.channels),

@@ -19,7 +19,7 @@ def ranges_table(rows_before: list, rows_after: list | None = None, limit: int |
     table = Table(title="Per-channel weight ranges (spread = max/min of max|w| per output channel)",
                   title_justify="left")
     for col in ("layer", "op", "channels", "min range", "max range", "spread"):
-        table.add_column(col, justify="right" if col not in ("layer", "op") else "left")
+        table.add_column(col, justify="right" if col not in ("layer", "op") else "left", overflow="fold")
     if rows_after is not None:
         table.add_column("spread after", justify="right")
     after = {r.layer: r for r in rows_after or []}

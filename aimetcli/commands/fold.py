@@ -16,7 +16,7 @@ def render_fold(out: Output, summary: api.FoldBnSummary) -> None:
     if summary.folded:
         table = Table(title=f"Folded {len(summary.folded)} BatchNormalization", title_justify="left")
         for col in ("BatchNorm", "into layer", "direction", "channels"):
-            table.add_column(col)
+            table.add_column(col, overflow="fold")
         for p in summary.folded:
             table.add_row(p.bn, p.layer, p.direction, str(p.channels))
         if out.verbose or len(summary.folded) <= 20:
@@ -25,8 +25,8 @@ def render_fold(out: Output, summary: api.FoldBnSummary) -> None:
             out.info(f"Folded {len(summary.folded)} BatchNormalization (-v lists them).")
     if summary.skipped:
         table = Table(title=f"Left {len(summary.skipped)} BatchNormalization in place", title_justify="left")
-        table.add_column("BatchNorm")
-        table.add_column("reason")
+        table.add_column("BatchNorm", overflow="fold")
+        table.add_column("reason", overflow="fold")
         for s in summary.skipped:
             table.add_row(s.bn, s.reason)
         out.info(table)
