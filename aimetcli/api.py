@@ -138,6 +138,7 @@ def weight_ranges(model: ir.Model) -> list[LayerRanges]:
 class EqualizeOptions:
     replace_relu6: bool = True  # Clip(0, a) -> Relu inside scaling chains
     high_bias_fold: bool = True
+    cross_layer_scaling: bool = True  # False: only fold BN and replace ReLU6 (a reference for exactness tests)
 
 
 @dataclass
@@ -196,7 +197,7 @@ def equalize(model: ir.Model, options: EqualizeOptions | None = None) -> Equaliz
         for lk in c.links:
             if lk.activation == "Clip":
                 lk.activation, lk.node = "Relu", None
-    cls_result = CrossLayerScalingPass(chains)(model)
+    cls_result = CrossLayerScalingPass(chains if options.cross_layer_scaling else [])(model)
     absorbed = HighBiasFoldPass(chains)(model).absorbed if options.high_bias_fold else []
     after = weight_ranges(model)
     return EqualizeSummary(

@@ -167,6 +167,8 @@ def deployable(model: ir.Model, acts: dict[str, Encoding], params: dict[str, Enc
     qdq = ir.serde.deserialize_model(ir.serde.serialize_model(model))
     qdq = upgrade_opset(qdq, required_opset([*acts.values(), *params.values()]))
     insert_qdq(qdq, acts, params, store_integers=True)
+    for key in [k for k in qdq.metadata_props if k.startswith("aimetcli.")]:
+        del qdq.metadata_props[key]  # BN statistics and records are for our passes, not for deployment
     if unsigned_weights:
         _weights_to_uint8(qdq)
     return qdq

@@ -178,6 +178,25 @@ def commit_staged(tmp: Path, final_dir: Path, names: list[str]) -> None:
         os.replace(tmp / name, final_dir / name)
 
 
+def canonical_order(model: ir.Model) -> None:
+    """Order the main graph's initializers by first use (node order), then by name.
+
+    The same model then serializes to the same bytes however it was produced
+    (``fold-bn | equalize`` or ``equalize`` alone), whatever order passes added them in.
+    """
+    graph = model.graph
+    position: dict[str, int] = {}
+    for i, node in enumerate(graph):
+        for v in node.inputs:
+            if v is not None and v.name is not None and v.name not in position:
+                position[v.name] = i
+    items = sorted(graph.initializers.items(), key=lambda kv: (position.get(kv[0], len(position) + 1), kv[0]))
+    if [k for k, _ in items] != list(graph.initializers):
+        for name, _ in items:
+            value = graph.initializers.pop(name)
+            graph.initializers[name] = value
+
+
 def serialize(model: ir.Model) -> bytes:
     return ir.serde.serialize_model(model).SerializeToString(deterministic=True)
 
@@ -199,6 +218,7 @@ def save_model(model: ir.Model, dest: str, *, external_data: bool | None = None)
                 "output; give an output path with -o",
                 ErrorKind.USAGE,
             )
+        canonical_order(model)
         data = serialize(model)
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
@@ -215,6 +235,7 @@ def save_model(model: ir.Model, dest: str, *, external_data: bool | None = None)
 def write_model_file(model: ir.Model, path: Path, *, external_data: bool | None = None) -> list[str]:
     """Write a model file (and its '.data' file) in place; callers stage it. Returns file names."""
     use_external = external_data if external_data is not None else tensor_bytes(model) > _EXTERNAL_THRESHOLD
+    canonical_order(model)
     names = [path.name]
     try:
         if use_external:

@@ -153,8 +153,10 @@ class HistogramObserver:
         if fresh.any():  # first data on these channels sets their range
             flo, fhi = lo[fresh], hi[fresh]
             same = flo == fhi
-            self._lo[fresh] = np.where(same, flo - 0.5, flo)
-            self._hi[fresh] = np.where(same, fhi + 0.5, fhi)
+            # +-0.5, or relatively more where 0.5 is below float64 resolution (|x| > 2**52)
+            half = np.maximum(0.5, np.abs(flo) * 2.0**-20)
+            self._lo[fresh] = np.where(same, flo - half, flo)
+            self._hi[fresh] = np.where(same, fhi + half, fhi)
         grow = has_data & ~fresh & ((lo < self._lo) | (hi > self._hi))
         if grow.any():
             self._rebin(grow, np.fmin(self._lo, lo), np.fmax(self._hi, hi))
