@@ -43,7 +43,7 @@ from aimetcli.calibration import runner
 from aimetcli.calibration.segments import SegmentRunner
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.bias import ChannelMean, clipped_normal_mean
-from aimetcli.kernels.quant import fake_quantize
+from aimetcli.kernels.quant import fake_quantize, fake_quantize_finite
 from aimetcli.layers import Layer, as_layer, bias_array, bias_reason, weight_reason, write_bias
 from aimetcli.passes.replace_relu6 import clip_bounds
 
@@ -248,7 +248,7 @@ def _sequential_empirical(model, placement, params, options, dataset, batch_size
             enc = observe_encoding(obs, options.scheme, a.bitwidth, a.symmetric, percentile=options.percentile,
                                    strict_symmetric=placement.strict_symmetric and a.symmetric)
         for i, arr in enumerate(quant_arrays):
-            quant_arrays[i] = fake_quantize(arr, enc).astype(arr.dtype)
+            quant_arrays[i] = fake_quantize_finite(arr, enc).astype(arr.dtype, copy=False)
 
     def on_cut(name: str, arrays: dict[str, list[np.ndarray]]) -> None:
         layer = by_output.get(name)

@@ -466,3 +466,14 @@ def test_histogram_validation():
         tf_enhanced_range(np.zeros(8), np.arange(9.0), 8, False)
     with pytest.raises(ValueError, match="does not fit"):
         tf_enhanced_range(np.ones(8), np.arange(8.0), 8, False)
+
+
+@pytest.mark.parametrize("bw, sym", [(8, False), (8, True), (6, False), (4, True), (16, False)])
+def test_fake_quantize_finite_equals_fake_quantize(bw, sym):
+    from aimetcli.kernels.quant import fake_quantize_finite
+
+    rng = np.random.default_rng(bw)
+    enc = encoding_from_range(-1.3, 2.7, bw, sym)
+    x = np.concatenate([rng.normal(0, 2, 100_000), (np.arange(-300, 300) + 0.5) * float(enc.scale),
+                        [1e30, -1e30]]).astype(np.float32)
+    np.testing.assert_array_equal(fake_quantize_finite(x, enc), fake_quantize(x, enc))

@@ -384,3 +384,23 @@ def dequantize(q, enc: Encoding) -> np.ndarray:
 def fake_quantize(x, enc: Encoding) -> np.ndarray:
     """dequantize(quantize(x)): the value a QDQ pair (plus Clip where needed) produces."""
     return dequantize(quantize(x, enc), enc)
+
+
+def fake_quantize_finite(x: np.ndarray, enc: Encoding) -> np.ndarray:
+    """:func:`fake_quantize` for finite float32 data, in four in-place float32 passes.
+
+    round_half_even(x / scale) clipped to [qmin - zp, qmax - zp] *is* (q - zp) as a float
+    (integers below 2^24 are exact), and times scale it is what DequantizeLinear returns,
+    so the result equals :func:`fake_quantize` bit for bit where ``x`` is finite (NaN is
+    not mapped to qmin here). Used on whole activation tensors during bias correction.
+    """
+    if enc.bitwidth > 16:
+        return fake_quantize(x, enc)
+    x = np.asarray(x, dtype=np.float32)
+    scale = enc.broadcast(enc.scale, x.ndim).astype(np.float32)
+    zp = enc.broadcast(enc.zero_point, x.ndim).astype(np.float32)
+    out = np.divide(x, scale)
+    np.rint(out, out=out)
+    np.clip(out, enc.qmin - zp, enc.qmax - zp, out=out)
+    np.multiply(out, scale, out=out)
+    return out

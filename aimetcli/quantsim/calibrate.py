@@ -87,39 +87,97 @@ def calibration_model(model: ir.Model, placement: Placement, params: dict[str, E
     return proto
 
 
+def _reduced_minmax(model: ir.Model, params: dict[str, Encoding], tensors: list[str], dataset,
+                    batch_size: int, progress) -> tuple[dict[str, tuple[float, float]], list[str]]:
+    """Min and max of each tensor over the data, computed inside onnxruntime.
+
+    Each tensor feeds a ReduceMin and a ReduceMax (all axes, scalar outputs), so
+    nothing but two numbers per tensor and batch leaves the session: no activation
+    is copied out, and onnxruntime still fuses what it likes. Tensors that show a
+    NaN or Inf are returned apart, for the observers (which skip such values).
+    """
+    if not tensors:
+        return {}, []
+    proto = calibration_weights_proto(model, params)
+    taken = {o for n in proto.graph.node for o in n.output} | {i.name for i in proto.graph.input}
+    outputs: list[str] = []
+    for i, name in enumerate(tensors):
+        lo, hi = f"aimetcli_calib_min_{i}", f"aimetcli_calib_max_{i}"
+        while lo in taken or hi in taken:
+            lo, hi = lo + "_", hi + "_"
+        proto.graph.node.append(onnx.helper.make_node("ReduceMin", [name], [lo], keepdims=0))
+        proto.graph.node.append(onnx.helper.make_node("ReduceMax", [name], [hi], keepdims=0))
+        outputs += [lo, hi]
+    del proto.graph.output[:]
+    for name in outputs:
+        proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, []))
+    session = runner.make_session(proto, optimization="all")
+    ranges = {name: [np.inf, -np.inf] for name in tensors}
+    bad: set[str] = set()
+    for feeds in dataset.batches(batch_size):
+        values = runner.run(session, feeds, outputs)
+        for k, name in enumerate(tensors):
+            lo, hi = float(values[2 * k]), float(values[2 * k + 1])
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                bad.add(name)
+                continue
+            r = ranges[name]
+            r[0], r[1] = min(r[0], lo), max(r[1], hi)
+        if progress is not None:
+            progress(1)
+    return {n: (r[0], r[1]) for n, r in ranges.items() if n not in bad}, sorted(bad)
+
+
 def calibrate(model: ir.Model, placement: Placement, opts: QuantOptions, dataset, batch_size: int,
               progress: runner.Progress | None = None) -> Encodings:
     enc = Encodings(params=param_encodings(model, placement, opts))
     if not placement.activations:
         return enc
-    proto = calibration_model(model, placement, enc.params)
+    graph_inputs = {v.name for v in model.graph.inputs}
+
+    def strict(a) -> bool:
+        return placement.strict_symmetric and a.symmetric
+
+    todo = []
+    for a in placement.activations:
+        if a.encoding_min is not None and a.encoding_max is not None:  # the config fixes the range
+            enc.activations[a.tensor] = encoding_from_range(a.encoding_min, a.encoding_max, a.bitwidth,
+                                                            a.symmetric, strict_symmetric=strict(a))
+        else:
+            todo.append(a)
+    if opts.scheme is QuantScheme.MIN_MAX:
+        inner = [a.tensor for a in todo if a.tensor not in graph_inputs]
+        reduced, _ = _reduced_minmax(model, enc.params, inner, dataset, batch_size, progress)
+        for a in todo:
+            if a.tensor in reduced:
+                lo, hi = reduced[a.tensor]
+                enc.activations[a.tensor] = encoding_from_range(lo, hi, a.bitwidth, a.symmetric,
+                                                                strict_symmetric=strict(a))
+        todo = [a for a in todo if a.tensor not in reduced]  # graph inputs, and tensors with NaN/Inf
+        progress = None
+    if not todo:
+        return enc
+    observed = Placement(todo, placement.params, placement.skipped, placement.strict_symmetric)
+    proto = calibration_model(model, observed, enc.params)
     session = runner.make_session(proto, optimization="all")
-    input_names = {i.name for i in session.get_inputs()}
-    act = [a for a in placement.activations if a.tensor not in input_names]
-    fed = [a for a in placement.activations if a.tensor in input_names]
-    names = [a.tensor for a in act]
-    observers = {a.tensor: make_observer(opts.scheme) for a in placement.activations}
+    names = [a.tensor for a in todo if a.tensor not in graph_inputs]
+    fed = [a for a in todo if a.tensor in graph_inputs]
+    observers = {a.tensor: make_observer(opts.scheme) for a in todo}
     for feeds in dataset.batches(batch_size):
         for a in fed:
             observers[a.tensor].update(feeds[a.tensor])
         if names:
-            values = runner.run(session, feeds, names)
-            for name, value in zip(names, values):
+            for name, value in zip(names, runner.run(session, feeds, names)):
                 observers[name].update(value)
         if progress is not None:
             progress(1)
-    for a in placement.activations:
+    for a in todo:
         obs = observers[a.tensor]
         if getattr(obs, "nonfinite_count", 0):
             enc.nonfinite[a.tensor] = int(obs.nonfinite_count)
-        if a.encoding_min is not None and a.encoding_max is not None:
-            enc.activations[a.tensor] = encoding_from_range(a.encoding_min, a.encoding_max, a.bitwidth, a.symmetric,
-                                                            strict_symmetric=placement.strict_symmetric and a.symmetric)
-            continue
         try:
-            enc.activations[a.tensor] = observe_encoding(
-                obs, opts.scheme, a.bitwidth, a.symmetric, percentile=opts.percentile,
-                strict_symmetric=placement.strict_symmetric and a.symmetric)
+            enc.activations[a.tensor] = observe_encoding(obs, opts.scheme, a.bitwidth, a.symmetric,
+                                                         percentile=opts.percentile, strict_symmetric=strict(a))
         except EmptyObserverError as exc:
             raise AimetCliError(
                 f"calibration saw no finite value of tensor {a.tensor!r}; check the calibration data",
