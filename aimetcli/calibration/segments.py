@@ -61,6 +61,7 @@ class SegmentRunner:
     cuts: list[str]  # tensors to stop after (any order; a node producing several stops once)
     segments: list[Segment] = field(default_factory=list)
     peak_bytes: int = 0
+    optimization: str = "basic"  # graph optimizations inside a segment ("all" is fine without QDQ nodes)
 
     def __post_init__(self) -> None:
         graph = self.model.graph
@@ -149,7 +150,7 @@ class SegmentRunner:
             caches[path] = cache
         for k, seg in enumerate(self.segments):
             if seg.nodes:
-                session = runner.make_session(self._segment_model(seg), optimization="basic")
+                session = runner.make_session(self._segment_model(seg), optimization=self.optimization)
                 for cache in caches.values():
                     n_batches = len(next(iter(cache.values()))) if cache else 0
                     results: dict[str, list[np.ndarray]] = {o: [] for o in seg.outputs}
