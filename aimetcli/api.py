@@ -73,12 +73,13 @@ def prepare(model: ir.Model, *, simplify: bool = False) -> tuple[ir.Model, Prepa
         # which only IR >= 4 allows (the inputs listed stay as they are)
         model.ir_version = 4
     report.lifted_constants = LiftConstantsPass()(model).modified
-    try:
-        from onnx_ir.passes.common import ShapeInferencePass
+    if report.simplified or not model.meta.get(model_io.SHAPES_META, False):
+        try:
+            from onnx_ir.passes.common import ShapeInferencePass
 
-        ShapeInferencePass(strict_mode=False)(model)
-    except Exception as exc:
-        report.shape_inference_error = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            ShapeInferencePass(strict_mode=False)(model)
+        except Exception as exc:
+            report.shape_inference_error = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
     return model, report
 
 
@@ -294,6 +295,11 @@ def quantsim(model: ir.Model, dataset, options, *, config_path: str | None = Non
     for tensor, count in encodings.nonfinite.items():
         warnings.append(f"{count} NaN/Inf values in tensor {tensor!r} were ignored during calibration")
     insert_qdq(model, encodings.activations, encodings.params)
+    # what we write must run on stock onnxruntime: check it loads (no optimizations: cheap)
+    if model_io.tensor_bytes(model) < model_io.IN_MEMORY_LIMIT:
+        from aimetcli.calibration import runner
+
+        runner.make_session(ir.serde.serialize_model(model), optimization="none")
     import json
 
     model.metadata_props[QUANTSIM_METADATA_KEY] = json.dumps({

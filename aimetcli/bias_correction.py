@@ -42,13 +42,12 @@ from aimetcli.bn_stats import read_bn_stats
 from aimetcli.calibration import runner
 from aimetcli.calibration.segments import SegmentRunner
 from aimetcli.errors import AimetCliError, ErrorKind
-from aimetcli.kernels.bias import ChannelMean, clipped_normal_mean
+from aimetcli.kernels.bias import METHODS, ChannelMean, clipped_normal_mean
 from aimetcli.kernels.quant import fake_quantize, fake_quantize_finite
 from aimetcli.layers import Layer, as_layer, bias_array, bias_reason, weight_reason, write_bias
 from aimetcli.passes.replace_relu6 import clip_bounds
 
 METADATA_KEY = "aimetcli.bias_correction"
-METHODS = ("empirical", "analytical", "hybrid")
 
 
 @dataclass

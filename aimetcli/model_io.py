@@ -30,6 +30,7 @@ from aimetcli.errors import AimetCliError, ErrorKind
 STDIO = "-"
 EXTERNAL_META = "aimetcli.loaded_with_external_data"
 IN_MEMORY_LIMIT = 2**31 - 256 * 2**20
+SHAPES_META = "aimetcli.shapes_inferred"
 PROTOBUF_LIMIT = 2**31 - 1
 # Leave room for the graph structure next to the tensors.
 _EXTERNAL_THRESHOLD = PROTOBUF_LIMIT - 64 * 2**20
@@ -109,12 +110,21 @@ def load_model(source: str, *, check: bool = True) -> LoadedModel:
         )
     if check:
         _check(proto, source)
+    shapes = False
+    if not _has_external_data(proto):
+        try:  # on the protobuf in hand: far cheaper than a pass that converts the model out and back
+            proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+            shapes = True
+        except Exception:  # noqa: BLE001 - prepare() retries and reports
+            pass
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:  # onnx-ir rejects some malformed protos the checker lets through
         raise AimetCliError(f"{source}: the model cannot be read ({exc}); fix or re-export it") from exc
     if source != STDIO:
         ir.external_data.set_base_dir(model.graph, os.path.dirname(os.path.abspath(source)))
+    if shapes:
+        model.meta[SHAPES_META] = True
     if _has_external_data(proto):
         # saved the same way unless asked otherwise: a model kept beside its data stays so
         model.meta[EXTERNAL_META] = True
@@ -198,7 +208,8 @@ def canonical_order(model: ir.Model) -> None:
 
 
 def serialize(model: ir.Model) -> bytes:
-    return ir.serde.serialize_model(model).SerializeToString(deterministic=True)
+    # ONNX messages have no map fields, so plain serialization is already byte-stable
+    return ir.serde.serialize_model(model).SerializeToString()
 
 
 def save_model(model: ir.Model, dest: str, *, external_data: bool | None = None) -> list[str]:

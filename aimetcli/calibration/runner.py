@@ -38,7 +38,8 @@ def make_session(model: onnx.ModelProto | bytes | str, *, optimization: str = "b
         so.intra_op_num_threads = threads
     try:
         if isinstance(model, onnx.ModelProto):
-            if model.ByteSize() > _PROTO_LIMIT:
+            # summed per tensor: ByteSize() of a message over 2 GB is not reliable
+            if sum(t.ByteSize() for t in model.graph.initializer) > _PROTO_LIMIT:
                 return _session_via_file(model, so)
             model = model.SerializeToString()
         return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])

@@ -6,7 +6,7 @@ import click
 from rich.table import Table
 
 from aimetcli import api
-from aimetcli.bias_correction import METHODS
+from aimetcli.kernels.bias import METHODS
 from aimetcli.cli import Output, common_options
 from aimetcli.commands._shared import (
     data_options, external_data_option, input_argument, load_input, open_dataset, output_option, progress_bar,

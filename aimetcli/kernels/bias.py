@@ -25,6 +25,8 @@ import numpy as np
 
 _erf = np.frompyfunc(math.erf, 1, 1)
 
+METHODS = ("empirical", "analytical", "hybrid")
+
 
 def norm_cdf(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float64)

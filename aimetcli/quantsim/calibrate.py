@@ -62,9 +62,15 @@ def calibration_weights_proto(model: ir.Model, params: dict[str, Encoding]) -> o
     """A protobuf copy of the model with its quantized weights fake-quantized."""
     proto = ir.serde.serialize_model(model)
     by_name = {t.name: i for i, t in enumerate(proto.graph.initializer)}
+    for name, idx in by_name.items():
+        # memory-mapped tensors (models over 2 GB): the copy must not point at a relative file
+        if proto.graph.initializer[idx].data_location == onnx.TensorProto.EXTERNAL and name not in params:
+            arr = model.graph.initializers[name].const_value.numpy()
+            proto.graph.initializer[idx].CopyFrom(numpy_helper.from_array(np.asarray(arr), name))
     for name, enc in params.items():
         idx = by_name[name]
-        arr = numpy_helper.to_array(proto.graph.initializer[idx])
+        # read through onnx-ir: it knows where a memory-mapped (external) tensor lives
+        arr = model.graph.initializers[name].const_value.numpy()
         fq = fake_quantize(arr.astype(np.float32), enc).astype(arr.dtype)
         proto.graph.initializer[idx].CopyFrom(numpy_helper.from_array(fq, name))
     return proto
@@ -101,13 +107,19 @@ def _reduced_minmax(model: ir.Model, params: dict[str, Encoding], tensors: list[
     proto = calibration_weights_proto(model, params)
     taken = {o for n in proto.graph.node for o in n.output} | {i.name for i in proto.graph.input}
     outputs: list[str] = []
+    pairs: list[tuple[str, str | None, str]] = []
+    # Relu and Clip(0, ...) outputs are never negative and every range includes 0: no ReduceMin
+    nonneg = _non_negative_outputs(model)
     for i, name in enumerate(tensors):
         lo, hi = f"aimetcli_calib_min_{i}", f"aimetcli_calib_max_{i}"
         while lo in taken or hi in taken:
             lo, hi = lo + "_", hi + "_"
-        proto.graph.node.append(onnx.helper.make_node("ReduceMin", [name], [lo], keepdims=0))
+        if name not in nonneg:
+            proto.graph.node.append(onnx.helper.make_node("ReduceMin", [name], [lo], keepdims=0))
+            outputs.append(lo)
         proto.graph.node.append(onnx.helper.make_node("ReduceMax", [name], [hi], keepdims=0))
-        outputs += [lo, hi]
+        outputs.append(hi)
+        pairs.append((name, lo if name not in nonneg else None, hi))
     del proto.graph.output[:]
     for name in outputs:
         proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, []))
@@ -115,9 +127,10 @@ def _reduced_minmax(model: ir.Model, params: dict[str, Encoding], tensors: list[
     ranges = {name: [np.inf, -np.inf] for name in tensors}
     bad: set[str] = set()
     for feeds in dataset.batches(batch_size):
-        values = runner.run(session, feeds, outputs)
-        for k, name in enumerate(tensors):
-            lo, hi = float(values[2 * k]), float(values[2 * k + 1])
+        values = dict(zip(outputs, runner.run(session, feeds, outputs)))
+        for name, lo_name, hi_name in pairs:
+            lo = float(values[lo_name]) if lo_name is not None else 0.0
+            hi = float(values[hi_name])
             if not (np.isfinite(lo) and np.isfinite(hi)):
                 bad.add(name)
                 continue
@@ -126,6 +139,21 @@ def _reduced_minmax(model: ir.Model, params: dict[str, Encoding], tensors: list[
         if progress is not None:
             progress(1)
     return {n: (r[0], r[1]) for n, r in ranges.items() if n not in bad}, sorted(bad)
+
+
+def _non_negative_outputs(model: ir.Model) -> set[str]:
+    from aimetcli.passes.replace_relu6 import clip_bounds
+
+    opset = g.opset_version(model)
+    out = set()
+    for node in model.graph:
+        if g.is_op(node, "Relu"):
+            out.add(node.outputs[0].name)
+        elif g.is_op(node, "Clip"):
+            bounds = clip_bounds(node, opset)
+            if bounds is not None and bounds[0] >= 0:
+                out.add(node.outputs[0].name)
+    return out
 
 
 def calibrate(model: ir.Model, placement: Placement, opts: QuantOptions, dataset, batch_size: int,
@@ -158,9 +186,8 @@ def calibrate(model: ir.Model, placement: Placement, opts: QuantOptions, dataset
     if not todo:
         return enc
     observed = Placement(todo, placement.params, placement.skipped, placement.strict_symmetric)
-    proto = calibration_model(model, observed, enc.params)
-    session = runner.make_session(proto, optimization="all")
     names = [a.tensor for a in todo if a.tensor not in graph_inputs]
+    session = runner.make_session(calibration_model(model, observed, enc.params), optimization="all") if names else None
     fed = [a for a in todo if a.tensor in graph_inputs]
     observers = {a.tensor: make_observer(opts.scheme) for a in todo}
     for feeds in dataset.batches(batch_size):

@@ -112,7 +112,7 @@ def _bounds_shape(enc: Encoding, ndim: int) -> list[int]:
 
 
 def insert_param(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Encoding, *,
-                 store_integers: bool) -> ir.Value:
+                 store_integers: bool, order: dict[ir.Node, int]) -> ir.Value:
     """Quantize a weight: ``store_integers`` keeps only its integers (deployment), else the
     float weight stays and a QuantizeLinear computes them (simulation: export gets the
     original weights back by removing the nodes)."""
@@ -152,11 +152,10 @@ def insert_param(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Encoding
     readers = [u for u in value.uses() if u.node not in nodes]
     for use in readers:
         use.node.replace_input_with(use.idx, final)
-    first = min(graph.index(u.node) for u in readers) if readers else None
-    if first is None:
-        graph.extend(nodes)
+    if readers:  # before the first reader in node order (positions computed once per model)
+        graph.insert_before(min((u.node for u in readers), key=lambda n: order.get(n, len(order))), nodes)
     else:
-        graph.insert_before(graph.node(first), nodes)
+        graph.extend(nodes)
     return final
 
 
@@ -167,10 +166,11 @@ def insert_qdq(model: ir.Model, activations: dict[str, Encoding], params: dict[s
     names = g.Names(model)
     values = _values_by_name(graph)
     renamed = {}
+    order = {node: i for i, node in enumerate(graph)}
     for tensor, enc in params.items():
         # QuantizeLinear has no int32 output: 32-bit (bias) grids are always stored as integers
         insert_param(graph, names, graph.initializers[tensor], enc,
-                     store_integers=store_integers or enc.bitwidth > 16)
+                     store_integers=store_integers or enc.bitwidth > 16, order=order)
     for tensor, enc in activations.items():
         value = values[tensor]
         insert_activation(graph, names, value, enc)
