@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""Speed of empirical bias correction, and how it grows with depth.
+
+* Full-size MobileNetV2 after fold-bn (64 random samples 224x224, the same .npy as
+  bench_quantsim.py) and the sample models after fold-bn (the first 64 samples of
+  sample_models/calib.npz): ``api.bias_correct(method="empirical")`` (W8A8,
+  default config), batch size 32, against one plain FP32 onnxruntime pass over
+  the same samples (default session options) in the same process.
+* Depth scaling: plain chains of Conv3x3 + BatchNormalization + Relu (32
+  channels, 32x32, 16 samples) with 10, 20, 40, 80 convs, BN folded: time, time
+  per layer (constant when the cost grows linearly with depth, as
+  bias_correction.py promises) and the ``peak_cache_bytes`` of the summary.
+
+Each run is in a fresh process (spawn); peak RSS is read after the first run.
+Goal: at most 5x one FP32 pass, growing linearly with depth.
+Run: ``python bench/bench_bias_correction.py`` (writes the ``bias_correction`` section).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common as c  # noqa: E402
+
+GOAL = 5.0
+N_SAMPLES = 64
+BATCH = 32
+DEPTHS = (10, 20, 40, 80)
+CHAIN_C, CHAIN_HW, CHAIN_SAMPLES = 32, 32, 16
+
+
+def build_chain(depth: int) -> Path:
+    """Conv3x3 (no bias) + BN + Relu, ``depth`` times, 32 channels; BN folded copy returned."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    path = c.DATA / f"chain_{depth}.onnx"
+    if not path.exists():
+        rng = np.random.default_rng(depth)
+        nodes, inits = [], []
+        x = "input"
+        for i in range(depth):
+            w = rng.normal(0.0, np.sqrt(2.0 / (CHAIN_C * 9)), (CHAIN_C, CHAIN_C, 3, 3)).astype(np.float32)
+            inits.append(numpy_helper.from_array(w, f"conv{i}.weight"))
+            bn = [rng.uniform(0.5, 1.5, CHAIN_C), rng.normal(0.0, 0.2, CHAIN_C), rng.normal(0.0, 0.1, CHAIN_C),
+                  rng.uniform(0.5, 2.0, CHAIN_C)]
+            names = [f"bn{i}.{k}" for k in ("weight", "bias", "running_mean", "running_var")]
+            inits += [numpy_helper.from_array(a.astype(np.float32), n) for a, n in zip(bn, names)]
+            nodes.append(helper.make_node("Conv", [x, f"conv{i}.weight"], [f"conv{i}"], name=f"Conv_{i}",
+                                          kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+            nodes.append(helper.make_node("BatchNormalization", [f"conv{i}", *names], [f"bn{i}"], name=f"BN_{i}",
+                                          epsilon=1e-5))
+            x = f"relu{i}" if i < depth - 1 else "output"
+            nodes.append(helper.make_node("Relu", [f"bn{i}"], [x], name=f"Relu_{i}"))
+        graph = helper.make_graph(
+            nodes, f"chain{depth}",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", CHAIN_C, CHAIN_HW, CHAIN_HW])],
+            [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", CHAIN_C, CHAIN_HW, CHAIN_HW])],
+            initializer=inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+        onnx.checker.check_model(model)
+        c.DATA.mkdir(parents=True, exist_ok=True)
+        onnx.save(model, str(path))
+    return c.folded_copy(path)
+
+
+def chain_samples() -> Path:
+    import numpy as np
+
+    path = c.DATA / f"chain_samples_{CHAIN_SAMPLES}.npy"
+    if not path.exists():
+        x = np.random.default_rng(1).standard_normal((CHAIN_SAMPLES, CHAIN_C, CHAIN_HW, CHAIN_HW), dtype=np.float32)
+        np.save(path, x)
+    return path
+
+
+# ---------------------------------------------------------------------------- child
+def bc_child(model_path: str, data_path: str, num_samples: int, bs: int, n: int, n_fp32: int) -> dict:
+    """Bias correction ``n`` times (fresh model each), each followed by FP32 passes (``n_fp32`` in all).
+
+    The FP32 passes are interleaved with the corrections (the machine's load drifts) and start
+    after the peak RSS of the first correction was read.
+    """
+    import onnxruntime as ort
+
+    from aimetcli import api
+    from aimetcli.calibration.data import input_specs, open_data
+    from aimetcli.quantsim.placement import QuantOptions
+
+    times, hwm, cache, corrected, fp32 = [], 0, 0, 0, []
+    sess = batches = None
+    per_round = max(1, -(-n_fp32 // n))
+    for r in range(n):
+        model, _ = api.load(model_path)  # not timed
+        dataset = open_data(data_path, input_specs(model), num_samples=num_samples)
+        summary = api.bias_correct(model, dataset, QuantOptions(), method="empirical", batch_size=bs)
+        times.append(summary.seconds)
+        cache, corrected = summary.peak_cache_bytes, len(summary.corrected)
+        if r == 0:
+            hwm = c.peak_rss()
+            # the floor, on exactly the batches the correction read
+            batches = [dict(b) for b in dataset.batches(bs)]
+            sess = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+        for _ in range(per_round):
+            t0 = time.perf_counter()
+            for feeds in batches:
+                sess.run(None, feeds)
+            fp32.append(time.perf_counter() - t0)
+        del dataset
+    n_layers = sum(1 for node in model.graph if node.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose"))
+    return {"times": times, "fp32": fp32, "peak": hwm, "cache": cache, "corrected": corrected, "layers": n_layers}
+
+
+# ---------------------------------------------------------------------------- report
+def _med(xs):
+    return c.Timing(xs).median
+
+
+def report(models: list[dict], chains: list[dict]) -> str:
+    rows, checks = [], []
+    for r in models:
+        f, t = _med(r["fp32"]), _med(r["times"])
+        rows.append([r["model"], r["samples"], r["corrected"], c.fmt_s(f), c.fmt_s(t), c.fmt_x(t / f),
+                     c.fmt_mb(r["cache"]), c.fmt_mb(r["peak"])])
+        checks.append(f"{r['model']} {c.verdict(t / f, GOAL)} ({t / f:.1f}x)")
+    crow = []
+    for r in chains:
+        f, t = _med(r["fp32"]), _med(r["times"])
+        crow.append([r["depth"], c.fmt_s(f), c.fmt_s(t), c.fmt_x(t / f), f"{t / r['depth'] * 1000:.1f} ms",
+                     c.fmt_mb(r["cache"]), c.fmt_mb(r["peak"])])
+        checks.append(f"chain {r['depth']} {c.verdict(t / f, GOAL)} ({t / f:.1f}x)")
+    parts = [
+        f"Empirical bias correction (`api.bias_correct`, method empirical, W8A8 default config, batch size {BATCH}) "
+        "against one FP32 onnxruntime pass over the same samples (default session options, made in the same "
+        "process between the corrections: the shared machine's load drifts); median. "
+        f"Goal: at most {GOAL:.0f}x the FP32 pass.\n",
+        c.table(["model", "samples", "layers corrected", "FP32 pass", "bias correction", "x FP32",
+                 "peak_cache_bytes", "peak RSS"], rows),
+    ]
+    if chains:
+        first, last = chains[0], chains[-1]
+        per_first = _med(first["times"]) / first["depth"]
+        per_last = _med(last["times"]) / last["depth"]
+        parts += [
+            f"\nDepth scaling: Conv3x3+BN+Relu chains, {CHAIN_C} channels, {CHAIN_HW}x{CHAIN_HW}, "
+            f"{CHAIN_SAMPLES} samples (one batch), BN folded first:\n",
+            c.table(["convs", "FP32 pass", "bias correction", "x FP32", "per conv", "peak_cache_bytes", "peak RSS"],
+                    crow),
+            f"\nTime per conv at {last['depth']} convs / at {first['depth']}: {per_last / per_first:.2f} "
+            "(1 = linear growth, "
+            f"{last['depth'] / first['depth']:.0f} = quadratic).",
+        ]
+    parts.append("\nGoal check: " + "; ".join(checks) + ".")
+    return "\n".join(parts)
+
+
+def main() -> int:
+    from bench_quantsim import make_samples
+
+    src = c.ensure_mobilenetv2()
+    models = []
+    c.log("bias correction: mobilenetv2_full")
+    # two corrections (about 10-40 s each on this machine) keep `make bench` under 10 minutes
+    res, _ = c.in_child(bc_child, str(c.folded_copy(src)), str(make_samples()), N_SAMPLES, BATCH,
+                        c.repeats(2), c.repeats(4))
+    models.append({"model": src.stem, "samples": N_SAMPLES, **res})
+    calib = c.sample_calib()
+    if calib is not None:
+        for path in c.sample_models():
+            c.log(f"bias correction: {path.stem}")
+            res, _ = c.in_child(bc_child, str(c.folded_copy(path)), str(calib), N_SAMPLES, BATCH,
+                                c.repeats(3), c.repeats(5))
+            models.append({"model": path.stem, "samples": N_SAMPLES, **res})
+    chains = []
+    data = chain_samples()
+    for depth in DEPTHS:
+        c.log(f"bias correction: chain of {depth} convs")
+        res, _ = c.in_child(bc_child, str(build_chain(depth)), str(data), CHAIN_SAMPLES, CHAIN_SAMPLES,
+                            c.repeats(3), c.repeats(5))
+        chains.append({"depth": depth, **res})
+    body = report(models, chains)
+    c.write_section("bias_correction", "bias correction", body)
+    print(body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
