@@ -594,10 +594,25 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
 
     if correct_bias:
         t = time.perf_counter()
-        bc = bias_correct(model, calib, options, method=method, config_path=config_path, batch_size=batch_size)
-        sim, _, _ = simulate(model)
-        record("+ bias-correct", time.perf_counter() - t, sim,
-               f"{len(bc.corrected)} layers, {method}")
+        before_sim = sim
+        corrected = clone(model)
+        bc = bias_correct(corrected, calib, options, method=method, config_path=config_path,
+                          batch_size=batch_size)
+        sim, _, _ = simulate(corrected)
+        # Keep the correction only if the quantized model gets closer to FP32 on the calibration
+        # data (never the evaluation data): removing mean shifts does not always lower the error.
+        sq_before = evaluate([fp32, before_sim], calib, batch_size=batch_size).comparisons
+        sq_after = evaluate([fp32, sim], calib, batch_size=batch_size).comparisons
+        kept = not (sq_before and sq_after and sq_after[0].sqnr_db < sq_before[0].sqnr_db)
+        note = f"{len(bc.corrected)} layers, {method}"
+        if kept:
+            model = corrected
+        else:
+            sim = before_sim
+            note += (f"; not kept: calibration SQNR {sq_before[0].sqnr_db:.1f} -> {sq_after[0].sqnr_db:.1f} dB")
+            warnings.append(f"bias correction lowered the calibration-data SQNR ({sq_before[0].sqnr_db:.1f} -> "
+                            f"{sq_after[0].sqnr_db:.1f} dB); the model without it is exported")
+        record("+ bias-correct", time.perf_counter() - t, sim, note)
 
     t = time.perf_counter()
     from pathlib import Path
