@@ -97,6 +97,30 @@ def _check(proto: onnx.ModelProto, source: str) -> None:
         raise AimetCliError(f"{source}: the model fails onnx.checker ({exc}); fix or re-export the model") from exc
 
 
+def _infer_shapes_in_place(proto: onnx.ModelProto) -> None:
+    """onnx shape inference, without copying the weights through it.
+
+    Large initializers' bytes are set aside while inference runs (only their dims and
+    type matter; small ones stay, for data propagation of shapes), then put back;
+    the inferred value_info is copied into ``proto``.
+    """
+    stash = {}
+    for i, t in enumerate(proto.graph.initializer):
+        if len(t.raw_data) > 4096:
+            stash[i] = t.raw_data
+            t.ClearField("raw_data")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+    finally:
+        for i, data in stash.items():
+            proto.graph.initializer[i].raw_data = data
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(inferred.graph.value_info)
+    for out, inf in zip(proto.graph.output, inferred.graph.output):
+        if not out.type.tensor_type.HasField("shape") and inf.type.tensor_type.HasField("shape"):
+            out.type.CopyFrom(inf.type)
+
+
 def load_model(source: str, *, check: bool = True) -> LoadedModel:
     """Load an ONNX model from a path or '-' (stdin) into onnx-ir.
 
@@ -113,7 +137,7 @@ def load_model(source: str, *, check: bool = True) -> LoadedModel:
     shapes = False
     if not _has_external_data(proto):
         try:  # on the protobuf in hand: far cheaper than a pass that converts the model out and back
-            proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+            _infer_shapes_in_place(proto)
             shapes = True
         except Exception:  # noqa: BLE001 - prepare() retries and reports
             pass
