@@ -78,8 +78,12 @@ class ChannelMean:
         x = np.asarray(x)
         if x.ndim < 2:
             return
-        axes = tuple(i for i in range(x.ndim) if i != 1)
-        s = x.sum(axis=axes, dtype=np.float64)
+        if x.dtype == np.float32 and x.flags.c_contiguous:
+            # float32 pairwise sums along the contiguous spatial axis (accurate to a few ulp,
+            # no float64 copy of the tensor), then float64 across the batch
+            s = x.reshape(x.shape[0], x.shape[1], -1).sum(axis=2).sum(axis=0, dtype=np.float64)
+        else:
+            s = x.sum(axis=tuple(i for i in range(x.ndim) if i != 1), dtype=np.float64)
         self.total = s if self.total is None else self.total + s
         self.count += x.size // x.shape[1]
 
