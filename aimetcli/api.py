@@ -323,15 +323,18 @@ def quantsim(model: ir.Model, dataset, options, *, config_path: str | None = Non
     return model, encodings, summary
 
 
-def quantizer_args(options, cfg_source: str = "default"):
+def quantizer_args(options, encodings):
+    """AIMET's quantizer_args, from what was actually computed (the config may decide symmetry)."""
     from aimetcli.encodings import QuantizerArgs, aimet_quant_scheme_name
 
+    params = list(encodings.params.values())
+    acts = list(encodings.activations.values())
     return QuantizerArgs(
         activation_bitwidth=options.act_bw,
         param_bitwidth=options.param_bw,
-        per_channel=bool(options.per_channel),
-        activation_symmetric=bool(options.act_symmetric),
-        param_symmetric=options.param_symmetric is not False,
+        per_channel=any(e.per_channel for e in params),
+        activation_symmetric=all(e.symmetric for e in acts) if acts else bool(options.act_symmetric),
+        param_symmetric=all(e.symmetric for e in params) if params else options.param_symmetric is not False,
         quant_scheme=aimet_quant_scheme_name(options.scheme),
     )
 
@@ -349,7 +352,7 @@ def encodings_json(encodings, options, cfg_source: str, version: str) -> str:
 
     try:
         return enc_io.dumps(tensor_encodings(encodings), version=version,
-                            quantizer_args=quantizer_args(options, cfg_source))
+                            quantizer_args=quantizer_args(options, encodings))
     except ValueError as exc:  # e.g. 2.0.0 has no field for a 6-bit grid
         raise AimetCliError(f"encodings {version} cannot hold these encodings ({exc}); use --encoding-version 1.0.0",
                             ErrorKind.USAGE) from exc
