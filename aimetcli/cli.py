@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from dataclasses import dataclass
 
@@ -53,7 +54,18 @@ class Output:
 
     def emit_json(self, data: dict) -> None:
         if self.json:
-            click.echo(json.dumps(data, indent=2, sort_keys=True, allow_nan=False, default=str))
+            click.echo(json.dumps(_finite(data), indent=2, sort_keys=True, allow_nan=False, default=str))
+
+
+def _finite(obj):
+    """JSON has no inf/nan: such numbers (e.g. the SQNR of identical outputs) become null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _merge_flag(ctx: click.Context, name: str, value: bool) -> bool:

@@ -184,3 +184,11 @@ def test_every_command_is_in_the_readme():
     assert readme.startswith("```\nmake demo")
     for name in main.commands:
         assert f"aimetcli {name} " in readme, name
+
+
+def test_json_summary_with_infinite_sqnr(runner, model_path):
+    # identical models: SQNR is infinite, which JSON cannot hold; it is written as null
+    r = runner.invoke(main, ["evaluate", str(model_path), str(model_path), "--data", "random:4", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["comparisons"][0]["sqnr_db"] is None and doc["top1_agreement"] == 100.0
