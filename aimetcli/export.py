@@ -238,11 +238,9 @@ def export(model: ir.Model, outdir: str, *, encodings_path: str | None = None, v
     out = Path(outdir)
     if out.exists() and not out.is_dir():
         raise AimetCliError(f"{outdir}: exists and is not a directory; give a directory for -o", ErrorKind.OUTPUT)
-    if not out.exists():
-        if not out.parent.exists():
-            raise AimetCliError(f"{outdir}: parent directory {out.parent} does not exist; create it first",
-                                ErrorKind.OUTPUT)
-        out.mkdir()
+    if not out.exists() and not out.parent.exists():
+        raise AimetCliError(f"{outdir}: parent directory {out.parent} does not exist; create it first",
+                            ErrorKind.OUTPUT)
     if encodings_path is not None:
         encodings = load_encodings_file(encodings_path, model)
         fp32 = model
@@ -266,6 +264,7 @@ def export(model: ir.Model, outdir: str, *, encodings_path: str | None = None, v
         raise AimetCliError(f"encodings {version} cannot hold these encodings ({exc}); use --encoding-version 1.0.0",
                             ErrorKind.USAGE) from exc
     qdq = deployable(fp32, acts, params, unsigned_weights=unsigned_weights)
+    out.mkdir(exist_ok=True)  # only now that nothing can fail before the files are staged
     names: list[str] = []
     with model_io.staged_dir(out) as tmp:
         names += model_io.write_model_file(fp32, tmp / f"{model_name}.onnx")
