@@ -8,6 +8,7 @@ function here prints; progress goes through an optional callback.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -218,9 +219,6 @@ def equalize(model: ir.Model, options: EqualizeOptions | None = None) -> Equaliz
 # ----------------------------------------------------------------------------------
 # quantsim
 # ----------------------------------------------------------------------------------
-QUANTSIM_METADATA_KEY = "aimetcli.quantsim"
-
-
 def upgrade_opset(model: ir.Model, target: int) -> ir.Model:
     """The model at ``target`` ai.onnx opset (onnx's version converter), prepared again."""
     import onnx
@@ -300,14 +298,10 @@ def quantsim(model: ir.Model, dataset, options, *, config_path: str | None = Non
         from aimetcli.calibration import runner
 
         runner.make_session(ir.serde.serialize_model(model), optimization="none")
-    import json
+    from aimetcli.export import embed
 
-    model.metadata_props[QUANTSIM_METADATA_KEY] = json.dumps({
-        "options": options.as_record(cfg.source),
-        "encodings": json.loads(encodings_json(encodings, options, cfg.source, "1.0.0")),
-        "axes": {name: enc.axis for name, enc in sorted(encodings.params.items()) if enc.axis is not None},
-        "skipped": [{"tensor": t, "reason": r} for t, r in placement.skipped],
-    }, sort_keys=True)
+    embed(model, encodings_json(encodings, options, "1.0.0"), encodings.params, options.as_record(cfg.source),
+          placement.skipped)
     summary = QuantsimSummary(
         options=options.as_record(cfg.source),
         activation_quantizers=len(encodings.activations),
@@ -346,7 +340,7 @@ def tensor_encodings(encodings) -> list:
         TensorEncoding(name, enc, "param") for name, enc in sorted(encodings.params.items())]
 
 
-def encodings_json(encodings, options, cfg_source: str, version: str) -> str:
+def encodings_json(encodings, options, version: str) -> str:
     from aimetcli import encodings as enc_io
     from aimetcli.errors import AimetCliError, ErrorKind
 
@@ -538,8 +532,7 @@ class PtqSummary:
 
 
 def clone(model: ir.Model) -> ir.Model:
-    out = ir.serde.deserialize_model(ir.serde.serialize_model(model))
-    return out
+    return ir.serde.deserialize_model(ir.serde.serialize_model(model))
 
 
 def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_model: bool = True,
@@ -608,9 +601,7 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
         sq_after = evaluate([fp32, sim], calib, batch_size=batch_size).comparisons
         kept = not (sq_before and sq_after and sq_after[0].sqnr_db < sq_before[0].sqnr_db)
         note = f"{len(bc.corrected)} layers, {method}"
-        if kept:
-            model = corrected
-        else:
+        if not kept:
             sim = before_sim
             note += (f"; not kept: calibration SQNR {sq_before[0].sqnr_db:.1f} -> {sq_after[0].sqnr_db:.1f} dB")
             warnings.append(f"bias correction lowered the calibration-data SQNR ({sq_before[0].sqnr_db:.1f} -> "
@@ -618,13 +609,8 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
         record("+ bias-correct", time.perf_counter() - t, sim, note)
 
     t = time.perf_counter()
-    from pathlib import Path
-
-    from aimetcli import model_io
-
-    out = Path(outdir)
     exported = export_model(clone(sim), outdir, version=encoding_version)
-    model_io.save_model(sim, str(out / "sim.onnx"))
-    qdq = model_io.load_model(str(out / "model_qdq.onnx")).model
+    model_io.save_model(sim, os.path.join(outdir, "sim.onnx"))
+    qdq = model_io.load_model(os.path.join(outdir, "model_qdq.onnx")).model
     record("export: model_qdq", time.perf_counter() - t, qdq, "ORT integer kernels", level="all")
     return PtqSummary(stages, options.as_record(config_path or "default"), exported, warnings)

@@ -44,7 +44,7 @@ from aimetcli.calibration.segments import SegmentRunner
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.bias import METHODS, ChannelMean, clipped_normal_mean
 from aimetcli.kernels.quant import fake_quantize, fake_quantize_finite
-from aimetcli.layers import Layer, as_layer, bias_array, bias_reason, weight_reason, write_bias
+from aimetcli.layers import Layer, as_layer, bias_array, rewrite_reason, write_bias
 from aimetcli.passes.replace_relu6 import clip_bounds
 
 METADATA_KEY = "aimetcli.bias_correction"
@@ -98,7 +98,7 @@ def _candidates(model: ir.Model, result: BiasCorrectionResult) -> list[Layer]:
         layer = as_layer(node)
         if layer is None:
             continue
-        reason = weight_reason(layer) or bias_reason(layer, layer.weight_array() if layer.weight_array() is not None else np.zeros(0))
+        reason = rewrite_reason(layer)
         if reason:
             result.skipped.append((layer.name, reason))
             continue
@@ -166,12 +166,11 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
 
     measured = [*empirical, *(la for la in layers if id(la.node) in analytical)]
     out_names = [la.output.name for la in measured]
-    needs_data = bool(empirical) or bool(measured and dataset is not None)
     if empirical and dataset is None:
         raise AimetCliError("empirical bias correction needs --data; use --method analytical for data-free runs",
                             ErrorKind.USAGE)
     fp_means = {}
-    if needs_data and dataset is not None:
+    if measured and dataset is not None:
         fp_means = _mean_pass(ir.serde.serialize_model(model), out_names, dataset, batch_size, progress=progress)
 
     params = param_encodings(model, placement, options)

@@ -40,6 +40,20 @@ class Embedded:
     skipped: list[dict]
 
 
+def embed(model: ir.Model, encodings_text: str, params: dict[str, Encoding], options: dict,
+          skipped: list[tuple[str, str]]) -> None:
+    """Record quantsim's encodings (1.0.0 text), per-channel axes, options and skips in the sim model.
+
+    :func:`read_embedded` reads them back; ``export`` needs nothing else.
+    """
+    model.metadata_props[QUANTSIM_METADATA_KEY] = json.dumps({
+        "options": options,
+        "encodings": json.loads(encodings_text),
+        "axes": {name: enc.axis for name, enc in sorted(params.items()) if enc.axis is not None},
+        "skipped": [{"tensor": t, "reason": r} for t, r in skipped],
+    }, sort_keys=True)
+
+
 def read_embedded(model: ir.Model) -> Embedded | None:
     text = model.metadata_props.get(QUANTSIM_METADATA_KEY)
     if not text:

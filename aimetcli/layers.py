@@ -173,6 +173,11 @@ def normalize_gemm(layer: Layer, graph: ir.Graph, names: g.Names) -> None:
         layer.node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
 
 
+def rewrite_reason(layer: Layer) -> str | None:
+    """Why the layer's weight or bias cannot be rewritten, or None when both can."""
+    return weight_reason(layer) or bias_reason(layer, layer.weight_array())
+
+
 def bias_array(layer: Layer, w: np.ndarray) -> np.ndarray:
     """The bias as a float64 vector of out_channels (zeros when absent)."""
     n = layer.out_channels(w)

@@ -17,6 +17,7 @@ import onnx
 import onnxruntime as ort
 
 from aimetcli.errors import AimetCliError, ErrorKind
+from aimetcli.model_io import IN_MEMORY_LIMIT
 
 Progress = Callable[[int], None]
 
@@ -26,7 +27,6 @@ _LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-_PROTO_LIMIT = 2**31 - 256 * 2**20
 
 
 def make_session(model: onnx.ModelProto | bytes | str, *, optimization: str = "basic",
@@ -39,7 +39,7 @@ def make_session(model: onnx.ModelProto | bytes | str, *, optimization: str = "b
     try:
         if isinstance(model, onnx.ModelProto):
             # summed per tensor: ByteSize() of a message over 2 GB is not reliable
-            if sum(t.ByteSize() for t in model.graph.initializer) > _PROTO_LIMIT:
+            if sum(t.ByteSize() for t in model.graph.initializer) > IN_MEMORY_LIMIT:
                 return _session_via_file(model, so)
             model = model.SerializeToString()
         return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])

@@ -94,7 +94,7 @@ def quantsim(out: Output, model_in: str, output: str, data: str, encodings_out: 
                                                batch_size=batch_size, progress=bar)
     for w in summary.warnings:
         out.warn(w)
-    text = api.encodings_json(encodings, options, summary.options["config"], encoding_version)
+    text = api.encodings_json(encodings, options, encoding_version)
     save_output(out, sim, output, external_data=external_data)
     model_io.write_text_atomic(Path(enc_path), text)
     out.info(f"Wrote {enc_path} (encodings {encoding_version})")

@@ -29,7 +29,7 @@ from aimetcli import graph as g
 from aimetcli.bn_stats import BnStats, read_bn_stats, write_bn_stats
 from aimetcli.kernels import bn as bn_math
 from aimetcli.kernels import cle
-from aimetcli.layers import Layer, as_layer, bias_array, bias_reason, weight_reason
+from aimetcli.layers import Layer, as_layer, bias_array, rewrite_reason
 from aimetcli.passes.replace_relu6 import is_relu_n
 
 SCALING_ACTIVATIONS = ("Relu", "LeakyRelu", "PRelu")
@@ -59,13 +59,6 @@ def _is_depthwise(layer: Layer, w: np.ndarray) -> bool:
     return layer.kind == "conv" and w.shape[1] == 1 and layer.groups == w.shape[0] and layer.groups > 1
 
 
-def _rewritable(layer: Layer) -> str | None:
-    reason = weight_reason(layer)
-    if reason:
-        return reason
-    return bias_reason(layer, layer.weight_array())
-
-
 def _next_link(l1: Layer, opset: int, through_relu6: bool) -> tuple[Layer | None, Link | None, str]:
     out = l1.output
     consumer = g.sole_consumer(out)
@@ -92,7 +85,7 @@ def _next_link(l1: Layer, opset: int, through_relu6: bool) -> tuple[Layer | None
         return None, None, f"followed by {nxt.op_type}" + (f" after {link.activation}" if link.activation else "")
     if nxt.inputs[0] is not (link.node.outputs[0] if link.node else out):
         return None, None, f"feeds {l2.name} as a weight"
-    reason = _rewritable(l2)
+    reason = rewrite_reason(l2)
     if reason:
         return None, None, f"next layer: {reason}"
     if l1.out_channels(l1.weight_array()) != l2.in_channels(l2.weight_array()):
@@ -111,7 +104,7 @@ def find_chains(model: ir.Model, *, through_relu6: bool) -> tuple[list[Chain], l
         layer = as_layer(node)
         if layer is None:
             continue
-        reason = _rewritable(layer)
+        reason = rewrite_reason(layer)
         if reason:
             stops.append(ChainStop(layer.name, reason))
             continue

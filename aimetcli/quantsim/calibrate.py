@@ -33,10 +33,6 @@ class Encodings:
     nonfinite: dict[str, int] = field(default_factory=dict)
 
 
-def _scheme_for_params(opts: QuantOptions) -> QuantScheme:
-    return opts.scheme
-
-
 def param_encodings(model: ir.Model, placement: Placement, opts: QuantOptions) -> dict[str, Encoding]:
     out: dict[str, Encoding] = {}
     inits = model.graph.initializers
@@ -50,9 +46,9 @@ def param_encodings(model: ir.Model, placement: Placement, opts: QuantOptions) -
             lim = float(np.abs(w).max()) if w.size else 0.0
             out[pq.tensor] = encoding_from_range(-lim, lim, pq.bitwidth, True, min_range=0.0)
             continue
-        observer = make_observer(_scheme_for_params(opts), axis=pq.axis)
+        observer = make_observer(opts.scheme, axis=pq.axis)
         observer.update(w)
-        out[pq.tensor] = observe_encoding(observer, _scheme_for_params(opts), pq.bitwidth, pq.symmetric,
+        out[pq.tensor] = observe_encoding(observer, opts.scheme, pq.bitwidth, pq.symmetric,
                                           percentile=opts.percentile,
                                           strict_symmetric=placement.strict_symmetric and pq.symmetric)
     return out
@@ -61,18 +57,16 @@ def param_encodings(model: ir.Model, placement: Placement, opts: QuantOptions) -
 def calibration_weights_proto(model: ir.Model, params: dict[str, Encoding]) -> onnx.ModelProto:
     """A protobuf copy of the model with its quantized weights fake-quantized."""
     proto = ir.serde.serialize_model(model)
-    by_name = {t.name: i for i, t in enumerate(proto.graph.initializer)}
-    for name, idx in by_name.items():
-        # memory-mapped tensors (models over 2 GB): the copy must not point at a relative file
-        if proto.graph.initializer[idx].data_location == onnx.TensorProto.EXTERNAL and name not in params:
-            arr = model.graph.initializers[name].const_value.numpy()
-            proto.graph.initializer[idx].CopyFrom(numpy_helper.from_array(np.asarray(arr), name))
-    for name, enc in params.items():
-        idx = by_name[name]
-        # read through onnx-ir: it knows where a memory-mapped (external) tensor lives
-        arr = model.graph.initializers[name].const_value.numpy()
-        fq = fake_quantize(arr.astype(np.float32), enc).astype(arr.dtype)
-        proto.graph.initializer[idx].CopyFrom(numpy_helper.from_array(fq, name))
+    for tensor in proto.graph.initializer:
+        enc = params.get(tensor.name)
+        if enc is None and tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        # read through onnx-ir, which knows where a memory-mapped (external) tensor lives: the
+        # copy must hold the data itself, not a path relative to the model's directory
+        arr = np.asarray(model.graph.initializers[tensor.name].const_value.numpy())
+        if enc is not None:
+            arr = fake_quantize(arr.astype(np.float32), enc).astype(arr.dtype)
+        tensor.CopyFrom(numpy_helper.from_array(arr, tensor.name))
     return proto
 
 
