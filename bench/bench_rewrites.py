@@ -8,6 +8,12 @@ MobileNetV2 (bench/make_mobilenetv2.py, built when missing):
 * fold-bn: ``api.load`` (parse, onnx.checker, onnx-ir) + prepare + ``api.fold_bn`` +
   ``model_io.save_model``, in process, with the time of each stage;
 * equalize: the same with ``api.equalize`` (which folds BN itself);
+* the first run of the floor and of fold-bn in a fresh process (after the imports):
+  the CLI's situation. Nothing is warm there: no freed memory to reuse (repeated
+  runs in one process reuse it, more or less depending on what ran before, which
+  moves the floor of the full-size model between ~20 and ~45 ms), and onnx sets up
+  its operator schemas on the first onnx.checker call (~20 ms, most of a small
+  model's first load);
 * the ``aimetcli fold-bn`` / ``aimetcli equalize`` commands as whole processes, next
   to a process floor (a fresh ``python -c`` doing onnx.load + onnx.save) and the
   CLI's start-up (``aimetcli --version``);
@@ -57,6 +63,16 @@ def _rewrite(src: str, dest: str, step: str) -> dict[str, float]:
     return {"load": t1 - t0, "prepare": t2 - t1, "step": t3 - t2, "save": t4 - t3, "total": t4 - t0}
 
 
+def first_run_child(src: str, dest: str, step: str) -> dict[str, float]:
+    """One floor or rewrite in this (fresh) process, imports done first and not timed."""
+    import onnx  # noqa: F401
+
+    from aimetcli import api, model_io  # noqa: F401
+    from aimetcli.passes import fold_batchnorm  # noqa: F401
+
+    return _floor(src, dest) if step == "floor" else _rewrite(src, dest, step)
+
+
 def bench_model(path: Path, n_inproc: int, n_proc: int) -> dict:
     tmp = c.scratch_dir()
     out = str(tmp / "out.onnx")
@@ -75,6 +91,12 @@ def bench_model(path: Path, n_inproc: int, n_proc: int) -> dict:
     res["floor"] = rounds["floor"]
     for step in ("fold", "equalize"):
         res[step] = {k.split(".", 1)[1]: t for k, t in rounds.items() if k.startswith(step + ".")}
+    first: dict[str, list[float]] = {}
+    for _ in range(n_proc):  # interleaved, like the rounds above
+        first.setdefault("floor", []).append(c.in_child(first_run_child, src, out, "floor")[0]["total"])
+        for k, v in c.in_child(first_run_child, src, out, "fold")[0].items():
+            first.setdefault(k, []).append(v)
+    res["first"] = {k: c.Timing(v) for k, v in first.items()}
     res["proc_floor"], res["proc_floor_rss"] = c.time_process([c.PYTHON, "-c", FLOOR_SCRIPT, src, out], n_proc)
     res["cli_fold"], res["cli_fold_rss"] = c.time_process([c.AIMETCLI, "-q", "fold-bn", src, "-o", out], n_proc)
     res["cli_eq"], res["cli_eq_rss"] = c.time_process([c.AIMETCLI, "-q", "equalize", src, "-o", out], n_proc)
@@ -85,7 +107,7 @@ def bench_model(path: Path, n_inproc: int, n_proc: int) -> dict:
 
 
 def report(results: list[dict], startup: c.Timing, startup_rss: int) -> str:
-    rows, stages, procs = [], [], []
+    rows, stages, firsts, procs = [], [], [], []
     verdicts = []
     for r in results:
         floor = r["floor"].median
@@ -97,6 +119,10 @@ def report(results: list[dict], startup: c.Timing, startup_rss: int) -> str:
             t = r[step]
             stages.append([r["model"], "fold-bn" if step == "fold" else "equalize",
                            *(c.fmt_s(t[k].median) for k in ("load", "prepare", "step", "save", "total"))])
+        f = r["first"]
+        firsts.append([r["model"], c.fmt_s(f["floor"].median), c.fmt_s(f["total"].median),
+                       c.fmt_x(f["total"].median / f["floor"].median),
+                       *(c.fmt_s(f[k].median) for k in ("load", "prepare", "step", "save"))])
         pf = r["proc_floor"].median
         procs.append([r["model"], c.fmt_s(pf),
                       c.fmt_s(r["cli_fold"].median), c.fmt_x(r["cli_fold"].median / pf),
@@ -114,6 +140,9 @@ def report(results: list[dict], startup: c.Timing, startup_rss: int) -> str:
         "\nWhere the time goes (median of each stage; load = read + onnx.checker + onnx-ir, prepare = lift "
         "constants + shape inference, save = serialize + atomic write):\n",
         c.table(["model", "command", "load", "prepare", "fold/equalize", "save", "total"], stages),
+        "\nFirst run in a fresh process (after the imports; nothing warm, as in the CLI; median of "
+        f"{len(results[0]['first']['floor'].samples) if results else 0} processes each):\n",
+        c.table(["model", "load+save floor", "fold-bn", "x floor", "load", "prepare", "fold", "save"], firsts),
         "\nWhole processes (the process floor is a fresh `python -c` doing onnx.load + onnx.save; RSS = peak "
         f"resident set of the process). The CLI's start-up alone (`aimetcli --version`) takes "
         f"{c.fmt_s(startup.median)} and {c.fmt_mb(startup_rss)}.\n",

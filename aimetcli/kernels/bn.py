@@ -43,16 +43,36 @@ def working_array(w: np.ndarray) -> np.ndarray:
     return w.astype(np.float64)
 
 
-def _multiply(w: np.ndarray, factor: np.ndarray, inplace: bool) -> np.ndarray:
-    """w * factor; in place when asked and possible (large arrays the caller owns)."""
+_DIRECT_OUT = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _working(weight: np.ndarray, out_dtype) -> tuple[np.ndarray, np.dtype]:
+    """(weight as handed to the multiply, the dtype the multiply runs in).
+
+    With ``out_dtype`` (float16/32/64 weights) the weight is not converted first: the
+    multiply converts it chunk by chunk and rounds straight into the result's dtype,
+    which gives the same bits as converting, multiplying and casting back.
+    """
+    w = np.asarray(weight)
+    if out_dtype is not None and w.dtype in _DIRECT_OUT and np.dtype(out_dtype) in _DIRECT_OUT:
+        return w, (w.dtype if w.dtype == np.float32 and w.size >= LARGE else np.dtype(np.float64))
+    w = working_array(w)
+    return w, w.dtype
+
+
+def _multiply(w: np.ndarray, factor: np.ndarray, inplace: bool, out_dtype=None) -> np.ndarray:
+    """w * factor; in place when asked and possible (large arrays the caller owns).
+
+    ``out_dtype``: the product is rounded straight into an array of that dtype.
+    """
+    if out_dtype is not None:
+        out = np.empty(w.shape, out_dtype)
+        np.multiply(w, factor, out=out, dtype=factor.dtype, casting="unsafe")
+        return out
     if inplace and w.flags.writeable and w.dtype == factor.dtype:
         np.multiply(w, factor, out=w)
         return w
     return w * factor
-
-
-def _factor(v: np.ndarray, like: np.ndarray) -> np.ndarray:
-    return v.astype(like.dtype, copy=False)
 
 
 def _expand(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
@@ -62,15 +82,16 @@ def _expand(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
 
 
 def scale_output_channels(weight: np.ndarray, scale: np.ndarray, *, kind: str, groups: int = 1,
-                          trans_b: bool = True, inplace: bool = False) -> np.ndarray:
+                          trans_b: bool = True, inplace: bool = False, out_dtype=None) -> np.ndarray:
     """Multiply each output channel of a layer's weight by ``scale`` (float64 result, see LARGE).
 
     kind: 'conv' (W[Cout, Cin/g, k...]), 'convtranspose' (W[Cin, Cout/g, k...]),
     'gemm' (B[N, K] when trans_b else B[K, N]), 'matmul' (B[K, N]).
     ``inplace``: the caller owns ``weight`` and it may be overwritten (large float32 only).
+    ``out_dtype``: the result's dtype (the same arithmetic, rounded once into it).
     """
-    w = working_array(weight)
-    scale = _factor(np.asarray(scale, np.float64).reshape(-1), w)
+    w, work = _working(weight, out_dtype)
+    scale = np.asarray(scale, np.float64).reshape(-1).astype(work, copy=False)
     if kind == "convtranspose":
         cin, cout_g = w.shape[0], w.shape[1]
         view = w.reshape(groups, cin // groups, cout_g, *w.shape[2:])
@@ -80,18 +101,19 @@ def scale_output_channels(weight: np.ndarray, scale: np.ndarray, *, kind: str, g
         view, factor = w, _expand(scale, w.ndim, axis)
     else:
         raise ValueError(f"unknown layer kind {kind!r}")
-    return _multiply(view, factor, inplace and w is weight).reshape(w.shape)
+    return _multiply(view, factor, inplace and w is weight, out_dtype).reshape(w.shape)
 
 
 def scale_input_channels(weight: np.ndarray, scale: np.ndarray, *, kind: str, groups: int = 1,
-                         trans_b: bool = True, inplace: bool = False) -> np.ndarray:
+                         trans_b: bool = True, inplace: bool = False, out_dtype=None) -> np.ndarray:
     """Multiply each input channel of a layer's weight by ``scale`` (float64 result, see LARGE).
 
     For grouped convolutions ``scale`` has one entry per input channel of the layer
     (Cin), and Conv's W[:, c_local] of group g belongs to input channel g*Cin/g + c_local.
+    ``out_dtype``: the result's dtype (the same arithmetic, rounded once into it).
     """
-    w = working_array(weight)
-    scale = _factor(np.asarray(scale, np.float64).reshape(-1), w)
+    w, work = _working(weight, out_dtype)
+    scale = np.asarray(scale, np.float64).reshape(-1).astype(work, copy=False)
     if kind == "conv":
         cout, cin_g = w.shape[0], w.shape[1]
         view = w.reshape(groups, cout // groups, cin_g, *w.shape[2:])
@@ -101,7 +123,7 @@ def scale_input_channels(weight: np.ndarray, scale: np.ndarray, *, kind: str, gr
         view, factor = w, _expand(scale, w.ndim, axis)
     else:
         raise ValueError(f"unknown layer kind {kind!r}")
-    return _multiply(view, factor, inplace and w is weight).reshape(w.shape)
+    return _multiply(view, factor, inplace and w is weight, out_dtype).reshape(w.shape)
 
 
 def input_channel_sums(weight: np.ndarray, vec: np.ndarray, *, kind: str, groups: int = 1,

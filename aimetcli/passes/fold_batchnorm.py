@@ -58,14 +58,19 @@ class _BnParams:
     gamma: np.ndarray
 
 
-def _bn_reason(bn: ir.Node) -> str | None:
-    """Why this BN cannot be folded at all, or None."""
+def _bn_params(bn: ir.Node) -> _BnParams | str:
+    """s, t (and beta, gamma) of a foldable BN, or why it cannot be folded.
+
+    Each parameter tensor is read once (an initializer kept in protobuf form decodes
+    its bytes on every read).
+    """
     if bn.attributes.get_int("training_mode", 0):
         return "training_mode=1 (statistics computed at run time)"
     if bn.attributes.get_int("spatial", 1) == 0:
         return "spatial=0 (per-element statistics)"
     if len(bn.inputs) < 5:
         return "fewer than 5 inputs"
+    arrays = []
     for idx, what in zip(range(1, 5), ("scale", "bias", "mean", "var")):
         v = bn.inputs[idx]
         arr = g.constant(v)
@@ -73,18 +78,21 @@ def _bn_reason(bn: ir.Node) -> str | None:
             return f"its {what} ({v.name if v is not None else 'missing'}) is not a constant"
         if not g.is_float_dtype(arr):
             return f"its {what} is {arr.dtype}, not floating point"
+        arrays.append(arr)
     for extra in bn.outputs[1:]:
         if extra.uses() or extra.is_graph_output():
             return "its running-statistics outputs are used"
-    return None
-
-
-def _bn_params(bn: ir.Node) -> _BnParams | str:
-    gamma, beta, mean, var = (np.asarray(g.constant(bn.inputs[i]), np.float64).reshape(-1) for i in range(1, 5))
+    if all(a.shape == arrays[0].shape for a in arrays):  # as always: one float64 block, one test
+        block = np.array(arrays, np.float64).reshape(4, -1)
+        finite = np.isfinite(block).all()
+        gamma, beta, mean, var = block
+    else:
+        gamma, beta, mean, var = (np.asarray(a, np.float64).reshape(-1) for a in arrays)
+        finite = all(np.isfinite(a).all() for a in (gamma, beta, mean, var))
     eps = bn.attributes.get_float("epsilon", 1e-5)
-    if not (np.all(np.isfinite(gamma)) and np.all(np.isfinite(beta)) and np.all(np.isfinite(mean)) and np.all(np.isfinite(var))):
+    if not finite:
         return "its parameters contain NaN or Inf"
-    if np.any(var + eps <= 0):
+    if (var + eps <= 0).any():
         return "variance + epsilon is not positive in some channel (invalid statistics)"
     s, t = bn_math.bn_scale_shift(gamma, beta, mean, var, eps)
     return _BnParams(s=s, t=t, beta=beta, gamma=gamma)
@@ -158,14 +166,9 @@ class FoldBatchNormPass(ir.passes.InPlacePass):
             if not g.is_op(bn, "BatchNormalization"):
                 continue
             label = g.node_label(bn)
-            reason = _bn_reason(bn)
-            params = None
-            if reason is None:
-                params = _bn_params(bn)
-                if isinstance(params, str):
-                    reason, params = params, None
-            if params is None:
-                result.skipped.append(SkippedBn(label, reason))
+            params = _bn_params(bn)
+            if isinstance(params, str):
+                result.skipped.append(SkippedBn(label, params))
                 continue
             n = params.s.size
             layer, why_back = _backward_reason(bn, n)
@@ -192,7 +195,8 @@ class FoldBatchNormPass(ir.passes.InPlacePass):
         w_value = g.private_constant(graph, names, layer.node, 1)
         w = w_value.const_value.numpy()
         b = bias_array(layer, w)
-        g.set_constant(w_value, layer.scale_out(w, p.s).astype(w.dtype, copy=False))
+        _set_constant(w_value, bn_math.scale_output_channels(
+            w, p.s, kind=layer.kind, groups=layer.groups, trans_b=layer.trans_b, out_dtype=w.dtype))
         write_bias(layer, graph, names, b * p.s + p.t, w.dtype)
         params = list(bn.inputs[1:])
         g.bypass(bn, layer.output)
@@ -206,9 +210,18 @@ class FoldBatchNormPass(ir.passes.InPlacePass):
         w_value = g.private_constant(graph, names, layer.node, 1)
         w = w_value.const_value.numpy()
         b = bias_array(layer, w) + layer.apply_to_constant(w, p.t)
-        g.set_constant(w_value, layer.scale_in(w, p.s).astype(w.dtype, copy=False))
+        _set_constant(w_value, bn_math.scale_input_channels(
+            w, p.s, kind=layer.kind, groups=layer.groups, trans_b=layer.trans_b, out_dtype=w.dtype))
         layer.node.replace_input_with(0, bn.inputs[0])
         write_bias(layer, graph, names, b, w.dtype)
         params = list(bn.inputs[1:])
         graph.remove(bn, safe=True)
         g.remove_unused_initializers(graph, params)
+
+
+def _set_constant(value: ir.Value, array: np.ndarray) -> None:
+    """``graph.set_constant`` for a numpy array: ``ir.Tensor`` directly, as ``ir.tensor`` would
+    make it (``ir.tensor`` first tests the array against a runtime protocol, ~40 us a call)."""
+    value.const_value = ir.Tensor(array, name=value.name)
+    value.shape = ir.Shape(array.shape)
+    value.type = ir.TensorType(value.const_value.dtype)

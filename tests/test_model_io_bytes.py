@@ -1,0 +1,172 @@
+"""model_io keeps big weights out of protobuf: same models, same bytes, same errors as the plain path."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import helper
+
+from aimetcli import api, model_io
+from aimetcli.errors import AimetCliError
+from helpers import bn_inits, bn_node, init, make_model, rand
+
+
+def _model(dtype=np.float32) -> onnx.ModelProto:
+    inits = [init("W1", rand(32, 3, 3, 3).astype(dtype)), init("W2", rand(32, 32, 3, 3).astype(dtype)),
+             init("W3", rand(32 * 4 * 4, 10).astype(dtype))] + bn_inits("bn1", 32) + bn_inits("bn2", 32) + \
+        [init("shape", np.array([0, -1], np.int64)), init("big_int", np.arange(2000, dtype=np.int64))]
+    nodes = [
+        helper.make_node("Conv", ["input", "W1"], ["c1"], pads=[1] * 4, strides=[2, 2]),
+        bn_node("bn1", "c1", "b1"), helper.make_node("Relu", ["b1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "W2"], ["c2"], pads=[1] * 4, strides=[2, 2]),
+        bn_node("bn2", "c2", "b2"), helper.make_node("Relu", ["b2"], ["r2"]),
+        helper.make_node("Reshape", ["r2", "shape"], ["f"]),
+        helper.make_node("MatMul", ["f", "W3"], ["logits"]),
+        helper.make_node("Gather", ["big_int", "idx"], ["picked"]),
+    ]
+    proto = make_model(nodes, [("input", ["N", 3, 16, 16]), ("idx", [1])], [("logits", None), ("picked", None)],
+                       inits)
+    proto.graph.input[1].type.tensor_type.elem_type = onnx.TensorProto.INT64
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def _plain_load(data: bytes, source: str) -> ir.Model:
+    model = model_io._load(data, None, source, True)
+    assert model is not None
+    return model
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_big_weights_are_read_only_views_with_the_same_values(tmp_path, dtype):
+    proto = _model(dtype)
+    path = tmp_path / "m.onnx"
+    onnx.save(proto, path)
+    model = model_io.load_model(str(path)).model
+    expected = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    lifted = []
+    for name, value in model.graph.initializers.items():
+        array = value.const_value.numpy()
+        assert array.dtype == expected[name].dtype and np.array_equal(array, expected[name]), name
+        if type(value.const_value) is ir.Tensor:
+            assert not array.flags.writeable, name
+            lifted.append(name)
+    assert {"W2", "W3", "big_int"} <= set(lifted)  # > 4 KB, plain raw_data
+    assert "shape" not in lifted and "bn1_g" not in lifted  # small ones stay in protobuf form
+    # everything else as the plain path sees it: shapes, graph, serialization
+    plain = _plain_load(path.read_bytes(), str(path))
+    assert model_io.serialize(model) == ir.serde.serialize_model(plain).SerializeToString()
+
+
+def test_saved_bytes_are_what_protobuf_writes(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(_model(), path)
+    model, _ = api.prepare(model_io.load_model(str(path)).model)
+    api.fold_bn(model)
+    model_io.canonical_order(model)
+    expected = ir.serde.serialize_model(model).SerializeToString()
+    assert model_io.serialize(model) == expected
+    out = tmp_path / "out.onnx"
+    model_io.save_model(model, str(out))
+    assert out.read_bytes() == expected
+    # the model is unchanged by saving: the streamed tensors are back in place
+    assert model_io.serialize(model) == expected
+    assert all(v.const_value is not None and v.const_value.size > 0 for v in model.graph.initializers.values()
+               if v.name in ("W2", "W3"))
+
+
+def _mutations():
+    def big(p):
+        return next(t for t in p.graph.initializer if t.name == "W2")
+
+    yield "ok", lambda p: None
+    yield "unknown op", lambda p: setattr(p.graph.node[2], "op_type", "NoSuchOp")
+    yield "raw_data too small for dims", lambda p: big(p).dims.__setitem__(0, 64)
+    yield "0-element with data", lambda p: big(p).dims.__setitem__(0, 0)
+    yield "undefined type", lambda p: setattr(big(p), "data_type", 0)
+    yield "string in raw_data", lambda p: setattr(big(p), "data_type", onnx.TensorProto.STRING)
+    yield "two value fields", lambda p: big(p).float_data.append(1.0)
+    yield "no name", lambda p: big(p).ClearField("name")
+    yield "duplicate name", lambda p: p.graph.initializer.append(copy.deepcopy(big(p)))
+    yield "IR 3, initializer not an input", lambda p: setattr(p, "ir_version", 3)
+
+
+@pytest.mark.parametrize("name,mutate", list(_mutations()), ids=[n for n, _ in _mutations()])
+def test_checker_sees_the_same_model(tmp_path, name, mutate):
+    proto = _model()
+    mutate(proto)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(proto.SerializeToString())
+    outcomes = []
+    for load in (lambda: model_io.load_model(str(path)).model, lambda: _plain_load(path.read_bytes(), str(path))):
+        try:
+            outcomes.append(model_io.serialize(load()))
+        except AimetCliError as exc:
+            outcomes.append(str(exc))
+    assert outcomes[0] == outcomes[1]
+    assert (name == "ok") == isinstance(outcomes[0], bytes)
+
+
+def test_duplicate_names_unchecked_load_like_onnx_ir(tmp_path):
+    proto = _model()
+    w2 = next(t for t in proto.graph.initializer if t.name == "W2")
+    twin = onnx.numpy_helper.from_array(np.zeros((32, 32, 3, 3), np.float32), "W2")
+    proto.graph.initializer.insert(list(proto.graph.initializer).index(w2), twin)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(proto.SerializeToString())
+    model = model_io.load_model(str(path), check=False).model
+    expected = ir.serde.deserialize_model(proto).graph.initializers["W2"].const_value.numpy()
+    assert np.array_equal(model.graph.initializers["W2"].const_value.numpy(), expected)
+
+
+def test_truncated_file_is_reported_as_before(tmp_path):
+    path = tmp_path / "m.onnx"
+    data = _model().SerializeToString()
+    path.write_bytes(data[: len(data) - 100])
+    with pytest.raises(AimetCliError, match="not an ONNX model"):
+        model_io.load_model(str(path))
+
+
+def _big_model(tmp_path):
+    proto = _model()
+    big = onnx.numpy_helper.from_array(rand(512, 1024), "unused_big")  # 2 MB: preallocated on save
+    proto.graph.initializer.append(big)
+    path = tmp_path / "m.onnx"
+    onnx.save(proto, path)
+    return model_io.load_model(str(path)).model
+
+
+def test_preallocation_refusing_space_is_an_output_error_without_partial_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    model = _big_model(tmp_path)
+
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    out = tmp_path / "out" / "o.onnx"
+    out.parent.mkdir()
+    with pytest.raises(AimetCliError, match="cannot be written .No space left on device"):
+        model_io.save_model(model, str(out))
+    assert list(out.parent.iterdir()) == []
+
+
+def test_preallocation_unsupported_still_writes(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    model = _big_model(tmp_path)
+
+    def unsupported(fd, offset, size):
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported, raising=False)
+    out = tmp_path / "o.onnx"
+    model_io.save_model(model, str(out))
+    assert out.read_bytes() == ir.serde.serialize_model(model).SerializeToString()
