@@ -269,10 +269,7 @@ def quantsim(model: ir.Model, dataset, options, *, config_path: str | None = Non
     Returns (sim model, Encodings, QuantsimSummary). ``model`` may be replaced when
     its opset must be raised for the QDQ nodes (13, or 21 for 16-bit).
     """
-    from aimetcli.quantsim.calibrate import calibrate
     from aimetcli.quantsim.config import load_config
-    from aimetcli.quantsim.insert import SIM_OPSET, WIDE_OPSET, insert_qdq
-    from aimetcli.quantsim.placement import place_quantizers
 
     start = time.perf_counter()
     cfg = load_config(config_path)
@@ -284,15 +281,9 @@ def quantsim(model: ir.Model, dataset, options, *, config_path: str | None = Non
     mismatch = bias_correction_mismatch(model, options, cfg.source)
     if mismatch:
         warnings.append(mismatch)
-    target = WIDE_OPSET if max(options.param_bw, options.act_bw) > 8 else SIM_OPSET
-    model = upgrade_opset(model, target)
-    placement = place_quantizers(model, cfg, options)
-    t0 = time.perf_counter()
-    encodings = calibrate(model, placement, options, dataset, batch_size, progress)
-    calib_seconds = time.perf_counter() - t0
+    model, encodings, placement, calib_seconds = simulate(model, cfg, options, dataset, batch_size, progress)
     for tensor, count in encodings.nonfinite.items():
         warnings.append(f"{count} NaN/Inf values in tensor {tensor!r} were ignored during calibration")
-    insert_qdq(model, encodings.activations, encodings.params)
     # what we write must run on stock onnxruntime: check it loads (no optimizations: cheap)
     if model_io.tensor_bytes(model) < model_io.IN_MEMORY_LIMIT:
         from aimetcli.calibration import runner
@@ -315,6 +306,32 @@ def quantsim(model: ir.Model, dataset, options, *, config_path: str | None = Non
         warnings=warnings,
     )
     return model, encodings, summary
+
+
+def sim_opset(options) -> int:
+    """The opset a sim model with ``options`` needs (13; 21 for 16-bit QDQ)."""
+    from aimetcli.quantsim.insert import SIM_OPSET, WIDE_OPSET
+
+    return WIDE_OPSET if max(options.param_bw, options.act_bw) > 8 else SIM_OPSET
+
+
+def simulate(model: ir.Model, cfg, options, dataset, batch_size: int, progress=None):
+    """quantsim's core: raise the opset, place quantizers, calibrate, insert QDQ.
+
+    Returns (sim model, Encodings, Placement, calibration seconds). ``model`` is modified
+    in place unless its opset had to be raised (then a converted copy is the sim).
+    """
+    from aimetcli.quantsim.calibrate import calibrate
+    from aimetcli.quantsim.insert import insert_qdq
+    from aimetcli.quantsim.placement import place_quantizers
+
+    model = upgrade_opset(model, sim_opset(options))
+    placement = place_quantizers(model, cfg, options)
+    t0 = time.perf_counter()
+    encodings = calibrate(model, placement, options, dataset, batch_size, progress)
+    calib_seconds = time.perf_counter() - t0
+    insert_qdq(model, encodings.activations, encodings.params)
+    return model, encodings, placement, calib_seconds
 
 
 def quantizer_args(options, encodings):
@@ -439,7 +456,8 @@ class BiasCorrectSummary:
     options: dict
     corrected: list
     skipped: list
-    peak_cache_bytes: int
+    runs: int  # onnxruntime runs of the correction model (one per chunk of data)
+    grids_in_run: bool  # activation grids computed in the run, after every upstream correction
     samples: int
     seconds: float
 
@@ -483,7 +501,7 @@ def bias_correct(model: ir.Model, dataset, options, *, method: str = "hybrid", c
                             batch_size=batch_size, progress=progress)
     record = options.as_record(load_config(config_path).source)
     model.metadata_props[METADATA_KEY] = json.dumps({"method": method, "options": record}, sort_keys=True)
-    return BiasCorrectSummary(method, record, result.corrected, result.skipped, result.peak_cache_bytes,
+    return BiasCorrectSummary(method, record, result.corrected, result.skipped, result.runs, result.grids_in_run,
                               dataset.num_samples if dataset is not None else 0, time.perf_counter() - start)
 
 

@@ -1,31 +1,33 @@
-"""Bias correction (Nagel et al. 2019, 4.2) at a cost that grows linearly with depth.
+"""Bias correction (Nagel et al. 2019, 4.2) in one onnxruntime run, linear in depth.
 
 AIMET's torch flavour corrects one layer at a time and runs the whole model for
 each, so its cost grows with the square of depth. We instead:
 
-1. run the FP32 model once over the data, keeping a streaming per-channel mean of
-   every layer's output (sums over N and spatial axes; one batch in memory);
-2. compute the quantizers quantsim would use (same config, options and data);
-3. analytical layers (``analytical``/``hybrid``): where a layer reads a folded BN
+1. analytical layers (``analytical``/``hybrid``): where a layer reads a folded BN
    (carried statistics) through Relu, Clip or nothing, E[x] is the clipped-normal
    mean and ``b -= (W~ - W) . E[x]`` with no data at all;
-4. empirical layers, exactly in AIMET's order (each layer corrected with every
-   earlier layer quantized and already corrected) but without rerunning the model
-   per layer: the model (weights fake-quantized) runs in segments that end at each
-   layer output and each quantized tensor (calibration/segments.py), along two
-   paths: float activations (what quantsim calibrates on) and quantized activations
-   (fake-quantized in numpy, bit-exact with QuantizeLinear/DequantizeLinear). When
-   a segment has run over all the data, a layer output's per-channel mean on the
-   quantized path is compared with the FP32 model's and the difference goes into
-   its bias and into both cached paths; a quantized tensor gets its encoding from
-   the float path, after every upstream correction, just as quantsim will compute
-   it on the corrected model. So ``bias-correct`` then ``quantsim`` with the same
-   options and data leaves (almost) no shift.
+2. build the sim model quantsim would build from the result (same config, options);
+3. empirical layers, in AIMET's order (each layer corrected with every earlier layer
+   quantized and already corrected) without rerunning the model per layer: one graph
+   (correction_graph.py) holds the FP32 model and the sim side by side. At every layer
+   output the per-channel means over N and the spatial axes of both are compared; the
+   difference ``d`` is added to the sim's layer output before anything downstream
+   reads it, and returned. One run measures and applies every correction in
+   topological order; then ``d`` goes into the biases.
 
-Cost: 1 FP32 pass + 1 segmented pass over two paths, linear in depth. Memory: the
-tensors live between two segments, for all samples and both paths (the widest cut
-of the graph times the number of samples; ``peak_cache_bytes``). Use --num-samples
-to bound it.
+The activation grids the sim uses are the ones quantsim will compute on the
+*corrected* model: with min-max ranges and all the data in one run, a third copy
+(weights fake-quantized, float activations: what quantsim calibrates on) runs in
+the same graph, corrected in step, and each grid is computed from its range in the
+graph. Otherwise (other schemes, more data than one run takes) quantsim's
+calibration computes the grids first, as AIMET does, and quantsim's recalibration
+of the corrected model brings a little of the shift back.
+
+Cost: one run of two or three copies of the model per chunk of data, linear in
+depth. Memory: onnxruntime's activations for one chunk; a chunk holds as many
+samples as fit in 64 MB of model input (at least ``--batch-size``). With one chunk
+the corrections are exact as described; with several, each chunk's are computed in
+sequence as above and averaged by samples.
 """
 
 from __future__ import annotations
@@ -40,10 +42,11 @@ import onnx_ir as ir
 from aimetcli import graph as g
 from aimetcli.bn_stats import read_bn_stats
 from aimetcli.calibration import runner
-from aimetcli.calibration.segments import SegmentRunner
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.bias import METHODS, ChannelMean, clipped_normal_mean
-from aimetcli.kernels.quant import fake_quantize, fake_quantize_finite
+from aimetcli import correction_graph
+from aimetcli.correction_graph import Grid, Target
+from aimetcli.kernels.quant import QuantScheme, encoding_from_range, fake_quantize
 from aimetcli.layers import Layer, as_layer, bias_array, rewrite_reason, write_bias
 from aimetcli.passes.replace_relu6 import clip_bounds
 
@@ -66,7 +69,8 @@ class LayerCorrection:
 class BiasCorrectionResult:
     corrected: list[LayerCorrection] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    peak_cache_bytes: int = 0
+    runs: int = 0  # onnxruntime runs of the joint model (one per chunk of data)
+    grids_in_run: bool = False  # activation grids computed inside the run (else calibrated first)
 
 
 def _input_expectation(layer: Layer, stats, opset: int) -> tuple[np.ndarray | None, str]:
@@ -133,7 +137,8 @@ def _mean_pass(proto: onnx.ModelProto, outputs: list[str], dataset, batch_size: 
 def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid", config_path: str | None = None,
                    batch_size: int = 32, progress=None) -> BiasCorrectionResult:
     """Correct the biases of ``model`` (FP32, modified in place) for quantization with ``options``."""
-    from aimetcli.quantsim.calibrate import param_encodings
+    from aimetcli import api
+    from aimetcli.quantsim.calibrate import calibration_weights_proto, param_encodings
     from aimetcli.quantsim.config import load_config
     from aimetcli.quantsim.placement import place_quantizers
 
@@ -165,13 +170,13 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
             empirical.append(layer)
 
     measured = [*empirical, *(la for la in layers if id(la.node) in analytical)]
-    out_names = [la.output.name for la in measured]
     if empirical and dataset is None:
         raise AimetCliError("empirical bias correction needs --data; use --method analytical for data-free runs",
                             ErrorKind.USAGE)
-    fp_means = {}
+    reference = None
     if measured and dataset is not None:
-        fp_means = _mean_pass(ir.serde.serialize_model(model), out_names, dataset, batch_size, progress=progress)
+        # the FP32 model before any correction, at the opset the QDQ nodes need
+        reference = calibration_weights_proto(api.upgrade_opset(api.clone(model), api.sim_opset(options)), {})
 
     params = param_encodings(model, placement, options)
 
@@ -187,20 +192,30 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
         delta = layer.apply_to_constant(err, ex)
         write_bias(layer, graph, names, bias_array(layer, w) - delta, w.dtype)
 
-    if fp_means:
-        corrections, shifts, peak = _sequential_empirical(model, placement, params, options, dataset, batch_size,
-                                                          measured, analytical, fp_means, progress)
-        result.peak_cache_bytes = peak
-        for layer in empirical:
-            w = layer.weight_array()
-            write_bias(layer, graph, names, bias_array(layer, w) + corrections.get(id(layer.node), 0.0), w.dtype)
+    if reference is not None:
+        # the quantization quantsim applies (after the analytical corrections), run beside the reference
+        in_graph = _grids_in_graph(dataset, options, batch_size)
+        sim, float_path, grids = _simulation(model, cfg, options, dataset, batch_size, progress, in_graph)
+        targets = [Target(la.output.name, _float_source(sim, la.output.name), _output_rank(la),
+                          id(la.node) not in analytical) for la in measured]
+        joint, outputs = correction_graph.build(reference, calibration_weights_proto(sim, {}), float_path,
+                                                targets, grids)
+        deltas, result.runs = _run_joint(joint, outputs, dataset, batch_size, progress)
+        result.grids_in_run = bool(grids)
         for layer in measured:
+            diff = deltas[layer.output.name]
+            if not np.all(np.isfinite(diff)):
+                raise AimetCliError(f"the output of layer {layer.name!r} is NaN or Inf on the calibration data, "
+                                    "so no mean shift can be measured; check the data and the model",
+                                    ErrorKind.DATA)
             n = layer.out_channels(layer.weight_array())
-            is_analytical = id(layer.node) in analytical
-            before = shifts.get(id(layer.node), float("nan"))
-            result.corrected.append(LayerCorrection(
-                layer.name, "analytical" if is_analytical else "empirical", n,
-                float("nan") if is_analytical else before, before if is_analytical else 0.0))
+            shift = float(np.mean(np.abs(diff)))
+            if id(layer.node) in analytical:
+                result.corrected.append(LayerCorrection(layer.name, "analytical", n, float("nan"), shift))
+            else:
+                w = layer.weight_array()
+                write_bias(layer, graph, names, bias_array(layer, w) + diff, w.dtype)
+                result.corrected.append(LayerCorrection(layer.name, "empirical", n, shift, 0.0))
     else:
         for layer in layers:
             if id(layer.node) in analytical:
@@ -209,81 +224,98 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
     return result
 
 
-def _sequential_empirical(model, placement, params, options, dataset, batch_size, measured, analytical,
-                          fp_means, progress):
-    """Empirical correction in AIMET's layer order, with the activation encodings quantsim will compute.
+def _output_rank(layer: Layer) -> int:
+    return 2 if layer.kind in ("gemm", "matmul") else len(layer.weight.shape)
 
-    Two paths run through the same segments (one ORT session per segment): the *float*
-    path (fake-quantized weights, float activations: what quantsim calibrates on) and the
-    *quantized* path (the same, with every activation quantizer applied in numpy, bit-exact
-    with QuantizeLinear/DequantizeLinear). Segments end at every layer output and every
-    quantized tensor. At a layer output, the quantized path's per-channel mean is compared
-    with the FP32 model's and the difference is added to both paths (and later the bias).
-    At a quantized tensor, its encoding is computed from the float path over all the data,
-    *after* every upstream correction, exactly as quantsim will compute it on the corrected
-    model, and the quantized path is fake-quantized with it.
+
+def _grids_in_graph(dataset, options, batch_size: int) -> bool:
+    """Min-max grids are computed inside the correction run when one run sees all the data."""
+    return options.scheme is QuantScheme.MIN_MAX and dataset.num_samples <= _chunk_size(dataset, batch_size)
+
+
+def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progress, in_graph: bool):
+    """The sim model quantsim would build from ``model``, and what the correction run needs of it.
+
+    Returns (sim, float path, grids). With ``in_graph``, activation grids that the data decide are
+    left to the correction run (placeholders here; the float path, weights fake-quantized, is the
+    model they are measured on), so they follow every upstream correction as quantsim's
+    calibration of the corrected model will. Otherwise quantsim's calibration computes them first.
     """
-    from aimetcli.calibration.observers import make_observer, observe_encoding
-    from aimetcli.quantsim.calibrate import calibration_weights_proto
+    from aimetcli import api
+    from aimetcli.quantsim.calibrate import (calibrate, calibration_weights_proto, non_negative_outputs,
+                                             param_encodings)
+    from aimetcli.quantsim.insert import container, insert_qdq
+    from aimetcli.quantsim.placement import place_quantizers
 
-    by_output = {la.output.name: la for la in measured}
-    acts = {a.tensor: a for a in placement.activations}
-    proto = calibration_weights_proto(model, params)
-    graph_inputs = {i.name for i in proto.graph.input}
-    corrections: dict[int, np.ndarray] = {}
-    shifts: dict[int, float] = {}
+    sim = api.upgrade_opset(api.clone(model), api.sim_opset(options))
+    placement = place_quantizers(sim, cfg, options)
+    float_path = None
+    in_graph_tensors = []
+    if in_graph:
+        params = param_encodings(sim, placement, options)
+        acts = {}
+        for a in placement.activations:
+            strict = placement.strict_symmetric and a.symmetric
+            fixed = a.encoding_min is not None and a.encoding_max is not None
+            lo, hi = (a.encoding_min, a.encoding_max) if fixed else (-1.0, 1.0)  # else: computed in the graph
+            acts[a.tensor] = encoding_from_range(lo, hi, a.bitwidth, a.symmetric, strict_symmetric=strict)
+            if not fixed:
+                in_graph_tensors.append(a.tensor)
+        float_path = calibration_weights_proto(sim, params)
+    else:
+        encodings = calibrate(sim, placement, options, dataset, batch_size, progress)
+        acts, params = encodings.activations, encodings.params
+    nonneg = non_negative_outputs(sim)
+    record = {}
+    insert_qdq(sim, acts, params, record=record)
+    grids = []
+    for tensor in in_graph_tensors:
+        enc = acts[tensor]
+        grids.append(Grid(tensor, record[tensor], enc.num_steps, enc.symmetric, tensor in nonneg,
+                          onnx.helper.np_dtype_to_tensor_dtype(container(enc)[0]), enc.qmin, enc.qmax))
+    return sim, float_path, grids
 
-    def quantize_path(tensor: str, float_arrays: list[np.ndarray], quant_arrays: list[np.ndarray]) -> None:
-        a = acts[tensor]
-        if a.encoding_min is not None and a.encoding_max is not None:
-            from aimetcli.kernels.quant import encoding_from_range
 
-            enc = encoding_from_range(a.encoding_min, a.encoding_max, a.bitwidth, a.symmetric)
-        else:
-            obs = make_observer(options.scheme)
-            for arr in float_arrays:
-                obs.update(arr)
-            enc = observe_encoding(obs, options.scheme, a.bitwidth, a.symmetric, percentile=options.percentile,
-                                   strict_symmetric=placement.strict_symmetric and a.symmetric)
-        for i, arr in enumerate(quant_arrays):
-            quant_arrays[i] = fake_quantize_finite(arr, enc).astype(arr.dtype, copy=False)
+def _run_joint(joint: onnx.ModelProto, outputs: dict[str, str], dataset, batch_size: int,
+               progress) -> tuple[dict[str, np.ndarray], int]:
+    """Sample-weighted mean of ``d`` over chunks of the data (one chunk: AIMET's estimate exactly)."""
+    session = runner.make_session(joint, optimization="all", keep_qdq=True)
+    names = list(outputs.values())
+    totals = {name: None for name in names}
+    count = runs = 0
+    for feeds in dataset.batches(_chunk_size(dataset, batch_size)):
+        runs += 1
+        n = next(iter(feeds.values())).shape[0] if feeds else 1
+        for name, value in zip(names, runner.run(session, feeds, names)):
+            v = np.asarray(value, np.float64).reshape(-1) * n
+            totals[name] = v if totals[name] is None else totals[name] + v
+        count += n
+        if progress is not None:
+            progress(1)
+    return {ref: totals[d] / max(count, 1) for ref, d in outputs.items()}, runs
 
-    def on_cut(name: str, arrays: dict[str, list[np.ndarray]]) -> None:
-        layer = by_output.get(name)
-        if layer is not None:
-            mean = ChannelMean()
-            for a in arrays["quantized"]:
-                mean.update(a)
-            diff = fp_means[name] - mean.mean
-            shifts[id(layer.node)] = float(np.mean(np.abs(diff)))
-            if id(layer.node) not in analytical:
-                corrections[id(layer.node)] = diff
-                shape = [1] * arrays["quantized"][0].ndim
-                shape[1] = -1
-                for path_arrays in arrays.values():
-                    step = diff.astype(path_arrays[0].dtype).reshape(shape)
-                    for a in path_arrays:
-                        a += step  # downstream segments see the corrected layer
-        if name in acts:
-            quantize_path(name, arrays["float"], arrays["quantized"])
 
-    # Every sample is cached between segments anyway, so runs can take bigger chunks than
-    # --batch-size: fewer onnxruntime calls (about 32 MB of model input per run).
+CHUNK_BYTES = 64 << 20
+
+
+def _chunk_size(dataset, batch_size: int) -> int:
+    """Samples per joint run: as many as fit about 64 MB of model input, and at least ``batch_size``.
+
+    The per-channel means are exact over each run; with more data than one run takes, the
+    corrections of the runs are averaged (weighted by their samples).
+    """
     first = next(iter(dataset.batches(1)), {})
     per_sample = max(1, sum(a.nbytes for a in first.values()))
-    chunk = max(batch_size, (32 << 20) // per_sample)
-    float_batches = [dict(b) for b in dataset.batches(chunk)]
-    quant_batches = [dict(b) for b in float_batches]
-    for tensor in acts:
-        if tensor in graph_inputs:
-            arrays = [b[tensor] for b in quant_batches]
-            quantize_path(tensor, [b[tensor] for b in float_batches], arrays)
-            for b, arr in zip(quant_batches, arrays):
-                b[tensor] = arr
-    cuts = [t for t in acts if t not in graph_inputs] + list(by_output)
-    seg_runner = SegmentRunner(proto, cuts, optimization="all")  # no QDQ nodes: fusions are safe
-    seg_runner.run({"float": float_batches, "quantized": quant_batches}, on_cut, progress)
-    return corrections, shifts, seg_runner.peak_bytes
+    return max(batch_size, CHUNK_BYTES // per_sample)
+
+
+def progress_steps(dataset, batch_size: int, options) -> int:
+    """Progress callbacks a data-driven ``correct_biases`` makes: calibration batches (unless the
+    grids are computed in the correction run) + correction runs."""
+    if dataset is None:
+        return 0
+    runs = -(-dataset.num_samples // _chunk_size(dataset, batch_size))
+    return runs + (0 if _grids_in_graph(dataset, options, batch_size) else dataset.num_batches(batch_size))
 
 
 def _float_source(model: ir.Model, name: str) -> str:

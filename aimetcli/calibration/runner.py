@@ -30,9 +30,12 @@ _LEVELS = {
 
 
 def make_session(model: onnx.ModelProto | bytes | str, *, optimization: str = "basic",
-                 threads: int | None = None) -> ort.InferenceSession:
+                 threads: int | None = None, keep_qdq: bool = False) -> ort.InferenceSession:
+    """``keep_qdq``: no QDQ rewrites even at "all" (QDQ pairs stay float: the simulation), other fusions on."""
     so = ort.SessionOptions()
     so.graph_optimization_level = _LEVELS[optimization]
+    if keep_qdq:
+        so.add_session_config_entry("session.disable_quant_qdq", "1")
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads

@@ -14,7 +14,7 @@ from aimetcli.commands._shared import (
 )
 from aimetcli.commands.quantsim import make_options, quant_options
 from aimetcli.errors import AimetCliError, ErrorKind
-from aimetcli.layers import as_layer
+from aimetcli.bias_correction import progress_steps
 
 
 @click.command("bias-correct")
@@ -44,9 +44,7 @@ def bias_correct(out: Output, model_in: str, output: str, data: str | None, meth
         raise AimetCliError(f"--method {method} needs --data (or use --method analytical)", ErrorKind.USAGE)
     model = load_input(out, model_in, output)
     dataset = open_dataset(model, data, out=out, **kw) if data else None
-    # FP32 pass + calibration pass (per batch), then one step per layer segment
-    n_layers = sum(1 for n in model.graph if as_layer(n) is not None)
-    batches = dataset.num_batches(kw["batch_size"]) * 2 + n_layers + 1 if dataset else 0
+    batches = progress_steps(dataset, kw["batch_size"], options)
     with progress_bar(out, batches, "Correcting biases") as bar:
         summary = api.bias_correct(model, dataset, options, method=method, config_path=config_path,
                                    batch_size=kw["batch_size"], progress=bar)

@@ -103,7 +103,7 @@ def _reduced_minmax(model: ir.Model, params: dict[str, Encoding], tensors: list[
     outputs: list[str] = []
     pairs: list[tuple[str, str | None, str]] = []
     # Relu and Clip(0, ...) outputs are never negative and every range includes 0: no ReduceMin
-    nonneg = _non_negative_outputs(model)
+    nonneg = non_negative_outputs(model)
     for i, name in enumerate(tensors):
         lo, hi = f"aimetcli_calib_min_{i}", f"aimetcli_calib_max_{i}"
         while lo in taken or hi in taken:
@@ -135,7 +135,7 @@ def _reduced_minmax(model: ir.Model, params: dict[str, Encoding], tensors: list[
     return {n: (r[0], r[1]) for n, r in ranges.items() if n not in bad}, sorted(bad)
 
 
-def _non_negative_outputs(model: ir.Model) -> set[str]:
+def non_negative_outputs(model: ir.Model) -> set[str]:
     from aimetcli.passes.replace_relu6 import clip_bounds
 
     opset = g.opset_version(model)

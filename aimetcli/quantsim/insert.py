@@ -17,6 +17,8 @@ value takes the output's name, so users' output names do not change.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_ir as ir
 
@@ -63,9 +65,21 @@ def _axis_attrs(enc: Encoding) -> dict:
     return {"axis": ir.AttrInt64("axis", int(enc.axis))} if enc.per_channel else {}
 
 
-def insert_activation(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Encoding) -> ir.Value:
+@dataclass(frozen=True)
+class ActivationConstants:
+    """Names of the initializers that hold one activation quantizer's grid."""
+
+    scale: str
+    zero_point: str
+    clip_min: str | None
+    clip_max: str | None
+
+
+def insert_activation(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Encoding,
+                      record: dict[str, ActivationConstants] | None = None) -> ir.Value:
     tensor = value.name
     scale, zp = _scale_zp(graph, names, tensor, enc)
+    clip_names: tuple[str | None, str | None] = (None, None)
     q = ir.Node("", "QuantizeLinear", [value, scale, zp], name=names.new(f"{tensor}_QuantizeLinear"))
     q.outputs[0].name = names.new(f"{tensor}_quantized")
     dq = ir.Node("", "DequantizeLinear", [q.outputs[0], scale, zp], name=names.new(f"{tensor}_DequantizeLinear"))
@@ -76,11 +90,14 @@ def insert_activation(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Enc
         lo, hi = enc.dequantized_bounds()
         lo_v = g.add_initializer(graph, names.new(f"{tensor}_clip_min"), np.asarray(lo, np.float32).reshape(()))
         hi_v = g.add_initializer(graph, names.new(f"{tensor}_clip_max"), np.asarray(hi, np.float32).reshape(()))
+        clip_names = (lo_v.name, hi_v.name)
         clip = ir.Node("", "Clip", [final, lo_v, hi_v], name=names.new(f"{tensor}_Clip"))
         clip.outputs[0].name = names.new(f"{tensor}_clipped")
         new_nodes.append(clip)
         final = clip.outputs[0]
     final.type, final.shape = value.type, value.shape
+    if record is not None:
+        record[tensor] = ActivationConstants(scale.name, zp.name, *clip_names)
     # readers of the float tensor now read the quantized one
     for use in list(value.uses()):
         if use.node is not q:
@@ -160,8 +177,12 @@ def insert_param(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Encoding
 
 
 def insert_qdq(model: ir.Model, activations: dict[str, Encoding], params: dict[str, Encoding], *,
-               store_integers: bool = False) -> dict[str, str]:
-    """Insert every quantizer. Returns {graph output name: new name of its float value}."""
+               store_integers: bool = False, record: dict[str, ActivationConstants] | None = None
+               ) -> dict[str, str]:
+    """Insert every quantizer. Returns {graph output name: new name of its float value}.
+
+    ``record``, when given, receives the names of each activation quantizer's constants.
+    """
     graph = model.graph
     names = g.Names(model)
     values = _values_by_name(graph)
@@ -173,7 +194,7 @@ def insert_qdq(model: ir.Model, activations: dict[str, Encoding], params: dict[s
                      store_integers=store_integers or enc.bitwidth > 16, order=order)
     for tensor, enc in activations.items():
         value = values[tensor]
-        insert_activation(graph, names, value, enc)
+        insert_activation(graph, names, value, enc, record)
         if value.name != tensor:
             renamed[tensor] = value.name
     return renamed

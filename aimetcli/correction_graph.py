@@ -1,0 +1,265 @@
+"""The one graph empirical bias correction runs (bias_correction.py explains why).
+
+Up to three copies of the model read the same graph inputs:
+
+* the *reference*: the FP32 model before any correction;
+* the *sim*: the quantsim model (weights and activations through QDQ);
+* the *float path* (only with in-graph grids): the model with its weights
+  fake-quantized and float activations, which is what quantsim calibrates on.
+
+For every target layer, ``ReduceMean`` over every axis but the channel gives the
+per-channel mean of its output in the reference and in the sim; their difference
+``d = E[y_fp] - E[y_q]`` is a graph output and, for a layer to correct, is added to
+the layer's output in the sim and in the float path before anything downstream
+reads it. Every layer is so measured with every earlier layer quantized and
+already corrected, in one onnxruntime run.
+
+In-graph grids (min-max only): an activation quantizer of the sim may take its
+grid from the float path's range of the same tensor in the same run, after every
+upstream correction. The grid is AIMET's (kernels/quant.py: encoding_from_range),
+computed in double precision:
+
+    lo = min(min x, 0)    hi = max(max x, 0, lo + max(min_range, steps * minimum_scale))
+    asymmetric: scale = (hi - lo) / steps, offset = clip(round_half_away(lo / scale), -steps, 0),
+                zero_point = -offset
+    symmetric:  scale = max(|lo|, |hi|) / (steps // 2), zero_point = 0
+    Clip bounds (narrow grids): (qmin - zero_point) * float32(scale), (qmax - zero_point) * float32(scale)
+
+so the sim quantizes each tensor exactly as quantsim will on the corrected model.
+The sim's constants for such a quantizer are replaced by the computed values,
+under the same names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from aimetcli.errors import AimetCliError, ErrorKind
+from aimetcli.kernels.quant import AIMET_MIN_RANGE, minimum_scale
+from aimetcli.quantsim.insert import ActivationConstants
+
+
+@dataclass(frozen=True)
+class Target:
+    """A layer to measure: its output in the reference and in the sim (float side), its rank."""
+
+    reference: str
+    sim: str
+    rank: int
+    correct: bool
+
+
+@dataclass(frozen=True)
+class Grid:
+    """An activation quantizer whose grid comes from the float path's range in the graph."""
+
+    tensor: str  # the float tensor, by its name in the float path
+    constants: ActivationConstants  # the sim's initializers it replaces
+    steps: int
+    symmetric: bool
+    non_negative: bool  # a Relu/Clip(0, ...) output: min is 0 and needs no ReduceMin
+    zero_point_type: int  # onnx element type of the zero point
+    qmin: int
+    qmax: int
+
+
+def opset(proto: onnx.ModelProto) -> int:
+    return next((op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")), 1)
+
+
+class _Builder:
+    def __init__(self, joint: onnx.ModelProto, taken: set[str]):
+        self.graph = joint.graph
+        self.opset = opset(joint)
+        self.taken = taken
+        self._consts: dict[tuple, str] = {}
+
+    def name(self, base: str) -> str:
+        name = base
+        i = 0
+        while name in self.taken:
+            i += 1
+            name = f"{base}_{i}"
+        self.taken.add(name)
+        return name
+
+    def node(self, op: str, inputs: list[str], out: str | None = None, **attrs) -> str:
+        out = out or self.name(f"aimetcli_bc/{op}")
+        self.graph.node.append(helper.make_node(op, inputs, [out], **attrs))
+        return out
+
+    def const(self, value, dtype) -> str:
+        key = (float(value) if np.ndim(value) == 0 else tuple(np.ravel(value)), np.dtype(dtype).str)
+        if key not in self._consts:
+            name = self.name("aimetcli_bc/const")
+            self.graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+            self._consts[key] = name
+        return self._consts[key]
+
+    def reduce_mean(self, x: str, rank: int) -> str:
+        if rank >= 3:
+            # the spatial mean first: GlobalAveragePool runs on onnxruntime's blocked (NCHWc)
+            # layout, so the tensor needs no copy back to NCHW; then the mean over the batch
+            x, rank = self.node("GlobalAveragePool", [x]), 2
+        axes = [i for i in range(rank) if i != 1]
+        if self.opset >= 18:
+            return self.node("ReduceMean", [x, self.const(np.array(axes, np.int64), np.int64)], keepdims=1)
+        return self.node("ReduceMean", [x], axes=axes, keepdims=1)
+
+    def grid(self, x: str, grid: Grid) -> None:
+        """Nodes computing ``grid``'s scale, zero point and Clip bounds from tensor ``x``."""
+        f64 = TensorProto.DOUBLE
+        zero = self.const(0.0, np.float64)
+        hi = self.node("Cast", [self.node("ReduceMax", [x], keepdims=0)], to=f64)
+        hi = self.node("Max", [hi, zero])
+        if grid.non_negative:
+            lo = zero
+        else:
+            lo = self.node("Min", [self.node("Cast", [self.node("ReduceMin", [x], keepdims=0)], to=f64), zero])
+        floor = max(AIMET_MIN_RANGE, grid.steps * minimum_scale(grid.steps))
+        hi = self.node("Max", [hi, self.node("Add", [lo, self.const(floor, np.float64)])])
+        c = grid.constants
+        if grid.symmetric:
+            half = self.const(float(grid.steps // 2), np.float64)
+            scale = self.node("Div", [self.node("Max", [self.node("Abs", [lo]), self.node("Abs", [hi])]), half])
+            zp = zero
+        else:
+            scale = self.node("Div", [self.node("Sub", [hi, lo]), self.const(float(grid.steps), np.float64)])
+            # round half away from zero of lo / scale <= 0: -floor(0.5 - lo / scale)
+            neg = self.node("Sub", [self.const(0.5, np.float64), self.node("Div", [lo, scale])])
+            zp = self.node("Clip", [self.node("Floor", [neg]), zero, self.const(float(grid.steps), np.float64)])
+            self.node("Cast", [zp], c.zero_point, to=grid.zero_point_type)
+        scale32 = self.node("Cast", [scale], c.scale, to=TensorProto.FLOAT)
+        if c.clip_min is not None:
+            for bound, out in ((grid.qmin, c.clip_min), (grid.qmax, c.clip_max)):
+                steps_from_zero = self.node("Cast", [self.node("Sub", [self.const(float(bound), np.float64), zp])],
+                                            to=TensorProto.FLOAT)
+                self.node("Mul", [steps_from_zero, scale32], out)
+
+
+def build(reference: onnx.ModelProto, sim: onnx.ModelProto, float_path: onnx.ModelProto | None,
+          targets: list[Target], grids: list[Grid]) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """The joint model and {reference layer output: name of its ``d`` output}."""
+    paths = [p for p in (reference, sim, float_path) if p is not None]
+    taken = {v for p in paths for n in p.graph.node for v in (*n.input, *n.output)}
+    taken |= {t.name for p in paths for t in p.graph.initializer} | {i.name for p in paths for i in p.graph.input}
+    inputs = {i.name for i in reference.graph.input}
+    ref_inits = {t.name: t for t in reference.graph.initializer}
+
+    def renamer(path: onnx.ModelProto, prefix: str, dropped: set[str]) -> tuple[Callable[[str], str], list]:
+        # an initializer is shared with the reference only if it holds the same data (biases may differ)
+        same = {t.name for t in path.graph.initializer if t.name in ref_inits and ref_inits[t.name] == t}
+        while any(name.startswith(prefix) for name in taken):
+            prefix = "_" + prefix
+
+        def rename(name: str) -> str:
+            return name if not name or name in inputs or name in same else prefix + name
+
+        own = [_renamed(t, rename(t.name)) for t in path.graph.initializer
+               if t.name not in same and t.name not in dropped]
+        return rename, own
+
+    joint = onnx.ModelProto()
+    joint.CopyFrom(reference)
+    del joint.graph.output[:]
+    del joint.graph.value_info[:]
+    top = max(opset(p) for p in paths)
+    for op in joint.opset_import:
+        if op.domain in ("", "ai.onnx"):
+            op.version = top
+    b = _Builder(joint, taken)
+
+    dropped = {n for gr in grids for n in (gr.constants.scale, gr.constants.zero_point, gr.constants.clip_min,
+                                         gr.constants.clip_max) if n is not None}
+    dropped -= {gr.constants.zero_point for gr in grids if gr.symmetric}  # symmetric: zero point stays 0
+    sim_name, sim_inits = renamer(sim, "aimetcli_bc_q/", dropped)
+    b.graph.initializer.extend(sim_inits)
+    float_name = None
+    if float_path is not None:
+        float_name, float_inits = renamer(float_path, "aimetcli_bc_f/", set())
+        b.graph.initializer.extend(float_inits)
+
+    outputs: dict[str, str] = {}
+    after: dict[str, list[Callable[[], None]]] = {}  # sim/float value -> nodes to emit once it exists
+    redirect_sim: dict[str, str] = {}
+    redirect_float: dict[str, str] = {}
+    for t in targets:
+        fp_mean = b.reduce_mean(t.reference, t.rank)
+        d = b.name("aimetcli_bc/d")
+        src = sim_name(t.sim)
+        fixed = b.name("aimetcli_bc/corrected") if t.correct else None
+        outputs[t.reference] = d
+
+        def emit(t=t, src=src, d=d, fp_mean=fp_mean, fixed=fixed):
+            b.node("Sub", [fp_mean, b.reduce_mean(src, t.rank)], d)
+            if fixed:
+                b.node("Add", [src, d], fixed)
+
+        after.setdefault(src, []).append(emit)
+        if fixed:
+            redirect_sim[src] = fixed
+            if float_name is not None:
+                fsrc = float_name(t.reference)
+                ffixed = b.name("aimetcli_bc/corrected_float")
+                redirect_float[fsrc] = ffixed
+                after.setdefault(fsrc, []).append(lambda fsrc=fsrc, d=d, ffixed=ffixed: b.node("Add", [fsrc, d],
+                                                                                                ffixed))
+    if grids:
+        if float_name is None:
+            raise ValueError("in-graph grids need the float path")
+        for gr in grids:
+            c = gr.constants
+            gr = replace(gr, constants=ActivationConstants(
+                sim_name(c.scale), sim_name(c.zero_point),
+                sim_name(c.clip_min) if c.clip_min else None, sim_name(c.clip_max) if c.clip_max else None))
+            x = float_name(gr.tensor)
+            if gr.tensor in inputs:
+                b.grid(x, gr)
+            else:
+                after.setdefault(x, []).append(lambda x=x, gr=gr: b.grid(redirect_float.get(x, x), gr))
+    for path, rename, redirect in ((sim, sim_name, redirect_sim), (float_path, float_name, redirect_float)):
+        if path is None:
+            continue
+        for node in path.graph.node:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            copy.name = rename(node.name) if node.name else ""
+            _rename_node(copy, rename, redirect)
+            b.graph.node.append(copy)
+            for out in copy.output:
+                for fn in after.pop(out, []):
+                    fn()
+    if after:  # a value no node produces: a bug, not a user error
+        raise AimetCliError(f"bias correction lost track of {sorted(after)}; please report it", ErrorKind.RUNTIME)
+    for d in outputs.values():
+        b.graph.output.append(helper.make_tensor_value_info(d, TensorProto.FLOAT, None))
+    return joint, outputs
+
+
+def _renamed(t: onnx.TensorProto, name: str) -> onnx.TensorProto:
+    if t.name == name:
+        return t
+    out = onnx.TensorProto()
+    out.CopyFrom(t)
+    out.name = name
+    return out
+
+
+def _rename_node(node: onnx.NodeProto, rename: Callable[[str], str], redirect: dict[str, str]) -> None:
+    """Rename a node's values, and the outer-scope values its subgraphs read."""
+    for i, name in enumerate(node.input):
+        new = rename(name)
+        node.input[i] = redirect.get(new, new)
+    for i, name in enumerate(node.output):
+        node.output[i] = rename(name)
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            local = {o for n in sub.node for o in n.output} | {i.name for i in sub.input}
+            local |= {t.name for t in sub.initializer}
+            for n in sub.node:
+                _rename_node(n, lambda v, local=local: v if v in local else rename(v), redirect)
