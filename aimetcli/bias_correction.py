@@ -266,12 +266,14 @@ def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progres
         encodings = calibrate(sim, placement, options, dataset, batch_size, progress)
         acts, params = encodings.activations, encodings.params
     nonneg = non_negative_outputs(sim)
+    ranks = {v.name: len(v.shape) for v in (*sim.graph.inputs, *(o for n in sim.graph for o in n.outputs))
+             if v.shape is not None}
     record = {}
     insert_qdq(sim, acts, params, record=record)
     grids = []
     for tensor in in_graph_tensors:
         enc = acts[tensor]
-        grids.append(Grid(tensor, record[tensor], enc.num_steps, enc.symmetric, tensor in nonneg,
+        grids.append(Grid(tensor, record[tensor], enc.num_steps, enc.symmetric, tensor in nonneg, ranks.get(tensor),
                           onnx.helper.np_dtype_to_tensor_dtype(container(enc)[0]), enc.qmin, enc.qmax))
     return sim, float_path, grids
 

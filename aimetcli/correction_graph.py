@@ -63,6 +63,7 @@ class Grid:
     steps: int
     symmetric: bool
     non_negative: bool  # a Relu/Clip(0, ...) output: min is 0 and needs no ReduceMin
+    rank: int | None  # of the tensor, when known (4-D: its max is pooled on the blocked layout first)
     zero_point_type: int  # onnx element type of the zero point
     qmin: int
     qmax: int
@@ -115,7 +116,8 @@ class _Builder:
         """Nodes computing ``grid``'s scale, zero point and Clip bounds from tensor ``x``."""
         f64 = TensorProto.DOUBLE
         zero = self.const(0.0, np.float64)
-        hi = self.node("Cast", [self.node("ReduceMax", [x], keepdims=0)], to=f64)
+        pooled = self.node("GlobalMaxPool", [x]) if grid.rank == 4 else x
+        hi = self.node("Cast", [self.node("ReduceMax", [pooled], keepdims=0)], to=f64)
         hi = self.node("Max", [hi, zero])
         if grid.non_negative:
             lo = zero

@@ -248,7 +248,7 @@ def test_grid_in_graph_equals_encoding_from_range(bw, symmetric, lo, hi):
     enc = encoding_from_range(float(x.min()), float(x.max()), bw, symmetric)
     dtype = container(enc)[0]
     grid = Grid("x", ActivationConstants("scale", "zp", "cmin", "cmax"), enc.num_steps, symmetric,
-                non_negative=lo >= 0, zero_point_type=helper.np_dtype_to_tensor_dtype(dtype),
+                non_negative=lo >= 0, rank=2, zero_point_type=helper.np_dtype_to_tensor_dtype(dtype),
                 qmin=enc.qmin, qmax=enc.qmax)
     opset = 21 if bw > 8 else 13
     proto = make_model([], [("x", [1, 37])], [], [], opset=opset)

@@ -93,8 +93,11 @@ def _reduced_minmax(model: ir.Model, params: dict[str, Encoding], tensors: list[
 
     Each tensor feeds a ReduceMin and a ReduceMax (all axes, scalar outputs), so
     nothing but two numbers per tensor and batch leaves the session: no activation
-    is copied out, and onnxruntime still fuses what it likes. Tensors that show a
-    NaN or Inf are returned apart, for the observers (which skip such values).
+    is copied out, and onnxruntime still fuses what it likes. The max of a 4-D tensor
+    is taken by GlobalMaxPool first, which onnxruntime runs on its blocked (NCHWc)
+    conv layout without copying the tensor back to NCHW (a third of the time of a
+    plain ReduceMax here). Tensors that show a NaN or Inf are returned apart, for the
+    observers (which skip such values).
     """
     if not tensors:
         return {}, []
@@ -104,6 +107,7 @@ def _reduced_minmax(model: ir.Model, params: dict[str, Encoding], tensors: list[
     pairs: list[tuple[str, str | None, str]] = []
     # Relu and Clip(0, ...) outputs are never negative and every range includes 0: no ReduceMin
     nonneg = non_negative_outputs(model)
+    ranks = {v.name: len(v.shape) for n in model.graph for v in n.outputs if v.shape is not None}
     for i, name in enumerate(tensors):
         lo, hi = f"aimetcli_calib_min_{i}", f"aimetcli_calib_max_{i}"
         while lo in taken or hi in taken:
@@ -111,7 +115,13 @@ def _reduced_minmax(model: ir.Model, params: dict[str, Encoding], tensors: list[
         if name not in nonneg:
             proto.graph.node.append(onnx.helper.make_node("ReduceMin", [name], [lo], keepdims=0))
             outputs.append(lo)
-        proto.graph.node.append(onnx.helper.make_node("ReduceMax", [name], [hi], keepdims=0))
+        source = name
+        if ranks.get(name) == 4:
+            source = hi + "_pooled"
+            while source in taken:
+                source += "_"
+            proto.graph.node.append(onnx.helper.make_node("GlobalMaxPool", [name], [source]))
+        proto.graph.node.append(onnx.helper.make_node("ReduceMax", [source], [hi], keepdims=0))
         outputs.append(hi)
         pairs.append((name, lo if name not in nonneg else None, hi))
     del proto.graph.output[:]
