@@ -254,18 +254,28 @@ def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progres
     if in_graph:
         params = param_encodings(sim, placement, options)
         acts = {}
+        nonneg = non_negative_outputs(sim)
+        graph_inputs = {v.name for v in sim.graph.inputs}
         for a in placement.activations:
             strict = placement.strict_symmetric and a.symmetric
             fixed = a.encoding_min is not None and a.encoding_max is not None
             lo, hi = (a.encoding_min, a.encoding_max) if fixed else (-1.0, 1.0)  # else: computed in the graph
-            acts[a.tensor] = encoding_from_range(lo, hi, a.bitwidth, a.symmetric, strict_symmetric=strict)
+            symmetric = a.symmetric
+            if symmetric and placement.unsigned_symmetric and not fixed and (
+                    a.tensor in nonneg or (a.tensor in graph_inputs and _data_min(dataset, a.tensor) >= 0)):
+                # AIMET's unsigned symmetric: [0, max] with offset 0, which is the asymmetric grid of a
+                # range starting at 0 (in the graph: lo = 0 for a non-negative tensor). An inner tensor
+                # that is non-negative only on the data (not by construction) keeps its signed grid here.
+                symmetric, lo = False, 0.0
+                nonneg.add(a.tensor)
+            acts[a.tensor] = encoding_from_range(lo, hi, a.bitwidth, symmetric, strict_symmetric=strict)
             if not fixed:
                 in_graph_tensors.append(a.tensor)
         float_path = calibration_weights_proto(sim, params)
     else:
         encodings = calibrate(sim, placement, options, dataset, batch_size, progress)
         acts, params = encodings.activations, encodings.params
-    nonneg = non_negative_outputs(sim)
+        nonneg = set()
     ranks = {v.name: len(v.shape) for v in (*sim.graph.inputs, *(o for n in sim.graph for o in n.outputs))
              if v.shape is not None}
     record = {}
@@ -276,6 +286,10 @@ def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progres
         grids.append(Grid(tensor, record[tensor], enc.num_steps, enc.symmetric, tensor in nonneg, ranks.get(tensor),
                           onnx.helper.np_dtype_to_tensor_dtype(container(enc)[0]), enc.qmin, enc.qmax))
     return sim, float_path, grids
+
+
+def _data_min(dataset, name: str) -> float:
+    return min((float(np.min(b[name])) for b in dataset.batches(256) if b[name].size), default=0.0)
 
 
 def _run_joint(joint: onnx.ModelProto, outputs: dict[str, str], dataset, batch_size: int,

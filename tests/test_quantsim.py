@@ -193,3 +193,37 @@ def test_wrong_data_shape_is_one_line(tmp_path):
     assert r.exit_code == 1
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "input" in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("scheme", list(QuantScheme))
+@pytest.mark.parametrize("unsigned", [True, False])
+def test_unsigned_symmetric(tmp_path, scheme, unsigned):
+    """AIMET's unsigned_symmetric: symmetric quantizers of data that are never negative get [0, max]
+    with offset 0 (unsigned integers, twice the resolution); off, they keep the signed grid."""
+    proto = mlp()
+    w1 = np.abs(onnx.numpy_helper.to_array(proto.graph.initializer[0]))  # an all-positive weight
+    proto.graph.initializer[0].CopyFrom(init("W1", w1))
+    x = np.abs(rand(64, 12))  # non-negative model input
+    np.save(tmp_path / "x.npy", x)
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"defaults": {"ops": {"is_output_quantized": "True", "is_symmetric": "True"},
+                                            "params": {"is_quantized": "True", "is_symmetric": "True"},
+                                            "unsigned_symmetric": str(unsigned)},
+                               "params": {"bias": {"is_quantized": "False"}},
+                               "op_type": {}, "supergroups": [{"op_list": ["Gemm", "Relu"]}],
+                               "model_input": {"is_input_quantized": "True"}, "model_output": {}}))
+    model, _ = api.prepare(to_ir(proto))
+    dataset = open_data(str(tmp_path / "x.npy"), input_specs(model))
+    sim, encs, _ = api.quantsim(model, dataset, QuantOptions(scheme=scheme), config_path=str(cfg), batch_size=16)
+    for enc in (encs.activations["x"], encs.activations["r"], encs.params["W1"]):
+        if unsigned:
+            assert not enc.symmetric and np.all(enc.offset == 0), enc
+        else:
+            assert enc.symmetric and np.all(enc.offset == -128), enc
+    for enc in (encs.activations["y"], encs.params["W2"]):  # have negative values: signed either way
+        assert enc.symmetric
+    if unsigned and scheme is QuantScheme.MIN_MAX:
+        assert np.isclose(float(encs.activations["x"].scale), x.max() / 255, rtol=1e-6)
+    levels = len(np.unique(fake_quantize(x, encs.activations["x"])))
+    assert levels > 128 if unsigned else levels <= 128  # the signed grid spends half its levels below 0
+    run(sim, {"x": x})

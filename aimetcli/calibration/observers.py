@@ -261,7 +261,7 @@ def make_observer(scheme: QuantScheme, *, axis: int | None = None,
 
 def observe_encoding(observer: Observer, scheme: QuantScheme, bitwidth: int, symmetric: bool, *,
                      percentile: float = 99.99, strict_symmetric: bool = False,
-                     min_range: float = AIMET_MIN_RANGE) -> Encoding:
+                     min_range: float = AIMET_MIN_RANGE, unsigned_symmetric: bool = False) -> Encoding:
     """The encoding for what ``observer`` saw, under ``scheme``.
 
     MIN_MAX: :func:`encoding_from_range` of the exact min/max (either observer).
@@ -270,9 +270,15 @@ def observe_encoding(observer: Observer, scheme: QuantScheme, bitwidth: int, sym
     TF_ENHANCED: :func:`tf_enhanced_encoding` of the histogram.
     ``min_range`` (AIMET: 0.01) applies to MIN_MAX and TF_ENHANCED.
     Per-channel observers give per-channel encodings on the observer's axis.
+    ``unsigned_symmetric`` (AIMET's config flag): a symmetric quantizer that saw no negative
+    value gets the grid [0, range] with offset 0 (unsigned integers), as AIMET does.
     Raises :class:`EmptyObserverError` when nothing finite was observed.
     """
     scheme = QuantScheme(scheme)
+    if symmetric and unsigned_symmetric:
+        lo, _ = observer.result() if isinstance(observer, MinMaxObserver) else observer.minmax()
+        if np.all(np.asarray(lo) >= 0):
+            return _unsigned(observer, scheme, bitwidth, percentile, min_range)
     if scheme is QuantScheme.MIN_MAX:
         lo, hi = observer.result() if isinstance(observer, MinMaxObserver) else observer.minmax()
         return encoding_from_range(lo, hi, bitwidth, symmetric, strict_symmetric=strict_symmetric,
@@ -286,3 +292,20 @@ def observe_encoding(observer: Observer, scheme: QuantScheme, bitwidth: int, sym
                                    axis=observer.axis, min_range=0.0)
     return tf_enhanced_encoding(counts, edges, bitwidth, symmetric, strict_symmetric=strict_symmetric,
                                 axis=observer.axis, min_range=min_range)
+
+
+def _unsigned(observer: Observer, scheme: QuantScheme, bitwidth: int, percentile: float,
+              min_range: float) -> Encoding:
+    """AIMET's unsigned symmetric grid for data >= 0: [0, range of the scheme], offset 0."""
+    if scheme is QuantScheme.MIN_MAX:
+        _, hi = observer.result() if isinstance(observer, MinMaxObserver) else observer.minmax()
+    else:
+        counts, edges = observer.histogram()
+        if scheme is QuantScheme.PERCENTILE:
+            _, hi = percentile_range(counts, edges, percentile)
+            min_range = 0.0
+        else:  # the symmetric search, then its positive half on the unsigned grid
+            sym = tf_enhanced_encoding(counts, edges, bitwidth, True, axis=observer.axis, min_range=min_range)
+            hi = np.asarray(sym.max, np.float64)
+    hi = np.asarray(hi, np.float64)
+    return encoding_from_range(np.zeros_like(hi), hi, bitwidth, False, axis=observer.axis, min_range=min_range)

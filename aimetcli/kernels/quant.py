@@ -43,8 +43,9 @@ AIMET-ONNX uses for every scheme once a (min, max) is known):
   max = scale * (offset + num_steps).
 The arithmetic is float64; the scale is then stored as float32, the type every
 runtime uses, and min/max are derived from that float32 scale.
-AIMET's "unsigned symmetric" mode (symmetric quantizer, data >= 0, offset 0) is not
-produced here: a grid with offset 0 is an asymmetric grid.
+AIMET's "unsigned symmetric" mode (symmetric quantizer, data >= 0: the grid [0, max],
+offset 0) is an asymmetric grid with offset 0 here; calibration.observers applies it
+when the quantsim config's ``unsigned_symmetric`` is on (AIMET's default).
 """
 
 from __future__ import annotations

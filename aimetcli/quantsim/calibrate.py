@@ -50,7 +50,8 @@ def param_encodings(model: ir.Model, placement: Placement, opts: QuantOptions) -
         observer.update(w)
         out[pq.tensor] = observe_encoding(observer, opts.scheme, pq.bitwidth, pq.symmetric,
                                           percentile=opts.percentile,
-                                          strict_symmetric=placement.strict_symmetric and pq.symmetric)
+                                          strict_symmetric=placement.strict_symmetric and pq.symmetric,
+                                          unsigned_symmetric=placement.unsigned_symmetric)
     return out
 
 
@@ -183,13 +184,17 @@ def calibrate(model: ir.Model, placement: Placement, opts: QuantOptions, dataset
         for a in todo:
             if a.tensor in reduced:
                 lo, hi = reduced[a.tensor]
-                enc.activations[a.tensor] = encoding_from_range(lo, hi, a.bitwidth, a.symmetric,
-                                                                strict_symmetric=strict(a))
+                if a.symmetric and placement.unsigned_symmetric and lo >= 0:  # AIMET's unsigned symmetric
+                    enc.activations[a.tensor] = encoding_from_range(0.0, hi, a.bitwidth, False)
+                else:
+                    enc.activations[a.tensor] = encoding_from_range(lo, hi, a.bitwidth, a.symmetric,
+                                                                    strict_symmetric=strict(a))
         todo = [a for a in todo if a.tensor not in reduced]  # graph inputs, and tensors with NaN/Inf
         progress = None
     if not todo:
         return enc
-    observed = Placement(todo, placement.params, placement.skipped, placement.strict_symmetric)
+    observed = Placement(todo, placement.params, placement.skipped, placement.strict_symmetric,
+                         placement.unsigned_symmetric)
     names = [a.tensor for a in todo if a.tensor not in graph_inputs]
     session = runner.make_session(calibration_model(model, observed, enc.params), optimization="all") if names else None
     fed = [a for a in todo if a.tensor in graph_inputs]
@@ -208,7 +213,8 @@ def calibrate(model: ir.Model, placement: Placement, opts: QuantOptions, dataset
             enc.nonfinite[a.tensor] = int(obs.nonfinite_count)
         try:
             enc.activations[a.tensor] = observe_encoding(obs, opts.scheme, a.bitwidth, a.symmetric,
-                                                         percentile=opts.percentile, strict_symmetric=strict(a))
+                                                         percentile=opts.percentile, strict_symmetric=strict(a),
+                                                         unsigned_symmetric=placement.unsigned_symmetric)
         except EmptyObserverError as exc:
             raise AimetCliError(
                 f"calibration saw no finite value of tensor {a.tensor!r}; check the calibration data",

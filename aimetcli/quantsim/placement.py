@@ -73,6 +73,9 @@ class Placement:
     params: list[ParamQuantizer] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     strict_symmetric: bool = False
+    # AIMET's unsigned symmetric: a symmetric quantizer whose data are never negative gets
+    # the grid [0, max] (offset 0, unsigned integers) instead of wasting its negative half
+    unsigned_symmetric: bool = False
 
     @property
     def max_bitwidth(self) -> int:
@@ -123,7 +126,7 @@ def per_channel_axis(op: str, node: ir.Node, weight_ndim: int) -> int | None:
 
 def place_quantizers(model: ir.Model, cfg: QuantsimConfig, opts: QuantOptions) -> Placement:
     graph = model.graph
-    placement = Placement(strict_symmetric=cfg.strict_symmetric)
+    placement = Placement(strict_symmetric=cfg.strict_symmetric, unsigned_symmetric=cfg.unsigned_symmetric)
     seen: set[str] = set()
 
     def act_symmetric(op: str) -> bool:
