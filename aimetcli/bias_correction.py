@@ -195,11 +195,10 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
     if reference is not None:
         # the quantization quantsim applies (after the analytical corrections), run beside the reference
         in_graph = _grids_in_graph(dataset, options, batch_size)
-        sim, float_path, grids = _simulation(model, cfg, options, dataset, batch_size, progress, in_graph)
+        sim, sim_proto, float_path, grids = _simulation(model, cfg, options, dataset, batch_size, progress, in_graph)
         targets = [Target(la.output.name, _float_source(sim, la.output.name), _output_rank(la),
                           id(la.node) not in analytical) for la in measured]
-        joint, outputs = correction_graph.build(reference, calibration_weights_proto(sim, {}), float_path,
-                                                targets, grids)
+        joint, outputs = correction_graph.build(reference, sim_proto, float_path, targets, grids)
         deltas, result.runs = _run_joint(joint, outputs, dataset, batch_size, progress)
         result.grids_in_run = bool(grids)
         for layer in measured:
@@ -236,7 +235,7 @@ def _grids_in_graph(dataset, options, batch_size: int) -> bool:
 def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progress, in_graph: bool):
     """The sim model quantsim would build from ``model``, and what the correction run needs of it.
 
-    Returns (sim, float path, grids). With ``in_graph``, activation grids that the data decide are
+    Returns (sim, its protobuf with the weights fake-quantized, float path, grids). With ``in_graph``, activation grids that the data decide are
     left to the correction run (placeholders here; the float path, weights fake-quantized, is the
     model they are measured on), so they follow every upstream correction as quantsim's
     calibration of the corrected model will. Otherwise quantsim's calibration computes them first.
@@ -279,13 +278,15 @@ def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progres
     ranks = {v.name: len(v.shape) for v in (*sim.graph.inputs, *(o for n in sim.graph for o in n.outputs))
              if v.shape is not None}
     record = {}
-    insert_qdq(sim, acts, params, record=record)
+    # weights fake-quantized in the sim's copy (exactly QDQ, tested in test_quant_kernels) rather than
+    # QDQ nodes: no weight QDQ to run or fold, and the float path shares the same initializers
+    insert_qdq(sim, acts, {}, record=record)
     grids = []
     for tensor in in_graph_tensors:
         enc = acts[tensor]
         grids.append(Grid(tensor, record[tensor], enc.num_steps, enc.symmetric, tensor in nonneg, ranks.get(tensor),
                           onnx.helper.np_dtype_to_tensor_dtype(container(enc)[0]), enc.qmin, enc.qmax))
-    return sim, float_path, grids
+    return sim, calibration_weights_proto(sim, params), float_path, grids
 
 
 def _data_min(dataset, name: str) -> float:

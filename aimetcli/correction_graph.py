@@ -151,19 +151,32 @@ def build(reference: onnx.ModelProto, sim: onnx.ModelProto, float_path: onnx.Mod
     taken = {v for p in paths for n in p.graph.node for v in (*n.input, *n.output)}
     taken |= {t.name for p in paths for t in p.graph.initializer} | {i.name for p in paths for i in p.graph.input}
     inputs = {i.name for i in reference.graph.input}
-    ref_inits = {t.name: t for t in reference.graph.initializer}
+    # initializers already in the joint graph: original name -> (joint name, tensor)
+    known = {t.name: (t.name, t) for t in reference.graph.initializer}
 
     def renamer(path: onnx.ModelProto, prefix: str, dropped: set[str]) -> tuple[Callable[[str], str], list]:
-        # an initializer is shared with the reference only if it holds the same data (biases may differ)
-        same = {t.name for t in path.graph.initializer if t.name in ref_inits and ref_inits[t.name] == t}
+        """Prefix the path's own names; share an initializer that an earlier path holds with the same
+        data (the sim and the float path share their fake-quantized weights; biases may differ)."""
         while any(name.startswith(prefix) for name in taken):
             prefix = "_" + prefix
+        mapped: dict[str, str] = {}
+        own = []
+        for t in path.graph.initializer:
+            if t.name in dropped:
+                continue
+            seen = known.get(t.name)
+            if seen is not None and seen[1] == t:
+                mapped[t.name] = seen[0]
+            else:
+                mapped[t.name] = prefix + t.name
+                own.append(_renamed(t, prefix + t.name))
+                known.setdefault(t.name, (prefix + t.name, t))
 
         def rename(name: str) -> str:
-            return name if not name or name in inputs or name in same else prefix + name
+            if not name or name in inputs:
+                return name
+            return mapped.get(name, prefix + name)
 
-        own = [_renamed(t, rename(t.name)) for t in path.graph.initializer
-               if t.name not in same and t.name not in dropped]
         return rename, own
 
     joint = onnx.ModelProto()
@@ -179,12 +192,12 @@ def build(reference: onnx.ModelProto, sim: onnx.ModelProto, float_path: onnx.Mod
     dropped = {n for gr in grids for n in (gr.constants.scale, gr.constants.zero_point, gr.constants.clip_min,
                                          gr.constants.clip_max) if n is not None}
     dropped -= {gr.constants.zero_point for gr in grids if gr.symmetric}  # symmetric: zero point stays 0
-    sim_name, sim_inits = renamer(sim, "aimetcli_bc_q/", dropped)
-    b.graph.initializer.extend(sim_inits)
     float_name = None
     if float_path is not None:
         float_name, float_inits = renamer(float_path, "aimetcli_bc_f/", set())
         b.graph.initializer.extend(float_inits)
+    sim_name, sim_inits = renamer(sim, "aimetcli_bc_q/", dropped)
+    b.graph.initializer.extend(sim_inits)
 
     outputs: dict[str, str] = {}
     after: dict[str, list[Callable[[], None]]] = {}  # sim/float value -> nodes to emit once it exists
