@@ -353,15 +353,17 @@ def run_model(name: str, path: Path, calib_path: Path, eval_path: Path, bitwidth
 
                 guarded("ptq_export", bw, export_row)
 
-        if use_api_ptq:
-            def ptq_tfe():
-                opts = QuantOptions(param_bw=bw, act_bw=8, scheme=QuantScheme.TF_ENHANCED)
-                summary = api.ptq(api.clone(fp32), calib, ev, opts, outdir=str(scratch / f"ptq_tfe_{name}_w{bw}"))
-                final = {s.name: s for s in summary.stages}["+ bias-correct"]
-                return Cell(final.top1, sum(s.seconds for s in summary.stages if s.name != "fp32"
-                                            and not s.name.startswith("export")), final.note)
+        def ptq_tfe():  # the same calls as the bc row, with tf-enhanced ranges
+            if equalized is None:
+                raise RuntimeError(f"equalize failed: {eq_error}")
+            opts = QuantOptions(param_bw=bw, act_bw=8, scheme=QuantScheme.TF_ENHANCED)
+            m = api.clone(equalized)
+            b = api.bias_correct(m, calib, opts, method="hybrid")
+            sim, s = quantsim(m, opts)
+            return Cell(evaluate(sim, ev), eq_summary.seconds + b.seconds + s.seconds,
+                        f"{len(b.corrected)} layers corrected")
 
-            guarded("ptq_tfe", bw, ptq_tfe)
+        guarded("ptq_tfe", bw, ptq_tfe)
 
         if bw in empirical_bws:
             def bc_emp():
