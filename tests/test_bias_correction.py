@@ -265,3 +265,18 @@ def test_grid_in_graph_equals_encoding_from_range(bw, symmetric, lo, hi):
     assert got["cmin"] == lo_b.reshape(()) and got["cmax"] == hi_b.reshape(())
     if not symmetric:
         assert got["zp"].dtype == dtype and int(got["zp"]) == int(enc.zero_point.reshape(()))
+
+
+@pytest.mark.parametrize("scheme", ["min-max", "tf-enhanced"])
+def test_progress_steps_match_callbacks(tmp_path, scheme):
+    from aimetcli.bias_correction import progress_steps
+    from aimetcli.kernels.quant import QuantScheme
+
+    rng = np.random.default_rng(2)
+    np.save(tmp_path / "x.npy", rng.standard_normal((40, 3, 8, 8)).astype(np.float32))
+    model, _ = api.prepare(to_ir(small_net(rng)))
+    dataset = open_data(str(tmp_path / "x.npy"), input_specs(model))
+    options = QuantOptions(scheme=QuantScheme(scheme))
+    steps = []
+    api.bias_correct(model, dataset, options, method="empirical", batch_size=16, progress=steps.append)
+    assert sum(steps) == progress_steps(dataset, 16, options) > 0

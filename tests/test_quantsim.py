@@ -227,3 +227,14 @@ def test_unsigned_symmetric(tmp_path, scheme, unsigned):
     levels = len(np.unique(fake_quantize(x, encs.activations["x"])))
     assert levels > 128 if unsigned else levels <= 128  # the signed grid spends half its levels below 0
     run(sim, {"x": x})
+
+
+@pytest.mark.parametrize("n, batch_size", [(64, 16), (50, 64), (37, 5)])
+def test_progress_counts_batches_whatever_the_run_size(tmp_path, n, batch_size):
+    """Min-max calibration runs onnxruntime on small runs of its own; progress still counts batches."""
+    np.save(tmp_path / "x.npy", rand(n, 12))
+    model, _ = api.prepare(to_ir(mlp()))
+    dataset = open_data(str(tmp_path / "x.npy"), input_specs(model))
+    steps = []
+    api.quantsim(model, dataset, QuantOptions(), batch_size=batch_size, progress=steps.append)
+    assert sum(steps) == dataset.num_batches(batch_size)

@@ -7,6 +7,8 @@ activation encodings with its parameter quantizers on) and whose quantized
 tensors are extra graph outputs; each batch updates a streaming observer per
 tensor (min/max, or a 512-bin histogram for tf-enhanced and percentile), so
 memory stays at one batch of activations whatever the number of samples.
+Min-max ranges are reduced inside onnxruntime instead, over small runs of
+samples (see reduction_run_size).
 """
 
 from __future__ import annotations
@@ -131,8 +133,11 @@ def _reduced_minmax(model: ir.Model, params: dict[str, Encoding], tensors: list[
     session = runner.make_session(proto, optimization="all")
     ranges = {name: [np.inf, -np.inf] for name in tensors}
     bad: set[str] = set()
-    for feeds in dataset.batches(batch_size):
+    run_size = min(batch_size, reduction_run_size(dataset))
+    seen = reported = 0
+    for feeds in dataset.batches(run_size):
         values = dict(zip(outputs, runner.run(session, feeds, outputs)))
+        seen += next(iter(feeds.values())).shape[0] if feeds else 1
         for name, lo_name, hi_name in pairs:
             lo = float(values[lo_name]) if lo_name is not None else 0.0
             hi = float(values[hi_name])
@@ -141,9 +146,29 @@ def _reduced_minmax(model: ir.Model, params: dict[str, Encoding], tensors: list[
                 continue
             r = ranges[name]
             r[0], r[1] = min(r[0], lo), max(r[1], hi)
-        if progress is not None:
-            progress(1)
+        if progress is not None:  # one step per --batch-size worth of samples
+            done = min(seen // batch_size, dataset.num_batches(batch_size))
+            if done > reported:
+                progress(done - reported)
+                reported = done
+    if progress is not None and dataset.num_batches(batch_size) > reported:
+        progress(dataset.num_batches(batch_size) - reported)
     return {n: (r[0], r[1]) for n, r in ranges.items() if n not in bad}, sorted(bad)
+
+
+def reduction_run_size(dataset) -> int:
+    """Samples per onnxruntime run when only ranges leave the session.
+
+    Min and max do not depend on how the data are split, and small runs keep every
+    activation in the CPU caches while the reductions read it again. Measured on the
+    full-size MobileNetV2, 64 samples 224x224: 2-4 samples a run take 0.52-0.54 s
+    and 370-480 MB, 16 a run 0.87 s and 1.15 GB, 64 a run 1.5 s and 2.1 GB (onnxruntime
+    keeps more of a graph's activations alive when they are also reduced). Small
+    images do best with somewhat larger runs (Fashion-MNIST models: 8-16).
+    """
+    first = next(iter(dataset.batches(1)), {})
+    per_sample = sum(a.nbytes for a in first.values())
+    return 4 if per_sample >= 64 << 10 else 16
 
 
 def non_negative_outputs(model: ir.Model) -> set[str]:
