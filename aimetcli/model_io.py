@@ -10,7 +10,7 @@ Rules every command relies on:
   their tensors in one external data file ``<output name>.data`` beside the model.
 
 Big weights are never copied through protobuf: on load they become numpy views of
-the bytes read (see :func:`_split_raw_data`), on save they are written from their
+the bytes read (see proto_wire.py), on save they are written from their
 arrays between the serialized pieces of the rest of the model (:func:`serialize_chunks`).
 The bytes written are exactly those ``SerializeToString`` would produce.
 """
@@ -33,6 +33,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
+from aimetcli import proto_wire as wire
 from aimetcli.errors import AimetCliError, ErrorKind
 
 STDIO = "-"
@@ -42,9 +43,7 @@ SHAPES_META = "aimetcli.shapes_inferred"
 PROTOBUF_LIMIT = 2**31 - 1
 # Leave room for the graph structure next to the tensors.
 _EXTERNAL_THRESHOLD = PROTOBUF_LIMIT - 64 * 2**20
-# Tensors up to this size keep their bytes in the protobuf given to shape inference (its
-# data propagation reads small constants such as Reshape shapes); bigger ones never do.
-_SMALL_TENSOR = 4096
+_STREAMED_TYPES = {ir.DataType(k): v for k, v in wire.RAW_DTYPES.items()}
 _PREALLOCATE = 2**20  # outputs from this size get their disk blocks reserved before the write
 
 
@@ -119,7 +118,7 @@ def _infer_shapes_in_place(proto: onnx.ModelProto) -> None:
     """
     stash = {}
     for i, t in enumerate(proto.graph.initializer):
-        if t.HasField("raw_data") and len(t.raw_data) > _SMALL_TENSOR:
+        if t.HasField("raw_data") and len(t.raw_data) > wire.SMALL_TENSOR:
             stash[i] = t.raw_data
             t.ClearField("raw_data")
     try:
@@ -134,199 +133,7 @@ def _infer_shapes_in_place(proto: onnx.ModelProto) -> None:
             out.type.CopyFrom(inf.type)
 
 
-# ---------------------------------------------------------------------------------
-# Big tensors' bytes outside protobuf
-#
-# Protobuf copies every bytes field it parses or serializes, and each copy of a big
-# model is mostly page faults on fresh memory. So the loaded model's big plain
-# initializers (dims, data_type, name and raw_data, nothing else) are numpy views of the
-# file's bytes, and only the rest of the model goes through protobuf; on save, big
-# numpy-backed initializers are serialized empty and their bytes are spliced in at the
-# raw_data field. Protobuf writes fields in field-number order, so the spliced bytes
-# are those SerializeToString would give. Any layout not understood here falls back
-# to the plain path (parse or serialize everything).
-# ---------------------------------------------------------------------------------
-class _WireError(ValueError):
-    pass
-
-
-_GRAPH_FIELD = 7  # ModelProto.graph
-_INITIALIZER_FIELD = 5  # GraphProto.initializer
-_DIMS, _DATA_TYPE, _NAME, _RAW_DATA = 1, 2, 8, 9  # TensorProto fields
-_LEN = 2  # length-delimited wire type
-# TensorProto.data_type -> little-endian numpy dtype, for the types numpy holds as is
-_RAW_DTYPES = {
-    onnx.TensorProto.FLOAT: np.dtype("<f4"), onnx.TensorProto.DOUBLE: np.dtype("<f8"),
-    onnx.TensorProto.FLOAT16: np.dtype("<f2"), onnx.TensorProto.INT8: np.dtype("i1"),
-    onnx.TensorProto.UINT8: np.dtype("u1"), onnx.TensorProto.INT16: np.dtype("<i2"),
-    onnx.TensorProto.UINT16: np.dtype("<u2"), onnx.TensorProto.INT32: np.dtype("<i4"),
-    onnx.TensorProto.UINT32: np.dtype("<u4"), onnx.TensorProto.INT64: np.dtype("<i8"),
-    onnx.TensorProto.UINT64: np.dtype("<u8"),
-}
-_STREAMED_TYPES = {ir.DataType(k): v for k, v in _RAW_DTYPES.items()}
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise _WireError("bad varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _encode_varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _fields(buf: bytes, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
-    """(field number, wire type, field start, value start, field end) of each field of buf[start:end]."""
-    pos = start
-    while pos < end:
-        first = pos
-        key = buf[pos]
-        if key < 0x80:  # one-byte varints inline: nearly every key and length here
-            pos += 1
-        else:
-            key, pos = _varint(buf, pos)
-        wire = key & 7
-        if wire == _LEN:
-            n = buf[pos] if pos < end else 0x80
-            if n < 0x80:
-                pos += 1
-            else:
-                n, pos = _varint(buf, pos)
-            stop = pos + n
-        elif wire == 0:
-            _, stop = _varint(buf, pos)
-        elif wire == 1:
-            stop = pos + 8
-        elif wire == 5:
-            stop = pos + 4
-        else:  # groups: not in ONNX
-            raise _WireError(f"wire type {wire}")
-        if key < 8 or stop > end:
-            raise _WireError("truncated field")
-        yield key >> 3, wire, first, pos, stop
-        pos = stop
-
-
-@dataclass
-class _RawTensor:
-    name: str
-    data_type: int  # TensorProto.DataType
-    dims: tuple[int, ...]
-    offset: int  # of the tensor's bytes in the file
-
-    @property
-    def dtype(self) -> np.dtype:
-        return _RAW_DTYPES[self.data_type]
-
-
-@dataclass
-class _Split:
-    rest: bytes  # the model with the big tensors' raw_data fields left out
-    for_checker: bytes  # the same with those tensors empty (dims [0]): what onnx.checker is given
-    tensors: list[_RawTensor]
-    initializers: int  # how many initializers the main graph lists
-
-
-def _plain_tensor(buf: bytes, start: int, end: int) -> tuple[_RawTensor, int, int] | None:
-    """(tensor, raw_data field start, end) when the initializer's bytes can be lifted out."""
-    dims: list[int] = []
-    name = data_type = raw = None
-    plain = True
-    for number, wire, first, value, stop in _fields(buf, start, end):
-        if number == _NAME and wire == _LEN:
-            plain = plain and name is None
-            name = buf[value:stop].decode("utf-8")  # the last one counts, as in protobuf
-        elif number == _DIMS and wire == 0:
-            dims.append(_varint(buf, value)[0])
-        elif number == _DIMS and wire == _LEN:
-            pos = value
-            while pos < stop:
-                d, pos = _varint(buf, pos)
-                dims.append(d)
-        elif number == _DATA_TYPE and wire == 0 and data_type is None:
-            data_type = _varint(buf, value)[0]
-        elif number == _RAW_DATA and wire == _LEN and raw is None:
-            raw = (first, value, stop)
-        else:
-            plain = False
-    if not plain or raw is None or not name or data_type not in _RAW_DTYPES or any(d >= 2**63 for d in dims):
-        return None
-    dtype = _RAW_DTYPES[data_type]
-    first, value, stop = raw
-    size = stop - value
-    if size <= _SMALL_TENSOR or size != math.prod(dims) * dtype.itemsize:
-        return None
-    return _RawTensor(name, data_type, tuple(dims), value), first, stop
-
-
-def _split_raw_data(data: bytes) -> _Split | None:
-    """The model's bytes without its big plain initializers' data, and where that data is.
-
-    None when there is nothing to lift out or the layout is not one handled here.
-    """
-    if sys.byteorder != "little":
-        return None
-    try:
-        graphs = [f for f in _fields(data, 0, len(data)) if f[0] == _GRAPH_FIELD]
-        if len(graphs) != 1 or graphs[0][1] != _LEN:
-            return None
-        _, _, graph_first, graph_start, graph_end = graphs[0]
-        pieces: list[bytes] = []
-        checked: list[bytes] = []
-        tensors: list[_RawTensor] = []
-        count = 0
-        pos = graph_start
-        for number, wire, first, value, stop in _fields(data, graph_start, graph_end):
-            if number != _INITIALIZER_FIELD or wire != _LEN:
-                continue
-            count += 1
-            if stop - value <= _SMALL_TENSOR:  # too small to hold a lifted tensor: not looked into
-                continue
-            lifted = _plain_tensor(data, value, stop)
-            if lifted is None:
-                continue
-            tensor, raw_first, raw_stop = lifted
-            between = data[pos:first]
-            pieces += [between, _length_delimited(_INITIALIZER_FIELD, data[value:raw_first] + data[raw_stop:stop])]
-            # For onnx.checker the tensor is an empty one of its name and type. Its bytes were
-            # checked above as the checker would (a known numeric type, one raw_data of exactly
-            # prod(dims) elements, nothing else), so the checker passes or fails as on the file,
-            # without copying all weights into C++ first.
-            empty = (_encode_varint(_DIMS << 3) + b"\x00" + _encode_varint(_DATA_TYPE << 3)
-                     + _encode_varint(tensor.data_type) + _length_delimited(_NAME, tensor.name.encode()))
-            checked += [between, _length_delimited(_INITIALIZER_FIELD, empty)]
-            tensors.append(tensor)
-            pos = stop
-    except (_WireError, IndexError, UnicodeDecodeError):
-        return None
-    if not tensors:
-        return None
-
-    def model_bytes(graph_pieces: list[bytes]) -> bytes:
-        graph = b"".join([*graph_pieces, data[pos:graph_end]])
-        return b"".join([data[:graph_first], _length_delimited(_GRAPH_FIELD, graph), data[graph_end:]])
-
-    return _Split(model_bytes(pieces), model_bytes(checked), tensors, count)
-
-
-def _length_delimited(field: int, payload: bytes) -> bytes:
-    return _encode_varint(field << 3 | _LEN) + _encode_varint(len(payload)) + payload
-
-
-def _attach_raw_data(model: ir.Model, data: bytes, split: _Split) -> bool:
+def _attach_raw_data(model: ir.Model, data: bytes, split: wire.Split) -> bool:
     """Give the lifted-out initializers their bytes back, as read-only views of ``data``.
 
     False (the model untouched) when the initializers' names are not unique, so that
@@ -348,7 +155,7 @@ def load_model(source: str, *, check: bool = True) -> LoadedModel:
     Big weights stored in the file become read-only numpy views of the bytes read.
     """
     data = _read_source_bytes(source)
-    split = _split_raw_data(data)
+    split = wire.split_raw_data(data)
     if split is not None:
         model = _load(data, split, source, check)
         if model is not None:
@@ -358,7 +165,7 @@ def load_model(source: str, *, check: bool = True) -> LoadedModel:
     return LoadedModel(model=model, source=source)
 
 
-def _load(data: bytes, split: _Split | None, source: str, check: bool) -> ir.Model | None:
+def _load(data: bytes, split: wire.Split | None, source: str, check: bool) -> ir.Model | None:
     """The model of ``data``; from ``split.rest`` and views of ``data`` when ``split`` is given.
 
     None when ``split`` does not fit what was parsed (the caller loads the plain way).
@@ -490,7 +297,7 @@ def _streamed_bytes(tensor: ir.TensorProtocol | None) -> np.ndarray | None:
         return None
     array = tensor.raw
     if (not isinstance(array, np.ndarray) or array.dtype != _STREAMED_TYPES[tensor.dtype]
-            or array.nbytes <= _SMALL_TENSOR):
+            or array.nbytes <= wire.SMALL_TENSOR):
         return None
     return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
 
@@ -522,44 +329,9 @@ def serialize_chunks(model: ir.Model) -> list:
     if not streamed:
         return [head]
     try:
-        return _splice(head, slots)
-    except _WireError:  # not the layout expected: cannot happen, but the plain path is always right
+        return wire.splice(head, slots)
+    except wire.WireError:  # not the layout expected: cannot happen, but the plain path is always right
         return [ir.serde.serialize_model(model).SerializeToString()]
-
-
-def _splice(head: bytes, slots: list[np.ndarray | None]) -> list:
-    """Put each streamed tensor's bytes in place of its empty raw_data field in ``head``."""
-    graphs = [f for f in _fields(head, 0, len(head)) if f[0] == _GRAPH_FIELD]
-    if len(graphs) != 1:
-        raise _WireError("graph")
-    _, _, graph_first, graph_start, graph_end = graphs[0]
-    graph: list = []
-    pos, k = graph_start, 0
-    empty_raw = _encode_varint(_RAW_DATA << 3 | _LEN) + b"\x00"
-    for number, wire, first, value, stop in _fields(head, graph_start, graph_end):
-        if number != _INITIALIZER_FIELD:
-            continue
-        if k >= len(slots):
-            raise _WireError("initializer count")
-        data, k = slots[k], k + 1
-        if data is None:
-            continue
-        raws = [(f, e) for n, _, f, v, e in _fields(head, value, stop) if n == _RAW_DATA]
-        if len(raws) != 1 or head[raws[0][0]:raws[0][1]] != empty_raw:
-            raise _WireError("raw_data")
-        raw_first, raw_stop = raws[0]
-        before, after = head[value:raw_first], head[raw_stop:stop]
-        raw_head = _encode_varint(_RAW_DATA << 3 | _LEN) + _encode_varint(data.nbytes)
-        size = len(before) + len(raw_head) + data.nbytes + len(after)
-        graph += [head[pos:first], _encode_varint(_INITIALIZER_FIELD << 3 | _LEN) + _encode_varint(size) + before
-                  + raw_head, data, after]
-        pos = stop
-    if k != len(slots):
-        raise _WireError("initializer count")
-    graph.append(head[pos:graph_end])
-    graph_size = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in graph)
-    return [head[:graph_first] + _encode_varint(_GRAPH_FIELD << 3 | _LEN) + _encode_varint(graph_size), *graph,
-            head[graph_end:]]
 
 
 def save_model(model: ir.Model, dest: str, *, external_data: bool | None = None) -> list[str]:
