@@ -203,8 +203,10 @@ def report(rows: list[dict]) -> str:
         mm_x, tf_x, o_x = (mm_c / _med(r["minmax"]["floor"]), tf_c / _med(r["tfe"]["floor"]),
                            o / _med(r["ort"]["floor"]))
         f_range = [_med(r[k]["floor"]) for k in ("minmax", "tfe", "ort")]
+        # cold: creating the session and its first pass, in a fresh process (what calibration pays)
+        cold = r["fp32"]["session"] + r["fp32"]["times"][0]
         speed.append([r["model"], r["bs"], c.fmt_s(f), f"{c.fmt_s(min(f_range))} - {c.fmt_s(max(f_range))}",
-                      c.fmt_s(mm_c), c.fmt_x(mm_x), c.fmt_s(mm_t),
+                      c.fmt_s(cold), c.fmt_s(mm_c), c.fmt_x(mm_x), c.fmt_x(mm_c / cold), c.fmt_s(mm_t),
                       c.fmt_s(tf_c), c.fmt_x(tf_x), c.fmt_s(tf_t), c.fmt_s(o), c.fmt_x(o_x)])
         fp = r["fp32"]["peak"]
         mem.append([r["model"], r["bs"], c.fmt_mb(fp), c.fmt_mb(r["minmax"]["peak"]),
@@ -212,18 +214,23 @@ def report(rows: list[dict]) -> str:
                     c.fmt_mb(r["ort"]["peak"]), c.fmt_x(r["ort"]["peak"] / fp),
                     c.fmt_mb(r["fp32"]["base"]), c.fmt_mb(r["minmax"]["base"])])
         checks.append(f"{r['model']} bs {r['bs']}: min-max {c.verdict(mm_x, GOAL_MINMAX)} "
-                      f"({mm_x:.1f}x), tf-enhanced {c.verdict(tf_x, GOAL_TFE)} ({tf_x:.1f}x), memory "
-                      f"{c.verdict(max(r['minmax']['peak'], r['tfe']['peak']) / fp, GOAL_MEM)} "
-                      f"({max(r['minmax']['peak'], r['tfe']['peak']) / fp:.1f}x)")
+                      f"({mm_x:.1f}x; against the cold pass {c.verdict(mm_c / cold, GOAL_MINMAX)}, "
+                      f"{mm_c / cold:.1f}x), tf-enhanced {c.verdict(tf_x, GOAL_TFE)} ({tf_x:.1f}x), memory "
+                      f"min-max {c.verdict(r['minmax']['peak'] / fp, GOAL_MEM)} ({r['minmax']['peak'] / fp:.1f}x), "
+                      f"tf-enhanced {c.verdict(r['tfe']['peak'] / fp, GOAL_MEM)} ({r['tfe']['peak'] / fp:.1f}x)")
     ref = c.AIMET_REF
     return "\n".join([
         "Time (median; FP32 = one onnxruntime pass over the samples with default session options, the floor, "
         "in a process of its own; calib = `api.quantsim`'s calibration_seconds, total = its whole time; ORT = "
         "`quantize_static`, QDQ, MinMax, per-tensor). The machine is shared and its load drifts, so each "
         "'x FP32' divides by the median of FP32 passes made in the contender's own process between its runs "
-        "(their range across contenders in 'FP32 interleaved'). "
+        "(their range across contenders in 'FP32 interleaved'). 'FP32 cold' = creating the session and its "
+        "first pass in a fresh process: calibration always pays both (it runs a session of its own once), "
+        "and the issue's reference FP32 pass (0.54 s on the full MobileNetV2) matches it better than a warm "
+        "pass does; 'x cold' divides by it. "
         f"Goals: min-max calib within {GOAL_MINMAX}x FP32, tf-enhanced within {GOAL_TFE}x.\n",
-        c.table(["model", "batch", "FP32 pass", "FP32 interleaved", "min-max calib", "x FP32", "min-max total",
+        c.table(["model", "batch", "FP32 pass", "FP32 interleaved", "FP32 cold", "min-max calib", "x FP32",
+                 "x cold", "min-max total",
                  "tf-enh calib", "x FP32", "tf-enh total", "ORT quantize_static", "x FP32"], speed),
         f"\nAIMET reference (full MobileNetV2, 64 samples): FP32 pass {c.fmt_s(ref['fp32_pass'])}, AIMET-ONNX "
         f"compute_encodings (per-tensor) {c.fmt_s(ref['compute_encodings'])}, ORT quantize_static "
