@@ -285,6 +285,18 @@ def run_model(name: str, path: Path, calib_path: Path, eval_path: Path, bitwidth
             sim, _, summary = api.quantsim(api.clone(model), calib, opts)
             return sim, summary
 
+        def corrected(opts, method="hybrid", keep=None):
+            """Equalized model, bias-corrected and quantsim'd with ``opts`` (what api.ptq does)."""
+            if equalized is None:
+                raise RuntimeError(f"equalize failed: {eq_error}")
+            m = api.clone(equalized)
+            b = api.bias_correct(m, calib, opts, method=method)
+            sim, s = quantsim(m, opts)
+            if keep:
+                sims[keep] = sim
+            return Cell(evaluate(sim, ev), eq_summary.seconds + b.seconds + s.seconds,
+                        f"{len(b.corrected)} layers corrected")
+
         def naive():
             sim, s = quantsim(fp32, pt)
             return Cell(evaluate(sim, ev), s.seconds, f"{s.activation_quantizers} act. quantizers")
@@ -335,17 +347,7 @@ def run_model(name: str, path: Path, calib_path: Path, eval_path: Path, bitwidth
 
             guarded("equalize", bw, eq_row)
 
-            def bc_row():
-                if equalized is None:
-                    raise RuntimeError(f"equalize failed: {eq_error}")
-                m = api.clone(equalized)
-                b = api.bias_correct(m, calib, pt, method="hybrid")
-                sim, s = quantsim(m, pt)
-                sims["bc"] = sim
-                return Cell(evaluate(sim, ev), eq_summary.seconds + b.seconds + s.seconds,
-                            f"{len(b.corrected)} layers corrected")
-
-            guarded("bc", bw, bc_row)
+            guarded("bc", bw, lambda: corrected(pt, keep="bc"))
             if bw in export_bws and "bc" in sims:
                 def export_row():
                     top1, secs = eval_export(sims["bc"], ev, scratch, f"{name}_pt_w{bw}")
@@ -353,29 +355,12 @@ def run_model(name: str, path: Path, calib_path: Path, eval_path: Path, bitwidth
 
                 guarded("ptq_export", bw, export_row)
 
-        def ptq_tfe():  # the same calls as the bc row, with tf-enhanced ranges
-            if equalized is None:
-                raise RuntimeError(f"equalize failed: {eq_error}")
-            opts = QuantOptions(param_bw=bw, act_bw=8, scheme=QuantScheme.TF_ENHANCED)
-            m = api.clone(equalized)
-            b = api.bias_correct(m, calib, opts, method="hybrid")
-            sim, s = quantsim(m, opts)
-            return Cell(evaluate(sim, ev), eq_summary.seconds + b.seconds + s.seconds,
-                        f"{len(b.corrected)} layers corrected")
-
-        guarded("ptq_tfe", bw, ptq_tfe)
+        # the same calls as the bc row, with tf-enhanced ranges
+        guarded("ptq_tfe", bw, lambda: corrected(QuantOptions(param_bw=bw, act_bw=8,
+                                                              scheme=QuantScheme.TF_ENHANCED)))
 
         if bw in empirical_bws:
-            def bc_emp():
-                if equalized is None:
-                    raise RuntimeError(f"equalize failed: {eq_error}")
-                m = api.clone(equalized)
-                b = api.bias_correct(m, calib, pt, method="empirical")
-                sim, s = quantsim(m, pt)
-                return Cell(evaluate(sim, ev), eq_summary.seconds + b.seconds + s.seconds,
-                            f"{len(b.corrected)} layers corrected")
-
-            guarded("bc_emp", bw, bc_emp)
+            guarded("bc_emp", bw, lambda: corrected(pt, method="empirical"))
 
         def pc_row():
             sim, s = quantsim(folded, pc)
@@ -383,17 +368,7 @@ def run_model(name: str, path: Path, calib_path: Path, eval_path: Path, bitwidth
 
         guarded("pc", bw, pc_row)
 
-        def ptq_pc():
-            if equalized is None:
-                raise RuntimeError(f"equalize failed: {eq_error}")
-            m = api.clone(equalized)
-            b = api.bias_correct(m, calib, pc, method="hybrid")
-            sim, s = quantsim(m, pc)
-            sims["ptq_pc"] = sim
-            return Cell(evaluate(sim, ev), eq_summary.seconds + b.seconds + s.seconds,
-                        f"{len(b.corrected)} layers corrected")
-
-        guarded("ptq_pc", bw, ptq_pc)
+        guarded("ptq_pc", bw, lambda: corrected(pc, keep="ptq_pc"))
         if bw in export_bws and "ptq_pc" in sims:
             def pc_export():
                 top1, secs = eval_export(sims["ptq_pc"], ev, scratch, f"{name}_pc_w{bw}")

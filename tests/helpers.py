@@ -94,3 +94,20 @@ def assert_same_outputs(a, b, feeds, rtol=1e-5, atol=1e-6):
     for x, y in zip(ya, yb):
         scale = max(1.0, float(np.abs(x).max()))
         np.testing.assert_allclose(y, x, rtol=rtol, atol=atol * scale)
+
+
+def two_conv_classifier(c: int, dtype=np.float32) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Nodes and initializers of Conv-BN-Relu twice (stride 2, 16x16 input "input"), Reshape, MatMul
+    to "logits": BN that folds, a 2-D MatMul weight, and an int64 shape constant."""
+    inits = [init("W1", rand(c, 3, 3, 3).astype(dtype)), init("W2", rand(c, c, 3, 3).astype(dtype)),
+             init("W3", rand(c * 16, 10).astype(dtype))] + bn_inits("bn1", c) + bn_inits("bn2", c) + \
+        [init("shape", np.array([0, -1], np.int64))]
+    nodes = [
+        helper.make_node("Conv", ["input", "W1"], ["c1"], pads=[1] * 4, strides=[2, 2]),
+        bn_node("bn1", "c1", "b1"), helper.make_node("Relu", ["b1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "W2"], ["c2"], pads=[1] * 4, strides=[2, 2]),
+        bn_node("bn2", "c2", "b2"), helper.make_node("Relu", ["b2"], ["r2"]),
+        helper.make_node("Reshape", ["r2", "shape"], ["f"]),
+        helper.make_node("MatMul", ["f", "W3"], ["logits"]),
+    ]
+    return nodes, inits

@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import helper
 
 from aimetcli.cli import main
-from helpers import bn_inits, bn_node, init, make_model, rand
+from helpers import make_model, two_conv_classifier
 
 
 @pytest.fixture
 def model_path(tmp_path):
-    inits = [init("W1", rand(8, 3, 3, 3)), init("W2", rand(8, 8, 3, 3)), init("W3", rand(8 * 16, 10))] + \
-        bn_inits("bn1", 8) + bn_inits("bn2", 8) + [init("shape", np.array([0, -1], np.int64))]
-    nodes = [
-        helper.make_node("Conv", ["input", "W1"], ["c1"], pads=[1] * 4, strides=[2, 2]),
-        bn_node("bn1", "c1", "b1"), helper.make_node("Relu", ["b1"], ["r1"]),
-        helper.make_node("Conv", ["r1", "W2"], ["c2"], pads=[1] * 4, strides=[2, 2]),
-        bn_node("bn2", "c2", "b2"), helper.make_node("Relu", ["b2"], ["r2"]),
-        helper.make_node("Reshape", ["r2", "shape"], ["f"]),
-        helper.make_node("MatMul", ["f", "W3"], ["logits"]),
-    ]
+    nodes, inits = two_conv_classifier(8)
     path = tmp_path / "m.onnx"
     onnx.save(make_model(nodes, [("input", ["N", 3, 16, 16])], [("logits", None)], inits), path)
     return path

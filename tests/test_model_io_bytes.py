@@ -12,22 +12,13 @@ from onnx import helper
 
 from aimetcli import api, model_io
 from aimetcli.errors import AimetCliError
-from helpers import bn_inits, bn_node, init, make_model, rand
+from helpers import init, make_model, rand, two_conv_classifier
 
 
 def _model(dtype=np.float32) -> onnx.ModelProto:
-    inits = [init("W1", rand(32, 3, 3, 3).astype(dtype)), init("W2", rand(32, 32, 3, 3).astype(dtype)),
-             init("W3", rand(32 * 4 * 4, 10).astype(dtype))] + bn_inits("bn1", 32) + bn_inits("bn2", 32) + \
-        [init("shape", np.array([0, -1], np.int64)), init("big_int", np.arange(2000, dtype=np.int64))]
-    nodes = [
-        helper.make_node("Conv", ["input", "W1"], ["c1"], pads=[1] * 4, strides=[2, 2]),
-        bn_node("bn1", "c1", "b1"), helper.make_node("Relu", ["b1"], ["r1"]),
-        helper.make_node("Conv", ["r1", "W2"], ["c2"], pads=[1] * 4, strides=[2, 2]),
-        bn_node("bn2", "c2", "b2"), helper.make_node("Relu", ["b2"], ["r2"]),
-        helper.make_node("Reshape", ["r2", "shape"], ["f"]),
-        helper.make_node("MatMul", ["f", "W3"], ["logits"]),
-        helper.make_node("Gather", ["big_int", "idx"], ["picked"]),
-    ]
+    nodes, inits = two_conv_classifier(32, dtype)
+    inits.append(init("big_int", np.arange(2000, dtype=np.int64)))
+    nodes.append(helper.make_node("Gather", ["big_int", "idx"], ["picked"]))
     proto = make_model(nodes, [("input", ["N", 3, 16, 16]), ("idx", [1])], [("logits", None), ("picked", None)],
                        inits)
     proto.graph.input[1].type.tensor_type.elem_type = onnx.TensorProto.INT64
