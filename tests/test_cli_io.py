@@ -192,3 +192,24 @@ def test_json_summary_with_infinite_sqnr(runner, model_path):
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["comparisons"][0]["sqnr_db"] is None and doc["top1_agreement"] == 100.0
+
+
+def test_sympy_is_not_imported_unless_used(tmp_path):
+    """onnx-ir's sympy import (most of the start-up time) is deferred until something uses it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    SAMPLE = Path(__file__).resolve().parent.parent / "sample_models" / "resnet_fmnist.onnx"
+
+    script = (
+        "import sys, aimetcli.cli\n"
+        "from aimetcli import api\n"
+        f"m, _ = api.load({str(SAMPLE)!r}); api.fold_bn(m)\n"
+        "assert 'sympy.core' not in sys.modules, 'sympy imported'\n"
+        "import onnx_ir as ir\n"
+        "assert str(ir.SymbolicDim('N') * 2) == '2*N'  # still works, importing it now\n"
+        "assert 'sympy.core' in sys.modules\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
