@@ -228,8 +228,9 @@ def _output_rank(layer: Layer) -> int:
 
 
 def _grids_in_graph(dataset, options, batch_size: int) -> bool:
-    """Min-max grids are computed inside the correction run when one run sees all the data."""
-    return options.scheme is QuantScheme.MIN_MAX and dataset.num_samples <= _chunk_size(dataset, batch_size)
+    """Min-max grids are computed inside the correction run when one run sees all the data
+    (not with a model whose fixed batch dimension splits the data into several runs)."""
+    return options.scheme is QuantScheme.MIN_MAX and dataset.num_batches(_chunk_size(dataset, batch_size)) == 1
 
 
 def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progress, in_graph: bool):
@@ -331,7 +332,7 @@ def progress_steps(dataset, batch_size: int, options) -> int:
     grids are computed in the correction run) + correction runs."""
     if dataset is None:
         return 0
-    runs = -(-dataset.num_samples // _chunk_size(dataset, batch_size))
+    runs = dataset.num_batches(_chunk_size(dataset, batch_size))
     return runs + (0 if _grids_in_graph(dataset, options, batch_size) else dataset.num_batches(batch_size))
 
 
