@@ -80,9 +80,17 @@ class Names:
         return name
 
 
+def tensor(array: np.ndarray, name: str) -> ir.Tensor:
+    """An onnx-ir tensor over a numpy array (``ir.tensor``'s protocol checks cost ~40 us a call)."""
+    array = np.asarray(array)
+    if not array.flags.c_contiguous:  # (np.ascontiguousarray would also make a 0-d array 1-d)
+        array = np.ascontiguousarray(array).reshape(array.shape)
+    return ir.Tensor(array, name=name)
+
+
 def set_constant(value: ir.Value, array: np.ndarray) -> None:
     """Replace an initializer's data in place (name kept)."""
-    value.const_value = ir.tensor(array, name=value.name)
+    value.const_value = tensor(array, value.name)
     value.shape = ir.Shape(array.shape)
     value.type = ir.TensorType(value.const_value.dtype)
 
@@ -92,7 +100,7 @@ def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
         name=name,
         shape=ir.Shape(array.shape),
         type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-        const_value=ir.tensor(array, name=name),
+        const_value=tensor(array, name),
     )
     graph.register_initializer(value)
     return value

@@ -63,7 +63,7 @@ class LiftConstantsPass(ir.passes.InPlacePass):
             out = node.outputs[0]
             name = out.name
             const = ir.Value(name=None, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                             const_value=ir.tensor(array))
+                             const_value=g.tensor(array, name))
             out.replace_all_uses_with(const)
             shape_value = node.inputs[0]
             graph.remove(node, safe=True)
