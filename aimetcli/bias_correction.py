@@ -8,23 +8,25 @@ each, so its cost grows with the square of depth. We instead:
    mean and ``b -= (W~ - W) . E[x]`` with no data at all;
 2. build the sim model quantsim would build from the result (same config, options);
 3. empirical layers, in AIMET's order (each layer corrected with every earlier layer
-   quantized and already corrected) without rerunning the model per layer: one graph
-   (correction_graph.py) holds the FP32 model and the sim side by side. At every layer
-   output the per-channel means over N and the spatial axes of both are compared; the
+   quantized and already corrected) without rerunning the model per layer: one pass
+   of the FP32 model gives every layer output's per-channel mean over N and the
+   spatial axes; then one graph (correction_graph.py) runs the sim with those means as
+   inputs. At every layer output the sim's mean is compared with the FP32 one; the
    difference ``d`` is added to the sim's layer output before anything downstream
    reads it, and returned. One run measures and applies every correction in
    topological order; then ``d`` goes into the biases.
 
 The activation grids the sim uses are the ones quantsim will compute on the
-*corrected* model: with min-max ranges and all the data in one run, a third copy
+*corrected* model: with min-max ranges and all the data in one run, a second copy
 (weights fake-quantized, float activations: what quantsim calibrates on) runs in
 the same graph, corrected in step, and each grid is computed from its range in the
 graph. Otherwise (other schemes, more data than one run takes) quantsim's
 calibration computes the grids first, as AIMET does, and quantsim's recalibration
 of the corrected model brings a little of the shift back.
 
-Cost: one run of two or three copies of the model per chunk of data, linear in
-depth. Memory: onnxruntime's activations for one chunk; a chunk holds as many
+Cost: one FP32 pass (in small runs) and one run of one or two copies of the model
+per chunk of data, linear in depth. Memory: onnxruntime's activations of those
+copies for one chunk; a chunk holds as many
 samples as fit in 64 MB of model input (at least ``--batch-size``). With one chunk
 the corrections are exact as described; with several, each chunk's are computed in
 sequence as above and averaged by samples.
@@ -175,8 +177,7 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
                             ErrorKind.USAGE)
     reference = None
     if measured and dataset is not None:
-        # the FP32 model before any correction, at the opset the QDQ nodes need
-        reference = calibration_weights_proto(api.upgrade_opset(api.clone(model), api.sim_opset(options)), {})
+        reference = calibration_weights_proto(model, {})  # the FP32 model before any correction
 
     params = param_encodings(model, placement, options)
 
@@ -197,9 +198,12 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
         in_graph = _grids_in_graph(dataset, options, batch_size)
         sim, sim_proto, float_path, grids = _simulation(model, cfg, options, dataset, batch_size, progress, in_graph)
         targets = [Target(la.output.name, _float_source(sim, la.output.name), _output_rank(la),
-                          id(la.node) not in analytical) for la in measured]
-        joint, outputs = correction_graph.build(reference, sim_proto, float_path, targets, grids)
-        deltas, result.runs = _run_joint(joint, outputs, dataset, batch_size, progress)
+                          la.out_channels(la.weight_array()), id(la.node) not in analytical) for la in measured]
+        fp32_means = _fp32_means(reference, targets, dataset)
+        joint, outputs, mean_inputs = correction_graph.build(sim_proto, float_path, targets, grids)
+        means = {mean_inputs[t.reference]: fp32_means[t.reference].astype(np.float32).reshape(t.mean_shape)
+                 for t in targets}
+        deltas, result.runs = _run_joint(joint, outputs, means, dataset, batch_size, progress)
         result.grids_in_run = bool(grids)
         for layer in measured:
             diff = deltas[layer.output.name]
@@ -294,8 +298,43 @@ def _data_min(dataset, name: str) -> float:
     return min((float(np.min(b[name])) for b in dataset.batches(256) if b[name].size), default=0.0)
 
 
-def _run_joint(joint: onnx.ModelProto, outputs: dict[str, str], dataset, batch_size: int,
-               progress) -> tuple[dict[str, np.ndarray], int]:
+def _fp32_means(reference: onnx.ModelProto, targets: list[Target], dataset) -> dict[str, np.ndarray]:
+    """Per-channel means (float64) of the target layers' outputs in the FP32 model, over all the data.
+
+    Only per-sample spatial means (GlobalAveragePool, on onnxruntime's blocked layout) leave the
+    session, which runs small chunks of samples (see quantsim.calibrate.reduction_run_size).
+    """
+    from aimetcli.quantsim.calibrate import reduction_run_size
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(reference)
+    del proto.graph.output[:]
+    taken = {o for n in proto.graph.node for o in n.output} | {i.name for i in proto.graph.input}
+    outputs = {}
+    for i, t in enumerate(targets):
+        name = t.reference
+        if t.rank > 2:
+            name = f"aimetcli_bc/spatial_mean_{i}"
+            while name in taken:
+                name += "_"
+            proto.graph.node.append(onnx.helper.make_node("GlobalAveragePool", [t.reference], [name]))
+        outputs[t.reference] = name
+        proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    session = runner.make_session(proto, optimization="all")
+    names = list(dict.fromkeys(outputs.values()))
+    sums: dict[str, np.ndarray] = {}
+    count = 0
+    for feeds in dataset.batches(reduction_run_size(dataset)):
+        for name, value in zip(names, runner.run(session, feeds, names)):
+            v = np.asarray(value, np.float64)
+            v = v.reshape(v.shape[0], v.shape[1], -1).mean(axis=2).sum(axis=0)  # spatial mean, summed over N
+            sums[name] = v if name not in sums else sums[name] + v
+        count += next(iter(feeds.values())).shape[0] if feeds else 1
+    return {ref: sums[name] / max(count, 1) for ref, name in outputs.items()}
+
+
+def _run_joint(joint: onnx.ModelProto, outputs: dict[str, str], means: dict[str, np.ndarray], dataset,
+               batch_size: int, progress) -> tuple[dict[str, np.ndarray], int]:
     """Sample-weighted mean of ``d`` over chunks of the data (one chunk: AIMET's estimate exactly)."""
     session = runner.make_session(joint, optimization="all", keep_qdq=True)
     names = list(outputs.values())
@@ -304,7 +343,7 @@ def _run_joint(joint: onnx.ModelProto, outputs: dict[str, str], dataset, batch_s
     for feeds in dataset.batches(_chunk_size(dataset, batch_size)):
         runs += 1
         n = next(iter(feeds.values())).shape[0] if feeds else 1
-        for name, value in zip(names, runner.run(session, feeds, names)):
+        for name, value in zip(names, runner.run(session, {**feeds, **means}, names)):
             v = np.asarray(value, np.float64).reshape(-1) * n
             totals[name] = v if totals[name] is None else totals[name] + v
         count += n

@@ -1,18 +1,19 @@
 """The one graph empirical bias correction runs (bias_correction.py explains why).
 
-Up to three copies of the model read the same graph inputs:
+Up to two copies of the model read the same graph inputs:
 
-* the *reference*: the FP32 model before any correction;
-* the *sim*: the quantsim model (weights and activations through QDQ);
+* the *sim*: the quantsim model (weights fake-quantized, activations through QDQ);
 * the *float path* (only with in-graph grids): the model with its weights
   fake-quantized and float activations, which is what quantsim calibrates on.
 
-For every target layer, ``ReduceMean`` over every axis but the channel gives the
-per-channel mean of its output in the reference and in the sim; their difference
-``d = E[y_fp] - E[y_q]`` is a graph output and, for a layer to correct, is added to
-the layer's output in the sim and in the float path before anything downstream
-reads it. Every layer is so measured with every earlier layer quantized and
-already corrected, in one onnxruntime run.
+The FP32 model's per-channel layer-output means come in as graph inputs (computed
+beforehand in a pass of their own: they do not depend on any correction). For every
+target layer, the sim's per-channel mean of its output (GlobalAveragePool, then the
+mean over the batch) is subtracted from the FP32 one; the difference ``d`` is a
+graph output and, for a layer to correct, is added to the layer's output in the sim
+and in the float path before anything downstream reads it. Every layer is so
+measured with every earlier layer quantized and already corrected, in one
+onnxruntime run.
 
 In-graph grids (min-max only): an activation quantizer of the sim may take its
 grid from the float path's range of the same tensor in the same run, after every
@@ -33,7 +34,7 @@ under the same names.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -46,12 +47,17 @@ from aimetcli.quantsim.insert import ActivationConstants
 
 @dataclass(frozen=True)
 class Target:
-    """A layer to measure: its output in the reference and in the sim (float side), its rank."""
+    """A layer to measure: its output's name in the model and in the sim (float side), its shape."""
 
     reference: str
     sim: str
     rank: int
+    channels: int
     correct: bool
+
+    @property
+    def mean_shape(self) -> list[int]:
+        return [1, self.channels] + [1] * (self.rank - 2)
 
 
 @dataclass(frozen=True)
@@ -144,69 +150,54 @@ class _Builder:
                 self.node("Mul", [steps_from_zero, scale32], out)
 
 
-def build(reference: onnx.ModelProto, sim: onnx.ModelProto, float_path: onnx.ModelProto | None,
-          targets: list[Target], grids: list[Grid]) -> tuple[onnx.ModelProto, dict[str, str]]:
-    """The joint model and {reference layer output: name of its ``d`` output}."""
-    paths = [p for p in (reference, sim, float_path) if p is not None]
+def build(sim: onnx.ModelProto, float_path: onnx.ModelProto | None, targets: list[Target],
+          grids: list[Grid]) -> tuple[onnx.ModelProto, dict[str, str], dict[str, str]]:
+    """The joint model, {layer output: name of its ``d`` output} and {layer output: name of the
+    graph input that takes its FP32 per-channel mean (shape ``Target.mean_shape``)}."""
+    paths = [p for p in (sim, float_path) if p is not None]
     taken = {v for p in paths for n in p.graph.node for v in (*n.input, *n.output)}
     taken |= {t.name for p in paths for t in p.graph.initializer} | {i.name for p in paths for i in p.graph.input}
-    inputs = {i.name for i in reference.graph.input}
-    # initializers already in the joint graph: original name -> (joint name, tensor)
-    known = {t.name: (t.name, t) for t in reference.graph.initializer}
-
-    def renamer(path: onnx.ModelProto, prefix: str, dropped: set[str]) -> tuple[Callable[[str], str], list]:
-        """Prefix the path's own names; share an initializer that an earlier path holds with the same
-        data (the sim and the float path share their fake-quantized weights; biases may differ)."""
-        while any(name.startswith(prefix) for name in taken):
-            prefix = "_" + prefix
-        mapped: dict[str, str] = {}
-        own = []
-        for t in path.graph.initializer:
-            if t.name in dropped:
-                continue
-            seen = known.get(t.name)
-            if seen is not None and seen[1] == t:
-                mapped[t.name] = seen[0]
-            else:
-                mapped[t.name] = prefix + t.name
-                own.append(_renamed(t, prefix + t.name))
-                known.setdefault(t.name, (prefix + t.name, t))
-
-        def rename(name: str) -> str:
-            if not name or name in inputs:
-                return name
-            return mapped.get(name, prefix + name)
-
-        return rename, own
-
-    joint = onnx.ModelProto()
-    joint.CopyFrom(reference)
-    del joint.graph.output[:]
-    del joint.graph.value_info[:]
-    top = max(opset(p) for p in paths)
-    for op in joint.opset_import:
-        if op.domain in ("", "ai.onnx"):
-            op.version = top
-    b = _Builder(joint, taken)
-
+    inputs = {i.name for i in sim.graph.input}
     dropped = {n for gr in grids for n in (gr.constants.scale, gr.constants.zero_point, gr.constants.clip_min,
                                          gr.constants.clip_max) if n is not None}
     dropped -= {gr.constants.zero_point for gr in grids if gr.symmetric}  # symmetric: zero point stays 0
+
+    joint = onnx.ModelProto()
+    joint.CopyFrom(sim)
+    graph = joint.graph
+    del graph.node[:]
+    del graph.output[:]
+    del graph.value_info[:]
+    kept = [t for t in graph.initializer if t.name not in dropped]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    b = _Builder(joint, taken)
+
     float_name = None
     if float_path is not None:
-        float_name, float_inits = renamer(float_path, "aimetcli_bc_f/", set())
-        b.graph.initializer.extend(float_inits)
-    sim_name, sim_inits = renamer(sim, "aimetcli_bc_q/", dropped)
-    b.graph.initializer.extend(sim_inits)
+        # share what the float path holds with the same data as the sim (the fake-quantized weights)
+        known = {t.name: t for t in kept}
+        prefix = "aimetcli_bc_f/"
+        while any(name.startswith(prefix) for name in taken):
+            prefix = "_" + prefix
+        shared = {t.name for t in float_path.graph.initializer if known.get(t.name) == t}
+        graph.initializer.extend(_renamed(t, prefix + t.name) for t in float_path.graph.initializer
+                                 if t.name not in shared)
+
+        def float_name(name: str, prefix=prefix, shared=shared) -> str:
+            return name if not name or name in inputs or name in shared else prefix + name
 
     outputs: dict[str, str] = {}
+    mean_inputs: dict[str, str] = {}
     after: dict[str, list[Callable[[], None]]] = {}  # sim/float value -> nodes to emit once it exists
     redirect_sim: dict[str, str] = {}
     redirect_float: dict[str, str] = {}
     for t in targets:
-        fp_mean = b.reduce_mean(t.reference, t.rank)
+        fp_mean = b.name("aimetcli_bc/fp32_mean")
+        graph.input.append(helper.make_tensor_value_info(fp_mean, TensorProto.FLOAT, t.mean_shape))
+        mean_inputs[t.reference] = fp_mean
         d = b.name("aimetcli_bc/d")
-        src = sim_name(t.sim)
+        src = t.sim
         fixed = b.name("aimetcli_bc/corrected") if t.correct else None
         outputs[t.reference] = d
 
@@ -228,32 +219,29 @@ def build(reference: onnx.ModelProto, sim: onnx.ModelProto, float_path: onnx.Mod
         if float_name is None:
             raise ValueError("in-graph grids need the float path")
         for gr in grids:
-            c = gr.constants
-            gr = replace(gr, constants=ActivationConstants(
-                sim_name(c.scale), sim_name(c.zero_point),
-                sim_name(c.clip_min) if c.clip_min else None, sim_name(c.clip_max) if c.clip_max else None))
             x = float_name(gr.tensor)
             if gr.tensor in inputs:
                 b.grid(x, gr)
             else:
                 after.setdefault(x, []).append(lambda x=x, gr=gr: b.grid(redirect_float.get(x, x), gr))
-    for path, rename, redirect in ((sim, sim_name, redirect_sim), (float_path, float_name, redirect_float)):
+    for path, rename, redirect in ((sim, None, redirect_sim), (float_path, float_name, redirect_float)):
         if path is None:
             continue
         for node in path.graph.node:
             copy = onnx.NodeProto()
             copy.CopyFrom(node)
-            copy.name = rename(node.name) if node.name else ""
-            _rename_node(copy, rename, redirect)
-            b.graph.node.append(copy)
+            if rename is not None:
+                copy.name = rename(node.name) if node.name else ""
+            _rename_node(copy, rename or (lambda name: name), redirect)
+            graph.node.append(copy)
             for out in copy.output:
                 for fn in after.pop(out, []):
                     fn()
     if after:  # a value no node produces: a bug, not a user error
         raise AimetCliError(f"bias correction lost track of {sorted(after)}; please report it", ErrorKind.RUNTIME)
     for d in outputs.values():
-        b.graph.output.append(helper.make_tensor_value_info(d, TensorProto.FLOAT, None))
-    return joint, outputs
+        graph.output.append(helper.make_tensor_value_info(d, TensorProto.FLOAT, None))
+    return joint, outputs, mean_inputs
 
 
 def _renamed(t: onnx.TensorProto, name: str) -> onnx.TensorProto:
