@@ -238,3 +238,13 @@ def test_progress_counts_batches_whatever_the_run_size(tmp_path, n, batch_size):
     steps = []
     api.quantsim(model, dataset, QuantOptions(), batch_size=batch_size, progress=steps.append)
     assert sum(steps) == dataset.num_batches(batch_size)
+
+
+def test_tf_enhanced_progress_counts_batches(tmp_path):
+    np.save(tmp_path / "x.npy", rand(50, 12))
+    model, _ = api.prepare(to_ir(mlp()))
+    dataset = open_data(str(tmp_path / "x.npy"), input_specs(model))
+    steps = []
+    api.quantsim(model, dataset, QuantOptions(scheme=QuantScheme.TF_ENHANCED), batch_size=64,
+                 progress=steps.append)
+    assert sum(steps) == dataset.num_batches(64) == 1
