@@ -58,13 +58,14 @@ def _channels_first(x: np.ndarray, axis: int | None) -> np.ndarray:
 
 def _batch_minmax(x2: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """Per-row finite min and max (NaN where a row has no finite value) and the non-finite count."""
-    finite = np.isfinite(x2)
-    bad = int(finite.size - np.count_nonzero(finite))
     if x2.shape[1] == 0:
         nan = np.full(x2.shape[0], np.nan)
-        return nan, nan.copy(), bad
-    if bad == 0:
-        return x2.min(axis=1).astype(np.float64), x2.max(axis=1).astype(np.float64), 0
+        return nan, nan.copy(), 0
+    lo, hi = x2.min(axis=1), x2.max(axis=1)
+    if np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)):  # NaN and +-Inf would show in min or max
+        return lo.astype(np.float64), hi.astype(np.float64), 0
+    finite = np.isfinite(x2)
+    bad = int(finite.size - np.count_nonzero(finite))
     lo = np.where(finite, x2, np.inf).min(axis=1).astype(np.float64)
     hi = np.where(finite, x2, -np.inf).max(axis=1).astype(np.float64)
     empty = ~finite.any(axis=1)
