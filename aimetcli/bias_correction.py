@@ -199,7 +199,7 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
         sim, sim_proto, float_path, grids = _simulation(model, cfg, options, dataset, batch_size, progress, in_graph)
         targets = [Target(la.output.name, _float_source(sim, la.output.name), _output_rank(la),
                           la.out_channels(la.weight_array()), id(la.node) not in analytical) for la in measured]
-        fp32_means = _fp32_means(reference, targets, dataset)
+        fp32_means = _fp32_means(reference, targets, dataset, batch_size, progress)
         joint, outputs, mean_inputs = correction_graph.build(sim_proto, float_path, targets, grids)
         means = {mean_inputs[t.reference]: fp32_means[t.reference].astype(np.float32).reshape(t.mean_shape)
                  for t in targets}
@@ -298,13 +298,14 @@ def _data_min(dataset, name: str) -> float:
     return min((float(np.min(b[name])) for b in dataset.batches(256) if b[name].size), default=0.0)
 
 
-def _fp32_means(reference: onnx.ModelProto, targets: list[Target], dataset) -> dict[str, np.ndarray]:
+def _fp32_means(reference: onnx.ModelProto, targets: list[Target], dataset, batch_size: int,
+                progress) -> dict[str, np.ndarray]:
     """Per-channel means (float64) of the target layers' outputs in the FP32 model, over all the data.
 
     Only per-sample spatial means (GlobalAveragePool, on onnxruntime's blocked layout) leave the
     session, which runs small chunks of samples (see quantsim.calibrate.reduction_run_size).
     """
-    from aimetcli.quantsim.calibrate import reduction_run_size
+    from aimetcli.quantsim.calibrate import ProgressSteps, reduction_run_size
 
     proto = onnx.ModelProto()
     proto.CopyFrom(reference)
@@ -324,12 +325,16 @@ def _fp32_means(reference: onnx.ModelProto, targets: list[Target], dataset) -> d
     names = list(dict.fromkeys(outputs.values()))
     sums: dict[str, np.ndarray] = {}
     count = 0
-    for feeds in dataset.batches(reduction_run_size(dataset)):
+    step = ProgressSteps(dataset, batch_size, progress)
+    for feeds in dataset.batches(min(batch_size, reduction_run_size(dataset))):
         for name, value in zip(names, runner.run(session, feeds, names)):
             v = np.asarray(value, np.float64)
             v = v.reshape(v.shape[0], v.shape[1], -1).mean(axis=2).sum(axis=0)  # spatial mean, summed over N
             sums[name] = v if name not in sums else sums[name] + v
-        count += next(iter(feeds.values())).shape[0] if feeds else 1
+        n = next(iter(feeds.values())).shape[0] if feeds else 1
+        count += n
+        step.samples(n)
+    step.finish()
     return {ref: sums[name] / max(count, 1) for ref, name in outputs.items()}
 
 
@@ -367,12 +372,13 @@ def _chunk_size(dataset, batch_size: int) -> int:
 
 
 def progress_steps(dataset, batch_size: int, options) -> int:
-    """Progress callbacks a data-driven ``correct_biases`` makes: calibration batches (unless the
-    grids are computed in the correction run) + correction runs."""
+    """Progress steps a data-driven ``correct_biases`` reports: the FP32 pass's batches, calibration
+    batches (unless the grids are computed in the correction run), and the correction runs."""
     if dataset is None:
         return 0
     runs = dataset.num_batches(_chunk_size(dataset, batch_size))
-    return runs + (0 if _grids_in_graph(dataset, options, batch_size) else dataset.num_batches(batch_size))
+    batches = dataset.num_batches(batch_size)
+    return batches + runs + (0 if _grids_in_graph(dataset, options, batch_size) else batches)
 
 
 def _float_source(model: ir.Model, name: str) -> str:
