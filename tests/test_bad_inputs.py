@@ -352,6 +352,10 @@ def test_bn_inside_if_subgraph(runner, tmp_path):
     np.testing.assert_array_equal(runs(out, x)[0], runs(path, x)[0])
     assert succeeded(invoke(runner, "equalize", path, "-o", tmp_path / "e.onnx", "--json", "-q"))["folded_bn"] == 0
     whole_or_absent(out, tmp_path / "e.onnx")
+    # bias correction's graph copies the subgraph, which reads the corrected conv output
+    doc = succeeded(invoke(runner, "bias-correct", path, "-o", tmp_path / "b.onnx", "--data", "random:8",
+                           "--method", "empirical", "--json", "-q"))
+    assert [c["layer"] for c in doc["corrected"]] == ["conv"] and doc["grids_in_run"]
 
 
 @pytest.mark.parametrize("opset", sorted(OPSET_IR))
