@@ -340,12 +340,16 @@ def quantizer_args(options, encodings):
 
     params = list(encodings.params.values())
     acts = list(encodings.activations.values())
+
+    def symmetric(e) -> bool:  # an offset-0 grid is also what AIMET's unsigned symmetric gives
+        return e.symmetric or not e.offset.any()
+
     return QuantizerArgs(
         activation_bitwidth=options.act_bw,
         param_bitwidth=options.param_bw,
         per_channel=any(e.per_channel for e in params),
-        activation_symmetric=all(e.symmetric for e in acts) if acts else bool(options.act_symmetric),
-        param_symmetric=all(e.symmetric for e in params) if params else options.param_symmetric is not False,
+        activation_symmetric=all(map(symmetric, acts)) if acts else bool(options.act_symmetric),
+        param_symmetric=all(map(symmetric, params)) if params else options.param_symmetric is not False,
         quant_scheme=aimet_quant_scheme_name(options.scheme),
     )
 

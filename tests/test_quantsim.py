@@ -224,6 +224,8 @@ def test_unsigned_symmetric(tmp_path, scheme, unsigned):
         assert enc.symmetric
     if unsigned and scheme is QuantScheme.MIN_MAX:
         assert np.isclose(float(encs.activations["x"].scale), x.max() / 255, rtol=1e-6)
+    args = api.quantizer_args(QuantOptions(scheme=scheme), encs)
+    assert args.activation_symmetric and args.param_symmetric  # what was asked, unsigned or not
     levels = len(np.unique(fake_quantize(x, encs.activations["x"])))
     assert levels > 128 if unsigned else levels <= 128  # the signed grid spends half its levels below 0
     run(sim, {"x": x})
