@@ -141,14 +141,32 @@ class _State:
     out_scale: np.ndarray  # product of the factors its output channels were multiplied by
     version: int = 0  # bumped whenever the weights change
     owned: bool = False  # w may be overwritten: only this pass holds it (big weights scale in place)
+    # per-channel max |w| (None: to compute). Scaling output channel o by s_o > 0 scales its
+    # max by s_o exactly and leaves the per-input maxima unknown; scaling inputs likewise.
+    _out_max: np.ndarray | None = None
+    _in_max: np.ndarray | None = None
+
+    def out_max(self) -> np.ndarray:
+        if self._out_max is None:
+            self._out_max = self.layer.per_out_channel_abs_max(self.w)
+        return self._out_max
+
+    def in_max(self) -> np.ndarray:
+        if self._in_max is None:
+            self._in_max = self.layer.per_in_channel_abs_max(self.w)
+        return self._in_max
 
     def scale_out(self, s: np.ndarray) -> None:
         self.w = self.layer.scale_out(self.w, s, inplace=self.owned)
         self.owned = True
+        self._out_max = None if self._out_max is None else self._out_max * s
+        self._in_max = None
 
     def scale_in(self, s: np.ndarray) -> None:
         self.w = self.layer.scale_in(self.w, s, inplace=self.owned)
         self.owned = True
+        self._in_max = None if self._in_max is None else self._in_max * s
+        self._out_max = None
 
 
 @dataclass
@@ -183,7 +201,7 @@ def _log_change(*factors: np.ndarray) -> float:
 
 def _scale_pair(a: _State, b: _State) -> float:
     """Equalize a pair; returns max |log s| (nothing is changed when it is below TOLERANCE)."""
-    s = cle.two_layer_scale(a.layer.per_out_channel_abs_max(a.w), b.layer.per_in_channel_abs_max(b.w))
+    s = cle.two_layer_scale(a.out_max(), b.in_max())
     change = _log_change(s)
     if change < TOLERANCE:
         return change
@@ -197,9 +215,7 @@ def _scale_pair(a: _State, b: _State) -> float:
 
 
 def _scale_triple(a: _State, d: _State, c: _State) -> float:
-    r1 = a.layer.per_out_channel_abs_max(a.w)
-    r2 = d.layer.per_out_channel_abs_max(d.w)
-    r3 = c.layer.per_in_channel_abs_max(c.w)
+    r1, r2, r3 = a.out_max(), d.out_max(), c.in_max()
     s12, s23 = cle.three_layer_scale(r1, r2, r3)
     change = _log_change(s12, s23)
     if change < TOLERANCE:
