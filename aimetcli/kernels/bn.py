@@ -36,11 +36,12 @@ LARGE = 1 << 22
 
 
 def working_array(w: np.ndarray) -> np.ndarray:
-    """The weight in the dtype its arithmetic runs in (no copy for large float32 weights)."""
+    """The weight in the dtype its arithmetic runs in: float64, or float32 for large float32
+    weights. No copy when it already is (callers that own the result scale it in place)."""
     w = np.asarray(w)
     if w.dtype == np.float32 and w.size >= LARGE:
         return w
-    return w.astype(np.float64)
+    return w.astype(np.float64, copy=False)
 
 
 _DIRECT_OUT = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
