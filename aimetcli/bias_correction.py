@@ -366,9 +366,7 @@ def _chunk_size(dataset, batch_size: int) -> int:
     The per-channel means are exact over each run; with more data than one run takes, the
     corrections of the runs are averaged (weighted by their samples).
     """
-    first = next(iter(dataset.batches(1)), {})
-    per_sample = max(1, sum(a.nbytes for a in first.values()))
-    return max(batch_size, CHUNK_BYTES // per_sample)
+    return max(batch_size, CHUNK_BYTES // dataset.sample_nbytes)
 
 
 def progress_steps(dataset, batch_size: int, options) -> int:

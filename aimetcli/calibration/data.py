@@ -29,6 +29,8 @@ or the sample cap.
 
 from __future__ import annotations
 
+import functools
+
 import math
 import os
 import re
@@ -290,6 +292,13 @@ class Dataset:
         self.labels = labels
         self.fixed_batch = fixed_batch
         self.notes = notes
+
+    @functools.cached_property
+    def sample_nbytes(self) -> int:
+        """Bytes of model input one sample takes (all inputs; at least 1)."""
+        first = next(iter(self.batches(1)), {})
+        rows = next(iter(first.values())).shape[0] if first else 1
+        return max(1, sum(a.nbytes for a in first.values()) // max(rows, 1))
 
     def _step(self, batch_size: int) -> tuple[int, int]:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:

@@ -185,9 +185,7 @@ def reduction_run_size(dataset) -> int:
     histograms grow their range run by run (as AIMET's do batch by batch), so results
     can differ in the last bits from runs of another size.
     """
-    first = next(iter(dataset.batches(1)), {})
-    per_sample = sum(a.nbytes for a in first.values())
-    return 4 if per_sample >= 64 << 10 else 16
+    return 4 if dataset.sample_nbytes >= 64 << 10 else 16
 
 
 def non_negative_outputs(model: ir.Model) -> set[str]:
