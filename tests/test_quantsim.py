@@ -203,6 +203,8 @@ def test_unsigned_symmetric(tmp_path, scheme, unsigned):
     proto = mlp()
     w1 = np.abs(onnx.numpy_helper.to_array(proto.graph.initializer[0]))  # an all-positive weight
     proto.graph.initializer[0].CopyFrom(init("W1", w1))
+    # outputs of both signs whatever the shared random state gave W2: y is never unsigned
+    proto.graph.initializer[3].CopyFrom(init("B2", np.array([-50, 50, -50, 50, -50], np.float32)))
     x = np.abs(rand(64, 12))  # non-negative model input
     np.save(tmp_path / "x.npy", x)
     cfg = tmp_path / "cfg.json"
