@@ -285,6 +285,17 @@ def run_model(name: str, path: Path, calib_path: Path, eval_path: Path, bitwidth
             sim, _, summary = api.quantsim(api.clone(model), calib, opts)
             return sim, summary
 
+        def exported(row: str, sim_key: str, tag: str) -> None:
+            """The kept sim model exported as model_qdq.onnx, run with ORT's integer kernels."""
+            if bw not in export_bws or sim_key not in sims:
+                return
+
+            def cell():
+                top1, secs = eval_export(sims[sim_key], ev, scratch, f"{name}_{tag}_w{bw}")
+                return Cell(top1, secs, "")
+
+            guarded(row, bw, cell)
+
         def corrected(opts, method="hybrid", keep=None):
             """Equalized model, bias-corrected and quantsim'd with ``opts`` (what api.ptq does)."""
             if equalized is None:
@@ -348,12 +359,7 @@ def run_model(name: str, path: Path, calib_path: Path, eval_path: Path, bitwidth
             guarded("equalize", bw, eq_row)
 
             guarded("bc", bw, lambda: corrected(pt, keep="bc"))
-            if bw in export_bws and "bc" in sims:
-                def export_row():
-                    top1, secs = eval_export(sims["bc"], ev, scratch, f"{name}_pt_w{bw}")
-                    return Cell(top1, secs, "")
-
-                guarded("ptq_export", bw, export_row)
+            exported("ptq_export", "bc", "pt")
 
         # the same calls as the bc row, with tf-enhanced ranges
         guarded("ptq_tfe", bw, lambda: corrected(QuantOptions(param_bw=bw, act_bw=8,
@@ -369,12 +375,7 @@ def run_model(name: str, path: Path, calib_path: Path, eval_path: Path, bitwidth
         guarded("pc", bw, pc_row)
 
         guarded("ptq_pc", bw, lambda: corrected(pc, keep="ptq_pc"))
-        if bw in export_bws and "ptq_pc" in sims:
-            def pc_export():
-                top1, secs = eval_export(sims["ptq_pc"], ev, scratch, f"{name}_pc_w{bw}")
-                return Cell(top1, secs, "")
-
-            guarded("ptq_pc_export", bw, pc_export)
+        exported("ptq_pc_export", "ptq_pc", "pc")
 
         # onnxruntime's quantize_static
         for row, per_channel in (("ort", False), ("ort_pc", True)):

@@ -73,23 +73,19 @@ class QuantsimConfig:
     source: str = "default"
 
     # Resolution, most specific first
+    def _op(self, op_type: str, attr: str, default: bool) -> bool:
+        """The op type's own setting ``attr`` when its rule has one, else ``default``."""
+        value = getattr(self.op_types.get(op_type), attr, None)
+        return default if value is None else value
+
     def op_output_quantized(self, op_type: str) -> bool:
-        rule = self.op_types.get(op_type)
-        if rule and rule.is_output_quantized is not None:
-            return rule.is_output_quantized
-        return self.output_quantized
+        return self._op(op_type, "is_output_quantized", self.output_quantized)
 
     def op_input_quantized(self, op_type: str) -> bool:
-        rule = self.op_types.get(op_type)
-        if rule and rule.is_input_quantized is not None:
-            return rule.is_input_quantized
-        return self.input_quantized
+        return self._op(op_type, "is_input_quantized", self.input_quantized)
 
     def op_act_symmetric(self, op_type: str) -> bool:
-        rule = self.op_types.get(op_type)
-        if rule and rule.is_symmetric is not None:
-            return rule.is_symmetric
-        return self.act_symmetric
+        return self._op(op_type, "is_symmetric", self.act_symmetric)
 
     def param_rule(self, op_type: str, kind: str) -> ParamRule:
         """is_quantized / is_symmetric for a parameter kind ("weight", "bias") of an op."""
@@ -106,10 +102,7 @@ class QuantsimConfig:
         return out
 
     def op_per_channel(self, op_type: str) -> bool:
-        rule = self.op_types.get(op_type)
-        if rule and rule.per_channel is not None:
-            return rule.per_channel
-        return self.per_channel
+        return self._op(op_type, "per_channel", self.per_channel)
 
 
 def _bool(value, where: str) -> bool:
