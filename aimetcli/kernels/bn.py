@@ -76,6 +76,13 @@ def _multiply(w: np.ndarray, factor: np.ndarray, inplace: bool, out_dtype=None) 
     return w * factor
 
 
+def _scale_channels(weight: np.ndarray, scale: np.ndarray, layout, inplace: bool, out_dtype) -> np.ndarray:
+    """weight * scale along the channels ``layout(w, scale) -> (view of w, broadcastable factor)`` picks."""
+    w, work = _working(weight, out_dtype)
+    view, factor = layout(w, np.asarray(scale, np.float64).reshape(-1).astype(work, copy=False))
+    return _multiply(view, factor, inplace and w is weight, out_dtype).reshape(w.shape)
+
+
 def _expand(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
     shape = [1] * ndim
     shape[axis] = -1
@@ -91,18 +98,16 @@ def scale_output_channels(weight: np.ndarray, scale: np.ndarray, *, kind: str, g
     ``inplace``: the caller owns ``weight`` and it may be overwritten (large float32 only).
     ``out_dtype``: the result's dtype (the same arithmetic, rounded once into it).
     """
-    w, work = _working(weight, out_dtype)
-    scale = np.asarray(scale, np.float64).reshape(-1).astype(work, copy=False)
-    if kind == "convtranspose":
-        cin, cout_g = w.shape[0], w.shape[1]
-        view = w.reshape(groups, cin // groups, cout_g, *w.shape[2:])
-        factor = scale.reshape(groups, 1, cout_g, *([1] * (w.ndim - 2)))
-    elif kind in ("conv", "gemm", "matmul"):
-        axis = {"conv": 0, "gemm": 0 if trans_b else 1, "matmul": 1}[kind]
-        view, factor = w, _expand(scale, w.ndim, axis)
-    else:
+    def layout(w: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if kind == "convtranspose":
+            cin, cout_g = w.shape[0], w.shape[1]
+            return (w.reshape(groups, cin // groups, cout_g, *w.shape[2:]),
+                    scale.reshape(groups, 1, cout_g, *([1] * (w.ndim - 2))))
+        if kind in ("conv", "gemm", "matmul"):
+            return w, _expand(scale, w.ndim, {"conv": 0, "gemm": 0 if trans_b else 1, "matmul": 1}[kind])
         raise ValueError(f"unknown layer kind {kind!r}")
-    return _multiply(view, factor, inplace and w is weight, out_dtype).reshape(w.shape)
+
+    return _scale_channels(weight, scale, layout, inplace, out_dtype)
 
 
 def scale_input_channels(weight: np.ndarray, scale: np.ndarray, *, kind: str, groups: int = 1,
@@ -113,18 +118,16 @@ def scale_input_channels(weight: np.ndarray, scale: np.ndarray, *, kind: str, gr
     (Cin), and Conv's W[:, c_local] of group g belongs to input channel g*Cin/g + c_local.
     ``out_dtype``: the result's dtype (the same arithmetic, rounded once into it).
     """
-    w, work = _working(weight, out_dtype)
-    scale = np.asarray(scale, np.float64).reshape(-1).astype(work, copy=False)
-    if kind == "conv":
-        cout, cin_g = w.shape[0], w.shape[1]
-        view = w.reshape(groups, cout // groups, cin_g, *w.shape[2:])
-        factor = scale.reshape(groups, 1, cin_g, *([1] * (w.ndim - 2)))
-    elif kind in ("convtranspose", "gemm", "matmul"):
-        axis = {"convtranspose": 0, "gemm": 1 if trans_b else 0, "matmul": 0}[kind]
-        view, factor = w, _expand(scale, w.ndim, axis)
-    else:
+    def layout(w: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if kind == "conv":
+            cout, cin_g = w.shape[0], w.shape[1]
+            return (w.reshape(groups, cout // groups, cin_g, *w.shape[2:]),
+                    scale.reshape(groups, 1, cin_g, *([1] * (w.ndim - 2))))
+        if kind in ("convtranspose", "gemm", "matmul"):
+            return w, _expand(scale, w.ndim, {"convtranspose": 0, "gemm": 1 if trans_b else 0, "matmul": 0}[kind])
         raise ValueError(f"unknown layer kind {kind!r}")
-    return _multiply(view, factor, inplace and w is weight, out_dtype).reshape(w.shape)
+
+    return _scale_channels(weight, scale, layout, inplace, out_dtype)
 
 
 def input_channel_sums(weight: np.ndarray, vec: np.ndarray, *, kind: str, groups: int = 1,
