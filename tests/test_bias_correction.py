@@ -16,7 +16,7 @@ from aimetcli.calibration.data import input_specs, open_data
 from aimetcli.cli import main
 from aimetcli.kernels.bias import clipped_normal_mean
 from aimetcli.kernels.quant import fake_quantize
-from aimetcli.layers import as_layer
+from aimetcli.layers import as_layer, bias_array
 from aimetcli.quantsim.placement import QuantOptions
 from helpers import bn_inits, bn_node, init, make_model, rand, to_ir
 
@@ -304,3 +304,41 @@ def test_fixed_batch_model_corrects_over_several_runs(tmp_path):
     before = np.mean(list(output_shift(model, plain, dataset, batch_size=64).values()))
     after = np.mean(list(output_shift(model, fixed, dataset, batch_size=64).values()))
     assert after * 5 <= before, (before, after)
+
+
+def test_runs_over_different_data_each_compare_with_their_own_fp32_means(tmp_path, monkeypatch):
+    """With more data than one run takes, each run is a correction of its own samples (its sim
+    against the FP32 model on the same samples) and the runs' corrections are averaged. So two runs
+    over data A then B give the mean of the corrections of A alone and of B alone. (Against FP32
+    means over all the data, each run's sim would instead be pushed by its own deviation from
+    them, here a large one, and the layers downstream corrected for that.) Weights at 4 bits set
+    the shifts; 16-bit activations keep the activation grids, which A, B and A+B calibrate
+    differently, out of the comparison."""
+    from aimetcli import bias_correction
+
+    rng = np.random.default_rng(11)
+    proto = small_net(rng)
+    x = rng.standard_normal((64, 3, 8, 8)).astype(np.float32)
+    x[:32] += 1.5
+    x[32:] -= 1.5
+    for name, part in (("a", x[:32]), ("b", x[32:]), ("ab", x)):
+        np.save(tmp_path / f"{name}.npy", part)
+    model, _ = api.prepare(to_ir(proto))
+    options = QuantOptions(param_bw=4, act_bw=16)
+    monkeypatch.setattr(bias_correction, "CHUNK_BYTES", 32 * 3 * 8 * 8 * 4)  # 32 samples a run
+
+    def biases(m) -> dict[str, np.ndarray]:
+        return {la.name: bias_array(la, la.weight_array()) for n in m.graph if (la := as_layer(n)) is not None}
+
+    original = biases(model)
+
+    def deltas(data: str, runs: int) -> np.ndarray:
+        m = api.clone(model)
+        dataset = open_data(str(tmp_path / f"{data}.npy"), input_specs(m))
+        summary = api.bias_correct(m, dataset, options, method="empirical", batch_size=8)
+        assert summary.runs == runs
+        return np.concatenate([b - original[name] for name, b in biases(m).items()])
+
+    a, b, ab = deltas("a", 1), deltas("b", 1), deltas("ab", 2)
+    assert np.abs(a - b).max() > 0.1  # the halves need different corrections
+    np.testing.assert_allclose(ab, (a + b) / 2, rtol=0, atol=1e-3 * np.abs(a + b).max())

@@ -8,8 +8,9 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import helper
+from onnx import helper, numpy_helper
 
+from aimetcli import api
 from aimetcli import encodings as enc_io
 from aimetcli.cli import main
 from helpers import init, make_model, op_count, rand, run
@@ -133,3 +134,40 @@ def test_ptq_one_command(tmp_path):
     doc = json.loads(r.stdout)
     assert [s["name"] for s in doc["stages"]] == ["fp32", "fold-bn", "export: model_qdq"]
     assert doc["stages"][1]["sqnr_db"] > 20
+
+
+def _scaled(k: float):
+    """y = k * x: a stand-in for FP32 (k = 1) and for quantized models with more or less error."""
+    from helpers import make_model, to_ir
+
+    return to_ir(make_model([helper.make_node("Mul", ["x", "k"], ["y"])], [("x", ["N", 4])], [("y", None)],
+                            [numpy_helper.from_array(np.array(k, np.float32), "k")]))
+
+
+def test_bias_correction_verdict_keeps_only_what_brings_the_output_closer(tmp_path):
+    from aimetcli.calibration.data import input_specs, open_data
+
+    np.save(tmp_path / "x.npy", rand(32, 4))
+    fp32 = _scaled(1.0)
+    data = open_data(str(tmp_path / "x.npy"), input_specs(fp32))
+    closer = api.bias_correction_verdict(fp32, _scaled(1.1), _scaled(1.01), data)
+    assert closer.kept and closer.sqnr_after_db > closer.sqnr_before_db
+    farther = api.bias_correction_verdict(fp32, _scaled(1.01), _scaled(1.1), data)
+    assert not farther.kept and "SQNR" in farther.describe()
+
+
+def test_ptq_exports_the_model_without_a_correction_that_lowered_the_sqnr(tmp_path, monkeypatch):
+    src = tmp_path / "m.onnx"
+    onnx.save(model_proto(), src)
+    np.savez(tmp_path / "data.npz", input=rand(32, 3, 6, 6))
+    monkeypatch.setattr(api, "bias_correction_verdict",
+                        lambda *a, **k: api.BiasCorrectionVerdict(False, 30.0, 20.0))
+    r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(tmp_path / "out"), "--data", str(tmp_path / "data.npz"),
+                                  "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    stages = {s["name"]: s for s in doc["stages"]}
+    assert "not kept: calibration SQNR 30.0 -> 20.0 dB" in stages["+ bias-correct"]["note"]
+    # the exported sim is the equalized one: its score equals the equalize stage's
+    assert stages["+ bias-correct"]["sqnr_db"] == stages["+ equalize"]["sqnr_db"]
+    assert any("bias correction lowered" in w for w in doc["warnings"])
