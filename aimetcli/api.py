@@ -131,7 +131,7 @@ def weight_ranges(model: ir.Model) -> list[LayerRanges]:
             continue
         w = layer.weight_array()
         r = layer.per_out_channel_abs_max(w)
-        rows.append(LayerRanges(layer.name, node.op_type, layer.weight.name, int(r.size), [float(x) for x in r],
+        rows.append(LayerRanges(layer.name, node.op_type, layer.weight.name, int(r.size), r.tolist(),
                                 cle.range_spread(r)))
     return rows
 

@@ -175,3 +175,25 @@ def test_observe_encoding_per_channel_weights():
             one.update(w[c])
             single = observe_encoding(one, scheme, 8, True)
             assert enc.scale[c] == single.scale and enc.offset[c] == single.offset
+
+
+@pytest.mark.parametrize("axis", [None, 1])
+def test_histogram_bins_equal_the_formula_with_ties_and_maxima(axis):
+    """Counts equal floor((x - lo) * B / (hi - lo)) clipped to B-1, computed directly in float32:
+    Relu-like data (a run of zeros), every channel's maximum repeated (the last bin), several
+    channels and more values than one chunk (the binning's lanes and chunks must add up exactly)."""
+    b = 512
+    x = np.maximum(RNG.normal(size=(40, 3, 1200)), 0.0).astype(np.float32) * np.array([1, 7, 0.01],
+                                                                                     np.float32)[None, :, None]
+    x[:, :, :200] = 0.0
+    x[5, :, 7] = x.max(axis=(0, 2))
+    obs = HistogramObserver(axis=axis)
+    obs.update(x)
+    counts, _ = obs.histogram()
+    rows = [x.reshape(-1)] if axis is None else [x[:, c].reshape(-1) for c in range(3)]
+    expected = []
+    for r in rows:
+        lo, hi = float(r.min()), float(r.max())
+        t = (r - np.float32(lo)) * np.float32(b / (hi - lo))
+        expected.append(np.bincount(np.minimum(t.astype(np.int64), b - 1), minlength=b))
+    assert np.array_equal(counts.reshape(len(rows), b), np.array(expected))

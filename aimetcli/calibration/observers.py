@@ -38,6 +38,7 @@ __all__ = [
 DEFAULT_NUM_BINS = 512
 # Values binned at once: bounds the temporaries for large activations and keeps them in cache.
 _CHUNK = 1 << 16
+_LANES = 4
 
 
 class EmptyObserverError(ValueError):
@@ -189,6 +190,12 @@ class HistogramObserver:
         """Bin the batch into the current ranges: bin = floor((x - lo) * B / (hi - lo)), clipped to [0, B-1].
 
         float32 data is binned in float32 (an error far below a bin width), float64 in float64.
+        Every finite value lies in its channel's range (update() grew it first), so x - lo >= 0
+        (rounding is monotone) and only the range's maximum can land on B: each channel counts
+        B + 1 bins and the last is folded into bin B-1, instead of clipping every value.
+        Neighbouring values are counted in _LANES separate histograms (summed at the end):
+        activations repeat values (zeros after Relu), and increments of one counter back to
+        back wait on each other.
         """
         c, n = x2.shape
         b = self.num_bins
@@ -198,22 +205,30 @@ class HistogramObserver:
         work = np.float32 if narrow else np.float64
         lo = np.where(known, self._lo, 0.0).astype(work)[:, None]
         inv_w = inv_w64.astype(work)[:, None]
-        offsets = (np.arange(c, dtype=np.intp) * b)[:, None]
-        total = np.zeros(c * b, dtype=np.int64)
+        row = b + 1
         step = max(1, _CHUNK // c)
+        width = min(step, n)
+        # index = lane * (C * row) + channel * row + bin
+        offsets = (np.arange(c, dtype=np.intp) * row)[:, None] + (np.arange(width, dtype=np.intp) % _LANES) * (c * row)
+        total = np.zeros(_LANES * c * row, dtype=np.int64)
+        t_buf = np.empty((c, width), work)
+        i_buf = np.empty((c, width), np.intp)
         for start in range(0, n, step):
             block = x2[:, start:start + step]
-            t = np.subtract(block, lo, dtype=work)
+            k = block.shape[1]
+            t, idx = t_buf[:, :k], i_buf[:, :k]
+            np.subtract(block, lo, out=t, dtype=work)
             t *= inv_w
-            np.clip(t, 0, b - 1, out=t)
+            if any_nonfinite:  # NaN/Inf (and channels without a range) must not index anything
+                np.clip(t, 0, b, out=t)
             with np.errstate(invalid="ignore"):
-                idx = t.astype(np.intp)  # truncation is floor here: t >= 0
-            if c > 1:
-                idx += offsets
-            if any_nonfinite:
-                idx = idx[np.isfinite(block)]
-            total += np.bincount(idx.ravel(), minlength=c * b)
-        self._counts += total.reshape(c, b)
+                np.copyto(idx, t, casting="unsafe")  # truncation is floor here: t >= 0
+            idx += offsets[:, :k]
+            flat = idx[np.isfinite(block)] if any_nonfinite else idx.reshape(-1)
+            total += np.bincount(flat, minlength=total.size)
+        total = total.reshape(_LANES, c, row).sum(axis=0)
+        total[:, b - 1] += total[:, b]
+        self._counts += total[:, :b]
 
     # -- reading -------------------------------------------------------------------
     @property
