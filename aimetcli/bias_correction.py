@@ -354,7 +354,7 @@ def _run_joint(joint: onnx.ModelProto, outputs: dict[str, str], means: list[dict
     """Sample-weighted mean of ``d`` over the chunks of the data (one chunk: AIMET's estimate exactly).
 
     ``means``: per chunk, the FP32 means of that chunk's samples (graph input name -> array)."""
-    session = runner.make_session(joint, optimization="all", keep_qdq=True)
+    session = runner.make_session(joint, optimization="all", keep_qdq=True, mem_pattern=False)
     names = list(outputs.values())
     totals = {name: None for name in names}
     count = runs = 0

@@ -30,10 +30,18 @@ _LEVELS = {
 
 
 def make_session(model: onnx.ModelProto | bytes | str, *, optimization: str = "basic",
-                 threads: int | None = None, keep_qdq: bool = False) -> ort.InferenceSession:
-    """``keep_qdq``: no QDQ rewrites even at "all" (QDQ pairs stay float: the simulation), other fusions on."""
+                 threads: int | None = None, keep_qdq: bool = False,
+                 mem_pattern: bool = True) -> ort.InferenceSession:
+    """``keep_qdq``: no QDQ rewrites even at "all" (QDQ pairs stay float: the simulation), other fusions on.
+
+    ``mem_pattern=False`` for sessions that run a few big batches: onnxruntime's memory pattern
+    is recorded in the first run and allocated as one new block in the second, so the second run
+    pays again for first-touching all its memory (measured: bias correction of the full-size
+    MobileNetV2 over 3 runs of 86 samples, 12-13 s -> 8.4 s, page faults 900k -> 580k).
+    """
     so = ort.SessionOptions()
     so.graph_optimization_level = _LEVELS[optimization]
+    so.enable_mem_pattern = mem_pattern
     if keep_qdq:
         so.add_session_config_entry("session.disable_quant_qdq", "1")
     so.log_severity_level = 3
