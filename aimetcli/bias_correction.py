@@ -198,8 +198,9 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
         # the quantization quantsim applies (after the analytical corrections), run beside the reference
         in_graph = _grids_in_graph(dataset, options, batch_size)
         sim, sim_proto, float_path, grids = _simulation(model, cfg, options, dataset, batch_size, progress, in_graph)
-        targets = [Target(la.output.name, _float_source(sim, la.output.name), _output_rank(la),
-                          la.out_channels(la.weight_array()), id(la.node) not in analytical) for la in measured]
+        sources = _float_sources(sim, [la.output.name for la in measured])
+        targets = [Target(la.output.name, src, _output_rank(la), la.out_channels(la.weight_array()),
+                          id(la.node) not in analytical) for la, src in zip(measured, sources)]
         chunk = _chunk_size(dataset, batch_size)
         fp32_means = _fp32_means(reference, targets, dataset, batch_size, chunk, progress)
         joint, outputs, mean_inputs = correction_graph.build(sim_proto, float_path, targets, grids)
@@ -392,14 +393,18 @@ def progress_steps(dataset, batch_size: int, options) -> int:
     return batches + runs + (0 if _grids_in_graph(dataset, options, batch_size) else batches)
 
 
-def _float_source(model: ir.Model, name: str) -> str:
-    """The float tensor behind ``name`` in a QDQ model (graph outputs keep their name on the DQ side)."""
+def _float_sources(model: ir.Model, names: list[str]) -> list[str]:
+    """The float tensor behind each of ``names`` in a QDQ model (graph outputs keep their name on
+    the DQ side)."""
     values = {v.name: v for n in model.graph for v in n.outputs}
-    v = values.get(name)
-    while v is not None and v.producer() is not None and g.is_op(v.producer(), "Clip", "DequantizeLinear",
-                                                                    "QuantizeLinear"):
-        v = v.producer().inputs[0]
-    return v.name if v is not None else name
+    out = []
+    for name in names:
+        v = values.get(name)
+        while v is not None and v.producer() is not None and g.is_op(v.producer(), "Clip", "DequantizeLinear",
+                                                                        "QuantizeLinear"):
+            v = v.producer().inputs[0]
+        out.append(v.name if v is not None else name)
+    return out
 
 
 def output_shift(reference: ir.Model, sim: ir.Model, dataset, *, batch_size: int = 32) -> dict[str, float]:
@@ -410,7 +415,7 @@ def output_shift(reference: ir.Model, sim: ir.Model, dataset, *, batch_size: int
     """
     names = [la.output.name for n in reference.graph if (la := as_layer(n)) is not None]
     ref = _mean_pass(ir.serde.serialize_model(reference), names, dataset, batch_size)
-    sim_names = [_float_source(sim, n) for n in names]
+    sim_names = _float_sources(sim, names)
     # no graph optimizations: onnxruntime's rewrites of QDQ graphs are not the simulation
     q = _mean_pass(ir.serde.serialize_model(sim), sim_names, dataset, batch_size, optimization="none")
     return {n: float(np.mean(np.abs(ref[n] - q[s]))) for n, s in zip(names, sim_names)}
