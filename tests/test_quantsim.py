@@ -252,3 +252,24 @@ def test_tf_enhanced_progress_counts_batches(tmp_path):
     api.quantsim(model, dataset, QuantOptions(scheme=QuantScheme.TF_ENHANCED), batch_size=64,
                  progress=steps.append)
     assert sum(steps) == dataset.num_batches(64) == 1
+
+
+@pytest.mark.parametrize("scheme", ["min-max", "tf-enhanced", "percentile"])
+def test_nan_made_inside_the_model_is_counted_and_skipped(tmp_path, scheme):
+    """A NaN produced inside the model (Sqrt of a negative input, not at the tensor's first
+    element) is skipped and reported by every scheme; onnxruntime's ReduceMin/ReduceMax alone
+    would skip it silently."""
+    from aimetcli.kernels.quant import QuantScheme
+
+    proto = make_model([helper.make_node("Sqrt", ["x"], ["s"]), helper.make_node("Conv", ["s", "W"], ["y"])],
+                       [("x", ["N", 2, 4, 4])], [("y", None)], [init("W", np.full((3, 2, 1, 1), 0.5, np.float32))])
+    x = np.abs(rand(8, 2, 4, 4)) + 0.1
+    x[3, 1, 2, 2] = -1.0
+    np.save(tmp_path / "x.npy", x)
+    model, _ = api.prepare(to_ir(proto))
+    dataset = open_data(str(tmp_path / "x.npy"), input_specs(model))
+    _, enc, summary = api.quantsim(model, dataset, QuantOptions(scheme=QuantScheme(scheme)))
+    assert enc.nonfinite == {"s": 1, "y": 3}
+    assert any("1 NaN/Inf values in tensor 's'" in w for w in summary.warnings)
+    finite = np.sqrt(x[x >= 0])
+    assert float(enc.activations["s"].max) <= finite.max() + float(enc.activations["s"].scale)

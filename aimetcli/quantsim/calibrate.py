@@ -100,34 +100,37 @@ def _reduced_minmax(model: ir.Model, params: dict[str, Encoding], tensors: list[
     is copied out, and onnxruntime still fuses what it likes. The max of a 4-D tensor
     is taken by GlobalMaxPool first, which onnxruntime runs on its blocked (NCHWc)
     conv layout without copying the tensor back to NCHW (a third of the time of a
-    plain ReduceMax here). Tensors that show a NaN or Inf are returned apart, for the
-    observers (which skip such values).
+    plain ReduceMax here). onnxruntime's ReduceMin and ReduceMax skip a NaN anywhere but at
+    a tensor's first element, so each tensor also feeds a sum (of its per-channel means for a
+    4-D tensor, again on the blocked layout), which any NaN or Inf turns non-finite. Tensors
+    that show one are returned apart, for the observers (which skip and count such values,
+    so quantsim warns as with the other schemes).
     """
     if not tensors:
         return {}, []
     proto = calibration_weights_proto(model, params)
     taken = {o for n in proto.graph.node for o in n.output} | {i.name for i in proto.graph.input}
     outputs: list[str] = []
-    pairs: list[tuple[str, str | None, str]] = []
+    pairs: list[tuple[str, str | None, str, str]] = []
     # Relu and Clip(0, ...) outputs are never negative and every range includes 0: no ReduceMin
     nonneg = non_negative_outputs(model)
     ranks = {v.name: len(v.shape) for n in model.graph for v in n.outputs if v.shape is not None}
     for i, name in enumerate(tensors):
-        lo, hi = f"aimetcli_calib_min_{i}", f"aimetcli_calib_max_{i}"
-        while lo in taken or hi in taken:
-            lo, hi = lo + "_", hi + "_"
+        lo, hi, check = f"aimetcli_calib_min_{i}", f"aimetcli_calib_max_{i}", f"aimetcli_calib_check_{i}"
+        while lo in taken or hi in taken or check in taken or check + "_mean" in taken or hi + "_pooled" in taken:
+            lo, hi, check = lo + "_", hi + "_", check + "_"
         if name not in nonneg:
             proto.graph.node.append(onnx.helper.make_node("ReduceMin", [name], [lo], keepdims=0))
             outputs.append(lo)
-        source = name
+        source = summed = name
         if ranks.get(name) == 4:
-            source = hi + "_pooled"
-            while source in taken:
-                source += "_"
+            source, summed = hi + "_pooled", check + "_mean"
             proto.graph.node.append(onnx.helper.make_node("GlobalMaxPool", [name], [source]))
+            proto.graph.node.append(onnx.helper.make_node("GlobalAveragePool", [name], [summed]))
         proto.graph.node.append(onnx.helper.make_node("ReduceMax", [source], [hi], keepdims=0))
-        outputs.append(hi)
-        pairs.append((name, lo if name not in nonneg else None, hi))
+        proto.graph.node.append(onnx.helper.make_node("ReduceSum", [summed], [check], keepdims=0))
+        outputs += [hi, check]
+        pairs.append((name, lo if name not in nonneg else None, hi, check))
     del proto.graph.output[:]
     for name in outputs:
         proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, []))
@@ -138,10 +141,10 @@ def _reduced_minmax(model: ir.Model, params: dict[str, Encoding], tensors: list[
     for feeds in dataset.batches(min(batch_size, reduction_run_size(dataset))):
         values = dict(zip(outputs, runner.run(session, feeds, outputs)))
         step.samples(next(iter(feeds.values())).shape[0] if feeds else 1)
-        for name, lo_name, hi_name in pairs:
+        for name, lo_name, hi_name, check_name in pairs:
             lo = float(values[lo_name]) if lo_name is not None else 0.0
             hi = float(values[hi_name])
-            if not (np.isfinite(lo) and np.isfinite(hi)):
+            if not (np.isfinite(lo) and np.isfinite(hi) and np.isfinite(values[check_name])):
                 bad.add(name)
                 continue
             r = ranges[name]
