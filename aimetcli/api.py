@@ -228,7 +228,11 @@ def upgrade_opset(model: ir.Model, target: int) -> ir.Model:
     current = g.opset_version(model)
     if current >= target:
         return model
-    proto = ir.serde.serialize_model(model)
+    # the converter copies every tensor it is given (8 s for VGG19's 548 MB): give it the big
+    # weights' dims and types only, and hand the converted graph the same tensors back
+    with model_io.big_tensors_set_aside(model) as taken:
+        proto = ir.serde.serialize_model(model)
+    big = taken.tensors
     try:
         converted = onnx.version_converter.convert_version(proto, target)
     except Exception as exc:
@@ -240,6 +244,9 @@ def upgrade_opset(model: ir.Model, target: int) -> ir.Model:
     if target >= 21 and converted.ir_version < 10:
         converted.ir_version = 10
     out = ir.serde.deserialize_model(converted)
+    for name, value in out.graph.initializers.items():
+        if name in big and value.const_value is not None and value.const_value.shape == big[name].shape:
+            value.const_value = big[name]
     out.metadata_props.update(model.metadata_props)
     out, _ = prepare(out)
     return out
@@ -288,7 +295,7 @@ def quantsim(model: ir.Model, dataset, options, *, config_path: str | None = Non
     if model_io.tensor_bytes(model) < model_io.IN_MEMORY_LIMIT:
         from aimetcli.calibration import runner
 
-        runner.make_session(ir.serde.serialize_model(model), optimization="none")
+        runner.session_of(model, optimization="none")
     from aimetcli.export import embed
 
     embed(model, encodings_json(encodings, options, "1.0.0"), encodings.params, options.as_record(cfg.source),
@@ -418,7 +425,7 @@ def evaluate(models: list[ir.Model], dataset, *, batch_size: int = 64, optimizat
 
     start = time.perf_counter()
     levels = [optimization] * len(models) if isinstance(optimization, str) else list(optimization)
-    sessions = [runner.make_session(ir.serde.serialize_model(m), optimization=lvl) for m, lvl in zip(models, levels)]
+    sessions = [runner.session_of(m, optimization=lvl) for m, lvl in zip(models, levels)]
     out_names = [o.name for o in sessions[0].get_outputs()]
     collected: list[list[list[np.ndarray]]] = [[] for _ in sessions]
     for feeds in dataset.batches(batch_size):
@@ -583,7 +590,21 @@ class PtqSummary:
 
 
 def clone(model: ir.Model) -> ir.Model:
-    return ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    """A copy of the model that shares its big weights instead of copying them (a serialization
+    round trip of the rest). Shared numpy arrays are made read-only, so that no pass scales one
+    in place under the other model (passes copy what they cannot write)."""
+    import numpy as np
+
+    with model_io.big_tensors_set_aside(model, numpy_only=False) as taken:
+        copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    for name, tensor in taken.tensors.items():
+        value = copy.graph.initializers.get(name)
+        if value is not None:
+            raw = getattr(tensor, "raw", None)
+            if isinstance(raw, np.ndarray):
+                raw.flags.writeable = False
+            value.const_value = tensor
+    return copy
 
 
 def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_model: bool = True,

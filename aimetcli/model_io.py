@@ -302,34 +302,55 @@ def _streamed_bytes(tensor: ir.TensorProtocol | None) -> np.ndarray | None:
     return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
 
 
+@dataclass
+class SetAside:
+    """What :func:`big_tensors_set_aside` took out: per initializer that serializes (in order),
+    its bytes (a uint8 view, no copy) or None where it stayed; and the tensors by name."""
+
+    slots: list[np.ndarray | None]
+    tensors: dict[str, ir.TensorProtocol]
+
+
+@contextlib.contextmanager
+def big_tensors_set_aside(model: ir.Model, *, numpy_only: bool = True) -> Iterator[SetAside]:
+    """While open, the main graph's big numpy-backed initializers (``numpy_only=False``: any
+    big numeric ones) hold empty arrays of their shape, so a serialization of the model carries
+    their dims and types but not their bytes. The tensors are back on exit.
+    """
+    streamed: list[tuple[ir.Value, ir.TensorProtocol]] = []
+    taken = SetAside([], {})
+    try:
+        for name, value in model.graph.initializers.items():
+            tensor = value.const_value
+            if tensor is None:  # not serialized
+                continue
+            data = _streamed_bytes(tensor)
+            taken.slots.append(data)
+            if data is not None or (not numpy_only and tensor.dtype in _STREAMED_TYPES
+                                    and tensor.nbytes > wire.SMALL_TENSOR):
+                streamed.append((value, tensor))
+                taken.tensors[name] = tensor
+                value.const_value = ir.Tensor(np.empty(0, _STREAMED_TYPES[tensor.dtype]),
+                                              shape=tensor.shape, name=tensor.name, doc_string=tensor.doc_string,
+                                              metadata_props=tensor.metadata_props)
+        yield taken
+    finally:
+        for value, tensor in streamed:
+            value.const_value = tensor
+            tensor.name = value.name  # as serialization does
+
+
 def serialize_chunks(model: ir.Model) -> list:
     """The model's serialization as a list of bytes-like pieces (big tensors' arrays not copied).
 
     ``b"".join`` of the pieces is ``ir.serde.serialize_model(model).SerializeToString()``.
     """
-    streamed: list[tuple[ir.Value, ir.TensorProtocol]] = []
-    slots: list[np.ndarray | None] = []  # per serialized initializer: its bytes when streamed
-    try:
-        for value in model.graph.initializers.values():
-            tensor = value.const_value
-            if tensor is None:  # not serialized
-                continue
-            data = _streamed_bytes(tensor)
-            slots.append(data)
-            if data is not None:
-                streamed.append((value, tensor))
-                value.const_value = ir.Tensor(np.empty(0, _STREAMED_TYPES[tensor.dtype]),
-                                              shape=tensor.shape, name=tensor.name, doc_string=tensor.doc_string,
-                                              metadata_props=tensor.metadata_props)
+    with big_tensors_set_aside(model) as taken:
         head = ir.serde.serialize_model(model).SerializeToString()
-    finally:
-        for value, tensor in streamed:
-            value.const_value = tensor
-            tensor.name = value.name  # as serialization does
-    if not streamed:
+    if not taken.tensors:
         return [head]
     try:
-        return wire.splice(head, slots)
+        return wire.splice(head, taken.slots)
     except wire.WireError:  # not the layout expected: cannot happen, but the plain path is always right
         return [ir.serde.serialize_model(model).SerializeToString()]
 

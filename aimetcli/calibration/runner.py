@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -14,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 
 from aimetcli.errors import AimetCliError, ErrorKind
+from aimetcli import model_io
 from aimetcli.model_io import IN_MEMORY_LIMIT
 
 Progress = Callable[[int], None]
@@ -49,8 +52,9 @@ def make_session(model: onnx.ModelProto | bytes | str, *, optimization: str = "b
         so.intra_op_num_threads = threads
     try:
         if isinstance(model, onnx.ModelProto):
-            # summed per tensor: ByteSize() of a message over 2 GB is not reliable
-            if sum(t.ByteSize() for t in model.graph.initializer) > IN_MEMORY_LIMIT:
+            # from the dims (ByteSize() serializes each tensor to measure it, and is not reliable
+            # for a message over 2 GB)
+            if sum(_tensor_bytes(t) for t in model.graph.initializer) > IN_MEMORY_LIMIT:
                 return _session_via_file(model, so)
             model = model.SerializeToString()
         return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
@@ -58,6 +62,22 @@ def make_session(model: onnx.ModelProto | bytes | str, *, optimization: str = "b
         raise
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
         raise AimetCliError(f"onnxruntime cannot load the model: {_first_line(exc)}", ErrorKind.RUNTIME) from exc
+
+
+def session_of(model: ir.Model, **options) -> ort.InferenceSession:
+    """A session of an onnx-ir model (``options`` as make_session): below the protobuf limit from
+    its bytes, spliced without copying big tensors into protobuf first (model_io.serialize)."""
+    if model_io.tensor_bytes(model) < IN_MEMORY_LIMIT:
+        return make_session(model_io.serialize(model), **options)
+    return make_session(ir.serde.serialize_model(model), **options)
+
+
+def _tensor_bytes(t: onnx.TensorProto) -> int:
+    size = math.prod(t.dims)
+    try:
+        return size * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except (KeyError, TypeError, ValueError):  # an unknown or unset type: count a byte per element
+        return size
 
 
 def _session_via_file(model: onnx.ModelProto, so: ort.SessionOptions) -> ort.InferenceSession:

@@ -25,7 +25,7 @@ from aimetcli import graph as g
 from aimetcli.calibration import runner
 from aimetcli.calibration.observers import EmptyObserverError, make_observer, observe_encoding
 from aimetcli.errors import AimetCliError, ErrorKind
-from aimetcli.kernels.quant import Encoding, QuantScheme, encoding_from_range, fake_quantize
+from aimetcli.kernels.quant import Encoding, QuantScheme, encoding_from_range, fake_quantize_finite
 from aimetcli.quantsim.placement import Placement, QuantOptions
 
 
@@ -60,16 +60,19 @@ def param_encodings(model: ir.Model, placement: Placement, opts: QuantOptions) -
 
 def calibration_weights_proto(model: ir.Model, params: dict[str, Encoding]) -> onnx.ModelProto:
     """A protobuf copy of the model with its quantized weights fake-quantized."""
-    proto = ir.serde.serialize_model(model)
+    from aimetcli.model_io import big_tensors_set_aside
+
+    with big_tensors_set_aside(model) as taken:  # each big tensor is copied once, below
+        proto = ir.serde.serialize_model(model)
     for tensor in proto.graph.initializer:
         enc = params.get(tensor.name)
-        if enc is None and tensor.data_location != onnx.TensorProto.EXTERNAL:
+        if enc is None and tensor.data_location != onnx.TensorProto.EXTERNAL and tensor.name not in taken.tensors:
             continue
         # read through onnx-ir, which knows where a memory-mapped (external) tensor lives: the
         # copy must hold the data itself, not a path relative to the model's directory
         arr = np.asarray(model.graph.initializers[tensor.name].const_value.numpy())
-        if enc is not None:
-            arr = fake_quantize(arr.astype(np.float32), enc).astype(arr.dtype)
+        if enc is not None:  # param_encodings refused NaN/Inf weights: the finite kernel is exact here
+            arr = fake_quantize_finite(arr.astype(np.float32, copy=False), enc).astype(arr.dtype, copy=False)
         tensor.CopyFrom(numpy_helper.from_array(arr, tensor.name))
     return proto
 
