@@ -251,3 +251,35 @@ def test_cle_kernels():
     s12, s23 = cle.three_layer_scale(np.array([8.0]), np.array([1.0]), np.array([1.0]))
     np.testing.assert_allclose([8 / s12[0], 1 * s12[0] / s23[0], 1 * s23[0]], [2.0, 2.0, 2.0])
     np.testing.assert_allclose(cle.absorbable_bias(np.array([5.0, 1.0]), np.array([1.0, 1.0]), through_relu=True), [2.0, 0.0])
+
+
+def test_a_clone_shares_big_weights_and_passes_on_it_leave_the_original_alone(tmp_path):
+    """api.clone shares big weights (read-only) instead of copying them; equalizing and bias
+    correcting the clone, which scale and rewrite weights, must not change the original."""
+    from aimetcli.calibration.data import input_specs, open_data
+    from aimetcli.quantsim.placement import QuantOptions
+
+    # BN folding writes new (writable) weight arrays, which cross-layer scaling may scale in place
+    inits = [init("W1", spread_weights((64, 16, 3, 3))), init("W2", spread_weights((32, 64, 3, 3), axis=1)),
+             init("B2", rand(32))] + bn_inits("bn", 64)
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["c1"], pads=[1] * 4), bn_node("bn", "c1", "b1"),
+             helper.make_node("Relu", ["b1"], ["r1"]), helper.make_node("Conv", ["r1", "W2", "B2"], ["out"], pads=[1] * 4)]
+    model, _ = api.prepare(to_ir(make_model(nodes, [("x", [2, 16, 8, 8])], [("out", None)], inits)))
+    api.fold_bn(model)
+    before = {name: np.array(v.const_value.numpy()) for name, v in model.graph.initializers.items()}
+    assert any(a.nbytes > 4096 for a in before.values())  # big enough to be shared
+    copy = api.clone(model)
+    shared = [n for n, v in copy.graph.initializers.items() if v.const_value is model.graph.initializers[n].const_value]
+    assert shared
+    summary = api.equalize(copy)
+    assert summary.scaling_sets == 1
+    np.save(tmp_path / "x.npy", rand(8, 16, 8, 8))
+    api.bias_correct(copy, open_data(str(tmp_path / "x.npy"), input_specs(copy)), QuantOptions(param_bw=4),
+                     method="empirical")
+    after = {name: v.const_value.numpy() for name, v in model.graph.initializers.items()}
+    assert before.keys() == after.keys()
+    for name in before:
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    # and the clone did change: its weights were scaled
+    assert any(not np.array_equal(v.const_value.numpy(), before[n]) for n, v in copy.graph.initializers.items()
+               if n in before and v.const_value.numpy().shape == before[n].shape)
