@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-SCRIPTS = ("bench_rewrites.py", "bench_quantsim.py", "bench_bias_correction.py")
+SCRIPTS = ("bench_rewrites.py", "bench_quantsim.py", "bench_bias_correction.py", "bench_heavy.py")
 
 
 def main(argv: list[str] | None = None) -> int:
