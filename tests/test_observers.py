@@ -197,3 +197,21 @@ def test_histogram_bins_equal_the_formula_with_ties_and_maxima(axis):
         t = (r - np.float32(lo)) * np.float32(b / (hi - lo))
         expected.append(np.bincount(np.minimum(t.astype(np.int64), b - 1), minlength=b))
     assert np.array_equal(counts.reshape(len(rows), b), np.array(expected))
+
+
+def test_per_channel_histograms_of_many_short_channels_equal_the_formula():
+    """Weights per output channel: many channels of a few values each are binned in blocks of
+    channels; every channel's counts still equal the formula on its own values."""
+    b = 512
+    w = RNG.normal(size=(300, 7, 3, 3)).astype(np.float32) * RNG.uniform(0.1, 5, (300, 1, 1, 1)).astype(np.float32)
+    w[17] = 0.25  # a constant channel (its range is widened by 1/2 each side)
+    obs = HistogramObserver(axis=0)
+    obs.update(w)
+    counts, edges = obs.histogram()
+    for ch in (0, 17, 150, 299):
+        r = w[ch].reshape(-1)
+        lo, hi = edges[ch, 0], edges[ch, -1]
+        t = (r - np.float32(lo)) * np.float32(b / (hi - lo))
+        expected = np.bincount(np.minimum(t.astype(np.int64), b - 1), minlength=b)
+        assert np.array_equal(counts[ch], expected), ch
+    assert counts.sum() == w.size

@@ -193,9 +193,10 @@ class HistogramObserver:
         Every finite value lies in its channel's range (update() grew it first), so x - lo >= 0
         (rounding is monotone) and only the range's maximum can land on B: each channel counts
         B + 1 bins and the last is folded into bin B-1, instead of clipping every value.
-        Neighbouring values are counted in _LANES separate histograms (summed at the end):
-        activations repeat values (zeros after Relu), and increments of one counter back to
-        back wait on each other.
+        Per tensor, neighbouring values are counted in _LANES separate histograms (summed at the
+        end): activations repeat values (zeros after Relu), and increments of one counter back
+        to back wait on each other. Per channel, blocks of whole channels of about _CHUNK values
+        are binned at once, so that each bincount covers few channels' bins.
         """
         c, n = x2.shape
         b = self.num_bins
@@ -203,32 +204,38 @@ class HistogramObserver:
         inv_w64 = b / np.where(known, self._hi - self._lo, 1.0)
         narrow = x2.dtype != np.float64 and np.all(np.abs(inv_w64) < np.finfo(np.float32).max)
         work = np.float32 if narrow else np.float64
-        lo = np.where(known, self._lo, 0.0).astype(work)[:, None]
-        inv_w = inv_w64.astype(work)[:, None]
+        lo_all = np.where(known, self._lo, 0.0).astype(work)[:, None]
+        inv_all = inv_w64.astype(work)[:, None]
         row = b + 1
-        step = max(1, _CHUNK // c)
+        lanes = _LANES if c == 1 else 1
+        per_block = max(1, min(c, _CHUNK // max(n, 1)))  # channels binned together
+        step = max(1, _CHUNK // per_block)  # values per channel and bincount
         width = min(step, n)
-        # index = lane * (C * row) + channel * row + bin
-        offsets = (np.arange(c, dtype=np.intp) * row)[:, None] + (np.arange(width, dtype=np.intp) % _LANES) * (c * row)
-        total = np.zeros(_LANES * c * row, dtype=np.int64)
-        t_buf = np.empty((c, width), work)
-        i_buf = np.empty((c, width), np.intp)
-        for start in range(0, n, step):
-            block = x2[:, start:start + step]
-            k = block.shape[1]
-            t, idx = t_buf[:, :k], i_buf[:, :k]
-            np.subtract(block, lo, out=t, dtype=work)
-            t *= inv_w
-            if any_nonfinite:  # NaN/Inf (and channels without a range) must not index anything
-                np.clip(t, 0, b, out=t)
-            with np.errstate(invalid="ignore"):
-                np.copyto(idx, t, casting="unsafe")  # truncation is floor here: t >= 0
-            idx += offsets[:, :k]
-            flat = idx[np.isfinite(block)] if any_nonfinite else idx.reshape(-1)
-            total += np.bincount(flat, minlength=total.size)
-        total = total.reshape(_LANES, c, row).sum(axis=0)
-        total[:, b - 1] += total[:, b]
-        self._counts += total[:, :b]
+        t_buf = np.empty((per_block, width), work)
+        i_buf = np.empty((per_block, width), np.intp)
+        # index = lane * (channels * row) + channel * row + bin
+        offsets = (np.arange(per_block, dtype=np.intp) * row)[:, None] + (
+            (np.arange(width, dtype=np.intp) % lanes) * (per_block * row))
+        for c0 in range(0, c, per_block):
+            k = min(per_block, c - c0)
+            lo, inv_w = lo_all[c0:c0 + k], inv_all[c0:c0 + k]
+            total = np.zeros(lanes * per_block * row, dtype=np.int64)
+            for start in range(0, n, step):
+                block = x2[c0:c0 + k, start:start + step]
+                m = block.shape[1]
+                t, idx = t_buf[:k, :m], i_buf[:k, :m]
+                np.subtract(block, lo, out=t, dtype=work)
+                t *= inv_w
+                if any_nonfinite:  # NaN/Inf (and channels without a range) must not index anything
+                    np.clip(t, 0, b, out=t)
+                with np.errstate(invalid="ignore"):
+                    np.copyto(idx, t, casting="unsafe")  # truncation is floor here: t >= 0
+                idx += offsets[:k, :m]
+                flat = idx[np.isfinite(block)] if any_nonfinite else idx.reshape(-1)
+                total += np.bincount(flat, minlength=total.size)
+            counts = total.reshape(lanes, per_block, row).sum(axis=0)[:k]
+            counts[:, b - 1] += counts[:, b]
+            self._counts[c0:c0 + k] += counts[:, :b]
 
     # -- reading -------------------------------------------------------------------
     @property
