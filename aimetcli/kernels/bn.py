@@ -74,10 +74,20 @@ def _multiply(w: np.ndarray, factor: np.ndarray, inplace: bool, out_dtype=None) 
     return w * factor
 
 
-def _scale_channels(weight: np.ndarray, scale: np.ndarray, layout, inplace: bool, out_dtype) -> np.ndarray:
-    """weight * scale along the channels ``layout(w, scale) -> (view of w, broadcastable factor)`` picks."""
+def _scale_channels(weight: np.ndarray, scale: np.ndarray, kind: str, groups: int, grouped: str,
+                    axes: dict[str, int], inplace: bool, out_dtype) -> np.ndarray:
+    """weight * scale along one channel axis: for ``kind == grouped`` the channels on axis 1 of
+    each group (W[d0, d1, k...] seen as [groups, d0 / groups, d1, k...]), else on ``axes[kind]``."""
     w, work = _working(weight, out_dtype)
-    view, factor = layout(w, np.asarray(scale, np.float64).reshape(-1).astype(work, copy=False))
+    s = np.asarray(scale, np.float64).reshape(-1).astype(work, copy=False)
+    if kind == grouped:
+        d0, d1 = w.shape[0], w.shape[1]
+        view = w.reshape(groups, d0 // groups, d1, *w.shape[2:])
+        factor = s.reshape(groups, 1, d1, *([1] * (w.ndim - 2)))
+    elif kind in axes:
+        view, factor = w, _expand(s, w.ndim, axes[kind])
+    else:
+        raise ValueError(f"unknown layer kind {kind!r}")
     return _multiply(view, factor, inplace and w is weight, out_dtype).reshape(w.shape)
 
 
@@ -96,16 +106,8 @@ def scale_output_channels(weight: np.ndarray, scale: np.ndarray, *, kind: str, g
     ``inplace``: the caller owns ``weight`` and it may be overwritten (float32 only).
     ``out_dtype``: the result's dtype (the same arithmetic, rounded once into it).
     """
-    def layout(w: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if kind == "convtranspose":
-            cin, cout_g = w.shape[0], w.shape[1]
-            return (w.reshape(groups, cin // groups, cout_g, *w.shape[2:]),
-                    scale.reshape(groups, 1, cout_g, *([1] * (w.ndim - 2))))
-        if kind in ("conv", "gemm", "matmul"):
-            return w, _expand(scale, w.ndim, {"conv": 0, "gemm": 0 if trans_b else 1, "matmul": 1}[kind])
-        raise ValueError(f"unknown layer kind {kind!r}")
-
-    return _scale_channels(weight, scale, layout, inplace, out_dtype)
+    return _scale_channels(weight, scale, kind, groups, "convtranspose",
+                           {"conv": 0, "gemm": 0 if trans_b else 1, "matmul": 1}, inplace, out_dtype)
 
 
 def scale_input_channels(weight: np.ndarray, scale: np.ndarray, *, kind: str, groups: int = 1,
@@ -116,16 +118,8 @@ def scale_input_channels(weight: np.ndarray, scale: np.ndarray, *, kind: str, gr
     (Cin), and Conv's W[:, c_local] of group g belongs to input channel g*Cin/g + c_local.
     ``out_dtype``: the result's dtype (the same arithmetic, rounded once into it).
     """
-    def layout(w: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if kind == "conv":
-            cout, cin_g = w.shape[0], w.shape[1]
-            return (w.reshape(groups, cout // groups, cin_g, *w.shape[2:]),
-                    scale.reshape(groups, 1, cin_g, *([1] * (w.ndim - 2))))
-        if kind in ("convtranspose", "gemm", "matmul"):
-            return w, _expand(scale, w.ndim, {"convtranspose": 0, "gemm": 1 if trans_b else 0, "matmul": 0}[kind])
-        raise ValueError(f"unknown layer kind {kind!r}")
-
-    return _scale_channels(weight, scale, layout, inplace, out_dtype)
+    return _scale_channels(weight, scale, kind, groups, "conv",
+                           {"convtranspose": 0, "gemm": 1 if trans_b else 0, "matmul": 0}, inplace, out_dtype)
 
 
 def input_channel_sums(weight: np.ndarray, vec: np.ndarray, *, kind: str, groups: int = 1,
