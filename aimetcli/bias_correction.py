@@ -42,13 +42,14 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from aimetcli import correction_graph
 from aimetcli import graph as g
 from aimetcli.bn_stats import read_bn_stats
 from aimetcli.calibration import runner
+from aimetcli.calibration.data import feed_rows
+from aimetcli.correction_graph import Grid, Target
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.bias import METHODS, ChannelMean, clipped_normal_mean
-from aimetcli import correction_graph
-from aimetcli.correction_graph import Grid, Target
 from aimetcli.kernels.quant import QuantScheme, encoding_from_range, fake_quantize
 from aimetcli.layers import Layer, as_layer, bias_array, rewrite_reason, write_bias
 from aimetcli.passes.replace_relu6 import clip_bounds
@@ -140,7 +141,6 @@ def _mean_pass(proto: onnx.ModelProto, outputs: list[str], dataset, batch_size: 
 def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid", config_path: str | None = None,
                    batch_size: int = 32, progress=None) -> BiasCorrectionResult:
     """Correct the biases of ``model`` (FP32, modified in place) for quantization with ``options``."""
-    from aimetcli import api
     from aimetcli.quantsim.calibrate import calibration_weights_proto, param_encodings
     from aimetcli.quantsim.config import load_config
     from aimetcli.quantsim.placement import place_quantizers
@@ -334,7 +334,7 @@ def _fp32_means(reference: onnx.ModelProto, targets: list[Target], dataset, batc
     step = ProgressSteps(dataset, batch_size, progress)
     per_chunk = []
     for feeds in dataset.batches(chunk):
-        n = next(iter(feeds.values())).shape[0] if feeds else 1
+        n = feed_rows(feeds)
         # a model with a fixed batch dimension gets chunks of exactly that size: run them whole
         slices = [feeds] if dataset.fixed_batch is not None or n <= run else [
             {k: v[s:s + run] for k, v in feeds.items()} for s in range(0, n, run)]
@@ -344,7 +344,7 @@ def _fp32_means(reference: onnx.ModelProto, targets: list[Target], dataset, batc
                 v = np.asarray(value, np.float64)
                 v = v.reshape(v.shape[0], v.shape[1], -1).mean(axis=2).sum(axis=0)  # spatial mean, summed over N
                 sums[name] = v if name not in sums else sums[name] + v
-            step.samples(next(iter(part.values())).shape[0] if part else 1)
+            step.samples(feed_rows(part))
         per_chunk.append({ref: sums[name] / max(n, 1) for ref, name in outputs.items()})
     step.finish()
     return per_chunk
@@ -361,7 +361,7 @@ def _run_joint(joint: onnx.ModelProto, outputs: dict[str, str], means: list[dict
     count = runs = 0
     for feeds, chunk_means in zip(dataset.batches(chunk), means, strict=True):
         runs += 1
-        n = next(iter(feeds.values())).shape[0] if feeds else 1
+        n = feed_rows(feeds)
         for name, value in zip(names, runner.run(session, {**feeds, **chunk_means}, names)):
             v = np.asarray(value, np.float64).reshape(-1) * n
             totals[name] = v if totals[name] is None else totals[name] + v

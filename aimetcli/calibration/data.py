@@ -30,7 +30,6 @@ or the sample cap.
 from __future__ import annotations
 
 import functools
-
 import math
 import os
 import re
@@ -275,6 +274,11 @@ def _import_pil():
 # ---------------------------------------------------------------- the data set
 
 
+def feed_rows(feeds: dict[str, np.ndarray]) -> int:
+    """Samples in a feed: its inputs' leading dimension (1 for a model without inputs)."""
+    return next(iter(feeds.values())).shape[0] if feeds else 1
+
+
 class Dataset:
     """Validated samples for every model input, fed in batches.
 
@@ -297,8 +301,7 @@ class Dataset:
     def sample_nbytes(self) -> int:
         """Bytes of model input one sample takes (all inputs; at least 1)."""
         first = next(iter(self.batches(1)), {})
-        rows = next(iter(first.values())).shape[0] if first else 1
-        return max(1, sum(a.nbytes for a in first.values()) // max(rows, 1))
+        return max(1, sum(a.nbytes for a in first.values()) // max(feed_rows(first), 1))
 
     def _step(self, batch_size: int) -> tuple[int, int]:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:

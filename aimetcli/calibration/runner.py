@@ -18,8 +18,8 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli import model_io
+from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.model_io import IN_MEMORY_LIMIT
 
 Progress = Callable[[int], None]

@@ -23,9 +23,11 @@ from onnx import numpy_helper
 
 from aimetcli import graph as g
 from aimetcli.calibration import runner
+from aimetcli.calibration.data import feed_rows
 from aimetcli.calibration.observers import EmptyObserverError, make_observer, observe_encoding
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.quant import Encoding, QuantScheme, encoding_from_range, fake_quantize_finite
+from aimetcli.model_io import big_tensors_set_aside
 from aimetcli.quantsim.placement import Placement, QuantOptions
 
 
@@ -60,8 +62,6 @@ def param_encodings(model: ir.Model, placement: Placement, opts: QuantOptions) -
 
 def calibration_weights_proto(model: ir.Model, params: dict[str, Encoding]) -> onnx.ModelProto:
     """A protobuf copy of the model with its quantized weights fake-quantized."""
-    from aimetcli.model_io import big_tensors_set_aside
-
     with big_tensors_set_aside(model) as taken:  # each big tensor is copied once, below
         proto = ir.serde.serialize_model(model)
     for tensor in proto.graph.initializer:
@@ -143,7 +143,7 @@ def _reduced_minmax(model: ir.Model, params: dict[str, Encoding], tensors: list[
     step = ProgressSteps(dataset, batch_size, progress)
     for feeds in dataset.batches(min(batch_size, reduction_run_size(dataset))):
         values = dict(zip(outputs, runner.run(session, feeds, outputs)))
-        step.samples(next(iter(feeds.values())).shape[0] if feeds else 1)
+        step.samples(feed_rows(feeds))
         for name, lo_name, hi_name, check_name in pairs:
             lo = float(values[lo_name]) if lo_name is not None else 0.0
             hi = float(values[hi_name])
@@ -254,7 +254,7 @@ def calibrate(model: ir.Model, placement: Placement, opts: QuantOptions, dataset
         if names:
             for name, value in zip(names, runner.run(session, feeds, names)):
                 observers[name].update(value)
-        step.samples(next(iter(feeds.values())).shape[0] if feeds else 1)
+        step.samples(feed_rows(feeds))
     step.finish()
     for a in todo:
         obs = observers[a.tensor]
