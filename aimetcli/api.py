@@ -230,7 +230,7 @@ def upgrade_opset(model: ir.Model, target: int) -> ir.Model:
         return model
     # the converter copies every tensor it is given (8 s for VGG19's 548 MB): give it the big
     # weights' dims and types only, and hand the converted graph the same tensors back
-    with model_io.big_tensors_set_aside(model) as taken:
+    with model_io.big_tensors_set_aside(model, numpy_only=False) as taken:
         proto = ir.serde.serialize_model(model)
     big = taken.tensors
     try:

@@ -304,8 +304,10 @@ def _streamed_bytes(tensor: ir.TensorProtocol | None) -> np.ndarray | None:
 
 @dataclass
 class SetAside:
-    """What :func:`big_tensors_set_aside` took out: per initializer that serializes (in order),
-    its bytes (a uint8 view, no copy) or None where it stayed; and the tensors by name."""
+    """What :func:`big_tensors_set_aside` took out: the tensors by name; and per initializer that
+    serializes (in order), its bytes (a uint8 view, no copy) or None where there is no numpy view
+    (it stayed; with ``numpy_only=False`` it may also be set aside, and the serialization then
+    cannot be spliced back together)."""
 
     slots: list[np.ndarray | None]
     tensors: dict[str, ir.TensorProtocol]
