@@ -215,3 +215,32 @@ def test_per_channel_histograms_of_many_short_channels_equal_the_formula():
         expected = np.bincount(np.minimum(t.astype(np.int64), b - 1), minlength=b)
         assert np.array_equal(counts[ch], expected), ch
     assert counts.sum() == w.size
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sorted_and_bincount_binning_give_the_same_histograms(monkeypatch, dtype):
+    """Per-tensor histograms count bins either by np.bincount or from sorted uint16 indices
+    (observers.SORTED_BINS, chosen by the CPU): both give the same counts over several batches
+    that grow the range both ways, values spread over several sort blocks, runs of zeros,
+    repeated maxima and NaN/Inf (skipped and counted)."""
+    import aimetcli.calibration.observers as observers
+
+    batches = [np.maximum(RNG.normal(size=(3, 5000)), 0.0).astype(dtype)]
+    grown = (RNG.normal(size=(3, 5000)) * 3.0).astype(dtype)
+    grown[1, :700] = 0.0
+    grown[2, 9] = grown.max()
+    grown[0, 3], grown[2, 4000], grown[1, 17] = np.nan, np.inf, -np.inf
+    batches += [grown, (RNG.uniform(-20, 0.5, size=(2, 999))).astype(dtype)]
+    monkeypatch.setattr(observers, "_SORT_CHUNK", 4096)  # several blocks per batch
+    results = {}
+    for sorted_bins in (True, False):
+        monkeypatch.setattr(observers, "SORTED_BINS", sorted_bins)
+        obs = HistogramObserver()
+        for x in batches:
+            obs.update(x)
+        results[sorted_bins] = (obs.histogram(), obs.nonfinite_count, obs.minmax())
+    (counts_s, edges_s), bad_s, range_s = results[True]
+    (counts_b, edges_b), bad_b, range_b = results[False]
+    assert np.array_equal(counts_s, counts_b) and np.array_equal(edges_s, edges_b)
+    assert bad_s == bad_b == 3 and range_s == range_b
+    assert counts_s.sum() == sum(x.size for x in batches) - 3
