@@ -10,8 +10,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,22 +34,17 @@ _LEVELS = {
 
 def make_session(model: onnx.ModelProto | bytes | str, *, optimization: str = "basic",
                  threads: int | None = None, keep_qdq: bool = False,
-                 mem_pattern: bool = True, spinning: bool = True) -> ort.InferenceSession:
+                 mem_pattern: bool = True) -> ort.InferenceSession:
     """``keep_qdq``: no QDQ rewrites even at "all" (QDQ pairs stay float: the simulation), other fusions on.
 
     ``mem_pattern=False`` for sessions that run a few big batches: onnxruntime's memory pattern
     is recorded in the first run and allocated as one new block in the second, so the second run
     pays again for first-touching all its memory (measured: bias correction of the full-size
     MobileNetV2 over 3 runs of 86 samples, 12-13 s -> 8.4 s, page faults 900k -> 580k).
-
-    ``spinning=False``: onnxruntime's threads sleep between ops instead of spinning, for
-    sessions whose runs overlap with work of the caller (``run_ahead``).
     """
     so = ort.SessionOptions()
     so.graph_optimization_level = _LEVELS[optimization]
     so.enable_mem_pattern = mem_pattern
-    if not spinning:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if keep_qdq:
         so.add_session_config_entry("session.disable_quant_qdq", "1")
     so.log_severity_level = 3
@@ -109,25 +103,13 @@ def run(session: ort.InferenceSession, feeds: dict[str, np.ndarray],
                             ErrorKind.RUNTIME) from exc
 
 
-def run_ahead(session: ort.InferenceSession, batches: Iterable[dict[str, np.ndarray]],
-              outputs: Sequence[str] | None = None) -> Iterator[tuple[dict[str, np.ndarray], list[np.ndarray]]]:
-    """(feeds, results) per batch, the next batch already running while the caller uses these.
-
-    onnxruntime releases the GIL while it runs, so the caller's numpy work (histograms) and the
-    next run overlap; one worker thread keeps the runs in order. Pair it with a session made
-    with ``spinning=False``, whose idle threads leave the cores to the caller.
-    """
-    it = iter(batches)
-    feeds = next(it, None)
-    if feeds is None:
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aimetcli-ort") as pool:
-        pending = pool.submit(run, session, feeds, outputs)
-        for following in it:
-            queued = pool.submit(run, session, following, outputs)
-            yield feeds, pending.result()
-            feeds, pending = following, queued
-        yield feeds, pending.result()
+def run_batches(session: ort.InferenceSession, batches: Iterator[dict[str, np.ndarray]],
+                outputs: Sequence[str] | None = None, progress: Progress | None = None
+                ) -> Iterator[list[np.ndarray]]:
+    for feeds in batches:
+        yield run(session, feeds, outputs)
+        if progress is not None:
+            progress(1)
 
 
 def default_threads() -> int:

@@ -244,22 +244,16 @@ def calibrate(model: ir.Model, placement: Placement, opts: QuantOptions, dataset
     observed = Placement(todo, placement.params, placement.skipped, placement.strict_symmetric,
                          placement.unsigned_symmetric)
     names = [a.tensor for a in todo if a.tensor not in graph_inputs]
+    session = runner.make_session(calibration_model(model, observed, enc.params), optimization="all") if names else None
     fed = [a for a in todo if a.tensor in graph_inputs]
     observers = {a.tensor: make_observer(opts.scheme) for a in todo}
     step = ProgressSteps(dataset, batch_size, progress)
-    batches = dataset.batches(min(batch_size, reduction_run_size(dataset)))
-    if names:
-        # histograms (numpy, one thread) are filled while onnxruntime computes the next run
-        session = runner.make_session(calibration_model(model, observed, enc.params), optimization="all",
-                                      spinning=False)
-        runs = runner.run_ahead(session, batches, names)
-    else:
-        runs = ((feeds, []) for feeds in batches)
-    for feeds, values in runs:
+    for feeds in dataset.batches(min(batch_size, reduction_run_size(dataset))):
         for a in fed:
             observers[a.tensor].update(feeds[a.tensor])
-        for name, value in zip(names, values):
-            observers[name].update(value)
+        if names:
+            for name, value in zip(names, runner.run(session, feeds, names)):
+                observers[name].update(value)
         step.samples(feed_rows(feeds))
     step.finish()
     for a in todo:
