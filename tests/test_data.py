@@ -241,9 +241,9 @@ def test_nan_inf_are_counted(tmp_path):
 
 
 def test_nan_scan_in_chunks(tmp_path, monkeypatch):
-    import aimetcli.calibration.data as data
+    import aimetcli.calibration.checks as checks
 
-    monkeypatch.setattr(data, "_SCAN_CHUNK", 20)  # one sample (16 values) per chunk
+    monkeypatch.setattr(checks, "_SCAN_CHUNK", 20)  # one sample (16 values) per chunk
     x = np.ones((5, 1, 4, 4), np.float32)
     x[3, 0, 0, :] = np.nan
     with data_error(r"4 NaN/Inf values \(in 1 samples\)"):
