@@ -173,7 +173,7 @@ def build(sim: onnx.ModelProto, float_path: onnx.ModelProto | None, targets: lis
     graph.initializer.extend(kept)
     b = _Builder(joint, taken)
 
-    float_name = None
+    float_name: Callable[[str], str] | None = None
     if float_path is not None:
         # share what the float path holds with the same data as the sim (the fake-quantized weights)
         known = {t.name: t for t in kept}
@@ -183,9 +183,7 @@ def build(sim: onnx.ModelProto, float_path: onnx.ModelProto | None, targets: lis
         shared = {t.name for t in float_path.graph.initializer if known.get(t.name) == t}
         graph.initializer.extend(_renamed(t, prefix + t.name) for t in float_path.graph.initializer
                                  if t.name not in shared)
-
-        def float_name(name: str, prefix=prefix, shared=shared) -> str:
-            return name if not name or name in inputs or name in shared else prefix + name
+        float_name = _prefixed(prefix, keep=shared | inputs)
 
     outputs: dict[str, str] = {}
     mean_inputs: dict[str, str] = {}
@@ -242,6 +240,12 @@ def build(sim: onnx.ModelProto, float_path: onnx.ModelProto | None, targets: lis
     for d in outputs.values():
         graph.output.append(helper.make_tensor_value_info(d, TensorProto.FLOAT, None))
     return joint, outputs, mean_inputs
+
+
+def _prefixed(prefix: str, keep: set[str]) -> Callable[[str], str]:
+    """Value names of the float path: ``prefix`` + name, except empty names and those in ``keep``
+    (graph inputs and initializers shared with the sim)."""
+    return lambda name: name if not name or name in keep else prefix + name
 
 
 def _renamed(t: onnx.TensorProto, name: str) -> onnx.TensorProto:
