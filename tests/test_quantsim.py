@@ -273,3 +273,19 @@ def test_nan_made_inside_the_model_is_counted_and_skipped(tmp_path, scheme):
     assert any("1 NaN/Inf values in tensor 's'" in w for w in summary.warnings)
     finite = np.sqrt(x[x >= 0])
     assert float(enc.activations["s"].max) <= finite.max() + float(enc.activations["s"].scale)
+
+
+def test_evaluate_with_reference_outputs_equals_running_the_reference():
+    """ptq scores every stage against FP32 outputs computed once: the same summary as running both."""
+    proto = mlp()
+    model, _ = api.prepare(to_ir(proto))
+    dataset = open_data("random:40", input_specs(model))
+    sim, _, _ = api.quantsim(api.clone(model), dataset, QuantOptions(param_bw=4), batch_size=16)
+    full = api.evaluate([model, sim], dataset, batch_size=16)
+    ref = api.model_outputs(model, dataset, batch_size=16)
+    reused = api.evaluate([model, sim], dataset, batch_size=16, reference_outputs=ref)
+    assert full.comparisons and full.comparisons == reused.comparisons
+    assert full.top1 == reused.top1 and full.top1_agreement == reused.top1_agreement
+    assert np.isfinite(full.comparisons[0].sqnr_db) and full.comparisons[0].max_abs_error > 0
+    verdict = api.bias_correction_verdict(model, sim, sim, dataset, batch_size=16, fp32_outputs=ref)
+    assert verdict == api.bias_correction_verdict(model, sim, sim, dataset, batch_size=16)
