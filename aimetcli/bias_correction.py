@@ -52,6 +52,7 @@ from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.bias import METHODS, ChannelMean, clipped_normal_mean
 from aimetcli.kernels.quant import QuantScheme, encoding_from_range, fake_quantize
 from aimetcli.layers import Layer, as_layer, bias_array, rewrite_reason, write_bias
+from aimetcli.model_io import SplicedProto
 from aimetcli.passes.replace_relu6 import clip_bounds
 
 METADATA_KEY = "aimetcli.bias_correction"
@@ -141,7 +142,7 @@ def _mean_pass(proto: onnx.ModelProto, outputs: list[str], dataset, batch_size: 
 def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid", config_path: str | None = None,
                    batch_size: int = 32, progress=None) -> BiasCorrectionResult:
     """Correct the biases of ``model`` (FP32, modified in place) for quantization with ``options``."""
-    from aimetcli.quantsim.calibrate import calibration_weights_proto, param_encodings
+    from aimetcli.quantsim.calibrate import calibration_weights, param_encodings
     from aimetcli.quantsim.config import load_config
     from aimetcli.quantsim.placement import place_quantizers
 
@@ -178,7 +179,7 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
                             ErrorKind.USAGE)
     reference = None
     if measured and dataset is not None:
-        reference = calibration_weights_proto(model, {})  # the FP32 model before any correction
+        reference = calibration_weights(model, {})  # the FP32 model before any correction
 
     params = param_encodings(model, placement, options)
 
@@ -243,13 +244,15 @@ def _grids_in_graph(dataset, options, batch_size: int) -> bool:
 def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progress, in_graph: bool):
     """The sim model quantsim would build from ``model``, and what the correction run needs of it.
 
-    Returns (sim, its protobuf with the weights fake-quantized, float path, grids). With ``in_graph``, activation grids that the data decide are
-    left to the correction run (placeholders here; the float path, weights fake-quantized, is the
-    model they are measured on), so they follow every upstream correction as quantsim's
-    calibration of the corrected model will. Otherwise quantsim's calibration computes them first.
+    Returns (sim, its protobuf with the weights fake-quantized, the float path, grids), both
+    protobufs as SplicedProto (big weights beside them). With ``in_graph``, activation grids that
+    the data decide are left to the correction run (placeholders here; the float path, weights
+    fake-quantized, is the model they are measured on), so they follow every upstream correction
+    as quantsim's calibration of the corrected model will. Otherwise quantsim's calibration
+    computes them first.
     """
     from aimetcli import api
-    from aimetcli.quantsim.calibrate import (calibrate, calibration_weights_proto, non_negative_outputs,
+    from aimetcli.quantsim.calibrate import (calibrate, calibration_weights, non_negative_outputs,
                                              param_encodings)
     from aimetcli.quantsim.insert import container, insert_qdq
     from aimetcli.quantsim.placement import place_quantizers
@@ -278,7 +281,7 @@ def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progres
             acts[a.tensor] = encoding_from_range(lo, hi, a.bitwidth, symmetric, strict_symmetric=strict)
             if not fixed:
                 in_graph_tensors.append(a.tensor)
-        float_path = calibration_weights_proto(sim, params)
+        float_path = calibration_weights(sim, params)
     else:
         encodings = calibrate(sim, placement, options, dataset, batch_size, progress)
         acts, params = encodings.activations, encodings.params
@@ -294,14 +297,14 @@ def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progres
         enc = acts[tensor]
         grids.append(Grid(tensor, record[tensor], enc.num_steps, enc.symmetric, tensor in nonneg, ranks.get(tensor),
                           onnx.helper.np_dtype_to_tensor_dtype(container(enc)[0]), enc.qmin, enc.qmax))
-    return sim, calibration_weights_proto(sim, params), float_path, grids
+    return sim, calibration_weights(sim, params, like=float_path), float_path, grids
 
 
 def _data_min(dataset, name: str) -> float:
     return min((float(np.min(b[name])) for b in dataset.batches(256) if b[name].size), default=0.0)
 
 
-def _fp32_means(reference: onnx.ModelProto, targets: list[Target], dataset, batch_size: int, chunk: int,
+def _fp32_means(reference: SplicedProto, targets: list[Target], dataset, batch_size: int, chunk: int,
                 progress) -> list[dict[str, np.ndarray]]:
     """Per chunk of ``chunk`` samples (the correction runs' split of the data): the per-channel means
     (float64) of the target layers' outputs in the FP32 model over that chunk.
@@ -314,8 +317,8 @@ def _fp32_means(reference: onnx.ModelProto, targets: list[Target], dataset, batc
     """
     from aimetcli.quantsim.calibrate import ProgressSteps, reduction_run_size
 
-    proto = onnx.ModelProto()
-    proto.CopyFrom(reference)
+    spliced = reference.copy()
+    proto = spliced.proto
     del proto.graph.output[:]
     taken = {o for n in proto.graph.node for o in n.output} | {i.name for i in proto.graph.input}
     outputs = {}
@@ -328,7 +331,7 @@ def _fp32_means(reference: onnx.ModelProto, targets: list[Target], dataset, batc
             proto.graph.node.append(onnx.helper.make_node("GlobalAveragePool", [t.reference], [name]))
         outputs[t.reference] = name
         proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    session = runner.make_session(proto, optimization="all")
+    session = runner.make_session(spliced, optimization="all")
     names = list(dict.fromkeys(outputs.values()))
     run = min(batch_size, reduction_run_size(dataset))
     step = ProgressSteps(dataset, batch_size, progress)
@@ -350,7 +353,7 @@ def _fp32_means(reference: onnx.ModelProto, targets: list[Target], dataset, batc
     return per_chunk
 
 
-def _run_joint(joint: onnx.ModelProto, outputs: dict[str, str], means: list[dict[str, np.ndarray]], dataset,
+def _run_joint(joint: SplicedProto, outputs: dict[str, str], means: list[dict[str, np.ndarray]], dataset,
                chunk: int, progress) -> tuple[dict[str, np.ndarray], int]:
     """Sample-weighted mean of ``d`` over the chunks of the data (one chunk: AIMET's estimate exactly).
 

@@ -42,6 +42,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.quant import AIMET_MIN_RANGE, minimum_scale
+from aimetcli.model_io import SplicedProto
 from aimetcli.quantsim.insert import ActivationConstants
 
 
@@ -150,10 +151,12 @@ class _Builder:
                 self.node("Mul", [steps_from_zero, scale32], out)
 
 
-def build(sim: onnx.ModelProto, float_path: onnx.ModelProto | None, targets: list[Target],
-          grids: list[Grid]) -> tuple[onnx.ModelProto, dict[str, str], dict[str, str]]:
+def build(sim_model: SplicedProto, float_model: SplicedProto | None, targets: list[Target],
+          grids: list[Grid]) -> tuple[SplicedProto, dict[str, str], dict[str, str]]:
     """The joint model, {layer output: name of its ``d`` output} and {layer output: name of the
     graph input that takes its FP32 per-channel mean (shape ``Target.mean_shape``)}."""
+    sim = sim_model.proto
+    float_path = float_model.proto if float_model is not None else None
     paths = [p for p in (sim, float_path) if p is not None]
     taken = {v for p in paths for n in p.graph.node for v in (*n.input, *n.output)}
     taken |= {t.name for p in paths for t in p.graph.initializer} | {i.name for p in paths for i in p.graph.input}
@@ -162,8 +165,8 @@ def build(sim: onnx.ModelProto, float_path: onnx.ModelProto | None, targets: lis
                                          gr.constants.clip_max) if n is not None}
     dropped -= {gr.constants.zero_point for gr in grids if gr.symmetric}  # symmetric: zero point stays 0
 
-    joint = onnx.ModelProto()
-    joint.CopyFrom(sim)
+    joint_model = sim_model.copy()
+    joint = joint_model.proto
     graph = joint.graph
     del graph.node[:]
     del graph.output[:]
@@ -180,9 +183,13 @@ def build(sim: onnx.ModelProto, float_path: onnx.ModelProto | None, targets: lis
         prefix = "aimetcli_bc_f/"
         while any(name.startswith(prefix) for name in taken):
             prefix = "_" + prefix
-        shared = {t.name for t in float_path.graph.initializer if known.get(t.name) == t}
-        graph.initializer.extend(_renamed(t, prefix + t.name) for t in float_path.graph.initializer
-                                 if t.name not in shared)
+        shared = {t.name for t in float_path.graph.initializer
+                  if _same_tensor(known.get(t.name), t, sim_model.arrays, float_model.arrays)}
+        for t in float_path.graph.initializer:
+            if t.name not in shared:
+                graph.initializer.append(_renamed(t, prefix + t.name))
+                if t.name in float_model.arrays:
+                    joint_model.arrays[prefix + t.name] = float_model.arrays[t.name]
         float_name = _prefixed(prefix, keep=shared | inputs)
 
     outputs: dict[str, str] = {}
@@ -239,7 +246,19 @@ def build(sim: onnx.ModelProto, float_path: onnx.ModelProto | None, targets: lis
         raise AimetCliError(f"bias correction lost track of {sorted(after)}; please report it", ErrorKind.RUNTIME)
     for d in outputs.values():
         graph.output.append(helper.make_tensor_value_info(d, TensorProto.FLOAT, None))
-    return joint, outputs, mean_inputs
+    joint_model.arrays = {t.name: joint_model.arrays[t.name] for t in graph.initializer if t.name in joint_model.arrays}
+    return joint_model, outputs, mean_inputs
+
+
+def _same_tensor(a: onnx.TensorProto | None, b: onnx.TensorProto, arrays_a: dict[str, np.ndarray],
+                 arrays_b: dict[str, np.ndarray]) -> bool:
+    """Whether the sim's initializer ``a`` holds what the float path's ``b`` holds (same name)."""
+    if a is None or a != b:  # the protobufs (data or, for big tensors, dims and type) differ
+        return False
+    x, y = arrays_a.get(a.name), arrays_b.get(b.name)
+    if x is None or y is None:
+        return x is None and y is None
+    return x is y or (x.shape == y.shape and x.dtype == y.dtype and np.array_equal(x, y))
 
 
 def _prefixed(prefix: str, keep: set[str]) -> Callable[[str], str]:

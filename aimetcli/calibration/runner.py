@@ -32,7 +32,7 @@ _LEVELS = {
 }
 
 
-def make_session(model: onnx.ModelProto | bytes | str, *, optimization: str = "basic",
+def make_session(model: onnx.ModelProto | model_io.SplicedProto | bytes | str, *, optimization: str = "basic",
                  threads: int | None = None, keep_qdq: bool = False,
                  mem_pattern: bool = True) -> ort.InferenceSession:
     """``keep_qdq``: no QDQ rewrites even at "all" (QDQ pairs stay float: the simulation), other fusions on.
@@ -51,6 +51,8 @@ def make_session(model: onnx.ModelProto | bytes | str, *, optimization: str = "b
     if threads:
         so.intra_op_num_threads = threads
     try:
+        if isinstance(model, model_io.SplicedProto):
+            return _session_with_arrays(model, so)
         if isinstance(model, onnx.ModelProto):
             # from the dims (ByteSize() serializes each tensor to measure it, and is not reliable
             # for a message over 2 GB)
@@ -62,6 +64,18 @@ def make_session(model: onnx.ModelProto | bytes | str, *, optimization: str = "b
         raise
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
         raise AimetCliError(f"onnxruntime cannot load the model: {_first_line(exc)}", ErrorKind.RUNTIME) from exc
+
+
+def _session_with_arrays(model: model_io.SplicedProto, so: ort.SessionOptions) -> ort.InferenceSession:
+    """The protobuf without its big tensors' data, and the arrays handed to onnxruntime as they are
+    (no protobuf serialization or parse of their bytes: VGG19's 548 MB, 1.7-5.7 s -> 0.7-1.1 s a
+    session). onnxruntime uses the arrays' memory: the session keeps them referenced."""
+    proto, names, arrays = model.declared_external()
+    if names:
+        so.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays])
+    session = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    session._aimetcli_arrays = arrays  # onnxruntime reads them for the session's whole life
+    return session
 
 
 def session_of(model: ir.Model, **options) -> ort.InferenceSession:

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnx import numpy_helper
 
 from aimetcli import graph as g
 from aimetcli.calibration import runner
@@ -27,7 +26,7 @@ from aimetcli.calibration.data import feed_rows
 from aimetcli.calibration.observers import EmptyObserverError, make_observer, observe_encoding
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.quant import Encoding, QuantScheme, encoding_from_range, fake_quantize_finite
-from aimetcli.model_io import big_tensors_set_aside
+from aimetcli.model_io import SplicedProto
 from aimetcli.quantsim.placement import Placement, QuantOptions
 
 
@@ -60,26 +59,29 @@ def param_encodings(model: ir.Model, placement: Placement, opts: QuantOptions) -
     return out
 
 
-def calibration_weights_proto(model: ir.Model, params: dict[str, Encoding]) -> onnx.ModelProto:
-    """A protobuf copy of the model with its quantized weights fake-quantized."""
-    with big_tensors_set_aside(model) as taken:  # each big tensor is copied once, below
-        proto = ir.serde.serialize_model(model)
-    for tensor in proto.graph.initializer:
-        enc = params.get(tensor.name)
-        if enc is None and tensor.data_location != onnx.TensorProto.EXTERNAL and tensor.name not in taken.tensors:
-            continue
-        # read through onnx-ir, which knows where a memory-mapped (external) tensor lives: the
-        # copy must hold the data itself, not a path relative to the model's directory
-        arr = np.asarray(model.graph.initializers[tensor.name].const_value.numpy())
-        if enc is not None:  # param_encodings refused NaN/Inf weights: the finite kernel is exact here
-            arr = fake_quantize_finite(arr.astype(np.float32, copy=False), enc).astype(arr.dtype, copy=False)
-        tensor.CopyFrom(numpy_helper.from_array(arr, tensor.name))
-    return proto
+def calibration_weights(model: ir.Model, params: dict[str, Encoding], *,
+                        like: SplicedProto | None = None) -> SplicedProto:
+    """The model as protobuf with its quantized weights fake-quantized (big weights beside it).
+
+    ``like``: an earlier result for a model with the same weights and ``params``, whose big
+    fake-quantized arrays are taken instead of computed again."""
+
+    def fake_quantized(name: str, arr: np.ndarray) -> np.ndarray | None:
+        enc = params.get(name)
+        if enc is None:
+            return None
+        if like is not None and name in like.arrays:
+            return like.arrays[name]
+        # param_encodings refused NaN/Inf weights: the finite kernel is exact here
+        return fake_quantize_finite(arr.astype(np.float32, copy=False), enc).astype(arr.dtype, copy=False)
+
+    return SplicedProto.of(model, fake_quantized)
 
 
-def calibration_model(model: ir.Model, placement: Placement, params: dict[str, Encoding]) -> onnx.ModelProto:
+def calibration_model(model: ir.Model, placement: Placement, params: dict[str, Encoding]) -> SplicedProto:
     """A protobuf copy: weights fake-quantized, quantized activations exposed as outputs."""
-    proto = calibration_weights_proto(model, params)
+    spliced = calibration_weights(model, params)
+    proto = spliced.proto
     outputs = {o.name for o in proto.graph.output}
     inputs = {i.name for i in proto.graph.input}
     elem = {}
@@ -91,7 +93,7 @@ def calibration_model(model: ir.Model, placement: Placement, params: dict[str, E
             continue
         proto.graph.output.append(onnx.helper.make_tensor_value_info(aq.tensor, elem.get(aq.tensor, 1), None))
         outputs.add(aq.tensor)
-    return proto
+    return spliced
 
 
 def _reduced_minmax(model: ir.Model, params: dict[str, Encoding], tensors: list[str], dataset,
@@ -111,7 +113,8 @@ def _reduced_minmax(model: ir.Model, params: dict[str, Encoding], tensors: list[
     """
     if not tensors:
         return {}, []
-    proto = calibration_weights_proto(model, params)
+    spliced = calibration_weights(model, params)
+    proto = spliced.proto
     taken = {o for n in proto.graph.node for o in n.output} | {i.name for i in proto.graph.input}
     outputs: list[str] = []
     pairs: list[tuple[str, str | None, str, str]] = []
@@ -137,7 +140,7 @@ def _reduced_minmax(model: ir.Model, params: dict[str, Encoding], tensors: list[
     del proto.graph.output[:]
     for name in outputs:
         proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, []))
-    session = runner.make_session(proto, optimization="all")
+    session = runner.make_session(spliced, optimization="all")
     ranges = {name: [np.inf, -np.inf] for name in tensors}
     bad: set[str] = set()
     step = ProgressSteps(dataset, batch_size, progress)
