@@ -79,11 +79,9 @@ def _session_with_arrays(model: model_io.SplicedProto, so: ort.SessionOptions) -
 
 
 def session_of(model: ir.Model, **options) -> ort.InferenceSession:
-    """A session of an onnx-ir model (``options`` as make_session): below the protobuf limit from
-    its bytes, spliced without copying big tensors into protobuf first (model_io.serialize)."""
-    if model_io.tensor_bytes(model) < IN_MEMORY_LIMIT:
-        return make_session(model_io.serialize(model), **options)
-    return make_session(ir.serde.serialize_model(model), **options)
+    """A session of an onnx-ir model (``options`` as make_session); its big weights go to
+    onnxruntime as the model's own arrays, without a copy (model_io.SplicedProto)."""
+    return make_session(model_io.SplicedProto.of(model), **options)
 
 
 def _tensor_bytes(t: onnx.TensorProto) -> int:
