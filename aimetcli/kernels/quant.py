@@ -347,11 +347,12 @@ def encoding_from_range(min_val, max_val, bitwidth: int, symmetric: bool, *,
     return Encoding(bw, bool(symmetric), scale.astype(np.float32), offset, axis=axis)
 
 
-def quantize(x, enc: Encoding) -> np.ndarray:
+def quantize(x, enc: Encoding, dtype=None) -> np.ndarray:
     """Integers in ONNX terms, exactly as onnxruntime's QuantizeLinear, then clipped to [qmin, qmax].
 
     q = clip(saturate_container(round_half_even(float32(x) / scale) + zero_point), qmin, qmax),
-    NaN -> qmin. Returns int32 (bitwidth <= 16) or int64 (wider).
+    NaN -> qmin. Returns int32 (bitwidth <= 16) or int64 (wider), or ``dtype`` (an integer type
+    that holds [qmin, qmax], such as the container type).
     """
     x = np.asarray(x, dtype=np.float32)
     # Integers beyond 2^24 (bitwidths over 16) need float64 for the zero-point shift.
@@ -362,14 +363,20 @@ def quantize(x, enc: Encoding) -> np.ndarray:
         axis = enc.axis + x.ndim if enc.axis < 0 else enc.axis
         if x.shape[axis] != enc.num_channels:
             raise ValueError(f"tensor has {x.shape[axis]} channels on axis {enc.axis}, encoding has {enc.num_channels}")
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        v = np.rint(x / scale).astype(work, copy=False)  # float32 division, round half to even
     # Saturation to [qmin - zp, qmax - zp] before adding zp is exact: the bounds are integers.
     lo = enc.qmin - zp
     hi = enc.qmax - zp
-    v = np.where(np.isnan(v), lo, v)
-    v = np.clip(v, lo, hi) + zp
-    return v.astype(np.int32 if enc.bitwidth <= 16 else np.int64)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        v = np.divide(x, scale, dtype=np.float32)  # float32 division (a new array: worked on in place)
+        np.rint(v, out=v)  # round half to even
+    if work is not np.float32:
+        v = v.astype(work)
+    nan = np.isnan(v)
+    if nan.any():
+        np.copyto(v, np.broadcast_to(lo, v.shape), where=nan)
+    np.clip(v, lo, hi, out=v)
+    v += zp
+    return v.astype(dtype if dtype is not None else np.int32 if enc.bitwidth <= 16 else np.int64)
 
 
 def dequantize(q, enc: Encoding) -> np.ndarray:

@@ -134,12 +134,12 @@ def insert_param(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Encoding
     float weight stays and a QuantizeLinear computes them (simulation: export gets the
     original weights back by removing the nodes)."""
     tensor = value.name
-    w = value.const_value.numpy().astype(np.float32)
+    w = value.const_value.numpy().astype(np.float32, copy=False)
     dtype, _, _ = container(enc)
     scale, zp = _scale_zp(graph, names, tensor, enc)
     nodes = []
     if store_integers:
-        g.set_constant(value, quantize(w, enc).astype(dtype))
+        g.set_constant(value, quantize(w, enc, dtype))
         source = value
     else:
         q = ir.Node("", "QuantizeLinear", [value, scale, zp], attributes=_axis_attrs(enc),
