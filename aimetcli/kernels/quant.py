@@ -367,7 +367,8 @@ def quantize(x, enc: Encoding, dtype=None) -> np.ndarray:
     lo = enc.qmin - zp
     hi = enc.qmax - zp
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        v = np.divide(x, scale, dtype=np.float32)  # float32 division (a new array: worked on in place)
+        # float32 division, a new array worked on in place (0-d input gives a scalar: made an array)
+        v = np.asarray(np.divide(x, scale, dtype=np.float32))
         np.rint(v, out=v)  # round half to even
     if work is not np.float32:
         v = v.astype(work)
@@ -376,7 +377,8 @@ def quantize(x, enc: Encoding, dtype=None) -> np.ndarray:
         np.copyto(v, np.broadcast_to(lo, v.shape), where=nan)
     np.clip(v, lo, hi, out=v)
     v += zp
-    return v.astype(dtype if dtype is not None else np.int32 if enc.bitwidth <= 16 else np.int64)
+    q = v.astype(dtype if dtype is not None else np.int32 if enc.bitwidth <= 16 else np.int64)
+    return q[()] if q.ndim == 0 else q  # a 0-d input gives a numpy scalar, as numpy's ufuncs do
 
 
 def dequantize(q, enc: Encoding) -> np.ndarray:
