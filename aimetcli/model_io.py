@@ -389,6 +389,8 @@ class SplicedProto:
             external = tensor.data_location == onnx.TensorProto.EXTERNAL
             if big is None and not external and replace is None:
                 continue
+            # read through onnx-ir, which knows where a memory-mapped (external) tensor lives: a
+            # small external tensor is brought into the protobuf, not left as a relative path
             source = big if big is not None else model.graph.initializers[tensor.name].const_value
             arr = np.asarray(source.numpy())
             new = replace(tensor.name, arr) if replace is not None else None
