@@ -161,7 +161,7 @@ def test_ptq_exports_the_model_without_a_correction_that_lowered_the_sqnr(tmp_pa
     onnx.save(model_proto(), src)
     np.savez(tmp_path / "data.npz", input=rand(32, 3, 6, 6))
     monkeypatch.setattr(api, "bias_correction_verdict",
-                        lambda *a, **k: api.BiasCorrectionVerdict(False, 30.0, 20.0))
+                        lambda *a, **k: api.KeepVerdict(False, 30.0, 20.0))
     r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(tmp_path / "out"), "--data", str(tmp_path / "data.npz"),
                                   "--json"])
     assert r.exit_code == 0, r.output
@@ -171,3 +171,37 @@ def test_ptq_exports_the_model_without_a_correction_that_lowered_the_sqnr(tmp_pa
     # the exported sim is the equalized one: its score equals the equalize stage's
     assert stages["+ bias-correct"]["sqnr_db"] == stages["+ equalize"]["sqnr_db"]
     assert any("bias correction lowered" in w for w in doc["warnings"])
+
+
+def test_ptq_goes_on_from_the_folded_model_when_equalization_lowered_the_sqnr(tmp_path, monkeypatch):
+    src = tmp_path / "m.onnx"
+    onnx.save(model_proto(), src)
+    np.savez(tmp_path / "data.npz", input=rand(32, 3, 6, 6))
+    seen = []
+
+    def dropped(fp32, folded_sim, equalized_sim, calib, **kw):
+        seen.append((folded_sim, equalized_sim))
+        return api.KeepVerdict(False, 31.0, 25.0)
+
+    monkeypatch.setattr(api, "equalization_verdict", dropped)
+    r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(tmp_path / "out"), "--data", str(tmp_path / "data.npz"),
+                                  "--no-bias-correct", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    stages = {s["name"]: s for s in doc["stages"]}
+    assert len(seen) == 1 and seen[0][0] is not seen[0][1]
+    assert "not kept: calibration SQNR 31.0 -> 25.0 dB" in stages["+ equalize"]["note"]
+    # what goes on (and is exported) is the folded model's sim: the same score as the fold-bn stage
+    assert stages["+ equalize"]["sqnr_db"] == stages["fold-bn"]["sqnr_db"]
+    assert any("equalization lowered" in w for w in doc["warnings"])
+
+
+def test_equalization_verdict_compares_with_fp32_on_the_calibration_data(tmp_path):
+    from aimetcli.calibration.data import input_specs, open_data
+
+    np.save(tmp_path / "x.npy", rand(32, 4))
+    fp32 = _scaled(1.0)
+    data = open_data(str(tmp_path / "x.npy"), input_specs(fp32))
+    assert api.equalization_verdict(fp32, _scaled(1.1), _scaled(1.01), data).kept
+    worse = api.equalization_verdict(fp32, _scaled(1.01), _scaled(1.1), data)
+    assert not worse.kept and worse.sqnr_before_db > worse.sqnr_after_db
