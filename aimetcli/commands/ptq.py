@@ -35,8 +35,10 @@ def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | Non
     """Fold BN, equalize, calibrate, bias-correct, calibrate again and export.
 
     Prints one table: per stage, top-1 of the quantized model (with --labels) or
-    the SQNR of its output against FP32, and the time taken. The output directory
-    gets sim.onnx and what export writes.
+    the SQNR of its output against FP32, and the time taken. Equalization and bias
+    correction are each kept only where they raise that SQNR on the calibration
+    data (the table says when one is not). The output directory gets sim.onnx and
+    what export writes.
 
     \b
     Examples:
