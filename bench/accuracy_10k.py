@@ -33,7 +33,9 @@ COLUMNS = ("FP32", "ptq per-tensor, min-max", "ptq per-tensor, tf-enhanced", "pt
            "quantize_static per-tensor", "quantize_static per-channel")
 
 
-def score_model(name: str, test_npz: Path, scratch: Path, dropped: list[str]) -> dict[str, float]:
+def score_model(name: str, test_npz: Path, scratch: Path, dropped: list[str]) -> tuple[dict[str, float],
+                                                                                    dict[str, float]]:
+    """(top-1 per column, output SQNR against FP32 in dB per quantized column) on the 10k images."""
     import accuracy as acc  # bench/accuracy.py: the same evaluation and quantize_static calls
 
     from aimetcli import api
@@ -45,7 +47,9 @@ def score_model(name: str, test_npz: Path, scratch: Path, dropped: list[str]) ->
     fp32, _ = api.load(str(path))
     ev = open_data(str(test_npz), input_specs(fp32), labels_key="label")
     calib = open_data(str(c.SAMPLE_MODELS / "calib.npz"), input_specs(fp32))
-    row = {"FP32": acc.evaluate(fp32, ev)}
+    reference = api.model_outputs(fp32, ev, batch_size=500)
+    row = {"FP32": api.evaluate([fp32], ev, reference_outputs=reference).top1[0]}
+    sqnr = {}
     for label, opts in (("ptq per-tensor, min-max", QuantOptions()),
                         ("ptq per-tensor, tf-enhanced", QuantOptions(scheme=QuantScheme.TF_ENHANCED)),
                         ("ptq per-channel", QuantOptions(per_channel=True))):
@@ -57,11 +61,14 @@ def score_model(name: str, test_npz: Path, scratch: Path, dropped: list[str]) ->
             if key in stages and "not kept: " in stages[key].note:
                 dropped.append(f"{name}: {label}: {what} dropped ({stages[key].note.split('not kept: ', 1)[1]})")
         row[label] = stages["+ bias-correct"].top1
+        sqnr[label] = stages["+ bias-correct"].sqnr_db
     for per_channel in (False, True):
         q, _, _ = acc.ort_quantize(path, calib, per_channel=per_channel, bw=8, scratch=scratch,
                                    tag=f"{name}_{per_channel}")
-        row[f"quantize_static {'per-channel' if per_channel else 'per-tensor'}"] = acc.evaluate(acc.load_plain(q), ev)
-    return row
+        label = f"quantize_static {'per-channel' if per_channel else 'per-tensor'}"
+        res = api.evaluate([fp32, acc.load_plain(q)], ev, batch_size=500, reference_outputs=reference)
+        row[label], sqnr[label] = res.top1[1], res.comparisons[0].sqnr_db
+    return row, sqnr
 
 
 def main() -> int:
@@ -78,11 +85,12 @@ def main() -> int:
         images, labels = build.load_split(DATA_DIR, "t10k")
         test_npz = Path(tmp) / "test10k.npz"
         np.savez(test_npz, input=build.normalise(images), label=labels)
-        rows, dropped = {}, []
+        rows, sqnrs, dropped = {}, {}, []
         for name in MODELS:
             c.log(f"accuracy_10k: {name}")
-            rows[name] = score_model(name, test_npz, Path(tmp), dropped)
+            rows[name], sqnrs[name] = score_model(name, test_npz, Path(tmp), dropped)
     table_rows, notes = [], []
+    sqnr_rows = [[name, *(f"{sqnrs[name][k]:.1f}" for k in COLUMNS[1:])] for name in rows]
     for name, row in rows.items():
         fp = row["FP32"]
         table_rows.append([name, *(f"{row[k]:.2f}" if k == "FP32" else f"{row[k]:.2f} ({row[k] - fp:+.2f})"
@@ -101,6 +109,9 @@ def main() -> int:
         "simulations scored with onnxruntime optimizations off. "
         f"Total {time.perf_counter() - start:.0f} s.\n",
         c.table(["model", *COLUMNS], table_rows),
+        "\nOutput SQNR against FP32 (dB) on the same 10,000 images, a finer measure of how close each W8 model "
+        "stays to FP32 than top-1:\n",
+        c.table(["model", *COLUMNS[1:]], sqnr_rows),
         "\nOur W8 models against onnxruntime's:\n",
         *(f"- {n}" for n in notes),
         *(["\nWhere ptq dropped a technique:\n", *(f"- {d}" for d in dropped)] if dropped else []),
