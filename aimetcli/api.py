@@ -8,6 +8,7 @@ function here prints; progress goes through an optional callback.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -663,6 +664,8 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
 
     After each stage the quantized model is scored on ``evaluation`` (top-1 with labels, else SQNR
     of the first output against the FP32 model), so the table shows what each technique bought.
+    Equalization and bias correction are each kept only where they raise the output SQNR against
+    FP32 on the calibration data (:func:`keep_verdict`); the table and a warning say when not.
     """
     from aimetcli.export import export as export_model
 
@@ -704,13 +707,10 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
     record("fold-bn", time.perf_counter() - t, sim,
            f"{len(fold_summary.folded)} BN folded, {len(fold_summary.skipped)} left")
 
-    calib_reference: list = []  # FP32 outputs on the calibration data, for the verdicts (computed once)
-
+    @functools.cache
     def calib_outputs() -> list:
-        if not calib_reference:
-            calib_reference.append(fp32_outputs if evaluation is calib else model_outputs(fp32, calib,
-                                                                                          batch_size=batch_size))
-        return calib_reference[0]
+        """FP32 outputs on the calibration data, for the verdicts (computed once, if needed)."""
+        return fp32_outputs if evaluation is calib else model_outputs(fp32, calib, batch_size=batch_size)
 
     if equalize_model:
         t = time.perf_counter()
