@@ -283,3 +283,17 @@ def test_a_clone_shares_big_weights_and_passes_on_it_leave_the_original_alone(tm
     # and the clone did change: its weights were scaled
     assert any(not np.array_equal(v.const_value.numpy(), before[n]) for n, v in copy.graph.initializers.items()
                if n in before and v.const_value.numpy().shape == before[n].shape)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_cli_says_when_relu6_replacement_changed_the_fp32_model(tmp_path, keep):
+    from click.testing import CliRunner
+
+    from aimetcli.cli import main
+
+    src = tmp_path / "m.onnx"
+    onnx.save(relu6_chain("initializers"), src)
+    args = ["equalize", str(src), "-o", str(tmp_path / "eq.onnx")] + (["--keep-relu6"] if keep else [])
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert ("Relu in place of ReLU6 changes the FP32 model" in r.stderr) is not keep
