@@ -26,8 +26,9 @@ of the corrected model brings a little of the shift back.
 
 Cost: one FP32 pass (in small runs) and one run of one or two copies of the model
 per chunk of data, linear in depth. Memory: onnxruntime's activations of those
-copies for one chunk; a chunk holds as many
-samples as fit in 64 MB of model input (at least ``--batch-size``). With one chunk
+copies for one chunk; a chunk holds as many samples as fit in 64 MB of model input
+and 4 GB of the model's activations summed over its tensors (at least ``--batch-size``;
+the peak is about 40% of that per copy). With one chunk
 the corrections are exact as described; with several, each chunk is corrected as above
 against the FP32 means of its own samples, and the chunks' corrections are averaged by
 samples.
@@ -197,12 +198,12 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
 
     if reference is not None:
         # the quantization quantsim applies (after the analytical corrections), run beside the reference
-        in_graph = _grids_in_graph(dataset, options, batch_size)
+        chunk = _chunk_size(model, dataset, batch_size)
+        in_graph = _grids_in_graph(dataset, options, chunk)
         sim, sim_proto, float_path, grids = _simulation(model, cfg, options, dataset, batch_size, progress, in_graph)
         sources = _float_sources(sim, [la.output.name for la in measured])
         targets = [Target(la.output.name, src, _output_rank(la), la.out_channels(la.weight_array()),
                           id(la.node) not in analytical) for la, src in zip(measured, sources)]
-        chunk = _chunk_size(dataset, batch_size)
         fp32_means = _fp32_means(reference, targets, dataset, batch_size, chunk, progress)
         joint, outputs, mean_inputs = correction_graph.build(sim_proto, float_path, targets, grids)
         means = [{mean_inputs[t.reference]: m[t.reference].astype(np.float32).reshape(t.mean_shape) for t in targets}
@@ -235,10 +236,11 @@ def _output_rank(layer: Layer) -> int:
     return 2 if layer.kind in ("gemm", "matmul") else len(layer.weight.shape)
 
 
-def _grids_in_graph(dataset, options, batch_size: int) -> bool:
-    """Min-max grids are computed inside the correction run when one run sees all the data
-    (not with a model whose fixed batch dimension splits the data into several runs)."""
-    return options.scheme is QuantScheme.MIN_MAX and dataset.num_batches(_chunk_size(dataset, batch_size)) == 1
+def _grids_in_graph(dataset, options, chunk: int) -> bool:
+    """Min-max grids are computed inside the correction run when one run (of ``chunk`` samples)
+    sees all the data (not with more data than a run holds, or a model whose fixed batch
+    dimension splits the data into several runs)."""
+    return options.scheme is QuantScheme.MIN_MAX and dataset.num_batches(chunk) == 1
 
 
 def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progress, in_graph: bool):
@@ -375,25 +377,46 @@ def _run_joint(joint: SplicedProto, outputs: dict[str, str], means: list[dict[st
 
 
 CHUNK_BYTES = 64 << 20
+# Bytes of all the model's activations (summed over its tensors, one copy) in one correction run.
+# The run's peak memory was about 40% of that per copy: full-size MobileNetV2, 64 samples x 52 MB
+# of activations -> 1.65 GB peak RSS; the MobileNetV2 sample, 1,000 x 1.7 MB -> 1.2 GB.
+ACTIVATION_BUDGET = 4 << 30
 
 
-def _chunk_size(dataset, batch_size: int) -> int:
-    """Samples per joint run: as many as fit about 64 MB of model input, and at least ``batch_size``.
+def _chunk_size(model: ir.Model, dataset, batch_size: int) -> int:
+    """Samples per joint run: as many as fit about 64 MB of model input and ACTIVATION_BUDGET of
+    the model's activations, and at least ``batch_size``. (Small inputs can have activations a
+    hundred times their size: 10,000 Fashion-MNIST images fit 64 MB of input, and a run over them
+    all would need some 12 GB.)
 
     The per-channel means are exact over each run; with more data than one run takes, the
     corrections of the runs are averaged (weighted by their samples).
     """
-    return max(batch_size, CHUNK_BYTES // dataset.sample_nbytes)
+    return max(batch_size, min(CHUNK_BYTES // dataset.sample_nbytes,
+                               ACTIVATION_BUDGET // max(_activation_bytes(model), 1)))
 
 
-def progress_steps(dataset, batch_size: int, options) -> int:
+def _activation_bytes(model: ir.Model) -> int:
+    """Bytes of all node outputs of one sample, from the shapes the model records (the leading
+    dimension and unknown ones count 1; a value without a shape counts nothing)."""
+    total = 0
+    for node in model.graph:
+        for value in node.outputs:
+            if value.shape is None or value.dtype is None:
+                continue
+            dims = [d if isinstance(d, int) else 1 for d in value.shape.dims[1:]]
+            total += math.prod(dims) * value.dtype.itemsize  # a float: sub-byte types count fractions
+    return math.ceil(total)
+
+
+def progress_steps(model: ir.Model, dataset, batch_size: int, options) -> int:
     """Progress steps a data-driven ``correct_biases`` reports: the FP32 pass's batches, calibration
     batches (unless the grids are computed in the correction run), and the correction runs."""
     if dataset is None:
         return 0
-    runs = dataset.num_batches(_chunk_size(dataset, batch_size))
+    chunk = _chunk_size(model, dataset, batch_size)
     batches = dataset.num_batches(batch_size)
-    return batches + runs + (0 if _grids_in_graph(dataset, options, batch_size) else batches)
+    return batches + dataset.num_batches(chunk) + (0 if _grids_in_graph(dataset, options, chunk) else batches)
 
 
 def _float_sources(model: ir.Model, names: list[str]) -> list[str]:

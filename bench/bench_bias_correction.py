@@ -7,7 +7,7 @@
   default config), batch size 32, against one plain FP32 onnxruntime pass over
   the same samples (default session options) in the same process. Also the
   full-size MobileNetV2 with 256 samples: more than one correction run holds
-  (chunks of 64 MB of input), so several runs.
+  (64 MB of input or 4 GB of the model's summed activations a run), so several runs.
 * Depth scaling: plain chains of Conv3x3 + BatchNormalization + Relu (32
   channels, 32x32, 16 samples) with 10, 20, 40, 80 convs, BN folded: time, time
   per layer (constant when the cost grows linearly with depth, as

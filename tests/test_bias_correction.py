@@ -279,7 +279,7 @@ def test_progress_steps_match_callbacks(tmp_path, scheme):
     options = QuantOptions(scheme=QuantScheme(scheme))
     steps = []
     api.bias_correct(model, dataset, options, method="empirical", batch_size=16, progress=steps.append)
-    assert sum(steps) == progress_steps(dataset, 16, options) > 0
+    assert sum(steps) == progress_steps(model, dataset, 16, options) > 0
 
 
 def test_fixed_batch_model_corrects_over_several_runs(tmp_path):
@@ -298,7 +298,7 @@ def test_fixed_batch_model_corrects_over_several_runs(tmp_path):
     steps = []
     summary = api.bias_correct(corrected, dataset, options, method="empirical", batch_size=64, progress=steps.append)
     assert summary.runs == 8 and not summary.grids_in_run
-    assert sum(steps) == progress_steps(dataset, 64, options)
+    assert sum(steps) == progress_steps(model, dataset, 64, options)
     plain, _, _ = api.quantsim(api.clone(model), dataset, options, batch_size=64)
     fixed, _, _ = api.quantsim(api.clone(corrected), dataset, options, batch_size=64)
     before = np.mean(list(output_shift(model, plain, dataset, batch_size=64).values()))
@@ -342,3 +342,24 @@ def test_runs_over_different_data_each_compare_with_their_own_fp32_means(tmp_pat
     a, b, ab = deltas("a", 1), deltas("b", 1), deltas("ab", 2)
     assert np.abs(a - b).max() > 0.1  # the halves need different corrections
     np.testing.assert_allclose(ab, (a + b) / 2, rtol=0, atol=1e-3 * np.abs(a + b).max())
+
+
+def test_runs_are_bounded_by_the_activations_of_the_samples(tmp_path, monkeypatch):
+    """Small inputs can have large activations: a run holds only as many samples as fit the
+    activation budget (from the model's shapes), so more samples take more runs, each corrected
+    on its own samples, and the progress steps still match."""
+    from aimetcli import bias_correction
+    from aimetcli.bias_correction import progress_steps
+
+    rng = np.random.default_rng(4)
+    np.save(tmp_path / "x.npy", rng.standard_normal((48, 3, 8, 8)).astype(np.float32))
+    model, _ = api.prepare(to_ir(small_net(rng)))
+    dataset = open_data(str(tmp_path / "x.npy"), input_specs(model))
+    per_sample = bias_correction._activation_bytes(model)
+    assert isinstance(per_sample, int) and per_sample > 3 * 8 * 8 * 4  # activations outgrow the input
+    monkeypatch.setattr(bias_correction, "ACTIVATION_BUDGET", per_sample * 16)  # 16 samples a run
+    steps = []
+    summary = api.bias_correct(model, dataset, QuantOptions(), method="empirical", batch_size=8,
+                               progress=steps.append)
+    assert summary.runs == 3 and not summary.grids_in_run
+    assert sum(steps) == progress_steps(model, dataset, 8, QuantOptions())

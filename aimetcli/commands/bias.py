@@ -44,7 +44,7 @@ def bias_correct(out: Output, model_in: str, output: str, data: str | None, meth
         raise AimetCliError(f"--method {method} needs --data (or use --method analytical)", ErrorKind.USAGE)
     model = load_input(out, model_in, output)
     dataset = open_dataset(model, data, out=out, **kw) if data else None
-    batches = progress_steps(dataset, kw["batch_size"], options)
+    batches = progress_steps(model, dataset, kw["batch_size"], options)
     with progress_bar(out, batches, "Correcting biases") as bar:
         summary = api.bias_correct(model, dataset, options, method=method, config_path=config_path,
                                    batch_size=kw["batch_size"], progress=bar)
