@@ -123,14 +123,16 @@ def _candidates(model: ir.Model, result: BiasCorrectionResult) -> list[Layer]:
     return layers
 
 
-def _mean_pass(proto: onnx.ModelProto, outputs: list[str], dataset, batch_size: int,
+def _mean_pass(model: ir.Model, outputs: list[str], dataset, batch_size: int,
                progress=None, optimization: str = "basic") -> dict[str, np.ndarray]:
+    spliced = SplicedProto.of(model)
+    proto = spliced.proto
     present = {o.name for o in proto.graph.output}
     for name in outputs:
         if name not in present:
             proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
             present.add(name)
-    session = runner.make_session(proto, optimization=optimization)
+    session = runner.make_session(spliced, optimization=optimization)
     means = {name: ChannelMean() for name in outputs}
     for feeds in dataset.batches(batch_size):
         for name, value in zip(outputs, runner.run(session, feeds, outputs)):
@@ -440,8 +442,8 @@ def output_shift(reference: ir.Model, sim: ir.Model, dataset, *, batch_size: int
     shift bias correction exists to remove, measured against the uncorrected FP32 model.
     """
     names = [la.output.name for n in reference.graph if (la := as_layer(n)) is not None]
-    ref = _mean_pass(ir.serde.serialize_model(reference), names, dataset, batch_size)
+    ref = _mean_pass(reference, names, dataset, batch_size)
     sim_names = _float_sources(sim, names)
     # no graph optimizations: onnxruntime's rewrites of QDQ graphs are not the simulation
-    q = _mean_pass(ir.serde.serialize_model(sim), sim_names, dataset, batch_size, optimization="none")
+    q = _mean_pass(sim, sim_names, dataset, batch_size, optimization="none")
     return {n: float(np.mean(np.abs(ref[n] - q[s]))) for n, s in zip(names, sim_names)}

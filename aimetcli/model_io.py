@@ -363,12 +363,12 @@ class SplicedProto:
     """A ModelProto whose big initializers carry dims and type but no data, and their data beside
     it (initializer name -> numpy array).
 
-    Graphs built for onnxruntime (calibration, bias correction) are protobuf edits of the model;
-    protobuf copies every bytes field it touches (serializing VGG19's 548 MB took 1.7 s a copy), so
-    the big arrays stay out of it: :meth:`pieces` splices their bytes in at serialization, as
-    ``serialize_chunks`` does for saving. ``arrays`` names only initializers whose ``raw_data``
-    is present and empty in ``proto``; an initializer copied under a new name needs its array
-    entered under that name too.
+    Graphs built for onnxruntime (calibration, bias correction, evaluation) are protobuf edits of
+    the model; protobuf copies every bytes field it touches (serializing VGG19's 548 MB took 1.7 s
+    a copy), so the big arrays stay out of it and onnxruntime takes them as they are
+    (:meth:`declared_external`, ``runner.make_session``). ``arrays`` names only initializers whose
+    ``raw_data`` is present and empty in ``proto``; an initializer copied under a new name needs
+    its array entered under that name too.
     """
 
     proto: onnx.ModelProto
@@ -409,23 +409,6 @@ class SplicedProto:
         proto.CopyFrom(self.proto)
         return SplicedProto(proto, dict(self.arrays))
 
-    @property
-    def nbytes(self) -> int:
-        return self.proto.ByteSize() + sum(a.nbytes for a in self.arrays.values())
-
-    def pieces(self) -> list:
-        """The serialized model as bytes-like pieces (``b"".join`` them): the protobuf's bytes with
-        each array's bytes in place of its initializer's empty raw_data."""
-        head = self.proto.SerializeToString()
-        slots = [None if (a := self.arrays.get(t.name)) is None else a.reshape(-1).view(np.uint8)
-                 for t in self.proto.graph.initializer]
-        if all(slot is None for slot in slots):
-            return [head]
-        try:
-            return wire.splice(head, slots)
-        except wire.WireError:  # not the layout expected: cannot happen, but the plain path is always right
-            return [self.materialized().SerializeToString()]
-
     def declared_external(self) -> tuple[onnx.ModelProto, list[str], list[np.ndarray]]:
         """A copy of the protobuf whose big initializers say their data is external (in no file),
         and those initializers' names and arrays: for onnxruntime's
@@ -445,16 +428,6 @@ class SplicedProto:
             names.append(tensor.name)
             arrays.append(arr)
         return proto, names, arrays
-
-    def materialized(self) -> onnx.ModelProto:
-        """A plain protobuf copy with the arrays' data in it (for writing as external data)."""
-        proto = onnx.ModelProto()
-        proto.CopyFrom(self.proto)
-        for tensor in proto.graph.initializer:
-            arr = self.arrays.get(tensor.name)
-            if arr is not None:
-                tensor.CopyFrom(onnx.numpy_helper.from_array(arr, tensor.name))
-        return proto
 
 
 def save_model(model: ir.Model, dest: str, *, external_data: bool | None = None) -> list[str]:

@@ -7,20 +7,15 @@
 
 from __future__ import annotations
 
-import math
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
 from aimetcli import model_io
 from aimetcli.errors import AimetCliError, ErrorKind
-from aimetcli.model_io import IN_MEMORY_LIMIT
 
 Progress = Callable[[int], None]
 
@@ -32,7 +27,7 @@ _LEVELS = {
 }
 
 
-def make_session(model: onnx.ModelProto | model_io.SplicedProto | bytes | str, *, optimization: str = "basic",
+def make_session(model: model_io.SplicedProto | bytes | str, *, optimization: str = "basic",
                  threads: int | None = None, keep_qdq: bool = False,
                  mem_pattern: bool = True) -> ort.InferenceSession:
     """``keep_qdq``: no QDQ rewrites even at "all" (QDQ pairs stay float: the simulation), other fusions on.
@@ -53,12 +48,6 @@ def make_session(model: onnx.ModelProto | model_io.SplicedProto | bytes | str, *
     try:
         if isinstance(model, model_io.SplicedProto):
             return _session_with_arrays(model, so)
-        if isinstance(model, onnx.ModelProto):
-            # from the dims (ByteSize() serializes each tensor to measure it, and is not reliable
-            # for a message over 2 GB)
-            if sum(_tensor_bytes(t) for t in model.graph.initializer) > IN_MEMORY_LIMIT:
-                return _session_via_file(model, so)
-            model = model.SerializeToString()
         return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
     except AimetCliError:
         raise
@@ -82,22 +71,6 @@ def session_of(model: ir.Model, **options) -> ort.InferenceSession:
     """A session of an onnx-ir model (``options`` as make_session); its big weights go to
     onnxruntime as the model's own arrays, without a copy (model_io.SplicedProto)."""
     return make_session(model_io.SplicedProto.of(model), **options)
-
-
-def _tensor_bytes(t: onnx.TensorProto) -> int:
-    size = math.prod(t.dims)
-    try:
-        return size * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-    except (KeyError, TypeError, ValueError):  # an unknown or unset type: count a byte per element
-        return size
-
-
-def _session_via_file(model: onnx.ModelProto, so: ort.SessionOptions) -> ort.InferenceSession:
-    with tempfile.TemporaryDirectory(prefix="aimetcli-ort-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location="model.onnx.data", size_threshold=1024)
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def _first_line(exc: Exception) -> str:
