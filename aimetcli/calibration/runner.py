@@ -7,8 +7,7 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -86,16 +85,3 @@ def run(session: ort.InferenceSession, feeds: dict[str, np.ndarray],
     except Exception as exc:
         raise AimetCliError(f"onnxruntime failed while running the model: {_first_line(exc)}",
                             ErrorKind.RUNTIME) from exc
-
-
-def run_batches(session: ort.InferenceSession, batches: Iterator[dict[str, np.ndarray]],
-                outputs: Sequence[str] | None = None, progress: Progress | None = None
-                ) -> Iterator[list[np.ndarray]]:
-    for feeds in batches:
-        yield run(session, feeds, outputs)
-        if progress is not None:
-            progress(1)
-
-
-def default_threads() -> int:
-    return max(1, os.cpu_count() or 1)
