@@ -65,6 +65,19 @@ def _simd_sort16() -> bool:
 SORTED_BINS = _simd_sort16()
 
 
+def _bin_indices(block: np.ndarray, lo, inv_w, b: int, any_nonfinite: bool, t: np.ndarray,
+                 idx: np.ndarray) -> None:
+    """idx = floor((block - lo) * inv_w), through the work buffer ``t`` (its dtype is the
+    arithmetic's). With non-finite values about, t is clipped to [0, B] first, so that NaN/Inf
+    (and channels without a range) index nothing out of bounds; the callers then drop them."""
+    np.subtract(block, lo, out=t, dtype=t.dtype)
+    t *= inv_w
+    if any_nonfinite:
+        np.clip(t, 0, b, out=t)
+    with np.errstate(invalid="ignore"):
+        np.copyto(idx, t, casting="unsafe")  # truncation is floor here: t >= 0
+
+
 class EmptyObserverError(ValueError):
     """No finite value has been observed (all batches empty, NaN or Inf)."""
 
@@ -253,12 +266,7 @@ class HistogramObserver:
                 block = x2[c0:c0 + k, start:start + step]
                 m = block.shape[1]
                 t, idx = t_buf[:k, :m], i_buf[:k, :m]
-                np.subtract(block, lo, out=t, dtype=work)
-                t *= inv_w
-                if any_nonfinite:  # NaN/Inf (and channels without a range) must not index anything
-                    np.clip(t, 0, b, out=t)
-                with np.errstate(invalid="ignore"):
-                    np.copyto(idx, t, casting="unsafe")  # truncation is floor here: t >= 0
+                _bin_indices(block, lo, inv_w, b, any_nonfinite, t, idx)
                 idx += offsets[:k, :m]
                 flat = idx[np.isfinite(block)] if any_nonfinite else idx.reshape(-1)
                 total += np.bincount(flat, minlength=total.size)
@@ -281,12 +289,7 @@ class HistogramObserver:
             block = x[start:start + step]
             m = block.size
             t, idx = t_buf[:m], i_buf[:m]
-            np.subtract(block, lo, out=t, dtype=work)
-            t *= inv_w
-            if any_nonfinite:
-                np.clip(t, 0, b, out=t)
-            with np.errstate(invalid="ignore"):
-                np.copyto(idx, t, casting="unsafe")  # truncation is floor here: t >= 0
+            _bin_indices(block, lo, inv_w, b, any_nonfinite, t, idx)
             if any_nonfinite:
                 idx[~np.isfinite(block)] = row
             idx.sort()
