@@ -712,20 +712,25 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
         """FP32 outputs on the calibration data, for the verdicts (computed once, if needed)."""
         return fp32_outputs if evaluation is calib else model_outputs(fp32, calib, batch_size=batch_size)
 
+    def dropped(verdict: KeepVerdict, technique: str, instead: str) -> str:
+        """The stage note's addition, and a warning, when ``verdict`` drops ``technique``."""
+        if verdict.kept:
+            return ""
+        warnings.append(f"{technique} lowered the output SQNR against FP32 on the calibration data "
+                        f"({verdict.sqnr_before_db:.1f} -> {verdict.sqnr_after_db:.1f} dB); {instead}")
+        return f"; not kept: {verdict.describe()}"
+
     if equalize_model:
         t = time.perf_counter()
         folded, folded_sim = clone(model), sim
         eq = equalize(model)
         sim, _, _ = simulate(model)
-        note = f"{eq.scaling_sets} sets, {len(eq.bias_absorbed)} absorbed"
         verdict = equalization_verdict(fp32, folded_sim, sim, calib, batch_size=batch_size,
                                        fp32_outputs=calib_outputs())
+        note = f"{eq.scaling_sets} sets, {len(eq.bias_absorbed)} absorbed" + dropped(
+            verdict, "equalization", "the folded model is used")
         if not verdict.kept:
             model, sim = folded, folded_sim
-            note += f"; not kept: {verdict.describe()}"
-            warnings.append(f"equalization lowered the output SQNR against FP32 on the calibration data "
-                            f"({verdict.sqnr_before_db:.1f} -> {verdict.sqnr_after_db:.1f} dB); the folded model "
-                            "is used")
         record("+ equalize", time.perf_counter() - t, sim, note)
 
     if correct_bias:
@@ -737,13 +742,10 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
         sim, _, _ = simulate(corrected)
         verdict = bias_correction_verdict(fp32, before_sim, sim, calib, batch_size=batch_size,
                                           fp32_outputs=calib_outputs())
-        note = f"{len(bc.corrected)} layers, {method}"
+        note = f"{len(bc.corrected)} layers, {method}" + dropped(
+            verdict, "bias correction", "the model without it is exported")
         if not verdict.kept:
             sim = before_sim
-            note += f"; not kept: {verdict.describe()}"
-            warnings.append(f"bias correction lowered the output SQNR against FP32 on the calibration data "
-                            f"({verdict.sqnr_before_db:.1f} -> {verdict.sqnr_after_db:.1f} dB); the model without "
-                            "it is exported")
         record("+ bias-correct", time.perf_counter() - t, sim, note)
 
     t = time.perf_counter()

@@ -62,7 +62,6 @@ sys.path.insert(0, str(ROOT))
 
 from aimetcli import api  # noqa: E402
 from aimetcli.calibration.data import input_specs, open_data  # noqa: E402
-from aimetcli.export import export as export_model  # noqa: E402
 from aimetcli.kernels.quant import QuantScheme  # noqa: E402
 from aimetcli.quantsim.placement import QuantOptions  # noqa: E402
 
@@ -165,15 +164,6 @@ def load_plain(path: Path):
     import onnx_ir as ir
 
     return ir.load(str(path))
-
-
-def eval_export(sim, dataset, scratch: Path, tag: str) -> tuple[float, float]:
-    """Export ``sim`` like ``aimetcli export``; top-1 of model_qdq.onnx with ORT optimizations ALL."""
-    out = scratch / f"export_{tag}"
-    t = time.perf_counter()
-    export_model(api.clone(sim), str(out))
-    seconds = time.perf_counter() - t
-    return evaluate(load_plain(out / "model_qdq.onnx"), dataset, "all"), seconds
 
 
 class _Reader:
