@@ -75,23 +75,11 @@ def build_chain(depth: int) -> Path:
 
 def many_samples() -> Path:
     """MANY_SAMPLES random 224x224 samples (seeded), for the several-runs row."""
-    import numpy as np
-
-    path = c.DATA / f"mobilenetv2_samples_{MANY_SAMPLES}.npy"
-    if not path.exists():
-        x = np.random.default_rng(3).standard_normal((MANY_SAMPLES, 3, 224, 224), dtype=np.float32)
-        np.save(path, x)
-    return path
+    return c.random_npy(f"mobilenetv2_samples_{MANY_SAMPLES}", (MANY_SAMPLES, 3, 224, 224), seed=3)
 
 
 def chain_samples() -> Path:
-    import numpy as np
-
-    path = c.DATA / f"chain_samples_{CHAIN_SAMPLES}.npy"
-    if not path.exists():
-        x = np.random.default_rng(1).standard_normal((CHAIN_SAMPLES, CHAIN_C, CHAIN_HW, CHAIN_HW), dtype=np.float32)
-        np.save(path, x)
-    return path
+    return c.random_npy(f"chain_samples_{CHAIN_SAMPLES}", (CHAIN_SAMPLES, CHAIN_C, CHAIN_HW, CHAIN_HW), seed=1)
 
 
 # ---------------------------------------------------------------------------- child

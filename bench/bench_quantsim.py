@@ -40,13 +40,7 @@ SAMPLES = c.DATA / f"mobilenetv2_samples_{N_SAMPLES}.npy"
 
 
 def make_samples() -> Path:
-    import numpy as np
-
-    if not SAMPLES.exists():
-        x = np.random.default_rng(0).standard_normal((N_SAMPLES, 3, 224, 224), dtype=np.float32)
-        c.DATA.mkdir(parents=True, exist_ok=True)
-        np.save(SAMPLES, x)
-    return SAMPLES
+    return c.random_npy(SAMPLES.stem, (N_SAMPLES, 3, 224, 224), seed=0)
 
 
 def _array(data_path: str, key: str | None):

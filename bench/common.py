@@ -235,6 +235,17 @@ def folded_copy(src: Path) -> Path:
     return dest
 
 
+def random_npy(name: str, shape: tuple[int, ...], seed: int) -> Path:
+    """bench/data/<name>.npy: standard-normal float32 samples of ``shape`` from ``seed``, made once."""
+    import numpy as np
+
+    path = DATA / f"{name}.npy"
+    if not path.exists():
+        DATA.mkdir(parents=True, exist_ok=True)
+        np.save(path, np.random.default_rng(seed).standard_normal(shape, dtype=np.float32))
+    return path
+
+
 def scratch_dir() -> Path:
     DATA.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix="scratch-", dir=DATA))
