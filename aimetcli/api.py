@@ -634,6 +634,8 @@ class PtqSummary:
     options: dict
     export: Any = None
     warnings: list[str] = field(default_factory=list)
+    # with several schemes tried: each one's output SQNR against FP32 on the calibration data
+    schemes_tried: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return _jsonable(self)
@@ -657,100 +659,182 @@ def clone(model: ir.Model) -> ir.Model:
     return copy
 
 
+def scheme_candidates(options) -> tuple:
+    """The range schemes ``ptq --quant-scheme auto`` tries, as AIMET's AutoQuant does in its
+    'QuantScheme Selection' (min-max and tf-enhanced; AIMET keeps min-max where the bitwidth is
+    16 or more, where the grid is fine enough that clipping cannot pay)."""
+    from aimetcli.kernels.quant import QuantScheme
+
+    if options.param_bw >= 16 and options.act_bw >= 16:
+        return (QuantScheme.MIN_MAX,)
+    return (QuantScheme.MIN_MAX, QuantScheme.TF_ENHANCED)
+
+
+@dataclass
+class _SchemeRun:
+    """One pass of ptq's flow with one range scheme."""
+
+    options: Any
+    stages: list[Stage]
+    sim: ir.Model
+    calib_sqnr_db: float | None
+    seconds: float
+    warnings: list[str]
+
+
 def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_model: bool = True,
         correct_bias: bool = True, method: str = "hybrid", config_path: str | None = None, batch_size: int = 32,
-        encoding_version: str = "1.0.0", progress=None, on_stage=None) -> PtqSummary:
+        encoding_version: str = "1.0.0", schemes: tuple = (), progress=None, on_stage=None) -> PtqSummary:
     """AIMET's recommended flow: fold-bn, equalize, calibrate, bias-correct, calibrate again, export.
 
     After each stage the quantized model is scored on ``evaluation`` (top-1 with labels, else SQNR
     of the first output against the FP32 model), so the table shows what each technique bought.
     Equalization and bias correction are each kept only where they raise the output SQNR against
     FP32 on the calibration data (:func:`keep_verdict`); the table and a warning say when not.
+
+    ``schemes``: range schemes to try (:func:`scheme_candidates`); the flow after the rewrites
+    runs once per scheme and the one whose final model has the highest output SQNR against FP32
+    on the calibration data is exported (the table shows its stages). Empty: ``options.scheme``.
     """
     from aimetcli.export import export as export_model
 
     evaluation = evaluation or calib
+    schemes = tuple(dict.fromkeys(schemes)) or (options.scheme,)
     fp32 = clone(model)
     stages: list[Stage] = []
-    warnings: list[str] = []
 
-    def score(candidate: ir.Model, level: str = "none") -> tuple[float | None, float | None]:
-        res = evaluate([fp32, candidate], evaluation, batch_size=batch_size, optimization=["none", level],
-                       reference_outputs=fp32_outputs)
-        sq = res.comparisons[0].sqnr_db if res.comparisons else None
-        return res.top1[1], sq
-
-    def record(name: str, seconds: float, candidate: ir.Model, note: str = "", level: str = "none") -> None:
-        top1, sq = score(candidate, level)
-        stages.append(Stage(name, top1, sq, seconds, note))
+    def announce(stage: Stage, scheme=None) -> None:
         if on_stage is not None:
-            on_stage(stages[-1])
-
-    def simulate(m: ir.Model) -> tuple[ir.Model, Any, QuantsimSummary]:
-        sim, encs, summary = quantsim(clone(m), calib, options, config_path=config_path, batch_size=batch_size,
-                                      progress=progress)
-        for w in summary.warnings:
-            if "BatchNormalization" not in w and w not in warnings:
-                warnings.append(w)
-        return sim, encs, summary
+            on_stage(dataclasses.replace(stage, name=f"{stage.name} ({scheme.value})") if scheme else stage)
 
     t = time.perf_counter()
     fp32_outputs = model_outputs(fp32, evaluation, batch_size=batch_size)  # every stage is compared with these
     base = evaluate([fp32], evaluation, batch_size=batch_size, reference_outputs=fp32_outputs)
     stages.append(Stage("fp32", base.top1[0], None, time.perf_counter() - t, "reference"))
-    if on_stage is not None:
-        on_stage(stages[-1])
-
-    t = time.perf_counter()
-    _, fold_summary = fold_bn(model)
-    sim, _, _ = simulate(model)
-    record("fold-bn", time.perf_counter() - t, sim,
-           f"{len(fold_summary.folded)} BN folded, {len(fold_summary.skipped)} left")
+    announce(stages[-1])
 
     @functools.cache
     def calib_outputs() -> list:
         """FP32 outputs on the calibration data, for the verdicts (computed once, if needed)."""
         return fp32_outputs if evaluation is calib else model_outputs(fp32, calib, batch_size=batch_size)
 
-    def dropped(verdict: KeepVerdict, technique: str, instead: str) -> str:
-        """The stage note's addition, and a warning, when ``verdict`` drops ``technique``."""
-        if verdict.kept:
-            return ""
-        warnings.append(f"{technique} lowered the output SQNR against FP32 on the calibration data "
-                        f"({verdict.sqnr_before_db:.1f} -> {verdict.sqnr_after_db:.1f} dB); {instead}")
-        return f"; not kept: {verdict.describe()}"
+    def calib_sqnr(sim: ir.Model) -> float | None:
+        res = evaluate([fp32, sim], calib, batch_size=batch_size, reference_outputs=calib_outputs())
+        return res.comparisons[0].sqnr_db if res.comparisons else None
 
+    # the rewrites do not depend on the quantization options: once for every scheme
+    t = time.perf_counter()
+    _, fold_summary = fold_bn(model)
+    fold_seconds = time.perf_counter() - t
+    equalized = eq = None
     if equalize_model:
         t = time.perf_counter()
-        folded, folded_sim = clone(model), sim
-        eq = equalize(model)
-        sim, _, _ = simulate(model)
-        verdict = equalization_verdict(fp32, folded_sim, sim, calib, batch_size=batch_size,
-                                       fp32_outputs=calib_outputs())
-        note = f"{eq.scaling_sets} sets, {len(eq.bias_absorbed)} absorbed" + dropped(
-            verdict, "equalization", "the folded model is used")
-        if not verdict.kept:
-            model, sim = folded, folded_sim
-        record("+ equalize", time.perf_counter() - t, sim, note)
+        equalized = clone(model)
+        eq = equalize(equalized)
+        eq_seconds = time.perf_counter() - t
 
-    if correct_bias:
+    def run_scheme(opts, label) -> _SchemeRun:
+        """fold-bn's sim, equalize (kept or not), bias correction (kept or not), with ``opts``."""
+        run_stages: list[Stage] = []
+        warnings: list[str] = []
+        start = time.perf_counter()
+
+        def record(name: str, seconds: float, candidate: ir.Model, note: str = "") -> None:
+            res = evaluate([fp32, candidate], evaluation, batch_size=batch_size, reference_outputs=fp32_outputs)
+            sq = res.comparisons[0].sqnr_db if res.comparisons else None
+            run_stages.append(Stage(name, res.top1[1], sq, seconds, note))
+            announce(run_stages[-1], label)
+
+        def simulate(m: ir.Model) -> ir.Model:
+            sim, _, summary = quantsim(clone(m), calib, opts, config_path=config_path, batch_size=batch_size,
+                                       progress=progress)
+            for w in summary.warnings:
+                if "BatchNormalization" not in w and w not in warnings:
+                    warnings.append(w)
+            return sim
+
+        def dropped(verdict: KeepVerdict, technique: str, instead: str) -> str:
+            """The stage note's addition, and a warning, when ``verdict`` drops ``technique``."""
+            if verdict.kept:
+                return ""
+            warnings.append(f"{technique} lowered the output SQNR against FP32 on the calibration data "
+                            f"({verdict.sqnr_before_db:.1f} -> {verdict.sqnr_after_db:.1f} dB); {instead}")
+            return f"; not kept: {verdict.describe()}"
+
         t = time.perf_counter()
-        before_sim = sim
-        corrected = clone(model)
-        bc = bias_correct(corrected, calib, options, method=method, config_path=config_path,
-                          batch_size=batch_size)
-        sim, _, _ = simulate(corrected)
-        verdict = bias_correction_verdict(fp32, before_sim, sim, calib, batch_size=batch_size,
-                                          fp32_outputs=calib_outputs())
-        note = f"{len(bc.corrected)} layers, {method}" + dropped(
-            verdict, "bias correction", "the model without it is exported")
-        if not verdict.kept:
-            sim = before_sim
-        record("+ bias-correct", time.perf_counter() - t, sim, note)
+        current = model
+        sim = simulate(current)
+        record("fold-bn", fold_seconds + time.perf_counter() - t, sim,
+               f"{len(fold_summary.folded)} BN folded, {len(fold_summary.skipped)} left")
+        sqnr = None  # calibration SQNR of ``sim``, where a verdict measured it
+
+        if equalized is not None:
+            t = time.perf_counter()
+            folded_sim = sim
+            sim = simulate(equalized)
+            verdict = equalization_verdict(fp32, folded_sim, sim, calib, batch_size=batch_size,
+                                           fp32_outputs=calib_outputs())
+            note = f"{eq.scaling_sets} sets, {len(eq.bias_absorbed)} absorbed" + dropped(
+                verdict, "equalization", "the folded model is used")
+            if verdict.kept:
+                current = equalized
+            else:
+                sim = folded_sim
+            sqnr = verdict.sqnr_after_db if verdict.kept else verdict.sqnr_before_db
+            record("+ equalize", eq_seconds + time.perf_counter() - t, sim, note)
+
+        if correct_bias:
+            t = time.perf_counter()
+            before_sim = sim
+            corrected = clone(current)
+            bc = bias_correct(corrected, calib, opts, method=method, config_path=config_path,
+                              batch_size=batch_size)
+            sim = simulate(corrected)
+            verdict = bias_correction_verdict(fp32, before_sim, sim, calib, batch_size=batch_size,
+                                              fp32_outputs=calib_outputs())
+            note = f"{len(bc.corrected)} layers, {method}" + dropped(
+                verdict, "bias correction", "the model without it is exported")
+            if not verdict.kept:
+                sim = before_sim
+            sqnr = verdict.sqnr_after_db if verdict.kept else verdict.sqnr_before_db
+            record("+ bias-correct", time.perf_counter() - t, sim, note)
+
+        if sqnr is None and len(schemes) > 1:
+            sqnr = calib_sqnr(sim)
+        return _SchemeRun(opts, run_stages, sim, sqnr, time.perf_counter() - start, warnings)
+
+    best: _SchemeRun | None = None
+    tried: list[tuple[Any, float | None]] = []
+    others = 0.0
+    for scheme in schemes:
+        run = run_scheme(dataclasses.replace(options, scheme=scheme), scheme if len(schemes) > 1 else None)
+        tried.append((scheme, run.calib_sqnr_db))
+        if best is None or _higher(run.calib_sqnr_db, best.calib_sqnr_db):
+            if best is not None:
+                others += best.seconds
+            best = run
+        else:
+            others += run.seconds
+    stages += best.stages
+    if len(schemes) > 1:
+        note = ", ".join(f"{s.value} {'-' if db is None else f'{db:.1f}'}" for s, db in tried)
+        stages.append(Stage(f"scheme: {best.options.scheme.value}", None, None, others,
+                            f"calibration SQNR (dB): {note}"))
+        announce(stages[-1])
 
     t = time.perf_counter()
-    exported = export_model(clone(sim), outdir, version=encoding_version)
-    model_io.save_model(sim, os.path.join(outdir, "sim.onnx"))
+    exported = export_model(clone(best.sim), outdir, version=encoding_version)
+    model_io.save_model(best.sim, os.path.join(outdir, "sim.onnx"))
     qdq = model_io.load_model(os.path.join(outdir, "model_qdq.onnx")).model
-    record("export: model_qdq", time.perf_counter() - t, qdq, "ORT integer kernels", level="all")
-    return PtqSummary(stages, options.as_record(config_path or "default"), exported, warnings)
+    res = evaluate([fp32, qdq], evaluation, batch_size=batch_size, optimization=["none", "all"],
+                   reference_outputs=fp32_outputs)
+    stages.append(Stage("export: model_qdq", res.top1[1], res.comparisons[0].sqnr_db if res.comparisons else None,
+                        time.perf_counter() - t, "ORT integer kernels"))
+    announce(stages[-1])
+    return PtqSummary(stages, best.options.as_record(config_path or "default"), exported, best.warnings,
+                      [{"scheme": s.value, "calib_sqnr_db": db} for s, db in tried] if len(schemes) > 1 else [])
+
+
+def _higher(a: float | None, b: float | None) -> bool:
+    """``a`` strictly above ``b`` (an unmeasurable SQNR ranks last; ties keep the earlier)."""
+    return a is not None and (b is None or a > b)

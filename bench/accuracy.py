@@ -10,11 +10,14 @@ a missing one is skipped with a note) top-1 on sample_models/eval.npz of:
 * + BN fold, + equalize, + bias correction (hybrid: analytical where a layer reads a
   folded BN through ReLU/clip/nothing, empirical elsewhere), each followed by
   quantsim with the same options and calibration data: the calls ``api.ptq`` makes;
-* ptq per-tensor: ``api.ptq`` itself (equalization and bias correction each kept
-  only where they raise the output SQNR against FP32 on the calibration data,
-  ``api.keep_verdict``): the top-1 of the sim it exports, and of its deployable
-  ``model_qdq.onnx`` run by onnxruntime with every graph optimization (integer kernels);
-* the same with tf-enhanced ranges; at W4 also + bias correction, empirical only;
+* ptq per-tensor: ``api.ptq`` itself as ``aimetcli ptq`` runs it (range scheme auto:
+  the flow with min-max and with tf-enhanced ranges, the one with the higher output
+  SQNR against FP32 on the calibration data exported; equalization and bias
+  correction each kept only where they raise that SQNR, ``api.keep_verdict``): the
+  top-1 of the sim it exports, and of its deployable ``model_qdq.onnx`` run by
+  onnxruntime with every graph optimization (integer kernels); then ptq with
+  min-max only and with tf-enhanced only;
+* + bias correction with tf-enhanced ranges; at W4 also + bias correction, empirical only;
 * per-channel: fold + quantsim --per-channel; fold, equalize, bias correction and
   quantsim, all per-channel; ptq per-channel (api.ptq) and its exported model_qdq.onnx;
 * onnxruntime's quantize_static (QDQ, MinMax, activations QUInt8, weights QInt8,
@@ -133,14 +136,16 @@ ROWS = [  # key, label
     ("equalize", "+ equalize (CLE + high-bias absorption)"),
     ("bc", "+ bias correction (hybrid)"),
     ("bc_emp", "+ bias correction (empirical only)"),
-    ("ptq", "**ptq per-tensor** (api.ptq: equalization and bias correction each kept only where they raise the "
-            "calibration SQNR)"),
+    ("ptq", "**ptq per-tensor** (api.ptq as `aimetcli ptq` runs it: min-max and tf-enhanced ranges both tried, "
+            "the one with the higher calibration SQNR exported; equalization and bias correction each kept only "
+            "where they raise the calibration SQNR)"),
     ("ptq_export", "ptq per-tensor, exported model_qdq.onnx, ORT opt ALL"),
+    ("ptq_mm", "ptq per-tensor, min-max ranges only (`--quant-scheme min-max`)"),
     ("bc_tfe", "+ bias correction, tf-enhanced ranges (`--quant-scheme tf-enhanced`, AIMET's default scheme)"),
-    ("ptq_tfe", "ptq per-tensor, tf-enhanced ranges"),
+    ("ptq_tfe", "ptq per-tensor, tf-enhanced ranges only (`--quant-scheme tf-enhanced`)"),
     ("pc", "per-channel (fold + quantsim --per-channel)"),
     ("pc_bc", "per-channel + equalize + bias correction (hybrid)"),
-    ("ptq_pc", "**ptq per-channel** (api.ptq, the same keep-or-drop rule)"),
+    ("ptq_pc", "**ptq per-channel** (api.ptq, the same scheme choice and keep-or-drop rule)"),
     ("ptq_pc_export", "ptq per-channel, exported model_qdq.onnx, ORT opt ALL"),
     ("ort", "ORT quantize_static per-tensor"),
     ("ort_all", "ORT quantize_static per-tensor, ORT opt ALL"),
@@ -280,7 +285,7 @@ def run_model(name: str, path: Path, calib_path: Path, eval_path: Path, bitwidth
             sim, _, summary = api.quantsim(api.clone(model), calib, opts)
             return sim, summary
 
-        def ptq_rows(row: str, export_row: str | None, opts, tag: str) -> None:
+        def ptq_rows(row: str, export_row: str | None, opts, tag: str, schemes: tuple = ()) -> None:
             """What `aimetcli ptq` does with ``opts``, run by api.ptq itself: the top-1 of the sim it
             exports (equalization and bias correction each kept only where they raise the output
             SQNR against FP32 on the calibration data) and, at the export bitwidths, of its
@@ -288,13 +293,18 @@ def run_model(name: str, path: Path, calib_path: Path, eval_path: Path, bitwidth
             stages = {}
 
             def cell():
-                summary = api.ptq(api.clone(fp32), calib, ev, opts, outdir=str(scratch / f"{name}_{tag}_w{bw}"))
+                summary = api.ptq(api.clone(fp32), calib, ev, opts, outdir=str(scratch / f"{name}_{tag}_w{bw}"),
+                                  schemes=schemes)
                 stages.update((s.name, s) for s in summary.stages)
                 kept = stages.get("+ bias-correct") or stages.get("+ equalize") or stages["fold-bn"]
                 dropped = [f"{label} not kept ({stages[key].note.split('not kept: ', 1)[1]})"
                            for key, label in (("+ equalize", "equalization"), ("+ bias-correct", "bias correction"))
                            if key in stages and "not kept: " in stages[key].note]
                 seconds = sum(st.seconds for st in summary.stages[1:] if not st.name.startswith("export"))
+                if summary.schemes_tried:
+                    chose = summary.options["scheme"] + " (" + ", ".join(
+                        f"{t['scheme']} {t['calib_sqnr_db']:.1f}" for t in summary.schemes_tried) + " dB)"
+                    res.extra.setdefault(f"chose_{row}", {})[bw] = chose
                 return Cell(kept.top1, seconds, "; ".join(dropped) or "equalization and bias correction kept")
 
             guarded(row, bw, cell)
@@ -336,7 +346,8 @@ def run_model(name: str, path: Path, calib_path: Path, eval_path: Path, bitwidth
         guarded("equalize", bw, eq_row)
 
         guarded("bc", bw, lambda: corrected(pt))
-        ptq_rows("ptq", "ptq_export", pt, "pt")
+        ptq_rows("ptq", "ptq_export", pt, "pt", api.scheme_candidates(pt))
+        ptq_rows("ptq_mm", None, pt, "mm")
 
         if bw in empirical_bws:
             guarded("bc_emp", bw, lambda: corrected(pt, method="empirical"))
@@ -352,7 +363,7 @@ def run_model(name: str, path: Path, calib_path: Path, eval_path: Path, bitwidth
         for raw, opts in (("bc_tfe", tfe), ("pc_bc", pc)):
             guarded(raw, bw, lambda opts=opts: corrected(opts))
         ptq_rows("ptq_tfe", None, tfe, "tfe")
-        ptq_rows("ptq_pc", "ptq_pc_export", pc, "pc")
+        ptq_rows("ptq_pc", "ptq_pc_export", pc, "pc", api.scheme_candidates(pc))
 
         # onnxruntime's quantize_static
         for row, per_channel in (("ort", False), ("ort_pc", True)):
@@ -511,12 +522,17 @@ def analysis(res: ModelResult) -> str:
                     "stay unquantized while measuring, as AIMET does; docs/design.md).")
         out.append(txt)
     dropped = [f"{label} W{bw}: {cell.note}"
-               for key, label in (("ptq", "per-tensor"), ("ptq_tfe", "tf-enhanced"), ("ptq_pc", "per-channel"))
+               for key, label in (("ptq", "per-tensor"), ("ptq_mm", "min-max"), ("ptq_tfe", "tf-enhanced"),
+                                  ("ptq_pc", "per-channel"))
                for bw, cell in sorted(res.rows.get(key, {}).items())
                if "not kept" in cell.note]
     if dropped:
         out.append("*ptq* dropped a technique where it lowered the output SQNR against FP32 on the calibration "
                    "data: " + "; ".join(dropped) + ".")
+    chose = [f"{label} W{bw}: {text}" for key, label in (("ptq", "per-tensor"), ("ptq_pc", "per-channel"))
+             for bw, text in sorted(res.extra.get(f"chose_{key}", {}).items())]
+    if chose:
+        out.append("*ptq's range scheme* (calibration SQNR of each scheme's final model): " + "; ".join(chose) + ".")
     ort = [(bw, delta(res, "ort", "fold", bw)) for bw in bws if delta(res, "ort", "fold", bw) is not None]
     if ort:
         out.append("quantize_static per-tensor vs our + BN fold row (both fold BN, MinMax, no further technique): "
@@ -545,7 +561,7 @@ def goal_lines(results: list[ModelResult]) -> list[str]:
     for res in results:
         if res.fp32 is None:
             continue
-        for key, label in (("ptq", "min-max"), ("ptq_tfe", "tf-enhanced")):
+        for key, label in (("ptq", "scheme auto, the default"), ("ptq_mm", "min-max"), ("ptq_tfe", "tf-enhanced")):
             w8 = res.top1(key, 8)
             if w8 is not None:
                 gap = res.fp32 - w8
@@ -573,7 +589,8 @@ def render(results: list[ModelResult], skipped: list[str], orient: ModelResult |
         "`python bench/accuracy.py` (library API, in process). Top-1 % on the labelled evaluation set "
         "(Δ = points vs FP32) and the time of the step that produced the row (rewrite + bias correction + "
         "calibration, evaluation not included; for quantize_static: quant_pre_process + calibration + "
-        "quantization). Activations always 8-bit asymmetric, weights symmetric, MinMax ranges, "
+        "quantization). Activations always 8-bit asymmetric, weights symmetric, MinMax ranges where the row "
+        "names no other scheme (the default ptq rows choose min-max or tf-enhanced themselves), "
         "AIMET's default config. Every simulated model is scored with onnxruntime graph optimizations "
         "**off** (QDQ emulated in float: exactly the simulation); rows marked \"ORT opt ALL\" are what a "
         "deployment runs (QDQ fused into integer kernels). onnxruntime's quantize_static: QDQ, MinMax, "

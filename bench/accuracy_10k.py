@@ -4,10 +4,12 @@
 bench/accuracy.py scores on the committed 2,000-image evaluation set, where one image
 is 0.05 points: at W8 every method lands within a few images of FP32 and of each other.
 This script scores the same W8A8 models on all 10,000 test images (0.01 points an
-image): FP32; ptq per-tensor with min-max and with tf-enhanced ranges; ptq per-channel
-(api.ptq itself: fold-bn, equalize, hybrid bias correction, quantsim, each technique
-kept only where it raises the calibration-data SQNR; calibration on
-sample_models/calib.npz); onnxruntime's quantize_static per-tensor and per-channel.
+image): FP32; ptq per-tensor as ``aimetcli ptq`` runs it (range scheme auto: min-max
+and tf-enhanced tried, the one with the higher calibration-data SQNR exported), and
+with min-max only and tf-enhanced only; ptq per-channel, scheme auto (api.ptq itself:
+fold-bn, equalize, hybrid bias correction, quantsim, each technique kept only where it
+raises the calibration-data SQNR; calibration on sample_models/calib.npz);
+onnxruntime's quantize_static per-tensor and per-channel.
 
 Needs Debian's dataset-fashion-mnist (files in /usr/share/datasets/fashion-mnist, or
 FASHION_MNIST_DIR); without it the script says so and writes nothing.
@@ -29,12 +31,12 @@ import common as c  # noqa: E402
 
 DATA_DIR = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 MODELS = ("mobilenetv2", "resnet", "shufflenetv2")
-COLUMNS = ("FP32", "ptq per-tensor, min-max", "ptq per-tensor, tf-enhanced", "ptq per-channel",
+COLUMNS = ("FP32", "ptq per-tensor", "ptq per-tensor, min-max", "ptq per-tensor, tf-enhanced", "ptq per-channel",
            "quantize_static per-tensor", "quantize_static per-channel")
 
 
-def score_model(name: str, test_npz: Path, scratch: Path, dropped: list[str]) -> tuple[dict[str, float],
-                                                                                    dict[str, float]]:
+def score_model(name: str, test_npz: Path, scratch: Path, dropped: list[str],
+                chosen: list[str]) -> tuple[dict[str, float], dict[str, float]]:
     """(top-1 per column, output SQNR against FP32 in dB per quantized column) on the 10k images."""
     import accuracy as acc  # bench/accuracy.py: the same evaluation and quantize_static calls
 
@@ -50,12 +52,19 @@ def score_model(name: str, test_npz: Path, scratch: Path, dropped: list[str]) ->
     reference = api.model_outputs(fp32, ev, batch_size=500)
     row = {"FP32": api.evaluate([fp32], ev, reference_outputs=reference).top1[0]}
     sqnr = {}
-    for label, opts in (("ptq per-tensor, min-max", QuantOptions()),
-                        ("ptq per-tensor, tf-enhanced", QuantOptions(scheme=QuantScheme.TF_ENHANCED)),
-                        ("ptq per-channel", QuantOptions(per_channel=True))):
+    auto = api.scheme_candidates(QuantOptions())
+    for label, opts, schemes in (("ptq per-tensor", QuantOptions(), auto),
+                                 ("ptq per-tensor, min-max", QuantOptions(), ()),
+                                 ("ptq per-tensor, tf-enhanced", QuantOptions(scheme=QuantScheme.TF_ENHANCED), ()),
+                                 ("ptq per-channel", QuantOptions(per_channel=True), auto)):
         # api.ptq itself, scored on the 10k images (equalization and bias correction each kept only
         # where they raise the output SQNR against FP32 on the calibration data)
-        summary = api.ptq(api.clone(fp32), calib, ev, opts, outdir=str(scratch / f"{name}_{label}".replace(" ", "_")))
+        summary = api.ptq(api.clone(fp32), calib, ev, opts, outdir=str(scratch / f"{name}_{label}".replace(" ", "_")),
+                          schemes=schemes)
+        if summary.schemes_tried:
+            chosen.append(f"{name}: {label}: {summary.options['scheme']} (calibration SQNR "
+                          + ", ".join(f"{t['scheme']} {t['calib_sqnr_db']:.1f}" for t in summary.schemes_tried)
+                          + " dB)")
         stages = {s.name: s for s in summary.stages}
         for key, what in (("+ equalize", "equalization"), ("+ bias-correct", "bias correction")):
             if key in stages and "not kept: " in stages[key].note:
@@ -85,17 +94,18 @@ def main() -> int:
         images, labels = build.load_split(DATA_DIR, "t10k")
         test_npz = Path(tmp) / "test10k.npz"
         np.savez(test_npz, input=build.normalise(images), label=labels)
-        rows, sqnrs, dropped = {}, {}, []
+        rows, sqnrs, dropped, chosen = {}, {}, [], []
         for name in MODELS:
             c.log(f"accuracy_10k: {name}")
-            rows[name], sqnrs[name] = score_model(name, test_npz, Path(tmp), dropped)
+            rows[name], sqnrs[name] = score_model(name, test_npz, Path(tmp), dropped, chosen)
     table_rows, notes = [], []
     sqnr_rows = [[name, *(f"{sqnrs[name][k]:.1f}" for k in COLUMNS[1:])] for name in rows]
     for name, row in rows.items():
         fp = row["FP32"]
         table_rows.append([name, *(f"{row[k]:.2f}" if k == "FP32" else f"{row[k]:.2f} ({row[k] - fp:+.2f})"
                                    for k in COLUMNS)])
-        for ours, theirs in (("ptq per-tensor, min-max", "quantize_static per-tensor"),
+        for ours, theirs in (("ptq per-tensor", "quantize_static per-tensor"),
+                             ("ptq per-tensor, min-max", "quantize_static per-tensor"),
                              ("ptq per-tensor, tf-enhanced", "quantize_static per-tensor"),
                              ("ptq per-channel", "quantize_static per-channel")):
             diff = round((row[ours] - row[theirs]) * 100)
@@ -103,7 +113,8 @@ def main() -> int:
     body = "\n".join([
         "W8A8 top-1 % (Δ points vs FP32) on all 10,000 Fashion-MNIST test images (one image = 0.01 points; "
         "the committed eval.npz holds the first 2,000). `python bench/accuracy_10k.py`; the same calls as "
-        "bench/accuracy.py (ptq = api.ptq: fold-bn, equalize, hybrid bias correction, quantsim, equalization "
+        "bench/accuracy.py (ptq = api.ptq: fold-bn, equalize, hybrid bias correction, quantsim, range scheme "
+        "min-max or tf-enhanced, whichever gives the higher calibration-data SQNR, unless the column names one; equalization "
         "and bias correction each kept only where they raise the calibration-data SQNR; calibration on "
         "sample_models/calib.npz); "
         "simulations scored with onnxruntime optimizations off. "
@@ -114,6 +125,8 @@ def main() -> int:
         c.table(["model", *COLUMNS[1:]], sqnr_rows),
         "\nOur W8 models against onnxruntime's:\n",
         *(f"- {n}" for n in notes),
+        "\nThe range scheme ptq chose (scheme auto, the default):\n",
+        *(f"- {x}" for x in chosen),
         *(["\nWhere ptq dropped a technique:\n", *(f"- {d}" for d in dropped)] if dropped else []),
     ])
     c.write_section("accuracy_10k", "Accuracy at W8A8 on the full 10k test set", body)

@@ -13,6 +13,8 @@ from onnx import helper, numpy_helper
 from aimetcli import api
 from aimetcli import encodings as enc_io
 from aimetcli.cli import main
+from aimetcli.kernels.quant import QuantScheme
+from aimetcli.quantsim.placement import QuantOptions
 from helpers import init, make_model, op_count, rand, run
 
 
@@ -122,18 +124,30 @@ def test_ptq_one_command(tmp_path):
                                   "--eval", str(tmp_path / "data.npz"), "--labels", "label", "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
+    chosen = doc["options"]["scheme"]
     assert [s["name"] for s in doc["stages"]] == ["fp32", "fold-bn", "+ equalize", "+ bias-correct",
-                                                   "export: model_qdq"]
+                                                   f"scheme: {chosen}", "export: model_qdq"]
     assert doc["stages"][0]["top1"] == 100.0
-    assert all(s["top1"] is not None for s in doc["stages"])
+    assert all(s["top1"] is not None for s in doc["stages"] if not s["name"].startswith("scheme"))
+    # --quant-scheme auto (the default): both schemes tried, the closer one to FP32 exported
+    tried = {t["scheme"]: t["calib_sqnr_db"] for t in doc["schemes_tried"]}
+    assert set(tried) == {"min-max", "tf-enhanced"} and tried[chosen] == max(tried.values())
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["options"]["scheme"] == chosen
     assert {p.name for p in (tmp_path / "out").iterdir()} >= {"sim.onnx", "model.onnx", "model.encodings",
                                                                "model_qdq.onnx", "report.json"}
     r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(tmp_path / "out2"), "--data", "random:16",
-                                  "--no-equalize", "--no-bias-correct", "--json"])
+                                  "--no-equalize", "--no-bias-correct", "--quant-scheme", "min-max", "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert [s["name"] for s in doc["stages"]] == ["fp32", "fold-bn", "export: model_qdq"]
-    assert doc["stages"][1]["sqnr_db"] > 20
+    assert doc["stages"][1]["sqnr_db"] > 20 and doc["schemes_tried"] == [] and doc["options"]["scheme"] == "min-max"
+
+
+def test_ptq_auto_scheme_tries_min_max_only_at_16_bits():
+    """AIMET's AutoQuant keeps min-max where the grid is 16-bit: nothing to choose there."""
+    assert api.scheme_candidates(QuantOptions(param_bw=16, act_bw=16)) == (QuantScheme.MIN_MAX,)
+    assert api.scheme_candidates(QuantOptions(param_bw=16, act_bw=8)) == (QuantScheme.MIN_MAX,
+                                                                          QuantScheme.TF_ENHANCED)
 
 
 def _scaled(k: float):
@@ -185,7 +199,7 @@ def test_ptq_goes_on_from_the_folded_model_when_equalization_lowered_the_sqnr(tm
 
     monkeypatch.setattr(api, "equalization_verdict", dropped)
     r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(tmp_path / "out"), "--data", str(tmp_path / "data.npz"),
-                                  "--no-bias-correct", "--json"])
+                                  "--no-bias-correct", "--quant-scheme", "min-max", "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     stages = {s["name"]: s for s in doc["stages"]}

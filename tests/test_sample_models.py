@@ -200,3 +200,21 @@ def test_deployable_model_agrees_with_sim(name, tmp_path):
     q = onnx.load(tmp_path / "deploy" / "model_qdq.onnx")
     weights = [t for t in q.graph.initializer if t.data_type == onnx.TensorProto.UINT8 and len(t.dims) > 1]
     assert weights and all(len(t.raw_data) * 4 == len(fp32[t.name].raw_data) for t in weights)
+
+
+def test_ptq_auto_scheme_exports_the_scheme_closer_to_fp32(tmp_path):
+    """ShuffleNetV2 after fold-bn, W8A8 per-tensor: min-max ranges stay 3-7 dB further from
+    FP32 on the calibration data than tf-enhanced ones (bench/RESULTS.md); ``ptq`` (scheme auto,
+    the default) must find that and export the tf-enhanced model, and say so."""
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["ptq", path("shufflenetv2_fmnist"), "-o", str(out), "--data", CALIB,
+                                  "--num-samples", "256", "--no-equalize", "--no-bias-correct", "--json"])
+    assert r.exit_code == 0, r.output
+    import json
+
+    doc = json.loads(r.stdout)
+    tried = {t["scheme"]: t["calib_sqnr_db"] for t in doc["schemes_tried"]}
+    assert tried["tf-enhanced"] > tried["min-max"] + 2, tried
+    assert doc["options"]["scheme"] == "tf-enhanced"
+    assert "scheme: tf-enhanced" in [s["name"] for s in doc["stages"]]
+    assert json.loads((out / "report.json").read_text())["options"]["scheme"] == "tf-enhanced"

@@ -10,7 +10,7 @@ from aimetcli.kernels.bias import METHODS
 from aimetcli.cli import Output, common_options
 from aimetcli.commands._shared import data_options, input_argument, load_input, open_dataset, simplify_option
 from aimetcli.commands.export import render_export
-from aimetcli.commands.quantsim import make_options, quant_options
+from aimetcli.commands.quantsim import AUTO_SCHEME, make_options, quant_options
 from aimetcli.encodings import SUPPORTED_VERSIONS
 from aimetcli.errors import AimetCliError, ErrorKind
 
@@ -27,7 +27,7 @@ from aimetcli.errors import AimetCliError, ErrorKind
 @click.option("--encoding-version", type=click.Choice(list(SUPPORTED_VERSIONS)), default="1.0.0", show_default=True)
 @simplify_option
 @data_options
-@quant_options
+@quant_options(auto_scheme=True)
 @common_options
 def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | None, labels_key: str | None,
         no_equalize: bool, no_bias_correct: bool, bias_correct_method: str, encoding_version: str, simplify: bool,
@@ -37,8 +37,10 @@ def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | Non
     Prints one table: per stage, top-1 of the quantized model (with --labels) or
     the SQNR of its output against FP32, and the time taken. Equalization and bias
     correction are each kept only where they raise that SQNR on the calibration
-    data (the table says when one is not). The output directory gets sim.onnx and
-    what export writes.
+    data (the table says when one is not). With --quant-scheme auto (the default)
+    the flow runs with min-max and with tf-enhanced ranges and the one closer to
+    FP32 on the calibration data is exported, as AIMET's AutoQuant chooses its
+    scheme. The output directory gets sim.onnx and what export writes.
 
     \b
     Examples:
@@ -48,6 +50,7 @@ def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | Non
     if labels_key and not eval_data and not data.endswith(".npz"):
         raise AimetCliError("--labels needs an .npz with labels (give --eval)", ErrorKind.USAGE)
     options = make_options(**kw)
+    schemes = api.scheme_candidates(options) if kw["quant_scheme"] == AUTO_SCHEME else (options.scheme,)
     model = load_input(out, model_in, None, simplify=simplify)
     calib = open_dataset(model, data, out=out, **kw)
     evaluation = open_dataset(model, eval_data, labels_key=labels_key, out=out,
@@ -57,16 +60,17 @@ def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | Non
 
     def on_stage(stage: api.Stage) -> None:
         value = (f"top-1 {stage.top1:.2f}%" if stage.top1 is not None else
-                 f"SQNR {stage.sqnr_db:.1f} dB" if stage.sqnr_db is not None else "")
+                 f"SQNR {stage.sqnr_db:.1f} dB" if stage.sqnr_db is not None else stage.note)
         out.info(f"[{stage.seconds:6.2f} s] {stage.name}: {value}")
 
     summary = api.ptq(model, calib, evaluation, options, outdir=output, equalize_model=not no_equalize,
                       correct_bias=not no_bias_correct, method=bias_correct_method, config_path=config_path,
-                      batch_size=kw["batch_size"], encoding_version=encoding_version, on_stage=on_stage)
+                      batch_size=kw["batch_size"], encoding_version=encoding_version, schemes=schemes,
+                      on_stage=on_stage)
     for w in summary.warnings:
         out.warn(w)
     table = Table(title=f"PTQ W{options.param_bw}A{options.act_bw} "
-                        f"{'per-channel' if options.per_channel else 'per-tensor'} ({options.scheme.value})",
+                        f"{'per-channel' if options.per_channel else 'per-tensor'} ({summary.options['scheme']})",
                   title_justify="left")
     for col in ("stage (quantized)", "top-1 %", "SQNR dB", "time s", "note"):
         table.add_column(col, justify="right" if col in ("top-1 %", "SQNR dB", "time s") else "left")

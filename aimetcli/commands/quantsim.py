@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
@@ -19,8 +20,26 @@ from aimetcli.kernels.quant import QuantScheme
 from aimetcli.quantsim.placement import QuantOptions
 
 
-def quant_options(func):
-    """Options that define the quantization (shared by quantsim, bias-correct, ptq, export)."""
+AUTO_SCHEME = "auto"
+
+
+def quant_options(func=None, *, auto_scheme: bool = False):
+    """Options that define the quantization (shared by quantsim, bias-correct, ptq, export).
+
+    ``auto_scheme`` (ptq): ``--quant-scheme`` also takes 'auto', its default, which tries the
+    schemes of :func:`aimetcli.api.scheme_candidates` and keeps the best.
+    """
+    if func is None:
+        return functools.partial(quant_options, auto_scheme=auto_scheme)
+    schemes = [s.value for s in QuantScheme]
+    if auto_scheme:
+        scheme = click.option("--quant-scheme", type=click.Choice([AUTO_SCHEME, *schemes]), default=AUTO_SCHEME,
+                              show_default=True,
+                              help="How ranges are chosen (tf-enhanced: AIMET's SQNR search; auto: min-max and "
+                                   "tf-enhanced both tried, the one closer to FP32 on the calibration data kept).")
+    else:
+        scheme = click.option("--quant-scheme", type=click.Choice(schemes), default="min-max", show_default=True,
+                              help="How ranges are chosen (tf-enhanced: AIMET's SQNR search).")
     options = [
         click.option("--param-bw", type=click.IntRange(2, 16), default=8, show_default=True, help="Weight bitwidth."),
         click.option("--act-bw", type=click.IntRange(2, 16), default=8, show_default=True,
@@ -31,8 +50,7 @@ def quant_options(func):
                      help="Weight symmetry (default: symmetric, from the config)."),
         click.option("--act-symmetric/--act-asymmetric", "act_symmetric", default=None,
                      help="Activation symmetry (default: asymmetric, from the config)."),
-        click.option("--quant-scheme", type=click.Choice([s.value for s in QuantScheme]), default="min-max",
-                     show_default=True, help="How ranges are chosen (tf-enhanced: AIMET's SQNR search)."),
+        scheme,
         click.option("--percentile", type=click.FloatRange(50.0, 100.0), default=99.99, show_default=True,
                      help="Percentile for --quant-scheme percentile."),
         click.option("--config", "config_path", type=str, default=None,
@@ -45,9 +63,11 @@ def quant_options(func):
 
 def make_options(param_bw, act_bw, per_channel, param_symmetric, act_symmetric, quant_scheme, percentile,
                  **_ignored) -> QuantOptions:
+    """QuantOptions from the CLI options ('auto' gives min-max here: ptq tries the others itself)."""
+    scheme = QuantScheme.MIN_MAX if quant_scheme == AUTO_SCHEME else QuantScheme(quant_scheme)
     return QuantOptions(param_bw=param_bw, act_bw=act_bw, per_channel=per_channel,
                         param_symmetric=param_symmetric, act_symmetric=act_symmetric,
-                        scheme=QuantScheme(quant_scheme), percentile=percentile)
+                        scheme=scheme, percentile=percentile)
 
 
 def encodings_path(output: str, explicit: str | None) -> str:
