@@ -587,15 +587,22 @@ class KeepVerdict:
 
 
 def keep_verdict(fp32: ir.Model, sim_before: ir.Model, sim_after: ir.Model, calib, *, batch_size: int = 32,
-                 fp32_outputs: list | None = None) -> KeepVerdict:
+                 fp32_outputs: list | None = None, sqnr=None) -> KeepVerdict:
     """Keep a technique only if the quantized model gets closer to FP32 on the calibration data
-    (never the evaluation data): ``sim_before`` without it, ``sim_after`` with it."""
-    reference = fp32_outputs if fp32_outputs is not None else model_outputs(fp32, calib, batch_size=batch_size)
-    before = evaluate([fp32, sim_before], calib, batch_size=batch_size, reference_outputs=reference).comparisons
-    after = evaluate([fp32, sim_after], calib, batch_size=batch_size, reference_outputs=reference).comparisons
-    if not before or not after:
+    (never the evaluation data): ``sim_before`` without it, ``sim_after`` with it.
+
+    ``sqnr``: the caller's measure of a sim's calibration SQNR against ``fp32`` (ptq remembers
+    the sims it measured already); by default each sim is run here."""
+    if sqnr is None:
+        reference = fp32_outputs if fp32_outputs is not None else model_outputs(fp32, calib, batch_size=batch_size)
+
+        def sqnr(sim: ir.Model) -> float | None:
+            res = evaluate([fp32, sim], calib, batch_size=batch_size, reference_outputs=reference).comparisons
+            return res[0].sqnr_db if res else None
+
+    b, a = sqnr(sim_before), sqnr(sim_after)
+    if b is None or a is None:
         return KeepVerdict(True, None, None)
-    b, a = before[0].sqnr_db, after[0].sqnr_db
     return KeepVerdict(not a < b, b, a)
 
 
@@ -718,8 +725,19 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
         """FP32 outputs on the calibration data, for the verdicts (computed once, if needed)."""
         return fp32_outputs if evaluation is calib else model_outputs(fp32, calib, batch_size=batch_size)
 
+    measured: dict[int, tuple[ir.Model, EvaluateSummary]] = {}  # id(sim) -> (sim, its score on calib)
+
+    def on_calib(sim: ir.Model) -> EvaluateSummary:
+        """A sim against FP32 on the calibration data, run once per sim: the verdicts compare each
+        stage's sim with the next one's, and without --eval the table scores the same."""
+        hit = measured.get(id(sim))
+        if hit is None:
+            hit = measured[id(sim)] = (sim, evaluate([fp32, sim], calib, batch_size=batch_size,
+                                                     reference_outputs=calib_outputs()))
+        return hit[1]
+
     def calib_sqnr(sim: ir.Model) -> float | None:
-        res = evaluate([fp32, sim], calib, batch_size=batch_size, reference_outputs=calib_outputs())
+        res = on_calib(sim)
         return res.comparisons[0].sqnr_db if res.comparisons else None
 
     # the rewrites do not depend on the quantization options: once for every scheme
@@ -740,7 +758,8 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
         start = time.perf_counter()
 
         def record(name: str, seconds: float, candidate: ir.Model, note: str = "") -> None:
-            res = evaluate([fp32, candidate], evaluation, batch_size=batch_size, reference_outputs=fp32_outputs)
+            res = on_calib(candidate) if evaluation is calib else evaluate(
+                [fp32, candidate], evaluation, batch_size=batch_size, reference_outputs=fp32_outputs)
             sq = res.comparisons[0].sqnr_db if res.comparisons else None
             run_stages.append(Stage(name, res.top1[1], sq, seconds, note))
             announce(run_stages[-1], label)
@@ -766,21 +785,18 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
         sim = simulate(current)
         record("fold-bn", fold_seconds + time.perf_counter() - t, sim,
                f"{len(fold_summary.folded)} BN folded, {len(fold_summary.skipped)} left")
-        sqnr = None  # calibration SQNR of ``sim``, where a verdict measured it
 
         if equalized is not None:
             t = time.perf_counter()
             folded_sim = sim
             sim = simulate(equalized)
-            verdict = equalization_verdict(fp32, folded_sim, sim, calib, batch_size=batch_size,
-                                           fp32_outputs=calib_outputs())
+            verdict = equalization_verdict(fp32, folded_sim, sim, calib, batch_size=batch_size, sqnr=calib_sqnr)
             note = f"{eq.scaling_sets} sets, {len(eq.bias_absorbed)} absorbed" + dropped(
                 verdict, "equalization", "the folded model is used")
             if verdict.kept:
                 current = equalized
             else:
                 sim = folded_sim
-            sqnr = verdict.sqnr_after_db if verdict.kept else verdict.sqnr_before_db
             record("+ equalize", eq_seconds + time.perf_counter() - t, sim, note)
 
         if correct_bias:
@@ -791,16 +807,16 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
                               batch_size=batch_size)
             sim = simulate(corrected)
             verdict = bias_correction_verdict(fp32, before_sim, sim, calib, batch_size=batch_size,
-                                              fp32_outputs=calib_outputs())
+                                              sqnr=calib_sqnr)
             note = f"{len(bc.corrected)} layers, {method}" + dropped(
                 verdict, "bias correction", "the model without it is exported")
             if not verdict.kept:
                 sim = before_sim
-            sqnr = verdict.sqnr_after_db if verdict.kept else verdict.sqnr_before_db
             record("+ bias-correct", time.perf_counter() - t, sim, note)
 
-        if sqnr is None and len(schemes) > 1:
-            sqnr = calib_sqnr(sim)
+        sqnr = calib_sqnr(sim) if len(schemes) > 1 else None  # measured already where a verdict ran
+        for key in [k for k, (m, _) in measured.items() if m is not sim]:
+            del measured[key]  # this scheme's other sims are done with
         return _SchemeRun(opts, run_stages, sim, sqnr, time.perf_counter() - start, warnings)
 
     best: _SchemeRun | None = None

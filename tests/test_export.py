@@ -15,7 +15,7 @@ from aimetcli import encodings as enc_io
 from aimetcli.cli import main
 from aimetcli.kernels.quant import QuantScheme
 from aimetcli.quantsim.placement import QuantOptions
-from helpers import init, make_model, op_count, rand, run
+from helpers import init, make_model, op_count, rand, run, to_ir
 
 
 def model_proto():
@@ -219,3 +219,26 @@ def test_equalization_verdict_compares_with_fp32_on_the_calibration_data(tmp_pat
     assert api.equalization_verdict(fp32, _scaled(1.1), _scaled(1.01), data).kept
     worse = api.equalization_verdict(fp32, _scaled(1.01), _scaled(1.1), data)
     assert not worse.kept and worse.sqnr_before_db > worse.sqnr_after_db
+
+
+def test_ptq_scores_each_sim_once_on_the_calibration_data(tmp_path, monkeypatch):
+    """Without --eval the table's scores and the verdicts' SQNRs are the same measurement: ptq
+    runs every sim over the calibration data once, whatever asks for it."""
+    from aimetcli.calibration.data import input_specs, open_data
+
+    model, _ = api.prepare(to_ir(model_proto()))
+    calib = open_data("random:24", input_specs(model))
+    seen, real = [], api.evaluate
+
+    def counting(models, dataset, **kw):
+        if dataset is calib and len(models) == 2:
+            seen.append(models[1])  # held, so that no id is reused
+        return real(models, dataset, **kw)
+
+    monkeypatch.setattr(api, "evaluate", counting)
+    summary = api.ptq(model, calib, None, QuantOptions(), outdir=str(tmp_path / "out"),
+                      schemes=api.scheme_candidates(QuantOptions()))
+    names = [s.name for s in summary.stages]
+    assert names[:4] == ["fp32", "fold-bn", "+ equalize", "+ bias-correct"] and names[-1] == "export: model_qdq"
+    # per scheme: the fold-bn, equalized and corrected sims, each once (plus the exported QDQ model)
+    assert len({id(m) for m in seen}) == len(seen) and 6 <= len(seen) <= 7
