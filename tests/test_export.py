@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import helper, numpy_helper
 
-from aimetcli import api
+from aimetcli import api, ptq_flow
 from aimetcli import encodings as enc_io
 from aimetcli.cli import main
 from aimetcli.kernels.quant import QuantScheme
@@ -174,7 +174,7 @@ def test_ptq_exports_the_model_without_a_correction_that_lowered_the_sqnr(tmp_pa
     src = tmp_path / "m.onnx"
     onnx.save(model_proto(), src)
     np.savez(tmp_path / "data.npz", input=rand(32, 3, 6, 6))
-    monkeypatch.setattr(api, "bias_correction_verdict",
+    monkeypatch.setattr(ptq_flow, "bias_correction_verdict",
                         lambda *a, **k: api.KeepVerdict(False, 30.0, 20.0))
     r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(tmp_path / "out"), "--data", str(tmp_path / "data.npz"),
                                   "--json"])
@@ -197,7 +197,7 @@ def test_ptq_goes_on_from_the_folded_model_when_equalization_lowered_the_sqnr(tm
         seen.append((folded_sim, equalized_sim))
         return api.KeepVerdict(False, 31.0, 25.0)
 
-    monkeypatch.setattr(api, "equalization_verdict", dropped)
+    monkeypatch.setattr(ptq_flow, "equalization_verdict", dropped)
     r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(tmp_path / "out"), "--data", str(tmp_path / "data.npz"),
                                   "--no-bias-correct", "--quant-scheme", "min-max", "--json"])
     assert r.exit_code == 0, r.output
