@@ -115,14 +115,16 @@ def scheme_candidates(options) -> tuple:
 
 @dataclass
 class _SchemeRun:
-    """One pass of ptq's flow with one range scheme."""
+    """One pass of ptq's flow with one range scheme: its stages as (name, seconds, sim, note),
+    scored on the evaluation data once the run is chosen (a losing scheme's never are)."""
 
     options: Any
-    stages: list[Stage]
+    stages: list[tuple[str, float, ir.Model, str]]
     sim: ir.Model
     calib_sqnr_db: float | None
     seconds: float
     warnings: list[str]
+    rows: list[Stage]  # the stages scored as they ran (with one scheme only)
 
 
 def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_model: bool = True,
@@ -147,9 +149,9 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
     fp32 = api.clone(model)
     stages: list[Stage] = []
 
-    def announce(stage: Stage, scheme=None) -> None:
+    def announce(stage: Stage) -> None:
         if on_stage is not None:
-            on_stage(dataclasses.replace(stage, name=f"{stage.name} ({scheme.value})") if scheme else stage)
+            on_stage(stage)
 
     t = time.perf_counter()
     fp32_outputs = api.model_outputs(fp32, evaluation, batch_size=batch_size)  # every stage is compared with these
@@ -170,7 +172,7 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
         hit = measured.get(id(sim))
         if hit is None:
             hit = measured[id(sim)] = (sim, api.evaluate([fp32, sim], calib, batch_size=batch_size,
-                                                     reference_outputs=calib_outputs()))
+                                                         reference_outputs=calib_outputs()))
         return hit[1]
 
     def calib_sqnr(sim: ir.Model) -> float | None:
@@ -188,22 +190,33 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
         eq = api.equalize(equalized)
         eq_seconds = time.perf_counter() - t
 
-    def run_scheme(opts, label) -> _SchemeRun:
+    def score(name: str, seconds: float, candidate: ir.Model, note: str) -> Stage:
+        """The stage's row: its sim scored on the evaluation data."""
+        res = on_calib(candidate) if evaluation is calib else api.evaluate(
+            [fp32, candidate], evaluation, batch_size=batch_size, reference_outputs=fp32_outputs)
+        return Stage(name, res.top1[1], res.comparisons[0].sqnr_db if res.comparisons else None, seconds, note)
+
+    several = len(schemes) > 1
+
+    def run_scheme(opts) -> _SchemeRun:
         """fold-bn's sim, equalize (kept or not), bias correction (kept or not), with ``opts``."""
-        run_stages: list[Stage] = []
+        run_stages: list[tuple[str, float, ir.Model, str]] = []
+        rows: list[Stage] = []
         warnings: list[str] = []
         start = time.perf_counter()
 
         def record(name: str, seconds: float, candidate: ir.Model, note: str = "") -> None:
-            res = on_calib(candidate) if evaluation is calib else api.evaluate(
-                [fp32, candidate], evaluation, batch_size=batch_size, reference_outputs=fp32_outputs)
-            sq = res.comparisons[0].sqnr_db if res.comparisons else None
-            run_stages.append(Stage(name, res.top1[1], sq, seconds, note))
-            announce(run_stages[-1], label)
+            run_stages.append((name, seconds, candidate, note))
+            if not several:  # one scheme: scored now, so that the table grows as it goes
+                rows.append(score(name, seconds, candidate, note))
+                announce(rows[-1])
+            else:  # which scheme wins is not known yet: progress shows the calibration SQNR
+                announce(Stage(f"{name} ({opts.scheme.value})", None, None, seconds,
+                               f"calibration SQNR {_db(calib_sqnr(candidate))}"))
 
         def simulate(m: ir.Model) -> ir.Model:
-            sim, _, summary = api.quantsim(api.clone(m), calib, opts, config_path=config_path, batch_size=batch_size,
-                                       progress=progress)
+            sim, _, summary = api.quantsim(api.clone(m), calib, opts, config_path=config_path,
+                                           batch_size=batch_size, progress=progress)
             for w in summary.warnings:
                 if "BatchNormalization" not in w and w not in warnings:
                     warnings.append(w)
@@ -241,7 +254,7 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
             before_sim = sim
             corrected = api.clone(current)
             bc = api.bias_correct(corrected, calib, opts, method=method, config_path=config_path,
-                              batch_size=batch_size)
+                                  batch_size=batch_size)
             sim = simulate(corrected)
             verdict = bias_correction_verdict(fp32, before_sim, sim, calib, batch_size=batch_size,
                                               sqnr=calib_sqnr)
@@ -251,41 +264,53 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
                 sim = before_sim
             record("+ bias-correct", time.perf_counter() - t, sim, note)
 
-        sqnr = calib_sqnr(sim) if len(schemes) > 1 else None  # measured already where a verdict ran
-        for key in [k for k, (m, _) in measured.items() if m is not sim]:
-            del measured[key]  # this scheme's other sims are done with
-        return _SchemeRun(opts, run_stages, sim, sqnr, time.perf_counter() - start, warnings)
+        sqnr = calib_sqnr(sim) if several else None  # measured already where a verdict ran
+        return _SchemeRun(opts, run_stages, sim, sqnr, time.perf_counter() - start, warnings, rows)
+
+    def forget(run: _SchemeRun) -> None:
+        """Drop a run's sims from the calibration scores (a losing run's are done with)."""
+        for _, _, sim, _ in run.stages:
+            measured.pop(id(sim), None)
 
     best: _SchemeRun | None = None
     tried: list[tuple[Any, float | None]] = []
     others = 0.0
     for scheme in schemes:
-        run = run_scheme(dataclasses.replace(options, scheme=scheme), scheme if len(schemes) > 1 else None)
+        run = run_scheme(dataclasses.replace(options, scheme=scheme))
         tried.append((scheme, run.calib_sqnr_db))
         if best is None or _higher(run.calib_sqnr_db, best.calib_sqnr_db):
-            if best is not None:
-                others += best.seconds
-            best = run
+            best, loser = run, best
         else:
-            others += run.seconds
-    stages += best.stages
-    if len(schemes) > 1:
-        note = ", ".join(f"{s.value} {'-' if db is None else f'{db:.1f}'}" for s, db in tried)
+            loser = run
+        if loser is not None:
+            others += loser.seconds
+            forget(loser)
+    if several:
+        for name, seconds, sim, note in best.stages:
+            stages.append(score(name, seconds, sim, note))
+            announce(stages[-1])
+        note = ", ".join(f"{s.value} {_db(db)}" for s, db in tried)
         stages.append(Stage(f"scheme: {best.options.scheme.value}", None, None, others,
-                            f"calibration SQNR (dB): {note}"))
+                            f"calibration SQNR: {note}"))
         announce(stages[-1])
+    else:
+        stages += best.rows
 
     t = time.perf_counter()
     exported = export_model(api.clone(best.sim), outdir, version=encoding_version)
     model_io.save_model(best.sim, os.path.join(outdir, "sim.onnx"))
     qdq = model_io.load_model(os.path.join(outdir, "model_qdq.onnx")).model
     res = api.evaluate([fp32, qdq], evaluation, batch_size=batch_size, optimization=["none", "all"],
-                   reference_outputs=fp32_outputs)
+                       reference_outputs=fp32_outputs)
     stages.append(Stage("export: model_qdq", res.top1[1], res.comparisons[0].sqnr_db if res.comparisons else None,
                         time.perf_counter() - t, "ORT integer kernels"))
     announce(stages[-1])
     return PtqSummary(stages, best.options.as_record(config_path or "default"), exported, best.warnings,
-                      [{"scheme": s.value, "calib_sqnr_db": db} for s, db in tried] if len(schemes) > 1 else [])
+                      [{"scheme": s.value, "calib_sqnr_db": db} for s, db in tried] if several else [])
+
+
+def _db(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} dB"
 
 
 def _higher(a: float | None, b: float | None) -> bool:

@@ -242,3 +242,27 @@ def test_ptq_scores_each_sim_once_on_the_calibration_data(tmp_path, monkeypatch)
     assert names[:4] == ["fp32", "fold-bn", "+ equalize", "+ bias-correct"] and names[-1] == "export: model_qdq"
     # per scheme: the fold-bn, equalized and corrected sims, each once (plus the exported QDQ model)
     assert len({id(m) for m in seen}) == len(seen) and 6 <= len(seen) <= 7
+
+
+def test_ptq_scores_only_the_chosen_schemes_stages_on_the_evaluation_data(tmp_path, monkeypatch):
+    """The scheme is chosen on the calibration data; the evaluation data score the table's rows,
+    which are the chosen run's: a losing scheme's sims are never run over the evaluation data."""
+    from aimetcli.calibration.data import input_specs, open_data
+
+    model, _ = api.prepare(to_ir(model_proto()))
+    calib = open_data("random:24", input_specs(model))
+    ev = open_data("random:40", input_specs(model))
+    scored, real = [], api.evaluate
+
+    def counting(models, dataset, **kw):
+        if dataset is ev and len(models) == 2:
+            scored.append(models[1])
+        return real(models, dataset, **kw)
+
+    monkeypatch.setattr(api, "evaluate", counting)
+    summary = api.ptq(model, calib, ev, QuantOptions(), outdir=str(tmp_path / "out"),
+                      schemes=api.scheme_candidates(QuantOptions()))
+    assert [s["scheme"] for s in summary.schemes_tried] == ["min-max", "tf-enhanced"]
+    rows = [s for s in summary.stages if s.sqnr_db is not None]
+    assert [s.name for s in rows] == ["fold-bn", "+ equalize", "+ bias-correct", "export: model_qdq"]
+    assert len(scored) == 4  # the chosen run's three stages and the exported QDQ model
