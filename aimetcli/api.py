@@ -269,11 +269,13 @@ class QuantsimSummary:
 
 
 def quantsim(model: ir.Model, dataset, options, *, config_path: str | None = None, batch_size: int = 32,
-             progress=None):
+             progress=None, check_loads: bool = True):
     """Place quantizers, calibrate them with onnxruntime and insert QDQ nodes.
 
     Returns (sim model, Encodings, QuantsimSummary). ``model`` may be replaced when
-    its opset must be raised for the QDQ nodes (13, or 21 for 16-bit).
+    its opset must be raised for the QDQ nodes (13, or 21 for 16-bit). ``check_loads``:
+    make sure stock onnxruntime loads the sim (a caller that runs it right away, as ptq
+    does, learns that anyway).
     """
     from aimetcli.quantsim.config import load_config
 
@@ -291,7 +293,7 @@ def quantsim(model: ir.Model, dataset, options, *, config_path: str | None = Non
     for tensor, count in encodings.nonfinite.items():
         warnings.append(f"{count} NaN/Inf values in tensor {tensor!r} were ignored during calibration")
     # what we write must run on stock onnxruntime: check it loads (no optimizations: cheap)
-    if model_io.tensor_bytes(model) < model_io.IN_MEMORY_LIMIT:
+    if check_loads and model_io.tensor_bytes(model) < model_io.IN_MEMORY_LIMIT:
         from aimetcli.calibration import runner
 
         runner.session_of(model, optimization="none")
