@@ -37,7 +37,15 @@ class KeepVerdict:
     def describe(self) -> str:
         if self.sqnr_before_db is None or self.sqnr_after_db is None:
             return "calibration SQNR not measurable"
-        return f"calibration SQNR {self.sqnr_before_db:.1f} -> {self.sqnr_after_db:.1f} dB"
+        return f"calibration SQNR {self.change()}"
+
+    def change(self) -> str:
+        """'before -> after dB', with enough decimals to show the two differ (up to 4)."""
+        b, a = self.sqnr_before_db, self.sqnr_after_db
+        digits = 1
+        while digits < 4 and f"{b:.{digits}f}" == f"{a:.{digits}f}":
+            digits += 1
+        return f"{b:.{digits}f} -> {a:.{digits}f} dB"
 
 
 def keep_verdict(fp32: ir.Model, sim_before: ir.Model, sim_after: ir.Model, calib, *, batch_size: int = 32,
@@ -227,7 +235,7 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
             if verdict.kept:
                 return ""
             warnings.append(f"{technique} lowered the output SQNR against FP32 on the calibration data "
-                            f"({verdict.sqnr_before_db:.1f} -> {verdict.sqnr_after_db:.1f} dB); {instead}")
+                            f"({verdict.change()}); {instead}")
             return f"; not kept: {verdict.describe()}"
 
         t = time.perf_counter()

@@ -266,3 +266,25 @@ def test_ptq_scores_only_the_chosen_schemes_stages_on_the_evaluation_data(tmp_pa
     rows = [s for s in summary.stages if s.sqnr_db is not None]
     assert [s.name for s in rows] == ["fold-bn", "+ equalize", "+ bias-correct", "export: model_qdq"]
     assert len(scored) == 4  # the chosen run's three stages and the exported QDQ model
+
+
+@pytest.mark.parametrize("tiny", [False, True])
+def test_export_says_whether_model_qdq_is_smaller_or_larger(tmp_path, tiny):
+    """Integer weights make model_qdq.onnx smaller, except where a tiny model's QDQ nodes weigh more."""
+    proto = (make_model([helper.make_node("Conv", ["input", "W"], ["y"])], [("input", ["N", 4, 5, 5])],
+                        [("y", None)], [init("W", rand(4, 4, 1, 1))]) if tiny else model_proto())
+    onnx.save(proto, tmp_path / "m.onnx")
+    r = CliRunner().invoke(main, ["quantsim", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "sim.onnx"),
+                                  "--data", "random:8"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["export", str(tmp_path / "sim.onnx"), "-o", str(tmp_path / "d")])
+    assert r.exit_code == 0, r.output
+    fp32, qdq = (tmp_path / "d" / "model.onnx").stat().st_size, (tmp_path / "d" / "model_qdq.onnx").stat().st_size
+    assert (qdq > fp32) == tiny
+    assert ("larger than model.onnx" in r.stderr) == tiny and ("smaller than model.onnx" in r.stderr) != tiny
+
+
+def test_verdict_shows_enough_decimals_to_tell_the_sqnrs_apart():
+    assert api.KeepVerdict(False, 30.0, 20.0).describe() == "calibration SQNR 30.0 -> 20.0 dB"
+    assert api.KeepVerdict(False, 53.5334, 53.5312).change() == "53.533 -> 53.531 dB"
+    assert api.KeepVerdict(True, None, 1.0).describe() == "calibration SQNR not measurable"
