@@ -141,7 +141,7 @@ ROWS = [  # key, label
             "where they raise the calibration SQNR)"),
     ("ptq_export", "ptq per-tensor, exported model_qdq.onnx, ORT opt ALL"),
     ("ptq_mm", "ptq per-tensor, min-max ranges only (`--quant-scheme min-max`)"),
-    ("bc_tfe", "+ bias correction, tf-enhanced ranges (`--quant-scheme tf-enhanced`, AIMET's default scheme)"),
+    ("bc_tfe", "+ bias correction, tf-enhanced ranges (`--quant-scheme tf-enhanced`, the default of AIMET's torch and TensorFlow quantsim)"),
     ("ptq_tfe", "ptq per-tensor, tf-enhanced ranges only (`--quant-scheme tf-enhanced`)"),
     ("pc", "per-channel (fold + quantsim --per-channel)"),
     ("pc_bc", "per-channel + equalize + bias correction (hybrid)"),
