@@ -12,7 +12,7 @@ from onnx import helper
 
 from aimetcli import api, model_io
 from aimetcli.errors import AimetCliError
-from helpers import init, make_model, rand, two_conv_classifier
+from helpers import init, make_model, rand, to_ir, two_conv_classifier
 
 
 def _model(dtype=np.float32) -> onnx.ModelProto:
@@ -206,3 +206,28 @@ def test_spliced_proto_sessions_equal_plain_protobuf_sessions(tmp_path):
     assert len(got) == 3 and all(np.array_equal(a, b) for a, b in zip(got, want))
     original = runner.session_of(model, optimization="none").run(None, feeds)
     assert not np.array_equal(original[0], got[0])  # the doubled weights were used, not the model's
+
+
+def test_sessions_do_not_prepack_big_gemm_weights(monkeypatch):
+    """Past runner.PREPACK_LIMIT bytes of Gemm/MatMul weights a session skips onnxruntime's
+    prepacked weight copy; conv weights do not count. The outputs stay those of the model."""
+    from aimetcli.calibration import runner
+
+    gemm = to_ir(make_model([helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)], [("x", ["N", 64])],
+                            [("y", None)], [init("W", rand(32, 64))]))
+    conv = to_ir(make_model([helper.make_node("Conv", ["x", "W"], ["y"])], [("x", ["N", 8, 6, 6])],
+                            [("y", None)], [init("W", rand(32, 8, 3, 3))]))
+    x = {"x": rand(4, 64)}
+
+    def prepacking_off(model) -> bool:
+        options = runner.session_of(model).get_session_options()
+        try:
+            return options.get_session_config_entry("session.disable_prepacking") == "1"
+        except RuntimeError:  # onnxruntime: no such entry
+            return False
+
+    assert not prepacking_off(gemm) and not prepacking_off(conv)  # 8 KB of weights: under the limit
+    expected = runner.run(runner.session_of(gemm), x)[0]
+    monkeypatch.setattr(runner, "PREPACK_LIMIT", 1024)
+    assert prepacking_off(gemm) and not prepacking_off(conv)
+    np.testing.assert_allclose(runner.run(runner.session_of(gemm), x)[0], expected, rtol=1e-5, atol=1e-6)
