@@ -41,7 +41,7 @@ def param_encodings(model: ir.Model, placement: Placement, opts: QuantOptions) -
     out: dict[str, Encoding] = {}
     inits = model.graph.initializers
     for pq in placement.params:
-        w = inits[pq.tensor].const_value.numpy().astype(np.float32)
+        w = np.asarray(inits[pq.tensor].const_value.numpy(), dtype=np.float32)  # read only: no copy needed
         if not np.all(np.isfinite(w)):
             raise AimetCliError(
                 f"{pq.kind} {pq.tensor!r} of a {pq.op} holds {int(np.count_nonzero(~np.isfinite(w)))} NaN/Inf "
