@@ -231,3 +231,45 @@ def test_sessions_do_not_prepack_big_gemm_weights(monkeypatch):
     monkeypatch.setattr(runner, "PREPACK_LIMIT", 1024)
     assert prepacking_off(gemm) and not prepacking_off(conv)
     np.testing.assert_allclose(runner.run(runner.session_of(gemm), x)[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def _fc_chain(path, external: bool = True) -> None:
+    """Gemm -> Relu -> Gemm -> Relu -> Gemm with unequal channel ranges, weights in external data."""
+    w1 = rand(64, 32) * np.geomspace(0.05, 20, 64, dtype=np.float32)[:, None]
+    nodes = [helper.make_node("Gemm", ["x", "W1", "B1"], ["g1"], transB=1), helper.make_node("Relu", ["g1"], ["r1"]),
+             helper.make_node("Gemm", ["r1", "W2", "B2"], ["g2"], transB=1), helper.make_node("Relu", ["g2"], ["r2"]),
+             helper.make_node("Gemm", ["r2", "W3"], ["y"], transB=1)]
+    proto = make_model(nodes, [("x", ["N", 32])], [("y", None)],
+                       [init("W1", w1), init("B1", rand(64)), init("W2", rand(48, 64)), init("B2", rand(48)),
+                        init("W3", rand(10, 48))])
+    onnx.save(proto, path, save_as_external_data=external, all_tensors_to_one_file=True,
+              location=path.name + ".data", size_threshold=0)
+
+
+def test_big_external_data_is_mapped_copy_on_write(tmp_path, monkeypatch):
+    """Over the in-memory limit external tensors are mapped privately: writable in place (no copy
+    for a pass to make), the file never changes, and equalize writes what it writes from memory."""
+    from click.testing import CliRunner
+
+    from aimetcli.cli import main
+
+    src = tmp_path / "m.onnx"
+    _fc_chain(src)
+    data_before = (tmp_path / "m.onnx.data").read_bytes()
+    r = CliRunner().invoke(main, ["equalize", str(src), "-o", str(tmp_path / "mem.onnx")])
+    assert r.exit_code == 0, r.output
+    monkeypatch.setattr(model_io, "IN_MEMORY_LIMIT", 0)
+    model = model_io.load_model(str(src)).model
+    w = model.graph.initializers["W2"].const_value.numpy()
+    assert isinstance(w, np.ndarray) and w.flags.writeable and not w.flags.owndata
+    w *= 3.0  # in place, as cross-layer scaling scales a weight it alone reads
+    assert (tmp_path / "m.onnx.data").read_bytes() == data_before
+    r = CliRunner().invoke(main, ["equalize", str(src), "-o", str(tmp_path / "cow.onnx")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "m.onnx.data").read_bytes() == data_before
+    a, b = onnx.load(tmp_path / "mem.onnx"), onnx.load(tmp_path / "cow.onnx")
+    ta = {t.name: onnx.numpy_helper.to_array(t) for t in a.graph.initializer}
+    tb = {t.name: onnx.numpy_helper.to_array(t) for t in b.graph.initializer}
+    assert ta.keys() == tb.keys() and all(np.array_equal(ta[k], tb[k]) for k in ta)
+    assert not np.array_equal(ta["W2"], onnx.numpy_helper.to_array(
+        next(t for t in onnx.load(src).graph.initializer if t.name == "W2")))  # equalize did scale
