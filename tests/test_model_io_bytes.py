@@ -210,7 +210,8 @@ def test_spliced_proto_sessions_equal_plain_protobuf_sessions(tmp_path):
 
 def test_sessions_do_not_prepack_big_gemm_weights(monkeypatch):
     """Past runner.PREPACK_LIMIT bytes of Gemm/MatMul weights a session skips onnxruntime's
-    prepacked weight copy; conv weights do not count. The outputs stay those of the model."""
+    prepacked weight copy and feeds those weights with every run instead of handing them over as
+    initializers (which onnxruntime copies); conv weights do not count. The outputs stay the model's."""
     from aimetcli.calibration import runner
 
     gemm = to_ir(make_model([helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)], [("x", ["N", 64])],
@@ -230,7 +231,11 @@ def test_sessions_do_not_prepack_big_gemm_weights(monkeypatch):
     expected = runner.run(runner.session_of(gemm), x)[0]
     monkeypatch.setattr(runner, "PREPACK_LIMIT", 1024)
     assert prepacking_off(gemm) and not prepacking_off(conv)
-    np.testing.assert_allclose(runner.run(runner.session_of(gemm), x)[0], expected, rtol=1e-5, atol=1e-6)
+    # and the big Gemm weight is fed with every run (onnxruntime copies initializers it is given)
+    sess = runner.session_of(gemm)
+    assert set(sess._aimetcli_fed) == {"W"} and "W" in {i.name for i in sess.get_inputs()}
+    assert not runner.session_of(conv)._aimetcli_fed
+    np.testing.assert_allclose(runner.run(sess, x)[0], expected, rtol=1e-5, atol=1e-6)
 
 
 def _fc_chain(path, external: bool = True) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
@@ -68,15 +69,45 @@ def _session_with_arrays(model: model_io.SplicedProto, so: ort.SessionOptions) -
     batches, and the copy costs more time and memory than it saves (VGG19 quantsim: 3.2 -> 2.2 s
     and 2.24 -> 1.96 GB with 2 samples, 5.8 -> 5.4 s with 32; the 2.25 GB Gemm chain: 25 -> 15 s,
     one weight copy less). Conv-heavy models keep it (MobileNetV2 is slower without it).
+
+    Those big Gemm/MatMul weights also become graph inputs, fed with every run (:func:`run`):
+    onnxruntime copies external initializers when the session starts (a 256 MB weight adds
+    264 MB), but reads fed arrays where they are.
     """
     proto, names, arrays = model.declared_external()
+    fed: dict[str, np.ndarray] = {}
     if names:
-        so.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays])
-        if _matmul_weight_bytes(proto, dict(zip(names, arrays))) > PREPACK_LIMIT:
+        big = dict(zip(names, arrays))
+        if _matmul_weight_bytes(proto, big) > PREPACK_LIMIT:
             so.add_session_config_entry("session.disable_prepacking", "1")
+            fed = _feed_matmul_weights(proto, big)
+        kept = [(n, a) for n, a in zip(names, arrays) if n not in fed]
+        if kept:
+            so.add_external_initializers([n for n, _ in kept], [ort.OrtValue.ortvalue_from_numpy(a) for _, a in kept])
     session = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
     session._aimetcli_arrays = arrays  # onnxruntime reads them for the session's whole life
+    session._aimetcli_fed = fed
     return session
+
+
+def _feed_matmul_weights(proto, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Turn the set-aside weights that only Gemm/MatMul nodes read into graph inputs (in place in
+    ``proto``); returns them by name, for :func:`run` to feed."""
+    readers: dict[str, set[str]] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type if node.domain in ("", "ai.onnx") else "?")
+    outputs = {o.name for o in proto.graph.output}
+    fed = {name: arr for name, arr in arrays.items()
+           if readers.get(name) and readers[name] <= {"Gemm", "MatMul"} and name not in outputs
+           and arr.dtype == np.float32 and arr.flags.c_contiguous}
+    if fed:
+        keep = [t for t in proto.graph.initializer if t.name not in fed]
+        del proto.graph.initializer[:]
+        proto.graph.initializer.extend(keep)
+        for name, arr in fed.items():
+            proto.graph.input.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, arr.shape))
+    return fed
 
 
 def _matmul_weight_bytes(proto, arrays: dict[str, np.ndarray]) -> int:
@@ -100,6 +131,9 @@ def _first_line(exc: Exception) -> str:
 
 def run(session: ort.InferenceSession, feeds: dict[str, np.ndarray],
         outputs: Sequence[str] | None = None) -> list[np.ndarray]:
+    fed = getattr(session, "_aimetcli_fed", None)
+    if fed:
+        feeds = {**feeds, **fed}
     try:
         return session.run(list(outputs) if outputs is not None else None, feeds)
     except Exception as exc:
