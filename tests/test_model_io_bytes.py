@@ -278,3 +278,20 @@ def test_big_external_data_is_mapped_copy_on_write(tmp_path, monkeypatch):
     assert ta.keys() == tb.keys() and all(np.array_equal(ta[k], tb[k]) for k in ta)
     assert not np.array_equal(ta["W2"], onnx.numpy_helper.to_array(
         next(t for t in onnx.load(src).graph.initializer if t.name == "W2")))  # equalize did scale
+
+
+def test_fed_weights_of_a_model_that_lists_initializers_as_inputs(monkeypatch):
+    """Models before IR 4 list their initializers among the graph inputs: a fed weight is then
+    already an input, and must not be declared twice."""
+    from aimetcli.calibration import runner
+
+    proto = make_model([helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)], [("x", ["N", 64])],
+                       [("y", None)], [init("W", rand(32, 64))])
+    proto.graph.input.append(helper.make_tensor_value_info("W", onnx.TensorProto.FLOAT, [32, 64]))
+    model = to_ir(proto)
+    x = {"x": rand(4, 64)}
+    expected = runner.run(runner.session_of(model), x)[0]
+    monkeypatch.setattr(runner, "PREPACK_LIMIT", 1024)
+    sess = runner.session_of(model)
+    assert set(sess._aimetcli_fed) == {"W"} and [i.name for i in sess.get_inputs()].count("W") == 1
+    np.testing.assert_allclose(runner.run(sess, x)[0], expected, rtol=1e-5, atol=1e-6)

@@ -105,8 +105,10 @@ def _feed_matmul_weights(proto, arrays: dict[str, np.ndarray]) -> dict[str, np.n
         keep = [t for t in proto.graph.initializer if t.name not in fed]
         del proto.graph.initializer[:]
         proto.graph.initializer.extend(keep)
+        listed = {i.name for i in proto.graph.input}  # models before IR 4 list initializers as inputs
         for name, arr in fed.items():
-            proto.graph.input.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, arr.shape))
+            if name not in listed:
+                proto.graph.input.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, arr.shape))
     return fed
 
 
