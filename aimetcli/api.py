@@ -400,6 +400,11 @@ class EvaluateSummary:
     top1_agreement: float | None = None
     seconds: float = 0.0
 
+    @property
+    def first_sqnr_db(self) -> float | None:
+        """SQNR (dB) of the second model's first output against the first's, if comparable."""
+        return self.comparisons[0].sqnr_db if self.comparisons else None
+
     def to_json(self) -> dict:
         return _jsonable(self)
 

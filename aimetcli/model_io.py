@@ -391,7 +391,7 @@ class SplicedProto:
 
     Graphs built for onnxruntime (calibration, bias correction, evaluation) are protobuf edits of
     the model; protobuf copies every bytes field it touches (serializing VGG19's 548 MB took 1.7 s
-    a copy), so the big arrays stay out of it and onnxruntime takes them as they are
+    a copy), so the big arrays stay out of it and go to onnxruntime beside the protobuf
     (:meth:`declared_external`, ``runner.make_session``). ``arrays`` names only initializers whose
     ``raw_data`` is present and empty in ``proto``; an initializer copied under a new name needs
     its array entered under that name too.
@@ -438,7 +438,8 @@ class SplicedProto:
     def declared_external(self) -> tuple[onnx.ModelProto, list[str], list[np.ndarray]]:
         """A copy of the protobuf whose big initializers say their data is external (in no file),
         and those initializers' names and arrays: for onnxruntime's
-        ``SessionOptions.add_external_initializers``, which takes the arrays in place."""
+        ``SessionOptions.add_external_initializers`` (which copies them when the session starts)
+        or to be fed with each run (``runner``)."""
         proto = onnx.ModelProto()
         proto.CopyFrom(self.proto)
         names, arrays = [], []

@@ -60,8 +60,7 @@ def keep_verdict(fp32: ir.Model, sim_before: ir.Model, sim_after: ir.Model, cali
         reference = fp32_outputs if fp32_outputs is not None else api.model_outputs(fp32, calib, batch_size=batch_size)
 
         def sqnr(sim: ir.Model) -> float | None:
-            res = api.evaluate([fp32, sim], calib, batch_size=batch_size, reference_outputs=reference).comparisons
-            return res[0].sqnr_db if res else None
+            return api.evaluate([fp32, sim], calib, batch_size=batch_size, reference_outputs=reference).first_sqnr_db
 
     b, a = sqnr(sim_before), sqnr(sim_after)
     if b is None or a is None:
@@ -184,8 +183,7 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
         return hit[1]
 
     def calib_sqnr(sim: ir.Model) -> float | None:
-        res = on_calib(sim)
-        return res.comparisons[0].sqnr_db if res.comparisons else None
+        return on_calib(sim).first_sqnr_db
 
     # the rewrites do not depend on the quantization options: once for every scheme
     t = time.perf_counter()
@@ -202,7 +200,7 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
         """The stage's row: its sim scored on the evaluation data."""
         res = on_calib(candidate) if evaluation is calib else api.evaluate(
             [fp32, candidate], evaluation, batch_size=batch_size, reference_outputs=fp32_outputs)
-        return Stage(name, res.top1[1], res.comparisons[0].sqnr_db if res.comparisons else None, seconds, note)
+        return Stage(name, res.top1[1], res.first_sqnr_db, seconds, note)
 
     several = len(schemes) > 1
 
@@ -310,8 +308,8 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
     qdq = model_io.load_model(os.path.join(outdir, "model_qdq.onnx")).model
     res = api.evaluate([fp32, qdq], evaluation, batch_size=batch_size, optimization=["none", "all"],
                        reference_outputs=fp32_outputs)
-    stages.append(Stage("export: model_qdq", res.top1[1], res.comparisons[0].sqnr_db if res.comparisons else None,
-                        time.perf_counter() - t, "ORT integer kernels"))
+    stages.append(Stage("export: model_qdq", res.top1[1], res.first_sqnr_db, time.perf_counter() - t,
+                        "ORT integer kernels"))
     announce(stages[-1])
     return PtqSummary(stages, best.options.as_record(config_path or "default"), exported, best.warnings,
                       [{"scheme": s.value, "calib_sqnr_db": db} for s, db in tried] if several else [])

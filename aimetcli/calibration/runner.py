@@ -60,9 +60,9 @@ PREPACK_LIMIT = 64 << 20
 
 
 def _session_with_arrays(model: model_io.SplicedProto, so: ort.SessionOptions) -> ort.InferenceSession:
-    """The protobuf without its big tensors' data, and the arrays handed to onnxruntime as they are
+    """The protobuf without its big tensors' data, and the arrays handed to onnxruntime beside it
     (no protobuf serialization or parse of their bytes: VGG19's 548 MB, 1.7-5.7 s -> 0.7-1.1 s a
-    session). onnxruntime uses the arrays' memory: the session keeps them referenced.
+    session). The session keeps them referenced.
 
     Where the model's Gemm/MatMul weights pass PREPACK_LIMIT, onnxruntime's prepacking (a packed
     copy of every such weight, made when the session starts) is off: our sessions run a few
@@ -78,9 +78,11 @@ def _session_with_arrays(model: model_io.SplicedProto, so: ort.SessionOptions) -
     fed: dict[str, np.ndarray] = {}
     if names:
         big = dict(zip(names, arrays))
-        if _matmul_weight_bytes(proto, big) > PREPACK_LIMIT:
+        readers = _readers(proto)
+        matmul = {"Gemm", "MatMul"}
+        if sum(a.nbytes for n, a in big.items() if readers.get(n, set()) & matmul) > PREPACK_LIMIT:
             so.add_session_config_entry("session.disable_prepacking", "1")
-            fed = _feed_matmul_weights(proto, big)
+            fed = _feed_matmul_weights(proto, big, readers)
         kept = [(n, a) for n, a in zip(names, arrays) if n not in fed]
         if kept:
             so.add_external_initializers([n for n, _ in kept], [ort.OrtValue.ortvalue_from_numpy(a) for _, a in kept])
@@ -90,13 +92,18 @@ def _session_with_arrays(model: model_io.SplicedProto, so: ort.SessionOptions) -
     return session
 
 
-def _feed_matmul_weights(proto, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Turn the set-aside weights that only Gemm/MatMul nodes read into graph inputs (in place in
-    ``proto``); returns them by name, for :func:`run` to feed."""
+def _readers(proto) -> dict[str, set[str]]:
+    """Tensor name -> op types of the main graph's nodes that read it ("?" for other domains)."""
     readers: dict[str, set[str]] = {}
     for node in proto.graph.node:
         for name in node.input:
             readers.setdefault(name, set()).add(node.op_type if node.domain in ("", "ai.onnx") else "?")
+    return readers
+
+
+def _feed_matmul_weights(proto, arrays: dict[str, np.ndarray], readers: dict[str, set[str]]) -> dict[str, np.ndarray]:
+    """Turn the set-aside weights that only Gemm/MatMul nodes read into graph inputs (in place in
+    ``proto``); returns them by name, for :func:`run` to feed."""
     outputs = {o.name for o in proto.graph.output}
     fed = {name: arr for name, arr in arrays.items()
            if readers.get(name) and readers[name] <= {"Gemm", "MatMul"} and name not in outputs
@@ -112,16 +119,9 @@ def _feed_matmul_weights(proto, arrays: dict[str, np.ndarray]) -> dict[str, np.n
     return fed
 
 
-def _matmul_weight_bytes(proto, arrays: dict[str, np.ndarray]) -> int:
-    """Bytes of the set-aside arrays that Gemm or MatMul nodes of the main graph read."""
-    read = {name for node in proto.graph.node if node.op_type in ("Gemm", "MatMul") and node.domain in ("", "ai.onnx")
-            for name in node.input}
-    return sum(arr.nbytes for name, arr in arrays.items() if name in read)
-
-
 def session_of(model: ir.Model, **options) -> ort.InferenceSession:
     """A session of an onnx-ir model (``options`` as make_session); its big weights go to
-    onnxruntime as the model's own arrays, without a copy (model_io.SplicedProto)."""
+    onnxruntime as the model's own arrays, not through protobuf (model_io.SplicedProto)."""
     return make_session(model_io.SplicedProto.of(model), **options)
 
 
