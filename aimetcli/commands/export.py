@@ -14,7 +14,8 @@ def render_export(out: Output, summary) -> None:
     ratio = summary.fp32_bytes / max(1, summary.qdq_bytes)
     # a tiny model's QDQ nodes can outweigh what its integer weights save
     size = (f"{ratio:.1f}x smaller than model.onnx" if ratio >= 1 else
-            f"{1 / max(ratio, 1e-9):.1f}x larger than model.onnx (its QDQ nodes outweigh the integer weights)")
+            f"{summary.qdq_bytes / max(1, summary.fp32_bytes):.1f}x larger than model.onnx "
+            "(its QDQ nodes outweigh the integer weights)")
     out.info(f"Wrote {summary.directory}/: {', '.join(summary.files)}")
     out.info(f"{summary.activation_encodings} activation and {summary.param_encodings} param encodings "
              f"({summary.encodings_version}); model_qdq.onnx is {summary.qdq_bytes / 1e6:.2f} MB, {size}.")
