@@ -395,20 +395,7 @@ def _chunk_size(model: ir.Model, dataset, batch_size: int) -> int:
     corrections of the runs are averaged (weighted by their samples).
     """
     return max(batch_size, min(CHUNK_BYTES // dataset.sample_nbytes,
-                               ACTIVATION_BUDGET // max(_activation_bytes(model), 1)))
-
-
-def _activation_bytes(model: ir.Model) -> int:
-    """Bytes of all node outputs of one sample, from the shapes the model records (the leading
-    dimension and unknown ones count 1; a value without a shape counts nothing)."""
-    total = 0
-    for node in model.graph:
-        for value in node.outputs:
-            if value.shape is None or value.dtype is None:
-                continue
-            dims = [d if isinstance(d, int) else 1 for d in value.shape.dims[1:]]
-            total += math.prod(dims) * value.dtype.itemsize  # a float: sub-byte types count fractions
-    return math.ceil(total)
+                               ACTIVATION_BUDGET // max(g.activation_bytes(model), 1)))
 
 
 def progress_steps(model: ir.Model, dataset, batch_size: int, options) -> int:

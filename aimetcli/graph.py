@@ -6,6 +6,7 @@ onnx-ir keeps use-def links, so every lookup here is O(uses of one value).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -150,3 +151,16 @@ def remove_unused_initializers(graph: ir.Graph, candidates: Iterable[ir.Value]) 
 
 def opset_version(model: ir.Model) -> int:
     return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+
+
+def activation_bytes(model: ir.Model) -> int:
+    """Bytes of all node outputs of one sample, from the shapes the model records (the leading
+    dimension and unknown ones count 1; a value without a shape counts nothing)."""
+    total = 0
+    for node in model.graph:
+        for value in node.outputs:
+            if value.shape is None or value.dtype is None:
+                continue
+            dims = [d if isinstance(d, int) else 1 for d in value.shape.dims[1:]]
+            total += math.prod(dims) * value.dtype.itemsize  # a float: sub-byte types count fractions
+    return math.ceil(total)

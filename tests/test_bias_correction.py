@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from onnx import helper
 
 from aimetcli import api
+from aimetcli import graph as g
 from aimetcli.calibration.data import input_specs, open_data
 from aimetcli.cli import main
 from aimetcli.kernels.bias import clipped_normal_mean
@@ -355,7 +356,7 @@ def test_runs_are_bounded_by_the_activations_of_the_samples(tmp_path, monkeypatc
     np.save(tmp_path / "x.npy", rng.standard_normal((48, 3, 8, 8)).astype(np.float32))
     model, _ = api.prepare(to_ir(small_net(rng)))
     dataset = open_data(str(tmp_path / "x.npy"), input_specs(model))
-    per_sample = bias_correction._activation_bytes(model)
+    per_sample = g.activation_bytes(model)
     assert isinstance(per_sample, int) and per_sample > 3 * 8 * 8 * 4  # activations outgrow the input
     monkeypatch.setattr(bias_correction, "ACTIVATION_BUDGET", per_sample * 16)  # 16 samples a run
     steps = []

@@ -289,3 +289,31 @@ def test_evaluate_with_reference_outputs_equals_running_the_reference():
     assert np.isfinite(full.comparisons[0].sqnr_db) and full.comparisons[0].max_abs_error > 0
     verdict = api.bias_correction_verdict(model, sim, sim, dataset, batch_size=16, fp32_outputs=ref)
     assert verdict == api.bias_correction_verdict(model, sim, sim, dataset, batch_size=16)
+
+
+def test_histogram_runs_grow_with_small_activations():
+    """Histogram calibration copies activations out of onnxruntime: runs hold more samples where
+    a sample's activations are small, never more than HISTOGRAM_RUN_BYTES' worth (or 64), never
+    fewer than the min-max reductions take."""
+    from types import SimpleNamespace
+
+    from aimetcli import graph as g
+    from aimetcli.quantsim import calibrate
+
+    def conv_model(c: int, side: int):
+        nodes = [helper.make_node("Conv", ["x", "W"], ["y"], pads=[1] * 4), helper.make_node("Relu", ["y"], ["z"])]
+        return to_ir(onnx.shape_inference.infer_shapes(make_model(nodes, [("x", [None, 3, side, side])], [("z", None)],
+                                                                  [init("W", rand(c, 3, 3, 3))])))
+
+    small = SimpleNamespace(sample_nbytes=3 * 16 * 16 * 4)
+    tiny = conv_model(4, 16)  # 2 x 4 KB of activations a sample
+    assert g.activation_bytes(tiny) == 2 * 4 * 16 * 16 * 4
+    assert calibrate.histogram_run_size(tiny, small) == 64
+    wide = conv_model(64, 16)  # 128 KB a sample: 256 samples would fit 32 MB, capped at 64
+    assert calibrate.histogram_run_size(wide, small) == 64
+    huge = conv_model(256, 64)  # 8 MB a sample: 4 fit, fewer than the reductions' 16
+    assert calibrate.histogram_run_size(huge, small) == calibrate.reduction_run_size(small) == 16
+    mid = conv_model(64, 64)  # 2 MB a sample: 16 fit
+    assert calibrate.histogram_run_size(mid, small) == 16
+    mid2 = conv_model(32, 64)  # 1 MB a sample: 32
+    assert calibrate.histogram_run_size(mid2, small) == 32
