@@ -12,8 +12,8 @@ each, so its cost grows with the square of depth. We instead:
    of the FP32 model gives every layer output's per-channel mean over N and the
    spatial axes; then one graph (correction_graph.py) runs the sim with those means as
    inputs. At every layer output the sim's mean is compared with the FP32 one; the
-   difference ``d`` is added to the sim's layer output before anything downstream
-   reads it, and returned. One run measures and applies every correction in
+   difference ``d`` shifts the sim's layer output (through its bias where it can)
+   before anything downstream reads it, and returned. One run measures and applies every correction in
    topological order; then ``d`` goes into the biases.
 
 The activation grids the sim uses are the ones quantsim will compute on the

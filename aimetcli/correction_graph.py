@@ -8,12 +8,25 @@ Up to two copies of the model read the same graph inputs:
 
 The FP32 model's per-channel layer-output means come in as graph inputs (computed
 beforehand in a pass of their own: they do not depend on any correction). For every
-target layer, the sim's per-channel mean of its output (GlobalAveragePool, then the
-mean over the batch) is subtracted from the FP32 one; the difference ``d`` is a
-graph output and, for a layer to correct, is added to the layer's output in the sim
-and in the float path before anything downstream reads it. Every layer is so
-measured with every earlier layer quantized and already corrected, in one
+target layer, the sim's per-channel mean of its output is subtracted from the FP32 one;
+the difference ``d`` is a graph output and, for a layer to correct, shifts the layer's
+output in the sim and in the float path before anything downstream reads it. Every
+layer is so measured with every earlier layer quantized and already corrected, in one
 onnxruntime run.
+
+How the mean is taken and the shift applied: a Conv, ConvTranspose or Gemm (transA 0,
+beta 1) with a bias of its own is affine in its input, so its output's mean over the
+batch and the spatial axes is the layer itself run on the batch mean of its input (one
+sample), averaged spatially; ``d`` is then added to its bias, and the layer writes the
+corrected output in its single pass. (Compared with measuring the output and adding
+``d`` to it, on the full-size MobileNetV2 with 64 samples: no pass over each layer
+output for its mean and none for the Add, which also let onnxruntime fuse each Conv
+with its Clip again: the run's peak memory 1.59 -> 1.30 GB, its time about 8% less.)
+The result is the same in exact arithmetic; in float32 it differs by rounding, which
+quantization then amplifies downstream as much as reordering the samples does. Other
+layers (a bias shared with other nodes, Gemm with transA or another beta) get their
+output's mean measured (GlobalAveragePool, then the mean over the batch) and ``d``
+added to the output.
 
 In-graph grids (min-max only): an activation quantizer of the sim may take its
 grid from the float path's range of the same tensor in the same run, after every
@@ -119,6 +132,25 @@ class _Builder:
             return self.node("ReduceMean", [x, self.const(np.array(axes, np.int64), np.int64)], keepdims=1)
         return self.node("ReduceMean", [x], axes=axes, keepdims=1)
 
+    def batch_mean(self, x: str) -> str:
+        """Mean over the batch axis (keeping it, as 1)."""
+        if self.opset >= 18:
+            return self.node("ReduceMean", [x, self.const(np.array([0], np.int64), np.int64)], keepdims=1)
+        return self.node("ReduceMean", [x], axes=[0], keepdims=1)
+
+    def clone(self, node: onnx.NodeProto, inputs: list[str]) -> str:
+        """A copy of ``node`` (same op and attributes) on ``inputs``; returns its first output."""
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.name = ""
+        del copy.input[:]
+        copy.input.extend(inputs)
+        del copy.output[:]
+        out = self.name(f"aimetcli_bc/{node.op_type}")
+        copy.output.append(out)
+        self.graph.node.append(copy)
+        return out
+
     def grid(self, x: str, grid: Grid) -> None:
         """Nodes computing ``grid``'s scale, zero point and Clip bounds from tensor ``x``."""
         f64 = TensorProto.DOUBLE
@@ -195,16 +227,37 @@ def build(sim_model: SplicedProto, float_model: SplicedProto | None, targets: li
     outputs: dict[str, str] = {}
     mean_inputs: dict[str, str] = {}
     after: dict[str, list[Callable[[], None]]] = {}  # sim/float value -> nodes to emit once it exists
+    before: dict[str, list[Callable[[], None]]] = {}  # sim value -> nodes to emit before its producer
     redirect_sim: dict[str, str] = {}
     redirect_float: dict[str, str] = {}
+    producers = {o: n for n in sim.graph.node for o in n.output}
+    readers: dict[str, int] = {}
+    for n in sim.graph.node:
+        for v in n.input:
+            readers[v] = readers.get(v, 0) + 1
     for t in targets:
         fp_mean = b.name("aimetcli_bc/fp32_mean")
         graph.input.append(helper.make_tensor_value_info(fp_mean, TensorProto.FLOAT, t.mean_shape))
         mean_inputs[t.reference] = fp_mean
         d = b.name("aimetcli_bc/d")
         src = t.sim
-        fixed = b.name("aimetcli_bc/corrected") if t.correct else None
         outputs[t.reference] = d
+        layer = _layer_with_bias(producers.get(src), t.correct, readers)
+        if layer is not None:
+            # the layer's mean output from its input's batch mean, and d folded into its bias
+            def probe(t=t, layer=layer, d=d, fp_mean=fp_mean):
+                mean_out = b.clone(layer, [b.batch_mean(layer.input[0]), *layer.input[1:]])
+                b.node("Sub", [fp_mean, b.reduce_mean(mean_out, t.rank)], d)
+
+            before.setdefault(src, []).append(probe)
+            if t.correct:
+                flat = b.node("Reshape", [d, b.const(np.array([-1], np.int64), np.int64)])
+                bias = layer.input[2]
+                redirect_sim[bias] = b.node("Add", [bias, flat])
+                if float_name is not None:
+                    redirect_float[float_name(bias)] = b.node("Add", [float_name(bias), flat])
+            continue
+        fixed = b.name("aimetcli_bc/corrected") if t.correct else None
 
         def emit(t=t, src=src, d=d, fp_mean=fp_mean, fixed=fixed):
             b.node("Sub", [fp_mean, b.reduce_mean(src, t.rank)], d)
@@ -238,16 +291,43 @@ def build(sim_model: SplicedProto, float_model: SplicedProto | None, targets: li
             if rename is not None:
                 copy.name = rename(node.name) if node.name else ""
             _rename_node(copy, rename or (lambda name: name), redirect)
+            if rename is None:
+                for out in copy.output:
+                    for fn in before.pop(out, []):
+                        fn()
             graph.node.append(copy)
             for out in copy.output:
                 for fn in after.pop(out, []):
                     fn()
-    if after:  # a value no node produces: a bug, not a user error
-        raise AimetCliError(f"bias correction lost track of {sorted(after)}; please report it", ErrorKind.RUNTIME)
+    if after or before:  # a value no node produces: a bug, not a user error
+        raise AimetCliError(f"bias correction lost track of {sorted({**after, **before})}; please report it",
+                            ErrorKind.RUNTIME)
     for d in outputs.values():
         graph.output.append(helper.make_tensor_value_info(d, TensorProto.FLOAT, None))
     joint_model.arrays = {t.name: joint_model.arrays[t.name] for t in graph.initializer if t.name in joint_model.arrays}
     return joint_model, outputs, mean_inputs
+
+
+def _layer_with_bias(node: onnx.NodeProto | None, correct: bool, readers: dict[str, int]) -> onnx.NodeProto | None:
+    """``node`` when its per-channel output mean can be taken from its input's batch mean and a
+    correction can go into its bias, else None.
+
+    Conv, ConvTranspose and Gemm (batch on axis 0: transA = 0) are affine in their input, so the
+    mean over the batch and the spatial axes of their output is their output on the batch mean of
+    the input, then averaged spatially: a pass over the input and the layer run on one sample,
+    instead of a pass over the output. Adding ``d`` to the bias (Gemm: beta = 1) then shifts the
+    output by ``d`` without a pass of its own. The bias must be the node's own (read by nothing else).
+    """
+    if node is None or node.domain not in ("", "ai.onnx") or node.op_type not in ("Conv", "ConvTranspose", "Gemm"):
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Gemm" and (attrs.get("transA", 0) != 0 or attrs.get("beta", 1.0) != 1.0):
+        return None
+    if len(node.input) < 2 or not node.input[0]:
+        return None
+    if correct and (len(node.input) < 3 or not node.input[2] or readers.get(node.input[2], 0) != 1):
+        return None
+    return node
 
 
 def _same_tensor(a: onnx.TensorProto | None, b: onnx.TensorProto, arrays_a: dict[str, np.ndarray],

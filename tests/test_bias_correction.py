@@ -219,6 +219,38 @@ def test_one_run_leaves_no_shift_after_quantsim_recalibrates(tmp_path, opts):
         assert after[layer] <= 1e-3 * before[layer] + 1e-6, (layer, before[layer], after[layer])
 
 
+@pytest.mark.parametrize("path", ["bias", "output"])
+def test_shift_goes_through_the_bias_or_the_output(tmp_path, monkeypatch, path):
+    """The correction run takes a Conv/Gemm's output mean from its input's batch mean and folds d
+    into its bias ("bias"); layers where it cannot measure the output and add d to it ("output").
+    Both leave no shift."""
+    from aimetcli import correction_graph
+
+    joints = []
+    build = correction_graph.build
+
+    def spy(*args, **kwargs):
+        out = build(*args, **kwargs)
+        joints.append(out[0].proto)
+        return out
+
+    monkeypatch.setattr(correction_graph, "build", spy)
+    if path == "output":
+        monkeypatch.setattr(correction_graph, "_layer_with_bias", lambda *args: None)
+    before, after = _shift_after(tmp_path, QuantOptions(param_bw=4))
+    for layer in before:
+        assert after[layer] <= 1e-3 * before[layer] + 1e-6, (layer, before[layer], after[layer])
+    (joint,) = joints
+    probes = [n for n in joint.graph.node if n.op_type in ("Conv", "Gemm") and n.output[0].startswith("aimetcli_bc/")]
+    added = [n for n in joint.graph.node if n.op_type == "Add" and n.output[0].startswith("aimetcli_bc/corrected")]
+    pooled = [n for n in joint.graph.node if n.op_type == "GlobalAveragePool"]
+    if path == "bias":  # one probe per layer (3 Conv, 1 Gemm), run on one sample; no pass over outputs
+        assert (len(probes), len(added)) == (4, 0)
+        assert all(p.output[0] in {i for n in pooled for i in n.input} for p in probes if p.op_type == "Conv")
+    else:  # each layer's output gets an Add, in the sim and in the float path
+        assert (len(probes), len(added)) == (0, 8)
+
+
 @pytest.mark.parametrize("how", ["tf-enhanced", "several runs"])
 def test_precomputed_grids_still_remove_most_shift(tmp_path, monkeypatch, how):
     """Where grids cannot be computed in the run (other schemes, data over one run), quantsim's
