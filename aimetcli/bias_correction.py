@@ -205,7 +205,8 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
         sim, sim_proto, float_path, grids = _simulation(model, cfg, options, dataset, batch_size, progress, in_graph)
         sources = _float_sources(sim, [la.output.name for la in measured])
         targets = [Target(la.output.name, src, _output_rank(la), la.out_channels(la.weight_array()),
-                          id(la.node) not in analytical) for la, src in zip(measured, sources)]
+                          id(la.node) not in analytical, _sample_bytes(la.output))
+                   for la, src in zip(measured, sources)]
         fp32_means = _fp32_means(reference, targets, dataset, batch_size, chunk, progress)
         joint, outputs, mean_inputs = correction_graph.build(sim_proto, float_path, targets, grids)
         means = [{mean_inputs[t.reference]: m[t.reference].astype(np.float32).reshape(t.mean_shape) for t in targets}
@@ -232,6 +233,13 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
                 n = layer.out_channels(layer.weight_array())
                 result.corrected.append(LayerCorrection(layer.name, "analytical", n, float("nan"), None))
     return result
+
+
+def _sample_bytes(value: ir.Value) -> int | None:
+    """Bytes of one sample of a float32 value (None when its shape is not fully known)."""
+    if value.shape is None or len(value.shape) < 1 or not all(isinstance(d, int) for d in value.shape.dims[1:]):
+        return None
+    return 4 * math.prod(value.shape.dims[1:])
 
 
 def _output_rank(layer: Layer) -> int:
