@@ -12,8 +12,8 @@ each, so its cost grows with the square of depth. We instead:
    of the FP32 model gives every layer output's per-channel mean over N and the
    spatial axes; then one graph (correction_graph.py) runs the sim with those means as
    inputs. At every layer output the sim's mean is compared with the FP32 one; the
-   difference ``d`` shifts the sim's layer output (through its bias where it can)
-   before anything downstream reads it, and returned. One run measures and applies every correction in
+   difference ``d`` is added to the sim's layer output before anything downstream
+   reads it, and returned. One run measures and applies every correction in
    topological order; then ``d`` goes into the biases.
 
 The activation grids the sim uses are the ones quantsim will compute on the
@@ -205,8 +205,7 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
         sim, sim_proto, float_path, grids = _simulation(model, cfg, options, dataset, batch_size, progress, in_graph)
         sources = _float_sources(sim, [la.output.name for la in measured])
         targets = [Target(la.output.name, src, _output_rank(la), la.out_channels(la.weight_array()),
-                          id(la.node) not in analytical, _sample_bytes(la.output))
-                   for la, src in zip(measured, sources)]
+                          id(la.node) not in analytical) for la, src in zip(measured, sources)]
         fp32_means = _fp32_means(reference, targets, dataset, batch_size, chunk, progress)
         joint, outputs, mean_inputs = correction_graph.build(sim_proto, float_path, targets, grids)
         means = [{mean_inputs[t.reference]: m[t.reference].astype(np.float32).reshape(t.mean_shape) for t in targets}
@@ -233,13 +232,6 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
                 n = layer.out_channels(layer.weight_array())
                 result.corrected.append(LayerCorrection(layer.name, "analytical", n, float("nan"), None))
     return result
-
-
-def _sample_bytes(value: ir.Value) -> int | None:
-    """Bytes of one sample of a float32 value (None when its shape is not fully known)."""
-    if value.shape is None or len(value.shape) < 1 or not all(isinstance(d, int) for d in value.shape.dims[1:]):
-        return None
-    return 4 * math.prod(value.shape.dims[1:])
 
 
 def _output_rank(layer: Layer) -> int:

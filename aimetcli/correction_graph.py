@@ -8,32 +8,12 @@ Up to two copies of the model read the same graph inputs:
 
 The FP32 model's per-channel layer-output means come in as graph inputs (computed
 beforehand in a pass of their own: they do not depend on any correction). For every
-target layer, the sim's per-channel mean of its output is subtracted from the FP32 one;
-the difference ``d`` is a graph output and, for a layer to correct, shifts the layer's
-output in the sim and in the float path before anything downstream reads it. Every
-layer is so measured with every earlier layer quantized and already corrected, in one
+target layer, the sim's per-channel mean of its output (GlobalAveragePool, then the
+mean over the batch) is subtracted from the FP32 one; the difference ``d`` is a
+graph output and, for a layer to correct, is added to the layer's output in the sim
+and in the float path before anything downstream reads it. Every layer is so
+measured with every earlier layer quantized and already corrected, in one
 onnxruntime run.
-
-How the mean is taken and the shift applied, per layer:
-
-* through the bias, for a Conv, ConvTranspose or Gemm (transA 0, beta 1) with a bias of
-  its own whose output takes at least BIAS_PATH_BYTES a sample: the layer is affine in
-  its input, so its output's mean over the batch and the spatial axes is the layer run
-  on the batch mean of its input (one sample), averaged spatially; ``d`` is added to
-  its bias, and the layer writes the corrected output in its single pass. No pass over
-  the big output for its mean, none for an Add, fewer buffers alive.
-* on the output, for every other layer: its output's mean measured (GlobalAveragePool,
-  then the mean over the batch) and ``d`` added to the output.
-
-Why not the bias everywhere: a bias computed in the graph keeps onnxruntime from
-running that Conv on its blocked (NCHWc) layout, which it does only with constant
-weights and bias; that costs more than the saved passes where outputs are small. Measured
-(median of 4, bias correction's whole time): full-size MobileNetV2, 64 samples: output
-path everywhere 2.77 s and a 1.59 GB peak, bias path everywhere 2.37 s and 1.30 GB, the
-1 MB rule 2.30-2.47 s and 1.40 GB (its 112x112 and 56x56 layers go through the bias);
-an 80-conv chain of 32x32x32 outputs: 0.53 s output path, 0.59 s bias path. The two
-paths agree in exact arithmetic; in float32 they differ by rounding, which quantization
-amplifies downstream as much as reordering the samples does.
 
 In-graph grids (min-max only): an activation quantizer of the sim may take its
 grid from the float path's range of the same tensor in the same run, after every
@@ -66,10 +46,6 @@ from aimetcli.model_io import SplicedProto
 from aimetcli.quantsim.insert import ActivationConstants
 
 
-# Layers whose output takes at least this many bytes a sample get d through their bias (module docstring)
-BIAS_PATH_BYTES = 1 << 20
-
-
 @dataclass(frozen=True)
 class Target:
     """A layer to measure: its output's name in the model and in the sim (float side), its shape."""
@@ -79,7 +55,6 @@ class Target:
     rank: int
     channels: int
     correct: bool
-    sample_bytes: int | None = None  # of the layer's output, per sample, where its shape is known
 
     @property
     def mean_shape(self) -> list[int]:
@@ -143,25 +118,6 @@ class _Builder:
         if self.opset >= 18:
             return self.node("ReduceMean", [x, self.const(np.array(axes, np.int64), np.int64)], keepdims=1)
         return self.node("ReduceMean", [x], axes=axes, keepdims=1)
-
-    def batch_mean(self, x: str) -> str:
-        """Mean over the batch axis (keeping it, as 1)."""
-        if self.opset >= 18:
-            return self.node("ReduceMean", [x, self.const(np.array([0], np.int64), np.int64)], keepdims=1)
-        return self.node("ReduceMean", [x], axes=[0], keepdims=1)
-
-    def clone(self, node: onnx.NodeProto, inputs: list[str]) -> str:
-        """A copy of ``node`` (same op and attributes) on ``inputs``; returns its first output."""
-        copy = onnx.NodeProto()
-        copy.CopyFrom(node)
-        copy.name = ""
-        del copy.input[:]
-        copy.input.extend(inputs)
-        del copy.output[:]
-        out = self.name(f"aimetcli_bc/{node.op_type}")
-        copy.output.append(out)
-        self.graph.node.append(copy)
-        return out
 
     def grid(self, x: str, grid: Grid) -> None:
         """Nodes computing ``grid``'s scale, zero point and Clip bounds from tensor ``x``."""
@@ -239,38 +195,16 @@ def build(sim_model: SplicedProto, float_model: SplicedProto | None, targets: li
     outputs: dict[str, str] = {}
     mean_inputs: dict[str, str] = {}
     after: dict[str, list[Callable[[], None]]] = {}  # sim/float value -> nodes to emit once it exists
-    before: dict[str, list[Callable[[], None]]] = {}  # sim value -> nodes to emit before its producer
     redirect_sim: dict[str, str] = {}
     redirect_float: dict[str, str] = {}
-    producers = {o: n for n in sim.graph.node for o in n.output}
-    readers: dict[str, int] = {}
-    for n in sim.graph.node:
-        for v in n.input:
-            readers[v] = readers.get(v, 0) + 1
     for t in targets:
         fp_mean = b.name("aimetcli_bc/fp32_mean")
         graph.input.append(helper.make_tensor_value_info(fp_mean, TensorProto.FLOAT, t.mean_shape))
         mean_inputs[t.reference] = fp_mean
         d = b.name("aimetcli_bc/d")
         src = t.sim
-        outputs[t.reference] = d
-        big = t.sample_bytes is not None and t.sample_bytes >= BIAS_PATH_BYTES
-        layer = _layer_with_bias(producers.get(src), t.correct, readers) if big else None
-        if layer is not None:
-            # the layer's mean output from its input's batch mean, and d folded into its bias
-            def probe(t=t, layer=layer, d=d, fp_mean=fp_mean):
-                mean_out = b.clone(layer, [b.batch_mean(layer.input[0]), *layer.input[1:]])
-                b.node("Sub", [fp_mean, b.reduce_mean(mean_out, t.rank)], d)
-
-            before.setdefault(src, []).append(probe)
-            if t.correct:
-                flat = b.node("Reshape", [d, b.const(np.array([-1], np.int64), np.int64)])
-                bias = layer.input[2]
-                redirect_sim[bias] = b.node("Add", [bias, flat])
-                if float_name is not None:
-                    redirect_float[float_name(bias)] = b.node("Add", [float_name(bias), flat])
-            continue
         fixed = b.name("aimetcli_bc/corrected") if t.correct else None
+        outputs[t.reference] = d
 
         def emit(t=t, src=src, d=d, fp_mean=fp_mean, fixed=fixed):
             b.node("Sub", [fp_mean, b.reduce_mean(src, t.rank)], d)
@@ -304,43 +238,16 @@ def build(sim_model: SplicedProto, float_model: SplicedProto | None, targets: li
             if rename is not None:
                 copy.name = rename(node.name) if node.name else ""
             _rename_node(copy, rename or (lambda name: name), redirect)
-            if rename is None:
-                for out in copy.output:
-                    for fn in before.pop(out, []):
-                        fn()
             graph.node.append(copy)
             for out in copy.output:
                 for fn in after.pop(out, []):
                     fn()
-    if after or before:  # a value no node produces: a bug, not a user error
-        raise AimetCliError(f"bias correction lost track of {sorted({**after, **before})}; please report it",
-                            ErrorKind.RUNTIME)
+    if after:  # a value no node produces: a bug, not a user error
+        raise AimetCliError(f"bias correction lost track of {sorted(after)}; please report it", ErrorKind.RUNTIME)
     for d in outputs.values():
         graph.output.append(helper.make_tensor_value_info(d, TensorProto.FLOAT, None))
     joint_model.arrays = {t.name: joint_model.arrays[t.name] for t in graph.initializer if t.name in joint_model.arrays}
     return joint_model, outputs, mean_inputs
-
-
-def _layer_with_bias(node: onnx.NodeProto | None, correct: bool, readers: dict[str, int]) -> onnx.NodeProto | None:
-    """``node`` when its per-channel output mean can be taken from its input's batch mean and a
-    correction can go into its bias, else None.
-
-    Conv, ConvTranspose and Gemm (batch on axis 0: transA = 0) are affine in their input, so the
-    mean over the batch and the spatial axes of their output is their output on the batch mean of
-    the input, then averaged spatially: a pass over the input and the layer run on one sample,
-    instead of a pass over the output. Adding ``d`` to the bias (Gemm: beta = 1) then shifts the
-    output by ``d`` without a pass of its own. The bias must be the node's own (read by nothing else).
-    """
-    if node is None or node.domain not in ("", "ai.onnx") or node.op_type not in ("Conv", "ConvTranspose", "Gemm"):
-        return None
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    if node.op_type == "Gemm" and (attrs.get("transA", 0) != 0 or attrs.get("beta", 1.0) != 1.0):
-        return None
-    if len(node.input) < 2 or not node.input[0]:
-        return None
-    if correct and (len(node.input) < 3 or not node.input[2] or readers.get(node.input[2], 0) != 1):
-        return None
-    return node
 
 
 def _same_tensor(a: onnx.TensorProto | None, b: onnx.TensorProto, arrays_a: dict[str, np.ndarray],

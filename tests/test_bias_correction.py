@@ -219,36 +219,6 @@ def test_one_run_leaves_no_shift_after_quantsim_recalibrates(tmp_path, opts):
         assert after[layer] <= 1e-3 * before[layer] + 1e-6, (layer, before[layer], after[layer])
 
 
-@pytest.mark.parametrize("threshold, probes, adds", [(0, 4, 0), (2048, 2, 4), (None, 0, 8)])
-def test_shift_goes_through_the_bias_or_the_output(tmp_path, monkeypatch, threshold, probes, adds):
-    """Layers with big outputs (BIAS_PATH_BYTES a sample) get their output mean from the layer run
-    on its input's batch mean and d folded into the bias; the others have their output measured
-    and d added to it (in the sim and in the float path). Either way no shift is left.
-    small_net's layer outputs: 2048, 2048, 1024 and 20 bytes a sample."""
-    from aimetcli import correction_graph
-
-    joints = []
-    build = correction_graph.build
-
-    def spy(*args, **kwargs):
-        out = build(*args, **kwargs)
-        joints.append(out[0].proto)
-        return out
-
-    monkeypatch.setattr(correction_graph, "build", spy)
-    if threshold is not None:
-        monkeypatch.setattr(correction_graph, "BIAS_PATH_BYTES", threshold)
-    before, after = _shift_after(tmp_path, QuantOptions(param_bw=4))
-    for layer in before:
-        assert after[layer] <= 1e-3 * before[layer] + 1e-6, (layer, before[layer], after[layer])
-    (joint,) = joints
-    probed = [n for n in joint.graph.node if n.op_type in ("Conv", "Gemm") and n.output[0].startswith("aimetcli_bc/")]
-    added = [n for n in joint.graph.node if n.op_type == "Add" and n.output[0].startswith("aimetcli_bc/corrected")]
-    assert (len(probed), len(added)) == (probes, adds)
-    pooled = {i for n in joint.graph.node if n.op_type == "GlobalAveragePool" for i in n.input}
-    assert all(p.output[0] in pooled for p in probed if p.op_type == "Conv")  # the probe's spatial mean
-
-
 @pytest.mark.parametrize("how", ["tf-enhanced", "several runs"])
 def test_precomputed_grids_still_remove_most_shift(tmp_path, monkeypatch, how):
     """Where grids cannot be computed in the run (other schemes, data over one run), quantsim's
