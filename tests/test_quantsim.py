@@ -309,11 +309,9 @@ def test_histogram_runs_grow_with_small_activations():
     tiny = conv_model(4, 16)  # 2 x 4 KB of activations a sample
     assert g.activation_bytes(tiny) == 2 * 4 * 16 * 16 * 4
     assert calibrate.histogram_run_size(tiny, small) == 64
-    wide = conv_model(64, 16)  # 128 KB a sample: 256 samples would fit 32 MB, capped at 64
+    wide = conv_model(32, 16)  # 64 KB a sample: 256 samples would fit, capped at 64
     assert calibrate.histogram_run_size(wide, small) == 64
-    huge = conv_model(256, 64)  # 8 MB a sample: 4 fit, fewer than the reductions' 16
+    huge = conv_model(256, 64)  # 8 MB a sample: 2 fit, fewer than the reductions' 16
     assert calibrate.histogram_run_size(huge, small) == calibrate.reduction_run_size(small) == 16
-    mid = conv_model(64, 64)  # 2 MB a sample: 16 fit
-    assert calibrate.histogram_run_size(mid, small) == 16
-    mid2 = conv_model(32, 64)  # 1 MB a sample: 32
-    assert calibrate.histogram_run_size(mid2, small) == 32
+    mid = conv_model(16, 64)  # 512 KB a sample: 32 fit
+    assert calibrate.histogram_run_size(mid, small) == calibrate.HISTOGRAM_RUN_BYTES // (2 * 16 * 64 * 64 * 4) == 32

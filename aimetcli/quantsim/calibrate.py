@@ -198,17 +198,17 @@ def reduction_run_size(dataset) -> int:
 
 
 # Activations (summed over a model's tensors) that one histogram run may copy out of onnxruntime
-HISTOGRAM_RUN_BYTES = 32 << 20
+HISTOGRAM_RUN_BYTES = 16 << 20
 
 
 def histogram_run_size(model: ir.Model, dataset) -> int:
     """Samples per onnxruntime run when activations leave the session (histograms, NaN checks).
 
     At least reduction_run_size, more (up to 64) while the model's activations for the run stay
-    within HISTOGRAM_RUN_BYTES: runs of 16 -> 55 samples of the ResNet sample model (0.58 MB of
-    activations a sample) took tf-enhanced calibration 0.29 -> 0.22 s. (Its MobileNetV2 and
-    ShuffleNetV2, 1.7 and 2.2 MB a sample, were 12% faster in runs of 64, but those took their
-    processes' peak memory to 2.2-2.7x the FP32 pass's.)
+    within HISTOGRAM_RUN_BYTES. The ResNet sample model (0.58 MB of activations a sample),
+    tf-enhanced over 1,000 samples: runs of 16 samples 0.29 s, 32 0.23 s, 64 0.22 s; its
+    process's peak memory grows with the run (1.4x the FP32 process's at 16 samples, 1.9x at
+    55), hence the bound (27 samples there).
     """
     return max(reduction_run_size(dataset), min(64, HISTOGRAM_RUN_BYTES // max(g.activation_bytes(model), 1)))
 
