@@ -38,6 +38,7 @@ class PrepareReport:
     simplified: bool = False
     simplify_error: str | None = None
     shape_inference_error: str | None = None
+    upcast_from: list[str] = field(default_factory=list)  # float16/bfloat16 computed in float32 now
     warnings: list[str] = field(default_factory=list)
 
 
@@ -53,12 +54,14 @@ def _simplify(model: ir.Model) -> ir.Model:
     return out
 
 
-def prepare(model: ir.Model, *, simplify: bool = False) -> tuple[ir.Model, PrepareReport]:
+def prepare(model: ir.Model, *, simplify: bool = False, float32: bool = False) -> tuple[ir.Model, PrepareReport]:
     """Make a loaded model ready for the passes.
 
     Lifts Constant-node weights to initializers, optionally runs onnxsim (with its
     own BN fusion disabled, as AIMET's docs recommend; on failure we go on without
     it and say so) and infers shapes (needed to know e.g. that a MatMul is 2-D).
+    ``float32``: a model that computes in float16/bfloat16 is upcast to float32
+    (passes/float16_to_float32.py), as the quantizing commands need.
     """
     report = PrepareReport()
     if simplify:
@@ -73,6 +76,16 @@ def prepare(model: ir.Model, *, simplify: bool = False) -> tuple[ir.Model, Prepa
         # which only IR >= 4 allows (the inputs listed stay as they are)
         model.ir_version = 4
     report.lifted_constants = LiftConstantsPass()(model).modified
+    if float32:
+        from aimetcli.passes.float16_to_float32 import Float16ToFloat32Pass
+
+        upcast = Float16ToFloat32Pass()(model)
+        if upcast.modified:
+            report.upcast_from = upcast.upcast_from
+            kinds = " and ".join(upcast.upcast_from)
+            report.warnings.append(
+                f"the model computes in {kinds}: quantizing its float32 version ({upcast.tensors} tensors "
+                f"upcast); the models and encodings written are float32, as QNN/SNPE converters take them")
     if report.simplified or not model.meta.get(model_io.SHAPES_META, False):
         try:
             from onnx_ir.passes.common import ShapeInferencePass
@@ -83,9 +96,23 @@ def prepare(model: ir.Model, *, simplify: bool = False) -> tuple[ir.Model, Prepa
     return model, report
 
 
-def load(source: str, *, simplify: bool = False) -> tuple[ir.Model, PrepareReport]:
+def load(source: str, *, simplify: bool = False, float32: bool = False) -> tuple[ir.Model, PrepareReport]:
     loaded = model_io.load_model(source)
-    return prepare(loaded.model, simplify=simplify)
+    return prepare(loaded.model, simplify=simplify, float32=float32)
+
+
+def require_float32(model: ir.Model) -> None:
+    """Refuse a model that computes in float16/bfloat16: quantsim would place no quantizer on it."""
+    from aimetcli.errors import AimetCliError, ErrorKind
+    from aimetcli.passes.float16_to_float32 import low_precision_types
+
+    found = low_precision_types(model)
+    if found:
+        kinds = " and ".join(sorted(t.name.lower() for t in found))
+        raise AimetCliError(
+            f"the model computes in {kinds}, and quantizers go on float32 tensors only; load it with "
+            "api.load(path, float32=True) (the command line does this) to quantize its float32 version",
+            ErrorKind.INPUT)
 
 
 @dataclass
@@ -280,6 +307,7 @@ def quantsim(model: ir.Model, dataset, options, *, config_path: str | None = Non
     from aimetcli.quantsim.config import load_config
 
     start = time.perf_counter()
+    require_float32(model)
     cfg = load_config(config_path)
     warnings = []
     bns = sum(1 for n in model.graph if g.is_op(n, "BatchNormalization"))
@@ -547,6 +575,7 @@ def bias_correct(model: ir.Model, dataset, options, *, method: str = "hybrid", c
     from aimetcli.quantsim.config import load_config
 
     start = time.perf_counter()
+    require_float32(model)
     result = correct_biases(model, dataset, options, method=method, config_path=config_path,
                             batch_size=batch_size, progress=progress)
     record = options.as_record(load_config(config_path).source)

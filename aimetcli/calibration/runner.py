@@ -131,8 +131,26 @@ def _first_line(exc: Exception) -> str:
     return line[:300]
 
 
+_FLOAT_INPUTS = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),
+                 "tensor(double)": np.dtype(np.float64)}
+
+
+def _float_inputs(session: ort.InferenceSession) -> dict[str, np.dtype]:
+    """The session's float inputs and their numpy types (cached on the session)."""
+    known = getattr(session, "_aimetcli_float_inputs", None)
+    if known is None:
+        known = {i.name: _FLOAT_INPUTS[i.type] for i in session.get_inputs() if i.type in _FLOAT_INPUTS}
+        session._aimetcli_float_inputs = known
+    return known
+
+
 def run(session: ort.InferenceSession, feeds: dict[str, np.ndarray],
         outputs: Sequence[str] | None = None) -> list[np.ndarray]:
+    """``feeds`` of another float type than a float input takes are converted (models compared on
+    the same data need not agree on it: a float16 model and its float32 sim)."""
+    floats = _float_inputs(session)
+    if any(k in floats and v.dtype != floats[k] and v.dtype.kind == "f" for k, v in feeds.items()):
+        feeds = {k: v.astype(floats[k]) if k in floats and v.dtype.kind == "f" else v for k, v in feeds.items()}
     fed = getattr(session, "_aimetcli_fed", None)
     if fed:
         feeds = {**feeds, **fed}

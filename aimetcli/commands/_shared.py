@@ -28,11 +28,13 @@ external_data_option = click.option(
 )
 
 
-def load_input(out: Output, source: str, output: str | None, *, simplify: bool = False) -> ir.Model:
+def load_input(out: Output, source: str, output: str | None, *, simplify: bool = False,
+               float32: bool = False) -> ir.Model:
+    """``float32``: a float16/bfloat16 model is upcast (commands that quantize)."""
     if output is not None:
         require_distinct_stdout(out, output)
         model_io.check_output_path(output, source=source)
-    model, report = api.load(source, simplify=simplify)
+    model, report = api.load(source, simplify=simplify, float32=float32)
     for w in report.warnings:
         out.warn(w)
     if report.lifted_constants:

@@ -42,7 +42,7 @@ def bias_correct(out: Output, model_in: str, output: str, data: str | None, meth
     options = make_options(**kw)
     if data is None and method != "analytical":
         raise AimetCliError(f"--method {method} needs --data (or use --method analytical)", ErrorKind.USAGE)
-    model = load_input(out, model_in, output)
+    model = load_input(out, model_in, output, float32=True)
     dataset = open_dataset(model, data, out=out, **kw) if data else None
     batches = progress_steps(model, dataset, kw["batch_size"], options)
     with progress_bar(out, batches, "Correcting biases") as bar:

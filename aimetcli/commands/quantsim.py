@@ -106,7 +106,7 @@ def quantsim(out: Output, model_in: str, output: str, data: str, encodings_out: 
     options = make_options(**kw)
     enc_path = encodings_path(output, encodings_out)
     model_io.check_output_path(enc_path)
-    model = load_input(out, model_in, output)
+    model = load_input(out, model_in, output, float32=True)
     dataset = open_dataset(model, data, out=out, **kw)
     batch_size = kw["batch_size"]
     with progress_bar(out, dataset.num_batches(batch_size), "Calibrating") as bar:
