@@ -101,6 +101,20 @@ def load(source: str, *, simplify: bool = False, float32: bool = False) -> tuple
     return prepare(loaded.model, simplify=simplify, float32=float32)
 
 
+def require_float_model(model: ir.Model) -> None:
+    """Refuse what quantsim, bias correction and ptq cannot start from: a model that is already
+    quantized (its QDQ nodes would be doubled), or one that computes in float16/bfloat16."""
+    from aimetcli.errors import AimetCliError, ErrorKind
+
+    quantized = g.quantized_nodes(model)
+    if quantized:
+        raise AimetCliError(
+            f"the model is already quantized ({quantized} QuantizeLinear/DequantizeLinear or integer nodes, "
+            "as in a quantsim output); start from the float model (a sim goes to 'aimetcli export')",
+            ErrorKind.INPUT)
+    require_float32(model)
+
+
 def require_float32(model: ir.Model) -> None:
     """Refuse a model that computes in float16/bfloat16: quantsim would place no quantizer on it."""
     from aimetcli.errors import AimetCliError, ErrorKind
@@ -307,7 +321,7 @@ def quantsim(model: ir.Model, dataset, options, *, config_path: str | None = Non
     from aimetcli.quantsim.config import load_config
 
     start = time.perf_counter()
-    require_float32(model)
+    require_float_model(model)
     cfg = load_config(config_path)
     warnings = []
     bns = sum(1 for n in model.graph if g.is_op(n, "BatchNormalization"))
@@ -575,7 +589,7 @@ def bias_correct(model: ir.Model, dataset, options, *, method: str = "hybrid", c
     from aimetcli.quantsim.config import load_config
 
     start = time.perf_counter()
-    require_float32(model)
+    require_float_model(model)
     result = correct_biases(model, dataset, options, method=method, config_path=config_path,
                             batch_size=batch_size, progress=progress)
     record = options.as_record(load_config(config_path).source)

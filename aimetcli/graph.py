@@ -164,3 +164,14 @@ def activation_bytes(model: ir.Model) -> int:
             dims = [d if isinstance(d, int) else 1 for d in value.shape.dims[1:]]
             total += math.prod(dims) * value.dtype.itemsize  # a float: sub-byte types count fractions
     return math.ceil(total)
+
+
+# ops that only appear in models already quantized (QDQ or integer operator formats)
+QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+                 "ConvInteger", "MatMulInteger")
+
+
+def quantized_nodes(model: ir.Model) -> int:
+    """Nodes of the main graph that belong to a quantized model (any domain: com.microsoft has
+    its own QuantizeLinear/DequantizeLinear)."""
+    return sum(1 for node in model.graph if node.op_type in QUANTIZED_OPS)

@@ -151,7 +151,7 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
     from aimetcli import api  # aimetcli.api imports this module
     from aimetcli.export import export as export_model
 
-    api.require_float32(model)
+    api.require_float_model(model)
     evaluation = evaluation or calib
     schemes = tuple(dict.fromkeys(schemes)) or (options.scheme,)
     fp32 = api.clone(model)

@@ -515,3 +515,26 @@ def test_bias_correct_analytical_without_data_skips_with_reasons(runner, tmp_pat
     assert doc["corrected"] == []
     assert doc["skipped"] and all("no BN statistics" in s["reason"] for s in doc["skipped"]), doc["skipped"]
     whole_or_absent(out)
+
+
+# ----------------------------------------------------------------------------------
+# a model that is already quantized
+# ----------------------------------------------------------------------------------
+def test_already_quantized_model_is_refused_by_quantizing_commands(runner, tmp_path, folded):
+    """A sim fed back to quantsim would get its QDQ nodes doubled (onnxruntime then refused it
+    with 'two nodes with same node name'); bias-correct and ptq found nothing to do. Each says
+    what the model is and where it goes instead; fold-bn and equalize warn and go on."""
+    sim = tmp_path / "sim.onnx"
+    succeeded(invoke(runner, "quantsim", folded, "-o", sim, "--data", "random:4", "--json", "-q"))
+    for args in (("quantsim", sim, "-o", tmp_path / "again.onnx", "--data", "random:4"),
+                 ("bias-correct", sim, "-o", tmp_path / "again.onnx", "--data", "random:4"),
+                 ("ptq", sim, "-o", tmp_path / "again", "--data", "random:4")):
+        line = one_error_line(invoke(runner, *args))
+        assert "already quantized" in line and "aimetcli export" in line, line
+        assert not (tmp_path / "again.onnx").exists() and not (tmp_path / "again").exists()
+    for command in ("fold-bn", "equalize"):
+        r = invoke(runner, command, sim, "-o", tmp_path / f"{command}.onnx")
+        assert r.exit_code == 0, r.stderr
+        assert "Warning: the model is already quantized" in r.stderr
+    r = invoke(runner, "export", sim, "-o", tmp_path / "deploy")
+    assert r.exit_code == 0 and "already quantized" not in r.stderr, r.stderr

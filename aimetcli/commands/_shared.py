@@ -6,6 +6,7 @@ import click
 import onnx_ir as ir
 
 from aimetcli import api, model_io
+from aimetcli import graph as g
 from aimetcli.cli import Output, require_distinct_stdout
 
 input_argument = click.argument("model_in", metavar="MODEL", type=str)
@@ -29,12 +30,19 @@ external_data_option = click.option(
 
 
 def load_input(out: Output, source: str, output: str | None, *, simplify: bool = False,
-               float32: bool = False) -> ir.Model:
-    """``float32``: a float16/bfloat16 model is upcast (commands that quantize)."""
+               float32: bool = False, rewrites: bool = False) -> ir.Model:
+    """``float32`` (commands that quantize): a float16/bfloat16 model is upcast, and an already
+    quantized model refused. ``rewrites`` (fold-bn, equalize): a warning for the latter."""
     if output is not None:
         require_distinct_stdout(out, output)
         model_io.check_output_path(output, source=source)
     model, report = api.load(source, simplify=simplify, float32=float32)
+    if float32:
+        api.require_float_model(model)
+    elif rewrites and g.quantized_nodes(model):
+        out.warn(f"the model is already quantized ({g.quantized_nodes(model)} QuantizeLinear/DequantizeLinear or "
+                 "integer nodes): layers whose weights come through DequantizeLinear are left as they are; "
+                 "rewrite the float model instead")
     for w in report.warnings:
         out.warn(w)
     if report.lifted_constants:

@@ -61,7 +61,7 @@ def equalize(out: Output, model_in: str, output: str, keep_relu6: bool, no_bias_
         from aimetcli.plots import _pyplot, plot_ranges
 
         _pyplot()
-    model = load_input(out, model_in, output, simplify=simplify)
+    model = load_input(out, model_in, output, simplify=simplify, rewrites=True)
     summary = api.equalize(model, api.EqualizeOptions(replace_relu6=not keep_relu6,
                                                       high_bias_fold=not no_bias_absorption))
     save_output(out, model, output, external_data=external_data)

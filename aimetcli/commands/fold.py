@@ -54,7 +54,7 @@ def fold_bn(out: Output, model_in: str, output: str, simplify: bool, external_da
       aimetcli fold-bn model.onnx -o folded.onnx
       cat model.onnx | aimetcli fold-bn - -o - | aimetcli equalize - -o eq.onnx
     """
-    model = load_input(out, model_in, output, simplify=simplify)
+    model = load_input(out, model_in, output, simplify=simplify, rewrites=True)
     _, summary = api.fold_bn(model)
     save_output(out, model, output, external_data=external_data)
     render_fold(out, summary)
