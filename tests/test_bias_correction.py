@@ -364,3 +364,20 @@ def test_runs_are_bounded_by_the_activations_of_the_samples(tmp_path, monkeypatc
                                progress=steps.append)
     assert summary.runs == 3 and not summary.grids_in_run
     assert sum(steps) == progress_steps(model, dataset, 8, QuantOptions())
+
+
+def test_nothing_to_correct_says_why(tmp_path):
+    """A model whose layers are all skipped (3-D MatMul inputs) gets a warning with the reason,
+    and no table of nothing or 'nan -> nan'."""
+    rng = np.random.default_rng(2)
+    inits = [init("W1", rand(16, 8)), init("B1", rand(8)), init("W2", rand(8, 4))]
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["m1"]), helper.make_node("Add", ["m1", "B1"], ["a1"]),
+             helper.make_node("Relu", ["a1"], ["r1"]), helper.make_node("MatMul", ["r1", "W2"], ["y"])]
+    src = tmp_path / "mlp.onnx"
+    onnx.save(make_model(nodes, [("x", ["N", 10, 16])], [("y", ["N", 10, 4])], inits), src)
+    np.save(tmp_path / "x.npy", rng.standard_normal((8, 10, 16)).astype(np.float32))
+    r = CliRunner().invoke(main, ["bias-correct", str(src), "-o", str(tmp_path / "b.onnx"), "--data",
+                                  str(tmp_path / "x.npy")])
+    assert r.exit_code == 0, r.output
+    assert "Corrected 0 layers" in r.output and "nan" not in r.output
+    assert "no layer corrected: 2 skipped (MatMul without a bias input whose input is not known to be 2-D" in r.stderr

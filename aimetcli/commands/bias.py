@@ -57,11 +57,16 @@ def bias_correct(out: Output, model_in: str, output: str, data: str | None, meth
         table.add_row(c.layer, c.method, str(c.channels),
                       "-" if c.shift_before != c.shift_before else f"{c.shift_before:.3g}",
                       "-" if c.shift_after is None else f"{c.shift_after:.3g}")
-    out.info(table)
-    out.info(f"Corrected {len(summary.corrected)} layers in {summary.seconds:.2f} s; mean |shift| "
-             f"{summary.mean_shift_before:.3g} -> {summary.mean_shift_after:.3g}.")
+    if summary.corrected:
+        out.info(table)
+    shifts = summary.mean_shift_before
+    out.info(f"Corrected {len(summary.corrected)} layers in {summary.seconds:.2f} s"
+             + (f"; mean |shift| {shifts:.3g} -> {summary.mean_shift_after:.3g}." if shifts == shifts else "."))
     for layer, reason in summary.skipped:
         out.detail(f"not corrected: {layer}: {reason}")
+    if not summary.corrected and summary.skipped:
+        out.warn(f"no layer corrected: {len(summary.skipped)} skipped ({summary.skipped[0][1]}"
+                 + (", ..." if len(summary.skipped) > 1 else "") + "); -v lists them")
     out.emit_json({"command": "bias-correct", "input": model_in, "output": output, **summary.to_json()})
 
 
