@@ -39,10 +39,10 @@ def load_input(out: Output, source: str, output: str | None, *, simplify: bool =
     model, report = api.load(source, simplify=simplify, float32=float32)
     if float32:
         api.require_float_model(model)
-    elif rewrites and g.quantized_nodes(model):
-        out.warn(f"the model is already quantized ({g.quantized_nodes(model)} QuantizeLinear/DequantizeLinear or "
-                 "integer nodes): layers whose weights come through DequantizeLinear are left as they are; "
-                 "rewrite the float model instead")
+    elif rewrites and (quantized := g.quantized_nodes(model)):
+        out.warn(f"the model is already quantized ({quantized} QuantizeLinear/DequantizeLinear or integer nodes): "
+                 "layers whose weights come through DequantizeLinear are left as they are; rewrite the float "
+                 "model instead")
     for w in report.warnings:
         out.warn(w)
     if report.lifted_constants:
