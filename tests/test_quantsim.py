@@ -16,7 +16,7 @@ from aimetcli.calibration.data import open_data, input_specs
 from aimetcli.cli import main
 from aimetcli.kernels.quant import QuantScheme, fake_quantize
 from aimetcli.quantsim.placement import QuantOptions
-from helpers import init, make_model, op_count, rand, run, session, to_ir
+from helpers import init, make_model, op_count, rand, run, to_ir
 
 RNG = np.random.default_rng(3)
 
