@@ -441,11 +441,15 @@ class EvaluateSummary:
     comparisons: list[OutputComparison] = field(default_factory=list)
     top1_agreement: float | None = None
     seconds: float = 0.0
+    scored_output: str | None = None  # the output top-1 and first_sqnr_db read (score_output)
 
     @property
     def first_sqnr_db(self) -> float | None:
-        """SQNR (dB) of the second model's first output against the first's, if comparable."""
-        return self.comparisons[0].sqnr_db if self.comparisons else None
+        """SQNR (dB) of the second model's scored output against the first's, if comparable."""
+        for c in self.comparisons:
+            if c.output == self.scored_output:
+                return c.sqnr_db
+        return None
 
     def to_json(self) -> dict:
         return _jsonable(self)
@@ -509,16 +513,26 @@ def evaluate(models: list[ir.Model], dataset, *, batch_size: int = 64, optimizat
     return summary
 
 
+def score_output(outputs: list) -> int | None:
+    """Index of the output that top-1 and the headline SQNR read: the first floating-point
+    output with a class axis (2-D or more; e.g. the logits of a model whose first output is its
+    int64 argmax label), else the first floating-point output, else None."""
+    floats = [k for k, o in enumerate(outputs) if o.dtype.kind == "f"]
+    return next((k for k in floats if outputs[k].ndim >= 2), floats[0] if floats else None)
+
+
 def compare_outputs(outputs: list[list], labels, names: list[str], samples: int,
                     output_names: list[str]) -> EvaluateSummary:
-    """Top-1 of each model's first output against ``labels`` (if any); for two models, SQNR and
-    max abs error per output and how often their top-1 agree."""
+    """Top-1 of each model's scored output (:func:`score_output`) against ``labels`` (if any);
+    for two models, SQNR and max abs error per floating-point output and how often their top-1
+    agree."""
     import numpy as np
 
+    k_scored = score_output(outputs[0]) if outputs and outputs[0] else None
     top1: list[float | None] = []
     preds = []
     for outs in outputs:
-        logits = outs[0] if outs else None
+        logits = outs[k_scored] if k_scored is not None and k_scored < len(outs) else None
         pred = logits.reshape(logits.shape[0], -1).argmax(axis=1) if logits is not None and logits.ndim >= 2 else None
         preds.append(pred)
         if labels is not None and pred is not None:
@@ -526,12 +540,14 @@ def compare_outputs(outputs: list[list], labels, names: list[str], samples: int,
         else:
             top1.append(None)
     summary = EvaluateSummary(names, samples, top1)
+    if k_scored is not None and k_scored < len(output_names):
+        summary.scored_output = output_names[k_scored]
     if len(outputs) == 2:
         for k, name in enumerate(output_names):
             if k >= min(len(outputs[0]), len(outputs[1])):
                 break
             a, b = outputs[0][k], outputs[1][k]
-            if a.shape != b.shape:
+            if a.shape != b.shape or a.dtype.kind != "f" or b.dtype.kind != "f":
                 continue
             summary.comparisons.append(OutputComparison(name, sqnr_db(a, b), float(np.max(np.abs(a - b)))))
         if preds[0] is not None and preds[1] is not None:

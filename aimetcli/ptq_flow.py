@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class KeepVerdict:
-    """Whether ptq keeps a technique: SQNR (dB) of the first output against FP32 on the
-    calibration data, quantized without and with it."""
+    """Whether ptq keeps a technique: SQNR (dB) of the scored output (api.score_output) against
+    FP32 on the calibration data, quantized without and with it."""
 
     kept: bool
     sqnr_before_db: float | None
@@ -140,7 +140,8 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
     """AIMET's recommended flow: fold-bn, equalize, calibrate, bias-correct, calibrate again, export.
 
     After each stage the quantized model is scored on ``evaluation`` (top-1 with labels, else SQNR
-    of the first output against the FP32 model), so the table shows what each technique bought.
+    of the scored output, api.score_output, against the FP32 model), so the table shows what each
+    technique bought.
     Equalization and bias correction are each kept only where they raise the output SQNR against
     FP32 on the calibration data (:func:`keep_verdict`); the table and a warning say when not.
 

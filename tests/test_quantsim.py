@@ -315,3 +315,41 @@ def test_histogram_runs_grow_with_small_activations():
     assert calibrate.histogram_run_size(huge, small) == calibrate.reduction_run_size(small) == 16
     mid = conv_model(16, 64)  # 512 KB a sample: 32 fit
     assert calibrate.histogram_run_size(mid, small) == calibrate.HISTOGRAM_RUN_BYTES // (2 * 16 * 64 * 64 * 4) == 32
+
+
+def test_scores_read_the_logits_when_the_first_output_is_a_label(tmp_path):
+    """A classifier whose first output is its int64 argmax label: top-1 and the headline SQNR
+    (what ptq's verdicts and scheme choice compare) read the float logits, not the label (whose
+    SQNR was inf for every stage, so every verdict tied)."""
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["c"], pads=[1] * 4), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "W2"], ["logits"], transB=1),
+             helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("label", onnx.TensorProto.INT64, ["N"]),
+                               helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 10])],
+                              [init("W1", rand(8, 3, 3, 3)), init("W2", rand(10, 8))])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    x = rng.standard_normal((40, 3, 8, 8)).astype(np.float32)
+    model = to_ir(proto)
+    labels = run(proto, {"x": x})[0]
+    np.savez(tmp_path / "d.npz", x=x, label=labels)
+    data = open_data(str(tmp_path / "d.npz"), input_specs(model), labels_key="label")
+    sim, _, _ = api.quantsim(api.clone(model), data, QuantOptions(param_bw=4))
+    res = api.evaluate([model, sim], data)
+    assert res.scored_output == "logits"
+    assert res.top1[0] == 100.0 and 50.0 < res.top1[1] <= 100.0
+    assert [c.output for c in res.comparisons] == ["logits"]  # no SQNR of an integer label
+    assert 0 < res.first_sqnr_db < 60
+
+    src = tmp_path / "two.onnx"
+    onnx.save(proto, src)
+    out = tmp_path / "sim.onnx"
+    assert CliRunner().invoke(main, ["quantsim", str(src), "-o", str(out), "--data", str(tmp_path / "d.npz"),
+                                     "-q"]).exit_code == 0
+    r = CliRunner().invoke(main, ["evaluate", str(src), str(out), "--data", str(tmp_path / "d.npz"),
+                                  "--labels", "label"])
+    assert r.exit_code == 0, r.output
+    assert "top-1 from output logits" in r.output and "output label" not in r.output

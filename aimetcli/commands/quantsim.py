@@ -160,7 +160,9 @@ def evaluate(out: Output, models: tuple[str, ...], data: str, labels_key: str | 
     with progress_bar(out, dataset.num_batches(kw["batch_size"]), "Evaluating") as bar:
         summary = api.evaluate(loaded, dataset, batch_size=kw["batch_size"], optimization=levels,
                                names=list(models), progress=bar)
-    table = Table(title=f"Evaluation on {summary.samples} samples", title_justify="left")
+    first = loaded[0].graph.outputs[0].name if loaded[0].graph.outputs else None
+    scored = f", top-1 from output {summary.scored_output}" if summary.scored_output not in (None, first) else ""
+    table = Table(title=f"Evaluation on {summary.samples} samples{scored}", title_justify="left")
     table.add_column("model")
     table.add_column("top-1 %", justify="right")
     for name, acc in zip(summary.models, summary.top1):
