@@ -521,6 +521,18 @@ def score_output(outputs: list) -> int | None:
     return next((k for k in floats if outputs[k].ndim >= 2), floats[0] if floats else None)
 
 
+def _predictions(logits):
+    """Class predictions: the argmax over axis 1 (the class axis of [N, C] logits and the channel
+    axis of NCHW ones), [N] for a classifier (trailing axes of size 1 dropped), [N, H, W] for a
+    dense predictor such as a segmentation net (agreement is then counted per position)."""
+    if logits.ndim < 2:
+        return None
+    pred = logits.argmax(axis=1)
+    if pred.ndim > 1 and all(d == 1 for d in pred.shape[1:]):
+        pred = pred.reshape(pred.shape[0])
+    return pred
+
+
 def compare_outputs(outputs: list[list], labels, names: list[str], samples: int,
                     output_names: list[str]) -> EvaluateSummary:
     """Top-1 of each model's scored output (:func:`score_output`) against ``labels`` (if any);
@@ -533,9 +545,9 @@ def compare_outputs(outputs: list[list], labels, names: list[str], samples: int,
     preds = []
     for outs in outputs:
         logits = outs[k_scored] if k_scored is not None and k_scored < len(outs) else None
-        pred = logits.reshape(logits.shape[0], -1).argmax(axis=1) if logits is not None and logits.ndim >= 2 else None
+        pred = _predictions(logits) if logits is not None else None
         preds.append(pred)
-        if labels is not None and pred is not None:
+        if labels is not None and pred is not None and pred.ndim == 1:
             top1.append(float(np.mean(pred == labels[: len(pred)]) * 100.0))
         else:
             top1.append(None)

@@ -350,8 +350,12 @@ def test_npz_bad_labels(tmp_path):
     inp = [spec("x", ("N", 3))]
     with data_error(r"labels 'labels' has 3 entries but the data has 4 samples"):
         open_data(str(save_npz(tmp_path, "a.npz", x=x, labels=np.arange(3))), inp)
+    b = str(save_npz(tmp_path, "b.npz", x=x, labels=np.zeros((4, 10))))
     with data_error(r"labels 'labels' has shape \[4, 10\]"):
-        open_data(str(save_npz(tmp_path, "b.npz", x=x, labels=np.zeros((4, 10)))), inp)
+        open_data(b, inp, labels_key="labels")
+    # found under a usual key but not one index per sample (one-hot, per-pixel): left out, said in a note
+    ds = open_data(b, inp)
+    assert ds.labels is None and any("'labels' of shape [4, 10]" in n for n in ds.notes)
     with data_error(r"non-integer"):
         open_data(str(save_npz(tmp_path, "c.npz", x=x, labels=np.array([0.5, 1, 2, 3]))), inp)
     ds = open_data(str(save_npz(tmp_path, "d.npz", x=x, labels=np.array([0.0, 1, 2, 3]))), inp)

@@ -353,3 +353,28 @@ def test_scores_read_the_logits_when_the_first_output_is_a_label(tmp_path):
                                   "--labels", "label"])
     assert r.exit_code == 0, r.output
     assert "top-1 from output logits" in r.output and "output label" not in r.output
+
+
+def test_segmentation_data_and_outputs(tmp_path):
+    """Per-pixel labels in the .npz do not stop a calibration, and a dense [N, C, H, W] output is
+    compared per position (argmax over the class axis), not as one flattened vector."""
+    rng = np.random.default_rng(6)
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["c"], pads=[1] * 4), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Conv", ["r", "W2"], ["y"])]
+    proto = make_model(nodes, [("x", ["N", 3, 8, 8])], [("y", ["N", 5, 8, 8])],
+                       [init("W1", rand(8, 3, 3, 3)), init("W2", rand(5, 8, 1, 1))])
+    x = rng.standard_normal((16, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "seg.npz", x=x, label=rng.integers(0, 5, (16, 8, 8)))
+    src, out = tmp_path / "seg.onnx", tmp_path / "sim.onnx"
+    onnx.save(proto, src)
+    r = CliRunner().invoke(main, ["quantsim", str(src), "-o", str(out), "--data", str(tmp_path / "seg.npz")])
+    assert r.exit_code == 0, r.output
+    model = to_ir(proto)
+    data = open_data(str(tmp_path / "seg.npz"), input_specs(model))
+    assert data.labels is None
+    sim = to_ir(onnx.load(out))
+    res = api.evaluate([model, sim], data)
+    assert res.top1 == [None, None]
+    ref = run(proto, {"x": x})[0].argmax(axis=1)
+    got = np.concatenate(api.model_outputs(sim, data)[:1]).argmax(axis=1)
+    assert res.top1_agreement == pytest.approx(100.0 * np.mean(ref == got))

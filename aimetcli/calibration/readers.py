@@ -207,7 +207,10 @@ def _single_input(spec: str, inputs: Sequence[InputSpec], what: str) -> InputSpe
 
 
 def _finish_arrays(spec: str, inputs: Sequence[InputSpec], arrays: Sequence[np.ndarray], num_samples: int | None,
-                   labels: tuple[str, np.ndarray] | None, notes: list[str]) -> Dataset:
+                   labels: tuple[str, np.ndarray] | None, notes: list[str], labels_asked: bool = True) -> Dataset:
+    """``labels_asked``: the caller named the labels array; else (an array found under a usual
+    labels key) one that is not 1-D is left out with a note, not refused: per-pixel labels of a
+    segmentation set must not stop a calibration."""
     for inp, array in zip(inputs, arrays):
         _check_shape(spec, inp, tuple(array.shape))
     n_total = _check_counts(spec, inputs, [tuple(a.shape) for a in arrays])
@@ -218,7 +221,12 @@ def _finish_arrays(spec: str, inputs: Sequence[InputSpec], arrays: Sequence[np.n
         _scan(spec, inp, array)
     label_array = None
     if labels is not None:
-        label_array = _labels_array(spec, labels[0], labels[1], n_total)[:n]
+        shape = tuple(np.shape(labels[1]))
+        if not labels_asked and len(shape) != 1 and shape[1:] != (1,):
+            notes.append(f"array '{labels[0]}' of shape {list(shape)} is not one class index per sample: "
+                         "not used as labels")
+        else:
+            label_array = _labels_array(spec, labels[0], labels[1], n_total)[:n]
     batch = _fixed_batch(spec, inputs, n, notes)
     sources = [_ArraySource(a, inp.dtype) for inp, a in zip(inputs, arrays)]
     return Dataset(spec, inputs, sources, n, label_array, batch, notes)
@@ -272,7 +280,7 @@ def _open_npz(spec: str, path: Path, inputs: Sequence[InputSpec], num_samples: i
                     spec, f"input '{inp.name}' expects {_fmt_expected(inp.shape or ())} but the data is a scalar"
                 )
         labels = (label_key, reader.get(label_key)) if label_key is not None else None
-        return _finish_arrays(spec, inputs, arrays, num_samples, labels, notes)
+        return _finish_arrays(spec, inputs, arrays, num_samples, labels, notes, labels_asked=labels_key is not None)
     finally:
         reader.close()
 
