@@ -517,7 +517,7 @@ def score_output(outputs: list) -> int | None:
     """Index of the output that top-1 and the headline SQNR read: the first floating-point
     output with a class axis (2-D or more; e.g. the logits of a model whose first output is its
     int64 argmax label), else the first floating-point output, else None."""
-    floats = [k for k, o in enumerate(outputs) if o.dtype.kind == "f"]
+    floats = [k for k, o in enumerate(outputs) if getattr(o, "dtype", None) is not None and o.dtype.kind == "f"]
     return next((k for k in floats if outputs[k].ndim >= 2), floats[0] if floats else None)
 
 
@@ -559,7 +559,8 @@ def compare_outputs(outputs: list[list], labels, names: list[str], samples: int,
             if k >= min(len(outputs[0]), len(outputs[1])):
                 break
             a, b = outputs[0][k], outputs[1][k]
-            if a.shape != b.shape or a.dtype.kind != "f" or b.dtype.kind != "f":
+            if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) or a.shape != b.shape \
+                    or a.dtype.kind != "f" or b.dtype.kind != "f":  # sequences, integers: no SQNR
                 continue
             summary.comparisons.append(OutputComparison(name, sqnr_db(a, b), float(np.max(np.abs(a - b)))))
         if preds[0] is not None and preds[1] is not None:
