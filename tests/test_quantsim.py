@@ -369,6 +369,10 @@ def test_segmentation_data_and_outputs(tmp_path):
     onnx.save(proto, src)
     r = CliRunner().invoke(main, ["quantsim", str(src), "-o", str(out), "--data", str(tmp_path / "seg.npz")])
     assert r.exit_code == 0, r.output
+    assert "not used as labels" not in r.output  # calibration needs no labels: nothing to warn about
+    r = CliRunner().invoke(main, ["evaluate", str(src), str(out), "--data", str(tmp_path / "seg.npz")])
+    assert r.exit_code == 0, r.output
+    assert "Warning: array 'label' of shape [16, 8, 8] is not one class index per sample" in r.stderr
     model = to_ir(proto)
     data = open_data(str(tmp_path / "seg.npz"), input_specs(model))
     assert data.labels is None

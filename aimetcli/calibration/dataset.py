@@ -89,6 +89,7 @@ class Dataset:
         self.labels = labels
         self.fixed_batch = fixed_batch
         self.notes = notes
+        self.labels_note: str | None = None  # why an array found under a labels key is not used as labels
 
     @functools.cached_property
     def sample_nbytes(self) -> int:

@@ -219,17 +219,19 @@ def _finish_arrays(spec: str, inputs: Sequence[InputSpec], arrays: Sequence[np.n
     for inp, array in zip(inputs, arrays):
         _check_dtype(spec, inp, array.dtype)
         _scan(spec, inp, array)
-    label_array = None
+    label_array = labels_note = None
     if labels is not None:
         shape = tuple(np.shape(labels[1]))
         if not labels_asked and len(shape) != 1 and shape[1:] != (1,):
-            notes.append(f"array '{labels[0]}' of shape {list(shape)} is not one class index per sample: "
-                         "not used as labels")
+            labels_note = (f"array '{labels[0]}' of shape {list(shape)} is not one class index per sample: "
+                           "not used as labels (top-1 needs [N] class indices)")
         else:
             label_array = _labels_array(spec, labels[0], labels[1], n_total)[:n]
     batch = _fixed_batch(spec, inputs, n, notes)
     sources = [_ArraySource(a, inp.dtype) for inp, a in zip(inputs, arrays)]
-    return Dataset(spec, inputs, sources, n, label_array, batch, notes)
+    dataset = Dataset(spec, inputs, sources, n, label_array, batch, notes)
+    dataset.labels_note = labels_note
+    return dataset
 
 
 def _open_npy(spec: str, path: Path, inputs: Sequence[InputSpec], num_samples: int | None) -> Dataset:

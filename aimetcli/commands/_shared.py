@@ -81,7 +81,10 @@ def data_options(func):
 
 
 def open_dataset(model: ir.Model, spec: str, *, num_samples=None, seed=0, resize=None, mean=None, std=None,
-                 layout="NCHW", grayscale=False, labels_key=None, out: Output | None = None, **_ignored):
+                 layout="NCHW", grayscale=False, labels_key=None, out: Output | None = None, scored: bool = False,
+                 **_ignored):
+    """``scored``: the data will be scored (evaluate, ptq's evaluation set), so labels left out
+    are worth a warning; for calibration they are a detail."""
     from aimetcli.calibration import data as data_mod
 
     images = data_mod.ImageOptions(
@@ -96,6 +99,8 @@ def open_dataset(model: ir.Model, spec: str, *, num_samples=None, seed=0, resize
     if out is not None:
         for note in getattr(dataset, "notes", []):
             out.detail(note)
+        if dataset.labels_note:
+            (out.warn if scored else out.detail)(dataset.labels_note)
     return dataset
 
 

@@ -53,10 +53,10 @@ def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | Non
     schemes = api.scheme_candidates(options) if kw["quant_scheme"] == AUTO_SCHEME else (options.scheme,)
     model = load_input(out, model_in, None, simplify=simplify, float32=True)
     calib = open_dataset(model, data, out=out, **kw)
-    evaluation = open_dataset(model, eval_data, labels_key=labels_key, out=out,
+    evaluation = open_dataset(model, eval_data, labels_key=labels_key, out=out, scored=True,
                               **{**kw, "num_samples": None}) if eval_data else None
     if evaluation is None and labels_key:
-        evaluation = open_dataset(model, data, labels_key=labels_key, out=out, **kw)
+        evaluation = open_dataset(model, data, labels_key=labels_key, out=out, scored=True, **kw)
 
     def on_stage(stage: api.Stage) -> None:
         value = (f"top-1 {stage.top1:.2f}%" if stage.top1 is not None else

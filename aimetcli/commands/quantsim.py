@@ -156,7 +156,7 @@ def evaluate(out: Output, models: tuple[str, ...], data: str, labels_key: str | 
         raise AimetCliError(f"--ort-optimization {ort_optimization}: give none, basic or all, once or per model",
                             ErrorKind.USAGE)
     loaded = [load_input(out, m, None) for m in models]
-    dataset = open_dataset(loaded[0], data, labels_key=labels_key, out=out, **kw)
+    dataset = open_dataset(loaded[0], data, labels_key=labels_key, out=out, scored=True, **kw)
     with progress_bar(out, dataset.num_batches(kw["batch_size"]), "Evaluating") as bar:
         summary = api.evaluate(loaded, dataset, batch_size=kw["batch_size"], optimization=levels,
                                names=list(models), progress=bar)
