@@ -288,3 +288,19 @@ def test_verdict_shows_enough_decimals_to_tell_the_sqnrs_apart():
     assert api.KeepVerdict(False, 30.0, 20.0).describe() == "calibration SQNR 30.0 -> 20.0 dB"
     assert api.KeepVerdict(False, 53.5334, 53.5312).change() == "53.533 -> 53.531 dB"
     assert api.KeepVerdict(True, None, 1.0).describe() == "calibration SQNR not measurable"
+
+
+@pytest.mark.parametrize("fp32, qdq, says", [(4000, 1000, "4.0x smaller than model.onnx"),
+                                             (1000, 2500, "2.5x larger than model.onnx"),
+                                             (1000, 1020, "about the size of model.onnx")])
+def test_export_size_message(fp32, qdq, says):
+    """Sizes within rounding of each other are not called '1.0x smaller'."""
+    from types import SimpleNamespace
+
+    from aimetcli.commands.export import render_export
+
+    said = []
+    out = SimpleNamespace(info=said.append)
+    render_export(out, SimpleNamespace(fp32_bytes=fp32, qdq_bytes=qdq, directory="d", files=["model.onnx"],
+                                       activation_encodings=1, param_encodings=1, encodings_version="1.0.0"))
+    assert says in said[-1] and "1.0x" not in said[-1]

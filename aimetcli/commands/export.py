@@ -13,9 +13,13 @@ from aimetcli.export import export as export_model
 def render_export(out: Output, summary) -> None:
     ratio = summary.fp32_bytes / max(1, summary.qdq_bytes)
     # a tiny model's QDQ nodes can outweigh what its integer weights save
-    size = (f"{ratio:.1f}x smaller than model.onnx" if ratio >= 1 else
-            f"{summary.qdq_bytes / max(1, summary.fp32_bytes):.1f}x larger than model.onnx "
-            "(its QDQ nodes outweigh the integer weights)")
+    if round(ratio, 1) == 1.0 or round(1 / ratio, 1) == 1.0:
+        size = "about the size of model.onnx (its QDQ nodes weigh about what the integer weights save)"
+    elif ratio > 1:
+        size = f"{ratio:.1f}x smaller than model.onnx"
+    else:
+        size = (f"{summary.qdq_bytes / max(1, summary.fp32_bytes):.1f}x larger than model.onnx "
+                "(its QDQ nodes outweigh the integer weights)")
     out.info(f"Wrote {summary.directory}/: {', '.join(summary.files)}")
     out.info(f"{summary.activation_encodings} activation and {summary.param_encodings} param encodings "
              f"({summary.encodings_version}); model_qdq.onnx is {summary.qdq_bytes / 1e6:.2f} MB, {size}.")
