@@ -162,14 +162,18 @@ def _fixed_batch(spec: str, inputs: Sequence[InputSpec], n: int, notes: list[str
     return batch
 
 
+def _one_per_sample(shape: tuple[int, ...]) -> bool:
+    """Whether a labels array of this shape holds one class index per sample: [N] or [N, 1]."""
+    return len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)
+
+
 def _labels_array(spec: str, key: str, raw: np.ndarray, n_total: int) -> np.ndarray:
     labels = np.asarray(raw)
-    if labels.ndim == 2 and labels.shape[1] == 1:
-        labels = labels[:, 0]
-    if labels.ndim != 1:
+    if not _one_per_sample(labels.shape):
         raise _data_error(
             spec, f"labels '{key}' has shape {_fmt_shape(labels.shape)}; expected one class index per sample [N]"
         )
+    labels = labels.reshape(-1)
     if labels.shape[0] != n_total:
         raise _data_error(spec, f"labels '{key}' has {labels.shape[0]} entries but the data has {n_total} samples")
     kind = _kind(labels.dtype)

@@ -81,7 +81,8 @@ class Dataset:
     """
 
     def __init__(self, spec: str, inputs: Sequence[InputSpec], sources: Sequence[_Source], num_samples: int,
-                 labels: np.ndarray | None, fixed_batch: int | None, notes: list[str]):
+                 labels: np.ndarray | None, fixed_batch: int | None, notes: list[str], *,
+                 labels_note: str | None = None):
         self.spec = spec
         self.inputs = list(inputs)
         self._sources = list(sources)
@@ -89,7 +90,7 @@ class Dataset:
         self.labels = labels
         self.fixed_batch = fixed_batch
         self.notes = notes
-        self.labels_note: str | None = None  # why an array found under a labels key is not used as labels
+        self.labels_note = labels_note  # why an array found under a labels key is not used as labels
 
     @functools.cached_property
     def sample_nbytes(self) -> int:

@@ -26,6 +26,7 @@ from aimetcli.calibration.checks import (
     _fmt_expected,
     _kind,
     _labels_array,
+    _one_per_sample,
     _scan,
 )
 from aimetcli.calibration.dataset import Dataset, Dim, ImageOptions, InputSpec, _Source
@@ -222,16 +223,14 @@ def _finish_arrays(spec: str, inputs: Sequence[InputSpec], arrays: Sequence[np.n
     label_array = labels_note = None
     if labels is not None:
         shape = tuple(np.shape(labels[1]))
-        if not labels_asked and len(shape) != 1 and shape[1:] != (1,):
+        if not labels_asked and not _one_per_sample(shape):
             labels_note = (f"array '{labels[0]}' of shape {list(shape)} is not one class index per sample: "
                            "not used as labels (top-1 needs [N] class indices)")
         else:
             label_array = _labels_array(spec, labels[0], labels[1], n_total)[:n]
     batch = _fixed_batch(spec, inputs, n, notes)
     sources = [_ArraySource(a, inp.dtype) for inp, a in zip(inputs, arrays)]
-    dataset = Dataset(spec, inputs, sources, n, label_array, batch, notes)
-    dataset.labels_note = labels_note
-    return dataset
+    return Dataset(spec, inputs, sources, n, label_array, batch, notes, labels_note=labels_note)
 
 
 def _open_npy(spec: str, path: Path, inputs: Sequence[InputSpec], num_samples: int | None) -> Dataset:
