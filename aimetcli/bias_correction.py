@@ -9,7 +9,8 @@ each, so its cost grows with the square of depth. We instead:
 2. build the sim model quantsim would build from the result (same config, options);
 3. empirical layers, in AIMET's order (each layer corrected with every earlier layer
    quantized and already corrected) without rerunning the model per layer: one pass
-   of the FP32 model gives every layer output's per-channel mean over N and the
+   of the FP32 model gives every layer output's per-channel mean over the rows of
+   axis 0 (samples, or T rows a sample after a [T, N, H] -> [T*N, H] reshape) and the
    spatial axes; then one graph (correction_graph.py) runs the sim with those means as
    inputs. At every layer output the sim's mean is compared with the FP32 one; the
    difference ``d`` is added to the sim's layer output before anything downstream
@@ -313,6 +314,13 @@ def _fp32_means(reference: SplicedProto, targets: list[Target], dataset, batch_s
     """Per chunk of ``chunk`` samples (the correction runs' split of the data): the per-channel means
     (float64) of the target layers' outputs in the FP32 model over that chunk.
 
+    A channel's mean is over every position that belongs to it: all rows of axis 0 and all spatial
+    positions. The rows are counted per run, not taken for samples: a recognizer that reshapes
+    [T, N, H] to [T*N, H] before its classifier Gemm has T rows a sample there (the sim's mean in
+    the correction graph is a ReduceMean over the same rows, so the two compare like with like).
+    Every row of a tensor holds as many spatial positions, so the mean of the per-row spatial
+    means is the mean over all positions.
+
     Each correction run compares the sim with the FP32 model on the same samples: with FP32 means
     over all the data instead, every run would add its own sampling deviation from the overall
     mean to every layer output of its sim, and the layers downstream would be measured on that.
@@ -346,13 +354,15 @@ def _fp32_means(reference: SplicedProto, targets: list[Target], dataset, batch_s
         slices = [feeds] if dataset.fixed_batch is not None or n <= run else [
             {k: v[s:s + run] for k, v in feeds.items()} for s in range(0, n, run)]
         sums: dict[str, np.ndarray] = {}
+        rows: dict[str, int] = {}
         for part in slices:
             for name, value in zip(names, runner.run(session, part, names)):
                 v = np.asarray(value, np.float64)
-                v = v.reshape(v.shape[0], v.shape[1], -1).mean(axis=2).sum(axis=0)  # spatial mean, summed over N
-                sums[name] = v if name not in sums else sums[name] + v
+                # spatial mean, summed over the rows of axis 0, which need not be samples
+                sums[name] = sums.get(name, 0.0) + v.reshape(v.shape[0], v.shape[1], -1).mean(axis=2).sum(axis=0)
+                rows[name] = rows.get(name, 0) + v.shape[0]
             step.samples(feed_rows(part))
-        per_chunk.append({ref: sums[name] / max(n, 1) for ref, name in outputs.items()})
+        per_chunk.append({ref: sums[name] / max(rows[name], 1) for ref, name in outputs.items()})
     step.finish()
     return per_chunk
 

@@ -9,7 +9,7 @@ Up to two copies of the model read the same graph inputs:
 The FP32 model's per-channel layer-output means come in as graph inputs (computed
 beforehand in a pass of their own: they do not depend on any correction). For every
 target layer, the sim's per-channel mean of its output (GlobalAveragePool, then the
-mean over the batch) is subtracted from the FP32 one; the difference ``d`` is a
+mean over the rows of axis 0, samples or not) is subtracted from the FP32 one; the difference ``d`` is a
 graph output and, for a layer to correct, is added to the layer's output in the sim
 and in the float path before anything downstream reads it. Every layer is so
 measured with every earlier layer quantized and already corrected, in one

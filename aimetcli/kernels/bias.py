@@ -13,8 +13,10 @@ phi/Phi the standard normal pdf/cdf,
                            + a Phi(alpha) + b (1 - Phi(beta'))
 (ReLU is the clip to [0, inf); ReLU6 the clip to [0, 6]).
 
-Empirical: per output channel, mean over (N, spatial) of the FP32 layer output
-minus that of the quantized model's; added to the bias.
+Empirical: per output channel, mean over every position of the channel (all rows
+of axis 0, which are samples or, after a reshape such as [T, N, H] -> [T*N, H],
+T rows a sample, and all spatial positions) of the FP32 layer output minus that
+of the quantized model's; added to the bias.
 """
 
 from __future__ import annotations
