@@ -28,7 +28,7 @@ from aimetcli import graph as g
 from aimetcli.encodings import EncodingsError, TensorEncoding, loads
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.quant import Encoding
-from aimetcli.quantsim.insert import insert_qdq
+from aimetcli.quantsim.insert import insert_qdq, is_grid_node
 
 QUANTSIM_METADATA_KEY = "aimetcli.quantsim"
 
@@ -76,25 +76,63 @@ def _sole(value: ir.Value, op: str) -> ir.Node | None:
     return node if node is not None and g.is_op(node, op) else None
 
 
-def _quantizer_chain(q: ir.Node) -> list[ir.Node] | None:
-    """QuantizeLinear -> DequantizeLinear, then our Clip (activations) or Max -> Min (weights)."""
+def _equals(value: ir.Value | None, expected: np.ndarray) -> bool:
+    array = g.constant(value)
+    return array is not None and array.size == expected.size and np.array_equal(
+        np.asarray(array, np.float32).reshape(-1), np.asarray(expected, np.float32).reshape(-1))
+
+
+def _ours(node: ir.Node, enc: Encoding | None, bounds: list[tuple[int, np.ndarray]]) -> bool:
+    """Whether a Clip/Max/Min after a DequantizeLinear is quantsim's narrow-grid one.
+
+    Marked ones are (quantsim/insert.py). Sims written before the mark are recognised by the one
+    pattern they had: the tensor's encoding needs a clip, and the node's bound inputs are exactly
+    that grid's dequantized bounds. A sim always puts its own clamp first, right after the
+    DequantizeLinear, so a model's clamp is never taken for it when the encoding needs one; and
+    when the encoding needs none, there is nothing to remove.
+    """
+    if is_grid_node(node):
+        return True
+    return enc is not None and enc.needs_clip and all(_equals(node.inputs[i] if i < len(node.inputs) else None, b)
+                                                      for i, b in bounds)
+
+
+def _encoding_of(q: ir.Node, after: list[ir.Node], encodings: dict[str, Encoding]) -> Encoding | None:
+    """The encoding of the tensor a QuantizeLinear quantizes: its input's name, or, for a graph
+    output (whose float value was renamed), the name of the chain's output."""
+    names = [q.inputs[0].name] + [n.outputs[0].name for n in after if n.outputs[0].is_graph_output()]
+    return next((encodings[n] for n in names if n in encodings), None)
+
+
+def _quantizer_chain(q: ir.Node, encodings: dict[str, Encoding]) -> list[ir.Node] | None:
+    """QuantizeLinear -> DequantizeLinear, then quantsim's Clip (activations) or Max -> Min (weights)."""
     dq = _sole(q.outputs[0], "DequantizeLinear")
     if dq is None:
         return None
     chain = [q, dq]
     clip = _sole(dq.outputs[0], "Clip")
     mx = _sole(dq.outputs[0], "Max")
-    if clip is not None and all(v is not None and v.is_initializer() for v in clip.inputs[1:]):
-        chain.append(clip)
-    elif mx is not None and mx.inputs[1] is not None and mx.inputs[1].is_initializer():
-        mn = _sole(mx.outputs[0], "Min")
-        if mn is not None and mn.inputs[1] is not None and mn.inputs[1].is_initializer():
+    mn = _sole(mx.outputs[0], "Min") if mx is not None else None
+    if clip is not None:
+        enc = _encoding_of(q, [clip], encodings)
+        lo, hi = enc.dequantized_bounds() if enc is not None else (None, None)
+        if _ours(clip, enc, [(1, lo), (2, hi)]):
+            chain.append(clip)
+    elif mx is not None and mn is not None:
+        enc = _encoding_of(q, [mn], encodings)
+        lo, hi = enc.dequantized_bounds() if enc is not None else (None, None)
+        if _ours(mx, enc, [(1, lo)]) and _ours(mn, enc, [(1, hi)]):
             chain += [mx, mn]
     return chain
 
 
-def strip_qdq(model: ir.Model) -> int:
-    """Remove quantsim's QDQ nodes in place: the sim model becomes the FP32 model. Returns nodes removed."""
+def strip_qdq(model: ir.Model, encodings: list[TensorEncoding]) -> int:
+    """Remove quantsim's QDQ nodes in place: the sim model becomes the FP32 model. Returns nodes removed.
+
+    ``encodings`` are the sim's (:func:`read_embedded`); they tell sims written before quantsim
+    marked its narrow-grid nodes apart from the model's own clamps (:func:`_ours`).
+    """
+    by_name = {te.name: te.encoding for te in encodings}
     graph = model.graph
     removed = 0
     for node in list(graph):  # integers stored in the model (32-bit biases): back to their float values
@@ -117,7 +155,7 @@ def strip_qdq(model: ir.Model) -> int:
     for node in list(graph):
         if not g.is_op(node, "QuantizeLinear") or node.graph is None:
             continue
-        chain = _quantizer_chain(node)
+        chain = _quantizer_chain(node, by_name)
         if chain is None:
             continue
         final = chain[-1].outputs[0]
@@ -266,7 +304,7 @@ def export(model: ir.Model, outdir: str, *, encodings_path: str | None = None, v
                                 "'aimetcli quantsim' or pass --encodings FILE", ErrorKind.USAGE)
         encodings, options, skipped = embedded.encodings, embedded.options, embedded.skipped
         fp32 = model
-        strip_qdq(fp32)
+        strip_qdq(fp32, encodings)
     check_names(fp32, encodings)
     acts, params = split(encodings)
     params = fill_axes(fp32, params)

@@ -11,6 +11,11 @@ per-channel Max/Min (simulated weights) to the grid's dequantized bounds follows
 the DequantizeLinear; stored integers are already on the grid. Containers: int8/uint8 up to 8 bits, int16/uint16
 up to 16 (opset 21), int32 for biases.
 
+quantsim's own Clip, Max and Min carry the node metadata entry ``aimetcli.role`` =
+``narrow-grid`` (:func:`is_grid_node`), which onnx serialization keeps and onnxruntime
+ignores: ``export`` removes those and never a clamp of the model itself (a ReLU6 written
+as Clip(0, 6), a hard-swish's Clip) that happens to follow a quantized tensor.
+
 A graph output keeps its name: its producer's value is renamed and the quantized
 value takes the output's name, so users' output names do not change.
 """
@@ -37,9 +42,18 @@ def container(enc: Encoding) -> tuple[np.dtype, int, int]:
     return dtype, int(info.min), int(info.max)
 
 
-def needs_clip(enc: Encoding) -> bool:
-    _, lo, hi = container(enc)
-    return (enc.qmin, enc.qmax) != (lo, hi)
+ROLE_KEY = "aimetcli.role"
+GRID_ROLE = "narrow-grid"
+
+
+def mark_grid_node(node: ir.Node) -> ir.Node:
+    """Mark a Clip/Max/Min that restricts a DequantizeLinear's output to a narrow grid as quantsim's."""
+    node.metadata_props[ROLE_KEY] = GRID_ROLE
+    return node
+
+
+def is_grid_node(node: ir.Node) -> bool:
+    return node.metadata_props.get(ROLE_KEY) == GRID_ROLE
 
 
 def required_opset(encs: list[Encoding]) -> int:
@@ -86,12 +100,12 @@ def insert_activation(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Enc
     dq.outputs[0].name = names.new(f"{tensor}_dequantized")
     new_nodes = [q, dq]
     final = dq.outputs[0]
-    if needs_clip(enc):
+    if enc.needs_clip:
         lo, hi = enc.dequantized_bounds()
         lo_v = g.add_initializer(graph, names.new(f"{tensor}_clip_min"), np.asarray(lo, np.float32).reshape(()))
         hi_v = g.add_initializer(graph, names.new(f"{tensor}_clip_max"), np.asarray(hi, np.float32).reshape(()))
         clip_names = (lo_v.name, hi_v.name)
-        clip = ir.Node("", "Clip", [final, lo_v, hi_v], name=names.new(f"{tensor}_Clip"))
+        clip = mark_grid_node(ir.Node("", "Clip", [final, lo_v, hi_v], name=names.new(f"{tensor}_Clip")))
         clip.outputs[0].name = names.new(f"{tensor}_clipped")
         new_nodes.append(clip)
         final = clip.outputs[0]
@@ -152,15 +166,15 @@ def insert_param(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Encoding
     dq.outputs[0].name = names.new(f"{tensor}_dequantized")
     nodes.append(dq)
     final = dq.outputs[0]
-    if not store_integers and needs_clip(enc):
+    if not store_integers and enc.needs_clip:
         # QuantizeLinear saturates at the container; clip to the grid (per channel: Max/Min broadcast)
         lo, hi = enc.dequantized_bounds()
         shape = _bounds_shape(enc, w.ndim)
         lo_v = g.add_initializer(graph, names.new(f"{tensor}_grid_min"), np.asarray(lo, np.float32).reshape(shape))
         hi_v = g.add_initializer(graph, names.new(f"{tensor}_grid_max"), np.asarray(hi, np.float32).reshape(shape))
-        mx = ir.Node("", "Max", [final, lo_v], name=names.new(f"{tensor}_GridMax"))
+        mx = mark_grid_node(ir.Node("", "Max", [final, lo_v], name=names.new(f"{tensor}_GridMax")))
         mx.outputs[0].name = names.new(f"{tensor}_grid_lower")
-        mn = ir.Node("", "Min", [mx.outputs[0], hi_v], name=names.new(f"{tensor}_GridMin"))
+        mn = mark_grid_node(ir.Node("", "Min", [mx.outputs[0], hi_v], name=names.new(f"{tensor}_GridMin")))
         mn.outputs[0].name = names.new(f"{tensor}_grid_clipped")
         nodes += [mx, mn]
         final = mn.outputs[0]
