@@ -66,6 +66,7 @@ __all__ = [
     "QuantizerArgs",
     "TensorEncoding",
     "aimet_quant_scheme_name",
+    "check_bitwidth",
     "dumps",
     "loads",
     "to_dict",
@@ -166,12 +167,22 @@ def _entry_100(name: str, enc: Encoding) -> dict[str, Any]:
     }
 
 
-def _entry_200(name: str, enc: Encoding) -> dict[str, Any]:
-    if enc.bitwidth not in _NATIVE_BITS:
+def check_bitwidth(version: str, bitwidth: int, name: str = "") -> None:
+    """Raise ValueError when an encodings file of ``version`` cannot hold a ``bitwidth``-bit grid.
+
+    Version 2.0.0 has no bitwidth field (the width is the output dtype's), so it holds only
+    4, 8, 16 and 32 bits; 0.6.1 and 1.0.0 hold any. The CLI calls this with the requested
+    bitwidths before any work, the writer with each encoding's.
+    """
+    if version == "2.0.0" and bitwidth not in _NATIVE_BITS:
         raise ValueError(
-            f"{name!r}: version 2.0.0 has no bitwidth field and cannot hold a {enc.bitwidth}-bit grid "
+            f"{name + ': ' if name else ''}version 2.0.0 has no bitwidth field and cannot hold a {bitwidth}-bit grid "
             f"(only {', '.join(map(str, _NATIVE_BITS))}); write version 1.0.0 instead"
         )
+
+
+def _entry_200(name: str, enc: Encoding) -> dict[str, Any]:
+    check_bitwidth("2.0.0", enc.bitwidth, repr(name))
     bits = enc.bitwidth
     offset = enc.offset.astype(np.int64)
     zero_point = -offset - 2 ** (bits - 1) if enc.signed else -offset

@@ -256,7 +256,8 @@ def tensor_bytes(model: ir.Model) -> int:
 
 
 def check_output_path(dest: str, *, source: str | None = None) -> None:
-    """Fail early (before any work) when an output cannot be written where asked."""
+    """Fail early (before any work) when an output file cannot be written where asked:
+    its directory missing or not writable, the path a directory, or the input itself."""
     if dest == STDIO:
         return
     path = Path(dest)
@@ -269,13 +270,41 @@ def check_output_path(dest: str, *, source: str | None = None) -> None:
         raise AimetCliError(f"{dest}: {parent} is not a directory; choose another output path", ErrorKind.OUTPUT)
     if path.is_dir():
         raise AimetCliError(f"{dest}: is a directory; give a file name for the output", ErrorKind.OUTPUT)
-    if not os.access(parent, os.W_OK):
-        raise AimetCliError(f"{dest}: directory {parent} is not writable; choose another output path", ErrorKind.OUTPUT)
-    if source is not None and source != STDIO and Path(source).exists() and path.exists():
-        if os.path.samefile(source, path):
-            raise AimetCliError(
-                f"{dest}: the output would overwrite the input; write to another file", ErrorKind.USAGE
-            )
+    if _same_file(source, path):
+        raise AimetCliError(f"{dest}: the output would overwrite the input; write to another file", ErrorKind.USAGE)
+    probe_writable(parent, dest)
+
+
+def check_output_dir(dest: str, *, source: str | None = None, what: str = "the output") -> None:
+    """Fail early when an output directory (ptq, export) cannot be created or written:
+    ``dest`` an existing file (the input model, say), its parent missing, or not writable.
+    The directory itself is created by the command, without parents."""
+    path = Path(dest)
+    if path.exists() and not path.is_dir():
+        inputs = " (it is the input model)" if _same_file(source, path) else ""
+        raise AimetCliError(f"{dest}: exists and is a file{inputs}; {what} is a directory of files: give a "
+                            "directory for -o, e.g. out/", ErrorKind.OUTPUT)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not path.exists() and not parent.is_dir():
+        raise AimetCliError(f"{dest}: parent directory {parent} does not exist; create it first", ErrorKind.OUTPUT)
+    probe_writable(path if path.exists() else parent, dest)
+
+
+def _same_file(source: str | None, path: Path) -> bool:
+    return (source is not None and source != STDIO and Path(source).exists() and path.exists()
+            and os.path.samefile(source, path))
+
+
+def probe_writable(directory: Path, dest: str) -> None:
+    """Create and remove a file in ``directory``: the one test that holds for root (whom
+    permission bits do not stop), read-only mounts and full disks alike."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".aimetcli-probe-", dir=directory)
+    except OSError as exc:
+        raise AimetCliError(f"{dest}: cannot write in {directory} ({exc.strerror or exc}); "
+                            "choose another output path", ErrorKind.OUTPUT) from exc
+    os.close(fd)
+    os.unlink(name)
 
 
 @contextlib.contextmanager

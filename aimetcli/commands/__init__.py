@@ -1,13 +1,5 @@
-"""CLI commands, one module per area; each is thin over aimetcli.api."""
+"""CLI commands, one module per area; each is thin over aimetcli.api.
 
-from __future__ import annotations
-
-import click
-
-
-def register(group: click.Group) -> None:
-    from aimetcli.commands import bias, equalize, export, fold, ptq, quantsim
-
-    for module in (fold, equalize, bias, quantsim, export, ptq):
-        for command in module.COMMANDS:
-            group.add_command(command)
+aimetcli.cli.COMMANDS maps each command name to its module here; the group
+imports a module only when its command is used.
+"""

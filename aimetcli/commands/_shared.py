@@ -1,13 +1,25 @@
-"""Options and steps shared by the commands: input, output, model options."""
+"""Options and steps shared by the commands: input, output, model options, up-front checks.
+
+Nothing heavy is imported at module level (the library is imported inside the
+functions that use it), so a command's ``--help`` and usage errors stay instant.
+"""
 
 from __future__ import annotations
 
-import click
-import onnx_ir as ir
+import functools
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from aimetcli import api, model_io
-from aimetcli import graph as g
+import click
+
 from aimetcli.cli import Output, require_distinct_stdout
+from aimetcli.errors import AimetCliError, ErrorKind
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+
+STDIO = "-"
 
 input_argument = click.argument("model_in", metavar="MODEL", type=str)
 
@@ -19,6 +31,31 @@ def output_option(required: bool = True):
     )
 
 
+def model_output(func):
+    """The output model: ``-o FILE`` or a positional OUTPUT after MODEL, as onnxsim and
+    onnxslim take it (``aimetcli fold-bn in.onnx out.onnx``); exactly one of the two.
+    The command receives it as ``output``."""
+
+    @click.argument("output_arg", metavar="[OUTPUT]", required=False)
+    @click.option("-o", "--output", "output_opt", type=str, default=None,
+                  help="Output model path, or '-' for stdout (or give it as OUTPUT after MODEL).")
+    @functools.wraps(func)
+    def wrapper(*args, output_opt: str | None, output_arg: str | None, **kwargs):
+        if output_opt is not None and output_arg is not None:
+            raise AimetCliError(f"two outputs given (-o {output_opt} and {output_arg}); give one",
+                                ErrorKind.USAGE)
+        if output_opt is None and output_arg is None:
+            raise AimetCliError("no output given: add -o FILE (or OUTPUT after MODEL, as in "
+                                "'aimetcli fold-bn in.onnx out.onnx'); '-o -' writes to stdout", ErrorKind.USAGE)
+        return func(*args, output=output_opt if output_opt is not None else output_arg, **kwargs)
+
+    return wrapper
+
+
+def all_rows_option(what: str):
+    return click.option("--all", "show_all", is_flag=True, help=f"Show every {what}, not only the first ones.")
+
+
 simplify_option = click.option(
     "--simplify", is_flag=True,
     help="Run onnxsim first (its BN fusion disabled); if onnxsim fails, go on without it.",
@@ -27,15 +64,86 @@ external_data_option = click.option(
     "--external-data", is_flag=True,
     help="Save tensors in '<output>.data' beside the model (automatic above 2 GB).",
 )
+encoding_version_option = click.option(
+    "--encoding-version", type=click.Choice(["0.6.1", "1.0.0", "2.0.0"]), default="1.0.0", show_default=True,
+    help="AIMET encodings file format: 1.0.0 (AIMET 1.x lists, any bitwidth), 0.6.1 (older readers), "
+         "2.0.0 (y_scale/y_zero_point, 4/8/16/32 bits only).",
+)
 
 
+# -- up-front checks ------------------------------------------------------------------
+def stream_is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def preflight(out: Output, sources: str | Sequence[str], *, output: str | None = None,
+              output_is_dir: bool = False, files: Sequence[str] = (),
+              encoding_version: str | None = None, bitwidths: Sequence[int] = ()) -> None:
+    """Every check that needs neither the model nor the data, before anything is loaded.
+
+    ``sources``: the input models ('-' is stdin, refused when it is a terminal).
+    ``output``: the output model file or, with ``output_is_dir`` (ptq, export), the
+    output directory ('-' refused: a directory cannot go to stdout). ``files``: other
+    files the command will write (encodings, plots). ``encoding_version`` and
+    ``bitwidths``: the encodings file format must hold these bitwidths
+    (:func:`aimetcli.encodings.check_bitwidth`, the rule the writer applies).
+    Paths: parent directory exists, location writable, not the input model.
+    """
+    from aimetcli import model_io
+
+    sources = [sources] if isinstance(sources, str) else list(sources)
+    if STDIO in sources and stream_is_terminal(sys.stdin):
+        raise AimetCliError("MODEL is '-' but stdin is a terminal; pipe a model in (cat m.onnx | aimetcli ...) "
+                            "or give its path", ErrorKind.USAGE)
+    source = sources[0] if len(sources) == 1 else None
+    if output is not None:
+        _check_output(out, output, source, output_is_dir)
+    for path in files:
+        model_io.check_output_path(path, source=source)
+    if encoding_version is not None:
+        from aimetcli.encodings import check_bitwidth
+
+        for bw in sorted(set(bitwidths)):
+            try:
+                check_bitwidth(encoding_version, bw)
+            except ValueError:
+                raise AimetCliError(
+                    f"--encoding-version {encoding_version} cannot hold {bw}-bit encodings (it has no bitwidth "
+                    "field: 4, 8, 16 or 32 bits only); use --encoding-version 1.0.0", ErrorKind.USAGE) from None
+
+
+def _check_output(out: Output, output: str, source: str | None, output_is_dir: bool) -> None:
+    from aimetcli import model_io
+
+    if output == STDIO:
+        if output_is_dir:
+            raise AimetCliError("-o -: this command writes a directory of files (model.onnx, model.encodings, "
+                                "model_qdq.onnx, ...), which cannot go to stdout; give a directory, e.g. -o out/",
+                                ErrorKind.USAGE)
+        require_distinct_stdout(out, output)
+        if stream_is_terminal(sys.stdout):
+            raise AimetCliError("-o -: stdout is a terminal; redirect it (> out.onnx, | aimetcli ...) "
+                                "or give -o FILE", ErrorKind.USAGE)
+    elif output_is_dir:
+        model_io.check_output_dir(output, source=source)
+    else:
+        model_io.check_output_path(output, source=source)
+
+
+# -- loading and saving ---------------------------------------------------------------
 def load_input(out: Output, source: str, output: str | None, *, simplify: bool = False,
                float32: bool = False, rewrites: bool = False) -> ir.Model:
     """``float32`` (commands that quantize): a float16/bfloat16 model is upcast, and an already
-    quantized model refused. ``rewrites`` (fold-bn, equalize): a warning for the latter."""
+    quantized model refused. ``rewrites`` (fold-bn, equalize): a warning for the latter.
+    ``output`` (a model file) is checked again here for callers without :func:`preflight`."""
+    from aimetcli import api
+    from aimetcli import graph as g
+
     if output is not None:
-        require_distinct_stdout(out, output)
-        model_io.check_output_path(output, source=source)
+        _check_output(out, output, source, output_is_dir=False)
     model, report = api.load(source, simplify=simplify, float32=float32)
     if float32:
         api.require_float_model(model)
@@ -53,10 +161,21 @@ def load_input(out: Output, source: str, output: str | None, *, simplify: bool =
 
 
 def save_output(out: Output, model: ir.Model, output: str, *, external_data: bool = False) -> list[str]:
+    from aimetcli import model_io
+
     written = model_io.save_model(model, output, external_data=external_data or None)
     if output != "-":
         out.info(f"Wrote {', '.join(written)}")
     return written
+
+
+def shown_rows(out: Output, rows: list, limit: int, show_all: bool, what: str) -> list:
+    """The first ``limit`` rows unless --all or -v; says so when rows are left out
+    (``what``: the singular noun of a row, e.g. 'layer')."""
+    if show_all or out.verbose or len(rows) <= limit:
+        return rows
+    out.info(f"{limit} of {len(rows)} {what}s shown, --all for every {what}")
+    return rows[:limit]
 
 
 # -- calibration / evaluation data ---------------------------------------------------
@@ -68,7 +187,12 @@ def data_options(func):
         click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
                      help="Samples per onnxruntime run."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed for random:N data."),
-        click.option("--resize", type=str, default=None, help="Image folders: resize to S or HxW."),
+        click.option("--resize", type=str, default=None,
+                     help="Image folders: resize to HxW (S: SxS); with --center-crop, S is the shorter side "
+                          "(aspect ratio kept)."),
+        click.option("--center-crop", type=str, default=None,
+                     help="Image folders: take the centered S or HxW crop after scaling, aspect ratio kept "
+                          "(ImageNet: --resize 256 --center-crop 224)."),
         click.option("--mean", type=str, default=None, help="Image folders: per-channel mean, e.g. 0.485,0.456,0.406."),
         click.option("--std", type=str, default=None, help="Image folders: per-channel std."),
         click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True,
@@ -80,24 +204,23 @@ def data_options(func):
     return func
 
 
-def open_dataset(model: ir.Model, spec: str, *, num_samples=None, seed=0, resize=None, mean=None, std=None,
-                 layout="NCHW", grayscale=False, labels_key=None, out: Output | None = None, scored: bool = False,
-                 **_ignored):
-    """``scored``: the data will be scored (evaluate, ptq's evaluation set), so labels left out
-    are worth a warning; for calibration they are a detail."""
+def open_dataset(model: ir.Model, spec: str, *, num_samples=None, seed=0, resize=None, center_crop=None,
+                 mean=None, std=None, layout="NCHW", grayscale=False, labels_key=None, out: Output | None = None,
+                 scored: bool = False, **_ignored):
+    """Open ``--data`` for ``model``; its warnings (what was assumed) go to ``out.warn``, its
+    notes to ``out.detail`` (-v). ``scored``: the data will be scored (evaluate, ptq's
+    evaluation set), so labels left out are worth a warning, and random data's poor ranges
+    are not (they matter to calibration only)."""
     from aimetcli.calibration import data as data_mod
 
-    images = data_mod.ImageOptions(
-        resize=data_mod.parse_resize(resize) if resize else None,
-        mean=data_mod.parse_floats(mean, "--mean") if mean else (0.0,),
-        std=data_mod.parse_floats(std, "--std") if std else (1.0,),
-        layout=layout,
-        grayscale=grayscale,
-    )
+    images = data_mod.image_options(resize=resize or None, center_crop=center_crop or None, mean=mean or None,
+                                    std=std or None, layout=layout, grayscale=grayscale)
     dataset = data_mod.open_data(spec, data_mod.input_specs(model), num_samples=num_samples,
                                  labels_key=labels_key, images=images, seed=seed)
     if out is not None:
-        for note in getattr(dataset, "notes", []):
+        for warning in (*dataset.warnings, *(() if scored else dataset.calibration_warnings)):
+            out.warn(warning)
+        for note in dataset.notes:
             out.detail(note)
         if dataset.labels_note:
             (out.warn if scored else out.detail)(dataset.labels_note)

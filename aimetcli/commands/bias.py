@@ -5,30 +5,35 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from aimetcli import api
-from aimetcli.kernels.bias import METHODS
 from aimetcli.cli import Output, common_options
 from aimetcli.commands._shared import (
-    data_options, external_data_option, input_argument, load_input, open_dataset, output_option, progress_bar,
-    save_output,
+    all_rows_option, data_options, external_data_option, input_argument, load_input, model_output, open_dataset,
+    preflight, progress_bar, save_output, shown_rows,
 )
 from aimetcli.commands.quantsim import make_options, quant_options
 from aimetcli.errors import AimetCliError, ErrorKind
-from aimetcli.bias_correction import progress_steps
+
+# aimetcli.kernels.bias.METHODS, spelled here so that --help imports no numpy
+# (tests/test_cli_startup.py checks that the two agree).
+METHODS = ("empirical", "analytical", "hybrid")
+METHOD_HELP = ("empirical: run FP32 and quantized model on --data and correct each layer's mean output shift; "
+               "analytical: from the BN statistics fold-bn/equalize carried (no data); hybrid: analytical where "
+               "those statistics exist, empirical elsewhere.")
+TABLE_ROWS = 25
 
 
 @click.command("bias-correct")
 @input_argument
-@output_option()
+@model_output
 @click.option("--data", "data", default=None, help="Data: .npy, .npz, image folder or random:N (empirical/hybrid).")
-@click.option("--method", type=click.Choice(METHODS), default="hybrid", show_default=True,
-              help="analytical uses the carried BN statistics (no data); hybrid: analytical where possible.")
+@click.option("--method", type=click.Choice(METHODS), default="hybrid", show_default=True, help=METHOD_HELP)
 @data_options
 @quant_options
 @external_data_option
+@all_rows_option("layer")
 @common_options
 def bias_correct(out: Output, model_in: str, output: str, data: str | None, method: str,
-                 external_data: bool, config_path: str | None, **kw) -> None:
+                 external_data: bool, config_path: str | None, show_all: bool, **kw) -> None:
     """Correct the biases for the shift that weight quantization causes.
 
     Corrects for the quantization quantsim applies with the same options; the
@@ -39,10 +44,14 @@ def bias_correct(out: Output, model_in: str, output: str, data: str | None, meth
       aimetcli bias-correct eq.onnx -o bc.onnx --data calib.npz
       aimetcli bias-correct eq.onnx -o bc.onnx --method analytical --param-bw 6
     """
-    options = make_options(**kw)
+    from aimetcli import api
+    from aimetcli.bias_correction import progress_steps
+
     if data is None and method != "analytical":
         raise AimetCliError(f"--method {method} needs --data (or use --method analytical)", ErrorKind.USAGE)
-    model = load_input(out, model_in, output, float32=True)
+    preflight(out, model_in, output=output)
+    options = make_options(**kw)
+    model = load_input(out, model_in, None, float32=True)
     dataset = open_dataset(model, data, out=out, **kw) if data else None
     batches = progress_steps(model, dataset, kw["batch_size"], options)
     with progress_bar(out, batches, "Correcting biases") as bar:
@@ -52,8 +61,7 @@ def bias_correct(out: Output, model_in: str, output: str, data: str | None, meth
     table = Table(title=f"Bias correction ({method}, W{options.param_bw}A{options.act_bw})", title_justify="left")
     for col in ("layer", "method", "channels", "mean |shift| uncorrected", "after"):
         table.add_column(col, justify="left" if col in ("layer", "method") else "right", overflow="fold")
-    rows = summary.corrected if out.verbose else summary.corrected[:25]
-    for c in rows:
+    for c in shown_rows(out, summary.corrected, TABLE_ROWS, show_all, "layer"):
         table.add_row(c.layer, c.method, str(c.channels),
                       "-" if c.shift_before != c.shift_before else f"{c.shift_before:.3g}",
                       "-" if c.shift_after is None else f"{c.shift_after:.3g}")

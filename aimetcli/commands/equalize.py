@@ -5,17 +5,20 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from aimetcli import api
 from aimetcli.cli import Output, common_options
 from aimetcli.commands._shared import (
-    external_data_option, input_argument, load_input, output_option, save_output, simplify_option,
+    all_rows_option, external_data_option, input_argument, load_input, model_output, preflight, save_output,
+    shown_rows, simplify_option,
 )
+
+TABLE_ROWS = 15
 
 plot_option = click.option("--plot", "plot", type=str, default=None, metavar="FILE",
                            help="Draw per-channel weight ranges to FILE (.png, .svg or .html; needs matplotlib).")
 
 
-def ranges_table(rows_before: list, rows_after: list | None = None, limit: int | None = None) -> Table:
+def ranges_table(rows_before: list, rows_after: list | None = None) -> Table:
+    """One row per layer of ``rows_before``, in the order given; a 'spread after' column with ``rows_after``."""
     table = Table(title="Per-channel weight ranges (spread = max/min of max|w| per output channel)",
                   title_justify="left")
     for col in ("layer", "op", "channels", "min range", "max range", "spread"):
@@ -23,8 +26,7 @@ def ranges_table(rows_before: list, rows_after: list | None = None, limit: int |
     if rows_after is not None:
         table.add_column("spread after", justify="right")
     after = {r.layer: r for r in rows_after or []}
-    rows = rows_before if limit is None else sorted(rows_before, key=lambda r: -r.spread)[:limit]
-    for r in rows:
+    for r in rows_before:
         nz = [x for x in r.ranges if x > 0] or [0.0]
         cells = [r.layer, r.op, str(r.channels), f"{min(nz):.3g}", f"{max(r.ranges):.3g}", f"{r.spread:.1f}"]
         if rows_after is not None:
@@ -36,15 +38,16 @@ def ranges_table(rows_before: list, rows_after: list | None = None, limit: int |
 
 @click.command("equalize")
 @input_argument
-@output_option()
+@model_output
 @click.option("--keep-relu6", is_flag=True, help="Do not turn Clip(0,6) into Relu; chains stop at ReLU6.")
 @click.option("--no-bias-absorption", is_flag=True, help="Skip high-bias absorption (scaling alone is exact).")
 @plot_option
 @simplify_option
 @external_data_option
+@all_rows_option("layer")
 @common_options
 def equalize(out: Output, model_in: str, output: str, keep_relu6: bool, no_bias_absorption: bool,
-             plot: str | None, simplify: bool, external_data: bool) -> None:
+             plot: str | None, simplify: bool, external_data: bool, show_all: bool) -> None:
     """Cross-layer equalization, as AIMET's equalize_model.
 
     Folds BatchNorm (keeping its statistics), turns ReLU6 inside scaling chains into
@@ -57,18 +60,22 @@ def equalize(out: Output, model_in: str, output: str, keep_relu6: bool, no_bias_
       aimetcli equalize model.onnx -o eq.onnx --plot ranges.png
       aimetcli fold-bn model.onnx -o - | aimetcli equalize - -o eq.onnx
     """
+    from aimetcli import api
+
+    preflight(out, model_in, output=output, files=[plot] if plot else [])
     if plot:
         from aimetcli.plots import _pyplot, plot_ranges
 
         _pyplot()
-    model = load_input(out, model_in, output, simplify=simplify, rewrites=True)
+    model = load_input(out, model_in, None, simplify=simplify, rewrites=True)
     summary = api.equalize(model, api.EqualizeOptions(replace_relu6=not keep_relu6,
                                                       high_bias_fold=not no_bias_absorption))
     save_output(out, model, output, external_data=external_data)
     if plot:
         plot_ranges(plot, [("before", summary.ranges_before), ("after", summary.ranges_after)])
-        out.info(f"Wrote {plot}")
-    out.info(ranges_table(summary.ranges_before, summary.ranges_after, limit=None if out.verbose else 15))
+        _wrote_plot(out, plot, len(summary.ranges_before))
+    widest = sorted(summary.ranges_before, key=lambda r: -r.spread)
+    out.info(ranges_table(shown_rows(out, widest, TABLE_ROWS, show_all, "layer"), summary.ranges_after))
     out.info(
         f"Folded {summary.folded_bn} BN, replaced {summary.relu6_replaced} ReLU6, scaled {summary.scaling_sets} "
         f"layer sets in {len(summary.chains)} chains ({summary.iterations} iterations), absorbed bias in "
@@ -82,7 +89,16 @@ def equalize(out: Output, model_in: str, output: str, keep_relu6: bool, no_bias_
                  "where it helps.")
     for stop in summary.stops:
         out.detail(f"chain stops at {stop.layer}: {stop.reason}")
+    for layer, reason in summary.bias_skipped:
+        out.detail(f"bias not absorbed from {layer}: {reason}")
     out.emit_json({"command": "equalize", "input": model_in, "output": output, **summary.to_json()})
+
+
+def _wrote_plot(out: Output, plot: str, layers: int) -> None:
+    from aimetcli.plots import MAX_LAYERS
+
+    shown = f" ({MAX_LAYERS} of {layers} layers: those of widest spread)" if layers > MAX_LAYERS else ""
+    out.info(f"Wrote {plot}{shown}")
 
 
 @click.command("ranges")
@@ -100,6 +116,9 @@ def ranges(out: Output, model_in: str, plot: str | None) -> None:
       aimetcli ranges model.onnx
       aimetcli ranges model.onnx --plot ranges.html
     """
+    from aimetcli import api
+
+    preflight(out, model_in, files=[plot] if plot else [])
     if plot:
         from aimetcli.plots import _pyplot, plot_ranges
 
@@ -108,7 +127,7 @@ def ranges(out: Output, model_in: str, plot: str | None) -> None:
     rows = api.weight_ranges(model)
     if plot:
         plot_ranges(plot, [("ranges", rows)])
-        out.info(f"Wrote {plot}")
+        _wrote_plot(out, plot, len(rows))
     out.info(ranges_table(rows))
     out.emit_json({"command": "ranges", "input": model_in,
                    "layers": [api._jsonable(r) for r in rows]})

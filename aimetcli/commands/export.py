@@ -5,9 +5,7 @@ from __future__ import annotations
 import click
 
 from aimetcli.cli import Output, common_options
-from aimetcli.commands._shared import input_argument, load_input
-from aimetcli.encodings import SUPPORTED_VERSIONS
-from aimetcli.export import export as export_model
+from aimetcli.commands._shared import encoding_version_option, input_argument, load_input, preflight
 
 
 def render_export(out: Output, summary) -> None:
@@ -30,7 +28,7 @@ def render_export(out: Output, summary) -> None:
 @click.option("-o", "--output", "output", required=True, help="Output directory (created if missing).")
 @click.option("--encodings", "encodings_path", default=None,
               help="Encodings file for an FP32 MODEL (default: those embedded by quantsim).")
-@click.option("--encoding-version", type=click.Choice(list(SUPPORTED_VERSIONS)), default="1.0.0", show_default=True)
+@encoding_version_option
 @click.option("--signed-weights", is_flag=True,
               help="Keep int8 weights in model_qdq.onnx (default uint8 with zero point 128: same grid, avoids "
                    "onnxruntime's u8s8 saturation on CPUs without VNNI).")
@@ -44,6 +42,9 @@ def export(out: Output, model_in: str, output: str, encodings_path: str | None, 
       aimetcli export sim.onnx -o deploy/
       aimetcli export model.onnx --encodings model.encodings -o deploy/ --encoding-version 0.6.1
     """
+    from aimetcli.export import export as export_model
+
+    preflight(out, model_in, output=output, output_is_dir=True)
     model = load_input(out, model_in, None)
     summary = export_model(model, output, encodings_path=encodings_path, version=encoding_version,
                            unsigned_weights=not signed_weights)

@@ -5,24 +5,31 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from aimetcli import api
+from typing import TYPE_CHECKING
+
 from aimetcli.cli import Output, common_options
 from aimetcli.commands._shared import (
-    external_data_option, input_argument, load_input, output_option, save_output, simplify_option,
+    all_rows_option, external_data_option, input_argument, load_input, model_output, preflight, save_output,
+    simplify_option,
 )
 
+if TYPE_CHECKING:
+    from aimetcli import api
 
-def render_fold(out: Output, summary: api.FoldBnSummary) -> None:
+FOLD_ROWS = 20
+
+
+def render_fold(out: Output, summary: api.FoldBnSummary, show_all: bool = False) -> None:
     if summary.folded:
         table = Table(title=f"Folded {len(summary.folded)} BatchNormalization", title_justify="left")
         for col in ("BatchNorm", "into layer", "direction", "channels"):
             table.add_column(col, overflow="fold")
         for p in summary.folded:
             table.add_row(p.bn, p.layer, p.direction, str(p.channels))
-        if out.verbose or len(summary.folded) <= 20:
+        if show_all or out.verbose or len(summary.folded) <= FOLD_ROWS:
             out.info(table)
         else:
-            out.info(f"Folded {len(summary.folded)} BatchNormalization (-v lists them).")
+            out.info(f"Folded {len(summary.folded)} BatchNormalization (--all lists them).")
     if summary.skipped:
         table = Table(title=f"Left {len(summary.skipped)} BatchNormalization in place", title_justify="left")
         table.add_column("BatchNorm", overflow="fold")
@@ -36,11 +43,12 @@ def render_fold(out: Output, summary: api.FoldBnSummary) -> None:
 
 @click.command("fold-bn")
 @input_argument
-@output_option()
+@model_output
 @simplify_option
 @external_data_option
+@all_rows_option("folded BatchNormalization")
 @common_options
-def fold_bn(out: Output, model_in: str, output: str, simplify: bool, external_data: bool) -> None:
+def fold_bn(out: Output, model_in: str, output: str, simplify: bool, external_data: bool, show_all: bool) -> None:
     """Fold BatchNormalization into Conv / ConvTranspose / Gemm / MatMul weights.
 
     Backward folds (layer then BN) are exact for any padding and groups; forward
@@ -52,12 +60,16 @@ def fold_bn(out: Output, model_in: str, output: str, simplify: bool, external_da
     \b
     Examples:
       aimetcli fold-bn model.onnx -o folded.onnx
+      aimetcli fold-bn model.onnx folded.onnx
       cat model.onnx | aimetcli fold-bn - -o - | aimetcli equalize - -o eq.onnx
     """
-    model = load_input(out, model_in, output, simplify=simplify, rewrites=True)
+    from aimetcli import api
+
+    preflight(out, model_in, output=output)
+    model = load_input(out, model_in, None, simplify=simplify, rewrites=True)
     _, summary = api.fold_bn(model)
     save_output(out, model, output, external_data=external_data)
-    render_fold(out, summary)
+    render_fold(out, summary, show_all)
     out.emit_json({"command": "fold-bn", "input": model_in, "output": output, **summary.to_json()})
 
 

@@ -5,14 +5,19 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from aimetcli import api
-from aimetcli.kernels.bias import METHODS
+from typing import TYPE_CHECKING
+
 from aimetcli.cli import Output, common_options
-from aimetcli.commands._shared import data_options, input_argument, load_input, open_dataset, simplify_option
+from aimetcli.commands._shared import (
+    data_options, encoding_version_option, input_argument, load_input, open_dataset, preflight, simplify_option,
+)
+from aimetcli.commands.bias import METHOD_HELP, METHODS
 from aimetcli.commands.export import render_export
 from aimetcli.commands.quantsim import AUTO_SCHEME, make_options, quant_options
-from aimetcli.encodings import SUPPORTED_VERSIONS
 from aimetcli.errors import AimetCliError, ErrorKind
+
+if TYPE_CHECKING:
+    from aimetcli import api
 
 
 @click.command("ptq")
@@ -23,8 +28,9 @@ from aimetcli.errors import AimetCliError, ErrorKind
 @click.option("--labels", "labels_key", default=None, help="Labels key in the evaluation .npz (top-1 per stage).")
 @click.option("--no-equalize", is_flag=True, help="Skip cross-layer equalization.")
 @click.option("--no-bias-correct", is_flag=True, help="Skip bias correction.")
-@click.option("--bias-correct-method", type=click.Choice(METHODS), default="hybrid", show_default=True)
-@click.option("--encoding-version", type=click.Choice(list(SUPPORTED_VERSIONS)), default="1.0.0", show_default=True)
+@click.option("--bias-correct-method", type=click.Choice(METHODS), default="hybrid", show_default=True,
+              help=METHOD_HELP)
+@encoding_version_option
 @simplify_option
 @data_options
 @quant_options(auto_scheme=True)
@@ -47,8 +53,12 @@ def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | Non
       aimetcli ptq model.onnx -o out/ --data calib.npz --eval eval.npz --labels label
       aimetcli ptq model.onnx -o out/ --data calib.npz --per-channel --no-bias-correct
     """
+    from aimetcli import api
+
     if labels_key and not eval_data and not data.endswith(".npz"):
         raise AimetCliError("--labels needs an .npz with labels (give --eval)", ErrorKind.USAGE)
+    preflight(out, model_in, output=output, output_is_dir=True, encoding_version=encoding_version,
+              bitwidths=(kw["param_bw"], kw["act_bw"]))
     options = make_options(**kw)
     schemes = api.scheme_candidates(options) if kw["quant_scheme"] == AUTO_SCHEME else (options.scheme,)
     model = load_input(out, model_in, None, simplify=simplify, float32=True)

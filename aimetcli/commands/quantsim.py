@@ -4,23 +4,42 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.table import Table
 
-from aimetcli import api, model_io
 from aimetcli.cli import Output, common_options
 from aimetcli.commands._shared import (
-    data_options, external_data_option, input_argument, load_input, open_dataset, output_option, progress_bar,
-    save_output,
+    data_options, encoding_version_option, external_data_option, input_argument, load_input, model_output,
+    open_dataset, preflight, progress_bar, save_output,
 )
-from aimetcli.encodings import SUPPORTED_VERSIONS
 from aimetcli.errors import AimetCliError, ErrorKind
-from aimetcli.kernels.quant import QuantScheme
-from aimetcli.quantsim.placement import QuantOptions
+
+if TYPE_CHECKING:
+    from aimetcli.quantsim.placement import QuantOptions
 
 
 AUTO_SCHEME = "auto"
+# aimetcli.kernels.quant.QuantScheme's values, spelled here so that --help imports no numpy
+# (tests/test_cli_startup.py checks that the two agree).
+SCHEMES = ("min-max", "tf-enhanced", "percentile")
+ORT_LEVELS = ("none", "basic", "all")
+
+
+def normalize_scheme(value: str) -> str:
+    """AIMET's spellings of a scheme as ours: tf_enhanced, post_training_tf_enhanced -> tf-enhanced;
+    tf, post_training_tf, min_max -> min-max; post_training_percentile -> percentile."""
+    name = value.strip().lower().replace("_", "-")
+    name = name.removeprefix("post-training-")
+    return "min-max" if name == "tf" else name
+
+
+class SchemeChoice(click.Choice):
+    """A --quant-scheme choice that also takes AIMET's spellings (see :func:`normalize_scheme`)."""
+
+    def convert(self, value, param, ctx):
+        return super().convert(normalize_scheme(value) if isinstance(value, str) else value, param, ctx)
 
 
 def quant_options(func=None, *, auto_scheme: bool = False):
@@ -31,15 +50,16 @@ def quant_options(func=None, *, auto_scheme: bool = False):
     """
     if func is None:
         return functools.partial(quant_options, auto_scheme=auto_scheme)
-    schemes = [s.value for s in QuantScheme]
+    aimet_names = " AIMET's names (tf, tf_enhanced, post_training_percentile, ...) are accepted too."
     if auto_scheme:
-        scheme = click.option("--quant-scheme", type=click.Choice([AUTO_SCHEME, *schemes]), default=AUTO_SCHEME,
+        scheme = click.option("--quant-scheme", type=SchemeChoice([AUTO_SCHEME, *SCHEMES]), default=AUTO_SCHEME,
                               show_default=True,
                               help="How ranges are chosen (tf-enhanced: AIMET's SQNR search; auto: min-max and "
-                                   "tf-enhanced both tried, the one closer to FP32 on the calibration data kept).")
+                                   "tf-enhanced both tried, the one closer to FP32 on the calibration data kept)."
+                                   + aimet_names)
     else:
-        scheme = click.option("--quant-scheme", type=click.Choice(schemes), default="min-max", show_default=True,
-                              help="How ranges are chosen (tf-enhanced: AIMET's SQNR search).")
+        scheme = click.option("--quant-scheme", type=SchemeChoice(SCHEMES), default="min-max", show_default=True,
+                              help="How ranges are chosen (tf-enhanced: AIMET's SQNR search)." + aimet_names)
     options = [
         click.option("--param-bw", type=click.IntRange(2, 16), default=8, show_default=True, help="Weight bitwidth."),
         click.option("--act-bw", type=click.IntRange(2, 16), default=8, show_default=True,
@@ -64,6 +84,9 @@ def quant_options(func=None, *, auto_scheme: bool = False):
 def make_options(param_bw, act_bw, per_channel, param_symmetric, act_symmetric, quant_scheme, percentile,
                  **_ignored) -> QuantOptions:
     """QuantOptions from the CLI options ('auto' gives min-max here: ptq tries the others itself)."""
+    from aimetcli.kernels.quant import QuantScheme
+    from aimetcli.quantsim.placement import QuantOptions
+
     scheme = QuantScheme.MIN_MAX if quant_scheme == AUTO_SCHEME else QuantScheme(quant_scheme)
     return QuantOptions(param_bw=param_bw, act_bw=act_bw, per_channel=per_channel,
                         param_symmetric=param_symmetric, act_symmetric=act_symmetric,
@@ -81,12 +104,12 @@ def encodings_path(output: str, explicit: str | None) -> str:
 
 @click.command("quantsim")
 @input_argument
-@output_option()
+@model_output
 @click.option("--data", "data", required=True, help="Calibration data: .npy, .npz, image folder or random:N.")
 @data_options
 @quant_options
 @click.option("--encodings", "encodings_out", default=None, help="Encodings file (default: OUTPUT with .encodings).")
-@click.option("--encoding-version", type=click.Choice(list(SUPPORTED_VERSIONS)), default="1.0.0", show_default=True)
+@encoding_version_option
 @external_data_option
 @common_options
 def quantsim(out: Output, model_in: str, output: str, data: str, encodings_out: str | None,
@@ -103,10 +126,13 @@ def quantsim(out: Output, model_in: str, output: str, data: str, encodings_out: 
       aimetcli quantsim folded.onnx -o sim.onnx --data calib.npz
       aimetcli quantsim eq.onnx -o sim.onnx --data calib.npz --per-channel --param-bw 4
     """
-    options = make_options(**kw)
+    from aimetcli import api, model_io
+
     enc_path = encodings_path(output, encodings_out)
-    model_io.check_output_path(enc_path)
-    model = load_input(out, model_in, output, float32=True)
+    preflight(out, model_in, output=output, files=[enc_path], encoding_version=encoding_version,
+              bitwidths=(kw["param_bw"], kw["act_bw"]))
+    options = make_options(**kw)
+    model = load_input(out, model_in, None, float32=True)
     dataset = open_dataset(model, data, out=out, **kw)
     batch_size = kw["batch_size"]
     with progress_bar(out, dataset.num_batches(batch_size), "Calibrating") as bar:
@@ -133,9 +159,10 @@ def quantsim(out: Output, model_in: str, output: str, data: str, encodings_out: 
 @click.argument("models", nargs=-1, required=True, metavar="MODEL [MODEL]")
 @click.option("--data", "data", required=True, help="Evaluation data: .npy, .npz, image folder or random:N.")
 @click.option("--labels", "labels_key", default=None, help="Key of the labels in the .npz (default: label/labels/y).")
-@click.option("--ort-optimization", default="none", show_default=True,
-              help="none runs QDQ as exact float emulation (the simulation); all lets onnxruntime use integer kernels "
-                   "as a deployment would. One value, or one per model: none,all.")
+@click.option("--ort-optimization", default="none", show_default=True, metavar="[none|basic|all][,...]",
+              help="onnxruntime graph optimization: none runs QDQ as exact float emulation (the simulation); basic "
+                   "folds constants and fuses nodes but keeps QDQ in float; all lets onnxruntime use integer "
+                   "kernels as a deployment would. One value, or one per model: none,all.")
 @data_options
 @common_options
 def evaluate(out: Output, models: tuple[str, ...], data: str, labels_key: str | None, ort_optimization: str,
@@ -147,14 +174,17 @@ def evaluate(out: Output, models: tuple[str, ...], data: str, labels_key: str | 
       aimetcli evaluate model.onnx --data eval.npz --labels label
       aimetcli evaluate model.onnx sim.onnx --data eval.npz
     """
+    from aimetcli import api
+
     if len(models) > 2:
         raise AimetCliError("evaluate takes one or two models", ErrorKind.USAGE)
     levels = ort_optimization.split(",")
     if len(levels) == 1:
         levels = levels * len(models)
-    if len(levels) != len(models) or any(lv not in ("none", "basic", "all") for lv in levels):
-        raise AimetCliError(f"--ort-optimization {ort_optimization}: give none, basic or all, once or per model",
-                            ErrorKind.USAGE)
+    if len(levels) != len(models) or any(lv not in ORT_LEVELS for lv in levels):
+        raise AimetCliError(f"--ort-optimization {ort_optimization}: give {', '.join(ORT_LEVELS)}, once or per "
+                            "model", ErrorKind.USAGE)
+    preflight(out, models)
     loaded = [load_input(out, m, None) for m in models]
     dataset = open_dataset(loaded[0], data, labels_key=labels_key, out=out, scored=True, **kw)
     with progress_bar(out, dataset.num_batches(kw["batch_size"]), "Evaluating") as bar:
@@ -172,6 +202,12 @@ def evaluate(out: Output, models: tuple[str, ...], data: str, labels_key: str | 
         out.info(f"output {c.output}: SQNR {c.sqnr_db:.2f} dB, max abs error {c.max_abs_error:.4g}")
     if summary.top1_agreement is not None:
         out.info(f"top-1 agreement: {summary.top1_agreement:.2f}%")
+    for name, level in zip(models, levels):
+        out.detail(f"{name}: onnxruntime graph optimization '{level}'"
+                   + (" (QDQ emulated exactly in float)" if level == "none" else ""))
+    out.detail(f"{summary.samples} samples in {summary.seconds:.2f} s; top-1 and SQNR read output "
+               f"{summary.scored_output or first}" + ("; no labels, so no top-1" if all(
+                   a is None for a in summary.top1) else ""))
     out.emit_json({"command": "evaluate", **summary.to_json()})
 
 
