@@ -195,6 +195,7 @@ class EqualizeSummary:
     ranges_before: list[LayerRanges]
     ranges_after: list[LayerRanges]
     seconds: float
+    bias_skipped: list = field(default_factory=list)  # (layer, why its bias was not absorbed)
 
     @property
     def median_spread_before(self) -> float:
@@ -240,7 +241,7 @@ def equalize(model: ir.Model, options: EqualizeOptions | None = None) -> Equaliz
             if lk.activation == "Clip":
                 lk.activation, lk.node = "Relu", None
     cls_result = CrossLayerScalingPass(chains if options.cross_layer_scaling else [])(model)
-    absorbed = HighBiasFoldPass(chains)(model).absorbed if options.high_bias_fold else []
+    absorption = HighBiasFoldPass(chains)(model) if options.high_bias_fold else None
     after = weight_ranges(model)
     return EqualizeSummary(
         folded_bn=len(fold_result.folded),
@@ -248,11 +249,12 @@ def equalize(model: ir.Model, options: EqualizeOptions | None = None) -> Equaliz
         chains=[[layer.name for layer in c.layers] for c in chains],
         scaling_sets=len(cls_result.sets),
         iterations=cls_result.iterations,
-        bias_absorbed=absorbed,
+        bias_absorbed=absorption.absorbed if absorption else [],
         stops=stops,
         ranges_before=before,
         ranges_after=after,
         seconds=time.perf_counter() - start,
+        bias_skipped=absorption.skipped if absorption else [],
     )
 
 

@@ -55,6 +55,16 @@ class Layer:
     def output(self) -> ir.Value:
         return self.node.outputs[0]
 
+    @property
+    def pads_input(self) -> bool:
+        """Whether the layer reads zero padding around its input: a Conv with non-zero ``pads``
+        or a SAME ``auto_pad``. (ConvTranspose's ``pads`` crop its output instead.)"""
+        if self.kind != "conv":
+            return False
+        pads = self.node.attributes.get_ints("pads", None)
+        return bool(pads and any(pads)) or self.node.attributes.get_string("auto_pad", "NOTSET") not in (
+            "NOTSET", "VALID")
+
     def weight_array(self) -> np.ndarray | None:
         return g.constant(self.weight)
 

@@ -188,14 +188,15 @@ def test_keep_relu6_stops_chain():
     assert_same_outputs(proto, model, {"x": rand(1, 3, 6, 6)})
 
 
-def bn_relu_chain(beta_shift=3.0):
+def bn_relu_chain(beta_shift=3.0, pads2=0):
+    """Conv -> BN (betas around ``beta_shift``) -> Relu -> Conv with ``pads2`` zero padding."""
     inits = [init("W1", rand(8, 3, 3, 3)), init("W2", rand(4, 8, 3, 3))] + bn_inits("bn", 8)
     inits[3] = init("bn_b", (RNG.normal(0, 0.3, 8) + beta_shift).astype(np.float32))
     nodes = [
         helper.make_node("Conv", ["x", "W1"], ["y1"], name="c1", pads=[1] * 4),
         bn_node("bn", "y1", "z1"),
         helper.make_node("Relu", ["z1"], ["a1"]),
-        helper.make_node("Conv", ["a1", "W2"], ["out"], name="c2", pads=[1] * 4),
+        helper.make_node("Conv", ["a1", "W2"], ["out"], name="c2", pads=[pads2] * 4),
     ]
     return make_model(nodes, [("x", [4, 3, 8, 8])], [("out", None)], inits)
 

@@ -22,7 +22,8 @@ as N(beta_i, gamma_i^2) (the folded BN), then with c_i = max(0, beta_i - 3|gamma
 almost all pre-activations exceed c_i, so ReLU(x - c) = ReLU(x) - c there and
     b1 <- b1 - c,    b2 <- b2 + W2 c   (W2 c summed over the kernel taps)
 moves the bias out of layer 1's quantization range. With no activation between
-the layers every c is exact (up to padding effects); we use c = beta as AIMET does.
+the layers every c is exact; we use c = beta as AIMET does. Either way only when
+layer 2 reads no zero padding (passes/high_bias_fold.py says where it is exact).
 """
 
 from __future__ import annotations

@@ -133,9 +133,7 @@ def _forward_reason(bn: ir.Node, n: int) -> tuple[Layer | None, str | None]:
     if layer.kind == "convtranspose":
         return None, f"followed by ConvTranspose {layer.name} (not folded forward, as in AIMET)"
     if layer.kind == "conv":
-        pads = consumer.attributes.get_ints("pads", None)
-        auto_pad = consumer.attributes.get_string("auto_pad", "NOTSET")
-        if (pads and any(pads)) or auto_pad not in ("NOTSET", "VALID"):
+        if layer.pads_input:
             return None, f"followed by {layer.name} which pads its input (zero padding would not be exact)"
         if layer.groups != 1:
             return None, f"followed by grouped Conv {layer.name} (group={layer.groups})"

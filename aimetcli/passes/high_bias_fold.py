@@ -1,11 +1,26 @@
-"""High-bias absorption (AIMET's "high bias fold"), math in kernels/cle.py.
+"""High-bias absorption (AIMET's "high bias fold"), where it is exact; math in kernels/cle.py.
 
 For each neighbouring pair L1 -> [Relu | nothing] -> L2 of the scaling chains whose
-L1 output has BN statistics (carried by fold-bn, rescaled by cross-layer scaling):
+L1 output z has BN statistics (carried by fold-bn, rescaled by cross-layer scaling),
+z ~ N(beta, gamma^2) per channel:
     c = max(0, beta - 3|gamma|)   (Relu)   or   c = beta   (nothing)
-    b1 -= c;  b2 += sum over kernel of W2 c;  beta -= c in the carried statistics.
-Not exact: ReLU(x - c) + c differs from ReLU(x) where x < c, which the 3-sigma
-margin makes rare. Pairs across LeakyRelu/PRelu are left alone, as in the paper.
+    b1 -= c;  b2 += sum over L2's kernel taps of W2 c;  beta -= c in the carried statistics.
+
+Why it is exact, and where. L2 reads a = act(z) and computes y = W2 * a + b2. After
+the rewrite it reads a' = act(z - c), and
+    W2 * a' + b2 + (W2 c summed over the taps) = W2 * (a' + c) + b2   = y
+provided (1) a' + c = a at every position L2 reads, and (2) every output position of
+L2 sums every kernel tap over a position of a (so the constant compensation matches
+the constant shift, tap for tap):
+(1) nothing between: z - c + c = z, exact for every c. Relu: Relu(z - c) + c = Relu(z)
+    where z >= c >= 0; with the 3-sigma margin z < c at under Phi(-3) = 0.13% of
+    positions (AIMET's argument), where the output moves by at most c.
+(2) Gemm, 2-D MatMul and a Conv without padding read real input at every tap. A Conv
+    that zero-pads its input does not: a padded tap reads 0 in both models, where the
+    compensation assumes it reads a - c, so the border moves by W2 c over the padded
+    taps (the padding would have to hold -c). ConvTranspose sums a different number of
+    taps at different output positions. Such pairs are skipped with the reason, as is
+    any pair across another activation (LeakyRelu/PRelu are left alone, as in the paper).
 """
 
 from __future__ import annotations
@@ -18,7 +33,7 @@ import onnx_ir as ir
 from aimetcli import graph as g
 from aimetcli.bn_stats import BnStats, read_bn_stats, write_bn_stats
 from aimetcli.kernels import cle
-from aimetcli.layers import bias_array, write_bias
+from aimetcli.layers import Layer, bias_array, write_bias
 from aimetcli.passes.cross_layer_scaling import Chain
 
 
@@ -58,12 +73,13 @@ class HighBiasFoldPass(ir.passes.InPlacePass):
                 if l1.bias is None:
                     result.skipped.append((l1.name, "it has no bias to absorb"))
                     continue
-                if l2.kind == "matmul" and (l2.node.inputs[0].shape is None or len(l2.node.inputs[0].shape) != 2):
-                    result.skipped.append((l1.name, f"{l2.name} is a MatMul whose input is not known to be 2-D"))
-                    continue
                 st = stats[key]
                 c = cle.absorbable_bias(st.beta, st.gamma, through_relu=link.activation == "Relu")
-                if not np.any(c > 0) and link.activation == "Relu":
+                if not np.any(c != 0):
+                    continue
+                reason = _inexact_reason(l2)
+                if reason:
+                    result.skipped.append((l1.name, f"{l2.name} {reason}"))
                     continue
                 w1 = l1.weight_array()
                 w2 = l2.weight_array()
@@ -77,3 +93,15 @@ class HighBiasFoldPass(ir.passes.InPlacePass):
             write_bn_stats(model, stats)
             result.modified = True
         return result
+
+
+def _inexact_reason(l2: Layer) -> str | None:
+    """Why absorbing a constant into ``l2``'s input would not be exact (condition (2) above), or
+    None; read after the layer's name."""
+    if l2.kind == "matmul" and (l2.node.inputs[0].shape is None or len(l2.node.inputs[0].shape) != 2):
+        return "is a MatMul whose input is not known to be 2-D"
+    if l2.kind == "convtranspose":
+        return "is a ConvTranspose, which sums different numbers of kernel taps at different output positions"
+    if l2.pads_input:
+        return "zero-pads its input (exact only if the padding held the absorbed amount too)"
+    return None
