@@ -43,7 +43,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bias-correct": ("bias", "bias_correct", "Correct the biases for the shift that weight quantization causes."),
     "quantsim": ("quantsim", "quantsim", "Simulate quantization with QDQ nodes, calibrated with onnxruntime."),
     "evaluate": ("quantsim", "evaluate", "Top-1 accuracy of one or two models; for two, how far their outputs are apart."),
-    "export": ("export", "export", "Write model.onnx + model.encodings (QNN/SNPE), model_qdq.onnx and report.json."),
+    "export": ("export", "export", "Write model.onnx + model.encodings (QNN/SNPE), model_qdq.onnx (onnxruntime) and report.json."),
     "ranges": ("equalize", "ranges", "Print per-layer, per-channel weight ranges; optionally plot them."),
 }
 
