@@ -76,6 +76,7 @@ def prepare(model: ir.Model, *, simplify: bool = False, float32: bool = False) -
         # which only IR >= 4 allows (the inputs listed stay as they are)
         model.ir_version = 4
     report.lifted_constants = LiftConstantsPass()(model).modified
+    g.free_unknown_dims(model)  # legacy converters' -1/0 sizes: unknown
     if float32:
         from aimetcli.passes.float16_to_float32 import Float16ToFloat32Pass
 

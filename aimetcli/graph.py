@@ -153,6 +153,25 @@ def opset_version(model: ir.Model) -> int:
     return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
 
 
+def fixed_dim(d: int | ir.SymbolicDim | None) -> int | None:
+    """A declared dimension's size, or None when it is dynamic: a name, unknown, or a size
+    <= 0 (legacy converters such as old paddle2onnx write -1 or 0 for an unknown size)."""
+    return d if isinstance(d, int) and d > 0 else None
+
+
+def free_unknown_dims(model: ir.Model) -> int:
+    """Declare the main graph's input and output sizes <= 0 unknown (``fixed_dim``), as the
+    ONNX spec spells it: onnxruntime refuses to feed any other size to a dim declared 0.
+    Returns how many values changed."""
+    changed = 0
+    for value in (*model.graph.inputs, *model.graph.outputs):
+        if value.shape is not None and any(isinstance(d, int) and d <= 0 for d in value.shape):
+            value.shape = ir.Shape([d if fixed_dim(d) is not None or not isinstance(d, int) else None
+                                    for d in value.shape])
+            changed += 1
+    return changed
+
+
 def activation_bytes(model: ir.Model) -> int:
     """Bytes of all node outputs of one sample, from the shapes the model records (the leading
     dimension and unknown ones count 1; a value without a shape counts nothing)."""
@@ -161,7 +180,7 @@ def activation_bytes(model: ir.Model) -> int:
         for value in node.outputs:
             if value.shape is None or value.dtype is None:
                 continue
-            dims = [d if isinstance(d, int) else 1 for d in value.shape.dims[1:]]
+            dims = [fixed_dim(d) or 1 for d in value.shape.dims[1:]]
             total += math.prod(dims) * value.dtype.itemsize  # a float: sub-byte types count fractions
     return math.ceil(total)
 

@@ -294,8 +294,9 @@ def test_corrupt_npy(tmp_path):
 def test_object_npy_is_refused(tmp_path):
     path = tmp_path / "obj.npy"
     np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with data_error(r"not a valid \.npy file"):
+    with data_error(r"holds Python objects .*pickle.*; save a numeric array instead") as exc:
         open_data(str(path), [spec()])
+    assert "save it with numpy.save" not in exc.value.message
 
 
 # ---------------------------------------------------------------- .npz
@@ -367,7 +368,7 @@ def test_npz_single_input_friendly_rule(tmp_path):
     path = save_npz(tmp_path, data=x, y=np.arange(4))
     ds = open_data(str(path), [spec()])
     assert ds.num_samples == 4 and ds.labels is not None
-    assert any("no array named 'input'" in n and "'data'" in n for n in ds.notes)
+    assert any("no array named 'input'" in w and "'data'" in w for w in ds.warnings)
     assert collect(ds, 4)[0]["input"].shape == (4, 1, 4, 4)
 
 
@@ -602,16 +603,17 @@ def test_image_dir_layout_problems(tmp_path):
         open_data(str(mixed), [spec("img", ("N", 3, 4, 4))])
 
 
-def test_corrupt_image_fails_when_its_batch_is_read(tmp_path):
+def test_corrupt_image_fails_when_the_folder_is_opened(tmp_path):
+    """Every image's header is read when the folder is opened (its size decides the squash
+    warning), so an undecodable file is an error before any work, not after the first batches."""
     pytest.importorskip("PIL")
     root = tmp_path / "i"
     write_image(root / "a.png")
     (root / "b.png").write_bytes(b"not a png")
-    ds = open_data(str(root), [spec("img", ("N", 3, 4, 4))])
-    batches = ds.batches(1)
-    assert next(batches)["img"].shape == (1, 3, 4, 4)
     with data_error(r"cannot decode image .*b\.png"):
-        next(batches)
+        open_data(str(root), [spec("img", ("N", 3, 4, 4))])
+    # a --num-samples cap leaves it out
+    assert open_data(str(root), [spec("img", ("N", 3, 4, 4))], num_samples=1).num_samples == 1
 
 
 def test_pillow_missing(tmp_path, monkeypatch):

@@ -1,12 +1,14 @@
 """Validation of calibration data against the model's inputs, and the wording of its errors:
 ``_data_error`` (the one-line ``--data SPEC: ...`` error), the ``_fmt_*`` shape formatters,
-``_kind`` (the dtype family), the shape, dtype, sample-count and label checks, the chunked
-NaN/Inf and overflow ``_scan`` (``_SCAN_CHUNK`` elements at a time) and ``_fixed_batch``,
-which applies a model's fixed batch size. Used by ``data`` and ``readers``.
+``_kind`` (the dtype family), ``_feeding`` (how an input's data is fed: the ``Feeding``
+rule), the shape, dtype, sample-count and label checks, the chunked NaN/Inf and overflow
+``_scan`` (``_SCAN_CHUNK`` elements at a time) and ``_fixed_batch``, which applies a model's
+fixed batch size. Used by ``data`` and ``readers``.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,7 +34,7 @@ def _fmt_expected(shape: tuple[Dim, ...]) -> str:
     return "[" + ", ".join(["N", *(_fmt_dim(d) for d in shape[1:])]) + "]"
 
 
-def _fmt_shape(shape: Sequence[int]) -> str:
+def _fmt_shape(shape: Sequence[int | str]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
@@ -46,19 +48,57 @@ def _kind(dtype: np.dtype) -> str:
     return "other"
 
 
+class Feeding(enum.Enum):
+    """How the data of one input reaches the model (decided by ``_feeding``).
+
+    BATCHED: data ``[N, *sample]`` for an input whose axis 0 is the sample axis; a run
+    gets a slice ``[B, *sample]``. PER_SAMPLE: data ``[N, *shape]`` holding one whole
+    input tensor per sample, for an input whose axis 0 is not the sample axis (a
+    recurrent state ``[layers, B, H]``, a scalar ``[]`` fed from an ``[N]`` array); the
+    model then runs once per sample, each run fed ``data[i]``. CONSTANT: a 0-d array
+    for a scalar input, the same value fed to every run.
+    """
+
+    BATCHED = "batched"
+    PER_SAMPLE = "per-sample"
+    CONSTANT = "constant"
+
+
+def _fits(want: Sequence[Dim], got: Sequence[int]) -> bool:
+    return len(want) == len(got) and all(not isinstance(w, int) or w == g for w, g in zip(want, got))
+
+
+def _feeding(spec: str, inp: InputSpec, shape: tuple[int, ...]) -> Feeding:
+    """The rule: data of the input's rank is batched (axis 0 the sample axis, the other fixed
+    dims must match); data of one more dim whose ``shape[1:]`` fits the input's whole shape is
+    fed per sample; a 0-d array for a scalar input is a constant. Anything else is refused."""
+    if inp.shape is not None and not inp.shape:
+        if len(shape) <= 1:
+            return Feeding.CONSTANT if not shape else Feeding.PER_SAMPLE
+        raise _data_error(
+            spec, f"input '{inp.name}' is a scalar (shape []) but the data has {_fmt_shape(shape)}; "
+            "give one value per sample [N], or a 0-d array for every sample",
+        )
+    if inp.shape is not None and len(shape) == len(inp.shape) + 1 and _fits(inp.shape, shape[1:]):
+        return Feeding.PER_SAMPLE
+    if not shape and inp.shape is not None:
+        raise _data_error(spec, f"input '{inp.name}' expects {_fmt_expected(inp.shape)} but the data is a scalar")
+    _check_shape(spec, inp, shape)
+    return Feeding.BATCHED
+
+
 def _check_shape(spec: str, inp: InputSpec, shape: tuple[int, ...], hint: str = "") -> None:
+    """Batched data: the input's rank, and its fixed dims past the sample axis."""
     if inp.shape is None:
         if not shape:
             raise _data_error(spec, f"input '{inp.name}' got a scalar; the data needs a sample axis [N, ...]")
         return
     if not inp.shape:
         raise _data_error(
-            spec, f"input '{inp.name}' is a scalar (shape []), which cannot be fed in batches of samples"
+            spec, f"input '{inp.name}' is a scalar (shape []): give one value per sample [N] in an .npz, "
+            "or a 0-d array for every sample",
         )
-    ok = len(shape) == len(inp.shape) and all(
-        not isinstance(want, int) or want == got for want, got in zip(inp.shape[1:], shape[1:])
-    )
-    if not ok:
+    if not (len(shape) == len(inp.shape) and _fits(inp.shape[1:], shape[1:])):
         raise _data_error(
             spec, f"input '{inp.name}' expects {_fmt_expected(inp.shape)} but the data has {_fmt_shape(shape)}{hint}"
         )
@@ -140,17 +180,38 @@ def _check_counts(spec: str, inputs: Sequence[InputSpec], shapes: Sequence[tuple
     return shapes[0][0]
 
 
-def _fixed_batch(spec: str, inputs: Sequence[InputSpec], n: int, notes: list[str]) -> int | None:
-    fixed = {inp.name: inp.batch for inp in inputs if inp.batch is not None}
+def _fixed_batch(spec: str, inputs: Sequence[InputSpec], n: int, notes: list[str],
+                 feedings: Sequence[Feeding] | None = None) -> int | None:
+    """The samples every run must hold, or None when any count will do. An input fed per
+    sample makes it 1; the other inputs' fixed batch sizes (axis 0 of batched inputs) must
+    then be 1, and must otherwise agree."""
+    feedings = list(feedings) if feedings is not None else [Feeding.BATCHED] * len(inputs)
+    batched = [inp for inp, f in zip(inputs, feedings) if f is Feeding.BATCHED]
+    fixed = {inp.name: inp.batch for inp in batched if inp.batch is not None}
+    per_sample = [inp.name for inp, f in zip(inputs, feedings) if f is Feeding.PER_SAMPLE]
+    if per_sample:
+        listed = ", ".join(f"'{k}'" for k in per_sample)
+        if wrong := {k: v for k, v in fixed.items() if v != 1}:
+            other = ", ".join(f"'{k}' fixes a batch of {v}" for k, v in wrong.items())
+            raise _data_error(
+                spec, f"input {listed} is fed one sample per run (its data holds one whole tensor per sample) but "
+                f"{other}; give that input's data as [N, *shape] too, or re-export the model with batch 1",
+            )
+        notes.append(f"input {listed} is fed one sample per run (data [N, *shape]): the model runs once per sample")
+        return 1
     if not fixed:
         return None
     values = set(fixed.values())
     if len(values) > 1:
         listed = ", ".join(f"'{k}' {v}" for k, v in fixed.items())
-        raise _data_error(spec, f"the model's inputs fix different batch sizes ({listed}); cannot feed them together")
+        state = max((i for i in batched if i.batch is not None), key=lambda i: i.batch)
+        example = _fmt_shape(["N", *(_fmt_dim(d) for d in state.shape or ())])
+        raise _data_error(
+            spec, f"the model's inputs fix different batch sizes ({listed}); when an input's axis 0 is not the "
+            f"sample axis (a recurrent state), give its data with a sample axis in front, one tensor per sample "
+            f"(e.g. '{state.name}' as {example}): it is then fed one sample per run",
+        )
     batch = values.pop()
-    if batch <= 0:
-        raise _data_error(spec, f"the model fixes the batch size to {batch}; re-export it with a valid batch dim")
     if n < batch:
         raise _data_error(
             spec, f"the model has a fixed batch of {batch} but the data has only {n} samples; give at least {batch}"

@@ -4,17 +4,32 @@ One ``--data`` option names where samples come from:
 
 * ``path.npy``: one array ``[N, *sample_shape]`` for a single-input model;
 * ``path.npz``: one array per input name, ``[N, ...]`` each with the same N, plus
-  optional labels (``label``, ``labels`` or ``y``, or the key asked for);
+  optional labels (``label``, ``labels`` or ``y``, or the key asked for); a single
+  array under another name feeds a single-input model, with a warning;
 * a directory of images (``.png .jpg .jpeg .bmp .webp``), either flat or one level
   of class subfolders whose sorted names give the label indices; images are decoded
-  batch by batch with Pillow (an optional dependency);
-* ``random:N``: N standard-normal samples for data-free runs.
+  batch by batch with Pillow (an optional dependency), resized to the model's size
+  (``--resize``), or scaled with their aspect ratio kept and center-cropped
+  (``--resize 256 --center-crop 224``), then normalised as ``(pixel/255 - mean) /
+  std``. Without ``--mean``/``--std``, and when images are squashed out of
+  proportion, a warning says what was assumed;
+* ``random:N``: N standard-normal samples for data-free runs (a warning says that
+  their calibration ranges are poor).
+
+Inputs whose axis 0 is not the sample axis (``checks.Feeding``): an array with one
+more dim than the input, ``[N, *shape]``, holds one whole input tensor per sample
+(a recurrent state ``[layers, 1, H]`` as ``[N, layers, 1, H]``); the model then runs
+once per sample. A scalar input (shape ``[]``, e.g. a sample rate) takes an array
+``[N]``, one value per sample, or a 0-d array fed to every run
+(``np.savez(path, audio=x, sr=np.int64(16000))``). A declared size <= 0 (legacy
+converters write -1 or 0 for an unknown size) is dynamic.
 
 Everything is checked once, when the data is opened, so that a mismatch is a
 one-line error before any work starts: rank and fixed dimensions (dimension 0 is
 the sample axis and is free), dtype kind (float data for float inputs, integer
 data for integer inputs; widths are cast), equal sample counts, no NaN/Inf, no
-value that would overflow the cast.
+value that would overflow the cast. ``Dataset.warnings`` say what was assumed;
+``Dataset.notes`` are details.
 
 Arrays are memory-mapped when the file allows it (``.npy``, and members of an
 uncompressed ``.npz`` as written by ``np.savez``), so that a batch costs only its
@@ -27,7 +42,8 @@ index, sample index))``: the same seed gives the same data whatever the batch si
 or the sample cap.
 
 This module is the public API: ``open_data`` (the dispatcher), ``input_specs``, the
-option parsers and the names re-exported below. The shared types (``InputSpec``,
+option parsers (``image_options`` builds ``ImageOptions`` from the option texts) and
+the names re-exported below. The shared types (``InputSpec``,
 ``ImageOptions``, ``Dataset``) are in ``dataset``, the checks and error wording in
 ``checks``, the sources and file formats in ``readers``.
 """
@@ -42,8 +58,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from aimetcli.calibration.checks import _data_error
-from aimetcli.calibration.dataset import Dataset, Dim, ImageOptions, InputSpec, feed_rows
+from aimetcli import graph as g
+from aimetcli.calibration.checks import Feeding, _data_error
+from aimetcli.calibration.dataset import Dataset, Dim, Feed, ImageOptions, InputSpec, feed_rows
 from aimetcli.calibration.readers import (
     IMAGE_EXTENSIONS,
     LABEL_KEYS,
@@ -61,9 +78,12 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "LABEL_KEYS",
     "Dataset",
+    "Feed",
+    "Feeding",
     "ImageOptions",
     "InputSpec",
     "feed_rows",
+    "image_options",
     "input_specs",
     "open_data",
     "parse_floats",
@@ -78,9 +98,8 @@ _RANDOM_RE = re.compile(r"random:(.*)", re.IGNORECASE)
 
 
 def input_specs(model: onnx_ir.Model) -> list[InputSpec]:
-    """The graph inputs that need feeding (initializers listed as inputs are skipped)."""
-    import onnx_ir as ir
-
+    """The graph inputs that need feeding (initializers listed as inputs are skipped); a
+    declared size <= 0 is dynamic (``graph.fixed_dim``)."""
     specs: list[InputSpec] = []
     for value in model.graph.inputs:
         if value.name in model.graph.initializers:
@@ -100,13 +119,7 @@ def input_specs(model: onnx_ir.Model) -> list[InputSpec]:
             ) from exc
         shape: tuple[Dim, ...] | None = None
         if value.shape is not None:
-            dims: list[Dim] = []
-            for d in value.shape:
-                if isinstance(d, ir.SymbolicDim):
-                    dims.append(d.value)
-                else:
-                    dims.append(int(d))
-            shape = tuple(dims)
+            shape = tuple(g.fixed_dim(d) or getattr(d, "value", None) for d in value.shape)
         specs.append(InputSpec(value.name or "", shape, dtype))
     return specs
 
@@ -146,6 +159,19 @@ def parse_floats(text: str | None, option: str = "--mean") -> tuple[float, ...] 
             ErrorKind.USAGE,
         )
     return values
+
+
+def image_options(*, resize: str | None = None, center_crop: str | None = None, mean: str | None = None,
+                  std: str | None = None, layout: str = "NCHW", grayscale: bool = False) -> ImageOptions:
+    """``ImageOptions`` from the option texts: ``--resize S`` with ``--center-crop`` is the
+    shorter side (aspect ratio kept), without it SxS; ``--resize HxW`` is always HxW."""
+    crop = parse_resize(center_crop, "--center-crop")
+    size = parse_resize(resize)
+    single = resize is not None and len(re.split(r"[xX,]", str(resize).strip())) == 1
+    shorter = size[0] if crop is not None and single and size is not None else None
+    return ImageOptions(resize=None if shorter is not None else size, shorter_side=shorter, center_crop=crop,
+                        mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), layout=layout,
+                        grayscale=grayscale)
 
 
 # ---------------------------------------------------------------- opening

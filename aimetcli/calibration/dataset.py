@@ -2,14 +2,14 @@
 with its ``Dim`` dimensions), ``ImageOptions`` (how images become model input), the
 ``_Source`` protocol every sample source follows, and ``Dataset``, which holds the
 validated sources of every input and serves them in batches (``feed_rows`` counts the
-samples of a feed). Opening and checking data is in ``data``, ``checks`` and ``readers``;
-import these names from ``aimetcli.calibration.data``.
+samples of a feed, ``Feed`` is a feed that knows its count). Opening and checking data is
+in ``data``, ``checks`` and ``readers``; import these names from ``aimetcli.calibration.data``.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,9 +25,10 @@ Dim = int | str | None
 class InputSpec:
     """A graph input to feed.
 
-    ``shape`` holds an int for a fixed dimension and a name (str) or None for a
-    dynamic one; ``shape`` itself is None when the model declares no shape at all
-    (rank unknown: nothing but the dtype is checked).
+    ``shape`` holds an int (> 0) for a fixed dimension and a name (str) or None for a
+    dynamic one (``input_specs`` reads a declared size <= 0 as dynamic, as legacy
+    converters write -1 or 0 for an unknown size); ``shape`` itself is None when the
+    model declares no shape at all (rank unknown: nothing but the dtype is checked).
     """
 
     name: str
@@ -47,16 +48,24 @@ class ImageOptions:
     """How images become model input.
 
     Pixels are scaled to [0, 1], then ``(x - mean) / std`` per channel (one value
-    is used for every channel). ``resize`` is (height, width); None takes the
-    model's fixed height and width. A model whose channel dimension is fixed to 1
-    gets grayscale images even without ``grayscale``.
+    is used for every channel); ``mean`` and ``std`` None mean not given (0 and 1,
+    with a warning when both are missing). Without ``center_crop``, ``resize`` is the
+    (height, width) every image is resized to (its aspect ratio is not kept); None
+    takes the model's fixed height and width. With ``center_crop`` (height, width),
+    an image is scaled (aspect ratio kept) so that its shorter side is
+    ``shorter_side``, or, when that is None, to ``resize`` when given, else just enough
+    to cover the crop; then the centered crop is taken. ImageNet's usual
+    preprocessing is ``shorter_side=256, center_crop=(224, 224)``. A model whose
+    channel dimension is fixed to 1 gets grayscale images even without ``grayscale``.
     """
 
     resize: tuple[int, int] | None = None
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     layout: str = "NCHW"
     grayscale: bool = False
+    center_crop: tuple[int, int] | None = None
+    shorter_side: int | None = None
 
 
 class _Source(Protocol):
@@ -67,8 +76,21 @@ class _Source(Protocol):
     def read(self, start: int, stop: int) -> np.ndarray: ...
 
 
+class Feed(dict):
+    """{input name: array} for one onnxruntime run, with ``rows``, the samples it holds (an
+    input fed one sample per run, or a constant, has no sample axis to count them by)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], rows: int):
+        super().__init__(arrays)
+        self.rows = rows
+
+
 def feed_rows(feeds: dict[str, np.ndarray]) -> int:
-    """Samples in a feed: its inputs' leading dimension (1 for a model without inputs)."""
+    """Samples in a feed: ``Feed.rows``, else its inputs' leading dimension (1 for a model
+    without inputs)."""
+    rows = getattr(feeds, "rows", None)
+    if rows is not None:
+        return rows
     return next(iter(feeds.values())).shape[0] if feeds else 1
 
 
@@ -77,12 +99,17 @@ class Dataset:
 
     ``labels`` is a 1-D int64 array of ``num_samples`` entries when the data has
     labels. ``fixed_batch`` is the model's fixed batch size (every feed then holds
-    exactly that many samples) or None. ``notes`` says what was assumed or dropped.
+    exactly that many samples) or None; it is 1 when an input is fed one sample per
+    run. ``notes`` are details of what was done (shown with -v); ``warnings`` say what
+    was assumed that may not be what the user meant, and how to say otherwise;
+    ``calibration_warnings`` matter only when the data calibrates (random data's
+    ranges), not when it is scored.
     """
 
     def __init__(self, spec: str, inputs: Sequence[InputSpec], sources: Sequence[_Source], num_samples: int,
                  labels: np.ndarray | None, fixed_batch: int | None, notes: list[str], *,
-                 labels_note: str | None = None):
+                 labels_note: str | None = None, warnings: Sequence[str] = (),
+                 calibration_warnings: Sequence[str] = ()):
         self.spec = spec
         self.inputs = list(inputs)
         self._sources = list(sources)
@@ -90,7 +117,16 @@ class Dataset:
         self.labels = labels
         self.fixed_batch = fixed_batch
         self.notes = notes
+        self.warnings = list(warnings)
+        self.calibration_warnings = list(calibration_warnings)
         self.labels_note = labels_note  # why an array found under a labels key is not used as labels
+        self._on_first_read: Callable[[], None] | None = None
+
+    def on_first_read(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, when batches are first asked for: by then the command's own
+        checks have passed, so that what it prints (the data's warnings) never precedes a
+        one-line usage error."""
+        self._on_first_read = callback
 
     @functools.cached_property
     def sample_nbytes(self) -> int:
@@ -113,12 +149,16 @@ class Dataset:
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         """Feeds for onnxruntime, in order: {input name: contiguous array of the input's dtype}."""
         step, stop = self._step(batch_size)
+        if self._on_first_read is not None:
+            callback, self._on_first_read = self._on_first_read, None
+            callback()
         return self._iterate(step, stop)
 
     def _iterate(self, step: int, stop: int) -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, stop, step):
             end = min(start + step, stop)
-            yield {spec.name: src.read(start, end) for spec, src in zip(self.inputs, self._sources)}
+            yield Feed({spec.name: src.read(start, end) for spec, src in zip(self.inputs, self._sources)},
+                       end - start)
 
     def __repr__(self) -> str:
         names = ", ".join(s.name for s in self.inputs)

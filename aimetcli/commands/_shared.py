@@ -207,10 +207,11 @@ def data_options(func):
 def open_dataset(model: ir.Model, spec: str, *, num_samples=None, seed=0, resize=None, center_crop=None,
                  mean=None, std=None, layout="NCHW", grayscale=False, labels_key=None, out: Output | None = None,
                  scored: bool = False, **_ignored):
-    """Open ``--data`` for ``model``; its warnings (what was assumed) go to ``out.warn``, its
-    notes to ``out.detail`` (-v). ``scored``: the data will be scored (evaluate, ptq's
-    evaluation set), so labels left out are worth a warning, and random data's poor ranges
-    are not (they matter to calibration only)."""
+    """Open ``--data`` for ``model``; its notes go to ``out.detail`` (-v), its warnings (what
+    was assumed) to ``out.warn`` when the data is first read (after the command's checks).
+    ``scored``: the data will be scored (evaluate, ptq's evaluation set), so labels left out
+    are worth a warning, and random data's poor ranges are not (they matter to calibration
+    only)."""
     from aimetcli.calibration import data as data_mod
 
     images = data_mod.image_options(resize=resize or None, center_crop=center_crop or None, mean=mean or None,
@@ -218,8 +219,13 @@ def open_dataset(model: ir.Model, spec: str, *, num_samples=None, seed=0, resize
     dataset = data_mod.open_data(spec, data_mod.input_specs(model), num_samples=num_samples,
                                  labels_key=labels_key, images=images, seed=seed)
     if out is not None:
-        for warning in (*dataset.warnings, *(() if scored else dataset.calibration_warnings)):
-            out.warn(warning)
+        warnings = [*dataset.warnings, *(() if scored else dataset.calibration_warnings)]
+
+        def warn() -> None:
+            for warning in warnings:
+                out.warn(warning)
+
+        dataset.on_first_read(warn)
         for note in dataset.notes:
             out.detail(note)
         if dataset.labels_note:
