@@ -21,6 +21,20 @@ def render_export(out: Output, summary) -> None:
     out.info(f"Wrote {summary.directory}/: {', '.join(summary.files)}")
     out.info(f"{summary.activation_encodings} activation and {summary.param_encodings} param encodings "
              f"({summary.encodings_version}); model_qdq.onnx is {summary.qdq_bytes / 1e6:.2f} MB, {size}.")
+    if out.verbose:
+        render_details(out, summary.directory)
+
+
+def render_details(out: Output, directory: str) -> None:
+    """-v: the tensors left unquantized and why, as the report.json just written lists them."""
+    import json
+    from pathlib import Path
+
+    skipped = json.loads((Path(directory) / "report.json").read_text()).get("not_quantized", [])
+    for item in skipped:
+        out.detail(f"not quantized: {item.get('tensor')}: {item.get('reason')}")
+    if not skipped:
+        out.detail("report.json lists no tensor left unquantized")
 
 
 @click.command("export")
