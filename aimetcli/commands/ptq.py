@@ -88,6 +88,9 @@ def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | Non
         table.add_row(s.name, "-" if s.top1 is None else f"{s.top1:.2f}",
                       "-" if s.sqnr_db is None else f"{s.sqnr_db:.1f}", f"{s.seconds:.2f}", s.note)
     out.info(table)
+    for tried in summary.schemes_tried:
+        out.detail(f"scheme {tried['scheme']}: output SQNR {tried['calib_sqnr_db']:.1f} dB against FP32 on the "
+                   "calibration data")
     render_export(out, summary.export)
     out.emit_json({"command": "ptq", "input": model_in, "output": output, **summary.to_json()})
 
