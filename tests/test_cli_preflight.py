@@ -200,3 +200,14 @@ def test_data_shape_checked_before_calibration(runner, model_path, tmp_path, mon
     r = runner.invoke(main, ["quantsim", str(model_path), "-o", str(tmp_path / "s.onnx"), "--data", str(data)])
     assert error_line(r, 1)
     assert not (tmp_path / "s.onnx").exists()
+
+
+@pytest.mark.parametrize("command", ["quantsim", "bias-correct", "ptq"])
+def test_config_read_before_the_model(runner, model_path, tmp_path, never_loaded, command):
+    bad = tmp_path / "cfg.json"
+    bad.write_text("{not json")
+    out = tmp_path / ("out" if command == "ptq" else "out.onnx")
+    line = error_line(runner.invoke(main, [command, str(model_path), "-o", str(out), *WRITERS[command],
+                                           "--config", str(bad)]), 1)
+    assert "--config" in line and "not valid JSON" in line
+    assert files_in(tmp_path) == {"m.onnx", "cfg.json"}

@@ -81,7 +81,8 @@ def stream_is_terminal(stream) -> bool:
 
 def preflight(out: Output, sources: str | Sequence[str], *, output: str | None = None,
               output_is_dir: bool = False, files: Sequence[str] = (),
-              encoding_version: str | None = None, bitwidths: Sequence[int] = ()) -> None:
+              encoding_version: str | None = None, bitwidths: Sequence[int] = (),
+              config: str | None = None) -> None:
     """Every check that needs neither the model nor the data, before anything is loaded.
 
     ``sources``: the input models ('-' is stdin, refused when it is a terminal).
@@ -90,6 +91,7 @@ def preflight(out: Output, sources: str | Sequence[str], *, output: str | None =
     files the command will write (encodings, plots). ``encoding_version`` and
     ``bitwidths``: the encodings file format must hold these bitwidths
     (:func:`aimetcli.encodings.check_bitwidth`, the rule the writer applies).
+    ``config``: a quantsim config file, read and validated now (it is small).
     Paths: parent directory exists, location writable, not the input model.
     """
     from aimetcli import model_io
@@ -113,6 +115,10 @@ def preflight(out: Output, sources: str | Sequence[str], *, output: str | None =
                 raise AimetCliError(
                     f"--encoding-version {encoding_version} cannot hold {bw}-bit encodings (it has no bitwidth "
                     "field: 4, 8, 16 or 32 bits only); use --encoding-version 1.0.0", ErrorKind.USAGE) from None
+    if config is not None:
+        from aimetcli.quantsim.config import load_config
+
+        load_config(config)
 
 
 def _check_output(out: Output, output: str, source: str | None, output_is_dir: bool) -> None:

@@ -49,7 +49,7 @@ def bias_correct(out: Output, model_in: str, output: str, data: str | None, meth
 
     if data is None and method != "analytical":
         raise AimetCliError(f"--method {method} needs --data (or use --method analytical)", ErrorKind.USAGE)
-    preflight(out, model_in, output=output)
+    preflight(out, model_in, output=output, config=config_path)
     options = make_options(**kw)
     model = load_input(out, model_in, None, float32=True)
     dataset = open_dataset(model, data, out=out, **kw) if data else None

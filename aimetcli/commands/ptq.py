@@ -58,7 +58,7 @@ def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | Non
     if labels_key and not eval_data and not data.endswith(".npz"):
         raise AimetCliError("--labels needs an .npz with labels (give --eval)", ErrorKind.USAGE)
     preflight(out, model_in, output=output, output_is_dir=True, encoding_version=encoding_version,
-              bitwidths=(kw["param_bw"], kw["act_bw"]))
+              bitwidths=(kw["param_bw"], kw["act_bw"]), config=config_path)
     options = make_options(**kw)
     schemes = api.scheme_candidates(options) if kw["quant_scheme"] == AUTO_SCHEME else (options.scheme,)
     model = load_input(out, model_in, None, simplify=simplify, float32=True)

@@ -130,7 +130,7 @@ def quantsim(out: Output, model_in: str, output: str, data: str, encodings_out: 
 
     enc_path = encodings_path(output, encodings_out)
     preflight(out, model_in, output=output, files=[enc_path], encoding_version=encoding_version,
-              bitwidths=(kw["param_bw"], kw["act_bw"]))
+              bitwidths=(kw["param_bw"], kw["act_bw"]), config=config_path)
     options = make_options(**kw)
     model = load_input(out, model_in, None, float32=True)
     dataset = open_dataset(model, data, out=out, **kw)
