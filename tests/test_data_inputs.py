@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 
 from aimetcli import api
 from aimetcli import graph as g
-from aimetcli.calibration.data import input_specs, open_data
+from aimetcli.calibration.data import InputSpec, input_specs, open_data
 from aimetcli.cli import main
 from aimetcli.errors import AimetCliError
 from helpers import init, rand, run, to_ir
@@ -207,6 +207,19 @@ def test_state_input_given_as_a_batch_names_the_fix(tmp_path, runner):
     assert "fix different batch sizes ('audio' 1, 'state' 2)" in line
     assert "'state' as [N, 2, 1, 8]" in line
     assert not (tmp_path / "s.onnx").exists()
+
+
+def test_one_dim_too_many_for_a_dynamic_batch_input_stays_an_error(tmp_path):
+    """Per-sample feeding is for inputs whose axis 0 is fixed: for [N, T], data [5, 7, 9] is a
+    mistake, not 5 runs of a batch of 7."""
+    path = tmp_path / "d.npy"
+    np.save(path, rand(5, 7, 9))
+    inputs = [InputSpec("x", ("N", "T"), np.dtype(np.float32))]
+    with pytest.raises(AimetCliError, match=r"input 'x' expects \[N, T\] but the data has \[5, 7, 9\]"):
+        open_data(str(path), inputs)
+    # a fixed axis 0 of 7 takes it as one [7, 9] tensor per sample
+    ds = open_data(str(path), [InputSpec("x", (7, "T"), np.dtype(np.float32))])
+    assert ds.fixed_batch == 1 and next(iter(ds.batches(4)))["x"].shape == (7, 9)
 
 
 def test_per_sample_input_beside_a_fixed_batch_above_one_is_refused(tmp_path):

@@ -53,7 +53,7 @@ class Feeding(enum.Enum):
 
     BATCHED: data ``[N, *sample]`` for an input whose axis 0 is the sample axis; a run
     gets a slice ``[B, *sample]``. PER_SAMPLE: data ``[N, *shape]`` holding one whole
-    input tensor per sample, for an input whose axis 0 is not the sample axis (a
+    input tensor per sample, for an input whose fixed axis 0 is not the sample axis (a
     recurrent state ``[layers, B, H]``, a scalar ``[]`` fed from an ``[N]`` array); the
     model then runs once per sample, each run fed ``data[i]``. CONSTANT: a 0-d array
     for a scalar input, the same value fed to every run.
@@ -71,7 +71,9 @@ def _fits(want: Sequence[Dim], got: Sequence[int]) -> bool:
 def _feeding(spec: str, inp: InputSpec, shape: tuple[int, ...]) -> Feeding:
     """The rule: data of the input's rank is batched (axis 0 the sample axis, the other fixed
     dims must match); data of one more dim whose ``shape[1:]`` fits the input's whole shape is
-    fed per sample; a 0-d array for a scalar input is a constant. Anything else is refused."""
+    fed per sample when the input's axis 0 is fixed (a dynamic axis 0 is a batch axis, and
+    such data a mistake); an [N] array for a scalar input is fed per sample, a 0-d one is a
+    constant. Anything else is refused."""
     if inp.shape is not None and not inp.shape:
         if len(shape) <= 1:
             return Feeding.CONSTANT if not shape else Feeding.PER_SAMPLE
@@ -79,7 +81,8 @@ def _feeding(spec: str, inp: InputSpec, shape: tuple[int, ...]) -> Feeding:
             spec, f"input '{inp.name}' is a scalar (shape []) but the data has {_fmt_shape(shape)}; "
             "give one value per sample [N], or a 0-d array for every sample",
         )
-    if inp.shape is not None and len(shape) == len(inp.shape) + 1 and _fits(inp.shape, shape[1:]):
+    if (inp.shape is not None and isinstance(inp.shape[0], int) and len(shape) == len(inp.shape) + 1
+            and _fits(inp.shape, shape[1:])):
         return Feeding.PER_SAMPLE
     if not shape and inp.shape is not None:
         raise _data_error(spec, f"input '{inp.name}' expects {_fmt_expected(inp.shape)} but the data is a scalar")

@@ -1,10 +1,11 @@
 """Where calibration samples come from: the sources a ``Dataset`` reads batches from
 (``_ArraySource`` over a possibly memory-mapped array, ``_PerSampleSource`` and
 ``_ConstantSource`` for inputs whose axis 0 is not the sample axis, ``_RandomSource``,
-``_ImageSource`` decoding with Pillow and ``_ImageGeometry`` placing each image), the file readers (``.npy`` loading, ``.npz`` members memory-mapped
-where stored uncompressed) and the per-format openers ``_open_npy``, ``_open_npz``,
+``_ImageSource`` decoding with Pillow and ``_ImageGeometry`` placing each image), the
+file readers (``.npy`` loading, ``.npz`` members memory-mapped where stored uncompressed;
+object arrays named as pickled) and the per-format openers ``_open_npy``, ``_open_npz``,
 ``_open_random`` and ``_open_images`` that ``data.open_data`` dispatches to; each checks
-its data with ``checks`` and returns a ``Dataset``.
+its data with ``checks`` and returns a ``Dataset`` (with warnings for what it assumed).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from aimetcli.calibration.checks import (
     _fixed_batch,
     _fmt_dim,
     _fmt_expected,
-    _fmt_shape,
     _kind,
     _labels_array,
     _one_per_sample,
@@ -539,10 +539,10 @@ def _open_images(spec: str, root: Path, inputs: Sequence[InputSpec], num_samples
 def _image_geometry(spec: str, inp: InputSpec, options: ImageOptions, model_h: int | None,
                     model_w: int | None) -> _ImageGeometry:
     """The image size the model is fed and how images are brought to it (``ImageOptions``)."""
-    for option, size in (("--resize", options.resize), ("--center-crop", options.center_crop),
-                         ("--resize", (options.shorter_side,) if options.shorter_side is not None else None)):
-        if size is not None and any(v <= 0 for v in size):
-            raise AimetCliError(f"{option} {'x'.join(map(str, size))}: sizes must be positive", ErrorKind.USAGE)
+    sizes = {"--resize": (*(options.resize or ()), options.shorter_side), "--center-crop": options.center_crop or ()}
+    for option, values in sizes.items():
+        if any(v is not None and v <= 0 for v in values):
+            raise AimetCliError(f"{option}: sizes must be positive", ErrorKind.USAGE)
     if options.center_crop is not None:
         height, width = options.center_crop
         crop = f"--center-crop {height}x{width}"
