@@ -42,8 +42,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "equalize": ("equalize", "equalize", "Cross-layer equalization, as AIMET's equalize_model."),
     "bias-correct": ("bias", "bias_correct", "Correct the biases for the shift that weight quantization causes."),
     "quantsim": ("quantsim", "quantsim", "Simulate quantization with QDQ nodes, calibrated with onnxruntime."),
-    "evaluate": ("quantsim", "evaluate", "Top-1 accuracy of one or two models; for two, how far their outputs are apart."),
-    "export": ("export", "export", "Write model.onnx + model.encodings (QNN/SNPE), model_qdq.onnx (onnxruntime) and report.json."),
+    "evaluate": ("quantsim", "evaluate",
+                 "Top-1 accuracy of one or two models; for two, how far their outputs are apart."),
+    "export": ("export", "export",
+               "Write model.onnx + model.encodings (QNN/SNPE), model_qdq.onnx (onnxruntime) and report.json."),
     "ranges": ("equalize", "ranges", "Print per-layer, per-channel weight ranges; optionally plot them."),
 }
 

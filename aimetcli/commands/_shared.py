@@ -24,13 +24,6 @@ STDIO = "-"
 input_argument = click.argument("model_in", metavar="MODEL", type=str)
 
 
-def output_option(required: bool = True):
-    return click.option(
-        "-o", "--output", "output", required=required, type=str,
-        help="Output model path, or '-' for stdout.",
-    )
-
-
 def model_output(func):
     """The output model: ``-o FILE`` or a positional OUTPUT after MODEL, as onnxsim and
     onnxslim take it (``aimetcli fold-bn in.onnx out.onnx``); exactly one of the two.
