@@ -104,14 +104,22 @@ def load(source: str, *, simplify: bool = False, float32: bool = False) -> tuple
 
 def require_float_model(model: ir.Model) -> None:
     """Refuse what quantsim, bias correction and ptq cannot start from: a model that is already
-    quantized (its QDQ nodes would be doubled), or one that computes in float16/bfloat16."""
+    quantized, named as what it is (integer operators: quantize_dynamic or QOperator; QDQ nodes,
+    which would be doubled: a sim, which export takes, or quantize_static), or one that computes
+    in float16/bfloat16."""
     from aimetcli.errors import AimetCliError, ErrorKind
 
+    integer_ops = g.integer_op_types(model)
+    if integer_ops:
+        shown = ", ".join(integer_ops[:4]) + (", ..." if len(integer_ops) > 4 else "")
+        raise AimetCliError(
+            f"the model is already quantized with integer operators ({shown}: an onnxruntime quantize_dynamic "
+            "or QOperator output); quantize the float model it came from", ErrorKind.INPUT)
     quantized = g.quantized_nodes(model)
     if quantized:
         raise AimetCliError(
-            f"the model is already quantized ({quantized} QuantizeLinear/DequantizeLinear or integer nodes, "
-            "as in a quantsim output); start from the float model (a sim goes to 'aimetcli export')",
+            f"the model is already quantized ({quantized} QuantizeLinear/DequantizeLinear nodes: a quantsim or "
+            "quantize_static output); start from the float model (a sim goes to 'aimetcli export')",
             ErrorKind.INPUT)
     require_float32(model)
 

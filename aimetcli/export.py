@@ -19,15 +19,15 @@ shifted by 128, computed by the u8u8 kernels that do not saturate.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
 
 from aimetcli import graph as g
-from aimetcli.encodings import EncodingsError, TensorEncoding, loads
+from aimetcli.encodings import EncodingsError, EncodingsFile, QuantizerArgs, TensorEncoding, loads
 from aimetcli.errors import AimetCliError, ErrorKind
-from aimetcli.kernels.quant import Encoding
+from aimetcli.kernels.quant import Encoding, encoding_from_range, fake_quantize
 from aimetcli.quantsim.insert import insert_qdq, is_grid_node
 
 QUANTSIM_METADATA_KEY = "aimetcli.quantsim"
@@ -35,9 +35,13 @@ QUANTSIM_METADATA_KEY = "aimetcli.quantsim"
 
 @dataclass
 class Embedded:
+    """What export writes from: the encodings with what the file or the sim says beside them."""
+
     encodings: list[TensorEncoding]
     options: dict
     skipped: list[dict]
+    quantizer_args: QuantizerArgs | None = None
+    excluded_layers: tuple[str, ...] = ()
 
 
 def embed(model: ir.Model, encodings_text: str, params: dict[str, Encoding], options: dict,
@@ -62,7 +66,8 @@ def read_embedded(model: ir.Model) -> Embedded | None:
     parsed = loads(json.dumps(doc["encodings"]))
     axes = doc.get("axes", {})
     encs = [TensorEncoding(te.name, _with_axis(te.encoding, axes.get(te.name)), te.kind) for te in parsed.encodings]
-    return Embedded(encs, doc.get("options", {}), doc.get("skipped", []))
+    return Embedded(encs, doc.get("options", {}), doc.get("skipped", []), parsed.quantizer_args,
+                    parsed.excluded_layers)
 
 
 def _with_axis(enc: Encoding, axis: int | None) -> Encoding:
@@ -185,6 +190,86 @@ def check_names(model: ir.Model, encodings: list[TensorEncoding]) -> None:
                 ErrorKind.CONFIG)
 
 
+# How much more error than a weight's own min-max grid an encoding may give it before it is taken
+# for another model version's. Range schemes that clip (tf-enhanced, percentile) leave weights
+# outside their grid by design, but they pick the range for a low error: on the sample models
+# (W8, per tensor and per channel) they stay within 1.6 dB of min-max's error, while encodings
+# of the folded and equalized model applied to the folded one (and the reverse) are 12-46 dB worse.
+MISFIT_MARGIN_DB = 6.0
+
+
+@dataclass(frozen=True)
+class WeightFit:
+    """How a weight lies on its encoding's grid.
+
+    ``outside``: the share of its values more than half a step outside the grid's range
+    [dequantized qmin, dequantized qmax] (per channel where per-channel), which quantization
+    moves by more than half a step. ``db_worse``: how much larger (dB) its quantization error
+    is than on its own min-max grid of the same kind (0 when nothing lies outside).
+    """
+
+    tensor: str
+    outside: float
+    db_worse: float
+
+    @property
+    def misfit(self) -> bool:
+        return self.outside > 0 and self.db_worse > MISFIT_MARGIN_DB
+
+    def message(self) -> str:
+        return (f"weight {self.tensor!r} lies {100 * self.outside:.2g}% of its values outside its encoding's range "
+                f"(quantization error {self.db_worse:.0f} dB above its own range's): the encodings belong to "
+                "another version of the model")
+
+
+def _error_db_above_own_range(w: np.ndarray, enc: Encoding) -> float:
+    """10 log10 of the squared error of ``w`` on ``enc`` over that on the min-max grid of ``w``
+    with the same bitwidth, symmetry and granularity."""
+    axes = tuple(i for i in range(w.ndim) if i != enc.axis) if enc.per_channel else None
+    own = encoding_from_range(w.min(axis=axes), w.max(axis=axes), enc.bitwidth, enc.symmetric,
+                              strict_symmetric=enc.strict_symmetric, axis=enc.axis if enc.per_channel else None,
+                              min_range=0.0)
+    w64 = np.asarray(w, np.float64)
+    given = float(np.sum((w64 - fake_quantize(w, enc)) ** 2))
+    best = float(np.sum((w64 - fake_quantize(w, own)) ** 2))
+    return float("inf") if best == 0 else 10 * np.log10(max(given, 1e-300) / best)
+
+
+def weight_fits(model: ir.Model, params: dict[str, Encoding]) -> list[WeightFit]:
+    """:class:`WeightFit` of every param encoding whose tensor is a float initializer, the most
+    outside first. A channel count that differs from the encoding's is refused here."""
+    fits = []
+    for name, enc in params.items():
+        w = g.constant(model.graph.initializers.get(name))
+        if w is None or not g.is_float_dtype(w) or not w.size:
+            continue
+        w = np.asarray(w, np.float32)
+        if enc.per_channel and (w.ndim <= enc.axis or w.shape[enc.axis] != enc.scale.size):
+            channels = w.shape[enc.axis] if w.ndim > enc.axis else "no"
+            raise AimetCliError(
+                f"weight {name!r} has {channels} channels on axis {enc.axis} but its encoding {enc.scale.size}: "
+                "the encodings belong to another version of the model; give the model they were computed on",
+                ErrorKind.CONFIG)
+        lo, hi = enc.dequantized_bounds()
+        half = enc.scale.astype(np.float64) * (0.5 + 1e-6)  # float32 rounding at the boundary is no misfit
+        outside = (w < enc.broadcast(lo - half, w.ndim)) | (w > enc.broadcast(hi + half, w.ndim))
+        share = float(np.count_nonzero(outside)) / w.size
+        fits.append(WeightFit(name, share, _error_db_above_own_range(w, enc) if share else 0.0))
+    return sorted(fits, key=lambda f: -f.outside)
+
+
+def check_weights_fit(model: ir.Model, params: dict[str, Encoding], *, force: bool) -> list[str]:
+    """Refuse encodings computed on another version of the model (e.g. on the folded and equalized
+    one), naming the weight with the most values outside its range; ``force``: a warning instead.
+    Returns the warnings."""
+    worst = next((f for f in weight_fits(model, params) if f.misfit), None)
+    if worst is None:
+        return []
+    if not force:
+        raise AimetCliError(f"{worst.message()}; give the model they were computed on, or --force", ErrorKind.CONFIG)
+    return [f"{worst.message()}; exporting them anyway (--force)"]
+
+
 def split(encodings: list[TensorEncoding]) -> tuple[dict[str, Encoding], dict[str, Encoding]]:
     acts = {te.name: te.encoding for te in encodings if te.kind == "activation"}
     params = {te.name: te.encoding for te in encodings if te.kind == "param"}
@@ -254,7 +339,7 @@ def report(model_name: str, encodings: list[TensorEncoding], skipped: list[dict]
     return {"model": model_name, "options": options, "quantized": rows, "not_quantized": skipped}
 
 
-def load_encodings_file(path: str, model: ir.Model) -> list[TensorEncoding]:
+def load_encodings_file(path: str, model: ir.Model) -> EncodingsFile:
     from pathlib import Path
 
     p = Path(path)
@@ -264,7 +349,40 @@ def load_encodings_file(path: str, model: ir.Model) -> list[TensorEncoding]:
         parsed = loads(p.read_bytes(), param_names=set(model.graph.initializers))
     except EncodingsError as exc:
         raise AimetCliError(f"--encodings {path}: {exc}", ErrorKind.CONFIG) from exc
-    return parsed.encodings
+    return parsed
+
+
+def set_batch_size(model: ir.Model, batch: int) -> None:
+    """Give the model static batch shapes, in place: dim 0 of every input whose dim 0 is dynamic (a
+    name, unknown, or a legacy size <= 0) becomes ``batch``, and shapes are inferred again, so the
+    outputs' and every intermediate value's batch dim follow (converters such as QNN's want them
+    static). Other dynamic dims stay as they are. An input that fixes dim 0 to another size is refused.
+    """
+    from onnx_ir.passes.common import ShapeInferencePass
+
+    dynamic = []
+    for value in model.graph.inputs:
+        if value.is_initializer() or value.shape is None or len(value.shape) == 0:
+            continue
+        first = value.shape[0]
+        if isinstance(first, int) and first > 0:
+            if first != batch:
+                raise AimetCliError(f"--batch-size {batch}: input {value.name!r} fixes its batch dim to {first}; "
+                                    f"export without --batch-size, or give --batch-size {first}", ErrorKind.USAGE)
+            continue
+        dynamic.append(value)
+    if not dynamic:
+        return
+    for value in dynamic:
+        value.shape = ir.Shape([batch, *value.shape.dims[1:]])
+    declared = {value: value.shape for value in model.graph.outputs}
+    for node in model.graph:  # inferred afresh: a stale symbolic batch dim would be kept
+        for value in node.outputs:
+            value.shape = None
+    ShapeInferencePass(strict_mode=False)(model)
+    for value, shape in declared.items():
+        if value.shape is None and shape is not None:  # inference stopped short: keep what was declared
+            value.shape = shape
 
 
 @dataclass
@@ -277,11 +395,33 @@ class ExportSummary:
     fp32_bytes: int
     qdq_bytes: int
     unsigned_weights: bool
+    batch_size: int | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _source(model: ir.Model, encodings_path: str | None) -> Embedded:
+    """The encodings to export: the file's for an FP32 model, else the sim's own (its QDQ nodes
+    are stripped here, so ``model`` becomes the FP32 model)."""
+    if encodings_path is not None:
+        parsed = load_encodings_file(encodings_path, model)
+        return Embedded(parsed.encodings, {}, [], parsed.quantizer_args, parsed.excluded_layers)
+    embedded = read_embedded(model)
+    if embedded is None:
+        raise AimetCliError("the model holds no aimetcli quantsim encodings; export a model written by "
+                            "'aimetcli quantsim' or pass --encodings FILE", ErrorKind.USAGE)
+    strip_qdq(model, embedded.encodings)
+    return embedded
 
 
 def export(model: ir.Model, outdir: str, *, encodings_path: str | None = None, version: str = "1.0.0",
-           unsigned_weights: bool = True, model_name: str = "model") -> ExportSummary:
-    """Write model.onnx, model.encodings, model_qdq.onnx and report.json into ``outdir`` (atomically)."""
+           unsigned_weights: bool = True, model_name: str = "model", batch_size: int | None = None,
+           force: bool = False) -> ExportSummary:
+    """Write model.onnx, model.encodings, model_qdq.onnx and report.json into ``outdir`` (atomically).
+
+    ``encodings_path``: encodings for the FP32 ``model``, refused when its weights do not fit them
+    (:func:`check_weights_fit`; ``force``: a warning). ``batch_size``: static shapes
+    (:func:`set_batch_size`). model.encodings carries the quantizer_args of the sim or the file.
+    """
     from pathlib import Path
 
     from aimetcli import encodings as enc_io
@@ -293,25 +433,19 @@ def export(model: ir.Model, outdir: str, *, encodings_path: str | None = None, v
     if not out.exists() and not out.parent.exists():
         raise AimetCliError(f"{outdir}: parent directory {out.parent} does not exist; create it first",
                             ErrorKind.OUTPUT)
-    if encodings_path is not None:
-        encodings = load_encodings_file(encodings_path, model)
-        fp32 = model
-        options, skipped = {}, []
-    else:
-        embedded = read_embedded(model)
-        if embedded is None:
-            raise AimetCliError("the model holds no aimetcli quantsim encodings; export a model written by "
-                                "'aimetcli quantsim' or pass --encodings FILE", ErrorKind.USAGE)
-        encodings, options, skipped = embedded.encodings, embedded.options, embedded.skipped
-        fp32 = model
-        strip_qdq(fp32, encodings)
+    source = _source(model, encodings_path)
+    fp32, encodings = model, source.encodings
+    if batch_size is not None:
+        set_batch_size(fp32, batch_size)
     check_names(fp32, encodings)
     acts, params = split(encodings)
     params = fill_axes(fp32, params)
+    warnings = check_weights_fit(fp32, params, force=force) if encodings_path is not None else []
     fixed = [TensorEncoding(te.name, params.get(te.name, te.encoding) if te.kind == "param" else te.encoding, te.kind)
              for te in encodings]
     try:
-        enc_text = enc_io.dumps(fixed, version=version)
+        enc_text = enc_io.dumps(fixed, version=version, quantizer_args=source.quantizer_args,
+                                excluded_layers=source.excluded_layers)
     except ValueError as exc:
         raise AimetCliError(f"encodings {version} cannot hold these encodings ({exc}); use --encoding-version 1.0.0",
                             ErrorKind.USAGE) from exc
@@ -322,10 +456,11 @@ def export(model: ir.Model, outdir: str, *, encodings_path: str | None = None, v
         names += model_io.write_model_file(fp32, tmp / f"{model_name}.onnx")
         names += model_io.write_model_file(qdq, tmp / f"{model_name}_qdq.onnx")
         (tmp / f"{model_name}.encodings").write_text(enc_text)
-        doc = report(f"{model_name}.onnx", fixed, skipped, options)
+        doc = report(f"{model_name}.onnx", fixed, source.skipped, source.options)
         (tmp / "report.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
         names += [f"{model_name}.encodings", "report.json"]
         sizes = {n: (tmp / n).stat().st_size for n in names}
         model_io.commit_staged(tmp, out, names)
     return ExportSummary(str(out), sorted(names), version, len(acts), len(params),
-                         sizes[f"{model_name}.onnx"], sizes[f"{model_name}_qdq.onnx"], unsigned_weights)
+                         sizes[f"{model_name}.onnx"], sizes[f"{model_name}_qdq.onnx"], unsigned_weights,
+                         batch_size, warnings)

@@ -185,12 +185,25 @@ def activation_bytes(model: ir.Model) -> int:
     return math.ceil(total)
 
 
-# ops that only appear in models already quantized (QDQ or integer operator formats)
-QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
-                 "ConvInteger", "MatMulInteger")
+# ops that only appear in models already quantized: the QDQ format (a quantsim or quantize_static
+# output), and integer operators: onnxruntime's quantize_dynamic (DynamicQuantizeLinear feeding
+# ConvInteger/MatMulInteger; com.microsoft's DynamicQuantizeMatMul, MatMulIntegerToFloat,
+# DynamicQuantizeLSTM, QAttention) and quantize_static's QOperator format (QLinear*, QGemm)
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+INTEGER_OPS = ("DynamicQuantizeLinear", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+               "DynamicQuantizeLSTM", "QAttention", "QEmbedLayerNormalization", "QGemm", "QLinearConv",
+               "QLinearConvTranspose", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearSigmoid",
+               "QLinearLeakyRelu", "QLinearConcat", "QLinearGlobalAveragePool", "QLinearAveragePool",
+               "QLinearSoftmax", "QLinearReduceMean", "QLinearWhere")
+QUANTIZED_OPS = QDQ_OPS + INTEGER_OPS
 
 
 def quantized_nodes(model: ir.Model) -> int:
     """Nodes of the main graph that belong to a quantized model (any domain: com.microsoft has
     its own QuantizeLinear/DequantizeLinear)."""
     return sum(1 for node in model.graph if node.op_type in QUANTIZED_OPS)
+
+
+def integer_op_types(model: ir.Model) -> list[str]:
+    """The integer-operator op types (INTEGER_OPS) of the main graph, in order of first appearance."""
+    return list(dict.fromkeys(node.op_type for node in model.graph if node.op_type in INTEGER_OPS))

@@ -300,7 +300,7 @@ def test_export_size_message(fp32, qdq, says):
     from aimetcli.commands.export import render_export
 
     said = []
-    out = SimpleNamespace(info=said.append)
+    out = SimpleNamespace(info=said.append, verbose=False)
     render_export(out, SimpleNamespace(fp32_bytes=fp32, qdq_bytes=qdq, directory="d", files=["model.onnx"],
                                        activation_encodings=1, param_encodings=1, encodings_version="1.0.0"))
     assert says in said[-1] and "1.0x" not in said[-1]

@@ -6,6 +6,7 @@ import click
 
 from aimetcli.cli import Output, common_options
 from aimetcli.commands._shared import encoding_version_option, input_argument, load_input, preflight
+from aimetcli.errors import AimetCliError, ErrorKind
 
 
 def render_export(out: Output, summary) -> None:
@@ -46,23 +47,37 @@ def render_details(out: Output, directory: str) -> None:
 @click.option("--signed-weights", is_flag=True,
               help="Keep int8 weights in model_qdq.onnx (default uint8 with zero point 128: same grid, avoids "
                    "onnxruntime's u8s8 saturation on CPUs without VNNI).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Write static shapes: the inputs' dynamic batch dim (dim 0) becomes N in both models, and "
+                   "every shape is inferred again (QNN/SNPE converters want static shapes).")
+@click.option("--force", is_flag=True,
+              help="Export --encodings even when the model's weights do not fit them (a warning instead of "
+                   "the refusal: such encodings belong to another version of the model).")
 @common_options
 def export(out: Output, model_in: str, output: str, encodings_path: str | None, encoding_version: str,
-           signed_weights: bool) -> None:
+           signed_weights: bool, batch_size: int | None, force: bool) -> None:
     """Write model.onnx + model.encodings (QNN/SNPE), model_qdq.onnx (onnxruntime) and report.json.
 
     \b
     Examples:
       aimetcli export sim.onnx -o deploy/
       aimetcli export model.onnx --encodings model.encodings -o deploy/ --encoding-version 0.6.1
+      aimetcli export sim.onnx -o deploy/ --batch-size 1      # static shapes for qnn-onnx-converter
     """
     from aimetcli.export import export as export_model
 
     preflight(out, model_in, output=output, output_is_dir=True)
+    if force and encodings_path is None:
+        raise AimetCliError("--force applies to --encodings FILE only (a sim's own encodings always fit it)",
+                            ErrorKind.USAGE)
     model = load_input(out, model_in, None)
     summary = export_model(model, output, encodings_path=encodings_path, version=encoding_version,
-                           unsigned_weights=not signed_weights)
+                           unsigned_weights=not signed_weights, batch_size=batch_size, force=force)
+    for w in summary.warnings:
+        out.warn(w)
     render_export(out, summary)
+    if summary.batch_size is not None:
+        out.info(f"Static shapes: the inputs' batch dim is {summary.batch_size} in both models.")
     from aimetcli.api import _jsonable
 
     out.emit_json({"command": "export", "input": model_in, **_jsonable(summary)})
