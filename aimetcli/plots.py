@@ -30,17 +30,18 @@ def _pick(rows, limit: int):
     return sorted(chosen)
 
 
-def plot_ranges(path: str, columns: list[tuple[str, list]]) -> None:
+def plot_ranges(path: str, columns: list[tuple[str, list]], limit: int | None = MAX_LAYERS) -> None:
     """One row per layer, one column per model state (e.g. before / after).
 
     Each panel shows max |w| per output channel, as AIMET's visualize_model does.
+    ``limit``: at most this many layers, those of widest spread (None: every layer).
     """
     if not (path.endswith(".png") or path.endswith(".html") or path.endswith(".svg")):
         raise AimetCliError(f"{path}: plot file must end in .png, .svg or .html", ErrorKind.USAGE)
     check_output_path(path)
     plt = _pyplot()
     first = columns[0][1]
-    idx = _pick(first, MAX_LAYERS)
+    idx = _pick(first, len(first) if limit is None else limit)
     by_name = [{r.layer: r for r in rows} for _, rows in columns]
     nrows, ncols = max(1, len(idx)), len(columns)
     fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 1.9 * nrows), squeeze=False)

@@ -157,3 +157,15 @@ def test_fold_table_all(runner, tmp_path):
     assert "Folded 21 BatchNormalization (--all lists them)" in r.stderr
     r = runner.invoke(main, ["fold-bn", str(path), str(tmp_path / "f2.onnx"), "--all"])
     assert all(f"bn{i} " in r.stderr for i in range(21))
+
+
+def test_plot_says_layers_are_left_out_and_all_draws_every_one(runner, tmp_path):
+    pytest.importorskip("matplotlib")
+    path = conv_chain(tmp_path, 18)
+    r = runner.invoke(main, ["ranges", str(path), "--plot", str(tmp_path / "r.svg")])
+    assert r.exit_code == 0, r.stderr
+    assert "16 of 18 layers shown, those of widest spread; --all for every layer" in r.stderr
+    panels = (tmp_path / "r.svg").read_text().count("spread ")
+    r = runner.invoke(main, ["ranges", str(path), "--plot", str(tmp_path / "all.svg"), "--all"])
+    assert r.exit_code == 0 and "layers shown" not in r.stderr
+    assert (tmp_path / "all.svg").read_text().count("spread ") > panels

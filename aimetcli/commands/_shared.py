@@ -45,8 +45,9 @@ def model_output(func):
     return wrapper
 
 
-def all_rows_option(what: str):
-    return click.option("--all", "show_all", is_flag=True, help=f"Show every {what}, not only the first ones.")
+def all_rows_option(help_text: str):
+    """--all: tables and plots that show their first rows show every row."""
+    return click.option("--all", "show_all", is_flag=True, help=help_text)
 
 
 simplify_option = click.option(

@@ -30,7 +30,7 @@ TABLE_ROWS = 25
 @data_options
 @quant_options
 @external_data_option
-@all_rows_option("layer")
+@all_rows_option("Every corrected layer in the table (default: the first 25).")
 @common_options
 def bias_correct(out: Output, model_in: str, output: str, data: str | None, method: str,
                  external_data: bool, config_path: str | None, show_all: bool, **kw) -> None:

@@ -44,7 +44,7 @@ def ranges_table(rows_before: list, rows_after: list | None = None) -> Table:
 @plot_option
 @simplify_option
 @external_data_option
-@all_rows_option("layer")
+@all_rows_option("Every layer in the table and the --plot (default: the 15 and 16 of widest spread).")
 @common_options
 def equalize(out: Output, model_in: str, output: str, keep_relu6: bool, no_bias_absorption: bool,
              plot: str | None, simplify: bool, external_data: bool, show_all: bool) -> None:
@@ -64,7 +64,7 @@ def equalize(out: Output, model_in: str, output: str, keep_relu6: bool, no_bias_
 
     preflight(out, model_in, output=output, files=[plot] if plot else [])
     if plot:
-        from aimetcli.plots import _pyplot, plot_ranges
+        from aimetcli.plots import MAX_LAYERS, _pyplot, plot_ranges
 
         _pyplot()
     model = load_input(out, model_in, None, simplify=simplify, rewrites=True)
@@ -72,8 +72,9 @@ def equalize(out: Output, model_in: str, output: str, keep_relu6: bool, no_bias_
                                                       high_bias_fold=not no_bias_absorption))
     save_output(out, model, output, external_data=external_data)
     if plot:
-        plot_ranges(plot, [("before", summary.ranges_before), ("after", summary.ranges_after)])
-        _wrote_plot(out, plot, len(summary.ranges_before))
+        plot_ranges(plot, [("before", summary.ranges_before), ("after", summary.ranges_after)],
+                    limit=None if show_all else MAX_LAYERS)
+        _wrote_plot(out, plot, len(summary.ranges_before), show_all)
     widest = sorted(summary.ranges_before, key=lambda r: -r.spread)
     out.info(ranges_table(shown_rows(out, widest, TABLE_ROWS, show_all, "layer"), summary.ranges_after))
     out.info(
@@ -94,18 +95,20 @@ def equalize(out: Output, model_in: str, output: str, keep_relu6: bool, no_bias_
     out.emit_json({"command": "equalize", "input": model_in, "output": output, **summary.to_json()})
 
 
-def _wrote_plot(out: Output, plot: str, layers: int) -> None:
+def _wrote_plot(out: Output, plot: str, layers: int, show_all: bool) -> None:
     from aimetcli.plots import MAX_LAYERS
 
-    shown = f" ({MAX_LAYERS} of {layers} layers: those of widest spread)" if layers > MAX_LAYERS else ""
+    shown = (f" ({MAX_LAYERS} of {layers} layers shown, those of widest spread; --all for every layer)"
+             if layers > MAX_LAYERS and not show_all else "")
     out.info(f"Wrote {plot}{shown}")
 
 
 @click.command("ranges")
 @input_argument
 @plot_option
+@all_rows_option("Every layer in the --plot (default: the 16 of widest spread).")
 @common_options
-def ranges(out: Output, model_in: str, plot: str | None) -> None:
+def ranges(out: Output, model_in: str, plot: str | None, show_all: bool) -> None:
     """Print per-layer, per-channel weight ranges; optionally plot them.
 
     A wide spread (max/min of the per-channel ranges) means per-tensor quantization
@@ -120,14 +123,14 @@ def ranges(out: Output, model_in: str, plot: str | None) -> None:
 
     preflight(out, model_in, files=[plot] if plot else [])
     if plot:
-        from aimetcli.plots import _pyplot, plot_ranges
+        from aimetcli.plots import MAX_LAYERS, _pyplot, plot_ranges
 
         _pyplot()
     model = load_input(out, model_in, None)
     rows = api.weight_ranges(model)
     if plot:
-        plot_ranges(plot, [("ranges", rows)])
-        _wrote_plot(out, plot, len(rows))
+        plot_ranges(plot, [("ranges", rows)], limit=None if show_all else MAX_LAYERS)
+        _wrote_plot(out, plot, len(rows), show_all)
     out.info(ranges_table(rows))
     out.emit_json({"command": "ranges", "input": model_in,
                    "layers": [api._jsonable(r) for r in rows]})

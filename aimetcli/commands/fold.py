@@ -46,7 +46,7 @@ def render_fold(out: Output, summary: api.FoldBnSummary, show_all: bool = False)
 @model_output
 @simplify_option
 @external_data_option
-@all_rows_option("folded BatchNormalization")
+@all_rows_option("List every folded BatchNormalization (default: a count when more than 20).")
 @common_options
 def fold_bn(out: Output, model_in: str, output: str, simplify: bool, external_data: bool, show_all: bool) -> None:
     """Fold BatchNormalization into Conv / ConvTranspose / Gemm / MatMul weights.
