@@ -1,3 +1,3 @@
 from aimetcli.cli import main
 
-main()
+main(prog_name="aimetcli")

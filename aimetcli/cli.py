@@ -35,9 +35,10 @@ from aimetcli.errors import AimetCliError, ErrorKind
 BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE, what a shell reports for `cmd | head` killed by the signal
 
 # name -> (module in aimetcli.commands, attribute, one-line help), in workflow order:
-# the order of the top-level help and of its "Typical flow".
+# the order of the top-level help and of its "Typical flow". The one-line help is the first
+# line of the command's docstring (tests/test_cli_startup.py keeps the two equal).
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "ptq": ("ptq", "ptq", "Fold BN, equalize, calibrate, bias-correct, calibrate again and export."),
+    "ptq": ("ptq", "ptq", "Fold BN, choose the quantization, equalize, bias-correct, calibrate and export."),
     "fold-bn": ("fold", "fold_bn", "Fold BatchNormalization into Conv / ConvTranspose / Gemm / MatMul weights."),
     "equalize": ("equalize", "equalize", "Cross-layer equalization, as AIMET's equalize_model."),
     "bias-correct": ("bias", "bias_correct", "Correct the biases for the shift that weight quantization causes."),

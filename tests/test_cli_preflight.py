@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import helper
 
-from aimetcli import api, model_io
+from aimetcli import api, model_io, paths
 from aimetcli.cli import main
 from helpers import bn_inits, bn_node, init, make_model, rand
 
@@ -134,7 +134,7 @@ def test_output_location_not_writable(runner, model_path, tmp_path, monkeypatch,
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(model_io.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(paths.tempfile, "mkstemp", read_only)
     out = tmp_path / ("out" if command in ("ptq", "export") else "out.onnx")
     line = error_line(runner.invoke(main, [command, str(model_path), "-o", str(out), *WRITERS[command]]), 1)
     assert "cannot write in" in line and "Read-only file system" in line

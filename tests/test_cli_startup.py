@@ -23,6 +23,10 @@ LIGHT_INVOCATIONS = [
     ["quantsim", "m.onnx", "-o", "s.onnx", "--data", "random:4", "--bitwidth", "4"],
     ["ptq", "m.onnx", "-o", "out", "--data", "random:4", "--quant-scheme", "bogus"],
     ["no-such-command"],
+    # refused by the up-front path checks, before the library is imported
+    ["ptq", "m.onnx", "-o", "nodir/sub/out", "--data", "random:4"],
+    ["fold-bn", "m.onnx", "nodir/f.onnx"],
+    ["export", "m.onnx", "-o", "-"],
 ]
 
 
@@ -33,7 +37,9 @@ def test_help_version_and_usage_errors_import_nothing_heavy():
         "import aimetcli.cli\n"
         f"for args in {LIGHT_INVOCATIONS!r}:\n"
         "    r = CliRunner().invoke(aimetcli.cli.main, args)\n"
-        "    assert r.exit_code in (0, 2), (args, r.exit_code, r.output, r.exception)\n"
+        "    assert r.exit_code in (0, 1, 2) and r.exception is None or isinstance(r.exception, SystemExit), "
+        "(args, r.exit_code, r.output, r.exception)\n"
+        "    assert 'internal error' not in r.output, (args, r.output)\n"
         f"    heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
         "    assert not heavy, (args, heavy)\n"
     )
@@ -49,8 +55,7 @@ def test_every_listed_command_loads_and_its_short_help_is_its_docstring():
     for name, (_, _, short) in COMMANDS.items():
         command = main.commands[name]
         assert command.name == name
-        # the same sentence (its first words: owners of a command may refine its wording)
-        assert command.help.strip().splitlines()[0].split()[:4] == short.split()[:4], name
+        assert command.help.strip().splitlines()[0] == short, f"cli.COMMANDS[{name!r}] differs from its docstring"
 
 
 def test_top_level_help_lists_workflow_order_starting_with_ptq():

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 
 import click
 
+from aimetcli import paths
 from aimetcli.cli import Output, require_distinct_stdout
 from aimetcli.errors import AimetCliError, ErrorKind
+from aimetcli.paths import STDIO
 
 if TYPE_CHECKING:
     import onnx_ir as ir
-
-STDIO = "-"
 
 input_argument = click.argument("model_in", metavar="MODEL", type=str)
 
@@ -88,8 +88,6 @@ def preflight(out: Output, sources: str | Sequence[str], *, output: str | None =
     ``config``: a quantsim config file, read and validated now (it is small).
     Paths: parent directory exists, location writable, not the input model.
     """
-    from aimetcli import model_io
-
     sources = [sources] if isinstance(sources, str) else list(sources)
     if STDIO in sources and stream_is_terminal(sys.stdin):
         raise AimetCliError("MODEL is '-' but stdin is a terminal; pipe a model in (cat m.onnx | aimetcli ...) "
@@ -98,7 +96,7 @@ def preflight(out: Output, sources: str | Sequence[str], *, output: str | None =
     if output is not None:
         _check_output(out, output, source, output_is_dir)
     for path in files:
-        model_io.check_output_path(path, source=source)
+        paths.check_output_path(path, source=source)
     if encoding_version is not None:
         from aimetcli.encodings import check_bitwidth
 
@@ -116,8 +114,6 @@ def preflight(out: Output, sources: str | Sequence[str], *, output: str | None =
 
 
 def _check_output(out: Output, output: str, source: str | None, output_is_dir: bool) -> None:
-    from aimetcli import model_io
-
     if output == STDIO:
         if output_is_dir:
             raise AimetCliError("-o -: this command writes a directory of files (model.onnx, model.encodings, "
@@ -128,9 +124,9 @@ def _check_output(out: Output, output: str, source: str | None, output_is_dir: b
             raise AimetCliError("-o -: stdout is a terminal; redirect it (> out.onnx, | aimetcli ...) "
                                 "or give -o FILE", ErrorKind.USAGE)
     elif output_is_dir:
-        model_io.check_output_dir(output, source=source)
+        paths.check_output_dir(output, source=source)
     else:
-        model_io.check_output_path(output, source=source)
+        paths.check_output_path(output, source=source)
 
 
 # -- loading and saving ---------------------------------------------------------------

@@ -44,12 +44,12 @@ def bias_correct(out: Output, model_in: str, output: str, data: str | None, meth
       aimetcli bias-correct eq.onnx -o bc.onnx --data calib.npz
       aimetcli bias-correct eq.onnx -o bc.onnx --method analytical --param-bw 6
     """
-    from aimetcli import api
-    from aimetcli.bias_correction import progress_steps
-
     if data is None and method != "analytical":
         raise AimetCliError(f"--method {method} needs --data (or use --method analytical)", ErrorKind.USAGE)
     preflight(out, model_in, output=output, config=config_path)
+    from aimetcli import api
+    from aimetcli.bias_correction import progress_steps
+
     options = make_options(**kw)
     model = load_input(out, model_in, None, float32=True)
     dataset = open_dataset(model, data, out=out, **kw) if data else None

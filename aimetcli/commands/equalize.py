@@ -60,9 +60,9 @@ def equalize(out: Output, model_in: str, output: str, keep_relu6: bool, no_bias_
       aimetcli equalize model.onnx -o eq.onnx --plot ranges.png
       aimetcli fold-bn model.onnx -o - | aimetcli equalize - -o eq.onnx
     """
+    preflight(out, model_in, output=output, files=[plot] if plot else [])
     from aimetcli import api
 
-    preflight(out, model_in, output=output, files=[plot] if plot else [])
     if plot:
         from aimetcli.plots import MAX_LAYERS, _pyplot, plot_ranges
 
@@ -119,9 +119,9 @@ def ranges(out: Output, model_in: str, plot: str | None, show_all: bool) -> None
       aimetcli ranges model.onnx
       aimetcli ranges model.onnx --plot ranges.html
     """
+    preflight(out, model_in, files=[plot] if plot else [])
     from aimetcli import api
 
-    preflight(out, model_in, files=[plot] if plot else [])
     if plot:
         from aimetcli.plots import MAX_LAYERS, _pyplot, plot_ranges
 

@@ -64,9 +64,9 @@ def export(out: Output, model_in: str, output: str, encodings_path: str | None, 
       aimetcli export model.onnx --encodings model.encodings -o deploy/ --encoding-version 0.6.1
       aimetcli export sim.onnx -o deploy/ --batch-size 1      # static shapes for qnn-onnx-converter
     """
+    preflight(out, model_in, output=output, output_is_dir=True)
     from aimetcli.export import export as export_model
 
-    preflight(out, model_in, output=output, output_is_dir=True)
     if force and encodings_path is None:
         raise AimetCliError("--force applies to --encodings FILE only (a sim's own encodings always fit it)",
                             ErrorKind.USAGE)

@@ -63,9 +63,9 @@ def fold_bn(out: Output, model_in: str, output: str, simplify: bool, external_da
       aimetcli fold-bn model.onnx folded.onnx
       cat model.onnx | aimetcli fold-bn - -o - | aimetcli equalize - -o eq.onnx
     """
+    preflight(out, model_in, output=output)
     from aimetcli import api
 
-    preflight(out, model_in, output=output)
     model = load_input(out, model_in, None, simplify=simplify, rewrites=True)
     _, summary = api.fold_bn(model)
     save_output(out, model, output, external_data=external_data)

@@ -126,11 +126,11 @@ def quantsim(out: Output, model_in: str, output: str, data: str, encodings_out: 
       aimetcli quantsim folded.onnx -o sim.onnx --data calib.npz
       aimetcli quantsim eq.onnx -o sim.onnx --data calib.npz --per-channel --param-bw 4
     """
-    from aimetcli import api, model_io
-
     enc_path = encodings_path(output, encodings_out)
     preflight(out, model_in, output=output, files=[enc_path], encoding_version=encoding_version,
               bitwidths=(kw["param_bw"], kw["act_bw"]), config=config_path)
+    from aimetcli import api, model_io
+
     options = make_options(**kw)
     model = load_input(out, model_in, None, float32=True)
     dataset = open_dataset(model, data, out=out, **kw)
@@ -174,8 +174,6 @@ def evaluate(out: Output, models: tuple[str, ...], data: str, labels_key: str | 
       aimetcli evaluate model.onnx --data eval.npz --labels label
       aimetcli evaluate model.onnx sim.onnx --data eval.npz
     """
-    from aimetcli import api
-
     if len(models) > 2:
         raise AimetCliError("evaluate takes one or two models", ErrorKind.USAGE)
     levels = ort_optimization.split(",")
@@ -185,6 +183,8 @@ def evaluate(out: Output, models: tuple[str, ...], data: str, labels_key: str | 
         raise AimetCliError(f"--ort-optimization {ort_optimization}: give {', '.join(ORT_LEVELS)}, once or per "
                             "model", ErrorKind.USAGE)
     preflight(out, models)
+    from aimetcli import api
+
     loaded = [load_input(out, m, None) for m in models]
     dataset = open_dataset(loaded[0], data, labels_key=labels_key, out=out, scored=True, **kw)
     with progress_bar(out, dataset.num_batches(kw["batch_size"]), "Evaluating") as bar:
