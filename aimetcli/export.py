@@ -356,7 +356,9 @@ def set_batch_size(model: ir.Model, batch: int) -> None:
     """Give the model static batch shapes, in place: dim 0 of every input whose dim 0 is dynamic (a
     name, unknown, or a legacy size <= 0) becomes ``batch``, and shapes are inferred again, so the
     outputs' and every intermediate value's batch dim follow (converters such as QNN's want them
-    static). Other dynamic dims stay as they are. An input that fixes dim 0 to another size is refused.
+    static). Where inference stops short, a dim named as an input's batch dim was (the same name
+    is the same size) becomes ``batch`` too. Other dynamic dims stay as they are. An input that
+    fixes dim 0 to another size is refused.
     """
     from onnx_ir.passes.common import ShapeInferencePass
 
@@ -373,6 +375,7 @@ def set_batch_size(model: ir.Model, batch: int) -> None:
         dynamic.append(value)
     if not dynamic:
         return
+    symbols = {v.shape[0].value for v in dynamic if isinstance(v.shape[0], ir.SymbolicDim) and v.shape[0].value}
     for value in dynamic:
         value.shape = ir.Shape([batch, *value.shape.dims[1:]])
     declared = {value: value.shape for value in model.graph.outputs}
@@ -380,9 +383,17 @@ def set_batch_size(model: ir.Model, batch: int) -> None:
         for value in node.outputs:
             value.shape = None
     ShapeInferencePass(strict_mode=False)(model)
-    for value, shape in declared.items():
-        if value.shape is None and shape is not None:  # inference stopped short: keep what was declared
+    for value, shape in declared.items():  # where inference stopped short, what was declared
+        if shape is not None and (value.shape is None or len(value.shape) != len(shape)):
             value.shape = shape
+        elif shape is not None:
+            value.shape = ir.Shape([i if isinstance(i, int) else d for i, d in zip(value.shape.dims, shape.dims)])
+    for node in model.graph:
+        for value in node.outputs:
+            if value.shape is not None and any(isinstance(d, ir.SymbolicDim) and d.value in symbols
+                                               for d in value.shape.dims):
+                value.shape = ir.Shape([batch if isinstance(d, ir.SymbolicDim) and d.value in symbols else d
+                                        for d in value.shape.dims])
 
 
 @dataclass

@@ -215,3 +215,19 @@ def test_already_quantized_models_are_named_as_what_they_are(tmp_path, command):
     assert "already quantized (2 QuantizeLinear/DequantizeLinear nodes" in line and "aimetcli export" in line, line
     assert "integer operators" not in line
     assert not out.exists()
+
+
+def test_batch_size_where_inference_stops_short_follows_the_batch_name():
+    """An op shape inference does not know (a custom domain's) leaves its output to what the model
+    declared: a dim named as an input's batch dim is the same size, so it becomes N as well."""
+    from aimetcli.export import set_batch_size
+
+    node = helper.make_node("Mystery", ["x"], ["y"], domain="custom")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "K"])])
+    model = to_ir(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13),
+                                                          helper.make_opsetid("custom", 1)]))
+    set_batch_size(model, 4)
+    assert list(model.graph.inputs[0].shape) == [4, 3]
+    out = list(model.graph.outputs[0].shape)
+    assert out[0] == 4 and str(out[1]) == "K"
