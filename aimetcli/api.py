@@ -343,6 +343,7 @@ def quantsim(model: ir.Model, dataset, options, *, config_path: str | None = Non
     if mismatch:
         warnings.append(mismatch)
     model, encodings, placement, calib_seconds = simulate(model, cfg, options, dataset, batch_size, progress)
+    warnings += placement.warnings
     for tensor, count in encodings.nonfinite.items():
         warnings.append(f"{count} NaN/Inf values in tensor {tensor!r} were ignored during calibration")
     # what we write must run on stock onnxruntime: check it loads (no optimizations: cheap)

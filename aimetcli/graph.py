@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
@@ -207,3 +208,62 @@ def quantized_nodes(model: ir.Model) -> int:
 def integer_op_types(model: ir.Model) -> list[str]:
     """The integer-operator op types (INTEGER_OPS) of the main graph, in order of first appearance."""
     return list(dict.fromkeys(node.op_type for node in model.graph if node.op_type in INTEGER_OPS))
+
+
+def scalar_constant(value: ir.Value | None) -> float | None:
+    """The value's only element when it is a one-element float or integer constant, else None."""
+    arr = constant(value)
+    if arr is None or arr.size != 1 or arr.dtype.kind not in "fiu":
+        return None
+    return float(arr.reshape(()))
+
+
+def subgraph_node_count(node: ir.Node) -> int:
+    """Nodes inside ``node``'s subgraphs (If branches, Loop/Scan bodies), nested ones included."""
+    count = 0
+    for attr in node.attributes.values():
+        if attr.is_ref():
+            continue
+        if attr.type == ir.AttributeType.GRAPH:
+            graphs = [attr.as_graph()]
+        elif attr.type == ir.AttributeType.GRAPHS:
+            graphs = list(attr.as_graphs())
+        else:
+            continue
+        for graph in graphs:
+            count += sum(1 + subgraph_node_count(n) for n in graph)
+    return count
+
+
+# ops whose weights make a network's bulk (what quantization is about)
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN")
+
+
+@dataclass(frozen=True)
+class ControlFlow:
+    """The main graph's nodes that hold subgraphs, each with the number of nodes inside, and
+    how many of those are weighted layers (WEIGHTED_OPS)."""
+
+    holders: tuple[tuple[ir.Node, int], ...]
+    weighted: int
+
+    @property
+    def nodes(self) -> int:
+        return sum(n for _, n in self.holders)
+
+    def describe(self, limit: int = 3) -> str:
+        """``If 'branch' (120 nodes), Loop 'body' (4 nodes)``: the largest first, at most ``limit``."""
+        ranked = sorted(self.holders, key=lambda h: -h[1])
+        text = ", ".join(f"{node.op_type} '{node_label(node)}' ({count} nodes)" for node, count in ranked[:limit])
+        return text + (f" and {len(ranked) - limit} more" if len(ranked) > limit else "")
+
+
+def control_flow_nodes(model: ir.Model) -> ControlFlow | None:
+    """The main graph's If/Loop/Scan (any node with a graph attribute) holding nodes, or None.
+
+    Passes and quantizers here work on the main graph only; this names what they leave alone."""
+    holders = [(node, count) for node in model.graph if (count := subgraph_node_count(node))]
+    if not holders:
+        return None
+    weighted = sum(1 for sub in model.graph.subgraphs() for n in sub if is_op(n, *WEIGHTED_OPS))
+    return ControlFlow(tuple(holders), weighted)

@@ -27,7 +27,7 @@ from aimetcli.calibration.observers import EmptyObserverError, make_observer, ob
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.quant import Encoding, QuantScheme, encoding_from_range, fake_quantize_finite
 from aimetcli.model_io import SplicedProto
-from aimetcli.quantsim.placement import Placement, QuantOptions
+from aimetcli.quantsim.placement import Placement, QuantOptions, revise_after_calibration
 
 
 @dataclass
@@ -230,6 +230,16 @@ def non_negative_outputs(model: ir.Model) -> set[str]:
 
 def calibrate(model: ir.Model, placement: Placement, opts: QuantOptions, dataset, batch_size: int,
               progress: runner.Progress | None = None) -> Encodings:
+    """Every quantizer's encoding; then the decisions that need calibrated ranges are revised
+    (:func:`~aimetcli.quantsim.placement.revise_after_calibration`: ``placement`` loses the
+    quantizers they drop, with the reason), so what is returned is what gets inserted."""
+    enc = _encodings(model, placement, opts, dataset, batch_size, progress)
+    revise_after_calibration(model, placement, enc.activations)
+    return enc
+
+
+def _encodings(model: ir.Model, placement: Placement, opts: QuantOptions, dataset, batch_size: int,
+               progress: runner.Progress | None) -> Encodings:
     enc = Encodings(params=param_encodings(model, placement, opts))
     if not placement.activations:
         return enc

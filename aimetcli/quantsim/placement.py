@@ -11,6 +11,26 @@ Rules, as AIMET's QuantizationSimModel applies its config:
 * weights of Conv / ConvTranspose / Gemm / MatMul (per channel on the output-channel
   axis when asked), biases only when the config quantizes them.
 
+Beyond the config, as AIMET's ONNX graph passes do (``aimet_onnx/graph_passes``, e.g. its
+LayerNormalization and RMSNormalization passes), an operation spelled out as several ops
+is one unit quantized at its output only; its internals stay float:
+
+* LayerNormalization written out (torch below opset 17, paddle2onnx):
+  ``ReduceMean -> Sub -> Pow(2) -> ReduceMean -> Add(eps) -> Sqrt -> Div [-> Mul(g) -> Add(b)]``.
+  An 8-bit grid on ``(x - mean)^2`` squares the dynamic range: a channel at a tenth of the
+  largest deviation lands a hundredth of the way up the grid, below one step, and its
+  variance rounds to 0;
+* GELU through Erf: ``x * 0.5 * (1 + erf(x / sqrt 2))`` (Div or Mul before Erf; the 0.5 on
+  either side of the Mul by x).
+
+onnxruntime's quantize_static (QDQ) leaves all of these float too: its QDQ registry quantizes
+only Conv/Gemm/MatMul, pooling, data movement, Resize, Where and the fused normalizations.
+
+After calibration, :func:`revise_after_calibration` drops the output quantizer of a Concat
+whose inputs' ranges are too far apart to share one grid (see there). Control flow: nodes inside
+If/Loop/Scan subgraphs are not quantized; a model whose weights are all there is refused,
+otherwise the float nodes are named in a warning (:func:`aimetcli.graph.control_flow_nodes`).
+
 The result lists every quantizer with its bitwidth and symmetry, and every
 candidate left unquantized with the reason (``-v``).
 """
@@ -22,7 +42,8 @@ from dataclasses import dataclass, field
 import onnx_ir as ir
 
 from aimetcli import graph as g
-from aimetcli.kernels.quant import QuantScheme
+from aimetcli.errors import AimetCliError, ErrorKind
+from aimetcli.kernels.quant import Encoding, QuantScheme
 from aimetcli.layers import as_layer
 from aimetcli.quantsim.config import QuantsimConfig
 
@@ -76,6 +97,7 @@ class Placement:
     # AIMET's unsigned symmetric: a symmetric quantizer whose data are never negative gets
     # the grid [0, max] (offset 0, unsigned integers) instead of wasting its negative half
     unsigned_symmetric: bool = False
+    warnings: list[str] = field(default_factory=list)  # for the user: what stays float and why
 
     @property
     def max_bitwidth(self) -> int:
@@ -91,7 +113,7 @@ def _is_float(value: ir.Value) -> bool:
 
 
 def _supergroup_inner(graph: ir.Graph, groups: list[tuple[str, ...]]) -> dict[ir.Node, str]:
-    """Nodes whose output is fused into the next op of a supergroup, with the group's name."""
+    """Nodes whose output is fused into the next op of a supergroup, with the reason."""
     inner: dict[ir.Node, str] = {}
     for node in graph:
         for ops in groups:
@@ -107,7 +129,99 @@ def _supergroup_inner(graph: ir.Graph, groups: list[tuple[str, ...]]) -> dict[ir
                 cur = nxt
             if chain:
                 for n in chain[:-1]:
-                    inner[n] = "+".join(ops)
+                    inner[n] = f"inside supergroup {'+'.join(ops)}"
+    return inner
+
+
+def _next(value: ir.Value, op: str, *, other_constant: bool = False) -> ir.Node | None:
+    """The sole reader of ``value`` when it is an ``op`` (whose other input is a constant, if asked)."""
+    node = g.sole_consumer(value)
+    if not g.is_op(node, op):
+        return None
+    if other_constant and not any(_is_static(v) for v in node.inputs if v is not value):
+        return None
+    return node
+
+
+def _is_static(value: ir.Value | None) -> bool:
+    """A constant, or one moved by data-movement ops (paddle2onnx reshapes LayerNorm's gamma at run time)."""
+    for _ in range(4):
+        if value is None:
+            return False
+        if g.constant(value) is not None:
+            return True
+        node = value.producer()
+        if not g.is_op(node, *_SAME_GRID_OPS) or any(g.constant(v) is None for v in node.inputs[1:] if v):
+            return False
+        value = node.inputs[0]
+    return False
+
+
+def _decomposed_layernorm(mean: ir.Node) -> list[ir.Node] | None:
+    """The ops of a LayerNormalization written out, starting at its first ReduceMean, but
+    the last (whose output is the unit's): ``d = x - ReduceMean(x)``,
+    ``d / Sqrt(ReduceMean(Pow(d, 2)) + eps)``, then optionally ``* gamma`` and ``+ beta``."""
+    x = mean.inputs[0]
+    sub = _next(mean.outputs[0], "Sub")
+    if sub is None or sub.inputs[0] is not x or sub.inputs[1] is not mean.outputs[0]:
+        return None
+    d = sub.outputs[0]
+    readers = {use.node.op_type: use.node for use in d.uses() if g.is_op(use.node, "Pow", "Div")}
+    if d.is_graph_output() or len(d.uses()) != 2 or len(readers) != 2:
+        return None
+    power, div = readers["Pow"], readers["Div"]
+    if power.inputs[0] is not d or g.scalar_constant(power.inputs[1]) != 2.0:
+        return None
+    var = _next(power.outputs[0], "ReduceMean")
+    eps = var and _next(var.outputs[0], "Add", other_constant=True)
+    sqrt = eps and _next(eps.outputs[0], "Sqrt")
+    if sqrt is None or div.inputs[0] is not d or div.inputs[1] is not sqrt.outputs[0]:
+        return None
+    inner = [mean, sub, power, var, eps, sqrt]
+    gamma = _next(div.outputs[0], "Mul", other_constant=True)
+    if gamma is not None:
+        inner.append(div)
+        if _next(gamma.outputs[0], "Add", other_constant=True) is not None:
+            inner.append(gamma)
+    return inner
+
+
+def _erf_gelu(erf: ir.Node) -> list[ir.Node] | None:
+    """The ops of a GELU ``x * 0.5 * (1 + erf(x / sqrt 2))`` around its Erf, but the last."""
+    scale = erf.inputs[0].producer()
+    if not g.is_op(scale, "Div", "Mul") or g.scalar_constant(scale.inputs[1]) is None:
+        return None
+    if g.sole_consumer(scale.outputs[0]) is not erf:
+        return None
+    x = scale.inputs[0]
+    one = _next(erf.outputs[0], "Add", other_constant=True)
+    times = one and _next(one.outputs[0], "Mul")
+    if times is None:
+        return None
+    other = next((v for v in times.inputs if v is not one.outputs[0]), None)
+    inner = [scale, erf, one]
+    if other is x:  # (x * (1 + erf)) * 0.5
+        if _next(times.outputs[0], "Mul", other_constant=True) is None:
+            return None
+        return inner + [times]
+    half = other.producer() if other is not None else None
+    if g.is_op(half, "Mul") and x in half.inputs and g.sole_consumer(half.outputs[0]) is times:
+        return inner + [half]  # (x * 0.5) * (1 + erf)
+    return None
+
+
+# op type that starts each pattern, the pattern, and the name given in the reason
+_UNITS = (("ReduceMean", _decomposed_layernorm, "LayerNormalization"), ("Erf", _erf_gelu, "GELU"))
+
+
+def _unit_inner(graph: ir.Graph) -> dict[ir.Node, str]:
+    """Nodes inside an operation written as several ops (see the module doc), with the reason."""
+    inner: dict[ir.Node, str] = {}
+    for node in graph:
+        for op, match, name in _UNITS:
+            ops = match(node) if g.is_op(node, op) else None
+            for n in ops or ():
+                inner[n] = f"inside a {name} written as {len(ops) + 1} ops (float inside, as AIMET; quantized at its output)"
     return inner
 
 
@@ -149,7 +263,7 @@ def place_quantizers(model: ir.Model, cfg: QuantsimConfig, opts: QuantOptions) -
         for value in graph.inputs:
             if not value.is_initializer():
                 add_act(value, "model_input")
-    inner = _supergroup_inner(graph, cfg.supergroups)
+    inner = {**_unit_inner(graph), **_supergroup_inner(graph, cfg.supergroups)}
     for node in graph:
         op = node.op_type
         if node.domain not in g.ONNX_DOMAINS:
@@ -163,7 +277,7 @@ def place_quantizers(model: ir.Model, cfg: QuantsimConfig, opts: QuantOptions) -
             if not value.uses() and not value.is_graph_output():
                 continue
             if node in inner:
-                placement.skipped.append((value.name, f"inside supergroup {inner[node]}"))
+                placement.skipped.append((value.name, inner[node]))
             elif not cfg.op_output_quantized(op):
                 placement.skipped.append((value.name, f"{op} output is not quantized by the config"))
             else:
@@ -172,7 +286,87 @@ def place_quantizers(model: ir.Model, cfg: QuantsimConfig, opts: QuantOptions) -
     if cfg.model_output_quantized:
         for value in graph.outputs:
             add_act(value, "model_output")
+    note_control_flow(model, placement)
     return placement
+
+
+def note_control_flow(model: ir.Model, placement: Placement) -> None:
+    """Record what a model's If/Loop/Scan subgraphs leave float (a warning, and each holder in
+    ``skipped``); refuse when that is the whole network: weighted layers in the subgraphs and
+    no weight quantized in the main graph, which would come out FP32 and be called quantized."""
+    flow = g.control_flow_nodes(model)
+    if flow is None:
+        return
+    where = flow.describe()
+    if flow.weighted and not placement.params:
+        raise AimetCliError(
+            f"the network is inside the subgraphs of {where}, which aimetcli does not quantize "
+            f"({flow.weighted} weighted layers there, none in the main graph); export the model without the "
+            "control flow (the branch or loop body you run, inlined) and quantize that", ErrorKind.UNSUPPORTED)
+    placement.warnings.append(f"{flow.nodes} nodes inside the subgraphs of {where} stay float "
+                              f"({flow.weighted} of them weighted layers): only the main graph is quantized")
+    for node, count in flow.holders:
+        placement.skipped.append((g.node_label(node), f"{node.op_type} with {count} nodes in its subgraphs, "
+                                                       "which are not quantized"))
+
+
+# A Concat input that would keep fewer levels than this on the Concat's one output grid keeps
+# its own grid instead (4 bits: a signal spread over 16 levels has at most ~26 dB SQNR,
+# 6.02 dB per bit plus 1.76, where its own 8-bit grid gave it ~50 dB).
+MIN_CONCAT_LEVELS = 16
+
+# ops whose output is on the grid of their first input (values moved, none computed)
+_SAME_GRID_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Slice", "Gather",
+                  "Expand", "Split", "Dropout")
+
+
+def _input_grid(value: ir.Value | None, activations: dict[str, Encoding]) -> tuple[str, Encoding] | None:
+    """The tensor whose grid ``value`` is on and that grid, through data movement; None when float."""
+    while value is not None:
+        if value.name in activations:
+            return value.name, activations[value.name]
+        node = value.producer()
+        if not g.is_op(node, *_SAME_GRID_OPS):
+            return None
+        value = node.inputs[0]
+    return None
+
+
+def revise_after_calibration(model: ir.Model, placement: Placement, activations: dict[str, Encoding]) -> None:
+    """Drop the output quantizer of each Concat that would destroy one of its inputs.
+
+    One grid over a Concat spans the union of its inputs' ranges: an input whose range is
+    ``1/k`` of the union keeps ``num_steps / k`` levels of it. A YOLO head concatenates boxes
+    in pixels ([0, 640]) with sigmoid scores ([0, 1]): at 8 bits the scores keep 0.4 levels,
+    every score becomes 0 and the detector finds nothing. When some input would keep fewer than
+    MIN_CONCAT_LEVELS levels and every input is already on a grid of its own (its producer's
+    output quantizer, possibly through data movement), the Concat's output quantizer goes:
+    its output is the float Concat of the dequantized inputs, exact on each input's grid.
+    The quantizer and its encoding are removed from ``placement`` and ``activations``, and
+    the reason is recorded in ``placement.skipped``. (A runtime with integer Concat kernels
+    requantizes such inputs to one grid; onnxruntime's QDQ Concat does that only when the
+    grids agree, and runs it in float otherwise.)
+    """
+    dropped: dict[str, str] = {}
+    for node in model.graph:
+        if not g.is_op(node, "Concat") or not node.outputs:
+            continue
+        out = activations.get(node.outputs[0].name)
+        if out is None or out.per_channel:
+            continue
+        grids = [_input_grid(v, activations) for v in node.inputs]
+        if len(grids) < 2 or any(grid is None or grid[1].per_channel for grid in grids):
+            continue
+        levels = {name: enc.num_steps * float(enc.scale) / float(out.scale) for name, enc in grids}
+        narrow = min(levels, key=levels.get)
+        if levels[narrow] < MIN_CONCAT_LEVELS:
+            dropped[node.outputs[0].name] = (
+                f"Concat of ranges too far apart for one grid: its input {narrow} would keep {levels[narrow]:.1f} "
+                f"of {out.num_steps + 1} levels (fewer than {MIN_CONCAT_LEVELS}); each input keeps its own grid")
+    for name in dropped:
+        del activations[name]
+    placement.activations = [a for a in placement.activations if a.tensor not in dropped]
+    placement.skipped += dropped.items()
 
 
 def _place_params(node: ir.Node, cfg: QuantsimConfig, opts: QuantOptions, placement: Placement) -> None:
