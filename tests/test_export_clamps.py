@@ -66,7 +66,8 @@ def export(tmp_path, sim):
 
 
 @pytest.mark.parametrize("build", [hard_swish, matmul_relu6, unfolded_bn_relu6])
-@pytest.mark.parametrize("extra", [[], ["--act-bw", "6", "--param-bw", "6", "--per-channel"]])
+@pytest.mark.parametrize("extra", [[], ["--act-bw", "6", "--param-bw", "6", "--per-channel"],
+                                   ["--act-bw", "4", "--param-bw", "4"]])
 def test_export_keeps_the_models_own_clip(tmp_path, build, extra):
     proto, feeds = build()
     sim = quantsim(tmp_path, proto, *extra)
@@ -82,11 +83,13 @@ def test_export_keeps_the_models_own_clip(tmp_path, build, extra):
 
 
 @pytest.mark.parametrize("build", [hard_swish, unfolded_bn_relu6])
-def test_sims_written_before_the_mark_still_export(tmp_path, build):
+@pytest.mark.parametrize("bits", ["6", "4"])
+def test_sims_written_before_the_mark_still_export(tmp_path, build, bits):
     """A sim of the previous version has unmarked grid Clips and Max/Min: those are recognised by
-    their bounds being exactly the 6-bit grid's, and the model's Clip(0, 6) is kept."""
+    their bounds being exactly the narrow grid's (4-bit grids too, which live in int8 containers
+    here), and the model's Clip(0, 6) is kept."""
     proto, feeds = build()
-    sim = quantsim(tmp_path, proto, "--act-bw", "6", "--param-bw", "6", "--per-channel")
+    sim = quantsim(tmp_path, proto, "--act-bw", bits, "--param-bw", bits, "--per-channel")
     old = onnx.load(sim)
     marked = 0
     for node in old.graph.node:

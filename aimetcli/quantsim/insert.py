@@ -56,6 +56,13 @@ def is_grid_node(node: ir.Node) -> bool:
     return node.metadata_props.get(ROLE_KEY) == GRID_ROLE
 
 
+def needs_clip(enc: Encoding) -> bool:
+    """Whether QuantizeLinear into the container used here (int8/uint8 for 8 bits and fewer, not
+    ``Encoding.needs_clip``'s int4) saturates wider than the grid, so a Clip/Max/Min must follow."""
+    _, lo, hi = container(enc)
+    return (enc.qmin, enc.qmax) != (lo, hi)
+
+
 def required_opset(encs: list[Encoding]) -> int:
     return WIDE_OPSET if any(8 < e.bitwidth <= 16 for e in encs) else SIM_OPSET
 
@@ -100,7 +107,7 @@ def insert_activation(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Enc
     dq.outputs[0].name = names.new(f"{tensor}_dequantized")
     new_nodes = [q, dq]
     final = dq.outputs[0]
-    if enc.needs_clip:
+    if needs_clip(enc):
         lo, hi = enc.dequantized_bounds()
         lo_v = g.add_initializer(graph, names.new(f"{tensor}_clip_min"), np.asarray(lo, np.float32).reshape(()))
         hi_v = g.add_initializer(graph, names.new(f"{tensor}_clip_max"), np.asarray(hi, np.float32).reshape(()))
@@ -166,7 +173,7 @@ def insert_param(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Encoding
     dq.outputs[0].name = names.new(f"{tensor}_dequantized")
     nodes.append(dq)
     final = dq.outputs[0]
-    if not store_integers and enc.needs_clip:
+    if not store_integers and needs_clip(enc):
         # QuantizeLinear saturates at the container; clip to the grid (per channel: Max/Min broadcast)
         lo, hi = enc.dequantized_bounds()
         shape = _bounds_shape(enc, w.ndim)
