@@ -211,8 +211,8 @@ class AimetGroup(click.Group):
                 _quiet_broken_pipe(ctx)
             where = f"{exc.filename}: " if exc.filename else ""
             reason = exc.strerror or str(exc)
-            click.echo(f"Error: {where}cannot be written or read ({reason}); no output was written; "
-                       "choose another output path", err=True)
+            click.echo(f"Error: {where}{reason}; the output was not written: check the location's permissions "
+                       "and free space, or choose another output path", err=True)
             ctx.exit(1)
         except Exception as exc:  # a bug: still one line, never a traceback unless asked
             if _debug(ctx):
