@@ -101,3 +101,38 @@ def test_several_runs_average_the_row_means(tmp_path, monkeypatch):
     summary = api.bias_correct(model, dataset, QuantOptions(), method="empirical", batch_size=16)
     assert summary.runs == 4
     np.testing.assert_allclose(corrected_bias(model), closed_form_bias(x, tmp_path), rtol=0, atol=1e-5)
+
+
+def sequence_linear(constant_first: bool = False) -> onnx.ModelProto:
+    """x [N, T, H] -> MatMul W [H, O] -> Add b [O] (a linear layer over a sequence, as exporters write it)."""
+    add_inputs = ["B", "m"] if constant_first else ["m", "B"]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"], name="linear"),
+             helper.make_node("Add", add_inputs, ["y"], name="bias")]
+    return make_model(nodes, [("x", ["N", "T", H])], [("y", None)], [init("W", W), init("B", B)])
+
+
+@pytest.mark.parametrize("constant_first", [False, True])
+@pytest.mark.parametrize("steps", [1, 6])
+def test_sequence_matmul_bias_is_the_add_constant(tmp_path, steps, constant_first):
+    """An N-D MatMul's channels are its last axis; its bias is the Add's constant, corrected in place."""
+    x = data(steps)
+    model, _ = api.prepare(to_ir(sequence_linear(constant_first)))
+    dataset = open_dataset(model, x, tmp_path)
+    summary = api.bias_correct(model, dataset, QuantOptions(), method="empirical", batch_size=64)
+    assert [c.layer for c in summary.corrected] == ["linear"] and summary.skipped == []
+    assert [n.op_type for n in model.graph] == ["MatMul", "Add"]  # no node added, the MatMul stays
+    add = next(n for n in model.graph if n.op_type == "Add")
+    bias = add.inputs[0 if constant_first else 1].const_value.numpy().astype(np.float64)
+    np.testing.assert_allclose(bias, closed_form_bias(x, tmp_path), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(bias, closed_form_bias(data(1), tmp_path), rtol=0, atol=1e-5)
+
+
+def test_sequence_matmul_without_a_bias_add_is_skipped_with_the_reason(tmp_path):
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["y"], name="linear")]
+    proto = make_model(nodes, [("x", ["N", "T", H])], [("y", None)], [init("W", W)])
+    model, _ = api.prepare(to_ir(proto))
+    dataset = open_dataset(model, data(3), tmp_path)
+    summary = api.bias_correct(model, dataset, QuantOptions(), method="empirical", batch_size=64)
+    assert summary.corrected == []
+    assert summary.skipped == [("linear", "MatMul whose input is not known to be 2-D, and no Add of a constant "
+                                          "[out channels] alone reads its output")]
