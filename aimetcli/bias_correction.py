@@ -11,7 +11,8 @@ each, so its cost grows with the square of depth. We instead:
    quantized and already corrected) without rerunning the model per layer: one pass
    of the FP32 model gives every layer output's per-channel mean over the rows of
    axis 0 (samples, or T rows a sample after a [T, N, H] -> [T*N, H] reshape) and the
-   spatial axes; then one graph (correction_graph.py) runs the sim with those means as
+   spatial axes (an N-D MatMul's channels are its last axis, its bias the constant of
+   the Add after it); then one graph (correction_graph.py) runs the sim with those means as
    inputs. At every layer output the sim's mean is compared with the FP32 one; the
    difference ``d`` is added to the sim's layer output before anything downstream
    reads it, and returned. One run measures and applies every correction in
@@ -116,16 +117,14 @@ class Biases:
 
     def take(self, layer: Layer) -> str | None:
         """Make the layer's bias private and present; or why it has none to correct."""
+        add = _sequence_bias(layer)
+        if add is not None:
+            self._adds[id(layer.node)] = add
+            g.private_constant(self.graph, self.names, *add)
+            return None
+        if layer.kind == "matmul" and not layer.input_known_2d:
+            return "MatMul whose input is not known to be 2-D, and no Add of a constant [out channels] alone reads its output"
         w = layer.weight_array()
-        if layer.kind == "matmul":
-            shape = layer.node.inputs[0].shape
-            if shape is None or len(shape) != 2:
-                add = _sequence_bias(layer, w)
-                if add is None:
-                    return "MatMul whose input is not known to be 2-D, and no Add of a constant [out channels] alone reads its output"
-                self._adds[id(layer.node)] = add
-                g.private_constant(self.graph, self.names, *add)
-                return None
         write_bias(layer, self.graph, self.names, bias_array(layer, w), w.dtype)
         return None
 
@@ -149,9 +148,13 @@ class Biases:
         g.set_constant(value, np.asarray(bias, np.float64).astype(old.dtype).reshape(old.shape))
 
 
-def _sequence_bias(layer: Layer, w: np.ndarray) -> tuple[ir.Node, int] | None:
-    """(Add, index of its constant) when an Add alone reads the MatMul's output and adds a float
-    constant of shape [out channels] (broadcast along the last axis), else None."""
+def _sequence_bias(layer: Layer) -> tuple[ir.Node, int] | None:
+    """For a MatMul whose input is not known to be 2-D, with a 2-D constant weight: (Add, index of
+    its constant) when an Add alone reads its output and adds a float constant of shape
+    [out channels] (broadcast along the last axis); else None."""
+    w = layer.weight_array()
+    if layer.kind != "matmul" or layer.input_known_2d or w is None or w.ndim != 2:
+        return None
     add = g.sole_consumer(layer.output)
     if not g.is_op(add, "Add") or len(add.inputs) != 2:
         return None
@@ -178,8 +181,10 @@ def _candidates(model: ir.Model, result: BiasCorrectionResult) -> tuple[list[Lay
     return layers, biases
 
 
-def _mean_pass(model: ir.Model, outputs: list[str], dataset, batch_size: int,
-               progress=None, optimization: str = "basic") -> dict[str, np.ndarray]:
+def _mean_pass(model: ir.Model, outputs: list[str], dataset, batch_size: int, progress=None,
+               optimization: str = "basic", channels_last: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
+    """Per-channel means of ``outputs`` over the data (channels on axis 1, or the last axis for
+    those in ``channels_last``)."""
     spliced = SplicedProto.of(model)
     proto = spliced.proto
     present = {o.name for o in proto.graph.output}
@@ -188,7 +193,7 @@ def _mean_pass(model: ir.Model, outputs: list[str], dataset, batch_size: int,
             proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
             present.add(name)
     session = runner.make_session(spliced, optimization=optimization)
-    means = {name: ChannelMean() for name in outputs}
+    means = {name: ChannelMean(channels_last=name in channels_last) for name in outputs}
     for feeds in dataset.batches(batch_size):
         for name, value in zip(outputs, runner.run(session, feeds, outputs)):
             means[name].update(value)
@@ -491,14 +496,26 @@ def _float_sources(model: ir.Model, names: list[str]) -> list[str]:
 
 
 def output_shift(reference: ir.Model, sim: ir.Model, dataset, *, batch_size: int = 32) -> dict[str, float]:
-    """Per layer of ``reference``: mean over channels of |E[y_sim] - E[y_reference]| on the data.
+    """Per layer of ``reference`` (by its output's name): mean over channels of
+    |E[y_sim] - E[y_reference]| on the data, where y is the layer's output after its bias (an N-D
+    MatMul's: the output of the Add of its bias).
 
     ``sim`` is a quantsim model of ``reference`` (or of a bias-corrected copy of it): this is the
     shift bias correction exists to remove, measured against the uncorrected FP32 model.
     """
-    names = [la.output.name for n in reference.graph if (la := as_layer(n)) is not None]
-    ref = _mean_pass(reference, names, dataset, batch_size)
+    layers = [la for n in reference.graph if (la := as_layer(n)) is not None]
+    names = [_biased_output(la) for la in layers]
     sim_names = _float_sources(sim, names)
+    last = [la.kind == "matmul" for la in layers]  # a MatMul's channels are its last axis (2-D: axis 1)
+    ref = _mean_pass(reference, names, dataset, batch_size,
+                     channels_last=frozenset(n for n, x in zip(names, last) if x))
     # no graph optimizations: onnxruntime's rewrites of QDQ graphs are not the simulation
-    q = _mean_pass(sim, sim_names, dataset, batch_size, optimization="none")
-    return {n: float(np.mean(np.abs(ref[n] - q[s]))) for n, s in zip(names, sim_names)}
+    q = _mean_pass(sim, sim_names, dataset, batch_size, optimization="none",
+                   channels_last=frozenset(n for n, x in zip(sim_names, last) if x))
+    return {la.output.name: float(np.mean(np.abs(ref[n] - q[s]))) for la, n, s in zip(layers, names, sim_names)}
+
+
+def _biased_output(layer: Layer) -> str:
+    """The name of the layer's output after its bias: an N-D MatMul's bias Add, else its own."""
+    add = _sequence_bias(layer)
+    return add[0].outputs[0].name if add is not None else layer.output.name

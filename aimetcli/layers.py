@@ -65,6 +65,12 @@ class Layer:
         return bool(pads and any(pads)) or self.node.attributes.get_string("auto_pad", "NOTSET") not in (
             "NOTSET", "VALID")
 
+    @property
+    def input_known_2d(self) -> bool:
+        """Whether the layer's data input is known to be 2-D (MatMul: channels on axis 1 then)."""
+        shape = self.node.inputs[0].shape
+        return shape is not None and len(shape) == 2
+
     def weight_array(self) -> np.ndarray | None:
         return g.constant(self.weight)
 

@@ -136,3 +136,22 @@ def test_sequence_matmul_without_a_bias_add_is_skipped_with_the_reason(tmp_path)
     assert summary.corrected == []
     assert summary.skipped == [("linear", "MatMul whose input is not known to be 2-D, and no Add of a constant "
                                           "[out channels] alone reads its output")]
+
+
+def test_output_shift_means_a_sequence_matmul_over_its_last_axis(tmp_path):
+    from aimetcli.bias_correction import output_shift
+
+    x = data(4)
+
+    def prepared():
+        return api.prepare(to_ir(sequence_linear()))[0]
+
+    reference = prepared()
+    dataset = open_dataset(reference, x, tmp_path)
+    plain = api.quantsim(prepared(), dataset, QuantOptions(), batch_size=64)[0]
+    corrected = prepared()
+    api.bias_correct(corrected, dataset, QuantOptions(), method="empirical", batch_size=64)
+    fixed = api.quantsim(corrected, dataset, QuantOptions(), batch_size=64)[0]
+    expected = float(np.mean(np.abs(closed_form_bias(x, tmp_path) - B)))
+    assert output_shift(reference, plain, dataset)["m"] == pytest.approx(expected, rel=1e-4)
+    assert output_shift(reference, fixed, dataset)["m"] < 1e-5

@@ -70,16 +70,20 @@ def clipped_normal_mean(beta, gamma, lo: float = -math.inf, hi: float = math.inf
 
 
 class ChannelMean:
-    """Streaming per-channel mean over every axis but 1 (N, C, spatial...)."""
+    """Streaming per-channel mean over every axis but the channel axis: 1 (N, C, spatial...), or
+    the last with ``channels_last`` (..., C)."""
 
-    def __init__(self) -> None:
+    def __init__(self, channels_last: bool = False) -> None:
         self.total: np.ndarray | None = None
         self.count = 0
+        self.channels_last = channels_last
 
     def update(self, x: np.ndarray) -> None:
         x = np.asarray(x)
         if x.ndim < 2:
             return
+        if self.channels_last:
+            x = x.reshape(-1, x.shape[-1], 1)
         if x.dtype == np.float32 and x.flags.c_contiguous:
             # float32 pairwise sums along the contiguous spatial axis (accurate to a few ulp,
             # no float64 copy of the tensor), then float64 across the batch

@@ -98,7 +98,7 @@ class HighBiasFoldPass(ir.passes.InPlacePass):
 def _inexact_reason(l2: Layer) -> str | None:
     """Why absorbing a constant into ``l2``'s input would not be exact (condition (2) above), or
     None; read after the layer's name."""
-    if l2.kind == "matmul" and (l2.node.inputs[0].shape is None or len(l2.node.inputs[0].shape) != 2):
+    if l2.kind == "matmul" and not l2.input_known_2d:
         return "is a MatMul whose input is not known to be 2-D"
     if l2.kind == "convtranspose":
         return "is a ConvTranspose, which sums different numbers of kernel taps at different output positions"
