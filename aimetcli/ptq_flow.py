@@ -128,6 +128,8 @@ class Stage:
     kept: bool | None = None
     calib_sqnr_db: float | None = None
     data: str = "evaluation"
+    gain_db: float | None = None  # a choice's held-out SQNR gain over the incumbent
+    margin_db: float | None = None  # and the gain it had to exceed
 
 
 @dataclass
@@ -355,14 +357,18 @@ class _Flow:
     def source_of(self, sim: _Sim) -> str:
         return f"the {self.names.get(id(sim.model), '?')} row's sim"
 
-    def row(self, name: str, t0: float, sim: _Sim | None, note: str, kept: bool | None) -> Stage:
+    def row(self, name: str, t0: float, sim: _Sim | None, note: str, kept: bool | None,
+            verdict: KeepVerdict | None = None) -> Stage:
         """A row for ``sim``: scored on the held-out samples, and on the evaluation data if given."""
+        gain = margin = None
+        if verdict is not None and verdict.sqnr_before_db is not None and verdict.sqnr_after_db is not None:
+            gain, margin = verdict.sqnr_after_db - verdict.sqnr_before_db, verdict.margin_db
         if sim is None:
             return self.add(Stage(name, None, None, time.perf_counter() - t0, note, kept, None, self.data_label))
         held = self.judge.score(sim.model)
         shown = self.scorer.score(sim.model) if self.scorer is not None else held
         return self.add(Stage(name, shown.top1, shown.sqnr_db if self.scorer is not None else None,
-                              time.perf_counter() - t0, note, kept, held.sqnr_db, self.data_label))
+                              time.perf_counter() - t0, note, kept, held.sqnr_db, self.data_label, gain, margin))
 
     def verdict(self, fn: Callable, incumbent: _Sim, candidate: _Sim) -> KeepVerdict:
         margin = self.judge.margin(self.judge.score(incumbent.model), self.judge.score(candidate.model))
@@ -429,7 +435,7 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
                       "calib_sqnr_db": verdict.sqnr_after_db})
         flow.decide(choice, verdict, f"{name} closer to FP32 on the held-out samples",
                     f"{_describe(opts)} kept: {name} not better by the margin")
-        flow.row(name, t0, candidate, _gain_note(verdict), verdict.kept)
+        flow.row(name, t0, candidate, _gain_note(verdict), verdict.kept, verdict)
         if verdict.kept:
             best, opts = candidate, candidate_opts
 
@@ -473,7 +479,7 @@ def _equalize_stage(flow: _Flow, current: ir.Model, best: _Sim, opts) -> tuple[i
     note = f"{eq.scaling_sets} sets, {len(eq.bias_absorbed)} absorbed; {_gain_note(verdict)}"
     flow.decide("equalization", verdict, "closer to FP32 on the held-out samples",
                 "not better by the margin on the held-out samples: the model without it goes on")
-    flow.row("+ equalize", t, sim, note, verdict.kept)
+    flow.row("+ equalize", t, sim, note, verdict.kept, verdict)
     if not verdict.kept:
         flow.warnings.append(f"equalization did not clear the margin ({verdict.describe()}); the model "
                              "without it is used")
@@ -495,7 +501,7 @@ def _bias_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, method: str) -
     note = f"{len(bc.corrected)} layers, {method}; {_gain_note(verdict)}"
     flow.decide("bias correction", verdict, "closer to FP32 on the held-out samples",
                 "not better by the margin on the held-out samples: the model without it is exported")
-    flow.row("+ bias-correct", t, sim, note, verdict.kept)
+    flow.row("+ bias-correct", t, sim, note, verdict.kept, verdict)
     if not verdict.kept:
         flow.warnings.append(f"bias correction did not clear the margin ({verdict.describe()}); the model "
                              "without it is exported")

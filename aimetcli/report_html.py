@@ -27,13 +27,16 @@ svg{vertical-align:middle}
 """
 
 
-def check_report_path(path: str) -> None:
-    """Before any work: the report must be an .html file that can be written."""
-    from aimetcli import model_io
+def check_report_path(path: str, outdir: str | None = None) -> None:
+    """Before any work: the report must be an .html file that can be written. Inside ``outdir``
+    (ptq's output directory, checked already and created later) its directory need not exist yet."""
+    from aimetcli import paths
 
     if not path.lower().endswith((".html", ".htm")):
         raise AimetCliError(f"--report {path}: the report is HTML; give a path ending in .html", ErrorKind.USAGE)
-    model_io.check_output_path(path)
+    if outdir is not None and Path(path).parent.resolve() == Path(outdir).resolve() and not Path(outdir).exists():
+        return
+    paths.check_output_path(path)
 
 
 def _esc(value) -> str:

@@ -65,7 +65,7 @@ def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | Non
     if report_path is not None:
         from aimetcli.report_html import check_report_path
 
-        check_report_path(report_path)
+        check_report_path(report_path, output)
     options = make_options(**kw)
     schemes = api.scheme_candidates(options) if kw["quant_scheme"] == AUTO_SCHEME else (options.scheme,)
     model = load_input(out, model_in, None, simplify=simplify, float32=True)
@@ -108,43 +108,46 @@ def _cell(value: float | None, fmt: str = ".1f") -> str:
 
 
 def stage_table(summary) -> Table:
-    """The stage table: what each number is on is in its header and the caption (fits 80 columns)."""
+    """The stage table, one line a row at 80 columns (the notes follow as its caption); the
+    header and caption say what each number is on."""
     opts = summary.options
     cal = summary.calibration
     held = cal.get("held_out_samples") or 0
     on_eval = any(s.sqnr_db is not None for s in summary.stages)
     data = summary.stages[0].data if summary.stages else "evaluation"
+    show_top1 = any(s.top1 is not None for s in summary.stages)
     granularity = "per-channel" if opts.get("per_channel") else "per-tensor"
     table = Table(title=f"PTQ W{opts['param_bw']}A{opts['act_bw']} {granularity} {opts['scheme']} (exported)",
                   title_justify="left")
     table.add_column("stage", no_wrap=True)
-    table.add_column("kept", justify="center")
-    table.add_column("calib dB", justify="right")
+    table.add_column("kept", justify="center", no_wrap=True)
+    table.add_column("calib", justify="right", no_wrap=True)
     if on_eval:
-        table.add_column("eval dB", justify="right")
-    show_top1 = any(s.top1 is not None for s in summary.stages)
+        table.add_column("eval", justify="right", no_wrap=True)
     if show_top1:
-        table.add_column("top-1 %", justify="right")
-    table.add_column("time s", justify="right")
-    table.add_column("note", ratio=1)
+        table.add_column("top-1", justify="right", no_wrap=True)
+    table.add_column("gain", justify="right", no_wrap=True)
+    table.add_column("s", justify="right", no_wrap=True)
     for s in summary.stages:
         cells = [s.name, {True: "yes", False: "no", None: ""}[s.kept], _cell(s.calib_sqnr_db)]
         if on_eval:
             cells.append(_cell(s.sqnr_db))
         if show_top1:
             cells.append(_cell(s.top1, ".2f"))
-        table.add_row(*cells, f"{s.seconds:.1f}", s.note)
+        gain = "" if s.gain_db is None else f"{s.gain_db:+.2f}{'>' if s.kept else '<='}{s.margin_db:.2f}"
+        table.add_row(*cells, gain, f"{s.seconds:.1f}")
     where = (f"the last {held} of the {cal.get('samples')} calibration samples, held out of bias correction"
              if held else f"the {cal.get('samples')} calibration samples (too few to hold some out)")
-    caption = [f"calib dB: output SQNR against FP32 on {where}; it decides: a change is kept when it gains "
-               f"more than the margin (>= {cal.get('margin_db', 0):.1f} dB, more where these samples disagree)."]
+    caption = [f"calib: output SQNR (dB) against FP32 on {where}; it decides: a change is kept when its gain "
+               f"(dB) exceeds the margin (>= {cal.get('margin_db', 0):.1f} dB, more where these samples disagree)."]
     if on_eval:
-        caption.append(f"eval dB: on the {data} data, which decide nothing.")
+        caption.append(f"eval: the same SQNR on the {data} data, which decide nothing.")
     if show_top1:
-        caption.append(f"top-1 %: on the {data if on_eval or data == 'evaluation' else 'held-out calibration'} "
+        caption.append(f"top-1 (%): on the {data if on_eval or data == 'evaluation' else 'held-out calibration'} "
                        "data" + (" (no --eval given)" if data == "calibration" else "") + ".")
-    caption.append("time s: the stage's own time (its rewrite, calibration, correction and scoring runs).")
-    table.caption = " ".join(caption)
+    caption.append("s: the stage's own time in seconds (its rewrite, calibration, correction and scoring runs).")
+    notes = [f"{s.name}: {s.note}" for s in summary.stages if s.note and s.name != "fp32"]
+    table.caption = "\n".join([" ".join(caption), *notes])
     table.caption_justify = "left"
     return table
 
@@ -176,11 +179,11 @@ class StageProgress:
     def stage(self, stage) -> None:
         parts = []
         if stage.calib_sqnr_db is not None:
-            parts.append(f"SQNR {stage.calib_sqnr_db:.1f} dB on held-out calibration samples")
+            parts.append(f"SQNR {stage.calib_sqnr_db:.1f} dB (held-out calibration)")
         if stage.sqnr_db is not None:
-            parts.append(f"{stage.sqnr_db:.1f} dB on the {stage.data} data")
+            parts.append(f"{stage.sqnr_db:.1f} dB ({stage.data})")
         if stage.top1 is not None:
-            parts.append(f"top-1 {stage.top1:.2f}% on the {stage.data} data")
+            parts.append(f"top-1 {stage.top1:.2f}% ({stage.data})")
         kept = {True: " (kept)", False: " (dropped)", None: ""}[stage.kept]
         line = f"[{stage.seconds:6.2f} s] {stage.name}{kept}: {', '.join(parts) or stage.note}"
         if self._progress is not None:
