@@ -296,10 +296,10 @@ def run_model(name: str, path: Path, calib_path: Path, eval_path: Path, bitwidth
                 summary = api.ptq(api.clone(fp32), calib, ev, opts, outdir=str(scratch / f"{name}_{tag}_w{bw}"),
                                   schemes=schemes)
                 stages.update((s.name, s) for s in summary.stages)
-                kept = stages.get("+ bias-correct") or stages.get("+ equalize") or stages["fold-bn"]
-                dropped = [f"{label} not kept ({stages[key].note.split('not kept: ', 1)[1]})"
+                kept = stages["sim.onnx"]  # the exported sim (a dropped stage's row shows its own model)
+                dropped = [f"{label} not kept ({stages[key].note.split('; ')[-1]})"
                            for key, label in (("+ equalize", "equalization"), ("+ bias-correct", "bias correction"))
-                           if key in stages and "not kept: " in stages[key].note]
+                           if key in stages and stages[key].kept is False]
                 seconds = sum(st.seconds for st in summary.stages[1:] if not st.name.startswith("export"))
                 if summary.schemes_tried:
                     chose = summary.options["scheme"] + " (" + ", ".join(
