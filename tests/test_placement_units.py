@@ -110,3 +110,33 @@ def test_layernorm_of_tokens_of_different_scales_survives_quantsim(tmp_path):
     scales = np.exp(rng.uniform(np.log(0.2), np.log(5.0), (64, 8, 1)))
     x = (rng.standard_normal((64, 8, C)) * scales + rng.normal(0, 0.5, (64, 8, 1))).astype(np.float32)
     assert sim_sqnr(layernorm_model(), x, tmp_path) > 20
+
+
+def test_a_bias_written_as_a_separate_add_is_inside_the_layer():
+    """paddle2onnx: Conv, then Add of the bias reshaped at run time to [1, C, 1, 1]; torch: a
+    Linear on 3-D inputs is MatMul then Add. The grid goes after the bias, as a runtime's kernel
+    computes it; a BatchNormalization left after a Conv is fused the same way."""
+    nodes = [helper.make_node("Reshape", ["b", "shape"], ["b4"], name="bias_shape"),
+             helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+             helper.make_node("Add", ["c", "b4"], ["cb"], name="bias"),
+             helper.make_node("Relu", ["cb"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "W2"], ["c2"], name="conv2"),
+             helper.make_node("BatchNormalization", ["c2", "g", "beta", "mu", "var"], ["bn"], name="bn"),
+             helper.make_node("Relu", ["bn"], ["r2"], name="relu2"),
+             helper.make_node("Reshape", ["r2", "flat"], ["f"], name="flatten"),
+             helper.make_node("MatMul", ["f", "Wfc"], ["fc"], name="fc"),
+             helper.make_node("Add", ["fc", "bfc"], ["y"], name="fc_bias")]
+    rng = np.random.default_rng(0)
+    inits = [init("W", rng.standard_normal((4, 3, 3, 3)).astype(np.float32)), init("b", np.arange(4, dtype=np.float32)),
+             init("shape", np.array([1, 4, 1, 1])), init("W2", rng.standard_normal((4, 4, 1, 1)).astype(np.float32)),
+             init("g", np.ones(4, np.float32)), init("beta", np.zeros(4, np.float32)),
+             init("mu", np.zeros(4, np.float32)), init("var", np.ones(4, np.float32)),
+             init("flat", np.array([0, 4 * 6 * 6])), init("Wfc", rng.standard_normal((144, 5)).astype(np.float32)),
+             init("bfc", np.ones(5, np.float32))]
+    p = placed(make_model(nodes, [("x", ["N", 3, 8, 8])], [("y", None)], inits))
+    assert {a.tensor for a in p.activations} == {"x", "r", "r2", "y"}
+    reasons = dict(p.skipped)
+    assert reasons["c"].startswith("inside a layer with bias written as 2 ops")
+    assert reasons["fc"].startswith("inside a layer with bias written as 2 ops")
+    assert reasons["cb"] == "inside supergroup Add+Relu"
+    assert reasons["c2"] == reasons["bn"] == "inside supergroup Conv+BatchNormalization+Relu"

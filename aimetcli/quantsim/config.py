@@ -17,7 +17,10 @@ The file (AIMET's quantsim_config JSON) has six sections, from general to specif
 Booleans are the strings "True"/"False" (real JSON booleans are accepted too).
 Unknown keys are errors that name the key, so a typo never silently does nothing.
 The shipped default follows AIMET's default_config.json, with the data-movement
-ops (Reshape, Flatten, Transpose, ...) unquantized on their outputs.
+ops (Reshape, Flatten, Transpose, ...) unquantized on their outputs, and with a
+BatchNormalization after a Conv or ConvTranspose (then Relu or Clip) as a supergroup: every
+runtime folds it into the conv, so a grid between them simulates a tensor no runtime has
+(rapidocr's text-direction classifier, 35 BN left, quantsim without fold-bn: 16.4 -> 32.6 dB).
 """
 
 from __future__ import annotations

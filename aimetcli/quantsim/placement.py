@@ -21,7 +21,11 @@ is one unit quantized at its output only; its internals stay float:
   largest deviation lands a hundredth of the way up the grid, below one step, and its
   variance rounds to 0;
 * GELU through Erf: ``x * 0.5 * (1 + erf(x / sqrt 2))`` (Div or Mul before Erf; the 0.5 on
-  either side of the Mul by x).
+  either side of the Mul by x);
+* a layer whose bias is a separate Add of a constant (Conv -> Add in paddle2onnx exports,
+  MatMul -> Add in torch's Linear on 3-D inputs): the grid goes after the bias, where a
+  runtime's kernel (which adds the bias itself) puts it; on the layer's own output it would
+  round every value twice, on a grid off by the bias.
 
 onnxruntime's quantize_static (QDQ) leaves all of these float too: its QDQ registry quantizes
 only Conv/Gemm/MatMul, pooling, data movement, Resize, Where and the fused normalizations.
@@ -210,16 +214,24 @@ def _erf_gelu(erf: ir.Node) -> list[ir.Node] | None:
     return None
 
 
-# op type that starts each pattern, the pattern, and the name given in the reason
-_UNITS = (("ReduceMean", _decomposed_layernorm, "LayerNormalization"), ("Erf", _erf_gelu, "GELU"))
+def _separate_bias(layer: ir.Node) -> list[ir.Node] | None:
+    """A Conv/ConvTranspose/Gemm/MatMul whose bias is a separate Add of a constant (paddle2onnx
+    writes every conv bias so, torch every Linear on 3-D inputs): the layer, whose output a
+    runtime never sees (it adds the bias in the layer's kernel)."""
+    return [layer] if layer.outputs and _next(layer.outputs[0], "Add", other_constant=True) else None
+
+
+# op types that start each pattern, the pattern, and the name given in the reason
+_UNITS = ((("ReduceMean",), _decomposed_layernorm, "LayerNormalization"), (("Erf",), _erf_gelu, "GELU"),
+          (("Conv", "ConvTranspose", "Gemm", "MatMul"), _separate_bias, "layer with bias"))
 
 
 def _unit_inner(graph: ir.Graph) -> dict[ir.Node, str]:
     """Nodes inside an operation written as several ops (see the module doc), with the reason."""
     inner: dict[ir.Node, str] = {}
     for node in graph:
-        for op, match, name in _UNITS:
-            ops = match(node) if g.is_op(node, op) else None
+        for op_types, match, name in _UNITS:
+            ops = match(node) if g.is_op(node, *op_types) else None
             for n in ops or ():
                 inner[n] = f"inside a {name} written as {len(ops) + 1} ops (float inside, as AIMET; quantized at its output)"
     return inner
