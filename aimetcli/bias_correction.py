@@ -11,8 +11,7 @@ each, so its cost grows with the square of depth. We instead:
    quantized and already corrected) without rerunning the model per layer: one pass
    of the FP32 model gives every layer output's per-channel mean over the rows of
    axis 0 (samples, or T rows a sample after a [T, N, H] -> [T*N, H] reshape) and the
-   spatial axes (an N-D MatMul's channels are its last axis, its bias the constant of
-   the Add after it); then one graph (correction_graph.py) runs the sim with those means as
+   spatial axes; then one graph (correction_graph.py) runs the sim with those means as
    inputs. At every layer output the sim's mean is compared with the FP32 one; the
    difference ``d`` is added to the sim's layer output before anything downstream
    reads it, and returned. One run measures and applies every correction in
@@ -101,84 +100,26 @@ def _input_expectation(layer: Layer, stats, opset: int) -> tuple[np.ndarray | No
     return clipped_normal_mean(st.beta, st.gamma, lo, hi), ""
 
 
-class Biases:
-    """Where each layer's bias lives, read and written as a float64 vector of its output channels.
-
-    A layer's own bias input (created when absent; a 2-D MatMul becomes Gemm for it), except for
-    an N-D MatMul x[..., K] @ W[K, O] (a linear layer over a sequence, as exporters write it): its
-    bias is the constant [O] of the Add that alone reads its output. That output's channels are
-    its last axis (``channels_last``).
-    """
-
-    def __init__(self, model: ir.Model):
-        self.graph = model.graph
-        self.names = g.Names(model)
-        self._adds: dict[int, tuple[ir.Node, int]] = {}  # id(MatMul node) -> (Add, index of its constant)
-
-    def take(self, layer: Layer) -> str | None:
-        """Make the layer's bias private and present; or why it has none to correct."""
-        add = _sequence_bias(layer)
-        if add is not None:
-            self._adds[id(layer.node)] = add
-            g.private_constant(self.graph, self.names, *add)
-            return None
-        if layer.kind == "matmul" and not layer.input_known_2d:
-            return "MatMul whose input is not known to be 2-D, and no Add of a constant [out channels] alone reads its output"
-        w = layer.weight_array()
-        write_bias(layer, self.graph, self.names, bias_array(layer, w), w.dtype)
-        return None
-
-    def channels_last(self, layer: Layer) -> bool:
-        return id(layer.node) in self._adds
-
-    def read(self, layer: Layer) -> np.ndarray:
-        add = self._adds.get(id(layer.node))
-        if add is None:
-            return bias_array(layer, layer.weight_array())
-        return np.asarray(g.constant(add[0].inputs[add[1]]), np.float64).reshape(-1)
-
-    def write(self, layer: Layer, bias: np.ndarray) -> None:
-        add = self._adds.get(id(layer.node))
-        w = layer.weight_array()
-        if add is None:
-            write_bias(layer, self.graph, self.names, bias, w.dtype)
-            return
-        value = add[0].inputs[add[1]]
-        old = g.constant(value)
-        g.set_constant(value, np.asarray(bias, np.float64).astype(old.dtype).reshape(old.shape))
-
-
-def _sequence_bias(layer: Layer) -> tuple[ir.Node, int] | None:
-    """For a MatMul whose input is not known to be 2-D, with a 2-D constant weight: (Add, index of
-    its constant) when an Add alone reads its output and adds a float constant of shape
-    [out channels] (broadcast along the last axis); else None."""
-    w = layer.weight_array()
-    if layer.kind != "matmul" or layer.input_known_2d or w is None or w.ndim != 2:
-        return None
-    add = g.sole_consumer(layer.output)
-    if not g.is_op(add, "Add") or len(add.inputs) != 2:
-        return None
-    index = 1 if add.inputs[0] is layer.output else 0
-    b = g.constant(add.inputs[index])
-    if b is None or add.inputs[1 - index] is not layer.output or not g.is_float_dtype(b):
-        return None
-    return (add, index) if b.shape == (layer.out_channels(w),) else None
-
-
-def _candidates(model: ir.Model, result: BiasCorrectionResult) -> tuple[list[Layer], Biases]:
-    """Layers whose bias can be corrected, and their biases (private, created when absent)."""
-    biases = Biases(model)
+def _candidates(model: ir.Model, result: BiasCorrectionResult) -> list[Layer]:
+    """Layers whose bias can be corrected; each gets a private bias (created when absent)."""
+    graph = model.graph
+    names = g.Names(model)
     layers = []
-    for node in list(model.graph):
+    for node in list(graph):
         layer = as_layer(node)
         if layer is None:
             continue
-        reason = rewrite_reason(layer) or biases.take(layer)
+        reason = rewrite_reason(layer)
         if reason:
             result.skipped.append((layer.name, reason))
             continue
+        w = layer.weight_array()
+        if layer.kind == "matmul" and not layer.input_known_2d:
+            result.skipped.append((layer.name, "MatMul without a bias input whose input is not known to be 2-D"))
+            continue
+        write_bias(layer, graph, names, bias_array(layer, w), w.dtype)  # private, present
         layers.append(layer)
-    return layers, biases
+    return layers
 
 
 def _mean_pass(model: ir.Model, outputs: list[str], dataset, batch_size: int, progress=None,
@@ -213,7 +154,7 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
         raise AimetCliError(f"unknown bias-correction method {method!r}; use one of {', '.join(METHODS)}",
                             ErrorKind.USAGE)
     result = BiasCorrectionResult()
-    layers, biases = _candidates(model, result)
+    layers = _candidates(model, result)
     cfg = load_config(config_path)
     placement = place_quantizers(model, cfg, options)
     weight_q = {p.tensor: p for p in placement.params if p.kind == "weight"}
@@ -247,6 +188,8 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
     params = param_encodings(model, placement, options)
 
     # Analytical: b -= (W~ - W) . E[x]
+    graph = model.graph
+    names = g.Names(model)
     for layer in layers:
         ex = analytical.get(id(layer.node))
         if ex is None:
@@ -254,7 +197,7 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
         w = layer.weight_array()
         err = fake_quantize(w.astype(np.float32), params[layer.weight.name]).astype(np.float64) - w.astype(np.float64)
         delta = layer.apply_to_constant(err, ex)
-        biases.write(layer, biases.read(layer) - delta)
+        write_bias(layer, graph, names, bias_array(layer, w) - delta, w.dtype)
 
     if reference is not None:
         # the quantization quantsim applies (after the analytical corrections), run beside the reference
@@ -263,7 +206,7 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
         sim, sim_proto, float_path, grids = _simulation(model, cfg, options, dataset, batch_size, progress, in_graph)
         sources = _float_sources(sim, [la.output.name for la in measured])
         targets = [Target(la.output.name, src, _output_rank(la), la.out_channels(la.weight_array()),
-                          id(la.node) not in analytical, biases.channels_last(la)) for la, src in zip(measured, sources)]
+                          id(la.node) not in analytical) for la, src in zip(measured, sources)]
         fp32_means = _fp32_means(reference, targets, dataset, batch_size, chunk, progress)
         joint, outputs, mean_inputs = correction_graph.build(sim_proto, float_path, targets, grids)
         means = [{mean_inputs[t.reference]: m[t.reference].astype(np.float32).reshape(t.mean_shape) for t in targets}
@@ -281,7 +224,8 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
             if id(layer.node) in analytical:
                 result.corrected.append(LayerCorrection(layer.name, "analytical", n, float("nan"), shift))
             else:
-                biases.write(layer, biases.read(layer) + diff)
+                w = layer.weight_array()
+                write_bias(layer, graph, names, bias_array(layer, w) + diff, w.dtype)
                 result.corrected.append(LayerCorrection(layer.name, "empirical", n, shift, 0.0))
     else:
         for layer in layers:
@@ -292,8 +236,6 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
 
 
 def _output_rank(layer: Layer) -> int:
-    """The rank of the layer's output (an N-D MatMul's counts as 2: [rows, channels] once its
-    leading axes are flattened)."""
     return 2 if layer.kind in ("gemm", "matmul") else len(layer.weight.shape)
 
 
@@ -373,7 +315,7 @@ def _fp32_means(reference: SplicedProto, targets: list[Target], dataset, batch_s
     (float64) of the target layers' outputs in the FP32 model over that chunk.
 
     A channel's mean is over every position that belongs to it: all rows of axis 0 and all spatial
-    positions (an N-D MatMul's channels are its last axis: the mean over all the others). The rows are counted per run, not taken for samples: a recognizer that reshapes
+    positions. The rows are counted per run, not taken for samples: a recognizer that reshapes
     [T, N, H] to [T*N, H] before its classifier Gemm has T rows a sample there (the sim's mean in
     the correction graph is a ReduceMean over the same rows, so the two compare like with like).
     Every row of a tensor holds as many spatial positions, so the mean of the per-row spatial
@@ -392,12 +334,9 @@ def _fp32_means(reference: SplicedProto, targets: list[Target], dataset, batch_s
     del proto.graph.output[:]
     taken = {o for n in proto.graph.node for o in n.output} | {i.name for i in proto.graph.input}
     outputs = {}
-    channels_last = set()
     for i, t in enumerate(targets):
         name = t.reference
-        if t.channels_last:
-            channels_last.add(name)
-        elif t.rank > 2:
+        if t.rank > 2:
             name = f"aimetcli_bc/spatial_mean_{i}"
             while name in taken:
                 name += "_"
@@ -419,10 +358,8 @@ def _fp32_means(reference: SplicedProto, targets: list[Target], dataset, batch_s
         for part in slices:
             for name, value in zip(names, runner.run(session, part, names)):
                 v = np.asarray(value, np.float64)
-                # [rows, channels] (spatial mean per row and channel), rows need not be samples
-                v = v.reshape(-1, v.shape[-1]) if name in channels_last else v.reshape(
-                    v.shape[0], v.shape[1], -1).mean(axis=2)
-                sums[name] = sums.get(name, 0.0) + v.sum(axis=0)
+                # spatial mean, summed over the rows of axis 0, which need not be samples
+                sums[name] = sums.get(name, 0.0) + v.reshape(v.shape[0], v.shape[1], -1).mean(axis=2).sum(axis=0)
                 rows[name] = rows.get(name, 0) + v.shape[0]
             step.samples(feed_rows(part))
         per_chunk.append({ref: sums[name] / max(rows[name], 1) for ref, name in outputs.items()})
@@ -496,15 +433,13 @@ def _float_sources(model: ir.Model, names: list[str]) -> list[str]:
 
 
 def output_shift(reference: ir.Model, sim: ir.Model, dataset, *, batch_size: int = 32) -> dict[str, float]:
-    """Per layer of ``reference`` (by its output's name): mean over channels of
-    |E[y_sim] - E[y_reference]| on the data, where y is the layer's output after its bias (an N-D
-    MatMul's: the output of the Add of its bias).
+    """Per layer of ``reference``: mean over channels of |E[y_sim] - E[y_reference]| on the data.
 
     ``sim`` is a quantsim model of ``reference`` (or of a bias-corrected copy of it): this is the
     shift bias correction exists to remove, measured against the uncorrected FP32 model.
     """
     layers = [la for n in reference.graph if (la := as_layer(n)) is not None]
-    names = [_biased_output(la) for la in layers]
+    names = [la.output.name for la in layers]
     sim_names = _float_sources(sim, names)
     last = [la.kind == "matmul" for la in layers]  # a MatMul's channels are its last axis (2-D: axis 1)
     ref = _mean_pass(reference, names, dataset, batch_size,
@@ -512,10 +447,4 @@ def output_shift(reference: ir.Model, sim: ir.Model, dataset, *, batch_size: int
     # no graph optimizations: onnxruntime's rewrites of QDQ graphs are not the simulation
     q = _mean_pass(sim, sim_names, dataset, batch_size, optimization="none",
                    channels_last=frozenset(n for n, x in zip(sim_names, last) if x))
-    return {la.output.name: float(np.mean(np.abs(ref[n] - q[s]))) for la, n, s in zip(layers, names, sim_names)}
-
-
-def _biased_output(layer: Layer) -> str:
-    """The name of the layer's output after its bias: an N-D MatMul's bias Add, else its own."""
-    add = _sequence_bias(layer)
-    return add[0].outputs[0].name if add is not None else layer.output.name
+    return {n: float(np.mean(np.abs(ref[n] - q[s]))) for n, s in zip(names, sim_names)}

@@ -55,12 +55,9 @@ class Target:
     rank: int
     channels: int
     correct: bool
-    channels_last: bool = False  # channels on the last axis (an N-D MatMul): [..., channels]
 
     @property
     def mean_shape(self) -> list[int]:
-        if self.channels_last:
-            return [1, self.channels]  # broadcasts along the last axis of any rank
         return [1, self.channels] + [1] * (self.rank - 2)
 
 
@@ -112,12 +109,8 @@ class _Builder:
             self._consts[key] = name
         return self._consts[key]
 
-    def reduce_mean(self, x: str, t: Target) -> str:
-        """``t``'s per-channel mean of ``x`` over every other position, in ``t.mean_shape``."""
-        rank = t.rank
-        if t.channels_last:
-            x = self.node("Reshape", [x, self.const(np.array([-1, t.channels], np.int64), np.int64)])
-        elif rank >= 3:
+    def reduce_mean(self, x: str, rank: int) -> str:
+        if rank >= 3:
             # the spatial mean first: GlobalAveragePool runs on onnxruntime's blocked (NCHWc)
             # layout, so the tensor needs no copy back to NCHW; then the mean over the batch
             x, rank = self.node("GlobalAveragePool", [x]), 2
@@ -214,7 +207,7 @@ def build(sim_model: SplicedProto, float_model: SplicedProto | None, targets: li
         outputs[t.reference] = d
 
         def emit(t=t, src=src, d=d, fp_mean=fp_mean, fixed=fixed):
-            b.node("Sub", [fp_mean, b.reduce_mean(src, t)], d)
+            b.node("Sub", [fp_mean, b.reduce_mean(src, t.rank)], d)
             if fixed:
                 b.node("Add", [src, d], fixed)
 

@@ -367,12 +367,12 @@ def test_runs_are_bounded_by_the_activations_of_the_samples(tmp_path, monkeypatc
 
 
 def test_nothing_to_correct_says_why(tmp_path):
-    """A model whose layers are all skipped (3-D MatMul inputs, no Add of a bias after them) gets a
-    warning with the reason, and no table of nothing or 'nan -> nan'."""
+    """A model whose layers are all skipped (3-D MatMul inputs) gets a warning with the reason,
+    and no table of nothing or 'nan -> nan'."""
     rng = np.random.default_rng(2)
-    inits = [init("W1", rand(16, 8)), init("W2", rand(8, 4))]
-    nodes = [helper.make_node("MatMul", ["x", "W1"], ["m1"]),
-             helper.make_node("Relu", ["m1"], ["r1"]), helper.make_node("MatMul", ["r1", "W2"], ["y"])]
+    inits = [init("W1", rand(16, 8)), init("B1", rand(8)), init("W2", rand(8, 4))]
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["m1"]), helper.make_node("Add", ["m1", "B1"], ["a1"]),
+             helper.make_node("Relu", ["a1"], ["r1"]), helper.make_node("MatMul", ["r1", "W2"], ["y"])]
     src = tmp_path / "mlp.onnx"
     onnx.save(make_model(nodes, [("x", ["N", 10, 16])], [("y", ["N", 10, 4])], inits), src)
     np.save(tmp_path / "x.npy", rng.standard_normal((8, 10, 16)).astype(np.float32))
@@ -380,4 +380,4 @@ def test_nothing_to_correct_says_why(tmp_path):
                                   str(tmp_path / "x.npy")])
     assert r.exit_code == 0, r.output
     assert "Corrected 0 layers" in r.output and "nan" not in r.output
-    assert "no layer corrected: 2 skipped (MatMul whose input is not known to be 2-D, and no Add" in r.stderr
+    assert "no layer corrected: 2 skipped (MatMul without a bias input whose input is not known to be 2-D" in r.stderr
