@@ -146,7 +146,8 @@ def test_ptq_one_command(tmp_path):
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert [s["name"] for s in doc["stages"]] == ["fp32", "fold-bn", "per-channel", "sim.onnx", "export: model_qdq"]
-    assert doc["stages"][1]["calib_sqnr_db"] > 20 and doc["schemes_tried"] == [] and doc["options"]["scheme"] == "min-max"
+    assert doc["stages"][1]["calib_sqnr_db"] > 20 and doc["schemes_tried"] == []
+    assert doc["options"]["scheme"] == "min-max"
     assert "not tried: --per-tensor given" in doc["stages"][2]["note"]
 
 
@@ -309,9 +310,11 @@ def test_export_says_whether_model_qdq_is_smaller_or_larger(tmp_path, tiny):
 
 
 def test_verdict_shows_enough_decimals_to_tell_the_sqnrs_apart():
-    assert api.KeepVerdict(False, 30.0, 20.0).describe() == "calibration SQNR 30.0 -> 20.0 dB"
+    # the verdict names the data (held-out calibration samples) and the margin it had to clear
+    assert (api.KeepVerdict(False, 30.0, 20.0, 0.3).describe()
+            == "held-out calibration SQNR 30.0 -> 20.0 dB, margin 0.30 dB")
     assert api.KeepVerdict(False, 53.5334, 53.5312).change() == "53.533 -> 53.531 dB"
-    assert api.KeepVerdict(True, None, 1.0).describe() == "calibration SQNR not measurable"
+    assert api.KeepVerdict(True, None, 1.0).describe() == "held-out calibration SQNR not measurable"
 
 
 @pytest.mark.parametrize("fp32, qdq, says", [(4000, 1000, "4.0x smaller than model.onnx"),
