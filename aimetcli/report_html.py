@@ -64,10 +64,17 @@ def _stage_rows(summary) -> str:
     return "\n".join(rows)
 
 
+MAX_BARS = 96
+
+
 def _bars(values: list[float], top: float, color: str, width: int = 240, height: int = 28) -> str:
-    """Inline SVG: one bar per channel, scaled to ``top``."""
+    """Inline SVG: one bar per channel scaled to ``top`` (over MAX_BARS channels: one bar per group
+    of neighbouring channels, their max, so that the file stays small)."""
     if not values:
         return ""
+    if len(values) > MAX_BARS:
+        step = -(-len(values) // MAX_BARS)
+        values = [max(values[i:i + step]) for i in range(0, len(values), step)]
     w = width / len(values)
     bars = "".join(f'<rect x="{i * w:.2f}" y="{height - height * v / top:.2f}" width="{max(w, 0.5):.2f}" '
                    f'height="{height * v / top:.2f}"/>' for i, v in enumerate(values) if v > 0)
@@ -147,5 +154,6 @@ def write_report(path: str, summary, table, ranges_before: list, ranges_after: l
     """Write the report atomically; ``table`` is the terminal's rich table (its caption is reused)."""
     from aimetcli import model_io
 
-    text = render(summary, str(table.caption or ""), ranges_before, ranges_after)
+    caption = str(table.caption or "").split("\n")[0]  # the rest are the notes, a column here
+    text = render(summary, caption, ranges_before, ranges_after)
     model_io.write_text_atomic(Path(path), text)
