@@ -206,12 +206,12 @@ def place_quantizers(model: ir.Model, cfg: QuantsimConfig, opts: QuantOptions) -
 def note_control_flow(model: ir.Model, placement: Placement) -> None:
     """Record what a model's If/Loop/Scan subgraphs leave float (a warning, and each holder in
     ``skipped``); refuse when that is the whole network: weighted layers in the subgraphs and
-    no weight quantized in the main graph, which would come out FP32 and be called quantized."""
+    none in the main graph, which would come out FP32 and be called quantized."""
     flow = g.control_flow_nodes(model)
     if flow is None:
         return
     where = flow.describe()
-    if flow.weighted and not placement.params:
+    if flow.weighted and not any(g.is_op(node, *g.WEIGHTED_OPS) for node in model.graph):
         raise AimetCliError(
             f"the network is inside the subgraphs of {where}, which aimetcli does not quantize "
             f"({flow.weighted} weighted layers there, none in the main graph); export the model without the "
