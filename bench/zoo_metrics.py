@@ -146,7 +146,8 @@ def run_quantize_static(src: str, dst: str, calib_npz: str, name: str) -> str:
         try:
             quant_pre_process(src, pre)
         except Exception as exc:  # symbolic shape inference fails on some exports: retry without it
-            note = f"quant_pre_process without symbolic shapes ({type(exc).__name__})"
+            msg = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else ""
+            note = f"quant_pre_process without symbolic shapes ({type(exc).__name__}{': ' + msg if msg else ''})"
             quant_pre_process(src, pre, skip_symbolic_shape=True)
         with np.load(calib_npz) as z:
             x = z[name]
