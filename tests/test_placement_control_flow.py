@@ -91,3 +91,13 @@ def test_library_placement_refuses_too():
     model, _ = api.prepare(to_ir(if_model(conv_outside=False)))
     with pytest.raises(AimetCliError, match="If 'sr_branch' \\(4 nodes\\)"):
         place_quantizers(model, load_config(None), QuantOptions())
+
+
+@pytest.mark.parametrize("command", ["fold-bn", "equalize"])
+def test_rewrites_name_what_they_leave_inside_an_if(tmp_path, command):
+    """fold-bn said only "No BatchNormalization in the model" when the network sat in an If."""
+    onnx.save(if_model(conv_outside=False), tmp_path / "m.onnx")
+    result = CliRunner().invoke(main, [command, str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out.onnx")])
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    text = " ".join(result.stderr.split())
+    assert "4 nodes inside the subgraphs of If 'sr_branch' (4 nodes) are left as they are" in text

@@ -133,7 +133,8 @@ def _check_output(out: Output, output: str, source: str | None, output_is_dir: b
 def load_input(out: Output, source: str, output: str | None, *, simplify: bool = False,
                float32: bool = False, rewrites: bool = False) -> ir.Model:
     """``float32`` (commands that quantize): a float16/bfloat16 model is upcast, and an already
-    quantized model refused. ``rewrites`` (fold-bn, equalize): a warning for the latter.
+    quantized model refused. ``rewrites`` (fold-bn, equalize): a warning for the latter, and for
+    nodes inside If/Loop/Scan subgraphs, which the rewrites leave alone.
     ``output`` (a model file) is checked again here for callers without :func:`preflight`."""
     from aimetcli import api
     from aimetcli import graph as g
@@ -147,6 +148,9 @@ def load_input(out: Output, source: str, output: str | None, *, simplify: bool =
         out.warn(f"the model is already quantized ({quantized} QuantizeLinear/DequantizeLinear or integer nodes): "
                  "layers whose weights come through DequantizeLinear are left as they are; rewrite the float "
                  "model instead")
+    if rewrites and (flow := g.control_flow_nodes(model)) is not None:
+        out.warn(f"{flow.nodes} nodes inside the subgraphs of {flow.describe()} are left as they are: "
+                 "only the main graph is rewritten; export the model without the control flow to rewrite them")
     for w in report.warnings:
         out.warn(w)
     if report.lifted_constants:
