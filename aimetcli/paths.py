@@ -1,4 +1,4 @@
-"""Output-path checks every command runs before any work (light: no onnx, no numpy).
+"""Path checks every command runs before any work (light: no onnx, no numpy).
 
 A path is checked where it will be written: its directory exists, a file can be
 created and removed there (the one test that holds for root, whom permission bits
@@ -9,12 +9,21 @@ expected nor a file where a directory is, and it is not the input model.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
 from aimetcli.errors import AimetCliError, ErrorKind
 
 STDIO = "-"
+# A data source that is drawn, not read: ``random:N`` (calibration.data opens it).
+RANDOM_DATA = re.compile(r"random:(.*)", re.IGNORECASE)
+
+
+def check_data_source(option: str, spec: str) -> None:
+    """Fail early when a data source (``--data``, ``--eval``) names a path that does not exist."""
+    if RANDOM_DATA.fullmatch(spec) is None and not os.path.exists(spec):
+        raise AimetCliError(f"{option} {spec}: no such file or directory", ErrorKind.DATA)
 
 
 def check_output_path(dest: str, *, source: str | None = None) -> None:

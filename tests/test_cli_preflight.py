@@ -211,3 +211,19 @@ def test_config_read_before_the_model(runner, model_path, tmp_path, never_loaded
                                            "--config", str(bad)]), 1)
     assert "--config" in line and "not valid JSON" in line
     assert files_in(tmp_path) == {"m.onnx", "cfg.json"}
+
+
+@pytest.mark.parametrize("command, args", [
+    ("quantsim", ["-o", "{tmp}/s.onnx", "--data", "{tmp}/missing.npz"]),
+    ("bias-correct", ["-o", "{tmp}/b.onnx", "--data", "{tmp}/missing.npz"]),
+    ("evaluate", ["--data", "{tmp}/missing.npz"]),
+    ("ptq", ["-o", "{tmp}/out", "--data", "{tmp}/missing.npz"]),
+    ("ptq", ["-o", "{tmp}/out", "--data", "random:4", "--eval", "{tmp}/missing.npz"]),
+])
+def test_missing_data_refused_before_the_model(runner, model_path, tmp_path, never_loaded, command, args):
+    """A missing --data or --eval file was found only after the model was loaded."""
+    argv = [command, str(model_path), *(a.format(tmp=tmp_path) for a in args)]
+    line = error_line(runner.invoke(main, argv), 1)
+    option = "--eval" if "--eval" in args else "--data"
+    assert line == f"Error: {option} {tmp_path}/missing.npz: no such file or directory"
+    assert files_in(tmp_path) == {"m.onnx"}

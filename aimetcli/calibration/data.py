@@ -70,6 +70,7 @@ from aimetcli.calibration.readers import (
     _open_random,
 )
 from aimetcli.errors import AimetCliError, ErrorKind
+from aimetcli.paths import RANDOM_DATA
 
 if TYPE_CHECKING:
     import onnx_ir
@@ -94,7 +95,6 @@ _ACCEPTED = (
     ".npy (one array [N, ...]), .npz (one array per input name), "
     f"a directory of images ({', '.join(IMAGE_EXTENSIONS)}) or random:N"
 )
-_RANDOM_RE = re.compile(r"random:(.*)", re.IGNORECASE)
 
 
 def input_specs(model: onnx_ir.Model) -> list[InputSpec]:
@@ -185,7 +185,7 @@ def open_data(spec: str | os.PathLike[str], inputs: list[InputSpec], *, num_samp
         raise AimetCliError(f"--num-samples must be a positive integer, got {num_samples}", ErrorKind.USAGE)
     if not inputs:
         raise _data_error(spec, "the model has no inputs to feed")
-    match = _RANDOM_RE.fullmatch(spec)
+    match = RANDOM_DATA.fullmatch(spec)
     if match:
         if labels_key is not None:
             raise AimetCliError("--labels applies to .npz data only, not to random data", ErrorKind.USAGE)

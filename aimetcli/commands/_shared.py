@@ -76,7 +76,7 @@ def stream_is_terminal(stream) -> bool:
 def preflight(out: Output, sources: str | Sequence[str], *, output: str | None = None,
               output_is_dir: bool = False, files: Sequence[str] = (),
               encoding_version: str | None = None, bitwidths: Sequence[int] = (),
-              config: str | None = None) -> None:
+              config: str | None = None, data: Sequence[tuple[str, str | None]] = ()) -> None:
     """Every check that needs neither the model nor the data, before anything is loaded.
 
     ``sources``: the input models ('-' is stdin, refused when it is a terminal).
@@ -86,6 +86,7 @@ def preflight(out: Output, sources: str | Sequence[str], *, output: str | None =
     ``bitwidths``: the encodings file format must hold these bitwidths
     (:func:`aimetcli.encodings.check_bitwidth`, the rule the writer applies).
     ``config``: a quantsim config file, read and validated now (it is small).
+    ``data``: (option, source) pairs such as ('--data', 'calib.npz'); a path must exist.
     Paths: parent directory exists, location writable, not the input model.
     """
     sources = [sources] if isinstance(sources, str) else list(sources)
@@ -97,6 +98,9 @@ def preflight(out: Output, sources: str | Sequence[str], *, output: str | None =
         _check_output(out, output, source, output_is_dir)
     for path in files:
         paths.check_output_path(path, source=source)
+    for option, spec in data:
+        if spec is not None:
+            paths.check_data_source(option, spec)
     if encoding_version is not None:
         from aimetcli.encodings import check_bitwidth
 

@@ -46,7 +46,7 @@ def bias_correct(out: Output, model_in: str, output: str, data: str | None, meth
     """
     if data is None and method != "analytical":
         raise AimetCliError(f"--method {method} needs --data (or use --method analytical)", ErrorKind.USAGE)
-    preflight(out, model_in, output=output, config=config_path)
+    preflight(out, model_in, output=output, config=config_path, data=[("--data", data)])
     from aimetcli import api
     from aimetcli.bias_correction import progress_steps
 

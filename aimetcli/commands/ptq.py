@@ -59,7 +59,8 @@ def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | Non
     if labels_key and not eval_data and not data.endswith(".npz"):
         raise AimetCliError("--labels needs an .npz with labels (give --eval)", ErrorKind.USAGE)
     preflight(out, model_in, output=output, output_is_dir=True, encoding_version=encoding_version,
-              bitwidths=(kw["param_bw"], kw["act_bw"]), config=config_path)
+              bitwidths=(kw["param_bw"], kw["act_bw"]), config=config_path,
+              data=[("--data", data), ("--eval", eval_data)])
     from aimetcli import api
 
     if report_path is not None:

@@ -128,7 +128,7 @@ def quantsim(out: Output, model_in: str, output: str, data: str, encodings_out: 
     """
     enc_path = encodings_path(output, encodings_out)
     preflight(out, model_in, output=output, files=[enc_path], encoding_version=encoding_version,
-              bitwidths=(kw["param_bw"], kw["act_bw"]), config=config_path)
+              bitwidths=(kw["param_bw"], kw["act_bw"]), config=config_path, data=[("--data", data)])
     from aimetcli import api, model_io
 
     options = make_options(**kw)
@@ -182,7 +182,7 @@ def evaluate(out: Output, models: tuple[str, ...], data: str, labels_key: str | 
     if len(levels) != len(models) or any(lv not in ORT_LEVELS for lv in levels):
         raise AimetCliError(f"--ort-optimization {ort_optimization}: give {', '.join(ORT_LEVELS)}, once or per "
                             "model", ErrorKind.USAGE)
-    preflight(out, models)
+    preflight(out, models, data=[("--data", data)])
     from aimetcli import api
 
     loaded = [load_input(out, m, None) for m in models]
