@@ -29,15 +29,12 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import onnx_ir as ir
 
 from aimetcli import model_io
-
-if TYPE_CHECKING:
-    from aimetcli.quantsim.placement import QuantOptions
 
 # The smallest SQNR gain (dB) on the held-out samples that keeps a technique or changes the
 # configuration; the judge's bootstrap may ask for more (Judge.margin). docs/design.md, "ptq's

@@ -5,8 +5,6 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from typing import TYPE_CHECKING
-
 from aimetcli.cli import Output, common_options
 from aimetcli.commands._shared import (
     data_options, encoding_version_option, input_argument, load_input, open_dataset, preflight, simplify_option,
@@ -15,9 +13,6 @@ from aimetcli.commands.bias import METHOD_HELP, METHODS
 from aimetcli.commands.export import render_export
 from aimetcli.commands.quantsim import AUTO_SCHEME, make_options, quant_options
 from aimetcli.errors import AimetCliError, ErrorKind
-
-if TYPE_CHECKING:
-    from aimetcli import api
 
 
 @click.command("ptq")
