@@ -20,7 +20,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from aimetcli.cli import main
@@ -28,11 +27,6 @@ from helpers import bn_inits, bn_node, init, make_model, op_count, rand
 
 # the IR version each opset was released with (IR 3 lists every initializer as a graph input)
 OPSET_IR = {7: 3, 8: 3, 9: 4, 10: 5, 11: 6, 12: 7, 13: 7, 14: 7, 15: 8, 16: 8, 17: 8, 18: 8, 19: 9, 20: 9, 21: 10}
-
-
-@pytest.fixture
-def runner():
-    return CliRunner()
 
 
 def invoke(runner, *args, **kw):

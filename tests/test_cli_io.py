@@ -8,26 +8,10 @@ import stat
 
 import onnx
 import pytest
-from click.testing import CliRunner
 from onnx import helper
 
 from aimetcli.cli import main
-from helpers import bn_inits, bn_node, init, make_model, op_count, rand
-
-
-@pytest.fixture
-def runner():
-    return CliRunner()
-
-
-@pytest.fixture
-def model_path(tmp_path):
-    inits = [init("W", rand(4, 3, 3, 3))] + bn_inits("bn", 4)
-    nodes = [helper.make_node("Conv", ["x", "W"], ["y"], name="conv", pads=[1] * 4), bn_node("bn", "y", "z")]
-    proto = make_model(nodes, [("x", ["N", 3, 8, 8])], [("z", None)], inits)
-    path = tmp_path / "m.onnx"
-    onnx.save(proto, path)
-    return path
+from helpers import make_model, op_count
 
 
 def one_error_line(result, code=1):

@@ -9,7 +9,6 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from aimetcli import api
@@ -18,11 +17,6 @@ from aimetcli.calibration.data import InputSpec, input_specs, open_data
 from aimetcli.cli import main
 from aimetcli.errors import AimetCliError
 from helpers import init, rand, run, to_ir
-
-
-@pytest.fixture
-def runner():
-    return CliRunner()
 
 
 def ok(result):

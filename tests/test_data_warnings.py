@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from aimetcli.calibration.data import ImageOptions, InputSpec, image_options, open_data
@@ -16,11 +15,6 @@ from helpers import init, rand
 MEAN_STD_WARNING = "images are fed as pixel/255 in [0, 1], not normalised"
 SQUASH_WARNING = "are squashed: give --center-crop"
 RANDOM_WARNING = "random data (standard-normal noise) gives poor calibration ranges"
-
-
-@pytest.fixture
-def runner():
-    return CliRunner()
 
 
 def warnings_of(result) -> list[str]:
