@@ -482,16 +482,9 @@ def _equalize_stage(flow: _Flow, current: ir.Model, best: _Sim, opts) -> tuple[i
         flow.row("+ equalize", t, None, "nothing to equalize: no scaling set", None)
         return current, best
     sim = flow.simulate(equalized, opts, "+ equalize")
-    verdict = flow.verdict(equalization_verdict, best, sim)
-    note = f"{eq.scaling_sets} sets, {len(eq.bias_absorbed)} absorbed; {_gain_note(verdict)}"
-    flow.decide("equalization", verdict, "closer to FP32 on the held-out samples",
-                "not better by the margin on the held-out samples: the model without it goes on")
-    flow.row("+ equalize", t, sim, note, verdict.kept, verdict)
-    if not verdict.kept:
-        flow.warnings.append(f"equalization did not clear the margin ({verdict.describe()}); the model "
-                             "without it is used")
-        return current, best
-    return equalized, sim
+    return _technique(flow, "+ equalize", "equalization", equalization_verdict, t,
+                      f"{eq.scaling_sets} sets, {len(eq.bias_absorbed)} absorbed", (current, best),
+                      (equalized, sim), "goes on", "is used")
 
 
 def _bias_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, method: str) -> tuple[ir.Model, _Sim]:
@@ -504,16 +497,26 @@ def _bias_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, method: str) -
                           batch_size=flow.batch_size)
     flow.start("+ bias-correct: calibrating the corrected model")
     sim = flow.simulate(corrected, opts, "+ bias-correct")
-    verdict = flow.verdict(bias_correction_verdict, best, sim)
-    note = f"{len(bc.corrected)} layers, {method}; {_gain_note(verdict)}"
-    flow.decide("bias correction", verdict, "closer to FP32 on the held-out samples",
-                "not better by the margin on the held-out samples: the model without it is exported")
-    flow.row("+ bias-correct", t, sim, note, verdict.kept, verdict)
-    if not verdict.kept:
-        flow.warnings.append(f"bias correction did not clear the margin ({verdict.describe()}); the model "
-                             "without it is exported")
-        return current, best
-    return corrected, sim
+    return _technique(flow, "+ bias-correct", "bias correction", bias_correction_verdict, t,
+                      f"{len(bc.corrected)} layers, {method}", (current, best), (corrected, sim),
+                      "is exported", "is exported")
+
+
+def _technique(flow: _Flow, row: str, choice: str, verdict_fn: Callable, t: float, detail: str,
+               without: tuple[ir.Model, _Sim], with_it: tuple[ir.Model, _Sim], decided: str,
+               warned: str) -> tuple[ir.Model, _Sim]:
+    """Judge a technique's sim against the incumbent's, record the decision, the row and (when
+    dropped) the warning; the (model, sim) pair that goes on. ``decided`` / ``warned``: what
+    happens to the model without it, in report.json's reason and in the warning."""
+    verdict = flow.verdict(verdict_fn, without[1], with_it[1])
+    flow.decide(choice, verdict, "closer to FP32 on the held-out samples",
+                f"not better by the margin on the held-out samples: the model without it {decided}")
+    flow.row(row, t, with_it[1], f"{detail}; {_gain_note(verdict)}", verdict.kept, verdict)
+    if verdict.kept:
+        return with_it
+    flow.warnings.append(f"{choice} did not clear the margin ({verdict.describe()}); the model "
+                         f"without it {warned}")
+    return without
 
 
 def _export(flow: _Flow, final: _Sim, opts, outdir: str, encoding_version: str, config_path: str | None,
