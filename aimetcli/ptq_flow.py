@@ -161,6 +161,9 @@ class PtqSummary:
     # with layer_errors: per layer output, the final sim's SQNR against the FP32 model it quantizes
     layer_errors: list[dict] = field(default_factory=list)
     model: Any = None  # the final FP32 model (folded, equalized, corrected as kept); not in the JSON
+    # seconds spent scoring sims on the evaluation data (--eval), which decide nothing: ptq's
+    # own cost is its time less this (quantsim has no evaluation to compare with)
+    evaluation_seconds: float = 0.0
 
     def to_json(self) -> dict:
         from aimetcli import api
@@ -245,10 +248,12 @@ class Judge:
         from aimetcli import api
 
         self.fp32, self.data, self.batch_size = fp32, data, batch_size
+        t = time.perf_counter()
         self.reference = reference if reference is not None else api.model_outputs(fp32, data, batch_size=batch_size)
         self.top1_fp32 = api.compare_outputs([self.reference], data.labels, ["fp32"], data.num_samples,
                                              self._names()).top1[0]
         self._scores: dict[int, Score] = {}
+        self.seconds = time.perf_counter() - t  # spent running FP32 and the sims over the data
 
     def _names(self) -> list[str]:
         return [o.name for o in self.fp32.graph.outputs]
@@ -258,7 +263,9 @@ class Judge:
 
         hit = self._scores.get(id(sim))
         if hit is None:
+            t = time.perf_counter()
             outputs = api.model_outputs(sim, self.data, batch_size=self.batch_size, optimization=optimization)
+            self.seconds += time.perf_counter() - t
             res = api.compare_outputs([self.reference, outputs], self.data.labels, ["fp32", "sim"],
                                       self.data.num_samples, self._names())
             hit = self._scores[id(sim)] = Score(sim, res.first_sqnr_db, res.top1[1], self._noise(outputs))
@@ -543,7 +550,8 @@ def _export(flow: _Flow, final: _Sim, opts, outdir: str, encoding_version: str, 
                    "held_out_samples": flow.held.num_samples if flow.split else 0,
                    "margin_db": MARGIN_DB}
     summary = PtqSummary(flow.stages, record, exported, flow.warnings, tried if several or len(tried) > 1 else [],
-                         flow.decisions, calibration, files, deploy)
+                         flow.decisions, calibration, files, deploy,
+                         evaluation_seconds=flow.scorer.seconds if flow.scorer is not None else 0.0)
     _add_to_report(outdir, summary)
     return summary
 

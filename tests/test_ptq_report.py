@@ -48,6 +48,13 @@ def test_every_number_says_which_data_it_is_on(tmp_path, labelled):
     assert rows and all(s["data"] == "evaluation" and s["sqnr_db"] is not None for s in rows)
     assert doc["calibration"] == {"samples": 32, "fit_samples": 24, "held_out_samples": 8,
                                   "margin_db": ptq_flow.MARGIN_DB}
+    # the time spent scoring on --eval (not ptq's own cost: bench/zoo.py's time ratio leaves it out)
+    assert 0 < doc["evaluation_seconds"] < sum(s["seconds"] for s in doc["stages"])
+
+
+def test_no_evaluation_time_without_eval(tmp_path, labelled):
+    _, doc = _ptq(tmp_path, labelled)
+    assert doc["evaluation_seconds"] == 0.0
 
 
 def test_top1_without_eval_says_it_is_on_the_calibration_data(tmp_path, labelled):
