@@ -30,11 +30,35 @@ def _pick(rows, limit: int):
     return sorted(chosen)
 
 
-def plot_ranges(path: str, columns: list[tuple[str, list]], limit: int | None = MAX_LAYERS) -> None:
-    """One row per layer, one column per model state (e.g. before / after).
+def _overview(ax, columns: list[tuple[str, list]]) -> None:
+    """Every layer's spread (log scale), model order, one line per model state."""
+    first = columns[0][1]
+    for col, (title, rows) in enumerate(columns):
+        spread = {r.layer: r.spread for r in rows}
+        ax.plot(range(1, len(first) + 1), [spread.get(r.layer, float("nan")) for r in first], marker="o",
+                markersize=3, label=title, color="tab:blue" if col == 0 else "tab:green")
+    from matplotlib.ticker import FormatStrFormatter, LogLocator
 
-    Each panel shows max |w| per output channel, as AIMET's visualize_model does.
-    ``limit``: at most this many layers, those of widest spread (None: every layer).
+    ax.set_yscale("log")
+    ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%gx"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%gx"))
+    ax.set_title(f"Spread of every one of the {len(first)} layers (max/min of per-channel max |w|)", fontsize=9)
+    ax.set_xlabel("layer (model order)", fontsize=7)
+    ax.set_ylabel("spread", fontsize=7)
+    ax.tick_params(which="both", labelsize=6)
+    ax.legend(fontsize=7)
+
+
+def plot_ranges(path: str, columns: list[tuple[str, list]], limit: int | None = MAX_LAYERS) -> None:
+    """An overview of every layer's spread, then one row per layer, one column per model state
+    (e.g. before / after).
+
+    The overview (top, full width) shows each layer's spread (max/min of its per-channel max |w|)
+    in model order, one series per state, so every layer is seen at a glance even where the rows
+    below show only some. Each row's panels show max |w| per output channel, as AIMET's
+    visualize_model does. ``limit``: at most this many rows, the layers of widest spread (None:
+    every layer).
     """
     if not (path.endswith(".png") or path.endswith(".html") or path.endswith(".svg")):
         raise AimetCliError(f"{path}: plot file must end in .png, .svg or .html", ErrorKind.USAGE)
@@ -44,7 +68,10 @@ def plot_ranges(path: str, columns: list[tuple[str, list]], limit: int | None = 
     idx = _pick(first, len(first) if limit is None else limit)
     by_name = [{r.layer: r for r in rows} for _, rows in columns]
     nrows, ncols = max(1, len(idx)), len(columns)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 1.9 * nrows), squeeze=False)
+    fig = plt.figure(figsize=(6 * ncols, 1.9 * (nrows + 1)))
+    grid = fig.add_gridspec(nrows + 1, ncols)
+    _overview(fig.add_subplot(grid[0, :]), columns)
+    axes = [[fig.add_subplot(grid[row + 1, col]) for col in range(ncols)] for row in range(nrows)]
     for row, i in enumerate(idx):
         name = first[i].layer
         ymax = max(max(d[name].ranges) if name in d and d[name].ranges else 0 for d in by_name) or 1.0

@@ -158,6 +158,8 @@ def test_plot_says_layers_are_left_out_and_all_draws_every_one(runner, tmp_path)
     r = runner.invoke(main, ["ranges", str(path), "--plot", str(tmp_path / "r.svg")])
     assert r.exit_code == 0, r.stderr
     assert "16 of 18 layers shown, those of widest spread; --all for every layer" in r.stderr
+    # the one-glance overview covers every layer even when the rows show 16
+    assert "Spread of every one of the 18 layers" in (tmp_path / "r.svg").read_text()
     panels = (tmp_path / "r.svg").read_text().count("spread ")
     r = runner.invoke(main, ["ranges", str(path), "--plot", str(tmp_path / "all.svg"), "--all"])
     assert r.exit_code == 0 and "layers shown" not in r.stderr
