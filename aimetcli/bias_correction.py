@@ -203,11 +203,15 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
         # the quantization quantsim applies (after the analytical corrections), run beside the reference
         chunk = _chunk_size(model, dataset, batch_size)
         in_graph = _grids_in_graph(dataset, options, chunk)
+        _describe(progress, "Correcting biases: preparing the sim")
         sim, sim_proto, float_path, grids = _simulation(model, cfg, options, dataset, batch_size, progress, in_graph)
         sources = _float_sources(sim, [la.output.name for la in measured])
         targets = [Target(la.output.name, src, _output_rank(la), la.out_channels(la.weight_array()),
                           id(la.node) not in analytical) for la, src in zip(measured, sources)]
+        _describe(progress, "Correcting biases: FP32 means")
         fp32_means = _fp32_means(reference, targets, dataset, batch_size, chunk, progress)
+        _describe(progress, f"Correcting biases: the correction run{'s' if len(fp32_means) > 1 else ''} "
+                            f"({min(chunk, dataset.num_samples)} samples a run, every layer at once)")
         joint, outputs, mean_inputs = correction_graph.build(sim_proto, float_path, targets, grids)
         means = [{mean_inputs[t.reference]: m[t.reference].astype(np.float32).reshape(t.mean_shape) for t in targets}
                  for m in fp32_means]
@@ -365,6 +369,14 @@ def _fp32_means(reference: SplicedProto, targets: list[Target], dataset, batch_s
         per_chunk.append({ref: sums[name] / max(rows[name], 1) for ref, name in outputs.items()})
     step.finish()
     return per_chunk
+
+
+def _describe(progress, text: str) -> None:
+    """Tell a progress display that can say so (``progress.describe``) which step runs now: the
+    correction run is one onnxruntime run per chunk, counted as one step when it ends."""
+    describe = getattr(progress, "describe", None)
+    if describe is not None:
+        describe(text)
 
 
 def _run_joint(joint: SplicedProto, outputs: dict[str, str], means: list[dict[str, np.ndarray]], dataset,

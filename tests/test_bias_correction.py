@@ -283,6 +283,29 @@ def test_progress_steps_match_callbacks(tmp_path, scheme):
     assert sum(steps) == progress_steps(model, dataset, 16, options) > 0
 
 
+def test_progress_says_which_step_runs(tmp_path):
+    """The correction run is one onnxruntime run counted as one step when it ends, so a bar sat at
+    n-1/n without a word (issue 16 point 5): a display with ``describe`` is told each step first."""
+    rng = np.random.default_rng(2)
+    np.save(tmp_path / "x.npy", rng.standard_normal((40, 3, 8, 8)).astype(np.float32))
+    model, _ = api.prepare(to_ir(small_net(rng)))
+    dataset = open_data(str(tmp_path / "x.npy"), input_specs(model))
+    events = []
+
+    class Display:
+        def __call__(self, n=1):
+            events.append(n)
+
+        def describe(self, text):
+            events.append(text)
+
+    api.bias_correct(model, dataset, QuantOptions(), method="empirical", batch_size=16, progress=Display())
+    said = [e for e in events if isinstance(e, str)]
+    assert said[:2] == ["Correcting biases: preparing the sim", "Correcting biases: FP32 means"]
+    assert said[2].startswith("Correcting biases: the correction run (40 samples a run")
+    assert events[-2:] == [said[2], 1]  # the run's one step comes after it is named
+
+
 def test_fixed_batch_model_corrects_over_several_runs(tmp_path):
     """A model with a fixed batch dimension cannot see all the data in one run: the grids are
     calibrated first and the runs' corrections averaged; the shift still drops."""

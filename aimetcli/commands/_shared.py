@@ -258,6 +258,11 @@ class progress_bar:
         if self._progress is not None:
             self._progress.advance(self._task, n)
 
+    def describe(self, text: str) -> None:
+        """Say which step runs now (the library calls it before a long step that ticks once)."""
+        if self._progress is not None:
+            self._progress.update(self._task, description=text)
+
     def __exit__(self, *exc):
         if self._progress is not None:
             self._progress.__exit__(*exc)
