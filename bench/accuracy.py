@@ -408,7 +408,7 @@ def model_table(res: ModelResult) -> str:
     bws = res.bitwidths
     head = "| | " + " | ".join(f"W{bw}A8 top-1 % (Δ FP32) · time" for bw in bws) + " |"
     sep = "| --- | " + " | ".join("---:" for _ in bws) + " |"
-    lines = [head, sep, f"| FP32 | " + " | ".join(f"{res.fp32:.2f}" for _ in bws) + " |"]
+    lines = [head, sep, "| FP32 | " + " | ".join(f"{res.fp32:.2f}" for _ in bws) + " |"]
     for key, label in ROWS:
         if key not in res.rows:
             continue

@@ -69,11 +69,11 @@ def test_clipped_normal_mean_matches_numerical_integration(lo, hi):
     beta = np.array([-3.0, -0.5, 0.0, 1.0, 4.0, 7.0])
     gamma = np.array([1.0, 2.0, 0.5, 1.5, 3.0, 1.0])
     got = clipped_normal_mean(beta, gamma, lo, hi)
-    for b, g, m in zip(beta, gamma, got):
-        z = np.linspace(b - 12 * g, b + 12 * g, 200001)
-        pdf = np.exp(-0.5 * ((z - b) / g) ** 2) / (g * np.sqrt(2 * np.pi))
+    for b, s, m in zip(beta, gamma, got):
+        z = np.linspace(b - 12 * s, b + 12 * s, 200001)
+        pdf = np.exp(-0.5 * ((z - b) / s) ** 2) / (s * np.sqrt(2 * np.pi))
         expect = np.trapezoid(np.clip(z, lo, hi) * pdf, z)
-        assert abs(m - expect) < 1e-6, (b, g, m, expect)
+        assert abs(m - expect) < 1e-6, (b, s, m, expect)
 
 
 def bn_chain():

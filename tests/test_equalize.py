@@ -240,7 +240,7 @@ def test_equalize_twice_is_idempotent():
     proto = bn_relu_chain()
     model, _ = equalize(proto)
     once = {v.name: v.const_value.numpy().copy() for v in model.graph.initializers.values()}
-    summary = api.equalize(model)
+    api.equalize(model)
     for name, arr in once.items():
         new = model.graph.initializers[name].const_value.numpy()
         np.testing.assert_allclose(new, arr, rtol=1e-4, atol=1e-4 * np.abs(arr).max())
