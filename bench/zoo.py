@@ -236,7 +236,10 @@ def render(results: list[ModelResult], commands: list[str]) -> str:
         "simulation); ptq deploy: ptq's model_qdq.onnx and quantize_static (quant_pre_process, QDQ, per-tensor "
         "MinMax, onnxruntime's default int8 types) with onnxruntime's default optimizations. FP32 sanity: FP32 "
         "against the rendered truth (accuracy; lines read exactly, spaces ignored; text lines covered by the "
-        "mask).",
+        "mask). timm_* rows (`make bench-zoo ZOO_TORCH=1`): random weights with BN statistics measured on "
+        "scikit-image photos, exported by torch 2.14.1 (the torch beside which torchvision imports here) with "
+        "dynamo=False (opset 17, no constant folding) or dynamo=True; their top-1 agreement is low for every tool "
+        "because random-weight logits are close together.",
         "",
         common.table(head, rows, "ll" + "r" * (len(head) - 2)),
         "",
