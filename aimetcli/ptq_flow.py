@@ -1,11 +1,12 @@
 """ptq: AIMET's recommended post-training flow in one call, and the checks that decide what it keeps.
 
-The calibration data are split (:func:`split_calibration`): the last quarter is held out to
-judge. Every sim is calibrated on all the samples (a range is a max or a clipping point, hardly
-fitted to the samples it sees); bias correction, which fits per-channel means, sees only the
-rest. Every choice is a paired comparison on the held-out samples of the candidate's sim against
-the incumbent's, both against FP32 (:class:`Judge`); the candidate wins only when its SQNR gain
-clears :meth:`Judge.margin`. The choices are taken in AIMET's order, each once (a coordinate
+The calibration data are split (:func:`split_calibration`): the last quarter is held out of bias
+correction, which fits per-channel means on the rest and is judged on the held-out samples. Every
+sim is calibrated on all the samples, so for the other choices (granularity, range scheme,
+equalization) no sample is held out of anything, and they are judged on all the calibration
+samples. Every choice is a paired comparison of the candidate's sim against the incumbent's, both
+against FP32 (:class:`Judge`); the candidate wins only when its SQNR gain clears
+:meth:`Judge.margin`. The choices are taken in AIMET's order, each once (a coordinate
 search, not every combination, and no stage run once per scheme):
 
 1. fold-bn; the quantsim configuration: as quantsim would (the incumbent), per-channel weights
@@ -51,18 +52,19 @@ BOOTSTRAP_SIGMAS = 1.0
 @dataclass
 class KeepVerdict:
     """Whether ptq keeps a technique: SQNR (dB) of the scored output (api.score_output) against
-    FP32 on the held-out calibration samples, quantized without and with it; kept when the gain
+    FP32 on ``on`` (which calibration samples), quantized without and with it; kept when the gain
     exceeds ``margin_db``."""
 
     kept: bool
     sqnr_before_db: float | None
     sqnr_after_db: float | None
     margin_db: float = 0.0
+    on: str = "held-out calibration"
 
     def describe(self) -> str:
         if self.sqnr_before_db is None or self.sqnr_after_db is None:
-            return "held-out calibration SQNR not measurable"
-        return f"held-out calibration SQNR {self.change()}, margin {self.margin_db:.2f} dB"
+            return f"{self.on} SQNR not measurable"
+        return f"{self.on} SQNR {self.change()}, margin {self.margin_db:.2f} dB"
 
     def change(self) -> str:
         """'before -> after dB', with enough decimals to show the two differ (up to 4)."""
@@ -74,7 +76,8 @@ class KeepVerdict:
 
 
 def keep_verdict(fp32: ir.Model, sim_before: ir.Model, sim_after: ir.Model, calib, *, batch_size: int = 32,
-                 fp32_outputs: list | None = None, sqnr=None, margin_db: float = MARGIN_DB) -> KeepVerdict:
+                 fp32_outputs: list | None = None, sqnr=None, margin_db: float = MARGIN_DB,
+                 on: str = "held-out calibration") -> KeepVerdict:
     """Keep a technique only if the quantized model gets closer to FP32 on ``calib`` by more than
     ``margin_db`` (the caller passes held-out calibration samples, never the evaluation data):
     ``sim_before`` without it, ``sim_after`` with it. An unmeasurable SQNR keeps it.
@@ -90,8 +93,8 @@ def keep_verdict(fp32: ir.Model, sim_before: ir.Model, sim_after: ir.Model, cali
 
     b, a = sqnr(sim_before), sqnr(sim_after)
     if b is None or a is None:
-        return KeepVerdict(True, None, None, margin_db)
-    return KeepVerdict(a - b > margin_db, b, a, margin_db)
+        return KeepVerdict(True, None, None, margin_db, on)
+    return KeepVerdict(a - b > margin_db, b, a, margin_db, on)
 
 
 def bias_correction_verdict(fp32: ir.Model, sim_before: ir.Model, sim_after: ir.Model, calib,
@@ -116,8 +119,8 @@ def equalization_verdict(fp32: ir.Model, sim_folded: ir.Model, sim_equalized: ir
 class Stage:
     """One row of ptq's table.
 
-    ``calib_sqnr_db``: SQNR of the scored output against FP32 on the held-out calibration
-    samples (what the choices compare; ``calib_data`` says which samples). ``sqnr_db`` and
+    ``calib_sqnr_db``: SQNR of the scored output against FP32 on all the calibration samples
+    (what the choices but bias correction compare; that one is judged on the held-out samples). ``sqnr_db`` and
     ``top1``: on ``data`` ('evaluation', or 'calibration' when no --eval was given). ``seconds``:
     the stage's own time (its rewrite, calibration, bias correction and scoring runs).
     ``kept``: True / False for a choice, None for a row that is no choice."""
@@ -130,7 +133,7 @@ class Stage:
     kept: bool | None = None
     calib_sqnr_db: float | None = None
     data: str = "evaluation"
-    gain_db: float | None = None  # a choice's held-out SQNR gain over the incumbent
+    gain_db: float | None = None  # a choice's SQNR gain over the incumbent, on the samples that judge it
     margin_db: float | None = None  # and the gain it had to exceed
 
 
@@ -152,7 +155,7 @@ class PtqSummary:
     options: dict
     export: Any = None
     warnings: list[str] = field(default_factory=list)
-    # with several schemes tried: each one's output SQNR against FP32 on the held-out calibration samples
+    # with several schemes tried: each one's output SQNR against FP32 on the calibration samples
     schemes_tried: list[dict] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
     calibration: dict = field(default_factory=dict)  # samples fitted on and held out
@@ -331,7 +334,10 @@ class _Flow:
         self.names: dict[int, str] = {}  # id(sim) -> the row that built it
         self.start("FP32 reference outputs")
         t = time.perf_counter()
-        self.judge = Judge(self.fp32, self.held, batch_size)
+        # every sim is calibrated on all the samples: all of them judge, but bias correction, which
+        # fits on ``fit`` and is judged on ``held``
+        self.judge = Judge(self.fp32, calib, batch_size)
+        self.held_judge = Judge(self.fp32, self.held, batch_size) if self.split else self.judge
         self.scorer = None
         if evaluation is not None:
             self.scorer = Judge(self.fp32, evaluation, batch_size)
@@ -368,7 +374,7 @@ class _Flow:
 
     def row(self, name: str, t0: float, sim: _Sim | None, note: str, kept: bool | None,
             verdict: KeepVerdict | None = None) -> Stage:
-        """A row for ``sim``: scored on the held-out samples, and on the evaluation data if given."""
+        """A row for ``sim``: scored on the calibration samples, and on the evaluation data if given."""
         gain = margin = None
         if verdict is not None and verdict.sqnr_before_db is not None and verdict.sqnr_after_db is not None:
             gain, margin = verdict.sqnr_after_db - verdict.sqnr_before_db, verdict.margin_db
@@ -379,10 +385,15 @@ class _Flow:
         return self.add(Stage(name, shown.top1, shown.sqnr_db if self.scorer is not None else None,
                               time.perf_counter() - t0, note, kept, held.sqnr_db, self.data_label, gain, margin))
 
-    def verdict(self, fn: Callable, incumbent: _Sim, candidate: _Sim) -> KeepVerdict:
-        margin = self.judge.margin(self.judge.score(incumbent.model), self.judge.score(candidate.model))
-        return fn(self.fp32, incumbent.model, candidate.model, self.held, batch_size=self.batch_size,
-                  sqnr=self.judge.sqnr, margin_db=margin)
+    def verdict(self, fn: Callable, incumbent: _Sim, candidate: _Sim, held_out: bool = False) -> KeepVerdict:
+        """``fn``'s verdict on all the calibration samples or, with ``held_out``, on the held-out ones."""
+        judge = self.held_judge if held_out else self.judge
+        margin = judge.margin(judge.score(incumbent.model), judge.score(candidate.model))
+        return fn(self.fp32, incumbent.model, candidate.model, judge.data, batch_size=self.batch_size,
+                  sqnr=judge.sqnr, margin_db=margin, on=self.samples_label(held_out))
+
+    def samples_label(self, held_out: bool) -> str:
+        return "held-out calibration" if held_out and self.split else "calibration"
 
     def decide(self, choice: str, verdict: KeepVerdict, reason_kept: str, reason_dropped: str) -> None:
         self.decisions.append(Decision(choice, verdict.kept, reason_kept if verdict.kept else reason_dropped,
@@ -442,7 +453,7 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
         verdict = flow.verdict(keep_verdict, best, candidate)
         tried.append({"scheme": candidate_opts.scheme.value, "per_channel": candidate_opts.per_channel,
                       "calib_sqnr_db": verdict.sqnr_after_db})
-        flow.decide(choice, verdict, f"{name} closer to FP32 on the held-out samples",
+        flow.decide(choice, verdict, f"{name} closer to FP32 on the calibration samples",
                     f"{_describe(opts)} kept: {name} not better by the margin")
         flow.row(name, t0, candidate, _gain_note(verdict), verdict.kept, verdict)
         if verdict.kept:
@@ -491,7 +502,7 @@ def _equalize_stage(flow: _Flow, current: ir.Model, best: _Sim, opts) -> tuple[i
     sim = flow.simulate(equalized, opts, "+ equalize")
     return _technique(flow, "+ equalize", "equalization", equalization_verdict, t,
                       f"{eq.scaling_sets} sets, {len(eq.bias_absorbed)} absorbed", (current, best),
-                      (equalized, sim), "goes on", "is used")
+                      (equalized, sim), "goes on", "is used", held_out=False)
 
 
 def _bias_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, method: str) -> tuple[ir.Model, _Sim]:
@@ -506,18 +517,20 @@ def _bias_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, method: str) -
     sim = flow.simulate(corrected, opts, "+ bias-correct")
     return _technique(flow, "+ bias-correct", "bias correction", bias_correction_verdict, t,
                       f"{len(bc.corrected)} layers, {method}", (current, best), (corrected, sim),
-                      "is exported", "is exported")
+                      "is exported", "is exported", held_out=True)
 
 
 def _technique(flow: _Flow, row: str, choice: str, verdict_fn: Callable, t: float, detail: str,
                without: tuple[ir.Model, _Sim], with_it: tuple[ir.Model, _Sim], decided: str,
-               warned: str) -> tuple[ir.Model, _Sim]:
-    """Judge a technique's sim against the incumbent's, record the decision, the row and (when
-    dropped) the warning; the (model, sim) pair that goes on. ``decided`` / ``warned``: what
-    happens to the model without it, in report.json's reason and in the warning."""
-    verdict = flow.verdict(verdict_fn, without[1], with_it[1])
-    flow.decide(choice, verdict, "closer to FP32 on the held-out samples",
-                f"not better by the margin on the held-out samples: the model without it {decided}")
+               warned: str, held_out: bool) -> tuple[ir.Model, _Sim]:
+    """Judge a technique's sim against the incumbent's (``held_out``: on the held-out samples),
+    record the decision, the row and (when dropped) the warning; the (model, sim) pair that goes
+    on. ``decided`` / ``warned``: what happens to the model without it, in report.json's reason
+    and in the warning."""
+    verdict = flow.verdict(verdict_fn, without[1], with_it[1], held_out)
+    where = f"the {flow.samples_label(held_out)} samples"
+    flow.decide(choice, verdict, f"closer to FP32 on {where}",
+                f"not better by the margin on {where}: the model without it {decided}")
     flow.row(row, t, with_it[1], f"{detail}; {_gain_note(verdict)}", verdict.kept, verdict)
     if verdict.kept:
         return with_it

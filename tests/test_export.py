@@ -240,19 +240,22 @@ def test_equalization_verdict_compares_with_fp32_on_the_calibration_data(tmp_pat
     assert not worse.kept and worse.sqnr_before_db > worse.sqnr_after_db
 
 
-def test_ptq_scores_each_sim_once_on_the_held_out_samples(tmp_path, monkeypatch):
+def test_ptq_scores_each_sim_once_on_the_calibration_samples(tmp_path, monkeypatch):
     """The table's calibration scores and the verdicts' SQNRs are the same measurement: ptq runs
-    FP32 and every sim over the held-out calibration samples once, whatever asks for it."""
+    FP32 and every sim over the calibration samples once, whatever asks for it; bias correction,
+    fitted on the first 18, is judged on the last 6: FP32, the incumbent and its own sim there."""
     from aimetcli.calibration.data import input_specs, open_data
 
     model, _ = api.prepare(to_ir(model_proto()))
     calib = open_data("random:24", input_specs(model))
-    seen, real = [], api.model_outputs
+    seen, held, real = [], [], api.model_outputs
 
     def counting(m, dataset, **kw):
         if dataset.spec.endswith("(held out)"):
             assert dataset.num_samples == 6
-            seen.append(m)  # held, so that no id is reused
+            held.append(m)  # held, so that no id is reused
+        elif dataset.spec == "random:24":
+            seen.append(m)
         return real(m, dataset, **kw)
 
     monkeypatch.setattr(api, "model_outputs", counting)
@@ -261,9 +264,10 @@ def test_ptq_scores_each_sim_once_on_the_held_out_samples(tmp_path, monkeypatch)
     names = [s.name for s in summary.stages]
     assert names == ["fp32", "fold-bn", "per-channel", "tf-enhanced", "+ equalize", "+ bias-correct", "sim.onnx",
                      "export: model_qdq"]
-    assert len({id(m) for m in seen}) == len(seen)
+    assert len({id(m) for m in seen}) == len(seen) and len({id(m) for m in held}) == len(held)
     # FP32, the sims of fold-bn, per-channel, tf-enhanced, equalize and bias correction, the QDQ model
     assert len(seen) == 7
+    assert len(held) == 3 and held[-1] is seen[-2]  # FP32, the incumbent, bias correction's sim
 
 
 def test_ptq_scores_every_row_once_on_the_evaluation_data(tmp_path, monkeypatch):

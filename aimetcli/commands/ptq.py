@@ -37,12 +37,12 @@ def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | Non
         encoding_version: str, simplify: bool, config_path: str | None, **kw) -> None:
     """Fold BN, choose the quantization, equalize, bias-correct, calibrate and export.
 
-    The last quarter of the calibration samples is held out to judge: per-channel
-    weights (unless --per-channel/--per-tensor or the --config decides), the other
-    range scheme (--quant-scheme auto), equalization and bias correction are each
-    kept only where they bring the output closer to FP32 on those samples by more
-    than a margin. The chosen model is then calibrated on all the samples and
-    exported. The table says what each number is on; --eval data only score.
+    Per-channel weights (unless --per-channel/--per-tensor or the --config
+    decides), the other range scheme (--quant-scheme auto), equalization and bias
+    correction are each kept only where they bring the output closer to FP32 on
+    the calibration samples by more than a margin; bias correction is fitted on
+    the first three quarters and judged on the last, held out of it. The chosen
+    model is exported. The table says what each number is on; --eval data only score.
     The output directory gets sim.onnx, what export writes, and report.json with
     ptq's decisions.
 
@@ -82,7 +82,7 @@ def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | Non
     out.info(table)
     for tried in summary.schemes_tried:
         out.detail(f"{tried['scheme']} {'per-channel' if tried['per_channel'] else 'per-tensor'}: output SQNR "
-                   f"{_db(tried['calib_sqnr_db'])} against FP32 on the held-out calibration samples")
+                   f"{_db(tried['calib_sqnr_db'])} against FP32 on the calibration samples")
     render_export(out, summary.export)
     if report_path is not None:
         from aimetcli.report_html import write_report
@@ -132,14 +132,15 @@ def stage_table(summary) -> Table:
             cells.append(_cell(s.top1, ".2f"))
         gain = "" if s.gain_db is None else f"{s.gain_db:+.2f}{'>' if s.kept else '<='}{s.margin_db:.2f}"
         table.add_row(*cells, gain, f"{s.seconds:.1f}")
-    where = (f"the last {held} of the {cal.get('samples')} calibration samples, held out of bias correction"
-             if held else f"the {cal.get('samples')} calibration samples (too few to hold some out)")
-    caption = [f"calib: output SQNR (dB) against FP32 on {where}; it decides: a change is kept when its gain "
-               f"(dB) exceeds the margin (>= {cal.get('margin_db', 0):.1f} dB, more where these samples disagree)."]
+    judged = (f"but bias correction, fitted on the first {cal.get('fit_samples')} and judged on the last {held}"
+              if held else "bias correction too: too few to hold some out")
+    caption = [f"calib: output SQNR (dB) against FP32 on the {cal.get('samples')} calibration samples, which "
+               f"judge every choice ({judged}): a change is kept when its gain (dB) exceeds the margin "
+               f"(>= {cal.get('margin_db', 0):.1f} dB, more where the samples disagree)."]
     if on_eval:
         caption.append(f"eval: the same SQNR on the {data} data, which decide nothing.")
     if show_top1:
-        caption.append(f"top-1 (%): on the {data if on_eval or data == 'evaluation' else 'held-out calibration'} "
+        caption.append(f"top-1 (%): on the {data if on_eval or data == 'evaluation' else 'calibration'} "
                        "data" + (" (no --eval given)" if data == "calibration" else "") + ".")
     caption.append("s: the stage's own time in seconds (its rewrite, calibration, correction and scoring runs).")
     notes = [f"{s.name}: {s.note}" for s in summary.stages if s.note and s.name != "fp32"]
@@ -175,7 +176,7 @@ class StageProgress:
     def stage(self, stage) -> None:
         parts = []
         if stage.calib_sqnr_db is not None:
-            parts.append(f"SQNR {stage.calib_sqnr_db:.1f} dB (held-out calibration)")
+            parts.append(f"SQNR {stage.calib_sqnr_db:.1f} dB (calibration)")
         if stage.sqnr_db is not None:
             parts.append(f"{stage.sqnr_db:.1f} dB ({stage.data})")
         if stage.top1 is not None:
