@@ -125,9 +125,12 @@ def test_ptq_one_command(tmp_path):
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     chosen = doc["options"]["scheme"]
-    # the choices in AIMET's order, each tried once; the exported sim and model_qdq close the table
-    assert [s["name"] for s in doc["stages"]] == ["fp32", "fold-bn", "per-channel", "tf-enhanced", "+ equalize",
-                                                   "+ bias-correct", "sim.onnx", "export: model_qdq"]
+    # the choices in AIMET's order, each tried once (equalization with each scheme, the scheme
+    # chosen so far first); the exported sim and model_qdq close the table
+    names = [s["name"] for s in doc["stages"]]
+    assert names[:5] + names[6:] == ["fp32", "fold-bn", "per-channel", "tf-enhanced", "+ equalize",
+                                     "+ bias-correct", "sim.onnx", "export: model_qdq"]
+    assert names[5] in ("+ equalize, min-max", "+ equalize, tf-enhanced")
     assert doc["stages"][0]["top1"] == 100.0
     assert all(s["top1"] is not None for s in doc["stages"] if s["calib_sqnr_db"] is not None)
     # --quant-scheme auto (the default): both schemes tried; a change is kept only over the margin
@@ -262,11 +265,13 @@ def test_ptq_scores_each_sim_once_on_the_calibration_samples(tmp_path, monkeypat
     summary = api.ptq(model, calib, None, QuantOptions(), outdir=str(tmp_path / "out"),
                       schemes=api.scheme_candidates(QuantOptions()))
     names = [s.name for s in summary.stages]
-    assert names == ["fp32", "fold-bn", "per-channel", "tf-enhanced", "+ equalize", "+ bias-correct", "sim.onnx",
-                     "export: model_qdq"]
+    assert names[:5] + names[6:] == ["fp32", "fold-bn", "per-channel", "tf-enhanced", "+ equalize",
+                                     "+ bias-correct", "sim.onnx", "export: model_qdq"]
+    assert names[5].startswith("+ equalize, ")
     assert len({id(m) for m in seen}) == len(seen) and len({id(m) for m in held}) == len(held)
-    # FP32, the sims of fold-bn, per-channel, tf-enhanced, equalize and bias correction, the QDQ model
-    assert len(seen) == 7
+    # FP32, the sims of fold-bn, per-channel, tf-enhanced, equalize with each scheme and bias
+    # correction, the QDQ model
+    assert len(seen) == 8
     assert len(held) == 3 and held[-1] is seen[-2]  # FP32, the incumbent, bias correction's sim
 
 
@@ -289,9 +294,11 @@ def test_ptq_scores_every_row_once_on_the_evaluation_data(tmp_path, monkeypatch)
     summary = api.ptq(api.clone(model), calib, ev, QuantOptions(), outdir=str(tmp_path / "out"),
                       schemes=api.scheme_candidates(QuantOptions()))
     rows = [s for s in summary.stages if s.sqnr_db is not None]
-    assert [s.name for s in rows] == ["fold-bn", "per-channel", "tf-enhanced", "+ equalize", "+ bias-correct",
-                                      "sim.onnx", "export: model_qdq"]
-    assert len(scored) == len({id(m) for m in scored}) == 7  # FP32 and each model once (sim.onnx is a row's)
+    names = [s.name for s in rows]
+    assert names[:4] + names[5:] == ["fold-bn", "per-channel", "tf-enhanced", "+ equalize", "+ bias-correct",
+                                     "sim.onnx", "export: model_qdq"]
+    assert names[4].startswith("+ equalize, ")
+    assert len(scored) == len({id(m) for m in scored}) == 8  # FP32 and each model once (sim.onnx is a row's)
     alone = api.ptq(api.clone(model), calib, None, QuantOptions(), outdir=str(tmp_path / "out2"),
                     schemes=api.scheme_candidates(QuantOptions()))
     assert [d.kept for d in alone.decisions] == [d.kept for d in summary.decisions]
