@@ -17,7 +17,6 @@ import argparse
 import os
 from pathlib import Path
 
-import numpy as np
 import timm
 import torch
 

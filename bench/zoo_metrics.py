@@ -20,6 +20,7 @@ int8 types), meant to run in a child process (common.in_child) for time and memo
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -141,16 +142,24 @@ def run_quantize_static(src: str, dst: str, calib_npz: str, name: str) -> str:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     note = ""
+    src, dst, calib_npz = (os.path.abspath(p) for p in (src, dst, calib_npz))
+    here = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
-        pre = f"{tmp}/pre.onnx"
+        # a failed symbolic shape inference leaves its temporary model and data files in the working
+        # directory: work in the temporary one
+        os.chdir(tmp)
         try:
-            quant_pre_process(src, pre)
-        except Exception as exc:  # symbolic shape inference fails on some exports: retry without it
-            msg = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else ""
-            note = f"quant_pre_process without symbolic shapes ({type(exc).__name__}{': ' + msg if msg else ''})"
-            quant_pre_process(src, pre, skip_symbolic_shape=True)
-        with np.load(calib_npz) as z:
-            x = z[name]
-        quantize_static(pre, dst, _Reader(name, x), quant_format=QuantFormat.QDQ, per_channel=False,
-                        calibrate_method=CalibrationMethod.MinMax)
+            pre = f"{tmp}/pre.onnx"
+            try:
+                quant_pre_process(src, pre)
+            except Exception as exc:  # symbolic shape inference fails on some exports: retry without it
+                msg = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else ""
+                note = f"quant_pre_process without symbolic shapes ({type(exc).__name__}{': ' + msg if msg else ''})"
+                quant_pre_process(src, pre, skip_symbolic_shape=True)
+            with np.load(calib_npz) as z:
+                x = z[name]
+            quantize_static(pre, dst, _Reader(name, x), quant_format=QuantFormat.QDQ, per_channel=False,
+                            calibrate_method=CalibrationMethod.MinMax)
+        finally:
+            os.chdir(here)
     return note
