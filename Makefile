@@ -26,6 +26,7 @@ demo: $(VENV)/.installed
 	fi
 
 test: $(VENV)/.installed
+	$(PY) -m ruff check aimetcli tests bench
 	$(PY) -m pytest tests
 
 bench: $(VENV)/.installed
