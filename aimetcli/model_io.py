@@ -36,7 +36,9 @@ from google.protobuf.message import DecodeError
 
 from aimetcli import proto_wire as wire
 from aimetcli.errors import AimetCliError, ErrorKind
-from aimetcli.paths import STDIO, check_output_dir, check_output_path, probe_writable  # noqa: F401  (re-exported)
+from aimetcli.paths import (  # noqa: F401  (re-exported)
+    STDIO, check_input_model, check_output_dir, check_output_path, probe_writable,
+)
 EXTERNAL_META = "aimetcli.loaded_with_external_data"
 IN_MEMORY_LIMIT = 2**31 - 256 * 2**20
 SHAPES_META = "aimetcli.shapes_inferred"
@@ -59,11 +61,8 @@ def _read_source_bytes(source: str) -> bytes:
         if not data:
             raise AimetCliError("standard input is empty: pipe an ONNX model into '-' or give a path")
         return data
+    check_input_model(source)
     path = Path(source)
-    if not path.exists():
-        raise AimetCliError(f"{source}: no such file; check the path")
-    if path.is_dir():
-        raise AimetCliError(f"{source}: is a directory; give the path of an .onnx file")
     try:
         data = path.read_bytes()
     except OSError as exc:

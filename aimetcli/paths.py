@@ -20,6 +20,17 @@ STDIO = "-"
 RANDOM_DATA = re.compile(r"random:(.*)", re.IGNORECASE)
 
 
+def check_input_model(source: str) -> None:
+    """Fail early when an input model path (not '-') does not exist or is a directory."""
+    if source == STDIO:
+        return
+    path = Path(source)
+    if not path.exists():
+        raise AimetCliError(f"{source}: no such file; check the path")
+    if path.is_dir():
+        raise AimetCliError(f"{source}: is a directory; give the path of an .onnx file")
+
+
 def check_data_source(option: str, spec: str) -> None:
     """Fail early when a data source (``--data``, ``--eval``) names a path that does not exist."""
     if RANDOM_DATA.fullmatch(spec) is None and not os.path.exists(spec):

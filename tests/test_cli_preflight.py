@@ -208,3 +208,11 @@ def test_missing_data_refused_before_the_model(runner, model_path, tmp_path, nev
     option = "--eval" if "--eval" in args else "--data"
     assert line == f"Error: {option} {tmp_path}/missing.npz: no such file or directory"
     assert files_in(tmp_path) == {"m.onnx"}
+
+
+def test_missing_model_named_before_missing_data(runner, tmp_path, never_loaded):
+    """A missing model and a missing --data: the model is the first thing to fix."""
+    line = error_line(runner.invoke(main, ["ptq", str(tmp_path / "none.onnx"), "-o", str(tmp_path / "out"),
+                                           "--data", str(tmp_path / "x.npz")]), 1)
+    assert line == f"Error: {tmp_path}/none.onnx: no such file; check the path"
+    assert not (tmp_path / "out").exists()

@@ -93,6 +93,8 @@ def preflight(out: Output, sources: str | Sequence[str], *, output: str | None =
     if STDIO in sources and stream_is_terminal(sys.stdin):
         raise AimetCliError("MODEL is '-' but stdin is a terminal; pipe a model in (cat m.onnx | aimetcli ...) "
                             "or give its path", ErrorKind.USAGE)
+    for path in sources:
+        paths.check_input_model(path)
     source = sources[0] if len(sources) == 1 else None
     if output is not None:
         _check_output(out, output, source, output_is_dir)
