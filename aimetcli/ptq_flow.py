@@ -192,13 +192,11 @@ def per_channel_candidate(options, config_path: str | None) -> str | None:
     if options.per_channel is not None:
         return f"--{'per-channel' if options.per_channel else 'per-tensor'} given"
     if config_path is not None:
-        try:
-            with open(config_path) as f:
-                defaults = json.load(f).get("defaults", {})
-        except (OSError, ValueError, AttributeError):
-            defaults = {}
-        if isinstance(defaults, dict) and "per_channel_quantization" in defaults:
-            return f"the config sets per_channel_quantization {defaults['per_channel_quantization']}"
+        from aimetcli.quantsim.config import load_config
+
+        cfg = load_config(config_path)
+        if cfg.per_channel_set:
+            return f"the config sets per_channel_quantization {cfg.per_channel}"
     return None
 
 

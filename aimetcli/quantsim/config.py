@@ -68,6 +68,7 @@ class QuantsimConfig:
     strict_symmetric: bool = False
     unsigned_symmetric: bool = True
     per_channel: bool = False
+    per_channel_set: bool = False  # the file's defaults say per_channel_quantization (ptq's choice leaves it)
     params: dict[str, ParamRule] = field(default_factory=dict)
     op_types: dict[str, OpRule] = field(default_factory=dict)
     supergroups: list[tuple[str, ...]] = field(default_factory=list)
@@ -167,6 +168,7 @@ def parse_config(doc: dict, source: str = "config") -> QuantsimConfig:
                       ("per_channel_quantization", "per_channel")):
         if key in defaults:
             setattr(cfg, attr, _bool(defaults[key], f"defaults.{key}"))
+    cfg.per_channel_set = "per_channel_quantization" in defaults
     cfg.params = _param_rules(doc.get("params", {}), "params")
     for op, body in _dict(doc.get("op_type", {}), "op_type").items():
         where = f"op_type.{op}"
