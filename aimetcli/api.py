@@ -8,6 +8,7 @@ function here prints; progress goes through an optional callback.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -471,13 +472,16 @@ def sqnr_db(reference, test) -> float:
     import numpy as np
 
     ref = np.asarray(reference, np.float64)
-    noise = np.sum((ref - np.asarray(test, np.float64)) ** 2)
-    signal = np.sum(ref**2)
+    return sqnr_of_energies(float(np.sum(ref**2)), float(np.sum((ref - np.asarray(test, np.float64)) ** 2)))
+
+
+def sqnr_of_energies(signal: float, noise: float) -> float:
+    """10 log10(signal / noise) in dB: inf without noise, -inf without signal."""
     if noise == 0:
         return float("inf")
     if signal == 0:
         return float("-inf")
-    return float(10 * np.log10(signal / noise))
+    return float(10 * math.log10(signal / noise))
 
 
 def model_outputs(model: ir.Model, dataset, *, batch_size: int = 64, optimization: str = "none",

@@ -618,6 +618,7 @@ def layer_errors(fp32: ir.Model, sim: ir.Model, data, *, batch_size: int = 32,
     tensor before its own output quantizer) against the same tensor in ``fp32``, the model the
     sim quantizes, over the first ``samples`` samples of ``data``. Where the SQNR drops from one
     layer to the next, that layer adds the error."""
+    from aimetcli import api
     from aimetcli.calibration import runner
     from aimetcli.layers import as_layer
 
@@ -639,7 +640,7 @@ def layer_errors(fp32: ir.Model, sim: ir.Model, data, *, batch_size: int = 32,
             noise[i] += float(np.sum((a64 - np.asarray(b, np.float64)) ** 2))
     rows = []
     for (layer, op, tensor), s_, n_ in zip(layers, signal, noise):
-        db = float("inf") if n_ == 0 else float("-inf") if s_ == 0 else float(10 * np.log10(s_ / n_))
+        db = api.sqnr_of_energies(float(s_), float(n_))
         rows.append({"layer": layer, "op": op, "tensor": tensor, "sqnr_db": db})
     return rows
 
