@@ -136,17 +136,15 @@ def _check_output(out: Output, output: str, source: str | None, output_is_dir: b
 
 
 # -- loading and saving ---------------------------------------------------------------
-def load_input(out: Output, source: str, output: str | None, *, simplify: bool = False,
+def load_input(out: Output, source: str, *, simplify: bool = False,
                float32: bool = False, rewrites: bool = False) -> ir.Model:
-    """``float32`` (commands that quantize): a float16/bfloat16 model is upcast, and an already
-    quantized model refused. ``rewrites`` (fold-bn, equalize): a warning for the latter, and for
-    nodes inside If/Loop/Scan subgraphs, which the rewrites leave alone.
-    ``output`` (a model file) is checked again here for callers without :func:`preflight`."""
+    """Load the input model (after :func:`preflight` checked its paths). ``float32`` (commands that
+    quantize): a float16/bfloat16 model is upcast, and an already quantized model refused.
+    ``rewrites`` (fold-bn, equalize): a warning for the latter, and for nodes inside If/Loop/Scan
+    subgraphs, which the rewrites leave alone."""
     from aimetcli import api
     from aimetcli import graph as g
 
-    if output is not None:
-        _check_output(out, output, source, output_is_dir=False)
     model, report = api.load(source, simplify=simplify, float32=float32)
     if float32:
         api.require_float_model(model)

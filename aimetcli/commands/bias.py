@@ -51,7 +51,7 @@ def bias_correct(out: Output, model_in: str, output: str, data: str | None, meth
     from aimetcli.bias_correction import progress_steps
 
     options = make_options(**kw)
-    model = load_input(out, model_in, None, float32=True)
+    model = load_input(out, model_in, float32=True)
     dataset = open_dataset(model, data, out=out, **kw) if data else None
     batches = progress_steps(model, dataset, kw["batch_size"], options)
     with progress_bar(out, batches, "Correcting biases") as bar:

@@ -67,7 +67,7 @@ def equalize(out: Output, model_in: str, output: str, keep_relu6: bool, no_bias_
         from aimetcli.plots import MAX_LAYERS, _pyplot, plot_ranges
 
         _pyplot()
-    model = load_input(out, model_in, None, simplify=simplify, rewrites=True)
+    model = load_input(out, model_in, simplify=simplify, rewrites=True)
     summary = api.equalize(model, api.EqualizeOptions(replace_relu6=not keep_relu6,
                                                       high_bias_fold=not no_bias_absorption))
     save_output(out, model, output, external_data=external_data)
@@ -126,7 +126,7 @@ def ranges(out: Output, model_in: str, plot: str | None, show_all: bool) -> None
         from aimetcli.plots import MAX_LAYERS, _pyplot, plot_ranges
 
         _pyplot()
-    model = load_input(out, model_in, None)
+    model = load_input(out, model_in)
     rows = api.weight_ranges(model)
     if plot:
         plot_ranges(plot, [("ranges", rows)], limit=None if show_all else MAX_LAYERS)

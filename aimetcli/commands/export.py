@@ -70,7 +70,7 @@ def export(out: Output, model_in: str, output: str, encodings_path: str | None, 
     if force and encodings_path is None:
         raise AimetCliError("--force applies to --encodings FILE only (a sim's own encodings always fit it)",
                             ErrorKind.USAGE)
-    model = load_input(out, model_in, None)
+    model = load_input(out, model_in)
     summary = export_model(model, output, encodings_path=encodings_path, version=encoding_version,
                            unsigned_weights=not signed_weights, batch_size=batch_size, force=force)
     for w in summary.warnings:

@@ -66,7 +66,7 @@ def fold_bn(out: Output, model_in: str, output: str, simplify: bool, external_da
     preflight(out, model_in, output=output)
     from aimetcli import api
 
-    model = load_input(out, model_in, None, simplify=simplify, rewrites=True)
+    model = load_input(out, model_in, simplify=simplify, rewrites=True)
     _, summary = api.fold_bn(model)
     save_output(out, model, output, external_data=external_data)
     render_fold(out, summary, show_all)

@@ -64,7 +64,7 @@ def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | Non
         check_report_path(report_path, output)
     options = make_options(**kw)
     schemes = api.scheme_candidates(options) if kw["quant_scheme"] == AUTO_SCHEME else (options.scheme,)
-    model = load_input(out, model_in, None, simplify=simplify, float32=True)
+    model = load_input(out, model_in, simplify=simplify, float32=True)
     calib = open_dataset(model, data, out=out, **kw)
     evaluation = open_dataset(model, eval_data, labels_key=labels_key, out=out, scored=True,
                               **{**kw, "num_samples": None}) if eval_data else None

@@ -132,7 +132,7 @@ def quantsim(out: Output, model_in: str, output: str, data: str, encodings_out: 
     from aimetcli import api, model_io
 
     options = make_options(**kw)
-    model = load_input(out, model_in, None, float32=True)
+    model = load_input(out, model_in, float32=True)
     dataset = open_dataset(model, data, out=out, **kw)
     batch_size = kw["batch_size"]
     with progress_bar(out, dataset.num_batches(batch_size), "Calibrating") as bar:
@@ -185,7 +185,7 @@ def evaluate(out: Output, models: tuple[str, ...], data: str, labels_key: str | 
     preflight(out, models, data=[("--data", data)])
     from aimetcli import api
 
-    loaded = [load_input(out, m, None) for m in models]
+    loaded = [load_input(out, m) for m in models]
     dataset = open_dataset(loaded[0], data, labels_key=labels_key, out=out, scored=True, **kw)
     with progress_bar(out, dataset.num_batches(kw["batch_size"]), "Evaluating") as bar:
         summary = api.evaluate(loaded, dataset, batch_size=kw["batch_size"], optimization=levels,
