@@ -143,11 +143,11 @@ def _mean_pass(model: ir.Model, outputs: list[str], dataset, batch_size: int, pr
     return {name: m.mean for name, m in means.items()}
 
 
-def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid", config_path: str | None = None,
-                   batch_size: int = 32, progress=None) -> BiasCorrectionResult:
-    """Correct the biases of ``model`` (FP32, modified in place) for quantization with ``options``."""
+def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid", batch_size: int = 32,
+                   progress=None) -> BiasCorrectionResult:
+    """Correct the biases of ``model`` (FP32, modified in place) for quantization with ``options``
+    (its config included)."""
     from aimetcli.quantsim.calibrate import calibration_weights, param_encodings
-    from aimetcli.quantsim.config import load_config
     from aimetcli.quantsim.placement import place_quantizers
 
     if method not in METHODS:
@@ -155,7 +155,7 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
                             ErrorKind.USAGE)
     result = BiasCorrectionResult()
     layers = _candidates(model, result)
-    cfg = load_config(config_path)
+    cfg = options.config
     placement = place_quantizers(model, cfg, options)
     weight_q = {p.tensor: p for p in placement.params if p.kind == "weight"}
     stats = read_bn_stats(model)
@@ -260,13 +260,13 @@ def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progres
     as quantsim's calibration of the corrected model will. Otherwise quantsim's calibration
     computes them first.
     """
-    from aimetcli import api
+    from aimetcli.model_ops import clone, sim_opset, upgrade_opset
     from aimetcli.quantsim.calibrate import (calibrate, calibration_weights, non_negative_outputs,
                                              param_encodings)
     from aimetcli.quantsim.insert import container, insert_qdq
     from aimetcli.quantsim.placement import place_quantizers
 
-    sim = api.upgrade_opset(api.clone(model), api.sim_opset(options))
+    sim = upgrade_opset(clone(model), sim_opset(options))
     placement = place_quantizers(sim, cfg, options)
     float_path = None
     in_graph_tensors = []

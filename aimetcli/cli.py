@@ -1,14 +1,16 @@
-"""The ``aimetcli`` command group: shared options, output channels and error handling.
+"""The ``aimetcli`` command group: the command table, the group-level flags and error handling.
 
 Commands (in aimetcli/commands/) are thin: parse options, make one library call
-(aimetcli.api), render the result. Human output goes to stderr through rich, so
-stdout stays free for ``-o -`` model bytes or the ``--json`` summary.
+(aimetcli.api), render the result. The options they share and the :class:`Output` they
+write through live in aimetcli/commands/_options.py, so that no module imports this one.
+Human output goes to stderr through rich, so stdout stays free for ``-o -`` model bytes or
+the ``--json`` summary.
 
 Start-up: the group knows each command's name, module and one-line help
 (:data:`COMMANDS`) and imports a command's module only when that command is
 looked up (click's lazy-group pattern), so ``--help``, ``--version`` and usage
 errors import neither onnx, onnx-ir, onnxruntime nor numpy. Nothing heavy is
-imported at module level here or in commands/_shared.py.
+imported at module level here or in commands/_shared.py and commands/_options.py.
 
 Exit codes: 0 success, 1 failure, 2 usage error, 130 interrupted (Ctrl-C),
 141 standard output closed early (``| head``), as a process killed by SIGPIPE.
@@ -17,20 +19,16 @@ Exit codes: 0 success, 1 failure, 2 usage error, 130 interrupted (Ctrl-C),
 from __future__ import annotations
 
 import errno
-import functools
 import importlib
-import json
-import math
 import os
 import sys
 from collections.abc import Iterator, MutableMapping
-from dataclasses import dataclass
 
 import click
-from rich.console import Console
 
 from aimetcli import __version__
-from aimetcli.errors import AimetCliError, ErrorKind
+from aimetcli.commands._options import Output
+from aimetcli.errors import AimetCliError
 
 BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE, what a shell reports for `cmd | head` killed by the signal
 
@@ -60,79 +58,6 @@ OPTION_HINTS = {
     "--calib": "--data",
     "--calibration-data": "--data",
 }
-
-
-@dataclass
-class Output:
-    """Where a command writes what it has to say."""
-
-    quiet: bool = False
-    verbose: bool = False
-    json: bool = False
-    debug: bool = False
-
-    def __post_init__(self) -> None:
-        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
-        if not self.console.is_terminal:  # logs and pipes: room for full tensor names
-            self.console = Console(stderr=True, highlight=False, soft_wrap=True, width=160)
-
-    @property
-    def show_progress(self) -> bool:
-        return not self.quiet and self.console.is_terminal
-
-    def info(self, *objects) -> None:
-        if not self.quiet:
-            self.console.print(*objects)
-
-    def detail(self, *objects) -> None:
-        if self.verbose and not self.quiet:
-            self.console.print(*objects)
-
-    def warn(self, message: str) -> None:
-        # Warnings are shown even with --quiet: they say a result may not be what was asked.
-        self.console.print(f"[yellow]Warning:[/yellow] {message}")
-
-    def emit_json(self, data: dict) -> None:
-        if self.json:
-            click.echo(json.dumps(_finite(data), indent=2, sort_keys=True, allow_nan=False, default=str))
-
-
-def _finite(obj):
-    """JSON has no inf/nan: such numbers (e.g. the SQNR of identical outputs) become null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def _merge_flag(ctx: click.Context, name: str, value: bool) -> bool:
-    parent = ctx.find_object(Output)
-    return bool(value or (parent is not None and getattr(parent, name)))
-
-
-def common_options(func):
-    """-q/-v/--json/--debug, accepted both before and after the command name."""
-
-    @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors and warnings.")
-    @click.option("-v", "--verbose", is_flag=True, help="Print details: skipped nodes and why, every table row.")
-    @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
-    @click.option("--debug", is_flag=True, hidden=True, help="Show tracebacks.")
-    @click.pass_context
-    @functools.wraps(func)
-    def wrapper(ctx, quiet, verbose, as_json, debug, **kwargs):
-        out = Output(
-            quiet=_merge_flag(ctx, "quiet", quiet),
-            verbose=_merge_flag(ctx, "verbose", verbose),
-            json=_merge_flag(ctx, "json", as_json),
-            debug=_merge_flag(ctx, "debug", debug),
-        )
-        ctx.obj = out
-        return ctx.invoke(func, out, **kwargs)
-
-    return wrapper
 
 
 class _LazyCommands(MutableMapping):
@@ -275,8 +200,3 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, as_json: bool, debug: b
     Every command reads '-' as stdin; the model-writing ones write '-o -' to stdout.
     """
     ctx.obj = Output(quiet=quiet, verbose=verbose, json=as_json, debug=debug)
-
-
-def require_distinct_stdout(out: Output, output: str) -> None:
-    if out.json and output == "-":
-        raise AimetCliError("--json and -o - both write to stdout; write the model to a file", ErrorKind.USAGE)

@@ -28,6 +28,7 @@ from aimetcli import graph as g
 from aimetcli.encodings import EncodingsError, EncodingsFile, QuantizerArgs, TensorEncoding, loads
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.quant import Encoding, encoding_from_range, fake_quantize
+from aimetcli.model_ops import ModelSource, as_model, upgrade_opset
 from aimetcli.quantsim.insert import insert_qdq, is_grid_node, needs_clip
 
 QUANTSIM_METADATA_KEY = "aimetcli.quantsim"
@@ -298,7 +299,6 @@ def fill_axes(model: ir.Model, params: dict[str, Encoding]) -> dict[str, Encodin
 def deployable(model: ir.Model, acts: dict[str, Encoding], params: dict[str, Encoding],
                *, unsigned_weights: bool = True) -> ir.Model:
     """A QDQ copy of the FP32 ``model`` for onnxruntime (see the module docstring)."""
-    from aimetcli.api import upgrade_opset
     from aimetcli.quantsim.insert import required_opset
 
     qdq = ir.serde.deserialize_model(ir.serde.serialize_model(model))
@@ -424,7 +424,7 @@ def _source(model: ir.Model, encodings_path: str | None) -> Embedded:
     return embedded
 
 
-def export(model: ir.Model, outdir: str, *, encodings_path: str | None = None, version: str = "1.0.0",
+def export(model: ModelSource, outdir: str, *, encodings_path: str | None = None, version: str = "1.0.0",
            unsigned_weights: bool = True, model_name: str = "model", batch_size: int | None = None,
            force: bool = False) -> ExportSummary:
     """Write model.onnx, model.encodings, model_qdq.onnx and report.json into ``outdir`` (atomically).
@@ -432,6 +432,8 @@ def export(model: ir.Model, outdir: str, *, encodings_path: str | None = None, v
     ``encodings_path``: encodings for the FP32 ``model``, refused when its weights do not fit them
     (:func:`check_weights_fit`; ``force``: a warning). ``batch_size``: static shapes
     (:func:`set_batch_size`). model.encodings carries the quantizer_args of the sim or the file.
+    ``model``: a path, an ``onnx.ModelProto`` or an onnx-ir model (a sim's QDQ nodes are stripped
+    from it in place).
     """
     from pathlib import Path
 
@@ -444,6 +446,7 @@ def export(model: ir.Model, outdir: str, *, encodings_path: str | None = None, v
     if not out.exists() and not out.parent.exists():
         raise AimetCliError(f"{outdir}: parent directory {out.parent} does not exist; create it first",
                             ErrorKind.OUTPUT)
+    model = as_model(model)
     source = _source(model, encodings_path)
     fp32, encodings = model, source.encodings
     if batch_size is not None:

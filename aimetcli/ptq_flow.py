@@ -19,8 +19,7 @@ search, not every combination, and no stage run once per scheme):
 4. the incumbent's sim is exported (sim.onnx, and what export writes).
 
 The evaluation data, when given, only score the table's rows; they never decide. The steps
-themselves are :mod:`aimetcli.api`'s, called through that module (which re-exports this one's
-names, so it is imported inside the functions).
+themselves are the facade's (aimetcli/steps/), imported from their modules.
 """
 
 from __future__ import annotations
@@ -36,6 +35,14 @@ import numpy as np
 import onnx_ir as ir
 
 from aimetcli import model_io
+from aimetcli.calibration.data import DataSource, as_dataset
+from aimetcli.model_ops import ModelSource, as_model, clone, require_float_model
+from aimetcli.options import QuantOptions, RunOptions
+from aimetcli.records import finite, jsonable
+from aimetcli.steps.bias_correct import bias_correct
+from aimetcli.steps.evaluate import compare_outputs, evaluate, model_outputs, score_output, sqnr_of_energies
+from aimetcli.steps.quantsim import quantizer_args, quantsim
+from aimetcli.steps.rewrite import equalize, fold_bn
 
 # The smallest SQNR gain (dB) on the held-out samples that keeps a technique or changes the
 # configuration; the judge's bootstrap may ask for more (Judge.margin). docs/design.md, "ptq's
@@ -51,7 +58,7 @@ BOOTSTRAP_SIGMAS = 1.0
 
 @dataclass
 class KeepVerdict:
-    """Whether ptq keeps a technique: SQNR (dB) of the scored output (api.score_output) against
+    """Whether ptq keeps a technique: SQNR (dB) of the scored output (score_output) against
     FP32 on ``on`` (which calibration samples), quantized without and with it; kept when the gain
     exceeds ``margin_db``."""
 
@@ -84,12 +91,11 @@ def keep_verdict(fp32: ir.Model, sim_before: ir.Model, sim_after: ir.Model, cali
 
     ``sqnr``: the caller's measure of a sim's SQNR against ``fp32`` (ptq's :class:`Judge`
     remembers the sims it measured already); by default each sim is run here."""
-    from aimetcli import api
     if sqnr is None:
-        reference = fp32_outputs if fp32_outputs is not None else api.model_outputs(fp32, calib, batch_size=batch_size)
+        reference = fp32_outputs if fp32_outputs is not None else model_outputs(fp32, calib, batch_size=batch_size)
 
         def sqnr(sim: ir.Model) -> float | None:
-            return api.evaluate([fp32, sim], calib, batch_size=batch_size, reference_outputs=reference).first_sqnr_db
+            return evaluate([fp32, sim], calib, RunOptions(batch_size), reference_outputs=reference).first_sqnr_db
 
     b, a = sqnr(sim_before), sqnr(sim_after)
     if b is None or a is None:
@@ -169,9 +175,7 @@ class PtqSummary:
     evaluation_seconds: float = 0.0
 
     def to_json(self) -> dict:
-        from aimetcli import api
-
-        return api._jsonable(self)
+        return jsonable(self)
 
 
 def scheme_candidates(options) -> tuple:
@@ -185,18 +189,15 @@ def scheme_candidates(options) -> tuple:
     return (QuantScheme.MIN_MAX, QuantScheme.TF_ENHANCED)
 
 
-def per_channel_candidate(options, config_path: str | None) -> str | None:
+def per_channel_candidate(options) -> str | None:
     """None when per-channel weights are a candidate of ptq's choice, else why not: the user chose
     (``--per-channel`` / ``--per-tensor``) or the config sets ``per_channel_quantization`` (the
     target's runtime decides it there). With the default config, per-channel is allowed."""
     if options.per_channel is not None:
         return f"--{'per-channel' if options.per_channel else 'per-tensor'} given"
-    if config_path is not None:
-        from aimetcli.quantsim.config import load_config
-
-        cfg = load_config(config_path)
-        if cfg.per_channel_set:
-            return f"the config sets per_channel_quantization {cfg.per_channel}"
+    cfg = options.config
+    if cfg.source != "default" and cfg.per_channel_set:  # the shipped default leaves it to ptq
+        return f"the config sets per_channel_quantization {cfg.per_channel}"
     return None
 
 
@@ -246,12 +247,10 @@ class Judge:
     """Scores sims against FP32 outputs on one dataset, each sim once."""
 
     def __init__(self, fp32: ir.Model, data, batch_size: int, reference: list | None = None):
-        from aimetcli import api
-
         self.fp32, self.data, self.batch_size = fp32, data, batch_size
         t = time.perf_counter()
-        self.reference = reference if reference is not None else api.model_outputs(fp32, data, batch_size=batch_size)
-        self.top1_fp32 = api.compare_outputs([self.reference], data.labels, ["fp32"], data.num_samples,
+        self.reference = reference if reference is not None else model_outputs(fp32, data, batch_size=batch_size)
+        self.top1_fp32 = compare_outputs([self.reference], data.labels, ["fp32"], data.num_samples,
                                              self._names()).top1[0]
         self._scores: dict[int, Score] = {}
         self.seconds = time.perf_counter() - t  # spent running FP32 and the sims over the data
@@ -260,14 +259,12 @@ class Judge:
         return [o.name for o in self.fp32.graph.outputs]
 
     def score(self, sim: ir.Model, optimization: str = "none") -> Score:
-        from aimetcli import api
-
         hit = self._scores.get(id(sim))
         if hit is None:
             t = time.perf_counter()
-            outputs = api.model_outputs(sim, self.data, batch_size=self.batch_size, optimization=optimization)
+            outputs = model_outputs(sim, self.data, batch_size=self.batch_size, optimization=optimization)
             self.seconds += time.perf_counter() - t
-            res = api.compare_outputs([self.reference, outputs], self.data.labels, ["fp32", "sim"],
+            res = compare_outputs([self.reference, outputs], self.data.labels, ["fp32", "sim"],
                                       self.data.num_samples, self._names())
             hit = self._scores[id(sim)] = Score(sim, res.first_sqnr_db, res.top1[1], self._noise(outputs))
         return hit
@@ -277,9 +274,7 @@ class Judge:
 
     def _noise(self, outputs: list) -> np.ndarray | None:
         """Per sample: the error energy of the scored output (None where its axis 0 is not the samples)."""
-        from aimetcli import api
-
-        k = api.score_output(self.reference)
+        k = score_output(self.reference)
         if k is None or k >= len(outputs):
             return None
         ref, out = self.reference[k], outputs[k]
@@ -316,13 +311,9 @@ class _Sim:
 class _Flow:
     """One ptq run's state: the data split, the judges, the rows and decisions as they are made."""
 
-    def __init__(self, model, calib, evaluation, options, *, config_path, batch_size, on_stage, on_start,
-                 progress):
-        from aimetcli import api
-
-        self.api = api
-        self.fp32 = api.clone(model)
-        self.calib, self.options, self.config_path, self.batch_size = calib, options, config_path, batch_size
+    def __init__(self, model, calib, evaluation, options, *, batch_size, on_stage, on_start, progress):
+        self.fp32 = clone(model)
+        self.calib, self.options, self.batch_size = calib, options, batch_size
         self.on_stage, self.on_start, self.progress = on_stage, on_start, progress
         self.fit, self.held = split_calibration(calib)
         self.split = self.fit is not self.held
@@ -358,9 +349,8 @@ class _Flow:
         """quantsim of ``m`` calibrated on all the calibration samples (ranges hardly fit the
         samples they see: a max or a clipping point, not a per-sample quantity); bias correction,
         which fits means, sees only the fit part."""
-        sim, encodings, summary = self.api.quantsim(self.api.clone(m), self.calib, opts,
-                                                    config_path=self.config_path, batch_size=self.batch_size,
-                                                    progress=self.progress, check_loads=False)
+        sim, encodings, summary = quantsim(clone(m), self.calib, opts, RunOptions(self.batch_size, self.progress),
+                                           check_loads=False)
         for w in summary.warnings:
             if "BatchNormalization" not in w and w not in self.warnings:
                 self.warnings.append(w)
@@ -406,13 +396,16 @@ def _gain_note(verdict: KeepVerdict) -> str:
     return f"{gain:+.2f} dB vs margin {verdict.margin_db:.2f}: {word}"
 
 
-def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_model: bool = True,
-        correct_bias: bool = True, method: str = "hybrid", config_path: str | None = None, batch_size: int = 32,
-        encoding_version: str = "1.0.0", schemes: tuple = (), per_channel: bool | None = None, progress=None,
-        on_stage=None, on_start=None, measure_layers: bool = False) -> PtqSummary:
+def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, options: QuantOptions | None = None,
+        run: RunOptions | None = None, *, outdir: str, equalize_model: bool = True, correct_bias: bool = True,
+        method: str = "hybrid", encoding_version: str = "1.0.0", schemes: tuple = (),
+        per_channel: bool | None = None, on_stage=None, on_start=None, measure_layers: bool = False) -> PtqSummary:
     """AIMET's recommended flow: fold-bn, choose the quantsim configuration, equalize,
     bias-correct, calibrate on all the data, export (the module docstring has the rules).
 
+    ``model``: a path, an ``onnx.ModelProto`` or an onnx-ir model (rewritten in place; the final
+    FP32 model is ``summary.model``); ``calib`` and ``evaluation``: Datasets or specs (a path or
+    'random:N'). ``run``: batch size and progress of every step.
     ``schemes``: range schemes to try (:func:`scheme_candidates`); empty: ``options.scheme``.
     ``per_channel``: True makes per-channel weights a candidate when ``options.per_channel`` is
     None (the CLI passes :func:`per_channel_candidate`'s verdict); None asks that function.
@@ -421,19 +414,23 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
     ``on_stage(Stage)`` after each row. ``measure_layers``: measure :func:`layer_errors` of the
     final sim on the held-out samples (for the HTML report).
     """
-    from aimetcli import api  # aimetcli.api imports this module
-
-    api.require_float_model(model)
+    model = as_model(model, float32=True)
+    calib = as_dataset(calib, model)
+    evaluation = as_dataset(evaluation, model) if evaluation is not None else None
+    options = options or QuantOptions()
+    run = run or RunOptions()
+    batch_size, progress = run.batch_size, run.progress
+    require_float_model(model)
     schemes = tuple(dict.fromkeys(schemes)) or (options.scheme,)
-    why_not_pc = per_channel_candidate(options, config_path) if per_channel is None else (
+    why_not_pc = per_channel_candidate(options) if per_channel is None else (
         None if per_channel else "not asked")
-    flow = _Flow(model, calib, evaluation, options, config_path=config_path, batch_size=batch_size,
+    flow = _Flow(model, calib, evaluation, options, batch_size=batch_size,
                  on_stage=on_stage, on_start=on_start, progress=progress)
 
     # the rewrites do not depend on the quantization options: once
     t = time.perf_counter()
     flow.start("fold-bn: folding and calibrating")
-    _, fold_summary = api.fold_bn(model)
+    _, fold_summary = fold_bn(model)
     current = model
     opts = dataclasses.replace(options, scheme=schemes[0])
     best = flow.simulate(current, opts, "fold-bn")
@@ -472,7 +469,7 @@ def ptq(model: ir.Model, calib, evaluation, options, *, outdir: str, equalize_mo
 
     t = time.perf_counter()
     flow.row("sim.onnx", t, best, f"the model exported: {flow.source_of(best)}", None)
-    summary = _export(flow, best, opts, outdir, encoding_version, config_path, tried, len(schemes) > 1)
+    summary = _export(flow, best, opts, outdir, encoding_version, tried, len(schemes) > 1)
     summary.model = current
     if measure_layers:
         flow.start("report: per-layer error of the final sim")
@@ -487,11 +484,10 @@ def _equalize_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, schemes: t
     way than after the whole flow in 4 of 16 sample-model cases, docs/design.md); the better
     equalized sim is kept when it beats ``best`` by the margin. (model, sim, options) go on. When
     equalize found nothing to change, no sim is built: the row says so."""
-    api = flow.api
     t = time.perf_counter()
     flow.start("+ equalize: equalizing and calibrating")
-    equalized = api.clone(current)
-    eq = api.equalize(equalized)
+    equalized = clone(current)
+    eq = equalize(equalized)
     if not eq.scaling_sets and not eq.relu6_replaced and not eq.bias_absorbed:
         flow.decisions.append(Decision("equalization", None, "nothing to equalize (no scaling set)"))
         flow.row("+ equalize", t, None, "nothing to equalize: no scaling set", None)
@@ -521,12 +517,10 @@ def _equalize_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, schemes: t
 
 def _bias_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, method: str) -> tuple[ir.Model, _Sim]:
     """Bias-correct a copy of ``current`` on the fit samples; kept when its sim beats ``best``."""
-    api = flow.api
     t = time.perf_counter()
     flow.start(f"+ bias-correct: {method} correction on {flow.fit.num_samples} samples")
-    corrected = api.clone(current)
-    bc = api.bias_correct(corrected, flow.fit, opts, method=method, config_path=flow.config_path,
-                          batch_size=flow.batch_size)
+    corrected = clone(current)
+    bc = bias_correct(corrected, flow.fit, opts, RunOptions(flow.batch_size), method=method)
     flow.start("+ bias-correct: calibrating the corrected model")
     sim = flow.simulate(corrected, opts, "+ bias-correct")
     return _technique(flow, "+ bias-correct", "bias correction", bias_correction_verdict, t,
@@ -553,15 +547,14 @@ def _technique(flow: _Flow, row: str, choice: str, verdict_fn: Callable, t: floa
     return without
 
 
-def _export(flow: _Flow, final: _Sim, opts, outdir: str, encoding_version: str, config_path: str | None,
-            tried: list[dict], several: bool) -> PtqSummary:
+def _export(flow: _Flow, final: _Sim, opts, outdir: str, encoding_version: str, tried: list[dict],
+            several: bool) -> PtqSummary:
     """Write what export writes, sim.onnx, and ptq's decisions into report.json; score model_qdq."""
     from aimetcli.export import export as export_model
 
-    api = flow.api
     t = time.perf_counter()
     flow.start("export: writing and scoring model_qdq.onnx")
-    exported = export_model(api.clone(final.model), outdir, version=encoding_version)
+    exported = export_model(clone(final.model), outdir, version=encoding_version)
     model_io.save_model(final.model, os.path.join(outdir, "sim.onnx"))
     qdq = model_io.load_model(os.path.join(outdir, "model_qdq.onnx")).model
     # onnxruntime's integer kernels, as deployed; scored on the same data as the other rows
@@ -569,7 +562,7 @@ def _export(flow: _Flow, final: _Sim, opts, outdir: str, encoding_version: str, 
     shown = flow.scorer.score(qdq, optimization="all") if flow.scorer is not None else held
     flow.add(Stage("export: model_qdq", shown.top1, shown.sqnr_db if flow.scorer is not None else None,
                    time.perf_counter() - t, "onnxruntime integer kernels", None, held.sqnr_db, flow.data_label))
-    record = used_options(opts, final.encodings, config_path)
+    record = used_options(opts, final.encodings)
     files = sorted({*exported.files, "sim.onnx"})
     deploy = (f"deploy: {os.path.join(outdir, 'model_qdq.onnx')} (onnxruntime) or {os.path.join(outdir, 'model.onnx')}"
               f" + {os.path.join(outdir, 'model.encodings')} (QNN/SNPE)")
@@ -583,13 +576,11 @@ def _export(flow: _Flow, final: _Sim, opts, outdir: str, encoding_version: str, 
     return summary
 
 
-def used_options(opts, encodings, config_path: str | None) -> dict:
+def used_options(opts, encodings) -> dict:
     """``opts.as_record`` with per_channel and the symmetries the sim actually has (the config
     decides them where the options say None)."""
-    from aimetcli import api
-
-    record = opts.as_record(config_path or "default")
-    args = api.quantizer_args(opts, encodings)
+    record = opts.as_record()
+    args = quantizer_args(opts, encodings)
     record.update(per_channel=args.per_channel, param_symmetric=args.param_symmetric,
                   act_symmetric=args.activation_symmetric)
     return record
@@ -599,12 +590,10 @@ def _add_to_report(outdir: str, summary: PtqSummary) -> None:
     """report.json gets a 'ptq' section: the decisions, the table's rows, the files and the deploy line."""
     from pathlib import Path
 
-    from aimetcli.cli import _finite
-
     path = Path(outdir) / "report.json"
     doc = json.loads(path.read_text())
     doc["options"] = summary.options
-    doc["ptq"] = _finite({k: v for k, v in summary.to_json().items() if k not in ("export", "options")})
+    doc["ptq"] = finite({k: v for k, v in summary.to_json().items() if k not in ("export", "options")})
     model_io.write_text_atomic(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
@@ -618,7 +607,6 @@ def layer_errors(fp32: ir.Model, sim: ir.Model, data, *, batch_size: int = 32,
     tensor before its own output quantizer) against the same tensor in ``fp32``, the model the
     sim quantizes, over the first ``samples`` samples of ``data``. Where the SQNR drops from one
     layer to the next, that layer adds the error."""
-    from aimetcli import api
     from aimetcli.calibration import runner
     from aimetcli.layers import as_layer
 
@@ -640,7 +628,7 @@ def layer_errors(fp32: ir.Model, sim: ir.Model, data, *, batch_size: int = 32,
             noise[i] += float(np.sum((a64 - np.asarray(b, np.float64)) ** 2))
     rows = []
     for (layer, op, tensor), s_, n_ in zip(layers, signal, noise):
-        db = api.sqnr_of_energies(float(s_), float(n_))
+        db = sqnr_of_energies(float(s_), float(n_))
         rows.append({"layer": layer, "op": op, "tensor": tensor, "sqnr_db": db})
     return rows
 

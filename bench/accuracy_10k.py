@@ -100,7 +100,8 @@ def score_model(name: str, test_npz: Path, scratch: Path, dropped: list[str],
         q, _, _ = acc.ort_quantize(path, calib, per_channel=per_channel, bw=8, scratch=scratch,
                                    tag=f"{name}_{per_channel}")
         label = f"quantize_static {'per-channel' if per_channel else 'per-tensor'}"
-        res = api.evaluate([fp32, acc.load_plain(q)], ev, batch_size=500, reference_outputs=reference)
+        res = api.evaluate([fp32, acc.load_plain(q)], ev,
+                           run=api.RunOptions(batch_size=500), reference_outputs=reference)
         row[label], sqnr[label] = res.top1[1], res.comparisons[0].sqnr_db
         score(label, acc.load_plain(q))
     return row, sqnr, right

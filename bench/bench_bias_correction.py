@@ -101,7 +101,8 @@ def bc_child(model_path: str, data_path: str, num_samples: int, bs: int, n: int,
     for r in range(n):
         model, _ = api.load(model_path)  # not timed
         dataset = open_data(data_path, input_specs(model), num_samples=num_samples)
-        summary = api.bias_correct(model, dataset, QuantOptions(), method="empirical", batch_size=bs)
+        summary = api.bias_correct(model, dataset, QuantOptions(), method="empirical",
+                                   run=api.RunOptions(batch_size=bs))
         times.append(summary.seconds)
         runs, grids, corrected = summary.runs, summary.grids_in_run, len(summary.corrected)
         if r == 0:

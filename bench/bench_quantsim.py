@@ -119,7 +119,7 @@ def ours_child(model_path: str, data_path: str, scheme: str, bs: int, n: int) ->
     for r in range(n):
         model, _ = api.load(model_path)  # not timed; a fresh model each run
         dataset = open_data(data_path, input_specs(model))
-        _, _, summary = api.quantsim(model, dataset, options, batch_size=bs)
+        _, _, summary = api.quantsim(model, dataset, options, run=api.RunOptions(batch_size=bs))
         calib.append(summary.calibration_seconds)
         total.append(summary.seconds)
         if r == 0:

@@ -48,13 +48,13 @@ def test_empirical_makes_quantized_mean_equal_fp32(tmp_path, bias, param_bw):
     dataset = open_data(str(tmp_path / "x.npy"), input_specs(model))
     w = onnx.numpy_helper.to_array(proto.graph.initializer[0]).astype(np.float64)
     b0 = onnx.numpy_helper.to_array(proto.graph.initializer[1]).astype(np.float64) if bias else np.zeros(6)
-    summary = api.bias_correct(model, dataset, options, method="empirical", batch_size=64)
+    summary = api.bias_correct(model, dataset, options, method="empirical", run=api.RunOptions(batch_size=64))
     assert [c.method for c in summary.corrected] == ["empirical"]
     layer = as_layer(next(iter(model.graph)))
     assert layer.bias is not None  # a bias was created where there was none
     b1 = layer.bias.const_value.numpy().astype(np.float64)
     # numpy re-computation with the encodings quantsim uses for these options
-    sim, encs, _ = api.quantsim(model, dataset, options, batch_size=64)
+    sim, encs, _ = api.quantsim(model, dataset, options, run=api.RunOptions(batch_size=64))
     xq = fake_quantize(x, encs.activations["x"]).astype(np.float64)
     wq = fake_quantize(w.astype(np.float32), encs.params["W"]).astype(np.float64)[:, :, 0, 0]
     fp_mean = np.einsum("oc,nchw->o", w[:, :, 0, 0], x.astype(np.float64)) / (x.shape[0] * 25) + b0
@@ -199,10 +199,11 @@ def _shift_after(tmp_path, options, *, batch_size=64):
     model, _ = api.prepare(to_ir(proto))
     dataset = open_data(str(tmp_path / "x.npy"), input_specs(model))
     corrected = api.clone(model)
-    summary = api.bias_correct(corrected, dataset, options, method="empirical", batch_size=batch_size)
+    summary = api.bias_correct(corrected, dataset, options, method="empirical",
+                               run=api.RunOptions(batch_size=batch_size))
     assert len(summary.corrected) == 4
-    plain, _, _ = api.quantsim(api.clone(model), dataset, options, batch_size=batch_size)
-    fixed, _, _ = api.quantsim(api.clone(corrected), dataset, options, batch_size=batch_size)
+    plain, _, _ = api.quantsim(api.clone(model), dataset, options, run=api.RunOptions(batch_size=batch_size))
+    fixed, _, _ = api.quantsim(api.clone(corrected), dataset, options, run=api.RunOptions(batch_size=batch_size))
     before = output_shift(model, plain, dataset, batch_size=batch_size)
     after = output_shift(model, fixed, dataset, batch_size=batch_size)
     return before, after
@@ -279,7 +280,8 @@ def test_progress_steps_match_callbacks(tmp_path, scheme):
     dataset = open_data(str(tmp_path / "x.npy"), input_specs(model))
     options = QuantOptions(scheme=QuantScheme(scheme))
     steps = []
-    api.bias_correct(model, dataset, options, method="empirical", batch_size=16, progress=steps.append)
+    api.bias_correct(model, dataset, options, method="empirical",
+                     run=api.RunOptions(batch_size=16, progress=steps.append))
     assert sum(steps) == progress_steps(model, dataset, 16, options) > 0
 
 
@@ -299,7 +301,8 @@ def test_progress_says_which_step_runs(tmp_path):
         def describe(self, text):
             events.append(text)
 
-    api.bias_correct(model, dataset, QuantOptions(), method="empirical", batch_size=16, progress=Display())
+    api.bias_correct(model, dataset, QuantOptions(), method="empirical",
+                     run=api.RunOptions(batch_size=16, progress=Display()))
     said = [e for e in events if isinstance(e, str)]
     assert said[:2] == ["Correcting biases: preparing the sim", "Correcting biases: FP32 means"]
     assert said[2].startswith("Correcting biases: the correction run (40 samples a run")
@@ -320,11 +323,12 @@ def test_fixed_batch_model_corrects_over_several_runs(tmp_path):
     options = QuantOptions(param_bw=4)
     corrected = api.clone(model)
     steps = []
-    summary = api.bias_correct(corrected, dataset, options, method="empirical", batch_size=64, progress=steps.append)
+    summary = api.bias_correct(corrected, dataset, options, method="empirical",
+                               run=api.RunOptions(batch_size=64, progress=steps.append))
     assert summary.runs == 8 and not summary.grids_in_run
     assert sum(steps) == progress_steps(model, dataset, 64, options)
-    plain, _, _ = api.quantsim(api.clone(model), dataset, options, batch_size=64)
-    fixed, _, _ = api.quantsim(api.clone(corrected), dataset, options, batch_size=64)
+    plain, _, _ = api.quantsim(api.clone(model), dataset, options, run=api.RunOptions(batch_size=64))
+    fixed, _, _ = api.quantsim(api.clone(corrected), dataset, options, run=api.RunOptions(batch_size=64))
     before = np.mean(list(output_shift(model, plain, dataset, batch_size=64).values()))
     after = np.mean(list(output_shift(model, fixed, dataset, batch_size=64).values()))
     assert after * 5 <= before, (before, after)
@@ -359,7 +363,7 @@ def test_runs_over_different_data_each_compare_with_their_own_fp32_means(tmp_pat
     def deltas(data: str, runs: int) -> np.ndarray:
         m = api.clone(model)
         dataset = open_data(str(tmp_path / f"{data}.npy"), input_specs(m))
-        summary = api.bias_correct(m, dataset, options, method="empirical", batch_size=8)
+        summary = api.bias_correct(m, dataset, options, method="empirical", run=api.RunOptions(batch_size=8))
         assert summary.runs == runs
         return np.concatenate([b - original[name] for name, b in biases(m).items()])
 
@@ -383,8 +387,8 @@ def test_runs_are_bounded_by_the_activations_of_the_samples(tmp_path, monkeypatc
     assert isinstance(per_sample, int) and per_sample > 3 * 8 * 8 * 4  # activations outgrow the input
     monkeypatch.setattr(bias_correction, "ACTIVATION_BUDGET", per_sample * 16)  # 16 samples a run
     steps = []
-    summary = api.bias_correct(model, dataset, QuantOptions(), method="empirical", batch_size=8,
-                               progress=steps.append)
+    summary = api.bias_correct(model, dataset, QuantOptions(), method="empirical",
+                               run=api.RunOptions(batch_size=8, progress=steps.append))
     assert summary.runs == 3 and not summary.grids_in_run
     assert sum(steps) == progress_steps(model, dataset, 8, QuantOptions())
 

@@ -45,7 +45,7 @@ def closed_form_bias(x: np.ndarray, tmp_path) -> np.ndarray:
     """B + mean over all T*N rows of (FP32 output - quantized output), with quantsim's grids."""
     model, _ = api.prepare(to_ir(recognizer_head()))
     dataset = open_dataset(model, x, tmp_path, "ref.npy")
-    _, encs, _ = api.quantsim(model, dataset, QuantOptions(), batch_size=64)
+    _, encs, _ = api.quantsim(model, dataset, QuantOptions(), run=api.RunOptions(batch_size=64))
     rows = x.reshape(-1, H).astype(np.float64)
     rows_q = fake_quantize(x, encs.activations["x"]).reshape(-1, H).astype(np.float64)
     wq = fake_quantize(W, encs.params["W"]).astype(np.float64)
@@ -69,7 +69,7 @@ def test_library_mean_is_over_every_row(tmp_path, steps):
     x = data(steps)
     model, _ = api.prepare(to_ir(recognizer_head()))
     dataset = open_dataset(model, x, tmp_path)
-    api.bias_correct(model, dataset, QuantOptions(), method="empirical", batch_size=64)
+    api.bias_correct(model, dataset, QuantOptions(), method="empirical", run=api.RunOptions(batch_size=64))
     expected = closed_form_bias(x, tmp_path)
     np.testing.assert_allclose(corrected_bias(model), expected, rtol=0, atol=1e-5)
     # the same rows spread over more time steps: the same correction
@@ -98,7 +98,7 @@ def test_several_runs_average_the_row_means(tmp_path, monkeypatch):
     x = data(5)
     model, _ = api.prepare(to_ir(recognizer_head()))
     dataset = open_dataset(model, x, tmp_path)
-    summary = api.bias_correct(model, dataset, QuantOptions(), method="empirical", batch_size=16)
+    summary = api.bias_correct(model, dataset, QuantOptions(), method="empirical", run=api.RunOptions(batch_size=16))
     assert summary.runs == 4
     np.testing.assert_allclose(corrected_bias(model), closed_form_bias(x, tmp_path), rtol=0, atol=1e-5)
 
@@ -124,9 +124,10 @@ def test_sequence_matmul_is_skipped_and_its_shift_measured_over_its_last_axis(tm
     reference = prepared()
     dataset = open_dataset(reference, x, tmp_path)
     corrected = prepared()
-    summary = api.bias_correct(corrected, dataset, QuantOptions(), method="empirical", batch_size=64)
+    summary = api.bias_correct(corrected, dataset, QuantOptions(), method="empirical",
+                               run=api.RunOptions(batch_size=64))
     assert summary.corrected == []
     assert summary.skipped == [("linear", "MatMul without a bias input whose input is not known to be 2-D")]
-    sim = api.quantsim(corrected, dataset, QuantOptions(), batch_size=64)[0]
+    sim = api.quantsim(corrected, dataset, QuantOptions(), run=api.RunOptions(batch_size=64))[0]
     expected = float(np.mean(np.abs(closed_form_bias(x, tmp_path) - B)))
     assert output_shift(reference, sim, dataset)["m"] == pytest.approx(expected, rel=1e-4)

@@ -73,9 +73,9 @@ def test_top_level_help_lists_workflow_order_starting_with_ptq():
 
 
 @pytest.mark.parametrize("light,heavy", [
-    ("aimetcli.commands.quantsim:SCHEMES", "aimetcli.kernels.quant:QuantScheme"),
+    ("aimetcli.commands._options:SCHEMES", "aimetcli.kernels.quant:QuantScheme"),
     ("aimetcli.commands.bias:METHODS", "aimetcli.kernels.bias:METHODS"),
-    ("aimetcli.commands._shared:encoding_version_option", "aimetcli.encodings:SUPPORTED_VERSIONS"),
+    ("aimetcli.commands._options:encoding_version_option", "aimetcli.encodings:SUPPORTED_VERSIONS"),
 ])
 def test_light_spellings_agree_with_the_library(light, heavy):
     import importlib

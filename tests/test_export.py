@@ -251,7 +251,7 @@ def test_ptq_scores_each_sim_once_on_the_calibration_samples(tmp_path, monkeypat
 
     model, _ = api.prepare(to_ir(model_proto()))
     calib = open_data("random:24", input_specs(model))
-    seen, held, real = [], [], api.model_outputs
+    seen, held, real = [], [], ptq_flow.model_outputs
 
     def counting(m, dataset, **kw):
         if dataset.spec.endswith("(held out)"):
@@ -261,7 +261,7 @@ def test_ptq_scores_each_sim_once_on_the_calibration_samples(tmp_path, monkeypat
             seen.append(m)
         return real(m, dataset, **kw)
 
-    monkeypatch.setattr(api, "model_outputs", counting)
+    monkeypatch.setattr(ptq_flow, "model_outputs", counting)
     summary = api.ptq(model, calib, None, QuantOptions(), outdir=str(tmp_path / "out"),
                       schemes=api.scheme_candidates(QuantOptions()))
     names = [s.name for s in summary.stages]
@@ -283,14 +283,14 @@ def test_ptq_scores_every_row_once_on_the_evaluation_data(tmp_path, monkeypatch)
     model, _ = api.prepare(to_ir(model_proto()))
     calib = open_data("random:24", input_specs(model))
     ev = open_data("random:40", input_specs(model))
-    scored, real = [], api.model_outputs
+    scored, real = [], ptq_flow.model_outputs
 
     def counting(m, dataset, **kw):
         if dataset is ev:
             scored.append(m)
         return real(m, dataset, **kw)
 
-    monkeypatch.setattr(api, "model_outputs", counting)
+    monkeypatch.setattr(ptq_flow, "model_outputs", counting)
     summary = api.ptq(api.clone(model), calib, ev, QuantOptions(), outdir=str(tmp_path / "out"),
                       schemes=api.scheme_candidates(QuantOptions()))
     rows = [s for s in summary.stages if s.sqnr_db is not None]

@@ -96,7 +96,8 @@ def test_erf_gelu_is_quantized_at_its_output_only():
 def sim_sqnr(proto, x, tmp_path) -> float:
     np.savez(tmp_path / "x.npz", x=x)
     model, _ = api.prepare(to_ir(proto))
-    sim, _, _ = api.quantsim(model, open_data(tmp_path / "x.npz", input_specs(model)), QuantOptions(), batch_size=16)
+    sim, _, _ = api.quantsim(model, open_data(tmp_path / "x.npz", input_specs(model)), QuantOptions(),
+                             run=api.RunOptions(batch_size=16))
     ref, got = run(proto, {"x": x})[0], run(sim, {"x": x})[0]
     return float(10 * np.log10(np.sum(ref ** 2) / np.sum((ref - got) ** 2)))
 

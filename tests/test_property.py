@@ -492,9 +492,11 @@ def prop_pipeline(graph: Graph, run_opts: dict) -> None:
             check_output_model(model, graph, "equalize")
         dataset = open_data("random:8", input_specs(model), seed=run_opts["data_seed"])
         if run_opts["bias_correct"]:
-            api.bias_correct(model, dataset, opts, method=run_opts["method"], batch_size=run_opts["batch_size"])
+            api.bias_correct(model, dataset, opts, method=run_opts["method"],
+                             run=api.RunOptions(batch_size=run_opts["batch_size"]))
             check_output_model(model, graph, "bias_correct")
-        sim, encodings, summary = api.quantsim(model, dataset, opts, batch_size=run_opts["batch_size"])
+        sim, encodings, summary = api.quantsim(model, dataset, opts,
+                                               run=api.RunOptions(batch_size=run_opts["batch_size"]))
         check_output_model(sim, graph, "quantsim")
         json.dumps(summary.to_json(), allow_nan=False)  # what --json prints
     except AimetCliError as exc:
@@ -581,7 +583,7 @@ def _bias_correct_16bit_runs(graph: Graph, case: dict) -> None:
     model = _prepared(graph)
     opts = quant_options(case["run_opts"]["options"])
     dataset = open_data("random:8", input_specs(model))
-    summary = api.bias_correct(model, dataset, opts, method="empirical", batch_size=4)
+    summary = api.bias_correct(model, dataset, opts, method="empirical", run=api.RunOptions(batch_size=4))
     assert summary.corrected, summary.skipped
 
 

@@ -211,8 +211,8 @@ def test_equalize_that_finds_nothing_builds_no_sim(tmp_path, monkeypatch):
                        [("y", None)], [init("W", rand(4, 3, 1, 1))])
     model, _ = api.prepare(to_ir(proto))
     calib = open_data("random:16", input_specs(model))
-    calls, real = [], api.quantsim
-    monkeypatch.setattr(api, "quantsim", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls, real = [], ptq_flow.quantsim
+    monkeypatch.setattr(ptq_flow, "quantsim", lambda *a, **k: calls.append(1) or real(*a, **k))
     summary = api.ptq(model, calib, None, QuantOptions(per_channel=False), outdir=str(tmp_path / "out"),
                       correct_bias=False)
     row = next(s for s in summary.stages if s.name == "+ equalize")

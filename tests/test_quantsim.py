@@ -34,7 +34,7 @@ def mlp(hidden=16, k=12, n=5):
 def sim_of(proto, data, **opts):
     model, _ = api.prepare(to_ir(proto))
     dataset = open_data(data, input_specs(model))
-    sim, encs, summary = api.quantsim(model, dataset, QuantOptions(**opts), batch_size=16)
+    sim, encs, summary = api.quantsim(model, dataset, QuantOptions(**opts), run=api.RunOptions(batch_size=16))
     return sim, encs, summary
 
 
@@ -175,8 +175,8 @@ def test_config_turns_quantizers_off(tmp_path):
                                "params": {"weight": {"is_quantized": "False"}}, "supergroups": [],
                                "model_input": {"is_input_quantized": "False"}}))
     model, _ = api.prepare(to_ir(conv_model()))
-    sim, encs, _ = api.quantsim(model, open_data("random:4", input_specs(model)), QuantOptions(),
-                                config_path=str(cfg))
+    sim, encs, _ = api.quantsim(model, open_data("random:4", input_specs(model)),
+                                QuantOptions(config=api.load_config(str(cfg))))
     # weights off; biases follow defaults.params (quantized), at 32 bits as int32 DequantizeLinear
     assert set(encs.params) == {"B1"} and encs.params["B1"].bitwidth == 32
     run(sim, {"input": rand(2, 3, 5, 5)})
@@ -216,7 +216,8 @@ def test_unsigned_symmetric(tmp_path, scheme, unsigned):
                                "model_input": {"is_input_quantized": "True"}, "model_output": {}}))
     model, _ = api.prepare(to_ir(proto))
     dataset = open_data(str(tmp_path / "x.npy"), input_specs(model))
-    sim, encs, _ = api.quantsim(model, dataset, QuantOptions(scheme=scheme), config_path=str(cfg), batch_size=16)
+    sim, encs, _ = api.quantsim(model, dataset, QuantOptions(scheme=scheme, config=api.load_config(str(cfg))),
+                                api.RunOptions(batch_size=16))
     for enc in (encs.activations["x"], encs.activations["r"], encs.params["W1"]):
         if unsigned:
             assert not enc.symmetric and np.all(enc.offset == 0), enc
@@ -240,7 +241,7 @@ def test_progress_counts_batches_whatever_the_run_size(tmp_path, n, batch_size):
     model, _ = api.prepare(to_ir(mlp()))
     dataset = open_data(str(tmp_path / "x.npy"), input_specs(model))
     steps = []
-    api.quantsim(model, dataset, QuantOptions(), batch_size=batch_size, progress=steps.append)
+    api.quantsim(model, dataset, QuantOptions(), run=api.RunOptions(batch_size=batch_size, progress=steps.append))
     assert sum(steps) == dataset.num_batches(batch_size)
 
 
@@ -249,8 +250,8 @@ def test_tf_enhanced_progress_counts_batches(tmp_path):
     model, _ = api.prepare(to_ir(mlp()))
     dataset = open_data(str(tmp_path / "x.npy"), input_specs(model))
     steps = []
-    api.quantsim(model, dataset, QuantOptions(scheme=QuantScheme.TF_ENHANCED), batch_size=64,
-                 progress=steps.append)
+    api.quantsim(model, dataset, QuantOptions(scheme=QuantScheme.TF_ENHANCED),
+                 run=api.RunOptions(batch_size=64, progress=steps.append))
     assert sum(steps) == dataset.num_batches(64) == 1
 
 
@@ -280,10 +281,10 @@ def test_evaluate_with_reference_outputs_equals_running_the_reference():
     proto = mlp()
     model, _ = api.prepare(to_ir(proto))
     dataset = open_data("random:40", input_specs(model))
-    sim, _, _ = api.quantsim(api.clone(model), dataset, QuantOptions(param_bw=4), batch_size=16)
-    full = api.evaluate([model, sim], dataset, batch_size=16)
+    sim, _, _ = api.quantsim(api.clone(model), dataset, QuantOptions(param_bw=4), run=api.RunOptions(batch_size=16))
+    full = api.evaluate([model, sim], dataset, run=api.RunOptions(batch_size=16))
     ref = api.model_outputs(model, dataset, batch_size=16)
-    reused = api.evaluate([model, sim], dataset, batch_size=16, reference_outputs=ref)
+    reused = api.evaluate([model, sim], dataset, run=api.RunOptions(batch_size=16), reference_outputs=ref)
     assert full.comparisons and full.comparisons == reused.comparisons
     assert full.top1 == reused.top1 and full.top1_agreement == reused.top1_agreement
     assert np.isfinite(full.comparisons[0].sqnr_db) and full.comparisons[0].max_abs_error > 0

@@ -39,7 +39,7 @@ def data(model, spec, n=None, labels=None):
 
 
 def top1(model: ir.Model, n: int = 2000) -> float:
-    return api.evaluate([model], data(model, EVAL, n, "label"), batch_size=250).top1[0]
+    return api.evaluate([model], data(model, EVAL, n, "label"), run=api.RunOptions(batch_size=250)).top1[0]
 
 
 _fp32_cache: dict[str, float] = {}
@@ -148,7 +148,8 @@ def test_fold_then_equalize_equals_equalize(tmp_path):
 def test_w8a8_accuracy_after_fold(name, per_channel, budget):
     model = load(name)
     api.fold_bn(model)
-    sim, _, _ = api.quantsim(model, data(model, CALIB), QuantOptions(per_channel=per_channel), batch_size=250)
+    sim, _, _ = api.quantsim(model, data(model, CALIB), QuantOptions(per_channel=per_channel),
+                             run=api.RunOptions(batch_size=250))
     assert fp32_top1(name) - top1(sim) <= budget
 
 
@@ -168,9 +169,10 @@ def test_bias_correction_removes_shift_and_helps(name):
         options = QuantOptions(param_bw=bw)
         corrected = clone(model)
         # bias-correct and quantsim with the same options and data, as the workflow runs them
-        api.bias_correct(corrected, data(corrected, CALIB), options, method="empirical", batch_size=250)
-        plain, _, _ = api.quantsim(clone(model), data(model, CALIB), options, batch_size=250)
-        fixed, _, _ = api.quantsim(clone(corrected), data(model, CALIB), options, batch_size=250)
+        api.bias_correct(corrected, data(corrected, CALIB), options, method="empirical",
+                         run=api.RunOptions(batch_size=250))
+        plain, _, _ = api.quantsim(clone(model), data(model, CALIB), options, run=api.RunOptions(batch_size=250))
+        fixed, _, _ = api.quantsim(clone(corrected), data(model, CALIB), options, run=api.RunOptions(batch_size=250))
         before, after = mean_shift(model, plain), mean_shift(model, fixed)
         assert after * 5 <= before, (bw, before, after)
         # accuracy moves toward FP32: never below the uncorrected or the FP32 level by more than
@@ -183,13 +185,14 @@ def test_bias_correction_removes_shift_and_helps(name):
 def test_deployable_model_agrees_with_sim(name, tmp_path):
     model = load(name)
     api.fold_bn(model)
-    sim, _, _ = api.quantsim(model, data(model, CALIB), QuantOptions(per_channel=True), batch_size=250)
+    sim, _, _ = api.quantsim(model, data(model, CALIB), QuantOptions(per_channel=True),
+                             run=api.RunOptions(batch_size=250))
     model_io.save_model(sim, str(tmp_path / "sim.onnx"))
     r = CliRunner().invoke(main, ["export", str(tmp_path / "sim.onnx"), "-o", str(tmp_path / "deploy")])
     assert r.exit_code == 0, r.output
     qdq = model_io.load_model(str(tmp_path / "deploy" / "model_qdq.onnx")).model
     res = api.evaluate([model_io.load_model(str(tmp_path / "sim.onnx")).model, qdq], data(model, EVAL, None, "label"),
-                       batch_size=250, optimization=["none", "all"])
+                       run=api.RunOptions(batch_size=250), optimization=["none", "all"])
     assert res.top1_agreement >= 99.5
     fp32_size = (tmp_path / "deploy" / "model.onnx").stat().st_size
     # 8-bit weights: a quarter of the FP32 weight bytes. (On disk the ratio is lower for these

@@ -54,7 +54,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
@@ -78,11 +78,13 @@ if TYPE_CHECKING:
 __all__ = [
     "IMAGE_EXTENSIONS",
     "LABEL_KEYS",
+    "DataSource",
     "Dataset",
     "Feed",
     "Feeding",
     "ImageOptions",
     "InputSpec",
+    "as_dataset",
     "feed_rows",
     "image_options",
     "input_specs",
@@ -90,6 +92,9 @@ __all__ = [
     "parse_floats",
     "parse_resize",
 ]
+
+# What a step accepts as its data: an open Dataset, or a spec open_data reads (path or random:N).
+DataSource = Union[Dataset, str, "os.PathLike[str]"]
 
 _ACCEPTED = (
     ".npy (one array [N, ...]), .npz (one array per input name), "
@@ -209,3 +214,11 @@ def open_data(spec: str | os.PathLike[str], inputs: list[InputSpec], *, num_samp
     if suffix == ".npz":
         return _open_npz(spec, path, inputs, num_samples, labels_key)
     raise _data_error(spec, f"unknown data format '{suffix or path.name}'; accepted: {_ACCEPTED}")
+
+
+def as_dataset(data: DataSource, model: onnx_ir.Model) -> Dataset:
+    """The data a step runs on: a Dataset as it is; a spec (see the module docstring) opened for
+    ``model``'s inputs with :func:`open_data`'s defaults."""
+    if isinstance(data, (str, os.PathLike)):
+        return open_data(data, input_specs(model))
+    return data

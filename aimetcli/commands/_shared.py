@@ -1,4 +1,6 @@
-"""Options and steps shared by the commands: input, output, model options, up-front checks.
+"""Steps shared by the commands: up-front checks, loading and saving, data, progress.
+
+The options they share are in commands/_options.py.
 
 Nothing heavy is imported at module level (the library is imported inside the
 functions that use it), so a command's ``--help`` and usage errors stay instant.
@@ -6,63 +8,17 @@ functions that use it), so a command's ``--help`` and usage errors stay instant.
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import click
-
 from aimetcli import paths
-from aimetcli.cli import Output, require_distinct_stdout
+from aimetcli.commands._options import DataArgs, Output, require_distinct_stdout
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.paths import STDIO
 
 if TYPE_CHECKING:
     import onnx_ir as ir
-
-input_argument = click.argument("model_in", metavar="MODEL", type=str)
-
-
-def model_output(func):
-    """The output model: ``-o FILE`` or a positional OUTPUT after MODEL, as onnxsim and
-    onnxslim take it (``aimetcli fold-bn in.onnx out.onnx``); exactly one of the two.
-    The command receives it as ``output``."""
-
-    @click.argument("output_arg", metavar="[OUTPUT]", required=False)
-    @click.option("-o", "--output", "output_opt", type=str, default=None,
-                  help="Output model path, or '-' for stdout (or give it as OUTPUT after MODEL).")
-    @functools.wraps(func)
-    def wrapper(*args, output_opt: str | None, output_arg: str | None, **kwargs):
-        if output_opt is not None and output_arg is not None:
-            raise AimetCliError(f"two outputs given (-o {output_opt} and {output_arg}); give one",
-                                ErrorKind.USAGE)
-        if output_opt is None and output_arg is None:
-            raise AimetCliError("no output given: add -o FILE (or OUTPUT after MODEL, as in "
-                                "'aimetcli fold-bn in.onnx out.onnx'); '-o -' writes to stdout", ErrorKind.USAGE)
-        return func(*args, output=output_opt if output_opt is not None else output_arg, **kwargs)
-
-    return wrapper
-
-
-def all_rows_option(help_text: str):
-    """--all: tables and plots that show their first rows show every row."""
-    return click.option("--all", "show_all", is_flag=True, help=help_text)
-
-
-simplify_option = click.option(
-    "--simplify", is_flag=True,
-    help="Run onnxsim first (its BN fusion disabled); if onnxsim fails, go on without it.",
-)
-external_data_option = click.option(
-    "--external-data", is_flag=True,
-    help="Save tensors in '<output>.data' beside the model (automatic above 2 GB).",
-)
-encoding_version_option = click.option(
-    "--encoding-version", type=click.Choice(["0.6.1", "1.0.0", "2.0.0"]), default="1.0.0", show_default=True,
-    help="AIMET encodings file format: 1.0.0 (AIMET 1.x lists, any bitwidth), 0.6.1 (older readers), "
-         "2.0.0 (y_scale/y_zero_point, 4/8/16/32 bits only).",
-)
 
 
 # -- up-front checks ------------------------------------------------------------------
@@ -183,45 +139,18 @@ def shown_rows(out: Output, rows: list, limit: int, show_all: bool, what: str) -
 
 
 # -- calibration / evaluation data ---------------------------------------------------
-def data_options(func):
-    """--data and the options describing it (shared by quantsim, bias-correct, evaluate, ptq)."""
-    options = [
-        click.option("--num-samples", type=click.IntRange(min=1), default=None,
-                     help="Use at most this many samples."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-                     help="Samples per onnxruntime run."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed for random:N data."),
-        click.option("--resize", type=str, default=None,
-                     help="Image folders: resize to HxW (S: SxS); with --center-crop, S is the shorter side "
-                          "(aspect ratio kept)."),
-        click.option("--center-crop", type=str, default=None,
-                     help="Image folders: take the centered S or HxW crop after scaling, aspect ratio kept "
-                          "(ImageNet: --resize 256 --center-crop 224)."),
-        click.option("--mean", type=str, default=None, help="Image folders: per-channel mean, e.g. 0.485,0.456,0.406."),
-        click.option("--std", type=str, default=None, help="Image folders: per-channel std."),
-        click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True,
-                     help="Image folders: tensor layout."),
-        click.option("--grayscale", is_flag=True, help="Image folders: read images as one channel."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def open_dataset(model: ir.Model, spec: str, *, num_samples=None, seed=0, resize=None, center_crop=None,
-                 mean=None, std=None, layout="NCHW", grayscale=False, labels_key=None, out: Output | None = None,
-                 scored: bool = False, **_ignored):
-    """Open ``--data`` for ``model``; its notes go to ``out.detail`` (-v), its warnings (what
-    was assumed) to ``out.warn`` when the data is first read (after the command's checks).
+def open_dataset(model: ir.Model, spec: str, sampling: DataArgs, *, labels_key: str | None = None,
+                 out: Output | None = None, scored: bool = False):
+    """Open ``--data`` for ``model`` as ``sampling`` says; its notes go to ``out.detail`` (-v), its
+    warnings (what was assumed) to ``out.warn`` when the data is first read (after the command's
+    checks).
     ``scored``: the data will be scored (evaluate, ptq's evaluation set), so labels left out
     are worth a warning, and random data's poor ranges are not (they matter to calibration
     only)."""
     from aimetcli.calibration import data as data_mod
 
-    images = data_mod.image_options(resize=resize or None, center_crop=center_crop or None, mean=mean or None,
-                                    std=std or None, layout=layout, grayscale=grayscale)
-    dataset = data_mod.open_data(spec, data_mod.input_specs(model), num_samples=num_samples,
-                                 labels_key=labels_key, images=images, seed=seed)
+    dataset = data_mod.open_data(spec, data_mod.input_specs(model), num_samples=sampling.num_samples,
+                                 labels_key=labels_key, images=sampling.images(), seed=sampling.seed)
     if out is not None:
         warnings = [*dataset.warnings, *(() if scored else dataset.calibration_warnings)]
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from aimetcli.cli import Output, common_options
-from aimetcli.commands._shared import (
-    all_rows_option, data_options, external_data_option, input_argument, load_input, model_output, open_dataset,
-    preflight, progress_bar, save_output, shown_rows,
+from aimetcli.commands._options import (
+    DataArgs, Output, QuantArgs, all_rows_option, common_options, data_options, external_data_option, input_argument,
+    model_output, quant_options,
 )
-from aimetcli.commands.quantsim import make_options, quant_options
+from aimetcli.commands._shared import load_input, open_dataset, preflight, progress_bar, save_output, shown_rows
 from aimetcli.errors import AimetCliError, ErrorKind
 
 # aimetcli.kernels.bias.METHODS, spelled here so that --help imports no numpy
@@ -33,7 +32,7 @@ TABLE_ROWS = 25
 @all_rows_option("Every corrected layer in the table (default: the first 25).")
 @common_options
 def bias_correct(out: Output, model_in: str, output: str, data: str | None, method: str,
-                 external_data: bool, config_path: str | None, show_all: bool, **kw) -> None:
+                 external_data: bool, show_all: bool, quant: QuantArgs, sampling: DataArgs) -> None:
     """Correct the biases for the shift that weight quantization causes.
 
     Corrects for the quantization quantsim applies with the same options; the
@@ -46,17 +45,16 @@ def bias_correct(out: Output, model_in: str, output: str, data: str | None, meth
     """
     if data is None and method != "analytical":
         raise AimetCliError(f"--method {method} needs --data (or use --method analytical)", ErrorKind.USAGE)
-    preflight(out, model_in, output=output, config=config_path, data=[("--data", data)])
+    preflight(out, model_in, output=output, config=quant.config_path, data=[("--data", data)])
     from aimetcli import api
     from aimetcli.bias_correction import progress_steps
 
-    options = make_options(**kw)
+    options = quant.options()
     model = load_input(out, model_in, float32=True)
-    dataset = open_dataset(model, data, out=out, **kw) if data else None
-    batches = progress_steps(model, dataset, kw["batch_size"], options)
+    dataset = open_dataset(model, data, sampling, out=out) if data else None
+    batches = progress_steps(model, dataset, sampling.batch_size, options)
     with progress_bar(out, batches, "Correcting biases") as bar:
-        summary = api.bias_correct(model, dataset, options, method=method, config_path=config_path,
-                                   batch_size=kw["batch_size"], progress=bar)
+        summary = api.bias_correct(model, dataset, options, sampling.run(bar), method=method)
     save_output(out, model, output, external_data=external_data)
     table = Table(title=f"Bias correction ({method}, W{options.param_bw}A{options.act_bw})", title_justify="left")
     for col in ("layer", "method", "channels", "mean |shift| uncorrected", "after"):

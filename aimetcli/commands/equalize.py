@@ -5,11 +5,10 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from aimetcli.cli import Output, common_options
-from aimetcli.commands._shared import (
-    all_rows_option, external_data_option, input_argument, load_input, model_output, preflight, save_output,
-    shown_rows, simplify_option,
+from aimetcli.commands._options import (
+    Output, all_rows_option, common_options, external_data_option, input_argument, model_output, simplify_option,
 )
+from aimetcli.commands._shared import load_input, preflight, save_output, shown_rows
 
 TABLE_ROWS = 15
 
@@ -121,6 +120,7 @@ def ranges(out: Output, model_in: str, plot: str | None, show_all: bool) -> None
     """
     preflight(out, model_in, files=[plot] if plot else [])
     from aimetcli import api
+    from aimetcli.records import jsonable
 
     if plot:
         from aimetcli.plots import MAX_LAYERS, _pyplot, plot_ranges
@@ -133,7 +133,7 @@ def ranges(out: Output, model_in: str, plot: str | None, show_all: bool) -> None
         _wrote_plot(out, plot, len(rows), show_all)
     out.info(ranges_table(rows))
     out.emit_json({"command": "ranges", "input": model_in,
-                   "layers": [api._jsonable(r) for r in rows]})
+                   "layers": [jsonable(r) for r in rows]})
 
 
 COMMANDS = [equalize, ranges]

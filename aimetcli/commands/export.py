@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from aimetcli.cli import Output, common_options
-from aimetcli.commands._shared import encoding_version_option, input_argument, load_input, preflight
+from aimetcli.commands._options import Output, common_options, encoding_version_option, input_argument
+from aimetcli.commands._shared import load_input, preflight
 from aimetcli.errors import AimetCliError, ErrorKind
 
 
@@ -65,22 +65,22 @@ def export(out: Output, model_in: str, output: str, encodings_path: str | None, 
       aimetcli export sim.onnx -o deploy/ --batch-size 1      # static shapes for qnn-onnx-converter
     """
     preflight(out, model_in, output=output, output_is_dir=True)
-    from aimetcli.export import export as export_model
+    from aimetcli import api
 
     if force and encodings_path is None:
         raise AimetCliError("--force applies to --encodings FILE only (a sim's own encodings always fit it)",
                             ErrorKind.USAGE)
     model = load_input(out, model_in)
-    summary = export_model(model, output, encodings_path=encodings_path, version=encoding_version,
+    summary = api.export(model, output, encodings_path=encodings_path, version=encoding_version,
                            unsigned_weights=not signed_weights, batch_size=batch_size, force=force)
     for w in summary.warnings:
         out.warn(w)
     render_export(out, summary)
     if summary.batch_size is not None:
         out.info(f"Static shapes: the inputs' batch dim is {summary.batch_size} in both models.")
-    from aimetcli.api import _jsonable
+    from aimetcli.records import jsonable
 
-    out.emit_json({"command": "export", "input": model_in, **_jsonable(summary)})
+    out.emit_json({"command": "export", "input": model_in, **jsonable(summary)})
 
 
 COMMANDS = [export]

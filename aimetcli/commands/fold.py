@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 from rich.table import Table
 
-from typing import TYPE_CHECKING
-
-from aimetcli.cli import Output, common_options
-from aimetcli.commands._shared import (
-    all_rows_option, external_data_option, input_argument, load_input, model_output, preflight, save_output,
-    simplify_option,
+from aimetcli.commands._options import (
+    Output, all_rows_option, common_options, external_data_option, input_argument, model_output, simplify_option,
 )
+from aimetcli.commands._shared import load_input, preflight, save_output
 
 if TYPE_CHECKING:
     from aimetcli import api

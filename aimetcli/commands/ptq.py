@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 from rich.table import Table
 
-from aimetcli.cli import Output, common_options
-from aimetcli.commands._shared import (
-    data_options, encoding_version_option, input_argument, load_input, open_dataset, preflight, simplify_option,
+from aimetcli.commands._options import (
+    DataArgs, Output, QuantArgs, common_options, data_options, encoding_version_option, input_argument,
+    quant_options, simplify_option,
 )
+from aimetcli.commands._shared import load_input, open_dataset, preflight
 from aimetcli.commands.bias import METHOD_HELP, METHODS
 from aimetcli.commands.export import render_export
-from aimetcli.commands.quantsim import AUTO_SCHEME, make_options, quant_options
 from aimetcli.errors import AimetCliError, ErrorKind
 
 
@@ -34,7 +36,7 @@ from aimetcli.errors import AimetCliError, ErrorKind
 @common_options
 def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | None, labels_key: str | None,
         report_path: str | None, no_equalize: bool, no_bias_correct: bool, bias_correct_method: str,
-        encoding_version: str, simplify: bool, config_path: str | None, **kw) -> None:
+        encoding_version: str, simplify: bool, quant: QuantArgs, sampling: DataArgs) -> None:
     """Fold BN, choose the quantization, equalize, bias-correct, calibrate and export.
 
     Per-channel weights (unless --per-channel/--per-tensor or the --config
@@ -54,7 +56,7 @@ def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | Non
     if labels_key and not eval_data and not data.endswith(".npz"):
         raise AimetCliError("--labels needs an .npz with labels (give --eval)", ErrorKind.USAGE)
     preflight(out, model_in, output=output, output_is_dir=True, encoding_version=encoding_version,
-              bitwidths=(kw["param_bw"], kw["act_bw"]), config=config_path,
+              bitwidths=(quant.param_bw, quant.act_bw), config=quant.config_path,
               data=[("--data", data), ("--eval", eval_data)])
     from aimetcli import api
 
@@ -62,20 +64,20 @@ def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | Non
         from aimetcli.report_html import check_report_path
 
         check_report_path(report_path, output)
-    options = make_options(**kw)
-    schemes = api.scheme_candidates(options) if kw["quant_scheme"] == AUTO_SCHEME else (options.scheme,)
+    options = quant.options()
+    schemes = api.scheme_candidates(options) if quant.auto_scheme else (options.scheme,)
     model = load_input(out, model_in, simplify=simplify, float32=True)
-    calib = open_dataset(model, data, out=out, **kw)
-    evaluation = open_dataset(model, eval_data, labels_key=labels_key, out=out, scored=True,
-                              **{**kw, "num_samples": None}) if eval_data else None
+    calib = open_dataset(model, data, sampling, out=out)
+    evaluation = open_dataset(model, eval_data, dataclasses.replace(sampling, num_samples=None),
+                              labels_key=labels_key, out=out, scored=True) if eval_data else None
     if evaluation is None and labels_key:
-        evaluation = open_dataset(model, data, labels_key=labels_key, out=out, scored=True, **kw)
+        evaluation = open_dataset(model, data, sampling, labels_key=labels_key, out=out, scored=True)
     ranges_before = api.weight_ranges(model) if report_path is not None else None
     with StageProgress(out) as progress:
-        summary = api.ptq(model, calib, evaluation, options, outdir=output, equalize_model=not no_equalize,
-                          correct_bias=not no_bias_correct, method=bias_correct_method, config_path=config_path,
-                          batch_size=kw["batch_size"], encoding_version=encoding_version, schemes=schemes,
-                          on_stage=progress.stage, on_start=progress.start, measure_layers=report_path is not None)
+        summary = api.ptq(model, calib, evaluation, options, sampling.run(), outdir=output,
+                          equalize_model=not no_equalize, correct_bias=not no_bias_correct, method=bias_correct_method,
+                          encoding_version=encoding_version, schemes=schemes, on_stage=progress.stage,
+                          on_start=progress.start, measure_layers=report_path is not None)
     for w in summary.warnings:
         out.warn(w)
     table = stage_table(summary)

@@ -2,95 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 from rich.table import Table
 
-from aimetcli.cli import Output, common_options
-from aimetcli.commands._shared import (
-    data_options, encoding_version_option, external_data_option, input_argument, load_input, model_output,
-    open_dataset, preflight, progress_bar, save_output,
+from aimetcli.commands._options import (
+    DataArgs, Output, QuantArgs, common_options, data_options, encoding_version_option, external_data_option,
+    input_argument, model_output, quant_options,
 )
+from aimetcli.commands._shared import load_input, open_dataset, preflight, progress_bar, save_output
 from aimetcli.errors import AimetCliError, ErrorKind
 
-if TYPE_CHECKING:
-    from aimetcli.quantsim.placement import QuantOptions
-
-
-AUTO_SCHEME = "auto"
-# aimetcli.kernels.quant.QuantScheme's values, spelled here so that --help imports no numpy
-# (tests/test_cli_startup.py checks that the two agree).
-SCHEMES = ("min-max", "tf-enhanced", "percentile")
 ORT_LEVELS = ("none", "basic", "all")
-
-
-def normalize_scheme(value: str) -> str:
-    """AIMET's spellings of a scheme as ours: tf_enhanced, post_training_tf_enhanced -> tf-enhanced;
-    tf, post_training_tf, min_max -> min-max; post_training_percentile -> percentile."""
-    name = value.strip().lower().replace("_", "-")
-    name = name.removeprefix("post-training-")
-    return "min-max" if name == "tf" else name
-
-
-class SchemeChoice(click.Choice):
-    """A --quant-scheme choice that also takes AIMET's spellings (see :func:`normalize_scheme`)."""
-
-    def convert(self, value, param, ctx):
-        return super().convert(normalize_scheme(value) if isinstance(value, str) else value, param, ctx)
-
-
-def quant_options(func=None, *, auto_scheme: bool = False):
-    """Options that define the quantization (shared by quantsim, bias-correct, ptq, export).
-
-    ``auto_scheme`` (ptq): ``--quant-scheme`` also takes 'auto', its default, which tries the
-    schemes of :func:`aimetcli.api.scheme_candidates` and keeps the best.
-    """
-    if func is None:
-        return functools.partial(quant_options, auto_scheme=auto_scheme)
-    aimet_names = " AIMET's names (tf, tf_enhanced, post_training_percentile, ...) are accepted too."
-    if auto_scheme:
-        scheme = click.option("--quant-scheme", type=SchemeChoice([AUTO_SCHEME, *SCHEMES]), default=AUTO_SCHEME,
-                              show_default=True,
-                              help="How ranges are chosen (tf-enhanced: AIMET's SQNR search; auto: min-max and "
-                                   "tf-enhanced both tried, the one closer to FP32 on the calibration data kept)."
-                                   + aimet_names)
-    else:
-        scheme = click.option("--quant-scheme", type=SchemeChoice(SCHEMES), default="min-max", show_default=True,
-                              help="How ranges are chosen (tf-enhanced: AIMET's SQNR search)." + aimet_names)
-    options = [
-        click.option("--param-bw", type=click.IntRange(2, 16), default=8, show_default=True, help="Weight bitwidth."),
-        click.option("--act-bw", type=click.IntRange(2, 16), default=8, show_default=True,
-                     help="Activation bitwidth."),
-        click.option("--per-channel/--per-tensor", "per_channel", default=None,
-                     help="Per-channel weight quantization (default: as the config says, per-tensor)."),
-        click.option("--param-symmetric/--param-asymmetric", "param_symmetric", default=None,
-                     help="Weight symmetry (default: symmetric, from the config)."),
-        click.option("--act-symmetric/--act-asymmetric", "act_symmetric", default=None,
-                     help="Activation symmetry (default: asymmetric, from the config)."),
-        scheme,
-        click.option("--percentile", type=click.FloatRange(50.0, 100.0), default=99.99, show_default=True,
-                     help="Percentile for --quant-scheme percentile."),
-        click.option("--config", "config_path", type=str, default=None,
-                     help="AIMET quantsim config JSON (default: the one shipped, AIMET's default)."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def make_options(param_bw, act_bw, per_channel, param_symmetric, act_symmetric, quant_scheme, percentile,
-                 **_ignored) -> QuantOptions:
-    """QuantOptions from the CLI options ('auto' gives min-max here: ptq tries the others itself)."""
-    from aimetcli.kernels.quant import QuantScheme
-    from aimetcli.quantsim.placement import QuantOptions
-
-    scheme = QuantScheme.MIN_MAX if quant_scheme == AUTO_SCHEME else QuantScheme(quant_scheme)
-    return QuantOptions(param_bw=param_bw, act_bw=act_bw, per_channel=per_channel,
-                        param_symmetric=param_symmetric, act_symmetric=act_symmetric,
-                        scheme=scheme, percentile=percentile)
 
 
 def encodings_path(output: str, explicit: str | None) -> str:
@@ -113,7 +37,7 @@ def encodings_path(output: str, explicit: str | None) -> str:
 @external_data_option
 @common_options
 def quantsim(out: Output, model_in: str, output: str, data: str, encodings_out: str | None,
-             encoding_version: str, external_data: bool, config_path: str | None, **kw) -> None:
+             encoding_version: str, external_data: bool, quant: QuantArgs, sampling: DataArgs) -> None:
     """Simulate quantization with QDQ nodes, calibrated with onnxruntime.
 
     Places quantizers as AIMET's QuantizationSimModel does (default config: inputs,
@@ -128,16 +52,14 @@ def quantsim(out: Output, model_in: str, output: str, data: str, encodings_out: 
     """
     enc_path = encodings_path(output, encodings_out)
     preflight(out, model_in, output=output, files=[enc_path], encoding_version=encoding_version,
-              bitwidths=(kw["param_bw"], kw["act_bw"]), config=config_path, data=[("--data", data)])
+              bitwidths=(quant.param_bw, quant.act_bw), config=quant.config_path, data=[("--data", data)])
     from aimetcli import api, model_io
 
-    options = make_options(**kw)
+    options = quant.options()
     model = load_input(out, model_in, float32=True)
-    dataset = open_dataset(model, data, out=out, **kw)
-    batch_size = kw["batch_size"]
-    with progress_bar(out, dataset.num_batches(batch_size), "Calibrating") as bar:
-        sim, encodings, summary = api.quantsim(model, dataset, options, config_path=config_path,
-                                               batch_size=batch_size, progress=bar)
+    dataset = open_dataset(model, data, sampling, out=out)
+    with progress_bar(out, dataset.num_batches(sampling.batch_size), "Calibrating") as bar:
+        sim, encodings, summary = api.quantsim(model, dataset, options, sampling.run(bar))
     for w in summary.warnings:
         out.warn(w)
     text = api.encodings_json(encodings, options, encoding_version)
@@ -166,7 +88,7 @@ def quantsim(out: Output, model_in: str, output: str, data: str, encodings_out: 
 @data_options
 @common_options
 def evaluate(out: Output, models: tuple[str, ...], data: str, labels_key: str | None, ort_optimization: str,
-             **kw) -> None:
+             sampling: DataArgs) -> None:
     """Top-1 accuracy of one or two models; for two, how far their outputs are apart.
 
     \b
@@ -186,10 +108,9 @@ def evaluate(out: Output, models: tuple[str, ...], data: str, labels_key: str | 
     from aimetcli import api
 
     loaded = [load_input(out, m) for m in models]
-    dataset = open_dataset(loaded[0], data, labels_key=labels_key, out=out, scored=True, **kw)
-    with progress_bar(out, dataset.num_batches(kw["batch_size"]), "Evaluating") as bar:
-        summary = api.evaluate(loaded, dataset, batch_size=kw["batch_size"], optimization=levels,
-                               names=list(models), progress=bar)
+    dataset = open_dataset(loaded[0], data, sampling, labels_key=labels_key, out=out, scored=True)
+    with progress_bar(out, dataset.num_batches(sampling.batch_size), "Evaluating") as bar:
+        summary = api.evaluate(loaded, dataset, sampling.run(bar), optimization=levels, names=list(models))
     first = loaded[0].graph.outputs[0].name if loaded[0].graph.outputs else None
     scored = f", top-1 from output {summary.scored_output}" if summary.scored_output not in (None, first) else ""
     table = Table(title=f"Evaluation on {summary.samples} samples{scored}", title_justify="left")

@@ -27,7 +27,8 @@ from aimetcli.calibration.observers import EmptyObserverError, make_observer, ob
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.quant import Encoding, QuantScheme, encoding_from_range, fake_quantize_finite
 from aimetcli.model_io import SplicedProto
-from aimetcli.quantsim.placement import Placement, QuantOptions, revise_after_calibration
+from aimetcli.options import QuantOptions
+from aimetcli.quantsim.placement import Placement, revise_after_calibration
 
 
 @dataclass

@@ -47,31 +47,14 @@ import onnx_ir as ir
 
 from aimetcli import graph as g
 from aimetcli.errors import AimetCliError, ErrorKind
-from aimetcli.kernels.quant import Encoding, QuantScheme
+from aimetcli.kernels.quant import Encoding
 from aimetcli.layers import as_layer
+from aimetcli.options import QuantOptions
 from aimetcli.quantsim.config import QuantsimConfig
 from aimetcli.quantsim.units import SAME_GRID_OPS, unit_inner
 
 # float16/bfloat16 tensors stay unquantized: QDQ scales would have to be float16 too.
 FLOAT_TYPES = (ir.DataType.FLOAT,)
-
-
-@dataclass(frozen=True)
-class QuantOptions:
-    """What the user asked for on top of the config."""
-
-    param_bw: int = 8
-    act_bw: int = 8
-    per_channel: bool | None = None  # None: the config decides
-    param_symmetric: bool | None = None
-    act_symmetric: bool | None = None
-    scheme: QuantScheme = QuantScheme.MIN_MAX
-    percentile: float = 99.99
-
-    def as_record(self, cfg_source: str) -> dict:
-        return {"param_bw": self.param_bw, "act_bw": self.act_bw, "per_channel": self.per_channel,
-                "param_symmetric": self.param_symmetric, "act_symmetric": self.act_symmetric,
-                "scheme": self.scheme.value, "percentile": self.percentile, "config": cfg_source}
 
 
 @dataclass

@@ -1,0 +1,58 @@
+"""What a step is asked to do, as typed data: the quantization (with its loaded config), the
+equalization switches, and how a step runs (batch size, progress).
+
+Each option is a dataclass field with its default, written here once; the CLI's decorators
+(aimetcli/commands/_options.py) fill them from the command line, and a library caller builds
+them directly: ``QuantOptions(param_bw=4, per_channel=True, config=load_config("cfg.json"))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aimetcli.kernels.quant import QuantScheme
+from aimetcli.quantsim.config import QuantsimConfig, load_config
+
+
+def _default_config() -> QuantsimConfig:
+    return load_config(None)
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    """What the user asked for on top of the config, and the config itself (AIMET's quantsim
+    config JSON, parsed once: :func:`aimetcli.quantsim.config.load_config`; by default the one
+    shipped). ``None`` for a granularity or symmetry: the config decides."""
+
+    param_bw: int = 8
+    act_bw: int = 8
+    per_channel: bool | None = None  # None: the config decides
+    param_symmetric: bool | None = None
+    act_symmetric: bool | None = None
+    scheme: QuantScheme = QuantScheme.MIN_MAX
+    percentile: float = 99.99
+    config: QuantsimConfig = field(default_factory=_default_config, repr=False, hash=False)
+
+    def as_record(self) -> dict:
+        """The options as recorded in a model and in report.json (the config by its source)."""
+        return {"param_bw": self.param_bw, "act_bw": self.act_bw, "per_channel": self.per_channel,
+                "param_symmetric": self.param_symmetric, "act_symmetric": self.act_symmetric,
+                "scheme": self.scheme.value, "percentile": self.percentile, "config": self.config.source}
+
+
+@dataclass
+class EqualizeOptions:
+    replace_relu6: bool = True  # Clip(0, a) -> Relu inside scaling chains
+    high_bias_fold: bool = True
+    cross_layer_scaling: bool = True  # False: only fold BN and replace ReLU6 (a reference for exactness tests)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a step runs, beside what it computes: ``batch_size`` samples per onnxruntime run
+    (memory and speed; calibrated ranges do not depend on it), and ``progress``, called with the
+    number of batches done as they finish."""
+
+    batch_size: int = 32
+    progress: Callable[[int], None] | None = None

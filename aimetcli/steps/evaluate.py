@@ -1,0 +1,173 @@
+"""evaluate as a facade step: run models over data, top-1 against labels, and how far two
+models' outputs are apart (SQNR, max abs error, top-1 agreement).
+
+ptq's judging reads the same measures (:func:`model_outputs`, :func:`compare_outputs`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import onnx_ir as ir
+
+from aimetcli.calibration.data import DataSource, as_dataset
+from aimetcli.model_ops import ModelSource, as_model
+from aimetcli.options import RunOptions
+from aimetcli.records import jsonable
+
+EVALUATION_BATCH = 64  # samples per onnxruntime run when the caller does not say
+
+
+@dataclass
+class OutputComparison:
+    output: str
+    sqnr_db: float
+    max_abs_error: float
+
+
+@dataclass
+class EvaluateSummary:
+    models: list[str]
+    samples: int
+    top1: list[float | None]
+    comparisons: list[OutputComparison] = field(default_factory=list)
+    top1_agreement: float | None = None
+    seconds: float = 0.0
+    scored_output: str | None = None  # the output top-1 and first_sqnr_db read (score_output)
+
+    @property
+    def first_sqnr_db(self) -> float | None:
+        """SQNR (dB) of the second model's scored output against the first's, if comparable."""
+        for c in self.comparisons:
+            if c.output == self.scored_output:
+                return c.sqnr_db
+        return None
+
+    def to_json(self) -> dict:
+        return jsonable(self)
+
+
+def sqnr_db(reference, test) -> float:
+    import numpy as np
+
+    ref = np.asarray(reference, np.float64)
+    return sqnr_of_energies(float(np.sum(ref**2)), float(np.sum((ref - np.asarray(test, np.float64)) ** 2)))
+
+
+def sqnr_of_energies(signal: float, noise: float) -> float:
+    """10 log10(signal / noise) in dB: inf without noise, -inf without signal."""
+    if noise == 0:
+        return float("inf")
+    if signal == 0:
+        return float("-inf")
+    return float(10 * math.log10(signal / noise))
+
+
+def model_outputs(model: ir.Model, dataset, *, batch_size: int = EVALUATION_BATCH, optimization: str = "none",
+                  progress=None) -> list:
+    """Every output of ``model`` over the data (one array per output, samples concatenated).
+
+    A caller that compares several models with the same reference (ptq, after each stage) runs
+    the reference once and passes its outputs to ``evaluate``."""
+    return _run_models([model], [optimization], dataset, batch_size, progress)[0]
+
+
+def _run_models(models: list[ir.Model], levels: list[str], dataset, batch_size: int, progress) -> list[list]:
+    """Each model's outputs over the data, the models run batch by batch side by side."""
+    import numpy as np
+
+    from aimetcli.calibration import runner
+
+    if not models:
+        return []
+    sessions = [runner.session_of(m, optimization=lvl) for m, lvl in zip(models, levels)]
+    collected: list[list[list[np.ndarray]]] = [[] for _ in sessions]
+    for feeds in dataset.batches(batch_size):
+        for i, sess in enumerate(sessions):
+            collected[i].append(runner.run(sess, feeds))
+        if progress is not None:
+            progress(1)
+    return [[np.concatenate([b[k] for b in batches]) for k in range(len(batches[0]))] if batches else []
+            for batches in collected]
+
+
+def evaluate(models: Sequence[ModelSource], data: DataSource, run: RunOptions | None = None, *,
+             optimization: str | list[str] = "none", names: list[str] | None = None,
+             reference_outputs: list | None = None) -> EvaluateSummary:
+    """Top-1 of each model (when the data has labels); for two models, how far apart they are.
+
+    ``data``: a Dataset, or a path / 'random:N' opened for the first model's inputs. ``run``:
+    by default 64 samples per onnxruntime run. ``reference_outputs``: the first model's outputs
+    on this data (``model_outputs``), when the caller has them already; that model is then not
+    run again."""
+    start = time.perf_counter()
+    models = [as_model(m) for m in models]
+    dataset = as_dataset(data, models[0]) if models else data
+    run = run or RunOptions(batch_size=EVALUATION_BATCH)
+    batch_size, progress = run.batch_size, run.progress
+    levels = [optimization] * len(models) if isinstance(optimization, str) else list(optimization)
+    skip = 1 if reference_outputs is not None and models else 0
+    outputs = ([reference_outputs] if skip else []) + _run_models(models[skip:], levels[skip:], dataset, batch_size,
+                                                                  progress)
+    summary = compare_outputs(outputs, dataset.labels, names or [f"model{i}" for i in range(len(models))],
+                              dataset.num_samples, [o.name for o in models[0].graph.outputs] if models else [])
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def score_output(outputs: list) -> int | None:
+    """Index of the output that top-1 and the headline SQNR read: the first floating-point
+    output with a class axis (2-D or more; e.g. the logits of a model whose first output is its
+    int64 argmax label), else the first floating-point output, else None."""
+    floats = [k for k, o in enumerate(outputs) if getattr(o, "dtype", None) is not None and o.dtype.kind == "f"]
+    return next((k for k in floats if outputs[k].ndim >= 2), floats[0] if floats else None)
+
+
+def _predictions(logits):
+    """Class predictions: the argmax over axis 1 (the class axis of [N, C] logits and the channel
+    axis of NCHW ones), [N] for a classifier (trailing axes of size 1 dropped), [N, H, W] for a
+    dense predictor such as a segmentation net (agreement is then counted per position)."""
+    if logits.ndim < 2:
+        return None
+    pred = logits.argmax(axis=1)
+    if pred.ndim > 1 and all(d == 1 for d in pred.shape[1:]):
+        pred = pred.reshape(pred.shape[0])
+    return pred
+
+
+def compare_outputs(outputs: list[list], labels, names: list[str], samples: int,
+                    output_names: list[str]) -> EvaluateSummary:
+    """Top-1 of each model's scored output (:func:`score_output`) against ``labels`` (if any);
+    for two models, SQNR and max abs error per floating-point output and how often their top-1
+    agree."""
+    import numpy as np
+
+    k_scored = score_output(outputs[0]) if outputs and outputs[0] else None
+    top1: list[float | None] = []
+    preds = []
+    for outs in outputs:
+        logits = outs[k_scored] if k_scored is not None and k_scored < len(outs) else None
+        pred = _predictions(logits) if logits is not None else None
+        preds.append(pred)
+        if labels is not None and pred is not None and pred.ndim == 1:
+            top1.append(float(np.mean(pred == labels[: len(pred)]) * 100.0))
+        else:
+            top1.append(None)
+    summary = EvaluateSummary(names, samples, top1)
+    if k_scored is not None and k_scored < len(output_names):
+        summary.scored_output = output_names[k_scored]
+    if len(outputs) == 2:
+        for k, name in enumerate(output_names):
+            if k >= min(len(outputs[0]), len(outputs[1])):
+                break
+            a, b = outputs[0][k], outputs[1][k]
+            if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) or a.shape != b.shape \
+                    or a.dtype.kind != "f" or b.dtype.kind != "f":  # sequences, integers: no SQNR
+                continue
+            summary.comparisons.append(OutputComparison(name, sqnr_db(a, b), float(np.max(np.abs(a - b)))))
+        if preds[0] is not None and preds[1] is not None:
+            summary.top1_agreement = float(np.mean(preds[0] == preds[1]) * 100.0)
+    return summary

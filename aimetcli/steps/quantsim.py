@@ -1,0 +1,169 @@
+"""quantsim as a facade step: place quantizers, calibrate them, insert QDQ nodes, and the
+encodings file that goes with the sim.
+
+The work is aimetcli/quantsim/'s (placement decides, calibrate computes, insert writes); this
+step checks the model, raises its opset, records what it did in the sim (export reads it back)
+and sums it up.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx_ir as ir
+
+from aimetcli import graph as g
+from aimetcli import model_io
+from aimetcli.calibration.data import DataSource, as_dataset
+from aimetcli.model_ops import ModelSource, as_model, require_float_model, sim_opset, upgrade_opset
+from aimetcli.options import QuantOptions, RunOptions
+from aimetcli.records import jsonable
+
+
+@dataclass
+class QuantsimSummary:
+    options: dict
+    activation_quantizers: int
+    param_quantizers: int
+    skipped: list
+    opset: int
+    samples: int
+    batches: int
+    calibration_seconds: float
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return jsonable(self)
+
+
+def quantsim(model: ModelSource, data: DataSource, options: QuantOptions | None = None,
+             run: RunOptions | None = None, *, check_loads: bool = True) -> tuple[ir.Model, Any, QuantsimSummary]:
+    """Place quantizers, calibrate them with onnxruntime on ``data`` and insert QDQ nodes.
+
+    Returns (sim model, Encodings, QuantsimSummary). ``model`` may be replaced when
+    its opset must be raised for the QDQ nodes (13, or 21 for 16-bit). ``data``: a Dataset,
+    or a path / 'random:N' opened for the model's inputs. ``check_loads``: make sure stock
+    onnxruntime loads the sim (a caller that runs it right away, as ptq does, learns that anyway).
+    """
+    start = time.perf_counter()
+    model = as_model(model, float32=True)
+    options = options or QuantOptions()
+    run = run or RunOptions()
+    dataset = as_dataset(data, model)
+    require_float_model(model)
+    warnings = []
+    bns = sum(1 for n in model.graph if g.is_op(n, "BatchNormalization"))
+    if bns:
+        warnings.append(f"the model still has {bns} BatchNormalization; run fold-bn first to simulate what "
+                        "runtimes execute")
+    mismatch = bias_correction_mismatch(model, options)
+    if mismatch:
+        warnings.append(mismatch)
+    model, encodings, placement, calib_seconds = simulate(model, options, dataset, run)
+    warnings += placement.warnings
+    for tensor, count in encodings.nonfinite.items():
+        warnings.append(f"{count} NaN/Inf values in tensor {tensor!r} were ignored during calibration")
+    # what we write must run on stock onnxruntime: check it loads (no optimizations: cheap)
+    if check_loads and model_io.tensor_bytes(model) < model_io.IN_MEMORY_LIMIT:
+        from aimetcli.calibration import runner
+
+        runner.session_of(model, optimization="none")
+    from aimetcli.export import embed
+
+    embed(model, encodings_json(encodings, options, "1.0.0"), encodings.params, options.as_record(),
+          placement.skipped)
+    summary = QuantsimSummary(
+        options=options.as_record(),
+        activation_quantizers=len(encodings.activations),
+        param_quantizers=len(encodings.params),
+        skipped=[{"tensor": t, "reason": r} for t, r in placement.skipped],
+        opset=g.opset_version(model),
+        samples=dataset.num_samples,
+        batches=dataset.num_batches(run.batch_size),
+        calibration_seconds=calib_seconds,
+        seconds=time.perf_counter() - start,
+        warnings=warnings,
+    )
+    return model, encodings, summary
+
+
+def simulate(model: ir.Model, options: QuantOptions, dataset, run: RunOptions):
+    """quantsim's core: raise the opset, place quantizers, calibrate, insert QDQ.
+
+    Returns (sim model, Encodings, Placement, calibration seconds). ``model`` is modified
+    in place unless its opset had to be raised (then a converted copy is the sim).
+    """
+    from aimetcli.quantsim.calibrate import calibrate
+    from aimetcli.quantsim.insert import insert_qdq
+    from aimetcli.quantsim.placement import place_quantizers
+
+    model = upgrade_opset(model, sim_opset(options))
+    placement = place_quantizers(model, options.config, options)
+    t0 = time.perf_counter()
+    encodings = calibrate(model, placement, options, dataset, run.batch_size, run.progress)
+    calib_seconds = time.perf_counter() - t0
+    insert_qdq(model, encodings.activations, encodings.params)
+    return model, encodings, placement, calib_seconds
+
+
+def quantizer_args(options, encodings):
+    """AIMET's quantizer_args, from what was actually computed (the config may decide symmetry)."""
+    from aimetcli.encodings import QuantizerArgs, aimet_quant_scheme_name
+
+    params = list(encodings.params.values())
+    acts = list(encodings.activations.values())
+
+    def symmetric(e) -> bool:  # an offset-0 grid is also what AIMET's unsigned symmetric gives
+        return e.symmetric or not e.offset.any()
+
+    return QuantizerArgs(
+        activation_bitwidth=options.act_bw,
+        param_bitwidth=options.param_bw,
+        per_channel=any(e.per_channel for e in params),
+        activation_symmetric=all(map(symmetric, acts)) if acts else bool(options.act_symmetric),
+        param_symmetric=all(map(symmetric, params)) if params else options.param_symmetric is not False,
+        quant_scheme=aimet_quant_scheme_name(options.scheme),
+    )
+
+
+def tensor_encodings(encodings) -> list:
+    from aimetcli.encodings import TensorEncoding
+
+    return [TensorEncoding(name, enc, "activation") for name, enc in sorted(encodings.activations.items())] + [
+        TensorEncoding(name, enc, "param") for name, enc in sorted(encodings.params.items())]
+
+
+def encodings_json(encodings, options, version: str) -> str:
+    from aimetcli import encodings as enc_io
+    from aimetcli.errors import AimetCliError, ErrorKind
+
+    try:
+        return enc_io.dumps(tensor_encodings(encodings), version=version,
+                            quantizer_args=quantizer_args(options, encodings))
+    except ValueError as exc:  # e.g. 2.0.0 has no field for a 6-bit grid
+        raise AimetCliError(f"encodings {version} cannot hold these encodings ({exc}); use --encoding-version 1.0.0",
+                            ErrorKind.USAGE) from exc
+
+
+def bias_correction_mismatch(model: ir.Model, options: QuantOptions) -> str | None:
+    """A warning when the model was bias-corrected for other quantization options."""
+    import json
+
+    from aimetcli.bias_correction import METADATA_KEY
+
+    text = model.metadata_props.get(METADATA_KEY)
+    if not text:
+        return None
+    try:
+        recorded = json.loads(text)["options"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    now = options.as_record()
+    diff = [k for k in sorted(now) if recorded.get(k) != now[k]]
+    if not diff:
+        return None
+    parts = ", ".join(f"{k} {recorded.get(k)!r} -> {now[k]!r}" for k in diff)
+    return f"the model's biases were corrected for other quantization options ({parts}); rerun bias-correct with these"

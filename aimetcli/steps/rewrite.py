@@ -1,0 +1,147 @@
+"""fold-bn, equalize and the weight-range view: the facade steps that rewrite a float model.
+
+The techniques are passes (aimetcli/passes/); these steps run them in AIMET's order and sum
+up what they did.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import onnx_ir as ir
+
+from aimetcli import graph as g
+from aimetcli.model_ops import ModelSource, as_model
+from aimetcli.options import EqualizeOptions
+from aimetcli.passes.fold_batchnorm import FoldBatchNormPass, FoldBatchNormResult
+from aimetcli.records import jsonable
+
+
+@dataclass
+class FoldBnSummary:
+    folded: list
+    skipped: list
+    remaining_bn: int
+    seconds: float
+
+    def to_json(self) -> dict:
+        return jsonable(self)
+
+
+def fold_bn(model: ModelSource) -> tuple[FoldBatchNormResult, FoldBnSummary]:
+    """Fold every foldable BatchNormalization. An onnx-ir model is modified in place; the folded
+    model is ``result.model`` (for a path or a protobuf, a new one)."""
+    start = time.perf_counter()
+    model = as_model(model)
+    result: FoldBatchNormResult = FoldBatchNormPass()(model)
+    remaining = sum(1 for n in model.graph.all_nodes() if g.is_op(n, "BatchNormalization"))
+    summary = FoldBnSummary(result.folded, result.skipped, remaining, time.perf_counter() - start)
+    return result, summary
+
+
+@dataclass
+class LayerRanges:
+    layer: str
+    op: str
+    weight: str
+    channels: int
+    ranges: list[float]  # max |w| per output channel
+    spread: float  # max/min of the non-zero ranges
+
+
+def weight_ranges(model: ModelSource) -> list[LayerRanges]:
+    """Per-output-channel weight ranges of every layer with constant float weights."""
+    model = as_model(model)
+    from aimetcli.kernels import cle
+    from aimetcli.layers import as_layer, weight_reason
+
+    rows = []
+    for node in model.graph:
+        layer = as_layer(node)
+        if layer is None or weight_reason(layer):
+            continue
+        w = layer.weight_array()
+        r = layer.per_out_channel_abs_max(w)
+        rows.append(LayerRanges(layer.name, node.op_type, layer.weight.name, int(r.size), r.tolist(),
+                                cle.range_spread(r)))
+    return rows
+
+
+@dataclass
+class EqualizeSummary:
+    folded_bn: int
+    relu6_replaced: int
+    chains: list[list[str]]
+    scaling_sets: int
+    iterations: int
+    bias_absorbed: list
+    stops: list
+    ranges_before: list[LayerRanges]
+    ranges_after: list[LayerRanges]
+    seconds: float
+    bias_skipped: list = field(default_factory=list)  # (layer, why its bias was not absorbed)
+    model: ir.Model | None = field(default=None, repr=False)  # the equalized model; not in the JSON
+
+    @property
+    def median_spread_before(self) -> float:
+        return _median([r.spread for r in self.ranges_before])
+
+    @property
+    def median_spread_after(self) -> float:
+        return _median([r.spread for r in self.ranges_after])
+
+    def to_json(self) -> dict:
+        doc = jsonable(self)
+        for key in ("ranges_before", "ranges_after"):
+            for row in doc[key]:
+                row.pop("ranges")
+        doc["median_spread_before"] = self.median_spread_before
+        doc["median_spread_after"] = self.median_spread_after
+        return doc
+
+
+def _median(xs: list[float]) -> float:
+    import numpy as np
+
+    return float(np.median(xs)) if xs else 1.0
+
+
+def equalize(model: ModelSource, options: EqualizeOptions | None = None) -> EqualizeSummary:
+    """AIMET's equalize_model on ONNX: BN fold, ReLU6 -> ReLU, cross-layer scaling, high-bias fold.
+    An onnx-ir model is modified in place; the equalized model is ``summary.model``."""
+    from aimetcli.passes.cross_layer_scaling import CrossLayerScalingPass, find_chains
+    from aimetcli.passes.high_bias_fold import HighBiasFoldPass
+    from aimetcli.passes.replace_relu6 import ReplaceRelu6Pass, is_relu_n
+
+    options = options or EqualizeOptions()
+    start = time.perf_counter()
+    model = as_model(model)
+    fold_result, _ = fold_bn(model)
+    before = weight_ranges(model)  # after folding: what cross-layer scaling starts from
+    chains, stops = find_chains(model, through_relu6=options.replace_relu6)
+    opset = g.opset_version(model)
+    clips = [lk.node for c in chains for lk in c.links if lk.node is not None and is_relu_n(lk.node, opset)]
+    relu6 = ReplaceRelu6Pass(clips)
+    relu6(model)
+    for c in chains:
+        for lk in c.links:
+            if lk.activation == "Clip":
+                lk.activation, lk.node = "Relu", None
+    cls_result = CrossLayerScalingPass(chains if options.cross_layer_scaling else [])(model)
+    absorption = HighBiasFoldPass(chains)(model) if options.high_bias_fold else None
+    after = weight_ranges(model)
+    return EqualizeSummary(
+        folded_bn=len(fold_result.folded),
+        relu6_replaced=relu6.replaced,
+        chains=[[layer.name for layer in c.layers] for c in chains],
+        scaling_sets=len(cls_result.sets),
+        iterations=cls_result.iterations,
+        bias_absorbed=absorption.absorbed if absorption else [],
+        stops=stops,
+        ranges_before=before,
+        ranges_after=after,
+        seconds=time.perf_counter() - start,
+        bias_skipped=absorption.skipped if absorption else [],
+        model=model,
+    )
