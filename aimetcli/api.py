@@ -14,6 +14,7 @@ progress). Each step returns a result dataclass with ``to_json()``; none prints.
 from __future__ import annotations
 
 from aimetcli.calibration.data import DataSource, Dataset, input_specs, open_data
+from aimetcli.errors import AimetCliError
 from aimetcli.export import ExportSummary, export
 from aimetcli.kernels.quant import QuantScheme
 from aimetcli.model_io import save_model as save
@@ -43,8 +44,8 @@ __all__ = [
     "require_float_model", "save", "sim_opset", "upgrade_opset",
     # data
     "DataSource", "Dataset", "input_specs", "open_data",
-    # options
-    "EqualizeOptions", "QuantOptions", "QuantScheme", "QuantsimConfig", "RunOptions", "load_config",
+    # options and errors
+    "AimetCliError", "EqualizeOptions", "QuantOptions", "QuantScheme", "QuantsimConfig", "RunOptions", "load_config",
     # the steps, in workflow order, and their results
     "FoldBnSummary", "fold_bn",
     "EqualizeSummary", "LayerRanges", "equalize", "weight_ranges",
