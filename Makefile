@@ -27,6 +27,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check aimetcli tests bench
+	$(PY) -m mypy
 	$(PY) -m pytest tests
 
 bench: $(VENV)/.installed

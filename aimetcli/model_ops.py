@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Union, cast
 
 import onnx_ir as ir
 
@@ -70,9 +70,9 @@ def prepare(model: ir.Model, *, simplify: bool = False, float32: bool = False) -
     report.lifted_constants = LiftConstantsPass()(model).modified
     g.free_unknown_dims(model)  # legacy converters' -1/0 sizes: unknown
     if float32:
-        from aimetcli.passes.float16_to_float32 import Float16ToFloat32Pass
+        from aimetcli.passes.float16_to_float32 import Float16ToFloat32Pass, Float16ToFloat32Result
 
-        upcast = Float16ToFloat32Pass()(model)
+        upcast = cast(Float16ToFloat32Result, Float16ToFloat32Pass()(model))
         if upcast.modified:
             report.upcast_from = upcast.upcast_from
             kinds = " and ".join(upcast.upcast_from)

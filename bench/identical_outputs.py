@@ -82,7 +82,8 @@ def source_tree(rev: str, scratch: Path) -> Path:
 def run_side(tree: Path, out: Path, models: list[Path], calib: Path, evaluation: Path) -> dict:
     """Every command on every model, with ``tree``'s aimetcli: {(model, command): exit code}."""
     env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
-    where = subprocess.run([sys.executable, "-c", "import aimetcli; print(aimetcli.__file__)"], env=env,
+    out.mkdir(parents=True)
+    where = subprocess.run([sys.executable, "-c", "import aimetcli; print(aimetcli.__file__)"], cwd=out, env=env,
                            check=True, capture_output=True, text=True).stdout.strip()
     if not Path(where).resolve().is_relative_to(tree.resolve()):
         raise SystemExit(f"aimetcli is imported from {where}, not from {tree}: PYTHONPATH does not win here")

@@ -11,6 +11,7 @@ the packages ``a`` and ``a.b``, so those are edges as well. The CLI's lazy comma
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import aimetcli
@@ -64,6 +65,7 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     return found
 
 
+@functools.lru_cache(maxsize=1)
 def import_graph() -> dict[str, set[str]]:
     modules = module_names()
     return {name: imports_of(name, path, modules) for name, path in modules.items()}
@@ -124,3 +126,14 @@ def test_only_the_cli_imports_the_facade_and_the_cli():
             continue
         assert "aimetcli.api" not in deps or name == "aimetcli.api", f"{name} imports aimetcli.api"
         assert not [d for d in deps if d in cli_side], f"{name} imports the CLI: {sorted(deps & set(cli_side))}"
+
+
+def test_the_steps_are_imported_from_above_only():
+    """The facade's steps (aimetcli/steps/, ptq_flow) are imported by the facade, by ptq (built on
+    the others) and by the CLI only: nothing in the core or the techniques reaches up to them."""
+    graph = import_graph()
+    steps = {m for m in graph if m.startswith("aimetcli.steps.") or m == "aimetcli.ptq_flow"}
+    above = {"aimetcli.api", "aimetcli.ptq_flow", *(m for m in graph if m.startswith(CLI_MODULES))}
+    for name, deps in graph.items():
+        if name not in above and name not in steps:
+            assert not deps & steps, f"{name} imports the steps {sorted(deps & steps)}"

@@ -10,10 +10,11 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import onnx_ir as ir
 
-from aimetcli.calibration.data import DataSource, as_dataset
+from aimetcli.calibration.data import DataSource, Dataset, as_dataset
 from aimetcli.model_ops import ModelSource, as_model
 from aimetcli.options import RunOptions
 from aimetcli.records import jsonable
@@ -104,16 +105,16 @@ def evaluate(models: Sequence[ModelSource], data: DataSource, run: RunOptions | 
     on this data (``model_outputs``), when the caller has them already; that model is then not
     run again."""
     start = time.perf_counter()
-    models = [as_model(m) for m in models]
-    dataset = as_dataset(data, models[0]) if models else data
+    loaded = [as_model(m) for m in models]
+    dataset = as_dataset(data, loaded[0]) if loaded else cast(Dataset, data)
     run = run or RunOptions(batch_size=EVALUATION_BATCH)
-    batch_size, progress = run.batch_size, run.progress
-    levels = [optimization] * len(models) if isinstance(optimization, str) else list(optimization)
-    skip = 1 if reference_outputs is not None and models else 0
-    outputs = ([reference_outputs] if skip else []) + _run_models(models[skip:], levels[skip:], dataset, batch_size,
-                                                                  progress)
-    summary = compare_outputs(outputs, dataset.labels, names or [f"model{i}" for i in range(len(models))],
-                              dataset.num_samples, [o.name for o in models[0].graph.outputs] if models else [])
+    levels = [optimization] * len(loaded) if isinstance(optimization, str) else list(optimization)
+    skip = 1 if reference_outputs is not None and loaded else 0
+    outputs = ([reference_outputs] if reference_outputs is not None and skip else []) + _run_models(
+        loaded[skip:], levels[skip:], dataset, run.batch_size, run.progress)
+    output_names = cast(list[str], [o.name for o in loaded[0].graph.outputs] if loaded else [])
+    summary = compare_outputs(outputs, dataset.labels, names or [f"model{i}" for i in range(len(loaded))],
+                              dataset.num_samples, output_names)
     summary.seconds = time.perf_counter() - start
     return summary
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 import onnx_ir as ir
 
@@ -34,7 +35,7 @@ def fold_bn(model: ModelSource) -> tuple[FoldBatchNormResult, FoldBnSummary]:
     model is ``result.model`` (for a path or a protobuf, a new one)."""
     start = time.perf_counter()
     model = as_model(model)
-    result: FoldBatchNormResult = FoldBatchNormPass()(model)
+    result = cast(FoldBatchNormResult, FoldBatchNormPass()(model))
     remaining = sum(1 for n in model.graph.all_nodes() if g.is_op(n, "BatchNormalization"))
     summary = FoldBnSummary(result.folded, result.skipped, remaining, time.perf_counter() - start)
     return result, summary
@@ -44,7 +45,7 @@ def fold_bn(model: ModelSource) -> tuple[FoldBatchNormResult, FoldBnSummary]:
 class LayerRanges:
     layer: str
     op: str
-    weight: str
+    weight: str | None
     channels: int
     ranges: list[float]  # max |w| per output channel
     spread: float  # max/min of the non-zero ranges
@@ -59,7 +60,7 @@ def weight_ranges(model: ModelSource) -> list[LayerRanges]:
     rows = []
     for node in model.graph:
         layer = as_layer(node)
-        if layer is None or weight_reason(layer):
+        if layer is None or weight_reason(layer) or layer.weight is None:  # (no reason: it has a weight)
             continue
         w = layer.weight_array()
         r = layer.per_out_channel_abs_max(w)
@@ -110,8 +111,8 @@ def _median(xs: list[float]) -> float:
 def equalize(model: ModelSource, options: EqualizeOptions | None = None) -> EqualizeSummary:
     """AIMET's equalize_model on ONNX: BN fold, ReLU6 -> ReLU, cross-layer scaling, high-bias fold.
     An onnx-ir model is modified in place; the equalized model is ``summary.model``."""
-    from aimetcli.passes.cross_layer_scaling import CrossLayerScalingPass, find_chains
-    from aimetcli.passes.high_bias_fold import HighBiasFoldPass
+    from aimetcli.passes.cross_layer_scaling import CrossLayerScalingPass, CrossLayerScalingResult, find_chains
+    from aimetcli.passes.high_bias_fold import HighBiasFoldPass, HighBiasFoldResult
     from aimetcli.passes.replace_relu6 import ReplaceRelu6Pass, is_relu_n
 
     options = options or EqualizeOptions()
@@ -128,8 +129,9 @@ def equalize(model: ModelSource, options: EqualizeOptions | None = None) -> Equa
         for lk in c.links:
             if lk.activation == "Clip":
                 lk.activation, lk.node = "Relu", None
-    cls_result = CrossLayerScalingPass(chains if options.cross_layer_scaling else [])(model)
-    absorption = HighBiasFoldPass(chains)(model) if options.high_bias_fold else None
+    scaling = CrossLayerScalingPass(chains if options.cross_layer_scaling else [])
+    cls_result = cast(CrossLayerScalingResult, scaling(model))
+    absorption = cast(HighBiasFoldResult, HighBiasFoldPass(chains)(model)) if options.high_bias_fold else None
     after = weight_ranges(model)
     return EqualizeSummary(
         folded_bn=len(fold_result.folded),
