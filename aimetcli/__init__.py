@@ -1,7 +1,6 @@
-"""aimetcli: AIMET's post-training quantization workflow for plain ONNX files."""
+"""aimetcli: AIMET's post-training quantization workflow for plain ONNX files.
 
-from aimetcli import _lazy_sympy
-
-_lazy_sympy.install()
+The Python API is :mod:`aimetcli.api` (docs/api.md); the command line is :mod:`aimetcli.cli`.
+"""
 
 __version__ = "0.1.0"

@@ -26,9 +26,14 @@ from collections.abc import Iterator, MutableMapping
 
 import click
 
-from aimetcli import __version__
-from aimetcli.commands._options import Output
-from aimetcli.errors import AimetCliError
+from aimetcli import __version__, _lazy_sympy
+
+# The command line's start-up only: onnx-ir's sympy import is deferred until used (most of a
+# command's start-up time otherwise); a library caller imports onnx-ir as it is.
+_lazy_sympy.install()
+
+from aimetcli.commands._options import Output  # noqa: E402
+from aimetcli.errors import AimetCliError  # noqa: E402
 
 BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE, what a shell reports for `cmd | head` killed by the signal
 
