@@ -114,7 +114,7 @@ def _candidates(model: ir.Model, result: BiasCorrectionResult) -> list[Layer]:
             result.skipped.append((layer.name, reason))
             continue
         w = layer.weight_array()
-        if layer.kind == "matmul" and not layer.input_known_2d:
+        if layer.spec.bias_slot is None and not layer.input_known_2d:
             result.skipped.append((layer.name, "MatMul without a bias input whose input is not known to be 2-D"))
             continue
         write_bias(layer, graph, names, bias_array(layer, w), w.dtype)  # private, present
@@ -240,7 +240,7 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
 
 
 def _output_rank(layer: Layer) -> int:
-    return 2 if layer.kind in ("gemm", "matmul") else len(layer.weight.shape)
+    return layer.spec.output_rank(len(layer.weight.shape))
 
 
 def _grids_in_graph(dataset, options, chunk: int) -> bool:
@@ -442,21 +442,3 @@ def _float_sources(model: ir.Model, names: list[str]) -> list[str]:
             v = v.producer().inputs[0]
         out.append(v.name if v is not None else name)
     return out
-
-
-def output_shift(reference: ir.Model, sim: ir.Model, dataset, *, batch_size: int = 32) -> dict[str, float]:
-    """Per layer of ``reference``: mean over channels of |E[y_sim] - E[y_reference]| on the data.
-
-    ``sim`` is a quantsim model of ``reference`` (or of a bias-corrected copy of it): this is the
-    shift bias correction exists to remove, measured against the uncorrected FP32 model.
-    """
-    layers = [la for n in reference.graph if (la := as_layer(n)) is not None]
-    names = [la.output.name for la in layers]
-    sim_names = _float_sources(sim, names)
-    last = [la.kind == "matmul" for la in layers]  # a MatMul's channels are its last axis (2-D: axis 1)
-    ref = _mean_pass(reference, names, dataset, batch_size,
-                     channels_last=frozenset(n for n, x in zip(names, last) if x))
-    # no graph optimizations: onnxruntime's rewrites of QDQ graphs are not the simulation
-    q = _mean_pass(sim, sim_names, dataset, batch_size, optimization="none",
-                   channels_last=frozenset(n for n, x in zip(sim_names, last) if x))
-    return {n: float(np.mean(np.abs(ref[n] - q[s]))) for n, s in zip(names, sim_names)}

@@ -191,7 +191,7 @@ def small_net(rng):
 
 
 def _shift_after(tmp_path, options, *, batch_size=64):
-    from aimetcli.bias_correction import output_shift
+    from helpers import output_shift
 
     rng = np.random.default_rng(5)
     proto = small_net(rng)
@@ -309,7 +309,8 @@ def test_progress_says_which_step_runs(tmp_path):
 def test_fixed_batch_model_corrects_over_several_runs(tmp_path):
     """A model with a fixed batch dimension cannot see all the data in one run: the grids are
     calibrated first and the runs' corrections averaged; the shift still drops."""
-    from aimetcli.bias_correction import output_shift, progress_steps
+    from aimetcli.bias_correction import progress_steps
+    from helpers import output_shift
 
     rng = np.random.default_rng(5)
     proto = small_net(rng)

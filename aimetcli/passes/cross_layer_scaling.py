@@ -59,7 +59,7 @@ class ChainStop:
 
 
 def _is_depthwise(layer: Layer, w: np.ndarray) -> bool:
-    return layer.kind == "conv" and w.shape[1] == 1 and layer.groups == w.shape[0] and layer.groups > 1
+    return layer.op_type == "Conv" and w.shape[1] == 1 and layer.groups == w.shape[0] and layer.groups > 1
 
 
 def _next_link(l1: Layer, opset: int, through_relu6: bool) -> tuple[Layer | None, Link | None, str]:

@@ -98,9 +98,9 @@ class HighBiasFoldPass(ir.passes.InPlacePass):
 def _inexact_reason(l2: Layer) -> str | None:
     """Why absorbing a constant into ``l2``'s input would not be exact (condition (2) above), or
     None; read after the layer's name."""
-    if l2.kind == "matmul" and not l2.input_known_2d:
+    if l2.spec.bias_slot is None and not l2.input_known_2d:
         return "is a MatMul whose input is not known to be 2-D"
-    if l2.kind == "convtranspose":
+    if l2.op_type == "ConvTranspose":
         return "is a ConvTranspose, which sums different numbers of kernel taps at different output positions"
     if l2.pads_input:
         return "zero-pads its input (exact only if the padding held the absorbed amount too)"
