@@ -263,7 +263,7 @@ def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progres
     from aimetcli import api
     from aimetcli.quantsim.calibrate import (calibrate, calibration_weights, non_negative_outputs,
                                              param_encodings)
-    from aimetcli.quantsim.insert import container, insert_qdq
+    from aimetcli.quantsim.insert import insert_qdq
     from aimetcli.quantsim.placement import place_quantizers
 
     sim = api.upgrade_opset(api.clone(model), api.sim_opset(options))
@@ -305,7 +305,7 @@ def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progres
     for tensor in in_graph_tensors:
         enc = acts[tensor]
         grids.append(Grid(tensor, record[tensor], enc.num_steps, enc.symmetric, tensor in nonneg, ranks.get(tensor),
-                          onnx.helper.np_dtype_to_tensor_dtype(container(enc)[0]), enc.qmin, enc.qmax))
+                          onnx.helper.np_dtype_to_tensor_dtype(enc.container_dtype), enc.qmin, enc.qmax))
     return sim, calibration_weights(sim, params, like=float_path), float_path, grids
 
 

@@ -28,7 +28,7 @@ from aimetcli import graph as g
 from aimetcli.encodings import EncodingsError, EncodingsFile, QuantizerArgs, TensorEncoding, loads
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.quant import Encoding, encoding_from_range, fake_quantize
-from aimetcli.quantsim.insert import insert_qdq, is_grid_node, needs_clip
+from aimetcli.quantsim.insert import insert_qdq, is_grid_node
 
 QUANTSIM_METADATA_KEY = "aimetcli.quantsim"
 
@@ -98,7 +98,7 @@ def _ours(node: ir.Node, enc: Encoding | None, bounds: list[tuple[int, np.ndarra
     """
     if is_grid_node(node):
         return True
-    return enc is not None and needs_clip(enc) and all(_equals(node.inputs[i] if i < len(node.inputs) else None, b)
+    return enc is not None and enc.needs_clip and all(_equals(node.inputs[i] if i < len(node.inputs) else None, b)
                                                       for i, b in bounds)
 
 
