@@ -52,7 +52,8 @@ from aimetcli.calibration.data import feed_rows
 from aimetcli.correction_graph import Grid, Target
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.bias import METHODS, ChannelMean, clipped_normal_mean
-from aimetcli.kernels.quant import QuantScheme, encoding_from_range, fake_quantize
+from aimetcli.kernels.quant import (QuantScheme, encoding_from_range, fake_quantize, is_unsigned_symmetric,
+                                    unsigned_symmetric_encoding)
 from aimetcli.layers import Layer, as_layer, bias_array, rewrite_reason, write_bias
 from aimetcli.model_io import SplicedProto
 from aimetcli.passes.replace_relu6 import clip_bounds
@@ -279,15 +280,17 @@ def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progres
             strict = placement.strict_symmetric and a.symmetric
             fixed = a.encoding_min is not None and a.encoding_max is not None
             lo, hi = (a.encoding_min, a.encoding_max) if fixed else (-1.0, 1.0)  # else: computed in the graph
-            symmetric = a.symmetric
-            if symmetric and placement.unsigned_symmetric and not fixed and (
-                    a.tensor in nonneg or (a.tensor in graph_inputs and _data_min(dataset, a.tensor) >= 0)):
-                # AIMET's unsigned symmetric: [0, max] with offset 0, which is the asymmetric grid of a
-                # range starting at 0 (in the graph: lo = 0 for a non-negative tensor). An inner tensor
-                # that is non-negative only on the data (not by construction) keeps its signed grid here.
-                symmetric, lo = False, 0.0
+            known_min = -1.0  # what is known of the tensor's minimum without running the model
+            if not fixed and a.symmetric and placement.unsigned_symmetric:  # (the data pass only when it matters)
+                known_min = 0.0 if a.tensor in nonneg else _data_min(dataset, a.tensor) if a.tensor in graph_inputs \
+                    else -1.0
+            # AIMET's unsigned symmetric grid (in the graph: lo = 0 for a non-negative tensor). An inner
+            # tensor that is non-negative only on the data (not by construction) keeps its signed grid here.
+            if not fixed and is_unsigned_symmetric(a.symmetric, placement.unsigned_symmetric, known_min):
                 nonneg.add(a.tensor)
-            acts[a.tensor] = encoding_from_range(lo, hi, a.bitwidth, symmetric, strict_symmetric=strict)
+                acts[a.tensor] = unsigned_symmetric_encoding(hi, a.bitwidth)
+            else:
+                acts[a.tensor] = encoding_from_range(lo, hi, a.bitwidth, a.symmetric, strict_symmetric=strict)
             if not fixed:
                 in_graph_tensors.append(a.tensor)
         float_path = calibration_weights(sim, params)

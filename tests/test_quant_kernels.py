@@ -489,3 +489,21 @@ def test_fake_quantize_finite_equals_fake_quantize(bw, sym):
     x = np.concatenate([rng.normal(0, 2, 100_000), (np.arange(-300, 300) + 0.5) * float(enc.scale),
                         [1e30, -1e30]]).astype(np.float32)
     np.testing.assert_array_equal(fake_quantize_finite(x, enc), fake_quantize(x, enc))
+
+
+def test_unsigned_symmetric_is_one_rule():
+    """AIMET's unsigned symmetric: decided by is_unsigned_symmetric, built by unsigned_symmetric_encoding;
+    the observers (and calibration's reductions, bias correction's in-graph grids) use both."""
+    from aimetcli.calibration.observers import MinMaxObserver, observe_encoding
+    from aimetcli.kernels.quant import QuantScheme, is_unsigned_symmetric, unsigned_symmetric_encoding
+
+    assert is_unsigned_symmetric(True, True, 0.0) and is_unsigned_symmetric(True, True, np.array([0.0, 2.0]))
+    assert not is_unsigned_symmetric(True, True, np.array([0.0, -1e-9]))
+    assert not is_unsigned_symmetric(False, True, 1.0) and not is_unsigned_symmetric(True, False, 1.0)
+    enc = unsigned_symmetric_encoding(6.0, 8)
+    assert not enc.symmetric and int(enc.offset) == 0 and enc.container_dtype == np.uint8
+    assert enc == encoding_from_range(0.0, 6.0, 8, False)
+    obs = MinMaxObserver()
+    obs.update(np.array([0.0, 3.0, 6.0], np.float32))
+    assert observe_encoding(obs, QuantScheme.MIN_MAX, 8, True, unsigned_symmetric=True) == enc
+    assert observe_encoding(obs, QuantScheme.MIN_MAX, 8, True).symmetric

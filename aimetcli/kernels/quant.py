@@ -45,8 +45,9 @@ AIMET-ONNX uses for every scheme once a (min, max) is known):
 The arithmetic is float64; the scale is then stored as float32, the type every
 runtime uses, and min/max are derived from that float32 scale.
 AIMET's "unsigned symmetric" mode (symmetric quantizer, data >= 0: the grid [0, max],
-offset 0) is an asymmetric grid with offset 0 here; calibration.observers applies it
-when the quantsim config's ``unsigned_symmetric`` is on (AIMET's default).
+offset 0) is an asymmetric grid with offset 0 here: :func:`is_unsigned_symmetric` decides,
+:func:`unsigned_symmetric_encoding` builds it (calibration's observers and in-session
+reductions and bias correction's in-graph grids all go through these two).
 """
 
 from __future__ import annotations
@@ -64,10 +65,12 @@ __all__ = [
     "container_bits",
     "dequantize",
     "encoding_from_range",
+    "is_unsigned_symmetric",
     "fake_quantize",
     "minimum_scale",
     "num_steps",
     "quantize",
+    "unsigned_symmetric_encoding",
 ]
 
 # libpymo TfEncodingAnalyzer::MIN_RANGE: every computed range spans at least this much.
@@ -354,6 +357,22 @@ def encoding_from_range(min_val, max_val, bitwidth: int, symmetric: bool, *,
         scale = (hi - lo) / steps
         offset = np.clip(_round_half_away(lo / scale), -steps, 0).astype(np.int64)
     return Encoding(bw, bool(symmetric), scale.astype(np.float32), offset, axis=axis)
+
+
+def is_unsigned_symmetric(symmetric: bool, enabled: bool, data_min) -> bool:
+    """AIMET's unsigned symmetric rule: with the config's ``unsigned_symmetric`` on (``enabled``,
+    AIMET's default), a symmetric quantizer whose data are never negative (``data_min >= 0``, on
+    every channel) gets :func:`unsigned_symmetric_encoding` instead of a signed grid that would
+    waste its negative half."""
+    return bool(symmetric and enabled and np.all(np.asarray(data_min) >= 0))
+
+
+def unsigned_symmetric_encoding(max_val, bitwidth: int, *, axis: int | None = None,
+                                min_range: float = AIMET_MIN_RANGE) -> Encoding:
+    """AIMET's unsigned symmetric grid [0, max]: offset 0 on unsigned integers, which is the
+    asymmetric :func:`encoding_from_range` of the range [0, max]."""
+    hi = np.asarray(max_val, np.float64)
+    return encoding_from_range(np.zeros_like(hi), hi, bitwidth, False, axis=axis, min_range=min_range)
 
 
 def quantize(x, enc: Encoding, dtype=None) -> np.ndarray:
