@@ -56,7 +56,7 @@ from aimetcli.kernels.quant import (QuantScheme, encoding_from_range, fake_quant
                                     unsigned_symmetric_encoding)
 from aimetcli.layers import Layer, as_layer, bias_array, rewrite_reason, write_bias
 from aimetcli.model_io import SplicedProto
-from aimetcli.passes.replace_relu6 import clip_bounds
+from aimetcli.passes.chains import clip_bounds
 
 METADATA_KEY = "aimetcli.bias_correction"
 

@@ -215,7 +215,7 @@ def histogram_run_size(model: ir.Model, dataset) -> int:
 
 
 def non_negative_outputs(model: ir.Model) -> set[str]:
-    from aimetcli.passes.replace_relu6 import clip_bounds
+    from aimetcli.passes.chains import clip_bounds
 
     opset = g.opset_version(model)
     out = set()
