@@ -217,3 +217,22 @@ def test_equalize_that_finds_nothing_builds_no_sim(tmp_path, monkeypatch):
                       correct_bias=False)
     row = next(s for s in summary.stages if s.name == "+ equalize")
     assert row.kept is None and "nothing to equalize" in row.note and len(calls) == 1
+
+
+def test_a_judge_of_the_last_samples_reads_the_whole_runs_and_agrees_with_its_own(tmp_path):
+    """Judge.last: SQNR, per-sample noise and top-1 on the held-out samples, read from the runs
+    over all the samples, equal a judge that runs the models on the held-out samples itself."""
+    from aimetcli.calibration.data import input_specs, open_data
+
+    model, _ = api.prepare(to_ir(model_proto()))
+    calib = open_data("random:24", input_specs(model))
+    calib.labels = np.arange(24) % 10
+    _, held = ptq_flow.split_calibration(calib)
+    sim, _, _ = api.quantsim(api.clone(model), calib, QuantOptions(param_bw=4, act_bw=4))
+    whole = ptq_flow.Judge(model, calib, 8)
+    view, own = whole.last(held), ptq_flow.Judge(model, held, 8)
+    a, b = view.score(sim), own.score(sim)
+    assert a.sqnr_db == pytest.approx(b.sqnr_db, rel=1e-9) and a.sqnr_db != whole.score(sim).sqnr_db
+    np.testing.assert_allclose(a.noise, b.noise, rtol=1e-9)
+    assert a.top1 == b.top1 and view.top1_fp32 == own.top1_fp32
+    assert len(a.noise) == 6

@@ -52,10 +52,10 @@ class EvaluateSummary:
 
 
 def sqnr_db(reference, test) -> float:
-    import numpy as np
+    from aimetcli.kernels.energy import energies
 
-    ref = np.asarray(reference, np.float64)
-    return sqnr_of_energies(float(np.sum(ref**2)), float(np.sum((ref - np.asarray(test, np.float64)) ** 2)))
+    e = energies(reference, test)
+    return sqnr_of_energies(float(e.signal.sum()), float(e.noise.sum()))
 
 
 def sqnr_of_energies(signal: float, noise: float) -> float:
@@ -68,15 +68,17 @@ def sqnr_of_energies(signal: float, noise: float) -> float:
 
 
 def model_outputs(model: ir.Model, dataset, *, batch_size: int = EVALUATION_BATCH, optimization: str = "none",
-                  progress=None) -> list:
-    """Every output of ``model`` over the data (one array per output, samples concatenated).
+                  progress=None, outputs: list[str] | None = None) -> list:
+    """Every output of ``model`` (or those named in ``outputs``) over the data (one array per
+    output, samples concatenated).
 
     A caller that compares several models with the same reference (ptq, after each stage) runs
     the reference once and passes its outputs to ``evaluate``."""
-    return _run_models([model], [optimization], dataset, batch_size, progress)[0]
+    return _run_models([model], [optimization], dataset, batch_size, progress, outputs)[0]
 
 
-def _run_models(models: list[ir.Model], levels: list[str], dataset, batch_size: int, progress) -> list[list]:
+def _run_models(models: list[ir.Model], levels: list[str], dataset, batch_size: int, progress,
+                outputs: list[str] | None = None) -> list[list]:
     """Each model's outputs over the data, the models run batch by batch side by side."""
     import numpy as np
 
@@ -88,11 +90,18 @@ def _run_models(models: list[ir.Model], levels: list[str], dataset, batch_size: 
     collected: list[list[list[np.ndarray]]] = [[] for _ in sessions]
     for feeds in dataset.batches(batch_size):
         for i, sess in enumerate(sessions):
-            collected[i].append(runner.run(sess, feeds))
+            collected[i].append(runner.run(sess, feeds, outputs))
         if progress is not None:
             progress(1)
-    return [[np.concatenate([b[k] for b in batches]) for k in range(len(batches[0]))] if batches else []
+    return [[_joined([b[k] for b in batches]) for k in range(len(batches[0]))] if batches else []
             for batches in collected]
+
+
+def _joined(parts: list):
+    """The batches of one output as one array (the array itself when there is one batch)."""
+    import numpy as np
+
+    return parts[0] if len(parts) == 1 and isinstance(parts[0], np.ndarray) else np.concatenate(parts)
 
 
 def evaluate(models: Sequence[ModelSource], data: DataSource, run: RunOptions | None = None, *,
@@ -146,6 +155,8 @@ def compare_outputs(outputs: list[list], labels, names: list[str], samples: int,
     agree."""
     import numpy as np
 
+    from aimetcli.kernels.energy import energies
+
     k_scored = score_output(outputs[0]) if outputs and outputs[0] else None
     top1: list[float | None] = []
     preds = []
@@ -168,7 +179,9 @@ def compare_outputs(outputs: list[list], labels, names: list[str], samples: int,
             if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) or a.shape != b.shape \
                     or a.dtype.kind != "f" or b.dtype.kind != "f":  # sequences, integers: no SQNR
                 continue
-            summary.comparisons.append(OutputComparison(name, sqnr_db(a, b), float(np.max(np.abs(a - b)))))
+            e = energies(a, b)
+            summary.comparisons.append(OutputComparison(name, sqnr_of_energies(float(e.signal.sum()),
+                                                                               float(e.noise.sum())), e.max_abs))
         if preds[0] is not None and preds[1] is not None:
             summary.top1_agreement = float(np.mean(preds[0] == preds[1]) * 100.0)
     return summary

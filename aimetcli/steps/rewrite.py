@@ -111,36 +111,28 @@ def _median(xs: list[float]) -> float:
 def equalize(model: ModelSource, options: EqualizeOptions | None = None) -> EqualizeSummary:
     """AIMET's equalize_model on ONNX: BN fold, ReLU6 -> ReLU, cross-layer scaling, high-bias fold.
     An onnx-ir model is modified in place; the equalized model is ``summary.model``."""
-    from aimetcli.passes.cross_layer_scaling import CrossLayerScalingPass, CrossLayerScalingResult, find_chains
+    from aimetcli.passes.cross_layer_scaling import CrossLayerScalingPass, CrossLayerScalingResult
     from aimetcli.passes.high_bias_fold import HighBiasFoldPass, HighBiasFoldResult
-    from aimetcli.passes.replace_relu6 import ReplaceRelu6Pass, is_relu_n
+    from aimetcli.passes.replace_relu6 import ReplaceRelu6Pass, ReplaceRelu6Result
 
     options = options or EqualizeOptions()
     start = time.perf_counter()
     model = as_model(model)
     fold_result, _ = fold_bn(model)
     before = weight_ranges(model)  # after folding: what cross-layer scaling starts from
-    chains, stops = find_chains(model, through_relu6=options.replace_relu6)
-    opset = g.opset_version(model)
-    clips = [lk.node for c in chains for lk in c.links if lk.node is not None and is_relu_n(lk.node, opset)]
-    relu6 = ReplaceRelu6Pass(clips)
-    relu6(model)
-    for c in chains:
-        for lk in c.links:
-            if lk.activation == "Clip":
-                lk.activation, lk.node = "Relu", None
-    scaling = CrossLayerScalingPass(chains if options.cross_layer_scaling else [])
-    cls_result = cast(CrossLayerScalingResult, scaling(model))
-    absorption = cast(HighBiasFoldResult, HighBiasFoldPass(chains)(model)) if options.high_bias_fold else None
+    relu6 = cast(ReplaceRelu6Result, ReplaceRelu6Pass()(model)) if options.replace_relu6 else None
+    cls_result = cast(CrossLayerScalingResult, CrossLayerScalingPass(relu6_replaced=options.replace_relu6)(model)) \
+        if options.cross_layer_scaling else None
+    absorption = cast(HighBiasFoldResult, HighBiasFoldPass()(model)) if options.high_bias_fold else None
     after = weight_ranges(model)
     return EqualizeSummary(
         folded_bn=len(fold_result.folded),
-        relu6_replaced=relu6.replaced,
-        chains=[[layer.name for layer in c.layers] for c in chains],
-        scaling_sets=len(cls_result.sets),
-        iterations=cls_result.iterations,
+        relu6_replaced=len(relu6.replaced) if relu6 else 0,
+        chains=cls_result.chains if cls_result else [],
+        scaling_sets=len(cls_result.sets) if cls_result else 0,
+        iterations=cls_result.iterations if cls_result else 0,
         bias_absorbed=absorption.absorbed if absorption else [],
-        stops=stops,
+        stops=cls_result.stops if cls_result else [],
         ranges_before=before,
         ranges_after=after,
         seconds=time.perf_counter() - start,
