@@ -82,9 +82,8 @@ def _agreements(task: str, ref: np.ndarray, q: np.ndarray) -> list[float]:
 # above 0. Not ultralytics' conf=0.25: on random weights (bench/zoo_export_yolo.py) the photos split
 # into those with no box above it and those with hundreds, many anchors sit near it and FP32's own
 # boxes flip there under noise far below a quantizer's. The top boxes of each image instead: 20 is
-# about the number of objects a trained YOLOv8n reports on a busy photo; FP32 run with and without
-# onnxruntime's optimizations agrees on 98% (ties among scores of exactly 1 on the colour wheel).
-# A model whose scores rounded to 0 finds no box (F1 0).
+# about the number of objects a trained YOLOv8n reports on a busy photo. A model whose scores
+# rounded to 0 finds no box (F1 0).
 TOP_K = 20
 NMS_IOU = 0.5
 MATCH_IOU = 0.5
