@@ -233,34 +233,27 @@ def _median(xs: list[float]) -> float:
 
 def equalize(model: ir.Model, options: EqualizeOptions | None = None) -> EqualizeSummary:
     """AIMET's equalize_model on ONNX: BN fold, ReLU6 -> ReLU, cross-layer scaling, high-bias fold."""
-    from aimetcli.passes.cross_layer_scaling import CrossLayerScalingPass, find_chains
+    from aimetcli.passes.cross_layer_scaling import CrossLayerScalingPass
     from aimetcli.passes.high_bias_fold import HighBiasFoldPass
-    from aimetcli.passes.replace_relu6 import ReplaceRelu6Pass, is_relu_n
+    from aimetcli.passes.replace_relu6 import ReplaceRelu6Pass
 
     options = options or EqualizeOptions()
     start = time.perf_counter()
     fold_result, _ = fold_bn(model)
     before = weight_ranges(model)  # after folding: what cross-layer scaling starts from
-    chains, stops = find_chains(model, through_relu6=options.replace_relu6)
-    opset = g.opset_version(model)
-    clips = [lk.node for c in chains for lk in c.links if lk.node is not None and is_relu_n(lk.node, opset)]
-    relu6 = ReplaceRelu6Pass(clips)
-    relu6(model)
-    for c in chains:
-        for lk in c.links:
-            if lk.activation == "Clip":
-                lk.activation, lk.node = "Relu", None
-    cls_result = CrossLayerScalingPass(chains if options.cross_layer_scaling else [])(model)
-    absorption = HighBiasFoldPass(chains)(model) if options.high_bias_fold else None
+    relu6 = ReplaceRelu6Pass()(model) if options.replace_relu6 else None
+    cls_result = CrossLayerScalingPass(relu6_replaced=options.replace_relu6)(model) if options.cross_layer_scaling \
+        else None
+    absorption = HighBiasFoldPass()(model) if options.high_bias_fold else None
     after = weight_ranges(model)
     return EqualizeSummary(
         folded_bn=len(fold_result.folded),
-        relu6_replaced=relu6.replaced,
-        chains=[[layer.name for layer in c.layers] for c in chains],
-        scaling_sets=len(cls_result.sets),
-        iterations=cls_result.iterations,
+        relu6_replaced=len(relu6.replaced) if relu6 else 0,
+        chains=cls_result.chains if cls_result else [],
+        scaling_sets=len(cls_result.sets) if cls_result else 0,
+        iterations=cls_result.iterations if cls_result else 0,
         bias_absorbed=absorption.absorbed if absorption else [],
-        stops=stops,
+        stops=cls_result.stops if cls_result else [],
         ranges_before=before,
         ranges_after=after,
         seconds=time.perf_counter() - start,
@@ -469,10 +462,10 @@ class EvaluateSummary:
 
 
 def sqnr_db(reference, test) -> float:
-    import numpy as np
+    from aimetcli.kernels.energy import energies
 
-    ref = np.asarray(reference, np.float64)
-    return sqnr_of_energies(float(np.sum(ref**2)), float(np.sum((ref - np.asarray(test, np.float64)) ** 2)))
+    e = energies(reference, test)
+    return sqnr_of_energies(float(e.signal.sum()), float(e.noise.sum()))
 
 
 def sqnr_of_energies(signal: float, noise: float) -> float:
@@ -485,15 +478,17 @@ def sqnr_of_energies(signal: float, noise: float) -> float:
 
 
 def model_outputs(model: ir.Model, dataset, *, batch_size: int = 64, optimization: str = "none",
-                  progress=None) -> list:
-    """Every output of ``model`` over the data (one array per output, samples concatenated).
+                  progress=None, outputs: list[str] | None = None) -> list:
+    """Every output of ``model`` (or those named in ``outputs``) over the data (one array per
+    output, samples concatenated).
 
     A caller that compares several models with the same reference (ptq, after each stage) runs
     the reference once and passes its outputs to ``evaluate``."""
-    return _run_models([model], [optimization], dataset, batch_size, progress)[0]
+    return _run_models([model], [optimization], dataset, batch_size, progress, outputs)[0]
 
 
-def _run_models(models: list[ir.Model], levels: list[str], dataset, batch_size: int, progress) -> list[list]:
+def _run_models(models: list[ir.Model], levels: list[str], dataset, batch_size: int, progress,
+                outputs: list[str] | None = None) -> list[list]:
     """Each model's outputs over the data, the models run batch by batch side by side."""
     import numpy as np
 
@@ -505,11 +500,18 @@ def _run_models(models: list[ir.Model], levels: list[str], dataset, batch_size: 
     collected: list[list[list[np.ndarray]]] = [[] for _ in sessions]
     for feeds in dataset.batches(batch_size):
         for i, sess in enumerate(sessions):
-            collected[i].append(runner.run(sess, feeds))
+            collected[i].append(runner.run(sess, feeds, outputs))
         if progress is not None:
             progress(1)
-    return [[np.concatenate([b[k] for b in batches]) for k in range(len(batches[0]))] if batches else []
+    return [[_joined([b[k] for b in batches]) for k in range(len(batches[0]))] if batches else []
             for batches in collected]
+
+
+def _joined(parts: list):
+    """The batches of one output as one array (the array itself when there is one batch)."""
+    import numpy as np
+
+    return parts[0] if len(parts) == 1 and isinstance(parts[0], np.ndarray) else np.concatenate(parts)
 
 
 def evaluate(models: list[ir.Model], dataset, *, batch_size: int = 64, optimization: str | list[str] = "none",
@@ -556,6 +558,8 @@ def compare_outputs(outputs: list[list], labels, names: list[str], samples: int,
     agree."""
     import numpy as np
 
+    from aimetcli.kernels.energy import energies
+
     k_scored = score_output(outputs[0]) if outputs and outputs[0] else None
     top1: list[float | None] = []
     preds = []
@@ -578,7 +582,9 @@ def compare_outputs(outputs: list[list], labels, names: list[str], samples: int,
             if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) or a.shape != b.shape \
                     or a.dtype.kind != "f" or b.dtype.kind != "f":  # sequences, integers: no SQNR
                 continue
-            summary.comparisons.append(OutputComparison(name, sqnr_db(a, b), float(np.max(np.abs(a - b)))))
+            e = energies(a, b)
+            summary.comparisons.append(OutputComparison(name, sqnr_of_energies(float(e.signal.sum()),
+                                                                               float(e.noise.sum())), e.max_abs))
         if preds[0] is not None and preds[1] is not None:
             summary.top1_agreement = float(np.mean(preds[0] == preds[1]) * 100.0)
     return summary

@@ -52,10 +52,11 @@ from aimetcli.calibration.data import feed_rows
 from aimetcli.correction_graph import Grid, Target
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.bias import METHODS, ChannelMean, clipped_normal_mean
-from aimetcli.kernels.quant import QuantScheme, encoding_from_range, fake_quantize
+from aimetcli.kernels.quant import (QuantScheme, encoding_from_range, fake_quantize, is_unsigned_symmetric,
+                                    unsigned_symmetric_encoding)
 from aimetcli.layers import Layer, as_layer, bias_array, rewrite_reason, write_bias
 from aimetcli.model_io import SplicedProto
-from aimetcli.passes.replace_relu6 import clip_bounds
+from aimetcli.passes.chains import clip_bounds
 
 METADATA_KEY = "aimetcli.bias_correction"
 
@@ -114,7 +115,7 @@ def _candidates(model: ir.Model, result: BiasCorrectionResult) -> list[Layer]:
             result.skipped.append((layer.name, reason))
             continue
         w = layer.weight_array()
-        if layer.kind == "matmul" and not layer.input_known_2d:
+        if layer.spec.bias_slot is None and not layer.input_known_2d:
             result.skipped.append((layer.name, "MatMul without a bias input whose input is not known to be 2-D"))
             continue
         write_bias(layer, graph, names, bias_array(layer, w), w.dtype)  # private, present
@@ -240,7 +241,7 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
 
 
 def _output_rank(layer: Layer) -> int:
-    return 2 if layer.kind in ("gemm", "matmul") else len(layer.weight.shape)
+    return layer.spec.output_rank(len(layer.weight.shape))
 
 
 def _grids_in_graph(dataset, options, chunk: int) -> bool:
@@ -263,7 +264,7 @@ def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progres
     from aimetcli import api
     from aimetcli.quantsim.calibrate import (calibrate, calibration_weights, non_negative_outputs,
                                              param_encodings)
-    from aimetcli.quantsim.insert import container, insert_qdq
+    from aimetcli.quantsim.insert import insert_qdq
     from aimetcli.quantsim.placement import place_quantizers
 
     sim = api.upgrade_opset(api.clone(model), api.sim_opset(options))
@@ -279,15 +280,17 @@ def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progres
             strict = placement.strict_symmetric and a.symmetric
             fixed = a.encoding_min is not None and a.encoding_max is not None
             lo, hi = (a.encoding_min, a.encoding_max) if fixed else (-1.0, 1.0)  # else: computed in the graph
-            symmetric = a.symmetric
-            if symmetric and placement.unsigned_symmetric and not fixed and (
-                    a.tensor in nonneg or (a.tensor in graph_inputs and _data_min(dataset, a.tensor) >= 0)):
-                # AIMET's unsigned symmetric: [0, max] with offset 0, which is the asymmetric grid of a
-                # range starting at 0 (in the graph: lo = 0 for a non-negative tensor). An inner tensor
-                # that is non-negative only on the data (not by construction) keeps its signed grid here.
-                symmetric, lo = False, 0.0
+            known_min = -1.0  # what is known of the tensor's minimum without running the model
+            if not fixed and a.symmetric and placement.unsigned_symmetric:  # (the data pass only when it matters)
+                known_min = 0.0 if a.tensor in nonneg else _data_min(dataset, a.tensor) if a.tensor in graph_inputs \
+                    else -1.0
+            # AIMET's unsigned symmetric grid (in the graph: lo = 0 for a non-negative tensor). An inner
+            # tensor that is non-negative only on the data (not by construction) keeps its signed grid here.
+            if not fixed and is_unsigned_symmetric(a.symmetric, placement.unsigned_symmetric, known_min):
                 nonneg.add(a.tensor)
-            acts[a.tensor] = encoding_from_range(lo, hi, a.bitwidth, symmetric, strict_symmetric=strict)
+                acts[a.tensor] = unsigned_symmetric_encoding(hi, a.bitwidth)
+            else:
+                acts[a.tensor] = encoding_from_range(lo, hi, a.bitwidth, a.symmetric, strict_symmetric=strict)
             if not fixed:
                 in_graph_tensors.append(a.tensor)
         float_path = calibration_weights(sim, params)
@@ -305,7 +308,7 @@ def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progres
     for tensor in in_graph_tensors:
         enc = acts[tensor]
         grids.append(Grid(tensor, record[tensor], enc.num_steps, enc.symmetric, tensor in nonneg, ranks.get(tensor),
-                          onnx.helper.np_dtype_to_tensor_dtype(container(enc)[0]), enc.qmin, enc.qmax))
+                          onnx.helper.np_dtype_to_tensor_dtype(enc.container_dtype), enc.qmin, enc.qmax))
     return sim, calibration_weights(sim, params, like=float_path), float_path, grids
 
 
@@ -442,21 +445,3 @@ def _float_sources(model: ir.Model, names: list[str]) -> list[str]:
             v = v.producer().inputs[0]
         out.append(v.name if v is not None else name)
     return out
-
-
-def output_shift(reference: ir.Model, sim: ir.Model, dataset, *, batch_size: int = 32) -> dict[str, float]:
-    """Per layer of ``reference``: mean over channels of |E[y_sim] - E[y_reference]| on the data.
-
-    ``sim`` is a quantsim model of ``reference`` (or of a bias-corrected copy of it): this is the
-    shift bias correction exists to remove, measured against the uncorrected FP32 model.
-    """
-    layers = [la for n in reference.graph if (la := as_layer(n)) is not None]
-    names = [la.output.name for la in layers]
-    sim_names = _float_sources(sim, names)
-    last = [la.kind == "matmul" for la in layers]  # a MatMul's channels are its last axis (2-D: axis 1)
-    ref = _mean_pass(reference, names, dataset, batch_size,
-                     channels_last=frozenset(n for n, x in zip(names, last) if x))
-    # no graph optimizations: onnxruntime's rewrites of QDQ graphs are not the simulation
-    q = _mean_pass(sim, sim_names, dataset, batch_size, optimization="none",
-                   channels_last=frozenset(n for n, x in zip(sim_names, last) if x))
-    return {n: float(np.mean(np.abs(ref[n] - q[s]))) for n, s in zip(names, sim_names)}

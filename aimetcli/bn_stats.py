@@ -41,8 +41,6 @@ class BnStats:
     gamma: np.ndarray  # float64, per output channel (sign kept; |gamma| is the std)
     bn: str = ""
 
-    def scaled(self, factor: np.ndarray) -> "BnStats":
-        return BnStats(self.beta * factor, self.gamma * factor, self.bn)
 
 
 def read_bn_stats(model: ir.Model) -> dict[str, BnStats]:

@@ -69,6 +69,7 @@ __all__ = [
     "check_bitwidth",
     "dumps",
     "loads",
+    "output_dtype",
     "to_dict",
 ]
 
@@ -181,12 +182,20 @@ def check_bitwidth(version: str, bitwidth: int, name: str = "") -> None:
         )
 
 
+def output_dtype(enc: Encoding) -> str:
+    """2.0.0's ``output_dtype``: the smallest native ONNX integer type of the bitwidth ('int4',
+    'uint8', ...), signed for symmetric grids, as AIMET names it. A file format's name for the
+    grid, not the container quantsim's QDQ uses (``kernels.quant.container_bits``: int8 for 4 bits)."""
+    bits = next(b for b in _NATIVE_BITS if enc.bitwidth <= b)
+    return f"{'' if enc.signed else 'u'}int{bits}"
+
+
 def _entry_200(name: str, enc: Encoding) -> dict[str, Any]:
     check_bitwidth("2.0.0", enc.bitwidth, repr(name))
     bits = enc.bitwidth
     offset = enc.offset.astype(np.int64)
     zero_point = -offset - 2 ** (bits - 1) if enc.signed else -offset
-    entry: dict[str, Any] = {"name": name, "output_dtype": enc.onnx_dtype_name()}
+    entry: dict[str, Any] = {"name": name, "output_dtype": output_dtype(enc)}
     if enc.per_channel:
         if enc.axis is None:
             raise ValueError(f"{name!r}: per-channel encoding has no axis; version 2.0.0 needs one")

@@ -41,6 +41,3 @@ class AimetCliError(Exception):
     def exit_code(self) -> int:
         return self.kind.exit_code
 
-
-def usage_error(message: str) -> AimetCliError:
-    return AimetCliError(message, ErrorKind.USAGE)

@@ -28,7 +28,7 @@ from aimetcli import graph as g
 from aimetcli.encodings import EncodingsError, EncodingsFile, QuantizerArgs, TensorEncoding, loads
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.quant import Encoding, encoding_from_range, fake_quantize
-from aimetcli.quantsim.insert import insert_qdq, is_grid_node, needs_clip
+from aimetcli.quantsim.insert import insert_qdq, is_grid_node
 
 QUANTSIM_METADATA_KEY = "aimetcli.quantsim"
 
@@ -98,7 +98,7 @@ def _ours(node: ir.Node, enc: Encoding | None, bounds: list[tuple[int, np.ndarra
     """
     if is_grid_node(node):
         return True
-    return enc is not None and needs_clip(enc) and all(_equals(node.inputs[i] if i < len(node.inputs) else None, b)
+    return enc is not None and enc.needs_clip and all(_equals(node.inputs[i] if i < len(node.inputs) else None, b)
                                                       for i, b in bounds)
 
 
@@ -278,7 +278,7 @@ def split(encodings: list[TensorEncoding]) -> tuple[dict[str, Encoding], dict[st
 
 def fill_axes(model: ir.Model, params: dict[str, Encoding]) -> dict[str, Encoding]:
     """Per-channel param encodings read from 0.6.1/1.0.0 files carry no axis: take it from the layer."""
-    from aimetcli.quantsim.placement import per_channel_axis
+    from aimetcli.layers import as_layer
 
     out = dict(params)
     for node in model.graph:
@@ -287,7 +287,9 @@ def fill_axes(model: ir.Model, params: dict[str, Encoding]) -> dict[str, Encodin
                 continue
             enc = out[value.name]
             if enc.per_channel and enc.axis is None:
-                axis = per_channel_axis(node.op_type, node, len(value.shape) if value.shape else 0) if idx == 1 else 0
+                layer = as_layer(node) if idx == 1 else None
+                axis = 0 if idx != 1 else None if layer is None else layer.spec.per_channel_axis(
+                    layer.groups, len(value.shape) if value.shape else 0)
                 if axis is None:
                     raise AimetCliError(f"cannot tell the channel axis of per-channel encoding {value.name!r}",
                                         ErrorKind.UNSUPPORTED)

@@ -43,11 +43,6 @@ def is_float_dtype(arr: np.ndarray) -> bool:
     return arr.dtype.kind == "f" or arr.dtype.name == "bfloat16"
 
 
-def consumers_count(value: ir.Value) -> int:
-    """Number of uses, a graph output counting as one more."""
-    return len(value.uses()) + (1 if value.is_graph_output() else 0)
-
-
 def sole_consumer(value: ir.Value) -> ir.Node | None:
     """The only node reading ``value``, or None when it branches or is a graph output."""
     if value.is_graph_output():

@@ -15,41 +15,39 @@ import onnx_ir as ir
 
 from aimetcli import graph as g
 from aimetcli.kernels import bn as bn_math
+from aimetcli.kernels.layout import LayerSpec, channel_abs_max, layer_spec
 
-LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-_KIND = {"Conv": "conv", "ConvTranspose": "convtranspose", "Gemm": "gemm", "MatMul": "matmul"}
-
+__all__ = ["Layer", "as_layer", "bias_array", "rewrite_reason", "weight_reason", "write_bias"]
 
 @dataclass
 class Layer:
+    """A Conv, ConvTranspose, Gemm or MatMul node and its row of the layout table."""
+
     node: ir.Node
-    kind: str  # conv | convtranspose | gemm | matmul
+    spec: LayerSpec
 
     @property
     def name(self) -> str:
         return g.node_label(self.node)
 
     @property
-    def groups(self) -> int:
-        return self.node.attributes.get_int("group", 1) if self.kind in ("conv", "convtranspose") else 1
+    def op_type(self) -> str:
+        return self.spec.op_type
 
     @property
-    def trans_b(self) -> bool:
-        return bool(self.node.attributes.get_int("transB", 0)) if self.kind == "gemm" else False
+    def groups(self) -> int:
+        return self.node.attributes.get_int("group", 1) if self.spec.group_axis is not None else 1
 
     @property
     def weight(self) -> ir.Value | None:
         return self.node.inputs[1] if len(self.node.inputs) > 1 else None
 
     @property
-    def bias_index(self) -> int | None:
-        return None if self.kind == "matmul" else 2
-
-    @property
     def bias(self) -> ir.Value | None:
-        if self.kind == "matmul" or len(self.node.inputs) < 3:
+        slot = self.spec.bias_slot
+        if slot is None or len(self.node.inputs) <= slot:
             return None
-        return self.node.inputs[2]
+        return self.node.inputs[slot]
 
     @property
     def output(self) -> ir.Value:
@@ -59,7 +57,7 @@ class Layer:
     def pads_input(self) -> bool:
         """Whether the layer reads zero padding around its input: a Conv with non-zero ``pads``
         or a SAME ``auto_pad``. (ConvTranspose's ``pads`` crop its output instead.)"""
-        if self.kind != "conv":
+        if self.op_type != "Conv":
             return False
         pads = self.node.attributes.get_ints("pads", None)
         return bool(pads and any(pads)) or self.node.attributes.get_string("auto_pad", "NOTSET") not in (
@@ -75,74 +73,35 @@ class Layer:
         return g.constant(self.weight)
 
     def out_channels(self, w: np.ndarray) -> int:
-        if self.kind == "conv":
-            return w.shape[0]
-        if self.kind == "convtranspose":
-            return w.shape[1] * self.groups
-        if self.kind == "gemm":
-            return w.shape[0] if self.trans_b else w.shape[1]
-        return w.shape[1]
+        return self.spec.out_channels(w.shape, self.groups)
 
     def in_channels(self, w: np.ndarray) -> int:
-        if self.kind == "conv":
-            return w.shape[1] * self.groups
-        if self.kind == "convtranspose":
-            return w.shape[0]
-        if self.kind == "gemm":
-            return w.shape[1] if self.trans_b else w.shape[0]
-        return w.shape[0]
+        return self.spec.in_channels(w.shape, self.groups)
 
-    def out_axis(self) -> int:
-        """Axis of the weight holding output channels (ConvTranspose: groups folded in)."""
-        if self.kind in ("conv",):
-            return 0
-        if self.kind == "convtranspose":
-            return 1
-        if self.kind == "gemm":
-            return 0 if self.trans_b else 1
-        return 1
-
-    # Weight maths, dispatched on kind
+    # Weight maths, on the spec's axes
     def scale_out(self, w: np.ndarray, s: np.ndarray, inplace: bool = False) -> np.ndarray:
-        return bn_math.scale_output_channels(w, s, kind=self.kind, groups=self.groups, trans_b=self.trans_b,
-                                             inplace=inplace)
+        return bn_math.scale_output_channels(w, s, spec=self.spec, groups=self.groups, inplace=inplace)
 
     def scale_in(self, w: np.ndarray, s: np.ndarray, inplace: bool = False) -> np.ndarray:
-        return bn_math.scale_input_channels(w, s, kind=self.kind, groups=self.groups, trans_b=self.trans_b,
-                                            inplace=inplace)
+        return bn_math.scale_input_channels(w, s, spec=self.spec, groups=self.groups, inplace=inplace)
 
     def apply_to_constant(self, w: np.ndarray, vec: np.ndarray) -> np.ndarray:
-        return bn_math.input_channel_sums(w, vec, kind=self.kind, groups=self.groups, trans_b=self.trans_b)
+        return bn_math.input_channel_sums(w, vec, spec=self.spec, groups=self.groups)
 
     def per_out_channel_abs_max(self, w: np.ndarray) -> np.ndarray:
         """max |w| per output channel (the per-channel weight range used by CLE)."""
-        w = np.asarray(w)
-        if self.kind == "convtranspose":
-            cin, cout_g = w.shape[0], w.shape[1]
-            wg = w.reshape(self.groups, cin // self.groups, cout_g, -1)
-            return _abs_max(wg, (1, 3)).reshape(-1)
-        return _abs_max(w, tuple(i for i in range(w.ndim) if i != self.out_axis()))
+        return channel_abs_max(w, self.spec, self.groups, self.spec.out_axis)
 
     def per_in_channel_abs_max(self, w: np.ndarray) -> np.ndarray:
         """max |w| per input channel of the layer (over all outputs that read it)."""
-        w = np.asarray(w)
-        if self.kind == "conv":
-            cout, cin_g = w.shape[0], w.shape[1]
-            wg = w.reshape(self.groups, cout // self.groups, cin_g, -1)
-            return _abs_max(wg, (1, 3)).reshape(-1)
-        axis = 0 if self.kind == "convtranspose" else (1 if (self.kind == "gemm" and self.trans_b) else 0)
-        return _abs_max(w, tuple(i for i in range(w.ndim) if i != axis))
-
-
-def _abs_max(w: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-    """max |w| over ``axes`` as float64, without an |w| copy of the whole tensor."""
-    return np.maximum(w.max(axis=axes), -w.min(axis=axes)).astype(np.float64)
+        return channel_abs_max(w, self.spec, self.groups, self.spec.in_axis)
 
 
 def as_layer(node: ir.Node | None) -> Layer | None:
-    if node is None or node.domain not in g.ONNX_DOMAINS or node.op_type not in _KIND:
+    if node is None or node.domain not in g.ONNX_DOMAINS:
         return None
-    return Layer(node, _KIND[node.op_type])
+    spec = layer_spec(node.op_type, node.op_type == "Gemm" and bool(node.attributes.get_int("transB", 0)))
+    return None if spec is None else Layer(node, spec)
 
 
 def weight_reason(layer: Layer) -> str | None:
@@ -160,11 +119,11 @@ def weight_reason(layer: Layer) -> str | None:
     finite = np.isfinite(arr) if arr.dtype.kind == "f" else np.isfinite(arr.astype(np.float32))
     if not finite.all():
         return f"weight {w.name} of {layer.name} contains NaN or Inf"
-    if layer.kind == "matmul" and arr.ndim != 2:
+    if layer.op_type == "MatMul" and arr.ndim != 2:
         return f"MatMul {layer.name} has a {arr.ndim}-D weight (only 2-D weights are handled)"
-    if layer.kind == "gemm" and layer.node.attributes.get_int("transA", 0):
+    if layer.op_type == "Gemm" and layer.node.attributes.get_int("transA", 0):
         return f"Gemm {layer.name} has transA=1"
-    if layer.kind in ("conv", "convtranspose") and arr.ndim < 3:
+    if layer.spec.group_axis is not None and arr.ndim < 3:
         return f"{layer.name} has a {arr.ndim}-D weight"
     bias = layer.bias
     if bias is not None and g.constant(bias) is None:
@@ -183,7 +142,7 @@ def normalize_gemm(layer: Layer, graph: ir.Graph, names: g.Names) -> None:
         layer.node.attributes["alpha"] = ir.AttrFloat32("alpha", 1.0)
     if beta != 1.0:
         if layer.bias is not None:
-            c = g.private_constant(graph, names, layer.node, 2)
+            c = g.private_constant(graph, names, layer.node, layer.spec.bias_slot)
             arr = c.const_value.numpy()
             g.set_constant(c, (arr.astype(np.float64) * beta).astype(arr.dtype))
         layer.node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
@@ -224,18 +183,19 @@ def write_bias(layer: Layer, graph: ir.Graph, names: g.Names, new_bias: np.ndarr
     as AIMET does.
     """
     arr = np.asarray(new_bias, np.float64).astype(dtype)
-    if layer.kind == "matmul":
+    if layer.spec.bias_slot is None:
         to_gemm(layer, graph)
+    slot = layer.spec.bias_slot
     if layer.bias is not None:
-        value = g.private_constant(graph, names, layer.node, 2)
+        value = g.private_constant(graph, names, layer.node, slot)
         g.set_constant(value, arr)
         return
     wname = layer.weight.name or layer.name
     value = g.add_initializer(graph, names.new(f"{wname}_bias"), arr)
-    if layer.kind == "gemm":
+    if layer.op_type == "Gemm":
         layer.node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
-    layer.node.resize_inputs(3)
-    layer.node.replace_input_with(2, value)
+    layer.node.resize_inputs(slot + 1)
+    layer.node.replace_input_with(slot, value)
 
 
 def to_gemm(layer: Layer, graph: ir.Graph) -> None:
@@ -251,4 +211,4 @@ def to_gemm(layer: Layer, graph: ir.Graph) -> None:
     new.outputs[0].shape = out.shape
     new.outputs[0].type = out.type
     layer.node = new
-    layer.kind = "gemm"
+    layer.spec = layer_spec("Gemm")

@@ -111,3 +111,25 @@ def two_conv_classifier(c: int, dtype=np.float32) -> tuple[list[onnx.NodeProto],
         helper.make_node("MatMul", ["f", "W3"], ["logits"]),
     ]
     return nodes, inits
+
+
+def output_shift(reference: ir.Model, sim: ir.Model, dataset, *, batch_size: int = 32) -> dict[str, float]:
+    """Per layer of ``reference``: mean over channels of |E[y_sim] - E[y_reference]| on the data.
+
+    ``sim`` is a quantsim model of ``reference`` (or of a bias-corrected copy of it): this is the
+    shift bias correction exists to remove, measured against the uncorrected FP32 model.
+    """
+    from aimetcli.bias_correction import _float_sources, _mean_pass
+    from aimetcli.layers import as_layer
+
+    layers = [la for n in reference.graph if (la := as_layer(n)) is not None]
+    names = [la.output.name for la in layers]
+    sim_names = _float_sources(sim, names)
+    # a MatMul's channels are its last axis (2-D: axis 1)
+    last = [la.spec.channel_axis == -1 and la.spec.bias_slot is None for la in layers]
+    ref = _mean_pass(reference, names, dataset, batch_size,
+                     channels_last=frozenset(n for n, x in zip(names, last) if x))
+    # no graph optimizations: onnxruntime's rewrites of QDQ graphs are not the simulation
+    q = _mean_pass(sim, sim_names, dataset, batch_size, optimization="none",
+                   channels_last=frozenset(n for n, x in zip(sim_names, last) if x))
+    return {n: float(np.mean(np.abs(ref[n] - q[s]))) for n, s in zip(names, sim_names)}

@@ -191,7 +191,7 @@ def small_net(rng):
 
 
 def _shift_after(tmp_path, options, *, batch_size=64):
-    from aimetcli.bias_correction import output_shift
+    from helpers import output_shift
 
     rng = np.random.default_rng(5)
     proto = small_net(rng)
@@ -242,12 +242,12 @@ def test_grid_in_graph_equals_encoding_from_range(bw, symmetric, lo, hi):
     """The grid nodes compute exactly AIMET's encoding (kernels/quant.py) of the tensor's range."""
     from aimetcli.correction_graph import Grid, _Builder
     from aimetcli.kernels.quant import encoding_from_range
-    from aimetcli.quantsim.insert import ActivationConstants, container
+    from aimetcli.quantsim.insert import ActivationConstants
 
     x = np.linspace(lo, hi, 37, dtype=np.float32).reshape(1, 37)
     # quantsim's calibration sees the float32 extremes, as the graph does
     enc = encoding_from_range(float(x.min()), float(x.max()), bw, symmetric)
-    dtype = container(enc)[0]
+    dtype = enc.container_dtype
     grid = Grid("x", ActivationConstants("scale", "zp", "cmin", "cmax"), enc.num_steps, symmetric,
                 non_negative=lo >= 0, rank=2, zero_point_type=helper.np_dtype_to_tensor_dtype(dtype),
                 qmin=enc.qmin, qmax=enc.qmax)
@@ -309,7 +309,8 @@ def test_progress_says_which_step_runs(tmp_path):
 def test_fixed_batch_model_corrects_over_several_runs(tmp_path):
     """A model with a fixed batch dimension cannot see all the data in one run: the grids are
     calibrated first and the runs' corrections averaged; the shift still drops."""
-    from aimetcli.bias_correction import output_shift, progress_steps
+    from aimetcli.bias_correction import progress_steps
+    from helpers import output_shift
 
     rng = np.random.default_rng(5)
     proto = small_net(rng)

@@ -114,7 +114,7 @@ def sequence_linear(constant_first: bool = False) -> onnx.ModelProto:
 def test_sequence_matmul_is_skipped_and_its_shift_measured_over_its_last_axis(tmp_path):
     """An N-D MatMul is not corrected (its bias would be the Add after it: on the PP-OCR recognizers
     correcting those cost exact text reads), and output_shift means its channels on the last axis."""
-    from aimetcli.bias_correction import output_shift
+    from helpers import output_shift
 
     x = data(4)
 

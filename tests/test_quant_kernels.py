@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from aimetcli.encodings import output_dtype
 from aimetcli.kernels.quant import (
     AIMET_MIN_RANGE,
     Encoding,
@@ -63,9 +64,8 @@ def _qdq_runtime_params(dtype: str, per_channel_axis: int | None) -> ort.Inferen
     return _session(model)
 
 
-def _qdq_const_params(enc: Encoding, axis: int | None) -> ort.InferenceSession:
+def _qdq_const_params(enc: Encoding, axis: int | None, dtype: str) -> ort.InferenceSession:
     """QDQ with scale/zero point as initializers (int4/uint4 cannot be fed from numpy); y only."""
-    dtype = enc.onnx_dtype_name()
     t = ONNX_TYPES[dtype]
     zp = enc.zero_point
     kw = {} if axis is None else {"axis": axis}
@@ -82,22 +82,28 @@ def _qdq_const_params(enc: Encoding, axis: int | None) -> ort.InferenceSession:
     return _session(model)
 
 
-def ort_qdq(x: np.ndarray, enc: Encoding) -> tuple[np.ndarray | None, np.ndarray]:
-    """onnxruntime's (q in ONNX terms, or None for 4-bit types; y) for enc's container type."""
-    dtype = enc.onnx_dtype_name()
+def dtypes_of(enc: Encoding) -> list[str]:
+    """The integer types a grid is quantized in: its container (quantsim's QDQ, model_qdq.onnx) and,
+    where it differs (4 bits and fewer), the smallest native type a 2.0.0 encodings file names."""
+    return sorted({enc.container_dtype.name, output_dtype(enc)})
+
+
+def ort_qdq(x: np.ndarray, enc: Encoding, dtype: str | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+    """onnxruntime's (q in ONNX terms, or None for 4-bit types; y) in ``dtype`` (default: enc's container)."""
+    dtype = dtype or enc.container_dtype.name
     axis = enc.axis if enc.per_channel else None
     if dtype in NP_TYPES:
         sess = _qdq_runtime_params(dtype, axis)
         q, y = sess.run(None, {"x": x, "s": np.asarray(enc.scale, np.float32),
                                "z": enc.zero_point.astype(NP_TYPES[dtype])})
         return q.astype(np.int64), y
-    (y,) = _qdq_const_params(enc, axis).run(None, {"x": x})
+    (y,) = _qdq_const_params(enc, axis, dtype).run(None, {"x": x})
     return None, y
 
 
-def ort_qdq_clip(x: np.ndarray, enc: Encoding) -> tuple[np.ndarray | None, np.ndarray]:
+def ort_qdq_clip(x: np.ndarray, enc: Encoding, dtype: str | None = None) -> tuple[np.ndarray | None, np.ndarray]:
     """ORT QDQ followed by the documented clip to the bitwidth's range (ints, and floats via Clip bounds)."""
-    q, y = ort_qdq(x, enc)
+    q, y = ort_qdq(x, enc, dtype)
     lo, hi = enc.dequantized_bounds()
     y = np.minimum(np.maximum(y, enc.broadcast(lo, x.ndim)), enc.broadcast(hi, x.ndim))
     if q is not None:
@@ -172,13 +178,14 @@ def test_per_tensor_matches_onnxruntime(bw):
     rng = np.random.default_rng(1000 + bw)
     for label, enc in _encodings_for(bw):
         x = _probe_values(enc, N_VALUES, rng)
-        q_ort, y_ort = ort_qdq_clip(x, enc)
         q = quantize(x, enc)
         y = fake_quantize(x, enc)
-        if q_ort is not None:
-            mismatch = np.flatnonzero(q != q_ort)
-            assert mismatch.size == 0, (label, enc, x[mismatch[:5]], q[mismatch[:5]], q_ort[mismatch[:5]])
-        assert np.array_equal(y, y_ort), (label, enc)
+        for dtype in dtypes_of(enc):
+            q_ort, y_ort = ort_qdq_clip(x, enc, dtype)
+            if q_ort is not None:
+                mismatch = np.flatnonzero(q != q_ort)
+                assert mismatch.size == 0, (label, dtype, enc, x[mismatch[:5]], q[mismatch[:5]], q_ort[mismatch[:5]])
+            assert np.array_equal(y, y_ort), (label, dtype, enc)
         assert y.dtype == np.float32
         assert q.min() >= enc.qmin and q.max() <= enc.qmax
         assert np.array_equal(dequantize(q, enc), y)
@@ -195,17 +202,18 @@ def test_per_channel_matches_onnxruntime(bw, axis):
     for label, enc in _per_channel_encodings(bw, channels, axis):
         size = int(np.prod(shape))
         x = rng.permutation(_probe_values(enc, size, rng))[:size].reshape(shape)
-        q_ort, y_ort = ort_qdq_clip(x, enc)
         y = fake_quantize(x, enc)
-        if enc.onnx_dtype_name() in ("int4", "uint4"):
-            # onnxruntime 1.23's per-axis [u]int4 kernel (channel axis last) sends x / scale >= 2^31,
-            # +inf included, to the type's minimum instead of its maximum; we saturate to the maximum.
-            overflow = x / enc.broadcast(enc.scale, x.ndim) >= 2.0**31
-            assert np.all(quantize(x, enc)[overflow] == enc.qmax)
-            y_ort = np.where(overflow, y, y_ort)
-        assert np.array_equal(y, y_ort), (label, enc)
-        if q_ort is not None:
-            assert np.array_equal(quantize(x, enc), q_ort), (label, enc)
+        for dtype in dtypes_of(enc):
+            q_ort, y_ort = ort_qdq_clip(x, enc, dtype)
+            if dtype in ("int4", "uint4"):
+                # onnxruntime 1.23's per-axis [u]int4 kernel (channel axis last) sends x / scale >= 2^31,
+                # +inf included, to the type's minimum instead of its maximum; we saturate to the maximum.
+                overflow = x / enc.broadcast(enc.scale, x.ndim) >= 2.0**31
+                assert np.all(quantize(x, enc)[overflow] == enc.qmax)
+                y_ort = np.where(overflow, y, y_ort)
+            assert np.array_equal(y, y_ort), (label, dtype, enc)
+            if q_ort is not None:
+                assert np.array_equal(quantize(x, enc), q_ort), (label, dtype, enc)
         neg = Encoding(enc.bitwidth, enc.symmetric, enc.scale, enc.offset, axis=axis - 3)
         assert np.array_equal(quantize(x, neg), quantize(x, enc))
 
@@ -263,21 +271,25 @@ def test_wide_bias_grid_uses_int64():
 def test_encoding_properties_and_onnx_mapping():
     asym = Encoding(8, False, np.float32(0.1), -20)
     assert (asym.qmin, asym.qmax, int(asym.zero_point)) == (0, 255, 20)
-    assert asym.onnx_dtype_name() == "uint8" and not asym.signed and not asym.needs_clip
+    assert asym.container_dtype == np.uint8 and not asym.signed and not asym.needs_clip
     assert float(asym.min) == pytest.approx(-2.0) and float(asym.max) == pytest.approx(23.5)
     sym = Encoding(8, True, np.float32(0.1), -128)
     assert (sym.qmin, sym.qmax, int(sym.zero_point)) == (-128, 127, 0)
-    assert sym.onnx_dtype_name() == "int8" and sym.signed and not sym.strict_symmetric
+    assert sym.container_dtype == np.int8 and sym.signed and not sym.strict_symmetric
     strict = Encoding(8, True, np.float32(0.1), -127)
     assert strict.strict_symmetric and (strict.qmin, strict.qmax) == (-127, 127) and strict.needs_clip
     assert float(strict.max) == pytest.approx(12.7) and float(strict.min) == pytest.approx(-12.7)
-    names = {bw: Encoding(bw, True, np.float32(1), -(2 ** (bw - 1))).onnx_dtype_name() for bw in (2, 4, 5, 8, 9, 16)}
-    assert names == {2: "int4", 4: "int4", 5: "int8", 8: "int8", 9: "int16", 16: "int16"}
+    grids = {bw: Encoding(bw, True, np.float32(1), -(2 ** (bw - 1))) for bw in (2, 4, 5, 8, 9, 16)}
+    assert {bw: e.container_dtype.name for bw, e in grids.items()} == {
+        2: "int8", 4: "int8", 5: "int8", 8: "int8", 9: "int16", 16: "int16"}
+    assert {bw: output_dtype(e) for bw, e in grids.items()} == {  # 2.0.0 files name the native type
+        2: "int4", 4: "int4", 5: "int8", 8: "int8", 9: "int16", 16: "int16"}
+    assert grids[4].needs_clip and not grids[8].needs_clip
     six = Encoding(6, False, np.float32(1), 0)
-    assert six.onnx_dtype_name() == "uint8" and six.needs_clip and six.container_range == (0, 255)
+    assert six.container_dtype == np.uint8 and six.needs_clip and six.container_range == (0, 255)
     lo, hi = six.dequantized_bounds()
     assert lo.dtype == np.float32 and (float(lo), float(hi)) == (0.0, 63.0)
-    assert [container_bits(b) for b in (2, 4, 8, 12, 16, 17, 32)] == [4, 4, 8, 16, 16, 32, 32]
+    assert [container_bits(b) for b in (2, 4, 8, 12, 16, 17, 32)] == [8, 8, 8, 16, 16, 32, 32]
 
 
 def test_encoding_is_immutable_comparable_and_hashable():
@@ -477,3 +489,21 @@ def test_fake_quantize_finite_equals_fake_quantize(bw, sym):
     x = np.concatenate([rng.normal(0, 2, 100_000), (np.arange(-300, 300) + 0.5) * float(enc.scale),
                         [1e30, -1e30]]).astype(np.float32)
     np.testing.assert_array_equal(fake_quantize_finite(x, enc), fake_quantize(x, enc))
+
+
+def test_unsigned_symmetric_is_one_rule():
+    """AIMET's unsigned symmetric: decided by is_unsigned_symmetric, built by unsigned_symmetric_encoding;
+    the observers (and calibration's reductions, bias correction's in-graph grids) use both."""
+    from aimetcli.calibration.observers import MinMaxObserver, observe_encoding
+    from aimetcli.kernels.quant import QuantScheme, is_unsigned_symmetric, unsigned_symmetric_encoding
+
+    assert is_unsigned_symmetric(True, True, 0.0) and is_unsigned_symmetric(True, True, np.array([0.0, 2.0]))
+    assert not is_unsigned_symmetric(True, True, np.array([0.0, -1e-9]))
+    assert not is_unsigned_symmetric(False, True, 1.0) and not is_unsigned_symmetric(True, False, 1.0)
+    enc = unsigned_symmetric_encoding(6.0, 8)
+    assert not enc.symmetric and int(enc.offset) == 0 and enc.container_dtype == np.uint8
+    assert enc == encoding_from_range(0.0, 6.0, 8, False)
+    obs = MinMaxObserver()
+    obs.update(np.array([0.0, 3.0, 6.0], np.float32))
+    assert observe_encoding(obs, QuantScheme.MIN_MAX, 8, True, unsigned_symmetric=True) == enc
+    assert observe_encoding(obs, QuantScheme.MIN_MAX, 8, True).symmetric

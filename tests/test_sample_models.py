@@ -154,7 +154,7 @@ def test_w8a8_accuracy_after_fold(name, per_channel, budget):
 
 def mean_shift(reference: ir.Model, sim: ir.Model) -> float:
     """Mean over layers of the mean |per-channel output shift| of ``sim`` against the FP32 ``reference``."""
-    from aimetcli.bias_correction import output_shift
+    from helpers import output_shift
 
     # measured on the data the correction saw (on held-out data the W8 shift is mostly sampling noise)
     return float(np.mean(list(output_shift(reference, sim, data(reference, CALIB), batch_size=250).values())))

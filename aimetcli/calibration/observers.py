@@ -25,7 +25,8 @@ import os
 
 import numpy as np
 
-from aimetcli.kernels.quant import AIMET_MIN_RANGE, Encoding, QuantScheme, encoding_from_range
+from aimetcli.kernels.quant import (AIMET_MIN_RANGE, Encoding, QuantScheme, encoding_from_range, is_unsigned_symmetric,
+                                    unsigned_symmetric_encoding)
 from aimetcli.kernels.range_search import percentile_range, tf_enhanced_encoding
 
 __all__ = [
@@ -360,7 +361,7 @@ def observe_encoding(observer: Observer, scheme: QuantScheme, bitwidth: int, sym
     scheme = QuantScheme(scheme)
     if symmetric and unsigned_symmetric:
         lo, _ = observer.result() if isinstance(observer, MinMaxObserver) else observer.minmax()
-        if np.all(np.asarray(lo) >= 0):
+        if is_unsigned_symmetric(symmetric, unsigned_symmetric, lo):
             return _unsigned(observer, scheme, bitwidth, percentile, min_range)
     if scheme is QuantScheme.MIN_MAX:
         lo, hi = observer.result() if isinstance(observer, MinMaxObserver) else observer.minmax()
@@ -390,5 +391,4 @@ def _unsigned(observer: Observer, scheme: QuantScheme, bitwidth: int, percentile
         else:  # the symmetric search, then its positive half on the unsigned grid
             sym = tf_enhanced_encoding(counts, edges, bitwidth, True, axis=observer.axis, min_range=min_range)
             hi = np.asarray(sym.max, np.float64)
-    hi = np.asarray(hi, np.float64)
-    return encoding_from_range(np.zeros_like(hi), hi, bitwidth, False, axis=observer.axis, min_range=min_range)
+    return unsigned_symmetric_encoding(hi, bitwidth, axis=observer.axis, min_range=min_range)

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from aimetcli.kernels.layout import LayerSpec
+
 
 def bn_scale_shift(gamma, beta, mean, var, eps: float) -> tuple[np.ndarray, np.ndarray]:
     """s, t such that BN(x) = s x + t (float64)."""
@@ -74,20 +76,18 @@ def _multiply(w: np.ndarray, factor: np.ndarray, inplace: bool, out_dtype=None) 
     return w * factor
 
 
-def _scale_channels(weight: np.ndarray, scale: np.ndarray, kind: str, groups: int, grouped: str,
-                    axes: dict[str, int], inplace: bool, out_dtype) -> np.ndarray:
-    """weight * scale along one channel axis: for ``kind == grouped`` the channels on axis 1 of
-    each group (W[d0, d1, k...] seen as [groups, d0 / groups, d1, k...]), else on ``axes[kind]``."""
+def _scale_channels(weight: np.ndarray, scale: np.ndarray, spec: LayerSpec, groups: int, axis: int,
+                    inplace: bool, out_dtype) -> np.ndarray:
+    """weight * scale along one channel axis: on the spec's group axis the channels on axis 1 of
+    each group (W[d0, d1, k...] seen as [groups, d0 / groups, d1, k...]), else along ``axis``."""
     w, work = _working(weight, out_dtype)
     s = np.asarray(scale, np.float64).reshape(-1).astype(work, copy=False)
-    if kind == grouped:
+    if axis == spec.group_axis:
         d0, d1 = w.shape[0], w.shape[1]
         view = w.reshape(groups, d0 // groups, d1, *w.shape[2:])
         factor = s.reshape(groups, 1, d1, *([1] * (w.ndim - 2)))
-    elif kind in axes:
-        view, factor = w, _expand(s, w.ndim, axes[kind])
     else:
-        raise ValueError(f"unknown layer kind {kind!r}")
+        view, factor = w, _expand(s, w.ndim, axis)
     return _multiply(view, factor, inplace and w is weight, out_dtype).reshape(w.shape)
 
 
@@ -97,33 +97,29 @@ def _expand(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
     return v.reshape(shape)
 
 
-def scale_output_channels(weight: np.ndarray, scale: np.ndarray, *, kind: str, groups: int = 1,
-                          trans_b: bool = True, inplace: bool = False, out_dtype=None) -> np.ndarray:
+def scale_output_channels(weight: np.ndarray, scale: np.ndarray, *, spec: LayerSpec, groups: int = 1,
+                          inplace: bool = False, out_dtype=None) -> np.ndarray:
     """Multiply each output channel of a layer's weight by ``scale`` (in working_array's dtype).
 
-    kind: 'conv' (W[Cout, Cin/g, k...]), 'convtranspose' (W[Cin, Cout/g, k...]),
-    'gemm' (B[N, K] when trans_b else B[K, N]), 'matmul' (B[K, N]).
+    The output channels are on ``spec.out_axis`` (kernels/layout.py's table).
     ``inplace``: the caller owns ``weight`` and it may be overwritten (float32 only).
     ``out_dtype``: the result's dtype (the same arithmetic, rounded once into it).
     """
-    return _scale_channels(weight, scale, kind, groups, "convtranspose",
-                           {"conv": 0, "gemm": 0 if trans_b else 1, "matmul": 1}, inplace, out_dtype)
+    return _scale_channels(weight, scale, spec, groups, spec.out_axis, inplace, out_dtype)
 
 
-def scale_input_channels(weight: np.ndarray, scale: np.ndarray, *, kind: str, groups: int = 1,
-                         trans_b: bool = True, inplace: bool = False, out_dtype=None) -> np.ndarray:
+def scale_input_channels(weight: np.ndarray, scale: np.ndarray, *, spec: LayerSpec, groups: int = 1,
+                         inplace: bool = False, out_dtype=None) -> np.ndarray:
     """Multiply each input channel of a layer's weight by ``scale`` (in working_array's dtype).
 
     For grouped convolutions ``scale`` has one entry per input channel of the layer
     (Cin), and Conv's W[:, c_local] of group g belongs to input channel g*Cin/g + c_local.
     ``out_dtype``: the result's dtype (the same arithmetic, rounded once into it).
     """
-    return _scale_channels(weight, scale, kind, groups, "conv",
-                           {"convtranspose": 0, "gemm": 1 if trans_b else 0, "matmul": 0}, inplace, out_dtype)
+    return _scale_channels(weight, scale, spec, groups, spec.in_axis, inplace, out_dtype)
 
 
-def input_channel_sums(weight: np.ndarray, vec: np.ndarray, *, kind: str, groups: int = 1,
-                       trans_b: bool = True) -> np.ndarray:
+def input_channel_sums(weight: np.ndarray, vec: np.ndarray, *, spec: LayerSpec, groups: int = 1) -> np.ndarray:
     """Per output channel o: sum over input channels c and kernel taps k of W[o, c, k] * vec[c].
 
     This is the layer applied to a constant input ``vec`` (one value per input
@@ -131,19 +127,11 @@ def input_channel_sums(weight: np.ndarray, vec: np.ndarray, *, kind: str, groups
     """
     w = np.asarray(weight, np.float64)
     vec = np.asarray(vec, np.float64).reshape(-1)
-    if kind == "conv":
-        cout, cin_g = w.shape[0], w.shape[1]
-        ksum = w.reshape(cout, cin_g, -1).sum(axis=2)  # [Cout, Cin/g]
-        vg = vec.reshape(groups, cin_g)
-        per_group = ksum.reshape(groups, cout // groups, cin_g)
-        return np.einsum("goc,gc->go", per_group, vg).reshape(cout)
-    if kind == "convtranspose":
-        cin, cout_g = w.shape[0], w.shape[1]
-        ksum = w.reshape(cin, cout_g, -1).sum(axis=2).reshape(groups, cin // groups, cout_g)
-        vg = vec.reshape(groups, cin // groups)
-        return np.einsum("gco,gc->go", ksum, vg).reshape(groups * cout_g)
-    if kind == "gemm":
-        return (w @ vec) if trans_b else (vec @ w)
-    if kind == "matmul":
-        return vec @ w
-    raise ValueError(f"unknown layer kind {kind!r}")
+    if spec.group_axis is None:  # 2-D: B[K, N] (in axis 0) or B[N, K]
+        return (vec @ w) if spec.in_axis == 0 else (w @ vec)
+    d0, d1 = w.shape[0], w.shape[1]
+    ksum = w.reshape(d0, d1, -1).sum(axis=2).reshape(groups, d0 // groups, d1)
+    if spec.in_axis == spec.group_axis:  # Conv: [groups, Cout/g, Cin/g]
+        return np.einsum("goc,gc->go", ksum, vec.reshape(groups, d1)).reshape(d0)
+    # ConvTranspose: [groups, Cin/g, Cout/g]
+    return np.einsum("gco,gc->go", ksum, vec.reshape(groups, d0 // groups)).reshape(groups * d1)

@@ -19,8 +19,9 @@ The map used throughout aimetcli:
 
 onnxruntime (CPU, checked bit for bit in tests/test_quant_kernels.py):
   * divides, x / scale in float32 (not x * (1/scale), which differs on ~5% of inputs),
-  * rounds half to even, adds the zero point, saturates to the *container* type
-    (int4/int8/int16 and unsigned twins); NaN and -inf saturate to the container
+  * rounds half to even, adds the zero point, saturates to the integer type of the
+    QuantizeLinear (the *container*, :func:`container_bits`: int8/int16/int32 and unsigned
+    twins here; int4/uint4 behave alike, tested too); NaN and -inf saturate to the container
     minimum, +inf to the container maximum,
   * dequantizes as float32(q - zero_point) * scale.
 
@@ -44,8 +45,9 @@ AIMET-ONNX uses for every scheme once a (min, max) is known):
 The arithmetic is float64; the scale is then stored as float32, the type every
 runtime uses, and min/max are derived from that float32 scale.
 AIMET's "unsigned symmetric" mode (symmetric quantizer, data >= 0: the grid [0, max],
-offset 0) is an asymmetric grid with offset 0 here; calibration.observers applies it
-when the quantsim config's ``unsigned_symmetric`` is on (AIMET's default).
+offset 0) is an asymmetric grid with offset 0 here: :func:`is_unsigned_symmetric` decides,
+:func:`unsigned_symmetric_encoding` builds it (calibration's observers and in-session
+reductions and bias correction's in-graph grids all go through these two).
 """
 
 from __future__ import annotations
@@ -63,10 +65,12 @@ __all__ = [
     "container_bits",
     "dequantize",
     "encoding_from_range",
+    "is_unsigned_symmetric",
     "fake_quantize",
     "minimum_scale",
     "num_steps",
     "quantize",
+    "unsigned_symmetric_encoding",
 ]
 
 # libpymo TfEncodingAnalyzer::MIN_RANGE: every computed range spans at least this much.
@@ -85,8 +89,14 @@ class QuantScheme(enum.Enum):
 
 
 def container_bits(bitwidth: int) -> int:
-    """Smallest native ONNX integer width holding ``bitwidth`` bits: 4, 8, 16 or 32."""
-    for bits in (4, 8, 16, 32):
+    """Width of the ONNX integer type (the *container*) a ``bitwidth``-bit grid is stored and
+    quantized in, in quantsim's QDQ graphs and the exported model_qdq.onnx: 8 up to 8 bits,
+    16 up to 16, 32 beyond (biases). Grids of up to 8 bits run at opset 13, whose
+    QuantizeLinear has only int8/uint8 (no int4), and a grid narrower than its container
+    gets a Clip to its own range (:attr:`Encoding.needs_clip`). The one container rule:
+    quantsim/insert.py, export and bias correction all read it from here.
+    """
+    for bits in (8, 16, 32):
         if bitwidth <= bits:
             return bits
     raise ValueError(f"bitwidth {bitwidth} is wider than 32")
@@ -250,19 +260,21 @@ class Encoding:
         return np.asarray(self.scale.astype(np.float64) * (self.offset + self.num_steps))
 
     # -- ONNX ---------------------------------------------------------------------
-    def onnx_dtype_name(self) -> str:
-        """Smallest native QuantizeLinear type holding the grid: 'int8', 'uint4', ..."""
-        return f"{'' if self.signed else 'u'}int{container_bits(self.bitwidth)}"
+    @property
+    def container_dtype(self) -> np.dtype:
+        """numpy dtype of the container (:func:`container_bits`): signed exactly for symmetric grids."""
+        return np.dtype(f"{'' if self.signed else 'u'}int{container_bits(self.bitwidth)}")
 
     @property
     def container_range(self) -> tuple[int, int]:
-        """(min, max) of the ONNX integer type, where onnxruntime saturates."""
-        bits = container_bits(self.bitwidth)
-        return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if self.signed else (0, 2**bits - 1)
+        """(min, max) of the container, where onnxruntime's QuantizeLinear saturates."""
+        info = np.iinfo(self.container_dtype)
+        return int(info.min), int(info.max)
 
     @property
     def needs_clip(self) -> bool:
-        """True when QuantizeLinear alone saturates wider than [qmin, qmax] (narrow or strict grids)."""
+        """True when QuantizeLinear into the container saturates wider than [qmin, qmax] (grids
+        narrower than their container, strict symmetric grids): a Clip/Max/Min must follow."""
         return (self.qmin, self.qmax) != self.container_range
 
     def dequantized_bounds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -345,6 +357,22 @@ def encoding_from_range(min_val, max_val, bitwidth: int, symmetric: bool, *,
         scale = (hi - lo) / steps
         offset = np.clip(_round_half_away(lo / scale), -steps, 0).astype(np.int64)
     return Encoding(bw, bool(symmetric), scale.astype(np.float32), offset, axis=axis)
+
+
+def is_unsigned_symmetric(symmetric: bool, enabled: bool, data_min) -> bool:
+    """AIMET's unsigned symmetric rule: with the config's ``unsigned_symmetric`` on (``enabled``,
+    AIMET's default), a symmetric quantizer whose data are never negative (``data_min >= 0``, on
+    every channel) gets :func:`unsigned_symmetric_encoding` instead of a signed grid that would
+    waste its negative half."""
+    return bool(symmetric and enabled and np.all(np.asarray(data_min) >= 0))
+
+
+def unsigned_symmetric_encoding(max_val, bitwidth: int, *, axis: int | None = None,
+                                min_range: float = AIMET_MIN_RANGE) -> Encoding:
+    """AIMET's unsigned symmetric grid [0, max]: offset 0 on unsigned integers, which is the
+    asymmetric :func:`encoding_from_range` of the range [0, max]."""
+    hi = np.asarray(max_val, np.float64)
+    return encoding_from_range(np.zeros_like(hi), hi, bitwidth, False, axis=axis, min_range=min_range)
 
 
 def quantize(x, enc: Encoding, dtype=None) -> np.ndarray:

@@ -52,6 +52,7 @@ SYM_DELTA_CANDIDATES = 101
 OFFSET_CANDIDATES = 21
 # Candidates x bins evaluated at once: small blocks stay in cache and below malloc's mmap threshold.
 _CHUNK_ELEMENTS = 1 << 14
+_ROWS_AT_ONCE = 64  # rows of few occupied bins searched together (_best)
 
 
 def _as_2d(hist, bin_edges) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -121,46 +122,94 @@ def _best(h: np.ndarray, e: np.ndarray, deltas: np.ndarray, offsets: np.ndarray,
     c, k = deltas.shape
     best_d = np.empty(c)
     best_o = np.empty(c)
-    for row in range(c):
-        occupied = h[row] > 0  # empty bins cost nothing
-        counts = h[row, occupied]
-        mids = ((e[row, :-1] + e[row, 1:]) * 0.5)[occupied]
-        n = mids.size
-        center = float(np.dot(counts, mids) / counts.sum())  # centring keeps the prefix sums well conditioned
-        mc = mids - center
-        s0 = np.concatenate([[0.0], np.cumsum(counts)])
-        s1 = np.concatenate([[0.0], np.cumsum(counts * mc)])
-        s2 = np.concatenate([[0.0], np.cumsum(counts * mc * mc)])
-        d = deltas[row]
-        o = offsets[row]
-        lower = o * d
-        upper = (o + steps) * d
-        rounding = np.empty(k)
-        i0 = np.empty(k, dtype=np.intp)
-        i1 = np.empty(k, dtype=np.intp)
-        step = max(1, _CHUNK_ELEMENTS // max(1, n))
-        for start in range(0, k, step):
-            sl = slice(start, start + step)
-            u = mids[None, :] * (1.0 / d[sl, None])  # m / d
-            q = np.rint(u)  # grid index of each mid-point, before the offset shift
-            below = q < o[sl, None]
-            above = q > (o[sl] + steps)[:, None]
-            i0[sl] = np.count_nonzero(below, axis=1)
-            i1[sl] = n - np.count_nonzero(above, axis=1)
-            q -= u
-            q *= q
-            np.logical_or(below, above, out=below)
-            q[below] = 0.0
-            rounding[sl] = q @ counts
-        lc = lower - center
-        uc = upper - center
-        clip_low = s2[i0] - 2.0 * lc * s1[i0] + lc * lc * s0[i0]
-        clip_high = (s2[n] - s2[i1]) - 2.0 * uc * (s1[n] - s1[i1]) + uc * uc * (s0[n] - s0[i1])
-        costs = d * d * rounding + gamma * (np.maximum(clip_low, 0.0) + np.maximum(clip_high, 0.0))
-        i = int(np.argmin(costs))
-        best_d[row] = d[i]
-        best_o[row] = o[i]
+    occupied_counts = np.count_nonzero(h > 0, axis=1)
+    small = occupied_counts * k <= _CHUNK_ELEMENTS
+    for n in np.unique(occupied_counts[small]):  # rows with few occupied bins (per-channel weights): together
+        rows = np.flatnonzero(small & (occupied_counts == n))
+        for start in range(0, rows.size, _ROWS_AT_ONCE):
+            group = rows[start:start + _ROWS_AT_ONCE]
+            best_d[group], best_o[group] = _best_of_rows(h[group], e[group], deltas[group], offsets[group],
+                                                         int(n), steps, gamma)
+    for row in np.flatnonzero(~small):
+        best_d[row], best_o[row] = _best_of_row(h[row], e[row], deltas[row], offsets[row], steps, gamma)
     return best_d, best_o
+
+
+def _best_of_row(h, e, d, o, steps: int, gamma: float) -> tuple[float, float]:
+    """:func:`_best` of one row, its candidates in blocks of about _CHUNK_ELEMENTS."""
+    k = d.size
+    occupied = h > 0  # empty bins cost nothing
+    counts = h[occupied]
+    mids = ((e[:-1] + e[1:]) * 0.5)[occupied]
+    n = mids.size
+    center = float(np.dot(counts, mids) / counts.sum())  # centring keeps the prefix sums well conditioned
+    mc = mids - center
+    s0 = np.concatenate([[0.0], np.cumsum(counts)])
+    s1 = np.concatenate([[0.0], np.cumsum(counts * mc)])
+    s2 = np.concatenate([[0.0], np.cumsum(counts * mc * mc)])
+    lower = o * d
+    upper = (o + steps) * d
+    rounding = np.empty(k)
+    i0 = np.empty(k, dtype=np.intp)
+    i1 = np.empty(k, dtype=np.intp)
+    step = max(1, _CHUNK_ELEMENTS // max(1, n))
+    for start in range(0, k, step):
+        sl = slice(start, start + step)
+        u = mids[None, :] * (1.0 / d[sl, None])  # m / d
+        q = np.rint(u)  # grid index of each mid-point, before the offset shift
+        below = q < o[sl, None]
+        above = q > (o[sl] + steps)[:, None]
+        i0[sl] = np.count_nonzero(below, axis=1)
+        i1[sl] = n - np.count_nonzero(above, axis=1)
+        q -= u
+        q *= q
+        np.logical_or(below, above, out=below)
+        q[below] = 0.0
+        rounding[sl] = q @ counts
+    lc = lower - center
+    uc = upper - center
+    clip_low = s2[i0] - 2.0 * lc * s1[i0] + lc * lc * s0[i0]
+    clip_high = (s2[n] - s2[i1]) - 2.0 * uc * (s1[n] - s1[i1]) + uc * uc * (s0[n] - s0[i1])
+    costs = d * d * rounding + gamma * (np.maximum(clip_low, 0.0) + np.maximum(clip_high, 0.0))
+    i = int(np.argmin(costs))
+    return d[i], o[i]
+
+
+def _best_of_rows(h, e, d, o, n: int, steps: int, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_best_of_row` of G rows with ``n`` occupied bins each, in one pass (the same
+    arithmetic, elementwise, along a leading row axis)."""
+    g, k = d.shape
+    occupied = h > 0
+    counts = h[occupied].reshape(g, n)
+    mids = ((e[:, :-1] + e[:, 1:]) * 0.5)[occupied].reshape(g, n)
+    center = np.array([float(np.dot(counts[r], mids[r]) / counts[r].sum()) for r in range(g)])
+    mc = mids - center[:, None]
+    zero = np.zeros((g, 1))
+    s0 = np.concatenate([zero, np.cumsum(counts, axis=1)], axis=1)
+    s1 = np.concatenate([zero, np.cumsum(counts * mc, axis=1)], axis=1)
+    s2 = np.concatenate([zero, np.cumsum(counts * mc * mc, axis=1)], axis=1)
+    lower = o * d
+    upper = (o + steps) * d
+    u = mids[:, None, :] * (1.0 / d[:, :, None])  # (G, K, n)
+    q = np.rint(u)
+    below = q < o[:, :, None]
+    above = q > (o + steps)[:, :, None]
+    i0 = np.count_nonzero(below, axis=2)
+    i1 = n - np.count_nonzero(above, axis=2)
+    q -= u
+    q *= q
+    np.logical_or(below, above, out=below)
+    q[below] = 0.0
+    rounding = np.stack([q[r] @ counts[r] for r in range(g)])
+    rows = np.arange(g)[:, None]
+    lc = lower - center[:, None]
+    uc = upper - center[:, None]
+    clip_low = s2[rows, i0] - 2.0 * lc * s1[rows, i0] + lc * lc * s0[rows, i0]
+    clip_high = ((s2[:, n:] - s2[rows, i1]) - 2.0 * uc * (s1[:, n:] - s1[rows, i1])
+                 + uc * uc * (s0[:, n:] - s0[rows, i1]))
+    costs = d * d * rounding + gamma * (np.maximum(clip_low, 0.0) + np.maximum(clip_high, 0.0))
+    i = np.argmin(costs, axis=1)
+    return d[np.arange(g), i], o[np.arange(g), i]
 
 
 def _search(hist, bin_edges, bitwidth: int, symmetric: bool, strict_symmetric: bool,

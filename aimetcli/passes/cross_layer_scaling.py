@@ -1,13 +1,7 @@
 """Cross-layer scaling: equalize per-channel weight ranges of consecutive layers.
 
-Math in kernels/cle.py. A *chain* is a run of weighted layers L0 -> L1 -> ... where
-each layer's output is read by exactly one node, either the next layer (as its
-data input) or one activation that commutes with positive per-channel scaling
-(Relu, LeakyRelu, PRelu with any slope since PRelu(x/s) = PRelu(x)/s for s > 0,
-and Clip(0, a) once replaced by Relu) whose output is
-read only by the next layer. A chain ends where a tensor branches (Add, Concat,
-several readers), at a graph output, at any other op, or where weights are not
-constants; the reason is recorded for ``-v``.
+Math in kernels/cle.py; the pass finds its scaling chains itself (passes/chains.py, where
+a chain is defined), and records where each one stopped for ``-v``.
 
 Within a chain, conv -> depthwise conv -> conv triples use the three-layer rule,
 other neighbours the two-layer rule. Overlapping sets are rescaled in turn until
@@ -32,106 +26,15 @@ from aimetcli import graph as g
 from aimetcli.bn_stats import BnStats, read_bn_stats, write_bn_stats
 from aimetcli.kernels import bn as bn_math
 from aimetcli.kernels import cle
-from aimetcli.layers import Layer, as_layer, bias_array, rewrite_reason
-from aimetcli.passes.replace_relu6 import is_relu_n
+from aimetcli.layers import Layer, bias_array
+from aimetcli.passes.chains import Chain, ChainStop, find_chains
 
-SCALING_ACTIVATIONS = ("Relu", "LeakyRelu", "PRelu")
 MAX_ITERATIONS = 200
 TOLERANCE = 1e-7  # max |log s|: a second equalize then moves no weight by more than 1e-7
 
 
-@dataclass
-class Link:
-    activation: str | None  # op type between the layers, None when directly connected
-    node: ir.Node | None
-
-
-@dataclass
-class Chain:
-    layers: list[Layer]
-    links: list[Link]
-
-
-@dataclass
-class ChainStop:
-    layer: str
-    reason: str
-
-
 def _is_depthwise(layer: Layer, w: np.ndarray) -> bool:
-    return layer.kind == "conv" and w.shape[1] == 1 and layer.groups == w.shape[0] and layer.groups > 1
-
-
-def _next_link(l1: Layer, opset: int, through_relu6: bool) -> tuple[Layer | None, Link | None, str]:
-    out = l1.output
-    consumer = g.sole_consumer(out)
-    if consumer is None:
-        n = len(out.uses())
-        return None, None, "its output is a graph output" if out.is_graph_output() else f"its output has {n} readers"
-    link = Link(None, None)
-    nxt = consumer
-    if as_layer(consumer) is None:
-        op = consumer.op_type
-        allowed = g.is_op(consumer, *SCALING_ACTIVATIONS)
-        if g.is_op(consumer, "Clip") and is_relu_n(consumer, opset):
-            if not through_relu6:
-                return None, None, "followed by ReLU6 (kept with --keep-relu6)"
-            allowed = True
-        if not allowed:
-            return None, None, f"followed by {op}, which does not commute with scaling or ends the chain"
-        link = Link(op, consumer)
-        nxt = g.sole_consumer(consumer.outputs[0])
-        if nxt is None:
-            return None, None, f"the {op} output has {len(consumer.outputs[0].uses())} readers or is a graph output"
-    l2 = as_layer(nxt)
-    if l2 is None:
-        return None, None, f"followed by {nxt.op_type}" + (f" after {link.activation}" if link.activation else "")
-    if nxt.inputs[0] is not (link.node.outputs[0] if link.node else out):
-        return None, None, f"feeds {l2.name} as a weight"
-    reason = rewrite_reason(l2)
-    if reason:
-        return None, None, f"next layer: {reason}"
-    if l1.out_channels(l1.weight_array()) != l2.in_channels(l2.weight_array()):
-        return None, None, f"channels of {l1.name} and {l2.name} do not line up"
-    return l2, link, ""
-
-
-def find_chains(model: ir.Model, *, through_relu6: bool) -> tuple[list[Chain], list[ChainStop]]:
-    """All maximal scaling chains of the main graph, and where each one stopped."""
-    opset = g.opset_version(model)
-    nxt: dict[int, tuple[Layer, Link]] = {}
-    layers: dict[int, Layer] = {}
-    stops: list[ChainStop] = []
-    targets: set[int] = set()
-    for node in model.graph:
-        layer = as_layer(node)
-        if layer is None:
-            continue
-        reason = rewrite_reason(layer)
-        if reason:
-            stops.append(ChainStop(layer.name, reason))
-            continue
-        layers[id(node)] = layer
-        l2, link, why = _next_link(layer, opset, through_relu6)
-        if l2 is None:
-            stops.append(ChainStop(layer.name, why))
-            continue
-        nxt[id(node)] = (l2, link)
-        targets.add(id(l2.node))
-    chains = []
-    for key, layer in layers.items():
-        if key in targets or key not in nxt:
-            continue
-        chain = Chain([layer], [])
-        cur = key
-        while cur in nxt:
-            l2, link = nxt[cur]
-            l2 = layers.get(id(l2.node), l2)
-            chain.layers.append(l2)
-            chain.links.append(link)
-            cur = id(l2.node)
-        chains.append(chain)
-    return chains, stops
+    return layer.op_type == "Conv" and w.shape[1] == 1 and layer.groups == w.shape[0] and layer.groups > 1
 
 
 @dataclass
@@ -180,6 +83,8 @@ class ScalingSet:
 
 @dataclass
 class CrossLayerScalingResult(ir.passes.PassResult):
+    chains: list[list[str]] = field(default_factory=list)  # layer names of each chain found
+    stops: list[ChainStop] = field(default_factory=list)  # where each chain ended, and why
     sets: list[ScalingSet] = field(default_factory=list)
     iterations: int = 0
 
@@ -237,18 +142,35 @@ def _scale_triple(a: _State, d: _State, c: _State) -> float:
 
 
 class CrossLayerScalingPass(ir.passes.InPlacePass):
-    """Equalize the given chains (from :func:`find_chains`)."""
+    """Equalize every scaling chain of the main graph.
 
-    def __init__(self, chains: list[Chain]):
+    ``relu6_replaced``: whether ReplaceRelu6Pass ran before (``equalize`` without
+    --keep-relu6). It decides only the reason a chain is said to stop at a Clip(0, a) that is
+    left: a chain is never scaled across one (ReLU6 does not commute with scaling).
+    ``modified`` is True exactly when some weight changed; layers whose factors all stay
+    within TOLERANCE of 1 are not written (a shared weight is then not copied either), so a
+    second run changes nothing.
+    """
+
+    def __init__(self, *, relu6_replaced: bool = False):
         super().__init__()
-        self.chains = chains
+        self.relu6_replaced = relu6_replaced
 
     def call(self, model: ir.Model) -> CrossLayerScalingResult:
         result = CrossLayerScalingResult(model, modified=False)
-        if not self.chains:
+        found, result.stops = find_chains(model, through_relu6=self.relu6_replaced)
+        chains = []
+        for chain in found:
+            clip = next((lk for lk in chain.links if lk.activation == "Clip"), None)
+            if clip is None:
+                chains.append(chain)
+            else:  # only when ReplaceRelu6Pass did not run before
+                result.stops.append(ChainStop(chain.layers[0].name, "crosses a ReLU6 (replace it by Relu first)"))
+        result.chains = [[layer.name for layer in c.layers] for c in chains]
+        if not chains:
             return result
         states: dict[int, _State] = {}
-        for chain in self.chains:
+        for chain in chains:
             for layer in chain.layers:
                 if id(layer.node) not in states:
                     wv = layer.weight
@@ -260,7 +182,7 @@ class CrossLayerScalingPass(ir.passes.InPlacePass):
                     states[id(layer.node)] = _State(layer, w, bias_array(layer, w), np.ones(layer.out_channels(w)),
                                                     owned=w is not original or sole)
         plan = []
-        for chain in self.chains:
+        for chain in chains:
             for idx in scaling_sets(chain, states):
                 members = [states[id(chain.layers[i].node)] for i in idx]
                 plan.append(members)
@@ -282,18 +204,20 @@ class CrossLayerScalingPass(ir.passes.InPlacePass):
             result.iterations = it + 1
             if worst < TOLERANCE:
                 break
-        self._write_back(model, states)
-        result.modified = True
+        changed = [st for st in states.values() if st.version]
+        if changed:
+            self._write_back(model, changed)
+            result.modified = True
         return result
 
     @staticmethod
-    def _write_back(model: ir.Model, states: dict[int, _State]) -> None:
+    def _write_back(model: ir.Model, states: list[_State]) -> None:
         from aimetcli.layers import write_bias
 
         graph = model.graph
         names = g.Names(model)
         stats = read_bn_stats(model)
-        for st in states.values():
+        for st in states:
             layer = st.layer
             orig = layer.weight_array()
             wv = g.private_constant(graph, names, layer.node, 1)

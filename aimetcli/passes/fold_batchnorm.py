@@ -116,7 +116,7 @@ def _backward_reason(bn: ir.Node, n: int) -> tuple[Layer | None, str | None]:
     w = layer.weight_array()
     if layer.out_channels(w) != n:
         return None, f"{layer.name} has {layer.out_channels(w)} output channels, BN has {n}"
-    if layer.kind == "matmul" and _rank(layer.node.inputs[0]) != 2:
+    if layer.op_type == "MatMul" and _rank(layer.node.inputs[0]) != 2:
         return None, f"MatMul {layer.name} input is not known to be 2-D (BN would normalise another axis)"
     return layer, bias_reason(layer, w)
 
@@ -130,20 +130,19 @@ def _forward_reason(bn: ir.Node, n: int) -> tuple[Layer | None, str | None]:
         return None, f"followed by {consumer.op_type}, not Conv/Gemm/MatMul"
     if consumer.inputs[0] is not bn.outputs[0]:
         return None, f"it feeds {layer.name} as a weight, not as data"
-    if layer.kind == "convtranspose":
+    if layer.op_type == "ConvTranspose":
         return None, f"followed by ConvTranspose {layer.name} (not folded forward, as in AIMET)"
-    if layer.kind == "conv":
-        if layer.pads_input:
-            return None, f"followed by {layer.name} which pads its input (zero padding would not be exact)"
-        if layer.groups != 1:
-            return None, f"followed by grouped Conv {layer.name} (group={layer.groups})"
+    if layer.pads_input:
+        return None, f"followed by {layer.name} which pads its input (zero padding would not be exact)"
+    if layer.groups != 1:
+        return None, f"followed by grouped Conv {layer.name} (group={layer.groups})"
     reason = weight_reason(layer)
     if reason:
         return None, reason
     w = layer.weight_array()
     if layer.in_channels(w) != n:
         return None, f"{layer.name} has {layer.in_channels(w)} input channels, BN has {n}"
-    if layer.kind == "matmul" and _rank(consumer.inputs[0]) != 2:
+    if layer.op_type == "MatMul" and _rank(consumer.inputs[0]) != 2:
         return None, f"MatMul {layer.name} input is not known to be 2-D"
     return layer, bias_reason(layer, w)
 
@@ -188,13 +187,13 @@ class FoldBatchNormPass(ir.passes.InPlacePass):
 
     @staticmethod
     def _fold_backward(graph: ir.Graph, names: g.Names, bn: ir.Node, layer: Layer, p: _BnParams) -> str:
-        if layer.kind == "gemm":
+        if layer.op_type == "Gemm":
             normalize_gemm(layer, graph, names)
         w_value = g.private_constant(graph, names, layer.node, 1)
         w = w_value.const_value.numpy()
         b = bias_array(layer, w)
         _set_constant(w_value, bn_math.scale_output_channels(
-            w, p.s, kind=layer.kind, groups=layer.groups, trans_b=layer.trans_b, out_dtype=w.dtype))
+            w, p.s, spec=layer.spec, groups=layer.groups, out_dtype=w.dtype))
         write_bias(layer, graph, names, b * p.s + p.t, w.dtype)
         params = list(bn.inputs[1:])
         g.bypass(bn, layer.output)
@@ -203,13 +202,13 @@ class FoldBatchNormPass(ir.passes.InPlacePass):
 
     @staticmethod
     def _fold_forward(graph: ir.Graph, names: g.Names, bn: ir.Node, layer: Layer, p: _BnParams) -> None:
-        if layer.kind == "gemm":
+        if layer.op_type == "Gemm":
             normalize_gemm(layer, graph, names)
         w_value = g.private_constant(graph, names, layer.node, 1)
         w = w_value.const_value.numpy()
         b = bias_array(layer, w) + layer.apply_to_constant(w, p.t)
         _set_constant(w_value, bn_math.scale_input_channels(
-            w, p.s, kind=layer.kind, groups=layer.groups, trans_b=layer.trans_b, out_dtype=w.dtype))
+            w, p.s, spec=layer.spec, groups=layer.groups, out_dtype=w.dtype))
         layer.node.replace_input_with(0, bn.inputs[0])
         write_bias(layer, graph, names, b, w.dtype)
         params = list(bn.inputs[1:])

@@ -34,7 +34,7 @@ from aimetcli import graph as g
 from aimetcli.bn_stats import BnStats, read_bn_stats, write_bn_stats
 from aimetcli.kernels import cle
 from aimetcli.layers import Layer, bias_array, write_bias
-from aimetcli.passes.cross_layer_scaling import Chain
+from aimetcli.passes.chains import find_chains
 
 
 @dataclass
@@ -52,16 +52,15 @@ class HighBiasFoldResult(ir.passes.PassResult):
 
 
 class HighBiasFoldPass(ir.passes.InPlacePass):
-    def __init__(self, chains: list[Chain]):
-        super().__init__()
-        self.chains = chains
+    """Absorb high biases along every scaling chain (passes/chains.py; chains stop at a ReLU6)."""
 
     def call(self, model: ir.Model) -> HighBiasFoldResult:
         result = HighBiasFoldResult(model, modified=False)
         stats = read_bn_stats(model)
         graph = model.graph
         names = g.Names(model)
-        for chain in self.chains:
+        chains, _ = find_chains(model, through_relu6=False)
+        for chain in chains:
             for l1, link, l2 in zip(chain.layers, chain.links, chain.layers[1:]):
                 key = l1.output.name
                 if key not in stats:
@@ -98,9 +97,9 @@ class HighBiasFoldPass(ir.passes.InPlacePass):
 def _inexact_reason(l2: Layer) -> str | None:
     """Why absorbing a constant into ``l2``'s input would not be exact (condition (2) above), or
     None; read after the layer's name."""
-    if l2.kind == "matmul" and not l2.input_known_2d:
+    if l2.spec.bias_slot is None and not l2.input_known_2d:
         return "is a MatMul whose input is not known to be 2-D"
-    if l2.kind == "convtranspose":
+    if l2.op_type == "ConvTranspose":
         return "is a ConvTranspose, which sums different numbers of kernel taps at different output positions"
     if l2.pads_input:
         return "zero-pads its input (exact only if the padding held the absorbed amount too)"

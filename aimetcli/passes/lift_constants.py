@@ -23,11 +23,13 @@ _TENSOR_TYPES = (ir.serde.TensorProtoTensor, ir.Tensor)
 def _lift_tensor_constants(graph: ir.Graph) -> bool:
     """LiftConstantsToInitializersPass for the main graph's ``Constant(value=<tensor>)`` nodes.
 
-    The same initializers in the same order; what is not of this form is left to it.
+    The same initializers in the same order; what is not of this form is left to it. Unlike
+    it (onnx-ir 1.1 tests the domain "onnx.ai"), a Constant in the explicit "ai.onnx" domain
+    is lifted too.
     """
     modified = False
     for node in list(graph):
-        if node.op_type != "Constant" or node.domain not in ("", "onnx.ai") or len(node.attributes) != 1:
+        if node.op_type != "Constant" or node.domain not in g.ONNX_DOMAINS or len(node.attributes) != 1:
             continue
         out = node.outputs[0]
         attr = node.attributes.get("value")

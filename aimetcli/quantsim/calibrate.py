@@ -25,7 +25,8 @@ from aimetcli.calibration import runner
 from aimetcli.calibration.data import feed_rows
 from aimetcli.calibration.observers import EmptyObserverError, make_observer, observe_encoding
 from aimetcli.errors import AimetCliError, ErrorKind
-from aimetcli.kernels.quant import Encoding, QuantScheme, encoding_from_range, fake_quantize_finite
+from aimetcli.kernels.quant import (Encoding, QuantScheme, encoding_from_range, fake_quantize_finite,
+                                    is_unsigned_symmetric, unsigned_symmetric_encoding)
 from aimetcli.model_io import SplicedProto
 from aimetcli.quantsim.placement import Placement, QuantOptions, revise_after_calibration
 
@@ -214,7 +215,7 @@ def histogram_run_size(model: ir.Model, dataset) -> int:
 
 
 def non_negative_outputs(model: ir.Model) -> set[str]:
-    from aimetcli.passes.replace_relu6 import clip_bounds
+    from aimetcli.passes.chains import clip_bounds
 
     opset = g.opset_version(model)
     out = set()
@@ -261,8 +262,8 @@ def _encodings(model: ir.Model, placement: Placement, opts: QuantOptions, datase
         for a in todo:
             if a.tensor in reduced:
                 lo, hi = reduced[a.tensor]
-                if a.symmetric and placement.unsigned_symmetric and lo >= 0:  # AIMET's unsigned symmetric
-                    enc.activations[a.tensor] = encoding_from_range(0.0, hi, a.bitwidth, False)
+                if is_unsigned_symmetric(a.symmetric, placement.unsigned_symmetric, lo):
+                    enc.activations[a.tensor] = unsigned_symmetric_encoding(hi, a.bitwidth)
                 else:
                     enc.activations[a.tensor] = encoding_from_range(lo, hi, a.bitwidth, a.symmetric,
                                                                     strict_symmetric=strict(a))

@@ -8,8 +8,9 @@ The model then runs on stock onnxruntime and computes exactly what the numpy
 reference (kernels/quant.py: fake_quantize) computes: for grids narrower than their
 integer container (6-bit in int8, strict symmetric) a Clip (activations) or a
 per-channel Max/Min (simulated weights) to the grid's dequantized bounds follows
-the DequantizeLinear; stored integers are already on the grid. Containers: int8/uint8 up to 8 bits, int16/uint16
-up to 16 (opset 21), int32 for biases.
+the DequantizeLinear; stored integers are already on the grid. Containers
+(``kernels.quant.container_bits``): int8/uint8 up to 8 bits, int16/uint16 up to 16 (opset 21),
+int32 for biases.
 
 quantsim's own Clip, Max and Min carry the node metadata entry ``aimetcli.role`` =
 ``narrow-grid`` (:func:`is_grid_node`), which onnx serialization keeps and onnxruntime
@@ -34,14 +35,6 @@ SIM_OPSET = 13
 WIDE_OPSET = 21  # int16/uint16 QuantizeLinear
 
 
-def container(enc: Encoding) -> tuple[np.dtype, int, int]:
-    """numpy dtype of the ONNX integers and its (min, max)."""
-    bits = 8 if enc.bitwidth <= 8 else 16 if enc.bitwidth <= 16 else 32
-    dtype = np.dtype(f"{'' if enc.signed else 'u'}int{bits}")
-    info = np.iinfo(dtype)
-    return dtype, int(info.min), int(info.max)
-
-
 ROLE_KEY = "aimetcli.role"
 GRID_ROLE = "narrow-grid"
 
@@ -54,13 +47,6 @@ def mark_grid_node(node: ir.Node) -> ir.Node:
 
 def is_grid_node(node: ir.Node) -> bool:
     return node.metadata_props.get(ROLE_KEY) == GRID_ROLE
-
-
-def needs_clip(enc: Encoding) -> bool:
-    """Whether QuantizeLinear into the container used here (int8/uint8 for 8 bits and fewer, not
-    ``Encoding.needs_clip``'s int4) saturates wider than the grid, so a Clip/Max/Min must follow."""
-    _, lo, hi = container(enc)
-    return (enc.qmin, enc.qmax) != (lo, hi)
 
 
 def required_opset(encs: list[Encoding]) -> int:
@@ -76,7 +62,7 @@ def _values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
 
 
 def _scale_zp(graph: ir.Graph, names: g.Names, base: str, enc: Encoding) -> tuple[ir.Value, ir.Value]:
-    dtype, _, _ = container(enc)
+    dtype = enc.container_dtype
     scale = g.add_initializer(graph, names.new(f"{base}_scale"), np.asarray(enc.scale, np.float32))
     zp = g.add_initializer(graph, names.new(f"{base}_zero_point"), np.asarray(enc.zero_point).astype(dtype))
     return scale, zp
@@ -107,7 +93,7 @@ def insert_activation(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Enc
     dq.outputs[0].name = names.new(f"{tensor}_dequantized")
     new_nodes = [q, dq]
     final = dq.outputs[0]
-    if needs_clip(enc):
+    if enc.needs_clip:
         lo, hi = enc.dequantized_bounds()
         lo_v = g.add_initializer(graph, names.new(f"{tensor}_clip_min"), np.asarray(lo, np.float32).reshape(()))
         hi_v = g.add_initializer(graph, names.new(f"{tensor}_clip_max"), np.asarray(hi, np.float32).reshape(()))
@@ -156,7 +142,7 @@ def insert_param(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Encoding
     original weights back by removing the nodes)."""
     tensor = value.name
     w = value.const_value.numpy().astype(np.float32, copy=False)
-    dtype, _, _ = container(enc)
+    dtype = enc.container_dtype
     scale, zp = _scale_zp(graph, names, tensor, enc)
     nodes = []
     if store_integers:
@@ -173,7 +159,7 @@ def insert_param(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Encoding
     dq.outputs[0].name = names.new(f"{tensor}_dequantized")
     nodes.append(dq)
     final = dq.outputs[0]
-    if not store_integers and needs_clip(enc):
+    if not store_integers and enc.needs_clip:
         # QuantizeLinear saturates at the container; clip to the grid (per channel: Max/Min broadcast)
         lo, hi = enc.dequantized_bounds()
         shape = _bounds_shape(enc, w.ndim)

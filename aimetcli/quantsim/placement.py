@@ -104,14 +104,6 @@ class Placement:
     unsigned_symmetric: bool = False
     warnings: list[str] = field(default_factory=list)  # for the user: what stays float and why
 
-    @property
-    def max_bitwidth(self) -> int:
-        return max([q.bitwidth for q in (*self.activations, *self.params)] or [8])
-
-    @property
-    def per_channel(self) -> bool:
-        return any(q.axis is not None for q in self.params)
-
 
 def _is_float(value: ir.Value) -> bool:
     return value.dtype in FLOAT_TYPES
@@ -136,19 +128,6 @@ def _supergroup_inner(graph: ir.Graph, groups: list[tuple[str, ...]]) -> dict[ir
                 for n in chain[:-1]:
                     inner[n] = f"inside supergroup {'+'.join(ops)}"
     return inner
-
-
-def per_channel_axis(op: str, node: ir.Node, weight_ndim: int) -> int | None:
-    layer = as_layer(node)
-    if layer is None:
-        return None
-    if layer.kind == "conv":
-        return 0
-    if layer.kind == "convtranspose":
-        return 1 if layer.groups == 1 else None
-    if layer.kind == "gemm":
-        return 0 if layer.trans_b else 1
-    return 1 if weight_ndim == 2 else None
 
 
 def place_quantizers(model: ir.Model, cfg: QuantsimConfig, opts: QuantOptions) -> Placement:
@@ -301,7 +280,7 @@ def _place_params(node: ir.Node, cfg: QuantsimConfig, opts: QuantOptions, placem
             continue
         symmetric = opts.param_symmetric if opts.param_symmetric is not None else bool(rule.is_symmetric)
         per_channel = opts.per_channel if opts.per_channel is not None else cfg.op_per_channel(op)
-        axis = per_channel_axis(op, node, arr.ndim) if (per_channel and kind == "weight") else None
+        axis = layer.spec.per_channel_axis(layer.groups, arr.ndim) if (per_channel and kind == "weight") else None
         if per_channel and kind == "weight" and axis is None:
             placement.skipped.append((value.name, "per-channel not possible here (grouped ConvTranspose); per-tensor"))
         bw = opts.param_bw if kind == "weight" else 32

@@ -1,0 +1,74 @@
+"""The passes honour onnx-ir's pass contract: stateless, truthful ``modified``, their own matches."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+from onnx import helper
+
+from aimetcli import api
+from aimetcli.passes.cross_layer_scaling import CrossLayerScalingPass
+from aimetcli.passes.high_bias_fold import HighBiasFoldPass
+from aimetcli.passes.lift_constants import LiftConstantsPass
+from aimetcli.passes.replace_relu6 import ReplaceRelu6Pass
+from helpers import init, make_model, rand, to_ir
+from test_equalize import ACTIVATIONS, conv_chain
+
+
+def _bytes(model: ir.Model) -> bytes:
+    return ir.to_proto(model).SerializeToString()
+
+
+def test_cross_layer_scaling_twice_second_run_is_unmodified_and_changes_no_byte():
+    model, _ = api.prepare(to_ir(conv_chain(ACTIVATIONS["relu"])))
+    assert CrossLayerScalingPass()(model).modified
+    before = _bytes(model)
+    again = CrossLayerScalingPass()(model)
+    assert not again.modified and again.chains == [["c1", "c2"]]
+    assert _bytes(model) == before
+
+
+def test_balanced_chain_with_shared_weight_is_left_alone():
+    """Nothing to scale: the shared weight is not copied and the model keeps every byte."""
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["y1"], name="c1"),
+             helper.make_node("Relu", ["y1"], ["a"]),
+             helper.make_node("Conv", ["a", "W2", "B2"], ["out"], name="c2"),
+             helper.make_node("Conv", ["x", "W1"], ["side"], name="side")]
+    proto = make_model(nodes, [("x", [1, 4, 6, 6])], [("out", None), ("side", None)],
+                       [init("W1", np.ones((8, 4, 1, 1), np.float32)), init("B1", rand(8)),
+                        init("W2", np.ones((3, 8, 1, 1), np.float32)), init("B2", rand(3))])
+    model, _ = api.prepare(to_ir(proto))
+    before = _bytes(model)
+    result = CrossLayerScalingPass()(model)
+    assert result.sets and not result.modified
+    assert _bytes(model) == before and len(model.graph.initializers) == 4
+
+
+def test_replace_relu6_keeps_no_state_and_finds_its_own_clips():
+    relu6 = [("Clip", ["lo", "hi"], {}, [init("lo", np.float32(0)), init("hi", np.float32(6))])]
+    one = to_ir(conv_chain(relu6))
+    two = to_ir(conv_chain(relu6))
+    replace = ReplaceRelu6Pass()
+    first, second = replace(one), replace(two)
+    assert first.modified and second.modified and len(first.replaced) == len(second.replaced) == 1
+    assert vars(replace) == vars(ReplaceRelu6Pass())  # nothing counted on the instance
+    assert not replace(one).modified  # already replaced: nothing to do
+
+
+def test_high_bias_fold_without_statistics_reports_unmodified():
+    model = to_ir(conv_chain(ACTIVATIONS["relu"]))
+    result = HighBiasFoldPass()(model)
+    assert not result.modified and result.skipped == [("c1", "no BN statistics for its output")]
+
+
+def test_lift_constants_takes_the_ai_onnx_domain_too():
+    """The rest of aimetcli spells the default domain "" or "ai.onnx" (graph.ONNX_DOMAINS)."""
+    const = helper.make_node("Constant", [], ["w"], domain="ai.onnx",
+                             value=helper.make_tensor("v", 1, [2], [1.0, 2.0]))
+    graph = helper.make_graph([const, helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", 1, [2])], [helper.make_tensor_value_info("y", 1, [2])])
+    model = to_ir(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13),
+                                                          helper.make_opsetid("ai.onnx", 13)]))
+    assert LiftConstantsPass()(model).modified
+    assert [n.op_type for n in model.graph] == ["Add"]
+    np.testing.assert_array_equal(model.graph.initializers["w"].const_value.numpy(), [1.0, 2.0])
