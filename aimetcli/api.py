@@ -337,6 +337,10 @@ def quantsim(model: ir.Model, dataset, options, *, config_path: str | None = Non
     if mismatch:
         warnings.append(mismatch)
     model, encodings, placement, calib_seconds = simulate(model, cfg, options, dataset, batch_size, progress)
+    from aimetcli.adaround import frozen_mismatch
+
+    if frozen := frozen_mismatch(model, placement):
+        warnings.append(frozen)
     warnings += placement.warnings
     for tensor, count in encodings.nonfinite.items():
         warnings.append(f"{count} NaN/Inf values in tensor {tensor!r} were ignored during calibration")
