@@ -69,8 +69,19 @@ class AdaroundResult:
     layers: list[LayerResult] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     passes: int = 0
+    iterations: int = 0
+    samples: int = 0
+    options: dict = field(default_factory=dict)
     moments_seconds: float = 0.0
     optimize_seconds: float = 0.0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        from dataclasses import asdict
+
+        doc = asdict(self)
+        doc["skipped"] = [{"layer": a, "reason": b} for a, b in self.skipped]
+        return doc
 
 
 @dataclass
@@ -298,21 +309,28 @@ def adaround(model: ir.Model, dataset, options, *, config_path: str | None = Non
     """AdaRound every quantized weight of ``model`` (modified in place) for quantsim with ``options``.
 
     ``passes``: chunks of layers measured in turn (module docstring). ``progress(samples)`` is
-    called as data is read, ``on_layer(LayerResult)`` when a layer is done.
+    called as data is read, ``on_layer(LayerResult)`` when a layer is done. Refuses a model that
+    is already quantized or computes in float16 (``api.require_float_model``).
     """
+    from aimetcli import api
+
+    start = time.perf_counter()
+    api.require_float_model(model)
     from aimetcli.quantsim.calibrate import calibration_weights, param_encodings, reduction_run_size
     from aimetcli.quantsim.config import load_config
     from aimetcli.quantsim.placement import place_quantizers
 
-    result = AdaroundResult()
     cfg = load_config(config_path)
+    result = AdaroundResult(samples=dataset.num_samples, options=options.as_record(cfg.source))
     placement = place_quantizers(model, cfg, options)
     weights = {p.tensor for p in placement.params if p.kind == "weight"}
     encodings = {k: v for k, v in param_encodings(model, placement, options, frozen=False).items() if k in weights}
     targets = _targets(model, encodings, result)
     if not targets:
+        result.seconds = time.perf_counter() - start
         return result
     iterations = params.iterations or ar.default_iterations(min(t.enc.bitwidth for t in targets))
+    result.iterations = iterations
     fp32 = calibration_weights(model, {})
     passes = max(1, min(passes, len(targets)))
     bounds = np.linspace(0, len(targets), passes + 1).round().astype(int)
@@ -339,7 +357,8 @@ def adaround(model: ir.Model, dataset, options, *, config_path: str | None = Non
             if on_layer is not None:
                 on_layer(row)
         result.passes += 1
-    record_frozen(model, {t.weight: t.enc for t in targets}, options.as_record(cfg.source))
+    record_frozen(model, {t.weight: t.enc for t in targets}, result.options)
+    result.seconds = time.perf_counter() - start
     return result
 
 

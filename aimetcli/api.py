@@ -653,6 +653,13 @@ def bias_correct(model: ir.Model, dataset, options, *, method: str = "hybrid", c
                               dataset.num_samples if dataset is not None else 0, time.perf_counter() - start)
 
 
+def adaround(model: ir.Model, dataset, options, **kw):
+    """AdaRound the model's weights in place (``aimetcli.adaround.adaround``: the keywords and result)."""
+    from aimetcli.adaround import adaround as run
+
+    return run(model, dataset, options, **kw)
+
+
 def bias_correction_mismatch(model: ir.Model, options, cfg_source: str) -> str | None:
     """A warning when the model was bias-corrected for other quantization options."""
     import json

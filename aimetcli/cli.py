@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "ptq": ("ptq", "ptq", "Fold BN, choose the quantization, equalize, bias-correct, calibrate and export."),
     "fold-bn": ("fold", "fold_bn", "Fold BatchNormalization into Conv / ConvTranspose / Gemm / MatMul weights."),
     "equalize": ("equalize", "equalize", "Cross-layer equalization, as AIMET's equalize_model."),
+    "adaround": ("adaround", "adaround", "Learn whether each weight rounds up or down (AdaRound), without torch."),
     "bias-correct": ("bias", "bias_correct", "Correct the biases for the shift that weight quantization causes."),
     "quantsim": ("quantsim", "quantsim", "Simulate quantization with QDQ nodes, calibrated with onnxruntime."),
     "evaluate": ("quantsim", "evaluate",

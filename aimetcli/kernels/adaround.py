@@ -35,6 +35,10 @@ Where this differs from AIMET, and why:
   draws 32 samples per iteration (a stochastic gradient): deterministic, and cheaper here;
 * no activation function in the loss (AIMET applies a following Relu / Clip / Sigmoid /
   Tanh / Softmax to both outputs): with it the loss is not a quadratic form of the moments;
+* where the learned rounding's reconstruction loss (known exactly from the moments) exceeds
+  round-to-nearest's, the layer keeps round-to-nearest: AdaRound's relaxation does not
+  guarantee a better hard rounding (a 1 x 6 layer enumerated in tests/test_adaround.py: worse
+  than nearest for 3 of 8 draws), and AIMET keeps whatever it learned;
 * every layer of a chunk is optimised at once (the element-wise steps on one flat vector of
   all their weights), which is the same arithmetic as one layer at a time: Adam and the
   regulariser act on each weight alone.
@@ -236,5 +240,8 @@ def optimize(problems: list[LayerProblem], params: AdaroundParams = AdaroundPara
         p = s.problem
         k = k_all[s.start:s.stop].reshape(p.w.shape)
         near = nearest_all[s.start:s.stop].reshape(p.w.shape)
-        out.append(LayerRounding(k.astype(np.int64), p.loss(near), p.loss(k), int(np.count_nonzero(k != near))))
+        loss_near, loss_k = p.loss(near), p.loss(k)
+        if loss_k > loss_near:  # the objective is known exactly: never return worse than nearest
+            k, loss_k = near, loss_near
+        out.append(LayerRounding(k.astype(np.int64), loss_near, loss_k, int(np.count_nonzero(k != near))))
     return out
