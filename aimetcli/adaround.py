@@ -19,7 +19,11 @@ Order: AIMET rounds layer after layer, each layer's input taken from the model w
 layers already AdaRounded. Here ``passes`` splits the layers, in topological order, into that
 many consecutive chunks; each chunk's moments are measured with the earlier chunks AdaRounded
 and the rest rounded to nearest (``passes`` = number of layers is AIMET's order exactly; 1 is
-one pass with every upstream layer rounded to nearest).
+one pass with every upstream layer rounded to nearest). Measured (MobileNetV2 sample, W4A8
+per-tensor, 1,000 iterations, eval top-1; nearest rounding 60.00, FP32 92.15): one pass 37-56
+(each layer compensates upstream nearest-rounding errors that AdaRound then removes), one pass
+with FP32 inputs (x = f) 82.5, one pass per layer 91.35. So the default is one pass per layer,
+AIMET's order; each pass is a run of the model over the data (FP32 and quantized copies).
 
 The output is the FP32 model with each weight replaced by its AdaRounded grid values
 (scale * integer, exactly what DequantizeLinear gives) and the grids recorded in
@@ -196,26 +200,28 @@ def _output_energy(b: _Nodes, t: _Target, a: tuple[str, bool]) -> str:
     return b.node("ReduceSumSquare", [out], keepdims=0)
 
 
-def moments_graph(fp32: SplicedProto, quantized: SplicedProto, targets: list[_Target]
+def moments_graph(fp32: SplicedProto, quantized: SplicedProto | None, targets: list[_Target]
                   ) -> tuple[SplicedProto, list[tuple[str, str, str, str]]]:
     """The joint graph and, per target, the names of its outputs G, C, tr(W F W^T) and the patch
     matrix's shape (C is G where the layer reads a graph input, the same in both models)."""
     joint = fp32.copy()
     graph = joint.proto.graph
-    q = quantized.proto
+    q = quantized.proto if quantized is not None else onnx.ModelProto()
     taken = {v for p in (joint.proto, q) for n in p.graph.node for v in (*n.input, *n.output)}
     taken |= {t.name for p in (joint.proto, q) for t in p.graph.initializer}
     taken |= {i.name for i in graph.input}
     inputs = {i.name for i in graph.input}
     prefix = PREFIX + "q/"
     fp_inits = {t.name: t for t in graph.initializer}
+    if quantized is None:  # inputs from the FP32 model: x = f
+        quantized = SplicedProto(q, {})
     shared = {t.name for t in q.graph.initializer if t.name not in quantized.arrays and fp_inits.get(t.name) == t}
     for t in q.graph.initializer:
         if t.name not in shared:
             graph.initializer.append(_renamed(t, prefix + t.name))
             if t.name in quantized.arrays:
                 joint.arrays[prefix + t.name] = quantized.arrays[t.name]
-    rename = _prefixed(prefix, keep=shared | inputs)
+    rename = _prefixed(prefix, keep=shared | inputs) if q.graph.node else (lambda name: name)
     for node in q.graph.node:
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
@@ -304,8 +310,8 @@ def _targets(model: ir.Model, params: dict[str, Encoding], result: AdaroundResul
 
 
 def adaround(model: ir.Model, dataset, options, *, config_path: str | None = None, batch_size: int = 32,
-             params: ar.AdaroundParams = ar.AdaroundParams(), passes: int = 1, progress=None,
-             on_layer=None) -> AdaroundResult:
+             params: ar.AdaroundParams = ar.AdaroundParams(), passes: int | None = None, progress=None,
+             on_layer=None, quantized_inputs: bool = True) -> AdaroundResult:
     """AdaRound every quantized weight of ``model`` (modified in place) for quantsim with ``options``.
 
     ``passes``: chunks of layers measured in turn (module docstring). ``progress(samples)`` is
@@ -332,12 +338,12 @@ def adaround(model: ir.Model, dataset, options, *, config_path: str | None = Non
     iterations = params.iterations or ar.default_iterations(min(t.enc.bitwidth for t in targets))
     result.iterations = iterations
     fp32 = calibration_weights(model, {})
-    passes = max(1, min(passes, len(targets)))
+    passes = len(targets) if passes is None else max(1, min(passes, len(targets)))
     bounds = np.linspace(0, len(targets), passes + 1).round().astype(int)
     run_size = min(batch_size, reduction_run_size(dataset))
     for chunk in (targets[a:b] for a, b in zip(bounds[:-1], bounds[1:])):
         t0 = time.perf_counter()
-        joint, names = moments_graph(fp32, calibration_weights(model, encodings), chunk)
+        joint, names = moments_graph(fp32, calibration_weights(model, encodings) if quantized_inputs else None, chunk)
         _moments(joint, names, chunk, dataset, run_size, progress)
         t1 = time.perf_counter()
         result.moments_seconds += t1 - t0

@@ -159,8 +159,8 @@ def test_adarounded_weights_lie_on_the_frozen_grid_through_quantsim_and_export(t
     model = to_ir(_net())
     data = open_data("random:24", input_specs(model))
     opts = QuantOptions(param_bw=4, per_channel=per_channel)
-    result = api.adaround(model, data, opts, params=ar.AdaroundParams(iterations=200), passes=2)
-    assert len(result.layers) == 3 and result.passes == 2
+    result = api.adaround(model, data, opts, params=ar.AdaroundParams(iterations=200))
+    assert len(result.layers) == 3 and result.passes == 3
     assert all(r.loss_adaround <= r.loss_nearest * 1.05 for r in result.layers)
     frozen, _ = frozen_record(model)
     sim, encodings, summary = api.quantsim(api.clone(model), data, opts)

@@ -21,15 +21,15 @@ TABLE_ROWS = 25
 @click.option("--data", "data", required=True, help="Calibration data: .npy, .npz, image folder or random:N.")
 @click.option("--iterations", type=click.IntRange(min=1), default=None,
               help="Iterations per layer (default: AIMET's, 15,000 below 8-bit weights, 10,000 otherwise).")
-@click.option("--passes", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Chunks of layers measured in turn, each with the earlier ones AdaRounded (the number of "
-                   "layers: AIMET's layer-by-layer order).")
+@click.option("--passes", type=click.IntRange(min=1), default=None,
+              help="Chunks of layers measured in turn, each with the earlier ones AdaRounded (default: one "
+                   "per layer, AIMET's order; fewer is faster and, measured, much less accurate).")
 @data_options
 @quant_options
 @external_data_option
 @all_rows_option("Every layer in the table (default: the first 25).")
 @common_options
-def adaround(out: Output, model_in: str, output: str, data: str, iterations: int | None, passes: int,
+def adaround(out: Output, model_in: str, output: str, data: str, iterations: int | None, passes: int | None,
              external_data: bool, config_path: str | None, show_all: bool, **kw) -> None:
     """Learn whether each weight rounds up or down (AdaRound), without torch.
 
