@@ -236,3 +236,35 @@ def test_a_judge_of_the_last_samples_reads_the_whole_runs_and_agrees_with_its_ow
     np.testing.assert_allclose(a.noise, b.noise, rtol=1e-9)
     assert a.top1 == b.top1 and view.top1_fp32 == own.top1_fp32
     assert len(a.noise) == 6
+
+
+def _softmax_classifier() -> onnx.ModelProto:
+    """x [N, 4] -> Gemm -> Softmax -> Identity -> probs: the logits are the Softmax's input."""
+    rng = np.random.default_rng(3)
+    w = numpy_helper.from_array(rng.normal(size=(3, 4)).astype(np.float32), "w")
+    b = numpy_helper.from_array(np.zeros(3, np.float32), "b")
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["logits"], transB=1),
+             helper.make_node("Softmax", ["logits"], ["p"], axis=1),
+             helper.make_node("Identity", ["p"], ["probs"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("probs", onnx.TensorProto.FLOAT, ["N", 3])], [w, b])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_the_judge_scores_class_probabilities_on_their_logits(tmp_path):
+    """A Softmax output is judged on the Softmax's input, in FP32 and through the sim's output
+    quantizer: saturated probabilities hide the error of every confident sample."""
+    from aimetcli.calibration.data import input_specs, open_data
+
+    model, _ = api.prepare(to_ir(_softmax_classifier()))
+    assert ptq_flow._softmax_input(model, "probs") == "logits"
+    data = open_data("random:16", input_specs(model))
+    sim, _, _ = api.quantsim(api.clone(model), data, QuantOptions(param_bw=4, act_bw=4))
+    # the sim's Softmax reads the quantized logits
+    assert ptq_flow._softmax_input(sim, "probs") not in (None, "logits")
+    judge = ptq_flow.Judge(model, data, 8)
+    x = np.concatenate([b["x"] for b in data.batches(16)])
+    w = numpy_helper.to_array(_softmax_classifier().graph.initializer[0])
+    np.testing.assert_allclose(judge._reference, x @ w.T, rtol=1e-5, atol=1e-6)
+    score = judge.score(sim)
+    assert score.sqnr_db is not None and len(score.noise) == 16
