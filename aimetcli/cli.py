@@ -268,6 +268,7 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, as_json: bool, debug: b
       aimetcli ptq in.onnx -o out/ --data calib.npz --eval eval.npz --labels label
       aimetcli fold-bn in.onnx folded.onnx
       aimetcli equalize folded.onnx -o eq.onnx
+      aimetcli adaround eq.onnx -o ar.onnx --data calib.npz --param-bw 4
       aimetcli bias-correct eq.onnx -o bc.onnx --data calib.npz
       aimetcli quantsim bc.onnx -o sim.onnx --data calib.npz
       aimetcli evaluate in.onnx sim.onnx --data eval.npz --labels label
