@@ -337,6 +337,10 @@ def quantsim(model: ir.Model, dataset, options, *, config_path: str | None = Non
     if mismatch:
         warnings.append(mismatch)
     model, encodings, placement, calib_seconds = simulate(model, cfg, options, dataset, batch_size, progress)
+    from aimetcli.adaround import frozen_mismatch
+
+    if frozen := frozen_mismatch(model, placement):
+        warnings.append(frozen)
     warnings += placement.warnings
     for tensor, count in encodings.nonfinite.items():
         warnings.append(f"{count} NaN/Inf values in tensor {tensor!r} were ignored during calibration")
@@ -647,6 +651,13 @@ def bias_correct(model: ir.Model, dataset, options, *, method: str = "hybrid", c
     model.metadata_props[METADATA_KEY] = json.dumps({"method": method, "options": record}, sort_keys=True)
     return BiasCorrectSummary(method, record, result.corrected, result.skipped, result.runs, result.grids_in_run,
                               dataset.num_samples if dataset is not None else 0, time.perf_counter() - start)
+
+
+def adaround(model: ir.Model, dataset, options, **kw):
+    """AdaRound the model's weights in place (``aimetcli.adaround.adaround``: the keywords and result)."""
+    from aimetcli.adaround import adaround as run
+
+    return run(model, dataset, options, **kw)
 
 
 def bias_correction_mismatch(model: ir.Model, options, cfg_source: str) -> str | None:
