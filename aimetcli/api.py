@@ -13,9 +13,11 @@ progress). Each step returns a result dataclass with ``to_json()``; none prints.
 
 from __future__ import annotations
 
+from aimetcli.adaround import AdaroundResult
 from aimetcli.calibration.data import DataSource, Dataset, input_specs, open_data
 from aimetcli.errors import AimetCliError
 from aimetcli.export import ExportSummary, export
+from aimetcli.kernels.adaround import AdaroundParams
 from aimetcli.kernels.quant import QuantScheme
 from aimetcli.model_io import save_model as save
 from aimetcli.model_ops import (
@@ -28,6 +30,7 @@ from aimetcli.ptq_flow import (
     scheme_candidates,
 )
 from aimetcli.quantsim.config import QuantsimConfig, load_config
+from aimetcli.steps.adaround import adaround
 from aimetcli.steps.bias_correct import BiasCorrectSummary, bias_correct
 from aimetcli.steps.evaluate import (
     EvaluateSummary, OutputComparison, compare_outputs, evaluate, model_outputs, score_output, sqnr_db,
@@ -49,6 +52,7 @@ __all__ = [
     # the steps, in workflow order, and their results
     "FoldBnSummary", "fold_bn",
     "EqualizeSummary", "LayerRanges", "equalize", "weight_ranges",
+    "AdaroundParams", "AdaroundResult", "adaround",
     "BiasCorrectSummary", "bias_correct",
     "QuantsimSummary", "bias_correction_mismatch", "encodings_json", "quantizer_args", "quantsim", "simulate",
     "tensor_encodings",

@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "ptq": ("ptq", "ptq", "Fold BN, choose the quantization, equalize, bias-correct, calibrate and export."),
     "fold-bn": ("fold", "fold_bn", "Fold BatchNormalization into Conv / ConvTranspose / Gemm / MatMul weights."),
     "equalize": ("equalize", "equalize", "Cross-layer equalization, as AIMET's equalize_model."),
+    "adaround": ("adaround", "adaround", "Learn whether each weight rounds up or down (AdaRound), without torch."),
     "bias-correct": ("bias", "bias_correct", "Correct the biases for the shift that weight quantization causes."),
     "quantsim": ("quantsim", "quantsim", "Simulate quantization with QDQ nodes, calibrated with onnxruntime."),
     "evaluate": ("quantsim", "evaluate",
@@ -197,6 +198,7 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, as_json: bool, debug: b
       aimetcli ptq in.onnx -o out/ --data calib.npz --eval eval.npz --labels label
       aimetcli fold-bn in.onnx folded.onnx
       aimetcli equalize folded.onnx -o eq.onnx
+      aimetcli adaround eq.onnx -o ar.onnx --data calib.npz --param-bw 4
       aimetcli bias-correct eq.onnx -o bc.onnx --data calib.npz
       aimetcli quantsim bc.onnx -o sim.onnx --data calib.npz
       aimetcli evaluate in.onnx sim.onnx --data eval.npz --labels label

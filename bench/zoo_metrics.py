@@ -7,7 +7,7 @@ for 64 lines are ~200 MB), on the first float output:
 * Task agreement with FP32: top-1 agreement (cls, orientation); exact agreement of
   the greedy CTC index sequences (rec: argmax per time step, repeats collapsed,
   blank 0 dropped); mean per-image IoU of the probability maps thresholded at 0.3
-  (det, DBNet's own threshold).
+  (det, DBNet's own threshold); box-match F1 (yolo, :func:`box_f1`, below).
 * FP32 sanity against the rendered truth: accuracy (cls, orientation); the share of
   lines read exactly, spaces ignored (rec); the share of text lines whose box is at
   least 30% covered by the mask (det; DBNet shrinks its regions). None for the
@@ -72,7 +72,93 @@ def _agreements(task: str, ref: np.ndarray, q: np.ndarray) -> list[float]:
         a, b = masks(ref), masks(q)
         inter, union = (a & b).sum(1), (a | b).sum(1)
         return [1.0 if u == 0 else i / u for i, u in zip(inter, union)]
+    if task == "yolo":
+        return [box_f1(r, b) for r, b in zip(ref, q)]
     return [float(v) for v in ref.argmax(-1) == q.argmax(-1)]
+
+
+# ---------------------------------------------------------------------------- YOLO boxes
+# A model's boxes on an image: best class per anchor, class-aware NMS, its TOP_K best with a score
+# above 0. Not ultralytics' conf=0.25: on random weights (bench/zoo_export_yolo.py) the photos split
+# into those with no box above it and those with hundreds, many anchors sit near it and FP32's own
+# boxes flip there under noise far below a quantizer's. The top boxes of each image instead: 20 is
+# about the number of objects a trained YOLOv8n reports on a busy photo. A model whose scores
+# rounded to 0 finds no box (F1 0).
+TOP_K = 20
+NMS_IOU = 0.5
+MATCH_IOU = 0.5
+
+
+def yolo_boxes(head: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's [4 + classes, anchors] head as (xyxy boxes [A, 4], best score [A], its class [A]).
+
+    Rows 0-3 are cx, cy, w, h in input pixels, the rest sigmoid class scores; each anchor
+    keeps its best class (ultralytics' NMS without multi_label).
+    """
+    cx, cy, w, h = head[:4]
+    scores = head[4:]
+    cls = scores.argmax(0)
+    xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
+    return xyxy, scores[cls, np.arange(scores.shape[1])], cls
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of xyxy boxes [n, 4] x [m, 4] -> [n, m] (0 where the union is empty)."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area = lambda x: np.clip(x[:, 2:] - x[:, :2], 0, None).prod(-1)  # noqa: E731
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, cls: np.ndarray, limit: int) -> np.ndarray:
+    """Indices kept by greedy class-aware NMS (IoU > NMS_IOU with a better box of the same class
+    suppresses), best first, among scores above 0, at most ``limit``."""
+    order = np.argsort(-scores, kind="stable")
+    order = order[scores[order] > 0]
+    kept: list[int] = []
+    for i in order:
+        if kept:
+            same = np.asarray(kept)[cls[kept] == cls[i]]
+            if same.size and box_iou(boxes[i:i + 1], boxes[same]).max() > NMS_IOU:
+                continue
+        kept.append(int(i))
+        if len(kept) == limit:
+            break
+    return np.asarray(kept, dtype=np.int64)
+
+
+def head_boxes(head: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(xyxy, score, class) of one image's TOP_K boxes after NMS (scores above 0), best first."""
+    boxes, scores, cls = yolo_boxes(head)
+    keep = nms(boxes, scores, cls, TOP_K)
+    return boxes[keep], scores[keep], cls[keep]
+
+
+def box_f1(ref: np.ndarray, q: np.ndarray) -> float:
+    """Box-match F1 of a quantized head ``q`` against FP32's ``ref`` on one image (both [4 + C, A]).
+
+    Each keeps its :func:`head_boxes`. A quantized box, best first, matches the unmatched FP32
+    box of the same class with the highest IoU when that IoU >= MATCH_IOU.
+    F1 = 2 matches / (FP32 boxes + quantized boxes); 1 when neither has a box.
+    """
+    rb, _, rc = head_boxes(ref)
+    qb, _, qc = head_boxes(q)
+    if len(rb) + len(qb) == 0:
+        return 1.0
+    free = np.ones(len(rb), bool)
+    matches = 0
+    if len(rb) and len(qb):
+        iou = box_iou(qb, rb)
+        iou[qc[:, None] != rc[None, :]] = 0.0
+        for row in iou:
+            row = np.where(free, row, 0.0)
+            j = int(row.argmax())
+            if row[j] >= MATCH_IOU:
+                free[j] = False
+                matches += 1
+    return 2 * matches / (len(rb) + len(qb))
 
 
 @dataclass
@@ -105,7 +191,7 @@ def fp32_sanity(task: str, fp32: ort.InferenceSession, name: str, x: np.ndarray,
                 alphabet: list[str] | None) -> float:
     """How often FP32 gets the rendered truth right (see the module docstring), 0..1."""
     hits: list[float] = []
-    if task == "classifier":  # random weights: nothing to be right about
+    if task in ("classifier", "yolo"):  # random weights: nothing to be right about
         return float("nan")
     for s in batches(x):
         out = first_float_output(fp32, name, x[s])
@@ -163,3 +249,38 @@ def run_quantize_static(src: str, dst: str, calib_npz: str, name: str) -> str:
         finally:
             os.chdir(here)
     return note
+
+
+def self_check() -> None:
+    """box_f1 on synthetic heads (the zoo metrics have no tests in tests/: they are bench code)."""
+    rng = np.random.default_rng(0)
+    anchors, classes = 400, 80
+    head = np.zeros((4 + classes, anchors), np.float32)
+    head[0], head[1] = rng.uniform(0, 640, anchors), rng.uniform(0, 640, anchors)
+    head[2:4] = rng.uniform(20, 60, (2, anchors))
+    head[4:] = rng.uniform(0, 0.1, (classes, anchors))
+    head[4 + rng.integers(classes, size=30), rng.choice(anchors, 30, replace=False)] = rng.uniform(0.5, 1, 30)
+    assert box_f1(head, head) == 1.0, "a head against itself"
+    zeroed = head.copy()
+    zeroed[4:] = 0
+    assert box_f1(head, zeroed) == 0.0, "scores rounded to 0 find no box"
+    shifted = head.copy()
+    shifted[0] += 0.5 * head[2]  # half a box width: IoU 1/3 < MATCH_IOU
+    assert box_f1(head, shifted) == 0.0, "boxes moved by half their width"
+    nudged = head.copy()
+    nudged[:2] += 1.0  # one pixel: IoU > 0.9
+    assert box_f1(head, nudged) == 1.0, "boxes moved by a pixel"
+    relabelled = head.copy()
+    relabelled[4:] = np.roll(head[4:], 1, axis=0)  # every best class changes
+    assert box_f1(head, relabelled) == 0.0, "another class at the same place"
+    two = np.zeros((4 + 2, 2), np.float32)
+    two[:4] = [[100, 400], [100, 400], [50, 50], [50, 50]]
+    two[4:] = [[0.9, 0.0], [0.0, 0.8]]
+    one = two.copy()
+    one[5, 1] = 0.0  # the second box's score rounds to 0
+    assert abs(box_f1(two, one) - 2 / 3) < 1e-9, "F1 = 2 * 1 match / (2 + 1 boxes)"
+
+
+if __name__ == "__main__":
+    self_check()
+    print("zoo_metrics self-check passed")

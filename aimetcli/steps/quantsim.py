@@ -63,6 +63,10 @@ def quantsim(model: ModelSource, data: DataSource, options: QuantOptions | None 
     if mismatch:
         warnings.append(mismatch)
     model, encodings, placement, calib_seconds = simulate(model, options, dataset, run)
+    from aimetcli.quantsim.frozen import frozen_mismatch
+
+    if frozen := frozen_mismatch(model, placement):
+        warnings.append(frozen)
     warnings += placement.warnings
     for tensor, count in encodings.nonfinite.items():
         warnings.append(f"{count} NaN/Inf values in tensor {tensor!r} were ignored during calibration")

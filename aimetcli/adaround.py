@@ -1,0 +1,370 @@
+"""AdaRound on an ONNX model without torch: second moments from onnxruntime, rounding in numpy.
+
+For every Conv, ConvTranspose (groups included), Gemm and MatMul whose weight quantsim would
+quantize, kernels/adaround.py learns whether each weight rounds up or down from the layer's
+input second moments G = sum x x^T, C = sum x f^T, F = sum f f^T (x: the input patch in the
+model with its weights quantized up to the layer, f: the same patch in the FP32 model; sums
+over samples and output positions; d x d per group, d = input channels of a group x kernel taps).
+
+The moments come out of one onnxruntime graph per pass (:func:`moments_graph`): the FP32 model
+and a copy with fake-quantized weights read the same inputs, and at each target layer both
+inputs are turned into patch matrices in the graph. A patch is what a one-hot kernel extracts:
+a Conv with weight E [C*k, 1, kh, kw], E[c*k + t, 0, tap t] = 1 and group C (the layer's strides,
+pads, dilations) gives channel c*k + t = input channel c shifted by tap t; for ConvTranspose the
+same one-hot ConvTranspose gives, per output position, the values each weight multiplies. Then
+Reshape [N, g, d, P] -> [g, d, N*P] and MatMul with its transpose: only d x d per group and layer
+leaves onnxruntime, whatever the number of samples (memory: one run's patches).
+
+Order: AIMET rounds layer after layer, each layer's input taken from the model with the earlier
+layers already AdaRounded. Here ``passes`` splits the layers, in topological order, into that
+many consecutive chunks; each chunk's moments are measured with the earlier chunks AdaRounded
+and the rest rounded to nearest (``passes`` = number of layers is AIMET's order exactly; 1 is
+one pass with every upstream layer rounded to nearest). Measured (MobileNetV2 sample, W4A8
+per-tensor, 1,000 iterations, eval top-1; nearest rounding 60.00, FP32 92.15): one pass 37-56
+(each layer compensates upstream nearest-rounding errors that AdaRound then removes), one pass
+with FP32 inputs (x = f) 82.5, one pass per layer 91.35. So the default is one pass per layer,
+AIMET's order; each pass is a run of the model over the data (FP32 and quantized copies).
+
+The output is the FP32 model with each weight replaced by its AdaRounded grid values
+(scale * integer, exactly what DequantizeLinear gives) and the grids recorded in
+``metadata_props["aimetcli.adaround"]`` (:func:`frozen_encodings`): quantsim keeps them instead
+of computing new ones from the rounded weights (whose range may have shrunk by a step).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx import TensorProto, helper, numpy_helper
+
+from aimetcli import graph as g
+from aimetcli.calibration import runner
+from aimetcli.calibration.data import feed_rows
+from aimetcli.correction_graph import _prefixed, _rename_node, _renamed
+from aimetcli.errors import AimetCliError, ErrorKind
+from aimetcli.kernels import adaround as ar
+from aimetcli.kernels.quant import Encoding
+from aimetcli.layers import Layer, as_layer, weight_reason
+from aimetcli.model_io import SplicedProto
+from aimetcli.model_ops import require_float_model
+from aimetcli.quantsim.frozen import (  # noqa: F401  (the frozen-grid record: written here, read by quantsim)
+    METADATA_KEY, frozen_encodings, frozen_mismatch, frozen_record, record_frozen,
+)
+
+PREFIX = "aimetcli_ar/"
+
+
+@dataclass
+class LayerResult:
+    layer: str
+    weight: str
+    shape: list[int]
+    loss_nearest: float  # E_pos ||W~ x - W f||^2 with round-to-nearest
+    loss_adaround: float
+    changed: float  # fraction of weights rounded the other way than to nearest
+    iterations: int
+    seconds: float  # this layer's share of its chunk's optimization time
+
+
+@dataclass
+class AdaroundResult:
+    layers: list[LayerResult] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    passes: int = 0
+    iterations: int = 0
+    samples: int = 0
+    options: dict = field(default_factory=dict)
+    moments_seconds: float = 0.0
+    optimize_seconds: float = 0.0
+    seconds: float = 0.0
+    model: ir.Model | None = field(default=None, repr=False)  # the AdaRounded model; not in the JSON
+
+    def to_json(self) -> dict:
+        from dataclasses import asdict, replace
+
+        doc = asdict(replace(self, model=None))
+        del doc["model"]
+        doc["skipped"] = [{"layer": a, "reason": b} for a, b in self.skipped]
+        return doc
+
+
+@dataclass
+class _Target:
+    layer: Layer
+    weight: str
+    enc: Encoding
+    problem: ar.LayerProblem | None = None
+
+
+# ----------------------------------------------------------------------------- weight layout
+def weight_matrix(layer: Layer, w: np.ndarray) -> np.ndarray:
+    """The weight as [g, m, d]: m output channels of a group by d = its input channels x taps,
+    in the order of the patches (input channel major, taps minor)."""
+    groups = layer.groups
+    if layer.op_type == "Conv":
+        return w.reshape(groups, w.shape[0] // groups, -1)
+    if layer.op_type == "ConvTranspose":
+        cin, m = w.shape[0], w.shape[1]
+        return w.reshape(groups, cin // groups, m, -1).transpose(0, 2, 1, 3).reshape(groups, m, -1)
+    return (w if layer.spec.out_axis == 0 else w.T)[None]  # Gemm / MatMul: [1, N, K]
+
+
+def weight_from_matrix(layer: Layer, w2: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of :func:`weight_matrix`."""
+    groups = layer.groups
+    if layer.op_type == "Conv":
+        return w2.reshape(shape)
+    if layer.op_type == "ConvTranspose":
+        cin, m = shape[0], shape[1]
+        return w2.reshape(groups, m, cin // groups, -1).transpose(0, 2, 1, 3).reshape(shape)
+    return w2[0] if layer.spec.out_axis == 0 else np.ascontiguousarray(w2[0].T)
+
+
+def _grid(layer: Layer, enc: Encoding, w2: np.ndarray):
+    """Scale, lowest and highest integer (relative to zero) as [g, m, 1] or [1, 1, 1]."""
+    shape = (w2.shape[0], w2.shape[1], 1) if enc.per_channel else (1, 1, 1)
+    scale = enc.scale.astype(np.float64).reshape(shape)
+    offset = enc.offset.reshape(shape).astype(np.float64)
+    return scale, offset, offset + enc.num_steps
+
+
+# ----------------------------------------------------------------------------- the graph
+class _Nodes:
+    def __init__(self, graph: onnx.GraphProto, taken: set[str], opset: int):
+        self.graph, self.taken, self.opset = graph, taken, opset
+
+    def name(self, base: str) -> str:
+        name, i = PREFIX + base, 0
+        while name in self.taken:
+            i += 1
+            name = f"{PREFIX}{base}_{i}"
+        self.taken.add(name)
+        return name
+
+    def node(self, op: str, inputs: list[str], **attrs) -> str:
+        out = self.name(op)
+        self.graph.node.append(helper.make_node(op, inputs, [out], **attrs))
+        return out
+
+    def const(self, array: np.ndarray) -> str:
+        name = self.name("const")
+        self.graph.initializer.append(numpy_helper.from_array(array, name))
+        return name
+
+
+def _patch_matrix(b: _Nodes, layer: Layer, x: str, w_shape: tuple[int, ...], onehot: dict) -> tuple[str, bool]:
+    """Nodes turning the layer's input ``x`` into its patches: (name, rows) with rows True for
+    [positions, d] (one group), False for [g, d, positions]."""
+    groups = layer.groups
+    if layer.spec.group_axis is None:  # Gemm / MatMul: the rows of [.., K]
+        k = w_shape[layer.spec.in_axis]
+        return b.node("Reshape", [x, b.const(np.array([-1, k], np.int64))]), True
+    attrs = {a.name: a.value for a in layer.node.attributes.values()
+             if a.name in ("strides", "pads", "dilations", "auto_pad", "output_padding", "output_shape")}
+    kernel = tuple(w_shape[2:])
+    taps = int(np.prod(kernel))
+    cin = layer.spec.in_channels(w_shape, groups)
+    d = cin // groups * taps
+    trivial = taps == 1 and layer.op_type == "Conv" and not any(attrs.get("pads", [])) \
+        and all(s == 1 for s in attrs.get("strides", [1])) and attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID")
+    if trivial:
+        patches = x
+    else:
+        key = (layer.op_type, cin, kernel)
+        if key not in onehot:
+            e = np.zeros((cin * taps, 1, taps) if layer.op_type == "Conv" else (cin, taps, taps), np.float32)
+            e.reshape(cin, taps, taps)[:, np.arange(taps), np.arange(taps)] = 1
+            onehot[key] = b.const(e.reshape(e.shape[:2] + kernel))
+        patches = b.node(layer.op_type, [x, onehot[key]], group=cin, kernel_shape=list(kernel), **attrs)
+    if groups == 1:  # [N, d, P] -> [N, P, d] -> [N*P, d]
+        flat = b.node("Reshape", [patches, b.const(np.array([0, d, -1], np.int64))])
+        return b.node("Reshape", [b.node("Transpose", [flat], perm=[0, 2, 1]),
+                                  b.const(np.array([-1, d], np.int64))]), True
+    grouped = b.node("Reshape", [patches, b.const(np.array([0, groups, d, -1], np.int64))])
+    moved = b.node("Transpose", [grouped], perm=[1, 2, 0, 3])
+    return b.node("Reshape", [moved, b.const(np.array([groups, d, -1], np.int64))]), False
+
+
+def _products(b: _Nodes, a: tuple[str, bool], c: tuple[str, bool]) -> str:
+    """sum over positions of a c^T: [d, d] from rows (Gemm, no copy), [g, d, d] otherwise."""
+    if a[1]:
+        return b.node("Gemm", [a[0], c[0]], transA=1)
+    return b.node("MatMul", [a[0], b.node("Transpose", [c[0]], perm=[0, 2, 1])])
+
+
+def _output_energy(b: _Nodes, t: _Target, a: tuple[str, bool]) -> str:
+    """sum ||W f||^2 over positions (the loss's constant, tr(W F W^T)), from the FP32 patches."""
+    w2 = weight_matrix(t.layer, np.asarray(t.layer.weight_array(), np.float32))
+    out = b.node("Gemm", [a[0], b.const(np.ascontiguousarray(w2[0]))], transB=1) if a[1] else \
+        b.node("MatMul", [b.const(np.ascontiguousarray(w2)), a[0]])
+    return b.node("ReduceSumSquare", [out], keepdims=0)
+
+
+def moments_graph(fp32: SplicedProto, quantized: SplicedProto | None, targets: list[_Target]
+                  ) -> tuple[SplicedProto, list[tuple[str, str, str, str]]]:
+    """The joint graph and, per target, the names of its outputs G, C, tr(W F W^T) and the patch
+    matrix's shape (C is G where the layer reads a graph input, the same in both models)."""
+    joint = fp32.copy()
+    graph = joint.proto.graph
+    q = quantized.proto if quantized is not None else onnx.ModelProto()
+    taken = {v for p in (joint.proto, q) for n in p.graph.node for v in (*n.input, *n.output)}
+    taken |= {t.name for p in (joint.proto, q) for t in p.graph.initializer}
+    taken |= {i.name for i in graph.input}
+    inputs = {i.name for i in graph.input}
+    prefix = PREFIX + "q/"
+    fp_inits = {t.name: t for t in graph.initializer}
+    if quantized is None:  # inputs from the FP32 model: x = f
+        quantized = SplicedProto(q, {})
+    shared = {t.name for t in q.graph.initializer if t.name not in quantized.arrays and fp_inits.get(t.name) == t}
+    for t in q.graph.initializer:
+        if t.name not in shared:
+            graph.initializer.append(_renamed(t, prefix + t.name))
+            if t.name in quantized.arrays:
+                joint.arrays[prefix + t.name] = quantized.arrays[t.name]
+    rename = _prefixed(prefix, keep=shared | inputs) if q.graph.node else (lambda name: name)
+    for node in q.graph.node:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.name = rename(node.name) if node.name else ""
+        _rename_node(copy, rename, {})
+        graph.node.append(copy)
+    del graph.output[:]
+    b = _Nodes(graph, taken, next((o.version for o in joint.proto.opset_import if o.domain in ("", "ai.onnx")), 1))
+    onehot: dict = {}
+    names = []
+    for t in targets:
+        x_f = t.layer.node.inputs[0].name
+        x_q = rename(x_f)
+        shape = tuple(t.layer.weight.shape)
+        a_f = _patch_matrix(b, t.layer, x_f, shape, onehot)
+        size = b.node("Shape", [a_f[0]])
+        if x_q == x_f:
+            gram = cross = _products(b, a_f, a_f)
+        else:
+            a_q = _patch_matrix(b, t.layer, x_q, shape, onehot)
+            gram = _products(b, a_q, a_q)
+            cross = _products(b, a_q, a_f)
+        energy = _output_energy(b, t, a_f)
+        names.append((gram, cross, energy, size))
+        for name in dict.fromkeys((gram, cross, energy, size)):
+            graph.output.append(helper.make_tensor_value_info(name, TensorProto.INT64 if name == size
+                                                              else TensorProto.FLOAT, None))
+    joint.arrays = {t.name: joint.arrays[t.name] for t in graph.initializer if t.name in joint.arrays}
+    return joint, names
+
+
+def _moments(joint: SplicedProto, names, targets: list[_Target], dataset, run_size: int, progress) -> None:
+    """Run the joint graph over the data; set each target's problem (moments summed in float64)."""
+    session = runner.make_session(joint, optimization="all")
+    outputs = list(dict.fromkeys(n for four in names for n in four))
+    sums: dict[str, np.ndarray] = {}
+    positions = [0] * len(targets)
+    for feeds in dataset.batches(run_size):
+        values = dict(zip(outputs, runner.run(session, feeds, outputs)))
+        for i, (gram, cross, energy, size) in enumerate(names):
+            shape = values[size]
+            positions[i] += int(shape[0] if len(shape) == 2 else shape[2])
+            for name in {gram, cross, energy}:
+                v = np.asarray(values[name], np.float64)
+                sums[name] = v if name not in sums else sums[name] + v
+        if progress is not None:
+            progress(feed_rows(feeds))
+    for t, (gram, cross, energy, _), n in zip(targets, names, positions):
+        w = t.layer.weight_array()
+        w2 = weight_matrix(t.layer, np.asarray(w, np.float32))
+        scale, low, high = _grid(t.layer, t.enc, w2)
+        bad = [x for x in (sums[gram], sums[cross], sums[energy]) if not np.all(np.isfinite(x))]
+        if bad:
+            raise AimetCliError(f"the input of layer {t.layer.name!r} is NaN or Inf on the calibration data; "
+                                "check the data and the model", ErrorKind.DATA)
+        d = w2.shape[2]
+        t.problem = ar.LayerProblem(w2, scale, low, high, sums[gram].reshape(-1, d, d), sums[cross].reshape(-1, d, d),
+                                    float(sums[energy]), n)
+
+
+# ----------------------------------------------------------------------------- the pass
+def _targets(model: ir.Model, params: dict[str, Encoding], result: AdaroundResult) -> list[_Target]:
+    readers: dict[str, int] = {}
+    for node in model.graph:
+        for v in node.inputs:
+            if v is not None and v.name in params:
+                readers[v.name] = readers.get(v.name, 0) + 1
+    out = []
+    for node in model.graph:
+        layer = as_layer(node)
+        if layer is None:
+            continue
+        reason = weight_reason(layer)
+        w = layer.weight
+        if reason is None and (w.name not in params or params[w.name].bitwidth > 16):
+            reason = "its weight is not quantized by the config"
+        if reason is None and readers.get(w.name, 0) > 1:
+            reason = f"its weight {w.name} is shared with another layer"
+        if reason is None and w.dtype != ir.DataType.FLOAT:
+            reason = f"its weight is {w.dtype.name.lower()}, not float32"
+        if reason:
+            result.skipped.append((layer.name, reason))
+            continue
+        out.append(_Target(layer, w.name, params[w.name]))
+    return out
+
+
+def adaround(model: ir.Model, dataset, options, *, batch_size: int = 32,
+             params: ar.AdaroundParams = ar.AdaroundParams(), passes: int | None = None, progress=None,
+             on_layer=None, quantized_inputs: bool = True) -> AdaroundResult:
+    """AdaRound every quantized weight of ``model`` (modified in place) for quantsim with ``options``.
+
+    ``passes``: chunks of layers measured in turn (module docstring). ``progress(samples)`` is
+    called as data is read, ``on_layer(LayerResult)`` when a layer is done. Refuses a model that
+    is already quantized or computes in float16 (``require_float_model``). The quantsim config is
+    ``options.config``.
+    """
+    start = time.perf_counter()
+    require_float_model(model)
+    from aimetcli.quantsim.calibrate import calibration_weights, param_encodings, reduction_run_size
+    from aimetcli.quantsim.placement import place_quantizers
+
+    cfg = options.config
+    result = AdaroundResult(samples=dataset.num_samples, options=options.as_record())
+    placement = place_quantizers(model, cfg, options)
+    weights = {p.tensor for p in placement.params if p.kind == "weight"}
+    encodings = {k: v for k, v in param_encodings(model, placement, options, frozen=False).items() if k in weights}
+    targets = _targets(model, encodings, result)
+    if not targets:
+        result.seconds = time.perf_counter() - start
+        return result
+    iterations = params.iterations or ar.default_iterations(min(t.enc.bitwidth for t in targets))
+    result.iterations = iterations
+    fp32 = calibration_weights(model, {})
+    passes = len(targets) if passes is None else max(1, min(passes, len(targets)))
+    bounds = np.linspace(0, len(targets), passes + 1).round().astype(int)
+    run_size = min(batch_size, reduction_run_size(dataset))
+    for chunk in (targets[a:b] for a, b in zip(bounds[:-1], bounds[1:])):
+        t0 = time.perf_counter()
+        joint, names = moments_graph(fp32, calibration_weights(model, encodings) if quantized_inputs else None, chunk)
+        _moments(joint, names, chunk, dataset, run_size, progress)
+        t1 = time.perf_counter()
+        result.moments_seconds += t1 - t0
+        rounded = ar.optimize([t.problem for t in chunk], params, iterations=iterations)
+        seconds = time.perf_counter() - t1
+        result.optimize_seconds += seconds
+        total = sum(t.problem.w.size for t in chunk)
+        for t, r in zip(chunk, rounded):
+            w = t.layer.weight_array()
+            # float32(k) * scale: what DequantizeLinear gives for the integer k + zero point
+            wq = r.k.astype(np.float32) * t.enc.scale.reshape(t.problem.scale.shape)
+            g.set_constant(t.layer.weight, weight_from_matrix(t.layer, wq, w.shape))
+            row = LayerResult(t.layer.name, t.weight, list(w.shape), r.loss_nearest, r.loss_adaround,
+                              r.changed / max(w.size, 1), iterations, seconds * w.size / max(total, 1))
+            result.layers.append(row)
+            t.problem = None  # the moments are no longer needed
+            if on_layer is not None:
+                on_layer(row)
+        result.passes += 1
+    record_frozen(model, {t.weight: t.enc for t in targets}, result.options)
+    result.seconds = time.perf_counter() - start
+    return result
