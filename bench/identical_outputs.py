@@ -6,8 +6,8 @@
 
 Each revision is a source tree: ``--head`` defaults to this work tree as it is (uncommitted
 changes included), and any other revision is unpacked with ``git archive`` into a temporary
-directory (no worktree is registered). Every command (fold-bn, equalize, bias-correct, quantsim,
-export, evaluate, ranges, ptq) runs on every sample model as its own process, with that tree
+directory (no worktree is registered). Every command (fold-bn, equalize, adaround with 100
+iterations, bias-correct, quantsim, export, evaluate, ranges, ptq) runs on every sample model as its own process, with that tree
 first on PYTHONPATH (the same interpreter and packages for both), the same arguments and the
 same input files, in a directory of its own, with ``--json``. Then every file written, and the
 ``--json`` document, is compared: bytes for models and encodings; JSON (stdout, report.json)
@@ -47,6 +47,8 @@ class Command:
 COMMANDS = (
     Command("fold-bn", ("fold-bn", "{model}", "-o", "folded.onnx")),
     Command("equalize", ("equalize", "{model}", "-o", "equalized.onnx")),
+    Command("adaround", ("adaround", "{model}", "-o", "adarounded.onnx", "--data", "{calib}", "--num-samples",
+                         CALIB_SAMPLES, "--param-bw", "4", "--iterations", "100")),
     Command("bias-correct", ("bias-correct", "{model}", "-o", "corrected.onnx", "--data", "{calib}",
                              "--num-samples", CALIB_SAMPLES)),
     Command("quantsim", ("quantsim", "{model}", "-o", "sim.onnx", "--data", "{calib}", "--num-samples",
