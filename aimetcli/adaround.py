@@ -253,8 +253,40 @@ def moments_graph(fp32: SplicedProto, quantized: SplicedProto | None, targets: l
         for name in dict.fromkeys((gram, cross, energy, size)):
             graph.output.append(helper.make_tensor_value_info(name, TensorProto.INT64 if name == size
                                                               else TensorProto.FLOAT, None))
+    _prune(graph)
     joint.arrays = {t.name: joint.arrays[t.name] for t in graph.initializer if t.name in joint.arrays}
     return joint, names
+
+
+def _used_names(graph: onnx.GraphProto) -> set[str]:
+    """Every name a graph's nodes read, its subgraphs' (outer-scope references) included."""
+    names = set()
+    for node in graph.node:
+        names.update(node.input)
+        for a in node.attribute:
+            for sub in (*([a.g] if a.HasField("g") else []), *a.graphs):
+                names |= _used_names(sub)
+    return names
+
+
+def _prune(graph: onnx.GraphProto) -> None:
+    """Drop the nodes and initializers the outputs do not depend on (onnxruntime runs every node):
+    a pass then runs both models only up to its layers' inputs."""
+    needed = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(graph.node):  # topological order: readers after writers
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            single = onnx.GraphProto()
+            single.node.append(node)
+            needed |= _used_names(single)
+    if len(keep) < len(graph.node):
+        del graph.node[:]
+        graph.node.extend(reversed(keep))
+    inits = [t for t in graph.initializer if t.name in needed]
+    if len(inits) < len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(inits)
 
 
 def _moments(joint: SplicedProto, names, targets: list[_Target], dataset, run_size: int, progress) -> None:
