@@ -74,6 +74,7 @@ class LayerResult:
 class AdaroundResult:
     layers: list[LayerResult] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    oversized: list[str] = field(default_factory=list)  # skipped: moments over MOMENT_BYTES
     passes: int = 0
     iterations: int = 0
     samples: int = 0
@@ -301,8 +302,10 @@ def _moments(joint: SplicedProto, names, targets: list[_Target], dataset, run_si
             shape = values[size]
             positions[i] += int(shape[0] if len(shape) == 2 else shape[2])
             for name in {gram, cross, energy}:
-                v = np.asarray(values[name], np.float64)
-                sums[name] = v if name not in sums else sums[name] + v
+                if name in sums:
+                    sums[name] += values[name]  # float32 into float64, without a float64 copy
+                else:
+                    sums[name] = np.asarray(values[name], np.float64)
         if progress is not None:
             progress(feed_rows(feeds))
     for t, (gram, cross, energy, _), n in zip(targets, names, positions):
@@ -319,6 +322,19 @@ def _moments(joint: SplicedProto, names, targets: list[_Target], dataset, run_si
 
 
 # ----------------------------------------------------------------------------- the pass
+# A layer's G and C (float64 sums) may take this much; a larger layer is not AdaRounded. The
+# process's peak for a layer is about 2.5 times it (the runs' float32 outputs, the kernel's copies).
+MOMENT_BYTES = 1 << 30
+
+
+def moment_dims(layer: Layer, shape: tuple[int, ...]) -> tuple[int, int]:
+    """(groups, d) of :func:`weight_matrix`'s [g, m, d] for a weight of this shape."""
+    if layer.spec.group_axis is None:
+        return 1, int(shape[layer.spec.in_axis])
+    groups = layer.groups
+    return groups, layer.spec.in_channels(shape, groups) // groups * int(np.prod(shape[2:]))
+
+
 def _targets(model: ir.Model, params: dict[str, Encoding], result: AdaroundResult) -> list[_Target]:
     readers: dict[str, int] = {}
     for node in model.graph:
@@ -338,6 +354,12 @@ def _targets(model: ir.Model, params: dict[str, Encoding], result: AdaroundResul
             reason = f"its weight {w.name} is shared with another layer"
         if reason is None and w.dtype != ir.DataType.FLOAT:
             reason = f"its weight is {w.dtype.name.lower()}, not float32"
+        if reason is None:
+            groups, d = moment_dims(layer, tuple(w.shape))
+            if 16 * groups * d * d > MOMENT_BYTES:
+                reason = (f"its second moments would take {16 * groups * d * d / 2**30:.1f} GiB ({groups} x {d} x {d} "
+                          f"float64 for G and C; the limit is {MOMENT_BYTES / 2**30:g} GiB a layer)")
+                result.oversized.append(layer.name)
         if reason:
             result.skipped.append((layer.name, reason))
             continue

@@ -201,3 +201,73 @@ def test_adaround_without_data_is_a_usage_error(tmp_path):
     r = CliRunner().invoke(main, ["adaround", str(src), "-o", str(tmp_path / "a.onnx")])
     assert r.exit_code == 2 and "--data" in r.stderr and "Traceback" not in r.output
     assert not (tmp_path / "a.onnx").exists()
+
+
+def test_a_layer_whose_moments_exceed_the_limit_is_skipped_with_a_warning(tmp_path, monkeypatch):
+    """Bounded memory a layer: G and C of the Gemm (d = 128: 2 x 128^2 float64 = 256 KiB) over a
+    256 KiB limit; the two convolutions (d = 27 and 9) are still AdaRounded."""
+    import aimetcli.adaround as adaround_module
+
+    monkeypatch.setattr(adaround_module, "MOMENT_BYTES", 16 * 127 * 127)
+    src = tmp_path / "m.onnx"
+    onnx.save(_net(), src)
+    r = CliRunner().invoke(main, ["adaround", str(src), "-o", str(tmp_path / "a.onnx"), "--data", "random:8",
+                                  "--param-bw", "4", "--iterations", "20", "--json", "-v"])
+    assert r.exit_code == 0, r.output
+    assert "second moments too big" in r.stderr and "0.0 GiB (1 x 128 x 128 float64" in r.stderr
+    doc = __import__("json").loads(r.stdout)
+    assert len(doc["layers"]) == 2 and len(doc["oversized"]) == 1
+
+
+def test_a_pass_graph_stops_at_its_layers_input():
+    """The moments graph of the first layer keeps no node of either model beyond that layer's input."""
+    model = to_ir(_net())
+    opts = QuantOptions(param_bw=4)
+    encs = param_encodings(model, place_quantizers(model, load_config(None), opts), opts)
+    targets = _targets(model, encs, AdaroundResult())
+    joint, _ = moments_graph(calibration_weights(model, {}), calibration_weights(model, encs), targets[:1])
+    ops = [n.op_type for n in joint.proto.graph.node]
+    assert "Relu" not in ops and "Gemm" in ops  # Gemm: the moment products; no Relu, Reshape of the model
+    assert {t.name for t in joint.proto.graph.initializer}.isdisjoint({"W2", "W3", "B1"})
+
+
+def _reference_rounding(p: ar.LayerProblem, iterations: int, params=ar.AdaroundParams()) -> np.ndarray:
+    """The module docstring's iteration written plainly in float64 (sigmoid, clips, Adam as torch)."""
+    s = p.scale
+    floor = np.floor(p.w / s)
+    v = ar.initial_v(p.w / s - floor)
+    m1, m2 = np.zeros_like(v), np.zeros_like(v)
+    n = p.positions
+    for it in range(iterations):
+        sig = 1 / (1 + np.exp(-v))
+        h_raw = sig * (ar.ZETA - ar.GAMMA) + ar.GAMMA
+        h = np.clip(h_raw, 0, 1)
+        x = floor + h
+        wq = s * np.clip(x, p.low, p.high)
+        grad = 2 * (wq @ p.gram - p.w @ np.swapaxes(p.cross, 1, 2)) / n * s * ((x >= p.low) & (x <= p.high))
+        beta = ar.beta_at(it, iterations, params)
+        if beta is not None:
+            u = 2 * h - 1
+            grad = grad - 2 * params.reg_param * beta * np.sign(u) * np.abs(u) ** (beta - 1)
+        grad = grad * (ar.ZETA - ar.GAMMA) * sig * (1 - sig) * ((h_raw > 0) & (h_raw < 1))
+        m1 = 0.9 * m1 + 0.1 * grad
+        m2 = 0.999 * m2 + 0.001 * grad ** 2
+        v = v - params.lr * (m1 / (1 - 0.9 ** (it + 1))) / (np.sqrt(m2 / (1 - 0.999 ** (it + 1))) + 1e-8)
+    return np.clip(floor + (v >= 0), p.low, p.high)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_the_fast_iteration_follows_the_plain_formula(per_channel):
+    """kernels.adaround.optimize (float32, t = tanh(V/2), constants folded) rounds as the plain
+    float64 iteration: the same weights up and down but for a few near ties."""
+    rng = np.random.default_rng(7)
+    problem, *_ = _problem(rng, 12, 20, 400, noise=0.2, bw=3)
+    if per_channel:
+        scale = problem.scale * rng.uniform(0.6, 1.2, (1, 12, 1))
+        problem = ar.LayerProblem(problem.w, scale, problem.low + 0 * scale, problem.high + 0 * scale,
+                                  problem.gram, problem.cross, problem.energy, problem.positions)
+    (fast,) = ar.optimize([problem], iterations=1500)
+    ref = _reference_rounding(problem, 1500)
+    assert fast.loss_adaround < fast.loss_nearest and fast.changed > 10  # learned, and kept
+    assert np.count_nonzero(fast.k != ref) <= 2  # measured: 0 of 240, both granularities
+    assert fast.loss_adaround == pytest.approx(problem.loss(ref), rel=1e-3)

@@ -68,6 +68,8 @@ def adaround(out: Output, model_in: str, output: str, data: str, iterations: int
         out.info(table)
     out.info(f"AdaRounded {len(summary.layers)} layers in {summary.seconds:.2f} s "
              f"(moments {summary.moments_seconds:.2f} s, rounding {summary.optimize_seconds:.2f} s).")
+    if summary.oversized:
+        out.warn(f"not AdaRounded, their second moments too big: {', '.join(summary.oversized)} (-v: sizes)")
     for layer, reason in summary.skipped:
         out.detail(f"not AdaRounded: {layer}: {reason}")
     if not summary.layers:
