@@ -205,28 +205,31 @@ def optimize(problems: list[LayerProblem], params: AdaroundParams = AdaroundPara
     if not problems:
         return []
     slots, z, floor, offset = _setup(problems)
-    total = z.size
     f32 = np.float32
-    t, a, y, d, g2 = (np.empty(total, np.float32) for _ in range(5))
-    inside = np.empty(total, bool)
-    m1 = np.zeros(total, np.float32)
-    m2 = np.zeros(total, np.float32)
     b1, b2, eps = 0.9, 0.999, 1e-8 / (_H_SLOPE / 2)  # g' = g / (dh/dV's 0.3)
     edge = f32(_T_EDGE)
-    views = [(s, t[s.start:s.stop].reshape(s.problem.w.shape), y[s.start:s.stop].reshape(s.problem.w.shape))
+    tc = np.empty(z.size, np.float32)  # clip(tanh(z)): every weight's, the products' input
+    y_all = np.empty(z.size, np.float32)
+    views = [(s, tc[s.start:s.stop].reshape(s.problem.w.shape), y_all[s.start:s.stop].reshape(s.problem.w.shape))
              for s in slots]
+    active = _Active(z, offset, tc, y_all)
     with single_threaded():  # small products: OpenBLAS's threads only wait for each other
         for it in range(iterations):
-            np.tanh(z, out=t)
+            za, t, a, y, d, g2, inside = active.z, active.t, active.a, active.y, active.d, active.g2, active.inside
+            np.tanh(za, out=t)
             np.minimum(t, edge, out=t)  # tc = clip(t, -5/6, 5/6) (np.clip's Python wrapper costs more)
             np.maximum(t, -edge, out=t)
             np.abs(t, out=a)
             np.less(a, edge, out=inside)
+            if active.index is not None:
+                tc[active.index] = t
             for s, tv, yv in views:  # the reconstruction gradient d/dh, per layer
                 np.matmul(tv, s.gram, out=yv)
                 if s.row_scale is not None:
                     yv *= s.row_scale
-            y -= offset
+            if active.index is not None:
+                np.take(y_all, active.index, out=y)
+            y -= active.offset
             beta = beta_at(it, iterations, params)
             if beta is not None:  # + d/dh of lambda * sum(1 - |2h - 1|^beta), 2h - 1 = 1.2 tc inside
                 # |tc|^(beta-2) as exp((beta-2) log |tc|): np.power takes a slow path where the result
@@ -242,6 +245,7 @@ def optimize(problems: list[LayerProblem], params: AdaroundParams = AdaroundPara
             np.subtract(f32(1.0), d, out=d)
             d *= inside
             y *= d
+            m1, m2 = active.m1, active.m2
             m1 *= f32(b1)  # Adam: M1 = b1 M1 + g', M2 = b2 M2 + g'^2
             m1 += y
             np.multiply(y, y, out=g2)
@@ -253,13 +257,69 @@ def optimize(problems: list[LayerProblem], params: AdaroundParams = AdaroundPara
             a *= f32(math.sqrt((1 - b2) / (1 - b2 ** (it + 1))) / step)
             a += f32(eps / step)
             np.divide(m1, a, out=a)
-            z -= a
+            za -= a
             if on_iteration is not None:
                 on_iteration(it)
+            if it % _CHECK_EVERY == _CHECK_EVERY - 1 and not active.shrink():
+                break  # every weight's rounding is final
+    z = active.final()
     return [_result(s.problem, np.clip(floor[s.start:s.stop].reshape(s.problem.w.shape)
                                        + (z[s.start:s.stop].reshape(s.problem.w.shape) >= 0),
                                        s.problem.low, s.problem.high))
             for s in slots]
+
+
+_CHECK_EVERY = 100  # iterations between looks at which weights are still moving
+_SHRINK_BELOW = 0.6  # the iteration runs on the moving weights alone once fewer than this fraction move
+
+
+class _Active:
+    """The weights whose rounding can still change, and their iteration state.
+
+    A weight with |t| >= 5/6 (h clipped at 0 or 1) gets no gradient, and its Adam step keeps the
+    sign of M1, which pointed outward when it crossed (or is 0: never inside): it moves on outward
+    and never returns, so its rounding (the sign of z) is final. The elementwise steps then run
+    on the others alone (their indices ``index``; the products still read every weight's tc, the
+    frozen ones' fixed at +-5/6); with none left the iteration stops. Exact: the frozen weights'
+    further steps change nothing that is read. Measured on the ResNet sample's layers: 35-50% of
+    the weights still move after 30% of the iterations, 1-3% after 80%, none after 90%.
+    """
+
+    def __init__(self, z: np.ndarray, offset: np.ndarray, tc: np.ndarray, y_all: np.ndarray):
+        self.z_all = z
+        self.index: np.ndarray | None = None  # None: all of them (t is tc, y is y_all)
+        self.z, self.offset = z, offset
+        self.m1 = np.zeros(z.size, np.float32)
+        self.m2 = np.zeros(z.size, np.float32)
+        self.t, self.y = tc, y_all
+        self._buffers(z.size)
+
+    def _buffers(self, n: int) -> None:
+        self.a, self.d, self.g2 = (np.empty(n, np.float32) for _ in range(3))
+        self.inside = np.empty(n, bool)
+
+    def shrink(self) -> bool:
+        """Drop the frozen weights where that pays; False when none moves any more."""
+        moving = int(np.count_nonzero(self.inside))
+        if moving == 0:
+            return False
+        if moving >= _SHRINK_BELOW * self.z.size:
+            return True
+        keep = self.inside.copy()
+        if self.index is None:  # z was z_all, updated in place
+            self.index = np.flatnonzero(keep)
+        else:
+            self.z_all[self.index] = self.z
+            self.index = self.index[keep]
+        self.z, self.m1, self.m2, self.offset = (x[keep] for x in (self.z, self.m1, self.m2, self.offset))
+        self.t, self.y = np.empty(moving, np.float32), np.empty(moving, np.float32)
+        self._buffers(moving)
+        return True
+
+    def final(self) -> np.ndarray:
+        if self.index is not None:
+            self.z_all[self.index] = self.z
+        return self.z_all
 
 
 def _result(p: LayerProblem, k: np.ndarray) -> LayerRounding:
