@@ -213,6 +213,8 @@ def optimize(problems: list[LayerProblem], params: AdaroundParams = AdaroundPara
     views = [(s, tc[s.start:s.stop].reshape(s.problem.w.shape), y_all[s.start:s.stop].reshape(s.problem.w.shape))
              for s in slots]
     active = _Active(z, offset, tc, y_all)
+    schedule = _schedule(iterations, params, b1, b2, eps)
+    one, tiny, f_b1, f_b2 = f32(1.0), f32(1e-30), f32(b1), f32(b2)
     with single_threaded():  # small products: OpenBLAS's threads only wait for each other
         for it in range(iterations):
             za, t, a, y, d, g2, inside = active.z, active.t, active.a, active.y, active.d, active.g2, active.inside
@@ -230,32 +232,31 @@ def optimize(problems: list[LayerProblem], params: AdaroundParams = AdaroundPara
             if active.index is not None:
                 np.take(y_all, active.index, out=y)
             y -= active.offset
-            beta = beta_at(it, iterations, params)
-            if beta is not None:  # + d/dh of lambda * sum(1 - |2h - 1|^beta), 2h - 1 = 1.2 tc inside
+            regularised, power, reg, root, shift = schedule[it]
+            if regularised:  # + d/dh of lambda * sum(1 - |2h - 1|^beta), 2h - 1 = 1.2 tc inside
                 # |tc|^(beta-2) as exp((beta-2) log |tc|): np.power takes a slow path where the result
                 # underflows (|tc| < 0.01 at beta 20: 250 ns an element instead of 3)
-                np.maximum(a, f32(1e-30), out=a)
+                np.maximum(a, tiny, out=a)
                 np.log(a, out=a)
-                a *= f32(max(beta - 2.0, 0.0))
+                a *= power
                 np.exp(a, out=a)
                 a *= t
-                a *= f32(-2.0 * params.reg_param * beta * (2 * _H_SLOPE) ** (beta - 1.0))
+                a *= reg
                 y += a
             np.multiply(t, t, out=d)  # g' = d/dh * dh/dV / 0.3 = d/dh * (1 - t^2) inside the clip
-            np.subtract(f32(1.0), d, out=d)
+            np.subtract(one, d, out=d)
             d *= inside
             y *= d
             m1, m2 = active.m1, active.m2
-            m1 *= f32(b1)  # Adam: M1 = b1 M1 + g', M2 = b2 M2 + g'^2
+            m1 *= f_b1  # Adam: M1 = b1 M1 + g', M2 = b2 M2 + g'^2
             m1 += y
             np.multiply(y, y, out=g2)
-            m2 *= f32(b2)
+            m2 *= f_b2
             m2 += g2
-            # V -= lr m1_hat / (sqrt(m2_hat) + eps); z = V / 2; step = M1 / (sqrt(M2) k + e)
-            step = params.lr * (1 - b1) / (1 - b1 ** (it + 1)) / 2.0
+            # V -= lr m1_hat / (sqrt(m2_hat) + eps), z = V / 2: z -= M1 / (sqrt(M2) root + shift)
             np.sqrt(m2, out=a)
-            a *= f32(math.sqrt((1 - b2) / (1 - b2 ** (it + 1))) / step)
-            a += f32(eps / step)
+            a *= root
+            a += shift
             np.divide(m1, a, out=a)
             za -= a
             if on_iteration is not None:
@@ -267,6 +268,20 @@ def optimize(problems: list[LayerProblem], params: AdaroundParams = AdaroundPara
                                        + (z[s.start:s.stop].reshape(s.problem.w.shape) >= 0),
                                        s.problem.low, s.problem.high))
             for s in slots]
+
+
+def _schedule(iterations: int, params: AdaroundParams, b1: float, b2: float, eps: float) -> list[tuple]:
+    """Per iteration, the float32 constants of the loop: whether the regulariser is on, its power
+    beta - 2 and factor -2 lambda beta 1.2^(beta-1), and Adam's step as M1 / (sqrt(M2) root + shift)."""
+    f32 = np.float32
+    out = []
+    for it in range(iterations):
+        beta = beta_at(it, iterations, params)
+        step = params.lr * (1 - b1) / (1 - b1 ** (it + 1)) / 2.0  # z = V / 2
+        out.append((beta is not None, f32(max(beta - 2.0, 0.0)) if beta is not None else None,
+                    f32(-2.0 * params.reg_param * beta * (2 * _H_SLOPE) ** (beta - 1.0)) if beta is not None else None,
+                    f32(math.sqrt((1 - b2) / (1 - b2 ** (it + 1))) / step), f32(eps / step)))
+    return out
 
 
 _CHECK_EVERY = 100  # iterations between looks at which weights are still moving
