@@ -7,13 +7,18 @@ model with its weights quantized up to the layer, f: the same patch in the FP32 
 over samples and output positions; d x d per group, d = input channels of a group x kernel taps).
 
 The moments come out of one onnxruntime graph per pass (:func:`moments_graph`): the FP32 model
-and a copy with fake-quantized weights read the same inputs, and at each target layer both
-inputs are turned into patch matrices in the graph. A patch is what a one-hot kernel extracts:
-a Conv with weight E [C*k, 1, kh, kw], E[c*k + t, 0, tap t] = 1 and group C (the layer's strides,
-pads, dilations) gives channel c*k + t = input channel c shifted by tap t; for ConvTranspose the
-same one-hot ConvTranspose gives, per output position, the values each weight multiplies. Then
-Reshape [N, g, d, P] -> [g, d, N*P] and MatMul with its transpose: only d x d per group and layer
-leaves onnxruntime, whatever the number of samples (memory: one run's patches).
+and a copy with fake-quantized weights read the same inputs, cut after the target layers' inputs
+(:func:`_prune`: onnxruntime runs every node of a graph, so a pass for an early layer would
+otherwise run both whole models), and at each target layer both inputs are turned into patches
+in the graph: for a Conv, one strided Slice of the padded input per kernel tap, stacked
+(channel c*k + t = input channel c shifted by tap t); for ConvTranspose (and auto_pad) a one-hot
+kernel, E [C*k, 1, kh, kw] with E[c*k + t, 0, tap t] = 1 and group C, which gives per output
+position the values each weight multiplies. Ungrouped layers' patches become rows [N*P, d] and
+one Gemm with transA gives the sums in the graph, so only d x d leaves onnxruntime; grouped
+layers' patches [N, g, d, P] leave it and numpy sums the per-sample products
+(:func:`_group_products`; onnxruntime's batched MatMul of many small matrices was 5x slower).
+Memory: one run's patches, and G and C in float64 per layer: a layer whose G and C would pass
+MOMENT_BYTES is skipped with a warning rather than taking the machine's memory.
 
 Order: AIMET rounds layer after layer, each layer's input taken from the model with the earlier
 layers already AdaRounded. Here ``passes`` splits the layers, in topological order, into that
