@@ -1,0 +1,178 @@
+"""Per-quantizer sensitivity of a sim: where the quantization error comes from.
+
+For each quantizer q of a quantsim model (each weight's, each activation's), the scored output's
+SQNR against FP32 with
+
+- only q on (the error q alone causes), and
+- every quantizer but q on (what keeping q's tensor float recovers),
+
+as AIMET's QuantAnalyzer reports per layer. The sim is built once and run with every quantizer
+switchable: each quantizer's output ``Q`` is replaced, for its readers, by
+``Where(on_q, Q, x)`` with ``x`` the tensor it quantizes and ``on_q`` a boolean scalar input of
+the graph. One onnxruntime session then runs every configuration (2 N + 1 runs over the data for
+N quantizers), instead of N sims built, serialized and loaded twice each.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from aimetcli import graph as g
+from aimetcli.kernels.energy import energies
+from aimetcli.quantsim.insert import is_grid_node
+from aimetcli.steps.evaluate import model_outputs, score_output, sqnr_of_energies
+
+
+@dataclass
+class Switch:
+    """One quantizer of the sim: the tensor it quantizes and the graph input that turns it on."""
+
+    tensor: str
+    kind: str  # "weight" or "activation"
+    node: str  # the layer that reads the weight, or the op that writes the activation
+    op: str
+    input: str
+
+
+@dataclass
+class QuantizerSensitivity:
+    tensor: str
+    kind: str
+    node: str
+    op: str
+    only_sqnr_db: float  # only this quantizer on
+    all_but_sqnr_db: float  # every quantizer on but this one
+
+    def recovered_db(self, full_sqnr_db: float) -> float:
+        """What keeping this tensor float gains over the full sim."""
+        return self.all_but_sqnr_db - full_sqnr_db
+
+
+@dataclass
+class Analysis:
+    full_sqnr_db: float  # every quantizer on: the sim
+    output: str  # the output the SQNRs are of
+    samples: int
+    quantizers: list[QuantizerSensitivity] = field(default_factory=list)
+    # the check of the ranking: the worst TOP quantizers (worst()) alone, and all the others
+    top: list[str] = field(default_factory=list)
+    top_only_sqnr_db: float | None = None
+    top_float_sqnr_db: float | None = None
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        from dataclasses import asdict
+
+        doc = asdict(self)
+        for q, row in zip(self.quantizers, doc["quantizers"]):
+            row["recovered_db"] = q.recovered_db(self.full_sqnr_db)
+        return doc
+
+    def worst(self, n: int = 10) -> list[QuantizerSensitivity]:
+        """The quantizers whose float tensor would recover the most, most first."""
+        return sorted(self.quantizers, key=lambda q: -q.recovered_db(self.full_sqnr_db))[:n]
+
+
+def _quantized_end(q: ir.Node) -> ir.Value | None:
+    """The value the readers of a quantizer see: its DequantizeLinear's output, after quantsim's
+    narrow-grid Clip or Max/Min when there is one."""
+    dq = g.sole_consumer(q.outputs[0])
+    if not g.is_op(dq, "DequantizeLinear"):
+        return None
+    end = dq.outputs[0]
+    while True:
+        nxt = g.sole_consumer(end)
+        if nxt is None or not is_grid_node(nxt):
+            return end
+        end = nxt.outputs[0]
+
+
+def switchable(sim: ir.Model) -> list[Switch]:
+    """Make every quantizer of ``sim`` (modified in place) switchable (module docstring); the
+    switches in graph order."""
+    graph = sim.graph
+    names = g.Names(sim)
+    outputs = {v.name for v in graph.outputs}
+    switches = []
+    for q in [n for n in graph if g.is_op(n, "QuantizeLinear")]:
+        x = q.inputs[0]
+        end = _quantized_end(q)
+        if x is None or end is None:
+            continue
+        weight = g.constant(x) is not None
+        reader = next((u.node for u in end.uses()), None)
+        owner = reader if weight else x.producer()
+        on = ir.Value(name=names.new(f"aimetcli_on/{x.name}"), type=ir.TensorType(ir.DataType.BOOL),
+                      shape=ir.Shape([]))
+        graph.inputs.append(on)
+        uses = list(end.uses())
+        where = ir.Node("", "Where", [on, end, x], name=names.new(f"{x.name}_switch"))
+        out = where.outputs[0]
+        out.name = names.new(f"{x.name}_switched")
+        out.type, out.shape = end.type, end.shape
+        for use in uses:
+            use.node.replace_input_with(use.idx, out)
+        if end.is_graph_output():
+            idx = next(i for i, v in enumerate(graph.outputs) if v is end)
+            name = end.name
+            end.name = names.new(f"{name}_quantized_value")
+            out.name = name
+            graph.outputs[idx] = out
+        graph.insert_after(end.producer(), where)
+        tensor = x.name[: -len("_float")] if x.name.endswith("_float") and x.name[: -len("_float")] in outputs \
+            else x.name  # a graph output's float value (quantsim/insert.py): named as the user knows it
+        switches.append(Switch(tensor, "weight" if weight else "activation",
+                               g.node_label(owner) if owner is not None else "(model input)",
+                               owner.op_type if owner is not None else "input", on.name))
+    return switches
+
+
+def analyze(fp32: ir.Model, sim: ir.Model, data, *, batch_size: int = 32, progress=None) -> Analysis:
+    """:class:`Analysis` of ``sim`` (a quantsim model of ``fp32``; modified in place) on ``data``.
+    ``progress(n)`` is called after each configuration run over the data."""
+    from aimetcli.calibration import runner
+
+    start = time.perf_counter()
+    reference = model_outputs(fp32, data, batch_size=batch_size)
+    k = score_output(reference)
+    if k is None:
+        raise ValueError("the model has no floating-point output to compare")
+    output = fp32.graph.outputs[k].name
+    ref = reference[k]
+    switches = switchable(sim)
+    session = runner.session_of(sim, optimization="none")
+    batches = list(data.batches(batch_size))
+
+    def sqnr(on: set[int]) -> float:
+        flags = {s.input: np.array(i in on) for i, s in enumerate(switches)}
+        parts = [runner.run(session, {**feeds, **flags}, [output])[0] for feeds in batches]
+        out = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        e = energies(ref, out)
+        if progress is not None:
+            progress(1)
+        return sqnr_of_energies(float(e.signal.sum()), float(e.noise.sum()))
+
+    everything = set(range(len(switches)))
+    result = Analysis(sqnr(everything), output, data.num_samples)
+    for i, s in enumerate(switches):
+        result.quantizers.append(QuantizerSensitivity(s.tensor, s.kind, s.node, s.op, sqnr({i}),
+                                                      sqnr(everything - {i})))
+    if len(switches) > TOP:
+        worst = result.worst(TOP)
+        result.top = [q.tensor for q in worst]
+        top = {i for i, s in enumerate(switches) if s.tensor in result.top}
+        result.top_only_sqnr_db, result.top_float_sqnr_db = sqnr(top), sqnr(everything - top)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+TOP = 3  # the ranking's check: these worst quantizers alone, and every other one
+
+
+def runs(quantizers: int) -> int:
+    """Runs over the data :func:`analyze` makes for a sim with this many quantizers."""
+    return 2 * quantizers + 1 + (2 if quantizers > TOP else 0)
