@@ -46,6 +46,7 @@ import onnx_ir as ir
 
 from aimetcli import correction_graph
 from aimetcli import graph as g
+from aimetcli.big_tensors import SplicedProto
 from aimetcli.bn_stats import read_bn_stats
 from aimetcli.calibration import runner
 from aimetcli.calibration.data import feed_rows
@@ -55,7 +56,6 @@ from aimetcli.kernels.bias import METHODS, ChannelMean, clipped_normal_mean
 from aimetcli.kernels.quant import (QuantScheme, encoding_from_range, fake_quantize, is_unsigned_symmetric,
                                     unsigned_symmetric_encoding)
 from aimetcli.layers import Layer, as_layer, bias_array, rewrite_reason, write_bias
-from aimetcli.model_io import SplicedProto
 from aimetcli.passes.chains import clip_bounds
 
 METADATA_KEY = "aimetcli.bias_correction"

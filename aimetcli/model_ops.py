@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Union, cast
 
 import onnx_ir as ir
 
+from aimetcli import big_tensors, model_io
 from aimetcli import graph as g
-from aimetcli import model_io
 from aimetcli.passes.lift_constants import LiftConstantsPass
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ def upgrade_opset(model: ir.Model, target: int) -> ir.Model:
         return model
     # the converter copies every tensor it is given (8 s for VGG19's 548 MB): give it the big
     # weights' dims and types only, and hand the converted graph the same tensors back
-    with model_io.big_tensors_set_aside(model, numpy_only=False) as taken:
+    with big_tensors.big_tensors_set_aside(model, numpy_only=False) as taken:
         proto = ir.serde.serialize_model(model)
     big = taken.tensors
     try:
@@ -192,7 +192,7 @@ def clone(model: ir.Model) -> ir.Model:
     in place under the other model (passes copy what they cannot write)."""
     import numpy as np
 
-    with model_io.big_tensors_set_aside(model, numpy_only=False) as taken:
+    with big_tensors.big_tensors_set_aside(model, numpy_only=False) as taken:
         copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
     for name, tensor in taken.tensors.items():
         value = copy.graph.initializers.get(name)
