@@ -115,7 +115,7 @@ def simulate(model: ir.Model, options: QuantOptions, dataset, run: RunOptions):
 
 def quantizer_args(options, encodings):
     """AIMET's quantizer_args, from what was actually computed (the config may decide symmetry)."""
-    from aimetcli.encodings import QuantizerArgs, aimet_quant_scheme_name
+    from aimetcli.encodings_types import QuantizerArgs, aimet_quant_scheme_name
 
     params = list(encodings.params.values())
     acts = list(encodings.activations.values())
@@ -134,19 +134,19 @@ def quantizer_args(options, encodings):
 
 
 def tensor_encodings(encodings) -> list:
-    from aimetcli.encodings import TensorEncoding
+    from aimetcli.encodings_types import TensorEncoding
 
     return [TensorEncoding(name, enc, "activation") for name, enc in sorted(encodings.activations.items())] + [
         TensorEncoding(name, enc, "param") for name, enc in sorted(encodings.params.items())]
 
 
 def encodings_json(encodings, options, version: str) -> str:
-    from aimetcli import encodings as enc_io
+    from aimetcli import encodings_write
     from aimetcli.errors import AimetCliError, ErrorKind
 
     try:
-        return enc_io.dumps(tensor_encodings(encodings), version=version,
-                            quantizer_args=quantizer_args(options, encodings))
+        return encodings_write.dumps(tensor_encodings(encodings), version=version,
+                                     quantizer_args=quantizer_args(options, encodings))
     except ValueError as exc:  # e.g. 2.0.0 has no field for a 6-bit grid
         raise AimetCliError(f"encodings {version} cannot hold these encodings ({exc}); use --encoding-version 1.0.0",
                             ErrorKind.USAGE) from exc
