@@ -435,8 +435,8 @@ def export(model: ModelSource, outdir: str, *, encodings_path: str | None = None
     ``encodings_path``: encodings for the FP32 ``model``, refused when its weights do not fit them
     (:func:`check_weights_fit`; ``force``: a warning). ``batch_size``: static shapes
     (:func:`set_batch_size`). model.encodings carries the quantizer_args of the sim or the file.
-    ``model``: a path, an ``onnx.ModelProto`` or an onnx-ir model (a sim's QDQ nodes are stripped
-    from it in place).
+    ``model``: a path, an ``onnx.ModelProto`` or an onnx-ir model, left as it is (a sim's QDQ
+    nodes are stripped from a copy, :func:`model_ops.clone`).
     """
     from pathlib import Path
 
@@ -448,7 +448,7 @@ def export(model: ModelSource, outdir: str, *, encodings_path: str | None = None
     if not out.exists() and not out.parent.exists():
         raise AimetCliError(f"{outdir}: parent directory {out.parent} does not exist; create it first",
                             ErrorKind.OUTPUT)
-    model = as_model(model)
+    model = as_model(model, copy=True)
     source = _source(model, encodings_path)
     fp32, encodings = model, source.encodings
     if batch_size is not None:

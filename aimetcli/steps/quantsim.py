@@ -43,13 +43,14 @@ def quantsim(model: ModelSource, data: DataSource, options: QuantOptions | None 
              run: RunOptions | None = None, *, check_loads: bool = True) -> tuple[ir.Model, Any, QuantsimSummary]:
     """Place quantizers, calibrate them with onnxruntime on ``data`` and insert QDQ nodes.
 
-    Returns (sim model, Encodings, QuantsimSummary). ``model`` may be replaced when
-    its opset must be raised for the QDQ nodes (13, or 21 for 16-bit). ``data``: a Dataset,
+    Returns (sim model, Encodings, QuantsimSummary). ``model`` is left as it is: the sim is a
+    new model (its big weights shared with ``model``, read-only; :func:`model_ops.clone`), at
+    the opset the QDQ nodes need (13, or 21 for 16-bit). ``data``: a Dataset,
     or a path / 'random:N' opened for the model's inputs. ``check_loads``: make sure stock
     onnxruntime loads the sim (a caller that runs it right away, as ptq does, learns that anyway).
     """
     start = time.perf_counter()
-    model = as_model(model, float32=True)
+    model = as_model(model, float32=True, copy=True)
     options = options or QuantOptions()
     run = run or RunOptions()
     dataset = as_dataset(data, model)
@@ -98,7 +99,8 @@ def simulate(model: ir.Model, options: QuantOptions, dataset, run: RunOptions):
     """quantsim's core: raise the opset, place quantizers, calibrate, insert QDQ.
 
     Returns (sim model, Encodings, Placement, calibration seconds). ``model`` is modified
-    in place unless its opset had to be raised (then a converted copy is the sim).
+    in place unless its opset had to be raised (then a converted copy is the sim): quantsim
+    hands it its own copy.
     """
     from aimetcli.quantsim.calibrate import calibrate
     from aimetcli.quantsim.insert import insert_qdq
