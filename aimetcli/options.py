@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aimetcli.kernels.quant import QuantScheme
 from aimetcli.quantsim.config import QuantsimConfig, load_config
@@ -33,12 +34,19 @@ class QuantOptions:
     scheme: QuantScheme = QuantScheme.MIN_MAX
     percentile: float = 99.99
     config: QuantsimConfig = field(default_factory=_default_config, repr=False, hash=False)
+    # node names, globs, op types or tensor names kept float (aimetcli/quantsim/exclude.py)
+    exclude: tuple[str, ...] = ()
 
     def as_record(self) -> dict:
-        """The options as recorded in a model and in report.json (the config by its source)."""
-        return {"param_bw": self.param_bw, "act_bw": self.act_bw, "per_channel": self.per_channel,
-                "param_symmetric": self.param_symmetric, "act_symmetric": self.act_symmetric,
-                "scheme": self.scheme.value, "percentile": self.percentile, "config": self.config.source}
+        """The options as recorded in a model and in report.json (the config by its source;
+        ``exclude`` only when given)."""
+        record: dict[str, Any] = {
+            "param_bw": self.param_bw, "act_bw": self.act_bw, "per_channel": self.per_channel,
+            "param_symmetric": self.param_symmetric, "act_symmetric": self.act_symmetric,
+            "scheme": self.scheme.value, "percentile": self.percentile, "config": self.config.source}
+        if self.exclude:
+            record["exclude"] = list(self.exclude)
+        return record
 
 
 @dataclass

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import helper, numpy_helper
 
-from aimetcli import api, ptq_flow
+from aimetcli import api, ptq_flow, ptq_judge
 from aimetcli import encodings as enc_io
 from aimetcli.cli import main
 from aimetcli.kernels.quant import QuantScheme
@@ -252,7 +252,7 @@ def test_ptq_scores_each_sim_once_on_the_calibration_samples(tmp_path, monkeypat
 
     model, _ = api.prepare(to_ir(model_proto()))
     calib = open_data("random:24", input_specs(model))
-    seen, held, real = [], [], ptq_flow.model_outputs
+    seen, held, real = [], [], ptq_judge.model_outputs
 
     def counting(m, dataset, **kw):
         if dataset.spec.endswith("(held out)"):
@@ -262,7 +262,7 @@ def test_ptq_scores_each_sim_once_on_the_calibration_samples(tmp_path, monkeypat
             seen.append(m)
         return real(m, dataset, **kw)
 
-    monkeypatch.setattr(ptq_flow, "model_outputs", counting)
+    monkeypatch.setattr(ptq_judge, "model_outputs", counting)
     summary = api.ptq(model, calib, None, QuantOptions(), outdir=str(tmp_path / "out"),
                       schemes=api.scheme_candidates(QuantOptions()))
     names = [s.name for s in summary.stages]
@@ -284,14 +284,14 @@ def test_ptq_scores_every_row_once_on_the_evaluation_data(tmp_path, monkeypatch)
     model, _ = api.prepare(to_ir(model_proto()))
     calib = open_data("random:24", input_specs(model))
     ev = open_data("random:40", input_specs(model))
-    scored, real = [], ptq_flow.model_outputs
+    scored, real = [], ptq_judge.model_outputs
 
     def counting(m, dataset, **kw):
         if dataset is ev:
             scored.append(m)
         return real(m, dataset, **kw)
 
-    monkeypatch.setattr(ptq_flow, "model_outputs", counting)
+    monkeypatch.setattr(ptq_judge, "model_outputs", counting)
     summary = api.ptq(api.clone(model), calib, ev, QuantOptions(), outdir=str(tmp_path / "out"),
                       schemes=api.scheme_candidates(QuantOptions()))
     rows = [s for s in summary.stages if s.sqnr_db is not None]
@@ -343,3 +343,33 @@ def test_export_size_message(fp32, qdq, says):
     render_export(out, SimpleNamespace(fp32_bytes=fp32, qdq_bytes=qdq, directory="d", files=["model.onnx"],
                                        activation_encodings=1, param_encodings=1, encodings_version="1.0.0"))
     assert says in said[-1] and "1.0x" not in said[-1]
+
+
+def test_ptq_adarounds_below_8_bit_weights_and_judges_it_on_the_held_out_samples(tmp_path):
+    """--adaround is on by default below 8-bit weights, off at 8 (the decision says why), and
+    --no-adaround turns it off; the AdaRounded sim is exported only when it beats the incumbent
+    on the held-out samples, and its weights then lie on the grids the export writes."""
+    src = tmp_path / "m.onnx"
+    onnx.save(model_proto(), src)
+    np.save(tmp_path / "x.npy", rand(32, 3, 6, 6))
+    data = str(tmp_path / "x.npy")
+
+    def ptq(*args):
+        r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(tmp_path / f"out{len(args)}"), "--data", data,
+                                      "--no-equalize", "--no-bias-correct", "--quant-scheme", "min-max",
+                                      "--per-tensor", "--json", *args])
+        assert r.exit_code == 0, r.output
+        doc = json.loads(r.stdout)
+        return doc, {d["choice"]: d for d in doc["decisions"]}
+
+    doc, decisions = ptq("--param-bw", "4")
+    names = [s["name"] for s in doc["stages"]]
+    assert "+ adaround" in names and decisions["adaround"]["kept"] is not None
+    row = doc["stages"][names.index("+ adaround")]
+    assert row["kept"] == (row["gain_db"] > row["margin_db"])
+    if row["kept"]:
+        assert "+ adaround" in doc["stages"][names.index("sim.onnx")]["note"]
+    _, decisions = ptq("--param-bw", "4", "--no-adaround")
+    assert decisions["adaround"]["kept"] is None and "--no-adaround" in decisions["adaround"]["reason"]
+    _, decisions = ptq("--param-bw", "8", "--act-bw", "8", "-q")
+    assert decisions["adaround"]["kept"] is None and "8-bit weights" in decisions["adaround"]["reason"]

@@ -176,6 +176,7 @@ class QuantArgs:
     scheme: str
     percentile: float
     config_path: str | None
+    exclude: tuple[str, ...] = ()
 
     @property
     def auto_scheme(self) -> bool:
@@ -191,7 +192,8 @@ class QuantArgs:
         scheme = QuantScheme.MIN_MAX if self.auto_scheme else QuantScheme(self.scheme)
         return QuantOptions(param_bw=self.param_bw, act_bw=self.act_bw, per_channel=self.per_channel,
                             param_symmetric=self.param_symmetric, act_symmetric=self.act_symmetric,
-                            scheme=scheme, percentile=self.percentile, config=load_config(self.config_path))
+                            scheme=scheme, percentile=self.percentile, config=load_config(self.config_path),
+                            exclude=self.exclude)
 
 
 def quant_options(func=None, *, auto_scheme: bool = False):
@@ -228,13 +230,17 @@ def quant_options(func=None, *, auto_scheme: bool = False):
                      help="Percentile for --quant-scheme percentile."),
         click.option("--config", "config_path", type=str, default=None,
                      help="AIMET quantsim config JSON (default: the one shipped, AIMET's default)."),
+        click.option("--exclude", "exclude", multiple=True, metavar="PATTERN",
+                     help="Keep float (no quantizer on its weights or outputs): a node name, a glob such as "
+                          "'head/*', an op type such as Softmax, or a tensor name. Repeatable."),
     ]
 
     @functools.wraps(func)
     def wrapper(*args, param_bw: int, act_bw: int, per_channel: bool | None, param_symmetric: bool | None,
-                act_symmetric: bool | None, quant_scheme: str, percentile: float, config_path: str | None, **kwargs):
+                act_symmetric: bool | None, quant_scheme: str, percentile: float, config_path: str | None,
+                exclude: tuple[str, ...], **kwargs):
         quant = QuantArgs(param_bw, act_bw, per_channel, param_symmetric, act_symmetric, quant_scheme, percentile,
-                          config_path)
+                          config_path, tuple(exclude))
         return func(*args, quant=quant, **kwargs)
 
     for option in reversed(options):

@@ -51,6 +51,7 @@ from aimetcli.kernels.quant import Encoding
 from aimetcli.layers import as_layer
 from aimetcli.options import QuantOptions
 from aimetcli.quantsim.config import QuantsimConfig
+from aimetcli.quantsim.exclude import apply_exclusions
 from aimetcli.quantsim.units import SAME_GRID_OPS, unit_inner
 from aimetcli.verdict import Verdict, skip
 
@@ -163,6 +164,7 @@ def place_quantizers(model: ir.Model, cfg: QuantsimConfig, opts: QuantOptions) -
     if cfg.model_output_quantized:
         for value in graph.outputs:
             add_act(value, "model_output")
+    apply_exclusions(model, placement, opts.exclude)
     note_control_flow(model, placement)
     return placement
 
