@@ -41,7 +41,7 @@ BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE, what a shell reports for `cmd | head` k
 # the order of the top-level help and of its "Typical flow". The one-line help is the first
 # line of the command's docstring (tests/test_cli_startup.py keeps the two equal).
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "ptq": ("ptq", "ptq", "Fold BN, choose the quantization, equalize, bias-correct, calibrate and export."),
+    "ptq": ("ptq", "ptq", "Fold BN, choose the quantization, equalize, adaround, bias-correct, calibrate and export."),
     "fold-bn": ("fold", "fold_bn", "Fold BatchNormalization into Conv / ConvTranspose / Gemm / MatMul weights."),
     "equalize": ("equalize", "equalize", "Cross-layer equalization, as AIMET's equalize_model."),
     "adaround": ("adaround", "adaround", "Learn whether each weight rounds up or down (AdaRound), without torch."),
