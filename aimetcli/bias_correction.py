@@ -46,6 +46,7 @@ import onnx_ir as ir
 
 from aimetcli import correction_graph
 from aimetcli import graph as g
+from aimetcli.big_tensors import SplicedProto
 from aimetcli.bn_stats import read_bn_stats
 from aimetcli.calibration import runner
 from aimetcli.calibration.data import feed_rows
@@ -54,8 +55,7 @@ from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.bias import METHODS, ChannelMean, clipped_normal_mean
 from aimetcli.kernels.quant import (QuantScheme, encoding_from_range, fake_quantize, is_unsigned_symmetric,
                                     unsigned_symmetric_encoding)
-from aimetcli.layers import Layer, as_layer, bias_array, rewrite_reason, write_bias
-from aimetcli.model_io import SplicedProto
+from aimetcli.layers import Layer, as_layer, bias_array, check_rewrite, write_bias
 from aimetcli.passes.chains import clip_bounds
 
 METADATA_KEY = "aimetcli.bias_correction"
@@ -110,9 +110,9 @@ def _candidates(model: ir.Model, result: BiasCorrectionResult) -> list[Layer]:
         layer = as_layer(node)
         if layer is None:
             continue
-        reason = rewrite_reason(layer)
-        if reason:
-            result.skipped.append((layer.name, reason))
+        rewrite = check_rewrite(layer)
+        if not rewrite:
+            result.skipped.append((layer.name, rewrite.reason))
             continue
         w = layer.weight_array()
         if layer.spec.bias_slot is None and not layer.input_known_2d:

@@ -14,7 +14,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from aimetcli import model_io
+from aimetcli import big_tensors
 from aimetcli.errors import AimetCliError, ErrorKind
 
 Progress = Callable[[int], None]
@@ -27,7 +27,7 @@ _LEVELS = {
 }
 
 
-def make_session(model: model_io.SplicedProto | bytes | str, *, optimization: str = "basic",
+def make_session(model: big_tensors.SplicedProto | bytes | str, *, optimization: str = "basic",
                  threads: int | None = None, keep_qdq: bool = False,
                  mem_pattern: bool = True) -> ort.InferenceSession:
     """``keep_qdq``: no QDQ rewrites even at "all" (QDQ pairs stay float: the simulation), other fusions on.
@@ -46,7 +46,7 @@ def make_session(model: model_io.SplicedProto | bytes | str, *, optimization: st
     if threads:
         so.intra_op_num_threads = threads
     try:
-        if isinstance(model, model_io.SplicedProto):
+        if isinstance(model, big_tensors.SplicedProto):
             return _session_with_arrays(model, so)
         return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
     except AimetCliError:
@@ -59,7 +59,7 @@ def make_session(model: model_io.SplicedProto | bytes | str, *, optimization: st
 PREPACK_LIMIT = 64 << 20
 
 
-def _session_with_arrays(model: model_io.SplicedProto, so: ort.SessionOptions) -> ort.InferenceSession:
+def _session_with_arrays(model: big_tensors.SplicedProto, so: ort.SessionOptions) -> ort.InferenceSession:
     """The protobuf without its big tensors' data, and the arrays handed to onnxruntime beside it
     (no protobuf serialization or parse of their bytes: VGG19's 548 MB, 1.7-5.7 s -> 0.7-1.1 s a
     session). The session keeps them referenced.
@@ -121,8 +121,8 @@ def _feed_matmul_weights(proto, arrays: dict[str, np.ndarray], readers: dict[str
 
 def session_of(model: ir.Model, **options) -> ort.InferenceSession:
     """A session of an onnx-ir model (``options`` as make_session); its big weights go to
-    onnxruntime as the model's own arrays, not through protobuf (model_io.SplicedProto)."""
-    return make_session(model_io.SplicedProto.of(model), **options)
+    onnxruntime as the model's own arrays, not through protobuf (big_tensors.SplicedProto)."""
+    return make_session(big_tensors.SplicedProto.of(model), **options)
 
 
 def _first_line(exc: Exception) -> str:

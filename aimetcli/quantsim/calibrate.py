@@ -21,13 +21,13 @@ import onnx
 import onnx_ir as ir
 
 from aimetcli import graph as g
+from aimetcli.big_tensors import SplicedProto
 from aimetcli.calibration import runner
 from aimetcli.calibration.data import feed_rows
 from aimetcli.calibration.observers import EmptyObserverError, make_observer, observe_encoding
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.quant import (Encoding, QuantScheme, encoding_from_range, fake_quantize_finite,
                                     is_unsigned_symmetric, unsigned_symmetric_encoding)
-from aimetcli.model_io import SplicedProto
 from aimetcli.options import QuantOptions
 from aimetcli.quantsim.placement import Placement, revise_after_calibration
 
