@@ -81,7 +81,7 @@ def _quantized_end(q: ir.Node) -> ir.Value | None:
     """The value the readers of a quantizer see: its DequantizeLinear's output, after quantsim's
     narrow-grid Clip or Max/Min when there is one."""
     dq = g.sole_consumer(q.outputs[0])
-    if not g.is_op(dq, "DequantizeLinear"):
+    if dq is None or not g.is_op(dq, "DequantizeLinear"):
         return None
     end = dq.outputs[0]
     while True:
@@ -101,18 +101,20 @@ def switchable(sim: ir.Model) -> list[Switch]:
     for q in [n for n in graph if g.is_op(n, "QuantizeLinear")]:
         x = q.inputs[0]
         end = _quantized_end(q)
-        if x is None or end is None:
+        last = end.producer() if end is not None else None
+        if x is None or end is None or last is None or x.name is None or end.name is None:
             continue
+        x_name: str = x.name
         weight = g.constant(x) is not None
         reader = next((u.node for u in end.uses()), None)
         owner = reader if weight else x.producer()
-        on = ir.Value(name=names.new(f"aimetcli_on/{x.name}"), type=ir.TensorType(ir.DataType.BOOL),
-                      shape=ir.Shape([]))
+        on_name = names.new(f"aimetcli_on/{x_name}")
+        on = ir.Value(name=on_name, type=ir.TensorType(ir.DataType.BOOL), shape=ir.Shape([]))
         graph.inputs.append(on)
         uses = list(end.uses())
-        where = ir.Node("", "Where", [on, end, x], name=names.new(f"{x.name}_switch"))
+        where = ir.Node("", "Where", [on, end, x], name=names.new(f"{x_name}_switch"))
         out = where.outputs[0]
-        out.name = names.new(f"{x.name}_switched")
+        out.name = names.new(f"{x_name}_switched")
         out.type, out.shape = end.type, end.shape
         for use in uses:
             use.node.replace_input_with(use.idx, out)
@@ -122,12 +124,13 @@ def switchable(sim: ir.Model) -> list[Switch]:
             end.name = names.new(f"{name}_quantized_value")
             out.name = name
             graph.outputs[idx] = out
-        graph.insert_after(end.producer(), where)
-        tensor = x.name[: -len("_float")] if x.name.endswith("_float") and x.name[: -len("_float")] in outputs \
-            else x.name  # a graph output's float value (quantsim/insert.py): named as the user knows it
+        graph.insert_after(last, where)
+        base = x_name[: -len("_float")]
+        # a graph output's float value (quantsim/insert.py): named as the user knows it
+        tensor = base if x_name.endswith("_float") and base in outputs else x_name
         switches.append(Switch(tensor, "weight" if weight else "activation",
                                g.node_label(owner) if owner is not None else "(model input)",
-                               owner.op_type if owner is not None else "input", on.name))
+                               owner.op_type if owner is not None else "input", on_name))
     return switches
 
 
@@ -141,7 +144,7 @@ def analyze(fp32: ir.Model, sim: ir.Model, data, *, batch_size: int = 32, progre
     k = score_output(reference)
     if k is None:
         raise ValueError("the model has no floating-point output to compare")
-    output = fp32.graph.outputs[k].name
+    output = fp32.graph.outputs[k].name or ""
     ref = reference[k]
     switches = switchable(sim)
     session = runner.session_of(sim, optimization="none")
