@@ -15,7 +15,8 @@ from aimetcli.calibration.data import input_specs, open_data
 from aimetcli.cli import main
 from aimetcli.model_ops import clone
 from aimetcli.options import QuantOptions
-from aimetcli.steps.analyze import analyze, switchable
+from aimetcli.steps.analyze import analyze_sim as analyze
+from aimetcli.steps.analyze import switchable
 from helpers import run, to_ir
 from test_exclude import _two_layer_model
 

@@ -49,27 +49,18 @@ def analyze(out: Output, model_in: str, output: str, data: str, eval_data: str |
               config=quant.config_path, data=[("--data", data), ("--eval", eval_data)])
     from aimetcli import api
     from aimetcli.model_io import write_text_atomic
-    from aimetcli.model_ops import clone
-    from aimetcli.ptq_judge import _subset
-    from aimetcli.steps.analyze import analyze as run_analysis
-    from aimetcli.steps.analyze import runs
+    from aimetcli.steps.analyze import planned_runs
 
     options = quant.options()
     model = load_input(out, model_in, float32=True)
     calib = open_dataset(model, data, sampling, out=out)
     scored = open_dataset(model, eval_data, dataclasses.replace(sampling, num_samples=None), out=out,
-                          scored=True) if eval_data else calib
-    step = scored.fixed_batch or 1  # a model that fixes its batch size runs whole batches
-    keep = max(step, samples // step * step)
-    if scored.num_samples > keep:
-        scored = _subset(scored, 0, keep, "analysis")
-    with progress_bar(out, calib.num_batches(sampling.batch_size), "Calibrating") as bar:
-        sim, _, summary = api.quantsim(clone(model), calib, options, sampling.run(bar))
-    for w in summary.warnings:
+                          scored=True) if eval_data else None
+    total = calib.num_batches(sampling.batch_size) + planned_runs(model, options)
+    with progress_bar(out, total, "Calibrating and measuring") as bar:
+        result = api.analyze(model, calib, options, sampling.run(bar), evaluation=scored, samples=samples)
+    for w in result.warnings:
         out.warn(w)
-    with progress_bar(out, runs(summary.activation_quantizers + summary.param_quantizers),
-                      "Measuring quantizers") as bar:
-        result = run_analysis(model, sim, scored, batch_size=sampling.batch_size, progress=bar)
     os.makedirs(output, exist_ok=True)
     doc = {"command": "analyze", "input": model_in, "options": options.as_record(), **result.to_json()}
     write_text_atomic(Path(output) / "report.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")

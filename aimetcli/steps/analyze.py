@@ -22,7 +22,10 @@ import numpy as np
 import onnx_ir as ir
 
 from aimetcli import graph as g
+from aimetcli.calibration.data import DataSource
 from aimetcli.kernels.energy import energies
+from aimetcli.model_ops import ModelSource, as_model
+from aimetcli.options import QuantOptions, RunOptions
 from aimetcli.ptq_judge import layer_errors
 from aimetcli.quantsim.insert import is_grid_node
 from aimetcli.steps.evaluate import model_outputs, score_output, sqnr_of_energies
@@ -65,6 +68,7 @@ class Analysis:
     top_float_sqnr_db: float | None = None
     # per layer output: its SQNR in the full sim against FP32 (ptq_judge.layer_errors)
     layers: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # the sim's (quantsim's summary)
     seconds: float = 0.0
 
     def to_json(self) -> dict:
@@ -137,7 +141,32 @@ def switchable(sim: ir.Model) -> list[Switch]:
     return switches
 
 
-def analyze(fp32: ir.Model, sim: ir.Model, data, *, batch_size: int = 32, progress=None) -> Analysis:
+def analyze(model: ModelSource, data: DataSource, options: QuantOptions | None = None, run: RunOptions | None = None,
+            *, evaluation: DataSource | None = None, samples: int = 64) -> Analysis:
+    """The facade step: quantsim of ``model`` with ``options`` calibrated on ``data`` (the model is
+    left as it was), then :func:`analyze_sim` on the first ``samples`` of ``evaluation`` (default:
+    ``data``; whole fixed batches). ``run.progress`` ticks once per calibration batch and once
+    per configuration run."""
+    from aimetcli.calibration.data import as_dataset
+    from aimetcli.ptq_judge import _subset
+    from aimetcli.steps.quantsim import quantsim
+
+    fp32 = as_model(model, float32=True)
+    options = options or QuantOptions()
+    run = run or RunOptions()
+    calib = as_dataset(data, fp32)
+    scored = as_dataset(evaluation, fp32) if evaluation is not None else calib
+    step = scored.fixed_batch or 1  # a model that fixes its batch size runs whole batches
+    keep = max(step, samples // step * step)
+    if scored.num_samples > keep:
+        scored = _subset(scored, 0, keep, "analysis")
+    sim, _, summary = quantsim(fp32, calib, options, run)
+    result = analyze_sim(fp32, sim, scored, batch_size=run.batch_size, progress=run.progress)
+    result.warnings = list(summary.warnings)
+    return result
+
+
+def analyze_sim(fp32: ir.Model, sim: ir.Model, data, *, batch_size: int = 32, progress=None) -> Analysis:
     """:class:`Analysis` of ``sim`` (a quantsim model of ``fp32``; modified in place) on ``data``.
     ``progress(n)`` is called after each configuration run over the data."""
     from aimetcli.calibration import runner
@@ -181,5 +210,14 @@ TOP = 3  # the ranking's check: these worst quantizers alone, and every other on
 
 
 def runs(quantizers: int) -> int:
-    """Runs over the data :func:`analyze` makes for a sim with this many quantizers."""
+    """Runs over the data :func:`analyze_sim` makes for a sim with this many quantizers."""
     return 2 * quantizers + 1 + (2 if quantizers > TOP else 0)
+
+
+def planned_runs(model: ir.Model, options: QuantOptions) -> int:
+    """:func:`runs` for the quantizers quantsim would place in ``model`` (before calibration,
+    which may drop a few: a progress bar's total)."""
+    from aimetcli.quantsim.placement import place_quantizers
+
+    placement = place_quantizers(model, options.config, options)
+    return runs(len(placement.activations) + sum(p.kind == "weight" for p in placement.params))
