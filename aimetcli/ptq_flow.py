@@ -142,7 +142,8 @@ class _Sim:
 class _Flow:
     """One ptq run's state: the data split, the judges, the rows and decisions as they are made."""
 
-    def __init__(self, model, calib, evaluation, options, *, batch_size, on_stage, on_start, progress):
+    def __init__(self, model, calib, evaluation, options, *, batch_size, on_stage, on_start, progress,
+                 judge: Callable[..., Judge] = Judge):
         self.fp32 = clone(model)
         self.calib, self.options, self.batch_size = calib, options, batch_size
         self.on_stage, self.on_start, self.progress = on_stage, on_start, progress
@@ -156,11 +157,11 @@ class _Flow:
         t = time.perf_counter()
         # every sim is calibrated on all the samples: all of them judge, but bias correction, which
         # fits on ``fit`` and is judged on ``held``
-        self.judge = Judge(self.fp32, calib, batch_size)
+        self.judge = judge(self.fp32, calib, batch_size)
         self.held_judge = self.judge.last(self.held) if self.split else self.judge
         self.scorer = None
         if evaluation is not None:
-            self.scorer = Judge(self.fp32, evaluation, batch_size)
+            self.scorer = judge(self.fp32, evaluation, batch_size)
         self.data_label = "evaluation" if evaluation is not None and evaluation.spec != calib.spec else "calibration"
         scorer = self.scorer or self.judge
         self.add(Stage("fp32", scorer.top1_fp32, None, time.perf_counter() - t, "reference", None, None,
@@ -231,7 +232,7 @@ def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, op
         run: RunOptions | None = None, *, outdir: str, equalize_model: bool = True, correct_bias: bool = True,
         method: str = "hybrid", encoding_version: str = "1.0.0", schemes: tuple = (),
         per_channel: bool | None = None, on_stage=None, on_start=None, measure_layers: bool = False,
-        adaround: bool | None = None) -> PtqSummary:
+        adaround: bool | None = None, judge: Callable[..., Judge] = Judge) -> PtqSummary:
     """AIMET's recommended flow: fold-bn, choose the quantsim configuration, equalize,
     bias-correct, calibrate on all the data, export (the module docstring has the rules).
 
@@ -246,7 +247,8 @@ def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, op
     ``on_stage(Stage)`` after each row. ``measure_layers``: measure :func:`layer_errors` of the
     final sim on the held-out samples (for the HTML report). ``adaround``: learn the weights'
     rounding after equalization (:func:`adaround_by_default` when None), fitted on the fit
-    samples and judged on the held-out ones, as bias correction.
+    samples and judged on the held-out ones, as bias correction. ``judge``: the :class:`Judge`
+    class that scores the sims (a test passes one that counts the runs).
     """
     model = as_model(model, float32=True)
     calib = as_dataset(calib, model)
@@ -263,7 +265,7 @@ def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, op
     why_not_pc = per_channel_candidate(options) if per_channel is None else (
         None if per_channel else "not asked")
     flow = _Flow(model, calib, evaluation, options, batch_size=batch_size,
-                 on_stage=on_stage, on_start=on_start, progress=progress)
+                 on_stage=on_stage, on_start=on_start, progress=progress, judge=judge)
 
     # the rewrites do not depend on the quantization options: once
     t = time.perf_counter()

@@ -151,7 +151,7 @@ class Judge:
     def __init__(self, fp32: ir.Model, data, batch_size: int, reference: list | None = None):
         self.fp32, self.data, self.batch_size = fp32, data, batch_size
         t = time.perf_counter()
-        reference = reference if reference is not None else model_outputs(fp32, data, batch_size=batch_size)
+        reference = reference if reference is not None else self._outputs(fp32, data)
         k = score_output(reference)
         names = self._names()
         self._output = names[k] if k is not None and k < len(names) else None
@@ -181,7 +181,7 @@ class Judge:
         scores from this judge's runs when the scored output has a row per sample, else it runs
         the models on ``data`` itself."""
         if not self._per_sample:
-            return Judge(self.fp32, data, self.batch_size)
+            return type(self)(self.fp32, data, self.batch_size)
         view = Judge.__new__(Judge)
         view.__dict__.update(self.__dict__)
         view.data, view._parent, view._scores = data, self, {}
@@ -241,8 +241,12 @@ class Judge:
         if self._logits is not None:
             logits = _softmax_input(sim, self._output)
             return None if logits is None else self._exposed_run(sim, logits, optimization)
-        return model_outputs(sim, self.data, batch_size=self.batch_size, optimization=optimization,
-                                 outputs=[self._output])[0]
+        return self._outputs(sim, self.data, optimization=optimization, outputs=[self._output])[0]
+
+    def _outputs(self, model: ir.Model, data, **kw) -> list:
+        """``model``'s outputs over ``data`` (every model the judge runs goes through here: a test
+        counts the runs by overriding it)."""
+        return model_outputs(model, data, batch_size=self.batch_size, **kw)
 
     def _exposed_run(self, model: ir.Model, name: str, optimization: str) -> np.ndarray:
         """Tensor ``name`` of ``model`` over the data (made an output of a serialized copy)."""

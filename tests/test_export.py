@@ -243,7 +243,7 @@ def test_equalization_verdict_compares_with_fp32_on_the_calibration_data(tmp_pat
     assert not worse.kept and worse.sqnr_before_db > worse.sqnr_after_db
 
 
-def test_ptq_scores_each_sim_once_on_the_calibration_samples(tmp_path, monkeypatch):
+def test_ptq_scores_each_sim_once_on_the_calibration_samples(tmp_path):
     """The table's calibration scores and the verdicts' SQNRs are the same measurement: ptq runs
     FP32 and every sim over the calibration samples once, whatever asks for it; bias correction,
     fitted on the first 18, is judged on the last 6, read from those same runs (no model runs on
@@ -252,19 +252,19 @@ def test_ptq_scores_each_sim_once_on_the_calibration_samples(tmp_path, monkeypat
 
     model, _ = api.prepare(to_ir(model_proto()))
     calib = open_data("random:24", input_specs(model))
-    seen, held, real = [], [], ptq_judge.model_outputs
+    seen, held = [], []
 
-    def counting(m, dataset, **kw):
-        if dataset.spec.endswith("(held out)"):
-            assert dataset.num_samples == 6
-            held.append(m)  # held, so that no id is reused
-        elif dataset.spec == "random:24":
-            seen.append(m)
-        return real(m, dataset, **kw)
+    class Counting(ptq_judge.Judge):
+        def _outputs(self, m, dataset, **kw):
+            if dataset.spec.endswith("(held out)"):
+                assert dataset.num_samples == 6
+                held.append(m)  # held, so that no id is reused
+            elif dataset.spec == "random:24":
+                seen.append(m)
+            return super()._outputs(m, dataset, **kw)
 
-    monkeypatch.setattr(ptq_judge, "model_outputs", counting)
     summary = api.ptq(model, calib, None, QuantOptions(), outdir=str(tmp_path / "out"),
-                      schemes=api.scheme_candidates(QuantOptions()))
+                      schemes=api.scheme_candidates(QuantOptions()), judge=Counting)
     names = [s.name for s in summary.stages]
     assert names[:5] + names[6:] == ["fp32", "fold-bn", "per-channel", "tf-enhanced", "+ equalize",
                                      "+ bias-correct", "sim.onnx", "export: model_qdq"]
@@ -276,7 +276,7 @@ def test_ptq_scores_each_sim_once_on_the_calibration_samples(tmp_path, monkeypat
     assert held == []
 
 
-def test_ptq_scores_every_row_once_on_the_evaluation_data(tmp_path, monkeypatch):
+def test_ptq_scores_every_row_once_on_the_evaluation_data(tmp_path):
     """The evaluation data score the rows (a dropped stage's row shows its own model) and decide
     nothing: every model is run over them once, and the choices are the same without them."""
     from aimetcli.calibration.data import input_specs, open_data
@@ -284,16 +284,16 @@ def test_ptq_scores_every_row_once_on_the_evaluation_data(tmp_path, monkeypatch)
     model, _ = api.prepare(to_ir(model_proto()))
     calib = open_data("random:24", input_specs(model))
     ev = open_data("random:40", input_specs(model))
-    scored, real = [], ptq_judge.model_outputs
+    scored = []
 
-    def counting(m, dataset, **kw):
-        if dataset is ev:
-            scored.append(m)
-        return real(m, dataset, **kw)
+    class Counting(ptq_judge.Judge):
+        def _outputs(self, m, dataset, **kw):
+            if dataset is ev:
+                scored.append(m)
+            return super()._outputs(m, dataset, **kw)
 
-    monkeypatch.setattr(ptq_judge, "model_outputs", counting)
     summary = api.ptq(api.clone(model), calib, ev, QuantOptions(), outdir=str(tmp_path / "out"),
-                      schemes=api.scheme_candidates(QuantOptions()))
+                      schemes=api.scheme_candidates(QuantOptions()), judge=Counting)
     rows = [s for s in summary.stages if s.sqnr_db is not None]
     names = [s.name for s in rows]
     assert names[:4] + names[5:] == ["fold-bn", "per-channel", "tf-enhanced", "+ equalize", "+ bias-correct",
