@@ -180,7 +180,7 @@ class _Flow:
         """quantsim of ``m`` calibrated on all the calibration samples (ranges hardly fit the
         samples they see: a max or a clipping point, not a per-sample quantity); bias correction,
         which fits means, sees only the fit part."""
-        sim, encodings, summary = quantsim(clone(m), self.calib, opts, RunOptions(self.batch_size, self.progress),
+        sim, encodings, summary = quantsim(m, self.calib, opts, RunOptions(self.batch_size, self.progress),
                                            check_loads=False)
         for w in summary.warnings:
             if "BatchNormalization" not in w and w not in self.warnings:
@@ -430,7 +430,7 @@ def _export(flow: _Flow, final: _Sim, opts, outdir: str, encoding_version: str, 
 
     t = time.perf_counter()
     flow.start("export: writing and scoring model_qdq.onnx")
-    exported = export_model(clone(final.model), outdir, version=encoding_version)
+    exported = export_model(final.model, outdir, version=encoding_version)
     model_io.save_model(final.model, os.path.join(outdir, "sim.onnx"))
     qdq = model_io.load_model(os.path.join(outdir, "model_qdq.onnx")).model
     # onnxruntime's integer kernels, as deployed; scored on the same data as the other rows

@@ -57,5 +57,8 @@ def test_the_command_writes_every_quantizer_and_the_check(tmp_path):
     assert doc == json.loads(r.stdout)
     assert doc["samples"] == 8 and len(doc["top"]) == 3 and doc["top_float_sqnr_db"] is not None
     assert all({"tensor", "kind", "only_sqnr_db", "all_but_sqnr_db", "recovered_db"} <= set(q) for q in doc["quantizers"])
+    assert [row["tensor"] for row in doc["layers"]] == ["c1", "c2"]  # each layer's error in the full sim
+    page = (tmp_path / "an" / "index.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and doc["top"][0] in page and "<script" not in page
     r = CliRunner().invoke(main, ["analyze", str(src), "-o", str(tmp_path / "an2"), "--data", "missing.npz"])
     assert r.exit_code == 1 and "missing.npz" in r.stderr and not (tmp_path / "an2").exists()

@@ -37,8 +37,8 @@ def analyze(out: Output, model_in: str, output: str, data: str, eval_data: str |
     quantizer switchable, and runs each configuration on the first --samples of
     --eval (or --data) against FP32. The table lists the quantizers whose tensor
     kept float would recover the most; report.json in the output directory holds
-    every quantizer and the check of the ranking (the worst three alone, and all
-    the others). Use --exclude on quantsim, bias-correct, adaround or ptq to keep
+    every quantizer, the check of the ranking (the worst three alone, and all
+    the others) and each layer's error in the full sim; index.html shows them. Use --exclude on quantsim, bias-correct, adaround or ptq to keep
     the worst float.
 
     \b
@@ -73,6 +73,9 @@ def analyze(out: Output, model_in: str, output: str, data: str, eval_data: str |
     os.makedirs(output, exist_ok=True)
     doc = {"command": "analyze", "input": model_in, "options": options.as_record(), **result.to_json()}
     write_text_atomic(Path(output) / "report.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    from aimetcli.report_analysis import write_report
+
+    write_report(Path(output) / "index.html", result, Path(model_in).name, options.as_record())
 
     table = Table(title=f"Quantizers whose float tensor recovers the most (sim {result.full_sqnr_db:.1f} dB "
                         f"against FP32 on {result.samples} samples)")
@@ -85,6 +88,6 @@ def analyze(out: Output, model_in: str, output: str, data: str, eval_data: str |
     if result.top_float_sqnr_db is not None:
         out.info(f"Check: the worst {len(result.top)} float: {result.top_float_sqnr_db:.1f} dB; "
                  f"only they quantized: {result.top_only_sqnr_db:.1f} dB (all: {result.full_sqnr_db:.1f} dB).")
-    out.info(f"Wrote {os.path.join(output, 'report.json')} ({len(result.quantizers)} quantizers, "
+    out.info(f"Wrote {os.path.join(output, 'report.json')} and index.html ({len(result.quantizers)} quantizers, "
              f"{result.seconds:.1f} s)")
     out.emit_json(doc)

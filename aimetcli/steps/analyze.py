@@ -23,6 +23,7 @@ import onnx_ir as ir
 
 from aimetcli import graph as g
 from aimetcli.kernels.energy import energies
+from aimetcli.ptq_judge import layer_errors
 from aimetcli.quantsim.insert import is_grid_node
 from aimetcli.steps.evaluate import model_outputs, score_output, sqnr_of_energies
 
@@ -62,6 +63,8 @@ class Analysis:
     top: list[str] = field(default_factory=list)
     top_only_sqnr_db: float | None = None
     top_float_sqnr_db: float | None = None
+    # per layer output: its SQNR in the full sim against FP32 (ptq_judge.layer_errors)
+    layers: list[dict] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_json(self) -> dict:
@@ -146,6 +149,7 @@ def analyze(fp32: ir.Model, sim: ir.Model, data, *, batch_size: int = 32, progre
         raise ValueError("the model has no floating-point output to compare")
     output = fp32.graph.outputs[k].name or ""
     ref = reference[k]
+    layers = layer_errors(fp32, sim, data, batch_size=batch_size)
     switches = switchable(sim)
     session = runtime.Session(sim, runtime.SIMULATE)
     batches = list(data.batches(batch_size))
@@ -160,7 +164,7 @@ def analyze(fp32: ir.Model, sim: ir.Model, data, *, batch_size: int = 32, progre
         return sqnr_of_energies(float(e.signal.sum()), float(e.noise.sum()))
 
     everything = set(range(len(switches)))
-    result = Analysis(sqnr(everything), output, data.num_samples)
+    result = Analysis(sqnr(everything), output, data.num_samples, layers=layers)
     for i, s in enumerate(switches):
         result.quantizers.append(QuantizerSensitivity(s.tensor, s.kind, s.node, s.op, sqnr({i}),
                                                       sqnr(everything - {i})))
