@@ -190,7 +190,7 @@ def sim_opset(options) -> int:
     """The opset a sim model with ``options`` needs (13; 21 for 16-bit QDQ)."""
     from aimetcli.quantsim.insert import SIM_OPSET, WIDE_OPSET
 
-    return WIDE_OPSET if max(options.param_bw, options.act_bw) > 8 else SIM_OPSET
+    return WIDE_OPSET if options.max_bitwidth() > 8 else SIM_OPSET
 
 
 def clone(model: ir.Model) -> ir.Model:

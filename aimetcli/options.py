@@ -14,6 +14,7 @@ from typing import Any
 
 from aimetcli.kernels.quant import QuantScheme
 from aimetcli.quantsim.config import QuantsimConfig, load_config
+from aimetcli.quantsim.per_layer import BitsRule
 
 
 def _default_config() -> QuantsimConfig:
@@ -36,6 +37,12 @@ class QuantOptions:
     config: QuantsimConfig = field(default_factory=_default_config, repr=False, hash=False)
     # node names, globs, op types or tensor names kept float (aimetcli/quantsim/exclude.py)
     exclude: tuple[str, ...] = ()
+    # per-layer bitwidths (aimetcli/quantsim/per_layer.py: BitsRule), later rules winning
+    bits: tuple[BitsRule, ...] = ()
+
+    def max_bitwidth(self) -> int:
+        """The widest grid any quantizer gets (the sim's opset follows it)."""
+        return max([self.param_bw, self.act_bw, *(b for r in self.bits for b in (r.param_bw, r.act_bw) if b)])
 
     def as_record(self) -> dict:
         """The options as recorded in a model and in report.json (the config by its source;
@@ -46,6 +53,8 @@ class QuantOptions:
             "scheme": self.scheme.value, "percentile": self.percentile, "config": self.config.source}
         if self.exclude:
             record["exclude"] = list(self.exclude)
+        if self.bits:
+            record["bits"] = [f"{r.pattern}={r.spec()}" for r in self.bits]
         return record
 
 

@@ -38,7 +38,7 @@ from aimetcli import model_io
 from aimetcli.calibration.data import DataSource, as_dataset
 from aimetcli.model_ops import ModelSource, as_model, clone, require_float_model, sim_opset, upgrade_opset
 from aimetcli.options import QuantOptions, RunOptions
-from aimetcli.quantsim.exclude import excluded_tensors
+from aimetcli.quantsim.per_layer import excluded_tensors
 from aimetcli.records import finite, jsonable
 from aimetcli.steps.bias_correct import bias_correct
 from aimetcli.ptq_judge import (  # noqa: F401  (Score, MARGIN_DB: ptq's names, as before the split)

@@ -45,7 +45,7 @@ def analyze(out: Output, model_in: str, output: str, data: str, eval_data: str |
     Examples:
       aimetcli analyze model.onnx -o analysis/ --data calib.npz --param-bw 4
     """
-    preflight(out, model_in, output=output, output_is_dir=True, bitwidths=(quant.param_bw, quant.act_bw),
+    preflight(out, model_in, output=output, output_is_dir=True, bitwidths=quant.bitwidths(),
               config=quant.config_path, data=[("--data", data), ("--eval", eval_data)])
     from aimetcli import api
     from aimetcli.model_io import write_text_atomic

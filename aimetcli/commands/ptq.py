@@ -60,7 +60,7 @@ def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | Non
     if labels_key and not eval_data and not data.endswith(".npz"):
         raise AimetCliError("--labels needs an .npz with labels (give --eval)", ErrorKind.USAGE)
     preflight(out, model_in, output=output, output_is_dir=True, encoding_version=encoding_version,
-              bitwidths=(quant.param_bw, quant.act_bw), config=quant.config_path,
+              bitwidths=quant.bitwidths(), config=quant.config_path,
               data=[("--data", data), ("--eval", eval_data)])
     from aimetcli import api
 

@@ -51,7 +51,7 @@ from aimetcli.kernels.quant import Encoding
 from aimetcli.layers import as_layer
 from aimetcli.options import QuantOptions
 from aimetcli.quantsim.config import QuantsimConfig
-from aimetcli.quantsim.exclude import apply_exclusions
+from aimetcli.quantsim.per_layer import apply_bits, apply_exclusions
 from aimetcli.quantsim.units import SAME_GRID_OPS, unit_inner
 from aimetcli.verdict import Verdict, skip
 
@@ -165,6 +165,7 @@ def place_quantizers(model: ir.Model, cfg: QuantsimConfig, opts: QuantOptions) -
         for value in graph.outputs:
             add_act(value, "model_output")
     apply_exclusions(model, placement, opts.exclude)
+    apply_bits(model, placement, opts.bits)
     note_control_flow(model, placement)
     return placement
 
