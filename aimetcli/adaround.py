@@ -42,7 +42,7 @@ import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 
 from aimetcli import graph as g
-from aimetcli.calibration import runner
+from aimetcli import runtime
 from aimetcli.calibration.data import feed_rows
 from aimetcli.correction_graph import _prefixed, _rename_node, _renamed
 from aimetcli.errors import AimetCliError, ErrorKind
@@ -259,12 +259,12 @@ def moments_graph(fp32: SplicedProto, quantized: SplicedProto | None, targets: l
 
 def _moments(joint: SplicedProto, names, targets: list[_Target], dataset, run_size: int, progress) -> None:
     """Run the joint graph over the data; set each target's problem (moments summed in float64)."""
-    session = runner.make_session(joint, optimization="all")
+    session = runtime.Session(joint, runtime.MEASURE)
     outputs = list(dict.fromkeys(n for four in names for n in four))
     sums: dict[str, np.ndarray] = {}
     positions = [0] * len(targets)
     for feeds in dataset.batches(run_size):
-        values = dict(zip(outputs, runner.run(session, feeds, outputs)))
+        values = dict(zip(outputs, session.run(feeds, outputs)))
         for i, (gram, cross, energy, size) in enumerate(names):
             shape = values[size]
             positions[i] += int(shape[0] if len(shape) == 2 else shape[2])

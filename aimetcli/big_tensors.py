@@ -8,7 +8,7 @@ initializers for empty arrays of their shape while a model is serialized;
 :func:`serialize_chunks` then splices their bytes back between the serialized pieces
 (``proto_wire.splice``), so ``b"".join`` of the chunks is exactly what
 ``SerializeToString`` would give; :class:`SplicedProto` keeps them beside the protobuf for
-``runner.make_session`` instead. "Big" is ``proto_wire.SMALL_TENSOR``.
+``runtime.Session`` instead. "Big" is ``proto_wire.SMALL_TENSOR``.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class SplicedProto:
     Graphs built for onnxruntime (calibration, bias correction, evaluation) are protobuf edits of
     the model; protobuf copies every bytes field it touches (serializing VGG19's 548 MB took 1.7 s
     a copy), so the big arrays stay out of it and go to onnxruntime beside the protobuf
-    (:meth:`declared_external`, ``runner.make_session``). ``arrays`` names only initializers whose
+    (:meth:`declared_external`, ``runtime.Session``). ``arrays`` names only initializers whose
     ``raw_data`` is present and empty in ``proto``; an initializer copied under a new name needs
     its array entered under that name too.
     """
@@ -148,7 +148,7 @@ class SplicedProto:
         """A copy of the protobuf whose big initializers say their data is external (in no file),
         and those initializers' names and arrays: for onnxruntime's
         ``SessionOptions.add_external_initializers`` (which copies them when the session starts)
-        or to be fed with each run (``runner``)."""
+        or to be fed with each run (``runtime.Session``)."""
         proto = onnx.ModelProto()
         proto.CopyFrom(self.proto)
         names, arrays = [], []

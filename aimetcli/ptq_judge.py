@@ -250,10 +250,10 @@ class Judge:
 
     def _exposed_run(self, model: ir.Model, name: str, optimization: str) -> np.ndarray:
         """Tensor ``name`` of ``model`` over the data (made an output of a serialized copy)."""
-        from aimetcli.calibration import runner
+        from aimetcli import runtime
 
-        session = runner.make_session(_exposing(model, [name]), optimization=optimization)
-        return _joined([runner.run(session, feeds, [name])[0] for feeds in self.data.batches(self.batch_size)])
+        session = runtime.Session(_exposing(model, [name]), runtime.LEVELS[optimization])
+        return _joined([session.run(feeds, [name])[0] for feeds in self.data.batches(self.batch_size)])
 
     def sqnr(self, sim: ir.Model) -> float | None:
         return self.score(sim).sqnr_db
@@ -306,7 +306,7 @@ def layer_errors(fp32: ir.Model, sim: ir.Model, data, *, batch_size: int = 32,
     tensor before its own output quantizer) against the same tensor in ``fp32``, the model the
     sim quantizes, over the first ``samples`` samples of ``data``. Where the SQNR drops from one
     layer to the next, that layer adds the error."""
-    from aimetcli.calibration import runner
+    from aimetcli import runtime
     from aimetcli.layers import as_layer
 
     layers = [(la.name, n.op_type, la.output.name) for n in fp32.graph if (la := as_layer(n)) is not None]
@@ -316,11 +316,11 @@ def layer_errors(fp32: ir.Model, sim: ir.Model, data, *, batch_size: int = 32,
         return []
     names = [row[2] for row in layers]
     subset = _subset(data, 0, min(samples, data.num_samples), "layer errors") if data.num_samples > samples else data
-    sessions = [runner.make_session(_exposing(m, names), optimization="none") for m in (fp32, sim)]
+    sessions = [runtime.Session(_exposing(m, names), runtime.SIMULATE) for m in (fp32, sim)]
     signal = np.zeros(len(names))
     noise = np.zeros(len(names))
     for feeds in subset.batches(min(batch_size, 2)):
-        ref, out = (runner.run(s, feeds, names) for s in sessions)
+        ref, out = (s.run(feeds, names) for s in sessions)
         for i, (a, b) in enumerate(zip(ref, out)):
             a64 = np.asarray(a, np.float64)
             signal[i] += float(np.sum(a64 * a64))

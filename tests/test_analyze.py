@@ -10,7 +10,7 @@ import onnx
 from click.testing import CliRunner
 
 from aimetcli import api
-from aimetcli.calibration import runner
+from aimetcli import runtime
 from aimetcli.calibration.data import input_specs, open_data
 from aimetcli.cli import main
 from aimetcli.model_ops import clone
@@ -27,12 +27,12 @@ def test_every_switch_on_is_the_sim_and_every_switch_off_is_fp32():
     data = open_data("random:8", input_specs(model))
     sim, _, _ = api.quantsim(clone(model), data, QuantOptions(param_bw=4, act_bw=4))
     feeds = next(iter(data.batches(8)))
-    expected = runner.run(runner.session_of(sim, optimization="none"), feeds)[0]
+    expected = runtime.Session(sim, runtime.SIMULATE).run(feeds)[0]
     switches = switchable(sim)
     assert {s.kind for s in switches} == {"weight", "activation"} and "y" in {s.tensor for s in switches}
-    session = runner.session_of(sim, optimization="none")
-    on = runner.run(session, {**feeds, **{s.input: np.array(True) for s in switches}})[0]
-    off = runner.run(session, {**feeds, **{s.input: np.array(False) for s in switches}})[0]
+    session = runtime.Session(sim, runtime.SIMULATE)
+    on = session.run({**feeds, **{s.input: np.array(True) for s in switches}})[0]
+    off = session.run({**feeds, **{s.input: np.array(False) for s in switches}})[0]
     np.testing.assert_array_equal(on, expected)
     np.testing.assert_allclose(off, run(proto, feeds)[0], rtol=1e-5, atol=1e-7)
 

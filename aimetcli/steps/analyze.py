@@ -169,7 +169,7 @@ def analyze(model: ModelSource, data: DataSource, options: QuantOptions | None =
 def analyze_sim(fp32: ir.Model, sim: ir.Model, data, *, batch_size: int = 32, progress=None) -> Analysis:
     """:class:`Analysis` of ``sim`` (a quantsim model of ``fp32``; modified in place) on ``data``.
     ``progress(n)`` is called after each configuration run over the data."""
-    from aimetcli.calibration import runner
+    from aimetcli import runtime
 
     start = time.perf_counter()
     reference = model_outputs(fp32, data, batch_size=batch_size)
@@ -180,12 +180,12 @@ def analyze_sim(fp32: ir.Model, sim: ir.Model, data, *, batch_size: int = 32, pr
     ref = reference[k]
     layers = layer_errors(fp32, sim, data, batch_size=batch_size)
     switches = switchable(sim)
-    session = runner.session_of(sim, optimization="none")
+    session = runtime.Session(sim, runtime.SIMULATE)
     batches = list(data.batches(batch_size))
 
     def sqnr(on: set[int]) -> float:
         flags = {s.input: np.array(i in on) for i, s in enumerate(switches)}
-        parts = [runner.run(session, {**feeds, **flags}, [output])[0] for feeds in batches]
+        parts = [session.run({**feeds, **flags}, [output])[0] for feeds in batches]
         out = parts[0] if len(parts) == 1 else np.concatenate(parts)
         e = energies(ref, out)
         if progress is not None:

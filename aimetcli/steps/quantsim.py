@@ -73,9 +73,9 @@ def quantsim(model: ModelSource, data: DataSource, options: QuantOptions | None 
         warnings.append(f"{count} NaN/Inf values in tensor {tensor!r} were ignored during calibration")
     # what we write must run on stock onnxruntime: check it loads (no optimizations: cheap)
     if check_loads and model_io.tensor_bytes(model) < model_io.IN_MEMORY_LIMIT:
-        from aimetcli.calibration import runner
+        from aimetcli import runtime
 
-        runner.session_of(model, optimization="none")
+        runtime.Session(model, runtime.SIMULATE)
     from aimetcli.export import embed
 
     embed(model, encodings_json(encodings, options, "1.0.0"), encodings.params, options.as_record(),
