@@ -48,7 +48,7 @@ import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 
 from aimetcli import graph as g
-from aimetcli.calibration import runner
+from aimetcli import runtime
 from aimetcli.calibration.data import feed_rows
 from aimetcli.correction_graph import _prefixed, _rename_node, _renamed
 from aimetcli.errors import AimetCliError, ErrorKind
@@ -352,13 +352,13 @@ def _accumulate(total: np.ndarray | None, value: np.ndarray) -> np.ndarray:
 
 def _moments(joint: SplicedProto, names, targets: list[_Target], dataset, run_size: int, progress) -> None:
     """Run the joint graph over the data; set each target's problem (moments summed in float64)."""
-    session = runner.make_session(joint, optimization="all")
+    session = runtime.Session(joint, runtime.MEASURE)
     outputs = list(dict.fromkeys(n for out in names for n in out.names()))
     matrices = [weight_matrix(t.layer, np.asarray(t.layer.weight_array(), np.float32)) for t in targets]
     sums: list[list] = [[None, None, 0.0] for _ in targets]  # G, C, energy (float64)
     positions = [0] * len(targets)
     for feeds in dataset.batches(run_size):
-        values = dict(zip(outputs, runner.run(session, feeds, outputs)))
+        values = dict(zip(outputs, session.run(feeds, outputs)))
         for i, out in enumerate(names):
             if out.patches:
                 a, c = values[out.gram], values[out.cross]

@@ -30,7 +30,9 @@ from aimetcli.ptq_flow import (
     scheme_candidates,
 )
 from aimetcli.quantsim.config import QuantsimConfig, load_config
+from aimetcli.quantsim.per_layer import BitsRule
 from aimetcli.steps.adaround import adaround
+from aimetcli.steps.analyze import Analysis, QuantizerSensitivity, analyze
 from aimetcli.steps.bias_correct import BiasCorrectSummary, bias_correct
 from aimetcli.steps.evaluate import (
     EvaluateSummary, OutputComparison, compare_outputs, evaluate, model_outputs, score_output, sqnr_db,
@@ -48,7 +50,8 @@ __all__ = [
     # data
     "DataSource", "Dataset", "input_specs", "open_data",
     # options and errors
-    "AimetCliError", "EqualizeOptions", "QuantOptions", "QuantScheme", "QuantsimConfig", "RunOptions", "load_config",
+    "AimetCliError", "BitsRule", "EqualizeOptions", "QuantOptions", "QuantScheme", "QuantsimConfig", "RunOptions",
+    "load_config",
     # the steps, in workflow order, and their results
     "FoldBnSummary", "fold_bn",
     "EqualizeSummary", "LayerRanges", "equalize", "weight_ranges",
@@ -61,4 +64,5 @@ __all__ = [
     "ExportSummary", "export",
     "KeepVerdict", "PtqSummary", "Stage", "bias_correction_verdict", "equalization_verdict", "keep_verdict", "ptq",
     "scheme_candidates",
+    "Analysis", "QuantizerSensitivity", "analyze",
 ]

@@ -46,16 +46,16 @@ import onnx_ir as ir
 
 from aimetcli import correction_graph
 from aimetcli import graph as g
+from aimetcli.big_tensors import SplicedProto
 from aimetcli.bn_stats import read_bn_stats
-from aimetcli.calibration import runner
+from aimetcli import runtime
 from aimetcli.calibration.data import feed_rows
 from aimetcli.correction_graph import Grid, Target
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.bias import METHODS, ChannelMean, clipped_normal_mean
 from aimetcli.kernels.quant import (QuantScheme, encoding_from_range, fake_quantize, is_unsigned_symmetric,
                                     unsigned_symmetric_encoding)
-from aimetcli.layers import Layer, as_layer, bias_array, rewrite_reason, write_bias
-from aimetcli.model_io import SplicedProto
+from aimetcli.layers import Layer, as_layer, bias_array, check_rewrite, write_bias
 from aimetcli.passes.chains import clip_bounds
 
 METADATA_KEY = "aimetcli.bias_correction"
@@ -110,9 +110,9 @@ def _candidates(model: ir.Model, result: BiasCorrectionResult) -> list[Layer]:
         layer = as_layer(node)
         if layer is None:
             continue
-        reason = rewrite_reason(layer)
-        if reason:
-            result.skipped.append((layer.name, reason))
+        rewrite = check_rewrite(layer)
+        if not rewrite:
+            result.skipped.append((layer.name, rewrite.reason))
             continue
         w = layer.weight_array()
         if layer.spec.bias_slot is None and not layer.input_known_2d:
@@ -124,7 +124,7 @@ def _candidates(model: ir.Model, result: BiasCorrectionResult) -> list[Layer]:
 
 
 def _mean_pass(model: ir.Model, outputs: list[str], dataset, batch_size: int, progress=None,
-               optimization: str = "basic", channels_last: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
+               policy: runtime.Policy = runtime.FOLD_CONSTANTS, channels_last: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
     """Per-channel means of ``outputs`` over the data (channels on axis 1, or the last axis for
     those in ``channels_last``)."""
     spliced = SplicedProto.of(model)
@@ -134,10 +134,10 @@ def _mean_pass(model: ir.Model, outputs: list[str], dataset, batch_size: int, pr
         if name not in present:
             proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
             present.add(name)
-    session = runner.make_session(spliced, optimization=optimization)
+    session = runtime.Session(spliced, policy)
     means = {name: ChannelMean(channels_last=name in channels_last) for name in outputs}
     for feeds in dataset.batches(batch_size):
-        for name, value in zip(outputs, runner.run(session, feeds, outputs)):
+        for name, value in zip(outputs, session.run(feeds, outputs)):
             means[name].update(value)
         if progress is not None:
             progress(1)
@@ -202,7 +202,7 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
 
     if reference is not None:
         # the quantization quantsim applies (after the analytical corrections), run beside the reference
-        chunk = _chunk_size(model, dataset, batch_size)
+        chunk = runtime.correction_run_size(model, dataset, batch_size)
         in_graph = _grids_in_graph(dataset, options, chunk)
         _describe(progress, "Correcting biases: preparing the sim")
         sim, sim_proto, float_path, grids = _simulation(model, cfg, options, dataset, batch_size, progress, in_graph)
@@ -332,9 +332,9 @@ def _fp32_means(reference: SplicedProto, targets: list[Target], dataset, batch_s
     over all the data instead, every run would add its own sampling deviation from the overall
     mean to every layer output of its sim, and the layers downstream would be measured on that.
     Only per-sample spatial means (GlobalAveragePool, on onnxruntime's blocked layout) leave the
-    session, which runs small slices of each chunk (see quantsim.calibrate.reduction_run_size).
+    session, which runs small slices of each chunk (see runtime.reduction_run_size).
     """
-    from aimetcli.quantsim.calibrate import ProgressSteps, reduction_run_size
+    from aimetcli.quantsim.calibrate import ProgressSteps
 
     spliced = reference.copy()
     proto = spliced.proto
@@ -350,9 +350,9 @@ def _fp32_means(reference: SplicedProto, targets: list[Target], dataset, batch_s
             proto.graph.node.append(onnx.helper.make_node("GlobalAveragePool", [t.reference], [name]))
         outputs[t.reference] = name
         proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    session = runner.make_session(spliced, optimization="all")
+    session = runtime.Session(spliced, runtime.MEASURE)
     names = list(dict.fromkeys(outputs.values()))
-    run = min(batch_size, reduction_run_size(dataset))
+    run = min(batch_size, runtime.reduction_run_size(dataset))
     step = ProgressSteps(dataset, batch_size, progress)
     per_chunk = []
     for feeds in dataset.batches(chunk):
@@ -363,7 +363,7 @@ def _fp32_means(reference: SplicedProto, targets: list[Target], dataset, batch_s
         sums: dict[str, np.ndarray] = {}
         rows: dict[str, int] = {}
         for part in slices:
-            for name, value in zip(names, runner.run(session, part, names)):
+            for name, value in zip(names, session.run(part, names)):
                 v = np.asarray(value, np.float64)
                 # spatial mean, summed over the rows of axis 0, which need not be samples
                 sums[name] = sums.get(name, 0.0) + v.reshape(v.shape[0], v.shape[1], -1).mean(axis=2).sum(axis=0)
@@ -387,14 +387,14 @@ def _run_joint(joint: SplicedProto, outputs: dict[str, str], means: list[dict[st
     """Sample-weighted mean of ``d`` over the chunks of the data (one chunk: AIMET's estimate exactly).
 
     ``means``: per chunk, the FP32 means of that chunk's samples (graph input name -> array)."""
-    session = runner.make_session(joint, optimization="all", keep_qdq=True, mem_pattern=False)
+    session = runtime.Session(joint, runtime.SIMULATE_FUSED)
     names = list(outputs.values())
     totals = {name: None for name in names}
     count = runs = 0
     for feeds, chunk_means in zip(dataset.batches(chunk), means, strict=True):
         runs += 1
         n = feed_rows(feeds)
-        for name, value in zip(names, runner.run(session, {**feeds, **chunk_means}, names)):
+        for name, value in zip(names, session.run({**feeds, **chunk_means}, names)):
             v = np.asarray(value, np.float64).reshape(-1) * n
             totals[name] = v if totals[name] is None else totals[name] + v
         count += n
@@ -403,32 +403,12 @@ def _run_joint(joint: SplicedProto, outputs: dict[str, str], means: list[dict[st
     return {ref: totals[d] / max(count, 1) for ref, d in outputs.items()}, runs
 
 
-CHUNK_BYTES = 64 << 20
-# Bytes of all the model's activations (summed over its tensors, one copy) in one correction run.
-# The run's peak memory was about 40% of that per copy: full-size MobileNetV2, 64 samples x 52 MB
-# of activations -> 1.65 GB peak RSS; the MobileNetV2 sample, 1,000 x 1.7 MB -> 1.2 GB.
-ACTIVATION_BUDGET = 4 << 30
-
-
-def _chunk_size(model: ir.Model, dataset, batch_size: int) -> int:
-    """Samples per joint run: as many as fit about 64 MB of model input and ACTIVATION_BUDGET of
-    the model's activations, and at least ``batch_size``. (Small inputs can have activations a
-    hundred times their size: 10,000 Fashion-MNIST images fit 64 MB of input, and a run over them
-    all would need some 12 GB.)
-
-    The per-channel means are exact over each run; with more data than one run takes, the
-    corrections of the runs are averaged (weighted by their samples).
-    """
-    return max(batch_size, min(CHUNK_BYTES // dataset.sample_nbytes,
-                               ACTIVATION_BUDGET // max(g.activation_bytes(model), 1)))
-
-
 def progress_steps(model: ir.Model, dataset, batch_size: int, options) -> int:
     """Progress steps a data-driven ``correct_biases`` reports: the FP32 pass's batches, calibration
     batches (unless the grids are computed in the correction run), and the correction runs."""
     if dataset is None:
         return 0
-    chunk = _chunk_size(model, dataset, batch_size)
+    chunk = runtime.correction_run_size(model, dataset, batch_size)
     batches = dataset.num_batches(batch_size)
     return batches + dataset.num_batches(chunk) + (0 if _grids_in_graph(dataset, options, chunk) else batches)
 

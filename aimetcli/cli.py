@@ -41,7 +41,7 @@ BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE, what a shell reports for `cmd | head` k
 # the order of the top-level help and of its "Typical flow". The one-line help is the first
 # line of the command's docstring (tests/test_cli_startup.py keeps the two equal).
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "ptq": ("ptq", "ptq", "Fold BN, choose the quantization, equalize, bias-correct, calibrate and export."),
+    "ptq": ("ptq", "ptq", "Fold BN, choose the quantization, equalize, adaround, bias-correct, calibrate and export."),
     "fold-bn": ("fold", "fold_bn", "Fold BatchNormalization into Conv / ConvTranspose / Gemm / MatMul weights."),
     "equalize": ("equalize", "equalize", "Cross-layer equalization, as AIMET's equalize_model."),
     "adaround": ("adaround", "adaround", "Learn whether each weight rounds up or down (AdaRound), without torch."),
@@ -52,6 +52,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("export", "export",
                "Write model.onnx + model.encodings (QNN/SNPE), model_qdq.onnx (onnxruntime) and report.json."),
     "ranges": ("equalize", "ranges", "Print per-layer, per-channel weight ranges; optionally plot them."),
+    "analyze": ("analyze", "analyze", "Per quantizer: the output's SQNR with only it on, and with all but it on."),
 }
 
 # Options users reach for that aimetcli spells differently: the "No such option" error names ours.
@@ -204,6 +205,7 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, as_json: bool, debug: b
       aimetcli evaluate in.onnx sim.onnx --data eval.npz --labels label
       aimetcli export sim.onnx -o deploy/
       aimetcli ranges in.onnx
+      aimetcli analyze in.onnx -o analysis/ --data calib.npz --param-bw 4
     Every command reads '-' as stdin; the model-writing ones write '-o -' to stdout.
     """
     ctx.obj = Output(quiet=quiet, verbose=verbose, json=as_json, debug=debug)

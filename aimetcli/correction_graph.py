@@ -40,9 +40,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from aimetcli.big_tensors import SplicedProto
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.quant import AIMET_MIN_RANGE, minimum_scale
-from aimetcli.model_io import SplicedProto
 from aimetcli.quantsim.insert import ActivationConstants
 
 

@@ -25,7 +25,8 @@ import numpy as np
 import onnx_ir as ir
 
 from aimetcli import graph as g
-from aimetcli.encodings import EncodingsError, EncodingsFile, QuantizerArgs, TensorEncoding, loads
+from aimetcli.encodings_read import loads
+from aimetcli.encodings_types import EncodingsError, EncodingsFile, QuantizerArgs, TensorEncoding
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.quant import Encoding, encoding_from_range, fake_quantize
 from aimetcli.model_ops import ModelSource, as_model, upgrade_opset
@@ -434,13 +435,12 @@ def export(model: ModelSource, outdir: str, *, encodings_path: str | None = None
     ``encodings_path``: encodings for the FP32 ``model``, refused when its weights do not fit them
     (:func:`check_weights_fit`; ``force``: a warning). ``batch_size``: static shapes
     (:func:`set_batch_size`). model.encodings carries the quantizer_args of the sim or the file.
-    ``model``: a path, an ``onnx.ModelProto`` or an onnx-ir model (a sim's QDQ nodes are stripped
-    from it in place).
+    ``model``: a path, an ``onnx.ModelProto`` or an onnx-ir model, left as it is (a sim's QDQ
+    nodes are stripped from a copy, :func:`model_ops.clone`).
     """
     from pathlib import Path
 
-    from aimetcli import encodings as enc_io
-    from aimetcli import model_io
+    from aimetcli import encodings_write, model_io
 
     out = Path(outdir)
     if out.exists() and not out.is_dir():
@@ -448,7 +448,7 @@ def export(model: ModelSource, outdir: str, *, encodings_path: str | None = None
     if not out.exists() and not out.parent.exists():
         raise AimetCliError(f"{outdir}: parent directory {out.parent} does not exist; create it first",
                             ErrorKind.OUTPUT)
-    model = as_model(model)
+    model = as_model(model, copy=True)
     source = _source(model, encodings_path)
     fp32, encodings = model, source.encodings
     if batch_size is not None:
@@ -460,8 +460,8 @@ def export(model: ModelSource, outdir: str, *, encodings_path: str | None = None
     fixed = [TensorEncoding(te.name, params.get(te.name, te.encoding) if te.kind == "param" else te.encoding, te.kind)
              for te in encodings]
     try:
-        enc_text = enc_io.dumps(fixed, version=version, quantizer_args=source.quantizer_args,
-                                excluded_layers=source.excluded_layers)
+        enc_text = encodings_write.dumps(fixed, version=version, quantizer_args=source.quantizer_args,
+                                         excluded_layers=source.excluded_layers)
     except ValueError as exc:
         raise AimetCliError(f"encodings {version} cannot hold these encodings ({exc}); use --encoding-version 1.0.0",
                             ErrorKind.USAGE) from exc

@@ -16,8 +16,11 @@ import onnx_ir as ir
 from aimetcli import graph as g
 from aimetcli.kernels import bn as bn_math
 from aimetcli.kernels.layout import LayerSpec, channel_abs_max, layer_spec
+from aimetcli.verdict import OK, Verdict, skip
 
-__all__ = ["Layer", "as_layer", "bias_array", "rewrite_reason", "weight_reason", "write_bias"]
+__all__ = ["Layer", "as_layer", "bias_array", "check_bias", "check_rewrite", "check_weight", "weight_reason",
+           "write_bias"]
+
 
 @dataclass
 class Layer:
@@ -104,31 +107,37 @@ def as_layer(node: ir.Node | None) -> Layer | None:
     return None if spec is None else Layer(node, spec)
 
 
-def weight_reason(layer: Layer) -> str | None:
-    """Why the layer's weights cannot be rewritten, or None when they can."""
+def check_weight(layer: Layer) -> Verdict:
+    """ok when the layer's weights can be rewritten, else why not."""
     w = layer.weight
     if w is None:
-        return f"{layer.name} has no weight input"
+        return skip(f"{layer.name} has no weight input")
     arr = g.constant(w)
     if arr is None:
         if w.is_graph_input():
-            return f"weight {w.name} of {layer.name} is a graph input, not a constant"
-        return f"weight {w.name} of {layer.name} is computed at run time, not a constant"
+            return skip(f"weight {w.name} of {layer.name} is a graph input, not a constant")
+        return skip(f"weight {w.name} of {layer.name} is computed at run time, not a constant")
     if not g.is_float_dtype(arr):
-        return f"weight {w.name} of {layer.name} is {arr.dtype}, not floating point"
+        return skip(f"weight {w.name} of {layer.name} is {arr.dtype}, not floating point")
     finite = np.isfinite(arr) if arr.dtype.kind == "f" else np.isfinite(arr.astype(np.float32))
     if not finite.all():
-        return f"weight {w.name} of {layer.name} contains NaN or Inf"
+        return skip(f"weight {w.name} of {layer.name} contains NaN or Inf")
     if layer.op_type == "MatMul" and arr.ndim != 2:
-        return f"MatMul {layer.name} has a {arr.ndim}-D weight (only 2-D weights are handled)"
+        return skip(f"MatMul {layer.name} has a {arr.ndim}-D weight (only 2-D weights are handled)")
     if layer.op_type == "Gemm" and layer.node.attributes.get_int("transA", 0):
-        return f"Gemm {layer.name} has transA=1"
+        return skip(f"Gemm {layer.name} has transA=1")
     if layer.spec.group_axis is not None and arr.ndim < 3:
-        return f"{layer.name} has a {arr.ndim}-D weight"
+        return skip(f"{layer.name} has a {arr.ndim}-D weight")
     bias = layer.bias
     if bias is not None and g.constant(bias) is None:
-        return f"bias {bias.name} of {layer.name} is not a constant"
-    return None
+        return skip(f"bias {bias.name} of {layer.name} is not a constant")
+    return OK
+
+
+def weight_reason(layer: Layer) -> str | None:
+    """:func:`check_weight`'s reason (None: ok), for adaround.py, which reads it so until it
+    moves to the verdict."""
+    return check_weight(layer).reason
 
 
 def normalize_gemm(layer: Layer, graph: ir.Graph, names: g.Names) -> None:
@@ -148,9 +157,10 @@ def normalize_gemm(layer: Layer, graph: ir.Graph, names: g.Names) -> None:
         layer.node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
 
 
-def rewrite_reason(layer: Layer) -> str | None:
-    """Why the layer's weight or bias cannot be rewritten, or None when both can."""
-    return weight_reason(layer) or bias_reason(layer, layer.weight_array())
+def check_rewrite(layer: Layer) -> Verdict:
+    """ok when the layer's weight and bias can both be rewritten, else why not."""
+    weight = check_weight(layer)
+    return check_bias(layer, layer.weight_array()) if weight else weight
 
 
 def bias_array(layer: Layer, w: np.ndarray) -> np.ndarray:
@@ -165,15 +175,15 @@ def bias_array(layer: Layer, w: np.ndarray) -> np.ndarray:
     return b.reshape(-1)
 
 
-def bias_reason(layer: Layer, w: np.ndarray) -> str | None:
-    """Why a new bias cannot be written for this layer (Gemm C of another shape)."""
+def check_bias(layer: Layer, w: np.ndarray) -> Verdict:
+    """ok when a new bias can be written for this layer, else why not (Gemm C of another shape)."""
     b = g.constant(layer.bias)
     if b is None:
-        return None
+        return OK
     n = layer.out_channels(w)
     if b.size not in (1, n) or (b.ndim == 2 and b.shape[0] != 1) or b.ndim > 2:
-        return f"bias {layer.bias.name} of {layer.name} has shape {list(b.shape)}, not per output channel"
-    return None
+        return skip(f"bias {layer.bias.name} of {layer.name} has shape {list(b.shape)}, not per output channel")
+    return OK
 
 
 def write_bias(layer: Layer, graph: ir.Graph, names: g.Names, new_bias: np.ndarray, dtype) -> None:

@@ -11,7 +11,7 @@ Rules every command relies on:
 
 Big weights are never copied through protobuf: on load they become numpy views of
 the bytes read (see proto_wire.py), on save they are written from their
-arrays between the serialized pieces of the rest of the model (:func:`serialize_chunks`).
+arrays between the serialized pieces of the rest of the model (``big_tensors.serialize_chunks``).
 The bytes written are exactly those ``SerializeToString`` would produce.
 """
 
@@ -24,17 +24,18 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnx.numpy_helper
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from aimetcli import proto_wire as wire
+from aimetcli.big_tensors import SplicedProto  # noqa: F401  (ptq_flow and adaround import it from here)
+from aimetcli.big_tensors import serialize_chunks
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.paths import (  # noqa: F401  (re-exported)
     STDIO, check_input_model, check_output_dir, check_output_path, probe_writable,
@@ -45,7 +46,6 @@ SHAPES_META = "aimetcli.shapes_inferred"
 PROTOBUF_LIMIT = 2**31 - 1
 # Leave room for the graph structure next to the tensors.
 _EXTERNAL_THRESHOLD = PROTOBUF_LIMIT - 64 * 2**20
-_STREAMED_TYPES = {ir.DataType(k): v for k, v in wire.RAW_DTYPES.items()}
 _PREALLOCATE = 2**20  # outputs from this size get their disk blocks reserved before the write
 
 
@@ -291,145 +291,6 @@ def canonical_order(model: ir.Model) -> None:
 def serialize(model: ir.Model) -> bytes:
     # ONNX messages have no map fields, so plain serialization is already byte-stable
     return b"".join(serialize_chunks(model))
-
-
-def _streamed_bytes(tensor: ir.TensorProtocol | None) -> np.ndarray | None:
-    """The tensor's serialized bytes (a uint8 view, no copy) when it is big and numpy-backed."""
-    if type(tensor) is not ir.Tensor or tensor.dtype not in _STREAMED_TYPES:
-        return None
-    array = tensor.raw
-    if (not isinstance(array, np.ndarray) or array.dtype != _STREAMED_TYPES[tensor.dtype]
-            or array.nbytes <= wire.SMALL_TENSOR):
-        return None
-    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-
-
-@dataclass
-class SetAside:
-    """What :func:`big_tensors_set_aside` took out: the tensors by name; and per initializer that
-    serializes (in order), its bytes (a uint8 view, no copy) or None where there is no numpy view
-    (it stayed; with ``numpy_only=False`` it may also be set aside, and the serialization then
-    cannot be spliced back together)."""
-
-    slots: list[np.ndarray | None]
-    tensors: dict[str, ir.TensorProtocol]
-
-
-@contextlib.contextmanager
-def big_tensors_set_aside(model: ir.Model, *, numpy_only: bool = True) -> Iterator[SetAside]:
-    """While open, the main graph's big numpy-backed initializers (``numpy_only=False``: any
-    big numeric ones) hold empty arrays of their shape, so a serialization of the model carries
-    their dims and types but not their bytes. The tensors are back on exit.
-    """
-    streamed: list[tuple[ir.Value, ir.TensorProtocol]] = []
-    taken = SetAside([], {})
-    try:
-        for name, value in model.graph.initializers.items():
-            tensor = value.const_value
-            if tensor is None:  # not serialized
-                continue
-            data = _streamed_bytes(tensor)
-            taken.slots.append(data)
-            if data is not None or (not numpy_only and tensor.dtype in _STREAMED_TYPES
-                                    and tensor.nbytes > wire.SMALL_TENSOR):
-                streamed.append((value, tensor))
-                taken.tensors[name] = tensor
-                value.const_value = ir.Tensor(np.empty(0, _STREAMED_TYPES[tensor.dtype]),
-                                              shape=tensor.shape, name=tensor.name, doc_string=tensor.doc_string,
-                                              metadata_props=tensor.metadata_props)
-        yield taken
-    finally:
-        for value, tensor in streamed:
-            value.const_value = tensor
-            tensor.name = value.name  # as serialization does
-
-
-def serialize_chunks(model: ir.Model) -> list:
-    """The model's serialization as a list of bytes-like pieces (big tensors' arrays not copied).
-
-    ``b"".join`` of the pieces is ``ir.serde.serialize_model(model).SerializeToString()``.
-    """
-    with big_tensors_set_aside(model) as taken:
-        head = ir.serde.serialize_model(model).SerializeToString()
-    if not taken.tensors:
-        return [head]
-    try:
-        return wire.splice(head, taken.slots)
-    except wire.WireError:  # not the layout expected: cannot happen, but the plain path is always right
-        return [ir.serde.serialize_model(model).SerializeToString()]
-
-
-@dataclass
-class SplicedProto:
-    """A ModelProto whose big initializers carry dims and type but no data, and their data beside
-    it (initializer name -> numpy array).
-
-    Graphs built for onnxruntime (calibration, bias correction, evaluation) are protobuf edits of
-    the model; protobuf copies every bytes field it touches (serializing VGG19's 548 MB took 1.7 s
-    a copy), so the big arrays stay out of it and go to onnxruntime beside the protobuf
-    (:meth:`declared_external`, ``runner.make_session``). ``arrays`` names only initializers whose
-    ``raw_data`` is present and empty in ``proto``; an initializer copied under a new name needs
-    its array entered under that name too.
-    """
-
-    proto: onnx.ModelProto
-    arrays: dict[str, np.ndarray]
-
-    @classmethod
-    def of(cls, model: ir.Model, replace: Callable[[str, np.ndarray], np.ndarray | None] | None = None
-           ) -> SplicedProto:
-        """The model's protobuf with every big numeric initializer set aside: its array (read
-        through onnx-ir, so a memory-mapped external tensor is read here), or ``replace(name,
-        array)`` where that gives one. Smaller initializers stay in the protobuf; ``replace``
-        applies to them too (and to those stored as external data, whose data is brought in)."""
-        with big_tensors_set_aside(model, numpy_only=False) as taken:
-            proto = ir.serde.serialize_model(model)
-        arrays: dict[str, np.ndarray] = {}
-        for tensor in proto.graph.initializer:
-            big = taken.tensors.get(tensor.name)
-            external = tensor.data_location == onnx.TensorProto.EXTERNAL
-            if big is None and not external and replace is None:
-                continue
-            # read through onnx-ir, which knows where a memory-mapped (external) tensor lives: a
-            # small external tensor is brought into the protobuf, not left as a relative path
-            source = big if big is not None else model.graph.initializers[tensor.name].const_value
-            arr = np.asarray(source.numpy())
-            new = replace(tensor.name, arr) if replace is not None else None
-            if big is None and new is None and not external:
-                continue
-            arr = arr if new is None else new
-            if big is not None:
-                arrays[tensor.name] = np.ascontiguousarray(arr, dtype=wire.RAW_DTYPES[tensor.data_type])
-            else:
-                tensor.CopyFrom(onnx.numpy_helper.from_array(arr, tensor.name))
-        return cls(proto, arrays)
-
-    def copy(self) -> SplicedProto:
-        """A copy to edit: the protobuf is copied (cheap: no big data in it), the arrays shared."""
-        proto = onnx.ModelProto()
-        proto.CopyFrom(self.proto)
-        return SplicedProto(proto, dict(self.arrays))
-
-    def declared_external(self) -> tuple[onnx.ModelProto, list[str], list[np.ndarray]]:
-        """A copy of the protobuf whose big initializers say their data is external (in no file),
-        and those initializers' names and arrays: for onnxruntime's
-        ``SessionOptions.add_external_initializers`` (which copies them when the session starts)
-        or to be fed with each run (``runner``)."""
-        proto = onnx.ModelProto()
-        proto.CopyFrom(self.proto)
-        names, arrays = [], []
-        for tensor in proto.graph.initializer:
-            arr = self.arrays.get(tensor.name)
-            if arr is None:
-                continue
-            tensor.ClearField("raw_data")
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            del tensor.external_data[:]
-            entry = tensor.external_data.add()
-            entry.key, entry.value = "location", "aimetcli-in-memory"
-            names.append(tensor.name)
-            arrays.append(arr)
-        return proto, names, arrays
 
 
 def save_model(model: ir.Model, dest: str, *, external_data: bool | None = None) -> list[str]:

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Union, cast
 
 import onnx_ir as ir
 
+from aimetcli import big_tensors, model_io
 from aimetcli import graph as g
-from aimetcli import model_io
 from aimetcli.passes.lift_constants import LiftConstantsPass
 
 if TYPE_CHECKING:
@@ -95,14 +95,21 @@ def load(source: str, *, simplify: bool = False, float32: bool = False) -> tuple
     return prepare(loaded.model, simplify=simplify, float32=float32)
 
 
-def as_model(source: ModelSource, *, float32: bool = False) -> ir.Model:
+def as_model(source: ModelSource, *, float32: bool = False, copy: bool = False) -> ir.Model:
     """The onnx-ir model a step works on. An ``ir.Model`` is used as it is (the step rewrites it
-    in place, as a pass does). A path or an ``onnx.ModelProto`` is loaded and prepared
-    (:func:`prepare`; ``float32``: a float16/bfloat16 model is upcast, as the quantizing commands
-    do); the step's result then carries the model it made (``summary.model``). A protobuf whose
-    tensors are external data: pass its path, which locates them."""
+    in place, as a pass does), or with ``copy`` a :func:`clone` of it (for steps that return a new
+    model and leave their input alone: quantsim, export; the clone keeps the model's in-memory
+    ``meta``, such as how it was loaded, so it is saved as the original would be). A path or an
+    ``onnx.ModelProto`` is loaded and prepared (:func:`prepare`; ``float32``: a float16/bfloat16
+    model is upcast, as the quantizing commands do), a new model either way; the step's result
+    then carries the model it made (``summary.model``). A protobuf whose tensors are external
+    data: pass its path, which locates them."""
     if isinstance(source, ir.Model):
-        return source
+        if not copy:
+            return source
+        own = clone(source)
+        own.meta.update(source.meta)
+        return own
     if isinstance(source, (str, os.PathLike)):
         return load(os.fspath(source), float32=float32)[0]
     if hasattr(source, "SerializeToString") and hasattr(source, "graph"):  # onnx.ModelProto
@@ -157,7 +164,7 @@ def upgrade_opset(model: ir.Model, target: int) -> ir.Model:
         return model
     # the converter copies every tensor it is given (8 s for VGG19's 548 MB): give it the big
     # weights' dims and types only, and hand the converted graph the same tensors back
-    with model_io.big_tensors_set_aside(model, numpy_only=False) as taken:
+    with big_tensors.big_tensors_set_aside(model, numpy_only=False) as taken:
         proto = ir.serde.serialize_model(model)
     big = taken.tensors
     try:
@@ -183,7 +190,7 @@ def sim_opset(options) -> int:
     """The opset a sim model with ``options`` needs (13; 21 for 16-bit QDQ)."""
     from aimetcli.quantsim.insert import SIM_OPSET, WIDE_OPSET
 
-    return WIDE_OPSET if max(options.param_bw, options.act_bw) > 8 else SIM_OPSET
+    return WIDE_OPSET if options.max_bitwidth() > 8 else SIM_OPSET
 
 
 def clone(model: ir.Model) -> ir.Model:
@@ -192,7 +199,7 @@ def clone(model: ir.Model) -> ir.Model:
     in place under the other model (passes copy what they cannot write)."""
     import numpy as np
 
-    with model_io.big_tensors_set_aside(model, numpy_only=False) as taken:
+    with big_tensors.big_tensors_set_aside(model, numpy_only=False) as taken:
         copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
     for name, tensor in taken.tensors.items():
         value = copy.graph.initializers.get(name)

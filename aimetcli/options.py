@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aimetcli.kernels.quant import QuantScheme
 from aimetcli.quantsim.config import QuantsimConfig, load_config
+from aimetcli.quantsim.per_layer import BitsRule
 
 
 def _default_config() -> QuantsimConfig:
@@ -33,12 +35,27 @@ class QuantOptions:
     scheme: QuantScheme = QuantScheme.MIN_MAX
     percentile: float = 99.99
     config: QuantsimConfig = field(default_factory=_default_config, repr=False, hash=False)
+    # node names, globs, op types or tensor names kept float (aimetcli/quantsim/exclude.py)
+    exclude: tuple[str, ...] = ()
+    # per-layer bitwidths (aimetcli/quantsim/per_layer.py: BitsRule), later rules winning
+    bits: tuple[BitsRule, ...] = ()
+
+    def max_bitwidth(self) -> int:
+        """The widest grid any quantizer gets (the sim's opset follows it)."""
+        return max([self.param_bw, self.act_bw, *(b for r in self.bits for b in (r.param_bw, r.act_bw) if b)])
 
     def as_record(self) -> dict:
-        """The options as recorded in a model and in report.json (the config by its source)."""
-        return {"param_bw": self.param_bw, "act_bw": self.act_bw, "per_channel": self.per_channel,
-                "param_symmetric": self.param_symmetric, "act_symmetric": self.act_symmetric,
-                "scheme": self.scheme.value, "percentile": self.percentile, "config": self.config.source}
+        """The options as recorded in a model and in report.json (the config by its source;
+        ``exclude`` only when given)."""
+        record: dict[str, Any] = {
+            "param_bw": self.param_bw, "act_bw": self.act_bw, "per_channel": self.per_channel,
+            "param_symmetric": self.param_symmetric, "act_symmetric": self.act_symmetric,
+            "scheme": self.scheme.value, "percentile": self.percentile, "config": self.config.source}
+        if self.exclude:
+            record["exclude"] = list(self.exclude)
+        if self.bits:
+            record["bits"] = [f"{r.pattern}={r.spec()}" for r in self.bits]
+        return record
 
 
 @dataclass

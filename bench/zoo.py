@@ -143,6 +143,10 @@ def measure(m: ZooModel, path: Path, work: Path, ds: zoo_data.DataSet, name: str
         try:
             c = zoo_metrics.compare(fp32, zoo_metrics.session(str(qpath), optimize), name, x, m.task)
             res.closeness[label] = {"sqnr_db": c.sqnr_db, "task": c.task}
+            logits_fp32 = zoo_metrics.logits_session(str(path), optimize=True)
+            logits_q = zoo_metrics.logits_session(str(qpath), optimize) if logits_fp32 is not None else None
+            if logits_q is not None:
+                res.closeness[label]["logits_sqnr_db"] = zoo_metrics.logits_sqnr(logits_fp32, logits_q, name, x)
         except Exception as exc:  # a quantized model onnxruntime cannot run is a finding, not a crash
             res.notes.append(f"{label}: onnxruntime failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
 
@@ -229,6 +233,9 @@ def render(results: list[ModelResult], commands: list[str]) -> str:
     failures = [f"- {r.name} / {c}: exit {cr.exit}: {cr.error}{' (left its output behind)' if cr.left_output else ''}"
                 for r in results for c, cr in r.commands.items() if cr.exit not in (0, None)]
     notes = [f"- {r.name}: {n}" for r in results for n in r.notes]
+    notes += [f"- {r.name}: SQNR of the Softmax's input (the logits), against FP32: "
+              + ", ".join(f"{k} {_db(v['logits_sqnr_db'])} dB" for k, v in r.closeness.items() if "logits_sqnr_db" in v)
+              for r in results if any("logits_sqnr_db" in v for v in r.closeness.values())]
     behind = [f"- {r.name}: {g}" for r in results for g in gaps(r)]
     text = [
         f"Pretrained ONNX models from PyPI wheels (`make bench-zoo`, bench/zoo.py), {N_CALIB} calibration and "

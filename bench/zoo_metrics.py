@@ -181,6 +181,45 @@ def compare(fp32: ort.InferenceSession, quant: ort.InferenceSession, name: str, 
     return Closeness(sqnr, float(np.mean(agree)))
 
 
+# between a Softmax and the graph output: output quantizers and value-preserving ops
+_PASS_THROUGH = {"QuantizeLinear", "DequantizeLinear", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
+                 "Clip"}
+
+
+def logits_session(path: str, optimize: bool) -> ort.InferenceSession | None:
+    """A session of the model at ``path`` whose only output is the input of the Softmax that
+    computes its first output (through output quantizers and Reshape-like ops), or None when
+    that output is no Softmax's. Class probabilities of a confident classifier are saturated, so
+    their SQNR is decided by the few samples near the decision boundary; the logits carry the
+    network's error on every sample."""
+    import onnx
+
+    model = onnx.load(path)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    node = producer.get(model.graph.output[0].name)
+    while node is not None and node.op_type in _PASS_THROUGH:
+        node = producer.get(node.input[0])
+    if node is None or node.op_type != "Softmax":
+        return None
+    del model.graph.output[:]
+    model.graph.output.append(onnx.helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, None))
+    opts = ort.SessionOptions()
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def logits_sqnr(fp32: ort.InferenceSession, quant: ort.InferenceSession, name: str, x: np.ndarray) -> float:
+    """SQNR (dB) of ``quant``'s only output against ``fp32``'s over ``x``."""
+    signal = noise = 0.0
+    for s in batches(x):
+        ref = np.asarray(fp32.run(None, {name: x[s]})[0], np.float64)
+        q = np.asarray(quant.run(None, {name: x[s]})[0], np.float64)
+        signal += float((ref ** 2).sum())
+        noise += float(((ref - q) ** 2).sum())
+    return float("inf") if noise == 0 else 10 * float(np.log10(signal / noise))
+
+
 def _box_covered(mask: np.ndarray, box: np.ndarray) -> bool:
     x0, y0, x1, y1 = (int(v) for v in box)
     region = mask[max(y0, 0):y1, max(x0, 0):x1]

@@ -119,6 +119,7 @@ def output_shift(reference: ir.Model, sim: ir.Model, dataset, *, batch_size: int
     ``sim`` is a quantsim model of ``reference`` (or of a bias-corrected copy of it): this is the
     shift bias correction exists to remove, measured against the uncorrected FP32 model.
     """
+    from aimetcli import runtime
     from aimetcli.bias_correction import _float_sources, _mean_pass
     from aimetcli.layers import as_layer
 
@@ -130,6 +131,6 @@ def output_shift(reference: ir.Model, sim: ir.Model, dataset, *, batch_size: int
     ref = _mean_pass(reference, names, dataset, batch_size,
                      channels_last=frozenset(n for n, x in zip(names, last) if x))
     # no graph optimizations: onnxruntime's rewrites of QDQ graphs are not the simulation
-    q = _mean_pass(sim, sim_names, dataset, batch_size, optimization="none",
+    q = _mean_pass(sim, sim_names, dataset, batch_size, policy=runtime.SIMULATE,
                    channels_last=frozenset(n for n, x in zip(sim_names, last) if x))
     return {n: float(np.mean(np.abs(ref[n] - q[s]))) for n, s in zip(names, sim_names)}

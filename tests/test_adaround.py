@@ -17,7 +17,7 @@ from aimetcli.export import export
 from aimetcli.adaround import (AdaroundResult, _targets, frozen_record, moments_graph, weight_from_matrix,
                                weight_matrix)
 from aimetcli.adaround import _moments as collect_moments
-from aimetcli.calibration import runner
+from aimetcli import runtime
 from aimetcli.calibration.data import input_specs, open_data
 from aimetcli.cli import main
 from aimetcli.kernels import adaround as ar
@@ -130,7 +130,7 @@ def test_patch_moments_give_the_layers_own_output_error(op, tmp_path):
     proto2 = onnx.ModelProto()
     proto2.CopyFrom(proto)
     proto2.graph.initializer[0].CopyFrom(init("W", other))
-    y0, y1 = (runner.make_session(m.SerializeToString(), optimization="none").run(None, {"x": x})[0]
+    y0, y1 = (runtime.Session(m.SerializeToString(), runtime.SIMULATE).run({"x": x})[0]
               for m in (proto, proto2))
     rows = y0.shape[0] * (int(np.prod(y0.shape[2:])) if op in ("Conv", "ConvTranspose") else 1)
     if op == "MatMul":
@@ -190,8 +190,8 @@ def test_adaround_command(tmp_path):
                                   "--iterations", "50", "--json"])
     assert r.exit_code == 0, r.output
     assert '"command": "adaround"' in r.stdout and "AdaRound" in r.stderr
-    session = runner.make_session(str(out), optimization="all")
-    (y,) = session.run(None, {"input": np.zeros((2, 3, 16, 16), np.float32)})
+    session = runtime.Session(str(out), runtime.DEPLOY)
+    (y,) = session.run({"input": np.zeros((2, 3, 16, 16), np.float32)})
     assert y.shape == (2, 10)
 
 

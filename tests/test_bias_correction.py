@@ -224,14 +224,14 @@ def test_one_run_leaves_no_shift_after_quantsim_recalibrates(tmp_path, opts):
 def test_precomputed_grids_still_remove_most_shift(tmp_path, monkeypatch, how):
     """Where grids cannot be computed in the run (other schemes, data over one run), quantsim's
     calibration computes them first, as AIMET does; quantsim's recalibration brings a little back."""
-    from aimetcli import bias_correction
+    from aimetcli import runtime
     from aimetcli.kernels.quant import QuantScheme
 
     options = QuantOptions(param_bw=4)
     if how == "tf-enhanced":
         options = QuantOptions(param_bw=4, scheme=QuantScheme.TF_ENHANCED)
     else:
-        monkeypatch.setattr(bias_correction, "CHUNK_BYTES", 16 * 3 * 8 * 8 * 4)  # 16 samples a run
+        monkeypatch.setattr(runtime, "CHUNK_BYTES", 16 * 3 * 8 * 8 * 4)  # 16 samples a run
     before, after = _shift_after(tmp_path, options, batch_size=16)
     assert np.mean(list(after.values())) * 5 <= np.mean(list(before.values()))
 
@@ -343,7 +343,7 @@ def test_runs_over_different_data_each_compare_with_their_own_fp32_means(tmp_pat
     them, here a large one, and the layers downstream corrected for that.) Weights at 4 bits set
     the shifts; 16-bit activations keep the activation grids, which A, B and A+B calibrate
     differently, out of the comparison."""
-    from aimetcli import bias_correction
+    from aimetcli import runtime
 
     rng = np.random.default_rng(11)
     proto = small_net(rng)
@@ -354,7 +354,7 @@ def test_runs_over_different_data_each_compare_with_their_own_fp32_means(tmp_pat
         np.save(tmp_path / f"{name}.npy", part)
     model, _ = api.prepare(to_ir(proto))
     options = QuantOptions(param_bw=4, act_bw=16)
-    monkeypatch.setattr(bias_correction, "CHUNK_BYTES", 32 * 3 * 8 * 8 * 4)  # 32 samples a run
+    monkeypatch.setattr(runtime, "CHUNK_BYTES", 32 * 3 * 8 * 8 * 4)  # 32 samples a run
 
     def biases(m) -> dict[str, np.ndarray]:
         return {la.name: bias_array(la, la.weight_array()) for n in m.graph if (la := as_layer(n)) is not None}
@@ -377,7 +377,7 @@ def test_runs_are_bounded_by_the_activations_of_the_samples(tmp_path, monkeypatc
     """Small inputs can have large activations: a run holds only as many samples as fit the
     activation budget (from the model's shapes), so more samples take more runs, each corrected
     on its own samples, and the progress steps still match."""
-    from aimetcli import bias_correction
+    from aimetcli import runtime
     from aimetcli.bias_correction import progress_steps
 
     rng = np.random.default_rng(4)
@@ -386,7 +386,7 @@ def test_runs_are_bounded_by_the_activations_of_the_samples(tmp_path, monkeypatc
     dataset = open_data(str(tmp_path / "x.npy"), input_specs(model))
     per_sample = g.activation_bytes(model)
     assert isinstance(per_sample, int) and per_sample > 3 * 8 * 8 * 4  # activations outgrow the input
-    monkeypatch.setattr(bias_correction, "ACTIVATION_BUDGET", per_sample * 16)  # 16 samples a run
+    monkeypatch.setattr(runtime, "ACTIVATION_BUDGET", per_sample * 16)  # 16 samples a run
     steps = []
     summary = api.bias_correct(model, dataset, QuantOptions(), method="empirical",
                                run=api.RunOptions(batch_size=8, progress=steps.append))

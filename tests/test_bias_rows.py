@@ -92,9 +92,9 @@ def test_cli_writes_the_row_mean_correction(tmp_path, steps):
 
 def test_several_runs_average_the_row_means(tmp_path, monkeypatch):
     """More data than one run takes: each run's FP32 means are over its own rows too."""
-    from aimetcli import bias_correction
+    from aimetcli import runtime
 
-    monkeypatch.setattr(bias_correction, "_chunk_size", lambda model, dataset, batch_size: 16)
+    monkeypatch.setattr(runtime, "correction_run_size", lambda model, dataset, batch_size: 16)
     x = data(5)
     model, _ = api.prepare(to_ir(recognizer_head()))
     dataset = open_dataset(model, x, tmp_path)

@@ -16,7 +16,8 @@ LIGHT_INVOCATIONS = [
     ["--version"],
     ["-h"],
     *[[name, "--help"] for name in
-      ("ptq", "fold-bn", "equalize", "adaround", "bias-correct", "quantsim", "evaluate", "export", "ranges")],
+      ("ptq", "fold-bn", "equalize", "adaround", "bias-correct", "quantsim", "evaluate", "export", "ranges",
+       "analyze")],
     ["fold-bn"],  # missing MODEL
     ["fold-bn", "m.onnx"],  # no output
     ["fold-bn", "m.onnx", "a.onnx", "-o", "b.onnx"],  # two outputs
@@ -51,7 +52,7 @@ def test_every_listed_command_loads_and_its_short_help_is_its_docstring():
     from aimetcli.cli import COMMANDS, main
 
     assert list(COMMANDS) == ["ptq", "fold-bn", "equalize", "adaround", "bias-correct", "quantsim", "evaluate",
-                              "export", "ranges"]
+                              "export", "ranges", "analyze"]
     for name, (_, _, short) in COMMANDS.items():
         command = main.commands[name]
         assert command.name == name

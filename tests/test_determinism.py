@@ -37,12 +37,12 @@ def test_byte_identical_outputs(tmp_path, model_path, command):
 
 
 def test_ctrl_c_during_calibration_exits_130_without_output(tmp_path, model_path, monkeypatch):
-    from aimetcli.calibration import runner
+    from aimetcli import runtime
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "run", interrupted)
+    monkeypatch.setattr(runtime.Session, "run", interrupted)
     for command in (["quantsim", "--data", "random:16"], ["bias-correct", "--data", "random:16"]):
         out = tmp_path / "o.onnx"
         r = CliRunner().invoke(main, [command[0], str(model_path), "-o", str(out), *command[1:]])

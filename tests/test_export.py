@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import helper, numpy_helper
 
-from aimetcli import api, ptq_flow
+from aimetcli import api, ptq_flow, ptq_judge
 from aimetcli import encodings as enc_io
 from aimetcli.cli import main
 from aimetcli.kernels.quant import QuantScheme
@@ -243,7 +243,7 @@ def test_equalization_verdict_compares_with_fp32_on_the_calibration_data(tmp_pat
     assert not worse.kept and worse.sqnr_before_db > worse.sqnr_after_db
 
 
-def test_ptq_scores_each_sim_once_on_the_calibration_samples(tmp_path, monkeypatch):
+def test_ptq_scores_each_sim_once_on_the_calibration_samples(tmp_path):
     """The table's calibration scores and the verdicts' SQNRs are the same measurement: ptq runs
     FP32 and every sim over the calibration samples once, whatever asks for it; bias correction,
     fitted on the first 18, is judged on the last 6, read from those same runs (no model runs on
@@ -252,19 +252,19 @@ def test_ptq_scores_each_sim_once_on_the_calibration_samples(tmp_path, monkeypat
 
     model, _ = api.prepare(to_ir(model_proto()))
     calib = open_data("random:24", input_specs(model))
-    seen, held, real = [], [], ptq_flow.model_outputs
+    seen, held = [], []
 
-    def counting(m, dataset, **kw):
-        if dataset.spec.endswith("(held out)"):
-            assert dataset.num_samples == 6
-            held.append(m)  # held, so that no id is reused
-        elif dataset.spec == "random:24":
-            seen.append(m)
-        return real(m, dataset, **kw)
+    class Counting(ptq_judge.Judge):
+        def _outputs(self, m, dataset, **kw):
+            if dataset.spec.endswith("(held out)"):
+                assert dataset.num_samples == 6
+                held.append(m)  # held, so that no id is reused
+            elif dataset.spec == "random:24":
+                seen.append(m)
+            return super()._outputs(m, dataset, **kw)
 
-    monkeypatch.setattr(ptq_flow, "model_outputs", counting)
     summary = api.ptq(model, calib, None, QuantOptions(), outdir=str(tmp_path / "out"),
-                      schemes=api.scheme_candidates(QuantOptions()))
+                      schemes=api.scheme_candidates(QuantOptions()), judge=Counting)
     names = [s.name for s in summary.stages]
     assert names[:5] + names[6:] == ["fp32", "fold-bn", "per-channel", "tf-enhanced", "+ equalize",
                                      "+ bias-correct", "sim.onnx", "export: model_qdq"]
@@ -276,7 +276,7 @@ def test_ptq_scores_each_sim_once_on_the_calibration_samples(tmp_path, monkeypat
     assert held == []
 
 
-def test_ptq_scores_every_row_once_on_the_evaluation_data(tmp_path, monkeypatch):
+def test_ptq_scores_every_row_once_on_the_evaluation_data(tmp_path):
     """The evaluation data score the rows (a dropped stage's row shows its own model) and decide
     nothing: every model is run over them once, and the choices are the same without them."""
     from aimetcli.calibration.data import input_specs, open_data
@@ -284,16 +284,16 @@ def test_ptq_scores_every_row_once_on_the_evaluation_data(tmp_path, monkeypatch)
     model, _ = api.prepare(to_ir(model_proto()))
     calib = open_data("random:24", input_specs(model))
     ev = open_data("random:40", input_specs(model))
-    scored, real = [], ptq_flow.model_outputs
+    scored = []
 
-    def counting(m, dataset, **kw):
-        if dataset is ev:
-            scored.append(m)
-        return real(m, dataset, **kw)
+    class Counting(ptq_judge.Judge):
+        def _outputs(self, m, dataset, **kw):
+            if dataset is ev:
+                scored.append(m)
+            return super()._outputs(m, dataset, **kw)
 
-    monkeypatch.setattr(ptq_flow, "model_outputs", counting)
     summary = api.ptq(api.clone(model), calib, ev, QuantOptions(), outdir=str(tmp_path / "out"),
-                      schemes=api.scheme_candidates(QuantOptions()))
+                      schemes=api.scheme_candidates(QuantOptions()), judge=Counting)
     rows = [s for s in summary.stages if s.sqnr_db is not None]
     names = [s.name for s in rows]
     assert names[:4] + names[5:] == ["fold-bn", "per-channel", "tf-enhanced", "+ equalize", "+ bias-correct",
@@ -343,3 +343,33 @@ def test_export_size_message(fp32, qdq, says):
     render_export(out, SimpleNamespace(fp32_bytes=fp32, qdq_bytes=qdq, directory="d", files=["model.onnx"],
                                        activation_encodings=1, param_encodings=1, encodings_version="1.0.0"))
     assert says in said[-1] and "1.0x" not in said[-1]
+
+
+def test_ptq_adarounds_below_8_bit_weights_and_judges_it_on_the_held_out_samples(tmp_path):
+    """--adaround is on by default below 8-bit weights, off at 8 (the decision says why), and
+    --no-adaround turns it off; the AdaRounded sim is exported only when it beats the incumbent
+    on the held-out samples, and its weights then lie on the grids the export writes."""
+    src = tmp_path / "m.onnx"
+    onnx.save(model_proto(), src)
+    np.save(tmp_path / "x.npy", rand(32, 3, 6, 6))
+    data = str(tmp_path / "x.npy")
+
+    def ptq(*args):
+        r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(tmp_path / f"out{len(args)}"), "--data", data,
+                                      "--no-equalize", "--no-bias-correct", "--quant-scheme", "min-max",
+                                      "--per-tensor", "--json", *args])
+        assert r.exit_code == 0, r.output
+        doc = json.loads(r.stdout)
+        return doc, {d["choice"]: d for d in doc["decisions"]}
+
+    doc, decisions = ptq("--param-bw", "4")
+    names = [s["name"] for s in doc["stages"]]
+    assert "+ adaround" in names and decisions["adaround"]["kept"] is not None
+    row = doc["stages"][names.index("+ adaround")]
+    assert row["kept"] == (row["gain_db"] > row["margin_db"])
+    if row["kept"]:
+        assert "+ adaround" in doc["stages"][names.index("sim.onnx")]["note"]
+    _, decisions = ptq("--param-bw", "4", "--no-adaround")
+    assert decisions["adaround"]["kept"] is None and "--no-adaround" in decisions["adaround"]["reason"]
+    _, decisions = ptq("--param-bw", "8", "--act-bw", "8", "-q")
+    assert decisions["adaround"]["kept"] is None and "8-bit weights" in decisions["adaround"]["reason"]

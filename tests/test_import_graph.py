@@ -129,11 +129,13 @@ def test_only_the_cli_imports_the_facade_and_the_cli():
 
 
 def test_the_steps_are_imported_from_above_only():
-    """The facade's steps (aimetcli/steps/, ptq_flow) are imported by the facade, by ptq (built on
-    the others) and by the CLI only: nothing in the core or the techniques reaches up to them."""
+    """The facade's steps (aimetcli/steps/, ptq_flow and its judge) are imported by the facade, by
+    ptq (built on the others) and by the CLI only: nothing in the core or the techniques reaches up
+    to them."""
     graph = import_graph()
-    steps = {m for m in graph if m.startswith("aimetcli.steps.") or m == "aimetcli.ptq_flow"}
-    above = {"aimetcli.api", "aimetcli.ptq_flow", *(m for m in graph if m.startswith(CLI_MODULES))}
+    ptq = {"aimetcli.ptq_flow", "aimetcli.ptq_judge"}
+    steps = {m for m in graph if m.startswith("aimetcli.steps.") or m in ptq}
+    above = {"aimetcli.api", *ptq, *(m for m in graph if m.startswith(CLI_MODULES))}
     for name, deps in graph.items():
         if name not in above and name not in steps:
             assert not deps & steps, f"{name} imports the steps {sorted(deps & steps)}"

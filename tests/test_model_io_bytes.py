@@ -167,7 +167,7 @@ def test_spliced_proto_sessions_equal_plain_protobuf_sessions(tmp_path):
     """Graphs built for onnxruntime keep big weights out of protobuf (SplicedProto): the session
     that takes them as arrays computes what the session of the same model written as a plain
     protobuf computes."""
-    from aimetcli.calibration import runner
+    from aimetcli import runtime
 
     dtype = np.float32
     proto = _model(dtype)
@@ -201,18 +201,18 @@ def test_spliced_proto_sessions_equal_plain_protobuf_sessions(tmp_path):
             t.CopyFrom(onnx.numpy_helper.from_array(doubled[t.name], t.name))
     plain.graph.output.append(helper.make_tensor_value_info(proto.graph.node[0].output[0], elem, None))
     feeds = {"input": rand(2, 3, 16, 16).astype(dtype), "idx": np.array([7], np.int64)}
-    got = runner.make_session(edited, optimization="none").run(None, feeds)
-    want = runner.make_session(plain.SerializeToString(), optimization="none").run(None, feeds)
+    got = runtime.Session(edited, runtime.SIMULATE).run(feeds)
+    want = runtime.Session(plain.SerializeToString(), runtime.SIMULATE).run(feeds)
     assert len(got) == 3 and all(np.array_equal(a, b) for a, b in zip(got, want))
-    original = runner.session_of(model, optimization="none").run(None, feeds)
+    original = runtime.Session(model, runtime.SIMULATE).run(feeds)
     assert not np.array_equal(original[0], got[0])  # the doubled weights were used, not the model's
 
 
 def test_sessions_do_not_prepack_big_gemm_weights(monkeypatch):
-    """Past runner.PREPACK_LIMIT bytes of Gemm/MatMul weights a session skips onnxruntime's
+    """Past runtime.PREPACK_LIMIT bytes of Gemm/MatMul weights a session skips onnxruntime's
     prepacked weight copy and feeds those weights with every run instead of handing them over as
     initializers (which onnxruntime copies); conv weights do not count. The outputs stay the model's."""
-    from aimetcli.calibration import runner
+    from aimetcli import runtime
 
     gemm = to_ir(make_model([helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)], [("x", ["N", 64])],
                             [("y", None)], [init("W", rand(32, 64))]))
@@ -221,21 +221,17 @@ def test_sessions_do_not_prepack_big_gemm_weights(monkeypatch):
     x = {"x": rand(4, 64)}
 
     def prepacking_off(model) -> bool:
-        options = runner.session_of(model).get_session_options()
-        try:
-            return options.get_session_config_entry("session.disable_prepacking") == "1"
-        except RuntimeError:  # onnxruntime: no such entry
-            return False
+        return not runtime.Session(model, runtime.FOLD_CONSTANTS).prepacks
 
     assert not prepacking_off(gemm) and not prepacking_off(conv)  # 8 KB of weights: under the limit
-    expected = runner.run(runner.session_of(gemm), x)[0]
-    monkeypatch.setattr(runner, "PREPACK_LIMIT", 1024)
+    expected = runtime.Session(gemm, runtime.FOLD_CONSTANTS).run(x)[0]
+    monkeypatch.setattr(runtime, "PREPACK_LIMIT", 1024)
     assert prepacking_off(gemm) and not prepacking_off(conv)
     # and the big Gemm weight is fed with every run (onnxruntime copies initializers it is given)
-    sess = runner.session_of(gemm)
-    assert set(sess._aimetcli_fed) == {"W"} and "W" in {i.name for i in sess.get_inputs()}
-    assert not runner.session_of(conv)._aimetcli_fed
-    np.testing.assert_allclose(runner.run(sess, x)[0], expected, rtol=1e-5, atol=1e-6)
+    sess = runtime.Session(gemm, runtime.FOLD_CONSTANTS)
+    assert set(sess.fed) == {"W"} and "W" in sess.input_names
+    assert not runtime.Session(conv, runtime.FOLD_CONSTANTS).fed
+    np.testing.assert_allclose(sess.run(x)[0], expected, rtol=1e-5, atol=1e-6)
 
 
 def _fc_chain(path, external: bool = True) -> None:
@@ -283,15 +279,15 @@ def test_big_external_data_is_mapped_copy_on_write(tmp_path, monkeypatch):
 def test_fed_weights_of_a_model_that_lists_initializers_as_inputs(monkeypatch):
     """Models before IR 4 list their initializers among the graph inputs: a fed weight is then
     already an input, and must not be declared twice."""
-    from aimetcli.calibration import runner
+    from aimetcli import runtime
 
     proto = make_model([helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)], [("x", ["N", 64])],
                        [("y", None)], [init("W", rand(32, 64))])
     proto.graph.input.append(helper.make_tensor_value_info("W", onnx.TensorProto.FLOAT, [32, 64]))
     model = to_ir(proto)
     x = {"x": rand(4, 64)}
-    expected = runner.run(runner.session_of(model), x)[0]
-    monkeypatch.setattr(runner, "PREPACK_LIMIT", 1024)
-    sess = runner.session_of(model)
-    assert set(sess._aimetcli_fed) == {"W"} and [i.name for i in sess.get_inputs()].count("W") == 1
-    np.testing.assert_allclose(runner.run(sess, x)[0], expected, rtol=1e-5, atol=1e-6)
+    expected = runtime.Session(model, runtime.FOLD_CONSTANTS).run(x)[0]
+    monkeypatch.setattr(runtime, "PREPACK_LIMIT", 1024)
+    sess = runtime.Session(model, runtime.FOLD_CONSTANTS)
+    assert set(sess.fed) == {"W"} and sess.input_names.count("W") == 1
+    np.testing.assert_allclose(sess.run(x)[0], expected, rtol=1e-5, atol=1e-6)

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import helper, numpy_helper
 
-from aimetcli import api, ptq_flow
+from aimetcli import api, ptq_flow, ptq_judge
 from aimetcli.cli import main
 from aimetcli.quantsim.placement import QuantOptions
 from helpers import make_model, rand, run, to_ir
@@ -73,7 +73,7 @@ def test_json_and_report_record_what_was_used_and_decided(tmp_path, labelled):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["options"] == doc["options"]
     choices = [d["choice"] for d in report["ptq"]["decisions"]]
-    assert choices == ["per-channel weights", "tf-enhanced ranges", "equalization", "bias correction"]
+    assert choices == ["per-channel weights", "tf-enhanced ranges", "equalization", "adaround", "bias correction"]
     assert all(d["reason"] for d in report["ptq"]["decisions"])
     assert "sim.onnx" in doc["files"] and "sim.onnx" in report["ptq"]["files"]
     assert "sim.onnx" in r.stderr
@@ -257,11 +257,11 @@ def test_the_judge_scores_class_probabilities_on_their_logits(tmp_path):
     from aimetcli.calibration.data import input_specs, open_data
 
     model, _ = api.prepare(to_ir(_softmax_classifier()))
-    assert ptq_flow._softmax_input(model, "probs") == "logits"
+    assert ptq_judge._softmax_input(model, "probs") == "logits"
     data = open_data("random:16", input_specs(model))
     sim, _, _ = api.quantsim(api.clone(model), data, QuantOptions(param_bw=4, act_bw=4))
     # the sim's Softmax reads the quantized logits
-    assert ptq_flow._softmax_input(sim, "probs") not in (None, "logits")
+    assert ptq_judge._softmax_input(sim, "probs") not in (None, "logits")
     judge = ptq_flow.Judge(model, data, 8)
     x = np.concatenate([b["x"] for b in data.batches(16)])
     w = numpy_helper.to_array(_softmax_classifier().graph.initializer[0])

@@ -299,7 +299,7 @@ def test_histogram_runs_grow_with_small_activations():
     from types import SimpleNamespace
 
     from aimetcli import graph as g
-    from aimetcli.quantsim import calibrate
+    from aimetcli import runtime
 
     def conv_model(c: int, side: int):
         nodes = [helper.make_node("Conv", ["x", "W"], ["y"], pads=[1] * 4), helper.make_node("Relu", ["y"], ["z"])]
@@ -309,13 +309,13 @@ def test_histogram_runs_grow_with_small_activations():
     small = SimpleNamespace(sample_nbytes=3 * 16 * 16 * 4)
     tiny = conv_model(4, 16)  # 2 x 4 KB of activations a sample
     assert g.activation_bytes(tiny) == 2 * 4 * 16 * 16 * 4
-    assert calibrate.histogram_run_size(tiny, small) == 64
+    assert runtime.histogram_run_size(tiny, small) == 64
     wide = conv_model(32, 16)  # 64 KB a sample: 256 samples would fit, capped at 64
-    assert calibrate.histogram_run_size(wide, small) == 64
+    assert runtime.histogram_run_size(wide, small) == 64
     huge = conv_model(256, 64)  # 8 MB a sample: 2 fit, fewer than the reductions' 16
-    assert calibrate.histogram_run_size(huge, small) == calibrate.reduction_run_size(small) == 16
+    assert runtime.histogram_run_size(huge, small) == runtime.reduction_run_size(small) == 16
     mid = conv_model(16, 64)  # 512 KB a sample: 32 fit
-    assert calibrate.histogram_run_size(mid, small) == calibrate.HISTOGRAM_RUN_BYTES // (2 * 16 * 64 * 64 * 4) == 32
+    assert runtime.histogram_run_size(mid, small) == runtime.HISTOGRAM_RUN_BYTES // (2 * 16 * 64 * 64 * 4) == 32
 
 
 def test_scores_read_the_logits_when_the_first_output_is_a_label(tmp_path):

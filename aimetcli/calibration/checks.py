@@ -3,7 +3,8 @@
 ``_kind`` (the dtype family), ``_feeding`` (how an input's data is fed: the ``Feeding``
 rule), the shape, dtype, sample-count and label checks, the chunked NaN/Inf and overflow
 ``_scan`` (``_SCAN_CHUNK`` elements at a time) and ``_fixed_batch``, which applies a model's
-fixed batch size. Used by ``data`` and ``readers``.
+fixed batch size, and ``_single_input`` for the formats that feed one input. Used by ``data`` and
+the source modules (``arrays``, ``images``, ``random_data``).
 """
 
 from __future__ import annotations
@@ -247,3 +248,13 @@ def _labels_array(spec: str, key: str, raw: np.ndarray, n_total: int) -> np.ndar
     elif kind != "integer":
         raise _data_error(spec, f"labels '{key}' is {labels.dtype.name}; expected integer class indices")
     return labels.astype(np.int64)
+
+
+def _single_input(spec: str, inputs: Sequence[InputSpec], what: str) -> InputSpec:
+    if len(inputs) != 1:
+        names = ", ".join(f"'{i.name}'" for i in inputs)
+        raise _data_error(
+            spec, f"{what} feeds one input but the model has {len(inputs)} ({names}); "
+            "give an .npz with one array per input name",
+        )
+    return inputs[0]

@@ -45,7 +45,8 @@ This module is the public API: ``open_data`` (the dispatcher), ``input_specs``, 
 option parsers (``image_options`` builds ``ImageOptions`` from the option texts) and
 the names re-exported below. The shared types (``InputSpec``,
 ``ImageOptions``, ``Dataset``) are in ``dataset``, the checks and error wording in
-``checks``, the sources and file formats in ``readers``.
+``checks``, each source kind's sources and opener in ``arrays`` (.npy, .npz), ``images`` and
+``random_data``.
 """
 
 from __future__ import annotations
@@ -61,14 +62,9 @@ import numpy as np
 from aimetcli import graph as g
 from aimetcli.calibration.checks import Feeding, _data_error
 from aimetcli.calibration.dataset import Dataset, Dim, Feed, ImageOptions, InputSpec, feed_rows
-from aimetcli.calibration.readers import (
-    IMAGE_EXTENSIONS,
-    LABEL_KEYS,
-    _open_images,
-    _open_npy,
-    _open_npz,
-    _open_random,
-)
+from aimetcli.calibration.arrays import LABEL_KEYS, _open_npy, _open_npz
+from aimetcli.calibration.images import IMAGE_EXTENSIONS, _open_images
+from aimetcli.calibration.random_data import _open_random
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.paths import RANDOM_DATA
 

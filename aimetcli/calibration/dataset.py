@@ -3,7 +3,8 @@ with its ``Dim`` dimensions), ``ImageOptions`` (how images become model input), 
 ``_Source`` protocol every sample source follows, and ``Dataset``, which holds the
 validated sources of every input and serves them in batches (``feed_rows`` counts the
 samples of a feed, ``Feed`` is a feed that knows its count). Opening and checking data is
-in ``data``, ``checks`` and ``readers``; import these names from ``aimetcli.calibration.data``.
+in ``data``, ``checks`` and the source modules (``arrays``, ``images``, ``random_data``);
+import these names from ``aimetcli.calibration.data``.
 """
 
 from __future__ import annotations

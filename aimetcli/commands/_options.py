@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -176,6 +177,13 @@ class QuantArgs:
     scheme: str
     percentile: float
     config_path: str | None
+    exclude: tuple[str, ...] = ()
+    bits: tuple[str, ...] = ()  # --bits PATTERN=SPEC, parsed by options()
+
+    def bitwidths(self) -> tuple[int, ...]:
+        """Every bitwidth asked for (the encodings version is checked against them up front)."""
+        found = [int(b) for text in self.bits for b in re.findall(r"[wa](\d+)", text.rpartition("=")[2].lower())]
+        return (self.param_bw, self.act_bw, *found)
 
     @property
     def auto_scheme(self) -> bool:
@@ -187,11 +195,13 @@ class QuantArgs:
         from aimetcli.kernels.quant import QuantScheme
         from aimetcli.options import QuantOptions
         from aimetcli.quantsim.config import load_config
+        from aimetcli.quantsim.per_layer import BitsRule
 
         scheme = QuantScheme.MIN_MAX if self.auto_scheme else QuantScheme(self.scheme)
         return QuantOptions(param_bw=self.param_bw, act_bw=self.act_bw, per_channel=self.per_channel,
                             param_symmetric=self.param_symmetric, act_symmetric=self.act_symmetric,
-                            scheme=scheme, percentile=self.percentile, config=load_config(self.config_path))
+                            scheme=scheme, percentile=self.percentile, config=load_config(self.config_path),
+                            exclude=self.exclude, bits=tuple(BitsRule.parse(text) for text in self.bits))
 
 
 def quant_options(func=None, *, auto_scheme: bool = False):
@@ -228,13 +238,20 @@ def quant_options(func=None, *, auto_scheme: bool = False):
                      help="Percentile for --quant-scheme percentile."),
         click.option("--config", "config_path", type=str, default=None,
                      help="AIMET quantsim config JSON (default: the one shipped, AIMET's default)."),
+        click.option("--exclude", "exclude", multiple=True, metavar="PATTERN",
+                     help="Keep float (no quantizer on its weights or outputs): a node name, a glob such as "
+                          "'head/*', an op type such as Softmax, or a tensor name. Repeatable."),
+        click.option("--bits", "bits", multiple=True, metavar="PATTERN=SPEC",
+                     help="Other bitwidths for what PATTERN names (as --exclude): SPEC w4 (weights), a16 "
+                          "(outputs) or w8a16. Repeatable; later rules win."),
     ]
 
     @functools.wraps(func)
     def wrapper(*args, param_bw: int, act_bw: int, per_channel: bool | None, param_symmetric: bool | None,
-                act_symmetric: bool | None, quant_scheme: str, percentile: float, config_path: str | None, **kwargs):
+                act_symmetric: bool | None, quant_scheme: str, percentile: float, config_path: str | None,
+                exclude: tuple[str, ...], bits: tuple[str, ...], **kwargs):
         quant = QuantArgs(param_bw, act_bw, per_channel, param_symmetric, act_symmetric, quant_scheme, percentile,
-                          config_path)
+                          config_path, tuple(exclude), tuple(bits))
         return func(*args, quant=quant, **kwargs)
 
     for option in reversed(options):

@@ -40,7 +40,7 @@ def preflight(out: Output, sources: str | Sequence[str], *, output: str | None =
     output directory ('-' refused: a directory cannot go to stdout). ``files``: other
     files the command will write (encodings, plots). ``encoding_version`` and
     ``bitwidths``: the encodings file format must hold these bitwidths
-    (:func:`aimetcli.encodings.check_bitwidth`, the rule the writer applies).
+    (:func:`aimetcli.encodings_types.check_bitwidth`, the rule the writer applies).
     ``config``: a quantsim config file, read and validated now (it is small).
     ``data``: (option, source) pairs such as ('--data', 'calib.npz'); a path must exist.
     Paths: parent directory exists, location writable, not the input model.
@@ -60,7 +60,7 @@ def preflight(out: Output, sources: str | Sequence[str], *, output: str | None =
         if spec is not None:
             paths.check_data_source(option, spec)
     if encoding_version is not None:
-        from aimetcli.encodings import check_bitwidth
+        from aimetcli.encodings_types import check_bitwidth
 
         for bw in sorted(set(bitwidths)):
             try:

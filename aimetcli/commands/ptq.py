@@ -27,6 +27,9 @@ from aimetcli.errors import AimetCliError, ErrorKind
               help="Also write a self-contained HTML report (stage table, weight ranges, per-layer error).")
 @click.option("--no-equalize", is_flag=True, help="Skip cross-layer equalization.")
 @click.option("--no-bias-correct", is_flag=True, help="Skip bias correction.")
+@click.option("--adaround/--no-adaround", "adaround", default=None,
+              help="Learn each weight's rounding (AdaRound) after equalization, kept only if it helps "
+                   "[default: on below 8-bit weights].")
 @click.option("--bias-correct-method", type=click.Choice(METHODS), default="hybrid", show_default=True,
               help=METHOD_HELP)
 @encoding_version_option
@@ -35,15 +38,16 @@ from aimetcli.errors import AimetCliError, ErrorKind
 @quant_options(auto_scheme=True)
 @common_options
 def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | None, labels_key: str | None,
-        report_path: str | None, no_equalize: bool, no_bias_correct: bool, bias_correct_method: str,
-        encoding_version: str, simplify: bool, quant: QuantArgs, sampling: DataArgs) -> None:
-    """Fold BN, choose the quantization, equalize, bias-correct, calibrate and export.
+        report_path: str | None, no_equalize: bool, no_bias_correct: bool, adaround: bool | None,
+        bias_correct_method: str, encoding_version: str, simplify: bool, quant: QuantArgs, sampling: DataArgs) -> None:
+    """Fold BN, choose the quantization, equalize, adaround, bias-correct, calibrate and export.
 
     Per-channel weights (unless --per-channel/--per-tensor or the --config
-    decides), the other range scheme (--quant-scheme auto), equalization and bias
+    decides), the other range scheme (--quant-scheme auto), equalization,
+    AdaRound (below 8-bit weights unless --adaround/--no-adaround) and bias
     correction are each kept only where they bring the output closer to FP32 on
-    the calibration samples by more than a margin; bias correction is fitted on
-    the first three quarters and judged on the last, held out of it. The chosen
+    the calibration samples by more than a margin; AdaRound and bias correction
+    are fitted on the first three quarters and judged on the last, held out of them. The chosen
     model is exported. The table says what each number is on; --eval data only score.
     The output directory gets sim.onnx, what export writes, and report.json with
     ptq's decisions.
@@ -56,7 +60,7 @@ def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | Non
     if labels_key and not eval_data and not data.endswith(".npz"):
         raise AimetCliError("--labels needs an .npz with labels (give --eval)", ErrorKind.USAGE)
     preflight(out, model_in, output=output, output_is_dir=True, encoding_version=encoding_version,
-              bitwidths=(quant.param_bw, quant.act_bw), config=quant.config_path,
+              bitwidths=quant.bitwidths(), config=quant.config_path,
               data=[("--data", data), ("--eval", eval_data)])
     from aimetcli import api
 
@@ -76,7 +80,8 @@ def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | Non
     with StageProgress(out) as progress:
         summary = api.ptq(model, calib, evaluation, options, sampling.run(), outdir=output,
                           equalize_model=not no_equalize, correct_bias=not no_bias_correct, method=bias_correct_method,
-                          encoding_version=encoding_version, schemes=schemes, on_stage=progress.stage,
+                          encoding_version=encoding_version, schemes=schemes, adaround=adaround,
+                          on_stage=progress.stage,
                           on_start=progress.start, measure_layers=report_path is not None)
     for w in summary.warnings:
         out.warn(w)

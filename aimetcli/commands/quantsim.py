@@ -52,7 +52,7 @@ def quantsim(out: Output, model_in: str, output: str, data: str, encodings_out: 
     """
     enc_path = encodings_path(output, encodings_out)
     preflight(out, model_in, output=output, files=[enc_path], encoding_version=encoding_version,
-              bitwidths=(quant.param_bw, quant.act_bw), config=quant.config_path, data=[("--data", data)])
+              bitwidths=quant.bitwidths(), config=quant.config_path, data=[("--data", data)])
     from aimetcli import api, model_io
 
     options = quant.options()

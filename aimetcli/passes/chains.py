@@ -22,7 +22,8 @@ import numpy as np
 import onnx_ir as ir
 
 from aimetcli import graph as g
-from aimetcli.layers import Layer, as_layer, rewrite_reason
+from aimetcli.layers import Layer, as_layer, check_rewrite
+from aimetcli.verdict import Verdict, ok, skip
 
 SCALING_ACTIVATIONS = ("Relu", "LeakyRelu", "PRelu")
 
@@ -73,12 +74,13 @@ class ChainStop:
     reason: str
 
 
-def _next_link(l1: Layer, opset: int, through_relu6: bool) -> tuple[Layer | None, Link | None, str]:
+def _next_link(l1: Layer, opset: int, through_relu6: bool) -> Verdict[tuple[Layer, Link]]:
+    """The layer after ``l1`` in a chain and the link to it (the match), or why the chain stops at ``l1``."""
     out = l1.output
     consumer = g.sole_consumer(out)
     if consumer is None:
         n = len(out.uses())
-        return None, None, "its output is a graph output" if out.is_graph_output() else f"its output has {n} readers"
+        return skip("its output is a graph output" if out.is_graph_output() else f"its output has {n} readers")
     link = Link(None, None)
     nxt = consumer
     if as_layer(consumer) is None:
@@ -86,25 +88,25 @@ def _next_link(l1: Layer, opset: int, through_relu6: bool) -> tuple[Layer | None
         allowed = g.is_op(consumer, *SCALING_ACTIVATIONS)
         if g.is_op(consumer, "Clip") and is_relu_n(consumer, opset):
             if not through_relu6:
-                return None, None, "followed by ReLU6 (kept with --keep-relu6)"
+                return skip("followed by ReLU6 (kept with --keep-relu6)")
             allowed = True
         if not allowed:
-            return None, None, f"followed by {op}, which does not commute with scaling or ends the chain"
+            return skip(f"followed by {op}, which does not commute with scaling or ends the chain")
         link = Link(op, consumer)
         nxt = g.sole_consumer(consumer.outputs[0])
         if nxt is None:
-            return None, None, f"the {op} output has {len(consumer.outputs[0].uses())} readers or is a graph output"
+            return skip(f"the {op} output has {len(consumer.outputs[0].uses())} readers or is a graph output")
     l2 = as_layer(nxt)
     if l2 is None:
-        return None, None, f"followed by {nxt.op_type}" + (f" after {link.activation}" if link.activation else "")
+        return skip(f"followed by {nxt.op_type}" + (f" after {link.activation}" if link.activation else ""))
     if nxt.inputs[0] is not (link.node.outputs[0] if link.node else out):
-        return None, None, f"feeds {l2.name} as a weight"
-    reason = rewrite_reason(l2)
-    if reason:
-        return None, None, f"next layer: {reason}"
+        return skip(f"feeds {l2.name} as a weight")
+    rewrite = check_rewrite(l2)
+    if not rewrite:
+        return skip(f"next layer: {rewrite.reason}")
     if l1.out_channels(l1.weight_array()) != l2.in_channels(l2.weight_array()):
-        return None, None, f"channels of {l1.name} and {l2.name} do not line up"
-    return l2, link, ""
+        return skip(f"channels of {l1.name} and {l2.name} do not line up")
+    return ok((l2, link))
 
 
 def find_chains(model: ir.Model, *, through_relu6: bool) -> tuple[list[Chain], list[ChainStop]]:
@@ -118,15 +120,16 @@ def find_chains(model: ir.Model, *, through_relu6: bool) -> tuple[list[Chain], l
         layer = as_layer(node)
         if layer is None:
             continue
-        reason = rewrite_reason(layer)
-        if reason:
-            stops.append(ChainStop(layer.name, reason))
+        rewrite = check_rewrite(layer)
+        if not rewrite:
+            stops.append(ChainStop(layer.name, rewrite.reason))
             continue
         layers[id(node)] = layer
-        l2, link, why = _next_link(layer, opset, through_relu6)
-        if l2 is None:
-            stops.append(ChainStop(layer.name, why))
+        found = _next_link(layer, opset, through_relu6)
+        if not found:
+            stops.append(ChainStop(layer.name, found.reason))
             continue
+        l2, link = found.match
         nxt[id(node)] = (l2, link)
         targets.add(id(l2.node))
     chains = []

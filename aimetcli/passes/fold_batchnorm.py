@@ -27,7 +27,8 @@ import onnx_ir as ir
 from aimetcli import graph as g
 from aimetcli.bn_stats import BnStats, read_bn_stats, write_bn_stats
 from aimetcli.kernels import bn as bn_math
-from aimetcli.layers import Layer, as_layer, bias_array, bias_reason, normalize_gemm, weight_reason, write_bias
+from aimetcli.layers import Layer, as_layer, bias_array, check_bias, check_weight, normalize_gemm, write_bias
+from aimetcli.verdict import Verdict, ok, skip
 
 
 @dataclass
@@ -58,30 +59,30 @@ class _BnParams:
     gamma: np.ndarray
 
 
-def _bn_params(bn: ir.Node) -> _BnParams | str:
-    """s, t (and beta, gamma) of a foldable BN, or why it cannot be folded.
+def _bn_params(bn: ir.Node) -> Verdict[_BnParams]:
+    """s, t (and beta, gamma) of a foldable BN (the match), or why it cannot be folded.
 
     Each parameter tensor is read once (an initializer kept in protobuf form decodes
     its bytes on every read).
     """
     if bn.attributes.get_int("training_mode", 0):
-        return "training_mode=1 (statistics computed at run time)"
+        return skip("training_mode=1 (statistics computed at run time)")
     if bn.attributes.get_int("spatial", 1) == 0:
-        return "spatial=0 (per-element statistics)"
+        return skip("spatial=0 (per-element statistics)")
     if len(bn.inputs) < 5:
-        return "fewer than 5 inputs"
+        return skip("fewer than 5 inputs")
     arrays = []
     for idx, what in zip(range(1, 5), ("scale", "bias", "mean", "var")):
         v = bn.inputs[idx]
         arr = g.constant(v)
         if arr is None:
-            return f"its {what} ({v.name if v is not None else 'missing'}) is not a constant"
+            return skip(f"its {what} ({v.name if v is not None else 'missing'}) is not a constant")
         if not g.is_float_dtype(arr):
-            return f"its {what} is {arr.dtype}, not floating point"
+            return skip(f"its {what} is {arr.dtype}, not floating point")
         arrays.append(arr)
     for extra in bn.outputs[1:]:
         if extra.uses() or extra.is_graph_output():
-            return "its running-statistics outputs are used"
+            return skip("its running-statistics outputs are used")
     if all(a.shape == arrays[0].shape for a in arrays):  # as always: one float64 block, one test
         block = np.array(arrays, np.float64).reshape(4, -1)
         finite = np.isfinite(block).all()
@@ -91,60 +92,64 @@ def _bn_params(bn: ir.Node) -> _BnParams | str:
         finite = all(np.isfinite(a).all() for a in (gamma, beta, mean, var))
     eps = bn.attributes.get_float("epsilon", 1e-5)
     if not finite:
-        return "its parameters contain NaN or Inf"
+        return skip("its parameters contain NaN or Inf")
     if (var + eps <= 0).any():
-        return "variance + epsilon is not positive in some channel (invalid statistics)"
+        return skip("variance + epsilon is not positive in some channel (invalid statistics)")
     s, t = bn_math.bn_scale_shift(gamma, beta, mean, var, eps)
-    return _BnParams(s=s, t=t, beta=beta, gamma=gamma)
+    return ok(_BnParams(s=s, t=t, beta=beta, gamma=gamma))
 
 
 def _rank(value: ir.Value) -> int | None:
     return len(value.shape) if value.shape is not None else None
 
 
-def _backward_reason(bn: ir.Node, n: int) -> tuple[Layer | None, str | None]:
+def _backward(bn: ir.Node, n: int) -> Verdict[Layer]:
+    """The layer ``bn`` folds into backward (the match), or why it cannot."""
     producer = bn.inputs[0].producer()
     layer = as_layer(producer)
     if layer is None:
         what = producer.op_type if producer is not None else "a graph input"
-        return None, f"fed by {what}, not Conv/ConvTranspose/Gemm/MatMul"
+        return skip(f"fed by {what}, not Conv/ConvTranspose/Gemm/MatMul")
     if g.sole_consumer(layer.output) is not bn:
-        return None, f"output of {layer.name} also feeds other nodes or the graph output"
-    reason = weight_reason(layer)
-    if reason:
-        return None, reason
+        return skip(f"output of {layer.name} also feeds other nodes or the graph output")
+    weight = check_weight(layer)
+    if not weight:
+        return weight
     w = layer.weight_array()
     if layer.out_channels(w) != n:
-        return None, f"{layer.name} has {layer.out_channels(w)} output channels, BN has {n}"
+        return skip(f"{layer.name} has {layer.out_channels(w)} output channels, BN has {n}")
     if layer.op_type == "MatMul" and _rank(layer.node.inputs[0]) != 2:
-        return None, f"MatMul {layer.name} input is not known to be 2-D (BN would normalise another axis)"
-    return layer, bias_reason(layer, w)
+        return skip(f"MatMul {layer.name} input is not known to be 2-D (BN would normalise another axis)")
+    bias = check_bias(layer, w)
+    return ok(layer) if bias else bias
 
 
-def _forward_reason(bn: ir.Node, n: int) -> tuple[Layer | None, str | None]:
+def _forward(bn: ir.Node, n: int) -> Verdict[Layer]:
+    """The layer ``bn`` folds into forward (the match), or why it cannot."""
     consumer = g.sole_consumer(bn.outputs[0])
     if consumer is None:
-        return None, "its output feeds several nodes or the graph output"
+        return skip("its output feeds several nodes or the graph output")
     layer = as_layer(consumer)
     if layer is None:
-        return None, f"followed by {consumer.op_type}, not Conv/Gemm/MatMul"
+        return skip(f"followed by {consumer.op_type}, not Conv/Gemm/MatMul")
     if consumer.inputs[0] is not bn.outputs[0]:
-        return None, f"it feeds {layer.name} as a weight, not as data"
+        return skip(f"it feeds {layer.name} as a weight, not as data")
     if layer.op_type == "ConvTranspose":
-        return None, f"followed by ConvTranspose {layer.name} (not folded forward, as in AIMET)"
+        return skip(f"followed by ConvTranspose {layer.name} (not folded forward, as in AIMET)")
     if layer.pads_input:
-        return None, f"followed by {layer.name} which pads its input (zero padding would not be exact)"
+        return skip(f"followed by {layer.name} which pads its input (zero padding would not be exact)")
     if layer.groups != 1:
-        return None, f"followed by grouped Conv {layer.name} (group={layer.groups})"
-    reason = weight_reason(layer)
-    if reason:
-        return None, reason
+        return skip(f"followed by grouped Conv {layer.name} (group={layer.groups})")
+    weight = check_weight(layer)
+    if not weight:
+        return weight
     w = layer.weight_array()
     if layer.in_channels(w) != n:
-        return None, f"{layer.name} has {layer.in_channels(w)} input channels, BN has {n}"
+        return skip(f"{layer.name} has {layer.in_channels(w)} input channels, BN has {n}")
     if layer.op_type == "MatMul" and _rank(consumer.inputs[0]) != 2:
-        return None, f"MatMul {layer.name} input is not known to be 2-D"
-    return layer, bias_reason(layer, w)
+        return skip(f"MatMul {layer.name} input is not known to be 2-D")
+    bias = check_bias(layer, w)
+    return ok(layer) if bias else bias
 
 
 class FoldBatchNormPass(ir.passes.InPlacePass):
@@ -163,23 +168,24 @@ class FoldBatchNormPass(ir.passes.InPlacePass):
             if not g.is_op(bn, "BatchNormalization"):
                 continue
             label = g.node_label(bn)
-            params = _bn_params(bn)
-            if isinstance(params, str):
-                result.skipped.append(SkippedBn(label, params))
+            found = _bn_params(bn)
+            if not found:
+                result.skipped.append(SkippedBn(label, found.reason))
                 continue
+            params = found.match
             n = params.s.size
-            layer, why_back = _backward_reason(bn, n)
-            if layer is not None and why_back is None:
-                out_name = self._fold_backward(graph, names, bn, layer, params)
+            back = _backward(bn, n)
+            if back:
+                out_name = self._fold_backward(graph, names, bn, back.match, params)
                 stats[out_name] = BnStats(params.beta.copy(), params.gamma.copy(), label)
-                result.folded.append(FoldedPair(label, layer.name, "backward", n))
+                result.folded.append(FoldedPair(label, back.match.name, "backward", n))
                 continue
-            layer, why_fwd = _forward_reason(bn, n)
-            if layer is not None and why_fwd is None:
-                self._fold_forward(graph, names, bn, layer, params)
-                result.folded.append(FoldedPair(label, layer.name, "forward", n))
+            forward = _forward(bn, n)
+            if forward:
+                self._fold_forward(graph, names, bn, forward.match, params)
+                result.folded.append(FoldedPair(label, forward.match.name, "forward", n))
                 continue
-            result.skipped.append(SkippedBn(label, f"backward: {why_back}; forward: {why_fwd}"))
+            result.skipped.append(SkippedBn(label, f"backward: {back.reason}; forward: {forward.reason}"))
         if result.folded:
             write_bn_stats(model, stats)
             result.modified = True

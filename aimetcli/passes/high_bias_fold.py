@@ -35,6 +35,7 @@ from aimetcli.bn_stats import BnStats, read_bn_stats, write_bn_stats
 from aimetcli.kernels import cle
 from aimetcli.layers import Layer, bias_array, write_bias
 from aimetcli.passes.chains import find_chains
+from aimetcli.verdict import OK, Verdict, skip
 
 
 @dataclass
@@ -76,9 +77,9 @@ class HighBiasFoldPass(ir.passes.InPlacePass):
                 c = cle.absorbable_bias(st.beta, st.gamma, through_relu=link.activation == "Relu")
                 if not np.any(c != 0):
                     continue
-                reason = _inexact_reason(l2)
-                if reason:
-                    result.skipped.append((l1.name, f"{l2.name} {reason}"))
+                exact = _check_exact(l2)
+                if not exact:
+                    result.skipped.append((l1.name, f"{l2.name} {exact.reason}"))
                     continue
                 w1 = l1.weight_array()
                 w2 = l2.weight_array()
@@ -94,13 +95,13 @@ class HighBiasFoldPass(ir.passes.InPlacePass):
         return result
 
 
-def _inexact_reason(l2: Layer) -> str | None:
-    """Why absorbing a constant into ``l2``'s input would not be exact (condition (2) above), or
-    None; read after the layer's name."""
+def _check_exact(l2: Layer) -> Verdict:
+    """ok when absorbing a constant into ``l2``'s input is exact (condition (2) above), else why
+    not; the reason is read after the layer's name."""
     if l2.spec.bias_slot is None and not l2.input_known_2d:
-        return "is a MatMul whose input is not known to be 2-D"
+        return skip("is a MatMul whose input is not known to be 2-D")
     if l2.op_type == "ConvTranspose":
-        return "is a ConvTranspose, which sums different numbers of kernel taps at different output positions"
+        return skip("is a ConvTranspose, which sums different numbers of kernel taps at different output positions")
     if l2.pads_input:
-        return "zero-pads its input (exact only if the padding held the absorbed amount too)"
-    return None
+        return skip("zero-pads its input (exact only if the padding held the absorbed amount too)")
+    return OK

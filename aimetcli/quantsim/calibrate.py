@@ -8,7 +8,8 @@ tensors are extra graph outputs; each batch updates a streaming observer per
 tensor (min/max, or a 512-bin histogram for tf-enhanced and percentile), so
 memory stays at one batch of activations whatever the number of samples.
 Min-max ranges are reduced inside onnxruntime instead. Both run onnxruntime on
-small runs of samples (see reduction_run_size, histogram_run_size), whatever ``--batch-size`` says:
+small runs of samples (see runtime.reduction_run_size, runtime.histogram_run_size), whatever
+``--batch-size`` says:
 progress still counts batches.
 """
 
@@ -21,13 +22,14 @@ import onnx
 import onnx_ir as ir
 
 from aimetcli import graph as g
-from aimetcli.calibration import runner
+from aimetcli import runtime
+from aimetcli.big_tensors import SplicedProto
+from aimetcli.runtime import reduction_run_size  # noqa: F401  (adaround.py imports it from here)
 from aimetcli.calibration.data import feed_rows
 from aimetcli.calibration.observers import EmptyObserverError, make_observer, observe_encoding
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.quant import (Encoding, QuantScheme, encoding_from_range, fake_quantize_finite,
                                     is_unsigned_symmetric, unsigned_symmetric_encoding)
-from aimetcli.model_io import SplicedProto
 from aimetcli.options import QuantOptions
 from aimetcli.quantsim.placement import Placement, revise_after_calibration
 
@@ -60,13 +62,40 @@ def param_encodings(model: ir.Model, placement: Placement, opts: QuantOptions, *
             lim = float(np.abs(w).max()) if w.size else 0.0
             out[pq.tensor] = encoding_from_range(-lim, lim, pq.bitwidth, True, min_range=0.0)
             continue
+        out[pq.tensor] = _weight_encoding(w, pq, opts, placement)
+    return out
+
+
+# Histogram-scheme grids of weights already searched, by the weight's bytes and every setting the
+# search reads: ptq computes the same weights' grids for each candidate sim, bias correction and
+# AdaRound (on PP-OCRv6 rec small with per-channel tf-enhanced weights, 3 times 66 weights, most
+# of a stage's time). A pure function's memo, bounded.
+_SEARCHED: dict[tuple, Encoding] = {}
+_SEARCHED_MAX = 4096
+
+
+def _weight_encoding(w: np.ndarray, pq, opts: QuantOptions, placement: Placement) -> Encoding:
+    strict = placement.strict_symmetric and pq.symmetric
+
+    def search() -> Encoding:
         observer = make_observer(opts.scheme, axis=pq.axis)
         observer.update(w)
-        out[pq.tensor] = observe_encoding(observer, opts.scheme, pq.bitwidth, pq.symmetric,
-                                          percentile=opts.percentile,
-                                          strict_symmetric=placement.strict_symmetric and pq.symmetric,
-                                          unsigned_symmetric=placement.unsigned_symmetric)
-    return out
+        return observe_encoding(observer, opts.scheme, pq.bitwidth, pq.symmetric, percentile=opts.percentile,
+                                strict_symmetric=strict, unsigned_symmetric=placement.unsigned_symmetric)
+
+    if opts.scheme is QuantScheme.MIN_MAX:  # a min and a max: cheaper than the key
+        return search()
+    import hashlib
+
+    digest = hashlib.blake2b(np.ascontiguousarray(w).data, digest_size=16).digest()
+    key = (digest, w.shape, opts.scheme, opts.percentile, pq.bitwidth, pq.symmetric, pq.axis, strict,
+           placement.unsigned_symmetric)
+    hit = _SEARCHED.get(key)
+    if hit is None:
+        if len(_SEARCHED) >= _SEARCHED_MAX:
+            _SEARCHED.clear()
+        hit = _SEARCHED[key] = search()
+    return hit
 
 
 def calibration_weights(model: ir.Model, params: dict[str, Encoding], *,
@@ -150,12 +179,12 @@ def _reduced_minmax(model: ir.Model, params: dict[str, Encoding], tensors: list[
     del proto.graph.output[:]
     for name in outputs:
         proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, []))
-    session = runner.make_session(spliced, optimization="all")
+    session = runtime.Session(spliced, runtime.MEASURE)
     ranges = {name: [np.inf, -np.inf] for name in tensors}
     bad: set[str] = set()
     step = ProgressSteps(dataset, batch_size, progress)
-    for feeds in dataset.batches(min(batch_size, reduction_run_size(dataset))):
-        values = dict(zip(outputs, runner.run(session, feeds, outputs)))
+    for feeds in dataset.batches(min(batch_size, runtime.reduction_run_size(dataset))):
+        values = dict(zip(outputs, session.run(feeds, outputs)))
         step.samples(feed_rows(feeds))
         for name, lo_name, hi_name, check_name in pairs:
             lo = float(values[lo_name]) if lo_name is not None else 0.0
@@ -172,7 +201,7 @@ def _reduced_minmax(model: ir.Model, params: dict[str, Encoding], tensors: list[
 class ProgressSteps:
     """Reports one progress step per ``batch_size`` samples, whatever size the runs have."""
 
-    def __init__(self, dataset, batch_size: int, progress: runner.Progress | None):
+    def __init__(self, dataset, batch_size: int, progress: runtime.Progress | None):
         self.total = dataset.num_batches(batch_size)
         self.batch_size, self.progress = batch_size, progress
         self.seen = self.reported = 0
@@ -188,39 +217,6 @@ class ProgressSteps:
         if self.progress is not None and self.total > self.reported:
             self.progress(self.total - self.reported)
             self.reported = self.total
-
-
-def reduction_run_size(dataset) -> int:
-    """Samples per onnxruntime calibration run.
-
-    Min and max do not depend on how the data are split, and small runs keep every
-    activation in the CPU caches while the reductions read it again. Measured on the
-    full-size MobileNetV2, 64 samples 224x224: 2-4 samples a run take 0.52-0.54 s
-    and 370-480 MB, 16 a run 0.87 s and 1.15 GB, 64 a run 1.5 s and 2.1 GB (onnxruntime
-    keeps more of a graph's activations alive when they are also reduced). Small
-    images do best with somewhat larger runs (Fashion-MNIST models: 8-16). Histogram
-    schemes copy every activation out: small runs keep that to a few samples' worth
-    (tf-enhanced, same model and data: 2.5 GB -> 0.42 GB at --batch-size 64). Their
-    histograms grow their range run by run (as AIMET's do batch by batch), so results
-    can differ in the last bits from runs of another size.
-    """
-    return 4 if dataset.sample_nbytes >= 64 << 10 else 16
-
-
-# Activations (summed over a model's tensors) that one histogram run may copy out of onnxruntime
-HISTOGRAM_RUN_BYTES = 16 << 20
-
-
-def histogram_run_size(model: ir.Model, dataset) -> int:
-    """Samples per onnxruntime run when activations leave the session (histograms, NaN checks).
-
-    At least reduction_run_size, more (up to 64) while the model's activations for the run stay
-    within HISTOGRAM_RUN_BYTES. The ResNet sample model (0.58 MB of activations a sample),
-    tf-enhanced over 1,000 samples: runs of 16 samples 0.29 s, 32 0.23 s, 64 0.22 s; its
-    process's peak memory grows with the run (1.4x the FP32 process's at 16 samples, 1.9x at
-    55), hence the bound (27 samples there).
-    """
-    return max(reduction_run_size(dataset), min(64, HISTOGRAM_RUN_BYTES // max(g.activation_bytes(model), 1)))
 
 
 def non_negative_outputs(model: ir.Model) -> set[str]:
@@ -239,7 +235,7 @@ def non_negative_outputs(model: ir.Model) -> set[str]:
 
 
 def calibrate(model: ir.Model, placement: Placement, opts: QuantOptions, dataset, batch_size: int,
-              progress: runner.Progress | None = None) -> Encodings:
+              progress: runtime.Progress | None = None) -> Encodings:
     """Every quantizer's encoding; then the decisions that need calibrated ranges are revised
     (:func:`~aimetcli.quantsim.placement.revise_after_calibration`: ``placement`` loses the
     quantizers they drop, with the reason), so what is returned is what gets inserted."""
@@ -249,7 +245,7 @@ def calibrate(model: ir.Model, placement: Placement, opts: QuantOptions, dataset
 
 
 def _encodings(model: ir.Model, placement: Placement, opts: QuantOptions, dataset, batch_size: int,
-               progress: runner.Progress | None) -> Encodings:
+               progress: runtime.Progress | None) -> Encodings:
     enc = Encodings(params=param_encodings(model, placement, opts))
     if not placement.activations:
         return enc
@@ -283,15 +279,15 @@ def _encodings(model: ir.Model, placement: Placement, opts: QuantOptions, datase
     observed = Placement(todo, placement.params, placement.skipped, placement.strict_symmetric,
                          placement.unsigned_symmetric)
     names = [a.tensor for a in todo if a.tensor not in graph_inputs]
-    session = runner.make_session(calibration_model(model, observed, enc.params), optimization="all") if names else None
+    session = runtime.Session(calibration_model(model, observed, enc.params), runtime.MEASURE) if names else None
     fed = [a for a in todo if a.tensor in graph_inputs]
     observers = {a.tensor: make_observer(opts.scheme) for a in todo}
     step = ProgressSteps(dataset, batch_size, progress)
-    for feeds in dataset.batches(min(batch_size, histogram_run_size(model, dataset))):
+    for feeds in dataset.batches(min(batch_size, runtime.histogram_run_size(model, dataset))):
         for a in fed:
             observers[a.tensor].update(feeds[a.tensor])
         if names:
-            for name, value in zip(names, runner.run(session, feeds, names)):
+            for name, value in zip(names, session.run(feeds, names)):
                 observers[name].update(value)
         step.samples(feed_rows(feeds))
     step.finish()

@@ -51,7 +51,9 @@ from aimetcli.kernels.quant import Encoding
 from aimetcli.layers import as_layer
 from aimetcli.options import QuantOptions
 from aimetcli.quantsim.config import QuantsimConfig
+from aimetcli.quantsim.per_layer import apply_bits, apply_exclusions
 from aimetcli.quantsim.units import SAME_GRID_OPS, unit_inner
+from aimetcli.verdict import Verdict, skip
 
 # float16/bfloat16 tensors stay unquantized: QDQ scales would have to be float16 too.
 FLOAT_TYPES = (ir.DataType.FLOAT,)
@@ -92,9 +94,10 @@ def _is_float(value: ir.Value) -> bool:
     return value.dtype in FLOAT_TYPES
 
 
-def _supergroup_inner(graph: ir.Graph, groups: list[tuple[str, ...]]) -> dict[ir.Node, str]:
-    """Nodes whose output is fused into the next op of a supergroup, with the reason."""
-    inner: dict[ir.Node, str] = {}
+def _supergroup_inner(graph: ir.Graph, groups: list[tuple[str, ...]]) -> dict[ir.Node, Verdict]:
+    """Nodes whose output is fused into the next op of a supergroup, each with the verdict that
+    skips its output."""
+    inner: dict[ir.Node, Verdict] = {}
     for node in graph:
         for ops in groups:
             if not g.is_op(node, ops[0]):
@@ -109,7 +112,7 @@ def _supergroup_inner(graph: ir.Graph, groups: list[tuple[str, ...]]) -> dict[ir
                 cur = nxt
             if chain:
                 for n in chain[:-1]:
-                    inner[n] = f"inside supergroup {'+'.join(ops)}"
+                    inner[n] = skip(f"inside supergroup {'+'.join(ops)}")
     return inner
 
 
@@ -152,7 +155,7 @@ def place_quantizers(model: ir.Model, cfg: QuantsimConfig, opts: QuantOptions) -
             if not value.uses() and not value.is_graph_output():
                 continue
             if node in inner:
-                placement.skipped.append((value.name, inner[node]))
+                placement.skipped.append((value.name, inner[node].reason))
             elif not cfg.op_output_quantized(op):
                 placement.skipped.append((value.name, f"{op} output is not quantized by the config"))
             else:
@@ -161,6 +164,8 @@ def place_quantizers(model: ir.Model, cfg: QuantsimConfig, opts: QuantOptions) -
     if cfg.model_output_quantized:
         for value in graph.outputs:
             add_act(value, "model_output")
+    apply_exclusions(model, placement, opts.exclude)
+    apply_bits(model, placement, opts.bits)
     note_control_flow(model, placement)
     return placement
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from aimetcli import graph as g
+from aimetcli.verdict import Verdict, skip
 
 # ops whose output is on the grid of their first input (values moved, none computed)
 SAME_GRID_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Slice", "Gather",
@@ -106,12 +107,14 @@ _UNITS = ((("ReduceMean",), _decomposed_layernorm, "LayerNormalization"), (("Erf
           (("Conv", "ConvTranspose", "Gemm", "MatMul"), _separate_bias, "layer with bias"))
 
 
-def unit_inner(graph: ir.Graph) -> dict[ir.Node, str]:
-    """Nodes inside an operation written as several ops (see the module doc), with the reason."""
-    inner: dict[ir.Node, str] = {}
+def unit_inner(graph: ir.Graph) -> dict[ir.Node, Verdict]:
+    """Nodes inside an operation written as several ops (see the module doc), each with the
+    verdict that skips its output."""
+    inner: dict[ir.Node, Verdict] = {}
     for node in graph:
         for op_types, match, name in _UNITS:
             ops = match(node) if g.is_op(node, *op_types) else None
             for n in ops or ():
-                inner[n] = f"inside a {name} written as {len(ops) + 1} ops (float inside, as AIMET; quantized at its output)"
+                inner[n] = skip(f"inside a {name} written as {len(ops) + 1} ops (float inside, as AIMET; quantized "
+                                "at its output)")
     return inner

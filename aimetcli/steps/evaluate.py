@@ -82,15 +82,15 @@ def _run_models(models: list[ir.Model], levels: list[str], dataset, batch_size: 
     """Each model's outputs over the data, the models run batch by batch side by side."""
     import numpy as np
 
-    from aimetcli.calibration import runner
+    from aimetcli import runtime
 
     if not models:
         return []
-    sessions = [runner.session_of(m, optimization=lvl) for m, lvl in zip(models, levels)]
+    sessions = [runtime.Session(m, runtime.LEVELS[lvl]) for m, lvl in zip(models, levels)]
     collected: list[list[list[np.ndarray]]] = [[] for _ in sessions]
     for feeds in dataset.batches(batch_size):
         for i, sess in enumerate(sessions):
-            collected[i].append(runner.run(sess, feeds, outputs))
+            collected[i].append(sess.run(feeds, outputs))
         if progress is not None:
             progress(1)
     return [[_joined([b[k] for b in batches]) for k in range(len(batches[0]))] if batches else []

@@ -43,13 +43,14 @@ def quantsim(model: ModelSource, data: DataSource, options: QuantOptions | None 
              run: RunOptions | None = None, *, check_loads: bool = True) -> tuple[ir.Model, Any, QuantsimSummary]:
     """Place quantizers, calibrate them with onnxruntime on ``data`` and insert QDQ nodes.
 
-    Returns (sim model, Encodings, QuantsimSummary). ``model`` may be replaced when
-    its opset must be raised for the QDQ nodes (13, or 21 for 16-bit). ``data``: a Dataset,
+    Returns (sim model, Encodings, QuantsimSummary). ``model`` is left as it is: the sim is a
+    new model (its big weights shared with ``model``, read-only; :func:`model_ops.clone`), at
+    the opset the QDQ nodes need (13, or 21 for 16-bit). ``data``: a Dataset,
     or a path / 'random:N' opened for the model's inputs. ``check_loads``: make sure stock
     onnxruntime loads the sim (a caller that runs it right away, as ptq does, learns that anyway).
     """
     start = time.perf_counter()
-    model = as_model(model, float32=True)
+    model = as_model(model, float32=True, copy=True)
     options = options or QuantOptions()
     run = run or RunOptions()
     dataset = as_dataset(data, model)
@@ -72,9 +73,9 @@ def quantsim(model: ModelSource, data: DataSource, options: QuantOptions | None 
         warnings.append(f"{count} NaN/Inf values in tensor {tensor!r} were ignored during calibration")
     # what we write must run on stock onnxruntime: check it loads (no optimizations: cheap)
     if check_loads and model_io.tensor_bytes(model) < model_io.IN_MEMORY_LIMIT:
-        from aimetcli.calibration import runner
+        from aimetcli import runtime
 
-        runner.session_of(model, optimization="none")
+        runtime.Session(model, runtime.SIMULATE)
     from aimetcli.export import embed
 
     embed(model, encodings_json(encodings, options, "1.0.0"), encodings.params, options.as_record(),
@@ -98,7 +99,8 @@ def simulate(model: ir.Model, options: QuantOptions, dataset, run: RunOptions):
     """quantsim's core: raise the opset, place quantizers, calibrate, insert QDQ.
 
     Returns (sim model, Encodings, Placement, calibration seconds). ``model`` is modified
-    in place unless its opset had to be raised (then a converted copy is the sim).
+    in place unless its opset had to be raised (then a converted copy is the sim): quantsim
+    hands it its own copy.
     """
     from aimetcli.quantsim.calibrate import calibrate
     from aimetcli.quantsim.insert import insert_qdq
@@ -115,7 +117,7 @@ def simulate(model: ir.Model, options: QuantOptions, dataset, run: RunOptions):
 
 def quantizer_args(options, encodings):
     """AIMET's quantizer_args, from what was actually computed (the config may decide symmetry)."""
-    from aimetcli.encodings import QuantizerArgs, aimet_quant_scheme_name
+    from aimetcli.encodings_types import QuantizerArgs, aimet_quant_scheme_name
 
     params = list(encodings.params.values())
     acts = list(encodings.activations.values())
@@ -134,19 +136,19 @@ def quantizer_args(options, encodings):
 
 
 def tensor_encodings(encodings) -> list:
-    from aimetcli.encodings import TensorEncoding
+    from aimetcli.encodings_types import TensorEncoding
 
     return [TensorEncoding(name, enc, "activation") for name, enc in sorted(encodings.activations.items())] + [
         TensorEncoding(name, enc, "param") for name, enc in sorted(encodings.params.items())]
 
 
 def encodings_json(encodings, options, version: str) -> str:
-    from aimetcli import encodings as enc_io
+    from aimetcli import encodings_write
     from aimetcli.errors import AimetCliError, ErrorKind
 
     try:
-        return enc_io.dumps(tensor_encodings(encodings), version=version,
-                            quantizer_args=quantizer_args(options, encodings))
+        return encodings_write.dumps(tensor_encodings(encodings), version=version,
+                                     quantizer_args=quantizer_args(options, encodings))
     except ValueError as exc:  # e.g. 2.0.0 has no field for a 6-bit grid
         raise AimetCliError(f"encodings {version} cannot hold these encodings ({exc}); use --encoding-version 1.0.0",
                             ErrorKind.USAGE) from exc

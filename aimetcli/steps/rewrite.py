@@ -55,12 +55,12 @@ def weight_ranges(model: ModelSource) -> list[LayerRanges]:
     """Per-output-channel weight ranges of every layer with constant float weights."""
     model = as_model(model)
     from aimetcli.kernels import cle
-    from aimetcli.layers import as_layer, weight_reason
+    from aimetcli.layers import as_layer, check_weight
 
     rows = []
     for node in model.graph:
         layer = as_layer(node)
-        if layer is None or weight_reason(layer) or layer.weight is None:  # (no reason: it has a weight)
+        if layer is None or not check_weight(layer) or layer.weight is None:  # (ok: it has a weight)
             continue
         w = layer.weight_array()
         r = layer.per_out_channel_abs_max(w)

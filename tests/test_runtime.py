@@ -1,0 +1,62 @@
+"""aimetcli.runtime: each named policy sets the session options its docstring states, float feeds
+are converted to the input's type, and onnxruntime's failures become one-line AimetCliErrors."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import helper
+
+from aimetcli import runtime
+from aimetcli.errors import AimetCliError
+from helpers import init, make_model, rand, to_ir
+
+
+def _gemm():
+    return to_ir(make_model([helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)], [("x", ["N", 8])],
+                            [("y", None)], [init("W", rand(4, 8))]))
+
+
+def _entry(options, key: str) -> str | None:
+    try:
+        return options.get_session_config_entry(key)
+    except RuntimeError:  # onnxruntime: no such entry
+        return None
+
+
+@pytest.mark.parametrize("policy, level, qdq_kept, mem_pattern", [
+    (runtime.MEASURE, ort.GraphOptimizationLevel.ORT_ENABLE_ALL, False, True),
+    (runtime.SIMULATE, ort.GraphOptimizationLevel.ORT_DISABLE_ALL, False, True),
+    (runtime.FOLD_CONSTANTS, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, False, True),
+    (runtime.DEPLOY, ort.GraphOptimizationLevel.ORT_ENABLE_ALL, False, True),
+    (runtime.SIMULATE_FUSED, ort.GraphOptimizationLevel.ORT_ENABLE_ALL, True, False),
+])
+def test_policies_set_their_session_options(policy, level, qdq_kept, mem_pattern):
+    options = runtime.Session(_gemm(), policy)._session.get_session_options()
+    assert options.graph_optimization_level == level
+    assert (_entry(options, "session.disable_quant_qdq") == "1") is qdq_kept
+    assert options.enable_mem_pattern is mem_pattern
+
+
+def test_command_line_levels_name_policies():
+    assert runtime.LEVELS == {"none": runtime.SIMULATE, "basic": runtime.FOLD_CONSTANTS, "all": runtime.DEPLOY}
+
+
+def test_float_feeds_are_converted_to_the_input_type():
+    model = _gemm()
+    session = runtime.Session(model, runtime.SIMULATE)
+    x = rand(3, 8)
+    want = session.run({"x": x})[0]
+    got = session.run({"x": x.astype(np.float64)})[0]
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+
+
+def test_failures_are_one_line_errors():
+    with pytest.raises(AimetCliError, match="^onnxruntime cannot load the model: ") as info:
+        runtime.Session(b"not a model", runtime.SIMULATE)
+    assert "\n" not in str(info.value)
+    session = runtime.Session(_gemm(), runtime.SIMULATE)
+    with pytest.raises(AimetCliError, match="^onnxruntime failed while running the model: ") as info:
+        session.run({"x": rand(3, 5)})
+    assert "\n" not in str(info.value)
