@@ -27,8 +27,10 @@ and the rest rounded to nearest (``passes`` = number of layers is AIMET's order 
 one pass with every upstream layer rounded to nearest). Measured (MobileNetV2 sample, W4A8
 per-tensor, 1,000 iterations, eval top-1; nearest rounding 60.00, FP32 92.15): one pass 37-56
 (each layer compensates upstream nearest-rounding errors that AdaRound then removes), one pass
-with FP32 inputs (x = f) 82.5, one pass per layer 91.35. So the default is one pass per layer,
-AIMET's order; each pass is a run of the model over the data (FP32 and quantized copies).
+with FP32 inputs (x = f) 82.5, one pass per layer 91.35. So the default is AIMET's order: one
+pass per layer, except that consecutive layers none of which reads another's output share a pass
+(:func:`independent_chunks`: the same roundings); each pass is a run of the model over the data
+(FP32 and quantized copies, up to the pass's layers).
 
 The output is the FP32 model with each weight replaced by its AdaRounded grid values
 (scale * integer, exactly what DequantizeLinear gives) and the grids recorded in
@@ -432,6 +434,36 @@ def _targets(model: ir.Model, params: dict[str, Encoding], result: AdaroundResul
     return out
 
 
+def independent_chunks(targets: list[_Target]) -> list[list[_Target]]:
+    """The targets (in topological order) cut into runs of consecutive layers none of which reads
+    another's output, directly or not: rounding one cannot change another's input, so measuring
+    and rounding them together is AIMET's order exactly (one layer after another) in fewer passes
+    (ResNet's downsample Conv beside its block's first Conv, ShuffleNetV2's two branches)."""
+    chunks: list[list[_Target]] = []
+    members: set[int] = set()  # ids of the current chunk's layer nodes
+    for t in targets:
+        if chunks and not (members & _upstream(t.layer.node)):
+            chunks[-1].append(t)
+        else:
+            chunks.append([t])
+            members = set()
+        members.add(id(t.layer.node))
+    return chunks
+
+
+def _upstream(node: ir.Node) -> set[int]:
+    """ids of the nodes whose outputs ``node``'s data input depends on."""
+    seen: set[int] = set()
+    stack = [node.inputs[0].producer()] if node.inputs and node.inputs[0] is not None else []
+    while stack:
+        n = stack.pop()
+        if n is None or id(n) in seen:
+            continue
+        seen.add(id(n))
+        stack.extend(v.producer() for v in n.inputs if v is not None)
+    return seen
+
+
 def adaround(model: ir.Model, dataset, options, *, batch_size: int = 32,
              params: ar.AdaroundParams = ar.AdaroundParams(), passes: int | None = None, progress=None,
              on_layer=None, quantized_inputs: bool = True) -> AdaroundResult:
@@ -459,10 +491,13 @@ def adaround(model: ir.Model, dataset, options, *, batch_size: int = 32,
     iterations = params.iterations or ar.default_iterations(min(t.enc.bitwidth for t in targets))
     result.iterations = iterations
     fp32 = calibration_weights(model, {})
-    passes = len(targets) if passes is None else max(1, min(passes, len(targets)))
-    bounds = np.linspace(0, len(targets), passes + 1).round().astype(int)
+    if passes is None:
+        chunks = independent_chunks(targets)
+    else:
+        bounds = np.linspace(0, len(targets), max(1, min(passes, len(targets))) + 1).round().astype(int)
+        chunks = [targets[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     run_size = min(batch_size, reduction_run_size(dataset))
-    for chunk in (targets[a:b] for a, b in zip(bounds[:-1], bounds[1:])):
+    for chunk in chunks:
         t0 = time.perf_counter()
         joint, names = moments_graph(fp32, calibration_weights(model, encodings) if quantized_inputs else None, chunk)
         _moments(joint, names, chunk, dataset, run_size, progress)

@@ -271,3 +271,27 @@ def test_the_fast_iteration_follows_the_plain_formula(per_channel):
     assert fast.loss_adaround < fast.loss_nearest and fast.changed > 10  # learned, and kept
     assert np.count_nonzero(fast.k != ref) <= 2  # measured: 0 of 240, both granularities
     assert fast.loss_adaround == pytest.approx(problem.loss(ref), rel=1e-3)
+
+
+def test_layers_that_do_not_read_each_other_share_a_pass_and_round_as_one_by_one():
+    """Two Convs reading the same tensor (a ResNet block's downsample beside its first Conv), then
+    a Gemm after both: passes [both Convs], [Gemm]; the roundings are those of one layer a pass."""
+    rng = np.random.default_rng(2)
+    inits = [init("W1", rand(6, 3, 3, 3, rng=rng)), init("W2", rand(6, 3, 1, 1, rng=rng)),
+             init("W3", rand(4, 6 * 64, rng=rng)), init("shape", np.array([0, -1], np.int64))]
+    nodes = [helper.make_node("Conv", ["input", "W1"], ["a"], pads=[1] * 4),
+             helper.make_node("Conv", ["input", "W2"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["s"]),
+             helper.make_node("Relu", ["s"], ["r"]),
+             helper.make_node("Reshape", ["r", "shape"], ["f"]),
+             helper.make_node("Gemm", ["f", "W3"], ["y"], transB=1)]
+    proto = make_model(nodes, [("input", [None, 3, 8, 8])], [("y", None)], inits)
+    opts = QuantOptions(param_bw=3)
+    params = ar.AdaroundParams(iterations=300)
+    data = "random:16"
+    together = api.adaround(to_ir(proto), open_data(data, input_specs(to_ir(proto))), opts, params=params)
+    apart = api.adaround(to_ir(proto), open_data(data, input_specs(to_ir(proto))), opts, params=params, passes=3)
+    assert together.passes == 2 and apart.passes == 3
+    for name in ("W1", "W2", "W3"):
+        a, b = (np.asarray(r.model.graph.initializers[name].const_value.numpy()) for r in (together, apart))
+        assert np.array_equal(a, b), name

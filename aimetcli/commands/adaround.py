@@ -21,8 +21,9 @@ TABLE_ROWS = 25
 @click.option("--iterations", type=click.IntRange(min=1), default=None,
               help="Iterations per layer (default: AIMET's, 15,000 below 8-bit weights, 10,000 otherwise).")
 @click.option("--passes", type=click.IntRange(min=1), default=None,
-              help="Chunks of layers measured in turn, each with the earlier ones AdaRounded (default: one "
-                   "per layer, AIMET's order; fewer is faster and, measured, much less accurate).")
+              help="Chunks of layers measured in turn, each with the earlier ones AdaRounded (default: AIMET's "
+                   "order, one layer after another, layers that do not read each other's outputs together; "
+                   "fewer is faster and, measured, much less accurate).")
 @data_options
 @quant_options
 @external_data_option
