@@ -14,9 +14,8 @@ from onnx import helper
 
 from aimetcli import api
 from aimetcli.export import export
-from aimetcli.adaround import (AdaroundResult, _targets, frozen_record, moments_graph, weight_from_matrix,
-                               weight_matrix)
-from aimetcli.adaround import _moments as collect_moments
+from aimetcli.adaround import AdaroundResult, _targets, frozen_record
+from aimetcli.adaround_moments import collect_moments, moments_graph, weight_from_matrix, weight_matrix
 from aimetcli import runtime
 from aimetcli.calibration.data import input_specs, open_data
 from aimetcli.cli import main

@@ -1,0 +1,323 @@
+"""AdaRound's second moments: one onnxruntime graph per pass, the layers' patches and their sums.
+
+The moments come out of one onnxruntime graph per pass (:func:`moments_graph`): the FP32 model
+and a copy with fake-quantized weights read the same inputs, cut after the target layers' inputs
+(:func:`_prune`: onnxruntime runs every node of a graph, so a pass for an early layer would
+otherwise run both whole models), and at each target layer both inputs are turned into patches
+in the graph: for a Conv, one strided Slice of the padded input per kernel tap, stacked
+(channel c*k + t = input channel c shifted by tap t); for ConvTranspose (and auto_pad) a one-hot
+kernel, E [C*k, 1, kh, kw] with E[c*k + t, 0, tap t] = 1 and group C, which gives per output
+position the values each weight multiplies. Ungrouped layers' patches become rows [N*P, d] and
+one Gemm with transA gives the sums in the graph, so only d x d leaves onnxruntime; grouped
+layers' patches [N, g, d, P] leave it and numpy sums the per-sample products
+(:func:`_group_products`; onnxruntime's batched MatMul of many small matrices was 5x slower).
+Memory: one run's patches, and G and C in float64 per layer: a layer whose G and C would pass
+adaround.MOMENT_BYTES is skipped with a warning rather than taking the machine's memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from aimetcli import runtime
+from aimetcli.calibration.data import feed_rows
+from aimetcli.correction_graph import _prefixed, _rename_node, _renamed
+from aimetcli.errors import AimetCliError, ErrorKind
+from aimetcli.kernels import adaround as ar
+from aimetcli.kernels.quant import Encoding
+from aimetcli.layers import Layer
+from aimetcli.model_io import SplicedProto
+
+PREFIX = "aimetcli_ar/"
+
+
+@dataclass
+class Target:
+    layer: Layer
+    weight: str
+    enc: Encoding
+    problem: ar.LayerProblem | None = None
+
+
+# ----------------------------------------------------------------------------- weight layout
+def weight_matrix(layer: Layer, w: np.ndarray) -> np.ndarray:
+    """The weight as [g, m, d]: m output channels of a group by d = its input channels x taps,
+    in the order of the patches (input channel major, taps minor)."""
+    groups = layer.groups
+    if layer.op_type == "Conv":
+        return w.reshape(groups, w.shape[0] // groups, -1)
+    if layer.op_type == "ConvTranspose":
+        cin, m = w.shape[0], w.shape[1]
+        return w.reshape(groups, cin // groups, m, -1).transpose(0, 2, 1, 3).reshape(groups, m, -1)
+    return (w if layer.spec.out_axis == 0 else w.T)[None]  # Gemm / MatMul: [1, N, K]
+
+
+def weight_from_matrix(layer: Layer, w2: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of :func:`weight_matrix`."""
+    groups = layer.groups
+    if layer.op_type == "Conv":
+        return w2.reshape(shape)
+    if layer.op_type == "ConvTranspose":
+        cin, m = shape[0], shape[1]
+        return w2.reshape(groups, m, cin // groups, -1).transpose(0, 2, 1, 3).reshape(shape)
+    return w2[0] if layer.spec.out_axis == 0 else np.ascontiguousarray(w2[0].T)
+
+
+def grid_of(layer: Layer, enc: Encoding, w2: np.ndarray):
+    """Scale, lowest and highest integer (relative to zero) as [g, m, 1] or [1, 1, 1]."""
+    shape = (w2.shape[0], w2.shape[1], 1) if enc.per_channel else (1, 1, 1)
+    scale = enc.scale.astype(np.float64).reshape(shape)
+    offset = enc.offset.reshape(shape).astype(np.float64)
+    return scale, offset, offset + enc.num_steps
+
+
+# ----------------------------------------------------------------------------- the graph
+class _Nodes:
+    def __init__(self, graph: onnx.GraphProto, taken: set[str], opset: int):
+        self.graph, self.taken, self.opset = graph, taken, opset
+
+    def name(self, base: str) -> str:
+        name, i = PREFIX + base, 0
+        while name in self.taken:
+            i += 1
+            name = f"{PREFIX}{base}_{i}"
+        self.taken.add(name)
+        return name
+
+    def node(self, op: str, inputs: list[str], **attrs) -> str:
+        out = self.name(op)
+        self.graph.node.append(helper.make_node(op, inputs, [out], **attrs))
+        return out
+
+    def const(self, array: np.ndarray) -> str:
+        name = self.name("const")
+        self.graph.initializer.append(numpy_helper.from_array(array, name))
+        return name
+
+
+def _patch_matrix(b: _Nodes, layer: Layer, x: str, w_shape: tuple[int, ...], onehot: dict) -> tuple[str, bool]:
+    """Nodes turning the layer's input ``x`` into its patches: (name, rows) with rows True for
+    [positions, d] (one group), False for [N, g, d, positions a sample]."""
+    groups = layer.groups
+    if layer.spec.group_axis is None:  # Gemm / MatMul: the rows of [.., K]
+        k = w_shape[layer.spec.in_axis]
+        return b.node("Reshape", [x, b.const(np.array([-1, k], np.int64))]), True
+    attrs = {a.name: a.value for a in layer.node.attributes.values()
+             if a.name in ("strides", "pads", "dilations", "auto_pad", "output_padding", "output_shape")}
+    kernel = tuple(w_shape[2:])
+    taps = int(np.prod(kernel))
+    cin = layer.spec.in_channels(w_shape, groups)
+    d = cin // groups * taps
+    trivial = taps == 1 and layer.op_type == "Conv" and not any(attrs.get("pads", [])) \
+        and all(s == 1 for s in attrs.get("strides", [1])) and attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID")
+    if trivial:
+        patches = x
+    elif layer.op_type == "Conv" and attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID") and b.opset >= 11:
+        patches = _tap_slices(b, x, kernel, attrs)
+    else:
+        key = (layer.op_type, cin, kernel)
+        if key not in onehot:
+            e = np.zeros((cin * taps, 1, taps) if layer.op_type == "Conv" else (cin, taps, taps), np.float32)
+            e.reshape(cin, taps, taps)[:, np.arange(taps), np.arange(taps)] = 1
+            onehot[key] = b.const(e.reshape(e.shape[:2] + kernel))
+        patches = b.node(layer.op_type, [x, onehot[key]], group=cin, kernel_shape=list(kernel), **attrs)
+    if groups == 1:  # [N, d, P] -> [N, P, d] -> [N*P, d]
+        flat = b.node("Reshape", [patches, b.const(np.array([0, d, -1], np.int64))])
+        return b.node("Reshape", [b.node("Transpose", [flat], perm=[0, 2, 1]),
+                                  b.const(np.array([-1, d], np.int64))]), True
+    # grouped: [N, g, d, P], each sample's products summed after (moving g first would copy the
+    # patches twice more: measured 1.1-1.7 s -> s a depthwise layer of the MobileNetV2 sample)
+    return b.node("Reshape", [patches, b.const(np.array([0, groups, d, -1], np.int64))]), False
+
+
+def _tap_slices(b: _Nodes, x: str, kernel: tuple[int, ...], attrs: dict) -> str:
+    """A Conv's patches [N, C * taps, *out] (channel major, taps minor) as strided slices of the
+    padded input, one a tap, stacked: the one-hot grouped Conv gives the same values but took 0.8 s
+    a pass on one depthwise layer of the MobileNetV2 sample (onnxruntime's grouped Conv of 1 -> 9
+    channels a group), the slices 0.05 s."""
+    rank = len(kernel)
+    strides = list(attrs.get("strides", [1] * rank))
+    dilations = list(attrs.get("dilations", [1] * rank))
+    pads = list(attrs.get("pads", [0] * 2 * rank))
+    if any(pads):
+        zero = b.const(np.array(0, np.float32))
+        x = b.node("Pad", [x, b.const(np.array([0, 0, *pads[:rank], 0, 0, *pads[rank:]], np.int64)), zero])
+    axes = b.const(np.arange(2, 2 + rank, dtype=np.int64))
+    steps = b.const(np.array(strides, np.int64))
+    unsqueeze = b.const(np.array([2], np.int64))
+    taps = []
+    for offsets in itertools.product(*(range(k) for k in kernel)):
+        starts = [o * dl for o, dl in zip(offsets, dilations)]
+        ends = [-(k - 1 - o) * dl or np.iinfo(np.int64).max for o, k, dl in zip(offsets, kernel, dilations)]
+        tap = b.node("Slice", [x, b.const(np.array(starts, np.int64)), b.const(np.array(ends, np.int64)), axes, steps])
+        taps.append(b.node("Unsqueeze", [tap, unsqueeze]) if b.opset >= 13 else b.node("Unsqueeze", [tap], axes=[2]))
+    return b.node("Concat", taps, axis=2)  # [N, C, taps, *out]: reshaped as [N, C * taps, *out] after
+
+
+def _products(b: _Nodes, a: str, c: str) -> str:
+    """sum over positions of a c^T, [d, d] from rows [positions, d] (Gemm, no copy)."""
+    return b.node("Gemm", [a, c], transA=1)
+
+
+def _output_energy(b: _Nodes, t: Target, a: str) -> str:
+    """sum ||W f||^2 over positions (the loss's constant, tr(W F W^T)), from the FP32 rows."""
+    w2 = weight_matrix(t.layer, np.asarray(t.layer.weight_array(), np.float32))
+    return b.node("ReduceSumSquare", [b.node("Gemm", [a, b.const(np.ascontiguousarray(w2[0]))], transB=1)],
+                  keepdims=0)
+
+
+@dataclass
+class _Outputs:
+    """A target's outputs of the joint graph: G, C, tr(W F W^T) and the patch matrix's shape, or
+    (``patches``) the quantized and FP32 patches [N, g, d, P] whose products numpy takes."""
+
+    gram: str
+    cross: str  # the same as gram where the layer reads a graph input (x = f)
+    energy: str
+    size: str
+    patches: bool
+
+    def names(self) -> list[str]:
+        return [n for n in (self.gram, self.cross, self.energy, self.size) if n]
+
+
+def _group_products(a: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """sum over samples and positions of a c^T per group, [g, d, d] from [N, g, d, P]: numpy's
+    batched products, sample by sample (onnxruntime's batched MatMul of small matrices took 5x as
+    long; summing one [N, g, d, d] product would hold N times the moments)."""
+    total = np.matmul(a[0], c[0].transpose(0, 2, 1))
+    for n in range(1, a.shape[0]):
+        total += np.matmul(a[n], c[n].transpose(0, 2, 1))
+    return total
+
+
+def moments_graph(fp32: SplicedProto, quantized: SplicedProto | None, targets: list[Target]
+                  ) -> tuple[SplicedProto, list[_Outputs]]:
+    """The joint graph and, per target, its outputs (:class:`_Outputs`)."""
+    joint = fp32.copy()
+    graph = joint.proto.graph
+    q = quantized.proto if quantized is not None else onnx.ModelProto()
+    taken = {v for p in (joint.proto, q) for n in p.graph.node for v in (*n.input, *n.output)}
+    taken |= {t.name for p in (joint.proto, q) for t in p.graph.initializer}
+    taken |= {i.name for i in graph.input}
+    inputs = {i.name for i in graph.input}
+    prefix = PREFIX + "q/"
+    fp_inits = {t.name: t for t in graph.initializer}
+    if quantized is None:  # inputs from the FP32 model: x = f
+        quantized = SplicedProto(q, {})
+    shared = {t.name for t in q.graph.initializer if t.name not in quantized.arrays and fp_inits.get(t.name) == t}
+    for t in q.graph.initializer:
+        if t.name not in shared:
+            graph.initializer.append(_renamed(t, prefix + t.name))
+            if t.name in quantized.arrays:
+                joint.arrays[prefix + t.name] = quantized.arrays[t.name]
+    rename = _prefixed(prefix, keep=shared | inputs) if q.graph.node else (lambda name: name)
+    for node in q.graph.node:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.name = rename(node.name) if node.name else ""
+        _rename_node(copy, rename, {})
+        graph.node.append(copy)
+    del graph.output[:]
+    b = _Nodes(graph, taken, next((o.version for o in joint.proto.opset_import if o.domain in ("", "ai.onnx")), 1))
+    onehot: dict = {}
+    names = []
+    for t in targets:
+        x_f = t.layer.node.inputs[0].name
+        x_q = rename(x_f)
+        shape = tuple(t.layer.weight.shape)
+        a_f = _patch_matrix(b, t.layer, x_f, shape, onehot)
+        a_q = a_f if x_q == x_f else _patch_matrix(b, t.layer, x_q, shape, onehot)
+        if a_f[1]:
+            gram = _products(b, a_q[0], a_q[0])
+            out = _Outputs(gram, gram if a_q is a_f else _products(b, a_q[0], a_f[0]), _output_energy(b, t, a_f[0]),
+                           b.node("Shape", [a_f[0]]), False)
+        else:  # grouped: the patches leave onnxruntime (see _group_products)
+            out = _Outputs(a_q[0], a_f[0], "", "", True)
+        names.append(out)
+        for name in dict.fromkeys(out.names()):
+            graph.output.append(helper.make_tensor_value_info(name, TensorProto.INT64 if name == out.size
+                                                              else TensorProto.FLOAT, None))
+    _prune(graph)
+    joint.arrays = {t.name: joint.arrays[t.name] for t in graph.initializer if t.name in joint.arrays}
+    return joint, names
+
+
+def _used_names(graph: onnx.GraphProto) -> set[str]:
+    """Every name a graph's nodes read, its subgraphs' (outer-scope references) included."""
+    names = set()
+    for node in graph.node:
+        names.update(node.input)
+        for a in node.attribute:
+            for sub in (*([a.g] if a.HasField("g") else []), *a.graphs):
+                names |= _used_names(sub)
+    return names
+
+
+def _prune(graph: onnx.GraphProto) -> None:
+    """Drop the nodes and initializers the outputs do not depend on (onnxruntime runs every node):
+    a pass then runs both models only up to its layers' inputs."""
+    needed = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(graph.node):  # topological order: readers after writers
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            single = onnx.GraphProto()
+            single.node.append(node)
+            needed |= _used_names(single)
+    if len(keep) < len(graph.node):
+        del graph.node[:]
+        graph.node.extend(reversed(keep))
+    inits = [t for t in graph.initializer if t.name in needed]
+    if len(inits) < len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(inits)
+
+
+def _accumulate(total: np.ndarray | None, value: np.ndarray) -> np.ndarray:
+    """total + value in float64 (float32 added in place, without a float64 copy)."""
+    if total is None:
+        return np.asarray(value, np.float64)
+    total += value
+    return total
+
+
+def collect_moments(joint: SplicedProto, names, targets: list[Target], dataset, run_size: int, progress) -> None:
+    """Run the joint graph over the data; set each target's problem (moments summed in float64)."""
+    session = runtime.Session(joint, runtime.MEASURE)
+    outputs = list(dict.fromkeys(n for out in names for n in out.names()))
+    matrices = [weight_matrix(t.layer, np.asarray(t.layer.weight_array(), np.float32)) for t in targets]
+    sums: list[list] = [[None, None, 0.0] for _ in targets]  # G, C, energy (float64)
+    positions = [0] * len(targets)
+    for feeds in dataset.batches(run_size):
+        values = dict(zip(outputs, session.run(feeds, outputs)))
+        for i, out in enumerate(names):
+            if out.patches:
+                a, c = values[out.gram], values[out.cross]
+                gram = _group_products(a, a)
+                batch = (gram, gram if out.cross == out.gram else _group_products(a, c),
+                         float(np.sum(np.square(np.matmul(matrices[i], c)), dtype=np.float64)))
+                positions[i] += a.shape[0] * a.shape[3]
+            else:
+                shape = values[out.size]
+                batch = (values[out.gram], values[out.cross], float(values[out.energy]))
+                positions[i] += int(shape[0])
+            acc = sums[i]
+            acc[0] = _accumulate(acc[0], batch[0])
+            acc[1] = acc[0] if out.cross == out.gram else _accumulate(acc[1], batch[1])
+            acc[2] += batch[2]
+        if progress is not None:
+            progress(feed_rows(feeds))
+    for t, w2, (gram, cross, energy), n in zip(targets, matrices, sums, positions):
+        scale, low, high = grid_of(t.layer, t.enc, w2)
+        if not (np.all(np.isfinite(gram)) and np.all(np.isfinite(cross)) and np.isfinite(energy)):
+            raise AimetCliError(f"the input of layer {t.layer.name!r} is NaN or Inf on the calibration data; "
+                                "check the data and the model", ErrorKind.DATA)
+        d = w2.shape[2]
+        t.problem = ar.LayerProblem(w2, scale, low, high, gram.reshape(-1, d, d), cross.reshape(-1, d, d),
+                                    float(energy), n)
