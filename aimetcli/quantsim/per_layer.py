@@ -119,17 +119,6 @@ def apply_exclusions(model: ir.Model, placement, patterns: tuple[str, ...]) -> N
     if not patterns:
         return
     excluded = excluded_tensors(model, patterns)
-    kept_acts = []
-    for a in placement.activations:
-        if a.tensor in excluded:
-            placement.skipped.append((a.tensor, excluded[a.tensor]))
-        else:
-            kept_acts.append(a)
-    kept_params = []
-    for p in placement.params:
-        if p.tensor in excluded:
-            placement.skipped.append((p.tensor, excluded[p.tensor]))
-        else:
-            kept_params.append(p)
-    placement.activations[:] = kept_acts
-    placement.params[:] = kept_params
+    for quantizers in (placement.activations, placement.params):
+        placement.skipped.extend((q.tensor, excluded[q.tensor]) for q in quantizers if q.tensor in excluded)
+        quantizers[:] = [q for q in quantizers if q.tensor not in excluded]
