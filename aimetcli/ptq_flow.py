@@ -38,7 +38,7 @@ from aimetcli import model_io
 from aimetcli.calibration.data import DataSource, as_dataset
 from aimetcli.model_ops import ModelSource, as_model, clone, require_float_model, sim_opset, upgrade_opset
 from aimetcli.options import QuantOptions, RunOptions
-from aimetcli.quantsim.per_layer import excluded_tensors
+from aimetcli.quantsim.per_layer import check_patterns
 from aimetcli.records import finite, jsonable
 from aimetcli.steps.bias_correct import bias_correct
 from aimetcli.ptq_judge import (  # noqa: F401  (Score, MARGIN_DB: ptq's names, as before the split)
@@ -257,7 +257,7 @@ def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, op
     run = run or RunOptions()
     batch_size, progress = run.batch_size, run.progress
     require_float_model(model)
-    excluded_tensors(model, options.exclude)  # a pattern that matches nothing: refused before any run
+    check_patterns(model, options)  # an --exclude or --bits pattern that names nothing: refused before any run
     # every sim needs this opset: raised once here, not once per candidate (the version converter
     # serializes the whole graph each time)
     model = upgrade_opset(model, sim_opset(options))

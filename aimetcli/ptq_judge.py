@@ -151,14 +151,22 @@ class Judge:
     def __init__(self, fp32: ir.Model, data, batch_size: int, reference: list | None = None):
         self.fp32, self.data, self.batch_size = fp32, data, batch_size
         t = time.perf_counter()
-        reference = reference if reference is not None else self._outputs(fp32, data)
-        k = score_output(reference)
         names = self._names()
+        # every Softmax input that may be scored instead of its output, run with the outputs
+        logits = {o: x for o in names if (x := _softmax_input(fp32, o)) is not None}
+        exposed: dict[str, np.ndarray] = {}
+        if reference is None:
+            extra = list(dict.fromkeys(logits.values()))
+            runs = self._outputs(fp32, data, outputs=names + extra)
+            reference, exposed = runs[:len(names)], dict(zip(extra, runs[len(names):]))
+        k = score_output(reference)
         self._output = names[k] if k is not None and k < len(names) else None
         self._reference = reference[k] if self._output is not None else None
-        self._logits = _softmax_input(fp32, self._output) if self._output is not None else None
+        self._logits = logits.get(self._output) if self._output is not None else None
         if self._logits is not None:  # Softmax's input is what is scored (_softmax_input)
-            self._reference = self._exposed_run(fp32, self._logits, "none")
+            self._reference = exposed.get(self._logits)
+            if self._reference is None:  # the caller gave the outputs
+                self._reference = self._outputs(fp32, data, outputs=[self._logits])[0]
         ref = self._reference
         self._per_sample = ref is not None and ref.ndim > 0 and ref.shape[0] == data.num_samples
         self._signal = self._energies(ref).signal if ref is not None else None
@@ -238,22 +246,27 @@ class Judge:
         """The scored output of ``sim`` over the data (None if ``sim`` has no such output)."""
         if self._output is None or self._output not in {o.name for o in sim.graph.outputs}:
             return None
+        name = self._output
         if self._logits is not None:
-            logits = _softmax_input(sim, self._output)
-            return None if logits is None else self._exposed_run(sim, logits, optimization)
-        return self._outputs(sim, self.data, optimization=optimization, outputs=[self._output])[0]
+            name = _softmax_input(sim, self._output)
+            if name is None:
+                return None
+        return self._outputs(sim, self.data, optimization=optimization, outputs=[name])[0]
 
-    def _outputs(self, model: ir.Model, data, **kw) -> list:
-        """``model``'s outputs over ``data`` (every model the judge runs goes through here: a test
-        counts the runs by overriding it)."""
-        return model_outputs(model, data, batch_size=self.batch_size, **kw)
-
-    def _exposed_run(self, model: ir.Model, name: str, optimization: str) -> np.ndarray:
-        """Tensor ``name`` of ``model`` over the data (made an output of a serialized copy)."""
+    def _outputs(self, model: ir.Model, data, *, optimization: str = "none",
+                 outputs: list[str] | None = None) -> list:
+        """Tensors ``outputs`` of ``model`` (default: its outputs) over ``data``; those that are
+        no graph output are made outputs of a serialized copy. Every model the judge runs goes
+        through here (a test counts the runs by overriding it)."""
+        graph_outputs = {o.name for o in model.graph.outputs}
+        if outputs is None or set(outputs) <= graph_outputs:
+            return model_outputs(model, data, batch_size=self.batch_size, optimization=optimization,
+                                 outputs=outputs)
         from aimetcli import runtime
 
-        session = runtime.Session(_exposing(model, [name]), runtime.LEVELS[optimization])
-        return _joined([session.run(feeds, [name])[0] for feeds in self.data.batches(self.batch_size)])
+        session = runtime.Session(_exposing(model, outputs), runtime.LEVELS[optimization])
+        batches = [session.run(feeds, outputs) for feeds in data.batches(self.batch_size)]
+        return [_joined([b[i] for b in batches]) for i in range(len(outputs))]
 
     def sqnr(self, sim: ir.Model) -> float | None:
         return self.score(sim).sqnr_db

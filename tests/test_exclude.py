@@ -78,6 +78,9 @@ def test_ptq_refuses_an_unmatched_pattern_before_its_fp32_run(tmp_path, monkeypa
     r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(tmp_path / "out"), "--data", "random:8",
                                   "--exclude", "nothing"])
     assert r.exit_code == 2 and "matches no node" in r.stderr
+    r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(tmp_path / "out"), "--data", "random:8",
+                                  "--bits", "nothing=a16"])
+    assert r.exit_code == 2 and "--bits 'nothing' matches no node" in r.stderr
 
 
 def test_bits_rules_give_layers_and_tensors_their_own_bitwidths_and_the_models_run(tmp_path):

@@ -70,6 +70,15 @@ def excluded_tensors(model: ir.Model, patterns: tuple[str, ...]) -> dict[str, st
     return out
 
 
+def check_patterns(model: ir.Model, options) -> None:
+    """The usage error of the first ``--exclude`` or ``--bits`` pattern of ``options`` that names
+    nothing in ``model`` (placement checks them too; a caller that runs the model first asks here)."""
+    for pattern in options.exclude:
+        matched_tensors(model, pattern)
+    for rule in options.bits:
+        matched_tensors(model, rule.pattern, "--bits")
+
+
 @dataclass(frozen=True)
 class BitsRule:
     """``--bits PATTERN=SPEC``: the weights (``param_bw``) and outputs (``act_bw``) of what

@@ -23,12 +23,11 @@ import onnx_ir as ir
 
 from aimetcli import graph as g
 from aimetcli.calibration.data import DataSource
-from aimetcli.kernels.energy import energies
 from aimetcli.model_ops import ModelSource, as_model
 from aimetcli.options import QuantOptions, RunOptions
 from aimetcli.ptq_judge import layer_errors
 from aimetcli.quantsim.insert import is_grid_node
-from aimetcli.steps.evaluate import model_outputs, score_output, sqnr_of_energies
+from aimetcli.steps.evaluate import _joined, model_outputs, score_output, sqnr_db
 
 
 @dataclass
@@ -185,12 +184,10 @@ def analyze_sim(fp32: ir.Model, sim: ir.Model, data, *, batch_size: int = 32, pr
 
     def sqnr(on: set[int]) -> float:
         flags = {s.input: np.array(i in on) for i, s in enumerate(switches)}
-        parts = [session.run({**feeds, **flags}, [output])[0] for feeds in batches]
-        out = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        e = energies(ref, out)
+        out = _joined([session.run({**feeds, **flags}, [output])[0] for feeds in batches])
         if progress is not None:
             progress(1)
-        return sqnr_of_energies(float(e.signal.sum()), float(e.noise.sum()))
+        return sqnr_db(ref, out)
 
     everything = set(range(len(switches)))
     result = Analysis(sqnr(everything), output, data.num_samples, layers=layers)
