@@ -21,17 +21,16 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
+import onnx_ir as ir
 
+from aimetcli import graph as g
 from aimetcli import runtime
 from aimetcli.calibration.data import feed_rows
-from aimetcli.correction_graph import _prefixed, _rename_node, _renamed
 from aimetcli.errors import AimetCliError, ErrorKind
+from aimetcli.graph_builder import Builder, add_outputs, editable_copy, merge, taken_names, values_by_name
 from aimetcli.kernels import adaround as ar
 from aimetcli.kernels.quant import Encoding
 from aimetcli.layers import Layer
-from aimetcli.model_io import SplicedProto
 
 PREFIX = "aimetcli_ar/"
 
@@ -77,36 +76,28 @@ def grid_of(layer: Layer, enc: Encoding, w2: np.ndarray):
 
 
 # ----------------------------------------------------------------------------- the graph
-class _Nodes:
-    def __init__(self, graph: onnx.GraphProto, taken: set[str], opset: int):
-        self.graph, self.taken, self.opset = graph, taken, opset
+class _Nodes(Builder):
+    def __init__(self, graph: ir.Graph, taken: set[str], opset: int):
+        super().__init__(graph, taken)
+        self.opset = opset
 
     def name(self, base: str) -> str:
-        name, i = PREFIX + base, 0
-        while name in self.taken:
-            i += 1
-            name = f"{PREFIX}{base}_{i}"
-        self.taken.add(name)
-        return name
+        return self.unique(PREFIX + base, lambda _, i: f"{PREFIX}{base}_{i}")
 
-    def node(self, op: str, inputs: list[str], **attrs) -> str:
-        out = self.name(op)
-        self.graph.node.append(helper.make_node(op, inputs, [out], **attrs))
-        return out
+    def op(self, op: str, inputs: list[ir.Value], **attrs) -> ir.Value:
+        return self.node(op, inputs, self.name(op), **attrs)
 
-    def const(self, array: np.ndarray) -> str:
-        name = self.name("const")
-        self.graph.initializer.append(numpy_helper.from_array(array, name))
-        return name
+    def const(self, array: np.ndarray) -> ir.Value:
+        return self.initializer(array, self.name("const"))
 
 
-def _patch_matrix(b: _Nodes, layer: Layer, x: str, w_shape: tuple[int, ...], onehot: dict) -> tuple[str, bool]:
+def _patch_matrix(b: _Nodes, layer: Layer, x: ir.Value, w_shape: tuple[int, ...], onehot: dict) -> tuple[ir.Value, bool]:
     """Nodes turning the layer's input ``x`` into its patches: (name, rows) with rows True for
     [positions, d] (one group), False for [N, g, d, positions a sample]."""
     groups = layer.groups
     if layer.spec.group_axis is None:  # Gemm / MatMul: the rows of [.., K]
         k = w_shape[layer.spec.in_axis]
-        return b.node("Reshape", [x, b.const(np.array([-1, k], np.int64))]), True
+        return b.op("Reshape", [x, b.const(np.array([-1, k], np.int64))]), True
     attrs = {a.name: a.value for a in layer.node.attributes.values()
              if a.name in ("strides", "pads", "dilations", "auto_pad", "output_padding", "output_shape")}
     kernel = tuple(w_shape[2:])
@@ -125,17 +116,17 @@ def _patch_matrix(b: _Nodes, layer: Layer, x: str, w_shape: tuple[int, ...], one
             e = np.zeros((cin * taps, 1, taps) if layer.op_type == "Conv" else (cin, taps, taps), np.float32)
             e.reshape(cin, taps, taps)[:, np.arange(taps), np.arange(taps)] = 1
             onehot[key] = b.const(e.reshape(e.shape[:2] + kernel))
-        patches = b.node(layer.op_type, [x, onehot[key]], group=cin, kernel_shape=list(kernel), **attrs)
+        patches = b.op(layer.op_type, [x, onehot[key]], group=cin, kernel_shape=list(kernel), **attrs)
     if groups == 1:  # [N, d, P] -> [N, P, d] -> [N*P, d]
-        flat = b.node("Reshape", [patches, b.const(np.array([0, d, -1], np.int64))])
-        return b.node("Reshape", [b.node("Transpose", [flat], perm=[0, 2, 1]),
+        flat = b.op("Reshape", [patches, b.const(np.array([0, d, -1], np.int64))])
+        return b.op("Reshape", [b.op("Transpose", [flat], perm=[0, 2, 1]),
                                   b.const(np.array([-1, d], np.int64))]), True
     # grouped: [N, g, d, P], each sample's products summed after (moving g first would copy the
     # patches twice more: measured 1.1-1.7 s -> s a depthwise layer of the MobileNetV2 sample)
-    return b.node("Reshape", [patches, b.const(np.array([0, groups, d, -1], np.int64))]), False
+    return b.op("Reshape", [patches, b.const(np.array([0, groups, d, -1], np.int64))]), False
 
 
-def _tap_slices(b: _Nodes, x: str, kernel: tuple[int, ...], attrs: dict) -> str:
+def _tap_slices(b: _Nodes, x: ir.Value, kernel: tuple[int, ...], attrs: dict) -> ir.Value:
     """A Conv's patches [N, C * taps, *out] (channel major, taps minor) as strided slices of the
     padded input, one a tap, stacked: the one-hot grouped Conv gives the same values but took 0.8 s
     a pass on one depthwise layer of the MobileNetV2 sample (onnxruntime's grouped Conv of 1 -> 9
@@ -146,7 +137,7 @@ def _tap_slices(b: _Nodes, x: str, kernel: tuple[int, ...], attrs: dict) -> str:
     pads = list(attrs.get("pads", [0] * 2 * rank))
     if any(pads):
         zero = b.const(np.array(0, np.float32))
-        x = b.node("Pad", [x, b.const(np.array([0, 0, *pads[:rank], 0, 0, *pads[rank:]], np.int64)), zero])
+        x = b.op("Pad", [x, b.const(np.array([0, 0, *pads[:rank], 0, 0, *pads[rank:]], np.int64)), zero])
     axes = b.const(np.arange(2, 2 + rank, dtype=np.int64))
     steps = b.const(np.array(strides, np.int64))
     unsqueeze = b.const(np.array([2], np.int64))
@@ -154,20 +145,20 @@ def _tap_slices(b: _Nodes, x: str, kernel: tuple[int, ...], attrs: dict) -> str:
     for offsets in itertools.product(*(range(k) for k in kernel)):
         starts = [o * dl for o, dl in zip(offsets, dilations)]
         ends = [-(k - 1 - o) * dl or np.iinfo(np.int64).max for o, k, dl in zip(offsets, kernel, dilations)]
-        tap = b.node("Slice", [x, b.const(np.array(starts, np.int64)), b.const(np.array(ends, np.int64)), axes, steps])
-        taps.append(b.node("Unsqueeze", [tap, unsqueeze]) if b.opset >= 13 else b.node("Unsqueeze", [tap], axes=[2]))
-    return b.node("Concat", taps, axis=2)  # [N, C, taps, *out]: reshaped as [N, C * taps, *out] after
+        tap = b.op("Slice", [x, b.const(np.array(starts, np.int64)), b.const(np.array(ends, np.int64)), axes, steps])
+        taps.append(b.op("Unsqueeze", [tap, unsqueeze]) if b.opset >= 13 else b.op("Unsqueeze", [tap], axes=[2]))
+    return b.op("Concat", taps, axis=2)  # [N, C, taps, *out]: reshaped as [N, C * taps, *out] after
 
 
-def _products(b: _Nodes, a: str, c: str) -> str:
+def _products(b: _Nodes, a: ir.Value, c: ir.Value) -> ir.Value:
     """sum over positions of a c^T, [d, d] from rows [positions, d] (Gemm, no copy)."""
-    return b.node("Gemm", [a, c], transA=1)
+    return b.op("Gemm", [a, c], transA=1)
 
 
-def _output_energy(b: _Nodes, t: Target, a: str) -> str:
+def _output_energy(b: _Nodes, t: Target, a: ir.Value) -> ir.Value:
     """sum ||W f||^2 over positions (the loss's constant, tr(W F W^T)), from the FP32 rows."""
     w2 = weight_matrix(t.layer, np.asarray(t.layer.weight_array(), np.float32))
-    return b.node("ReduceSumSquare", [b.node("Gemm", [a, b.const(np.ascontiguousarray(w2[0]))], transB=1)],
+    return b.op("ReduceSumSquare", [b.op("Gemm", [a, b.const(np.ascontiguousarray(w2[0]))], transB=1)],
                   keepdims=0)
 
 
@@ -196,87 +187,70 @@ def _group_products(a: np.ndarray, c: np.ndarray) -> np.ndarray:
     return total
 
 
-def moments_graph(fp32: SplicedProto, quantized: SplicedProto | None, targets: list[Target]
-                  ) -> tuple[SplicedProto, list[_Outputs]]:
-    """The joint graph and, per target, its outputs (:class:`_Outputs`)."""
-    joint = fp32.copy()
-    graph = joint.proto.graph
-    q = quantized.proto if quantized is not None else onnx.ModelProto()
-    taken = {v for p in (joint.proto, q) for n in p.graph.node for v in (*n.input, *n.output)}
-    taken |= {t.name for p in (joint.proto, q) for t in p.graph.initializer}
-    taken |= {i.name for i in graph.input}
-    inputs = {i.name for i in graph.input}
-    prefix = PREFIX + "q/"
-    fp_inits = {t.name: t for t in graph.initializer}
-    if quantized is None:  # inputs from the FP32 model: x = f
-        quantized = SplicedProto(q, {})
-    shared = {t.name for t in q.graph.initializer if t.name not in quantized.arrays and fp_inits.get(t.name) == t}
-    for t in q.graph.initializer:
-        if t.name not in shared:
-            graph.initializer.append(_renamed(t, prefix + t.name))
-            if t.name in quantized.arrays:
-                joint.arrays[prefix + t.name] = quantized.arrays[t.name]
-    rename = _prefixed(prefix, keep=shared | inputs) if q.graph.node else (lambda name: name)
-    for node in q.graph.node:
-        copy = onnx.NodeProto()
-        copy.CopyFrom(node)
-        copy.name = rename(node.name) if node.name else ""
-        _rename_node(copy, rename, {})
-        graph.node.append(copy)
-    del graph.output[:]
-    b = _Nodes(graph, taken, next((o.version for o in joint.proto.opset_import if o.domain in ("", "ai.onnx")), 1))
+def moments_graph(fp32: ir.Model, quantized: ir.Model | None, targets: list[Target]
+                  ) -> tuple[ir.Model, list[_Outputs]]:
+    """The joint graph and, per target, its outputs (:class:`_Outputs`): a copy of ``fp32``
+    (tensors shared) with a copy of ``quantized``'s nodes (None: the layers' inputs come from the
+    FP32 model, x = f) and the patches' nodes. Both models are left as they were."""
+    fp32 = editable_copy(fp32)
+    quantized = editable_copy(quantized) if quantized is not None else None
+    graph = fp32.graph
+    taken = taken_names(graph) | (taken_names(quantized.graph) if quantized is not None else set())
+    fp_values = values_by_name(graph)
+    q_values = merge(graph, quantized.graph, PREFIX + "q/") if quantized is not None else fp_values
+    graph.outputs.clear()
+    b = _Nodes(graph, taken, g.opset_version(fp32))
     onehot: dict = {}
     names = []
     for t in targets:
-        x_f = t.layer.node.inputs[0].name
-        x_q = rename(x_f)
+        x_name = t.layer.node.inputs[0].name
+        x_f, x_q = fp_values[x_name], q_values[x_name]
         shape = tuple(t.layer.weight.shape)
         a_f = _patch_matrix(b, t.layer, x_f, shape, onehot)
-        a_q = a_f if x_q == x_f else _patch_matrix(b, t.layer, x_q, shape, onehot)
+        a_q = a_f if x_q is x_f else _patch_matrix(b, t.layer, x_q, shape, onehot)
         if a_f[1]:
             gram = _products(b, a_q[0], a_q[0])
-            out = _Outputs(gram, gram if a_q is a_f else _products(b, a_q[0], a_f[0]), _output_energy(b, t, a_f[0]),
-                           b.node("Shape", [a_f[0]]), False)
+            out = _Outputs(gram.name, gram.name if a_q is a_f else _products(b, a_q[0], a_f[0]).name,
+                           _output_energy(b, t, a_f[0]).name, b.op("Shape", [a_f[0]]).name, False)
         else:  # grouped: the patches leave onnxruntime (see _group_products)
-            out = _Outputs(a_q[0], a_f[0], "", "", True)
+            out = _Outputs(a_q[0].name, a_f[0].name, "", "", True)
         names.append(out)
-        for name in dict.fromkeys(out.names()):
-            graph.output.append(helper.make_tensor_value_info(name, TensorProto.INT64 if name == out.size
-                                                              else TensorProto.FLOAT, None))
+        add_outputs(graph, [b.values[n] for n in out.names() if n != out.size])
+        if out.size:
+            add_outputs(graph, [b.values[out.size]], ir.DataType.INT64)
     _prune(graph)
-    joint.arrays = {t.name: joint.arrays[t.name] for t in graph.initializer if t.name in joint.arrays}
-    return joint, names
+    return fp32, names
 
 
-def _used_names(graph: onnx.GraphProto) -> set[str]:
-    """Every name a graph's nodes read, its subgraphs' (outer-scope references) included."""
-    names = set()
-    for node in graph.node:
-        names.update(node.input)
-        for a in node.attribute:
-            for sub in (*([a.g] if a.HasField("g") else []), *a.graphs):
-                names |= _used_names(sub)
-    return names
-
-
-def _prune(graph: onnx.GraphProto) -> None:
+def _prune(graph: ir.Graph) -> None:
     """Drop the nodes and initializers the outputs do not depend on (onnxruntime runs every node):
     a pass then runs both models only up to its layers' inputs."""
-    needed = {o.name for o in graph.output}
-    keep = []
-    for node in reversed(graph.node):  # topological order: readers after writers
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            single = onnx.GraphProto()
-            single.node.append(node)
-            needed |= _used_names(single)
-    if len(keep) < len(graph.node):
-        del graph.node[:]
-        graph.node.extend(reversed(keep))
-    inits = [t for t in graph.initializer if t.name in needed]
-    if len(inits) < len(graph.initializer):
-        del graph.initializer[:]
-        graph.initializer.extend(inits)
+    needed = {id(v) for v in graph.outputs}
+    dead = []
+    for node in reversed(graph):  # topological order: readers after writers
+        if any(id(o) in needed for o in node.outputs):
+            needed.update(id(v) for v in _read_values(node))
+        else:
+            dead.append(node)
+    graph.remove(dead, safe=True)
+    for name, value in list(graph.initializers.items()):
+        if id(value) not in needed:
+            graph.initializers.pop(name)
+
+
+def _read_values(node: ir.Node):
+    """The values a node reads, its subgraphs' reads of outer values included."""
+    yield from (v for v in node.inputs if v is not None)
+    for attr in node.attributes.values():
+        if attr.type == ir.AttributeType.GRAPH:
+            subgraphs = [attr.value]
+        elif attr.type == ir.AttributeType.GRAPHS:
+            subgraphs = list(attr.value)
+        else:
+            continue
+        for sub in subgraphs:
+            for inner in sub:
+                yield from _read_values(inner)
 
 
 def _accumulate(total: np.ndarray | None, value: np.ndarray) -> np.ndarray:
@@ -287,7 +261,7 @@ def _accumulate(total: np.ndarray | None, value: np.ndarray) -> np.ndarray:
     return total
 
 
-def collect_moments(joint: SplicedProto, names, targets: list[Target], dataset, run_size: int, progress) -> None:
+def collect_moments(joint: ir.Model, names, targets: list[Target], dataset, run_size: int, progress) -> None:
     """Run the joint graph over the data; set each target's problem (moments summed in float64)."""
     session = runtime.Session(joint, runtime.MEASURE)
     outputs = list(dict.fromkeys(n for out in names for n in out.names()))

@@ -41,12 +41,11 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
 from aimetcli import correction_graph
 from aimetcli import graph as g
-from aimetcli.big_tensors import SplicedProto
+from aimetcli.graph_builder import Builder, add_outputs, expose, taken_names, values_by_name
 from aimetcli.bn_stats import read_bn_stats
 from aimetcli import runtime
 from aimetcli.calibration.data import feed_rows
@@ -127,14 +126,7 @@ def _mean_pass(model: ir.Model, outputs: list[str], dataset, batch_size: int, pr
                policy: runtime.Policy = runtime.FOLD_CONSTANTS, channels_last: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
     """Per-channel means of ``outputs`` over the data (channels on axis 1, or the last axis for
     those in ``channels_last``)."""
-    spliced = SplicedProto.of(model)
-    proto = spliced.proto
-    present = {o.name for o in proto.graph.output}
-    for name in outputs:
-        if name not in present:
-            proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-            present.add(name)
-    session = runtime.Session(spliced, policy)
+    session = runtime.Session(expose(model, outputs), policy)
     means = {name: ChannelMean(channels_last=name in channels_last) for name in outputs}
     for feeds in dataset.batches(batch_size):
         for name, value in zip(outputs, session.run(feeds, outputs)):
@@ -254,8 +246,8 @@ def _grids_in_graph(dataset, options, chunk: int) -> bool:
 def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progress, in_graph: bool):
     """The sim model quantsim would build from ``model``, and what the correction run needs of it.
 
-    Returns (sim, its protobuf with the weights fake-quantized, the float path, grids), both
-    protobufs as SplicedProto (big weights beside them). With ``in_graph``, activation grids that
+    Returns (sim, a copy of it with the weights fake-quantized, the float path, grids), both
+    copies sharing their tensors (quantsim.calibrate.calibration_weights). With ``in_graph``, activation grids that
     the data decide are left to the correction run (placeholders here; the float path, weights
     fake-quantized, is the model they are measured on), so they follow every upstream correction
     as quantsim's calibration of the corrected model will. Otherwise quantsim's calibration
@@ -308,7 +300,7 @@ def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progres
     for tensor in in_graph_tensors:
         enc = acts[tensor]
         grids.append(Grid(tensor, record[tensor], enc.num_steps, enc.symmetric, tensor in nonneg, ranks.get(tensor),
-                          onnx.helper.np_dtype_to_tensor_dtype(enc.container_dtype), enc.qmin, enc.qmax))
+                          ir.DataType.from_numpy(enc.container_dtype), enc.qmin, enc.qmax))
     return sim, calibration_weights(sim, params, like=float_path), float_path, grids
 
 
@@ -316,7 +308,7 @@ def _data_min(dataset, name: str) -> float:
     return min((float(np.min(b[name])) for b in dataset.batches(256) if b[name].size), default=0.0)
 
 
-def _fp32_means(reference: SplicedProto, targets: list[Target], dataset, batch_size: int, chunk: int,
+def _fp32_means(reference: ir.Model, targets: list[Target], dataset, batch_size: int, chunk: int,
                 progress) -> list[dict[str, np.ndarray]]:
     """Per chunk of ``chunk`` samples (the correction runs' split of the data): the per-channel means
     (float64) of the target layers' outputs in the FP32 model over that chunk.
@@ -336,21 +328,24 @@ def _fp32_means(reference: SplicedProto, targets: list[Target], dataset, batch_s
     """
     from aimetcli.quantsim.calibrate import ProgressSteps
 
-    spliced = reference.copy()
-    proto = spliced.proto
-    del proto.graph.output[:]
-    taken = {o for n in proto.graph.node for o in n.output} | {i.name for i in proto.graph.input}
+    graph = reference.graph  # the caller's copy, extended here
+    graph.outputs.clear()
+    taken = {o.name for n in graph for o in n.outputs} | {i.name for i in graph.inputs}
+    b = Builder(graph, taken_names(graph))
+    values = values_by_name(graph)
     outputs = {}
+    exposed = []
     for i, t in enumerate(targets):
-        name = t.reference
+        value = values[t.reference]
         if t.rank > 2:
             name = f"aimetcli_bc/spatial_mean_{i}"
             while name in taken:
                 name += "_"
-            proto.graph.node.append(onnx.helper.make_node("GlobalAveragePool", [t.reference], [name]))
-        outputs[t.reference] = name
-        proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    session = runtime.Session(spliced, runtime.MEASURE)
+            value = b.node("GlobalAveragePool", [value], name)
+        outputs[t.reference] = value.name
+        exposed.append(value)
+    add_outputs(graph, exposed)
+    session = runtime.Session(reference, runtime.MEASURE)
     names = list(dict.fromkeys(outputs.values()))
     run = min(batch_size, runtime.reduction_run_size(dataset))
     step = ProgressSteps(dataset, batch_size, progress)
@@ -382,7 +377,7 @@ def _describe(progress, text: str) -> None:
         describe(text)
 
 
-def _run_joint(joint: SplicedProto, outputs: dict[str, str], means: list[dict[str, np.ndarray]], dataset,
+def _run_joint(joint: ir.Model, outputs: dict[str, str], means: list[dict[str, np.ndarray]], dataset,
                chunk: int, progress) -> tuple[dict[str, np.ndarray], int]:
     """Sample-weighted mean of ``d`` over the chunks of the data (one chunk: AIMET's estimate exactly).
 

@@ -37,13 +37,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
+import onnx_ir as ir
 
-from aimetcli.big_tensors import SplicedProto
+from aimetcli import graph as g
 from aimetcli.errors import AimetCliError, ErrorKind
+from aimetcli.graph_builder import Builder, add_outputs, forget_value_info, merge, taken_names, values_by_name
 from aimetcli.kernels.quant import AIMET_MIN_RANGE, minimum_scale
 from aimetcli.quantsim.insert import ActivationConstants
+
+_DOUBLE, _FLOAT = int(ir.DataType.DOUBLE), int(ir.DataType.FLOAT)
 
 
 @dataclass(frozen=True)
@@ -76,216 +78,153 @@ class Grid:
     qmax: int
 
 
-def opset(proto: onnx.ModelProto) -> int:
-    return next((op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")), 1)
+class _Builder(Builder):
+    """Nodes of the joint graph, held until :meth:`Builder.place_after` puts them after the node
+    whose output they read."""
 
-
-class _Builder:
-    def __init__(self, joint: onnx.ModelProto, taken: set[str]):
-        self.graph = joint.graph
-        self.opset = opset(joint)
-        self.taken = taken
-        self._consts: dict[tuple, str] = {}
+    def __init__(self, joint: ir.Model, taken: set[str], replaced: dict[str, ir.Value] | None = None):
+        super().__init__(joint.graph, taken, hold=True)
+        self.opset = g.opset_version(joint)
+        self.replaced = replaced or {}  # the sim's initializers a grid computes, by name
+        self._consts: dict[tuple, ir.Value] = {}
 
     def name(self, base: str) -> str:
-        name = base
-        i = 0
-        while name in self.taken:
-            i += 1
-            name = f"{base}_{i}"
-        self.taken.add(name)
-        return name
+        return self.unique(base)
 
-    def node(self, op: str, inputs: list[str], out: str | None = None, **attrs) -> str:
-        out = out or self.name(f"aimetcli_bc/{op}")
-        self.graph.node.append(helper.make_node(op, inputs, [out], **attrs))
+    def op(self, op: str, inputs: list[ir.Value], out: str | None = None, **attrs) -> ir.Value:
+        return self.node(op, inputs, out or self.name(f"aimetcli_bc/{op}"), **attrs)
+
+    def computed(self, op: str, inputs: list[ir.Value], name: str, **attrs) -> ir.Value:
+        """A node computing the sim's initializer ``name``: its readers read the node's output."""
+        out = self.node(op, inputs, ir.Value(name=name), **attrs)
+        if name in self.replaced:
+            self.redirect(self.replaced[name], out)
         return out
 
-    def const(self, value, dtype) -> str:
+    def const(self, value, dtype) -> ir.Value:
         key = (float(value) if np.ndim(value) == 0 else tuple(np.ravel(value)), np.dtype(dtype).str)
         if key not in self._consts:
-            name = self.name("aimetcli_bc/const")
-            self.graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
-            self._consts[key] = name
+            self._consts[key] = self.initializer(np.asarray(value, dtype=dtype), self.name("aimetcli_bc/const"))
         return self._consts[key]
 
-    def reduce_mean(self, x: str, rank: int) -> str:
+    def reduce_mean(self, x: ir.Value, rank: int) -> ir.Value:
         if rank >= 3:
             # the spatial mean first: GlobalAveragePool runs on onnxruntime's blocked (NCHWc)
             # layout, so the tensor needs no copy back to NCHW; then the mean over the batch
-            x, rank = self.node("GlobalAveragePool", [x]), 2
+            x, rank = self.op("GlobalAveragePool", [x]), 2
         axes = [i for i in range(rank) if i != 1]
         if self.opset >= 18:
-            return self.node("ReduceMean", [x, self.const(np.array(axes, np.int64), np.int64)], keepdims=1)
-        return self.node("ReduceMean", [x], axes=axes, keepdims=1)
+            return self.op("ReduceMean", [x, self.const(np.array(axes, np.int64), np.int64)], keepdims=1)
+        return self.op("ReduceMean", [x], axes=axes, keepdims=1)
 
-    def grid(self, x: str, grid: Grid) -> None:
+    def grid(self, x: ir.Value, grid: Grid) -> None:
         """Nodes computing ``grid``'s scale, zero point and Clip bounds from tensor ``x``."""
-        f64 = TensorProto.DOUBLE
         zero = self.const(0.0, np.float64)
-        pooled = self.node("GlobalMaxPool", [x]) if grid.rank == 4 else x
-        hi = self.node("Cast", [self.node("ReduceMax", [pooled], keepdims=0)], to=f64)
-        hi = self.node("Max", [hi, zero])
+        pooled = self.op("GlobalMaxPool", [x]) if grid.rank == 4 else x
+        hi = self.op("Cast", [self.op("ReduceMax", [pooled], keepdims=0)], to=_DOUBLE)
+        hi = self.op("Max", [hi, zero])
         if grid.non_negative:
             lo = zero
         else:
-            lo = self.node("Min", [self.node("Cast", [self.node("ReduceMin", [x], keepdims=0)], to=f64), zero])
+            lo = self.op("Min", [self.op("Cast", [self.op("ReduceMin", [x], keepdims=0)], to=_DOUBLE), zero])
         floor = max(AIMET_MIN_RANGE, grid.steps * minimum_scale(grid.steps))
-        hi = self.node("Max", [hi, self.node("Add", [lo, self.const(floor, np.float64)])])
+        hi = self.op("Max", [hi, self.op("Add", [lo, self.const(floor, np.float64)])])
         c = grid.constants
         if grid.symmetric:
             half = self.const(float(grid.steps // 2), np.float64)
-            scale = self.node("Div", [self.node("Max", [self.node("Abs", [lo]), self.node("Abs", [hi])]), half])
+            scale = self.op("Div", [self.op("Max", [self.op("Abs", [lo]), self.op("Abs", [hi])]), half])
             zp = zero
         else:
-            scale = self.node("Div", [self.node("Sub", [hi, lo]), self.const(float(grid.steps), np.float64)])
+            scale = self.op("Div", [self.op("Sub", [hi, lo]), self.const(float(grid.steps), np.float64)])
             # round half away from zero of lo / scale <= 0: -floor(0.5 - lo / scale)
-            neg = self.node("Sub", [self.const(0.5, np.float64), self.node("Div", [lo, scale])])
-            zp = self.node("Clip", [self.node("Floor", [neg]), zero, self.const(float(grid.steps), np.float64)])
-            self.node("Cast", [zp], c.zero_point, to=grid.zero_point_type)
-        scale32 = self.node("Cast", [scale], c.scale, to=TensorProto.FLOAT)
-        if c.clip_min is not None:
+            neg = self.op("Sub", [self.const(0.5, np.float64), self.op("Div", [lo, scale])])
+            zp = self.op("Clip", [self.op("Floor", [neg]), zero, self.const(float(grid.steps), np.float64)])
+            self.computed("Cast", [zp], c.zero_point, to=int(grid.zero_point_type))
+        scale32 = self.computed("Cast", [scale], c.scale, to=_FLOAT)
+        if c.clip_min is not None and c.clip_max is not None:
             for bound, out in ((grid.qmin, c.clip_min), (grid.qmax, c.clip_max)):
-                steps_from_zero = self.node("Cast", [self.node("Sub", [self.const(float(bound), np.float64), zp])],
-                                            to=TensorProto.FLOAT)
-                self.node("Mul", [steps_from_zero, scale32], out)
+                steps_from_zero = self.op("Cast", [self.op("Sub", [self.const(float(bound), np.float64), zp])],
+                                          to=_FLOAT)
+                self.computed("Mul", [steps_from_zero, scale32], out)
 
 
-def build(sim_model: SplicedProto, float_model: SplicedProto | None, targets: list[Target],
-          grids: list[Grid]) -> tuple[SplicedProto, dict[str, str], dict[str, str]]:
+def build(sim: ir.Model, float_path: ir.Model | None, targets: list[Target],
+          grids: list[Grid]) -> tuple[ir.Model, dict[str, str], dict[str, str]]:
     """The joint model, {layer output: name of its ``d`` output} and {layer output: name of the
-    graph input that takes its FP32 per-channel mean (shape ``Target.mean_shape``)}."""
-    sim = sim_model.proto
-    float_path = float_model.proto if float_model is not None else None
-    paths = [p for p in (sim, float_path) if p is not None]
-    taken = {v for p in paths for n in p.graph.node for v in (*n.input, *n.output)}
-    taken |= {t.name for p in paths for t in p.graph.initializer} | {i.name for p in paths for i in p.graph.input}
-    inputs = {i.name for i in sim.graph.input}
+    graph input that takes its FP32 per-channel mean (shape ``Target.mean_shape``)}.
+
+    ``sim`` and ``float_path`` are copies made for this (``calibrate.calibration_weights``): the
+    joint model is ``sim`` extended, with the float path's nodes moved into it."""
+    graph = sim.graph
+    taken = taken_names(graph) | (taken_names(float_path.graph) if float_path is not None else set())
+    inputs = {i.name for i in graph.inputs}
     dropped = {n for gr in grids for n in (gr.constants.scale, gr.constants.zero_point, gr.constants.clip_min,
                                          gr.constants.clip_max) if n is not None}
     dropped -= {gr.constants.zero_point for gr in grids if gr.symmetric}  # symmetric: zero point stays 0
+    replaced = {name: graph.initializers.pop(name) for name in sorted(dropped) if name in graph.initializers}
+    graph.outputs.clear()
+    forget_value_info(graph)
+    sim_values = values_by_name(graph)
+    sim_nodes = list(graph)
+    b = _Builder(sim, taken, replaced)
 
-    joint_model = sim_model.copy()
-    joint = joint_model.proto
-    graph = joint.graph
-    del graph.node[:]
-    del graph.output[:]
-    del graph.value_info[:]
-    kept = [t for t in graph.initializer if t.name not in dropped]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    b = _Builder(joint, taken)
-
-    float_name: Callable[[str], str] | None = None
+    float_values: dict[str, ir.Value] = {}
+    float_nodes: list[ir.Node] = []
     if float_path is not None:
         # share what the float path holds with the same data as the sim (the fake-quantized weights)
-        known = {t.name: t for t in kept}
         prefix = "aimetcli_bc_f/"
         while any(name.startswith(prefix) for name in taken):
             prefix = "_" + prefix
-        shared = {t.name for t in float_path.graph.initializer
-                  if _same_tensor(known.get(t.name), t, sim_model.arrays, float_model.arrays)}
-        for t in float_path.graph.initializer:
-            if t.name not in shared:
-                graph.initializer.append(_renamed(t, prefix + t.name))
-                if t.name in float_model.arrays:
-                    joint_model.arrays[prefix + t.name] = float_model.arrays[t.name]
-        float_name = _prefixed(prefix, keep=shared | inputs)
+        forget_value_info(float_path.graph)
+        float_nodes = list(float_path.graph)
+        float_values = merge(graph, float_path.graph, prefix)
 
     outputs: dict[str, str] = {}
     mean_inputs: dict[str, str] = {}
-    after: dict[str, list[Callable[[], None]]] = {}  # sim/float value -> nodes to emit once it exists
-    redirect_sim: dict[str, str] = {}
-    redirect_float: dict[str, str] = {}
+    after: dict[int, list[Callable[[], None]]] = {}  # id() of a sim/float value -> nodes to emit once it exists
+    corrected_float: dict[int, ir.Value] = {}  # id() of a float value -> its corrected value
+    d_values: dict[str, ir.Value] = {}
     for t in targets:
-        fp_mean = b.name("aimetcli_bc/fp32_mean")
-        graph.input.append(helper.make_tensor_value_info(fp_mean, TensorProto.FLOAT, t.mean_shape))
-        mean_inputs[t.reference] = fp_mean
+        fp_mean = ir.Value(name=b.name("aimetcli_bc/fp32_mean"), type=ir.TensorType(ir.DataType.FLOAT),
+                           shape=ir.Shape(t.mean_shape))
+        graph.inputs.append(fp_mean)
+        mean_inputs[t.reference] = fp_mean.name
         d = b.name("aimetcli_bc/d")
-        src = t.sim
+        src = sim_values[t.sim]
         fixed = b.name("aimetcli_bc/corrected") if t.correct else None
         outputs[t.reference] = d
 
         def emit(t=t, src=src, d=d, fp_mean=fp_mean, fixed=fixed):
-            b.node("Sub", [fp_mean, b.reduce_mean(src, t.rank)], d)
+            d_values[d] = b.op("Sub", [fp_mean, b.reduce_mean(src, t.rank)], d)
             if fixed:
-                b.node("Add", [src, d], fixed)
+                b.redirect(src, b.op("Add", [src, d_values[d]], fixed))
 
-        after.setdefault(src, []).append(emit)
-        if fixed:
-            redirect_sim[src] = fixed
-            if float_name is not None:
-                fsrc = float_name(t.reference)
-                ffixed = b.name("aimetcli_bc/corrected_float")
-                redirect_float[fsrc] = ffixed
-                after.setdefault(fsrc, []).append(lambda fsrc=fsrc, d=d, ffixed=ffixed: b.node("Add", [fsrc, d],
-                                                                                                ffixed))
+        after.setdefault(id(src), []).append(emit)
+        if fixed and float_path is not None:
+            fsrc = float_values[t.reference]
+            ffixed = b.name("aimetcli_bc/corrected_float")
+
+            def emit_float(fsrc=fsrc, d=d, ffixed=ffixed):
+                corrected_float[id(fsrc)] = out = b.op("Add", [fsrc, d_values[d]], ffixed)
+                b.redirect(fsrc, out)
+
+            after.setdefault(id(fsrc), []).append(emit_float)
     if grids:
-        if float_name is None:
+        if float_path is None:
             raise ValueError("in-graph grids need the float path")
         for gr in grids:
-            x = float_name(gr.tensor)
             if gr.tensor in inputs:
-                b.grid(x, gr)
+                b.grid(sim_values[gr.tensor], gr)
             else:
-                after.setdefault(x, []).append(lambda x=x, gr=gr: b.grid(redirect_float.get(x, x), gr))
-    for path, rename, redirect in ((sim, None, redirect_sim), (float_path, float_name, redirect_float)):
-        if path is None:
-            continue
-        for node in path.graph.node:
-            copy = onnx.NodeProto()
-            copy.CopyFrom(node)
-            if rename is not None:
-                copy.name = rename(node.name) if node.name else ""
-            _rename_node(copy, rename or (lambda name: name), redirect)
-            graph.node.append(copy)
-            for out in copy.output:
-                for fn in after.pop(out, []):
-                    fn()
+                x = float_values[gr.tensor]
+                after.setdefault(id(x), []).append(lambda x=x, gr=gr: b.grid(corrected_float.get(id(x), x), gr))
+        b.place_after(None)
+    for node in (*sim_nodes, *float_nodes):
+        for out in node.outputs:
+            for fn in after.pop(id(out), []):
+                fn()
+        b.place_after(node)
     if after:  # a value no node produces: a bug, not a user error
-        raise AimetCliError(f"bias correction lost track of {sorted(after)}; please report it", ErrorKind.RUNTIME)
-    for d in outputs.values():
-        graph.output.append(helper.make_tensor_value_info(d, TensorProto.FLOAT, None))
-    joint_model.arrays = {t.name: joint_model.arrays[t.name] for t in graph.initializer if t.name in joint_model.arrays}
-    return joint_model, outputs, mean_inputs
-
-
-def _same_tensor(a: onnx.TensorProto | None, b: onnx.TensorProto, arrays_a: dict[str, np.ndarray],
-                 arrays_b: dict[str, np.ndarray]) -> bool:
-    """Whether the sim's initializer ``a`` holds what the float path's ``b`` holds (same name)."""
-    if a is None or a != b:  # the protobufs (data or, for big tensors, dims and type) differ
-        return False
-    x, y = arrays_a.get(a.name), arrays_b.get(b.name)
-    if x is None or y is None:
-        return x is None and y is None
-    return x is y or (x.shape == y.shape and x.dtype == y.dtype and np.array_equal(x, y))
-
-
-def _prefixed(prefix: str, keep: set[str]) -> Callable[[str], str]:
-    """Value names of the float path: ``prefix`` + name, except empty names and those in ``keep``
-    (graph inputs and initializers shared with the sim)."""
-    return lambda name: name if not name or name in keep else prefix + name
-
-
-def _renamed(t: onnx.TensorProto, name: str) -> onnx.TensorProto:
-    if t.name == name:
-        return t
-    out = onnx.TensorProto()
-    out.CopyFrom(t)
-    out.name = name
-    return out
-
-
-def _rename_node(node: onnx.NodeProto, rename: Callable[[str], str], redirect: dict[str, str]) -> None:
-    """Rename a node's values, and the outer-scope values its subgraphs read."""
-    for i, name in enumerate(node.input):
-        new = rename(name)
-        node.input[i] = redirect.get(new, new)
-    for i, name in enumerate(node.output):
-        node.output[i] = rename(name)
-    for attr in node.attribute:
-        for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-            local = {o for n in sub.node for o in n.output} | {i.name for i in sub.input}
-            local |= {t.name for t in sub.initializer}
-            for n in sub.node:
-                _rename_node(n, lambda v, local=local: v if v in local else rename(v), redirect)
+        raise AimetCliError(f"bias correction lost track of {len(after)} values; please report it", ErrorKind.RUNTIME)
+    add_outputs(graph, [d_values[d] for d in outputs.values()])
+    return sim, outputs, mean_inputs

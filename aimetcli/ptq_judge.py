@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from aimetcli import model_io
 from aimetcli.options import RunOptions
 from aimetcli.steps.evaluate import _joined, _predictions, evaluate, model_outputs, score_output, sqnr_of_energies
 
@@ -345,14 +344,8 @@ def layer_errors(fp32: ir.Model, sim: ir.Model, data, *, batch_size: int = 32,
     return rows
 
 
-def _exposing(model: ir.Model, names: list[str]):
-    """``model`` as protobuf (big weights beside it) with ``names`` among its outputs."""
-    import onnx
+def _exposing(model: ir.Model, names: list[str]) -> ir.Model:
+    """A copy of ``model`` (tensors shared) with ``names`` among its outputs."""
+    from aimetcli.graph_builder import expose
 
-    spliced = model_io.SplicedProto.of(model)
-    present = {o.name for o in spliced.proto.graph.output}
-    for name in names:
-        if name not in present:
-            spliced.proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-            present.add(name)
-    return spliced
+    return expose(model, names)

@@ -225,9 +225,9 @@ def test_a_pass_graph_stops_at_its_layers_input():
     encs = param_encodings(model, place_quantizers(model, load_config(None), opts), opts)
     targets = _targets(model, encs, AdaroundResult())
     joint, _ = moments_graph(calibration_weights(model, {}), calibration_weights(model, encs), targets[:1])
-    ops = [n.op_type for n in joint.proto.graph.node]
+    ops = [n.op_type for n in joint.graph]
     assert "Relu" not in ops and "Gemm" in ops  # Gemm: the moment products; no Relu, Reshape of the model
-    assert {t.name for t in joint.proto.graph.initializer}.isdisjoint({"W2", "W3", "B1"})
+    assert set(joint.graph.initializers).isdisjoint({"W2", "W3", "B1"})
 
 
 def _reference_rounding(p: ar.LayerProblem, iterations: int, params=ar.AdaroundParams()) -> np.ndarray:

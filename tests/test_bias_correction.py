@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
@@ -253,14 +254,16 @@ def test_grid_in_graph_equals_encoding_from_range(bw, symmetric, lo, hi):
                 non_negative=lo >= 0, rank=2, zero_point_type=helper.np_dtype_to_tensor_dtype(dtype),
                 qmin=enc.qmin, qmax=enc.qmax)
     opset = 21 if bw > 8 else 13
-    proto = make_model([], [("x", [1, 37])], [], [], opset=opset)
-    b = _Builder(proto, {"x"})
-    b.grid("x", grid)
+    model = to_ir(make_model([], [("x", [1, 37])], [], [], opset=opset))
+    b = _Builder(model, {"x"})
+    b.grid(model.graph.inputs[0], grid)
+    b.place_after(None)
     outs = ["scale", "cmin", "cmax"] + ([] if symmetric else ["zp"])
     for name in outs:
-        elem = grid.zero_point_type if name == "zp" else onnx.TensorProto.FLOAT
-        proto.graph.output.append(helper.make_tensor_value_info(name, elem, None))
-    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        value = b.values[name]
+        value.type = ir.TensorType(ir.DataType(grid.zero_point_type if name == "zp" else onnx.TensorProto.FLOAT))
+        model.graph.outputs.append(value)
+    sess = ort.InferenceSession(ir.serde.serialize_model(model).SerializeToString(), providers=["CPUExecutionProvider"])
     got = dict(zip(outs, sess.run(outs, {"x": x})))
     assert got["scale"] == enc.scale.reshape(())
     lo_b, hi_b = enc.dequantized_bounds()

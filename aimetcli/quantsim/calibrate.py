@@ -18,12 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
 from aimetcli import graph as g
 from aimetcli import runtime
-from aimetcli.big_tensors import SplicedProto
+from aimetcli.graph_builder import Builder, add_outputs, editable_copy, taken_names, values_by_name
 from aimetcli.runtime import reduction_run_size  # noqa: F401  (adaround.py imports it from here)
 from aimetcli.calibration.data import feed_rows
 from aimetcli.calibration.observers import EmptyObserverError, make_observer, observe_encoding
@@ -99,40 +98,41 @@ def _weight_encoding(w: np.ndarray, pq, opts: QuantOptions, placement: Placement
 
 
 def calibration_weights(model: ir.Model, params: dict[str, Encoding], *,
-                        like: SplicedProto | None = None) -> SplicedProto:
-    """The model as protobuf with its quantized weights fake-quantized (big weights beside it).
+                        like: ir.Model | None = None) -> ir.Model:
+    """A copy of the model (tensors shared, graph_builder.editable_copy) with its quantized
+    weights fake-quantized.
 
-    ``like``: an earlier result for a model with the same weights and ``params``, whose big
-    fake-quantized arrays are taken instead of computed again."""
+    ``like``: an earlier result for a model with the same weights and ``params``, whose
+    fake-quantized tensors are taken instead of computed again."""
 
-    def fake_quantized(name: str, arr: np.ndarray) -> np.ndarray | None:
+    def fake_quantized(name: str, tensor: ir.TensorProtocol) -> ir.TensorProtocol | None:
         enc = params.get(name)
         if enc is None:
             return None
-        if like is not None and name in like.arrays:
-            return like.arrays[name]
+        if like is not None:
+            done = like.graph.initializers.get(name)
+            if done is not None and done.const_value is not None:
+                return done.const_value
+        arr = np.asarray(tensor.numpy())
         # param_encodings refused NaN/Inf weights: the finite kernel is exact here
-        return fake_quantize_finite(arr.astype(np.float32, copy=False), enc).astype(arr.dtype, copy=False)
+        new = fake_quantize_finite(arr.astype(np.float32, copy=False), enc).astype(arr.dtype, copy=False)
+        return g.tensor(new, name)
 
-    return SplicedProto.of(model, fake_quantized)
+    return editable_copy(model, fake_quantized)
 
 
-def calibration_model(model: ir.Model, placement: Placement, params: dict[str, Encoding]) -> SplicedProto:
-    """A protobuf copy: weights fake-quantized, quantized activations exposed as outputs."""
-    spliced = calibration_weights(model, params)
-    proto = spliced.proto
-    outputs = {o.name for o in proto.graph.output}
-    inputs = {i.name for i in proto.graph.input}
-    elem = {}
-    for value in (*model.graph.inputs, *(v for n in model.graph for v in n.outputs)):
-        if value.dtype is not None:
-            elem[value.name] = int(value.dtype)
-    for aq in placement.activations:
-        if aq.tensor in outputs or aq.tensor in inputs:
-            continue
-        proto.graph.output.append(onnx.helper.make_tensor_value_info(aq.tensor, elem.get(aq.tensor, 1), None))
-        outputs.add(aq.tensor)
-    return spliced
+def calibration_model(model: ir.Model, placement: Placement, params: dict[str, Encoding]) -> ir.Model:
+    """A copy: weights fake-quantized, quantized activations exposed as outputs (their own type)."""
+    copy = calibration_weights(model, params)
+    graph = copy.graph
+    skip = {v.name for v in (*graph.outputs, *graph.inputs)}
+    values = values_by_name(graph)
+    exposed = [values[aq.tensor] for aq in placement.activations if aq.tensor not in skip]
+    for value in exposed:  # a value of unknown type is declared float
+        if value.dtype is None:
+            value.type = ir.TensorType(ir.DataType.FLOAT)
+    add_outputs(graph, exposed, None)
+    return copy
 
 
 def _reduced_minmax(model: ir.Model, params: dict[str, Encoding], tensors: list[str], dataset,
@@ -152,10 +152,11 @@ def _reduced_minmax(model: ir.Model, params: dict[str, Encoding], tensors: list[
     """
     if not tensors:
         return {}, []
-    spliced = calibration_weights(model, params)
-    proto = spliced.proto
-    taken = {o for n in proto.graph.node for o in n.output} | {i.name for i in proto.graph.input}
-    outputs: list[str] = []
+    copy = calibration_weights(model, params)
+    graph = copy.graph
+    taken = {o.name for n in graph for o in n.outputs} | {i.name for i in graph.inputs}
+    b = Builder(graph, taken_names(graph))
+    outputs: list[ir.Value] = []
     pairs: list[tuple[str, str | None, str, str]] = []
     # Relu and Clip(0, ...) outputs are never negative and every range includes 0: no ReduceMin
     nonneg = non_negative_outputs(model)
@@ -165,26 +166,22 @@ def _reduced_minmax(model: ir.Model, params: dict[str, Encoding], tensors: list[
         while lo in taken or hi in taken or check in taken or check + "_mean" in taken or hi + "_pooled" in taken:
             lo, hi, check = lo + "_", hi + "_", check + "_"
         if name not in nonneg:
-            proto.graph.node.append(onnx.helper.make_node("ReduceMin", [name], [lo], keepdims=0))
-            outputs.append(lo)
+            outputs.append(b.node("ReduceMin", [name], lo, keepdims=0))
         source = summed = name
         if ranks.get(name) == 4:
-            source, summed = hi + "_pooled", check + "_mean"
-            proto.graph.node.append(onnx.helper.make_node("GlobalMaxPool", [name], [source]))
-            proto.graph.node.append(onnx.helper.make_node("GlobalAveragePool", [name], [summed]))
-        proto.graph.node.append(onnx.helper.make_node("ReduceMax", [source], [hi], keepdims=0))
-        proto.graph.node.append(onnx.helper.make_node("ReduceSum", [summed], [check], keepdims=0))
-        outputs += [hi, check]
+            source = b.node("GlobalMaxPool", [name], hi + "_pooled")
+            summed = b.node("GlobalAveragePool", [name], check + "_mean")
+        outputs += [b.node("ReduceMax", [source], hi, keepdims=0), b.node("ReduceSum", [summed], check, keepdims=0)]
         pairs.append((name, lo if name not in nonneg else None, hi, check))
-    del proto.graph.output[:]
-    for name in outputs:
-        proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, []))
-    session = runtime.Session(spliced, runtime.MEASURE)
+    graph.outputs.clear()
+    add_outputs(graph, outputs, ir.DataType.FLOAT, [])
+    names = [v.name for v in outputs]
+    session = runtime.Session(copy, runtime.MEASURE)
     ranges = {name: [np.inf, -np.inf] for name in tensors}
     bad: set[str] = set()
     step = ProgressSteps(dataset, batch_size, progress)
     for feeds in dataset.batches(min(batch_size, runtime.reduction_run_size(dataset))):
-        values = dict(zip(outputs, session.run(feeds, outputs)))
+        values = dict(zip(names, session.run(feeds, names)))
         step.samples(feed_rows(feeds))
         for name, lo_name, hi_name, check_name in pairs:
             lo = float(values[lo_name]) if lo_name is not None else 0.0
