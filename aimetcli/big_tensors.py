@@ -8,13 +8,14 @@ initializers for empty arrays of their shape while a model is serialized;
 :func:`serialize_chunks` then splices their bytes back between the serialized pieces
 (``proto_wire.splice``), so ``b"".join`` of the chunks is exactly what
 ``SerializeToString`` would give; :class:`SplicedProto` keeps them beside the protobuf for
-``runtime.Session`` instead. "Big" is ``proto_wire.SMALL_TENSOR``.
+``runtime.Session`` instead (every graph aimetcli hands onnxruntime is an onnx-ir model, built
+by graph_builder.py, and is serialized there, once). "Big" is ``proto_wire.SMALL_TENSOR``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,53 +97,40 @@ def serialize_chunks(model: ir.Model) -> list:
 @dataclass
 class SplicedProto:
     """A ModelProto whose big initializers carry dims and type but no data, and their data beside
-    it (initializer name -> numpy array).
+    it (initializer name -> numpy array): how ``runtime.Session`` serializes the onnx-ir model it
+    is given.
 
-    Graphs built for onnxruntime (calibration, bias correction, evaluation) are protobuf edits of
-    the model; protobuf copies every bytes field it touches (serializing VGG19's 548 MB took 1.7 s
-    a copy), so the big arrays stay out of it and go to onnxruntime beside the protobuf
+    Protobuf copies every bytes field it touches (serializing VGG19's 548 MB took 1.7 s a copy),
+    so the big arrays stay out of it and go to onnxruntime beside the protobuf
     (:meth:`declared_external`, ``runtime.Session``). ``arrays`` names only initializers whose
-    ``raw_data`` is present and empty in ``proto``; an initializer copied under a new name needs
-    its array entered under that name too.
+    ``raw_data`` is present and empty in ``proto``.
     """
 
     proto: onnx.ModelProto
     arrays: dict[str, np.ndarray]
 
     @classmethod
-    def of(cls, model: ir.Model, replace: Callable[[str, np.ndarray], np.ndarray | None] | None = None
-           ) -> SplicedProto:
+    def of(cls, model: ir.Model) -> SplicedProto:
         """The model's protobuf with every big numeric initializer set aside: its array (read
-        through onnx-ir, so a memory-mapped external tensor is read here), or ``replace(name,
-        array)`` where that gives one. Smaller initializers stay in the protobuf; ``replace``
-        applies to them too (and to those stored as external data, whose data is brought in)."""
+        through onnx-ir, so a memory-mapped external tensor is read here). Smaller initializers
+        stay in the protobuf (those stored as external data are brought in)."""
         with big_tensors_set_aside(model, numpy_only=False) as taken:
             proto = ir.serde.serialize_model(model)
         arrays: dict[str, np.ndarray] = {}
         for tensor in proto.graph.initializer:
             big = taken.tensors.get(tensor.name)
             external = tensor.data_location == onnx.TensorProto.EXTERNAL
-            if big is None and not external and replace is None:
+            if big is None and not external:
                 continue
             # read through onnx-ir, which knows where a memory-mapped (external) tensor lives: a
             # small external tensor is brought into the protobuf, not left as a relative path
             source = big if big is not None else model.graph.initializers[tensor.name].const_value
             arr = np.asarray(source.numpy())
-            new = replace(tensor.name, arr) if replace is not None else None
-            if big is None and new is None and not external:
-                continue
-            arr = arr if new is None else new
             if big is not None:
                 arrays[tensor.name] = np.ascontiguousarray(arr, dtype=wire.RAW_DTYPES[tensor.data_type])
             else:
                 tensor.CopyFrom(onnx.numpy_helper.from_array(arr, tensor.name))
         return cls(proto, arrays)
-
-    def copy(self) -> SplicedProto:
-        """A copy to edit: the protobuf is copied (cheap: no big data in it), the arrays shared."""
-        proto = onnx.ModelProto()
-        proto.CopyFrom(self.proto)
-        return SplicedProto(proto, dict(self.arrays))
 
     def declared_external(self) -> tuple[onnx.ModelProto, list[str], list[np.ndarray]]:
         """A copy of the protobuf whose big initializers say their data is external (in no file),

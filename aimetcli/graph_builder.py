@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from aimetcli import graph as g
+
 FLOAT = ir.DataType.FLOAT
 
 
@@ -122,7 +124,7 @@ class Builder:
 
     def initializer(self, array: np.ndarray, name: str) -> ir.Value:
         value = ir.Value(name=name, type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                         shape=ir.Shape(array.shape), const_value=ir.Tensor(array, name=name))
+                         shape=ir.Shape(array.shape), const_value=g.tensor(array, name))
         self.graph.register_initializer(value)
         self.values[name] = value
         return value

@@ -34,7 +34,6 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from aimetcli import proto_wire as wire
-from aimetcli.big_tensors import SplicedProto  # noqa: F401  (ptq_flow and adaround import it from here)
 from aimetcli.big_tensors import serialize_chunks
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.paths import (  # noqa: F401  (re-exported)

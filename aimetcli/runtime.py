@@ -79,11 +79,12 @@ PREPACK_LIMIT = 64 << 20
 class Session:
     """An onnxruntime CPU session of ``model`` under ``policy``.
 
-    ``model``: an onnx-ir model, a :class:`~aimetcli.big_tensors.SplicedProto` (a protobuf
-    without its big tensors' data, and those arrays beside it), serialized bytes or a path.
-    An onnx-ir model or a SplicedProto reaches onnxruntime without its big tensors' bytes
-    going through protobuf: they are handed over as arrays (VGG19's 548 MB, 1.7-5.7 s -> 0.7-1.1 s
-    a session), which the session keeps referenced for its whole life.
+    ``model``: an onnx-ir model (a model, or a graph built on a copy of one: graph_builder.py),
+    serialized bytes or a path. An onnx-ir model is serialized here, once, as a
+    :class:`~aimetcli.big_tensors.SplicedProto` (a protobuf without its big tensors' data, and
+    those arrays beside it), so it reaches onnxruntime without its big tensors' bytes going
+    through protobuf: they are handed over as arrays (VGG19's 548 MB, 1.7-5.7 s -> 0.7-1.1 s a
+    session), which the session keeps referenced for its whole life.
 
     Where the model's Gemm/MatMul weights pass PREPACK_LIMIT, onnxruntime's prepacking (a packed
     copy of every such weight, made when the session starts) is off: our sessions run a few
@@ -97,9 +98,8 @@ class Session:
     A model onnxruntime cannot load raises AimetCliError (one line, ErrorKind.RUNTIME).
     """
 
-    def __init__(self, model: ir.Model | big_tensors.SplicedProto | bytes | str, policy: Policy):
-        if isinstance(model, ir.Model):
-            model = big_tensors.SplicedProto.of(model)
+    def __init__(self, model: ir.Model | bytes | str, policy: Policy):
+        spliced = big_tensors.SplicedProto.of(model) if isinstance(model, ir.Model) else None
         so = ort.SessionOptions()
         so.graph_optimization_level = _LEVELS[policy.optimization]
         so.enable_mem_pattern = policy.mem_pattern
@@ -110,9 +110,8 @@ class Session:
         self.fed: dict[str, np.ndarray] = {}  # inputs added for big weights, fed with every run
         self._arrays: list[np.ndarray] = []  # onnxruntime reads them for the session's whole life
         try:
-            if isinstance(model, big_tensors.SplicedProto):
-                model = self._set_arrays_aside(model, so)
-            self._session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+            source = self._set_arrays_aside(spliced, so) if spliced is not None else model
+            self._session = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
         except AimetCliError:
             raise
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types

@@ -139,3 +139,27 @@ def test_the_steps_are_imported_from_above_only():
     for name, deps in graph.items():
         if name not in above and name not in steps:
             assert not deps & steps, f"{name} imports the steps {sorted(deps & steps)}"
+
+
+PROTOBUF_SIDE = {"aimetcli.model_io", "aimetcli.big_tensors", "aimetcli.proto_wire", "aimetcli.model_ops",
+                 "aimetcli.runtime"}
+
+
+def _imports_onnx(path: Path) -> list[str]:
+    """The onnx modules (``onnx``, ``onnx.helper``, ...; not onnx_ir or onnxruntime) a file imports."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+        found += [n for n in names if n == "onnx" or n.startswith("onnx.")]
+    return found
+
+
+def test_onnx_is_imported_by_model_io_and_the_runtime_boundary_only():
+    """Graphs are built on onnx-ir everywhere; the protobuf (onnx, onnx.helper, numpy_helper) is
+    met only where models are read and written and where runtime.Session serializes a graph (the
+    same rule as ruff's banned-api in pyproject.toml, checked here without ruff)."""
+    offenders = {name: found for name, path in module_names().items()
+                 if name not in PROTOBUF_SIDE and (found := _imports_onnx(path))}
+    assert not offenders
+    assert _imports_onnx(module_names()["aimetcli.model_io"])  # the check sees an import where there is one

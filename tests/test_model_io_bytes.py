@@ -163,11 +163,12 @@ def test_preallocation_unsupported_still_writes(tmp_path, monkeypatch):
     assert out.read_bytes() == ir.serde.serialize_model(model).SerializeToString()
 
 
-def test_spliced_proto_sessions_equal_plain_protobuf_sessions(tmp_path):
-    """Graphs built for onnxruntime keep big weights out of protobuf (SplicedProto): the session
-    that takes them as arrays computes what the session of the same model written as a plain
-    protobuf computes."""
-    from aimetcli import runtime
+def test_sessions_of_edited_copies_equal_plain_protobuf_sessions(tmp_path):
+    """Graphs built for onnxruntime are onnx-ir copies of the model (graph_builder: tensors shared,
+    some replaced, tensors exposed) whose big weights the session keeps out of protobuf
+    (SplicedProto): that session computes what the session of the same graph written as a plain
+    protobuf computes, and the model copied is left as it was."""
+    from aimetcli import big_tensors, graph_builder, runtime
 
     dtype = np.float32
     proto = _model(dtype)
@@ -177,23 +178,25 @@ def test_spliced_proto_sessions_equal_plain_protobuf_sessions(tmp_path):
     model = model_io.load_model(str(path)).model
     doubled = {}
 
-    def double(name: str, arr: np.ndarray):
+    def double(name: str, tensor):
+        arr = tensor.numpy()
         if arr.dtype.kind == "f" and arr.ndim == 4:
             doubled[name] = arr * 2
-            return doubled[name]
+            return ir.Tensor(doubled[name], name=name)
         return None
 
-    spliced = model_io.SplicedProto.of(model, double)
+    edited = graph_builder.expose(graph_builder.editable_copy(model, double), [proto.graph.node[0].output[0]])
+    spliced = big_tensors.SplicedProto.of(edited)
     # big tensors set aside (replaced or not), small ones replaced inside the protobuf
     assert {"W2", "big_int"} <= set(spliced.arrays) and "W1" in doubled and "W1" not in spliced.arrays
     assert all(len(t.raw_data) == 0 for t in spliced.proto.graph.initializer if t.name in spliced.arrays)
-    edited = spliced.copy()  # a graph edit on the light protobuf: expose an inner tensor
-    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    edited.proto.graph.output.append(helper.make_tensor_value_info(proto.graph.node[0].output[0], elem, None))
     assert np.array_equal(spliced.arrays["W2"], doubled["W2"])
     small = next(t for t in spliced.proto.graph.initializer if t.name == "W1")
     assert np.array_equal(onnx.numpy_helper.to_array(small), doubled["W1"])
+    assert not np.array_equal(model.graph.initializers["W1"].const_value.numpy(), doubled["W1"])
+    assert len(model.graph.outputs) == len(proto.graph.output)
     # the same edit, written the plain way
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     plain = onnx.ModelProto()
     plain.CopyFrom(proto)
     for t in plain.graph.initializer:
