@@ -17,6 +17,7 @@ import numpy as np
 import onnx_ir as ir
 
 from aimetcli.options import RunOptions
+from aimetcli.kernels.energy import energies
 from aimetcli.steps.evaluate import _joined, _predictions, evaluate, model_outputs, score_output, sqnr_of_energies
 
 # The smallest SQNR gain (dB) on the held-out samples that keeps a technique or changes the
@@ -151,37 +152,59 @@ class Judge:
         self.fp32, self.data, self.batch_size = fp32, data, batch_size
         t = time.perf_counter()
         names = self._names()
-        # every Softmax input that may be scored instead of its output, run with the outputs
-        logits = {o: x for o in names if (x := _softmax_input(fp32, o)) is not None}
+        # the tensors that may be scored instead of an output (_scored_parts), run with the outputs
+        parts = {o: x for o in names if (x := _scored_parts(fp32, o)) is not None}
         exposed: dict[str, np.ndarray] = {}
         if reference is None:
-            extra = list(dict.fromkeys(logits.values()))
+            extra = list(dict.fromkeys(name for x in parts.values() for name in x))
             runs = self._outputs(fp32, data, outputs=names + extra)
             reference, exposed = runs[:len(names)], dict(zip(extra, runs[len(names):]))
         k = score_output(reference)
         self._output = names[k] if k is not None and k < len(names) else None
-        self._reference = reference[k] if self._output is not None else None
-        self._logits = logits.get(self._output) if self._output is not None else None
-        if self._logits is not None:  # Softmax's input is what is scored (_softmax_input)
-            self._reference = exposed.get(self._logits)
-            if self._reference is None:  # the caller gave the outputs
-                self._reference = self._outputs(fp32, data, outputs=[self._logits])[0]
-        ref = self._reference
-        self._per_sample = ref is not None and ref.ndim > 0 and ref.shape[0] == data.num_samples
-        self._signal = self._energies(ref).signal if ref is not None else None
-        self.top1_fp32 = None if data.labels is None or ref is None else self._top1(ref, data.labels)
+        self._references: list[np.ndarray] | None = [reference[k]] if self._output is not None else None
+        self._parts: list[str] | None = parts.get(self._output) if self._output is not None else None
+        if self._parts is not None:
+            missing = [p for p in self._parts if p not in exposed]
+            if missing:  # the caller gave the outputs
+                exposed.update(zip(missing, self._outputs(fp32, data, outputs=missing)))
+            refs = [exposed[p] for p in self._parts]
+            if len(refs) > 1 and not _far_apart(refs, reference[k].shape[0]):
+                self._parts = None  # a Concat of comparable inputs: its output is scored
+            else:
+                self._references = refs
+        refs = self._references
+        self._per_sample = refs is not None and all(
+            r.ndim > 0 and r.shape[0] == data.num_samples for r in refs)
+        # per part, FP32's energy over all the samples: each part's error counts relative to it
+        self._part_energy = None if refs is None or len(refs) == 1 else [
+            max(float(np.sum(energies(r, r).signal)), np.finfo(np.float64).tiny) for r in refs]
+        self._signal = self._energies(refs)[0] if refs is not None else None
+        single = refs is not None and len(refs) == 1
+        self.top1_fp32 = None if data.labels is None or not single else self._top1(refs[0], data.labels)
         self._scores: dict[int, Score] = {}
         self._rows = slice(0, data.num_samples)
         self._parent: Judge | None = None
         self.seconds = time.perf_counter() - t  # spent running FP32 and the sims over the data
 
+    @property
+    def _reference(self) -> np.ndarray | None:
+        """What is scored, when it is one tensor (the output or a Softmax's logits)."""
+        return self._references[0] if self._references is not None and len(self._references) == 1 else None
+
     def _names(self) -> list[str]:
         return [o.name for o in self.fp32.graph.outputs]
 
-    def _energies(self, out):
-        from aimetcli.kernels.energy import energies
-
-        return energies(self._reference, out)
+    def _energies(self, outs: list) -> tuple[np.ndarray, np.ndarray]:
+        """Per sample (signal, noise) of ``outs`` against the scored references. With several
+        parts (a Concat's inputs), each part's energies are divided by FP32's energy of that
+        part over all the samples, and averaged over the parts: the SQNR is then that of the
+        mean relative error, so a part of small values (a detector's scores beside its boxes in
+        pixels) counts as much as a part of large ones."""
+        es = [energies(r, o) for r, o in zip(self._references, outs)]
+        if len(es) == 1:
+            return es[0].signal, es[0].noise
+        weights = [1.0 / (len(es) * e) for e in self._part_energy]
+        return (sum(w * e.signal for w, e in zip(weights, es)), sum(w * e.noise for w, e in zip(weights, es)))
 
     def last(self, data) -> Judge:
         """A judge of ``data``, the last ``data.num_samples`` samples of this judge's data: it
@@ -193,7 +216,8 @@ class Judge:
         view.__dict__.update(self.__dict__)
         view.data, view._parent, view._scores = data, self, {}
         view._rows = slice(self.data.num_samples - data.num_samples, self.data.num_samples)
-        view.top1_fp32 = None if data.labels is None else self._top1(self._reference[view._rows], data.labels)
+        view.top1_fp32 = None if data.labels is None or self._reference is None else self._top1(
+            self._reference[view._rows], data.labels)
         return view
 
     @staticmethod
@@ -212,20 +236,20 @@ class Judge:
             hit = self._scores[id(sim)] = self._restricted(whole)
             return hit
         t = time.perf_counter()
-        out = self._run(sim, optimization)
+        outs = self._run(sim, optimization)
         self.seconds += time.perf_counter() - t
-        if out is None or self._reference is None or getattr(out, "shape", None) != self._reference.shape \
-                or out.dtype.kind != "f":
+        if outs is None or self._references is None or any(
+                getattr(o, "shape", None) != r.shape or o.dtype.kind != "f" for o, r in zip(outs, self._references)):
             hit = Score(sim, None, None, None)
         else:
-            e = self._energies(out)
+            _, noise = self._energies(outs)
             correct = None
-            if self.data.labels is not None:
-                pred = _predictions(out)
+            if self.data.labels is not None and len(outs) == 1:
+                pred = _predictions(outs[0])
                 if pred is not None and pred.ndim == 1:
                     correct = pred == self.data.labels[: len(pred)]
-            hit = Score(sim, self._sqnr(self._signal, e.noise), None if correct is None else float(np.mean(correct) * 100.0),
-                        e.noise if self._per_sample else None, correct)
+            hit = Score(sim, self._sqnr(self._signal, noise), None if correct is None else float(np.mean(correct) * 100.0),
+                        noise if self._per_sample else None, correct)
         self._scores[id(sim)] = hit
         return hit
 
@@ -241,16 +265,16 @@ class Judge:
     def _sqnr(signal: np.ndarray, noise: np.ndarray) -> float:
         return sqnr_of_energies(float(np.sum(signal)), float(np.sum(noise)))
 
-    def _run(self, sim: ir.Model, optimization: str):
-        """The scored output of ``sim`` over the data (None if ``sim`` has no such output)."""
+    def _run(self, sim: ir.Model, optimization: str) -> list | None:
+        """The scored tensors of ``sim`` over the data (None if ``sim`` has no such output)."""
         if self._output is None or self._output not in {o.name for o in sim.graph.outputs}:
             return None
-        name = self._output
-        if self._logits is not None:
-            name = _softmax_input(sim, self._output)
-            if name is None:
+        names = [self._output]
+        if self._parts is not None:
+            names = _scored_parts(sim, self._output)
+            if names is None or len(names) != len(self._parts):
                 return None
-        return self._outputs(sim, self.data, optimization=optimization, outputs=[name])[0]
+        return self._outputs(sim, self.data, optimization=optimization, outputs=names)
 
     def _outputs(self, model: ir.Model, data, *, optimization: str = "none",
                  outputs: list[str] | None = None) -> list:
@@ -290,22 +314,54 @@ _PASS_THROUGH = frozenset({"QuantizeLinear", "DequantizeLinear", "Identity", "Re
                            "Unsqueeze"})
 
 
-def _softmax_input(model: ir.Model, output: str) -> str | None:
-    """The input of the Softmax that computes graph output ``output`` (through a sim's output
-    quantizer), else None. ptq scores class probabilities on their logits: a saturated softmax
-    squashes the error of every confident sample to nothing, so the SQNR of the probabilities
-    is decided by the few samples near the decision boundary (a 2-class text-direction
-    classifier: 18 dB on its 32 calibration lines, 31 dB on 64 others, for the same sim), while
-    the logits carry the network's error on every sample."""
+def _scored_parts(model: ir.Model, output: str) -> list[str] | None:
+    """What ptq scores instead of graph output ``output`` (through a sim's output quantizer),
+    or None for the output itself:
+
+    - the input of the Softmax that computes it: a saturated softmax squashes the error of
+      every confident sample to nothing, so the SQNR of the probabilities is decided by the few
+      samples near the decision boundary (a 2-class text-direction classifier: 18 dB on its 32
+      calibration lines, 31 dB on 64 others, for the same sim), while the logits carry the
+      network's error on every sample;
+    - the inputs of the Concat that computes it, each a part scored on its own
+      (:meth:`Judge._energies`), when :func:`_far_apart` finds their ranges too far apart for
+      one grid: a YOLO head concatenates boxes in pixels with sigmoid scores in [0, 1], and the
+      SQNR of the whole output is that of the boxes alone (a trained YOLOv8n: 29 dB on the
+      output while its scores were at 5 dB)."""
     from aimetcli.quantsim.insert import is_grid_node
 
     value = next((o for o in model.graph.outputs if o.name == output), None)
     node = value.producer() if value is not None else None
     while node is not None and (node.op_type in _PASS_THROUGH or (node.op_type == "Clip" and is_grid_node(node))):
         node = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
-    if node is None or node.op_type != "Softmax" or node.domain not in ("", "ai.onnx") or not node.inputs:
+    if node is None or node.domain not in ("", "ai.onnx") or not node.inputs:
         return None
-    return node.inputs[0].name
+    if node.op_type == "Softmax":
+        return [node.inputs[0].name] if node.inputs[0] is not None else None
+    if node.op_type == "Concat" and len(node.inputs) > 1 and all(
+            v is not None and v.const_value is None and v.producer() is not None for v in node.inputs):
+        return [v.name for v in node.inputs]
+    return None
+
+
+def _softmax_input(model: ir.Model, output: str) -> str | None:
+    """The input of the Softmax that computes graph output ``output``, else None (_scored_parts)."""
+    parts = _scored_parts(model, output)
+    return parts[0] if parts is not None and len(parts) == 1 else None
+
+
+def _far_apart(refs: list[np.ndarray], samples: int) -> bool:
+    """Whether FP32's Concat inputs ``refs`` each have a row per sample and the narrowest
+    range (including 0, as a grid's) would keep fewer than MIN_CONCAT_LEVELS of an 8-bit grid
+    over the widest: the rule by which quantsim gives such a Concat's inputs grids of their own
+    (quantsim/placement.py, revise_after_calibration)."""
+    from aimetcli.quantsim.placement import MIN_CONCAT_LEVELS
+
+    if any(r.ndim == 0 or r.shape[0] != samples or r.size == 0 or r.dtype.kind != "f" for r in refs):
+        return False
+    spans = [max(float(np.max(r)), 0.0) - min(float(np.min(r)), 0.0) for r in refs]
+    widest = max(spans)
+    return widest > 0 and min(spans) / widest * 255 < MIN_CONCAT_LEVELS
 
 
 LAYER_ERROR_SAMPLES = 8

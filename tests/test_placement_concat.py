@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from onnx import helper
 
@@ -71,3 +72,54 @@ def test_dropped_concat_quantizer_is_not_in_the_encodings(tmp_path):
     assert any(s["tensor"] == "y" and "Concat" in s["reason"] for s in doc["skipped"])
     names = activation_encodings(tmp_path)
     assert "y" not in names and {"boxes", "scores"} <= names
+
+
+def _judged(proto, tmp_path):
+    """(judge, sim, x, FP32 output, sim output) for ``proto`` on 16 random samples, W4A4."""
+    from aimetcli import api, model_io
+    from aimetcli.calibration.data import input_specs, open_data
+    from aimetcli.options import QuantOptions
+    from aimetcli.ptq_judge import Judge
+    from helpers import to_ir
+
+    model, _ = api.prepare(to_ir(proto))
+    data = open_data("random:16", input_specs(model))
+    sim, _, _ = api.quantsim(api.clone(model), data, QuantOptions(param_bw=4, act_bw=4))
+    x = np.concatenate([b["x"] for b in data.batches(16)])
+    model_io.save_model(sim, str(tmp_path / "sim.onnx"))
+    return Judge(model, data, 8), sim, x, run(proto, {"x": x})[0], run(str(tmp_path / "sim.onnx"), {"x": x})[0]
+
+
+def test_ptq_judges_a_detector_head_on_boxes_and_scores_apart(tmp_path):
+    """ptq's judge scores a Concat of ranges too far apart on each input relative to itself: the
+    SQNR is that of the mean relative error of boxes and scores (the whole output's SQNR is the
+    boxes' alone)."""
+    proto = detector_head()
+    judge, sim, x, ref, got = _judged(proto, tmp_path)
+    assert judge._parts == ["boxes", "scores"]
+    score = judge.score(sim)
+    rel = [np.sum((ref[:, s] - got[:, s]).astype(np.float64) ** 2) / np.sum(ref[:, s].astype(np.float64) ** 2)
+           for s in (slice(0, 4), slice(4, 8))]
+    assert score.sqnr_db == pytest.approx(-10 * np.log10(np.mean(rel)), abs=1e-3)
+    assert len(score.noise) == 16
+    # a model whose scores alone are off: the whole output's SQNR hides it, the judge's does not
+    from onnx import numpy_helper
+
+    from helpers import to_ir
+
+    off = type(proto)()
+    off.CopyFrom(proto)
+    wc = next(t for t in off.graph.initializer if t.name == "Wc")
+    wc.CopyFrom(init("Wc", 0.8 * numpy_helper.to_array(wc)))
+
+    bad = judge.score(to_ir(off))
+    wrong = run(off, {"x": x})[0]
+    rel_scores = np.sum((ref[:, 4:] - wrong[:, 4:]).astype(np.float64) ** 2) / np.sum(ref[:, 4:].astype(np.float64) ** 2)
+    assert bad.sqnr_db == pytest.approx(-10 * np.log10(rel_scores / 2), abs=0.01)
+    assert sqnr(ref, wrong) > bad.sqnr_db + 40
+
+
+def test_ptq_judges_a_concat_of_similar_ranges_on_its_output(tmp_path):
+    judge, sim, x, ref, got = _judged(detector_head(box_scale=4.0), tmp_path)
+    assert judge._parts is None
+    assert judge.score(sim).sqnr_db == pytest.approx(sqnr(ref, got), abs=1e-3)
