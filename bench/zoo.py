@@ -143,6 +143,8 @@ def measure(m: ZooModel, path: Path, work: Path, ds: zoo_data.DataSet, name: str
         try:
             c = zoo_metrics.compare(fp32, zoo_metrics.session(str(qpath), optimize), name, x, m.task)
             res.closeness[label] = {"sqnr_db": c.sqnr_db, "task": c.task}
+            if c.scores_sqnr_db is not None:
+                res.closeness[label]["scores_sqnr_db"] = c.scores_sqnr_db
             logits_fp32 = zoo_metrics.logits_session(str(path), optimize=True)
             logits_q = zoo_metrics.logits_session(str(qpath), optimize) if logits_fp32 is not None else None
             if logits_q is not None:
@@ -236,6 +238,9 @@ def render(results: list[ModelResult], commands: list[str]) -> str:
     notes += [f"- {r.name}: SQNR of the Softmax's input (the logits), against FP32: "
               + ", ".join(f"{k} {_db(v['logits_sqnr_db'])} dB" for k, v in r.closeness.items() if "logits_sqnr_db" in v)
               for r in results if any("logits_sqnr_db" in v for v in r.closeness.values())]
+    notes += [f"- {r.name}: SQNR of the class scores alone (the head's rows 4:), against FP32: "
+              + ", ".join(f"{k} {_db(v['scores_sqnr_db'])} dB" for k, v in r.closeness.items() if "scores_sqnr_db" in v)
+              for r in results if any("scores_sqnr_db" in v for v in r.closeness.values())]
     behind = [f"- {r.name}: {g}" for r in results for g in gaps(r)]
     text = [
         f"Pretrained ONNX models from PyPI wheels (`make bench-zoo`, bench/zoo.py), {N_CALIB} calibration and "

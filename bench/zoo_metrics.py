@@ -172,20 +172,31 @@ def box_f1(ref: np.ndarray, q: np.ndarray, conf: float = 0.0) -> float:
 class Closeness:
     sqnr_db: float
     task: float  # agreement with FP32, 0..1
+    scores_sqnr_db: float | None = None  # detectors: of the class scores (rows 4:) alone
+
+
+DETECTORS = ("yolo", "faces")
 
 
 def compare(fp32: ort.InferenceSession, quant: ort.InferenceSession, name: str, x: np.ndarray,
             task: str) -> Closeness:
-    signal = noise = 0.0
+    signal = noise = score_signal = score_noise = 0.0
     agree: list[float] = []
     for s in batches(x):
         ref = first_float_output(fp32, name, x[s]).astype(np.float64)
         q = first_float_output(quant, name, x[s]).astype(np.float64)
         signal += float((ref ** 2).sum())
         noise += float(((ref - q) ** 2).sum())
+        if task in DETECTORS:
+            score_signal += float((ref[:, 4:] ** 2).sum())
+            score_noise += float(((ref[:, 4:] - q[:, 4:]) ** 2).sum())
         agree += _agreements(task, ref, q)
-    sqnr = float("inf") if noise == 0 else 10 * np.log10(signal / noise) if signal > 0 else float("-inf")
-    return Closeness(sqnr, float(np.nanmean(agree)) if not np.all(np.isnan(agree)) else float("nan"))
+
+    def db(sig: float, err: float) -> float:
+        return float("inf") if err == 0 else 10 * float(np.log10(sig / err)) if sig > 0 else float("-inf")
+
+    return Closeness(db(signal, noise), float(np.nanmean(agree)) if not np.all(np.isnan(agree)) else float("nan"),
+                     db(score_signal, score_noise) if task in DETECTORS else None)
 
 
 # between a Softmax and the graph output: output quantizers and value-preserving ops
