@@ -2,8 +2,8 @@
 ``SplicedProto``, the protobuf of a model with its big initializers set aside, for graphs
 handed to onnxruntime.
 
-Python's protobuf copies every bytes field it serializes (VGG19's 548 MB of weights took
-1.7 s a copy). :func:`big_tensors_set_aside` swaps the main graph's big numpy-backed
+Python's protobuf copies every bytes field it serializes (what that costs on big models:
+docs/design.md, "Loading and saving"). :func:`big_tensors_set_aside` swaps the main graph's big numpy-backed
 initializers for empty arrays of their shape while a model is serialized;
 :func:`serialize_chunks` then splices their bytes back between the serialized pieces
 (``proto_wire.splice``), so ``b"".join`` of the chunks is exactly what
@@ -79,11 +79,24 @@ def big_tensors_set_aside(model: ir.Model, *, numpy_only: bool = True) -> Iterat
             tensor.name = value.name  # as serialization does
 
 
+def tensor_bytes(model: ir.Model) -> int:
+    """Total bytes of the initializers of the main graph and its subgraphs."""
+    total = 0
+    for graph in (model.graph, *model.graph.subgraphs()):
+        for value in graph.initializers.values():
+            if value.const_value is not None:
+                total += value.const_value.nbytes
+    return total
+
+
 def serialize_chunks(model: ir.Model) -> list:
-    """The model's serialization as a list of bytes-like pieces (big tensors' arrays not copied).
+    """The model's serialization as a list of bytes-like pieces (big tensors' arrays not copied,
+    for models of ``proto_wire.MIN_MODEL_BYTES`` of tensors or more; smaller ones in one piece).
 
     ``b"".join`` of the pieces is ``ir.serde.serialize_model(model).SerializeToString()``.
     """
+    if tensor_bytes(model) < wire.MIN_MODEL_BYTES:
+        return [ir.serde.serialize_model(model).SerializeToString()]
     with big_tensors_set_aside(model) as taken:
         head = ir.serde.serialize_model(model).SerializeToString()
     if not taken.tensors:
@@ -100,8 +113,7 @@ class SplicedProto:
     it (initializer name -> numpy array): how ``runtime.Session`` serializes the onnx-ir model it
     is given.
 
-    Protobuf copies every bytes field it touches (serializing VGG19's 548 MB took 1.7 s a copy),
-    so the big arrays stay out of it and go to onnxruntime beside the protobuf
+    Protobuf copies every bytes field it touches, so the big arrays stay out of it and go to onnxruntime beside the protobuf
     (:meth:`declared_external`, ``runtime.Session``). ``arrays`` names only initializers whose
     ``raw_data`` is present and empty in ``proto``.
     """

@@ -34,7 +34,8 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from aimetcli import proto_wire as wire
-from aimetcli.big_tensors import serialize_chunks
+from aimetcli.bn_stats import store_bn_stats
+from aimetcli.big_tensors import serialize_chunks, tensor_bytes
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.paths import (  # noqa: F401  (re-exported)
     STDIO, check_input_model, check_output_dir, check_output_path, probe_writable,
@@ -153,7 +154,7 @@ def load_model(source: str, *, check: bool = True) -> LoadedModel:
     Big weights stored in the file become read-only numpy views of the bytes read.
     """
     data = _read_source_bytes(source)
-    split = wire.split_raw_data(data)
+    split = wire.split_raw_data(data) if len(data) >= wire.MIN_MODEL_BYTES else None
     if split is not None:
         model = _load(data, split, source, check)
         if model is not None:
@@ -223,7 +224,7 @@ def _map_copy_on_write(model: ir.Model) -> None:
 
     A pass may then rescale such a weight in place: the pages it writes become the process's
     own and the file never changes, so the weight is held once (a read-only map made passes
-    copy it: equalize of a folded 2.25 GB model peaked at 2x its size). Types numpy has no
+    copy it, doubling the peak memory: docs/design.md). Types numpy has no
     dtype for (4-bit, float8, ...) stay as onnx-ir maps them.
     """
     for value in model.graph.initializers.values():
@@ -240,16 +241,6 @@ def _map_copy_on_write(model: ir.Model) -> None:
                           shape=tuple(tensor.shape.numpy()))
         value.const_value = ir.Tensor(array.view(np.ndarray), name=tensor.name, doc_string=tensor.doc_string,
                                       metadata_props=tensor.metadata_props)
-
-
-def tensor_bytes(model: ir.Model) -> int:
-    """Total bytes of the initializers of the main graph and its subgraphs."""
-    total = 0
-    for graph in (model.graph, *model.graph.subgraphs()):
-        for value in graph.initializers.values():
-            if value.const_value is not None:
-                total += value.const_value.nbytes
-    return total
 
 
 @contextlib.contextmanager
@@ -288,6 +279,8 @@ def canonical_order(model: ir.Model) -> None:
 
 
 def serialize(model: ir.Model) -> bytes:
+    """The model's bytes as saved (its in-memory BN statistics stored first), without reordering."""
+    store_bn_stats(model)
     # ONNX messages have no map fields, so plain serialization is already byte-stable
     return b"".join(serialize_chunks(model))
 
@@ -310,6 +303,7 @@ def save_model(model: ir.Model, dest: str, *, external_data: bool | None = None)
                 ErrorKind.USAGE,
             )
         canonical_order(model)
+        store_bn_stats(model)
         for chunk in serialize_chunks(model):
             sys.stdout.buffer.write(chunk)
         sys.stdout.buffer.flush()
@@ -327,6 +321,7 @@ def write_model_file(model: ir.Model, path: Path, *, external_data: bool | None 
     """Write a model file (and its '.data' file) in place; callers stage it. Returns file names."""
     use_external = external_data if external_data is not None else tensor_bytes(model) > _EXTERNAL_THRESHOLD
     canonical_order(model)
+    store_bn_stats(model)
     names = [path.name]
     try:
         if use_external:
@@ -339,7 +334,8 @@ def write_model_file(model: ir.Model, path: Path, *, external_data: bool | None 
                 size = sum(memoryview(c).nbytes for c in chunks)
                 if size >= _PREALLOCATE and hasattr(os, "posix_fallocate"):
                     # blocks reserved up front: the write, and the writeback that replacing an
-                    # existing file starts (ext4), cost ~40% less than with delayed allocation
+                    # existing file starts (ext4), cost less than with delayed allocation
+                    # (docs/design.md, "Measurements behind code choices")
                     try:
                         os.posix_fallocate(f.fileno(), 0, size)
                     except OSError as exc:  # out of space is reported; anything else only costs speed

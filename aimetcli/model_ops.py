@@ -15,6 +15,7 @@ import onnx_ir as ir
 
 from aimetcli import big_tensors, model_io
 from aimetcli import graph as g
+from aimetcli.bn_stats import carry_bn_stats
 from aimetcli.passes.lift_constants import LiftConstantsPass
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ def _simplify(model: ir.Model) -> ir.Model:
     if not ok:
         raise RuntimeError("onnxsim's own check failed")
     out = ir.serde.deserialize_model(simplified)
-    out.metadata_props.update(model.metadata_props)
+    _carry_metadata(model, out)
     return out
 
 
@@ -181,7 +182,7 @@ def upgrade_opset(model: ir.Model, target: int) -> ir.Model:
     for name, value in out.graph.initializers.items():
         if name in big and value.const_value is not None and value.const_value.shape == big[name].shape:
             value.const_value = big[name]
-    out.metadata_props.update(model.metadata_props)
+    _carry_metadata(model, out)
     out, _ = prepare(out)
     return out
 
@@ -208,4 +209,12 @@ def clone(model: ir.Model) -> ir.Model:
             if isinstance(raw, np.ndarray):
                 raw.flags.writeable = False
             value.const_value = tensor
+    carry_bn_stats(model, copy)
     return copy
+
+
+def _carry_metadata(source: ir.Model, dest: ir.Model) -> None:
+    """Give ``dest``, a copy of ``source`` made by a converter, ``source``'s metadata: the saved
+    entries and the in-memory BN statistics (bn_stats.py)."""
+    dest.metadata_props.update(source.metadata_props)
+    carry_bn_stats(source, dest)

@@ -24,6 +24,9 @@ import onnx
 # Tensors up to this size keep their bytes in the protobuf given to shape inference (its
 # data propagation reads small constants such as Reshape shapes); bigger ones never do.
 SMALL_TENSOR = 4096
+# Models (file bytes on load, initializer bytes on save) below this size take the plain
+# protobuf path: there both paths cost the same (docs/design.md, "Loading and saving").
+MIN_MODEL_BYTES = 1 << 20
 
 class WireError(ValueError):
     pass

@@ -20,10 +20,11 @@ import common as c  # noqa: E402
 
 
 def _plain(on: bool):
-    """Context: proto_wire's split and splice switched off (``on`` False) or left as they are."""
+    """Context: proto_wire's split and splice switched off (``on`` False), or on whatever the
+    model's size (its size gate, ``MIN_MODEL_BYTES``, lowered to 0)."""
     from aimetcli import proto_wire as wire
 
-    saved = wire.split_raw_data, wire.splice
+    saved = wire.split_raw_data, wire.splice, wire.MIN_MODEL_BYTES
 
     def no_split(data):
         return None
@@ -33,11 +34,12 @@ def _plain(on: bool):
 
     class Ctx:
         def __enter__(self):
+            wire.MIN_MODEL_BYTES = 0
             if not on:
                 wire.split_raw_data, wire.splice = no_split, no_splice
 
         def __exit__(self, *exc):
-            wire.split_raw_data, wire.splice = saved
+            wire.split_raw_data, wire.splice, wire.MIN_MODEL_BYTES = saved
 
     return Ctx()
 

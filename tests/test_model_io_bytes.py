@@ -10,7 +10,8 @@ import onnx_ir as ir
 import pytest
 from onnx import helper
 
-from aimetcli import api, model_io
+from aimetcli import api, model_io, proto_wire
+from aimetcli.bn_stats import store_bn_stats
 from aimetcli.errors import AimetCliError
 from helpers import init, make_model, rand, to_ir, two_conv_classifier
 
@@ -24,6 +25,12 @@ def _model(dtype=np.float32) -> onnx.ModelProto:
     proto.graph.input[1].type.tensor_type.elem_type = onnx.TensorProto.INT64
     onnx.checker.check_model(proto)
     return proto
+
+
+@pytest.fixture(autouse=True)
+def wire_path_for_small_models(monkeypatch):
+    """These models are a few KB: below proto_wire.MIN_MODEL_BYTES they would take the plain path."""
+    monkeypatch.setattr(proto_wire, "MIN_MODEL_BYTES", 0)
 
 
 def _plain_load(data: bytes, source: str) -> ir.Model:
@@ -59,6 +66,7 @@ def test_saved_bytes_are_what_protobuf_writes(tmp_path):
     model, _ = api.prepare(model_io.load_model(str(path)).model)
     api.fold_bn(model)
     model_io.canonical_order(model)
+    store_bn_stats(model)  # as saving does first
     expected = ir.serde.serialize_model(model).SerializeToString()
     assert model_io.serialize(model) == expected
     out = tmp_path / "out.onnx"
@@ -294,3 +302,21 @@ def test_fed_weights_of_a_model_that_lists_initializers_as_inputs(monkeypatch):
     sess = runtime.Session(model, runtime.FOLD_CONSTANTS)
     assert set(sess.fed) == {"W"} and sess.input_names.count("W") == 1
     np.testing.assert_allclose(sess.run(x)[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_models_below_the_size_gate_take_the_plain_protobuf_path(tmp_path, monkeypatch):
+    path = tmp_path / "m.onnx"
+    onnx.save(_model(), path)
+    size = path.stat().st_size
+    weights = model_io.tensor_bytes(model_io.load_model(str(path)).model)  # what the save gate counts
+    assert weights < size
+    outcomes = {}
+    for gate in (size + 1, weights):  # above the file: plain; at its weights' size: lifted and spliced
+        monkeypatch.setattr(proto_wire, "MIN_MODEL_BYTES", gate)
+        model = model_io.load_model(str(path)).model
+        views = [n for n, v in model.graph.initializers.items() if type(v.const_value) is ir.Tensor]
+        chunks = model_io.serialize_chunks(model)
+        outcomes[gate] = (views, len(chunks), b"".join(bytes(memoryview(c).cast("B")) for c in chunks))
+    assert outcomes[size + 1][:2] == ([], 1)  # no views of the file, one serialized piece
+    assert {"W2", "W3", "big_int"} <= set(outcomes[weights][0]) and outcomes[weights][1] > 1
+    assert outcomes[size + 1][2] == outcomes[weights][2]

@@ -218,29 +218,24 @@ def test_per_channel_histograms_of_many_short_channels_equal_the_formula():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_sorted_and_bincount_binning_give_the_same_histograms(monkeypatch, dtype):
-    """Per-tensor histograms count bins either by np.bincount or from sorted uint16 indices
-    (observers.SORTED_BINS, chosen by the CPU): both give the same counts over several batches
-    that grow the range both ways, values spread over several sort blocks, runs of zeros,
-    repeated maxima and NaN/Inf (skipped and counted)."""
+def test_per_tensor_histogram_over_many_blocks_equals_the_formula(dtype):
+    """Per tensor, values are counted in _LANES interleaved histograms, block by block: a batch of
+    several blocks with runs of zeros, repeated maxima and NaN/Inf (skipped and counted) gives
+    the formula's counts on its finite values."""
     import aimetcli.calibration.observers as observers
 
-    batches = [np.maximum(RNG.normal(size=(3, 5000)), 0.0).astype(dtype)]
-    grown = (RNG.normal(size=(3, 5000)) * 3.0).astype(dtype)
-    grown[1, :700] = 0.0
-    grown[2, 9] = grown.max()
-    grown[0, 3], grown[2, 4000], grown[1, 17] = np.nan, np.inf, -np.inf
-    batches += [grown, (RNG.uniform(-20, 0.5, size=(2, 999))).astype(dtype)]
-    monkeypatch.setattr(observers, "_SORT_CHUNK", 4096)  # several blocks per batch
-    results = {}
-    for sorted_bins in (True, False):
-        monkeypatch.setattr(observers, "SORTED_BINS", sorted_bins)
-        obs = HistogramObserver()
-        for x in batches:
-            obs.update(x)
-        results[sorted_bins] = (obs.histogram(), obs.nonfinite_count, obs.minmax())
-    (counts_s, edges_s), bad_s, range_s = results[True]
-    (counts_b, edges_b), bad_b, range_b = results[False]
-    assert np.array_equal(counts_s, counts_b) and np.array_equal(edges_s, edges_b)
-    assert bad_s == bad_b == 3 and range_s == range_b
-    assert counts_s.sum() == sum(x.size for x in batches) - 3
+    b = 512
+    x = (RNG.normal(size=(2, 3 * observers._CHUNK + 5)) * 3.0).astype(dtype)
+    x[1, :700] = 0.0
+    x[0, 9] = x[0, 10] = x.max()
+    x[0, 3], x[1, 4000], x[1, 17] = np.nan, np.inf, -np.inf
+    obs = HistogramObserver()
+    obs.update(x)
+    counts, edges = obs.histogram()
+    finite = x[np.isfinite(x)].astype(dtype)
+    lo, hi = finite.min(), finite.max()
+    work = np.float32 if dtype == np.float32 else np.float64
+    t = (finite - work(lo)) * work(b / (float(hi) - float(lo)))
+    expected = np.bincount(np.minimum(t.astype(np.int64), b - 1), minlength=b)
+    assert np.array_equal(counts.reshape(-1), expected)
+    assert obs.nonfinite_count == 3 and counts.sum() == x.size - 3

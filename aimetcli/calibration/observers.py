@@ -21,7 +21,6 @@ to the last bin.
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
@@ -42,28 +41,6 @@ DEFAULT_NUM_BINS = 512
 # Values binned at once: bounds the temporaries for large activations and keeps them in cache.
 _CHUNK = 1 << 16
 _LANES = 4
-_SORT_CHUNK = 1 << 20  # values per sort (sorted bins): 4 MB of float32 temporaries
-
-
-def _simd_sort16() -> bool:
-    """Whether numpy sorts 16-bit integers with its AVX-512 kernels (x86-simd-sort, on CPUs with
-    AVX512_ICL or AVX512_SPR; not in MSVC builds). There, sorting a block's bin indices as uint16
-    and reading the counts off the sorted block is about 3x faster than np.bincount; elsewhere
-    numpy's fallback sort is slower than bincount."""
-    if os.name == "nt":
-        return False
-    try:
-        from numpy._core._multiarray_umath import __cpu_features__ as features
-    except ImportError:  # numpy 1.x
-        try:
-            from numpy.core._multiarray_umath import __cpu_features__ as features
-        except ImportError:
-            return False
-    return bool(features.get("AVX512_ICL") or features.get("AVX512_SPR"))
-
-
-# per-tensor histograms count sorted uint16 bin indices where numpy sorts them fast, else bincount
-SORTED_BINS = _simd_sort16()
 
 
 def _bin_indices(block: np.ndarray, lo, inv_w, b: int, any_nonfinite: bool, t: np.ndarray,
@@ -233,8 +210,7 @@ class HistogramObserver:
         B + 1 bins and the last is folded into bin B-1, instead of clipping every value.
         Per tensor, neighbouring values are counted in _LANES separate histograms (summed at the
         end): activations repeat values (zeros after Relu), and increments of one counter back
-        to back wait on each other; or, with SORTED_BINS, each block's indices are sorted as
-        uint16 and counted from the sorted order (same counts). Per channel, blocks of whole
+        to back wait on each other. Per channel, blocks of whole
         channels of about _CHUNK values are binned at once, so that each bincount covers few
         channels' bins.
         """
@@ -247,9 +223,6 @@ class HistogramObserver:
         lo_all = np.where(known, self._lo, 0.0).astype(work)[:, None]
         inv_all = inv_w64.astype(work)[:, None]
         row = b + 1
-        if c == 1 and SORTED_BINS and b < np.iinfo(np.uint16).max:
-            self._add_sorted(x2[0], any_nonfinite, lo_all[0, 0], inv_all[0, 0], work)
-            return
         lanes = _LANES if c == 1 else 1
         per_block = max(1, min(c, _CHUNK // max(n, 1)))  # channels binned together
         step = max(1, _CHUNK // per_block)  # values per channel and bincount
@@ -274,29 +247,6 @@ class HistogramObserver:
             counts = total.reshape(lanes, per_block, row).sum(axis=0)[:k]
             counts[:, b - 1] += counts[:, b]
             self._counts[c0:c0 + k] += counts[:, :b]
-
-    def _add_sorted(self, x: np.ndarray, any_nonfinite: bool, lo, inv_w, work) -> None:
-        """Per tensor, as _add: bin indices (uint16) of a block sorted, each bin's count read off
-        the sorted block by binary search. Non-finite values get index B + 1, which no bin counts."""
-        b = self.num_bins
-        row = b + 1
-        n = x.size
-        step = max(1, min(n, _SORT_CHUNK))
-        t_buf = np.empty(step, work)
-        i_buf = np.empty(step, np.uint16)
-        marks = np.arange(row + 1, dtype=np.uint16)  # bin j holds the sorted positions [marks j, j + 1)
-        total = np.zeros(row, dtype=np.int64)
-        for start in range(0, n, step):
-            block = x[start:start + step]
-            m = block.size
-            t, idx = t_buf[:m], i_buf[:m]
-            _bin_indices(block, lo, inv_w, b, any_nonfinite, t, idx)
-            if any_nonfinite:
-                idx[~np.isfinite(block)] = row
-            idx.sort()
-            total += np.diff(np.searchsorted(idx, marks))
-        total[b - 1] += total[b]
-        self._counts[0] += total[:b]
 
     # -- reading -------------------------------------------------------------------
     @property

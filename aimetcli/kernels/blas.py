@@ -1,9 +1,9 @@
 """numpy's BLAS on one thread for a while (no dependency beyond numpy).
 
 AdaRound's iterations are thousands of small matrix products ([m, d] x [d, d]); OpenBLAS
-splits each over its threads, and on a loaded 2-core machine the threads wait for each other:
-a 128 x 64 x 64 product took 11 us on one thread and 35 us to 16 ms on OpenBLAS's default
-(measured 2026-12, load 6-10). :func:`single_threaded` sets OpenBLAS's thread-local thread count
+splits each over its threads, and on a loaded 2-core machine the threads wait for each other,
+so such a product is slower on OpenBLAS's default than on one thread (docs/design.md,
+"Measurements behind code choices"). :func:`single_threaded` sets OpenBLAS's thread-local thread count
 (``openblas_set_num_threads_local``, OpenBLAS >= 0.3.27, which numpy's wheels bundle) to 1 and
 restores it; where that symbol is not found (another BLAS) it does nothing.
 """

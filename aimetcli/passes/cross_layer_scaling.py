@@ -8,8 +8,8 @@ other neighbours the two-layer rule. Overlapping sets are rescaled in turn until
 every scale factor is within 1e-7 of 1 (the paper's iterate-to-convergence), so
 equalizing an equalized model changes nothing. Sweeps alternate between forward and
 backward along the plan: a change then travels the length of a chain in one sweep
-either way (a chain of 9 Gemm 2048x2048: 5.6 -> 4.2 s; the 2.25 GB chain of
-bench/RESULTS.md: 75 -> 64 s).
+either way, so fewer sweeps reach convergence (docs/design.md, "Measurements behind code
+choices").
 
 Conv (any groups), ConvTranspose, Gemm and 2-D MatMul are handled; AIMET skips the
 fully connected ones.
