@@ -2,8 +2,10 @@
 # Bench-only: AIMET-onnx 2.42 in its own venv OUTSIDE the repo, for bench/peers_aimet.py.
 # Never a dependency of aimetcli; CI does not run this. Idempotent: a stamp file skips a finished install.
 # torch comes from the local CPU wheel (torch==2.13.0); a plain `torch` would pull several GB of CUDA.
-# aimet-onnx is installed with --no-deps and its Requires-Dist by hand, leaving out onnx2torch (it only
-# serves torch-model conversion and would pull a torch of its own choosing).
+# aimet-onnx is installed with --no-deps and its Requires-Dist by hand, leaving out onnx2torch (it would pull
+# a torch of its own choosing). Checked by importing every aimet_onnx module: only aimet_onnx.adascale (and
+# its old alias experimental.adascale) needs onnx2torch; quantsim, fold, CLE, AdaRound, SeqMSE and the
+# quant analyzer import and run without it.
 set -euo pipefail
 VENV="${AIMET_VENV:-/work/venv-aimet}"
 WHEEL_DIR="${AIMET_WHEEL_DIR:-/tmp/aimetwheel}"
