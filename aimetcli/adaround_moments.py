@@ -18,7 +18,8 @@ adaround.MOMENT_BYTES is skipped with a warning rather than taking the machine's
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -34,6 +35,7 @@ from aimetcli.layers import Layer
 from aimetcli.model_io import SplicedProto
 
 PREFIX = "aimetcli_ar/"
+Q_PREFIX = PREFIX + "q/"  # the quantized copy's names in the joint graph
 
 
 @dataclass
@@ -42,6 +44,34 @@ class Target:
     weight: str
     enc: Encoding
     problem: ar.LayerProblem | None = None
+
+
+@dataclass
+class Cut:
+    """Tensors of both models at a cut through the graph (joint graph names), one array per run of
+    the data in order: a later pass is fed them instead of running the models from their inputs."""
+
+    values: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    dtypes: dict[str, int] = field(default_factory=dict)  # name -> TensorProto element type
+    nbytes: int = 0
+
+    def add(self, name: str, value: np.ndarray) -> None:
+        self.values.setdefault(name, []).append(value)
+        self.dtypes.setdefault(name, helper.np_dtype_to_tensor_dtype(value.dtype))
+        self.nbytes += value.nbytes
+
+
+def cut_names(names: Collection[str], quantized: bool) -> list[str]:
+    """The joint graph's names of the FP32 model's node outputs ``names``: each, and (``quantized``:
+    the graph holds a quantized copy) its copy's, renamed as :func:`moments_graph` renames the
+    copy's node outputs (graph inputs and shared initializers, which keep their names, are no
+    node's output)."""
+    out = []
+    for name in sorted(names):
+        out.append(name)
+        if quantized:
+            out.append(Q_PREFIX + name)
+    return out
 
 
 # ----------------------------------------------------------------------------- weight layout
@@ -196,9 +226,14 @@ def _group_products(a: np.ndarray, c: np.ndarray) -> np.ndarray:
     return total
 
 
-def moments_graph(fp32: SplicedProto, quantized: SplicedProto | None, targets: list[Target]
-                  ) -> tuple[SplicedProto, list[_Outputs]]:
-    """The joint graph and, per target, its outputs (:class:`_Outputs`)."""
+def moments_graph(fp32: SplicedProto, quantized: SplicedProto | None, targets: list[Target], *,
+                  start: Cut | None = None, keep: Collection[str] = ()) -> tuple[SplicedProto, list[_Outputs]]:
+    """The joint graph and, per target, its outputs (:class:`_Outputs`).
+
+    ``start``: tensors of both models already known (:class:`Cut`), fed as graph inputs; the
+    nodes that computed them are not run. ``keep``: names of the FP32 model's tensors to return
+    too, for both models (the joint names in :func:`cut_names`), to start a later pass from.
+    """
     joint = fp32.copy()
     graph = joint.proto.graph
     q = quantized.proto if quantized is not None else onnx.ModelProto()
@@ -206,7 +241,7 @@ def moments_graph(fp32: SplicedProto, quantized: SplicedProto | None, targets: l
     taken |= {t.name for p in (joint.proto, q) for t in p.graph.initializer}
     taken |= {i.name for i in graph.input}
     inputs = {i.name for i in graph.input}
-    prefix = PREFIX + "q/"
+    prefix = Q_PREFIX
     fp_inits = {t.name: t for t in graph.initializer}
     if quantized is None:  # inputs from the FP32 model: x = f
         quantized = SplicedProto(q, {})
@@ -243,7 +278,12 @@ def moments_graph(fp32: SplicedProto, quantized: SplicedProto | None, targets: l
         for name in dict.fromkeys(out.names()):
             graph.output.append(helper.make_tensor_value_info(name, TensorProto.INT64 if name == out.size
                                                               else TensorProto.FLOAT, None))
-    _prune(graph)
+    kept = cut_names(keep, bool(q.graph.node))
+    fed = dict(start.dtypes) if start is not None else {}
+    for name in kept:
+        if name not in fed:
+            graph.output.append(onnx.ValueInfoProto(name=name))  # no type: onnxruntime infers it
+    _prune(graph, fed)
     joint.arrays = {t.name: joint.arrays[t.name] for t in graph.initializer if t.name in joint.arrays}
     return joint, names
 
@@ -259,13 +299,15 @@ def _used_names(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
-def _prune(graph: onnx.GraphProto) -> None:
+def _prune(graph: onnx.GraphProto, fed: dict[str, int] | None = None) -> None:
     """Drop the nodes and initializers the outputs do not depend on (onnxruntime runs every node):
-    a pass then runs both models only up to its layers' inputs."""
+    a pass then runs both models only up to its layers' inputs. ``fed``: tensors given as graph
+    inputs (name -> TensorProto element type): the nodes that would compute only them are dropped."""
+    fed = fed or {}
     needed = {o.name for o in graph.output}
     keep = []
     for node in reversed(graph.node):  # topological order: readers after writers
-        if any(o in needed for o in node.output):
+        if any(o in needed and o not in fed for o in node.output):
             keep.append(node)
             single = onnx.GraphProto()
             single.node.append(node)
@@ -273,6 +315,14 @@ def _prune(graph: onnx.GraphProto) -> None:
     if len(keep) < len(graph.node):
         del graph.node[:]
         graph.node.extend(reversed(keep))
+    produced = {o for node in graph.node for o in node.output}
+    for name, elem in sorted(fed.items()):
+        if name in needed and name not in produced:
+            graph.input.append(helper.make_tensor_value_info(name, elem, None))
+    inputs = [i for i in graph.input if i.name in needed]
+    if len(inputs) < len(graph.input):
+        del graph.input[:]
+        graph.input.extend(inputs)
     inits = [t for t in graph.initializer if t.name in needed]
     if len(inits) < len(graph.initializer):
         del graph.initializer[:]
@@ -287,15 +337,35 @@ def _accumulate(total: np.ndarray | None, value: np.ndarray) -> np.ndarray:
     return total
 
 
-def collect_moments(joint: SplicedProto, names, targets: list[Target], dataset, run_size: int, progress) -> None:
-    """Run the joint graph over the data; set each target's problem (moments summed in float64)."""
+def collect_moments(joint: SplicedProto, names, targets: list[Target], dataset, run_size: int, progress, *,
+                    start: Cut | None = None, keep: Collection[str] = (), keep_bytes: int = 0) -> Cut | None:
+    """Run the joint graph over the data; set each target's problem (moments summed in float64).
+
+    ``start``: the :class:`Cut` the graph was built from (its tensors are fed, run by run).
+    ``keep``: joint names of tensors the graph outputs for a later pass (``moments_graph``'s
+    ``keep``, :func:`cut_names`): returned as a Cut (with ``start``'s own tensors that are kept
+    too) unless they pass ``keep_bytes`` over the whole data, then None (dropped as soon as they do).
+    """
     session = runtime.Session(joint, runtime.MEASURE)
     outputs = list(dict.fromkeys(n for out in names for n in out.names()))
+    fed = start.values if start is not None else {}
+    inputs = set(session.input_names)
+    kept_out = [n for n in keep if n not in fed]
+    cut: Cut | None = Cut() if keep else None
     matrices = [weight_matrix(t.layer, np.asarray(t.layer.weight_array(), np.float32)) for t in targets]
     sums: list[list] = [[None, None, 0.0] for _ in targets]  # G, C, energy (float64)
     positions = [0] * len(targets)
-    for feeds in dataset.batches(run_size):
-        values = dict(zip(outputs, session.run(feeds, outputs)))
+    for run, feeds in enumerate(dataset.batches(run_size)):
+        feeds = {k: v for k, v in feeds.items() if k in inputs}
+        feeds.update((k, v[run]) for k, v in fed.items() if k in inputs)
+        got = session.run(feeds, outputs + kept_out)
+        values = dict(zip(outputs, got))
+        if cut is not None:
+            for name, value in itertools.chain(zip(kept_out, got[len(outputs):]),
+                                               ((n, fed[n][run]) for n in keep if n in fed)):
+                cut.add(name, value)
+            if cut.nbytes > keep_bytes:
+                cut = None
         for i, out in enumerate(names):
             if out.patches:
                 a, c = values[out.gram], values[out.cross]
@@ -321,3 +391,4 @@ def collect_moments(joint: SplicedProto, names, targets: list[Target], dataset, 
         d = w2.shape[2]
         t.problem = ar.LayerProblem(w2, scale, low, high, gram.reshape(-1, d, d), cross.reshape(-1, d, d),
                                     float(energy), n)
+    return cut
