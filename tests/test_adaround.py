@@ -347,3 +347,22 @@ def test_a_pass_starts_from_the_last_cut_and_rounds_as_from_the_inputs(monkeypat
     for name in ("W1", "W2", "W3"):
         a, b = (np.asarray(r.model.graph.initializers[name].const_value.numpy()) for r in (cut, full))
         assert np.array_equal(a, b), name
+
+
+def test_a_low_rank_gram_is_used_as_its_factor_and_rounds_as_the_dense_product():
+    """A Gemm with fewer positions (30) than inputs (96): G's rank is 30, the iteration multiplies by
+    its factor B B^T, and the roundings equal those of the dense product."""
+    rng = np.random.default_rng(4)
+    problem, *_ = _problem(rng, 8, 96, 30)
+    (slot,), *_ = ar._setup([problem])
+    assert slot.factor is not None and slot.factor[0].shape == (1, 96, 30)
+    b = slot.factor[0].astype(np.float64)
+    assert np.allclose(b @ np.swapaxes(b, 1, 2), slot.gram, rtol=1e-4, atol=1e-6 * np.abs(slot.gram).max())
+    (low,) = ar.optimize([problem], iterations=600)
+    full = ar._factor
+    try:
+        ar._factor = lambda gram, m: None
+        (dense,) = ar.optimize([problem], iterations=600)
+    finally:
+        ar._factor = full
+    assert np.count_nonzero(low.k != dense.k) <= 2 and low.loss_adaround == pytest.approx(dense.loss_adaround, rel=1e-4)

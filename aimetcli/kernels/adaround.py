@@ -143,6 +143,7 @@ class _Slot:
     stop: int
     gram: np.ndarray = field(repr=False)  # 0.6 s^2 * 2 G / N (per channel: without s^2)
     row_scale: np.ndarray | None = field(repr=False)  # s^2 [g, m, 1] per channel, None per tensor
+    factor: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(repr=False)  # B, B^T, tc B (_factor)
     rows: _Rows | None = field(default=None, repr=False)  # the products on the moving weights alone
 
 
@@ -152,6 +153,30 @@ _H_SLOPE = (ZETA - GAMMA) / 2
 _T_EDGE = (1.0 - (ZETA + GAMMA) / 2) / _H_SLOPE  # 5/6
 assert abs(ZETA - 1.0 + GAMMA) < 1e-12 and abs(_T_EDGE - 5 / 6) < 1e-12
 _FROZEN_Z = -20.0  # tanh(-20) = -1 in float32: h = 0, no gradient, never moves
+
+
+_RANK_TOL = 1e-10  # eigenvalues of G below this times the largest are float64 noise: G's rank is below them
+
+
+def _factor(gram: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """G2 = B B^T (B: [g, d, r], G2's eigenvectors scaled by the square roots of its eigenvalues),
+    where G2's rank r is low enough that tc B B^T (2 m d r multiply-adds) beats tc G2 (m d^2): G is
+    a sum of x x^T over the positions, so its rank is at most their number, below d for a Gemm
+    after a global pooling with fewer samples than input features (the full-size MobileNetV2's
+    classifier: 256 samples, d = 1280). Exact but for the eigenvalues under _RANK_TOL times the
+    largest (zero in exact arithmetic) and float32 rounding. None: the dense product."""
+    g, d, _ = gram.shape
+    if d < 64:
+        return None
+    values, vectors = np.linalg.eigh(gram)
+    keep = values > _RANK_TOL * max(float(values.max()), 0.0)
+    rank = int(keep.sum(axis=1).max())
+    if rank == 0 or 2 * rank > 0.8 * d:
+        return None
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :rank]  # each group's kept components first
+    b = np.take_along_axis(vectors * np.sqrt(np.where(keep, values, 0.0))[:, None, :], order[:, None, :], axis=2)
+    b = b.astype(np.float32)
+    return b, np.ascontiguousarray(b.transpose(0, 2, 1)), np.empty((g, m, rank), np.float32)
 
 
 def _setup(problems: list[LayerProblem]):
@@ -176,7 +201,7 @@ def _setup(problems: list[LayerProblem]):
         per_channel = s.size > 1
         gram = _H_SLOPE * g2 if per_channel else _H_SLOPE * float(s.reshape(-1)[0]) ** 2 * g2
         slots.append(_Slot(p, pos, pos + p.w.size, gram.astype(np.float32),
-                           (s * s).astype(np.float32) if per_channel else None))
+                           (s * s).astype(np.float32) if per_channel else None, _factor(gram, p.w.shape[1])))
         base.append(np.broadcast_to(floor, p.w.shape).reshape(-1))
         offset.append(r.reshape(-1))
         pos += p.w.size
@@ -232,7 +257,11 @@ def optimize(problems: list[LayerProblem], params: AdaroundParams = AdaroundPara
                 if s.rows is not None:
                     s.rows.product(tc, y_all)
                     continue
-                np.matmul(tv, s.gram, out=yv)
+                if s.factor is not None:
+                    np.matmul(tv, s.factor[0], out=s.factor[2])
+                    np.matmul(s.factor[2], s.factor[1], out=yv)
+                else:
+                    np.matmul(tv, s.gram, out=yv)
                 if s.row_scale is not None:
                     yv *= s.row_scale
             if active.index is not None:
