@@ -201,6 +201,31 @@ def _conv_patches(layer: Layer, x: np.ndarray, buffers: dict, slot: int) -> np.n
     return patches.reshape(n, layer.groups, c // layer.groups * taps, -1)
 
 
+# numpy makes a grouped Conv's patches for this many bytes of them at a time (_conv_moments)
+PATCH_BYTES = 32 << 20
+
+
+def _conv_moments(layer: Layer, x_q: np.ndarray, x_f: np.ndarray | None, w2: np.ndarray, buffers: dict
+                  ) -> tuple[tuple, int]:
+    """A grouped Conv's (G, C, sum ||W f||^2) over one run and its positions, from its inputs in
+    the quantized and FP32 models (x_f None: the same), PATCH_BYTES of patches at a time: a
+    depthwise layer's patches are 9 times its input (the full-size MobileNetV2's first blocks:
+    350 MB a run of 32 samples and a model)."""
+    taps = int(np.prod(layer.weight.shape[2:]))
+    per_sample = 4 * taps * x_q[:1].size  # about: the patches of one sample (stride 1)
+    step = max(1, min(x_q.shape[0], PATCH_BYTES // max(per_sample, 1)))
+    gram = cross = None
+    energy, positions = 0.0, 0
+    for start in range(0, x_q.shape[0], step):
+        a = _conv_patches(layer, x_q[start:start + step], buffers, 0)
+        c = a if x_f is None else _conv_patches(layer, x_f[start:start + step], buffers, 1)
+        gram = _accumulate(gram, _group_products(a, a))
+        cross = gram if x_f is None else _accumulate(cross, _group_products(a, c))
+        energy += float(np.sum(np.square(np.matmul(w2, c)), dtype=np.float64))
+        positions += a.shape[0] * a.shape[3]
+    return (gram, cross, energy), positions
+
+
 def _tap_slices(b: _Nodes, x: str, kernel: tuple[int, ...], attrs: dict) -> str:
     """A Conv's patches [N, C * taps, *out] (channel major, taps minor) as strided slices of the
     padded input, one a tap, stacked: the one-hot grouped Conv gives the same values but took 0.8 s
@@ -413,10 +438,12 @@ def collect_moments(joint: SplicedProto, names, targets: list[Target], dataset, 
             if cut.nbytes > keep_bytes:
                 cut = None
         for i, out in enumerate(names):
-            if out.patches:
-                a = _conv_patches(targets[i].layer, values[out.gram], buffers, 0) if out.conv else values[out.gram]
-                c = a if out.cross == out.gram else (_conv_patches(targets[i].layer, values[out.cross], buffers, 1)
-                                                     if out.conv else values[out.cross])
+            if out.conv:
+                batch, n = _conv_moments(targets[i].layer, values[out.gram],
+                                         None if out.cross == out.gram else values[out.cross], matrices[i], buffers)
+                positions[i] += n
+            elif out.patches:
+                a, c = values[out.gram], values[out.cross]
                 gram = _group_products(a, a)
                 batch = (gram, gram if out.cross == out.gram else _group_products(a, c),
                          float(np.sum(np.square(np.matmul(matrices[i], c)), dtype=np.float64)))

@@ -92,8 +92,9 @@ print(time.perf_counter() - t, file=sys.stderr)
 """
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "aimetcli", "adaround", *args, "--json", "-q"]
+def _cli(*args: str, iterations: int | None = None) -> list[str]:
+    return [sys.executable, "-m", "aimetcli", "adaround", *args, "--json", "-q",
+            *(["--iterations", str(iterations)] if iterations else [])]
 
 
 def _speed_rows(name: str, doc: dict) -> list[str]:
@@ -118,18 +119,21 @@ def timing_section(args) -> str:
                 load = os.getloadavg()[0]
                 before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 done = run_process(_cli(str(SAMPLE_MODELS / f"{name}_fmnist.onnx"), "-o", out, "--data",
-                                        str(SAMPLE_MODELS / "calib.npz"), "--param-bw", "4", "--per-channel"))
+                                        str(SAMPLE_MODELS / "calib.npz"), "--param-bw", "4", "--per-channel",
+                                        iterations=args.iterations))
                 after = resource.getrusage(resource.RUSAGE_CHILDREN)
                 cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
                 runs.setdefault(name, []).append((done.seconds, cpu, load))
                 print(name, f"{done.seconds:.1f} s wall, {cpu:.1f} s CPU, load {load:.1f}", file=sys.stderr, flush=True)
         for name in args.models:  # the JSON once more, for the per-layer rates (not timed)
             out = subprocess.run(_cli(str(SAMPLE_MODELS / f"{name}_fmnist.onnx"), "-o", f"{tmp}/{name}.onnx", "--data",
-                                      str(SAMPLE_MODELS / "calib.npz"), "--param-bw", "4", "--per-channel"),
+                                      str(SAMPLE_MODELS / "calib.npz"), "--param-bw", "4", "--per-channel",
+                                      iterations=args.iterations),
                                  capture_output=True, text=True, check=True)
             docs[name] = json.loads(out.stdout)
         body = ("`aimetcli adaround MODEL --data sample_models/calib.npz --param-bw 4 --per-channel` (1,000 samples, "
-                "default iterations: 15,000 a layer), whole process, 3 runs a model interleaved; the goal is 15 s.\n\n"
+                f"{args.iterations or 'the default 15,000'} iterations a layer, whole process, 3 runs a model "
+                "interleaved; the goal is 15 s with the default.\n\n"
                 "| model | wall s (median) | runs | CPU s (median) | load at the starts |\n|---|---|---|---|---|\n")
         for name, r in runs.items():
             walls, cpus, loads = (sorted(x[i] for x in r) for i in range(3))
@@ -156,19 +160,21 @@ def _full_size(tmp: str, iterations: int | None, docs: dict) -> str:
         passes.append((float(done.stderr.strip().splitlines()[-1]), done.seconds, done.peak_rss, load))
     passes.sort()
     fp32_run, fp32_proc, fp32_rss, fp32_load = passes[1]
-    cmd = _cli(folded, "-o", f"{tmp}/mnv2_ar.onnx", "--data", data, "--param-bw", "4", "--per-channel")
-    if iterations:
-        cmd += ["--iterations", str(iterations)]
+    cmd = _cli(folded, "-o", f"{tmp}/mnv2_ar.onnx", "--data", data, "--param-bw", "4", "--per-channel",
+               iterations=iterations)
     load = os.getloadavg()[0]
     report = f"{tmp}/mnv2_ar.json"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = run_process(["sh", "-c", " ".join(shlex.quote(c) for c in cmd) + " > " + shlex.quote(report)])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     with open(report) as f:
         docs["mobilenetv2 (full size)"] = json.load(f)
     return (f"Full-size MobileNetV2 (52 Conv + Gemm, BN folded), random:256 at 224x224, W4A8 per-channel, "
             f"{iterations or 'default (15,000)'} iterations: one FP32 onnxruntime pass over the samples {fp32_run:.1f} s "
             f"(its whole process {fp32_proc:.1f} s, peak RSS {fp32_rss / 2**20:.0f} MB; median of 3, load "
             f"{fp32_load:.1f}); `aimetcli adaround` {done.seconds:.0f} s wall = {done.seconds / fp32_run:.0f}x the pass "
-            f"(goal 120x), peak RSS {done.peak_rss / 2**20:.0f} MB = {done.peak_rss / fp32_rss:.2f}x the FP32 process "
+            f"(goal 120x; {cpu:.0f} s of CPU), peak RSS {done.peak_rss / 2**20:.0f} MB = {done.peak_rss / fp32_rss:.2f}x the FP32 process "
             f"(goal 2x); load {load:.1f} at its start.\n")
 
 

@@ -366,3 +366,11 @@ def test_a_low_rank_gram_is_used_as_its_factor_and_rounds_as_the_dense_product()
     finally:
         ar._factor = full
     assert np.count_nonzero(low.k != dense.k) <= 2 and low.loss_adaround == pytest.approx(dense.loss_adaround, rel=1e-4)
+
+
+def test_grouped_conv_moments_taken_a_sample_at_a_time_are_the_layers_output_error(tmp_path, monkeypatch):
+    """_conv_moments under a patch budget of one sample: the same loss as the layer's own output."""
+    import aimetcli.adaround_moments as moments_module
+
+    monkeypatch.setattr(moments_module, "PATCH_BYTES", 1)
+    test_patch_moments_give_the_layers_own_output_error("Conv", tmp_path)
