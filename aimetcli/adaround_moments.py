@@ -8,9 +8,12 @@ in the graph: for a Conv, one strided Slice of the padded input per kernel tap, 
 (channel c*k + t = input channel c shifted by tap t); for ConvTranspose (and auto_pad) a one-hot
 kernel, E [C*k, 1, kh, kw] with E[c*k + t, 0, tap t] = 1 and group C, which gives per output
 position the values each weight multiplies. Ungrouped layers' patches become rows [N*P, d] and
-one Gemm with transA gives the sums in the graph, so only d x d leaves onnxruntime; grouped
-layers' patches [N, g, d, P] leave it and numpy sums the per-sample products
-(:func:`_group_products`; onnxruntime's batched MatMul of many small matrices was 5x slower).
+one Gemm with transA gives the sums in the graph, so only d x d leaves onnxruntime; a grouped
+Conv's input leaves it (or comes from the cut) and numpy makes its patches, PATCH_BYTES at a
+time (:func:`_conv_moments`); a grouped ConvTranspose's patches [N, g, d, P] leave it; numpy sums
+the per-sample products (:func:`_group_products`; onnxruntime's batched MatMul of many small
+matrices was 5x slower). A pass can start from a :class:`Cut` (tensors of both models kept by
+an earlier pass) and keep the next one (adaround.cuts).
 Memory: one run's patches, and G and C in float64 per layer: a layer whose G and C would pass
 adaround.MOMENT_BYTES is skipped with a warning rather than taking the machine's memory.
 """
