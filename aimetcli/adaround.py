@@ -35,7 +35,7 @@ import numpy as np
 import onnx_ir as ir
 
 from aimetcli import graph as g
-from aimetcli.adaround_moments import Target, collect_moments, moments_graph, weight_from_matrix
+from aimetcli.adaround_moments import Cut, Target, collect_moments, cut_names, moments_graph, weight_from_matrix
 from aimetcli.kernels import adaround as ar
 from aimetcli.kernels.quant import Encoding
 from aimetcli.layers import Layer, as_layer, weight_reason
@@ -84,6 +84,9 @@ class AdaroundResult:
 # A layer's G and C (float64 sums) may take this much; a larger layer is not AdaRounded. The
 # process's peak for a layer is about 2.5 times it (the runs' float32 outputs, the kernel's copies).
 MOMENT_BYTES = 1 << 30
+# A cut's tensors (both models, all the data) are kept for the next passes up to this many bytes;
+# a pass whose cut is bigger starts the next one from the last cut kept (:func:`cuts`).
+CUT_BYTES = 256 << 20
 
 
 def moment_dims(layer: Layer, shape: tuple[int, ...]) -> tuple[int, int]:
@@ -143,6 +146,29 @@ def independent_chunks(targets: list[Target]) -> list[list[Target]]:
     return chunks
 
 
+def cuts(model: ir.Model, chunks: list[list[Target]]) -> list[set[str]]:
+    """Per chunk, the FP32 model's tensors at the cut before its layers: the outputs of the nodes
+    its layers' inputs depend on (or an earlier chunk's did) that a node outside them reads.
+
+    A pass measures its chunk's inputs, so it computes its cut on the way, with the earlier
+    chunks AdaRounded and its own layers not yet run: the next pass is fed that cut (both models,
+    every run of the data) and runs only the nodes between the two cuts, instead of both models
+    from their inputs again (the passes' cost summed goes from about half the model times the
+    number of passes to one model; the next pass's own layers are after the cut, so their new
+    rounding reaches the next cut). A cut over CUT_BYTES is not kept and the next pass starts
+    from the last one that was (an expanded activation inside a block costs a recomputation of
+    its block's first layers, not its size in memory)."""
+    done: set[int] = set()
+    nodes = list(model.graph)
+    out = []
+    for chunk in chunks:
+        for t in chunk:
+            done |= _upstream(t.layer.node)
+        out.append({v.name for n in nodes if id(n) in done for v in n.outputs
+                    if any(id(use.node) not in done for use in v.uses())})
+    return out
+
+
 def _upstream(node: ir.Node) -> set[int]:
     """ids of the nodes whose outputs ``node``'s data input depends on."""
     seen: set[int] = set()
@@ -189,10 +215,14 @@ def adaround(model: ir.Model, dataset, options, *, batch_size: int = 32,
         bounds = np.linspace(0, len(targets), max(1, min(passes, len(targets))) + 1).round().astype(int)
         chunks = [targets[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     run_size = min(batch_size, reduction_run_size(dataset))
-    for chunk in chunks:
+    resume: Cut | None = None
+    for chunk, cut in zip(chunks, cuts(model, chunks)):
         t0 = time.perf_counter()
-        joint, names = moments_graph(fp32, calibration_weights(model, encodings) if quantized_inputs else None, chunk)
-        collect_moments(joint, names, chunk, dataset, run_size, progress)
+        quantized = calibration_weights(model, encodings) if quantized_inputs else None
+        joint, names = moments_graph(fp32, quantized, chunk, start=resume, keep=cut)
+        kept = collect_moments(joint, names, chunk, dataset, run_size, progress, start=resume,
+                               keep=cut_names(cut, quantized is not None), keep_bytes=CUT_BYTES)
+        resume = kept if kept is not None else resume
         t1 = time.perf_counter()
         result.moments_seconds += t1 - t0
         rounded = ar.optimize([t.problem for t in chunk], params, iterations=iterations)

@@ -8,9 +8,12 @@ in the graph: for a Conv, one strided Slice of the padded input per kernel tap, 
 (channel c*k + t = input channel c shifted by tap t); for ConvTranspose (and auto_pad) a one-hot
 kernel, E [C*k, 1, kh, kw] with E[c*k + t, 0, tap t] = 1 and group C, which gives per output
 position the values each weight multiplies. Ungrouped layers' patches become rows [N*P, d] and
-one Gemm with transA gives the sums in the graph, so only d x d leaves onnxruntime; grouped
-layers' patches [N, g, d, P] leave it and numpy sums the per-sample products
-(:func:`_group_products`; onnxruntime's batched MatMul of many small matrices was 5x slower).
+one Gemm with transA gives the sums in the graph, so only d x d leaves onnxruntime; a grouped
+Conv's input leaves it (or comes from the cut) and numpy makes its patches, PATCH_BYTES at a
+time (:func:`_conv_moments`); a grouped ConvTranspose's patches [N, g, d, P] leave it; numpy sums
+the per-sample products (:func:`_group_products`; onnxruntime's batched MatMul of many small
+matrices was 5x slower). A pass can start from a :class:`Cut` (tensors of both models kept by
+an earlier pass) and keep the next one (adaround.cuts).
 Memory: one run's patches, and G and C in float64 per layer: a layer whose G and C would pass
 adaround.MOMENT_BYTES is skipped with a warning rather than taking the machine's memory.
 """
@@ -18,7 +21,8 @@ adaround.MOMENT_BYTES is skipped with a warning rather than taking the machine's
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
@@ -33,6 +37,7 @@ from aimetcli.kernels.quant import Encoding
 from aimetcli.layers import Layer
 
 PREFIX = "aimetcli_ar/"
+Q_PREFIX = PREFIX + "q/"  # the quantized copy's names in the joint graph (graph_builder.merge)
 
 
 @dataclass
@@ -41,6 +46,34 @@ class Target:
     weight: str
     enc: Encoding
     problem: ar.LayerProblem | None = None
+
+
+@dataclass
+class Cut:
+    """Tensors of both models at a cut through the graph (joint graph names), one array per run of
+    the data in order: a later pass is fed them instead of running the models from their inputs."""
+
+    values: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    dtypes: dict[str, ir.DataType] = field(default_factory=dict)
+    nbytes: int = 0
+
+    def add(self, name: str, value: np.ndarray) -> None:
+        self.values.setdefault(name, []).append(value)
+        self.dtypes.setdefault(name, ir.DataType.from_numpy(value.dtype))
+        self.nbytes += value.nbytes
+
+
+def cut_names(names: Collection[str], quantized: bool) -> list[str]:
+    """The joint graph's names of the FP32 model's node outputs ``names``: each, and (``quantized``:
+    the graph holds a quantized copy) its copy's, renamed as :func:`moments_graph` renames the
+    copy's node outputs (graph inputs and shared initializers, which keep their names, are no
+    node's output)."""
+    out = []
+    for name in sorted(names):
+        out.append(name)
+        if quantized:
+            out.append(Q_PREFIX + name)
+    return out
 
 
 # ----------------------------------------------------------------------------- weight layout
@@ -162,6 +195,67 @@ def _output_energy(b: _Nodes, t: Target, a: ir.Value) -> ir.Value:
                   keepdims=0)
 
 
+def _numpy_patches(layer: Layer) -> bool:
+    """Whether numpy makes the layer's patches from its input (:func:`_conv_patches`): a grouped
+    Conv with explicit pads, whose patches would otherwise leave onnxruntime as [N, g, d, P]."""
+    auto_pad = next((a.value for a in layer.node.attributes.values() if a.name == "auto_pad"), "NOTSET")
+    return layer.op_type == "Conv" and layer.groups > 1 and auto_pad in ("NOTSET", "VALID")
+
+
+def _conv_patches(layer: Layer, x: np.ndarray, buffers: dict, slot: int) -> np.ndarray:
+    """A Conv's patches [N, g, d, P] (d = channels of a group x taps, channel major) from its input
+    x [N, C, *spatial]: the input copied into a zero-padded buffer, then one strided view a tap
+    copied into the patch buffer. Both buffers are kept in ``buffers`` (under ``slot``) for the
+    next runs: the patches of a depthwise layer are 9 times its input, and taking them out of
+    onnxruntime allocated and copied them anew every run (measured: copying 2 x 21 MB out of a
+    session took 30 ms of CPU, numpy's products on them 7 ms)."""
+    attrs = {a.name: a.value for a in layer.node.attributes.values()}
+    w_shape = tuple(layer.weight.shape)
+    kernel = w_shape[2:]
+    rank = len(kernel)
+    strides = list(attrs.get("strides", [1] * rank))
+    dilations = list(attrs.get("dilations", [1] * rank))
+    pads = list(attrs.get("pads", [0] * 2 * rank))
+    n, c, spatial = x.shape[0], x.shape[1], x.shape[2:]
+    padded_shape = tuple(s + pads[i] + pads[i + rank] for i, s in enumerate(spatial))
+    out = tuple((p - dl * (k - 1) - 1) // st + 1 for p, k, st, dl in zip(padded_shape, kernel, strides, dilations))
+    taps = int(np.prod(kernel))
+    key = (slot, x.shape)
+    if key not in buffers:
+        buffers[key] = (np.zeros((n, c, *padded_shape), np.float32), np.empty((n, c, taps, *out), np.float32))
+    padded, patches = buffers[key]
+    padded[(slice(None), slice(None), *(slice(pads[i], pads[i] + s) for i, s in enumerate(spatial)))] = x
+    for tap, offsets in enumerate(itertools.product(*(range(k) for k in kernel))):
+        view = tuple(slice(o * dl, o * dl + (m - 1) * st + 1, st) for o, dl, m, st in zip(offsets, dilations, out, strides))
+        np.copyto(patches[:, :, tap], padded[(slice(None), slice(None), *view)])
+    return patches.reshape(n, layer.groups, c // layer.groups * taps, -1)
+
+
+# numpy makes a grouped Conv's patches for this many bytes of them at a time (_conv_moments)
+PATCH_BYTES = 32 << 20
+
+
+def _conv_moments(layer: Layer, x_q: np.ndarray, x_f: np.ndarray | None, w2: np.ndarray, buffers: dict
+                  ) -> tuple[tuple, int]:
+    """A grouped Conv's (G, C, sum ||W f||^2) over one run and its positions, from its inputs in
+    the quantized and FP32 models (x_f None: the same), PATCH_BYTES of patches at a time: a
+    depthwise layer's patches are 9 times its input (the full-size MobileNetV2's first blocks:
+    350 MB a run of 32 samples and a model)."""
+    taps = int(np.prod(layer.weight.shape[2:]))
+    per_sample = 4 * taps * x_q[:1].size  # about: the patches of one sample (stride 1)
+    step = max(1, min(x_q.shape[0], PATCH_BYTES // max(per_sample, 1)))
+    gram = cross = None
+    energy, positions = 0.0, 0
+    for start in range(0, x_q.shape[0], step):
+        a = _conv_patches(layer, x_q[start:start + step], buffers, 0)
+        c = a if x_f is None else _conv_patches(layer, x_f[start:start + step], buffers, 1)
+        gram = _accumulate(gram, _group_products(a, a))
+        cross = gram if x_f is None else _accumulate(cross, _group_products(a, c))
+        energy += float(np.sum(np.square(np.matmul(w2, c)), dtype=np.float64))
+        positions += a.shape[0] * a.shape[3]
+    return (gram, cross, energy), positions
+
+
 @dataclass
 class _Outputs:
     """A target's outputs of the joint graph: G, C, tr(W F W^T) and the patch matrix's shape, or
@@ -172,6 +266,7 @@ class _Outputs:
     energy: str
     size: str
     patches: bool
+    conv: bool = False  # gram / cross are the grouped Conv's inputs: numpy makes the patches (_conv_patches)
 
     def names(self) -> list[str]:
         return [n for n in (self.gram, self.cross, self.energy, self.size) if n]
@@ -187,24 +282,37 @@ def _group_products(a: np.ndarray, c: np.ndarray) -> np.ndarray:
     return total
 
 
-def moments_graph(fp32: ir.Model, quantized: ir.Model | None, targets: list[Target]
-                  ) -> tuple[ir.Model, list[_Outputs]]:
+def moments_graph(fp32: ir.Model, quantized: ir.Model | None, targets: list[Target], *,
+                  start: Cut | None = None, keep: Collection[str] = ()) -> tuple[ir.Model, list[_Outputs]]:
     """The joint graph and, per target, its outputs (:class:`_Outputs`): a copy of ``fp32``
     (tensors shared) with a copy of ``quantized``'s nodes (None: the layers' inputs come from the
-    FP32 model, x = f) and the patches' nodes. Both models are left as they were."""
+    FP32 model, x = f) and the patches' nodes. Both models are left as they were.
+
+    ``start``: tensors of both models already known (:class:`Cut`), fed as graph inputs; the
+    nodes that computed them are not run. ``keep``: names of the FP32 model's tensors to return
+    too, for both models (the joint names in :func:`cut_names`), to start a later pass from.
+    """
     fp32 = editable_copy(fp32)
     quantized = editable_copy(quantized) if quantized is not None else None
     graph = fp32.graph
     taken = taken_names(graph) | (taken_names(quantized.graph) if quantized is not None else set())
     fp_values = values_by_name(graph)
-    q_values = merge(graph, quantized.graph, PREFIX + "q/") if quantized is not None else fp_values
+    q_values = merge(graph, quantized.graph, Q_PREFIX) if quantized is not None else fp_values
     graph.outputs.clear()
+    inputs = {v.name for v in graph.inputs}
+    fed = dict(start.dtypes) if start is not None else {}
     b = _Nodes(graph, taken, g.opset_version(fp32))
     onehot: dict = {}
     names = []
     for t in targets:
         x_name = t.layer.node.inputs[0].name
         x_f, x_q = fp_values[x_name], q_values[x_name]
+        if _numpy_patches(t.layer):  # the inputs leave onnxruntime (or are fed): numpy makes the patches
+            out = _Outputs(x_q.name, x_f.name, "", "", True, True)
+            names.append(out)
+            add_outputs(graph, [v for v in dict.fromkeys((x_q, x_f)) if v.name not in inputs and v.name not in fed],
+                        None)
+            continue
         shape = tuple(t.layer.weight.shape)
         a_f = _patch_matrix(b, t.layer, x_f, shape, onehot)
         a_q = a_f if x_q is x_f else _patch_matrix(b, t.layer, x_q, shape, onehot)
@@ -218,13 +326,25 @@ def moments_graph(fp32: ir.Model, quantized: ir.Model | None, targets: list[Targ
         add_outputs(graph, [b.values[n] for n in out.names() if n != out.size])
         if out.size:
             add_outputs(graph, [b.values[out.size]], ir.DataType.INT64)
-    _prune(graph)
+    joint_values = values_by_name(graph)
+    add_outputs(graph, [joint_values[n] for n in cut_names(keep, quantized is not None) if n not in fed], None)
+    _prune(graph, fed)
     return fp32, names
 
 
-def _prune(graph: ir.Graph) -> None:
+def _prune(graph: ir.Graph, fed: dict[str, ir.DataType] | None = None) -> None:
     """Drop the nodes and initializers the outputs do not depend on (onnxruntime runs every node):
-    a pass then runs both models only up to its layers' inputs."""
+    a pass then runs both models only up to its layers' inputs. ``fed``: tensors given as graph
+    inputs (name -> element type): their readers read a new graph input of that name instead, the
+    nodes that would compute only them are dropped, and graph inputs nothing reads go."""
+    for name, dtype in sorted((fed or {}).items()):
+        computed = next((o for node in graph for o in node.outputs if o.name == name), None)
+        if computed is None or not computed.uses():
+            continue
+        given = ir.Value(name=name, type=ir.TensorType(dtype))
+        computed.name = name + "/computed"  # its node may stay for another output: one value a name
+        computed.replace_all_uses_with(given)
+        graph.inputs.append(given)
     needed = {id(v) for v in graph.outputs}
     dead = []
     for node in reversed(graph):  # topological order: readers after writers
@@ -236,6 +356,10 @@ def _prune(graph: ir.Graph) -> None:
     for name, value in list(graph.initializers.items()):
         if id(value) not in needed:
             graph.initializers.pop(name)
+    read = [v for v in graph.inputs if id(v) in needed]
+    if len(read) < len(graph.inputs):
+        graph.inputs.clear()
+        graph.inputs.extend(read)
 
 
 def _read_values(node: ir.Node):
@@ -261,17 +385,43 @@ def _accumulate(total: np.ndarray | None, value: np.ndarray) -> np.ndarray:
     return total
 
 
-def collect_moments(joint: ir.Model, names, targets: list[Target], dataset, run_size: int, progress) -> None:
-    """Run the joint graph over the data; set each target's problem (moments summed in float64)."""
-    session = runtime.Session(joint, runtime.MEASURE)
-    outputs = list(dict.fromkeys(n for out in names for n in out.names()))
+def collect_moments(joint: ir.Model, names, targets: list[Target], dataset, run_size: int, progress, *,
+                    start: Cut | None = None, keep: Collection[str] = (), keep_bytes: int = 0) -> Cut | None:
+    """Run the joint graph over the data; set each target's problem (moments summed in float64).
+
+    ``start``: the :class:`Cut` the graph was built from (its tensors are fed, run by run).
+    ``keep``: joint names of tensors the graph outputs for a later pass (``moments_graph``'s
+    ``keep``, :func:`cut_names`): returned as a Cut (with ``start``'s own tensors that are kept
+    too) unless they pass ``keep_bytes`` over the whole data, then None (dropped as soon as they do).
+    """
+    fed = start.values if start is not None else {}
+    produced = {o.name for o in joint.graph.outputs}  # the rest is fed: the data or ``start``
+    outputs = [n for n in dict.fromkeys(n for out in names for n in out.names()) if n in produced]
+    kept_out = [n for n in keep if n not in fed]
+    session = runtime.Session(joint, runtime.MEASURE) if outputs or kept_out else None
+    inputs = set(session.input_names) if session is not None else set()
+    buffers: dict = {}
+    cut: Cut | None = Cut() if keep else None
     matrices = [weight_matrix(t.layer, np.asarray(t.layer.weight_array(), np.float32)) for t in targets]
     sums: list[list] = [[None, None, 0.0] for _ in targets]  # G, C, energy (float64)
     positions = [0] * len(targets)
-    for feeds in dataset.batches(run_size):
-        values = dict(zip(outputs, session.run(feeds, outputs)))
+    for run, data in enumerate(dataset.batches(run_size)):
+        given = {**data, **{k: v[run] for k, v in fed.items()}}
+        feeds = {k: v for k, v in given.items() if k in inputs}
+        got = session.run(feeds, outputs + kept_out) if session is not None else []
+        values = {**given, **dict(zip(outputs, got))}
+        if cut is not None:
+            for name, value in itertools.chain(zip(kept_out, got[len(outputs):]),
+                                               ((n, fed[n][run]) for n in keep if n in fed)):
+                cut.add(name, value)
+            if cut.nbytes > keep_bytes:
+                cut = None
         for i, out in enumerate(names):
-            if out.patches:
+            if out.conv:
+                batch, n = _conv_moments(targets[i].layer, values[out.gram],
+                                         None if out.cross == out.gram else values[out.cross], matrices[i], buffers)
+                positions[i] += n
+            elif out.patches:
                 a, c = values[out.gram], values[out.cross]
                 gram = _group_products(a, a)
                 batch = (gram, gram if out.cross == out.gram else _group_products(a, c),
@@ -286,7 +436,7 @@ def collect_moments(joint: ir.Model, names, targets: list[Target], dataset, run_
             acc[1] = acc[0] if out.cross == out.gram else _accumulate(acc[1], batch[1])
             acc[2] += batch[2]
         if progress is not None:
-            progress(feed_rows(feeds))
+            progress(feed_rows(data))
     for t, w2, (gram, cross, energy), n in zip(targets, matrices, sums, positions):
         scale, low, high = grid_of(t.layer, t.enc, w2)
         if not (np.all(np.isfinite(gram)) and np.all(np.isfinite(cross)) and np.isfinite(energy)):
@@ -295,3 +445,4 @@ def collect_moments(joint: ir.Model, names, targets: list[Target], dataset, run_
         d = w2.shape[2]
         t.problem = ar.LayerProblem(w2, scale, low, high, gram.reshape(-1, d, d), cross.reshape(-1, d, d),
                                     float(energy), n)
+    return cut

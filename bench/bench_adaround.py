@@ -11,6 +11,15 @@ less sensitive to the other processes on a shared machine). ``--passes`` adds ro
 many passes (layer chunks measured in turn).
 
     python bench/bench_adaround.py [--models resnet] [--iterations N] [--passes K] [--no-write]
+
+``--speed`` instead writes the section ``adaround-timing``: each sample model's whole `aimetcli
+adaround` process at W4A8 per-channel (median of 3, the models interleaved, the load beside
+each), and with ``--full`` the full-size MobileNetV2 (bench/make_mobilenetv2.py, BN folded) on
+random:256 (224x224): the adaround process against 120x one FP32 onnxruntime pass over the same
+samples (the pass timed inside its process, and the whole process), and the peak RSS of both
+processes; iterations per second per layer size from the commands' JSON.
+
+    python bench/bench_adaround.py --speed [--full] [--full-iterations N] [--no-write]
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -34,7 +44,7 @@ from aimetcli import api  # noqa: E402
 from aimetcli import model_io  # noqa: E402
 from aimetcli.calibration.data import input_specs, open_data  # noqa: E402
 from aimetcli.quantsim.placement import QuantOptions  # noqa: E402
-from common import SAMPLE_MODELS, write_section  # noqa: E402
+from common import SAMPLE_MODELS, ensure_mobilenetv2, run_process, write_section  # noqa: E402
 
 
 def top1(path: str, opts: QuantOptions) -> float:
@@ -67,13 +77,123 @@ def run_adaround(src: str, dst: str, bw: int, per_channel: bool, iterations: int
     return seconds, cpu, json.loads(done.stdout)
 
 
+# one FP32 onnxruntime pass over the data, in batches of 32, as its own process: prints the pass's seconds
+_FP32_PASS = """
+import sys, time
+from aimetcli import api, runtime
+from aimetcli.calibration.data import input_specs, open_data
+model, _ = api.load(sys.argv[1])
+data = open_data(sys.argv[2], input_specs(model))
+session = runtime.Session(model, runtime.MEASURE)
+t = time.perf_counter()
+for feeds in data.batches(32):
+    session.run(feeds)
+print(time.perf_counter() - t, file=sys.stderr)
+"""
+
+
+def _cli(*args: str, iterations: int | None = None) -> list[str]:
+    return [sys.executable, "-m", "aimetcli", "adaround", *args, "--json", "-q",
+            *(["--iterations", str(iterations)] if iterations else [])]
+
+
+def _speed_rows(name: str, doc: dict) -> list[str]:
+    rows = []
+    for r in doc["layers"]:
+        weights = 1
+        for n in r["shape"]:
+            weights *= n
+        rate = r["iterations"] / max(r["seconds"], 1e-9)
+        rows.append(f"| {name} | {r['layer']} | {'x'.join(map(str, r['shape']))} | {weights} | {rate:.0f} |")
+    return rows
+
+
+def timing_section(args) -> str:
+    os.environ["PYTHONPATH"] = str(ROOT)
+    runs: dict[str, list[tuple[float, float, float]]] = {}
+    docs: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(3):
+            for name in args.models:
+                out = f"{tmp}/{name}.onnx"
+                load = os.getloadavg()[0]
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                done = run_process(_cli(str(SAMPLE_MODELS / f"{name}_fmnist.onnx"), "-o", out, "--data",
+                                        str(SAMPLE_MODELS / "calib.npz"), "--param-bw", "4", "--per-channel",
+                                        iterations=args.iterations))
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+                runs.setdefault(name, []).append((done.seconds, cpu, load))
+                print(name, f"{done.seconds:.1f} s wall, {cpu:.1f} s CPU, load {load:.1f}", file=sys.stderr, flush=True)
+        for name in args.models:  # the JSON once more, for the per-layer rates (not timed)
+            out = subprocess.run(_cli(str(SAMPLE_MODELS / f"{name}_fmnist.onnx"), "-o", f"{tmp}/{name}.onnx", "--data",
+                                      str(SAMPLE_MODELS / "calib.npz"), "--param-bw", "4", "--per-channel",
+                                      iterations=args.iterations),
+                                 capture_output=True, text=True, check=True)
+            docs[name] = json.loads(out.stdout)
+        body = ("`aimetcli adaround MODEL --data sample_models/calib.npz --param-bw 4 --per-channel` (1,000 samples, "
+                f"{args.iterations or 'the default 15,000'} iterations a layer, whole process, 3 runs a model "
+                "interleaved; the goal is 15 s with the default.\n\n"
+                "| model | wall s (median) | runs | CPU s (median) | load at the starts |\n|---|---|---|---|---|\n")
+        for name, r in runs.items():
+            walls, cpus, loads = (sorted(x[i] for x in r) for i in range(3))
+            body += (f"| {name} | {walls[1]:.1f} | {' / '.join(f'{x[0]:.1f}' for x in r)} | {cpus[1]:.1f} | "
+                     f"{' / '.join(f'{x[2]:.1f}' for x in r)} |\n")
+        if args.full:
+            body += "\n" + _full_size(tmp, args.full_iterations, docs)
+    body += ("\nIterations per second per layer (the layer's nominal iterations over its rounding time, which stops "
+             "early once no weight's rounding can change):\n\n| model | layer | weight | weights | it/s |\n"
+             "|---|---|---|---|---|\n")
+    body += "\n".join(row for name, doc in docs.items() for row in _speed_rows(name, doc))
+    return body
+
+
+def _full_size(tmp: str, iterations: int | None, docs: dict) -> str:
+    src = str(ensure_mobilenetv2())
+    folded = f"{tmp}/mnv2_folded.onnx"
+    subprocess.run([sys.executable, "-m", "aimetcli", "fold-bn", src, "-o", folded, "-q"], check=True)
+    data = "random:256"
+    passes = []
+    for _ in range(3):
+        load = os.getloadavg()[0]
+        done = run_process([sys.executable, "-c", _FP32_PASS, folded, data])
+        passes.append((float(done.stderr.strip().splitlines()[-1]), done.seconds, done.peak_rss, load))
+    passes.sort()
+    fp32_run, fp32_proc, fp32_rss, fp32_load = passes[1]
+    cmd = _cli(folded, "-o", f"{tmp}/mnv2_ar.onnx", "--data", data, "--param-bw", "4", "--per-channel",
+               iterations=iterations)
+    load = os.getloadavg()[0]
+    report = f"{tmp}/mnv2_ar.json"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = run_process(["sh", "-c", " ".join(shlex.quote(c) for c in cmd) + " > " + shlex.quote(report)])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    with open(report) as f:
+        docs["mobilenetv2 (full size)"] = json.load(f)
+    return (f"Full-size MobileNetV2 (52 Conv + Gemm, BN folded), random:256 at 224x224, W4A8 per-channel, "
+            f"{iterations or 'default (15,000)'} iterations: one FP32 onnxruntime pass over the samples {fp32_run:.1f} s "
+            f"(its whole process {fp32_proc:.1f} s, peak RSS {fp32_rss / 2**20:.0f} MB; median of 3, load "
+            f"{fp32_load:.1f}); `aimetcli adaround` {done.seconds:.0f} s wall = {done.seconds / fp32_run:.0f}x the pass "
+            f"(goal 120x; {cpu:.0f} s of CPU), peak RSS {done.peak_rss / 2**20:.0f} MB = {done.peak_rss / fp32_rss:.2f}x the FP32 process "
+            f"(goal 2x); load {load:.1f} at its start.\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="*", default=["mobilenetv2", "resnet", "shufflenetv2"])
     ap.add_argument("--iterations", type=int, default=None)
     ap.add_argument("--passes", type=int, default=None)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--speed", action="store_true", help="the timing section instead (see the module docstring)")
+    ap.add_argument("--full", action="store_true", help="with --speed: the full-size MobileNetV2 too")
+    ap.add_argument("--full-iterations", type=int, default=None)
     args = ap.parse_args()
+    if args.speed:
+        body = timing_section(args)
+        print(body)
+        if not args.no_write:
+            write_section("adaround-timing", "AdaRound whole-process time and memory (bench_adaround.py --speed)", body)
+        return
     rows, speed = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:

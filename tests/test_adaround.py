@@ -294,3 +294,83 @@ def test_layers_that_do_not_read_each_other_share_a_pass_and_round_as_one_by_one
     for name in ("W1", "W2", "W3"):
         a, b = (np.asarray(r.model.graph.initializers[name].const_value.numpy()) for r in (together, apart))
         assert np.array_equal(a, b), name
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_the_row_by_row_product_gives_the_dense_gradient_at_the_moving_weights(per_channel):
+    """_Rows: the moving weights' gradient from per-row blocks of G plus the frozen weights' constant
+    share equals the dense product tc @ G2 (times s^2 per channel) there, for two groups."""
+    rng = np.random.default_rng(3)
+    a, *_ = _problem(rng, 6, 10, 200)
+    b, *_ = _problem(rng, 6, 10, 200)
+    scale = a.scale * rng.uniform(0.7, 1.3, (2, 6, 1)) if per_channel else a.scale
+    problem = ar.LayerProblem(np.concatenate([a.w, b.w]), scale, np.full(scale.shape, -4.0), np.full(scale.shape, 3.0),
+                              np.concatenate([a.gram, b.gram]), np.concatenate([a.cross, b.cross]), 0.0, 200)
+    (slot,), *_ = ar._setup([problem])
+    moving = rng.random(problem.w.shape) < 0.3
+    edge = np.float32(ar._T_EDGE)
+    tc = np.where(moving, rng.uniform(-0.8, 0.8, moving.shape), np.where(rng.random(moving.shape) < 0.5, edge, -edge))
+    tc = tc.astype(np.float32)
+    rows = ar._Rows(slot, tc, moving, int(moving.reshape(12, 10).sum(axis=1).max()))
+    y = np.full(tc.size, np.nan, np.float32)
+    rows.product(tc.reshape(-1), y)
+    dense = (tc.astype(np.float64) @ slot.gram) * (slot.row_scale if per_channel else 1)
+    assert np.allclose(y.reshape(tc.shape)[moving], dense[moving], rtol=1e-5, atol=1e-6 * np.abs(dense).max())
+    assert np.isnan(y.reshape(tc.shape)[~moving]).all()  # the frozen weights' y is not written
+
+
+def test_a_pass_starts_from_the_last_cut_and_rounds_as_from_the_inputs(monkeypatch):
+    """The Gemm's pass is fed the cut the depthwise Conv's pass kept (its input r1, both models) and
+    runs neither model's first Conv; the roundings equal those of passes from the inputs."""
+    import aimetcli.adaround as adaround_module
+
+    graphs = []
+    build = adaround_module.moments_graph
+
+    def spy(*args, **kw):
+        joint, names = build(*args, **kw)
+        graphs.append(joint.graph)
+        return joint, names
+
+    monkeypatch.setattr(adaround_module, "moments_graph", spy)
+    data = "random:12"
+    params = ar.AdaroundParams(iterations=200)
+    cut = api.adaround(to_ir(_net()), open_data(data, input_specs(to_ir(_net()))), QuantOptions(param_bw=4),
+                       api.RunOptions(batch_size=5), params=params)
+    assert [i.name for i in graphs[2].inputs] == ["aimetcli_ar/q/r1", "r1"]
+    assert set(graphs[2].initializers).isdisjoint({"W1", "aimetcli_ar/q/W1", "B1"})
+    monkeypatch.setattr(adaround_module, "CUT_BYTES", 0)
+    graphs.clear()
+    full = api.adaround(to_ir(_net()), open_data(data, input_specs(to_ir(_net()))), QuantOptions(param_bw=4),
+                        api.RunOptions(batch_size=5), params=params)
+    assert [i.name for i in graphs[2].inputs] == ["input"]
+    for name in ("W1", "W2", "W3"):
+        a, b = (np.asarray(r.model.graph.initializers[name].const_value.numpy()) for r in (cut, full))
+        assert np.array_equal(a, b), name
+
+
+def test_a_low_rank_gram_is_used_as_its_factor_and_rounds_as_the_dense_product():
+    """A Gemm with fewer positions (30) than inputs (96): G's rank is 30, the iteration multiplies by
+    its factor B B^T, and the roundings equal those of the dense product."""
+    rng = np.random.default_rng(4)
+    problem, *_ = _problem(rng, 8, 96, 30)
+    (slot,), *_ = ar._setup([problem])
+    assert slot.factor is not None and slot.factor[0].shape == (1, 96, 30)
+    b = slot.factor[0].astype(np.float64)
+    assert np.allclose(b @ np.swapaxes(b, 1, 2), slot.gram, rtol=1e-4, atol=1e-6 * np.abs(slot.gram).max())
+    (low,) = ar.optimize([problem], iterations=600)
+    full = ar._factor
+    try:
+        ar._factor = lambda gram, m: None
+        (dense,) = ar.optimize([problem], iterations=600)
+    finally:
+        ar._factor = full
+    assert np.count_nonzero(low.k != dense.k) <= 2 and low.loss_adaround == pytest.approx(dense.loss_adaround, rel=1e-4)
+
+
+def test_grouped_conv_moments_taken_a_sample_at_a_time_are_the_layers_output_error(tmp_path, monkeypatch):
+    """_conv_moments under a patch budget of one sample: the same loss as the layer's own output."""
+    import aimetcli.adaround_moments as moments_module
+
+    monkeypatch.setattr(moments_module, "PATCH_BYTES", 1)
+    test_patch_moments_give_the_layers_own_output_error("Conv", tmp_path)
