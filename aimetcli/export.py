@@ -429,12 +429,13 @@ def _source(model: ir.Model, encodings_path: str | None) -> Embedded:
 
 def export(model: ModelSource, outdir: str, *, encodings_path: str | None = None, version: str = "1.0.0",
            unsigned_weights: bool = True, model_name: str = "model", batch_size: int | None = None,
-           force: bool = False) -> ExportSummary:
+           force: bool = False, target: str = "generic") -> ExportSummary:
     """Write model.onnx, model.encodings, model_qdq.onnx and report.json into ``outdir`` (atomically).
 
     ``encodings_path``: encodings for the FP32 ``model``, refused when its weights do not fit them
     (:func:`check_weights_fit`; ``force``: a warning). ``batch_size``: static shapes
     (:func:`set_batch_size`). model.encodings carries the quantizer_args of the sim or the file.
+    ``target``: refuse encodings that runtime cannot run (:func:`aimetcli.targets.check_export`).
     ``model``: a path, an ``onnx.ModelProto`` or an onnx-ir model, left as it is (a sim's QDQ
     nodes are stripped from a copy, :func:`model_ops.clone`).
     """
@@ -456,6 +457,10 @@ def export(model: ModelSource, outdir: str, *, encodings_path: str | None = None
     check_names(fp32, encodings)
     acts, params = split(encodings)
     params = fill_axes(fp32, params)
+    if target != "generic":
+        from aimetcli.targets import check_export
+
+        check_export(fp32, target, params, acts)
     warnings = check_weights_fit(fp32, params, force=force) if encodings_path is not None else []
     fixed = [TensorEncoding(te.name, params.get(te.name, te.encoding) if te.kind == "param" else te.encoding, te.kind)
              for te in encodings]

@@ -39,6 +39,8 @@ class QuantOptions:
     exclude: tuple[str, ...] = ()
     # per-layer bitwidths (aimetcli/quantsim/per_layer.py: BitsRule), later rules winning
     bits: tuple[BitsRule, ...] = ()
+    # the runtime the sim is for (aimetcli/targets.py): its bitwidths and grids are checked
+    target: str = "generic"
 
     def max_bitwidth(self) -> int:
         """The widest grid any quantizer gets (the sim's opset follows it)."""
@@ -46,7 +48,7 @@ class QuantOptions:
 
     def as_record(self) -> dict:
         """The options as recorded in a model and in report.json (the config by its source;
-        ``exclude`` only when given)."""
+        ``exclude``, ``bits`` and ``target`` only when given, so that a default sim is what it was)."""
         record: dict[str, Any] = {
             "param_bw": self.param_bw, "act_bw": self.act_bw, "per_channel": self.per_channel,
             "param_symmetric": self.param_symmetric, "act_symmetric": self.act_symmetric,
@@ -55,6 +57,8 @@ class QuantOptions:
             record["exclude"] = list(self.exclude)
         if self.bits:
             record["bits"] = [f"{r.pattern}={r.spec()}" for r in self.bits]
+        if self.target != "generic":
+            record["target"] = self.target
         return record
 
 

@@ -39,6 +39,7 @@ from aimetcli.calibration.data import DataSource, as_dataset
 from aimetcli.model_ops import ModelSource, as_model, clone, require_float_model, sim_opset, upgrade_opset
 from aimetcli.options import QuantOptions, RunOptions
 from aimetcli.quantsim.per_layer import check_patterns
+from aimetcli.quantsim.placement import place_quantizers
 from aimetcli.records import finite, jsonable
 from aimetcli.steps.bias_correct import bias_correct
 from aimetcli.ptq_judge import (  # noqa: F401  (Score, MARGIN_DB: ptq's names, as before the split)
@@ -258,6 +259,8 @@ def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, op
     batch_size, progress = run.batch_size, run.progress
     require_float_model(model)
     check_patterns(model, options)  # an --exclude or --bits pattern that names nothing: refused before any run
+    if options.target != "generic":  # bitwidths --target cannot run: refused before any run (placement checks)
+        place_quantizers(model, options.config, options)
     # every sim needs this opset: raised once here, not once per candidate (the version converter
     # serializes the whole graph each time)
     model = upgrade_opset(model, sim_opset(options))
@@ -432,7 +435,7 @@ def _export(flow: _Flow, final: _Sim, opts, outdir: str, encoding_version: str, 
 
     t = time.perf_counter()
     flow.start("export: writing and scoring model_qdq.onnx")
-    exported = export_model(final.model, outdir, version=encoding_version)
+    exported = export_model(final.model, outdir, version=encoding_version, target=opts.target)
     model_io.save_model(final.model, os.path.join(outdir, "sim.onnx"))
     qdq = model_io.load_model(os.path.join(outdir, "model_qdq.onnx")).model
     # onnxruntime's integer kernels, as deployed; scored on the same data as the other rows
@@ -460,7 +463,7 @@ def used_options(opts, encodings) -> dict:
     record = opts.as_record()
     args = quantizer_args(opts, encodings)
     record.update(per_channel=args.per_channel, param_symmetric=args.param_symmetric,
-                  act_symmetric=args.activation_symmetric)
+                  act_symmetric=args.activation_symmetric, target=opts.target)
     return record
 
 

@@ -179,6 +179,7 @@ class QuantArgs:
     config_path: str | None
     exclude: tuple[str, ...] = ()
     bits: tuple[str, ...] = ()  # --bits PATTERN=SPEC, parsed by options()
+    target: str = "generic"  # --target (aimetcli/targets.py)
 
     def bitwidths(self) -> tuple[int, ...]:
         """Every bitwidth asked for (the encodings version is checked against them up front)."""
@@ -201,7 +202,18 @@ class QuantArgs:
         return QuantOptions(param_bw=self.param_bw, act_bw=self.act_bw, per_channel=self.per_channel,
                             param_symmetric=self.param_symmetric, act_symmetric=self.act_symmetric,
                             scheme=scheme, percentile=self.percentile, config=load_config(self.config_path),
-                            exclude=self.exclude, bits=tuple(BitsRule.parse(text) for text in self.bits))
+                            exclude=self.exclude, bits=tuple(BitsRule.parse(text) for text in self.bits),
+                            target=self.target)
+
+
+# aimetcli.targets.NAMES, spelled here so that --help imports no numpy (tests/test_targets.py checks
+# that the two agree)
+TARGET_NAMES = ("generic", "htp", "onnxruntime")
+target_option = click.option(
+    "--target", type=click.Choice(TARGET_NAMES), default="generic", show_default=True,
+    help="The runtime the model is for: refuse bitwidths and grids it cannot run (htp: W8A8, W8A16, W16A16, "
+         "W4A8, W4A16, per-channel weights symmetric; onnxruntime: weights 4/8/16, activations 8/16 bits; "
+         "generic: anything).")
 
 
 def quant_options(func=None, *, auto_scheme: bool = False):
@@ -244,14 +256,15 @@ def quant_options(func=None, *, auto_scheme: bool = False):
         click.option("--bits", "bits", multiple=True, metavar="PATTERN=SPEC",
                      help="Other bitwidths for what PATTERN names (as --exclude): SPEC w4 (weights), a16 "
                           "(outputs) or w8a16. Repeatable; later rules win."),
+        target_option,
     ]
 
     @functools.wraps(func)
     def wrapper(*args, param_bw: int, act_bw: int, per_channel: bool | None, param_symmetric: bool | None,
                 act_symmetric: bool | None, quant_scheme: str, percentile: float, config_path: str | None,
-                exclude: tuple[str, ...], bits: tuple[str, ...], **kwargs):
+                exclude: tuple[str, ...], bits: tuple[str, ...], target: str, **kwargs):
         quant = QuantArgs(param_bw, act_bw, per_channel, param_symmetric, act_symmetric, quant_scheme, percentile,
-                          config_path, tuple(exclude), tuple(bits))
+                          config_path, tuple(exclude), tuple(bits), target)
         return func(*args, quant=quant, **kwargs)
 
     for option in reversed(options):

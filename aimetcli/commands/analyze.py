@@ -38,8 +38,10 @@ def analyze(out: Output, model_in: str, output: str, data: str, eval_data: str |
     --eval (or --data) against FP32. The table lists the quantizers whose tensor
     kept float would recover the most; report.json in the output directory holds
     every quantizer, the check of the ranking (the worst three alone, and all
-    the others) and each layer's error in the full sim; index.html shows them. Use --exclude on quantsim, bias-correct, adaround or ptq to keep
-    the worst float.
+    the others), each layer's error in the full sim, and each quantized tensor's
+    grid range, data range and clipped share on --data; index.html shows them,
+    with histograms of the worst eight tensors. Use --exclude on quantsim,
+    bias-correct, adaround or ptq to keep the worst float.
 
     \b
     Examples:
@@ -56,7 +58,7 @@ def analyze(out: Output, model_in: str, output: str, data: str, eval_data: str |
     calib = open_dataset(model, data, sampling, out=out)
     scored = open_dataset(model, eval_data, dataclasses.replace(sampling, num_samples=None), out=out,
                           scored=True) if eval_data else None
-    total = calib.num_batches(sampling.batch_size) + planned_runs(model, options)
+    total = 2 * calib.num_batches(sampling.batch_size) + planned_runs(model, options)  # calibration, ranges
     with progress_bar(out, total, "Calibrating and measuring") as bar:
         result = api.analyze(model, calib, options, sampling.run(bar), evaluation=scored, samples=samples)
     for w in result.warnings:
@@ -79,6 +81,10 @@ def analyze(out: Output, model_in: str, output: str, data: str, eval_data: str |
     if result.top_float_sqnr_db is not None:
         out.info(f"Check: the worst {len(result.top)} float: {result.top_float_sqnr_db:.1f} dB; "
                  f"only they quantized: {result.top_only_sqnr_db:.1f} dB (all: {result.full_sqnr_db:.1f} dB).")
+    clipping = max(result.ranges, key=lambda r: r.clipped_fraction, default=None)
+    if clipping is not None and clipping.clipped:
+        out.info(f"Most clipped: {clipping.tensor}, {100 * clipping.clipped_fraction:.3g}% of its calibration values "
+                 f"beyond its {clipping.bitwidth}-bit grid [{clipping.grid_min:.4g}, {clipping.grid_max:.4g}].")
     out.info(f"Wrote {os.path.join(output, 'report.json')} and index.html ({len(result.quantizers)} quantizers, "
              f"{result.seconds:.1f} s)")
     out.emit_json(doc)

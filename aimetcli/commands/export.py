@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from aimetcli.commands._options import Output, common_options, encoding_version_option, input_argument
+from aimetcli.commands._options import Output, common_options, encoding_version_option, input_argument, target_option
 from aimetcli.commands._shared import load_input, preflight
 from aimetcli.errors import AimetCliError, ErrorKind
 
@@ -53,9 +53,10 @@ def render_details(out: Output, directory: str) -> None:
 @click.option("--force", is_flag=True,
               help="Export --encodings even when the model's weights do not fit them (a warning instead of "
                    "the refusal: such encodings belong to another version of the model).")
+@target_option
 @common_options
 def export(out: Output, model_in: str, output: str, encodings_path: str | None, encoding_version: str,
-           signed_weights: bool, batch_size: int | None, force: bool) -> None:
+           signed_weights: bool, batch_size: int | None, force: bool, target: str) -> None:
     """Write model.onnx + model.encodings (QNN/SNPE), model_qdq.onnx (onnxruntime) and report.json.
 
     \b
@@ -63,6 +64,7 @@ def export(out: Output, model_in: str, output: str, encodings_path: str | None, 
       aimetcli export sim.onnx -o deploy/
       aimetcli export model.onnx --encodings model.encodings -o deploy/ --encoding-version 0.6.1
       aimetcli export sim.onnx -o deploy/ --batch-size 1      # static shapes for qnn-onnx-converter
+      aimetcli export sim.onnx -o deploy/ --target htp        # refuse what QNN's HTP cannot run
     """
     preflight(out, model_in, output=output, output_is_dir=True)
     from aimetcli import api
@@ -72,7 +74,7 @@ def export(out: Output, model_in: str, output: str, encodings_path: str | None, 
                             ErrorKind.USAGE)
     model = load_input(out, model_in)
     summary = api.export(model, output, encodings_path=encodings_path, version=encoding_version,
-                           unsigned_weights=not signed_weights, batch_size=batch_size, force=force)
+                           unsigned_weights=not signed_weights, batch_size=batch_size, force=force, target=target)
     for w in summary.warnings:
         out.warn(w)
     render_export(out, summary)

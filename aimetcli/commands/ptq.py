@@ -120,7 +120,8 @@ def stage_table(summary) -> Table:
     data = summary.stages[0].data if summary.stages else "evaluation"
     show_top1 = any(s.top1 is not None for s in summary.stages)
     granularity = "per-channel" if opts.get("per_channel") else "per-tensor"
-    table = Table(title=f"PTQ W{opts['param_bw']}A{opts['act_bw']} {granularity} {opts['scheme']} (exported)",
+    table = Table(title=f"PTQ W{opts['param_bw']}A{opts['act_bw']} {granularity} {opts['scheme']} "
+                        f"for {opts.get('target', 'generic')} (exported)",
                   title_justify="left")
     table.add_column("stage", no_wrap=True)
     table.add_column("kept", justify="center", no_wrap=True)

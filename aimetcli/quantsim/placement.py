@@ -167,6 +167,10 @@ def place_quantizers(model: ir.Model, cfg: QuantsimConfig, opts: QuantOptions) -
     apply_exclusions(model, placement, opts.exclude)
     apply_bits(model, placement, opts.bits)
     note_control_flow(model, placement)
+    if opts.target != "generic":  # what the target cannot run: refused before calibration
+        from aimetcli.targets import check_placement
+
+        check_placement(model, placement, opts)
     return placement
 
 

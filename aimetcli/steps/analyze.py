@@ -28,6 +28,10 @@ from aimetcli.options import QuantOptions, RunOptions
 from aimetcli.ptq_judge import layer_errors
 from aimetcli.quantsim.insert import is_grid_node
 from aimetcli.steps.evaluate import _joined, model_outputs, score_output, sqnr_db
+from aimetcli.tensor_ranges import TensorRange
+
+TOP = 3  # the ranking's check: these worst quantizers alone, and every other one
+HISTOGRAMS = 8  # the report draws the histograms of this many worst quantizers' tensors
 
 
 @dataclass
@@ -68,7 +72,10 @@ class Analysis:
     # per layer output: its SQNR in the full sim against FP32 (ptq_judge.layer_errors)
     layers: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # the sim's (quantsim's summary)
+    # per quantizer's tensor: grid and data ranges, clipping, histogram (aimetcli/tensor_ranges.py)
+    ranges: list[TensorRange] = field(default_factory=list)
     seconds: float = 0.0
+    ranges_seconds: float = 0.0  # of which the ranges' run over the calibration data
 
     def to_json(self) -> dict:
         from dataclasses import asdict
@@ -76,7 +83,16 @@ class Analysis:
         doc = asdict(self)
         for q, row in zip(self.quantizers, doc["quantizers"]):
             row["recovered_db"] = q.recovered_db(self.full_sqnr_db)
+        drawn = {r.tensor for r in self.histogram_ranges()}
+        doc["ranges"] = [{**r.to_json(), "histogram": r.histogram if r.tensor in drawn else None}
+                         for r in self.ranges]
         return doc
+
+    def histogram_ranges(self, n: int = HISTOGRAMS) -> list[TensorRange]:
+        """The ranges of the ``n`` quantizers :meth:`worst` ranks first (the report draws their
+        histograms), in that order."""
+        by_name = {r.tensor: r for r in self.ranges}
+        return [by_name[q.tensor] for q in self.worst(len(self.quantizers)) if q.tensor in by_name][:n]
 
     def worst(self, n: int = 10) -> list[QuantizerSensitivity]:
         """The quantizers whose float tensor would recover the most, most first."""
@@ -144,11 +160,13 @@ def analyze(model: ModelSource, data: DataSource, options: QuantOptions | None =
             *, evaluation: DataSource | None = None, samples: int = 64) -> Analysis:
     """The facade step: quantsim of ``model`` with ``options`` calibrated on ``data`` (the model is
     left as it was), then :func:`analyze_sim` on the first ``samples`` of ``evaluation`` (default:
-    ``data``; whole fixed batches). ``run.progress`` ticks once per calibration batch and once
-    per configuration run."""
+    ``data``; whole fixed batches), and every quantized tensor's ranges and clipping on ``data``
+    (:func:`aimetcli.tensor_ranges.tensor_ranges`). ``run.progress`` ticks once per calibration
+    batch (twice: calibration, then the ranges) and once per configuration run."""
     from aimetcli.calibration.data import as_dataset
     from aimetcli.ptq_judge import _subset
     from aimetcli.steps.quantsim import quantsim
+    from aimetcli.tensor_ranges import tensor_ranges
 
     fp32 = as_model(model, float32=True)
     options = options or QuantOptions()
@@ -159,9 +177,13 @@ def analyze(model: ModelSource, data: DataSource, options: QuantOptions | None =
     keep = max(step, samples // step * step)
     if scored.num_samples > keep:
         scored = _subset(scored, 0, keep, "analysis")
-    sim, _, summary = quantsim(fp32, calib, options, run)
+    sim, encodings, summary = quantsim(fp32, calib, options, run)
     result = analyze_sim(fp32, sim, scored, batch_size=run.batch_size, progress=run.progress)
     result.warnings = list(summary.warnings)
+    start = time.perf_counter()
+    result.ranges = tensor_ranges(fp32, encodings, calib, run.batch_size, run.progress)
+    result.ranges_seconds = time.perf_counter() - start
+    result.seconds += result.ranges_seconds
     return result
 
 
@@ -201,9 +223,6 @@ def analyze_sim(fp32: ir.Model, sim: ir.Model, data, *, batch_size: int = 32, pr
         result.top_only_sqnr_db, result.top_float_sqnr_db = sqnr(top), sqnr(everything - top)
     result.seconds = time.perf_counter() - start
     return result
-
-
-TOP = 3  # the ranking's check: these worst quantizers alone, and every other one
 
 
 def runs(quantizers: int) -> int:
