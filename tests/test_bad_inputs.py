@@ -463,6 +463,7 @@ def test_bad_random_spec_is_usage_error(runner, tmp_path, folded, spec):
     ('{"defaults": {"ops": {"is_output_quantized": "yes"}}}', 'must be "True" or "False", not \'yes\''),
     ('{"model_input": {"is_input_quantized": 1}}', 'must be "True" or "False", not 1'),
     ('[1, 2]', "must be an object"),
+    ('{"supergroup_pass_list": "MatmulAdd"}', "supergroup_pass_list must be a list of pattern names"),
 ])
 def test_bad_quantsim_config(runner, tmp_path, folded, text, expect):
     cfg = tmp_path / "cfg.json"
@@ -472,6 +473,16 @@ def test_bad_quantsim_config(runner, tmp_path, folded, text, expect):
                       [out, tmp_path / "sim.encodings"])
     assert expect in line
     assert not out.exists()
+
+
+def test_aimet_2_configs_supergroup_pass_list_is_accepted(tmp_path):
+    """AIMET 2.x's shipped configs (htp_quantsim_config_v73.json and later) list fusion patterns
+    at the top level; a config that carries the key parses, with the list recorded."""
+    from aimetcli.quantsim.config import parse_config
+
+    cfg = parse_config({"defaults": {"ops": {}, "params": {}},
+                        "supergroup_pass_list": ["LayerNormalization", "RMSNormalization", "MatmulAdd"]})
+    assert cfg.supergroup_passes == ("LayerNormalization", "RMSNormalization", "MatmulAdd")
 
 
 def test_missing_quantsim_config(runner, tmp_path, folded):

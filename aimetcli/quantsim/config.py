@@ -11,6 +11,10 @@ The file (AIMET's quantsim_config JSON) has six sections, from general to specif
                   per_channel_quantization, params {kind: {...}}, encoding_constraints,
                   supported_kernels
     supergroups   [{"op_list": [op, op, ...]}]: no quantizer between fused ops
+    supergroup_pass_list  [pattern name, ...] (AIMET 2.x: "LayerNormalization", "RMSNormalization",
+                  "MatmulAdd"): accepted and recorded; aimetcli always treats a decomposed
+                  LayerNorm or GELU and a MatMul/Conv whose bias is a separate Add as one unit,
+                  float inside and quantized at its output (quantsim/units.py)
     model_input   is_input_quantized
     model_output  is_output_quantized
 
@@ -38,7 +42,7 @@ _OPS_KEYS = {"is_output_quantized", "is_input_quantized", "is_symmetric"}
 _PARAM_KEYS = {"is_quantized", "is_symmetric"}
 _OP_TYPE_KEYS = {"is_input_quantized", "is_output_quantized", "is_symmetric", "per_channel_quantization",
                  "params", "encoding_constraints", "supported_kernels"}
-_TOP_KEYS = {"defaults", "params", "op_type", "supergroups", "model_input", "model_output"}
+_TOP_KEYS = {"defaults", "params", "op_type", "supergroups", "supergroup_pass_list", "model_input", "model_output"}
 
 
 @dataclass
@@ -72,6 +76,7 @@ class QuantsimConfig:
     params: dict[str, ParamRule] = field(default_factory=dict)
     op_types: dict[str, OpRule] = field(default_factory=dict)
     supergroups: list[tuple[str, ...]] = field(default_factory=list)
+    supergroup_passes: tuple[str, ...] = ()  # AIMET's supergroup_pass_list, as given
     model_input_quantized: bool = True
     model_output_quantized: bool = False  # True forces quantizers on graph outputs
     source: str = "default"
@@ -202,6 +207,10 @@ def parse_config(doc: dict, source: str = "config") -> QuantsimConfig:
             raise AimetCliError(f"quantsim config: supergroups[{i}].op_list must list two or more op types",
                                 ErrorKind.CONFIG)
         cfg.supergroups.append(tuple(ops_list))
+    passes = doc.get("supergroup_pass_list", [])
+    if not isinstance(passes, list) or not all(isinstance(p, str) for p in passes):
+        raise AimetCliError("quantsim config: supergroup_pass_list must be a list of pattern names", ErrorKind.CONFIG)
+    cfg.supergroup_passes = tuple(passes)
     mi = _dict(doc.get("model_input", {}), "model_input")
     _check_keys(mi, {"is_input_quantized"}, "model_input")
     if "is_input_quantized" in mi:
