@@ -13,6 +13,7 @@ top-1 of each sim on sample_models/eval.npz (onnxruntime optimizations off: the 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -62,6 +63,7 @@ def main() -> int:
         "(1,000 calibration samples; mse: SeqMSE over the same samples, then calibration).\n\n"
         + C.table(["model", "weights", "min-max top-1", "mse top-1", "Δ", "min-max time", "mse time", "mse / min-max"],
                   rows))
+    shutil.rmtree(scratch, ignore_errors=True)
     C.write_section(SECTION, "SeqMSE weight ranges (`--weight-range mse`) against min-max, W4A8", body)
     print(body)
     return 0
