@@ -40,6 +40,7 @@ from aimetcli.kernels import adaround as ar
 from aimetcli.kernels.quant import Encoding
 from aimetcli.layers import Layer, as_layer, weight_reason
 from aimetcli.model_ops import require_float_model
+from aimetcli.options import WeightRange
 from aimetcli.quantsim.frozen import (  # noqa: F401  (the frozen-grid record: written here, read by quantsim)
     METADATA_KEY, frozen_encodings, frozen_mismatch, frozen_record, record_frozen,
 )
@@ -201,7 +202,9 @@ def adaround(model: ir.Model, dataset, options, *, batch_size: int = 32,
     result = AdaroundResult(samples=dataset.num_samples, options=options.as_record())
     placement = place_quantizers(model, cfg, options)
     weights = {p.tensor for p in placement.params if p.kind == "weight"}
-    encodings = {k: v for k, v in param_encodings(model, placement, options, frozen=False).items() if k in weights}
+    # grids frozen by SeqMSE (--weight-range mse) are AdaRound's grids; otherwise computed anew
+    seqmse = options.weight_range is WeightRange.MSE
+    encodings = {k: v for k, v in param_encodings(model, placement, options, frozen=seqmse).items() if k in weights}
     targets = _targets(model, encodings, result)
     if not targets:
         result.seconds = time.perf_counter() - start

@@ -24,7 +24,7 @@ from aimetcli.model_ops import (
     ModelSource, PrepareReport, as_model, clone, load, prepare, require_float32, require_float_model, sim_opset,
     upgrade_opset,
 )
-from aimetcli.options import EqualizeOptions, QuantOptions, RunOptions
+from aimetcli.options import EqualizeOptions, QuantOptions, RunOptions, WeightRange
 from aimetcli.ptq_flow import (
     KeepVerdict, PtqSummary, Stage, bias_correction_verdict, equalization_verdict, keep_verdict, ptq,
     scheme_candidates,
@@ -51,6 +51,7 @@ __all__ = [
     "DataSource", "Dataset", "input_specs", "open_data",
     # options and errors
     "AimetCliError", "BitsRule", "EqualizeOptions", "QuantOptions", "QuantScheme", "QuantsimConfig", "RunOptions",
+    "WeightRange",
     "load_config",
     # the steps, in workflow order, and their results
     "FoldBnSummary", "fold_bn",

@@ -23,7 +23,7 @@ computed in double precision:
     lo = min(min x, 0)    hi = max(max x, 0, lo + max(min_range, steps * minimum_scale))
     asymmetric: scale = (hi - lo) / steps, offset = clip(round_half_away(lo / scale), -steps, 0),
                 zero_point = -offset
-    symmetric:  scale = max(|lo|, |hi|) / (steps // 2), zero_point = 0
+    symmetric:  scale = max(hi / pos, -lo / neg), zero_point = 0  ((pos, neg) = symmetric_step_counts(steps))
     Clip bounds (narrow grids): (qmin - zero_point) * float32(scale), (qmax - zero_point) * float32(scale)
 
 so the sim quantizes each tensor exactly as quantsim will on the corrected model.
@@ -42,7 +42,7 @@ import onnx_ir as ir
 from aimetcli import graph as g
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.graph_builder import Builder, add_outputs, forget_value_info, merge, taken_names, values_by_name
-from aimetcli.kernels.quant import AIMET_MIN_RANGE, minimum_scale
+from aimetcli.kernels.quant import AIMET_MIN_RANGE, minimum_scale, symmetric_step_counts
 from aimetcli.quantsim.insert import ActivationConstants
 
 _DOUBLE, _FLOAT = int(ir.DataType.DOUBLE), int(ir.DataType.FLOAT)
@@ -131,8 +131,9 @@ class _Builder(Builder):
         hi = self.op("Max", [hi, self.op("Add", [lo, self.const(floor, np.float64)])])
         c = grid.constants
         if grid.symmetric:
-            half = self.const(float(grid.steps // 2), np.float64)
-            scale = self.op("Div", [self.op("Max", [self.op("Abs", [lo]), self.op("Abs", [hi])]), half])
+            pos, neg = symmetric_step_counts(grid.steps)
+            scale = self.op("Max", [self.op("Div", [hi, self.const(float(pos), np.float64)]),
+                                      self.op("Div", [self.op("Neg", [lo]), self.const(float(neg), np.float64)])])
             zp = zero
         else:
             scale = self.op("Div", [self.op("Sub", [hi, lo]), self.const(float(grid.steps), np.float64)])

@@ -8,6 +8,7 @@ them directly: ``QuantOptions(param_bw=4, per_channel=True, config=load_config("
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,15 @@ from typing import Any
 from aimetcli.kernels.quant import QuantScheme
 from aimetcli.quantsim.config import QuantsimConfig, load_config
 from aimetcli.quantsim.per_layer import BitsRule
+
+
+class WeightRange(enum.Enum):
+    """How the weights' ranges are chosen: MIN_MAX by ``scheme`` as every other range (quantsim's
+    default), MSE by AIMET's SeqMSE, layer by layer against the layer's output error
+    (aimetcli/seqmse.py), the grids then frozen in the model."""
+
+    MIN_MAX = "minmax"
+    MSE = "mse"
 
 
 def _default_config() -> QuantsimConfig:
@@ -41,6 +51,7 @@ class QuantOptions:
     bits: tuple[BitsRule, ...] = ()
     # the runtime the sim is for (aimetcli/targets.py): its bitwidths and grids are checked
     target: str = "generic"
+    weight_range: WeightRange = WeightRange.MIN_MAX
 
     def max_bitwidth(self) -> int:
         """The widest grid any quantizer gets (the sim's opset follows it)."""
@@ -59,6 +70,8 @@ class QuantOptions:
             record["bits"] = [f"{r.pattern}={r.spec()}" for r in self.bits]
         if self.target != "generic":
             record["target"] = self.target
+        if self.weight_range is not WeightRange.MIN_MAX:
+            record["weight_range"] = self.weight_range.value
         return record
 
 
@@ -73,7 +86,9 @@ class EqualizeOptions:
 class RunOptions:
     """How a step runs, beside what it computes: ``batch_size`` samples per onnxruntime run
     (memory and speed; calibrated ranges do not depend on it), and ``progress``, called with the
-    number of batches done as they finish."""
+    number of batches done as they finish; ``log``, called with a line per layer by the steps that
+    work layer by layer (SeqMSE)."""
 
     batch_size: int = 32
     progress: Callable[[int], None] | None = None
+    log: Callable[[str], None] | None = None

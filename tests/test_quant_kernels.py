@@ -335,16 +335,53 @@ def test_asymmetric_range_by_hand():
 
 
 def test_symmetric_range_by_hand():
-    enc = encoding_from_range(-0.5, 0.5, 8, True)
+    enc = encoding_from_range(-0.5, 0.5, 8, True)  # max / 127 > 0.5 / 128: the positive side decides
     assert enc.scale == np.float32(0.5 / 127) and int(enc.offset) == -128
     assert float(enc.max) == pytest.approx(0.5) and float(enc.min) == pytest.approx(-128 * 0.5 / 127)
-    enc = encoding_from_range(-0.2, 0.9, 8, True)  # abs max decides
+    enc = encoding_from_range(-0.2, 0.9, 8, True)
     assert enc.scale == np.float32(0.9 / 127) and int(enc.offset) == -128
+    enc = encoding_from_range(-0.9, 0.2, 8, True)  # the negative side gets its extra level: -0.9 is q = -128
+    assert enc.scale == np.float32(0.9 / 128) and int(enc.offset) == -128
+    assert float(enc.min) == pytest.approx(-0.9) and quantize(np.float32(-0.9), enc) == -128
     strict = encoding_from_range(-0.5, 0.5, 8, True, strict_symmetric=True)
     assert strict.scale == np.float32(0.5 / 127) and int(strict.offset) == -127
     assert float(strict.min) == pytest.approx(-0.5) and float(strict.max) == pytest.approx(0.5)
+    strict = encoding_from_range(-0.9, 0.2, 8, True, strict_symmetric=True)
+    assert strict.scale == np.float32(0.9 / 127)
     four = encoding_from_range(-1.0, 0.7, 4, True)
-    assert four.scale == np.float32(1.0 / 7) and int(four.offset) == -8
+    assert four.scale == np.float32(1.0 / 8) and int(four.offset) == -8
+    two = encoding_from_range(-1.0, 0.7, 2, True)  # AIMET at 2 bit: max / 2 as well as -min / 2
+    assert two.scale == np.float32(0.5) and int(two.offset) == -2
+    assert encoding_from_range(-0.1, 1.0, 2, True).scale == np.float32(0.5)  # q = +1 clips 1.0 to 0.5
+
+
+def _closed_form_scale(lo, hi, bw, strict):
+    """AIMET's symmetric scale in closed form (libpymo getComputedEncodings, bw > 2): max / (2^(bw-1) - 1)
+    against -min / 2^(bw-1), or / (2^(bw-1) - 1) on both sides for strict symmetric."""
+    lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
+    neg = 2 ** (bw - 1) - int(strict)
+    return np.maximum(hi / (2 ** (bw - 1) - 1), -lo / neg).astype(np.float32)
+
+
+@pytest.mark.parametrize("bw", [4, 8])
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_symmetric_scale_matches_the_closed_form(bw, strict, per_channel):
+    rng = np.random.default_rng(bw * 10 + strict)
+    for _ in range(20):
+        w = (rng.standard_normal((6, 3, 3, 3)) * rng.uniform(0.01, 3, (6, 1, 1, 1))
+             + rng.uniform(-0.5, 0.5, (6, 1, 1, 1))).astype(np.float32)
+        axes = (1, 2, 3) if per_channel else None
+        lo, hi = w.min(axis=axes).astype(np.float64), w.max(axis=axes).astype(np.float64)
+        enc = encoding_from_range(lo, hi, bw, True, strict_symmetric=strict, axis=0 if per_channel else None)
+        assert np.array_equal(enc.scale, _closed_form_scale(lo, hi, bw, strict))
+        assert np.all(enc.offset == -(2 ** (bw - 1) - int(strict)))
+        q = quantize(w, enc)  # min-max: nothing clips, both ends land on the grid's ends
+        assert q.min() >= enc.qmin and q.max() <= enc.qmax
+        assert np.all(np.abs(fake_quantize(w, enc) - w) <= enc.broadcast(enc.scale, 4) * 0.5001)
+        if strict:  # byte-identical to the formula before the change
+            old = np.maximum(np.abs(lo), np.abs(hi)) / (2 ** (bw - 1) - 1)
+            assert enc.scale.tobytes() == old.astype(np.float32).tobytes()
 
 
 def test_ranges_always_hold_zero():

@@ -206,9 +206,10 @@ def test_deployable_model_agrees_with_sim(name, tmp_path):
 
 
 def test_ptq_auto_scheme_exports_the_scheme_closer_to_fp32(tmp_path):
-    """ShuffleNetV2 after fold-bn, W8A8 per-tensor: min-max ranges stay 3-7 dB further from
-    FP32 on the calibration data than tf-enhanced ones (bench/RESULTS.md); ``ptq`` (scheme auto,
-    the default) must find that and export the tf-enhanced model, and say so."""
+    """ShuffleNetV2 after fold-bn, W8A8 per-tensor: tf-enhanced ranges are closer to FP32 on the
+    calibration data than min-max ones (3-7 dB with the old symmetric weight grid, bench/RESULTS.md;
+    less with AIMET's, which min-max weights profit from and tf-enhanced's own search does not);
+    ``ptq`` (scheme auto, the default) must find that and export the tf-enhanced model, and say so."""
     out = tmp_path / "out"
     r = CliRunner().invoke(main, ["ptq", path("shufflenetv2_fmnist"), "-o", str(out), "--data", CALIB,
                                   "--num-samples", "256", "--no-equalize", "--no-bias-correct", "--per-tensor",
@@ -218,7 +219,7 @@ def test_ptq_auto_scheme_exports_the_scheme_closer_to_fp32(tmp_path):
 
     doc = json.loads(r.stdout)
     tried = {t["scheme"]: t["calib_sqnr_db"] for t in doc["schemes_tried"]}
-    assert tried["tf-enhanced"] > tried["min-max"] + 2, tried
+    assert tried["tf-enhanced"] > tried["min-max"], tried
     assert doc["options"]["scheme"] == "tf-enhanced"
     assert next(s for s in doc["stages"] if s["name"] == "tf-enhanced")["kept"] is True
     assert json.loads((out / "report.json").read_text())["options"]["scheme"] == "tf-enhanced"

@@ -146,6 +146,8 @@ AUTO_SCHEME = "auto"
 # aimetcli.kernels.quant.QuantScheme's values, spelled here so that --help imports no numpy
 # (tests/test_cli_startup.py checks that the two agree).
 SCHEMES = ("min-max", "tf-enhanced", "percentile")
+# aimetcli.options.WeightRange's values (checked against it in tests/test_seqmse.py)
+WEIGHT_RANGES = ("minmax", "mse")
 
 
 def normalize_scheme(value: str) -> str:
@@ -180,6 +182,7 @@ class QuantArgs:
     exclude: tuple[str, ...] = ()
     bits: tuple[str, ...] = ()  # --bits PATTERN=SPEC, parsed by options()
     target: str = "generic"  # --target (aimetcli/targets.py)
+    weight_range: str = "minmax"
 
     def bitwidths(self) -> tuple[int, ...]:
         """Every bitwidth asked for (the encodings version is checked against them up front)."""
@@ -194,7 +197,7 @@ class QuantArgs:
         """The library's QuantOptions, the config loaded ('auto' gives min-max here: ptq tries the
         others itself)."""
         from aimetcli.kernels.quant import QuantScheme
-        from aimetcli.options import QuantOptions
+        from aimetcli.options import QuantOptions, WeightRange
         from aimetcli.quantsim.config import load_config
         from aimetcli.quantsim.per_layer import BitsRule
 
@@ -203,7 +206,7 @@ class QuantArgs:
                             param_symmetric=self.param_symmetric, act_symmetric=self.act_symmetric,
                             scheme=scheme, percentile=self.percentile, config=load_config(self.config_path),
                             exclude=self.exclude, bits=tuple(BitsRule.parse(text) for text in self.bits),
-                            target=self.target)
+                            target=self.target, weight_range=WeightRange(self.weight_range))
 
 
 # aimetcli.targets.NAMES, spelled here so that --help imports no numpy (tests/test_targets.py checks
@@ -257,14 +260,18 @@ def quant_options(func=None, *, auto_scheme: bool = False):
                      help="Other bitwidths for what PATTERN names (as --exclude): SPEC w4 (weights), a16 "
                           "(outputs) or w8a16. Repeatable; later rules win."),
         target_option,
+        click.option("--weight-range", type=click.Choice(WEIGHT_RANGES), default="minmax", show_default=True,
+                     help="Weight ranges: minmax (by --quant-scheme, as every range) or mse (AIMET's SeqMSE: per "
+                          "layer, in order, the range among 20 fractions of min-max that minimises the layer's "
+                          "output error on --data; the grids are frozen in the model)."),
     ]
 
     @functools.wraps(func)
     def wrapper(*args, param_bw: int, act_bw: int, per_channel: bool | None, param_symmetric: bool | None,
                 act_symmetric: bool | None, quant_scheme: str, percentile: float, config_path: str | None,
-                exclude: tuple[str, ...], bits: tuple[str, ...], target: str, **kwargs):
+                exclude: tuple[str, ...], bits: tuple[str, ...], target: str, weight_range: str, **kwargs):
         quant = QuantArgs(param_bw, act_bw, per_channel, param_symmetric, act_symmetric, quant_scheme, percentile,
-                          config_path, tuple(exclude), tuple(bits), target)
+                          config_path, tuple(exclude), tuple(bits), target, weight_range)
         return func(*args, quant=quant, **kwargs)
 
     for option in reversed(options):
@@ -295,11 +302,11 @@ class DataArgs:
                                       mean=self.mean or None, std=self.std or None, layout=self.layout,
                                       grayscale=self.grayscale)
 
-    def run(self, progress=None) -> RunOptions:
-        """The library's RunOptions: this batch size and ``progress``."""
+    def run(self, progress=None, log=None) -> RunOptions:
+        """The library's RunOptions: this batch size, ``progress`` and ``log`` (lines per layer)."""
         from aimetcli.options import RunOptions
 
-        return RunOptions(batch_size=self.batch_size, progress=progress)
+        return RunOptions(batch_size=self.batch_size, progress=progress, log=log)
 
 
 def data_options(func):

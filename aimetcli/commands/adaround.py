@@ -55,7 +55,7 @@ def adaround(out: Output, model_in: str, output: str, data: str, iterations: int
             out.console.print(f"AdaRound {row.layer}: loss {row.loss_nearest:.4g} -> {row.loss_adaround:.4g} "
                           f"({row.changed:.1%} rounded the other way, {row.seconds:.2f} s)", markup=False)
 
-    summary = api.adaround(model, dataset, options, sampling.run(), params=AdaroundParams(iterations=iterations),
+    summary = api.adaround(model, dataset, options, sampling.run(log=out.info), params=AdaroundParams(iterations=iterations),
                            passes=passes, on_layer=on_layer)
     save_output(out, model, output, external_data=external_data)
     table = Table(title=f"AdaRound (W{options.param_bw}, {summary.iterations} iterations a layer)",

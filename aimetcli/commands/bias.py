@@ -54,7 +54,7 @@ def bias_correct(out: Output, model_in: str, output: str, data: str | None, meth
     dataset = open_dataset(model, data, sampling, out=out) if data else None
     batches = progress_steps(model, dataset, sampling.batch_size, options)
     with progress_bar(out, batches, "Correcting biases") as bar:
-        summary = api.bias_correct(model, dataset, options, sampling.run(bar), method=method)
+        summary = api.bias_correct(model, dataset, options, sampling.run(bar, log=out.info), method=method)
     save_output(out, model, output, external_data=external_data)
     table = Table(title=f"Bias correction ({method}, W{options.param_bw}A{options.act_bw})", title_justify="left")
     for col in ("layer", "method", "channels", "mean |shift| uncorrected", "after"):

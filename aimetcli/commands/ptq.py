@@ -78,7 +78,7 @@ def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | Non
         evaluation = open_dataset(model, data, sampling, labels_key=labels_key, out=out, scored=True)
     ranges_before = api.weight_ranges(model) if report_path is not None else None
     with StageProgress(out) as progress:
-        summary = api.ptq(model, calib, evaluation, options, sampling.run(), outdir=output,
+        summary = api.ptq(model, calib, evaluation, options, sampling.run(log=out.info), outdir=output,
                           equalize_model=not no_equalize, correct_bias=not no_bias_correct, method=bias_correct_method,
                           encoding_version=encoding_version, schemes=schemes, adaround=adaround,
                           on_stage=progress.stage,

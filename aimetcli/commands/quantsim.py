@@ -59,7 +59,7 @@ def quantsim(out: Output, model_in: str, output: str, data: str, encodings_out: 
     model = load_input(out, model_in, float32=True)
     dataset = open_dataset(model, data, sampling, out=out)
     with progress_bar(out, dataset.num_batches(sampling.batch_size), "Calibrating") as bar:
-        sim, encodings, summary = api.quantsim(model, dataset, options, sampling.run(bar))
+        sim, encodings, summary = api.quantsim(model, dataset, options, sampling.run(bar, log=out.info))
     for w in summary.warnings:
         out.warn(w)
     text = api.encodings_json(encodings, options, encoding_version)

@@ -38,8 +38,14 @@ AIMET-ONNX uses for every scheme once a (min, max) is known):
     (min_range = 0.01 in AIMET; it also turns min == max == 0 into a real range)
   asymmetric:  scale  = (max' - min') / num_steps
                offset = clamp(round(min' / scale), -num_steps, 0)  (round half away from 0)
-  symmetric:   scale  = max(|min'|, |max'|) / floor(num_steps / 2)
+  symmetric:   scale  = max(max' / floor(num_steps / 2), -min' / ceil(num_steps / 2))
                offset = -ceil(num_steps / 2)      (-2^(bw-1); strict: -(2^(bw-1) - 1))
+               i.e. max(max' / (2^(bw-1) - 1), -min' / 2^(bw-1)): the negative side's extra
+               level is used, and max' is never clipped. Strict symmetric (both counts
+               2^(bw-1) - 1) reduces to max(|min'|, |max'|) / (2^(bw-1) - 1). At 2 bit
+               (num_steps 3) max' is divided by 2, not 1 (:func:`symmetric_step_counts`).
+               (libpymo's getComputedEncodings and aimet_torch's MinMaxEncodingAnalyzer; AIMET
+               releases before that divided max(|min'|, |max'|) by floor(num_steps / 2).)
   and the encoding's min/max are re-derived: min = scale * offset,
   max = scale * (offset + num_steps).
 The arithmetic is float64; the scale is then stored as float32, the type every
@@ -70,6 +76,7 @@ __all__ = [
     "minimum_scale",
     "num_steps",
     "quantize",
+    "symmetric_step_counts",
     "unsigned_symmetric_encoding",
 ]
 
@@ -317,6 +324,18 @@ def _round_half_away(v: np.ndarray) -> np.ndarray:
     return np.copysign(np.floor(np.abs(v) + 0.5), v)
 
 
+def symmetric_step_counts(steps: int) -> tuple[int, int]:
+    """(positive, negative) step counts a symmetric grid of ``steps`` steps divides max and -min by
+    (libpymo ``getComputedEncodings``): floor(steps / 2) and ceil(steps / 2), so the negative side's
+    extra level (q = -2^(bw-1)) is used: 127 and 128 at 8 bit, 7 and 8 at 4 bit; strict symmetric
+    (steps = 2^bw - 2) gives 2^(bw-1) - 1 for both. At 2 bit (steps = 3) AIMET divides max by 2
+    as well (one level clipped on the positive side rather than one wasted on the negative).
+    The one symmetric rule: :func:`encoding_from_range` and bias correction's in-graph grids
+    (aimetcli/correction_graph.py) read it from here."""
+    pos = steps // 2
+    return pos + int(steps == 3), steps - pos
+
+
 def encoding_from_range(min_val, max_val, bitwidth: int, symmetric: bool, *,
                         strict_symmetric: bool = False, axis: int | None = None,
                         min_range: float = AIMET_MIN_RANGE) -> Encoding:
@@ -351,8 +370,9 @@ def encoding_from_range(min_val, max_val, bitwidth: int, symmetric: bool, *,
     hi = np.maximum(hi, lo + steps * minimum_scale(steps))
 
     if symmetric:
-        scale = np.maximum(np.abs(lo), np.abs(hi)) / (steps // 2)
-        offset = np.full(lo.shape, -((steps + 1) // 2), dtype=np.int64)
+        pos, neg = symmetric_step_counts(steps)
+        scale = np.maximum(hi / pos, -lo / neg)
+        offset = np.full(lo.shape, -neg, dtype=np.int64)
     else:
         scale = (hi - lo) / steps
         offset = np.clip(_round_half_away(lo / scale), -steps, 0).astype(np.int64)

@@ -248,10 +248,9 @@ def tf_enhanced_range(hist, bin_edges, bitwidth: int, symmetric: bool, *,
                       gamma: float = GAMMA):
     """(min, max) of the TF-enhanced grid: (d o, d (o + N)), floats or per-channel arrays.
 
-    To build the encoding use :func:`tf_enhanced_encoding`: for symmetric grids,
-    feeding this range back through ``encoding_from_range`` would widen the scale by
-    2^(bw-1) / (2^(bw-1) - 1), since AIMET's symmetric range formula divides |min| by
-    the positive step count.
+    To build the encoding use :func:`tf_enhanced_encoding` (no float round trip); feeding
+    this range back through ``encoding_from_range`` gives the same delta, up to float
+    rounding, since the symmetric formula divides -min by the negative step count.
     """
     _, steps, single, d, o = _search(hist, bin_edges, bitwidth, symmetric, strict_symmetric, min_range, gamma)
     lo, hi = d * o, d * (o + steps)

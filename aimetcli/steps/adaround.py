@@ -27,7 +27,11 @@ def adaround(model: ModelSource, data: DataSource, options: QuantOptions | None 
     model = as_model(model, float32=True)
     options = options or QuantOptions()
     run = run or RunOptions()
-    result = adaround_weights(model, as_dataset(data, model), options, batch_size=run.batch_size, params=params,
+    dataset = as_dataset(data, model)
+    from aimetcli.seqmse import apply_weight_range
+
+    apply_weight_range(model, dataset, options, run, on_grid=False)  # --weight-range mse: AdaRound on those grids
+    result = adaround_weights(model, dataset, options, batch_size=run.batch_size, params=params,
                               passes=passes, progress=run.progress, on_layer=on_layer,
                               quantized_inputs=quantized_inputs)
     result.model = model

@@ -71,6 +71,10 @@ def bias_correct(model: ModelSource, data: DataSource | None, options: QuantOpti
     run = run or RunOptions()
     dataset = as_dataset(data, model) if data is not None else None
     require_float_model(model)
+    if dataset is not None:
+        from aimetcli.seqmse import apply_weight_range
+
+        apply_weight_range(model, dataset, options, run)  # --weight-range mse: corrected for the frozen grids
     result = correct_biases(model, dataset, options, method=method, batch_size=run.batch_size,
                             progress=run.progress)
     record = options.as_record()

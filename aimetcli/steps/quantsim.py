@@ -63,6 +63,9 @@ def quantsim(model: ModelSource, data: DataSource, options: QuantOptions | None 
     mismatch = bias_correction_mismatch(model, options)
     if mismatch:
         warnings.append(mismatch)
+    from aimetcli.seqmse import apply_weight_range
+
+    apply_weight_range(model, dataset, options, run)  # --weight-range mse: the grids frozen in (the copy of) model
     model, encodings, placement, calib_seconds = simulate(model, options, dataset, run)
     from aimetcli.quantsim.frozen import frozen_mismatch
 
