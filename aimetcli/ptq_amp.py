@@ -1,14 +1,13 @@
 """ptq's mixed-precision stage (``--max-drop`` / ``--min-sqnr``): the search of
-:mod:`aimetcli.steps.amp` on the model as ptq has it after AdaRound, then a plain sim with the
-chosen bitwidths, which bias correction and export use.
+:mod:`aimetcli.steps.amp` on the model as ptq has it after equalization, then a plain sim with
+the chosen bitwidths, which the later stages (AdaRound, bias correction) and export use.
 
-AdaRound (kept or not, at the base bitwidth) runs first, so the search scores the base
-candidate with its learned rounding: AdaRound freezes each weight on its base grid, and a wider
-grid of a rounded weight keeps the base grid's error, so the wider candidates and float take the
-weights from before AdaRound, and so does the model that goes on, for the weights the search
-moved off the base bitwidth (their frozen grids dropped from its record). Bias correction, whose
-correction depends on each layer's bitwidth, runs after, on the mixed-precision sim; the search
-measures without it, so its gain comes on top of a budget already met.
+It runs before AdaRound, which freezes each weight on its grid (a W4-rounded weight gains
+nothing from an 8-bit grid) and learns each layer's rounding with the layers before it at their
+own bitwidths, and before bias correction, whose correction depends on each layer's bitwidth:
+both then work on the mixed-precision sim. The search measures without them, so their gains
+come on top of a budget already met. Searching after AdaRound instead (the rounded weights at the
+base bitwidth, the weights before it elsewhere) was measured and dropped: docs/design.md.
 """
 
 from __future__ import annotations
@@ -44,10 +43,9 @@ def amp_opset(amp: AmpOptions, options: QuantOptions) -> int:
     return WIDE_OPSET if widest > 8 else sim_opset(options)
 
 
-def amp_stage(flow, current, best, opts: QuantOptions, amp: AmpOptions, unrounded=None):
-    """Search, then simulate ``current`` with the chosen bitwidths: (model, sim, options); the
-    AmpResult goes to ``flow.mixed``. ``unrounded``: ``current`` before AdaRound, when AdaRound
-    was kept. ``flow``: ptq's run state (ptq_flow._Flow)."""
+def amp_stage(flow, current, best, opts: QuantOptions, amp: AmpOptions):
+    """Search, then simulate ``current`` with the chosen bitwidths: (sim, options); the
+    AmpResult goes to ``flow.mixed``. ``flow``: ptq's run state (ptq_flow._Flow)."""
     from aimetcli.steps.amp import describe, mixed_precision
 
     t = time.perf_counter()
@@ -56,10 +54,8 @@ def amp_stage(flow, current, best, opts: QuantOptions, amp: AmpOptions, unrounde
         raise AimetCliError("--max-drop needs labelled evaluation data (--eval with --labels); or give --min-sqnr",
                             ErrorKind.USAGE)
     result = mixed_precision(current, flow.calib, judge, opts, amp, RunOptions(flow.batch_size),
-                             reference_top1=judge.top1_fp32, on_start=flow.start, unrounded=unrounded)
+                             reference_top1=judge.top1_fp32, on_start=flow.start)
     mixed = result.apply(opts)
-    if unrounded is not None:
-        current = _restore(current, unrounded, [g.weight for g in result.groups if g.weight and g.param_bw != opts.param_bw])
     flow.start("mixed precision: calibrating the chosen configuration")
     sim = flow.simulate(current, mixed, "+ mixed precision")
     score = judge.score(sim.model)
@@ -75,25 +71,6 @@ def amp_stage(flow, current, best, opts: QuantOptions, amp: AmpOptions, unrounde
             "calibrated with the weights at the base bitwidth); AdaRound and bias correction may recover it")
     flow.note(f"mixed precision ({result.budget})", True,
               f"{result.counts()}; the search's pick scored {'' if met else 'not '}within the budget")
-    flow.row("+ mixed precision", t, sim, describe(result) + ("; base weights AdaRounded" if unrounded is not None
-                                                                else ""), None)
+    flow.row("+ mixed precision", t, sim, describe(result), None)
     flow.mixed = result
-    return current, sim, mixed
-
-
-def _restore(rounded, unrounded, weights: list[str]):
-    """A copy of the AdaRounded model with ``weights`` as they were before AdaRound, and their
-    frozen grids dropped from its record (quantsim computes them at their new bitwidths)."""
-    from aimetcli import graph as g
-    from aimetcli.model_ops import clone
-    from aimetcli.quantsim.frozen import frozen_record, record_frozen
-
-    model = clone(rounded)
-    for tensor in weights:
-        original = g.constant(unrounded.graph.initializers[tensor])
-        assert original is not None
-        g.set_constant(model.graph.initializers[tensor], original.copy())
-    record = frozen_record(model)
-    if record is not None:
-        record_frozen(model, {t: e for t, e in record[0].items() if t not in weights}, record[1])
-    return model
+    return sim, mixed

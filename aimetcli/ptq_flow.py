@@ -254,7 +254,7 @@ def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, op
     rounding after equalization (:func:`adaround_by_default` when None), fitted on the fit
     samples and judged on the held-out ones, as bias correction. ``judge``: the :class:`Judge`
     class that scores the sims (a test passes one that counts the runs). ``amp``: a budget; mixed
-    precision is searched after AdaRound, before bias correction (aimetcli/ptq_amp.py).
+    precision is searched after equalization, before AdaRound (aimetcli/ptq_amp.py).
     """
     model = as_model(model, float32=True)
     calib = as_dataset(calib, model)
@@ -316,13 +316,12 @@ def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, op
         current, best, opts = _equalize_stage(flow, current, best, opts, schemes, tried)
     if adaround is None:
         adaround = adaround_by_default(options)
-    unrounded = current
+    if amp is not None:
+        best, opts = amp_stage(flow, current, best, opts, amp)
     if adaround:
         current, best = _adaround_stage(flow, current, best, opts)
     else:
         flow.decisions.append(Decision("adaround", None, f"not tried: {_why_no_adaround(options)}"))
-    if amp is not None:
-        current, best, opts = amp_stage(flow, current, best, opts, amp, None if current is unrounded else unrounded)
     if correct_bias:
         current, best = _bias_stage(flow, current, best, opts, method)
 

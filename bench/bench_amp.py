@@ -113,6 +113,7 @@ def main() -> None:
     ap.add_argument("--models", default="shufflenetv2,mobilenetv2,resnet")
     ap.add_argument("--max-drop", default="0.5")
     ap.add_argument("--switch", action="store_true")
+    ap.add_argument("--no-plain", action="store_true", help="only the runs with the budget (plain: '-')")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--section", default="amp", help="RESULTS.md section to write (runs of other models beside)")
     args = ap.parse_args()
@@ -121,18 +122,21 @@ def main() -> None:
         for name in args.models.split(","):
             model = SAMPLE_MODELS / f"{name}_fmnist.onnx"
             load.append(os.getloadavg()[0])
-            log(f"{name}: plain ptq")
-            t_plain, c_plain, plain = _ptq(model, Path(tmp) / f"{name}_plain", [])
+            t_plain = c_plain = float("nan")
+            plain = None
+            if not args.no_plain:
+                log(f"{name}: plain ptq")
+                t_plain, c_plain, plain = _ptq(model, Path(tmp) / f"{name}_plain", [])
             log(f"{name}: ptq --max-drop {args.max_drop}")
             t_amp, c_amp, amp = _ptq(model, Path(tmp) / f"{name}_amp", ["--max-drop", args.max_drop])
             load.append(os.getloadavg()[0])
             mp = amp["mixed_precision"]
-            fp32 = _row(plain["stages"], "fp32").get("top1")
-            q_plain = _row(plain["stages"], "export: model_qdq").get("top1")
+            fp32 = _row(amp["stages"], "fp32").get("top1")
+            q_plain = _row(plain["stages"], "export: model_qdq").get("top1") if plain else None
             q_amp = _row(amp["stages"], "export: model_qdq").get("top1")
             met = q_amp is not None and fp32 is not None and q_amp >= fp32 - float(args.max_drop) - 1e-9
             sec = mp["seconds"]
-            rows.append([name, f"{fp32:.2f}", f"{q_plain:.2f}", f"{mp['chosen_top1']:.2f}", f"{mp['final_top1']:.2f}",
+            rows.append([name, f"{fp32:.2f}", "-" if q_plain is None else f"{q_plain:.2f}", f"{mp['chosen_top1']:.2f}", f"{mp['final_top1']:.2f}",
                          f"{q_amp:.2f}", "met" if met else "MISSED", f"{100 * mp['lowest_weight_share']:.0f}%",
                          f"{mp['relative_bitops']:.3f} ({mp['base_relative_bitops']:.3f})",
                          f"{mp['weight_bytes'] / 1e3:.1f} ({mp['base_weight_bytes'] / 1e3:.1f})",

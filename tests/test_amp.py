@@ -221,26 +221,3 @@ def test_ptq_budget_errors(tmp_path):
     r = CliRunner().invoke(main, [*base, "--min-sqnr", "20", "--amp-candidates", "w4a9x", *FAST])
     assert r.exit_code == 2 and "--amp-candidates" in r.stderr
 
-
-def test_after_adaround_the_weights_moved_off_the_base_bitwidth_are_restored():
-    """ptq searches after AdaRound: a weight the search moves off the base bitwidth goes on as it
-    was before AdaRound (its rounded values sit on the base grid), its frozen grid dropped from the
-    record; the others keep their rounding and frozen grids."""
-    from aimetcli import graph as g
-    from aimetcli.kernels.quant import encoding_from_range, fake_quantize
-    from aimetcli.model_ops import as_model, clone
-    from aimetcli.ptq_amp import _restore
-    from aimetcli.quantsim.frozen import frozen_record, record_frozen
-
-    unrounded = as_model(_classifier(), float32=True)
-    rounded = clone(unrounded)
-    grids = {}
-    for t in ("w1", "w2"):
-        w = g.constant(rounded.graph.initializers[t])
-        grids[t] = encoding_from_range(float(w.min()), float(w.max()), 4, True)
-        g.set_constant(rounded.graph.initializers[t], fake_quantize(w, grids[t]))
-    record_frozen(rounded, grids, {"param_bw": 4})
-    out = _restore(rounded, unrounded, ["w1"])
-    for t, source in (("w1", unrounded), ("w2", rounded)):
-        np.testing.assert_array_equal(g.constant(out.graph.initializers[t]), g.constant(source.graph.initializers[t]))
-    assert set(frozen_record(out)[0]) == {"w2"} and set(frozen_record(rounded)[0]) == {"w1", "w2"}

@@ -76,15 +76,13 @@ def _input(graph: ir.Graph, names: g.Names, base: str, dtype: ir.DataType, shape
 
 
 def build_switchable(model: ir.Model, groups: list[Group], weights: dict[str, dict[int, Encoding]],
-                     activations: dict[str, dict[int, Encoding]], fixed: dict[str, Encoding] | None = None,
-                     originals: dict | None = None, base_bits: int | None = None) -> SwitchableSim:
+                     activations: dict[str, dict[int, Encoding]], fixed: dict[str, Encoding] | None = None
+                     ) -> SwitchableSim:
     """Make ``model`` (an FP32 model at opset 21, for 16-bit QuantizeLinear; modified in place)
     the switchable sim of ``groups``: every bitwidth a group's candidates give its weight
     (``weights[tensor][bits]``) or its activation (``activations[tensor][bits]``) can be fed.
     ``fixed``: parameters quantized in every configuration (biases on a 32-bit grid, stored as
-    integers, as quantsim does). ``originals``: weight arrays that every bitwidth but
-    ``base_bits``, and float, take instead of the model's (the model before AdaRound, whose
-    rounded weights sit on the base grid: a wider grid of them would keep the base's error)."""
+    integers, as quantsim does)."""
     from aimetcli.quantsim.insert import insert_param
 
     graph = model.graph
@@ -96,8 +94,7 @@ def build_switchable(model: ir.Model, groups: list[Group], weights: dict[str, di
         insert_param(graph, names, graph.initializers[tensor], enc, store_integers=True, order=order)
     for grp in groups:
         if grp.weight is not None:
-            original = (originals or {}).get(grp.weight)
-            _feed_weight(graph, names, grp, weights.get(grp.weight, {}), sim, original, base_bits)
+            _feed_weight(graph, names, grp, weights.get(grp.weight, {}), sim)
         if grp.activation is not None:
             wanted = {c.act_bw for c in grp.candidates} - {None}
             grids = {b: e for b, e in activations.get(grp.activation, {}).items() if b in wanted}
@@ -106,19 +103,16 @@ def build_switchable(model: ir.Model, groups: list[Group], weights: dict[str, di
     return sim
 
 
-def _feed_weight(graph: ir.Graph, names: g.Names, grp: Group, grids: dict[int, Encoding], sim: SwitchableSim,
-                 original: np.ndarray | None = None, base_bits: int | None = None) -> None:
-    """Replace the weight by a graph input; its fake-quantized arrays by bitwidth go to ``sim``
-    (from ``original`` but at ``base_bits``, when given)."""
+def _feed_weight(graph: ir.Graph, names: g.Names, grp: Group, grids: dict[int, Encoding], sim: SwitchableSim) -> None:
+    """Replace the weight by a graph input; its fake-quantized arrays by bitwidth go to ``sim``."""
     tensor = grp.weight or ""
     value = graph.initializers[tensor]
     w = np.asarray(value.const_value.numpy(), np.float32)
-    other = w if original is None else np.asarray(original, np.float32)
     wanted = {c.param_bw for c in grp.candidates} - {None}
-    arrays: dict[int | None, np.ndarray] = {None: other}
+    arrays: dict[int | None, np.ndarray] = {None: w}
     for b, enc in grids.items():
         if b in wanted:
-            arrays[b] = fake_quantize(w if b == base_bits else other, enc)
+            arrays[b] = fake_quantize(w, enc)
     fed = _input(graph, names, f"aimetcli_amp_weight/{tensor}", ir.DataType.FLOAT, list(w.shape))
     for use in list(value.uses()):
         use.node.replace_input_with(use.idx, fed)

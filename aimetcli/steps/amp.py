@@ -151,11 +151,10 @@ class _Scorer:
 
 
 def _encodings(model: ir.Model, calib, opts: QuantOptions, param_bws: set[int], act_bws: set[int],
-               batch_size: int, unrounded: ir.Model | None = None):
+               batch_size: int):
     """(base Encodings, weight tensor -> bits -> Encoding, activation tensor -> bits -> Encoding):
     the base calibration, every other activation bitwidth calibrated with the weights at the
-    base bitwidth, every other weight bitwidth from the weights (of ``unrounded`` when given:
-    the model before AdaRound froze its weights on the base grid)."""
+    base bitwidth, every other weight bitwidth from the weights."""
     from aimetcli.quantsim.calibrate import calibrate, param_encodings
     from aimetcli.quantsim.placement import place_quantizers
 
@@ -171,8 +170,7 @@ def _encodings(model: ir.Model, calib, opts: QuantOptions, param_bws: set[int], 
                 acts[t][a] = e
     for p in sorted(param_bws - {opts.param_bw}):
         o = dataclasses.replace(opts, param_bw=p)
-        source = unrounded if unrounded is not None else model
-        for t, e in param_encodings(source, place_quantizers(source, o.config, o), o).items():
+        for t, e in param_encodings(model, place_quantizers(model, o.config, o), o).items():
             if t in weights and e.bitwidth == p:
                 weights[t][p] = e
     return base, weights, acts
@@ -189,13 +187,11 @@ def _available(groups, weights, acts) -> None:
 
 def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: AmpOptions,
                     run: RunOptions | None = None, *, reference_top1: float | None = None,
-                    on_start=None, unrounded: ir.Model | None = None) -> AmpResult:
+                    on_start=None) -> AmpResult:
     """The module docstring's search on ``model`` (an FP32 model; left as it is) with the base
     ``options``; grids calibrated on ``calib``; the budget measured by ``judge`` (ptq_judge.Judge
     of the evaluation data with labels for ``amp.max_drop``, of the calibration data for
-    ``amp.min_sqnr``). ``unrounded``: ``model`` before AdaRound, whose weights the other weight
-    bitwidths and float take (``model``'s are on the base grid). Raises when even the
-    all-highest configuration misses the budget."""
+    ``amp.min_sqnr``). Raises when even the all-highest configuration misses the budget."""
     from aimetcli.amp.groups import bits_of, cost, count_macs, find_groups
     from aimetcli.amp.switch import build_switchable
     from aimetcli.quantsim.insert import WIDE_OPSET
@@ -213,19 +209,13 @@ def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: A
     abws = {c.act_bw for c in candidates if c.act_bw is not None}
     work = upgrade_opset(clone(model), WIDE_OPSET)  # 16-bit QuantizeLinear in the switchable sim
     started("calibrating every candidate bitwidth")
-    base, weights, acts = _encodings(work, calib, options, pbws, abws, run.batch_size, unrounded)
+    base, weights, acts = _encodings(work, calib, options, pbws, abws, run.batch_size)
     groups, layers = find_groups(work, list(base.activations), list(weights), candidates)
     _available(groups, weights, acts)
     first = next(iter(calib.batches(calib.fixed_batch or 1)))
     count_macs(work, layers, first)
     fixed = {tn: e for tn, e in base.params.items() if tn not in weights}
-    originals = None
-    if unrounded is not None:
-        from aimetcli import graph as g
-
-        originals = {t: g.constant(unrounded.graph.initializers[t]) for t in weights
-                     if t in unrounded.graph.initializers}
-    switchable = build_switchable(work, groups, weights, acts, fixed, originals, options.param_bw)
+    switchable = build_switchable(work, groups, weights, acts, fixed)
     times["build"] = time.perf_counter() - t
 
     t = time.perf_counter()
