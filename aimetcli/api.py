@@ -18,13 +18,14 @@ from aimetcli.calibration.data import DataSource, Dataset, input_specs, open_dat
 from aimetcli.errors import AimetCliError
 from aimetcli.export import ExportSummary, export
 from aimetcli.kernels.adaround import AdaroundParams
+from aimetcli.kernels.amp_search import Candidate
 from aimetcli.kernels.quant import QuantScheme
 from aimetcli.model_io import save_model as save
 from aimetcli.model_ops import (
     ModelSource, PrepareReport, as_model, clone, load, prepare, require_float32, require_float_model, sim_opset,
     upgrade_opset,
 )
-from aimetcli.options import EqualizeOptions, QuantOptions, RunOptions, WeightRange
+from aimetcli.options import AmpOptions, EqualizeOptions, QuantOptions, RunOptions, WeightRange
 from aimetcli.ptq_flow import (
     KeepVerdict, PtqSummary, Stage, bias_correction_verdict, equalization_verdict, keep_verdict, ptq,
     scheme_candidates,
@@ -32,6 +33,7 @@ from aimetcli.ptq_flow import (
 from aimetcli.quantsim.config import QuantsimConfig, load_config
 from aimetcli.quantsim.per_layer import BitsRule
 from aimetcli.steps.adaround import adaround
+from aimetcli.steps.amp import AmpResult, ParetoPoint
 from aimetcli.steps.analyze import Analysis, QuantizerSensitivity, analyze
 from aimetcli.steps.bias_correct import BiasCorrectSummary, bias_correct
 from aimetcli.steps.evaluate import (
@@ -65,5 +67,6 @@ __all__ = [
     "ExportSummary", "export",
     "KeepVerdict", "PtqSummary", "Stage", "bias_correction_verdict", "equalization_verdict", "keep_verdict", "ptq",
     "scheme_candidates",
+    "AmpOptions", "AmpResult", "Candidate", "ParetoPoint",
     "Analysis", "QuantizerSensitivity", "analyze",
 ]

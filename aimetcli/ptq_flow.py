@@ -37,7 +37,7 @@ import onnx_ir as ir
 from aimetcli import model_io
 from aimetcli.calibration.data import DataSource, as_dataset
 from aimetcli.model_ops import ModelSource, as_model, clone, require_float_model, sim_opset, upgrade_opset
-from aimetcli.options import QuantOptions, RunOptions
+from aimetcli.options import AmpOptions, QuantOptions, RunOptions
 from aimetcli.quantsim.per_layer import check_patterns
 from aimetcli.quantsim.placement import place_quantizers
 from aimetcli.records import finite, jsonable
@@ -101,6 +101,7 @@ class PtqSummary:
     # seconds spent scoring sims on the evaluation data (--eval), which decide nothing: ptq's
     # own cost is its time less this (quantsim has no evaluation to compare with)
     evaluation_seconds: float = 0.0
+    mixed_precision: Any = None  # with a budget: steps.amp.AmpResult (the Pareto curve, the choice)
 
     def to_json(self) -> dict:
         return jsonable(self)
@@ -154,6 +155,7 @@ class _Flow:
         self.decisions: list[Decision] = []
         self.warnings: list[str] = []
         self.names: dict[int, str] = {}  # id(sim) -> the row that built it
+        self.mixed: Any = None  # ptq_amp.amp_stage's result
         self.start("FP32 reference outputs")
         t = time.perf_counter()
         # every sim is calibrated on all the samples: all of them judge, but bias correction, which
@@ -216,6 +218,9 @@ class _Flow:
     def samples_label(self, held_out: bool) -> str:
         return "held-out calibration" if held_out and self.split else "calibration"
 
+    def note(self, choice: str, kept: bool | None, reason: str) -> None:
+        self.decisions.append(Decision(choice, kept, reason))
+
     def decide(self, choice: str, verdict: KeepVerdict, reason_kept: str, reason_dropped: str) -> None:
         self.decisions.append(Decision(choice, verdict.kept, reason_kept if verdict.kept else reason_dropped,
                                        verdict.sqnr_before_db, verdict.sqnr_after_db, verdict.margin_db))
@@ -233,7 +238,7 @@ def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, op
         run: RunOptions | None = None, *, outdir: str, equalize_model: bool = True, correct_bias: bool = True,
         method: str = "hybrid", encoding_version: str = "1.0.0", schemes: tuple = (),
         per_channel: bool | None = None, on_stage=None, on_start=None, measure_layers: bool = False,
-        adaround: bool | None = None, judge: Callable[..., Judge] = Judge) -> PtqSummary:
+        adaround: bool | None = None, judge: Callable[..., Judge] = Judge, amp: AmpOptions | None = None) -> PtqSummary:
     """AIMET's recommended flow: fold-bn, choose the quantsim configuration, equalize,
     bias-correct, calibrate on all the data, export (the module docstring has the rules).
 
@@ -249,7 +254,8 @@ def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, op
     final sim on the held-out samples (for the HTML report). ``adaround``: learn the weights'
     rounding after equalization (:func:`adaround_by_default` when None), fitted on the fit
     samples and judged on the held-out ones, as bias correction. ``judge``: the :class:`Judge`
-    class that scores the sims (a test passes one that counts the runs).
+    class that scores the sims (a test passes one that counts the runs). ``amp``: a budget; mixed
+    precision is searched after equalization, before AdaRound (aimetcli/ptq_amp.py).
     """
     model = as_model(model, float32=True)
     calib = as_dataset(calib, model)
@@ -261,9 +267,13 @@ def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, op
     check_patterns(model, options)  # an --exclude or --bits pattern that names nothing: refused before any run
     if options.target != "generic":  # bitwidths --target cannot run: refused before any run (placement checks)
         place_quantizers(model, options.config, options)
+    if amp is not None:
+        from aimetcli.ptq_amp import amp_opset, amp_stage, check_amp
+
+        check_amp(amp, options, evaluation is not None and evaluation.labels is not None)
     # every sim needs this opset: raised once here, not once per candidate (the version converter
     # serializes the whole graph each time)
-    model = upgrade_opset(model, sim_opset(options))
+    model = upgrade_opset(model, sim_opset(options) if amp is None else amp_opset(amp, options))
     schemes = tuple(dict.fromkeys(schemes)) or (options.scheme,)
     why_not_pc = per_channel_candidate(options) if per_channel is None else (
         None if per_channel else "not asked")
@@ -309,6 +319,8 @@ def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, op
         current, best, opts = _equalize_stage(flow, current, best, opts, schemes, tried)
     if adaround is None:
         adaround = adaround_by_default(options)
+    if amp is not None:
+        best, opts = amp_stage(flow, current, best, opts, amp)
     if adaround:
         current, best = _adaround_stage(flow, current, best, opts)
     else:
@@ -452,7 +464,8 @@ def _export(flow: _Flow, final: _Sim, opts, outdir: str, encoding_version: str, 
                    "margin_db": MARGIN_DB}
     summary = PtqSummary(flow.stages, record, exported, flow.warnings, tried if several or len(tried) > 1 else [],
                          flow.decisions, calibration, files, deploy,
-                         evaluation_seconds=flow.scorer.seconds if flow.scorer is not None else 0.0)
+                         evaluation_seconds=flow.scorer.seconds if flow.scorer is not None else 0.0,
+                         mixed_precision=flow.mixed)
     _add_to_report(outdir, summary)
     return summary
 

@@ -122,6 +122,29 @@ def _error_rows(errors: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def _mixed_precision(summary) -> str:
+    """The Pareto curve of ptq's mixed-precision search (aimetcli/amp/report.py's rows and plot,
+    the PNG inline), or nothing without a budget."""
+    result = getattr(summary, "mixed_precision", None)
+    if result is None:
+        return ""
+    import base64
+
+    from aimetcli.amp.report import pareto_png, pareto_rows
+
+    headers, rows, caption = pareto_rows(result)
+    body = "<tr>" + "".join(f"<th>{_esc(h)}</th>" for h in headers) + "</tr>\n" + "\n".join(
+        "<tr>" + "".join(f"<td{'' if i in (1, 2, 7) else ' class=n'}>{_esc(c)}</td>" for i, c in enumerate(row))
+        + "</tr>" for row in rows)
+    png = pareto_png(result)
+    plot = (f'<p><img alt="Pareto curve" src="data:image/png;base64,{base64.b64encode(png).decode()}"></p>'
+            if png is not None else "<p>(the plot needs matplotlib: pip install 'aimetcli[plot]')</p>")
+    return (f"<h2>Mixed precision: {_esc(result.budget)}</h2>\n<p>Chosen: {_esc(result.counts())}; "
+            f"{result.relative_bitops:.3f}x the bit-operations of all-8-bit, {result.weight_bytes / 1e3:.1f} kB of "
+            f"weights. Rules applied: <code>{_esc(' '.join(result.rules) or '-')}</code></p>\n{plot}\n"
+            f"<table>{body}<caption>{_esc(caption)}</caption></table>")
+
+
 def render(summary, caption: str, ranges_before: list, ranges_after: list) -> str:
     """The report's text."""
     samples = min(summary.calibration.get("held_out_samples") or summary.calibration.get("samples", 0), 8)
@@ -137,6 +160,7 @@ def render(summary, caption: str, ranges_before: list, ranges_after: list) -> st
 <h2>Stages</h2>
 <table>{_stage_rows(summary)}<caption>{_esc(caption)}</caption></table>
 <ul>{decisions}</ul>
+{_mixed_precision(summary)}
 <h2>Per-layer error of the final model</h2>
 <p>SQNR of each layer's output in the exported sim against the same tensor of the FP32 model it quantizes,
 on {samples} held-out calibration samples; where it drops, that layer adds error. Lowest: {worst_text or '-'}.</p>

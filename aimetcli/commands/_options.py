@@ -340,3 +340,55 @@ def data_options(func):
     for option in reversed(options):
         wrapper = option(wrapper)
     return wrapper
+
+
+# -- mixed precision under a budget (ptq) ----------------------------------------------
+@dataclass(frozen=True)
+class AmpArgs:
+    """ptq's budget options (:func:`amp_options` builds it); ``options()`` is None without a budget."""
+
+    max_drop: float | None
+    min_sqnr: float | None
+    candidates: str | None
+
+    @property
+    def asked(self) -> bool:
+        return self.max_drop is not None or self.min_sqnr is not None
+
+    def check(self) -> None:
+        """The usage error that needs no model (ptq_amp.check_amp has the others)."""
+        if self.candidates and not self.asked:
+            raise AimetCliError("--amp-candidates needs a budget: --max-drop or --min-sqnr", ErrorKind.USAGE)
+
+    def options(self):
+        """The library's AmpOptions, or None when no budget was given."""
+        if not self.asked:
+            return None
+        from aimetcli.kernels.amp_search import Candidate
+        from aimetcli.options import AmpOptions
+
+        texts = [t for t in (self.candidates or "").split(",") if t.strip()]
+        return AmpOptions(self.max_drop, self.min_sqnr, tuple(Candidate.parse(t) for t in texts))
+
+
+def amp_options(func):
+    """ptq's accuracy budget for mixed precision; the command receives it as ``amp``, an :class:`AmpArgs`."""
+    options = [
+        click.option("--max-drop", type=click.FloatRange(min=0), default=None, metavar="POINTS",
+                     help="Mixed precision: the cheapest per-layer bitwidths whose top-1 stays within POINTS of "
+                          "FP32, measured on the --eval data with --labels (as AIMET's AMP eval callback)."),
+        click.option("--min-sqnr", type=float, default=None, metavar="DB",
+                     help="Mixed precision without labels: the cheapest per-layer bitwidths whose output SQNR "
+                          "against FP32 on the calibration data is at least DB."),
+        click.option("--amp-candidates", "amp_candidates", default=None, metavar="LIST",
+                     help="Bitwidth candidates of each layer, e.g. w4a8,w8a8,w8a16,float [default: the "
+                          "--param-bw/--act-bw pair, W8A8 and W8A16 where wider, float]."),
+    ]
+
+    @functools.wraps(func)
+    def wrapper(*args, max_drop: float | None, min_sqnr: float | None, amp_candidates: str | None, **kwargs):
+        return func(*args, amp=AmpArgs(max_drop, min_sqnr, amp_candidates), **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper

@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from aimetcli.commands._options import (
-    DataArgs, Output, QuantArgs, common_options, data_options, encoding_version_option, input_argument,
+    AmpArgs, DataArgs, Output, QuantArgs, amp_options, common_options, data_options, encoding_version_option, input_argument,
     quant_options, simplify_option,
 )
 from aimetcli.commands._shared import load_input, open_dataset, preflight
@@ -34,12 +34,14 @@ from aimetcli.errors import AimetCliError, ErrorKind
               help=METHOD_HELP)
 @encoding_version_option
 @simplify_option
+@amp_options
 @data_options
 @quant_options(auto_scheme=True)
 @common_options
 def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | None, labels_key: str | None,
         report_path: str | None, no_equalize: bool, no_bias_correct: bool, adaround: bool | None,
-        bias_correct_method: str, encoding_version: str, simplify: bool, quant: QuantArgs, sampling: DataArgs) -> None:
+        bias_correct_method: str, encoding_version: str, simplify: bool, quant: QuantArgs, sampling: DataArgs,
+        amp: AmpArgs) -> None:
     """Fold BN, choose the quantization, equalize, adaround, bias-correct, calibrate and export.
 
     Per-channel weights (unless --per-channel/--per-tensor or the --config
@@ -53,12 +55,21 @@ def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | Non
     ptq's decisions.
 
     \b
+    With --max-drop (top-1 points on the labelled --eval data) or --min-sqnr
+    (output SQNR on the calibration data), per-layer bitwidths are searched as
+    AIMET's AMP does after equalization: the cheapest configuration within the
+    budget is used by the later stages and exported, and the Pareto curve is
+    printed, in report.json and in pareto.png (with the 'plot' extra).
+
+    \b
     Examples:
       aimetcli ptq model.onnx -o out/ --data calib.npz --eval eval.npz --labels label
+      aimetcli ptq model.onnx -o out/ --data calib.npz --eval eval.npz --labels label --param-bw 4 --max-drop 0.5
       aimetcli ptq model.onnx -o out/ --data calib.npz --per-channel --no-bias-correct
     """
     if labels_key and not eval_data and not data.endswith(".npz"):
         raise AimetCliError("--labels needs an .npz with labels (give --eval)", ErrorKind.USAGE)
+    amp.check()
     preflight(out, model_in, output=output, output_is_dir=True, encoding_version=encoding_version,
               bitwidths=quant.bitwidths(), config=quant.config_path,
               data=[("--data", data), ("--eval", eval_data)])
@@ -69,6 +80,11 @@ def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | Non
 
         check_report_path(report_path, output)
     options = quant.options()
+    budget = amp.options()
+    if budget is not None:
+        from aimetcli.ptq_amp import check_amp
+
+        check_amp(budget, options, labels_key is not None)
     schemes = api.scheme_candidates(options) if quant.auto_scheme else (options.scheme,)
     model = load_input(out, model_in, simplify=simplify, float32=True)
     calib = open_dataset(model, data, sampling, out=out)
@@ -82,7 +98,7 @@ def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | Non
                           equalize_model=not no_equalize, correct_bias=not no_bias_correct, method=bias_correct_method,
                           encoding_version=encoding_version, schemes=schemes, adaround=adaround,
                           on_stage=progress.stage,
-                          on_start=progress.start, measure_layers=report_path is not None)
+                          on_start=progress.start, measure_layers=report_path is not None, amp=budget)
     for w in summary.warnings:
         out.warn(w)
     table = stage_table(summary)
@@ -90,6 +106,9 @@ def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | Non
     for tried in summary.schemes_tried:
         out.detail(f"{tried['scheme']} {'per-channel' if tried['per_channel'] else 'per-tensor'}: output SQNR "
                    f"{_db(tried['calib_sqnr_db'])} against FP32 on the calibration samples")
+    if summary.mixed_precision is not None:
+        out.info(pareto_table(summary.mixed_precision))
+        _pareto_plot(out, summary, output)
     render_export(out, summary.export)
     if report_path is not None:
         from aimetcli.report_html import write_report
@@ -100,6 +119,34 @@ def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | Non
     out.info(f"Also wrote {output}/sim.onnx (the quantsim model, for evaluate or export).")
     out.info(summary.deploy)
     out.emit_json({"command": "ptq", "input": model_in, "output": output, **summary.to_json()})
+
+
+def pareto_table(result) -> Table:
+    """The Pareto curve of a mixed-precision search (aimetcli/amp/report.py's rows)."""
+    from aimetcli.amp.report import pareto_rows
+
+    headers, rows, caption = pareto_rows(result)
+    table = Table(title=f"Mixed precision: {result.budget}", title_justify="left")
+    for i, h in enumerate(headers):
+        table.add_column(h, justify="left" if i in (1, 2) else "right", no_wrap=i != 1)
+    for row in rows:
+        table.add_row(*row)
+    table.caption, table.caption_justify = caption, "left"
+    return table
+
+
+def _pareto_plot(out: Output, summary, output: str) -> None:
+    """pareto.png in the output directory, or a note when matplotlib is missing."""
+    import os
+
+    from aimetcli.amp.report import plot_pareto
+
+    path = os.path.join(output, "pareto.png")
+    if plot_pareto(path, summary.mixed_precision):
+        summary.files.append("pareto.png")
+        out.info(f"Wrote {path} (the Pareto curve)")
+    else:
+        out.info("Note: pareto.png not written: plotting needs matplotlib (pip install 'aimetcli[plot]')")
 
 
 def _db(value: float | None) -> str:

@@ -82,8 +82,12 @@ class ActivationConstants:
     clip_max: str | None
 
 
-def insert_activation(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Encoding,
-                      record: dict[str, ActivationConstants] | None = None) -> ir.Value:
+def activation_chain(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Encoding
+                     ) -> tuple[list[ir.Node], ir.Value, tuple[str | None, str | None]]:
+    """The nodes that quantize activation ``value`` on ``enc`` (QuantizeLinear, DequantizeLinear
+    and, for a narrow grid, Clip), not inserted and with no reader rewired: (nodes, their final
+    value, the Clip's bound names or Nones). :func:`insert_activation` inserts them; mixed
+    precision's switchable sim (aimetcli/amp/switch.py) puts several side by side."""
     tensor = value.name
     scale, zp = _scale_zp(graph, names, tensor, enc)
     clip_names: tuple[str | None, str | None] = (None, None)
@@ -103,7 +107,17 @@ def insert_activation(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Enc
         new_nodes.append(clip)
         final = clip.outputs[0]
     final.type, final.shape = value.type, value.shape
+    return new_nodes, final, clip_names
+
+
+def insert_activation(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Encoding,
+                      record: dict[str, ActivationConstants] | None = None) -> ir.Value:
+    tensor = value.name
+    new_nodes, final, clip_names = activation_chain(graph, names, value, enc)
+    q = new_nodes[0]
     if record is not None:
+        scale, zp = q.inputs[1], q.inputs[2]
+        assert scale is not None and zp is not None and scale.name and zp.name
         record[tensor] = ActivationConstants(scale.name, zp.name, *clip_names)
     # readers of the float tensor now read the quantized one
     for use in list(value.uses()):
@@ -135,11 +149,12 @@ def _bounds_shape(enc: Encoding, ndim: int) -> list[int]:
     return shape
 
 
-def insert_param(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Encoding, *,
-                 store_integers: bool, order: dict[ir.Node, int]) -> ir.Value:
-    """Quantize a weight: ``store_integers`` keeps only its integers (deployment), else the
-    float weight stays and a QuantizeLinear computes them (simulation: export gets the
-    original weights back by removing the nodes)."""
+def weight_chain(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Encoding, *,
+                 store_integers: bool = False) -> tuple[list[ir.Node], ir.Value]:
+    """The nodes that quantize weight ``value`` on ``enc``, not inserted and with no reader
+    rewired: (nodes, their final value). ``store_integers`` replaces the weight by its integers
+    (then only a DequantizeLinear follows), else a QuantizeLinear computes them, and a narrow
+    per-channel grid gets Max/Min."""
     tensor = value.name
     w = value.const_value.numpy().astype(np.float32, copy=False)
     dtype = enc.container_dtype
@@ -173,6 +188,15 @@ def insert_param(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Encoding
         final = mn.outputs[0]
     final.type = ir.TensorType(ir.DataType.FLOAT)
     final.shape = ir.Shape(w.shape)
+    return nodes, final
+
+
+def insert_param(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Encoding, *,
+                 store_integers: bool, order: dict[ir.Node, int]) -> ir.Value:
+    """Quantize a weight: ``store_integers`` keeps only its integers (deployment), else the
+    float weight stays and a QuantizeLinear computes them (simulation: export gets the
+    original weights back by removing the nodes)."""
+    nodes, final = weight_chain(graph, names, value, enc, store_integers=store_integers)
     readers = [u for u in value.uses() if u.node not in nodes]
     for use in readers:
         use.node.replace_input_with(use.idx, final)

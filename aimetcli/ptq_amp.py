@@ -1,0 +1,76 @@
+"""ptq's mixed-precision stage (``--max-drop`` / ``--min-sqnr``): the search of
+:mod:`aimetcli.steps.amp` on the model as ptq has it after equalization, then a plain sim with
+the chosen bitwidths, which the later stages (AdaRound, bias correction) and export use.
+
+It runs before AdaRound, which freezes each weight on its grid (a W4-rounded weight gains
+nothing from an 8-bit grid) and learns each layer's rounding with the layers before it at their
+own bitwidths, and before bias correction, whose correction depends on each layer's bitwidth:
+both then work on the mixed-precision sim. The search measures without them, so their gains
+come on top of a budget already met. Searching after AdaRound instead (the rounded weights at the
+base bitwidth, the weights before it elsewhere) was measured and dropped: docs/design.md.
+"""
+
+from __future__ import annotations
+
+import time
+
+from aimetcli.errors import AimetCliError, ErrorKind
+from aimetcli.options import AmpOptions, QuantOptions, RunOptions
+
+
+def check_amp(amp: AmpOptions, options: QuantOptions, has_labels: bool) -> None:
+    """The usage errors of a budget, before any run."""
+    if amp.max_drop is not None and amp.min_sqnr is not None:
+        raise AimetCliError("give one budget: --max-drop (top-1 points) or --min-sqnr (dB)", ErrorKind.USAGE)
+    if amp.max_drop is not None and not has_labels:
+        raise AimetCliError("--max-drop is measured in top-1 points and needs labels (--eval data.npz --labels "
+                            "KEY); without labels give an SQNR budget with --min-sqnr DB", ErrorKind.USAGE)
+    if amp.max_drop is not None and amp.max_drop < 0:
+        raise AimetCliError("--max-drop is a drop in points: give 0 or more", ErrorKind.USAGE)
+    if options.bits:
+        raise AimetCliError("--bits and a budget both set bitwidths: the search chooses them (give its candidates "
+                            "with --amp-candidates), so drop --bits", ErrorKind.USAGE)
+
+
+def amp_opset(amp: AmpOptions, options: QuantOptions) -> int:
+    """The opset every sim of the search and after it needs (21 when a candidate is over 8 bits)."""
+    from aimetcli.kernels.amp_search import default_candidates
+    from aimetcli.model_ops import sim_opset
+    from aimetcli.quantsim.insert import WIDE_OPSET
+
+    candidates = tuple(amp.candidates) or default_candidates(options.param_bw, options.act_bw)
+    widest = max(b for c in candidates for b in (c.param_bw, c.act_bw) if b is not None)
+    return WIDE_OPSET if widest > 8 else sim_opset(options)
+
+
+def amp_stage(flow, current, best, opts: QuantOptions, amp: AmpOptions):
+    """Search, then simulate ``current`` with the chosen bitwidths: (sim, options); the
+    AmpResult goes to ``flow.mixed``. ``flow``: ptq's run state (ptq_flow._Flow)."""
+    from aimetcli.steps.amp import describe, mixed_precision
+
+    t = time.perf_counter()
+    judge = flow.scorer if amp.max_drop is not None else flow.judge
+    if amp.max_drop is not None and (judge is None or judge.top1_fp32 is None):
+        raise AimetCliError("--max-drop needs labelled evaluation data (--eval with --labels); or give --min-sqnr",
+                            ErrorKind.USAGE)
+    result = mixed_precision(current, flow.calib, judge, opts, amp, RunOptions(flow.batch_size),
+                             reference_top1=judge.top1_fp32, on_start=flow.start)
+    mixed = result.apply(opts)
+    flow.start("mixed precision: calibrating the chosen configuration")
+    sim = flow.simulate(current, mixed, "+ mixed precision")
+    score = judge.score(sim.model)
+    value = score.top1 if amp.max_drop is not None else score.sqnr_db
+    result.final_top1, result.final_sqnr_db = score.top1, score.sqnr_db
+    met = value is not None and value >= result.target - 1e-9
+    unit = "%" if amp.max_drop is not None else " dB"
+    if not met:
+        flow.warnings.append(
+            f"mixed precision: the chosen configuration rebuilt as a plain sim gives {value}{unit} against the "
+            f"target {result.target:.2f}{unit} (the search scored it at "
+            f"{result.chosen_top1 if amp.max_drop is not None else result.chosen_sqnr_db}: its activation grids were "
+            "calibrated with the weights at the base bitwidth); AdaRound and bias correction may recover it")
+    flow.note(f"mixed precision ({result.budget})", True,
+              f"{result.counts()}; the search's pick scored {'' if met else 'not '}within the budget")
+    flow.row("+ mixed precision", t, sim, describe(result), None)
+    flow.mixed = result
+    return sim, mixed

@@ -1,0 +1,367 @@
+"""Mixed precision under an accuracy budget, as AIMET's AMP searches it (ptq's ``--max-drop`` /
+``--min-sqnr``).
+
+1. Groups and candidates (``aimetcli/amp/groups.py``): a layer's weight with its output
+   activation, every other activation alone; candidates cheapest first (the base bitwidths),
+   float last. The budget's metric: with ``--max-drop``, top-1 on the labelled evaluation data
+   (the data AIMET's eval callback would score), else the output SQNR against FP32 on the
+   calibration data; both read the tensor ptq's judge reads (a Softmax's logits).
+2. One switchable sim (``aimetcli/amp/switch.py``) and one onnxruntime session: a configuration
+   is a set of feeds.
+3. The all-highest configuration must meet the budget (else the budget is out of reach: an
+   error with the best number reached); when the all-base configuration meets it, it is taken.
+4. Phase 1: each group at each of its candidates but the highest, every other group at its
+   highest: the error it adds (output SQNR on the first PHASE1_SAMPLES samples of the budget's
+   data) and the bit-operations it saves.
+5. Phase 2 (``aimetcli/kernels/amp_search.py``): the greedy walk from the all-highest
+   configuration down the front, smallest error per bit-operation saved first; the last point
+   that meets the budget is found by bisection, and a few more points are scored for the curve.
+   The cheapest scored point that meets the budget is chosen.
+
+The result names the chosen bitwidths as ``--bits`` rules and the float groups as ``--exclude``
+patterns, which ptq applies to the rest of its flow (its stages and export place quantizers
+from them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from aimetcli.errors import AimetCliError, ErrorKind
+from aimetcli.kernels.amp_search import Entry, default_candidates, last_meeting, noise_ratio, walk
+from aimetcli.model_ops import clone, upgrade_opset
+from aimetcli.options import AmpOptions, QuantOptions, RunOptions
+from aimetcli.quantsim.per_layer import BitsRule
+from aimetcli.steps.evaluate import _joined, _predictions, sqnr_db
+
+CURVE_POINTS = 12  # points of the Pareto curve scored besides the bisection's, evenly along the walk
+# Phase 1 ranks the groups on the first samples of the budget's data (AIMET's AMP takes a separate,
+# smaller phase-1 eval callback for the same reason); phase 2 checks the budget on all of them.
+PHASE1_SAMPLES = 256
+
+
+@dataclass
+class ParetoPoint:
+    """A configuration along phase 2's walk: after moving ``group`` to ``candidate``."""
+
+    step: int
+    group: str | None
+    candidate: str | None
+    relative_bitops: float
+    weight_bytes: float
+    top1: float | None = None
+    sqnr_db: float | None = None
+    meets: bool | None = None  # None: not scored
+    chosen: bool = False
+
+
+@dataclass
+class GroupResult:
+    name: str
+    kind: str  # "layer" or "activation"
+    weight: str | None
+    activation: str | None
+    chosen: str
+    param_bw: int | None  # the chosen candidate's bitwidths (None: float, or no such tensor)
+    act_bw: int | None
+    # phase 1: per candidate but the highest, {candidate, top1, sqnr_db, loss, saved_bitops}
+    sensitivity: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class AmpResult:
+    budget: str
+    metric: str  # "top1" or "sqnr_db"
+    target: float
+    reference: float | None  # FP32's top-1 (max-drop) or None
+    candidates: list[str]
+    groups: list[GroupResult]
+    pareto: list[ParetoPoint]
+    chosen_step: int
+    chosen_top1: float | None
+    chosen_sqnr_db: float | None
+    relative_bitops: float
+    weight_bytes: float
+    base_relative_bitops: float
+    base_weight_bytes: float
+    # share of the weights' elements at the cheapest weight bitwidth (of FP32 weight bytes)
+    lowest_weight_share: float
+    rules: list[str]  # --bits rules and --exclude patterns the choice is applied with
+    runs: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    bits: tuple[BitsRule, ...] = ()
+    exclude: tuple[str, ...] = ()
+    note: str = ""
+    phase1_samples: int = 0  # phase 1 ranks on the first samples of the budget's data
+    # the chosen configuration rebuilt as a plain sim (ptq_amp.amp_stage), on the same data
+    final_top1: float | None = None
+    final_sqnr_db: float | None = None
+
+    def apply(self, options: QuantOptions) -> QuantOptions:
+        """``options`` with the chosen bitwidths."""
+        return dataclasses.replace(options, bits=options.bits + self.bits, exclude=options.exclude + self.exclude)
+
+    def counts(self) -> str:
+        """'W4A8 x40, W8A8 x3, float x2' over the groups."""
+        seen: dict[str, int] = {}
+        for g in self.groups:
+            seen[g.chosen] = seen.get(g.chosen, 0) + 1
+        return ", ".join(f"{k} x{v}" for k, v in sorted(seen.items(), key=lambda kv: -kv[1]))
+
+
+class _Scorer:
+    """Runs configurations of the switchable sim over the judge's data (or its first ``samples``
+    samples): the tensor the judge scores, its SQNR against FP32's and top-1 against the labels."""
+
+    def __init__(self, switchable, session, judge, batch_size: int, samples: int | None = None):
+        from aimetcli.ptq_judge import _subset
+
+        self.sim, self.session = switchable, session
+        tensor = judge.scored_tensor()  # what ptq's judge scores (ptq_judge.Judge)
+        if tensor is None:
+            raise AimetCliError("mixed precision needs one floating-point output (or a Softmax's logits) to score; "
+                                "a detector head scored in parts is not supported: drop --max-drop/--min-sqnr",
+                                ErrorKind.UNSUPPORTED)
+        scored, reference = tensor
+        self.name = switchable.switched.get(scored, scored)
+        data, self.reference, self.labels = judge.data, reference, judge.data.labels
+        step = data.fixed_batch or 1
+        keep = max(step, (samples or 0) // step * step)
+        if samples is not None and judge._per_sample and data.num_samples > keep:
+            data, self.reference = _subset(data, 0, keep, "phase 1"), self.reference[:keep]
+            self.labels = None if self.labels is None else self.labels[:keep]
+        self.samples = data.num_samples
+        self.batches = list(data.batches(batch_size))
+        self.runs = 0
+
+    def score(self, bits: dict[str, int | None]) -> tuple[float | None, float]:
+        flags = self.sim.feeds(bits)
+        out = _joined([self.session.run({**feeds, **flags}, [self.name])[0] for feeds in self.batches])
+        self.runs += 1
+        top1 = None
+        if self.labels is not None:
+            pred = _predictions(out)
+            if pred is not None and pred.ndim == 1:
+                top1 = float(np.mean(pred == self.labels[: len(pred)]) * 100.0)
+        return top1, sqnr_db(self.reference, out)
+
+
+def _encodings(model: ir.Model, calib, opts: QuantOptions, param_bws: set[int], act_bws: set[int],
+               batch_size: int):
+    """(base Encodings, weight tensor -> bits -> Encoding, activation tensor -> bits -> Encoding):
+    the base calibration, every other activation bitwidth calibrated with the weights at the
+    base bitwidth, every other weight bitwidth from the weights."""
+    from aimetcli.quantsim.calibrate import calibrate, param_encodings
+    from aimetcli.quantsim.placement import place_quantizers
+
+    placement = place_quantizers(model, opts.config, opts)
+    base = calibrate(model, placement, opts, calib, batch_size, None)
+    weights = {t: {e.bitwidth: e} for t, e in base.params.items() if e.bitwidth <= 16}
+    acts = {t: {e.bitwidth: e} for t, e in base.activations.items()}
+    for a in sorted(act_bws - {opts.act_bw}):
+        o = dataclasses.replace(opts, act_bw=a)
+        other = calibrate(model, place_quantizers(model, o.config, o), o, calib, batch_size, None)
+        for t, e in other.activations.items():
+            if t in acts:
+                acts[t][a] = e
+    for p in sorted(param_bws - {opts.param_bw}):
+        o = dataclasses.replace(opts, param_bw=p)
+        for t, e in param_encodings(model, place_quantizers(model, o.config, o), o).items():
+            if t in weights and e.bitwidth == p:
+                weights[t][p] = e
+    return base, weights, acts
+
+
+def _available(groups, weights, acts) -> None:
+    """Drop the candidates a group's tensors have no grid for (a Concat left float at one
+    bitwidth, placement.revise_after_calibration), float kept."""
+    for grp in groups:
+        grp.candidates = [c for c in grp.candidates if c.is_float or (
+            (grp.weight is None or c.param_bw is None or c.param_bw in weights.get(grp.weight, {}))
+            and (grp.activation is None or c.act_bw is None or c.act_bw in acts.get(grp.activation, {})))]
+
+
+def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: AmpOptions,
+                    run: RunOptions | None = None, *, reference_top1: float | None = None,
+                    on_start=None) -> AmpResult:
+    """The module docstring's search on ``model`` (an FP32 model; left as it is) with the base
+    ``options``; grids calibrated on ``calib``; the budget measured by ``judge`` (ptq_judge.Judge
+    of the evaluation data with labels for ``amp.max_drop``, of the calibration data for
+    ``amp.min_sqnr``). Raises when even the all-highest configuration misses the budget."""
+    from aimetcli.amp.groups import bits_of, cost, count_macs, find_groups
+    from aimetcli.amp.switch import build_switchable
+    from aimetcli.quantsim.insert import WIDE_OPSET
+
+    run = run or RunOptions()
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+
+    def started(what: str) -> None:
+        if on_start is not None:
+            on_start(f"mixed precision: {what}")
+
+    candidates = tuple(amp.candidates) or default_candidates(options.param_bw, options.act_bw)
+    pbws = {c.param_bw for c in candidates if c.param_bw is not None}
+    abws = {c.act_bw for c in candidates if c.act_bw is not None}
+    work = upgrade_opset(clone(model), WIDE_OPSET)  # 16-bit QuantizeLinear in the switchable sim
+    started("calibrating every candidate bitwidth")
+    base, weights, acts = _encodings(work, calib, options, pbws, abws, run.batch_size)
+    groups, layers = find_groups(work, list(base.activations), list(weights), candidates)
+    _available(groups, weights, acts)
+    first = next(iter(calib.batches(calib.fixed_batch or 1)))
+    count_macs(work, layers, first)
+    fixed = {tn: e for tn, e in base.params.items() if tn not in weights}
+    switchable = build_switchable(work, groups, weights, acts, fixed)
+    times["build"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    started("FP32 and the highest and lowest configurations")
+    from aimetcli import runtime
+
+    session = runtime.Session(switchable.model, runtime.SIMULATE)
+    scorer = _Scorer(switchable, session, judge, run.batch_size)
+    ranker = _Scorer(switchable, session, judge, run.batch_size, PHASE1_SAMPLES)
+    by_max_drop = amp.max_drop is not None
+    metric = "top1" if by_max_drop else "sqnr_db"
+    if by_max_drop:
+        if reference_top1 is None:
+            raise AimetCliError("--max-drop needs labels: give --eval with --labels, or an SQNR budget with "
+                                "--min-sqnr", ErrorKind.USAGE)
+        target = reference_top1 - float(amp.max_drop)  # type: ignore[arg-type]
+    else:
+        target = float(amp.min_sqnr)  # type: ignore[arg-type]
+    scores: dict[tuple[int, ...], tuple[float | None, float]] = {}
+
+    def tensor_bits(config: list[int]) -> dict[str, int | None]:
+        wbits, abits = bits_of(groups, config)
+        return {**wbits, **abits}
+
+    def measure(config: list[int]) -> tuple[float | None, float]:
+        key = tuple(config)
+        if key not in scores:
+            scores[key] = scorer.score(tensor_bits(config))
+        return scores[key]
+
+    def saving(config: list[int]) -> float:
+        """Relative bit-operations saved against the all-highest configuration, and a thousandth
+        of the weight bytes saved relative to all-8-bit weights: among equal bit-operations (an
+        output feeding no layer), the smaller model first."""
+        c = cost(groups, layers, config)
+        return (cost_highest.relative_bitops - c.relative_bitops
+                + 1e-3 * (cost_highest.weight_bytes - c.weight_bytes) / max(1, sum(la.weight_elements for la in layers)))
+
+    def value(score: tuple[float | None, float]) -> float:
+        v = score[0] if by_max_drop else score[1]
+        return float("-inf") if v is None else v
+
+    def meets(config: list[int]) -> bool:
+        return value(measure(config)) >= target - 1e-9
+
+    highest = [len(g.candidates) - 1 for g in groups]
+    lowest = [0] * len(groups)
+    if not meets(highest):
+        best = value(measure(highest))
+        what = (f"top-1 {best:.2f}% against a target of {target:.2f}% (FP32 {reference_top1:.2f}% less "
+                f"{amp.max_drop:g})" if by_max_drop else f"an output SQNR of {best:.1f} dB against {target:g} dB")
+        raise AimetCliError(f"the budget is out of reach: every group at its highest candidate "
+                            f"({candidates[-1].label()}) gives {what}; allow a larger drop or add a wider candidate "
+                            "(--amp-candidates ... ,float)", ErrorKind.INPUT)
+    cost_highest = cost(groups, layers, highest)
+    entries: list[Entry] = []
+    sensitivity: list[list[dict]] = [[] for _ in groups]
+    noise_highest = noise_ratio(ranker.score(tensor_bits(highest))[1])
+    note = ""
+    points: list[tuple[list[int], Entry | None]]
+    if meets(lowest):
+        points = [(highest, None), (lowest, None)]
+        chosen = 1
+        note = "The base bitwidths everywhere meet the budget: no search needed"
+        times["phase1"] = 0.0
+    else:
+        started(f"phase 1 over {sum(len(g.candidates) - 1 for g in groups)} group candidates")
+        for gi, grp in enumerate(groups):
+            for ci, cand in enumerate(grp.candidates[:-1]):
+                config = list(highest)
+                config[gi] = ci
+                top1, db = ranker.score(tensor_bits(config))
+                loss = max(0.0, noise_ratio(db) - noise_highest)
+                saved = saving(config)
+                entries.append(Entry(gi, ci, loss, saved))
+                sensitivity[gi].append({"candidate": cand.label(), "top1": top1, "sqnr_db": db, "loss": loss,
+                                        "saved_bitops": saved})
+        times["phase1"] = time.perf_counter() - t
+        t = time.perf_counter()
+        started("phase 2: walking the Pareto front")
+        points = walk(highest, entries)
+        chosen = last_meeting(len(points), lambda i: meets(points[i][0]))
+        for i in np.linspace(0, len(points) - 1, min(CURVE_POINTS, len(points))).round().astype(int):
+            measure(points[int(i)][0])
+        met = [i for i, (c, _) in enumerate(points) if tuple(c) in scores and meets(c)]
+        chosen = max([chosen, *met])
+    times["phase2"] = time.perf_counter() - t
+
+    pareto = []
+    for i, (config, entry) in enumerate(points):
+        c = cost(groups, layers, config)
+        p = ParetoPoint(i, groups[entry.group].name if entry else None,
+                        groups[entry.group].candidates[entry.candidate].label() if entry else None,
+                        c.relative_bitops, c.weight_bytes)
+        if tuple(config) in scores:
+            p.top1, p.sqnr_db = scores[tuple(config)]
+            p.meets = meets(config)
+        p.chosen = i == chosen
+        pareto.append(p)
+    if note:
+        pareto[0].candidate, pareto[1].candidate = "all highest", "all base"
+    config = points[chosen][0]
+    return _result(amp, metric, target, reference_top1, candidates, groups, layers, config, pareto, chosen,
+                   sensitivity, scorer.runs + ranker.runs, times, note, ranker.samples)
+
+
+def _result(amp: AmpOptions, metric: str, target: float, reference_top1, candidates, groups, layers,
+            config: list[int], pareto: list[ParetoPoint], chosen: int, sensitivity, runs: int,
+            times: dict[str, float], note: str, phase1_samples: int) -> AmpResult:
+    from aimetcli.amp.groups import cost
+
+    base = cost(groups, layers, [0] * len(groups))
+    final = cost(groups, layers, config)
+    low = min((c.param_bw for c in candidates if c.param_bw is not None), default=None)
+    wbits = {g.weight: g.candidates[i].param_bw for g, i in zip(groups, config) if g.weight is not None}
+    total = sum(la.weight_elements for la in layers)
+    at_low = sum(la.weight_elements for la in layers if low is not None and wbits.get(la.weight) == low)
+    bits: list[BitsRule] = []
+    exclude: list[str] = []
+    results = []
+    for grp, i, sens in zip(groups, config, sensitivity):
+        c, b = grp.candidates[i], grp.candidates[0]
+        results.append(GroupResult(grp.name, grp.kind, grp.weight, grp.activation, c.label(),
+                                   c.param_bw if grp.weight else None, c.act_bw if grp.activation else None, sens))
+        for tensor, want, base_bw, kind in ((grp.weight, c.param_bw, b.param_bw, "w"),
+                                            (grp.activation, c.act_bw, b.act_bw, "a")):
+            if tensor is None:
+                continue
+            pattern = glob.escape(tensor)
+            if c.is_float:
+                exclude.append(pattern)
+            elif want is not None and want != base_bw:
+                bits.append(BitsRule(pattern, want if kind == "w" else None, want if kind == "a" else None))
+    point = pareto[chosen]
+    return AmpResult(amp.describe(), metric, target, reference_top1, [c.label() for c in candidates], results,
+                     pareto, chosen, point.top1, point.sqnr_db, final.relative_bitops, final.weight_bytes,
+                     base.relative_bitops, base.weight_bytes, at_low / total if total else 0.0,
+                     [f"--bits {r.pattern}={r.spec()}" for r in bits] + [f"--exclude {p}" for p in exclude], runs,
+                     times, tuple(bits), tuple(exclude), note, phase1_samples=phase1_samples)
+
+
+def describe(result: Any) -> str:
+    """The ptq row's note for a result."""
+    share = f"{100 * result.lowest_weight_share:.0f}% of weights at the lowest bitwidth"
+    return (f"{result.counts()}; {result.relative_bitops:.2f}x bit-ops (base {result.base_relative_bitops:.2f}x), "
+            f"{result.weight_bytes / 1e3:.1f} kB weights, {share}; {result.runs} runs")

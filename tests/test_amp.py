@@ -1,0 +1,230 @@
+"""Mixed precision under a budget (ptq --max-drop / --min-sqnr): phase 2's walk against brute force,
+the switchable sim against plain sims, and the CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from onnx import helper
+
+from aimetcli.cli import main
+from aimetcli.kernels.amp_search import Candidate, Entry, last_meeting, walk
+from helpers import init, make_model
+from helpers import rand as _shared_rand
+
+_RNG = np.random.default_rng(19)  # its own: drawing from helpers.RNG would change later modules' data
+
+
+def rand(*shape, scale=1.0):
+    return _shared_rand(*shape, scale=scale, rng=_RNG)
+
+
+# -- phase 2 on numbers ------------------------------------------------------------------------
+def _brute_force(losses, savings, budget):
+    """The largest total saving over every configuration whose summed loss stays within ``budget``
+    (index 0 of a group: its highest candidate, no loss, no saving)."""
+    best = 0.0
+    for config in itertools.product(*[range(len(row)) for row in losses]):
+        loss = sum(losses[g][c] for g, c in enumerate(config))
+        if loss <= budget + 1e-12:
+            best = max(best, sum(savings[g][c] for g, c in enumerate(config)))
+    return best
+
+
+def _greedy(losses, savings, budget):
+    """Phase 2 over the table: entries for every cheaper candidate, the walk, the last point within
+    ``budget`` of summed loss (candidates here are indexed highest = last, as the groups are)."""
+    n = len(losses[0])
+    entries = [Entry(g, n - 1 - c, losses[g][c], savings[g][c]) for g in range(len(losses)) for c in range(1, n)]
+    points = walk([n - 1] * len(losses), entries)
+
+    def total(config, table):
+        return sum(table[g][n - 1 - c] for g, c in enumerate(config))
+
+    i = last_meeting(len(points), lambda k: total(points[k][0], losses) <= budget + 1e-12)
+    costs = [total(p[0], savings) for p in points]
+    assert costs == sorted(costs), "the walk only ever moves a group to a cheaper candidate"
+    return total(points[i][0], savings)
+
+
+def test_phase2_greedy_equals_brute_force_where_the_greedy_is_exact():
+    """Groups whose one cheaper candidate saves the same: lowest loss per saving first is optimal
+    (an exchange argument), so the walk's pick equals brute force at every budget."""
+    rng = np.random.default_rng(3)
+    losses = [[0.0, float(x)] for x in rng.uniform(0.01, 1.0, 6)]
+    savings = [[0.0, 1.0] for _ in losses]
+    for budget in np.linspace(0, sum(r[1] for r in losses), 15):
+        assert _greedy(losses, savings, budget) == pytest.approx(_brute_force(losses, savings, budget))
+
+
+def test_phase2_greedy_on_a_mixed_table_meets_the_budget_and_is_near_the_optimum():
+    """Three candidates per group (float, W8, W4: savings 0 < s8 < s4, losses 0 < l8 < l4), losses
+    additive: the walk's pick never breaks the budget and saves at least 85% of what the optimum
+    saves on these tables (worst 90%; a greedy order is no knapsack solver)."""
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        l8 = rng.uniform(0.001, 0.2, 4)
+        losses = [[0.0, a, a + b] for a, b in zip(l8, rng.uniform(0.05, 1.0, 4))]
+        s = rng.uniform(1, 4, 4)
+        savings = [[0.0, x, x * 1.5] for x in s]
+        budget = float(rng.uniform(0.1, 1.5))
+        got = _greedy(losses, savings, budget)
+        assert got >= 0.85 * _brute_force(losses, savings, budget) - 1e-9
+
+
+def test_last_meeting_bisects():
+    calls = []
+    assert last_meeting(100, lambda i: calls.append(i) or i <= 41) == 41 and len(calls) <= 9
+    assert last_meeting(5, lambda i: False) == -1 and last_meeting(5, lambda i: True) == 4
+
+
+def test_candidates_parse_and_order():
+    from aimetcli.kernels.amp_search import default_candidates, ordered
+
+    assert [c.label() for c in default_candidates(4, 8)] == ["W4A8", "W8A8", "W8A16", "float"]
+    assert [c.label() for c in default_candidates(8, 8)] == ["W8A8", "W8A16", "float"]
+    assert [c.label() for c in ordered([Candidate.parse("float"), Candidate.parse("w8a16"), Candidate.parse("W4a8")])] \
+        == ["W4A8", "W8A16", "float"]
+
+
+# -- the switchable sim -----------------------------------------------------------------------
+def _classifier() -> onnx.ModelProto:
+    """x -> Conv -> Relu -> Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm -> y (logits)."""
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "w3", "b3"], ["y"], name="fc", transB=1)]
+    return make_model(nodes, [("x", ["N", 2, 6, 6])], [("y", ["N", 5])],
+                      [init("w1", rand(6, 2, 3, 3)), init("b1", rand(6, scale=0.1)), init("w2", rand(8, 6, 3, 3)),
+                       init("w3", rand(5, 8)), init("b3", rand(5, scale=0.1))])
+
+
+def _switchable(model, calib, opts):
+    from aimetcli.amp.groups import find_groups
+    from aimetcli.amp.switch import build_switchable
+    from aimetcli.kernels.amp_search import default_candidates
+    from aimetcli.model_ops import clone, upgrade_opset
+    from aimetcli.steps.amp import _encodings
+
+    work = upgrade_opset(clone(model), 21)
+    base, weights, acts = _encodings(work, calib, opts, {4, 8}, {8, 16}, 32)
+    groups, _ = find_groups(work, list(base.activations), list(weights), default_candidates(4, 8))
+    return build_switchable(work, groups, weights, acts), groups, (base, weights, acts)
+
+
+def _run(model, feeds, name="y"):
+    from aimetcli import runtime
+
+    return runtime.Session(model, runtime.SIMULATE).run(feeds, [name])[0]
+
+
+def test_switchable_sim_equals_plain_sims_with_the_same_per_layer_bits(tmp_path):
+    """Configurations of the one switchable sim against plain sims of the same bits, in
+    onnxruntime without optimizations: (a) quantsim with --bits / --exclude rules where calibration
+    sees the same weights (activation bitwidths, the last layer float); (b) a plain QDQ sim
+    (quantsim's insert) with the switchable sim's own grids where a weight goes to 8 bits."""
+    import dataclasses
+
+    from aimetcli.calibration.data import as_dataset
+    from aimetcli.model_ops import as_model, clone, upgrade_opset
+    from aimetcli.options import QuantOptions
+    from aimetcli.quantsim.insert import insert_qdq
+    from aimetcli.quantsim.per_layer import BitsRule
+    from aimetcli.steps.quantsim import quantsim
+
+    model = as_model(_classifier(), float32=True)
+    np.save(tmp_path / "x.npy", rand(16, 2, 6, 6))
+    calib = as_dataset(str(tmp_path / "x.npy"), model)
+    opts = QuantOptions(param_bw=4, act_bw=8, per_channel=False)
+    sw, groups, (base, weights, acts) = _switchable(model, calib, opts)
+    names = {g.name: g for g in groups}
+    assert {"conv1", "conv2", "fc"} <= set(names) and names["conv1"].activation == "r1"
+    feeds = {"x": rand(4, 2, 6, 6)}
+
+    bits = {"w1": 4, "r1": 16, "w2": 4, "r2": 8, "x": 16, "p": 16, "w3": None, "y": None}
+    plain, _, _ = quantsim(model, calib, dataclasses.replace(
+        opts, bits=(BitsRule("r1", act_bw=16), BitsRule("x", act_bw=16), BitsRule("p", act_bw=16)),
+        exclude=("fc",)), check_loads=False)
+    got = _run(sw.model, {**feeds, **sw.feeds(bits)}, sw.switched.get("y", "y"))
+    np.testing.assert_allclose(got, _run(plain, feeds), rtol=1e-5, atol=1e-6)
+
+    bits = {"w1": 8, "r1": 8, "w2": 4, "r2": 16, "x": 8, "p": 8, "w3": 8, "y": 16}
+    plain = upgrade_opset(clone(model), 21)
+    insert_qdq(plain, {t: acts[t][b] for t, b in bits.items() if t in acts},
+               {**{t: weights[t][b] for t, b in bits.items() if t in weights},
+                **{t: e for t, e in base.params.items() if t not in weights}})
+    got = _run(sw.model, {**feeds, **sw.feeds(bits)}, "y")
+    np.testing.assert_allclose(got, _run(plain, feeds), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got, _run(sw.model, {**feeds, **sw.feeds({})}, "y"), rtol=1e-3)  # float differs
+
+
+# -- the command ------------------------------------------------------------------------------
+def _files(tmp_path):
+    src = tmp_path / "m.onnx"
+    onnx.save(_classifier(), src)
+    rng = np.random.default_rng(0)
+    x = rand(48, 2, 6, 6)
+    np.savez(tmp_path / "d.npz", x=x, label=rng.integers(0, 5, 48))
+    return src
+
+
+FAST = ["--no-equalize", "--no-bias-correct", "--no-adaround", "--quant-scheme", "min-max", "--per-tensor",
+        "--param-bw", "4"]
+
+
+def test_ptq_min_sqnr_exports_the_chosen_bits_and_the_pareto_curve(tmp_path):
+    src = _files(tmp_path)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(out), "--data", str(tmp_path / "d.npz"),
+                                  "--min-sqnr", "30", *FAST, "--report", str(out / "report.html"), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    mp = doc["ptq"]["mixed_precision"] if "ptq" in doc else doc["mixed_precision"]
+    chosen = [p for p in mp["pareto"] if p["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["sqnr_db"] >= 30 and mp["final_sqnr_db"] >= 30
+    assert "Mixed precision" in r.stderr and "pareto" in json.dumps(json.loads((out / "report.json").read_text()))
+    assert "Mixed precision: output SQNR at least 30 dB" in (out / "report.html").read_text()
+    # the encodings give each tensor the bitwidth the search chose
+    enc = json.loads((out / "model.encodings").read_text())
+    params = {e["name"]: e["bw"] for e in enc["param_encodings"]}
+    acts = {e["name"]: e["bw"] for e in enc["activation_encodings"]}
+    for g in mp["groups"]:
+        if g["weight"]:
+            assert params.get(g["weight"]) == g["param_bw"]  # None: float, no encoding
+        if g["activation"]:
+            assert acts.get(g["activation"]) == g["act_bw"]
+    assert {g["chosen"] for g in mp["groups"]} - {"W4A8", "A8"}, "the search raised something above the base"
+    # model_qdq.onnx runs in stock onnxruntime with its default optimizations, as the sim does
+    feeds = {"x": rand(8, 2, 6, 6)}
+    deployed = ort.InferenceSession(str(out / "model_qdq.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sim = ort.InferenceSession(str(out / "sim.onnx"), so, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    noise = np.sum((deployed - sim) ** 2) / np.sum(ref ** 2)
+    assert noise < 10 ** (-25 / 10)
+
+
+def test_ptq_budget_errors(tmp_path):
+    src = _files(tmp_path)
+    out = tmp_path / "out"
+    base = ["ptq", str(src), "-o", str(out), "--data", str(tmp_path / "d.npz")]
+    r = CliRunner().invoke(main, [*base, "--max-drop", "0.5", *FAST])
+    assert r.exit_code == 2 and "--min-sqnr" in r.stderr and "Traceback" not in r.output
+    r = CliRunner().invoke(main, [*base, "--max-drop", "0.5", "--min-sqnr", "3", "--labels", "label", *FAST])
+    assert r.exit_code == 2 and "one budget" in r.stderr
+    r = CliRunner().invoke(main, [*base, "--min-sqnr", "200", "--amp-candidates", "w4a8,w8a8", *FAST])
+    assert r.exit_code == 1 and "out of reach" in r.stderr and "dB" in r.stderr, r.output
+    assert not (out / "model_qdq.onnx").exists() and not (out / "report.json").exists()
+    r = CliRunner().invoke(main, [*base, "--min-sqnr", "20", "--amp-candidates", "w4a9x", *FAST])
+    assert r.exit_code == 2 and "--amp-candidates" in r.stderr
+
