@@ -33,7 +33,7 @@ import onnx_ir as ir
 from aimetcli import graph as g
 from aimetcli.amp.groups import Group
 from aimetcli.kernels.quant import Encoding, fake_quantize
-from aimetcli.quantsim.insert import activation_chain
+from aimetcli.quantsim.insert import activation_chain, reroute
 
 
 @dataclass
@@ -147,21 +147,5 @@ def _chain(graph: ir.Graph, names: g.Names, value: ir.Value, grids: dict[int, En
             otherwise = ir.Graph([], [out], nodes=[node], name=names.new(f"{tensor}_amp_below_{b}"))
     assert node is not None
     out = node.outputs[0]
-    for use in readers:
-        use.node.replace_input_with(use.idx, out)
-    if value.is_graph_output():
-        for i, out_value in enumerate(graph.outputs):
-            if out_value is value:
-                graph.outputs[i] = out
-        value.name = names.new(f"{tensor}_float")
-        out.name = tensor
-    producer = value.producer()
-    if producer is None:
-        first = next(iter(graph), None)
-        if first is None:
-            graph.append(node)
-        else:
-            graph.insert_before(first, node)
-    else:
-        graph.insert_after(producer, node)
+    reroute(graph, names, value, readers, out, [node])
     sim.switched[tensor] = out.name or ""

@@ -120,9 +120,18 @@ def insert_activation(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Enc
         assert scale is not None and zp is not None and scale.name and zp.name
         record[tensor] = ActivationConstants(scale.name, zp.name, *clip_names)
     # readers of the float tensor now read the quantized one
-    for use in list(value.uses()):
-        if use.node is not q:
-            use.node.replace_input_with(use.idx, final)
+    reroute(graph, names, value, [use for use in value.uses() if use.node is not q], final, new_nodes)
+    return final
+
+
+def reroute(graph: ir.Graph, names: g.Names, value: ir.Value, readers: list, final: ir.Value,
+            new_nodes: list[ir.Node]) -> None:
+    """``readers`` (uses of ``value``) read ``final`` instead, and a graph output ``value`` becomes
+    ``final`` under ``value``'s name (``value`` renamed ``<name>_float``); ``new_nodes`` go right
+    after ``value``'s producer (first, for a graph input)."""
+    tensor = value.name
+    for use in readers:
+        use.node.replace_input_with(use.idx, final)
     if value.is_graph_output():
         outputs = graph.outputs
         for i, out in enumerate(outputs):
@@ -139,7 +148,6 @@ def insert_activation(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Enc
             graph.insert_before(first, new_nodes)
     else:
         graph.insert_after(producer, new_nodes)
-    return final
 
 
 def _bounds_shape(enc: Encoding, ndim: int) -> list[int]:
