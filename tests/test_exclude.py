@@ -114,3 +114,26 @@ def test_bits_rules_give_layers_and_tensors_their_own_bitwidths_and_the_models_r
         r = CliRunner().invoke(main, ["quantsim", str(src), "-o", str(tmp_path / "bad.onnx"), "--data", "random:4",
                                       "--bits", bad])
         assert r.exit_code == 2 and "--bits" in r.stderr and not (tmp_path / "bad.onnx").exists()
+
+
+def test_mixed_bitwidths_are_read_back_from_both_encodings_versions(tmp_path):
+    """A W4/W8 and A8/A16 sim exported as encodings 1.0.0 and 2.0.0: both files load with aimetcli's
+    own reader and give each tensor the bitwidth the sim has (2.0.0 carries it as the output dtype)."""
+    from aimetcli.encodings import loads
+
+    src = tmp_path / "m.onnx"
+    onnx.save(_two_layer_model(), src)
+    np.save(tmp_path / "x.npy", rand(8, 3, 6, 6))
+    r = CliRunner().invoke(main, ["quantsim", str(src), "-o", str(tmp_path / "sim.onnx"), "--data",
+                                  str(tmp_path / "x.npy"), "--bits", "head/*=a16", "--bits", "w1=w4", "-q"])
+    assert r.exit_code == 0, r.output
+    expected = {"w1": 4, "w2": 8, "c2": 16, "y": 16, "r1": 8, "x": 8}
+    for version in ("1.0.0", "2.0.0"):
+        out = tmp_path / f"deploy-{version}"
+        r = CliRunner().invoke(main, ["export", str(tmp_path / "sim.onnx"), "-o", str(out), "--encoding-version",
+                                      version, "-q"])
+        assert r.exit_code == 0, r.output
+        got = loads((out / "model.encodings").read_text())
+        assert got.version == version
+        bits = {e.name: e.encoding.bitwidth for e in got.encodings}
+        assert {k: bits.get(k) for k in expected} == expected, version
