@@ -62,7 +62,9 @@ def test_activation_ranges_match_numpy_on_the_model_with_quantized_weights():
         half = float(enc.scale) / 2
         expected = int(np.count_nonzero(x < lo - half) + np.count_nonzero(x > hi + half))
         assert r.clipped == expected and r.values == x.size and sum(r.histogram) == x.size
-        np.testing.assert_allclose([r.data_min, r.data_max], [x.min(), x.max()], rtol=1e-6)
+        # runs of 5 and of 12 samples may differ in float32's last bits (a Softmax's 6e-19 by 8e-6 relative)
+        np.testing.assert_allclose([r.data_min, r.data_max], [x.min(), x.max()], rtol=1e-6,
+                                   atol=1e-6 * float(np.abs(x).max()))
         clipped_somewhere += expected > 0
     assert clipped_somewhere  # the 90th percentile cuts the tails
 
