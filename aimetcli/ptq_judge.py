@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from aimetcli.graph_builder import expose
 from aimetcli.options import RunOptions
 from aimetcli.kernels.energy import energies
-from aimetcli.steps.evaluate import _joined, _predictions, evaluate, model_outputs, score_output, sqnr_of_energies
+from aimetcli.steps.evaluate import (_joined, correct, evaluate, model_outputs, percent, score_output,
+                                     sqnr_of_energies)
 
 # The smallest SQNR gain (dB) on the held-out samples that keeps a technique or changes the
 # configuration; the judge's bootstrap may ask for more (Judge.margin). docs/design.md, "ptq's
@@ -229,10 +231,7 @@ class Judge:
 
     @staticmethod
     def _top1(out, labels) -> float | None:
-        pred = _predictions(out)
-        if pred is None or pred.ndim != 1:
-            return None
-        return float(np.mean(pred == labels[: len(pred)]) * 100.0)
+        return percent(correct(out, labels))
 
     def score(self, sim: ir.Model, optimization: str = "none") -> Score:
         hit = self._scores.get(id(sim))
@@ -250,13 +249,9 @@ class Judge:
             hit = Score(sim, None, None, None)
         else:
             _, noise = self._energies(outs)
-            correct = None
-            if self.data.labels is not None and len(outs) == 1:
-                pred = _predictions(outs[0])
-                if pred is not None and pred.ndim == 1:
-                    correct = pred == self.data.labels[: len(pred)]
-            hit = Score(sim, self._sqnr(self._signal, noise), None if correct is None else float(np.mean(correct) * 100.0),
-                        noise if self._per_sample else None, correct)
+            right = correct(outs[0], self.data.labels) if len(outs) == 1 else None
+            hit = Score(sim, self._sqnr(self._signal, noise), percent(right), noise if self._per_sample else None,
+                        right)
         self._scores[id(sim)] = hit
         return hit
 
@@ -264,9 +259,8 @@ class Judge:
         if whole.noise is None:
             return Score(whole.sim, None, None, None)
         noise = whole.noise[self._rows]
-        correct = None if whole.correct is None else whole.correct[self._rows]
-        return Score(whole.sim, self._sqnr(self._signal[self._rows], noise),
-                     None if correct is None else float(np.mean(correct) * 100.0), noise, correct)
+        right = None if whole.correct is None else whole.correct[self._rows]
+        return Score(whole.sim, self._sqnr(self._signal[self._rows], noise), percent(right), noise, right)
 
     @staticmethod
     def _sqnr(signal: np.ndarray, noise: np.ndarray) -> float:
@@ -294,7 +288,7 @@ class Judge:
                                  outputs=outputs)
         from aimetcli import runtime
 
-        session = runtime.Session(_exposing(model, outputs), runtime.LEVELS[optimization])
+        session = runtime.Session(expose(model, outputs), runtime.LEVELS[optimization])
         batches = [session.run(feeds, outputs) for feeds in data.batches(self.batch_size)]
         return [_joined([b[i] for b in batches]) for i in range(len(outputs))]
 
@@ -351,12 +345,6 @@ def _scored_parts(model: ir.Model, output: str) -> list[str] | None:
     return None
 
 
-def _softmax_input(model: ir.Model, output: str) -> str | None:
-    """The input of the Softmax that computes graph output ``output``, else None (_scored_parts)."""
-    parts = _scored_parts(model, output)
-    return parts[0] if parts is not None and len(parts) == 1 else None
-
-
 def _far_apart(refs: list[np.ndarray], samples: int) -> bool:
     """Whether FP32's Concat inputs ``refs`` each have a row per sample and the narrowest
     range (including 0, as a grid's) would keep fewer than MIN_CONCAT_LEVELS of an 8-bit grid
@@ -391,7 +379,7 @@ def layer_errors(fp32: ir.Model, sim: ir.Model, data, *, batch_size: int = 32,
         return []
     names = [row[2] for row in layers]
     subset = _subset(data, 0, min(samples, data.num_samples), "layer errors") if data.num_samples > samples else data
-    sessions = [runtime.Session(_exposing(m, names), runtime.SIMULATE) for m in (fp32, sim)]
+    sessions = [runtime.Session(expose(m, names), runtime.SIMULATE) for m in (fp32, sim)]
     signal = np.zeros(len(names))
     noise = np.zeros(len(names))
     for feeds in subset.batches(min(batch_size, 2)):
@@ -405,10 +393,3 @@ def layer_errors(fp32: ir.Model, sim: ir.Model, data, *, batch_size: int = 32,
         db = sqnr_of_energies(float(s_), float(n_))
         rows.append({"layer": layer, "op": op, "tensor": tensor, "sqnr_db": db})
     return rows
-
-
-def _exposing(model: ir.Model, names: list[str]) -> ir.Model:
-    """A copy of ``model`` (tensors shared) with ``names`` among its outputs."""
-    from aimetcli.graph_builder import expose
-
-    return expose(model, names)

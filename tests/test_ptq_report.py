@@ -257,11 +257,11 @@ def test_the_judge_scores_class_probabilities_on_their_logits(tmp_path):
     from aimetcli.calibration.data import input_specs, open_data
 
     model, _ = api.prepare(to_ir(_softmax_classifier()))
-    assert ptq_judge._softmax_input(model, "probs") == "logits"
+    assert ptq_judge._scored_parts(model, "probs") == ["logits"]
     data = open_data("random:16", input_specs(model))
     sim, _, _ = api.quantsim(api.clone(model), data, QuantOptions(param_bw=4, act_bw=4))
     # the sim's Softmax reads the quantized logits
-    assert ptq_judge._softmax_input(sim, "probs") not in (None, "logits")
+    assert ptq_judge._scored_parts(sim, "probs") not in (None, ["logits"])
     judge = ptq_flow.Judge(model, data, 8)
     x = np.concatenate([b["x"] for b in data.batches(16)])
     w = numpy_helper.to_array(_softmax_classifier().graph.initializer[0])

@@ -39,7 +39,7 @@ from aimetcli.kernels.amp_search import Entry, default_candidates, last_meeting,
 from aimetcli.model_ops import clone, upgrade_opset
 from aimetcli.options import AmpOptions, QuantOptions, RunOptions
 from aimetcli.quantsim.per_layer import BitsRule
-from aimetcli.steps.evaluate import _joined, _predictions, sqnr_db
+from aimetcli.steps.evaluate import _joined, correct, percent, sqnr_db
 
 CURVE_POINTS = 12  # points of the Pareto curve scored besides the bisection's, evenly along the walk
 # Phase 1 ranks the groups on the first samples of the budget's data (AIMET's AMP takes a separate,
@@ -145,12 +145,7 @@ class _Scorer:
         flags = self.sim.feeds(bits)
         out = _joined([self.session.run({**feeds, **flags}, [self.name])[0] for feeds in self.batches])
         self.runs += 1
-        top1 = None
-        if self.labels is not None:
-            pred = _predictions(out)
-            if pred is not None and pred.ndim == 1:
-                top1 = float(np.mean(pred == self.labels[: len(pred)]) * 100.0)
-        return top1, sqnr_db(self.reference, out)
+        return percent(correct(out, self.labels)), sqnr_db(self.reference, out)
 
 
 def _encodings(model: ir.Model, calib, opts: QuantOptions, param_bws: set[int], act_bws: set[int],

@@ -148,6 +148,26 @@ def _predictions(logits):
     return pred
 
 
+def hits(pred, labels):
+    """Per sample, whether the class prediction ``pred`` (:func:`_predictions`) is the label:
+    None without labels or without one prediction a sample."""
+    if labels is None or pred is None or pred.ndim != 1:
+        return None
+    return pred == labels[: len(pred)]
+
+
+def correct(logits, labels):
+    """:func:`hits` of ``logits``' top-1 classes."""
+    return hits(_predictions(logits), labels) if logits is not None else None
+
+
+def percent(flags) -> float | None:
+    """The share of True in ``flags`` in percent (top-1 from :func:`correct`), None for None."""
+    import numpy as np
+
+    return None if flags is None else float(np.mean(flags) * 100.0)
+
+
 def compare_outputs(outputs: list[list], labels, names: list[str], samples: int,
                     output_names: list[str]) -> EvaluateSummary:
     """Top-1 of each model's scored output (:func:`score_output`) against ``labels`` (if any);
@@ -164,10 +184,7 @@ def compare_outputs(outputs: list[list], labels, names: list[str], samples: int,
         logits = outs[k_scored] if k_scored is not None and k_scored < len(outs) else None
         pred = _predictions(logits) if logits is not None else None
         preds.append(pred)
-        if labels is not None and pred is not None and pred.ndim == 1:
-            top1.append(float(np.mean(pred == labels[: len(pred)]) * 100.0))
-        else:
-            top1.append(None)
+        top1.append(percent(hits(pred, labels)))
     summary = EvaluateSummary(names, samples, top1)
     if k_scored is not None and k_scored < len(output_names):
         summary.scored_output = output_names[k_scored]
