@@ -29,6 +29,7 @@ import numpy as np
 import onnx_ir as ir
 
 from aimetcli import graph as g
+from aimetcli.graph_builder import values_by_name
 from aimetcli.kernels.quant import Encoding, quantize
 
 SIM_OPSET = 13
@@ -51,14 +52,6 @@ def is_grid_node(node: ir.Node) -> bool:
 
 def required_opset(encs: list[Encoding]) -> int:
     return WIDE_OPSET if any(8 < e.bitwidth <= 16 for e in encs) else SIM_OPSET
-
-
-def _values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
-    values = {v.name: v for v in graph.inputs}
-    for node in graph:
-        for v in node.outputs:
-            values[v.name] = v
-    return values
 
 
 def _scale_zp(graph: ir.Graph, names: g.Names, base: str, enc: Encoding) -> tuple[ir.Value, ir.Value]:
@@ -224,7 +217,7 @@ def insert_qdq(model: ir.Model, activations: dict[str, Encoding], params: dict[s
     """
     graph = model.graph
     names = g.Names(model)
-    values = _values_by_name(graph)
+    values = values_by_name(graph)
     renamed = {}
     order = {node: i for i, node in enumerate(graph)}
     for tensor, enc in params.items():
