@@ -120,14 +120,12 @@ def activation_ranges(model: ir.Model, params: dict[str, Encoding], activations:
     fed = [t for t in activations if t in inputs]
     observers = {t: HistogramObserver(BINS) for t in (*fed, *names)}
     clipped = dict.fromkeys(observers, 0)
-    bounds = {t: _bounds(activations[t], 0) for t in observers}
     session = runtime.Session(copy, runtime.MEASURE) if names else None
 
     def observe(t: str, value: np.ndarray) -> None:
         x = np.asarray(value, dtype=np.float32)
         observers[t].update(x)
-        lo, hi = bounds[t]
-        clipped[t] += int(np.count_nonzero(x < lo) + np.count_nonzero(x > hi))
+        clipped[t] += count_clipped(x, activations[t])
 
     step = ProgressSteps(dataset, batch_size, progress)
     # as calibration: runs small enough that every activation of a run fits in memory at once
