@@ -29,6 +29,7 @@ of computing new ones from the rounded weights (whose range may have shrunk by a
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -170,6 +171,27 @@ def cuts(model: ir.Model, chunks: list[list[Target]]) -> list[set[str]]:
     return out
 
 
+def measured_chunks(model: ir.Model, chunks: list[list[Target]], quantized: Callable[[], ir.Model | None],
+                    dataset, run_size: int, progress) -> Iterator[list[Target]]:
+    """Each chunk of ``chunks`` in turn, once its targets' second moments are set (``t.problem``):
+    one pass over ``dataset`` of the FP32 model (its weights as they are now) beside
+    ``quantized()`` (called per pass: the model quantized as the caller has it then; None: the
+    layers' inputs are the FP32 model's). Each pass starts from the cut the one before kept
+    (:func:`cuts`, at most CUT_BYTES), so the caller may change the model between chunks
+    (AdaRound's roundings, SeqMSE's grids): its own layers lie after the next cut."""
+    from aimetcli.quantsim.calibrate import calibration_weights
+
+    fp32 = calibration_weights(model, {})
+    resume: Cut | None = None
+    for chunk, cut in zip(chunks, cuts(model, chunks)):
+        q = quantized()
+        joint, names = moments_graph(fp32, q, chunk, start=resume, keep=cut)
+        kept = collect_moments(joint, names, chunk, dataset, run_size, progress, start=resume,
+                               keep=cut_names(cut, q is not None), keep_bytes=CUT_BYTES)
+        resume = kept if kept is not None else resume
+        yield chunk
+
+
 def _upstream(node: ir.Node) -> set[int]:
     """ids of the nodes whose outputs ``node``'s data input depends on."""
     seen: set[int] = set()
@@ -211,21 +233,15 @@ def adaround(model: ir.Model, dataset, options, *, batch_size: int = 32,
         return result
     iterations = params.iterations or ar.default_iterations(min(t.enc.bitwidth for t in targets))
     result.iterations = iterations
-    fp32 = calibration_weights(model, {})
     if passes is None:
         chunks = independent_chunks(targets)
     else:
         bounds = np.linspace(0, len(targets), max(1, min(passes, len(targets))) + 1).round().astype(int)
         chunks = [targets[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     run_size = min(batch_size, reduction_run_size(dataset))
-    resume: Cut | None = None
-    for chunk, cut in zip(chunks, cuts(model, chunks)):
-        t0 = time.perf_counter()
-        quantized = calibration_weights(model, encodings) if quantized_inputs else None
-        joint, names = moments_graph(fp32, quantized, chunk, start=resume, keep=cut)
-        kept = collect_moments(joint, names, chunk, dataset, run_size, progress, start=resume,
-                               keep=cut_names(cut, quantized is not None), keep_bytes=CUT_BYTES)
-        resume = kept if kept is not None else resume
+    t0 = time.perf_counter()
+    for chunk in measured_chunks(model, chunks, (lambda: calibration_weights(model, encodings))
+                                 if quantized_inputs else (lambda: None), dataset, run_size, progress):
         t1 = time.perf_counter()
         result.moments_seconds += t1 - t0
         rounded = ar.optimize([t.problem for t in chunk], params, iterations=iterations)
@@ -244,6 +260,7 @@ def adaround(model: ir.Model, dataset, options, *, batch_size: int = 32,
             if on_layer is not None:
                 on_layer(row)
         result.passes += 1
+        t0 = time.perf_counter()
     record_frozen(model, {t.weight: t.enc for t in targets}, result.options)
     result.seconds = time.perf_counter() - start
     return result

@@ -28,8 +28,8 @@ import numpy as np
 import onnx_ir as ir
 
 from aimetcli import graph as g
-from aimetcli.adaround import AdaroundResult, _targets, independent_chunks
-from aimetcli.adaround_moments import Target, collect_moments, moments_graph, weight_matrix
+from aimetcli.adaround import AdaroundResult, _targets, independent_chunks, measured_chunks
+from aimetcli.adaround_moments import Target, weight_matrix
 from aimetcli.kernels import seqmse as sm
 from aimetcli.kernels.quant import Encoding, QuantScheme, fake_quantize
 from aimetcli.model_ops import require_float_model
@@ -116,12 +116,10 @@ def seq_mse(model: ir.Model, dataset, options, *, batch_size: int = 32,
     targets = [t for t in _targets(model, encodings, scratch) if t.weight not in kept]
     result.skipped = scratch.skipped
     result.kept_frozen = sorted(kept)
-    fp32 = calibration_weights(model, {})
     run_size = min(batch_size, reduction_run_size(dataset))
-    for chunk in independent_chunks(targets):
-        t0 = time.perf_counter()
-        joint, names = moments_graph(fp32, calibration_weights(model, encodings), chunk)
-        collect_moments(joint, names, chunk, dataset, run_size, progress)
+    t0 = time.perf_counter()
+    for chunk in measured_chunks(model, independent_chunks(targets), lambda: calibration_weights(model, encodings),
+                                 dataset, run_size, progress):
         for t in chunk:
             enc, fraction, loss_minmax, loss_mse = search_layer(t)
             encodings[t.weight] = t.enc = enc
@@ -132,6 +130,7 @@ def seq_mse(model: ir.Model, dataset, options, *, batch_size: int = 32,
             if on_layer is not None:
                 on_layer(row)
         result.passes += 1
+        t0 = time.perf_counter()
     for t in targets if on_grid else ():  # the weights onto their grids: what quantsim's QDQ gives them
         w = np.asarray(t.layer.weight_array(), np.float32)
         g.set_constant(t.layer.weight, fake_quantize(w, t.enc))
