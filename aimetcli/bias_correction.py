@@ -19,8 +19,8 @@ each, so its cost grows with the square of depth. We instead:
 
 The activation grids the sim uses are the ones quantsim will compute on the
 *corrected* model: with min-max ranges and all the data in one run, a second copy
-(weights fake-quantized, float activations: what quantsim calibrates on) runs in
-the same graph, corrected in step, and each grid is computed from its range in the
+(FP32 weights, float activations: what quantsim calibrates on, ``calibrate.observed_model``)
+runs in the same graph, corrected in step, and each grid is computed from its range in the
 graph. Otherwise (other schemes, more data than one run takes) quantsim's
 calibration computes the grids first, as AIMET does, and quantsim's recalibration
 of the corrected model brings a little of the shift back.
@@ -254,7 +254,7 @@ def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progres
     computes them first.
     """
     from aimetcli.model_ops import clone, sim_opset, upgrade_opset
-    from aimetcli.quantsim.calibrate import (calibrate, calibration_weights, non_negative_outputs,
+    from aimetcli.quantsim.calibrate import (calibrate, calibration_weights, non_negative_outputs, observed_model,
                                              param_encodings)
     from aimetcli.quantsim.insert import insert_qdq
     from aimetcli.quantsim.placement import place_quantizers
@@ -285,7 +285,7 @@ def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progres
                 acts[a.tensor] = encoding_from_range(lo, hi, a.bitwidth, a.symmetric, strict_symmetric=strict)
             if not fixed:
                 in_graph_tensors.append(a.tensor)
-        float_path = calibration_weights(sim, params)
+        float_path = observed_model(sim)
     else:
         encodings = calibrate(sim, placement, options, dataset, batch_size, progress)
         acts, params = encodings.activations, encodings.params
@@ -294,14 +294,14 @@ def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progres
              if v.shape is not None}
     record = {}
     # weights fake-quantized in the sim's copy (exactly QDQ, tested in test_quant_kernels) rather than
-    # QDQ nodes: no weight QDQ to run or fold, and the float path shares the same initializers
+    # QDQ nodes: no weight QDQ to run or fold
     insert_qdq(sim, acts, {}, record=record)
     grids = []
     for tensor in in_graph_tensors:
         enc = acts[tensor]
         grids.append(Grid(tensor, record[tensor], enc.num_steps, enc.symmetric, tensor in nonneg, ranks.get(tensor),
                           ir.DataType.from_numpy(enc.container_dtype), enc.qmin, enc.qmax))
-    return sim, calibration_weights(sim, params, like=float_path), float_path, grids
+    return sim, calibration_weights(sim, params), float_path, grids
 
 
 def _data_min(dataset, name: str) -> float:

@@ -154,7 +154,7 @@ def build(sim: ir.Model, float_path: ir.Model | None, targets: list[Target],
     """The joint model, {layer output: name of its ``d`` output} and {layer output: name of the
     graph input that takes its FP32 per-channel mean (shape ``Target.mean_shape``)}.
 
-    ``sim`` and ``float_path`` are copies made for this (``calibrate.calibration_weights``): the
+    ``sim`` and ``float_path`` are copies made for this (``calibrate.calibration_weights``, ``observed_model``): the
     joint model is ``sim`` extended, with the float path's nodes moved into it."""
     graph = sim.graph
     taken = taken_names(graph) | (taken_names(float_path.graph) if float_path is not None else set())

@@ -9,8 +9,8 @@ of an end round onto it. The clipped fraction is counted exactly, value by value
 for per-channel grids.
 
 Weights are read from the model. Activations are observed in one onnxruntime run over the
-calibration data of the FP32 model with its quantized weights fake-quantized and every quantized
-activation exposed as an output (what calibration observed: ``quantsim.calibrate``'s graph), each
+calibration data of the model calibration observes (``quantsim.calibrate.observed_model``: FP32
+weights) with every quantized activation exposed as an output, each
 feeding a :class:`~aimetcli.calibration.observers.HistogramObserver` (AIMET's merge of growing
 ranges) and an exact count of the values beyond the grid. A min-max grid never clips its own
 calibration data by more than half a step; tf-enhanced and percentile grids do, on purpose.
@@ -100,19 +100,19 @@ def weight_range(name: str, w: np.ndarray, enc: Encoding, kind: str = "weight") 
                        int(values.size), count_clipped(x, enc), counts.astype(int).tolist())
 
 
-def activation_ranges(model: ir.Model, params: dict[str, Encoding], activations: dict[str, Encoding], dataset,
+def activation_ranges(model: ir.Model, activations: dict[str, Encoding], dataset,
                       batch_size: int = 32, progress=None) -> list[TensorRange]:
     """:class:`TensorRange` of each activation of ``activations`` (tensor names of ``model``, the
-    FP32 model the sim was built from) over ``dataset``, ``model``'s weights of ``params``
-    fake-quantized as calibration had them (module docstring). One onnxruntime run over the data,
-    in runs as calibration's; ``progress`` counts ``batch_size`` batches."""
+    FP32 model the sim was built from) over ``dataset``, observed as calibration observes them
+    (module docstring). One onnxruntime run over the data, in runs as calibration's; ``progress``
+    counts ``batch_size`` batches."""
     from aimetcli import runtime
     from aimetcli.calibration.observers import HistogramObserver
     from aimetcli.calibration.data import feed_rows
     from aimetcli.graph_builder import add_outputs
-    from aimetcli.quantsim.calibrate import ProgressSteps, calibration_weights
+    from aimetcli.quantsim.calibrate import ProgressSteps, observed_model
 
-    copy = calibration_weights(model, params)
+    copy = observed_model(model)
     inputs = {v.name for v in model.graph.inputs}
     produced = {v.name: v for n in copy.graph for v in n.outputs if v.name}
     names = [t for t in activations if t in produced]
@@ -155,7 +155,7 @@ def tensor_ranges(model: ir.Model, encodings, dataset, batch_size: int = 32, pro
     ``model`` (the FP32 model) and ``dataset`` (the calibration data; ``progress`` as
     :func:`activation_ranges`)."""
     inits = model.graph.initializers
-    out = activation_ranges(model, encodings.params, encodings.activations, dataset, batch_size, progress)
+    out = activation_ranges(model, encodings.activations, dataset, batch_size, progress)
     for name, enc in encodings.params.items():
         tensor = inits[name].const_value if name in inits else None
         if tensor is not None:

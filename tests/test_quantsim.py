@@ -14,7 +14,7 @@ from aimetcli import api
 from aimetcli import encodings as enc_io
 from aimetcli.calibration.data import open_data, input_specs
 from aimetcli.cli import main
-from aimetcli.kernels.quant import QuantScheme, fake_quantize
+from aimetcli.kernels.quant import QuantScheme, encoding_from_range, fake_quantize
 from aimetcli.quantsim.placement import QuantOptions
 from helpers import init, make_model, op_count, rand, run, to_ir
 
@@ -82,6 +82,34 @@ def test_quantized_values_lie_on_grid(tmp_path):
     q = np.rint(y / enc.scale) - enc.offset
     assert q.min() >= 0 and q.max() <= 63
     np.testing.assert_allclose(y, (q + enc.offset) * enc.scale, rtol=0, atol=1e-5 * float(enc.scale))
+
+
+
+def test_activation_grids_hold_fp32_ranges_not_the_weights_error(tmp_path):
+    """A per-tensor weight grid over [-1, 1] rounds a small channel's 0.0045 to one step (2/255),
+    1.7 times its value. Calibrated on the quantized weights, the range of h's second channel doubles, and the
+    Mul that scales it by 250 (its constant is no weight: never quantized) widens y's range and
+    its grid's step. Calibrated on FP32 (as now), each activation's grid is FP32's range."""
+    w = np.array([[1.0, 0.0], [-1.0, 0.0045]], np.float32)
+    c = np.array([0.1, 250.0], np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Mul", ["h", "C"], ["y"])]
+    proto = make_model(nodes, [("x", ["N", 2])], [("y", None)], [init("W", w), init("C", c)])
+    x = rand(64, 2)
+    np.save(tmp_path / "x.npy", x)
+    sim, encs, _ = sim_of(proto, str(tmp_path / "x.npy"), per_channel=False)
+    wq = fake_quantize(w, encs.params["W"])
+    assert float(wq[1, 1]) > 1.5 * float(w[1, 1])  # the weight's error: 0.0045 -> 0.0078
+    h, y = x @ w, x @ w * c
+    for name, fp32 in (("h", h), ("y", y)):
+        expected = encoding_from_range(float(fp32.min()), float(fp32.max()), 8, False)
+        got = encs.activations[name]
+        assert (float(got.scale), int(got.offset)) == pytest.approx((float(expected.scale), int(expected.offset)),
+                                                                    rel=1e-5)
+    yq = x @ wq * c  # what a grid calibrated on the quantized weights would have had to hold
+    assert float(yq.max() - yq.min()) > 1.5 * float(y.max() - y.min())
+    lo, hi = encs.activations["y"].dequantized_bounds()
+    out = run(sim, {"x": x})[0]  # the sim saturates at FP32's range
+    assert out.min() >= float(lo) - 1e-6 and out.max() <= float(hi) + 1e-6 and yq.max() > float(hi)
 
 
 def conv_model():

@@ -2,11 +2,11 @@
 
 Weights: from the weight itself (per channel on the placement's axis), with the
 chosen scheme. Activations: one onnxruntime run over the calibration data of a
-copy of the model whose weights are already fake-quantized (AIMET computes
-activation encodings with its parameter quantizers on) and whose quantized
-tensors are extra graph outputs; each batch updates a streaming observer per
-tensor (min/max, or a 512-bin histogram for tf-enhanced and percentile), so
-memory stays at one batch of activations whatever the number of samples.
+copy of the FP32 model (:func:`observed_model`: its weights as they are, as
+onnxruntime's quantize_static calibrates; AIMET observes with its weight quantizers
+on) whose quantized tensors are extra graph outputs; each batch updates a streaming
+observer per tensor (min/max, or a 512-bin histogram for tf-enhanced and percentile),
+so memory stays at one batch of activations whatever the number of samples.
 Min-max ranges are reduced inside onnxruntime instead. Both run onnxruntime on
 small runs of samples (see runtime.reduction_run_size, runtime.histogram_run_size), whatever
 ``--batch-size`` says:
@@ -97,22 +97,14 @@ def _weight_encoding(w: np.ndarray, pq, opts: QuantOptions, placement: Placement
     return hit
 
 
-def calibration_weights(model: ir.Model, params: dict[str, Encoding], *,
-                        like: ir.Model | None = None) -> ir.Model:
-    """A copy of the model (tensors shared, graph_builder.editable_copy) with its quantized
-    weights fake-quantized.
-
-    ``like``: an earlier result for a model with the same weights and ``params``, whose
-    fake-quantized tensors are taken instead of computed again."""
+def calibration_weights(model: ir.Model, params: dict[str, Encoding]) -> ir.Model:
+    """A copy of the model (tensors shared, graph_builder.editable_copy) with the weights of
+    ``params`` fake-quantized."""
 
     def fake_quantized(name: str, tensor: ir.TensorProtocol) -> ir.TensorProtocol | None:
         enc = params.get(name)
         if enc is None:
             return None
-        if like is not None:
-            done = like.graph.initializers.get(name)
-            if done is not None and done.const_value is not None:
-                return done.const_value
         arr = np.asarray(tensor.numpy())
         # param_encodings refused NaN/Inf weights: the finite kernel is exact here
         new = fake_quantize_finite(arr.astype(np.float32, copy=False), enc).astype(arr.dtype, copy=False)
@@ -121,9 +113,23 @@ def calibration_weights(model: ir.Model, params: dict[str, Encoding], *,
     return editable_copy(model, fake_quantized)
 
 
-def calibration_model(model: ir.Model, placement: Placement, params: dict[str, Encoding]) -> ir.Model:
-    """A copy: weights fake-quantized, quantized activations exposed as outputs (their own type)."""
-    copy = calibration_weights(model, params)
+def observed_model(model: ir.Model) -> ir.Model:
+    """The copy (tensors shared) whose activations calibration observes: FP32 weights.
+
+    A grid's job is to hold the sim's values near FP32's. With the weights fake-quantized (as
+    AIMET observes), an activation's range is FP32's plus the weights' error carried so far; where
+    that error is large, the grid widens to hold it: on PP-OCRv5 det (per-tensor W8) ten backbone
+    tensors' ranges grew 2.2-4.6x, every value downstream got a grid that much coarser, and the
+    output fell to 2.4 dB (FP32 ranges: 4.3 dB; docs/design.md, "Activation ranges from FP32").
+    FP32's range [lo, hi] holds every FP32 value r, so saturating a sim value v to it never moves
+    v away from r (|clip(v) - r| <= |v - r|), and its step is the finest that holds FP32's data.
+    """
+    return calibration_weights(model, {})
+
+
+def calibration_model(model: ir.Model, placement: Placement) -> ir.Model:
+    """A copy (:func:`observed_model`) with the quantized activations exposed as outputs (their own type)."""
+    copy = observed_model(model)
     graph = copy.graph
     skip = {v.name for v in (*graph.outputs, *graph.inputs)}
     values = values_by_name(graph)
@@ -135,9 +141,9 @@ def calibration_model(model: ir.Model, placement: Placement, params: dict[str, E
     return copy
 
 
-def _reduced_minmax(model: ir.Model, params: dict[str, Encoding], tensors: list[str], dataset,
+def _reduced_minmax(model: ir.Model, tensors: list[str], dataset,
                     batch_size: int, progress) -> tuple[dict[str, tuple[float, float]], list[str]]:
-    """Min and max of each tensor over the data, computed inside onnxruntime.
+    """Min and max of each tensor of :func:`observed_model` over the data, computed inside onnxruntime.
 
     Each tensor feeds a ReduceMin and a ReduceMax (all axes, scalar outputs), so
     nothing but two numbers per tensor and batch leaves the session: no activation
@@ -152,7 +158,7 @@ def _reduced_minmax(model: ir.Model, params: dict[str, Encoding], tensors: list[
     """
     if not tensors:
         return {}, []
-    copy = calibration_weights(model, params)
+    copy = observed_model(model)
     graph = copy.graph
     taken = {o.name for n in graph for o in n.outputs} | {i.name for i in graph.inputs}
     b = Builder(graph, taken_names(graph))
@@ -260,7 +266,7 @@ def _encodings(model: ir.Model, placement: Placement, opts: QuantOptions, datase
             todo.append(a)
     if opts.scheme is QuantScheme.MIN_MAX:
         inner = [a.tensor for a in todo if a.tensor not in graph_inputs]
-        reduced, _ = _reduced_minmax(model, enc.params, inner, dataset, batch_size, progress)
+        reduced, _ = _reduced_minmax(model, inner, dataset, batch_size, progress)
         for a in todo:
             if a.tensor in reduced:
                 lo, hi = reduced[a.tensor]
@@ -276,7 +282,7 @@ def _encodings(model: ir.Model, placement: Placement, opts: QuantOptions, datase
     observed = Placement(todo, placement.params, placement.skipped, placement.strict_symmetric,
                          placement.unsigned_symmetric)
     names = [a.tensor for a in todo if a.tensor not in graph_inputs]
-    session = runtime.Session(calibration_model(model, observed, enc.params), runtime.MEASURE) if names else None
+    session = runtime.Session(calibration_model(model, observed), runtime.MEASURE) if names else None
     fed = [a for a in todo if a.tensor in graph_inputs]
     observers = {a.tensor: make_observer(opts.scheme) for a in todo}
     step = ProgressSteps(dataset, batch_size, progress)

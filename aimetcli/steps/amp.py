@@ -151,8 +151,8 @@ class _Scorer:
 def _encodings(model: ir.Model, calib, opts: QuantOptions, param_bws: set[int], act_bws: set[int],
                batch_size: int):
     """(base Encodings, weight tensor -> bits -> Encoding, activation tensor -> bits -> Encoding):
-    the base calibration, every other activation bitwidth calibrated with the weights at the
-    base bitwidth, every other weight bitwidth from the weights."""
+    the base calibration, every other activation bitwidth calibrated as well (on FP32 weights,
+    calibrate.observed_model), every other weight bitwidth from the weights."""
     from aimetcli.quantsim.calibrate import calibrate, param_encodings
     from aimetcli.quantsim.placement import place_quantizers
 
