@@ -172,7 +172,7 @@ def build(sim: ir.Model, float_path: ir.Model | None, targets: list[Target],
     float_values: dict[str, ir.Value] = {}
     float_nodes: list[ir.Node] = []
     if float_path is not None:
-        # share what the float path holds with the same data as the sim (the fake-quantized weights)
+        # share what the float path holds with the same data as the sim (its constants but the quantized weights)
         prefix = "aimetcli_bc_f/"
         while any(name.startswith(prefix) for name in taken):
             prefix = "_" + prefix
