@@ -23,6 +23,10 @@ Policies (what the session is for decides its options):
   the second, so the second run pays again for first-touching all its memory (measured: bias
   correction of the full-size MobileNetV2 over 3 runs of 86 samples, 12-13 s -> 8.4 s, page
   faults 900k -> 580k).
+- SWEEP: SIMULATE for many short runs of one sim in a row (analyze's configurations), its
+  worker threads not spinning between parallel sections: onnxruntime's idle workers otherwise
+  busy-wait for the next one, which on a loaded machine doubles the CPU time of a 64-sample
+  run of the MobileNetV2 sample and gains no wall time (bench/RESULTS.md "peers-aimet", rows e).
 
 :data:`LEVELS` maps the command line's ``--ort-optimization`` names to policies.
 """
@@ -54,12 +58,14 @@ _LEVELS = {
 class Policy:
     """Session options for one purpose (see the module docstring). ``optimization``: onnxruntime's
     graph optimization level ("none", "basic" or "all"); ``keep_qdq``: no QDQ rewrite even at
-    "all"; ``mem_pattern``: onnxruntime's memory pattern (off for a few big runs)."""
+    "all"; ``mem_pattern``: onnxruntime's memory pattern (off for a few big runs); ``spinning``: idle
+    intra-op workers busy-wait for work (off for sweeps)."""
 
     name: str
     optimization: str
     keep_qdq: bool = False
     mem_pattern: bool = True
+    spinning: bool = True
 
 
 MEASURE = Policy("measure", "all")
@@ -67,6 +73,7 @@ SIMULATE = Policy("simulate", "none")
 FOLD_CONSTANTS = Policy("fold-constants", "basic")
 DEPLOY = Policy("deploy", "all")
 SIMULATE_FUSED = Policy("simulate-fused", "all", keep_qdq=True, mem_pattern=False)
+SWEEP = Policy("sweep", "none", spinning=False)
 
 # --ort-optimization NAME -> the policy it runs a model with
 LEVELS = {"none": SIMULATE, "basic": FOLD_CONSTANTS, "all": DEPLOY}
@@ -105,6 +112,8 @@ class Session:
         so.enable_mem_pattern = policy.mem_pattern
         if policy.keep_qdq:
             so.add_session_config_entry("session.disable_quant_qdq", "1")
+        if not policy.spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3
         self.policy = policy
         self.fed: dict[str, np.ndarray] = {}  # inputs added for big weights, fed with every run
