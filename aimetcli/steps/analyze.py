@@ -7,10 +7,13 @@ SQNR against FP32 with
 - every quantizer but q on (what keeping q's tensor float recovers),
 
 as AIMET's QuantAnalyzer reports per layer. The sim is built once and run with every quantizer
-switchable: each quantizer's output ``Q`` is replaced, for its readers, by
-``Where(on_q, Q, x)`` with ``x`` the tensor it quantizes and ``on_q`` a boolean scalar input of
-the graph. One onnxruntime session then runs every configuration (2 N + 1 runs over the data for
-N quantizers), instead of N sims built, serialized and loaded twice each.
+switchable: each quantizer's chain (QuantizeLinear -> DequantizeLinear [-> grid Clip]) moves into
+the then branch of ``If(on_q)``, whose else branch is ``Identity(x)``, with ``x`` the tensor it
+quantizes and ``on_q`` a boolean scalar input of the graph; the readers read the If's output.
+onnxruntime runs only the branch taken, so a quantizer switched off costs nothing (a
+``Where(on_q, Q, x)`` computed both). One onnxruntime session (runtime.SWEEP) then runs every
+configuration (2 N + 1 runs over the data for N quantizers), instead of N sims built, serialized
+and loaded twice each.
 """
 
 from __future__ import annotations
