@@ -25,8 +25,9 @@ Policies (what the session is for decides its options):
   faults 900k -> 580k).
 - SWEEP: SIMULATE for many short runs of one sim in a row (analyze's configurations), its
   worker threads not spinning between parallel sections: onnxruntime's idle workers otherwise
-  busy-wait for the next one, which on a loaded machine doubles the CPU time of a 64-sample
-  run of the MobileNetV2 sample and gains no wall time (bench/RESULTS.md "peers-aimet", rows e).
+  busy-wait for the next one (measured at load 12-14, one 64-sample configuration run of the
+  MobileNetV2 sample: 69-97 ms of CPU spinning, 50-56 ms not; how much spinning costs depends on
+  the machine's other jobs: docs/design.md, analyze).
 
 :data:`LEVELS` maps the command line's ``--ort-optimization`` names to policies.
 """
