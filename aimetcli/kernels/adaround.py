@@ -159,15 +159,16 @@ _FROZEN_Z = -20.0  # tanh(-20) = -1 in float32: h = 0, no gradient, never moves
 _RANK_TOL = 1e-10  # eigenvalues of G below this times the largest are float64 noise: G's rank is below them
 
 
-def _factor(gram: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def _factor(gram: np.ndarray, m: int, positions: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """G2 = B B^T (B: [g, d, r], G2's eigenvectors scaled by the square roots of its eigenvalues),
     where G2's rank r is low enough that tc B B^T (2 m d r multiply-adds) beats tc G2 (m d^2): G is
     a sum of x x^T over the positions, so its rank is at most their number, below d for a Gemm
     after a global pooling with fewer samples than input features (the full-size MobileNetV2's
     classifier: 256 samples, d = 1280). Exact but for the eigenvalues under _RANK_TOL times the
-    largest (zero in exact arithmetic) and float32 rounding. None: the dense product."""
+    largest (zero in exact arithmetic) and float32 rounding. None: the dense product, without
+    eigh where the rank's bound (``positions``, :func:`_rank_bound`) is already too high."""
     g, d, _ = gram.shape
-    if d < 64:
+    if d < 64 or 2 * min(positions, _rank_bound(gram)) > 0.8 * d:
         return None
     values, vectors = np.linalg.eigh(gram)
     keep = values > _RANK_TOL * max(float(values.max()), 0.0)
@@ -178,6 +179,13 @@ def _factor(gram: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     b = np.take_along_axis(vectors * np.sqrt(np.where(keep, values, 0.0))[:, None, :], order[:, None, :], axis=2)
     b = b.astype(np.float32)
     return b, np.ascontiguousarray(b.transpose(0, 2, 1)), np.empty((g, m, rank), np.float32)
+
+
+def _rank_bound(gram: np.ndarray) -> int:
+    """An upper bound of G's rank without its eigenvalues (eigh of a 256 x 256 G costs about as
+    much as 500 iterations): the largest count of a group's nonzero diagonal entries (a zero
+    diagonal entry of a sum of x x^T is a zero row and column)."""
+    return int(np.count_nonzero(np.diagonal(gram, axis1=1, axis2=2), axis=1).max(initial=0))
 
 
 def _setup(problems: list[LayerProblem]):
@@ -202,7 +210,7 @@ def _setup(problems: list[LayerProblem]):
         per_channel = s.size > 1
         gram = _H_SLOPE * g2 if per_channel else _H_SLOPE * float(s.reshape(-1)[0]) ** 2 * g2
         slots.append(_Slot(p, pos, pos + p.w.size, gram.astype(np.float32),
-                           (s * s).astype(np.float32) if per_channel else None, _factor(gram, p.w.shape[1])))
+                           (s * s).astype(np.float32) if per_channel else None, _factor(gram, p.w.shape[1], p.positions)))
         base.append(np.broadcast_to(floor, p.w.shape).reshape(-1))
         offset.append(r.reshape(-1))
         pos += p.w.size
