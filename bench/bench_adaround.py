@@ -179,7 +179,7 @@ def timing_section(args) -> str:
 
 def _revision(path: str) -> str:
     done = subprocess.run(["git", "-C", path, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", path, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+    dirty = subprocess.run(["git", "-C", path, "status", "--porcelain", "--untracked-files=no", "--", "aimetcli"], capture_output=True,
                            text=True).stdout.strip()
     return (done.stdout.strip() or "?") + (" + changes" if dirty else "")
 
