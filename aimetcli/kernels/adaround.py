@@ -115,11 +115,11 @@ class LayerProblem:
     positions: int
 
     def loss(self, k: np.ndarray) -> float:
-        """E_pos ||W~ x - W f||^2 (summed over output channels) for W~ = scale * k, float64."""
+        """E_pos ||W~ x - W f||^2 (summed over output channels) for W~ = scale * k, float64
+        (the products as matrix products: m d^2 multiply-adds, where a three-operand einsum loops)."""
         wq = self.scale.astype(np.float64) * k
         w = self.w.astype(np.float64)
-        total = (np.einsum("gmd,gde,gme->", wq, self.gram, wq) - 2 * np.einsum("gmd,gde,gme->", wq, self.cross, w)
-                 + self.energy)
+        total = float(np.vdot(wq @ self.gram, wq)) - 2 * float(np.vdot(wq @ self.cross, w)) + self.energy
         return float(max(total, 0.0) / max(self.positions, 1))
 
     def nearest(self) -> np.ndarray:
