@@ -23,6 +23,11 @@ Policies (what the session is for decides its options):
   the second, so the second run pays again for first-touching all its memory (measured: bias
   correction of the full-size MobileNetV2 over 3 runs of 86 samples, 12-13 s -> 8.4 s, page
   faults 900k -> 580k).
+- SWEEP: SIMULATE for many short runs of one sim in a row (analyze's configurations), its
+  worker threads not spinning between parallel sections: onnxruntime's idle workers otherwise
+  busy-wait for the next one (measured at load 12-14, one 64-sample configuration run of the
+  MobileNetV2 sample: 69-97 ms of CPU spinning, 50-56 ms not; how much spinning costs depends on
+  the machine's other jobs: docs/design.md, analyze).
 
 :data:`LEVELS` maps the command line's ``--ort-optimization`` names to policies.
 """
@@ -54,12 +59,14 @@ _LEVELS = {
 class Policy:
     """Session options for one purpose (see the module docstring). ``optimization``: onnxruntime's
     graph optimization level ("none", "basic" or "all"); ``keep_qdq``: no QDQ rewrite even at
-    "all"; ``mem_pattern``: onnxruntime's memory pattern (off for a few big runs)."""
+    "all"; ``mem_pattern``: onnxruntime's memory pattern (off for a few big runs); ``spinning``: idle
+    intra-op workers busy-wait for work (off for sweeps)."""
 
     name: str
     optimization: str
     keep_qdq: bool = False
     mem_pattern: bool = True
+    spinning: bool = True
 
 
 MEASURE = Policy("measure", "all")
@@ -67,6 +74,7 @@ SIMULATE = Policy("simulate", "none")
 FOLD_CONSTANTS = Policy("fold-constants", "basic")
 DEPLOY = Policy("deploy", "all")
 SIMULATE_FUSED = Policy("simulate-fused", "all", keep_qdq=True, mem_pattern=False)
+SWEEP = Policy("sweep", "none", spinning=False)
 
 # --ort-optimization NAME -> the policy it runs a model with
 LEVELS = {"none": SIMULATE, "basic": FOLD_CONSTANTS, "all": DEPLOY}
@@ -105,6 +113,8 @@ class Session:
         so.enable_mem_pattern = policy.mem_pattern
         if policy.keep_qdq:
             so.add_session_config_entry("session.disable_quant_qdq", "1")
+        if not policy.spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3
         self.policy = policy
         self.fed: dict[str, np.ndarray] = {}  # inputs added for big weights, fed with every run

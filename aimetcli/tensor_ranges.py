@@ -12,12 +12,14 @@ Weights are read from the model. Activations are observed in one onnxruntime run
 calibration data of the model calibration observes (``quantsim.calibrate.observed_model``: FP32
 weights) with every quantized activation exposed as an output, each
 feeding a :class:`~aimetcli.calibration.observers.HistogramObserver` (AIMET's merge of growing
-ranges) and an exact count of the values beyond the grid. A min-max grid never clips its own
+ranges) and an exact count of the values beyond the grid, made for a batch only once the range
+observed so far has left the clip bounds (until then no value can lie beyond them). A min-max grid never clips its own
 calibration data by more than half a step; tf-enhanced and percentile grids do, on purpose.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,7 +45,7 @@ class TensorRange:
     data_max: float
     values: int  # finite values seen
     clipped: int  # of those, beyond the grid by more than half a step
-    # BINS counts over [hist_min, hist_max] (the data's range)
+    # BINS counts over [data_min, data_max]; empty for a tensor whose histogram was not asked for
     histogram: list[int] = field(default_factory=list, repr=False)
 
     @property
@@ -75,6 +77,14 @@ def _bounds(enc: Encoding, ndim: int) -> tuple[np.ndarray, np.ndarray]:
             enc.broadcast(np.asarray(hi, np.float64) + half, ndim))
 
 
+def _unclipped(enc: Encoding) -> tuple[float, float]:
+    """An interval no value of which ``enc`` clips, in any channel: the largest low and the
+    smallest high of :func:`_bounds`."""
+    lo, hi = enc.dequantized_bounds()
+    half = enc.scale.astype(np.float64) / 2
+    return float(np.max(np.asarray(lo, np.float64) - half)), float(np.min(np.asarray(hi, np.float64) + half))
+
+
 def count_clipped(x: np.ndarray, enc: Encoding) -> int:
     """Finite values of ``x`` that ``enc`` clips (module docstring)."""
     lo, hi = _bounds(enc, x.ndim)
@@ -86,28 +96,33 @@ def _grid_ends(enc: Encoding) -> tuple[float, float]:
     return float(np.min(lo)), float(np.max(hi))
 
 
-def weight_range(name: str, w: np.ndarray, enc: Encoding, kind: str = "weight") -> TensorRange:
-    """:class:`TensorRange` of a weight (or bias) ``w`` on its grid ``enc``."""
+def weight_range(name: str, w: np.ndarray, enc: Encoding, kind: str = "weight", histogram: bool = True
+                 ) -> TensorRange:
+    """:class:`TensorRange` of a weight (or bias) ``w`` on its grid ``enc`` (without its histogram
+    unless ``histogram``)."""
     x = np.asarray(w, dtype=np.float32)
     if enc.per_channel and enc.axis is None:  # a grid read back without its axis: the output channels
         enc = Encoding(enc.bitwidth, enc.symmetric, enc.scale, enc.offset, axis=0)
     finite = np.isfinite(x)
     values = x[finite] if not finite.all() else x.reshape(-1)
     lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-    counts, _ = np.histogram(values, bins=BINS, range=(lo, hi if hi > lo else lo + 1.0))
+    counts = np.histogram(values, bins=BINS, range=(lo, hi if hi > lo else lo + 1.0))[0] if histogram else None
     g_lo, g_hi = _grid_ends(enc)
     return TensorRange(name, kind, enc.bitwidth, enc.num_channels if enc.per_channel else 1, g_lo, g_hi, lo, hi,
-                       int(values.size), count_clipped(x, enc), counts.astype(int).tolist())
+                       int(values.size), count_clipped(x, enc), [] if counts is None else counts.astype(int).tolist())
 
 
 def activation_ranges(model: ir.Model, activations: dict[str, Encoding], dataset,
-                      batch_size: int = 32, progress=None) -> list[TensorRange]:
+                      batch_size: int = 32, progress=None, histograms: Collection[str] | None = None
+                      ) -> list[TensorRange]:
     """:class:`TensorRange` of each activation of ``activations`` (tensor names of ``model``, the
     FP32 model the sim was built from) over ``dataset``, observed as calibration observes them
     (module docstring). One onnxruntime run over the data, in runs as calibration's; ``progress``
-    counts ``batch_size`` batches."""
+    counts ``batch_size`` batches. Only the tensors of ``histograms`` (default: all) get a
+    histogram; the others' ranges are kept by a MinMaxObserver, which costs a fraction of binning
+    every value."""
     from aimetcli import runtime
-    from aimetcli.calibration.observers import HistogramObserver
+    from aimetcli.calibration.observers import HistogramObserver, MinMaxObserver
     from aimetcli.calibration.data import feed_rows
     from aimetcli.graph_builder import add_outputs
     from aimetcli.quantsim.calibrate import ProgressSteps, observed_model
@@ -118,14 +133,23 @@ def activation_ranges(model: ir.Model, activations: dict[str, Encoding], dataset
     names = [t for t in activations if t in produced]
     add_outputs(copy.graph, [produced[t] for t in names], None)
     fed = [t for t in activations if t in inputs]
-    observers = {t: HistogramObserver(BINS) for t in (*fed, *names)}
+    drawn = set(activations) if histograms is None else set(histograms)
+    observers: dict[str, HistogramObserver | MinMaxObserver] = {
+        t: HistogramObserver(BINS) if t in drawn else MinMaxObserver() for t in (*fed, *names)}
     clipped = dict.fromkeys(observers, 0)
+    sizes = dict.fromkeys(observers, 0)
     session = runtime.Session(copy, runtime.MEASURE) if names else None
+
+    inside = {t: _unclipped(activations[t]) for t in observers}
 
     def observe(t: str, value: np.ndarray) -> None:
         x = np.asarray(value, dtype=np.float32)
-        observers[t].update(x)
-        clipped[t] += count_clipped(x, activations[t])
+        obs = observers[t]
+        obs.update(x)
+        sizes[t] += x.size
+        seen = _extremes(obs) if obs.observed else None
+        if seen is None or not inside[t][0] <= seen[0] <= seen[1] <= inside[t][1]:
+            clipped[t] += count_clipped(x, activations[t])
 
     step = ProgressSteps(dataset, batch_size, progress)
     # as calibration: runs small enough that every activation of a run fits in memory at once
@@ -142,26 +166,33 @@ def activation_ranges(model: ir.Model, activations: dict[str, Encoding], dataset
         if not obs.observed:  # no finite value: nothing to draw (calibration has said so)
             continue
         enc = activations[t]
-        counts, _ = obs.histogram()
-        lo, hi = obs.minmax()
+        counts = obs.histogram()[0].astype(int).tolist() if isinstance(obs, HistogramObserver) else []
+        lo, hi = _extremes(obs)
         g_lo, g_hi = _grid_ends(enc)
         out.append(TensorRange(t, "activation", enc.bitwidth, 1, g_lo, g_hi, float(lo), float(hi),
-                               obs.total_count, clipped[t], counts.astype(int).tolist()))
+                               sizes[t] - obs.nonfinite_count, clipped[t], counts))
     return out
 
 
-def tensor_ranges(model: ir.Model, encodings, dataset, batch_size: int = 32, progress=None) -> list[TensorRange]:
+def _extremes(obs) -> tuple[float, float]:
+    """(min, max) of the finite values a per-tensor observer has seen."""
+    lo, hi = obs.minmax() if hasattr(obs, "minmax") else obs.result()
+    return float(lo), float(hi)
+
+
+def tensor_ranges(model: ir.Model, encodings, dataset, batch_size: int = 32, progress=None,
+                  histograms: Collection[str] | None = None) -> list[TensorRange]:
     """:class:`TensorRange` of every quantizer of ``encodings`` (quantsim's ``Encodings``) over
-    ``model`` (the FP32 model) and ``dataset`` (the calibration data; ``progress`` as
-    :func:`activation_ranges`)."""
+    ``model`` (the FP32 model) and ``dataset`` (the calibration data; ``progress`` and
+    ``histograms`` as :func:`activation_ranges`)."""
     inits = model.graph.initializers
-    out = activation_ranges(model, encodings.activations, dataset, batch_size, progress)
+    out = activation_ranges(model, encodings.activations, dataset, batch_size, progress, histograms)
     for name, enc in encodings.params.items():
         tensor = inits[name].const_value if name in inits else None
         if tensor is not None:
             w = tensor.numpy()
             kind = "bias" if w.ndim == 1 and not enc.per_channel and _is_bias(model, name) else "weight"
-            out.append(weight_range(name, w, enc, kind))
+            out.append(weight_range(name, w, enc, kind, histograms is None or name in histograms))
     return out
 
 

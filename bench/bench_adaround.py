@@ -19,7 +19,10 @@ random:256 (224x224): the adaround process against 120x one FP32 onnxruntime pas
 samples (the pass timed inside its process, and the whole process), and the peak RSS of both
 processes; iterations per second per layer size from the commands' JSON.
 
-    python bench/bench_adaround.py --speed [--full] [--full-iterations N] [--no-write]
+    python bench/bench_adaround.py --speed [--baseline /path/to/other/checkout] [--full] [--full-iterations N] [--no-write]
+
+``--baseline`` runs that checkout's aimetcli (PYTHONPATH) beside this tree's, run after run, and
+gives the ratios of the medians and whether the outputs are the same bytes.
 """
 
 from __future__ import annotations
@@ -108,44 +111,77 @@ def _speed_rows(name: str, doc: dict) -> list[str]:
     return rows
 
 
+def _timed(cmd: list[str], report: str, pythonpath: str) -> tuple[float, float, int, float, dict]:
+    """One whole `aimetcli adaround` process run from ``pythonpath``'s aimetcli: (wall s, CPU s
+    (user + sys), peak RSS bytes, load average at its start, its JSON)."""
+    os.environ["PYTHONPATH"] = pythonpath
+    load = os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = run_process(["sh", "-c", " ".join(shlex.quote(c) for c in cmd) + " > " + shlex.quote(report)])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with open(report) as f:
+        doc = json.load(f)
+    return done.seconds, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, done.peak_rss, load, doc
+
+
 def timing_section(args) -> str:
-    os.environ["PYTHONPATH"] = str(ROOT)
-    runs: dict[str, list[tuple[float, float, float]]] = {}
+    """Each sample model's whole process, 3 runs interleaved (model after model; with ``--baseline``
+    DIR, that checkout's run beside each: A, B, A, B, ...), medians of wall and CPU time."""
+    versions = {"this tree": str(ROOT)}
+    if args.baseline:
+        versions = {f"baseline ({_revision(args.baseline)})": str(Path(args.baseline).resolve()),
+                    f"this tree ({_revision(str(ROOT))})": str(ROOT)}
+    runs: dict[tuple[str, str], list[tuple[float, float, int, float]]] = {}
     docs: dict[str, dict] = {}
+    outputs: dict[tuple[str, str], bytes] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(3):
             for name in args.models:
-                out = f"{tmp}/{name}.onnx"
-                load = os.getloadavg()[0]
-                before = resource.getrusage(resource.RUSAGE_CHILDREN)
-                done = run_process(_cli(str(SAMPLE_MODELS / f"{name}_fmnist.onnx"), "-o", out, "--data",
-                                        str(SAMPLE_MODELS / "calib.npz"), "--param-bw", "4", "--per-channel",
-                                        iterations=args.iterations))
-                after = resource.getrusage(resource.RUSAGE_CHILDREN)
-                cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-                runs.setdefault(name, []).append((done.seconds, cpu, load))
-                print(name, f"{done.seconds:.1f} s wall, {cpu:.1f} s CPU, load {load:.1f}", file=sys.stderr, flush=True)
-        for name in args.models:  # the JSON once more, for the per-layer rates (not timed)
-            out = subprocess.run(_cli(str(SAMPLE_MODELS / f"{name}_fmnist.onnx"), "-o", f"{tmp}/{name}.onnx", "--data",
-                                      str(SAMPLE_MODELS / "calib.npz"), "--param-bw", "4", "--per-channel",
-                                      iterations=args.iterations),
-                                 capture_output=True, text=True, check=True)
-            docs[name] = json.loads(out.stdout)
+                for version, path in versions.items():
+                    out = f"{tmp}/{name}.onnx"
+                    cmd = _cli(str(SAMPLE_MODELS / f"{name}_fmnist.onnx"), "-o", out, "--data",
+                               str(SAMPLE_MODELS / "calib.npz"), "--param-bw", "4", "--per-channel",
+                               iterations=args.iterations)
+                    wall, cpu, rss, load, doc = _timed(cmd, f"{tmp}/{name}.json", path)
+                    runs.setdefault((name, version), []).append((wall, cpu, rss, load))
+                    outputs[(name, version)] = Path(out).read_bytes()
+                    docs[name] = doc  # the last version's per-layer rates
+                    print(name, version, f"{wall:.1f} s wall, {cpu:.1f} s CPU, {rss / 2**20:.0f} MB, load {load:.1f}",
+                          file=sys.stderr, flush=True)
+        os.environ["PYTHONPATH"] = str(ROOT)
         body = ("`aimetcli adaround MODEL --data sample_models/calib.npz --param-bw 4 --per-channel` (1,000 samples, "
-                f"{args.iterations or 'the default 15,000'} iterations a layer, whole process, 3 runs a model "
-                "interleaved; the goal is 15 s with the default.\n\n"
-                "| model | wall s (median) | runs | CPU s (median) | load at the starts |\n|---|---|---|---|---|\n")
-        for name, r in runs.items():
-            walls, cpus, loads = (sorted(x[i] for x in r) for i in range(3))
-            body += (f"| {name} | {walls[1]:.1f} | {' / '.join(f'{x[0]:.1f}' for x in r)} | {cpus[1]:.1f} | "
-                     f"{' / '.join(f'{x[2]:.1f}' for x in r)} |\n")
+                f"{args.iterations or 'the default 15,000'} iterations a layer), whole process, 3 runs a model "
+                "interleaved (and with the baseline's run beside each); the goal is 15 s wall with the default. "
+                "CPU time (user + sys) is the figure comparable across loads.\n\n"
+                "| model | version | wall s (median) | runs | CPU s (median) | peak RSS MB | load at the starts |\n"
+                "|---|---|---|---|---|---|---|\n")
+        for (name, version), r in runs.items():
+            walls, cpus = sorted(x[0] for x in r), sorted(x[1] for x in r)
+            body += (f"| {name} | {version} | {walls[1]:.1f} | {' / '.join(f'{x[0]:.1f}' for x in r)} | {cpus[1]:.1f} | "
+                     f"{max(x[2] for x in r) / 2**20:.0f} | {' / '.join(f'{x[3]:.1f}' for x in r)} |\n")
+        if len(versions) == 2:
+            base, this = versions
+            body += "\n"
+            for name in args.models:
+                med = {v: (sorted(x[0] for x in runs[(name, v)])[1], sorted(x[1] for x in runs[(name, v)])[1])
+                       for v in versions}
+                same = "same output bytes" if outputs[(name, base)] == outputs[(name, this)] else "output bytes differ"
+                body += (f"- {name}: this tree / baseline = {med[this][0] / med[base][0]:.2f} wall, "
+                         f"{med[this][1] / med[base][1]:.2f} CPU; {same}.\n")
         if args.full:
             body += "\n" + _full_size(tmp, args.full_iterations, docs)
-    body += ("\nIterations per second per layer (the layer's nominal iterations over its rounding time, which stops "
-             "early once no weight's rounding can change):\n\n| model | layer | weight | weights | it/s |\n"
+    body += ("\nIterations per second per layer (this tree's last run; the layer's nominal iterations over its rounding "
+             "time, which stops early once no weight's rounding can change):\n\n| model | layer | weight | weights | it/s |\n"
              "|---|---|---|---|---|\n")
     body += "\n".join(row for name, doc in docs.items() for row in _speed_rows(name, doc))
     return body
+
+
+def _revision(path: str) -> str:
+    done = subprocess.run(["git", "-C", path, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", path, "status", "--porcelain", "--untracked-files=no", "--", "aimetcli"], capture_output=True,
+                           text=True).stdout.strip()
+    return (done.stdout.strip() or "?") + (" + changes" if dirty else "")
 
 
 def _full_size(tmp: str, iterations: int | None, docs: dict) -> str:
@@ -187,6 +223,7 @@ def main() -> None:
     ap.add_argument("--speed", action="store_true", help="the timing section instead (see the module docstring)")
     ap.add_argument("--full", action="store_true", help="with --speed: the full-size MobileNetV2 too")
     ap.add_argument("--full-iterations", type=int, default=None)
+    ap.add_argument("--baseline", default=None, help="with --speed: another checkout (its root) timed beside this one")
     args = ap.parse_args()
     if args.speed:
         body = timing_section(args)

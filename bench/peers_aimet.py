@@ -36,6 +36,10 @@ scoring and export not). Writes section ``peers-aimet`` of bench/RESULTS.md.
 
     python bench/peers_aimet.py [--models resnet,mobilenetv2] [--rows a,b,c] [--repeats 3]
                                 [--iterations 100] [--adaround-models resnet] [--no-write]
+                                [--keep-other-rows]
+
+``--keep-other-rows`` reruns only ``--rows`` and splices them into the section as it is: every
+other row (and model) stays as its earlier run wrote it, under a note naming both runs.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -58,7 +63,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from common import SAMPLE_MODELS, fmt_s, log, machine, table, write_section  # noqa: E402
+from common import RESULTS, SAMPLE_MODELS, fmt_s, log, machine, table, write_section  # noqa: E402
 
 AIMET_PY = os.environ.get("AIMET_PYTHON", "/work/venv-aimet/bin/python")
 DRIVER = BENCH / "aimet_driver.py"
@@ -483,7 +488,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seqmse-repeats", type=int, default=1)
     ap.add_argument("--num-samples", type=int, default=500)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--keep-other-rows", action="store_true",
+                    help="rerun only --rows; keep every other row and model of the section as it is")
     args = ap.parse_args(argv)
+    args.earlier = current_section() if args.keep_other_rows else None
     models = [m for m in args.models.split(",") if m]
     rows = set(args.rows.split(","))
     up0 = os.getloadavg()
@@ -568,10 +576,86 @@ def report(args: argparse.Namespace, out: list[str], up0: tuple[float, float, fl
                 f". Load average {up0[0]:.1f} at the start, {up1[0]:.1f} at the end (2 cores shared with other "
                 f"sessions: compare ratios, not seconds).")
     text = settings + "\n\n" + "\n".join(out)
+    if args.earlier is not None:
+        text = splice(args.earlier, "\n".join(out), set(args.rows.split(",")),
+                      f"Rows {args.rows} rerun with --keep-other-rows by the run stamped above ({args.repeats} "
+                      f"interleaved runs each; load average {up0[0]:.1f} at its start, {up1[0]:.1f} at its end); "
+                      f"every other row from the earlier run")
     print(text)
     if not args.no_write:
         write_section("peers-aimet", "AIMET-onnx 2.42 side by side (peers_aimet.py)", text,
                       machine_info=machine())
+
+
+# ---------------------------------------------------------------------------- rerunning some rows
+_ROW = re.compile(r"^([a-z])\. ")
+SECTION = "peers-aimet"
+
+
+def current_section() -> str:
+    """The body of section ``peers-aimet`` as RESULTS.md has it now (its stamp line kept, as the
+    earlier run's), or "" when there is none."""
+    text = RESULTS.read_text() if RESULTS.exists() else ""
+    m = re.search(rf"<!-- {SECTION}:start -->\n## [^\n]*\n\n(.*?)\n<!-- {SECTION}:end -->", text, re.S)
+    if not m:
+        return ""
+    body = m.group(1)
+    body = re.sub(r"^_(.*?)\._\n\n", r"Earlier run: \1.\n\n", body, count=1)
+    return re.sub(r"\n*Rows [a-z,]+ rerun with --keep-other-rows[^\n]*\n", "\n", body)
+
+
+def _models(text: str) -> tuple[str, list[tuple[str, list[str]]]]:
+    """(preamble, [(model, lines)]) of a section body: a model's lines run from its ``### model``
+    header to the next."""
+    pre, models = [], []
+    for line in text.split("\n"):
+        if line.startswith("### "):
+            models.append((line.split()[1], [line]))
+        elif models:
+            models[-1][1].append(line)
+        else:
+            pre.append(line)
+    return "\n".join(pre), models
+
+
+def _chunks(lines: list[str]) -> tuple[list[str], list[tuple[str, list[str]]], list[str]]:
+    """(head, [(row letter, lines)], tail) of one model's lines: a row runs from its ``x. `` line
+    to the next row or the ``(load average`` line that starts the tail."""
+    head, rows, tail = [], [], []
+    for line in lines:
+        m = _ROW.match(line)
+        if tail or line.startswith("(load average"):
+            tail.append(line)
+        elif m:
+            rows.append((m.group(1), [line]))
+        elif rows:
+            rows[-1][1].append(line)
+        else:
+            head.append(line)
+    return head, rows, tail
+
+
+def splice(earlier: str, fresh: str, rerun: set[str], note: str) -> str:
+    """``earlier`` (a section body) with the rows ``rerun`` of each model replaced by ``fresh``'s
+    (a model or a row it lacks is added), under ``note``."""
+    pre, old = _models(earlier)
+    _, new = _models(fresh)
+    merged = dict(old)
+    for model, lines in new:
+        if model not in merged:
+            merged[model] = lines
+            continue
+        head, rows, tail = _chunks(merged[model])
+        _, fresh_rows, fresh_tail = _chunks(lines)
+        by_row = {r: c for r, c in fresh_rows if r in rerun}
+        kept = [(r, by_row.pop(r) if r in by_row else c) for r, c in rows]
+        kept += list(by_row.items())
+        stamp = [ln for ln in fresh_tail if ln.startswith("(load average")]
+        tail = [ln for ln in tail if ln.strip()] + [f"{stamp[0][:-1]}, rows {','.join(sorted(rerun))} rerun)"
+                                                     if stamp else ""]
+        merged[model] = head + [ln for _, c in kept for ln in c] + tail + [""]
+    blocks = "\n".join("\n".join(lines).rstrip("\n") + "\n" for lines in merged.values())
+    return note + ".\n\n" + pre.strip() + "\n\n" + blocks
 
 
 if __name__ == "__main__":

@@ -361,7 +361,7 @@ def test_a_low_rank_gram_is_used_as_its_factor_and_rounds_as_the_dense_product()
     (low,) = ar.optimize([problem], iterations=600)
     full = ar._factor
     try:
-        ar._factor = lambda gram, m: None
+        ar._factor = lambda gram, m, positions: None
         (dense,) = ar.optimize([problem], iterations=600)
     finally:
         ar._factor = full
@@ -374,3 +374,32 @@ def test_grouped_conv_moments_taken_a_sample_at_a_time_are_the_layers_output_err
 
     monkeypatch.setattr(moments_module, "PATCH_BYTES", 1)
     test_patch_moments_give_the_layers_own_output_error("Conv", tmp_path)
+
+
+def test_a_gram_whose_diagonal_bounds_its_rank_high_is_not_decomposed(monkeypatch):
+    """_factor decomposes G only where its rank may be low (at most the positions, at most the
+    nonzero diagonal entries): a full-rank 96 x 96 G of 400 positions is not given to eigh; with
+    60 of its 96 inputs always zero (bound 36) it is, and the rank is 36."""
+    rng = np.random.default_rng(5)
+    full, *_ = _problem(rng, 8, 96, 400)
+    gram = full.gram * 1.0
+    gram[:, 36:, :] = 0
+    gram[:, :, 36:] = 0
+    assert ar._rank_bound(full.gram) == 96 and ar._rank_bound(gram) == 36
+
+    def no_eigh(*args):
+        raise AssertionError("eigh called")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(np.linalg, "eigh", no_eigh)
+        assert ar._factor(full.gram, 8, 400) is None
+    factor = ar._factor(gram, 8, 400)
+    assert factor is not None and factor[0].shape == (1, 96, 36)
+
+
+def test_the_schedule_is_computed_once_per_iteration_count():
+    """Every chunk of a run shares one schedule (its 0-d constants, read-only)."""
+    params = ar.AdaroundParams()
+    first = ar._schedule(500, params)
+    assert ar._schedule(500, params) is first and len(first) == 500
+    assert first[0][0] is None and first[-1][0] is not None and not first[-1][2].flags.writeable

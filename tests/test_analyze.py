@@ -13,6 +13,7 @@ from aimetcli import api
 from aimetcli import runtime
 from aimetcli.calibration.data import input_specs, open_data
 from aimetcli.cli import main
+from aimetcli.kernels.quant import fake_quantize
 from aimetcli.model_ops import clone
 from aimetcli.options import QuantOptions
 from aimetcli.steps.analyze import analyze_sim as analyze
@@ -63,3 +64,23 @@ def test_the_command_writes_every_quantizer_and_the_check(tmp_path):
     assert page.startswith("<!DOCTYPE html>") and doc["top"][0] in page and "<script" not in page
     r = CliRunner().invoke(main, ["analyze", str(src), "-o", str(tmp_path / "an2"), "--data", "missing.npz"])
     assert r.exit_code == 1 and "missing.npz" in r.stderr and not (tmp_path / "an2").exists()
+
+
+def test_a_quantizer_switched_off_is_not_computed_and_one_on_alone_is_its_fake_quantization():
+    proto = _two_layer_model()
+    model, _ = api.prepare(to_ir(proto))
+    data = open_data("random:8", input_specs(model))
+    sim, encodings, _ = api.quantsim(clone(model), data, QuantOptions(param_bw=4, act_bw=4))
+    switches = switchable(sim)
+    # every quantizer's chain sits in the then branch of its If: an If runs only the branch taken
+    assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "Where") for n in sim.graph)
+    assert sum(n.op_type == "If" for n in sim.graph) == len(switches)
+    session = runtime.Session(sim, runtime.SWEEP)
+    feeds = next(iter(data.batches(8)))
+    only_w1 = session.run({**feeds, **{s.input: np.array(s.tensor == "w1") for s in switches}})[0]
+    expected = onnx.ModelProto()
+    expected.CopyFrom(proto)
+    w1 = next(t for t in expected.graph.initializer if t.name == "w1")
+    w1.CopyFrom(onnx.numpy_helper.from_array(fake_quantize(onnx.numpy_helper.to_array(w1), encodings.params["w1"]),
+                                             "w1"))
+    np.testing.assert_allclose(only_w1, run(expected, feeds)[0], rtol=1e-5, atol=1e-7)

@@ -81,3 +81,31 @@ def test_the_report_draws_the_worst_tensors_histograms(tmp_path):
     page = (tmp_path / "an" / "index.html").read_text()
     assert page.index("Ranges of the worst") < page.index("Tensors whose grids clip") < page.index("Per-layer")
     assert page.count('class="grid-end"') == 2 * len(drawn)  # each histogram's grid ends
+
+
+def test_only_the_tensors_asked_for_get_a_histogram_and_every_other_number_is_the_same():
+    model, _ = api.prepare(to_ir(_two_layer_model()))
+    data = open_data("random:12", input_specs(model))
+    _, encodings, _ = api.quantsim(clone(model), data, QuantOptions(param_bw=4, act_bw=4))
+    full = {r.tensor: r for r in tensor_ranges(model, encodings, data, batch_size=5)}
+    some = {r.tensor: r for r in tensor_ranges(model, encodings, data, batch_size=5, histograms=["c1", "w2"])}
+    assert set(some) == set(full) and len(full) > 2
+    for name, r in some.items():
+        assert r.histogram == (full[name].histogram if name in ("c1", "w2") else [])
+        assert r.to_json() | {"histogram": None} == full[name].to_json() | {"histogram": None}
+
+
+def test_clipped_values_are_counted_only_once_a_range_leaves_its_grid(monkeypatch):
+    import aimetcli.tensor_ranges as tr
+
+    model, _ = api.prepare(to_ir(_two_layer_model()))
+    data = open_data("random:12", input_specs(model))
+    calls = []
+    monkeypatch.setattr(tr, "count_clipped", lambda x, enc: calls.append(x.size) or 0)
+    _, minmax, _ = api.quantsim(clone(model), data, QuantOptions(param_bw=4, act_bw=4))
+    tr.activation_ranges(model, minmax.activations, data, batch_size=5)
+    assert calls == []  # a min-max grid holds its own calibration data: nothing to count
+    options = QuantOptions(param_bw=4, act_bw=4, scheme=QuantScheme.PERCENTILE, percentile=90.0)
+    _, clipping, _ = api.quantsim(clone(model), data, options)
+    tr.activation_ranges(model, clipping.activations, data, batch_size=5)
+    assert calls  # the exact count (against numpy: the test above) once values lie beyond the grid

@@ -46,6 +46,7 @@ Where this differs from AIMET, and why:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -114,11 +115,11 @@ class LayerProblem:
     positions: int
 
     def loss(self, k: np.ndarray) -> float:
-        """E_pos ||W~ x - W f||^2 (summed over output channels) for W~ = scale * k, float64."""
+        """E_pos ||W~ x - W f||^2 (summed over output channels) for W~ = scale * k, float64
+        (the products as matrix products: m d^2 multiply-adds, where a three-operand einsum loops)."""
         wq = self.scale.astype(np.float64) * k
         w = self.w.astype(np.float64)
-        total = (np.einsum("gmd,gde,gme->", wq, self.gram, wq) - 2 * np.einsum("gmd,gde,gme->", wq, self.cross, w)
-                 + self.energy)
+        total = float(np.vdot(wq @ self.gram, wq)) - 2 * float(np.vdot(wq @ self.cross, w)) + self.energy
         return float(max(total, 0.0) / max(self.positions, 1))
 
     def nearest(self) -> np.ndarray:
@@ -158,15 +159,16 @@ _FROZEN_Z = -20.0  # tanh(-20) = -1 in float32: h = 0, no gradient, never moves
 _RANK_TOL = 1e-10  # eigenvalues of G below this times the largest are float64 noise: G's rank is below them
 
 
-def _factor(gram: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def _factor(gram: np.ndarray, m: int, positions: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """G2 = B B^T (B: [g, d, r], G2's eigenvectors scaled by the square roots of its eigenvalues),
     where G2's rank r is low enough that tc B B^T (2 m d r multiply-adds) beats tc G2 (m d^2): G is
     a sum of x x^T over the positions, so its rank is at most their number, below d for a Gemm
     after a global pooling with fewer samples than input features (the full-size MobileNetV2's
     classifier: 256 samples, d = 1280). Exact but for the eigenvalues under _RANK_TOL times the
-    largest (zero in exact arithmetic) and float32 rounding. None: the dense product."""
+    largest (zero in exact arithmetic) and float32 rounding. None: the dense product, without
+    eigh where the rank's bound (``positions``, :func:`_rank_bound`) is already too high."""
     g, d, _ = gram.shape
-    if d < 64:
+    if d < 64 or 2 * min(positions, _rank_bound(gram)) > 0.8 * d:
         return None
     values, vectors = np.linalg.eigh(gram)
     keep = values > _RANK_TOL * max(float(values.max()), 0.0)
@@ -177,6 +179,13 @@ def _factor(gram: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     b = np.take_along_axis(vectors * np.sqrt(np.where(keep, values, 0.0))[:, None, :], order[:, None, :], axis=2)
     b = b.astype(np.float32)
     return b, np.ascontiguousarray(b.transpose(0, 2, 1)), np.empty((g, m, rank), np.float32)
+
+
+def _rank_bound(gram: np.ndarray) -> int:
+    """An upper bound of G's rank without its eigenvalues (eigh of a 256 x 256 G costs about as
+    much as 500 iterations): the largest count of a group's nonzero diagonal entries (a zero
+    diagonal entry of a sum of x x^T is a zero row and column)."""
+    return int(np.count_nonzero(np.diagonal(gram, axis1=1, axis2=2), axis=1).max(initial=0))
 
 
 def _setup(problems: list[LayerProblem]):
@@ -201,7 +210,7 @@ def _setup(problems: list[LayerProblem]):
         per_channel = s.size > 1
         gram = _H_SLOPE * g2 if per_channel else _H_SLOPE * float(s.reshape(-1)[0]) ** 2 * g2
         slots.append(_Slot(p, pos, pos + p.w.size, gram.astype(np.float32),
-                           (s * s).astype(np.float32) if per_channel else None, _factor(gram, p.w.shape[1])))
+                           (s * s).astype(np.float32) if per_channel else None, _factor(gram, p.w.shape[1], p.positions)))
         base.append(np.broadcast_to(floor, p.w.shape).reshape(-1))
         offset.append(r.reshape(-1))
         pos += p.w.size
@@ -209,7 +218,7 @@ def _setup(problems: list[LayerProblem]):
 
 
 def optimize(problems: list[LayerProblem], params: AdaroundParams = AdaroundParams(), *,
-             iterations: int | None = None, on_iteration=None) -> list[LayerRounding]:
+             iterations: int | None = None) -> list[LayerRounding]:
     """AdaRound every problem (independently; computed together, see the module docstring).
 
     ``iterations``: overrides ``params.iterations`` (which, when None, must be given here).
@@ -231,76 +240,22 @@ def optimize(problems: list[LayerProblem], params: AdaroundParams = AdaroundPara
     if not problems:
         return []
     slots, z, floor, offset = _setup(problems)
-    f32 = np.float32
-    b1, b2, eps = 0.9, 0.999, 1e-8 / (_H_SLOPE / 2)  # g' = g / (dh/dV's 0.3)
-    edge = f32(_T_EDGE)
     tc = np.empty(z.size, np.float32)  # clip(tanh(z)): every weight's, the products' input
     y_pair = np.empty((2, z.size), np.float32)  # g' and g'^2 (Adam's two moments updated in one step)
-    y_all = y_pair[0]
-    views = [(s, tc[s.start:s.stop].reshape(s.problem.w.shape), y_all[s.start:s.stop].reshape(s.problem.w.shape))
+    views = [(s, tc[s.start:s.stop].reshape(s.problem.w.shape), y_pair[0, s.start:s.stop].reshape(s.problem.w.shape))
              for s in slots]
     active = _Active(z, offset, tc, y_pair)
-    schedule = _schedule(iterations, params, b1, b2, eps)
-    one, tiny, decay = f32(1.0), f32(1e-30), np.array([[b1], [b2]], np.float32)
+    schedule = _schedule(iterations, params)
     with single_threaded():  # small products: OpenBLAS's threads only wait for each other
-        for it in range(iterations):
-            za, t, a, d, inside = active.z, active.t, active.a, active.d, active.inside
-            y = active.y[0]
-            np.tanh(za, out=t)
-            np.minimum(t, edge, out=t)  # tc = clip(t, -5/6, 5/6) (np.clip's Python wrapper costs more)
-            np.maximum(t, -edge, out=t)
-            np.abs(t, out=a)
-            np.less(a, edge, out=inside)
-            if active.index is not None:
-                tc[active.index] = t
-            for s, tv, yv in views:  # the reconstruction gradient d/dh, per layer
-                if s.rows is not None:
-                    s.rows.product(tc, y_all)
-                    continue
-                if s.factor is not None:
-                    np.matmul(tv, s.factor[0], out=s.factor[2])
-                    np.matmul(s.factor[2], s.factor[1], out=yv)
-                else:
-                    np.matmul(tv, s.gram, out=yv)
-                if s.row_scale is not None:
-                    yv *= s.row_scale
-            if active.index is not None:
-                np.take(y_all, active.index, out=y)
-            y -= active.offset
-            regularised, power, reg, root, shift = schedule[it]
-            if regularised:  # + d/dh of lambda * sum(1 - |2h - 1|^beta), 2h - 1 = 1.2 tc inside
-                # |tc|^(beta-2) as exp((beta-2) log |tc|): np.power takes a slow path where the result
-                # underflows (|tc| < 0.01 at beta 20: 250 ns an element instead of 3)
-                np.maximum(a, tiny, out=a)
-                np.log(a, out=a)
-                a *= power
-                np.exp(a, out=a)
-                a *= t
-                a *= reg
-                y += a
-            np.multiply(t, t, out=d)  # g' = d/dh * dh/dV / 0.3 = d/dh * (1 - t^2) inside the clip
-            np.subtract(one, d, out=d)
-            d *= inside
-            y *= d
-            moments = active.moments  # Adam: M1 = b1 M1 + g', M2 = b2 M2 + g'^2
-            np.multiply(y, y, out=active.y[1])
-            moments *= decay
-            moments += active.y
-            m1, m2 = moments
-            # V -= lr m1_hat / (sqrt(m2_hat) + eps), z = V / 2: z -= M1 / (sqrt(M2) root + shift)
-            np.sqrt(m2, out=a)
-            a *= root
-            a += shift
-            np.divide(m1, a, out=a)
-            za -= a
-            if on_iteration is not None:
-                on_iteration(it)
-            if it % _CHECK_EVERY == _CHECK_EVERY - 1:
-                moving = active.moving()
-                if not active.shrink():
-                    break  # every weight's rounding is final
-                for s, tv, _ in views:
-                    _Rows.update(s, tv, moving[s.start:s.stop].reshape(tv.shape))
+        for first in range(0, iterations, _CHECK_EVERY):
+            _iterate(active, _product_calls(views, tc, y_pair[0]), schedule[first:first + _CHECK_EVERY])
+            if first + _CHECK_EVERY >= iterations:
+                break
+            moving = active.moving()
+            if not active.shrink():
+                break  # every weight's rounding is final
+            for s, tv, _ in views:
+                _Rows.update(s, tv, moving[s.start:s.stop].reshape(tv.shape))
     z = active.final()
     return [_result(s.problem, np.clip(floor[s.start:s.stop].reshape(s.problem.w.shape)
                                        + (z[s.start:s.stop].reshape(s.problem.w.shape) >= 0),
@@ -308,17 +263,99 @@ def optimize(problems: list[LayerProblem], params: AdaroundParams = AdaroundPara
             for s in slots]
 
 
-def _schedule(iterations: int, params: AdaroundParams, b1: float, b2: float, eps: float) -> list[tuple]:
-    """Per iteration, the float32 constants of the loop: whether the regulariser is on, its power
-    beta - 2 and factor -2 lambda beta 1.2^(beta-1), and Adam's step as M1 / (sqrt(M2) root + shift)."""
-    f32 = np.float32
+def _product_calls(views, tc: np.ndarray, y_all: np.ndarray) -> list[tuple]:
+    """The reconstruction gradient d/dh of every layer as (function, arguments) calls, from the
+    flat tc into the flat y: dense, low-rank (factor) or row by row (:class:`_Rows`)."""
+    calls: list[tuple] = []
+    for s, tv, yv in views:
+        if s.rows is not None:
+            calls.append((s.rows.product, (tc, y_all)))
+            continue
+        if s.factor is not None:
+            calls += [(np.matmul, (tv, s.factor[0], s.factor[2])), (np.matmul, (s.factor[2], s.factor[1], yv))]
+        else:
+            calls.append((np.matmul, (tv, s.gram, yv)))
+        if s.row_scale is not None:
+            calls.append((np.multiply, (yv, s.row_scale, yv)))
+    return calls
+
+
+# numpy's constants as 0-d arrays and outputs passed positionally: a ufunc call on a few hundred
+# elements then costs about 0.5 us instead of 1-2 us (a numpy scalar operand, out=)
+_EDGE = np.array(_T_EDGE, np.float32)
+_NEG_EDGE = np.array(-_T_EDGE, np.float32)
+_TINY = np.array(1e-30, np.float32)
+_ONE = np.array(1.0, np.float32)
+_DECAY = np.array([[0.9], [0.999]], np.float32)  # Adam's b1, b2
+_clip = np.clip if not hasattr(np, "_core") else np._core.umath.clip  # the ufunc, not np.clip's wrapper
+
+
+def _iterate(active: _Active, products: list[tuple], schedule: list[tuple]) -> None:
+    """``len(schedule)`` iterations of the loop on the active weights (each a fixed sequence of
+    numpy calls into preallocated arrays: the cost of a small layer is the calls' count)."""
+    tanh, absolute, less, log, exp, sqrt = np.tanh, np.absolute, np.less, np.log, np.exp, np.sqrt
+    add, subtract, multiply, divide = np.add, np.subtract, np.multiply, np.divide
+    za, t, a, d, inside, index = active.z, active.t, active.a, active.d, active.inside, active.index
+    y, y_square, offset, moments = active.y[0], active.y[1], active.offset, active.moments
+    m1, m2 = moments
+    tc, y_all = active.tc, active.y_all
+    edge, neg_edge, tiny, one, decay = _EDGE, _NEG_EDGE, _TINY, _ONE, _DECAY
+    for power, reg, root, shift in schedule:
+        tanh(za, t)
+        _clip(t, neg_edge, edge, t)  # tc = clip(t, -5/6, 5/6)
+        absolute(t, a)
+        less(a, edge, inside)
+        if index is not None:
+            tc[index] = t
+        for call, args in products:  # the reconstruction gradient d/dh, per layer
+            call(*args)
+        if index is not None:
+            y_all.take(index, None, y)
+        subtract(y, offset, y)
+        if power is not None:  # + d/dh of lambda * sum(1 - |2h - 1|^beta), 2h - 1 = 1.2 tc inside
+            # |tc|^(beta-2) as exp((beta-2) log |tc|): np.power takes a slow path where the result
+            # underflows (|tc| < 0.01 at beta 20: 250 ns an element instead of 3)
+            _clip(a, tiny, edge, a)  # max(|tc|, tiny): |tc| <= 5/6 already
+            log(a, a)
+            multiply(a, power, a)
+            exp(a, a)
+            multiply(a, t, a)
+            multiply(a, reg, a)
+            add(y, a, y)
+        multiply(t, t, d)  # g' = d/dh * dh/dV / 0.3 = d/dh * (1 - t^2) inside the clip
+        subtract(one, d, d)
+        multiply(d, inside, d)
+        multiply(y, d, y)
+        multiply(y, y, y_square)  # Adam: M1 = b1 M1 + g', M2 = b2 M2 + g'^2
+        multiply(moments, decay, moments)
+        add(moments, active.y, moments)
+        # V -= lr m1_hat / (sqrt(m2_hat) + eps), z = V / 2: z -= M1 / (sqrt(M2) root + shift)
+        sqrt(m2, a)
+        multiply(a, root, a)
+        add(a, shift, a)
+        divide(m1, a, a)
+        subtract(za, a, za)
+
+
+@functools.cache
+def _schedule(iterations: int, params: AdaroundParams) -> list[tuple]:
+    """Per iteration, the float32 constants of the loop (0-d arrays): the regulariser's power
+    beta - 2 and factor -2 lambda beta 1.2^(beta-1) (None, None during the warm start), and
+    Adam's step as M1 / (sqrt(M2) root + shift). The same for every chunk: computed once."""
+    b1, b2, eps = 0.9, 0.999, 1e-8 / (_H_SLOPE / 2)  # g' = g / (dh/dV's 0.3)
+
+    def const(x: float) -> np.ndarray:
+        out = np.array(x, np.float32)
+        out.flags.writeable = False
+        return out
+
     out = []
     for it in range(iterations):
         beta = beta_at(it, iterations, params)
         step = params.lr * (1 - b1) / (1 - b1 ** (it + 1)) / 2.0  # z = V / 2
-        out.append((beta is not None, f32(max(beta - 2.0, 0.0)) if beta is not None else None,
-                    f32(-2.0 * params.reg_param * beta * (2 * _H_SLOPE) ** (beta - 1.0)) if beta is not None else None,
-                    f32(math.sqrt((1 - b2) / (1 - b2 ** (it + 1))) / step), f32(eps / step)))
+        out.append((const(max(beta - 2.0, 0.0)) if beta is not None else None,
+                    const(-2.0 * params.reg_param * beta * (2 * _H_SLOPE) ** (beta - 1.0)) if beta is not None else None,
+                    const(math.sqrt((1 - b2) / (1 - b2 ** (it + 1))) / step), const(eps / step)))
     return out
 
 
@@ -344,6 +381,7 @@ class _Active:
         self.z, self.offset = z, offset
         self.moments = np.zeros((2, z.size), np.float32)  # Adam's M1, M2
         self.t, self.y = tc, y_pair  # y: [2, n], the gradient g' and its square
+        self.tc, self.y_all = tc, y_pair[0]  # every weight's (the products' input and output)
         self._buffers(z.size)
 
     def _buffers(self, n: int) -> None:
@@ -443,7 +481,7 @@ class _Rows:
         """y at the moving weights (the others' y is left as it was: their step is zero)."""
         self.pad.reshape(-1)[self.pos] = tc[self.index]
         np.matmul(self.pad, self.block, out=self.out)
-        np.take(self.out.reshape(-1), self.pos, out=self.y)
+        self.out.reshape(-1).take(self.pos, None, self.y)
         self.y += self.base
         y[self.index] = self.y
 

@@ -7,10 +7,13 @@ SQNR against FP32 with
 - every quantizer but q on (what keeping q's tensor float recovers),
 
 as AIMET's QuantAnalyzer reports per layer. The sim is built once and run with every quantizer
-switchable: each quantizer's output ``Q`` is replaced, for its readers, by
-``Where(on_q, Q, x)`` with ``x`` the tensor it quantizes and ``on_q`` a boolean scalar input of
-the graph. One onnxruntime session then runs every configuration (2 N + 1 runs over the data for
-N quantizers), instead of N sims built, serialized and loaded twice each.
+switchable: each quantizer's chain (QuantizeLinear -> DequantizeLinear [-> grid Clip]) moves into
+the then branch of ``If(on_q)``, whose else branch is ``Identity(x)``, with ``x`` the tensor it
+quantizes and ``on_q`` a boolean scalar input of the graph; the readers read the If's output.
+onnxruntime runs only the branch taken, so a quantizer switched off costs nothing (a
+``Where(on_q, Q, x)`` computed both). One onnxruntime session (runtime.SWEEP) then runs every
+configuration (2 N + 1 runs over the data for N quantizers), instead of N sims built, serialized
+and loaded twice each.
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ class Analysis:
     def histogram_ranges(self, n: int = HISTOGRAMS) -> list[TensorRange]:
         """The ranges of the ``n`` quantizers :meth:`worst` ranks first (the report draws their
         histograms), in that order."""
-        by_name = {r.tensor: r for r in self.ranges}
+        by_name = {r.tensor: r for r in self.ranges if r.histogram}
         return [by_name[q.tensor] for q in self.worst(len(self.quantizers)) if q.tensor in by_name][:n]
 
     def worst(self, n: int = 10) -> list[QuantizerSensitivity]:
@@ -111,6 +114,46 @@ def _quantized_end(q: ir.Node) -> ir.Value | None:
         if nxt is None or not is_grid_node(nxt):
             return end
         end = nxt.outputs[0]
+
+
+def _chain_nodes(q: ir.Node, last: ir.Node) -> list[ir.Node]:
+    """The quantizer's nodes from its QuantizeLinear ``q`` to ``last`` (each the sole reader of the
+    one before: :func:`_quantized_end`)."""
+    chain = [q]
+    while chain[-1] is not last:
+        nxt = g.sole_consumer(chain[-1].outputs[0])
+        assert nxt is not None
+        chain.append(nxt)
+    return chain
+
+
+def _switch(graph: ir.Graph, names: g.Names, on: ir.Value, x: ir.Value, end: ir.Value, chain: list[ir.Node],
+            x_name: str) -> ir.Node:
+    """``If(on) then <chain> else Identity(x)``, in the graph where the chain was: the chain's nodes
+    move into the then branch (their scales and zero points stay initializers of the graph, read
+    from the outer scope), and onnxruntime runs only the branch taken."""
+    for node in chain:
+        graph.remove(node)
+    ident = ir.Node("", "Identity", [x], name=names.new(f"{x_name}_as_float"))
+    ident.outputs[0].name = names.new(f"{x_name}_float_branch_out")
+    then = ir.Graph([], [end], nodes=chain, name=names.new(f"{x_name}_quantized_branch"))
+    otherwise = ir.Graph([], [ident.outputs[0]], nodes=[ident], name=names.new(f"{x_name}_float_branch"))
+    node = ir.Node("", "If", [on], attributes=[ir.AttrGraph("then_branch", then),
+                                              ir.AttrGraph("else_branch", otherwise)],
+                   name=names.new(f"{x_name}_switch"))
+    out = node.outputs[0]
+    out.name = names.new(f"{x_name}_switched")
+    out.type, out.shape = end.type, end.shape
+    producer = x.producer()
+    if producer is None:
+        first = next(iter(graph), None)
+        if first is None:
+            graph.append(node)
+        else:
+            graph.insert_before(first, node)
+    else:
+        graph.insert_after(producer, node)
+    return node
 
 
 def switchable(sim: ir.Model) -> list[Switch]:
@@ -134,19 +177,19 @@ def switchable(sim: ir.Model) -> list[Switch]:
         on = ir.Value(name=on_name, type=ir.TensorType(ir.DataType.BOOL), shape=ir.Shape([]))
         graph.inputs.append(on)
         uses = list(end.uses())
-        where = ir.Node("", "Where", [on, end, x], name=names.new(f"{x_name}_switch"))
-        out = where.outputs[0]
-        out.name = names.new(f"{x_name}_switched")
-        out.type, out.shape = end.type, end.shape
+        idx = next((i for i, v in enumerate(graph.outputs) if v is end), None)
+        if idx is not None:  # the then branch's output now
+            graph.outputs.pop(idx)
+        chain = _chain_nodes(q, last)
+        switch = _switch(graph, names, on, x, end, chain, x_name)
+        out = switch.outputs[0]
         for use in uses:
             use.node.replace_input_with(use.idx, out)
-        if end.is_graph_output():
-            idx = next(i for i, v in enumerate(graph.outputs) if v is end)
+        if idx is not None:
             name = end.name
             end.name = names.new(f"{name}_quantized_value")
             out.name = name
-            graph.outputs[idx] = out
-        graph.insert_after(last, where)
+            graph.outputs.insert(idx, out)
         base = x_name[: -len("_float")]
         # a graph output's float value (quantsim/insert.py): named as the user knows it
         tensor = base if x_name.endswith("_float") and base in outputs else x_name
@@ -161,7 +204,8 @@ def analyze(model: ModelSource, data: DataSource, options: QuantOptions | None =
     """The facade step: quantsim of ``model`` with ``options`` calibrated on ``data`` (the model is
     left as it was), then :func:`analyze_sim` on the first ``samples`` of ``evaluation`` (default:
     ``data``; whole fixed batches), and every quantized tensor's ranges and clipping on ``data``
-    (:func:`aimetcli.tensor_ranges.tensor_ranges`). ``run.progress`` ticks once per calibration
+    (:func:`aimetcli.tensor_ranges.tensor_ranges`; histograms only of the HISTOGRAMS quantizers
+    :meth:`Analysis.worst` ranks first, the ones the report draws). ``run.progress`` ticks once per calibration
     batch (twice: calibration, then the ranges) and once per configuration run."""
     from aimetcli.calibration.data import as_dataset
     from aimetcli.ptq_judge import _subset
@@ -181,7 +225,9 @@ def analyze(model: ModelSource, data: DataSource, options: QuantOptions | None =
     result = analyze_sim(fp32, sim, scored, batch_size=run.batch_size, progress=run.progress)
     result.warnings = list(summary.warnings)
     start = time.perf_counter()
-    result.ranges = tensor_ranges(fp32, encodings, calib, run.batch_size, run.progress)
+    quantized = set(encodings.activations) | set(encodings.params)
+    drawn = [q.tensor for q in result.worst(len(result.quantizers)) if q.tensor in quantized][:HISTOGRAMS]
+    result.ranges = tensor_ranges(fp32, encodings, calib, run.batch_size, run.progress, histograms=drawn)
     result.ranges_seconds = time.perf_counter() - start
     result.seconds += result.ranges_seconds
     return result
@@ -201,7 +247,7 @@ def analyze_sim(fp32: ir.Model, sim: ir.Model, data, *, batch_size: int = 32, pr
     ref = reference[k]
     layers = layer_errors(fp32, sim, data, batch_size=batch_size)
     switches = switchable(sim)
-    session = runtime.Session(sim, runtime.SIMULATE)
+    session = runtime.Session(sim, runtime.SWEEP)
     batches = list(data.batches(batch_size))
 
     def sqnr(on: set[int]) -> float:
