@@ -181,14 +181,6 @@ def activation_bytes(model: ir.Model) -> int:
     return math.ceil(total)
 
 
-def activation_sizes_known(model: ir.Model) -> bool:
-    """Whether :func:`activation_bytes` is the model's size per sample: every node output that
-    records a shape has fixed dimensions past the first (a detector with a symbolic height and
-    width records its channels only, and counts a few bytes where a 384 x 384 page takes MBs)."""
-    return all(fixed_dim(d) is not None for node in model.graph for v in node.outputs
-               if v.shape is not None and v.dtype is not None for d in v.shape.dims[1:])
-
-
 # ops that only appear in models already quantized: the QDQ format (a quantsim or quantize_static
 # output), and integer operators: onnxruntime's quantize_dynamic (DynamicQuantizeLinear feeding
 # ConvInteger/MatMulInteger; com.microsoft's DynamicQuantizeMatMul, MatMulIntegerToFloat,

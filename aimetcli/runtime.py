@@ -227,13 +227,8 @@ def histogram_run_size(model: ir.Model, dataset) -> int:
     within HISTOGRAM_RUN_BYTES. The ResNet sample model (0.58 MB of activations a sample),
     tf-enhanced over 1,000 samples: runs of 16 samples 0.29 s, 32 0.23 s, 64 0.22 s; its
     process's peak memory grows with the run (1.4x the FP32 process's at 16 samples, 1.9x at
-    55), hence the bound (27 samples there). A model whose activation sizes are not all declared
-    (:func:`~aimetcli.graph.activation_sizes_known`: symbolic heights and widths) cannot be sized
-    this way and gets reduction_run_size (PP-OCR det v5 on 32 pages 384 x 384 had taken them all
-    in one run: tf-enhanced calibration 2.2x the CPU time of min-max's runs of 4).
+    55), hence the bound (27 samples there).
     """
-    if not g.activation_sizes_known(model):
-        return reduction_run_size(dataset)
     return max(reduction_run_size(dataset), min(64, HISTOGRAM_RUN_BYTES // max(g.activation_bytes(model), 1)))
 
 

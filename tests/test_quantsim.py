@@ -318,23 +318,6 @@ def test_histogram_runs_grow_with_small_activations():
     assert runtime.histogram_run_size(mid, small) == runtime.HISTOGRAM_RUN_BYTES // (2 * 16 * 64 * 64 * 4) == 32
 
 
-def test_histogram_runs_of_a_model_with_symbolic_sizes():
-    """A model whose heights and widths are symbolic records only its channels, so its
-    activations look a few bytes a sample: its histogram runs take reduction_run_size samples,
-    not 64 (a detector on 384 x 384 pages had taken all 32 calibration pages in one run)."""
-    from types import SimpleNamespace
-
-    from aimetcli import graph as g
-    from aimetcli import runtime
-
-    nodes = [helper.make_node("Conv", ["x", "W"], ["y"], pads=[1] * 4), helper.make_node("Relu", ["y"], ["z"])]
-    model = to_ir(onnx.shape_inference.infer_shapes(make_model(nodes, [("x", [None, 3, "h", "w"])], [("z", None)],
-                                                               [init("W", rand(8, 3, 3, 3))])))
-    assert not g.activation_sizes_known(model) and g.activation_bytes(model) == 2 * 8 * 4
-    pages = SimpleNamespace(sample_nbytes=3 * 384 * 384 * 4)
-    assert runtime.histogram_run_size(model, pages) == runtime.reduction_run_size(pages) == 4
-
-
 def test_scores_read_the_logits_when_the_first_output_is_a_label(tmp_path):
     """A classifier whose first output is its int64 argmax label: top-1 and the headline SQNR
     (what ptq's verdicts and scheme choice compare) read the float logits, not the label (whose
