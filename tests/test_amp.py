@@ -94,15 +94,18 @@ def test_candidates_parse_and_order():
 
 
 # -- the switchable sim -----------------------------------------------------------------------
-def _classifier() -> onnx.ModelProto:
-    """x -> Conv -> Relu -> Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm -> y (logits)."""
+def _classifier(softmax: bool = False) -> onnx.ModelProto:
+    """x -> Conv -> Relu -> Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm -> y (logits);
+    with ``softmax``, Gemm -> logits -> Softmax -> y."""
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
              helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
              helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="pool"),
              helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
-             helper.make_node("Gemm", ["f", "w3", "b3"], ["y"], name="fc", transB=1)]
+             helper.make_node("Gemm", ["f", "w3", "b3"], ["logits" if softmax else "y"], name="fc", transB=1)]
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["logits"], ["y"], name="softmax", axis=1))
     return make_model(nodes, [("x", ["N", 2, 6, 6])], [("y", ["N", 5])],
                       [init("w1", rand(6, 2, 3, 3)), init("b1", rand(6, scale=0.1)), init("w2", rand(8, 6, 3, 3)),
                        init("w3", rand(5, 8)), init("b3", rand(5, scale=0.1))])
@@ -168,9 +171,9 @@ def test_switchable_sim_equals_plain_sims_with_the_same_per_layer_bits(tmp_path)
 
 
 # -- the command ------------------------------------------------------------------------------
-def _files(tmp_path):
+def _files(tmp_path, softmax: bool = False):
     src = tmp_path / "m.onnx"
-    onnx.save(_classifier(), src)
+    onnx.save(_classifier(softmax), src)
     rng = np.random.default_rng(0)
     x = rand(48, 2, 6, 6)
     np.savez(tmp_path / "d.npz", x=x, label=rng.integers(0, 5, 48))
@@ -228,3 +231,23 @@ def test_ptq_budget_errors(tmp_path):
     r = CliRunner().invoke(main, [*base, "--min-sqnr", "20", "--amp-candidates", "w4a9x", *FAST])
     assert r.exit_code == 2 and "--amp-candidates" in r.stderr
 
+
+
+def test_ptq_min_sqnr_scores_a_softmax_logits_and_counts_16_bit_activations(tmp_path):
+    """A classifier ending in Softmax: ptq's judge scores the logits, which no graph outputs,
+    so the switchable sim must output them too (it failed in onnxruntime: "Invalid output
+    name"). Candidates W8A8 / W8A16 search activations only; the report counts the
+    activations the search raised to 16 bits."""
+    src = _files(tmp_path, softmax=True)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(out), "--data", str(tmp_path / "d.npz"), "--min-sqnr",
+                                  "40", "--amp-candidates", "w8a8,w8a16", *FAST[:-2], "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    mp = doc["ptq"]["mixed_precision"] if "ptq" in doc else doc["mixed_precision"]
+    acts = [g for g in mp["groups"] if g["activation"]]
+    assert {g["param_bw"] for g in mp["groups"] if g["weight"]} == {8}
+    wide = [g for g in acts if g["act_bw"] == 16]
+    assert 0 < len(wide) < len(acts), "40 dB needs some activations at 16 bits, not all"
+    assert mp["wide_activation_share"] == pytest.approx(len(wide) / len(acts))
+    assert mp["final_sqnr_db"] >= 40 - 1e-6

@@ -93,6 +93,8 @@ class AmpResult:
     base_weight_bytes: float
     # share of the weights' elements at the cheapest weight bitwidth (of FP32 weight bytes)
     lowest_weight_share: float
+    # share of the groups' activation quantizers above the base activation bitwidth (float included)
+    wide_activation_share: float
     rules: list[str]  # --bits rules and --exclude patterns the choice is applied with
     runs: int
     seconds: dict[str, float] = field(default_factory=dict)
@@ -146,6 +148,20 @@ class _Scorer:
         out = _joined([self.session.run({**feeds, **flags}, [self.name])[0] for feeds in self.batches])
         self.runs += 1
         return percent(correct(out, self.labels)), sqnr_db(self.reference, out)
+
+
+def expose_scored(switchable, judge) -> None:
+    """Make the tensor ``judge`` scores (a Softmax's logits, which no graph outputs; or the
+    output) an output of the switchable sim, as read after its quantizer (the If cascade's
+    output), where a plain sim's judge reads it."""
+    from aimetcli.graph_builder import expose
+
+    tensor = judge.scored_tensor()
+    if tensor is None:
+        return  # _Scorer names the problem
+    name = switchable.switched.get(tensor[0], tensor[0])
+    if name not in {o.name for o in switchable.model.graph.outputs}:
+        switchable.model = expose(switchable.model, [name])
 
 
 def _encodings(model: ir.Model, calib, opts: QuantOptions, param_bws: set[int], act_bws: set[int],
@@ -220,6 +236,7 @@ def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: A
     started("FP32 and the highest and lowest configurations")
     from aimetcli import runtime
 
+    expose_scored(switchable, judge)
     session = runtime.Session(switchable.model, runtime.SIMULATE)
     scorer = _Scorer(switchable, session, judge, run.batch_size)
     ranker = _Scorer(switchable, session, judge, run.batch_size, PHASE1_SAMPLES)
@@ -347,16 +364,20 @@ def _result(amp: AmpOptions, metric: str, target: float, reference_top1, candida
                 exclude.append(pattern)
             elif want is not None and want != base_bw:
                 bits.append(BitsRule(pattern, want if kind == "w" else None, want if kind == "a" else None))
+    acts = [(g.candidates[i].act_bw, g.candidates[0].act_bw) for g, i in zip(groups, config) if g.activation]
+    wide = sum(1 for a, b in acts if a is None or (b is not None and a > b))
     point = pareto[chosen]
     return AmpResult(amp.describe(), metric, target, reference_top1, [c.label() for c in candidates], results,
                      pareto, chosen, point.top1, point.sqnr_db, final.relative_bitops, final.weight_bytes,
                      base.relative_bitops, base.weight_bytes, at_low / total if total else 0.0,
+                     wide / len(acts) if acts else 0.0,
                      [f"--bits {r.pattern}={r.spec()}" for r in bits] + [f"--exclude {p}" for p in exclude], runs,
                      times, tuple(bits), tuple(exclude), note, phase1_samples=phase1_samples)
 
 
 def describe(result: Any) -> str:
     """The ptq row's note for a result."""
-    share = f"{100 * result.lowest_weight_share:.0f}% of weights at the lowest bitwidth"
+    share = (f"{100 * result.lowest_weight_share:.0f}% of weights at the lowest bitwidth, "
+             f"{100 * result.wide_activation_share:.0f}% of activations above the base bitwidth")
     return (f"{result.counts()}; {result.relative_bitops:.2f}x bit-ops (base {result.base_relative_bitops:.2f}x), "
             f"{result.weight_bytes / 1e3:.1f} kB weights, {share}; {result.runs} runs")
