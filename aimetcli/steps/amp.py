@@ -5,7 +5,8 @@
    activation, every other activation alone; candidates cheapest first (the base bitwidths),
    float last. The budget's metric: with ``--max-drop``, top-1 on the labelled evaluation data
    (the data AIMET's eval callback would score), else the output SQNR against FP32 on the
-   calibration data; both read the tensor ptq's judge reads (a Softmax's logits).
+   evaluation data too (the calibration data without ``--eval``); both read the tensor ptq's
+   judge reads (a Softmax's logits).
 2. One switchable sim (``aimetcli/amp/switch.py``) and one onnxruntime session: a configuration
    is a set of feeds.
 3. The all-highest configuration must meet the budget (else the budget is out of reach: an
@@ -201,11 +202,12 @@ def _available(groups, weights, acts) -> None:
 
 def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: AmpOptions,
                     run: RunOptions | None = None, *, reference_top1: float | None = None,
-                    on_start=None) -> AmpResult:
+                    on_start=None, judged_on: str = "evaluation") -> AmpResult:
     """The module docstring's search on ``model`` (an FP32 model; left as it is) with the base
     ``options``; grids calibrated on ``calib``; the budget measured by ``judge`` (ptq_judge.Judge
-    of the evaluation data with labels for ``amp.max_drop``, of the calibration data for
-    ``amp.min_sqnr``). Raises when even the all-highest configuration misses the budget."""
+    of the evaluation data with labels for ``amp.max_drop``; for ``amp.min_sqnr`` of the
+    evaluation data, or of the calibration data without it: ``judged_on`` names which). Raises
+    when even the all-highest configuration misses the budget."""
     from aimetcli.amp.groups import bits_of, cost, count_macs, find_groups
     from aimetcli.amp.switch import build_switchable
     from aimetcli.quantsim.insert import WIDE_OPSET
@@ -333,11 +335,11 @@ def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: A
     if note:
         pareto[0].candidate, pareto[1].candidate = "all highest", "all base"
     config = points[chosen][0]
-    return _result(amp, metric, target, reference_top1, candidates, groups, layers, config, pareto, chosen,
-                   sensitivity, scorer.runs + ranker.runs, times, note, ranker.samples)
+    return _result(amp.describe(judged_on), metric, target, reference_top1, candidates, groups, layers, config,
+                   pareto, chosen, sensitivity, scorer.runs + ranker.runs, times, note, ranker.samples)
 
 
-def _result(amp: AmpOptions, metric: str, target: float, reference_top1, candidates, groups, layers,
+def _result(budget: str, metric: str, target: float, reference_top1, candidates, groups, layers,
             config: list[int], pareto: list[ParetoPoint], chosen: int, sensitivity, runs: int,
             times: dict[str, float], note: str, phase1_samples: int) -> AmpResult:
     from aimetcli.amp.groups import cost
@@ -367,7 +369,7 @@ def _result(amp: AmpOptions, metric: str, target: float, reference_top1, candida
     acts = [(g.candidates[i].act_bw, g.candidates[0].act_bw) for g, i in zip(groups, config) if g.activation]
     wide = sum(1 for a, b in acts if a is None or (b is not None and a > b))
     point = pareto[chosen]
-    return AmpResult(amp.describe(), metric, target, reference_top1, [c.label() for c in candidates], results,
+    return AmpResult(budget, metric, target, reference_top1, [c.label() for c in candidates], results,
                      pareto, chosen, point.top1, point.sqnr_db, final.relative_bitops, final.weight_bytes,
                      base.relative_bitops, base.weight_bytes, at_low / total if total else 0.0,
                      wide / len(acts) if acts else 0.0,
