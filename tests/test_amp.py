@@ -251,6 +251,7 @@ def test_ptq_min_sqnr_scores_a_softmax_logits_and_counts_16_bit_activations(tmp_
     assert 0 < len(wide) < len(acts), "40 dB needs some activations at 16 bits, not all"
     assert mp["wide_activation_share"] == pytest.approx(len(wide) / len(acts))
     assert mp["final_sqnr_db"] >= 40 - 1e-6
+    assert next(p for p in mp["pareto"] if p["chosen"])["wide_activation_share"] == mp["wide_activation_share"]
 
 
 def test_ptq_min_sqnr_is_measured_on_the_eval_data_when_given(tmp_path):
@@ -273,3 +274,28 @@ def test_ptq_min_sqnr_is_measured_on_the_eval_data_when_given(tmp_path):
     calib_db = row.get("calib_sqnr_db")
     assert mp["final_sqnr_db"] == pytest.approx(row["sqnr_db"], abs=1e-6), row
     assert calib_db is None or abs(calib_db - row["sqnr_db"]) > 0.5, "the two data sets should score apart"
+
+
+def test_pareto_png_of_an_activation_only_search_plots_the_share_of_wide_activations(monkeypatch):
+    """W8A8 / W8A16 candidates leave every weight at 8 bits: the weight-size panel would stack
+    every point on one x; the second panel shows the share of activations at 16 bits instead."""
+    from types import SimpleNamespace
+
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from aimetcli.amp.report import pareto_png
+    from aimetcli.steps.amp import ParetoPoint
+
+    labels: list[str] = []
+    real = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (labels.extend(ax.get_xlabel() for ax in fig.axes),
+                                                                 real(fig, *a, **k))[1])
+    points = [ParetoPoint(i, None, None, 2.0 - i / 4, 100.0, share, sqnr_db=db, meets=db >= 20)
+              for i, (share, db) in enumerate([(1.0, 24.0), (0.5, 23.0), (0.25, 21.0), (0.0, 15.0)])]
+    result = SimpleNamespace(pareto=points, metric="sqnr_db", target=20.0, budget="output SQNR at least 20 dB")
+    assert pareto_png(result)[:4] == b"\x89PNG"
+    assert "activations above the base bitwidth" in labels[1]
+    labels.clear()
+    points[1].weight_bytes = 80.0
+    assert pareto_png(result) is not None and labels[1].startswith("weight size")

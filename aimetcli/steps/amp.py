@@ -57,6 +57,7 @@ class ParetoPoint:
     candidate: str | None
     relative_bitops: float
     weight_bytes: float
+    wide_activation_share: float = 0.0  # of the groups' activation quantizers, above the base bitwidth
     top1: float | None = None
     sqnr_db: float | None = None
     meets: bool | None = None  # None: not scored
@@ -326,7 +327,7 @@ def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: A
         c = cost(groups, layers, config)
         p = ParetoPoint(i, groups[entry.group].name if entry else None,
                         groups[entry.group].candidates[entry.candidate].label() if entry else None,
-                        c.relative_bitops, c.weight_bytes)
+                        c.relative_bitops, c.weight_bytes, wide_share(groups, config))
         if tuple(config) in scores:
             p.top1, p.sqnr_db = scores[tuple(config)]
             p.meets = meets(config)
@@ -337,6 +338,13 @@ def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: A
     config = points[chosen][0]
     return _result(amp.describe(judged_on), metric, target, reference_top1, candidates, groups, layers, config,
                    pareto, chosen, sensitivity, scorer.runs + ranker.runs, times, note, ranker.samples)
+
+
+def wide_share(groups, config: list[int]) -> float:
+    """The share of the groups' activation quantizers that ``config`` puts above their base (the
+    cheapest candidate's) bitwidth, float included."""
+    acts = [(g.candidates[i].act_bw, g.candidates[0].act_bw) for g, i in zip(groups, config) if g.activation]
+    return sum(1 for a, b in acts if a is None or (b is not None and a > b)) / len(acts) if acts else 0.0
 
 
 def _result(budget: str, metric: str, target: float, reference_top1, candidates, groups, layers,
@@ -366,13 +374,11 @@ def _result(budget: str, metric: str, target: float, reference_top1, candidates,
                 exclude.append(pattern)
             elif want is not None and want != base_bw:
                 bits.append(BitsRule(pattern, want if kind == "w" else None, want if kind == "a" else None))
-    acts = [(g.candidates[i].act_bw, g.candidates[0].act_bw) for g, i in zip(groups, config) if g.activation]
-    wide = sum(1 for a, b in acts if a is None or (b is not None and a > b))
     point = pareto[chosen]
     return AmpResult(budget, metric, target, reference_top1, [c.label() for c in candidates], results,
                      pareto, chosen, point.top1, point.sqnr_db, final.relative_bitops, final.weight_bytes,
                      base.relative_bitops, base.weight_bytes, at_low / total if total else 0.0,
-                     wide / len(acts) if acts else 0.0,
+                     point.wide_activation_share,
                      [f"--bits {r.pattern}={r.spec()}" for r in bits] + [f"--exclude {p}" for p in exclude], runs,
                      times, tuple(bits), tuple(exclude), note, phase1_samples=phase1_samples)
 
