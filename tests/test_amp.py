@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 
 import numpy as np
 import onnx
@@ -233,24 +234,26 @@ def test_ptq_budget_errors(tmp_path):
 
 
 
-def test_ptq_min_sqnr_scores_a_softmax_logits_and_counts_16_bit_activations(tmp_path):
+def test_ptq_min_sqnr_scores_a_softmax_logits_and_counts_16_bit_activations(tmp_path, monkeypatch):
     """A classifier ending in Softmax: ptq's judge scores the logits, which no graph outputs,
     so the switchable sim must output them too (it failed in onnxruntime: "Invalid output
     name"). Candidates W8A8 / W8A16 search activations only; the report counts the
     activations the search raised to 16 bits."""
+    # the same model and data whichever tests ran before (W8A8 41 dB, W8A16 43 dB)
+    monkeypatch.setattr(sys.modules[__name__], "_RNG", np.random.default_rng(5))
     src = _files(tmp_path, softmax=True)
     out = tmp_path / "out"
     r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(out), "--data", str(tmp_path / "d.npz"), "--min-sqnr",
-                                  "40", "--amp-candidates", "w8a8,w8a16", *FAST[:-2], "--json"])
+                                  "42", "--amp-candidates", "w8a8,w8a16", *FAST[:-2], "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     mp = doc["ptq"]["mixed_precision"] if "ptq" in doc else doc["mixed_precision"]
     acts = [g for g in mp["groups"] if g["activation"]]
     assert {g["param_bw"] for g in mp["groups"] if g["weight"]} == {8}
     wide = [g for g in acts if g["act_bw"] == 16]
-    assert 0 < len(wide) < len(acts), "40 dB needs some activations at 16 bits, not all"
+    assert 0 < len(wide) < len(acts), "42 dB needs some activations at 16 bits, not all"
     assert mp["wide_activation_share"] == pytest.approx(len(wide) / len(acts))
-    assert mp["final_sqnr_db"] >= 40 - 1e-6
+    assert mp["final_sqnr_db"] >= 42 - 1e-6
     assert next(p for p in mp["pareto"] if p["chosen"])["wide_activation_share"] == mp["wide_activation_share"]
 
 
