@@ -98,7 +98,8 @@ class RunOptions:
 class AmpOptions:
     """Mixed precision under a budget (``ptq --max-drop`` / ``--min-sqnr``; aimetcli/steps/amp.py).
     One budget: ``max_drop``, points of top-1 below FP32 on the labelled evaluation data, or
-    ``min_sqnr``, dB of output SQNR against FP32 on the calibration data. ``candidates``: each
+    ``min_sqnr``, dB of output SQNR against FP32 on the evaluation data (the calibration data
+    when ptq has no ``--eval``). ``candidates``: each
     group's candidate bitwidths (``kernels.amp_search.Candidate``); empty: the base bitwidths,
     W8A8 and W8A16 where wider, and float (``default_candidates``)."""
 
@@ -106,7 +107,8 @@ class AmpOptions:
     min_sqnr: float | None = None
     candidates: tuple = ()
 
-    def describe(self) -> str:
+    def describe(self, judged_on: str = "evaluation") -> str:
+        """The budget in words; ``judged_on``: the data an SQNR budget is measured on."""
         if self.max_drop is not None:
             return f"top-1 at most {self.max_drop:g} points below FP32 on the evaluation data"
-        return f"output SQNR at least {self.min_sqnr:g} dB against FP32 on the calibration data"
+        return f"output SQNR at least {self.min_sqnr:g} dB against FP32 on the {judged_on} data"

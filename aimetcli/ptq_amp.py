@@ -49,12 +49,15 @@ def amp_stage(flow, current, best, opts: QuantOptions, amp: AmpOptions):
     from aimetcli.steps.amp import describe, mixed_precision
 
     t = time.perf_counter()
-    judge = flow.scorer if amp.max_drop is not None else flow.judge
+    # the budget is measured where ptq's table reports its scores: on the --eval data when given
+    # (real models' SQNR differs by dB between the two sets: docs/design.md)
+    judge = flow.scorer if amp.max_drop is not None else (flow.scorer or flow.judge)
     if amp.max_drop is not None and (judge is None or judge.top1_fp32 is None):
         raise AimetCliError("--max-drop needs labelled evaluation data (--eval with --labels); or give --min-sqnr",
                             ErrorKind.USAGE)
     result = mixed_precision(current, flow.calib, judge, opts, amp, RunOptions(flow.batch_size),
-                             reference_top1=judge.top1_fp32, on_start=flow.start)
+                             reference_top1=judge.top1_fp32, on_start=flow.start,
+                             judged_on=flow.data_label if judge is flow.scorer else "calibration")
     mixed = result.apply(opts)
     flow.start("mixed precision: calibrating the chosen configuration")
     sim = flow.simulate(current, mixed, "+ mixed precision")

@@ -18,9 +18,10 @@ from aimetcli.quantsim.placement import QuantOptions
 from helpers import init, make_model, op_count, rand, run, to_ir
 
 
-def model_proto():
-    inits = [init("W1", rand(16, 3, 3, 3)), init("B1", rand(16)), init("W2", rand(8, 16, 1, 1)),
-             init("shape", np.array([0, -1], np.int64)), init("W3", rand(8 * 36, 10)), init("B3", rand(10))]
+def model_proto(rng=None):
+    r = (lambda *shape: rand(*shape, rng=rng)) if rng is not None else rand
+    inits = [init("W1", r(16, 3, 3, 3)), init("B1", r(16)), init("W2", r(8, 16, 1, 1)),
+             init("shape", np.array([0, -1], np.int64)), init("W3", r(8 * 36, 10)), init("B3", r(10))]
     nodes = [
         helper.make_node("Conv", ["input", "W1", "B1"], ["c1"], pads=[1] * 4),
         helper.make_node("Relu", ["c1"], ["r1"]),
@@ -274,6 +275,45 @@ def test_ptq_scores_each_sim_once_on_the_calibration_samples(tmp_path):
     # correction, the QDQ model
     assert len(seen) == 8
     assert held == []
+
+
+def test_ptq_onnxruntime_sessions_and_passes(tmp_path, monkeypatch):
+    """What ptq runs in onnxruntime, by session policy (docs/design.md, "What ptq runs"): per
+    policy, the sessions and the passes over the 24 calibration samples. A stage or a rerun
+    added to the flow shows here. simulate: FP32 and the six sims scored (fold-bn, per-channel,
+    tf-enhanced, equalize with each scheme, bias correction); measure: six calibrations and bias
+    correction's FP32 means over its 18 fit samples; simulate-fused: the correction run; deploy:
+    model_qdq scored. The judge's runs take at most reduction_run_size samples."""
+    from collections import Counter
+
+    from aimetcli import runtime
+    from aimetcli.calibration.data import feed_rows, input_specs, open_data
+
+    sessions, samples, biggest = Counter(), Counter(), Counter()
+    made, ran = runtime.Session.__init__, runtime.Session.run
+
+    def init(self, model, policy):
+        made(self, model, policy)
+        sessions[policy.name] += 1
+
+    def counted(self, feeds, outputs=None):
+        n = feed_rows(feeds)
+        samples[self.policy.name] += n
+        biggest[self.policy.name] = max(biggest[self.policy.name], n)
+        return ran(self, feeds, outputs)
+
+    monkeypatch.setattr(runtime.Session, "__init__", init)
+    monkeypatch.setattr(runtime.Session, "run", counted)
+    model, _ = api.prepare(to_ir(model_proto(np.random.default_rng(0))))
+    calib = open_data("random:24", input_specs(model))
+    summary = api.ptq(model, calib, None, QuantOptions(), outdir=str(tmp_path / "out"),
+                      schemes=api.scheme_candidates(QuantOptions()))
+    # min-max chosen (a tf-enhanced incumbent would have bias correction calibrate its fit samples)
+    assert summary.options["scheme"] == "min-max" and summary.decisions[1].kept is False
+    assert dict(sessions) == {"simulate": 7, "measure": 7, "simulate-fused": 1, "deploy": 1}
+    assert {k: v / 24 for k, v in samples.items()} == {"simulate": 7, "measure": 6 + 18 / 24,
+                                                        "simulate-fused": 18 / 24, "deploy": 1}
+    assert biggest["simulate"] <= runtime.reduction_run_size(calib) < calib.num_samples
 
 
 def test_ptq_scores_every_row_once_on_the_evaluation_data(tmp_path):

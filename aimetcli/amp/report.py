@@ -38,8 +38,9 @@ def pareto_rows(result) -> tuple[list[str], list[list[str]], str]:
 
 
 def pareto_png(result) -> bytes | None:
-    """The curve as a PNG (accuracy against relative bit-operations, and against weight size), or
-    None without matplotlib."""
+    """The curve as a PNG (accuracy against relative bit-operations, and against weight size; when
+    the search moves activations only, every point has one weight size, so against the share of
+    activations above the base bitwidth instead), or None without matplotlib."""
     try:
         import matplotlib
 
@@ -51,9 +52,11 @@ def pareto_png(result) -> bytes | None:
     key = "top1" if result.metric == "top1" else "sqnr_db"
     label = "top-1 (%)" if key == "top1" else "output SQNR (dB)"
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
-    for ax, attr, xlabel in ((axes[0], "relative_bitops", "bit-operations relative to all 8-bit"),
-                             (axes[1], "weight_bytes", "weight size (kB)")):
-        scale = 1e-3 if attr == "weight_bytes" else 1.0
+    second = ("weight_bytes", "weight size (kB)", 1e-3, True)
+    if len({p.weight_bytes for p in scored}) <= 1:
+        second = ("wide_activation_share", "activations above the base bitwidth (%)", 100.0, False)
+    for ax, (attr, xlabel, scale, log) in ((axes[0], ("relative_bitops", "bit-operations relative to all 8-bit",
+                                                      1.0, True)), (axes[1], second)):
         xs = [getattr(p, attr) * scale for p in scored]
         ys = [getattr(p, key) for p in scored]
         ax.plot(xs, ys, marker="o", markersize=4, color="tab:blue", label="points scored along the walk")
@@ -65,13 +68,14 @@ def pareto_png(result) -> bytes | None:
             ax.scatter([getattr(chosen, attr) * scale], [getattr(chosen, key)], s=90, facecolors="none",
                        edgecolors="tab:red", linewidths=2, zorder=4, label="chosen")
         ax.axhline(result.target, color="tab:red", linestyle="--", linewidth=1, label=f"target {result.target:.2f}")
-        ax.set_xscale("log")  # the float start is 16x all-8-bit: a linear axis squeezes the rest
-        from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+        if log:
+            ax.set_xscale("log")  # the float start is 16x all-8-bit: a linear axis squeezes the rest
+            from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel(xlabel + " (log scale)", fontsize=9)
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(xlabel + (" (log scale)" if log else ""), fontsize=9)
         ax.set_ylabel(label, fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)

@@ -379,7 +379,7 @@ def amp_options(func):
                           "FP32, measured on the --eval data with --labels (as AIMET's AMP eval callback)."),
         click.option("--min-sqnr", type=float, default=None, metavar="DB",
                      help="Mixed precision without labels: the cheapest per-layer bitwidths whose output SQNR "
-                          "against FP32 on the calibration data is at least DB."),
+                          "against FP32 on the --eval data (else the calibration data) is at least DB."),
         click.option("--amp-candidates", "amp_candidates", default=None, metavar="LIST",
                      help="Bitwidth candidates of each layer, e.g. w4a8,w8a8,w8a16,float [default: the "
                           "--param-bw/--act-bw pair, W8A8 and W8A16 where wider, float]."),

@@ -5,7 +5,8 @@
    activation, every other activation alone; candidates cheapest first (the base bitwidths),
    float last. The budget's metric: with ``--max-drop``, top-1 on the labelled evaluation data
    (the data AIMET's eval callback would score), else the output SQNR against FP32 on the
-   calibration data; both read the tensor ptq's judge reads (a Softmax's logits).
+   evaluation data too (the calibration data without ``--eval``); both read the tensor ptq's
+   judge reads (a Softmax's logits).
 2. One switchable sim (``aimetcli/amp/switch.py``) and one onnxruntime session: a configuration
    is a set of feeds.
 3. The all-highest configuration must meet the budget (else the budget is out of reach: an
@@ -56,6 +57,7 @@ class ParetoPoint:
     candidate: str | None
     relative_bitops: float
     weight_bytes: float
+    wide_activation_share: float = 0.0  # of the groups' activation quantizers, above the base bitwidth
     top1: float | None = None
     sqnr_db: float | None = None
     meets: bool | None = None  # None: not scored
@@ -93,6 +95,8 @@ class AmpResult:
     base_weight_bytes: float
     # share of the weights' elements at the cheapest weight bitwidth (of FP32 weight bytes)
     lowest_weight_share: float
+    # share of the groups' activation quantizers above the base activation bitwidth (float included)
+    wide_activation_share: float
     rules: list[str]  # --bits rules and --exclude patterns the choice is applied with
     runs: int
     seconds: dict[str, float] = field(default_factory=dict)
@@ -148,6 +152,20 @@ class _Scorer:
         return percent(correct(out, self.labels)), sqnr_db(self.reference, out)
 
 
+def expose_scored(switchable, judge) -> None:
+    """Make the tensor ``judge`` scores (a Softmax's logits, which no graph outputs; or the
+    output) an output of the switchable sim, as read after its quantizer (the If cascade's
+    output), where a plain sim's judge reads it."""
+    from aimetcli.graph_builder import expose
+
+    tensor = judge.scored_tensor()
+    if tensor is None:
+        return  # _Scorer names the problem
+    name = switchable.switched.get(tensor[0], tensor[0])
+    if name not in {o.name for o in switchable.model.graph.outputs}:
+        switchable.model = expose(switchable.model, [name])
+
+
 def _encodings(model: ir.Model, calib, opts: QuantOptions, param_bws: set[int], act_bws: set[int],
                batch_size: int):
     """(base Encodings, weight tensor -> bits -> Encoding, activation tensor -> bits -> Encoding):
@@ -185,11 +203,12 @@ def _available(groups, weights, acts) -> None:
 
 def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: AmpOptions,
                     run: RunOptions | None = None, *, reference_top1: float | None = None,
-                    on_start=None) -> AmpResult:
+                    on_start=None, judged_on: str = "evaluation") -> AmpResult:
     """The module docstring's search on ``model`` (an FP32 model; left as it is) with the base
     ``options``; grids calibrated on ``calib``; the budget measured by ``judge`` (ptq_judge.Judge
-    of the evaluation data with labels for ``amp.max_drop``, of the calibration data for
-    ``amp.min_sqnr``). Raises when even the all-highest configuration misses the budget."""
+    of the evaluation data with labels for ``amp.max_drop``; for ``amp.min_sqnr`` of the
+    evaluation data, or of the calibration data without it: ``judged_on`` names which). Raises
+    when even the all-highest configuration misses the budget."""
     from aimetcli.amp.groups import bits_of, cost, count_macs, find_groups
     from aimetcli.amp.switch import build_switchable
     from aimetcli.quantsim.insert import WIDE_OPSET
@@ -220,6 +239,7 @@ def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: A
     started("FP32 and the highest and lowest configurations")
     from aimetcli import runtime
 
+    expose_scored(switchable, judge)
     session = runtime.Session(switchable.model, runtime.SIMULATE)
     scorer = _Scorer(switchable, session, judge, run.batch_size)
     ranker = _Scorer(switchable, session, judge, run.batch_size, PHASE1_SAMPLES)
@@ -307,7 +327,7 @@ def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: A
         c = cost(groups, layers, config)
         p = ParetoPoint(i, groups[entry.group].name if entry else None,
                         groups[entry.group].candidates[entry.candidate].label() if entry else None,
-                        c.relative_bitops, c.weight_bytes)
+                        c.relative_bitops, c.weight_bytes, wide_share(groups, config))
         if tuple(config) in scores:
             p.top1, p.sqnr_db = scores[tuple(config)]
             p.meets = meets(config)
@@ -316,11 +336,18 @@ def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: A
     if note:
         pareto[0].candidate, pareto[1].candidate = "all highest", "all base"
     config = points[chosen][0]
-    return _result(amp, metric, target, reference_top1, candidates, groups, layers, config, pareto, chosen,
-                   sensitivity, scorer.runs + ranker.runs, times, note, ranker.samples)
+    return _result(amp.describe(judged_on), metric, target, reference_top1, candidates, groups, layers, config,
+                   pareto, chosen, sensitivity, scorer.runs + ranker.runs, times, note, ranker.samples)
 
 
-def _result(amp: AmpOptions, metric: str, target: float, reference_top1, candidates, groups, layers,
+def wide_share(groups, config: list[int]) -> float:
+    """The share of the groups' activation quantizers that ``config`` puts above their base (the
+    cheapest candidate's) bitwidth, float included."""
+    acts = [(g.candidates[i].act_bw, g.candidates[0].act_bw) for g, i in zip(groups, config) if g.activation]
+    return sum(1 for a, b in acts if a is None or (b is not None and a > b)) / len(acts) if acts else 0.0
+
+
+def _result(budget: str, metric: str, target: float, reference_top1, candidates, groups, layers,
             config: list[int], pareto: list[ParetoPoint], chosen: int, sensitivity, runs: int,
             times: dict[str, float], note: str, phase1_samples: int) -> AmpResult:
     from aimetcli.amp.groups import cost
@@ -348,15 +375,17 @@ def _result(amp: AmpOptions, metric: str, target: float, reference_top1, candida
             elif want is not None and want != base_bw:
                 bits.append(BitsRule(pattern, want if kind == "w" else None, want if kind == "a" else None))
     point = pareto[chosen]
-    return AmpResult(amp.describe(), metric, target, reference_top1, [c.label() for c in candidates], results,
+    return AmpResult(budget, metric, target, reference_top1, [c.label() for c in candidates], results,
                      pareto, chosen, point.top1, point.sqnr_db, final.relative_bitops, final.weight_bytes,
                      base.relative_bitops, base.weight_bytes, at_low / total if total else 0.0,
+                     point.wide_activation_share,
                      [f"--bits {r.pattern}={r.spec()}" for r in bits] + [f"--exclude {p}" for p in exclude], runs,
                      times, tuple(bits), tuple(exclude), note, phase1_samples=phase1_samples)
 
 
 def describe(result: Any) -> str:
     """The ptq row's note for a result."""
-    share = f"{100 * result.lowest_weight_share:.0f}% of weights at the lowest bitwidth"
+    share = (f"{100 * result.lowest_weight_share:.0f}% of weights at the lowest bitwidth, "
+             f"{100 * result.wide_activation_share:.0f}% of activations above the base bitwidth")
     return (f"{result.counts()}; {result.relative_bitops:.2f}x bit-ops (base {result.base_relative_bitops:.2f}x), "
             f"{result.weight_bytes / 1e3:.1f} kB weights, {share}; {result.runs} runs")
