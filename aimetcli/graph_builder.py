@@ -62,6 +62,20 @@ def set_type(value: ir.Value, dtype: ir.DataType | None, shape: Sequence[int] | 
     return value
 
 
+def insert_after_producer(graph: ir.Graph, value: ir.Value, nodes: Sequence[ir.Node]) -> None:
+    """Insert ``nodes`` (in order) right after the node that produces ``value``, or first in the
+    graph when ``value`` has no producer (a graph input or initializer), so the graph stays sorted."""
+    producer = value.producer()
+    if producer is not None:
+        graph.insert_after(producer, nodes)
+        return
+    first = next(iter(graph), None)
+    if first is None:
+        graph.extend(nodes)
+    else:
+        graph.insert_before(first, nodes)
+
+
 def add_outputs(graph: ir.Graph, values: Sequence[ir.Value], dtype: ir.DataType | None = FLOAT,
                 shape: Sequence[int] | None = None) -> None:
     """Append ``values`` to the graph's outputs, declared as in :func:`set_type` (each once)."""

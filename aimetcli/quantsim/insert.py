@@ -29,7 +29,7 @@ import numpy as np
 import onnx_ir as ir
 
 from aimetcli import graph as g
-from aimetcli.graph_builder import values_by_name
+from aimetcli.graph_builder import insert_after_producer, values_by_name
 from aimetcli.kernels.quant import Encoding, quantize
 
 SIM_OPSET = 13
@@ -132,15 +132,7 @@ def reroute(graph: ir.Graph, names: g.Names, value: ir.Value, readers: list, fin
                 outputs[i] = final
         value.name = names.new(f"{tensor}_float")
         final.name = tensor
-    producer = value.producer()
-    if producer is None:  # graph input: quantize first
-        first = next(iter(graph), None)
-        if first is None:
-            graph.extend(new_nodes)
-        else:
-            graph.insert_before(first, new_nodes)
-    else:
-        graph.insert_after(producer, new_nodes)
+    insert_after_producer(graph, value, new_nodes)  # a graph input is quantized first
 
 
 def _bounds_shape(enc: Encoding, ndim: int) -> list[int]:

@@ -26,6 +26,7 @@ import onnx_ir as ir
 
 from aimetcli import graph as g
 from aimetcli.calibration.data import DataSource
+from aimetcli.graph_builder import insert_after_producer
 from aimetcli.model_ops import ModelSource, as_model
 from aimetcli.options import QuantOptions, RunOptions
 from aimetcli.ptq_judge import layer_errors
@@ -144,15 +145,7 @@ def _switch(graph: ir.Graph, names: g.Names, on: ir.Value, x: ir.Value, end: ir.
     out = node.outputs[0]
     out.name = names.new(f"{x_name}_switched")
     out.type, out.shape = end.type, end.shape
-    producer = x.producer()
-    if producer is None:
-        first = next(iter(graph), None)
-        if first is None:
-            graph.append(node)
-        else:
-            graph.insert_before(first, node)
-    else:
-        graph.insert_after(producer, node)
+    insert_after_producer(graph, x, [node])
     return node
 
 
