@@ -37,7 +37,8 @@ import onnx_ir as ir
 from aimetcli import model_io
 from aimetcli.calibration.data import DataSource, as_dataset
 from aimetcli.model_ops import ModelSource, as_model, clone, require_float_model, sim_opset, upgrade_opset
-from aimetcli.options import AmpOptions, QuantOptions, RunOptions
+from aimetcli.options import AmpOptions, QuantOptions, RunOptions, WeightRange
+from aimetcli.quantsim.calibrate import SharedObservations
 from aimetcli.quantsim.per_layer import check_patterns
 from aimetcli.quantsim.placement import place_quantizers
 from aimetcli.records import finite, jsonable
@@ -180,12 +181,15 @@ class _Flow:
             self.on_stage(stage)
         return stage
 
-    def simulate(self, m: ir.Model, opts, name: str) -> _Sim:
+    def simulate(self, m: ir.Model, opts, name: str, shared: SharedObservations | None = None) -> _Sim:
         """quantsim of ``m`` calibrated on all the calibration samples (ranges hardly fit the
         samples they see: a max or a clipping point, not a per-sample quantity); bias correction,
-        which fits means, sees only the fit part."""
+        which fits means, sees only the fit part. ``shared``: the runs over the data already made
+        for ``m`` (candidates that differ only in their weight options reuse them)."""
+        if opts.weight_range is not WeightRange.MIN_MAX:  # SeqMSE changes the weights of quantsim's copy
+            shared = None
         sim, encodings, summary = quantsim(m, self.calib, opts, RunOptions(self.batch_size, self.progress),
-                                           check_loads=False)
+                                           check_loads=False, shared=shared)
         for w in summary.warnings:
             if "BatchNormalization" not in w and w not in self.warnings:
                 self.warnings.append(w)
@@ -286,7 +290,8 @@ def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, op
     _, fold_summary = fold_bn(model)
     current = model
     opts = dataclasses.replace(options, scheme=schemes[0])
-    best = flow.simulate(current, opts, "fold-bn")
+    folded_runs = SharedObservations()  # the folded model's runs over the data, for every candidate of it
+    best = flow.simulate(current, opts, "fold-bn", folded_runs)
     as_quantsim = "as quantsim" if options.per_channel is not None or why_not_pc else "as quantsim's default"
     flow.row("fold-bn", t, best, f"{_describe(opts)} ({as_quantsim}); {len(fold_summary.folded)} BN folded, "
              f"{len(fold_summary.skipped)} left", None)
@@ -297,7 +302,7 @@ def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, op
         nonlocal best, opts
         t0 = time.perf_counter()
         flow.start(f"{name}: calibrating {_describe(candidate_opts)}")
-        candidate = flow.simulate(current, candidate_opts, name)
+        candidate = flow.simulate(current, candidate_opts, name, folded_runs)
         verdict = flow.verdict(keep_verdict, best, candidate)
         tried.append({"scheme": candidate_opts.scheme.value, "per_channel": candidate_opts.per_channel,
                       "calib_sqnr_db": verdict.sqnr_after_db})
@@ -354,11 +359,12 @@ def _equalize_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, schemes: t
         flow.row("+ equalize", t, None, "nothing to equalize: no scaling set", None)
         return current, best, opts
     variants = []  # (row name, options, sim, start time)
+    equalized_runs = SharedObservations()
     for scheme in (opts.scheme, *(sc for sc in schemes if sc is not opts.scheme)):
         name = "+ equalize" if scheme is opts.scheme else f"+ equalize, {scheme.value}"
         start = t if scheme is opts.scheme else time.perf_counter()
         o = dataclasses.replace(opts, scheme=scheme)
-        variants.append((name, o, flow.simulate(equalized, o, name), start))
+        variants.append((name, o, flow.simulate(equalized, o, name, equalized_runs), start))
         tried.append({"scheme": scheme.value, "per_channel": o.per_channel, "equalized": True,
                       "calib_sqnr_db": flow.judge.sqnr(variants[-1][2].model)})
     lowest = float("-inf")

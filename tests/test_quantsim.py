@@ -411,3 +411,27 @@ def test_segmentation_data_and_outputs(tmp_path):
     ref = run(proto, {"x": x})[0].argmax(axis=1)
     got = np.concatenate(api.model_outputs(sim, data)[:1]).argmax(axis=1)
     assert res.top1_agreement == pytest.approx(100.0 * np.mean(ref == got))
+
+
+@pytest.mark.parametrize("scheme", [QuantScheme.MIN_MAX, QuantScheme.TF_ENHANCED])
+def test_shared_observations_serve_sims_that_differ_in_weights(scheme):
+    """Sims of one model that differ only in their weight options calibrate from one run over the
+    data (activation ranges see FP32 weights): the same activation encodings as a fresh run, the
+    run made once."""
+    from aimetcli.quantsim.calibrate import SharedObservations
+    from aimetcli.steps.quantsim import quantsim
+
+    model, _ = api.prepare(to_ir(conv_model()))
+    dataset = open_data("random:20", input_specs(model))
+    run_opts = api.RunOptions(batch_size=8)
+    shared = SharedObservations()
+    first = QuantOptions(scheme=scheme)
+    other = QuantOptions(scheme=scheme, per_channel=True, param_bw=4)
+    quantsim(model, dataset, first, run_opts, shared=shared)
+    _, reused, _ = quantsim(model, dataset, other, run_opts, shared=shared)
+    _, fresh, _ = quantsim(model, dataset, other, run_opts)
+    assert shared.reused == shared.made >= 1  # every run of the first sim served the second
+    assert reused.activations == fresh.activations and reused.activations
+    assert reused.params.keys() == fresh.params.keys()
+    for name in fresh.params:
+        assert reused.params[name] == fresh.params[name]

@@ -15,7 +15,9 @@ progress still counts batches.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -38,6 +40,31 @@ class Encodings:
     activations: dict[str, Encoding] = field(default_factory=dict)
     params: dict[str, Encoding] = field(default_factory=dict)
     nonfinite: dict[str, int] = field(default_factory=dict)
+
+
+class SharedObservations:
+    """What calibration runs observed of one model's activations, for the next calibration of it.
+
+    Activation ranges are observed with FP32 weights (:func:`observed_model`), so sims of one
+    model on one dataset that differ only in their weight options (granularity, weight bitwidth,
+    weight scheme) observe exactly the same statistics: a run is keyed by the activation scheme,
+    the tensors observed and the dataset, and made once. ptq's per-channel candidate reuses its
+    incumbent's run this way. The caller promises that the model's graph and weights do not
+    change while the object is in use (ptq makes one per model state).
+    """
+
+    def __init__(self) -> None:
+        self._runs: dict[tuple, Any] = {}
+        self.made = 0  # runs over the data made (tests count them)
+        self.reused = 0  # runs served from an earlier calibration
+
+    def get(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        if key in self._runs:
+            self.reused += 1
+        else:
+            self._runs[key] = compute()
+            self.made += 1
+        return self._runs[key]
 
 
 def param_encodings(model: ir.Model, placement: Placement, opts: QuantOptions, *,
@@ -238,17 +265,18 @@ def non_negative_outputs(model: ir.Model) -> set[str]:
 
 
 def calibrate(model: ir.Model, placement: Placement, opts: QuantOptions, dataset, batch_size: int,
-              progress: runtime.Progress | None = None) -> Encodings:
+              progress: runtime.Progress | None = None, shared: SharedObservations | None = None) -> Encodings:
     """Every quantizer's encoding; then the decisions that need calibrated ranges are revised
     (:func:`~aimetcli.quantsim.placement.revise_after_calibration`: ``placement`` loses the
-    quantizers they drop, with the reason), so what is returned is what gets inserted."""
-    enc = _encodings(model, placement, opts, dataset, batch_size, progress)
+    quantizers they drop, with the reason), so what is returned is what gets inserted.
+    ``shared``: runs over the data already made for this model (:class:`SharedObservations`)."""
+    enc = _encodings(model, placement, opts, dataset, batch_size, progress, shared or SharedObservations())
     revise_after_calibration(model, placement, enc.activations)
     return enc
 
 
 def _encodings(model: ir.Model, placement: Placement, opts: QuantOptions, dataset, batch_size: int,
-               progress: runtime.Progress | None) -> Encodings:
+               progress: runtime.Progress | None, shared: SharedObservations) -> Encodings:
     enc = Encodings(params=param_encodings(model, placement, opts))
     if not placement.activations:
         return enc
@@ -266,7 +294,8 @@ def _encodings(model: ir.Model, placement: Placement, opts: QuantOptions, datase
             todo.append(a)
     if opts.scheme is QuantScheme.MIN_MAX:
         inner = [a.tensor for a in todo if a.tensor not in graph_inputs]
-        reduced, _ = _reduced_minmax(model, inner, dataset, batch_size, progress)
+        reduced, _ = shared.get(("min-max", tuple(inner), id(dataset)),
+                                lambda: _reduced_minmax(model, inner, dataset, batch_size, progress))
         for a in todo:
             if a.tensor in reduced:
                 lo, hi = reduced[a.tensor]
@@ -281,19 +310,8 @@ def _encodings(model: ir.Model, placement: Placement, opts: QuantOptions, datase
         return enc
     observed = Placement(todo, placement.params, placement.skipped, placement.strict_symmetric,
                          placement.unsigned_symmetric)
-    names = [a.tensor for a in todo if a.tensor not in graph_inputs]
-    session = runtime.Session(calibration_model(model, observed), runtime.MEASURE) if names else None
-    fed = [a for a in todo if a.tensor in graph_inputs]
-    observers = {a.tensor: make_observer(opts.scheme) for a in todo}
-    step = ProgressSteps(dataset, batch_size, progress)
-    for feeds in dataset.batches(min(batch_size, runtime.histogram_run_size(model, dataset))):
-        for a in fed:
-            observers[a.tensor].update(feeds[a.tensor])
-        if names:
-            for name, value in zip(names, session.run(feeds, names)):
-                observers[name].update(value)
-        step.samples(feed_rows(feeds))
-    step.finish()
+    observers = shared.get((opts.scheme.value, tuple(a.tensor for a in todo), id(dataset)),
+                           lambda: _observe(model, observed, opts.scheme, dataset, batch_size, progress))
     for a in todo:
         obs = observers[a.tensor]
         if getattr(obs, "nonfinite_count", 0):
@@ -307,3 +325,23 @@ def _encodings(model: ir.Model, placement: Placement, opts: QuantOptions, datase
                 f"calibration saw no finite value of tensor {a.tensor!r}; check the calibration data",
                 ErrorKind.DATA) from exc
     return enc
+
+
+def _observe(model: ir.Model, observed: Placement, scheme: QuantScheme, dataset, batch_size: int,
+             progress: runtime.Progress | None) -> dict:
+    """One run over the data: an observer of ``scheme``'s kind per tensor of ``observed``."""
+    graph_inputs = {v.name for v in model.graph.inputs}
+    names = [a.tensor for a in observed.activations if a.tensor not in graph_inputs]
+    session = runtime.Session(calibration_model(model, observed), runtime.MEASURE) if names else None
+    fed = [a for a in observed.activations if a.tensor in graph_inputs]
+    observers = {a.tensor: make_observer(scheme) for a in observed.activations}
+    step = ProgressSteps(dataset, batch_size, progress)
+    for feeds in dataset.batches(min(batch_size, runtime.histogram_run_size(model, dataset))):
+        for a in fed:
+            observers[a.tensor].update(feeds[a.tensor])
+        if session is not None:
+            for name, value in zip(names, session.run(feeds, names)):
+                observers[name].update(value)
+        step.samples(feed_rows(feeds))
+    step.finish()
+    return observers

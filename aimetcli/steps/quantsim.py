@@ -40,7 +40,8 @@ class QuantsimSummary:
 
 
 def quantsim(model: ModelSource, data: DataSource, options: QuantOptions | None = None,
-             run: RunOptions | None = None, *, check_loads: bool = True) -> tuple[ir.Model, Any, QuantsimSummary]:
+             run: RunOptions | None = None, *, check_loads: bool = True,
+             shared: Any = None) -> tuple[ir.Model, Any, QuantsimSummary]:
     """Place quantizers, calibrate them with onnxruntime on ``data`` and insert QDQ nodes.
 
     Returns (sim model, Encodings, QuantsimSummary). ``model`` is left as it is: the sim is a
@@ -48,6 +49,8 @@ def quantsim(model: ModelSource, data: DataSource, options: QuantOptions | None 
     the opset the QDQ nodes need (13, or 21 for 16-bit). ``data``: a Dataset,
     or a path / 'random:N' opened for the model's inputs. ``check_loads``: make sure stock
     onnxruntime loads the sim (a caller that runs it right away, as ptq does, learns that anyway).
+    ``shared``: a :class:`~aimetcli.quantsim.calibrate.SharedObservations` of ``model`` and ``data``
+    from an earlier call (sims that differ only in their weight options reuse its runs).
     """
     start = time.perf_counter()
     model = as_model(model, float32=True, copy=True)
@@ -66,7 +69,7 @@ def quantsim(model: ModelSource, data: DataSource, options: QuantOptions | None 
     from aimetcli.seqmse import apply_weight_range
 
     apply_weight_range(model, dataset, options, run)  # --weight-range mse: the grids frozen in (the copy of) model
-    model, encodings, placement, calib_seconds = simulate(model, options, dataset, run)
+    model, encodings, placement, calib_seconds = simulate(model, options, dataset, run, shared)
     from aimetcli.quantsim.frozen import frozen_mismatch
 
     if frozen := frozen_mismatch(model, placement):
@@ -98,7 +101,7 @@ def quantsim(model: ModelSource, data: DataSource, options: QuantOptions | None 
     return model, encodings, summary
 
 
-def simulate(model: ir.Model, options: QuantOptions, dataset, run: RunOptions):
+def simulate(model: ir.Model, options: QuantOptions, dataset, run: RunOptions, shared: Any = None):
     """quantsim's core: raise the opset, place quantizers, calibrate, insert QDQ.
 
     Returns (sim model, Encodings, Placement, calibration seconds). ``model`` is modified
@@ -112,7 +115,7 @@ def simulate(model: ir.Model, options: QuantOptions, dataset, run: RunOptions):
     model = upgrade_opset(model, sim_opset(options))
     placement = place_quantizers(model, options.config, options)
     t0 = time.perf_counter()
-    encodings = calibrate(model, placement, options, dataset, run.batch_size, run.progress)
+    encodings = calibrate(model, placement, options, dataset, run.batch_size, run.progress, shared)
     calib_seconds = time.perf_counter() - t0
     insert_qdq(model, encodings.activations, encodings.params)
     return model, encodings, placement, calib_seconds
