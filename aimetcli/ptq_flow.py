@@ -290,7 +290,7 @@ def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, op
     _, fold_summary = fold_bn(model)
     current = model
     opts = dataclasses.replace(options, scheme=schemes[0])
-    folded_runs = SharedObservations()  # the folded model's runs over the data, for every candidate of it
+    folded_runs = SharedObservations.for_schemes(schemes)  # the folded model's runs over the data
     best = flow.simulate(current, opts, "fold-bn", folded_runs)
     as_quantsim = "as quantsim" if options.per_channel is not None or why_not_pc else "as quantsim's default"
     flow.row("fold-bn", t, best, f"{_describe(opts)} ({as_quantsim}); {len(fold_summary.folded)} BN folded, "
@@ -359,7 +359,7 @@ def _equalize_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, schemes: t
         flow.row("+ equalize", t, None, "nothing to equalize: no scaling set", None)
         return current, best, opts
     variants = []  # (row name, options, sim, start time)
-    equalized_runs = SharedObservations()
+    equalized_runs = SharedObservations.for_schemes(schemes)
     for scheme in (opts.scheme, *(sc for sc in schemes if sc is not opts.scheme)):
         name = "+ equalize" if scheme is opts.scheme else f"+ equalize, {scheme.value}"
         start = t if scheme is opts.scheme else time.perf_counter()

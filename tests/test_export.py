@@ -281,9 +281,10 @@ def test_ptq_onnxruntime_sessions_and_passes(tmp_path, monkeypatch):
     """What ptq runs in onnxruntime, by session policy (docs/design.md, "What ptq runs"): per
     policy, the sessions and the passes over the 24 calibration samples. A stage or a rerun
     added to the flow shows here. simulate: FP32 and the six sims scored (fold-bn, per-channel,
-    tf-enhanced, equalize with each scheme, bias correction); measure: five calibrations (the
-    per-channel candidate reuses fold-bn's run: activation ranges see FP32 weights) and bias
-    correction's FP32 means over its 18 fit samples; simulate-fused: the correction run; deploy:
+    tf-enhanced, equalize with each scheme, bias correction); measure: three calibrations, one
+    histogram run per model state (fold-bn, equalize) that serves both schemes and the per-channel
+    candidate (activation ranges see FP32 weights), bias correction's, and its FP32 means over its
+    18 fit samples; simulate-fused: the correction run; deploy:
     model_qdq scored. The judge's runs take at most reduction_run_size samples."""
     from collections import Counter
 
@@ -311,8 +312,8 @@ def test_ptq_onnxruntime_sessions_and_passes(tmp_path, monkeypatch):
                       schemes=api.scheme_candidates(QuantOptions()))
     # min-max chosen (a tf-enhanced incumbent would have bias correction calibrate its fit samples)
     assert summary.options["scheme"] == "min-max" and summary.decisions[1].kept is False
-    assert dict(sessions) == {"simulate": 7, "measure": 6, "simulate-fused": 1, "deploy": 1}
-    assert {k: v / 24 for k, v in samples.items()} == {"simulate": 7, "measure": 5 + 18 / 24,
+    assert dict(sessions) == {"simulate": 7, "measure": 4, "simulate-fused": 1, "deploy": 1}
+    assert {k: v / 24 for k, v in samples.items()} == {"simulate": 7, "measure": 3 + 18 / 24,
                                                         "simulate-fused": 18 / 24, "deploy": 1}
     assert biggest["simulate"] <= runtime.reduction_run_size(calib) < calib.num_samples
 

@@ -435,3 +435,24 @@ def test_shared_observations_serve_sims_that_differ_in_weights(scheme):
     assert reused.params.keys() == fresh.params.keys()
     for name in fresh.params:
         assert reused.params[name] == fresh.params[name]
+
+
+def test_one_histogram_run_serves_min_max_and_tf_enhanced():
+    """With a histogram scheme announced, a min-max sim observes with histograms (exact min and
+    max) instead of onnxruntime's reductions: the same encodings as min-max alone, and the
+    tf-enhanced sim that follows makes no run of its own."""
+    from aimetcli.quantsim.calibrate import SharedObservations
+    from aimetcli.steps.quantsim import quantsim
+
+    model, _ = api.prepare(to_ir(conv_model()))
+    dataset = open_data("random:20", input_specs(model))
+    run_opts = api.RunOptions(batch_size=8)
+    shared = SharedObservations(QuantScheme.TF_ENHANCED)
+    _, via_histograms, _ = quantsim(model, dataset, QuantOptions(), run_opts, shared=shared)
+    _, reduced, _ = quantsim(model, dataset, QuantOptions(), run_opts)
+    assert via_histograms.activations == reduced.activations and reduced.activations
+    made = shared.made
+    _, tf_shared, _ = quantsim(model, dataset, QuantOptions(scheme=QuantScheme.TF_ENHANCED), run_opts, shared=shared)
+    _, tf_fresh, _ = quantsim(model, dataset, QuantOptions(scheme=QuantScheme.TF_ENHANCED), run_opts)
+    assert shared.made == made and shared.reused >= 1
+    assert tf_shared.activations == tf_fresh.activations

@@ -49,14 +49,24 @@ class SharedObservations:
     model on one dataset that differ only in their weight options (granularity, weight bitwidth,
     weight scheme) observe exactly the same statistics: a run is keyed by the activation scheme,
     the tensors observed and the dataset, and made once. ptq's per-channel candidate reuses its
-    incumbent's run this way. The caller promises that the model's graph and weights do not
-    change while the object is in use (ptq makes one per model state).
+    incumbent's run this way. ``histogram_scheme``: a histogram scheme (tf-enhanced, percentile)
+    that a later sim of the model will ask for; a min-max sim then observes with that scheme's
+    histograms (exact min and max too: ``observe_encoding``) instead of onnxruntime's reductions,
+    so both schemes' sims calibrate from one run. The caller promises that the model's graph and
+    weights do not change while the object is in use (ptq makes one per model state).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, histogram_scheme: QuantScheme | None = None) -> None:
+        self.histogram_scheme = None if histogram_scheme is QuantScheme.MIN_MAX else histogram_scheme
         self._runs: dict[tuple, Any] = {}
         self.made = 0  # runs over the data made (tests count them)
         self.reused = 0  # runs served from an earlier calibration
+
+    @classmethod
+    def for_schemes(cls, schemes: tuple) -> SharedObservations:
+        """For sims of the model under each of ``schemes``: the histogram scheme among them, if
+        any, observes for min-max too."""
+        return cls(next((sc for sc in schemes if sc is not QuantScheme.MIN_MAX), None))
 
     def get(self, key: tuple, compute: Callable[[], Any]) -> Any:
         if key in self._runs:
@@ -292,7 +302,7 @@ def _encodings(model: ir.Model, placement: Placement, opts: QuantOptions, datase
                                                             a.symmetric, strict_symmetric=strict(a))
         else:
             todo.append(a)
-    if opts.scheme is QuantScheme.MIN_MAX:
+    if opts.scheme is QuantScheme.MIN_MAX and shared.histogram_scheme is None:
         inner = [a.tensor for a in todo if a.tensor not in graph_inputs]
         reduced, _ = shared.get(("min-max", tuple(inner), id(dataset)),
                                 lambda: _reduced_minmax(model, inner, dataset, batch_size, progress))
@@ -310,8 +320,9 @@ def _encodings(model: ir.Model, placement: Placement, opts: QuantOptions, datase
         return enc
     observed = Placement(todo, placement.params, placement.skipped, placement.strict_symmetric,
                          placement.unsigned_symmetric)
-    observers = shared.get((opts.scheme.value, tuple(a.tensor for a in todo), id(dataset)),
-                           lambda: _observe(model, observed, opts.scheme, dataset, batch_size, progress))
+    kind = opts.scheme if opts.scheme is not QuantScheme.MIN_MAX else (shared.histogram_scheme or opts.scheme)
+    observers = shared.get((kind.value, tuple(a.tensor for a in todo), id(dataset)),
+                           lambda: _observe(model, observed, kind, dataset, batch_size, progress))
     for a in todo:
         obs = observers[a.tensor]
         if getattr(obs, "nonfinite_count", 0):
