@@ -415,9 +415,9 @@ def test_segmentation_data_and_outputs(tmp_path):
 
 @pytest.mark.parametrize("scheme", [QuantScheme.MIN_MAX, QuantScheme.TF_ENHANCED])
 def test_shared_observations_serve_sims_that_differ_in_weights(scheme):
-    """Sims of one model that differ only in their weight options calibrate from one run over the
-    data (activation ranges see FP32 weights): the same activation encodings as a fresh run, the
-    run made once."""
+    """Sims of one model that differ in their weight options and activation bitwidth (ptq's
+    candidates, AMP's bitwidths) calibrate from one run over the data (activation ranges see FP32
+    weights): the same encodings as a fresh run, the run made once."""
     from aimetcli.quantsim.calibrate import SharedObservations
     from aimetcli.steps.quantsim import quantsim
 
@@ -426,7 +426,7 @@ def test_shared_observations_serve_sims_that_differ_in_weights(scheme):
     run_opts = api.RunOptions(batch_size=8)
     shared = SharedObservations()
     first = QuantOptions(scheme=scheme)
-    other = QuantOptions(scheme=scheme, per_channel=True, param_bw=4)
+    other = QuantOptions(scheme=scheme, per_channel=True, param_bw=4, act_bw=16)
     quantsim(model, dataset, first, run_opts, shared=shared)
     _, reused, _ = quantsim(model, dataset, other, run_opts, shared=shared)
     _, fresh, _ = quantsim(model, dataset, other, run_opts)

@@ -170,17 +170,19 @@ def _encodings(model: ir.Model, calib, opts: QuantOptions, param_bws: set[int], 
                batch_size: int):
     """(base Encodings, weight tensor -> bits -> Encoding, activation tensor -> bits -> Encoding):
     the base calibration, every other activation bitwidth calibrated as well (on FP32 weights,
-    calibrate.observed_model), every other weight bitwidth from the weights."""
-    from aimetcli.quantsim.calibrate import calibrate, param_encodings
+    calibrate.observed_model, from the base's run over the data), every other weight bitwidth from
+    the weights."""
+    from aimetcli.quantsim.calibrate import SharedObservations, calibrate, param_encodings
     from aimetcli.quantsim.placement import place_quantizers
 
     placement = place_quantizers(model, opts.config, opts)
-    base = calibrate(model, placement, opts, calib, batch_size, None)
+    runs = SharedObservations()  # the bitwidths' calibrations observe the same statistics: one run
+    base = calibrate(model, placement, opts, calib, batch_size, None, runs)
     weights = {t: {e.bitwidth: e} for t, e in base.params.items() if e.bitwidth <= 16}
     acts = {t: {e.bitwidth: e} for t, e in base.activations.items()}
     for a in sorted(act_bws - {opts.act_bw}):
         o = dataclasses.replace(opts, act_bw=a)
-        other = calibrate(model, place_quantizers(model, o.config, o), o, calib, batch_size, None)
+        other = calibrate(model, place_quantizers(model, o.config, o), o, calib, batch_size, None, runs)
         for t, e in other.activations.items():
             if t in acts:
                 acts[t][a] = e
