@@ -37,7 +37,7 @@ import onnx_ir as ir
 from aimetcli import model_io
 from aimetcli.calibration.data import DataSource, as_dataset
 from aimetcli.model_ops import ModelSource, as_model, clone, require_float_model, sim_opset, upgrade_opset
-from aimetcli.options import AmpOptions, QuantOptions, RunOptions, WeightRange
+from aimetcli.options import AmpOptions, QuantOptions, RunOptions
 from aimetcli.quantsim.calibrate import SharedObservations
 from aimetcli.quantsim.per_layer import check_patterns
 from aimetcli.quantsim.placement import place_quantizers
@@ -186,8 +186,6 @@ class _Flow:
         samples they see: a max or a clipping point, not a per-sample quantity); bias correction,
         which fits means, sees only the fit part. ``shared``: the runs over the data already made
         for ``m`` (candidates that differ only in their weight options reuse them)."""
-        if opts.weight_range is not WeightRange.MIN_MAX:  # SeqMSE changes the weights of quantsim's copy
-            shared = None
         sim, encodings, summary = quantsim(m, self.calib, opts, RunOptions(self.batch_size, self.progress),
                                            check_loads=False, shared=shared)
         for w in summary.warnings:

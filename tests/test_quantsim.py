@@ -456,3 +456,20 @@ def test_one_histogram_run_serves_min_max_and_tf_enhanced():
     _, tf_fresh, _ = quantsim(model, dataset, QuantOptions(scheme=QuantScheme.TF_ENHANCED), run_opts)
     assert shared.made == made and shared.reused >= 1
     assert tf_shared.activations == tf_fresh.activations
+
+
+def test_shared_observations_unused_where_seqmse_moves_the_weights():
+    """--weight-range mse puts quantsim's copy's weights on their grids before calibration: the
+    activations it observes are not the shared runs' (those saw the weights as they were)."""
+    from aimetcli.options import WeightRange
+    from aimetcli.quantsim.calibrate import SharedObservations
+    from aimetcli.steps.quantsim import quantsim
+
+    model, _ = api.prepare(to_ir(conv_model()))
+    dataset = open_data("random:20", input_specs(model))
+    run_opts = api.RunOptions(batch_size=8)
+    shared = SharedObservations()
+    quantsim(model, dataset, QuantOptions(param_bw=4), run_opts, shared=shared)
+    made = shared.made
+    quantsim(model, dataset, QuantOptions(param_bw=4, weight_range=WeightRange.MSE), run_opts, shared=shared)
+    assert made >= 1 and shared.made == made and shared.reused == 0

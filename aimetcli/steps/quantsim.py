@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx_ir as ir
 
@@ -20,6 +20,9 @@ from aimetcli.calibration.data import DataSource, as_dataset
 from aimetcli.model_ops import ModelSource, as_model, require_float_model, sim_opset, upgrade_opset
 from aimetcli.options import QuantOptions, RunOptions
 from aimetcli.records import jsonable
+
+if TYPE_CHECKING:
+    from aimetcli.quantsim.calibrate import SharedObservations
 
 
 @dataclass
@@ -41,7 +44,7 @@ class QuantsimSummary:
 
 def quantsim(model: ModelSource, data: DataSource, options: QuantOptions | None = None,
              run: RunOptions | None = None, *, check_loads: bool = True,
-             shared: Any = None) -> tuple[ir.Model, Any, QuantsimSummary]:
+             shared: SharedObservations | None = None) -> tuple[ir.Model, Any, QuantsimSummary]:
     """Place quantizers, calibrate them with onnxruntime on ``data`` and insert QDQ nodes.
 
     Returns (sim model, Encodings, QuantsimSummary). ``model`` is left as it is: the sim is a
@@ -50,7 +53,8 @@ def quantsim(model: ModelSource, data: DataSource, options: QuantOptions | None 
     or a path / 'random:N' opened for the model's inputs. ``check_loads``: make sure stock
     onnxruntime loads the sim (a caller that runs it right away, as ptq does, learns that anyway).
     ``shared``: a :class:`~aimetcli.quantsim.calibrate.SharedObservations` of ``model`` and ``data``
-    from an earlier call (sims that differ only in their weight options reuse its runs).
+    from an earlier call (sims that differ only in their weight options reuse its runs); not used
+    with ``--weight-range mse``, which moves the copy's weights onto their grids first.
     """
     start = time.perf_counter()
     model = as_model(model, float32=True, copy=True)
@@ -68,7 +72,8 @@ def quantsim(model: ModelSource, data: DataSource, options: QuantOptions | None 
         warnings.append(mismatch)
     from aimetcli.seqmse import apply_weight_range
 
-    apply_weight_range(model, dataset, options, run)  # --weight-range mse: the grids frozen in (the copy of) model
+    if apply_weight_range(model, dataset, options, run) is not None:  # --weight-range mse: grids frozen in the copy
+        shared = None  # its weights are no longer the ones the shared runs observed
     model, encodings, placement, calib_seconds = simulate(model, options, dataset, run, shared)
     from aimetcli.quantsim.frozen import frozen_mismatch
 
@@ -101,7 +106,8 @@ def quantsim(model: ModelSource, data: DataSource, options: QuantOptions | None 
     return model, encodings, summary
 
 
-def simulate(model: ir.Model, options: QuantOptions, dataset, run: RunOptions, shared: Any = None):
+def simulate(model: ir.Model, options: QuantOptions, dataset, run: RunOptions,
+             shared: SharedObservations | None = None):
     """quantsim's core: raise the opset, place quantizers, calibrate, insert QDQ.
 
     Returns (sim model, Encodings, Placement, calibration seconds). ``model`` is modified
