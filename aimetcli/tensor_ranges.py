@@ -68,21 +68,25 @@ class TensorRange:
                 "histogram": self.histogram}
 
 
-def _bounds(enc: Encoding, ndim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(low, high) beyond which a value is clipped (module docstring), broadcastable to an
-    ``ndim`` tensor on the grid's axis."""
+def _clip_limits(enc: Encoding) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) beyond which a value is clipped (module docstring), per channel: the grid's
+    ends widened by half a step."""
     lo, hi = enc.dequantized_bounds()
     half = enc.scale.astype(np.float64) / 2
-    return (enc.broadcast(np.asarray(lo, np.float64) - half, ndim),
-            enc.broadcast(np.asarray(hi, np.float64) + half, ndim))
+    return np.asarray(lo, np.float64) - half, np.asarray(hi, np.float64) + half
+
+
+def _bounds(enc: Encoding, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_clip_limits`, broadcastable to an ``ndim`` tensor on the grid's axis."""
+    lo, hi = _clip_limits(enc)
+    return enc.broadcast(lo, ndim), enc.broadcast(hi, ndim)
 
 
 def _unclipped(enc: Encoding) -> tuple[float, float]:
     """An interval no value of which ``enc`` clips, in any channel: the largest low and the
-    smallest high of :func:`_bounds`."""
-    lo, hi = enc.dequantized_bounds()
-    half = enc.scale.astype(np.float64) / 2
-    return float(np.max(np.asarray(lo, np.float64) - half)), float(np.min(np.asarray(hi, np.float64) + half))
+    smallest high of :func:`_clip_limits`."""
+    lo, hi = _clip_limits(enc)
+    return float(np.max(lo)), float(np.min(hi))
 
 
 def count_clipped(x: np.ndarray, enc: Encoding) -> int:
@@ -176,7 +180,9 @@ def activation_ranges(model: ir.Model, activations: dict[str, Encoding], dataset
 
 def _extremes(obs) -> tuple[float, float]:
     """(min, max) of the finite values a per-tensor observer has seen."""
-    lo, hi = obs.minmax() if hasattr(obs, "minmax") else obs.result()
+    from aimetcli.calibration.observers import observed_range
+
+    lo, hi = observed_range(obs)
     return float(lo), float(hi)
 
 

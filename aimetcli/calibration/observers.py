@@ -284,6 +284,12 @@ class HistogramObserver:
 Observer = MinMaxObserver | HistogramObserver
 
 
+def observed_range(observer: Observer):
+    """(min, max) of the finite values ``observer`` saw, either kind: floats per tensor, arrays per
+    channel (:meth:`MinMaxObserver.result`, :meth:`HistogramObserver.minmax`)."""
+    return observer.result() if isinstance(observer, MinMaxObserver) else observer.minmax()
+
+
 def make_observer(scheme: QuantScheme, *, axis: int | None = None,
                   num_bins: int = DEFAULT_NUM_BINS) -> Observer:
     """The observer a scheme needs: min/max for MIN_MAX, a histogram for TF_ENHANCED and PERCENTILE."""
@@ -310,11 +316,11 @@ def observe_encoding(observer: Observer, scheme: QuantScheme, bitwidth: int, sym
     """
     scheme = QuantScheme(scheme)
     if symmetric and unsigned_symmetric:
-        lo, _ = observer.result() if isinstance(observer, MinMaxObserver) else observer.minmax()
+        lo, _ = observed_range(observer)
         if is_unsigned_symmetric(symmetric, unsigned_symmetric, lo):
             return _unsigned(observer, scheme, bitwidth, percentile, min_range)
     if scheme is QuantScheme.MIN_MAX:
-        lo, hi = observer.result() if isinstance(observer, MinMaxObserver) else observer.minmax()
+        lo, hi = observed_range(observer)
         return encoding_from_range(lo, hi, bitwidth, symmetric, strict_symmetric=strict_symmetric,
                                    axis=observer.axis, min_range=min_range)
     if not isinstance(observer, HistogramObserver):
@@ -332,7 +338,7 @@ def _unsigned(observer: Observer, scheme: QuantScheme, bitwidth: int, percentile
               min_range: float) -> Encoding:
     """AIMET's unsigned symmetric grid for data >= 0: [0, range of the scheme], offset 0."""
     if scheme is QuantScheme.MIN_MAX:
-        _, hi = observer.result() if isinstance(observer, MinMaxObserver) else observer.minmax()
+        _, hi = observed_range(observer)
     else:
         counts, edges = observer.histogram()
         if scheme is QuantScheme.PERCENTILE:
