@@ -11,7 +11,8 @@ search, not every combination, and no stage run once per scheme):
 
 1. fold-bn; the quantsim configuration: as quantsim would (the incumbent), per-channel weights
    where allowed (:func:`per_channel_candidate`), then the other range scheme
-   (:func:`scheme_candidates`) with the granularity chosen;
+   (:func:`scheme_candidates`) with the granularity chosen, and when per-channel lost, per-channel
+   with the other scheme too (they interact: PP-OCRv5 rec, docs/design.md "A recognizer's blank");
 2. + equalize (kept or not; no sim at all when equalization found nothing to scale); when kept,
    the other scheme is tried again on the equalized model (after fold-bn alone the schemes
    ranked the other way than after the whole flow in 4 of 16 sample-model cases, docs/design.md);
@@ -43,10 +44,8 @@ from aimetcli.quantsim.per_layer import check_patterns
 from aimetcli.quantsim.placement import place_quantizers
 from aimetcli.records import finite, jsonable
 from aimetcli.steps.bias_correct import bias_correct
-from aimetcli.ptq_judge import (  # noqa: F401  (Score, MARGIN_DB: ptq's names, as before the split)
-    MARGIN_DB, Judge, KeepVerdict, Score, bias_correction_verdict, equalization_verdict, keep_verdict, layer_errors,
-    split_calibration,
-)
+from aimetcli.ptq_judge import (MARGIN_DB, Judge, KeepVerdict, Score, bias_correction_verdict,  # noqa: F401
+                                equalization_verdict, keep_verdict, layer_errors, split_calibration)
 from aimetcli.steps.quantsim import quantizer_args, quantsim
 from aimetcli.steps.rewrite import equalize, fold_bn
 
@@ -70,6 +69,7 @@ class Stage:
     data: str = "evaluation"
     gain_db: float | None = None  # a choice's SQNR gain over the incumbent, on the samples that judge it
     margin_db: float | None = None  # and the gain it had to exceed
+    veto: str = ""  # why a gain over the margin was not kept (Judge.veto)
 
 
 @dataclass
@@ -208,14 +208,17 @@ class _Flow:
         held = self.judge.score(sim.model)
         shown = self.scorer.score(sim.model) if self.scorer is not None else held
         return self.add(Stage(name, shown.top1, shown.sqnr_db if self.scorer is not None else None,
-                              time.perf_counter() - t0, note, kept, held.sqnr_db, self.data_label, gain, margin))
+                              time.perf_counter() - t0, note, kept, held.sqnr_db, self.data_label, gain, margin,
+                              verdict.veto if verdict is not None else ""))
 
     def verdict(self, fn: Callable, incumbent: _Sim, candidate: _Sim, held_out: bool = False) -> KeepVerdict:
         """``fn``'s verdict on all the calibration samples or, with ``held_out``, on the held-out ones."""
         judge = self.held_judge if held_out else self.judge
-        margin = judge.margin(judge.score(incumbent.model), judge.score(candidate.model))
-        return fn(self.fp32, incumbent.model, candidate.model, judge.data, batch_size=self.batch_size,
-                  sqnr=judge.sqnr, margin_db=margin, on=self.samples_label(held_out))
+        before, after = judge.score(incumbent.model), judge.score(candidate.model)
+        verdict = fn(self.fp32, incumbent.model, candidate.model, judge.data, batch_size=self.batch_size,
+                     sqnr=judge.sqnr, margin_db=judge.margin(before, after), on=self.samples_label(held_out))
+        veto = judge.veto(before, after) if verdict.kept else ""
+        return dataclasses.replace(verdict, kept=False, veto=veto) if veto else verdict
 
     def samples_label(self, held_out: bool) -> str:
         return "held-out calibration" if held_out and self.split else "calibration"
@@ -224,16 +227,8 @@ class _Flow:
         self.decisions.append(Decision(choice, kept, reason))
 
     def decide(self, choice: str, verdict: KeepVerdict, reason_kept: str, reason_dropped: str) -> None:
-        self.decisions.append(Decision(choice, verdict.kept, reason_kept if verdict.kept else reason_dropped,
+        self.decisions.append(Decision(choice, verdict.kept, reason_kept if verdict.kept else verdict.veto or reason_dropped,
                                        verdict.sqnr_before_db, verdict.sqnr_after_db, verdict.margin_db))
-
-
-def _gain_note(verdict: KeepVerdict) -> str:
-    if verdict.sqnr_before_db is None or verdict.sqnr_after_db is None:
-        return "not measurable: kept"
-    gain = verdict.sqnr_after_db - verdict.sqnr_before_db
-    word = "kept" if verdict.kept else "dropped"
-    return f"{gain:+.2f} dB vs margin {verdict.margin_db:.2f}: {word}"
 
 
 def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, options: QuantOptions | None = None,
@@ -306,7 +301,7 @@ def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, op
                       "calib_sqnr_db": verdict.sqnr_after_db})
         flow.decide(choice, verdict, f"{name} closer to FP32 on the calibration samples",
                     f"{_describe(opts)} kept: {name} not better by the margin")
-        flow.row(name, t0, candidate, _gain_note(verdict), verdict.kept, verdict)
+        flow.row(name, t0, candidate, verdict.gain_note(), verdict.kept, verdict)
         if verdict.kept:
             best, opts = candidate, candidate_opts
 
@@ -317,6 +312,9 @@ def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, op
         flow.row("per-channel", time.perf_counter(), None, f"not tried: {why_not_pc}", None)
     for scheme in schemes[1:]:
         try_config(scheme.value, dataclasses.replace(opts, scheme=scheme), f"{scheme.value} ranges")
+        if why_not_pc is None and not opts.per_channel:  # the corner not tried: the two interact
+            try_config(f"per-channel, {scheme.value}", dataclasses.replace(opts, scheme=scheme, per_channel=True),
+                       "per-channel weights")
 
     if equalize_model:
         current, best, opts = _equalize_stage(flow, current, best, opts, schemes, tried)
@@ -436,7 +434,7 @@ def _technique(flow: _Flow, row: str, choice: str, verdict_fn: Callable, t: floa
     where = f"the {flow.samples_label(held_out)} samples"
     flow.decide(choice, verdict, f"closer to FP32 on {where}",
                 f"not better by the margin on {where}: the model without it {decided}")
-    flow.row(row, t, with_it[1], f"{detail}; {_gain_note(verdict)}", verdict.kept, verdict)
+    flow.row(row, t, with_it[1], f"{detail}; {verdict.gain_note()}", verdict.kept, verdict)
     if verdict.kept:
         return with_it
     flow.warnings.append(f"{choice} did not clear the margin ({verdict.describe()}); the model "

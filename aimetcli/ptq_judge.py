@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnx_ir as ir
 
+from aimetcli import graph as g
 from aimetcli.graph_builder import expose
 from aimetcli.options import RunOptions
 from aimetcli.kernels.energy import energies
@@ -45,11 +46,20 @@ class KeepVerdict:
     sqnr_after_db: float | None
     margin_db: float = 0.0
     on: str = "held-out calibration"
+    veto: str = ""  # why a gain that cleared the margin was not kept (Judge.veto), or ""
 
     def describe(self) -> str:
         if self.sqnr_before_db is None or self.sqnr_after_db is None:
             return f"{self.on} SQNR not measurable"
-        return f"{self.on} SQNR {self.change()}, margin {self.margin_db:.2f} dB"
+        vetoed = f"; {self.veto}" if self.veto else ""
+        return f"{self.on} SQNR {self.change()}, margin {self.margin_db:.2f} dB{vetoed}"
+
+    def gain_note(self) -> str:
+        """The gain against the margin and what it decided, for ptq's table."""
+        if self.sqnr_before_db is None or self.sqnr_after_db is None:
+            return "not measurable: kept"
+        word = "kept" if self.kept else f"dropped, {self.veto}" if self.veto else "dropped"
+        return f"{self.sqnr_after_db - self.sqnr_before_db:+.2f} dB vs margin {self.margin_db:.2f}: {word}"
 
     def change(self) -> str:
         """'before -> after dB', with enough decimals to show the two differ (up to 4)."""
@@ -134,13 +144,16 @@ def split_calibration(calib) -> tuple[Any, Any]:
 class Score:
     """A sim against FP32 on the judge's samples: the scored output's SQNR, top-1 (with labels)
     and each sample's error energy (for the bootstrap), with the sim itself held so its id stays.
-    ``correct``: per sample, whether the sim's top-1 is the label (with labels)."""
+    ``correct``: per sample, whether the sim's top-1 is the label (with labels). ``argmax``: per
+    sample and position, the argmax along the scored Softmax's axis (when the judge scores a
+    Softmax's logits)."""
 
     sim: ir.Model
     sqnr_db: float | None
     top1: float | None
     noise: np.ndarray | None
     correct: np.ndarray | None = None
+    argmax: np.ndarray | None = None
 
 
 class Judge:
@@ -182,6 +195,9 @@ class Judge:
             max(float(np.sum(energies(r, r).signal)), np.finfo(np.float64).tiny) for r in refs]
         self._signal = self._energies(refs)[0] if refs is not None else None
         single = refs is not None and len(refs) == 1
+        # a Softmax's logits: the argmax along its axis, per sample and position (Judge.veto)
+        self._argmax = _softmax_argmax(fp32, self._output) if single and self._per_sample else None
+        self._fp32_argmax = None if self._argmax is None else self._argmax(refs[0])
         self.top1_fp32 = None if data.labels is None or not single else self._top1(refs[0], data.labels)
         self._scores: dict[int, Score] = {}
         self._rows = slice(0, data.num_samples)
@@ -225,6 +241,8 @@ class Judge:
         view.__dict__.update(self.__dict__)
         view.data, view._parent, view._scores = data, self, {}
         view._rows = slice(self.data.num_samples - data.num_samples, self.data.num_samples)
+        if self._fp32_argmax is not None:
+            view._fp32_argmax = self._fp32_argmax[view._rows]
         view.top1_fp32 = None if data.labels is None or self._reference is None else self._top1(
             self._reference[view._rows], data.labels)
         return view
@@ -251,7 +269,7 @@ class Judge:
             _, noise = self._energies(outs)
             right = correct(outs[0], self.data.labels) if len(outs) == 1 else None
             hit = Score(sim, self._sqnr(self._signal, noise), percent(right), noise if self._per_sample else None,
-                        right)
+                        right, None if self._argmax is None else self._argmax(outs[0]))
         self._scores[id(sim)] = hit
         return hit
 
@@ -260,7 +278,8 @@ class Judge:
             return Score(whole.sim, None, None, None)
         noise = whole.noise[self._rows]
         right = None if whole.correct is None else whole.correct[self._rows]
-        return Score(whole.sim, self._sqnr(self._signal[self._rows], noise), percent(right), noise, right)
+        argmax = None if whole.argmax is None else whole.argmax[self._rows]
+        return Score(whole.sim, self._sqnr(self._signal[self._rows], noise), percent(right), noise, right, argmax)
 
     @staticmethod
     def _sqnr(signal: np.ndarray, noise: np.ndarray) -> float:
@@ -298,6 +317,22 @@ class Judge:
     def sqnr(self, sim: ir.Model) -> float | None:
         return self.score(sim).sqnr_db
 
+    def veto(self, incumbent: Score, candidate: Score) -> str:
+        """Why ``candidate`` is not better whatever its SQNR gain, or "": where the judge scores
+        a Softmax's logits, the argmax along the Softmax's axis is what a user reads (a class, a
+        CTC recognizer's character per step), and the logits' SQNR can rise while the argmax
+        moves (a recognizer's bias correction raised the blank logit over every character while
+        lowering the noise energy over its 18,385 classes: docs/design.md, "A recognizer's
+        blank"). Vetoed when the candidate's :func:`balanced_agreement` with FP32 is below the
+        incumbent's by more than 1 / samples (one sample's worth where the classes are balanced)."""
+        if incumbent.argmax is None or candidate.argmax is None or self._fp32_argmax is None:
+            return ""
+        before = balanced_agreement(self._fp32_argmax, incumbent.argmax)
+        after = balanced_agreement(self._fp32_argmax, candidate.argmax)
+        if before - after <= 1.0 / len(self._fp32_argmax):
+            return ""
+        return f"vetoed: its argmax agrees with FP32's on {100 * after:.1f}% (class-balanced), {100 * before:.1f}% before"
+
     def margin(self, incumbent: Score, candidate: Score) -> float:
         """The gain (dB) ``candidate`` must show over ``incumbent``: MARGIN_DB, or BOOTSTRAP_SIGMAS
         bootstrap standard deviations of the gain over the judge's samples when that is more
@@ -318,6 +353,25 @@ _PASS_THROUGH = frozenset({"QuantizeLinear", "DequantizeLinear", "Identity", "Re
                            "Unsqueeze"})
 
 
+def _scored_node(model: ir.Model, output: str) -> ir.Node | None:
+    """The Softmax or multi-input Concat that computes graph output ``output`` (through a sim's
+    output quantizer and the value-preserving ops of _PASS_THROUGH), or None."""
+    from aimetcli.quantsim.insert import is_grid_node
+
+    value = next((o for o in model.graph.outputs if o.name == output), None)
+    node = value.producer() if value is not None else None
+    while node is not None and (node.op_type in _PASS_THROUGH or (node.op_type == "Clip" and is_grid_node(node))):
+        node = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
+    if node is None or node.domain not in ("", "ai.onnx") or not node.inputs:
+        return None
+    if node.op_type == "Softmax" and node.inputs[0] is not None:
+        return node
+    if node.op_type == "Concat" and len(node.inputs) > 1 and all(
+            v is not None and v.const_value is None and v.producer() is not None for v in node.inputs):
+        return node
+    return None
+
+
 def _scored_parts(model: ir.Model, output: str) -> list[str] | None:
     """What ptq scores instead of graph output ``output`` (through a sim's output quantizer),
     or None for the output itself:
@@ -332,20 +386,30 @@ def _scored_parts(model: ir.Model, output: str) -> list[str] | None:
       one grid: a YOLO head concatenates boxes in pixels with sigmoid scores in [0, 1], and the
       SQNR of the whole output is that of the boxes alone (a trained YOLOv8n: 29 dB on the
       output while its scores were at 5 dB)."""
-    from aimetcli.quantsim.insert import is_grid_node
+    node = _scored_node(model, output)
+    return None if node is None else [v.name for v in node.inputs]
 
-    value = next((o for o in model.graph.outputs if o.name == output), None)
-    node = value.producer() if value is not None else None
-    while node is not None and (node.op_type in _PASS_THROUGH or (node.op_type == "Clip" and is_grid_node(node))):
-        node = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
-    if node is None or node.domain not in ("", "ai.onnx") or not node.inputs:
+
+def _softmax_argmax(model: ir.Model, output: str) -> Callable[[np.ndarray], np.ndarray] | None:
+    """For an output computed by a Softmax: the function that maps the Softmax's input (its
+    logits, a row per sample) to the argmax along the Softmax's axis, per sample and position
+    (shape [samples, positions]); None for any other output. Softmax before opset 13 takes the
+    argmax over the axis and every axis after it (the input is coerced to 2-D there)."""
+    node = _scored_node(model, output)
+    if node is None or node.op_type != "Softmax":
         return None
-    if node.op_type == "Softmax":
-        return [node.inputs[0].name] if node.inputs[0] is not None else None
-    if node.op_type == "Concat" and len(node.inputs) > 1 and all(
-            v is not None and v.const_value is None and v.producer() is not None for v in node.inputs):
-        return [v.name for v in node.inputs]
-    return None
+    opset = g.opset_version(model)
+    attr = node.attributes.get("axis")
+    axis = attr.as_int() if attr is not None else (-1 if opset >= 13 else 1)
+
+    def argmax(x: np.ndarray) -> np.ndarray:
+        ax = axis + x.ndim if axis < 0 else axis
+        if opset < 13:
+            x = x.reshape(*x.shape[:ax], -1)
+            ax = x.ndim - 1
+        return np.argmax(x, axis=ax).reshape(x.shape[0], -1)
+
+    return argmax
 
 
 def _far_apart(refs: list[np.ndarray], samples: int) -> bool:
@@ -360,6 +424,19 @@ def _far_apart(refs: list[np.ndarray], samples: int) -> bool:
     spans = [max(float(np.max(r)), 0.0) - min(float(np.min(r)), 0.0) for r in refs]
     widest = max(spans)
     return widest > 0 and min(spans) / widest * 255 < MIN_CONCAT_LEVELS
+
+
+def balanced_agreement(reference: np.ndarray, argmax: np.ndarray) -> float:
+    """Class-balanced agreement of ``argmax`` with ``reference`` (integer classes, same shape):
+    the mean over the classes that occur in ``reference`` of the fraction of their positions
+    where ``argmax`` agrees. A recognizer's CTC output is blank at most steps (PP-OCRv5: 66% of
+    them), so plain agreement rates a model that reads blank everywhere above one that reads
+    the characters; here blank is one class among the others."""
+    ref = reference.ravel()
+    counts = np.bincount(ref)
+    hits = np.bincount(ref, weights=(argmax.ravel() == ref))
+    present = counts > 0
+    return float(np.mean(hits[present] / counts[present])) if present.any() else 1.0
 
 
 LAYER_ERROR_SAMPLES = 8

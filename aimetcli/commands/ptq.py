@@ -185,13 +185,17 @@ def stage_table(summary) -> Table:
             cells.append(_cell(s.sqnr_db))
         if show_top1:
             cells.append(_cell(s.top1, ".2f"))
-        gain = "" if s.gain_db is None else f"{s.gain_db:+.2f}{'>' if s.kept else '<='}{s.margin_db:.2f}"
+        gain = "" if s.gain_db is None else f"{s.gain_db:+.2f} veto" if s.veto else \
+            f"{s.gain_db:+.2f}{'>' if s.kept else '<='}{s.margin_db:.2f}"
         table.add_row(*cells, gain, f"{s.seconds:.1f}")
     judged = (f"but bias correction, fitted on the first {cal.get('fit_samples')} and judged on the last {held}"
               if held else "bias correction too: too few to hold some out")
     caption = [f"calib: output SQNR (dB) against FP32 on the {cal.get('samples')} calibration samples, which "
                f"judge every choice ({judged}): a change is kept when its gain (dB) exceeds the margin "
                f"(>= {cal.get('margin_db', 0):.1f} dB, more where the samples disagree)."]
+    if any(s.veto for s in summary.stages):
+        caption.append("veto: a gain not kept because the Softmax's argmax agrees less often with FP32's "
+                       "(class-balanced; the row's note has the numbers).")
     if on_eval:
         caption.append(f"eval: the same SQNR on the {data} data, which decide nothing.")
     if show_top1:
