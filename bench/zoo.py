@@ -142,7 +142,7 @@ def measure(m: ZooModel, path: Path, work: Path, ds: zoo_data.DataSet, name: str
             continue
         try:
             c = zoo_metrics.compare(fp32, zoo_metrics.session(str(qpath), optimize), name, x, m.task)
-            res.closeness[label] = {"sqnr_db": c.sqnr_db, "task": c.task}
+            res.closeness[label] = {"sqnr_db": c.sqnr_db, "task": c.task, "per_sample": c.per_sample}
             if c.scores_sqnr_db is not None:
                 res.closeness[label]["scores_sqnr_db"] = c.scores_sqnr_db
             logits_fp32 = zoo_metrics.logits_session(str(path), optimize=True)
@@ -204,6 +204,16 @@ def time_ratio(r: ModelResult) -> float | None:
     return None
 
 
+def _interval(spread: dict | None, key: str, unit: str) -> str:
+    """' (difference ...)': the paired bootstrap interval of the difference from quantize_static
+    over the evaluation samples (zoo_metrics.paired_interval), which says whether a gap is more
+    than another draw of evaluation data would move it."""
+    if spread is None or spread.get(key) is None:
+        return ""
+    lo, hi = spread[key]
+    return f" (difference {lo:+.1f} to {hi:+.1f} {unit}, 90% paired bootstrap over the {spread['samples']} samples)"
+
+
 def gaps(r: ModelResult) -> list[str]:
     """Where issue 15's bar is missed: ptq's deployable model below quantize_static (SQNR or task), quantsim
     more than 1 dB below it, ptq more than 6x quantsim's time."""
@@ -212,11 +222,13 @@ def gaps(r: ModelResult) -> list[str]:
         c = r.closeness.get(label)
         if c is None or qs is None:
             continue
+        spread = zoo_metrics.paired_interval(c.get("per_sample", {}), qs.get("per_sample", {}))
         if c["sqnr_db"] < qs["sqnr_db"] - slack:
             out.append(f"{label} SQNR {_db(c['sqnr_db'])} dB < quantize_static {_db(qs['sqnr_db'])} dB"
-                       + (" - 1 dB" if slack else ""))
+                       + (" - 1 dB" if slack else "") + _interval(spread, "sqnr_db", "dB"))
         if label == "ptq" and c["task"] < qs["task"]:
-            out.append(f"ptq task {_pct(c['task'])} < quantize_static {_pct(qs['task'])}")
+            out.append(f"ptq task {_pct(c['task'])} < quantize_static {_pct(qs['task'])}"
+                       + _interval(spread, "task_points", "points"))
     ratio = time_ratio(r)
     if ratio and ratio > 6:
         out.append(f"ptq takes {ratio:.1f}x quantsim's time")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
@@ -173,6 +173,8 @@ class Closeness:
     sqnr_db: float
     task: float  # agreement with FP32, 0..1
     scores_sqnr_db: float | None = None  # detectors: of the class scores (rows 4:) alone
+    # per evaluation sample: FP32's energy, the error's energy, the task agreement (NaN: not counted)
+    per_sample: dict[str, list[float]] = field(default_factory=dict)
 
 
 DETECTORS = ("yolo", "faces")
@@ -182,11 +184,16 @@ def compare(fp32: ort.InferenceSession, quant: ort.InferenceSession, name: str, 
             task: str) -> Closeness:
     signal = noise = score_signal = score_noise = 0.0
     agree: list[float] = []
+    signals: list[float] = []
+    noises: list[float] = []
     for s in batches(x):
         ref = first_float_output(fp32, name, x[s]).astype(np.float64)
         q = first_float_output(quant, name, x[s]).astype(np.float64)
         signal += float((ref ** 2).sum())
         noise += float(((ref - q) ** 2).sum())
+        if ref.ndim and ref.shape[0] == s.stop - s.start:
+            signals += (ref ** 2).reshape(len(ref), -1).sum(1).tolist()
+            noises += ((ref - q) ** 2).reshape(len(ref), -1).sum(1).tolist()
         if task in DETECTORS:
             score_signal += float((ref[:, 4:] ** 2).sum())
             score_noise += float(((ref[:, 4:] - q[:, 4:]) ** 2).sum())
@@ -195,8 +202,33 @@ def compare(fp32: ort.InferenceSession, quant: ort.InferenceSession, name: str, 
     def db(sig: float, err: float) -> float:
         return float("inf") if err == 0 else 10 * float(np.log10(sig / err)) if sig > 0 else float("-inf")
 
+    per_sample = {"signal": signals, "noise": noises, "task": agree} if len(signals) == x.shape[0] else {}
     return Closeness(db(signal, noise), float(np.nanmean(agree)) if not np.all(np.isnan(agree)) else float("nan"),
-                     db(score_signal, score_noise) if task in DETECTORS else None)
+                     db(score_signal, score_noise) if task in DETECTORS else None, per_sample)
+
+
+def paired_interval(a: dict, b: dict, rounds: int = 2000, level: float = 0.9) -> dict | None:
+    """Paired bootstrap over the evaluation samples of two models' per-sample numbers
+    (Closeness.per_sample of each, the same samples): the ``level`` interval of the difference
+    a - b in output SQNR (dB) and in task agreement (points), resampling the samples as another
+    draw of evaluation data would. None without per-sample numbers for both."""
+    if not a or not b or len(a["signal"]) != len(b["signal"]) or len(a["signal"]) < 2:
+        return None
+    rng = np.random.default_rng(0)
+    n = len(a["signal"])
+    idx = rng.integers(0, n, size=(rounds, n))
+    sig = np.asarray(a["signal"])[idx].sum(1)
+    tiny = np.finfo(np.float64).tiny
+    db = 10 * np.log10((np.asarray(b["noise"])[idx].sum(1) + tiny) / (np.asarray(a["noise"])[idx].sum(1) + tiny))
+    db = db[np.isfinite(db) & (sig > 0)]
+    ta, tb = np.asarray(a["task"], np.float64)[idx], np.asarray(b["task"], np.float64)[idx]
+    with np.errstate(invalid="ignore"):
+        dt = 100 * (np.nanmean(ta, axis=1) - np.nanmean(tb, axis=1))
+    dt = dt[np.isfinite(dt)]
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    return {"sqnr_db": [float(v) for v in np.percentile(db, q)] if db.size else None,
+            "task_points": [float(v) for v in np.percentile(dt, q)] if dt.size else None,
+            "samples": n}
 
 
 # between a Softmax and the graph output: output quantizers and value-preserving ops
