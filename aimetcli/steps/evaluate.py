@@ -158,7 +158,7 @@ def hits(pred, labels):
 
 def correct(logits, labels):
     """:func:`hits` of ``logits``' top-1 classes."""
-    return hits(_predictions(logits), labels) if logits is not None else None
+    return hits(_predictions(logits), labels) if logits is not None and labels is not None else None
 
 
 def percent(flags) -> float | None:
