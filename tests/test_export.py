@@ -318,6 +318,33 @@ def test_ptq_onnxruntime_sessions_and_passes(tmp_path, monkeypatch):
     assert biggest["simulate"] <= runtime.reduction_run_size(calib) < calib.num_samples
 
 
+def test_ptq_bias_correction_reuses_the_incumbents_grids(tmp_path, monkeypatch):
+    """With a histogram scheme, bias correction takes the incumbent sim's activation grids
+    (calibrated on all the samples) instead of calibrating its own sim on the fit samples: the
+    measure sessions are the two model states' histogram runs, the FP32 means over the 18 fit
+    samples and the corrected model's calibration, and no other."""
+    from collections import Counter
+
+    from aimetcli import runtime
+    from aimetcli.calibration.data import feed_rows, input_specs, open_data
+
+    samples: Counter = Counter()
+    ran = runtime.Session.run
+
+    def counted(self, feeds, outputs=None):
+        samples[self.policy.name] += feed_rows(feeds)
+        return ran(self, feeds, outputs)
+
+    monkeypatch.setattr(runtime.Session, "run", counted)
+    model, _ = api.prepare(to_ir(model_proto(np.random.default_rng(0))))
+    calib = open_data("random:24", input_specs(model))
+    options = QuantOptions(scheme=QuantScheme.TF_ENHANCED)
+    summary = api.ptq(model, calib, None, options, outdir=str(tmp_path / "out"), schemes=(QuantScheme.TF_ENHANCED,))
+    assert summary.options["scheme"] == "tf-enhanced"
+    assert [s.name for s in summary.stages][-3] == "+ bias-correct"
+    assert samples["measure"] / 24 == 3 + 18 / 24
+
+
 def test_ptq_scores_every_row_once_on_the_evaluation_data(tmp_path):
     """The evaluation data score the rows (a dropped stage's row shows its own model) and decide
     nothing: every model is run over them once, and the choices are the same without them."""
