@@ -22,8 +22,9 @@ The activation grids the sim uses are the ones quantsim will compute on the
 (FP32 weights, float activations: what quantsim calibrates on, ``calibrate.observed_model``)
 runs in the same graph, corrected in step, and each grid is computed from its range in the
 graph. Otherwise (other schemes, more data than one run takes) quantsim's
-calibration computes the grids first, as AIMET does, and quantsim's recalibration
-of the corrected model brings a little of the shift back.
+calibration computes the grids first, as AIMET does (or the caller hands them over:
+ptq, its incumbent sim's), and quantsim's recalibration of the corrected model brings
+a little of the shift back.
 
 Cost: one FP32 pass (in small runs) and one run of one or two copies of the model
 per chunk of data, linear in depth. Memory: onnxruntime's activations of those

@@ -310,7 +310,7 @@ def test_ptq_onnxruntime_sessions_and_passes(tmp_path, monkeypatch):
     calib = open_data("random:24", input_specs(model))
     summary = api.ptq(model, calib, None, QuantOptions(), outdir=str(tmp_path / "out"),
                       schemes=api.scheme_candidates(QuantOptions()))
-    # min-max chosen (a tf-enhanced incumbent would have bias correction calibrate its fit samples)
+    # min-max chosen: the correction run computes its grids (a tf-enhanced incumbent lends its own)
     assert summary.options["scheme"] == "min-max" and summary.decisions[1].kept is False
     assert dict(sessions) == {"simulate": 7, "measure": 4, "simulate-fused": 1, "deploy": 1}
     assert {k: v / 24 for k, v in samples.items()} == {"simulate": 7, "measure": 3 + 18 / 24,
