@@ -22,8 +22,9 @@ The activation grids the sim uses are the ones quantsim will compute on the
 (FP32 weights, float activations: what quantsim calibrates on, ``calibrate.observed_model``)
 runs in the same graph, corrected in step, and each grid is computed from its range in the
 graph. Otherwise (other schemes, more data than one run takes) quantsim's
-calibration computes the grids first, as AIMET does, and quantsim's recalibration
-of the corrected model brings a little of the shift back.
+calibration computes the grids first, as AIMET does (or the caller hands them over:
+ptq, its incumbent sim's), and quantsim's recalibration of the corrected model brings
+a little of the shift back.
 
 Cost: one FP32 pass (in small runs) and one run of one or two copies of the model
 per chunk of data, linear in depth. Memory: onnxruntime's activations of those
@@ -38,6 +39,7 @@ samples.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,7 +54,7 @@ from aimetcli.calibration.data import feed_rows
 from aimetcli.correction_graph import Grid, Target
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.bias import METHODS, ChannelMean, clipped_normal_mean
-from aimetcli.kernels.quant import (QuantScheme, encoding_from_range, fake_quantize, is_unsigned_symmetric,
+from aimetcli.kernels.quant import (Encoding, QuantScheme, encoding_from_range, fake_quantize, is_unsigned_symmetric,
                                     unsigned_symmetric_encoding)
 from aimetcli.layers import Layer, as_layer, bias_array, check_rewrite, write_bias
 from aimetcli.passes.chains import clip_bounds
@@ -137,9 +139,16 @@ def _mean_pass(model: ir.Model, outputs: list[str], dataset, batch_size: int, pr
 
 
 def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid", batch_size: int = 32,
-                   progress=None) -> BiasCorrectionResult:
+                   progress=None, activation_grids: Mapping[str, Encoding | None] | None = None) -> BiasCorrectionResult:
     """Correct the biases of ``model`` (FP32, modified in place) for quantization with ``options``
-    (its config included)."""
+    (its config included).
+
+    ``activation_grids``: the activation encodings of the sim quantsim built from ``model`` (as it
+    is now, before any correction) with ``options``, by tensor; None for a quantizer that sim's
+    calibration dropped (``placement.revise_after_calibration``). Where the correction run does
+    not compute the grids itself (``_grids_in_graph``), these are used instead of calibrating the
+    sim on ``dataset`` (see :func:`_simulation`); a sim quantizer they do not cover means they are
+    not that sim's, and the sim is calibrated as without them."""
     from aimetcli.quantsim.calibrate import calibration_weights, param_encodings
     from aimetcli.quantsim.placement import place_quantizers
 
@@ -197,7 +206,8 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
         chunk = runtime.correction_run_size(model, dataset, batch_size)
         in_graph = _grids_in_graph(dataset, options, chunk)
         _describe(progress, "Correcting biases: preparing the sim")
-        sim, sim_proto, float_path, grids = _simulation(model, cfg, options, dataset, batch_size, progress, in_graph)
+        sim, sim_proto, float_path, grids = _simulation(model, cfg, options, dataset, batch_size, progress, in_graph,
+                                                        activation_grids)
         sources = _float_sources(sim, [la.output.name for la in measured])
         targets = [Target(la.output.name, src, _output_rank(la), la.out_channels(la.weight_array()),
                           id(la.node) not in analytical) for la, src in zip(measured, sources)]
@@ -243,15 +253,27 @@ def _grids_in_graph(dataset, options, chunk: int) -> bool:
     return options.scheme is QuantScheme.MIN_MAX and dataset.num_batches(chunk) == 1
 
 
-def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progress, in_graph: bool):
+def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progress, in_graph: bool,
+                known: Mapping[str, Encoding | None] | None = None):
     """The sim model quantsim would build from ``model``, and what the correction run needs of it.
 
     Returns (sim, a copy of it with the weights fake-quantized, the float path, grids), both
     copies sharing their tensors (quantsim.calibrate.calibration_weights). With ``in_graph``, activation grids that
     the data decide are left to the correction run (placeholders here; the float path, weights
     fake-quantized, is the model they are measured on), so they follow every upstream correction
-    as quantsim's calibration of the corrected model will. Otherwise quantsim's calibration
-    computes them first.
+    as quantsim's calibration of the corrected model will. Otherwise the grids are calibrated
+    before correcting, as AIMET does: ``known`` (correct_biases' ``activation_grids``) when it
+    covers every activation quantizer of the sim, else quantsim's calibration on ``dataset``.
+
+    Why ``known`` (ptq's incumbent sim, calibrated on every calibration sample) may stand in for
+    that calibration: activation grids are observed on the FP32 weights
+    (``calibrate.observed_model``), so they do not depend on the weights' grids. What they miss
+    are the bias changes: the analytical corrections applied above, before the sim is built (a
+    calibration here would see those), and the empirical ones (no calibration before correcting
+    sees those). The sim that ptq judges and exports is quantsim's calibration of the corrected
+    model on all the calibration samples, so these grids only stand in for it during the
+    correction run, and the incumbent's are calibrated on the samples it is, where a calibration
+    here sees the fit samples only.
     """
     from aimetcli.model_ops import clone, sim_opset, upgrade_opset
     from aimetcli.quantsim.calibrate import (calibrate, calibration_weights, non_negative_outputs, observed_model,
@@ -286,6 +308,10 @@ def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progres
             if not fixed:
                 in_graph_tensors.append(a.tensor)
         float_path = observed_model(sim)
+    elif known is not None and _covers(known, placement):
+        params = param_encodings(sim, placement, options)
+        acts = {a.tensor: enc for a in placement.activations if (enc := known[a.tensor]) is not None}
+        nonneg = set()
     else:
         encodings = calibrate(sim, placement, options, dataset, batch_size, progress)
         acts, params = encodings.activations, encodings.params
@@ -302,6 +328,12 @@ def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progres
         grids.append(Grid(tensor, record[tensor], enc.num_steps, enc.symmetric, tensor in nonneg, ranks.get(tensor),
                           ir.DataType.from_numpy(enc.container_dtype), enc.qmin, enc.qmax))
     return sim, calibration_weights(sim, params), float_path, grids
+
+
+def _covers(known: Mapping[str, Encoding | None], placement) -> bool:
+    """Whether ``known`` has a grid (or None: dropped) for every activation quantizer of
+    ``placement`` (those with a range fixed by the config included: their grids are fixed)."""
+    return all(a.tensor in known for a in placement.activations)
 
 
 def _data_min(dataset, name: str) -> float:

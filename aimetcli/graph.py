@@ -181,6 +181,13 @@ def activation_bytes(model: ir.Model) -> int:
     return math.ceil(total)
 
 
+def activations_declared(model: ir.Model) -> bool:
+    """Whether the model records every node output's shape with every dimension but the leading one
+    fixed: only then does :func:`activation_bytes` count a sample's activations in full."""
+    return all(value.shape is not None and all(fixed_dim(d) is not None for d in value.shape.dims[1:])
+               for node in model.graph for value in node.outputs)
+
+
 # ops that only appear in models already quantized: the QDQ format (a quantsim or quantize_static
 # output), and integer operators: onnxruntime's quantize_dynamic (DynamicQuantizeLinear feeding
 # ConvInteger/MatMulInteger; com.microsoft's DynamicQuantizeMatMul, MatMulIntegerToFloat,

@@ -38,7 +38,7 @@ import onnx_ir as ir
 from aimetcli import model_io
 from aimetcli.calibration.data import DataSource, as_dataset
 from aimetcli.model_ops import ModelSource, as_model, clone, require_float_model, sim_opset, upgrade_opset
-from aimetcli.options import AmpOptions, QuantOptions, RunOptions
+from aimetcli.options import AmpOptions, QuantOptions, RunOptions, WeightRange
 from aimetcli.quantsim.calibrate import SharedObservations
 from aimetcli.quantsim.per_layer import check_patterns
 from aimetcli.quantsim.placement import place_quantizers
@@ -140,6 +140,7 @@ def _describe(opts) -> str:
 class _Sim:
     model: ir.Model
     encodings: Any
+    dropped: tuple[str, ...] = ()  # tensors whose activation quantizer quantsim left out (placement.skipped)
 
 
 class _Flow:
@@ -192,7 +193,7 @@ class _Flow:
             if "BatchNormalization" not in w and w not in self.warnings:
                 self.warnings.append(w)
         self.names[id(sim)] = name
-        return _Sim(sim, encodings)
+        return _Sim(sim, encodings, tuple(s["tensor"] for s in summary.skipped))
 
     def source_of(self, sim: _Sim) -> str:
         return f"the {self.names.get(id(sim.model), '?')} row's sim"
@@ -415,7 +416,11 @@ def _bias_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, method: str) -
     t = time.perf_counter()
     flow.start(f"+ bias-correct: {method} correction on {flow.fit.num_samples} samples")
     corrected = clone(current)
-    bc = bias_correct(corrected, flow.fit, opts, RunOptions(flow.batch_size), method=method)
+    # best (quantsim's sim of current) lends its activation grids (bias_correction._simulation; not with mse)
+    grids = {**dict.fromkeys(best.dropped), **best.encodings.activations} \
+        if opts.weight_range is WeightRange.MIN_MAX else None
+    bc = bias_correct(corrected, flow.fit, opts, RunOptions(flow.batch_size), method=method,
+                      activation_grids=grids)
     flow.start("+ bias-correct: calibrating the corrected model")
     sim = flow.simulate(corrected, opts, "+ bias-correct")
     return _technique(flow, "+ bias-correct", "bias correction", bias_correction_verdict, t,

@@ -242,6 +242,14 @@ def histogram_run_size(model: ir.Model, dataset) -> int:
     return max(reduction_run_size(dataset), min(64, HISTOGRAM_RUN_BYTES // max(g.activation_bytes(model), 1)))
 
 
+# Activations one histogram run may copy out of onnxruntime, measured on its first samples, where the
+# model's declared shapes cannot tell (histogram_run_size counts unknown sizes as 1): above it, the
+# histograms' ranges are fixed by a reductions pass first and the runs are reduction_run_size
+# samples (quantsim/calibrate._observe). det v5, 32 pages 384 x 384 in one run: 6 GB, 9 s of system
+# time in page faults.
+HISTOGRAM_RUN_LIMIT = 1 << 30
+
+
 # Model input in one bias-correction joint run
 CHUNK_BYTES = 64 << 20
 # Bytes of all the model's activations (summed over its tensors, one copy) in one correction run.

@@ -414,3 +414,48 @@ def test_nothing_to_correct_says_why(tmp_path):
     assert r.exit_code == 0, r.output
     assert "Corrected 0 layers" in r.output and "nan" not in r.output
     assert "no layer corrected: 2 skipped (MatMul without a bias input whose input is not known to be 2-D" in r.stderr
+
+
+def test_given_activation_grids_replace_the_calibration(tmp_path, monkeypatch):
+    """``activation_grids`` (ptq's incumbent sim's) stand in for calibrating the sim before
+    correcting: the grids quantsim computes on the same data give the same biases without the
+    calibration run; other grids give other biases; grids that miss a quantizer are not used."""
+    from aimetcli import runtime
+    from aimetcli.kernels.quant import QuantScheme
+
+    rng = np.random.default_rng(5)
+    model, _ = api.prepare(to_ir(small_net(rng)))
+    np.save(tmp_path / "x.npy", (rng.standard_normal((64, 3, 8, 8)) + 0.3).astype(np.float32))
+    dataset = open_data(str(tmp_path / "x.npy"), input_specs(model))
+    options = QuantOptions(param_bw=4, scheme=QuantScheme.TF_ENHANCED)
+    _, enc, _ = api.quantsim(api.clone(model), dataset, options)
+    _, minmax, _ = api.quantsim(api.clone(model), dataset, QuantOptions(param_bw=4))
+    measured = []
+    made = runtime.Session.__init__
+
+    def init(self, m, policy):
+        made(self, m, policy)
+        measured.append(policy.name == "measure")
+
+    monkeypatch.setattr(runtime.Session, "__init__", init)
+
+    def biases(grids):
+        measured.clear()
+        corrected = api.clone(model)
+        api.bias_correct(corrected, dataset, options, method="empirical", activation_grids=grids)
+        inits = corrected.graph.initializers
+        return [inits[n].const_value.numpy().copy() for n in sorted(inits) if "B" in n or "bias" in n], sum(measured)
+
+    calibrated, runs = biases(None)
+    given, given_runs = biases(dict(enc.activations))
+    assert given_runs == 1 < runs  # the FP32 means' session only
+    for a, b in zip(calibrated, given, strict=True):
+        np.testing.assert_array_equal(a, b)
+    other, _ = biases(dict(minmax.activations))
+    assert any(not np.array_equal(a, b) for a, b in zip(calibrated, other, strict=True))
+    partial = dict(enc.activations)
+    partial.pop(sorted(partial)[0])
+    again, again_runs = biases(partial)
+    assert again_runs == runs
+    for a, b in zip(calibrated, again, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -314,12 +314,39 @@ def test_ptq_onnxruntime_sessions_and_passes(tmp_path, monkeypatch):
     calib = open_data("random:24", input_specs(model))
     summary = api.ptq(model, calib, None, QuantOptions(), outdir=str(tmp_path / "out"),
                       schemes=api.scheme_candidates(QuantOptions()))
-    # min-max chosen (a tf-enhanced incumbent would have bias correction calibrate its fit samples)
+    # min-max chosen: the correction run computes its grids (a tf-enhanced incumbent lends its own)
     assert summary.options["scheme"] == "min-max" and summary.decisions[1].kept is False
     assert dict(sessions) == {"simulate": 7, "measure": 4, "simulate-fused": 1, "deploy": 1}
     assert {k: v / 24 for k, v in samples.items()} == {"simulate": 7, "measure": 3 + 18 / 24,
                                                         "simulate-fused": 18 / 24, "deploy": 1}
     assert biggest["simulate"] <= runtime.reduction_run_size(calib) < calib.num_samples
+
+
+def test_ptq_bias_correction_reuses_the_incumbents_grids(tmp_path, monkeypatch):
+    """With a histogram scheme, bias correction takes the incumbent sim's activation grids
+    (calibrated on all the samples) instead of calibrating its own sim on the fit samples: the
+    measure sessions are the two model states' histogram runs, the FP32 means over the 18 fit
+    samples and the corrected model's calibration, and no other."""
+    from collections import Counter
+
+    from aimetcli import runtime
+    from aimetcli.calibration.data import feed_rows, input_specs, open_data
+
+    samples: Counter = Counter()
+    ran = runtime.Session.run
+
+    def counted(self, feeds, outputs=None):
+        samples[self.policy.name] += feed_rows(feeds)
+        return ran(self, feeds, outputs)
+
+    monkeypatch.setattr(runtime.Session, "run", counted)
+    model, _ = api.prepare(to_ir(model_proto(np.random.default_rng(0))))
+    calib = open_data("random:24", input_specs(model))
+    options = QuantOptions(scheme=QuantScheme.TF_ENHANCED)
+    summary = api.ptq(model, calib, None, options, outdir=str(tmp_path / "out"), schemes=(QuantScheme.TF_ENHANCED,))
+    assert summary.options["scheme"] == "tf-enhanced"
+    assert [s.name for s in summary.stages][-3] == "+ bias-correct"
+    assert samples["measure"] / 24 == 3 + 18 / 24
 
 
 def test_ptq_scores_every_row_once_on_the_evaluation_data(tmp_path):

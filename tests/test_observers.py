@@ -239,3 +239,40 @@ def test_per_tensor_histogram_over_many_blocks_equals_the_formula(dtype):
     expected = np.bincount(np.minimum(t.astype(np.int64), b - 1), minlength=b)
     assert np.array_equal(counts.reshape(-1), expected)
     assert obs.nonfinite_count == 3 and counts.sum() == x.size - 3
+
+
+def test_fixed_range_histogram_is_the_histogram_over_that_range_in_any_batches():
+    """With its range given (the reductions' min and max), a histogram never re-bins: the same
+    counts whatever the batches and their order, np.histogram's over that range (but values on bin
+    edges); values past the range count in the end bins, non-finite ones are skipped and counted."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=60_000) * np.repeat(np.linspace(0.2, 3.0, 6), 10_000)  # later batches reach further
+    lo, hi = float(x.min()), float(x.max())
+
+    def fed(parts, dtype=np.float64):
+        obs = HistogramObserver(value_range=(lo, hi))
+        for part in parts:
+            obs.update(part.astype(dtype))
+        return obs
+
+    one = fed([x])
+    counts, edges = one.histogram()
+    ref_counts, ref_edges = np.histogram(x, bins=512, range=(lo, hi))
+    np.testing.assert_allclose(edges, ref_edges, rtol=0, atol=1e-12)
+    assert np.abs(counts - ref_counts).sum() <= 4 and counts.sum() == x.size
+    for parts in (np.array_split(x, 60), np.array_split(x[::-1], 7)):
+        np.testing.assert_array_equal(fed(parts).histogram()[0], counts)
+    grown = HistogramObserver()
+    for part in np.array_split(x, 60):
+        grown.update(part)
+    assert not np.array_equal(grown.histogram()[0], counts)  # AIMET's growing histogram re-bins approximately
+    f32 = fed(np.array_split(x, 5), np.float32)
+    assert np.abs(f32.histogram()[0] - counts).sum() <= 8 and f32.minmax() == (float(np.float32(lo)), float(np.float32(hi)))
+    past = HistogramObserver(value_range=(-1.0, 1.0))
+    past.update(np.array([-3.0, -1.0, 0.0, 1.0, 2.5, np.nan, np.inf]))
+    c, _ = past.histogram()
+    assert (c[0], c[256], c[-1], c.sum(), past.nonfinite_count) == (2, 1, 2, 5, 2)
+    assert past.minmax() == (-3.0, 2.5)
+    const = HistogramObserver(value_range=(2.0, 2.0))
+    const.update(np.full(4, 2.0))
+    assert const.histogram()[1][[0, -1]].tolist() == [1.5, 2.5]

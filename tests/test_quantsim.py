@@ -473,3 +473,42 @@ def test_shared_observations_unused_where_seqmse_moves_the_weights():
     made = shared.made
     quantsim(model, dataset, QuantOptions(param_bw=4, weight_range=WeightRange.MSE), run_opts, shared=shared)
     assert made >= 1 and shared.made == made and shared.reused == 0
+
+
+def test_histogram_grids_do_not_depend_on_the_run_size(tmp_path, monkeypatch):
+    """Where a histogram run would copy out more than HISTOGRAM_RUN_LIMIT (symbolic sizes, measured),
+    the reductions fix each histogram's range before binning: runs of 1 and of 3 samples give the
+    histograms, count for count, and the grids of one run of all 12 (AIMET's growing histogram,
+    exact in one run, re-bins as later runs reach further)."""
+    from aimetcli import runtime
+    from aimetcli.quantsim.calibrate import _observe
+    from aimetcli.quantsim.placement import place_quantizers
+
+    rng = np.random.default_rng(7)
+    inits = [init("W1", rng.standard_normal((6, 3, 3, 3)).astype(np.float32)), init("B1", rand(6, rng=rng)),
+             init("W2", rng.standard_normal((4, 6, 1, 1)).astype(np.float32))]
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c1"], ["r1"]), helper.make_node("Conv", ["r1", "W2"], ["y"])]
+    proto = make_model(nodes, [("x", ["N", 3, "H", "W"])], [("y", None)], inits)
+    x = rng.standard_normal((12, 3, 6, 6)).astype(np.float32) * np.linspace(0.2, 4.0, 12, dtype=np.float32)[:, None,
+                                                                                                          None, None]
+    np.save(tmp_path / "x.npy", x)
+    model, _ = api.prepare(to_ir(proto))
+    dataset = open_data(str(tmp_path / "x.npy"), input_specs(model))
+    options = QuantOptions(scheme=QuantScheme.TF_ENHANCED)
+    placement = place_quantizers(model, options.config, options)
+    monkeypatch.setattr(runtime, "HISTOGRAM_RUN_LIMIT", 0)
+    monkeypatch.setattr(runtime, "histogram_run_size", lambda model, dataset: 12)
+    grids, histograms, fixed = [], [], []
+    for size in (12, 1, 3):
+        monkeypatch.setattr(runtime, "reduction_run_size", lambda dataset, size=size: size)
+        observers = _observe(model, placement, options.scheme, dataset, 12, None)
+        histograms.append({t: obs.histogram()[0] for t, obs in observers.items()})
+        fixed.append(all(obs._fixed is not None for obs in observers.values()))
+        _, enc, _ = api.quantsim(api.clone(model), dataset, options, run=api.RunOptions(batch_size=12))
+        grids.append({t: (float(e.min), float(e.max)) for t, e in enc.activations.items()})
+    assert fixed == [False, True, True]
+    assert set(grids[0]) == set(histograms[0]) == {"x", "c1", "r1", "y"} and grids[0] == grids[1] == grids[2]
+    for t, counts in histograms[0].items():
+        np.testing.assert_array_equal(counts, histograms[1][t], err_msg=t)
+        np.testing.assert_array_equal(counts, histograms[2][t], err_msg=t)

@@ -60,6 +60,14 @@ class EmptyObserverError(ValueError):
     """No finite value has been observed (all batches empty, NaN or Inf)."""
 
 
+def _first_range(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The bins' range for data in [lo, hi]: itself, or +-0.5 around a single value (relatively
+    more where 0.5 is below float64 resolution, |x| > 2**52)."""
+    same = lo == hi
+    half = np.maximum(0.5, np.abs(lo) * 2.0**-20)
+    return np.where(same, lo - half, lo), np.where(same, hi + half, hi)
+
+
 def _channels_first(x: np.ndarray, axis: int | None) -> np.ndarray:
     """View (or copy) of x as (C, N): C = 1 per tensor, C = x.shape[axis] per channel."""
     if axis is None:
@@ -134,9 +142,19 @@ class MinMaxObserver:
 
 
 class HistogramObserver:
-    """Fixed-bin histogram whose range grows with the data, merged as AIMET does (module docstring)."""
+    """Fixed-bin histogram whose range grows with the data, merged as AIMET does (module docstring).
 
-    def __init__(self, num_bins: int = DEFAULT_NUM_BINS, axis: int | None = None):
+    ``value_range``: (min, max) of everything the observer will see, known in advance (a
+    reductions pass over the same data); the bins then span that range from the start (widened
+    by 1/2 on each side when min == max, as a first batch's) and never move, so every count is
+    exact: the histogram is ``np.histogram`` over that range, whatever the batches and their
+    order. The grown histogram ends on the same range (the union of the batches' ranges) with
+    the counts of its earlier batches re-binned approximately. A value outside the given range
+    (the reductions' last bit against the copied-out tensor's) counts in the end bin it is past.
+    """
+
+    def __init__(self, num_bins: int = DEFAULT_NUM_BINS, axis: int | None = None,
+                 value_range: tuple | None = None):
         if int(num_bins) < 2:
             raise ValueError(f"num_bins must be >= 2, got {num_bins}")
         self.num_bins = int(num_bins)
@@ -147,6 +165,12 @@ class HistogramObserver:
         self._hi: np.ndarray | None = None
         self._min: np.ndarray | None = None  # exact observed extremes per channel
         self._max: np.ndarray | None = None
+        self._fixed = None
+        if value_range is not None:
+            lo, hi = (np.atleast_1d(np.asarray(v, np.float64)) for v in value_range)
+            if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)) and np.all(lo <= hi)):
+                raise ValueError(f"value_range must be finite with min <= max, got {value_range}")
+            self._fixed = _first_range(lo, hi)
 
     # -- feeding -------------------------------------------------------------------
     def update(self, x: np.ndarray) -> None:
@@ -160,20 +184,22 @@ class HistogramObserver:
             self._hi = np.full(c, np.nan)
             self._min = np.full(c, np.nan)
             self._max = np.full(c, np.nan)
+            if self._fixed is not None:
+                self._lo, self._hi = (np.broadcast_to(v, (c,)).copy() for v in self._fixed)
         elif c != self._counts.shape[0]:
             raise ValueError(f"batch has {c} channels, earlier batches had {self._counts.shape[0]}")
         self._min = np.fmin(self._min, lo)
         self._max = np.fmax(self._max, hi)
 
         has_data = ~np.isnan(lo)
+        if self._fixed is not None:  # the bins never move; what lies beyond them is clipped into the end bins
+            if has_data.any():
+                self._add(x2, bad > 0 or bool(np.any(lo[has_data] < self._lo[has_data]))
+                          or bool(np.any(hi[has_data] > self._hi[has_data])))
+            return
         fresh = has_data & np.isnan(self._lo)
         if fresh.any():  # first data on these channels sets their range
-            flo, fhi = lo[fresh], hi[fresh]
-            same = flo == fhi
-            # +-0.5, or relatively more where 0.5 is below float64 resolution (|x| > 2**52)
-            half = np.maximum(0.5, np.abs(flo) * 2.0**-20)
-            self._lo[fresh] = np.where(same, flo - half, flo)
-            self._hi[fresh] = np.where(same, fhi + half, fhi)
+            self._lo[fresh], self._hi[fresh] = _first_range(lo[fresh], hi[fresh])
         grow = has_data & ~fresh & ((lo < self._lo) | (hi > self._hi))
         if grow.any():
             self._rebin(grow, np.fmin(self._lo, lo), np.fmax(self._hi, hi))
@@ -208,6 +234,7 @@ class HistogramObserver:
         Every finite value lies in its channel's range (update() grew it first), so x - lo >= 0
         (rounding is monotone) and only the range's maximum can land on B: each channel counts
         B + 1 bins and the last is folded into bin B-1, instead of clipping every value.
+        ``any_nonfinite`` (also set for values beyond a fixed range): clip, and bin finite values only.
         Per tensor, neighbouring values are counted in _LANES separate histograms (summed at the
         end): activations repeat values (zeros after Relu), and increments of one counter back
         to back wait on each other. Per channel, blocks of whole
@@ -291,12 +318,13 @@ def observed_range(observer: Observer):
 
 
 def make_observer(scheme: QuantScheme, *, axis: int | None = None,
-                  num_bins: int = DEFAULT_NUM_BINS) -> Observer:
-    """The observer a scheme needs: min/max for MIN_MAX, a histogram for TF_ENHANCED and PERCENTILE."""
+                  num_bins: int = DEFAULT_NUM_BINS, value_range: tuple | None = None) -> Observer:
+    """The observer a scheme needs: min/max for MIN_MAX, a histogram for TF_ENHANCED and PERCENTILE
+    (``value_range``: its fixed range, :class:`HistogramObserver`)."""
     scheme = QuantScheme(scheme)
     if scheme is QuantScheme.MIN_MAX:
         return MinMaxObserver(axis=axis)
-    return HistogramObserver(num_bins=num_bins, axis=axis)
+    return HistogramObserver(num_bins=num_bins, axis=axis, value_range=value_range)
 
 
 def observe_encoding(observer: Observer, scheme: QuantScheme, bitwidth: int, symmetric: bool, *,

@@ -27,7 +27,7 @@ from aimetcli import runtime
 from aimetcli.graph_builder import Builder, add_outputs, editable_copy, taken_names, values_by_name
 from aimetcli.runtime import reduction_run_size  # noqa: F401  (adaround.py imports it from here)
 from aimetcli.calibration.data import feed_rows
-from aimetcli.calibration.observers import EmptyObserverError, make_observer, observe_encoding
+from aimetcli.calibration.observers import EmptyObserverError, MinMaxObserver, make_observer, observe_encoding
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.quant import (Encoding, QuantScheme, encoding_from_range, fake_quantize_finite,
                                     is_unsigned_symmetric, unsigned_symmetric_encoding)
@@ -178,8 +178,8 @@ def calibration_model(model: ir.Model, placement: Placement) -> ir.Model:
     return copy
 
 
-def _reduced_minmax(model: ir.Model, tensors: list[str], dataset,
-                    batch_size: int, progress) -> tuple[dict[str, tuple[float, float]], list[str]]:
+def _reduced_minmax(model: ir.Model, tensors: list[str], dataset, batch_size: int, progress, *,
+                    for_histograms: bool = False) -> tuple[dict[str, tuple[float, float]], list[str]]:
     """Min and max of each tensor of :func:`observed_model` over the data, computed inside onnxruntime.
 
     Each tensor feeds a ReduceMin and a ReduceMax (all axes, scalar outputs), so
@@ -191,7 +191,10 @@ def _reduced_minmax(model: ir.Model, tensors: list[str], dataset,
     a tensor's first element, so each tensor also feeds a sum (of its per-channel means for a
     4-D tensor, again on the blocked layout), which any NaN or Inf turns non-finite. Tensors
     that show one are returned apart, for the observers (which skip and count such values,
-    so quantsim warns as with the other schemes).
+    so quantsim warns as with the other schemes). ``for_histograms``: the ranges a histogram's bins
+    span; no sum (a range is then that of the values ReduceMin and ReduceMax do not skip: the
+    observers see and count the others) and a ReduceMin on every tensor (a histogram starts at the
+    true minimum, not at 0).
     """
     if not tensors:
         return {}, []
@@ -200,9 +203,9 @@ def _reduced_minmax(model: ir.Model, tensors: list[str], dataset,
     taken = {o.name for n in graph for o in n.outputs} | {i.name for i in graph.inputs}
     b = Builder(graph, taken_names(graph))
     outputs: list[ir.Value] = []
-    pairs: list[tuple[str, str | None, str, str]] = []
+    pairs: list[tuple[str, str | None, str, str | None]] = []
     # Relu and Clip(0, ...) outputs are never negative and every range includes 0: no ReduceMin
-    nonneg = non_negative_outputs(model)
+    nonneg = set() if for_histograms else non_negative_outputs(model)
     ranks = {v.name: len(v.shape) for n in model.graph for v in n.outputs if v.shape is not None}
     for i, name in enumerate(tensors):
         lo, hi, check = f"aimetcli_calib_min_{i}", f"aimetcli_calib_max_{i}", f"aimetcli_calib_check_{i}"
@@ -213,9 +216,11 @@ def _reduced_minmax(model: ir.Model, tensors: list[str], dataset,
         source = summed = name
         if ranks.get(name) == 4:
             source = b.node("GlobalMaxPool", [name], hi + "_pooled")
-            summed = b.node("GlobalAveragePool", [name], check + "_mean")
-        outputs += [b.node("ReduceMax", [source], hi, keepdims=0), b.node("ReduceSum", [summed], check, keepdims=0)]
-        pairs.append((name, lo if name not in nonneg else None, hi, check))
+            summed = b.node("GlobalAveragePool", [name], check + "_mean") if not for_histograms else name
+        outputs.append(b.node("ReduceMax", [source], hi, keepdims=0))
+        if not for_histograms:
+            outputs.append(b.node("ReduceSum", [summed], check, keepdims=0))
+        pairs.append((name, lo if name not in nonneg else None, hi, None if for_histograms else check))
     graph.outputs.clear()
     add_outputs(graph, outputs, ir.DataType.FLOAT, [])
     names = [v.name for v in outputs]
@@ -229,7 +234,7 @@ def _reduced_minmax(model: ir.Model, tensors: list[str], dataset,
         for name, lo_name, hi_name, check_name in pairs:
             lo = float(values[lo_name]) if lo_name is not None else 0.0
             hi = float(values[hi_name])
-            if not (np.isfinite(lo) and np.isfinite(hi) and np.isfinite(values[check_name])):
+            if not (np.isfinite(lo) and np.isfinite(hi) and (check_name is None or np.isfinite(values[check_name]))):
                 bad.add(name)
                 continue
             r = ranges[name]
@@ -340,14 +345,34 @@ def _encodings(model: ir.Model, placement: Placement, opts: QuantOptions, datase
 
 def _observe(model: ir.Model, observed: Placement, scheme: QuantScheme, dataset, batch_size: int,
              progress: runtime.Progress | None) -> dict:
-    """One run over the data: an observer of ``scheme``'s kind per tensor of ``observed``."""
+    """An observer of ``scheme``'s kind per tensor of ``observed``, fed in one run over the data.
+
+    Histograms: runs of ``runtime.histogram_run_size`` samples, each growing the range as AIMET's
+    do, unless the activations those runs would copy out pass ``runtime.HISTOGRAM_RUN_LIMIT``
+    (measured on the first samples; only where the declared shapes cannot tell: symbolic sizes).
+    Then the bins are fixed before binning: a reductions pass (:func:`_reduced_minmax`, two
+    numbers per tensor and run leave onnxruntime) and a numpy pass over the graph inputs give each
+    tensor's min and max over all the data, and runs of ``reduction_run_size`` samples fill
+    histograms over that range (:class:`HistogramObserver`'s ``value_range``): exact counts, the
+    same whatever the run size, where the growing histogram of one run holding all the data is
+    exact too. A tensor whose reductions show NaN or Inf (a NaN first in a tensor hides from
+    ReduceMin) keeps the growing histogram.
+    """
     graph_inputs = {v.name for v in model.graph.inputs}
     names = [a.tensor for a in observed.activations if a.tensor not in graph_inputs]
-    session = runtime.Session(calibration_model(model, observed), runtime.MEASURE) if names else None
     fed = [a for a in observed.activations if a.tensor in graph_inputs]
-    observers = {a.tensor: make_observer(scheme) for a in observed.activations}
+    session = runtime.Session(calibration_model(model, observed), runtime.MEASURE) if names else None
+    run = min(batch_size, runtime.histogram_run_size(model, dataset))
+    ranges: dict[str, tuple[float, float]] = {}
+    if scheme is not QuantScheme.MIN_MAX and session is not None and _runs_too_big(session, names, model, dataset,
+                                                                                   run):
+        ranges, _ = _reduced_minmax(model, names, dataset, batch_size, None, for_histograms=True)
+        ranges = {n: r for n, r in ranges.items() if np.isfinite(r[0]) and np.isfinite(r[1])}
+        ranges.update(_input_ranges(dataset, [a.tensor for a in fed], batch_size))
+        run = min(batch_size, runtime.reduction_run_size(dataset))
+    observers = {a.tensor: make_observer(scheme, value_range=ranges.get(a.tensor)) for a in observed.activations}
     step = ProgressSteps(dataset, batch_size, progress)
-    for feeds in dataset.batches(min(batch_size, runtime.histogram_run_size(model, dataset))):
+    for feeds in dataset.batches(run):
         for a in fed:
             observers[a.tensor].update(feeds[a.tensor])
         if session is not None:
@@ -356,3 +381,26 @@ def _observe(model: ir.Model, observed: Placement, scheme: QuantScheme, dataset,
         step.samples(feed_rows(feeds))
     step.finish()
     return observers
+
+
+def _runs_too_big(session: runtime.Session, names: list[str], model: ir.Model, dataset, run: int) -> bool:
+    """Whether runs of ``run`` samples copy more than ``runtime.HISTOGRAM_RUN_LIMIT`` of activations
+    out: False where the declared shapes count them (histogram_run_size bounded the run), else
+    measured on a run of the first ``reduction_run_size`` samples."""
+    probe = runtime.reduction_run_size(dataset)
+    if run <= probe or g.activations_declared(model):
+        return False
+    feeds = next(iter(dataset.batches(probe)))
+    per_sample = sum(np.asarray(v).nbytes for v in session.run(feeds, names)) / max(feed_rows(feeds), 1)
+    return per_sample * min(run, dataset.num_samples) > runtime.HISTOGRAM_RUN_LIMIT
+
+
+def _input_ranges(dataset, names: list[str], batch_size: int) -> dict[str, tuple[float, float]]:
+    """Finite min and max of each graph input ``names`` over the data (inputs with no finite value left out)."""
+    if not names:
+        return {}
+    observers = {n: MinMaxObserver() for n in names}
+    for feeds in dataset.batches(batch_size):
+        for n in names:
+            observers[n].update(feeds[n])
+    return {n: o.result() for n, o in observers.items() if o.observed}

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
 from aimetcli.bias_correction import METADATA_KEY, correct_biases
 from aimetcli.calibration.data import DataSource, as_dataset
+from aimetcli.kernels.quant import Encoding
 from aimetcli.model_ops import ModelSource, as_model, require_float_model
 from aimetcli.options import QuantOptions, RunOptions
 from aimetcli.records import jsonable
@@ -60,11 +62,14 @@ class BiasCorrectSummary:
 
 
 def bias_correct(model: ModelSource, data: DataSource | None, options: QuantOptions | None = None,
-                 run: RunOptions | None = None, *, method: str = "hybrid") -> BiasCorrectSummary:
+                 run: RunOptions | None = None, *, method: str = "hybrid",
+                 activation_grids: Mapping[str, Encoding | None] | None = None) -> BiasCorrectSummary:
     """Correct biases for the quantization quantsim applies with ``options``; records them in the
     model. ``data``: a Dataset, a path / 'random:N' opened for the model's inputs, or None for
     ``method="analytical"``. An onnx-ir model is modified in place; the corrected model is
-    ``summary.model``."""
+    ``summary.model``. ``activation_grids``: the activation grids of quantsim's sim of ``model``
+    with ``options``, already calibrated (ptq's incumbent), for the correction run instead of a
+    calibration on ``data`` (``bias_correction.correct_biases``)."""
     start = time.perf_counter()
     model = as_model(model, float32=True)
     options = options or QuantOptions()
@@ -76,7 +81,7 @@ def bias_correct(model: ModelSource, data: DataSource | None, options: QuantOpti
 
         apply_weight_range(model, dataset, options, run)  # --weight-range mse: corrected for the frozen grids
     result = correct_biases(model, dataset, options, method=method, batch_size=run.batch_size,
-                            progress=run.progress)
+                            progress=run.progress, activation_grids=activation_grids)
     record = options.as_record()
     model.metadata_props[METADATA_KEY] = json.dumps({"method": method, "options": record}, sort_keys=True)
     return BiasCorrectSummary(method, record, result.corrected, result.skipped, result.runs, result.grids_in_run,
