@@ -163,6 +163,7 @@ class ProcessRun:
     peak_rss: int
     returncode: int
     stderr: str = ""
+    cpu_seconds: float = 0.0  # user + system time of the command and its children
 
 
 # Runs the command and reports its wall time and peak RSS. A small wrapper process is needed:
@@ -173,7 +174,8 @@ import os, resource, subprocess, sys, time
 t0 = time.perf_counter()
 code = subprocess.call(sys.argv[2:], stdout=subprocess.DEVNULL)
 dt = time.perf_counter() - t0
-os.write(int(sys.argv[1]), f"{dt} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss} {code}".encode())
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+os.write(int(sys.argv[1]), f"{dt} {ru.ru_maxrss} {code} {ru.ru_utime + ru.ru_stime}".encode())
 """
 
 
@@ -196,10 +198,10 @@ def run_process(cmd: Sequence[str], *, cwd: str | os.PathLike | None = None, che
             os.close(w)
     if proc.returncode != 0 or not report:
         raise ChildError(f"wrapper for {' '.join(map(str, cmd))} failed:\n{err.decode(errors='replace')[-2000:]}")
-    seconds, maxrss_kb, code = report.split()
+    seconds, maxrss_kb, code, cpu = report.split()
     if check and int(code) != 0:
         raise ChildError(f"{' '.join(map(str, cmd))} exited with {code}:\n{err.decode(errors='replace')[-2000:]}")
-    return ProcessRun(float(seconds), int(maxrss_kb) * 1024, int(code), err.decode(errors="replace"))
+    return ProcessRun(float(seconds), int(maxrss_kb) * 1024, int(code), err.decode(errors="replace"), float(cpu))
 
 
 def time_process(cmd: Sequence[str], n: int) -> tuple[Timing, int]:
