@@ -60,7 +60,7 @@ def amp_stage(flow, current, best, opts: QuantOptions, amp: AmpOptions):
                              judged_on=flow.data_label if judge is flow.scorer else "calibration")
     mixed = result.apply(opts)
     flow.start("mixed precision: calibrating the chosen configuration")
-    sim = flow.simulate(current, mixed, "+ mixed precision")
+    sim = flow.simulate(current, mixed, "+ mixed precision", best.runs)  # the same model state
     score = judge.score(sim.model)
     value = score.top1 if amp.max_drop is not None else score.sqnr_db
     result.final_top1, result.final_sqnr_db = score.top1, score.sqnr_db

@@ -27,7 +27,6 @@ themselves are the facade's (aimetcli/steps/), imported from their modules.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -42,11 +41,12 @@ from aimetcli.options import AmpOptions, QuantOptions, RunOptions, WeightRange
 from aimetcli.quantsim.calibrate import SharedObservations
 from aimetcli.quantsim.per_layer import check_patterns
 from aimetcli.quantsim.placement import place_quantizers
-from aimetcli.records import finite, jsonable
+from aimetcli.records import jsonable
 from aimetcli.steps.bias_correct import bias_correct
 from aimetcli.ptq_judge import (MARGIN_DB, Judge, KeepVerdict, Score, bias_correction_verdict,  # noqa: F401
                                 equalization_verdict, keep_verdict, layer_errors, split_calibration)
-from aimetcli.steps.quantsim import quantizer_args, quantsim
+from aimetcli.ptq_report import add_to_report, used_options
+from aimetcli.steps.quantsim import quantsim
 from aimetcli.steps.rewrite import equalize, fold_bn
 
 @dataclass
@@ -141,6 +141,7 @@ class _Sim:
     model: ir.Model
     encodings: Any
     dropped: tuple[str, ...] = ()  # tensors whose activation quantizer quantsim left out (placement.skipped)
+    runs: SharedObservations | None = None  # the observations its activation grids came from
 
 
 class _Flow:
@@ -193,7 +194,7 @@ class _Flow:
             if "BatchNormalization" not in w and w not in self.warnings:
                 self.warnings.append(w)
         self.names[id(sim)] = name
-        return _Sim(sim, encodings, tuple(s["tensor"] for s in summary.skipped))
+        return _Sim(sim, encodings, tuple(s["tensor"] for s in summary.skipped), shared)
 
     def source_of(self, sim: _Sim) -> str:
         return f"the {self.names.get(id(sim.model), '?')} row's sim"
@@ -318,7 +319,7 @@ def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, op
                        "per-channel weights")
 
     if equalize_model:
-        current, best, opts = _equalize_stage(flow, current, best, opts, schemes, tried)
+        current, best, opts = _equalize_stage(flow, current, best, opts, schemes, tried, folded_runs)
     if adaround is None:
         adaround = adaround_by_default(options)
     if amp is not None:
@@ -341,12 +342,13 @@ def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, op
 
 
 def _equalize_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, schemes: tuple,
-                    tried: list[dict]) -> tuple[ir.Model, _Sim, Any]:
+                    tried: list[dict], current_runs: SharedObservations) -> tuple[ir.Model, _Sim, Any]:
     """Equalize a copy of ``current`` and calibrate it with each range scheme in ``schemes``
     (equalization changes what the ranges see: after fold-bn alone the schemes ranked the other
     way than after the whole flow in 4 of 16 sample-model cases, docs/design.md); the better
     equalized sim is kept when it beats ``best`` by the margin. (model, sim, options) go on. When
-    equalize found nothing to change, no sim is built: the row says so."""
+    equalize found nothing to change, no sim is built: the row says so. Tensors it left equal keep
+    their observations in ``current_runs`` (no run over them again)."""
     t = time.perf_counter()
     flow.start("+ equalize: equalizing and calibrating")
     equalized = clone(current)
@@ -356,7 +358,9 @@ def _equalize_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, schemes: t
         flow.row("+ equalize", t, None, "nothing to equalize: no scaling set", None)
         return current, best, opts
     variants = []  # (row name, options, sim, start time)
-    equalized_runs = SharedObservations.for_schemes(schemes)
+    changed = eq.changed
+    equalized_runs = current_runs.inherit(lambda t: t not in changed) if changed is not None else \
+        SharedObservations.for_schemes(schemes)
     for scheme in (opts.scheme, *(sc for sc in schemes if sc is not opts.scheme)):
         name = "+ equalize" if scheme is opts.scheme else f"+ equalize, {scheme.value}"
         start = t if scheme is opts.scheme else time.perf_counter()
@@ -405,7 +409,7 @@ def _adaround_stage(flow: _Flow, current: ir.Model, best: _Sim, opts) -> tuple[i
     rounded = clone(current)
     result = adaround(rounded, flow.fit, opts, RunOptions(flow.batch_size))
     flow.start("+ adaround: calibrating the rounded model")
-    sim = flow.simulate(rounded, opts, "+ adaround")
+    sim = flow.simulate(rounded, opts, "+ adaround", SharedObservations.for_schemes((opts.scheme,)))
     return _technique(flow, "+ adaround", "adaround", keep_verdict, t,
                       f"{len(result.layers)} layers, {result.iterations} iterations", (current, best),
                       (rounded, sim), "goes on", "is used", held_out=True)
@@ -421,8 +425,10 @@ def _bias_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, method: str) -
         if opts.weight_range is WeightRange.MIN_MAX else None
     bc = bias_correct(corrected, flow.fit, opts, RunOptions(flow.batch_size), method=method,
                       activation_grids=grids)
-    flow.start("+ bias-correct: calibrating the corrected model")
-    sim = flow.simulate(corrected, opts, "+ bias-correct")
+    # the corrected sim keeps best's activation grids: FP32 weights with corrected biases are not
+    # the reference, whose values the correction brings the sim back to (docs/design.md)
+    flow.start("+ bias-correct: simulating the corrected model")
+    sim = flow.simulate(corrected, opts, "+ bias-correct", best.runs.inherit(lambda _: True) if best.runs else None)
     return _technique(flow, "+ bias-correct", "bias correction", bias_correction_verdict, t,
                       f"{len(bc.corrected)} layers, {method}", (current, best), (corrected, sim),
                       "is exported", "is exported", held_out=True)
@@ -473,26 +479,5 @@ def _export(flow: _Flow, final: _Sim, opts, outdir: str, encoding_version: str, 
                          flow.decisions, calibration, files, deploy,
                          evaluation_seconds=flow.scorer.seconds if flow.scorer is not None else 0.0,
                          mixed_precision=flow.mixed)
-    _add_to_report(outdir, summary)
+    add_to_report(outdir, summary)
     return summary
-
-
-def used_options(opts, encodings) -> dict:
-    """``opts.as_record`` with per_channel and the symmetries the sim actually has (the config
-    decides them where the options say None)."""
-    record = opts.as_record()
-    args = quantizer_args(opts, encodings)
-    record.update(per_channel=args.per_channel, param_symmetric=args.param_symmetric,
-                  act_symmetric=args.activation_symmetric, target=opts.target)
-    return record
-
-
-def _add_to_report(outdir: str, summary: PtqSummary) -> None:
-    """report.json gets a 'ptq' section: the decisions, the table's rows, the files and the deploy line."""
-    from pathlib import Path
-
-    path = Path(outdir) / "report.json"
-    doc = json.loads(path.read_text())
-    doc["options"] = summary.options
-    doc["ptq"] = finite({k: v for k, v in summary.to_json().items() if k not in ("export", "options")})
-    model_io.write_text_atomic(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")

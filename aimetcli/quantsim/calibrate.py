@@ -16,7 +16,7 @@ progress still counts batches.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -47,20 +47,23 @@ class SharedObservations:
 
     Activation ranges are observed with FP32 weights (:func:`observed_model`), so sims of one
     model on one dataset that differ only in their weight options (granularity, weight bitwidth,
-    weight scheme) observe exactly the same statistics: a run is keyed by the activation scheme,
-    the tensors observed and the dataset, and made once. ptq's per-channel candidate reuses its
-    incumbent's run this way. ``histogram_scheme``: a histogram scheme (tf-enhanced, percentile)
-    that a later sim of the model will ask for; a min-max sim then observes with that scheme's
-    histograms (exact min and max too: ``observe_encoding``) instead of onnxruntime's reductions,
-    so both schemes' sims calibrate from one run. The caller promises that the model's graph and
-    weights do not change while the object is in use (ptq makes one per model state).
+    weight scheme) observe exactly the same statistics: each tensor's observation is kept per
+    observer kind and dataset, and a calibration runs over the data only for the tensors not yet
+    observed (one run for all of them). ptq's per-channel candidate reuses its incumbent's run this
+    way. ``histogram_scheme``: a histogram scheme (tf-enhanced, percentile) that a later sim of the
+    model will ask for; a min-max sim then observes with that scheme's histograms (exact min and
+    max too: ``observe_encoding``) instead of onnxruntime's reductions, so both schemes' sims
+    calibrate from one run. The caller promises that the model's FP32 activations do not change
+    while the object is in use (ptq makes one per model state, and :meth:`inherit` carries the
+    observations of the tensors a rewrite leaves equal to the next state).
     """
 
     def __init__(self, histogram_scheme: QuantScheme | None = None) -> None:
         self.histogram_scheme = None if histogram_scheme is QuantScheme.MIN_MAX else histogram_scheme
-        self._runs: dict[tuple, Any] = {}
+        self._seen: dict[tuple, dict[str, Any]] = {}  # (observer kind, id(dataset)) -> tensor -> observation
         self.made = 0  # runs over the data made (tests count them)
-        self.reused = 0  # runs served from an earlier calibration
+        self.reused = 0  # calibrations served without a run
+        self.tensors_run = 0  # tensors observed by those runs
 
     @classmethod
     def for_schemes(cls, schemes: tuple) -> SharedObservations:
@@ -68,13 +71,27 @@ class SharedObservations:
         any, observes for min-max too."""
         return cls(next((sc for sc in schemes if sc is not QuantScheme.MIN_MAX), None))
 
-    def get(self, key: tuple, compute: Callable[[], Any]) -> Any:
-        if key in self._runs:
-            self.reused += 1
-        else:
-            self._runs[key] = compute()
+    def observe(self, kind: str, dataset, tensors: list[str],
+                compute: Callable[[list[str]], dict[str, Any]]) -> dict[str, Any]:
+        """Each of ``tensors``' observation of ``kind`` over ``dataset``; ``compute(missing)`` runs
+        once for those not yet observed and returns one entry per tensor it was given."""
+        seen = self._seen.setdefault((kind, id(dataset)), {})
+        missing = [t for t in tensors if t not in seen]
+        if missing:
+            seen.update(compute(missing))
             self.made += 1
-        return self._runs[key]
+            self.tensors_run += len(missing)
+        else:
+            self.reused += 1
+        return {t: seen[t] for t in tensors}
+
+    def inherit(self, unchanged: Callable[[str], bool]) -> SharedObservations:
+        """The observations of another state of the model, one whose FP32 activations equal this
+        one's on the tensors ``unchanged`` accepts (an exact rewrite: equalization changes only
+        the tensors inside its scaling sets); the rest are observed again when asked for."""
+        new = SharedObservations(self.histogram_scheme)
+        new._seen = {key: {t: o for t, o in seen.items() if unchanged(t)} for key, seen in self._seen.items()}
+        return new
 
 
 def param_encodings(model: ir.Model, placement: Placement, opts: QuantOptions, *,
@@ -309,8 +326,9 @@ def _encodings(model: ir.Model, placement: Placement, opts: QuantOptions, datase
             todo.append(a)
     if opts.scheme is QuantScheme.MIN_MAX and shared.histogram_scheme is None:
         inner = [a.tensor for a in todo if a.tensor not in graph_inputs]
-        reduced, _ = shared.get(("min-max", tuple(inner), id(dataset)),
-                                lambda: _reduced_minmax(model, inner, dataset, batch_size, progress))
+        observed_ranges = shared.observe("reductions", dataset, inner,
+                                         lambda missing: _ranges_or_none(model, missing, dataset, batch_size, progress))
+        reduced = {t: r for t, r in observed_ranges.items() if r is not None}
         for a in todo:
             if a.tensor in reduced:
                 lo, hi = reduced[a.tensor]
@@ -326,8 +344,9 @@ def _encodings(model: ir.Model, placement: Placement, opts: QuantOptions, datase
     observed = Placement(todo, placement.params, placement.skipped, placement.strict_symmetric,
                          placement.unsigned_symmetric)
     kind = opts.scheme if opts.scheme is not QuantScheme.MIN_MAX else (shared.histogram_scheme or opts.scheme)
-    observers = shared.get((kind.value, tuple(a.tensor for a in todo), id(dataset)),
-                           lambda: _observe(model, observed, kind, dataset, batch_size, progress))
+    observers = shared.observe(kind.value, dataset, [a.tensor for a in todo],
+                               lambda missing: _observe(model, _only(observed, missing), kind, dataset, batch_size,
+                                                        progress))
     for a in todo:
         obs = observers[a.tensor]
         if getattr(obs, "nonfinite_count", 0):
@@ -341,6 +360,18 @@ def _encodings(model: ir.Model, placement: Placement, opts: QuantOptions, datase
                 f"calibration saw no finite value of tensor {a.tensor!r}; check the calibration data",
                 ErrorKind.DATA) from exc
     return enc
+
+
+def _ranges_or_none(model: ir.Model, tensors: list[str], dataset, batch_size: int,
+                    progress) -> dict[str, tuple[float, float] | None]:
+    """:func:`_reduced_minmax` per tensor: None where the tensor showed NaN or Inf (observed apart)."""
+    reduced, _ = _reduced_minmax(model, tensors, dataset, batch_size, progress)
+    return {t: reduced.get(t) for t in tensors}
+
+
+def _only(observed: Placement, tensors: list[str]) -> Placement:
+    keep = set(tensors)
+    return replace(observed, activations=[a for a in observed.activations if a.tensor in keep])
 
 
 def _observe(model: ir.Model, observed: Placement, scheme: QuantScheme, dataset, batch_size: int,

@@ -83,6 +83,8 @@ class EqualizeSummary:
     seconds: float
     bias_skipped: list = field(default_factory=list)  # (layer, why its bias was not absorbed)
     model: ir.Model | None = field(default=None, repr=False)  # the equalized model; not in the JSON
+    # the tensors whose FP32 values equalization changed (:func:`changed_activations`); None: unknown
+    changed: frozenset[str] | None = field(default=None, repr=False)
 
     @property
     def median_spread_before(self) -> float:
@@ -125,6 +127,9 @@ def equalize(model: ModelSource, options: EqualizeOptions | None = None) -> Equa
         if options.cross_layer_scaling else None
     absorption = cast(HighBiasFoldResult, HighBiasFoldPass()(model)) if options.high_bias_fold else None
     after = weight_ranges(model)
+    changed = None if fold_result.folded else changed_activations(
+        model, [s.layers for s in cls_result.sets] if cls_result else [],
+        [(a.layer, a.into) for a in absorption.absorbed] if absorption else [], relu6.replaced if relu6 else [])
     return EqualizeSummary(
         folded_bn=len(fold_result.folded),
         relu6_replaced=len(relu6.replaced) if relu6 else 0,
@@ -138,4 +143,49 @@ def equalize(model: ModelSource, options: EqualizeOptions | None = None) -> Equa
         seconds=time.perf_counter() - start,
         bias_skipped=absorption.skipped if absorption else [],
         model=model,
+        changed=changed,
     )
+
+
+def changed_activations(model: ir.Model, sets: list[list[str]], absorbed: list[tuple[str, str]],
+                        relu6_replaced: list[str]) -> frozenset[str] | None:
+    """The tensors whose FP32 values equalization changed, from what its passes did (nodes by
+    :func:`graph.node_label`); None when a node named is not found.
+
+    Cross-layer scaling divides output channel c of a set's layer i by s_c and multiplies layer
+    i+1's input channel c by it: exact, it changes the tensors from layer i's output up to layer
+    i+1's input and leaves every other tensor equal up to float rounding. High-bias absorption
+    moves c from one layer's bias to the next one's: exact with no activation between them (it is
+    only done for unpadded consumers then), so those tensors again; through a Relu only where the
+    pre-activation never falls below c (AIMET's beta - 3 gamma), so there every tensor after the
+    first layer is listed. A ReLU6 replaced by Relu changes its output wherever it clipped, and so
+    every tensor after it. The tensors are walked forward from each layer's outputs to the next
+    layer (or to the graph's outputs); a walk goes on through any branch, so it can only say too
+    much.
+    """
+    nodes = {g.node_label(n): n for n in model.graph}
+    changed: set[str] = set()
+
+    def walk(start: ir.Node, stop: ir.Node | None) -> None:
+        seen: set[str] = set()  # per walk: another walk's tensors may lie on this one's way
+        todo = [start]
+        while todo:
+            node = todo.pop()
+            for out in node.outputs:
+                if out.name in seen:
+                    continue
+                seen.add(out.name)
+                todo.extend(use.node for use in out.uses() if use.node is not stop)
+        changed.update(seen)
+
+    pairs = [(names[i], names[i + 1]) for names in sets for i in range(len(names) - 1)] + list(absorbed)
+    for k, (first, second) in enumerate(pairs):
+        if first not in nodes or second not in nodes:
+            return None
+        adjacent = any(use.node is nodes[second] for out in nodes[first].outputs for use in out.uses())
+        walk(nodes[first], nodes[second] if k < len(pairs) - len(absorbed) or adjacent else None)
+    for relu in relu6_replaced:
+        if relu not in nodes:
+            return None
+        walk(nodes[relu], None)
+    return frozenset(changed)

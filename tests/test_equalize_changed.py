@@ -1,0 +1,118 @@
+"""Which tensors equalization changes (steps.rewrite.changed_activations), and ptq's reuse of the
+folded model's calibration for the others (SharedObservations.inherit)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import helper
+
+from aimetcli import api
+from aimetcli.calibration.data import input_specs, open_data
+from aimetcli.kernels.quant import QuantScheme
+from aimetcli.model_ops import clone
+from aimetcli.quantsim.calibrate import SharedObservations
+from aimetcli.quantsim.placement import QuantOptions
+from helpers import bn_inits, bn_node, init, make_model, rand, session, to_ir
+
+RNG = np.random.default_rng(11)
+
+
+def _spread(shape, axis=0):
+    w = RNG.standard_normal(shape).astype(np.float32)
+    scales = 10.0 ** RNG.uniform(-1.5, 1.5, shape[axis])
+    b = [1] * len(shape)
+    b[axis] = -1
+    return (w * scales.reshape(b)).astype(np.float32)
+
+
+def chain_with_side(clip6: bool, beta: float = 2.0) -> onnx.ModelProto:
+    """x -> c1 -> BN (betas about ``beta``: 2 is high enough to absorb) -> Relu or Clip(0, 6) -> c2
+    -> Relu -> c3 -> out, and a side branch x -> s1 -> Sigmoid -> side that no chain touches."""
+    inits = [init("W1", _spread((8, 3, 3, 3))), init("W2", _spread((8, 8, 3, 3), axis=1)), init("B2", rand(8)),
+             init("W3", _spread((4, 8, 1, 1), axis=1)), init("B3", rand(4)), init("S1", rand(2, 3, 1, 1)),
+             init("lo", np.array(0, np.float32)), init("hi", np.array(6, np.float32))] + bn_inits("bn", 8, RNG)
+    inits[-3] = init("bn_b", (RNG.normal(0, 0.3, 8) + beta).astype(np.float32))
+    act = helper.make_node("Clip", ["z1", "lo", "hi"], ["a1"]) if clip6 else helper.make_node("Relu", ["z1"], ["a1"])
+    nodes = [
+        helper.make_node("Conv", ["x", "W1"], ["y1"], name="c1", pads=[1] * 4),
+        bn_node("bn", "y1", "z1"),
+        act,
+        helper.make_node("Conv", ["a1", "W2", "B2"], ["y2"], name="c2"),
+        helper.make_node("Relu", ["y2"], ["a2"]),
+        helper.make_node("Conv", ["a2", "W3", "B3"], ["out"], name="c3"),
+        helper.make_node("Conv", ["x", "S1"], ["s1"], name="s1"),
+        helper.make_node("Sigmoid", ["s1"], ["side"]),
+    ]
+    return make_model(nodes, [("x", [2, 3, 10, 10])], [("out", None), ("side", None)], inits)
+
+
+def every_tensor(model: ir.Model, feeds: dict) -> dict[str, np.ndarray]:
+    """Every node output's value, in onnxruntime without optimizations."""
+    proto = ir.serde.serialize_model(model)
+    proto = onnx.shape_inference.infer_shapes(proto)
+    known = {o.name for o in proto.graph.output}
+    produced = {o for n in proto.graph.node if n.op_type != "Constant" for o in n.output}
+    for vi in proto.graph.value_info:
+        if vi.name not in known and vi.name in produced:
+            proto.graph.output.append(vi)
+    sess = session(proto)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds)))
+
+
+@pytest.mark.parametrize("clip6, beta", [(False, -5.0), (False, 2.0), (True, -5.0)])
+def test_changed_tensors_are_exactly_those_whose_values_moved(clip6, beta):
+    """Every tensor equalization does not list keeps its FP32 value (rtol 1e-5); every listed one
+    moved. After a bias absorbed through a Relu (inexact where the pre-activation falls below the
+    amount absorbed) or a ReLU6 replaced (Relu differs above 6), everything after is listed."""
+    folded, _ = api.prepare(to_ir(chain_with_side(clip6, beta)))
+    api.fold_bn(folded)
+    equalized = clone(folded)
+    summary = api.equalize(equalized)
+    assert summary.scaling_sets == 2 and bool(summary.bias_absorbed) == (beta > 0)
+    assert summary.relu6_replaced == int(clip6)
+    changed = summary.changed
+    assert changed is not None
+    assert "side" not in changed and "s1" not in changed
+    assert {"z1", "a1", "y2", "a2"} <= changed
+    assert ("out" in changed) == (clip6 or beta > 0)
+    feeds = {"x": (rand(2, 3, 10, 10) * 4).astype(np.float32)}  # activations above 6 somewhere
+    before, after = every_tensor(folded, feeds), every_tensor(equalized, feeds)
+    for name, value in after.items():
+        if name not in changed:
+            scale = max(1.0, float(np.abs(before[name]).max()))
+            np.testing.assert_allclose(value, before[name], rtol=1e-5, atol=1e-6 * scale, err_msg=name)
+    moved = [n for n in changed if n in before and not np.allclose(after[n], before[n], rtol=1e-5, atol=1e-6)]
+    assert set(moved) >= {"a1"}
+
+
+def test_equalized_calibration_observes_only_the_changed_tensors():
+    """A sim of the equalized model calibrated with the folded model's observations inherited
+    runs over only the changed tensors and gets the grids a fresh calibration gets."""
+    folded, _ = api.prepare(to_ir(chain_with_side(False)))
+    api.fold_bn(folded)
+    dataset = open_data("random:16", input_specs(folded))
+    run = api.RunOptions(batch_size=8)
+    for scheme in (QuantScheme.MIN_MAX, QuantScheme.TF_ENHANCED):
+        opts = QuantOptions(scheme=scheme)
+        folded_runs = SharedObservations.for_schemes((scheme,))
+        api_quantsim(folded, dataset, opts, run, folded_runs)
+        equalized = clone(folded)
+        summary = api.equalize(equalized)
+        inherited = folded_runs.inherit(lambda t: t not in summary.changed)
+        _, reused, _ = api_quantsim(equalized, dataset, opts, run, inherited)
+        _, fresh, _ = api_quantsim(equalized, dataset, opts, run, None)
+        assert inherited.made == 1 and 0 < inherited.tensors_run <= len(summary.changed)
+        assert reused.activations.keys() == fresh.activations.keys()
+        for name, enc in fresh.activations.items():
+            np.testing.assert_allclose(reused.activations[name].scale, enc.scale, rtol=1e-5, err_msg=name)
+            np.testing.assert_array_equal(reused.activations[name].offset, enc.offset)
+
+
+def api_quantsim(model, dataset, opts, run, shared):
+    from aimetcli.steps.quantsim import quantsim
+
+    return quantsim(model, dataset, opts, run, shared=shared)
