@@ -359,7 +359,7 @@ def _equalize_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, schemes: t
         return current, best, opts
     variants = []  # (row name, options, sim, start time)
     changed = eq.changed
-    equalized_runs = current_runs.inherit(lambda t: t not in changed) if changed is not None else \
+    equalized_runs = current_runs.inherit(lambda name: name not in changed) if changed is not None else \
         SharedObservations.for_schemes(schemes)
     for scheme in (opts.scheme, *(sc for sc in schemes if sc is not opts.scheme)):
         name = "+ equalize" if scheme is opts.scheme else f"+ equalize, {scheme.value}"
@@ -409,7 +409,7 @@ def _adaround_stage(flow: _Flow, current: ir.Model, best: _Sim, opts) -> tuple[i
     rounded = clone(current)
     result = adaround(rounded, flow.fit, opts, RunOptions(flow.batch_size))
     flow.start("+ adaround: calibrating the rounded model")
-    sim = flow.simulate(rounded, opts, "+ adaround", SharedObservations.for_schemes((opts.scheme,)))
+    sim = flow.simulate(rounded, opts, "+ adaround")
     return _technique(flow, "+ adaround", "adaround", keep_verdict, t,
                       f"{len(result.layers)} layers, {result.iterations} iterations", (current, best),
                       (rounded, sim), "goes on", "is used", held_out=True)
@@ -425,10 +425,8 @@ def _bias_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, method: str) -
         if opts.weight_range is WeightRange.MIN_MAX else None
     bc = bias_correct(corrected, flow.fit, opts, RunOptions(flow.batch_size), method=method,
                       activation_grids=grids)
-    # the corrected sim keeps best's activation grids: FP32 weights with corrected biases are not
-    # the reference, whose values the correction brings the sim back to (docs/design.md)
-    flow.start("+ bias-correct: simulating the corrected model")
-    sim = flow.simulate(corrected, opts, "+ bias-correct", best.runs.inherit(lambda _: True) if best.runs else None)
+    flow.start("+ bias-correct: calibrating the corrected model")  # its own grids (docs/design.md)
+    sim = flow.simulate(corrected, opts, "+ bias-correct")
     return _technique(flow, "+ bias-correct", "bias correction", bias_correction_verdict, t,
                       f"{len(bc.corrected)} layers, {method}", (current, best), (corrected, sim),
                       "is exported", "is exported", held_out=True)

@@ -15,7 +15,7 @@ from aimetcli.kernels.quant import QuantScheme
 from aimetcli.model_ops import clone
 from aimetcli.quantsim.calibrate import SharedObservations
 from aimetcli.quantsim.placement import QuantOptions
-from helpers import bn_inits, bn_node, init, make_model, rand, session, to_ir
+from helpers import bn_inits, bn_node, init, make_model, rand, session, to_ir  # our own RNG: helpers' is shared
 
 RNG = np.random.default_rng(11)
 
@@ -31,8 +31,8 @@ def _spread(shape, axis=0):
 def chain_with_side(clip6: bool, beta: float = 2.0) -> onnx.ModelProto:
     """x -> c1 -> BN (betas about ``beta``: 2 is high enough to absorb) -> Relu or Clip(0, 6) -> c2
     -> Relu -> c3 -> out, and a side branch x -> s1 -> Sigmoid -> side that no chain touches."""
-    inits = [init("W1", _spread((8, 3, 3, 3))), init("W2", _spread((8, 8, 3, 3), axis=1)), init("B2", rand(8)),
-             init("W3", _spread((4, 8, 1, 1), axis=1)), init("B3", rand(4)), init("S1", rand(2, 3, 1, 1)),
+    inits = [init("W1", _spread((8, 3, 3, 3))), init("W2", _spread((8, 8, 3, 3), axis=1)), init("B2", rand(8, rng=RNG)),
+             init("W3", _spread((4, 8, 1, 1), axis=1)), init("B3", rand(4, rng=RNG)), init("S1", rand(2, 3, 1, 1, rng=RNG)),
              init("lo", np.array(0, np.float32)), init("hi", np.array(6, np.float32))] + bn_inits("bn", 8, RNG)
     inits[-3] = init("bn_b", (RNG.normal(0, 0.3, 8) + beta).astype(np.float32))
     act = helper.make_node("Clip", ["z1", "lo", "hi"], ["a1"]) if clip6 else helper.make_node("Relu", ["z1"], ["a1"])
@@ -79,7 +79,7 @@ def test_changed_tensors_are_exactly_those_whose_values_moved(clip6, beta):
     assert "side" not in changed and "s1" not in changed
     assert {"z1", "a1", "y2", "a2"} <= changed
     assert ("out" in changed) == (clip6 or beta > 0)
-    feeds = {"x": (rand(2, 3, 10, 10) * 4).astype(np.float32)}  # activations above 6 somewhere
+    feeds = {"x": (rand(2, 3, 10, 10, rng=RNG) * 4).astype(np.float32)}  # activations above 6 somewhere
     before, after = every_tensor(folded, feeds), every_tensor(equalized, feeds)
     for name, value in after.items():
         if name not in changed:

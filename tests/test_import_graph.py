@@ -129,11 +129,11 @@ def test_only_the_cli_imports_the_facade_and_the_cli():
 
 
 def test_the_steps_are_imported_from_above_only():
-    """The facade's steps (aimetcli/steps/, ptq_flow, its judge and its mixed-precision stage) are
+    """The facade's steps (aimetcli/steps/, ptq_flow, its judge, mixed-precision stage and report) are
     imported by the facade, by ptq (built on the others) and by the CLI only: nothing in the core or
     the techniques reaches up to them."""
     graph = import_graph()
-    ptq = {"aimetcli.ptq_flow", "aimetcli.ptq_judge", "aimetcli.ptq_amp"}
+    ptq = {"aimetcli.ptq_flow", "aimetcli.ptq_judge", "aimetcli.ptq_amp", "aimetcli.ptq_report"}
     steps = {m for m in graph if m.startswith("aimetcli.steps.") or m in ptq}
     above = {"aimetcli.api", *ptq, *(m for m in graph if m.startswith(CLI_MODULES))}
     for name, deps in graph.items():

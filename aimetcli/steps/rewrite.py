@@ -172,7 +172,7 @@ def changed_activations(model: ir.Model, sets: list[list[str]], absorbed: list[t
         while todo:
             node = todo.pop()
             for out in node.outputs:
-                if out.name in seen:
+                if out.name is None or out.name in seen:
                     continue
                 seen.add(out.name)
                 todo.extend(use.node for use in out.uses() if use.node is not stop)
