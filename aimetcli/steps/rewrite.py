@@ -167,16 +167,17 @@ def changed_activations(model: ir.Model, sets: list[list[str]], absorbed: list[t
     changed: set[str] = set()
 
     def walk(start: ir.Node, stop: ir.Node | None) -> None:
-        seen: set[str] = set()  # per walk: another walk's tensors may lie on this one's way
+        seen: set[int] = set()  # per walk: another walk's tensors may lie on this one's way
         todo = [start]
         while todo:
             node = todo.pop()
             for out in node.outputs:
-                if out.name is None or out.name in seen:
+                if id(out) in seen:
                     continue
-                seen.add(out.name)
+                seen.add(id(out))
+                if out.name is not None:
+                    changed.add(out.name)
                 todo.extend(use.node for use in out.uses() if use.node is not stop)
-        changed.update(seen)
 
     pairs = [(names[i], names[i + 1]) for names in sets for i in range(len(names) - 1)] + list(absorbed)
     for k, (first, second) in enumerate(pairs):
