@@ -85,6 +85,32 @@ def test_last_meeting_bisects():
     assert last_meeting(5, lambda i: False) == -1 and last_meeting(5, lambda i: True) == 4
 
 
+def test_refine_keeps_the_cheap_steps_past_a_step_that_breaks_the_budget():
+    """Real losses that do not follow phase 1's estimates: the walk's third step (group 2) costs
+    far more than estimated, so the walk stops before it and never reaches groups 3-5. refine
+    tries each step after the choice alone: group 2's is undone, the others kept, and the budget
+    is measured once per step tried."""
+    from aimetcli.kernels.amp_search import refine
+
+    real = [0.1, 0.1, 5.0, 0.2, 0.2, 0.2]  # loss of each group at its cheaper candidate
+    entries = [Entry(g, 0, loss=0.1 * (g + 1), saved=1.0) for g in range(6)]  # phase 1's estimates
+    budget = 1.0
+    calls = []
+
+    def meets(config):
+        calls.append(config)
+        return sum(real[g] for g, c in enumerate(config) if c == 0) <= budget
+
+    points = walk([1] * 6, entries)
+    chosen = last_meeting(len(points), lambda i: meets(points[i][0]))
+    assert points[chosen][0] == [0, 0, 1, 1, 1, 1]  # the walk's choice: two groups moved
+    calls.clear()
+    tried = refine(points[chosen][0], [e for _, e in points[chosen + 1:] if e], meets)
+    assert [(e.group, kept) for _, e, kept in tried] == [(2, False), (3, True), (4, True), (5, True)]
+    assert tried[-1][0] == [0, 0, 1, 0, 0, 0] and meets(tried[-1][0])
+    assert len(calls) == len(tried) + 1
+
+
 def test_candidates_parse_and_order():
     from aimetcli.kernels.amp_search import default_candidates, ordered
 

@@ -19,7 +19,10 @@ def pareto_rows(result) -> tuple[list[str], list[list[str]], str]:
     headers = ["step", "moved", "to", "bit-ops", "weights kB", "top-1", "SQNR dB", "budget"]
     rows = []
     for p in shown:
-        budget = {True: "met", False: "missed", None: "-"}[p.meets] + (" <- chosen" if p.chosen else "")
+        budget = {True: "met", False: "missed", None: "-"}[p.meets]
+        if p.refined:  # tried alone after the walk: kept where met, else undone
+            budget += ", kept" if p.meets else ", undone"
+        budget += " <- chosen" if p.chosen else ""
         rows.append([str(p.step), p.group or "(start: every group at its highest)", p.candidate or "-",
                      f"{p.relative_bitops:.3f}", f"{p.weight_bytes / 1e3:.1f}", _f(p.top1, ".2f"), _f(p.sqnr_db, ".1f"),
                      budget])
@@ -28,7 +31,8 @@ def pareto_rows(result) -> tuple[list[str], list[list[str]], str]:
         final = (f" The chosen configuration as a plain sim (grids recalibrated): top-1 {_f(result.final_top1, '.2f')}, "
                  f"SQNR {_f(result.final_sqnr_db, '.1f')} dB.")
     caption = (f"Each step moves one group (a layer's weight and output, or an activation) to a cheaper candidate "
-               f"({', '.join(result.candidates)}), least error per bit-operation saved first. bit-ops: "
+               f"({', '.join(result.candidates)}), least error per bit-operation saved first; after the walk "
+               f"(kept / undone), the steps past its choice tried one at a time from it. bit-ops: "
                f"MACs x weight bits x input bits relative to all 8-bit (float 32 bits); weights kB at those bits. "
                f"Target {result.target:.2f}{'%' if result.metric == 'top1' else ' dB'}; {len(result.pareto)} steps, "
                f"{len(shown)} scored or shown; {result.runs} runs of the switchable sim (phase 1 on "
@@ -57,9 +61,13 @@ def pareto_png(result) -> bytes | None:
         second = ("wide_activation_share", "activations above the base bitwidth (%)", 100.0, False)
     for ax, (attr, xlabel, scale, log) in ((axes[0], ("relative_bitops", "bit-operations relative to all 8-bit",
                                                       1.0, True)), (axes[1], second)):
-        xs = [getattr(p, attr) * scale for p in scored]
-        ys = [getattr(p, key) for p in scored]
-        ax.plot(xs, ys, marker="o", markersize=4, color="tab:blue", label="points scored along the walk")
+        along = [p for p in scored if not p.refined]
+        ax.plot([getattr(p, attr) * scale for p in along], [getattr(p, key) for p in along], marker="o",
+                markersize=4, color="tab:blue", label="points scored along the walk")
+        after = [p for p in scored if p.refined]
+        if after:
+            ax.scatter([getattr(p, attr) * scale for p in after], [getattr(p, key) for p in after], s=10,
+                       color="tab:orange", zorder=2, label="steps tried after the walk")
         met = [p for p in scored if p.meets]
         ax.scatter([getattr(p, attr) * scale for p in met], [getattr(p, key) for p in met], s=16, color="tab:green",
                    zorder=3, label="within the budget")

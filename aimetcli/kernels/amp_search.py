@@ -16,7 +16,12 @@ first version here did, saved 77% of the brute-force optimum in the worst of 20 
 tables (four groups, three candidates), the hull's steps 90% (tests/test_amp.py).
 Each step is a point of the Pareto curve, its cost falling along the walk. The budget is checked on the real metric
 at some points: :func:`last_meeting` bisects for the last point that meets it, assuming the
-metric falls along the walk, as AIMET's phase 2 does.
+metric falls along the walk, as AIMET's phase 2 does. The walk's order comes from phase 1's
+losses, each measured with every other group at its highest candidate; where one step's real
+loss is far above its estimate (an activation that matters once its neighbours are coarse), the
+walk misses the budget there and every cheaper step after it is lost. :func:`refine` then tries
+those steps one at a time from the chosen point, each kept where the budget still holds
+(measured, not estimated): a greedy pass with rejection, not part of AIMET's AMP.
 """
 
 from __future__ import annotations
@@ -159,3 +164,23 @@ def last_meeting(count: int, meets: Callable[[int], bool]) -> int:
         else:
             hi = mid
     return lo
+
+
+def refine(start: list[int], moves: list[Entry],
+           meets: Callable[[list[int]], bool]) -> list[tuple[list[int], Entry, bool]]:
+    """From ``start`` (a configuration that meets the budget), each of ``moves`` in turn (a group
+    to a cheaper candidate than it has so far) applied to the configuration kept so far, and kept
+    where ``meets`` still holds. Returns every move tried: (its configuration, the move, kept);
+    ``meets`` is called once per move tried."""
+    config = list(start)
+    tried: list[tuple[list[int], Entry, bool]] = []
+    for e in moves:
+        if e.candidate >= config[e.group]:
+            continue
+        trial = list(config)
+        trial[e.group] = e.candidate
+        kept = meets(trial)
+        tried.append((trial, e, kept))
+        if kept:
+            config = trial
+    return tried

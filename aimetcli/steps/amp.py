@@ -36,7 +36,7 @@ import numpy as np
 import onnx_ir as ir
 
 from aimetcli.errors import AimetCliError, ErrorKind
-from aimetcli.kernels.amp_search import Entry, default_candidates, last_meeting, noise_ratio, walk
+from aimetcli.kernels.amp_search import Entry, default_candidates, last_meeting, noise_ratio, refine, walk
 from aimetcli.model_ops import clone, upgrade_opset
 from aimetcli.options import AmpOptions, QuantOptions, RunOptions
 from aimetcli.quantsim.per_layer import BitsRule
@@ -62,6 +62,7 @@ class ParetoPoint:
     sqnr_db: float | None = None
     meets: bool | None = None  # None: not scored
     chosen: bool = False
+    refined: bool = False  # tried after the walk, from the walk's chosen point (kernels/amp_search.refine)
 
 
 @dataclass
@@ -295,6 +296,7 @@ def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: A
     sensitivity: list[list[dict]] = [[] for _ in groups]
     noise_highest = noise_ratio(ranker.score(tensor_bits(highest))[1])
     note = ""
+    walked = 2  # points of the walk; the rest were tried by refine
     points: list[tuple[list[int], Entry | None]]
     if meets(lowest):
         points = [(highest, None), (lowest, None)]
@@ -322,6 +324,12 @@ def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: A
             measure(points[int(i)][0])
         met = [i for i, (c, _) in enumerate(points) if tuple(c) in scores and meets(c)]
         chosen = max([chosen, *met])
+        walked = len(points)
+        if chosen >= 0:
+            started(f"phase 2: trying the {len(points) - 1 - chosen} steps after the walk's choice one at a time")
+            for trial, move, kept in refine(points[chosen][0], [e for _, e in points[chosen + 1:] if e], meets):
+                points.append((trial, move))
+                chosen = len(points) - 1 if kept else chosen
     times["phase2"] = time.perf_counter() - t
 
     pareto = []
@@ -334,6 +342,7 @@ def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: A
             p.top1, p.sqnr_db = scores[tuple(config)]
             p.meets = meets(config)
         p.chosen = i == chosen
+        p.refined = not note and i >= walked
         pareto.append(p)
     if note:
         pareto[0].candidate, pareto[1].candidate = "all highest", "all base"
