@@ -271,15 +271,13 @@ def test_ptq_scores_each_sim_once_on_the_calibration_samples(tmp_path):
     summary = api.ptq(model, calib, None, QuantOptions(), outdir=str(tmp_path / "out"),
                       schemes=api.scheme_candidates(QuantOptions()), judge=Counting)
     names = [s.name for s in summary.stages]
-    corner = "per-channel, tf-enhanced" in names  # tried when per-channel lost with min-max
-    names = [n for n in names if n != "per-channel, tf-enhanced"]
     assert names[:5] + names[6:] == ["fp32", "fold-bn", "per-channel", "tf-enhanced", "+ equalize",
                                      "+ bias-correct", "sim.onnx", "export: model_qdq"]
     assert names[5].startswith("+ equalize, ")
     assert len({id(m) for m in seen}) == len(seen) and len({id(m) for m in held}) == len(held)
-    # FP32, the sims of fold-bn, per-channel, tf-enhanced (and the corner), equalize with each
-    # scheme and bias correction, the QDQ model
-    assert len(seen) == 8 + corner
+    # FP32, the sims of fold-bn, per-channel, tf-enhanced, equalize with each scheme and bias
+    # correction, the QDQ model
+    assert len(seen) == 8
     assert held == []
 
 

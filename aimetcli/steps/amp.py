@@ -296,10 +296,10 @@ def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: A
     sensitivity: list[list[dict]] = [[] for _ in groups]
     noise_highest = noise_ratio(ranker.score(tensor_bits(highest))[1])
     note = ""
-    walked = 2  # points of the walk; the rest were tried by refine
     points: list[tuple[list[int], Entry | None]]
     if meets(lowest):
         points = [(highest, None), (lowest, None)]
+        walked = len(points)  # points of the walk; any after them were tried by refine
         chosen = 1
         note = "The base bitwidths everywhere meet the budget: no search needed"
         times["phase1"] = 0.0
@@ -342,7 +342,7 @@ def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: A
             p.top1, p.sqnr_db = scores[tuple(config)]
             p.meets = meets(config)
         p.chosen = i == chosen
-        p.refined = not note and i >= walked
+        p.refined = i >= walked
         pareto.append(p)
     if note:
         pareto[0].candidate, pareto[1].candidate = "all highest", "all base"

@@ -179,12 +179,14 @@ def changed_activations(model: ir.Model, sets: list[list[str]], absorbed: list[t
                     changed.add(out.name)
                 todo.extend(use.node for use in out.uses() if use.node is not stop)
 
-    pairs = [(names[i], names[i + 1]) for names in sets for i in range(len(names) - 1)] + list(absorbed)
-    for k, (first, second) in enumerate(pairs):
-        if first not in nodes or second not in nodes:
-            return None
+    scaled = [(names[i], names[i + 1]) for names in sets for i in range(len(names) - 1)]
+    if any(name not in nodes for pair in scaled + absorbed for name in pair):
+        return None
+    for first, second in scaled:
+        walk(nodes[first], nodes[second])
+    for first, second in absorbed:  # exact only with no activation between the two layers
         adjacent = any(use.node is nodes[second] for out in nodes[first].outputs for use in out.uses())
-        walk(nodes[first], nodes[second] if k < len(pairs) - len(absorbed) or adjacent else None)
+        walk(nodes[first], nodes[second] if adjacent else None)
     for relu in relu6_replaced:
         if relu not in nodes:
             return None
