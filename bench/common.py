@@ -179,15 +179,17 @@ os.write(int(sys.argv[1]), f"{dt} {ru.ru_maxrss} {code} {ru.ru_utime + ru.ru_sti
 """
 
 
-def run_process(cmd: Sequence[str], *, cwd: str | os.PathLike | None = None, check: bool = True) -> ProcessRun:
-    """Run ``cmd``; its wall time, peak RSS (ru_maxrss, measured through a small wrapper) and stderr.
+def run_process(cmd: Sequence[str], *, cwd: str | os.PathLike | None = None, check: bool = True,
+                env: dict[str, str] | None = None) -> ProcessRun:
+    """Run ``cmd`` (in ``env``, default this process's); its wall time, CPU time, peak RSS (ru_maxrss,
+    measured through a small wrapper) and stderr.
 
     A non-zero exit raises :class:`ChildError`, unless ``check`` is false.
     """
     r, w = os.pipe()
     try:
         proc = subprocess.Popen([PYTHON, "-S", "-c", _WRAPPER, str(w), *map(str, cmd)], cwd=cwd, pass_fds=(w,),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         os.close(w)
         w = -1
         _, err = proc.communicate()

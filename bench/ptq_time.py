@@ -25,10 +25,8 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import common
-import zoo_data
-import zoo_metrics
-from zoo import N_CALIB, N_EVAL
-from zoo_models import CORPUS, EXPORTED, ZOO, ZooModel, model_file
+from zoo import N_CALIB, model_and_data
+from zoo_models import CORPUS, EXPORTED, ZOO, ZooModel
 
 RUNS = ZOO / "time_runs"
 JSON = common.DATA / "ptq_time.json"
@@ -57,9 +55,7 @@ def _run(args: list[str]) -> common.ProcessRun:
 
 
 def time_model(m: ZooModel, rounds: int) -> Timed:
-    path = model_file(m)
-    name = zoo_metrics.session(str(path), optimize=False).get_inputs()[0].name
-    ds = zoo_data.ensure(m, name, N_CALIB, N_EVAL)
+    path, ds, _ = model_and_data(m)
     work = RUNS / m.name
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

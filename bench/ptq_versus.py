@@ -17,10 +17,8 @@ import statistics
 from pathlib import Path
 
 import common
-import zoo_data
-import zoo_metrics
-from zoo import N_CALIB, N_EVAL
-from zoo_models import CORPUS, EXPORTED, ZOO, model_file
+from zoo import model_and_data
+from zoo_models import CORPUS, EXPORTED, ZOO
 
 
 def main() -> None:
@@ -34,10 +32,7 @@ def main() -> None:
     by_name = {m.name: m for m in CORPUS + EXPORTED}
     rows = []
     for name in args.models.split(","):
-        m = by_name[name]
-        path = model_file(m)
-        inp = zoo_metrics.session(str(path), optimize=False).get_inputs()[0].name
-        ds = zoo_data.ensure(m, inp, N_CALIB, N_EVAL)
+        path, ds, _ = model_and_data(by_name[name])
         times: dict[str, list[tuple[float, float]]] = {k: [] for k in checkouts}
         last: dict[str, list] = {}
         for _ in range(args.rounds):
@@ -45,15 +40,8 @@ def main() -> None:
                 out = ZOO / "versus" / label
                 shutil.rmtree(out, ignore_errors=True)
                 out.parent.mkdir(parents=True, exist_ok=True)
-                env_path = os.environ.get("PYTHONPATH")
-                os.environ["PYTHONPATH"] = root
-                try:
-                    run = common.run_process([common.AIMETCLI, "ptq", str(path), "-o", str(out), "--data", str(ds.calib)])
-                finally:
-                    if env_path is None:
-                        os.environ.pop("PYTHONPATH", None)
-                    else:
-                        os.environ["PYTHONPATH"] = env_path
+                run = common.run_process([common.AIMETCLI, "ptq", str(path), "-o", str(out), "--data", str(ds.calib)],
+                                         env={**os.environ, "PYTHONPATH": root})
                 times[label].append((run.seconds, run.cpu_seconds))
                 stages = json.loads((out / "report.json").read_text())["ptq"]["stages"]
                 last[label] = [(s["name"], s["kept"], s["calib_sqnr_db"], round(s["seconds"], 1)) for s in stages]

@@ -153,10 +153,15 @@ def measure(m: ZooModel, path: Path, work: Path, ds: zoo_data.DataSet, name: str
             res.notes.append(f"{label}: onnxruntime failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
 
 
-def run_model(m: ZooModel, commands: list[str]) -> ModelResult:
+def model_and_data(m: ZooModel) -> tuple[Path, zoo_data.DataSet, str]:
+    """The model's cached file, its calibration and evaluation sets (made when missing) and its input's name."""
     path = model_file(m)
     name = zoo_metrics.session(str(path), optimize=False).get_inputs()[0].name
-    ds = zoo_data.ensure(m, name, N_CALIB, N_EVAL)
+    return path, zoo_data.ensure(m, name, N_CALIB, N_EVAL), name
+
+
+def run_model(m: ZooModel, commands: list[str]) -> ModelResult:
+    path, ds, name = model_and_data(m)
     res = ModelResult(m.name, m.task, m.source,
                       measured=f"{time.strftime('%H:%M UTC', time.gmtime())}, {common.revision()}")
     work = RUNS / m.name
