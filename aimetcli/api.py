@@ -27,9 +27,9 @@ from aimetcli.model_ops import (
 )
 from aimetcli.options import AmpOptions, EqualizeOptions, QuantOptions, RunOptions, WeightRange
 from aimetcli.ptq_flow import (
-    KeepVerdict, PtqSummary, Stage, bias_correction_verdict, equalization_verdict, keep_verdict, ptq,
-    scheme_candidates,
+    KeepVerdict, bias_correction_verdict, equalization_verdict, keep_verdict, ptq, scheme_candidates,
 )
+from aimetcli.ptq_report import PtqSummary, Stage
 from aimetcli.quantsim.config import QuantsimConfig, load_config
 from aimetcli.quantsim.per_layer import BitsRule
 from aimetcli.steps.adaround import adaround

@@ -111,6 +111,25 @@ def test_refine_keeps_the_cheap_steps_past_a_step_that_breaks_the_budget():
     assert len(calls) == len(tried) + 1
 
 
+def test_refine_in_least_loss_order_fits_more_groups_than_the_walks_order():
+    """Past the walk's choice with 0.35 of budget left: in the walk's order (loss per saving) the
+    first step, group 0 (loss 0.3, a large saving), takes nearly all of it and the three steps of
+    loss 0.1 after it are undone; least loss first keeps those three and undoes group 0's."""
+    from aimetcli.kernels.amp_search import least_loss_first, refine
+
+    moves = [Entry(0, 0, loss=0.3, saved=10.0), *(Entry(g, 0, loss=0.1, saved=0.1) for g in (1, 2, 3))]
+    loss = [m.loss for m in moves]
+
+    def meets(config):
+        return sum(loss[g] for g, c in enumerate(config) if c == 0) <= 0.35 + 1e-12
+
+    walk_order = refine([1] * 4, moves, meets)
+    assert [kept for _, _, kept in walk_order] == [True, False, False, False]
+    by_loss = refine([1] * 4, least_loss_first(moves), meets)
+    assert [(e.group, kept) for _, e, kept in by_loss] == [(1, True), (2, True), (3, True), (0, False)]
+    assert least_loss_first(list(reversed(moves[1:]))) == list(reversed(moves[1:]))  # ties: order kept
+
+
 def test_candidates_parse_and_order():
     from aimetcli.kernels.amp_search import default_candidates, ordered
 

@@ -1,5 +1,6 @@
 """Which tensors equalization changes (steps.rewrite.changed_activations), and ptq's reuse of the
-folded model's calibration for the others (SharedObservations.inherit)."""
+folded model's calibration for the others (SharedObservations.inherit); bias correction's sim on
+the incumbent's grids (every observation inherited)."""
 
 from __future__ import annotations
 
@@ -110,6 +111,27 @@ def test_equalized_calibration_observes_only_the_changed_tensors():
         for name, enc in fresh.activations.items():
             np.testing.assert_allclose(reused.activations[name].scale, enc.scale, rtol=1e-5, err_msg=name)
             np.testing.assert_array_equal(reused.activations[name].offset, enc.offset)
+
+
+def test_bias_corrected_sim_on_the_incumbents_grids_makes_no_run():
+    """ptq's "+ bias-correct, kept grids" sim: the corrected model calibrated with every one of the
+    incumbent's observations inherited runs nothing over the data and gets the incumbent's
+    activation grids exactly; only the biases differ (a fresh calibration sees their shift)."""
+    folded, _ = api.prepare(to_ir(chain_with_side(False)))
+    api.fold_bn(folded)
+    dataset = open_data("random:16", input_specs(folded))
+    run = api.RunOptions(batch_size=8)
+    opts = QuantOptions(scheme=QuantScheme.TF_ENHANCED)
+    runs = SharedObservations.for_schemes((QuantScheme.TF_ENHANCED,))
+    _, incumbent, _ = api_quantsim(folded, dataset, opts, run, runs)
+    corrected = clone(folded)
+    api.bias_correct(corrected, dataset, opts, run, method="empirical")
+    kept = runs.inherit(lambda _: True)
+    _, on_kept, _ = api_quantsim(corrected, dataset, opts, run, kept)
+    _, fresh, _ = api_quantsim(corrected, dataset, opts, run, None)
+    assert kept.made == 0 and kept.tensors_run == 0
+    assert on_kept.activations == incumbent.activations
+    assert any(fresh.activations[n] != e for n, e in incumbent.activations.items())
 
 
 def api_quantsim(model, dataset, opts, run, shared):

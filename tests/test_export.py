@@ -133,8 +133,12 @@ def test_ptq_one_command(tmp_path):
     per_channel_lost = next(s for s in doc["stages"] if s["name"] == "per-channel")["kept"] is False
     assert ("per-channel, tf-enhanced" in names) == per_channel_lost
     names = [n for n in names if n != "per-channel, tf-enhanced"]
+    # bias correction: the corrected model calibrated, then on the incumbent's grids
     assert names[:5] + names[6:] == ["fp32", "fold-bn", "per-channel", "tf-enhanced", "+ equalize",
-                                     "+ bias-correct", "sim.onnx", "export: model_qdq"]
+                                     "+ bias-correct", "+ bias-correct, kept grids", "sim.onnx",
+                                     "export: model_qdq"]
+    bias_rows = [s for s in doc["stages"] if s["name"].startswith("+ bias-correct")]
+    assert sum(1 for s in bias_rows if "below the" in s["note"]) == 1  # one is the candidate, the other shown
     assert names[5] in ("+ equalize, min-max", "+ equalize, tf-enhanced")
     assert doc["stages"][0]["top1"] == 100.0
     assert all(s["top1"] is not None for s in doc["stages"] if s["calib_sqnr_db"] is not None)
@@ -197,8 +201,10 @@ def test_ptq_exports_the_model_without_a_correction_that_lowered_the_sqnr(tmp_pa
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     stages = {s["name"]: s for s in doc["stages"]}
-    assert "-10.00 dB vs margin 0.00: dropped" in stages["+ bias-correct"]["note"]
-    assert stages["+ bias-correct"]["kept"] is False
+    # the better of the two corrected sims (own grids, kept grids) is the one judged
+    judged = [s for s in doc["stages"] if s["name"].startswith("+ bias-correct") and "below the" not in s["note"]]
+    assert len(judged) == 1 and "-10.00 dB vs margin 0.00: dropped" in judged[0]["note"]
+    assert all(s["kept"] is False for s in doc["stages"] if s["name"].startswith("+ bias-correct"))
     # the row shows the corrected model's own numbers; the exported sim is the model without it
     from aimetcli.bias_correction import METADATA_KEY
 
@@ -271,21 +277,24 @@ def test_ptq_scores_each_sim_once_on_the_calibration_samples(tmp_path):
     summary = api.ptq(model, calib, None, QuantOptions(), outdir=str(tmp_path / "out"),
                       schemes=api.scheme_candidates(QuantOptions()), judge=Counting)
     names = [s.name for s in summary.stages]
+    # bias correction: the corrected model calibrated, then on the incumbent's grids
     assert names[:5] + names[6:] == ["fp32", "fold-bn", "per-channel", "tf-enhanced", "+ equalize",
-                                     "+ bias-correct", "sim.onnx", "export: model_qdq"]
+                                     "+ bias-correct", "+ bias-correct, kept grids", "sim.onnx",
+                                     "export: model_qdq"]
     assert names[5].startswith("+ equalize, ")
     assert len({id(m) for m in seen}) == len(seen) and len({id(m) for m in held}) == len(held)
     # FP32, the sims of fold-bn, per-channel, tf-enhanced, equalize with each scheme and bias
-    # correction, the QDQ model
-    assert len(seen) == 8
+    # correction with each set of grids, the QDQ model
+    assert len(seen) == 9
     assert held == []
 
 
 def test_ptq_onnxruntime_sessions_and_passes(tmp_path, monkeypatch):
     """What ptq runs in onnxruntime, by session policy (docs/design.md, "What ptq runs"): per
     policy, the sessions and the passes over the 24 calibration samples. A stage or a rerun
-    added to the flow shows here. simulate: FP32 and the six sims scored (fold-bn, per-channel,
-    tf-enhanced, equalize with each scheme, bias correction); measure: three calibrations, one
+    added to the flow shows here. simulate: FP32 and the seven sims scored (fold-bn, per-channel,
+    tf-enhanced, equalize with each scheme, bias correction with its own grids and with the
+    incumbent's, which needs no calibration run); measure: three calibrations, one
     histogram run per model state (fold-bn; equalize, over only the tensors it changed) that serves
     both schemes and the per-channel candidate (activation ranges see FP32 weights), bias
     correction's, and its FP32 means over its 18 fit samples; simulate-fused: the correction run;
@@ -317,8 +326,8 @@ def test_ptq_onnxruntime_sessions_and_passes(tmp_path, monkeypatch):
                       schemes=api.scheme_candidates(QuantOptions()))
     # min-max chosen: the correction run computes its grids (a tf-enhanced incumbent lends its own)
     assert summary.options["scheme"] == "min-max" and summary.decisions[1].kept is False
-    assert dict(sessions) == {"simulate": 7, "measure": 4, "simulate-fused": 1, "deploy": 1}
-    assert {k: v / 24 for k, v in samples.items()} == {"simulate": 7, "measure": 3 + 18 / 24,
+    assert dict(sessions) == {"simulate": 8, "measure": 4, "simulate-fused": 1, "deploy": 1}
+    assert {k: v / 24 for k, v in samples.items()} == {"simulate": 8, "measure": 3 + 18 / 24,
                                                         "simulate-fused": 18 / 24, "deploy": 1}
     assert biggest["simulate"] <= runtime.reduction_run_size(calib) < calib.num_samples
 
@@ -346,8 +355,42 @@ def test_ptq_bias_correction_reuses_the_incumbents_grids(tmp_path, monkeypatch):
     options = QuantOptions(scheme=QuantScheme.TF_ENHANCED)
     summary = api.ptq(model, calib, None, options, outdir=str(tmp_path / "out"), schemes=(QuantScheme.TF_ENHANCED,))
     assert summary.options["scheme"] == "tf-enhanced"
-    assert [s.name for s in summary.stages][-3] == "+ bias-correct"
+    assert [s.name for s in summary.stages][-4:-2] == ["+ bias-correct", "+ bias-correct, kept grids"]
     assert samples["measure"] / 24 == 3 + 18 / 24
+
+
+def test_ptq_does_not_recalibrate_a_correction_out_of_reach(tmp_path, monkeypatch):
+    """Where the corrected model on the incumbent's grids is below the margin by more than
+    recalibrating has moved a gain (RECALIBRATION_REACH_DB), no calibration run is made for it:
+    the row says so, and only the kept-grids sim is judged."""
+    from collections import Counter
+
+    from aimetcli import runtime
+    from aimetcli.calibration.data import feed_rows, input_specs, open_data
+
+    def measured(reach: float) -> tuple[float, list]:
+        samples: Counter = Counter()
+        ran = runtime.Session.run
+
+        def counted(self, feeds, outputs=None):
+            samples[self.policy.name] += feed_rows(feeds)
+            return ran(self, feeds, outputs)
+
+        monkeypatch.setattr(runtime.Session, "run", counted)
+        monkeypatch.setattr(ptq_flow, "RECALIBRATION_REACH_DB", reach)
+        model, _ = api.prepare(to_ir(model_proto(np.random.default_rng(0))))
+        calib = open_data("random:24", input_specs(model))
+        options = QuantOptions(scheme=QuantScheme.TF_ENHANCED)
+        summary = api.ptq(model, calib, None, options, outdir=str(tmp_path / f"out{reach}"),
+                          schemes=(QuantScheme.TF_ENHANCED,))
+        monkeypatch.setattr(runtime.Session, "run", ran)
+        return samples["measure"] / 24, [s for s in summary.stages if s.name.startswith("+ bias-correct")]
+
+    full, rows = measured(3.0)
+    assert [s.name for s in rows] == ["+ bias-correct", "+ bias-correct, kept grids"]
+    short, rows = measured(-1000.0)
+    assert [s.name for s in rows] == ["+ bias-correct, kept grids"] and "not recalibrated" in rows[0].note
+    assert short == full - 1  # the corrected model's calibration run
 
 
 def test_ptq_scores_every_row_once_on_the_evaluation_data(tmp_path):
@@ -373,10 +416,10 @@ def test_ptq_scores_every_row_once_on_the_evaluation_data(tmp_path):
     corner = "per-channel, tf-enhanced" in names  # tried when per-channel lost with min-max
     names = [n for n in names if n != "per-channel, tf-enhanced"]
     assert names[:4] + names[5:] == ["fold-bn", "per-channel", "tf-enhanced", "+ equalize", "+ bias-correct",
-                                     "sim.onnx", "export: model_qdq"]
+                                     "+ bias-correct, kept grids", "sim.onnx", "export: model_qdq"]
     assert names[4].startswith("+ equalize, ")
     # FP32 and each model once (sim.onnx is a row's)
-    assert len(scored) == len({id(m) for m in scored}) == 8 + corner
+    assert len(scored) == len({id(m) for m in scored}) == 9 + corner
     alone = api.ptq(api.clone(model), calib, None, QuantOptions(), outdir=str(tmp_path / "out2"),
                     schemes=api.scheme_candidates(QuantOptions()))
     assert [d.kept for d in alone.decisions] == [d.kept for d in summary.decisions]

@@ -166,6 +166,14 @@ def last_meeting(count: int, meets: Callable[[int], bool]) -> int:
     return lo
 
 
+def least_loss_first(moves: list[Entry]) -> list[Entry]:
+    """The order :func:`refine` tries the walk's steps past its choice in: least phase-1 loss
+    first, the walk's order on ties. The walk orders by loss per bit-operation saved; past its
+    choice the budget is nearly spent, and what is left to gain is how many more groups fit in
+    it, so the steps that cost least error go first (the greedy order of a knapsack by count)."""
+    return sorted(moves, key=lambda e: e.loss)  # stable: the walk's order on ties
+
+
 def refine(start: list[int], moves: list[Entry],
            meets: Callable[[list[int]], bool]) -> list[tuple[list[int], Entry, bool]]:
     """From ``start`` (a configuration that meets the budget), each of ``moves`` in turn (a group

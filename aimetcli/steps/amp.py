@@ -36,7 +36,8 @@ import numpy as np
 import onnx_ir as ir
 
 from aimetcli.errors import AimetCliError, ErrorKind
-from aimetcli.kernels.amp_search import Entry, default_candidates, last_meeting, noise_ratio, refine, walk
+from aimetcli.kernels.amp_search import (Entry, default_candidates, last_meeting, least_loss_first, noise_ratio, refine,
+                                         walk)
 from aimetcli.model_ops import clone, upgrade_opset
 from aimetcli.options import AmpOptions, QuantOptions, RunOptions
 from aimetcli.quantsim.per_layer import BitsRule
@@ -327,7 +328,8 @@ def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: A
         walked = len(points)
         if chosen >= 0:
             started(f"phase 2: trying the {len(points) - 1 - chosen} steps after the walk's choice one at a time")
-            for trial, move, kept in refine(points[chosen][0], [e for _, e in points[chosen + 1:] if e], meets):
+            moves = least_loss_first([e for _, e in points[chosen + 1:] if e])
+            for trial, move, kept in refine(points[chosen][0], moves, meets):
                 points.append((trial, move))
                 chosen = len(points) - 1 if kept else chosen
     times["phase2"] = time.perf_counter() - t
