@@ -332,11 +332,9 @@ def test_ptq_onnxruntime_sessions_and_passes(tmp_path, monkeypatch):
     assert biggest["simulate"] <= runtime.reduction_run_size(calib) < calib.num_samples
 
 
-def test_ptq_bias_correction_reuses_the_incumbents_grids(tmp_path, monkeypatch):
-    """With a histogram scheme, bias correction takes the incumbent sim's activation grids
-    (calibrated on all the samples) instead of calibrating its own sim on the fit samples: the
-    measure sessions are the two model states' histogram runs, the FP32 means over the 18 fit
-    samples and the corrected model's calibration, and no other."""
+def _tf_enhanced_ptq(tmp_path, monkeypatch, reach: float = 3.0):
+    """ptq with tf-enhanced ranges only and RECALIBRATION_REACH_DB = ``reach``: the passes over
+    the 24 calibration samples made by measure sessions, and the summary."""
     from collections import Counter
 
     from aimetcli import runtime
@@ -350,45 +348,33 @@ def test_ptq_bias_correction_reuses_the_incumbents_grids(tmp_path, monkeypatch):
         return ran(self, feeds, outputs)
 
     monkeypatch.setattr(runtime.Session, "run", counted)
+    monkeypatch.setattr(ptq_flow, "RECALIBRATION_REACH_DB", reach)
     model, _ = api.prepare(to_ir(model_proto(np.random.default_rng(0))))
     calib = open_data("random:24", input_specs(model))
-    options = QuantOptions(scheme=QuantScheme.TF_ENHANCED)
-    summary = api.ptq(model, calib, None, options, outdir=str(tmp_path / "out"), schemes=(QuantScheme.TF_ENHANCED,))
+    summary = api.ptq(model, calib, None, QuantOptions(scheme=QuantScheme.TF_ENHANCED),
+                      outdir=str(tmp_path / f"out{reach}"), schemes=(QuantScheme.TF_ENHANCED,))
+    monkeypatch.setattr(runtime.Session, "run", ran)
     assert summary.options["scheme"] == "tf-enhanced"
+    return samples["measure"] / 24, summary
+
+
+def test_ptq_bias_correction_reuses_the_incumbents_grids(tmp_path, monkeypatch):
+    """With a histogram scheme, bias correction takes the incumbent sim's activation grids
+    (calibrated on all the samples) instead of calibrating its own sim on the fit samples: the
+    measure sessions are the two model states' histogram runs, the FP32 means over the 18 fit
+    samples and the corrected model's calibration, and no other (the kept-grids sim makes none)."""
+    passes, summary = _tf_enhanced_ptq(tmp_path, monkeypatch)
     assert [s.name for s in summary.stages][-4:-2] == ["+ bias-correct", "+ bias-correct, kept grids"]
-    assert samples["measure"] / 24 == 3 + 18 / 24
+    assert passes == 3 + 18 / 24
 
 
 def test_ptq_does_not_recalibrate_a_correction_out_of_reach(tmp_path, monkeypatch):
     """Where the corrected model on the incumbent's grids is below the margin by more than
     recalibrating has moved a gain (RECALIBRATION_REACH_DB), no calibration run is made for it:
     the row says so, and only the kept-grids sim is judged."""
-    from collections import Counter
-
-    from aimetcli import runtime
-    from aimetcli.calibration.data import feed_rows, input_specs, open_data
-
-    def measured(reach: float) -> tuple[float, list]:
-        samples: Counter = Counter()
-        ran = runtime.Session.run
-
-        def counted(self, feeds, outputs=None):
-            samples[self.policy.name] += feed_rows(feeds)
-            return ran(self, feeds, outputs)
-
-        monkeypatch.setattr(runtime.Session, "run", counted)
-        monkeypatch.setattr(ptq_flow, "RECALIBRATION_REACH_DB", reach)
-        model, _ = api.prepare(to_ir(model_proto(np.random.default_rng(0))))
-        calib = open_data("random:24", input_specs(model))
-        options = QuantOptions(scheme=QuantScheme.TF_ENHANCED)
-        summary = api.ptq(model, calib, None, options, outdir=str(tmp_path / f"out{reach}"),
-                          schemes=(QuantScheme.TF_ENHANCED,))
-        monkeypatch.setattr(runtime.Session, "run", ran)
-        return samples["measure"] / 24, [s for s in summary.stages if s.name.startswith("+ bias-correct")]
-
-    full, rows = measured(3.0)
-    assert [s.name for s in rows] == ["+ bias-correct", "+ bias-correct, kept grids"]
-    short, rows = measured(-1000.0)
+    full, _ = _tf_enhanced_ptq(tmp_path, monkeypatch)
+    short, summary = _tf_enhanced_ptq(tmp_path, monkeypatch, reach=-1000.0)
+    rows = [s for s in summary.stages if s.name.startswith("+ bias-correct")]
     assert [s.name for s in rows] == ["+ bias-correct, kept grids"] and "not recalibrated" in rows[0].note
     assert short == full - 1  # the corrected model's calibration run
 
