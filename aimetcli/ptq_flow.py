@@ -389,7 +389,8 @@ def _bias_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, method: str) -
         start = time.perf_counter() if variants else t
         variants.insert(0, ("+ bias-correct", flow.simulate(corrected, opts, "+ bias-correct"), start))
     else:
-        detail += f"; not recalibrated ({-reach:.1f} dB out of its reach)"
+        detail += (f"; not recalibrated: {RECALIBRATION_REACH_DB - reach:.1f} dB under the margin on the kept "
+                   f"grids, beyond the {RECALIBRATION_REACH_DB:g} dB recalibrating has moved a gain")
     chosen = max(variants, key=lambda v: float("-inf") if (db := held.sqnr(v[1].model)) is None else db)
     going_on = (current, best)
     for name, sim, start in variants:  # the rows: the recalibrated sim's first
