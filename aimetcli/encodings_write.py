@@ -149,5 +149,9 @@ def to_dict(encodings: Sequence[TensorEncoding], *, version: str = DEFAULT_VERSI
 def dumps(encodings: Sequence[TensorEncoding], *, version: str = DEFAULT_VERSION,
           quantizer_args: QuantizerArgs | None = None, excluded_layers: Iterable[str] = ()) -> str:
     """:func:`to_dict` as JSON text: sorted keys, indent 2, trailing newline, deterministic."""
-    obj = to_dict(encodings, version=version, quantizer_args=quantizer_args, excluded_layers=excluded_layers)
-    return json.dumps(obj, sort_keys=True, indent=2, allow_nan=False) + "\n"
+    return text(to_dict(encodings, version=version, quantizer_args=quantizer_args, excluded_layers=excluded_layers))
+
+
+def text(doc: dict) -> str:
+    """A :func:`to_dict` document as the file's text."""
+    return json.dumps(doc, sort_keys=True, indent=2, allow_nan=False) + "\n"

@@ -140,18 +140,21 @@ class _Flow:
         return f"the {self.names.get(id(sim.model), '?')} row's sim"
 
     def row(self, name: str, t0: float, sim: _Sim | None, note: str, kept: bool | None,
-            verdict: KeepVerdict | None = None) -> Stage:
-        """A row for ``sim``: scored on the calibration samples, and on the evaluation data if given."""
+            verdict: KeepVerdict | None = None, calibration: bool = True) -> Stage:
+        """A row for ``sim``: scored on the calibration samples (not with ``calibration`` False: a sim
+        judged on the held-out samples and dropped is scored on those alone), and on the evaluation
+        data if given."""
         gain = margin = None
         if verdict is not None and verdict.sqnr_before_db is not None and verdict.sqnr_after_db is not None:
             gain, margin = verdict.sqnr_after_db - verdict.sqnr_before_db, verdict.margin_db
         if sim is None:
             return self.add(Stage(name, None, None, time.perf_counter() - t0, note, kept, None, self.data_label))
-        held = self.judge.score(sim.model)
+        held = self.judge.score(sim.model) if calibration or self.judge is self.held_judge else None
         shown = self.scorer.score(sim.model) if self.scorer is not None else held
-        return self.add(Stage(name, shown.top1, shown.sqnr_db if self.scorer is not None else None,
-                              time.perf_counter() - t0, note, kept, held.sqnr_db, self.data_label, gain, margin,
-                              verdict.veto if verdict is not None else ""))
+        return self.add(Stage(name, shown.top1 if shown is not None else None,
+                              shown.sqnr_db if self.scorer is not None and shown is not None else None,
+                              time.perf_counter() - t0, note, kept, held.sqnr_db if held is not None else None,
+                              self.data_label, gain, margin, verdict.veto if verdict is not None else ""))
 
     def verdict(self, fn: Callable, incumbent: _Sim, candidate: _Sim, held_out: bool = False) -> KeepVerdict:
         """``fn``'s verdict on all the calibration samples or, with ``held_out``, on the held-out ones."""
@@ -395,11 +398,16 @@ def _bias_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, method: str) -
     going_on = (current, best)
     for name, sim, start in variants:  # the rows: the recalibrated sim's first
         if sim is not chosen[1]:
-            flow.row(name, start, sim, f"{detail}; held-out SQNR below the {chosen[0]} row's", False)
+            flow.row(name, start, sim, f"{detail}; held-out SQNR {_db(held.sqnr(sim.model))} below the {chosen[0]} "
+                                       f"row's {_db(held.sqnr(chosen[1].model))}", False, calibration=False)
             continue
         going_on = _technique(flow, name, "bias correction", bias_correction_verdict, start, detail,
                               (current, best), (corrected, sim), "is exported", "is exported", held_out=True)
     return going_on
+
+
+def _db(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} dB"
 
 
 def _technique(flow: _Flow, row: str, choice: str, verdict_fn: Callable, t: float, detail: str,
@@ -413,7 +421,8 @@ def _technique(flow: _Flow, row: str, choice: str, verdict_fn: Callable, t: floa
     where = f"the {flow.samples_label(held_out)} samples"
     flow.decide(choice, verdict, f"closer to FP32 on {where}",
                 f"not better by the margin on {where}: the model without it {decided}")
-    flow.row(row, t, with_it[1], f"{detail}; {verdict.gain_note()}", verdict.kept, verdict)
+    flow.row(row, t, with_it[1], f"{detail}; {verdict.gain_note()}", verdict.kept, verdict,
+             calibration=verdict.kept or not held_out)
     if verdict.kept:
         return with_it
     flow.warnings.append(f"{choice} did not clear the margin ({verdict.describe()}); the model "

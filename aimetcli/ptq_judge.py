@@ -219,25 +219,26 @@ class Judge:
     def _names(self) -> list[str]:
         return [o.name for o in self.fp32.graph.outputs]
 
-    def _energies(self, outs: list) -> tuple[np.ndarray, np.ndarray]:
+    def _energies(self, outs: list, rows: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Per sample (signal, noise) of ``outs`` against the scored references. With several
         parts (a Concat's inputs), each part's energies are divided by FP32's energy of that
         part over all the samples, and averaged over the parts: the SQNR is then that of the
         mean relative error, so a part of small values (a detector's scores beside its boxes in
         pixels) counts as much as a part of large ones."""
-        es = [energies(r, o) for r, o in zip(self._references, outs)]
+        es = [energies(r if rows is None else r[rows], o) for r, o in zip(self._references, outs)]
         if len(es) == 1:
             return es[0].signal, es[0].noise
         weights = [1.0 / (len(es) * e) for e in self._part_energy]
         return (sum(w * e.signal for w, e in zip(weights, es)), sum(w * e.noise for w, e in zip(weights, es)))
 
     def last(self, data) -> Judge:
-        """A judge of ``data``, the last ``data.num_samples`` samples of this judge's data: it
-        scores from this judge's runs when the scored output has a row per sample, else it runs
-        the models on ``data`` itself."""
+        """A judge of ``data``, the last ``data.num_samples`` samples of this judge's data: where the
+        scored output has a row per sample it scores from this judge's runs of a sim when there are
+        any, else it runs its own samples only (a sim judged on them alone costs that share of a
+        pass); otherwise it runs the models on ``data`` itself."""
         if not self._per_sample:
             return type(self)(self.fp32, data, self.batch_size)
-        view = Judge.__new__(Judge)
+        view = type(self).__new__(type(self))
         view.__dict__.update(self.__dict__)
         view.data, view._parent, view._scores = data, self, {}
         view._rows = slice(self.data.num_samples - data.num_samples, self.data.num_samples)
@@ -255,20 +256,23 @@ class Judge:
         hit = self._scores.get(id(sim))
         if hit is not None:
             return hit
-        if self._parent is not None:
-            whole = self._parent.score(sim, optimization)
+        whole = self._parent._scores.get(id(sim)) if self._parent is not None else None
+        if whole is not None:
             hit = self._scores[id(sim)] = self._restricted(whole)
             return hit
         t = time.perf_counter()
         outs = self._run(sim, optimization)
         self.seconds += time.perf_counter() - t
+        rows = None if self._parent is None else self._rows  # a view's own run: its rows of the references
         if outs is None or self._references is None or any(
-                getattr(o, "shape", None) != r.shape or o.dtype.kind != "f" for o, r in zip(outs, self._references)):
+                getattr(o, "shape", None) != (r.shape if rows is None else r[rows].shape) or o.dtype.kind != "f"
+                for o, r in zip(outs, self._references)):
             hit = Score(sim, None, None, None)
         else:
-            _, noise = self._energies(outs)
+            _, noise = self._energies(outs, rows)
             right = correct(outs[0], self.data.labels) if len(outs) == 1 else None
-            hit = Score(sim, self._sqnr(self._signal, noise), percent(right), noise if self._per_sample else None,
+            signal = self._signal if rows is None else self._signal[rows]
+            hit = Score(sim, self._sqnr(signal, noise), percent(right), noise if self._per_sample else None,
                         right, None if self._argmax is None else self._argmax(outs[0]))
         self._scores[id(sim)] = hit
         return hit

@@ -43,7 +43,8 @@ def test_every_number_says_which_data_it_is_on(tmp_path, labelled):
     assert "dB (evaluation)" in r.stderr
     text = " ".join(r.stderr.split())
     assert ("calib: output SQNR (dB) against FP32 on the 32 calibration samples, which judge every choice "
-            "(but bias correction, fitted on the first 24 and judged on the last 8)") in text
+            "(but bias correction, fitted on the first 24 and judged on the last 8, scored on all of them only when "
+            "kept)") in text
     assert "eval: the same SQNR on the evaluation data, which decide nothing" in r.stderr
     assert "s: the stage's own time in seconds" in r.stderr
     rows = [s for s in doc["stages"] if s["calib_sqnr_db"] is not None]
@@ -225,7 +226,8 @@ def test_equalize_that_finds_nothing_builds_no_sim(tmp_path, monkeypatch):
 
 def test_a_judge_of_the_last_samples_reads_the_whole_runs_and_agrees_with_its_own(tmp_path):
     """Judge.last: SQNR, per-sample noise and top-1 on the held-out samples, read from the runs
-    over all the samples, equal a judge that runs the models on the held-out samples itself."""
+    over all the samples where there is one, else from its own run of the held-out samples, equal
+    a judge that runs the models on the held-out samples itself."""
     from aimetcli.calibration.data import input_specs, open_data
 
     model, _ = api.prepare(to_ir(model_proto()))
@@ -235,11 +237,26 @@ def test_a_judge_of_the_last_samples_reads_the_whole_runs_and_agrees_with_its_ow
     sim, _, _ = api.quantsim(api.clone(model), calib, QuantOptions(param_bw=4, act_bw=4))
     whole = ptq_flow.Judge(model, calib, 8)
     view, own = whole.last(held), ptq_flow.Judge(model, held, 8)
-    a, b = view.score(sim), own.score(sim)
-    assert a.sqnr_db == pytest.approx(b.sqnr_db, rel=1e-9) and a.sqnr_db != whole.score(sim).sqnr_db
-    np.testing.assert_allclose(a.noise, b.noise, rtol=1e-9)
-    assert a.top1 == b.top1 and view.top1_fp32 == own.top1_fp32
-    assert len(a.noise) == 6
+    runs = []
+    counted = whole._outputs
+
+    def outputs(m, dataset, **kw):
+        runs.append(dataset.num_samples)
+        return counted(m, dataset, **kw)
+
+    whole._outputs = outputs
+    view = whole.last(held)
+    a, b = view.score(sim), own.score(sim)  # no run over all the samples yet: the view runs its 6
+    assert runs == [6]
+    read = whole.last(held)
+    whole_score = whole.score(sim)
+    c = read.score(sim)  # read from the run over all 24
+    assert runs == [6, 24]
+    for got in (a, c):
+        assert got.sqnr_db == pytest.approx(b.sqnr_db, rel=1e-9) and got.sqnr_db != whole_score.sqnr_db
+        np.testing.assert_allclose(got.noise, b.noise, rtol=1e-9)
+        assert got.top1 == b.top1 and len(got.noise) == 6
+    assert view.top1_fp32 == own.top1_fp32
 
 
 def _softmax_classifier() -> onnx.ModelProto:

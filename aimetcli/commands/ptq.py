@@ -188,8 +188,8 @@ def stage_table(summary) -> Table:
         gain = "" if s.gain_db is None else f"{s.gain_db:+.2f} veto" if s.veto else \
             f"{s.gain_db:+.2f}{'>' if s.kept else '<='}{s.margin_db:.2f}"
         table.add_row(*cells, gain, f"{s.seconds:.1f}")
-    judged = (f"but bias correction, fitted on the first {cal.get('fit_samples')} and judged on the last {held}"
-              if held else "bias correction too: too few to hold some out")
+    judged = (f"but bias correction, fitted on the first {cal.get('fit_samples')} and judged on the last {held}, "
+              "scored on all of them only when kept" if held else "bias correction too: too few to hold some out")
     caption = [f"calib: output SQNR (dB) against FP32 on the {cal.get('samples')} calibration samples, which "
                f"judge every choice ({judged}): a change is kept when its gain (dB) exceeds the margin "
                f"(>= {cal.get('margin_db', 0):.1f} dB, more where the samples disagree)."]

@@ -89,7 +89,7 @@ def quantsim(model: ModelSource, data: DataSource, options: QuantOptions | None 
         runtime.Session(model, runtime.SIMULATE)
     from aimetcli.export import embed
 
-    embed(model, encodings_json(encodings, options, "1.0.0"), encodings.params, options.as_record(),
+    embed(model, encodings_doc(encodings, options, "1.0.0"), encodings.params, options.as_record(),
           placement.skipped)
     summary = QuantsimSummary(
         options=options.as_record(),
@@ -155,12 +155,20 @@ def tensor_encodings(encodings) -> list:
 
 
 def encodings_json(encodings, options, version: str) -> str:
+    """The encodings file's text (:func:`encodings_write.dumps` of :func:`encodings_doc`)."""
+    from aimetcli import encodings_write
+
+    return encodings_write.text(encodings_doc(encodings, options, version))
+
+
+def encodings_doc(encodings, options, version: str) -> dict:
+    """The encodings file's document in AIMET's format ``version``, as JSON-ready Python objects."""
     from aimetcli import encodings_write
     from aimetcli.errors import AimetCliError, ErrorKind
 
     try:
-        return encodings_write.dumps(tensor_encodings(encodings), version=version,
-                                     quantizer_args=quantizer_args(options, encodings))
+        return encodings_write.to_dict(tensor_encodings(encodings), version=version,
+                                       quantizer_args=quantizer_args(options, encodings))
     except ValueError as exc:  # e.g. 2.0.0 has no field for a 6-bit grid
         raise AimetCliError(f"encodings {version} cannot hold these encodings ({exc}); use --encoding-version 1.0.0",
                             ErrorKind.USAGE) from exc
