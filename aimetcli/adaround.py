@@ -36,8 +36,10 @@ import numpy as np
 import onnx_ir as ir
 
 from aimetcli import graph as g
-from aimetcli.adaround_moments import Cut, Target, collect_moments, cut_names, moments_graph, weight_from_matrix
+from aimetcli.adaround_moments import (Cut, Target, collect_moments, cut_names, moment_dims, moments_graph,
+                                       rows_per_sample, weight_from_matrix)
 from aimetcli.kernels import adaround as ar
+from aimetcli.kernels.adaround_problem import low_rank
 from aimetcli.kernels.quant import Encoding
 from aimetcli.layers import Layer, as_layer, weight_reason
 from aimetcli.model_ops import require_float_model
@@ -91,15 +93,17 @@ MOMENT_BYTES = 1 << 30
 CUT_BYTES = 256 << 20
 
 
-def moment_dims(layer: Layer, shape: tuple[int, ...]) -> tuple[int, int]:
-    """(groups, d) of :func:`weight_matrix`'s [g, m, d] for a weight of this shape."""
-    if layer.spec.group_axis is None:
-        return 1, int(shape[layer.spec.in_axis])
-    groups = layer.groups
-    return groups, layer.spec.in_channels(shape, groups) // groups * int(np.prod(shape[2:]))
+def moment_bytes(layer: Layer, shape: tuple[int, ...], samples: int) -> int:
+    """What a layer's moments hold over ``samples`` samples: G and C in float64 (16 g d^2 bytes), or
+    for a layer with few positions (``low_rank``) its patch rows X and F in float32."""
+    groups, d = moment_dims(layer, shape)
+    per_sample = rows_per_sample(layer)
+    if per_sample is not None and low_rank(d, samples * per_sample):
+        return 8 * samples * per_sample * d
+    return 16 * groups * d * d
 
 
-def _targets(model: ir.Model, params: dict[str, Encoding], result: AdaroundResult) -> list[Target]:
+def _targets(model: ir.Model, params: dict[str, Encoding], result: AdaroundResult, samples: int) -> list[Target]:
     readers: dict[str, int] = {}
     for node in model.graph:
         for v in node.inputs:
@@ -119,10 +123,13 @@ def _targets(model: ir.Model, params: dict[str, Encoding], result: AdaroundResul
         if reason is None and w.dtype != ir.DataType.FLOAT:
             reason = f"its weight is {w.dtype.name.lower()}, not float32"
         if reason is None:
-            groups, d = moment_dims(layer, tuple(w.shape))
-            if 16 * groups * d * d > MOMENT_BYTES:
-                reason = (f"its second moments would take {16 * groups * d * d / 2**30:.1f} GiB ({groups} x {d} x {d} "
-                          f"float64 for G and C; the limit is {MOMENT_BYTES / 2**30:g} GiB a layer)")
+            need = moment_bytes(layer, tuple(w.shape), samples)
+            if need > MOMENT_BYTES:
+                groups, d = moment_dims(layer, tuple(w.shape))
+                held = f"{groups} x {d} x {d} float64 for G and C" if need == 16 * groups * d * d else \
+                    f"{need // (8 * d)} x {d} float32 for the patch rows X and F"
+                reason = (f"its second moments would take {need / 2**30:.1f} GiB ({held}; the limit is "
+                          f"{MOMENT_BYTES / 2**30:g} GiB a layer)")
                 result.oversized.append(layer.name)
         if reason:
             result.skipped.append((layer.name, reason))
@@ -185,7 +192,7 @@ def measured_chunks(model: ir.Model, chunks: list[list[Target]], quantized: Call
     resume: Cut | None = None
     for chunk, cut in zip(chunks, cuts(model, chunks)):
         q = quantized()
-        joint, names = moments_graph(fp32, q, chunk, start=resume, keep=cut)
+        joint, names = moments_graph(fp32, q, chunk, start=resume, keep=cut, samples=dataset.num_samples)
         kept = collect_moments(joint, names, chunk, dataset, run_size, progress, start=resume,
                                keep=cut_names(cut, q is not None), keep_bytes=CUT_BYTES)
         resume = kept if kept is not None else resume
@@ -227,7 +234,7 @@ def adaround(model: ir.Model, dataset, options, *, batch_size: int = 32,
     # grids frozen by SeqMSE (--weight-range mse) are AdaRound's grids; otherwise computed anew
     seqmse = options.weight_range is WeightRange.MSE
     encodings = {k: v for k, v in param_encodings(model, placement, options, frozen=seqmse).items() if k in weights}
-    targets = _targets(model, encodings, result)
+    targets = _targets(model, encodings, result, dataset.num_samples)
     if not targets:
         result.seconds = time.perf_counter() - start
         return result

@@ -32,7 +32,7 @@ from aimetcli import runtime
 from aimetcli.calibration.data import feed_rows
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.graph_builder import Builder, add_outputs, editable_copy, merge, taken_names, values_by_name
-from aimetcli.kernels import adaround as ar
+from aimetcli.kernels.adaround_problem import LayerProblem, low_rank
 from aimetcli.kernels.quant import Encoding
 from aimetcli.layers import Layer
 
@@ -45,7 +45,7 @@ class Target:
     layer: Layer
     weight: str
     enc: Encoding
-    problem: ar.LayerProblem | None = None
+    problem: LayerProblem | None = None
 
 
 @dataclass
@@ -267,6 +267,7 @@ class _Outputs:
     size: str
     patches: bool
     conv: bool = False  # gram / cross are the grouped Conv's inputs: numpy makes the patches (_conv_patches)
+    rows: bool = False  # gram / cross are the patch rows X and F [P, d] themselves (few positions: low_rank)
 
     def names(self) -> list[str]:
         return [n for n in (self.gram, self.cross, self.energy, self.size) if n]
@@ -282,11 +283,39 @@ def _group_products(a: np.ndarray, c: np.ndarray) -> np.ndarray:
     return total
 
 
+def moment_dims(layer: Layer, shape: tuple[int, ...]) -> tuple[int, int]:
+    """(groups, d) of :func:`weight_matrix`'s [g, m, d] for a weight of this shape."""
+    if layer.spec.group_axis is None:
+        return 1, int(shape[layer.spec.in_axis])
+    groups = layer.groups
+    return groups, layer.spec.in_channels(shape, groups) // groups * int(np.prod(shape[2:]))
+
+
+def rows_per_sample(layer: Layer) -> int | None:
+    """Output positions a sample of an ungrouped Gemm, MatMul or Conv has, from the declared
+    shapes (None where they do not tell, or for ConvTranspose)."""
+    if layer.op_type == "ConvTranspose" or layer.groups != 1:
+        return None
+    if layer.op_type == "Gemm":  # its input is a matrix: a row per sample
+        return 1
+    value = layer.node.inputs[0] if layer.spec.group_axis is None else layer.node.outputs[0]
+    dims = value.shape.dims if value is not None and value.shape is not None else None
+    if not dims or len(dims) < 2:
+        return None
+    inner = dims[1:-1] if layer.spec.group_axis is None else dims[2:]
+    if not all(isinstance(d, int) for d in inner):
+        return None
+    return int(np.prod(inner, dtype=np.int64)) if inner else 1
+
+
 def moments_graph(fp32: ir.Model, quantized: ir.Model | None, targets: list[Target], *,
-                  start: Cut | None = None, keep: Collection[str] = ()) -> tuple[ir.Model, list[_Outputs]]:
+                  start: Cut | None = None, keep: Collection[str] = (),
+                  samples: int | None = None) -> tuple[ir.Model, list[_Outputs]]:
     """The joint graph and, per target, its outputs (:class:`_Outputs`): a copy of ``fp32``
     (tensors shared) with a copy of ``quantized``'s nodes (None: the layers' inputs come from the
-    FP32 model, x = f) and the patches' nodes. Both models are left as they were.
+    FP32 model, x = f) and the patches' nodes. Both models are left as they were. ``samples``:
+    the data's size; an ungrouped layer with few positions over them (:func:`rows_per_sample`,
+    ``low_rank``) returns its patch rows instead of their products.
 
     ``start``: tensors of both models already known (:class:`Cut`), fed as graph inputs; the
     nodes that computed them are not run. ``keep``: names of the FP32 model's tensors to return
@@ -316,7 +345,10 @@ def moments_graph(fp32: ir.Model, quantized: ir.Model | None, targets: list[Targ
         shape = tuple(t.layer.weight.shape)
         a_f = _patch_matrix(b, t.layer, x_f, shape, onehot)
         a_q = a_f if x_q is x_f else _patch_matrix(b, t.layer, x_q, shape, onehot)
-        if a_f[1]:
+        per_sample = rows_per_sample(t.layer) if samples else None
+        if a_f[1] and per_sample is not None and low_rank(moment_dims(t.layer, shape)[1], samples * per_sample):
+            out = _Outputs(a_q[0].name, a_f[0].name, "", "", False, rows=True)
+        elif a_f[1]:
             gram = _products(b, a_q[0], a_q[0])
             out = _Outputs(gram.name, gram.name if a_q is a_f else _products(b, a_q[0], a_f[0]).name,
                            _output_energy(b, t, a_f[0]).name, b.op("Shape", [a_f[0]]).name, False)
@@ -404,6 +436,7 @@ def collect_moments(joint: ir.Model, names, targets: list[Target], dataset, run_
     cut: Cut | None = Cut() if keep else None
     matrices = [weight_matrix(t.layer, np.asarray(t.layer.weight_array(), np.float32)) for t in targets]
     sums: list[list] = [[None, None, 0.0] for _ in targets]  # G, C, energy (float64)
+    rows: list[tuple[list, list]] = [([], []) for _ in targets]  # X and F run by run (_Outputs.rows)
     positions = [0] * len(targets)
     for run, data in enumerate(dataset.batches(run_size)):
         given = {**data, **{k: v[run] for k, v in fed.items()}}
@@ -417,6 +450,14 @@ def collect_moments(joint: ir.Model, names, targets: list[Target], dataset, run_
             if cut.nbytes > keep_bytes:
                 cut = None
         for i, out in enumerate(names):
+            if out.rows:
+                x = np.array(values[out.gram], np.float32)  # a copy: the run's outputs go
+                f = x if out.cross == out.gram else np.array(values[out.cross], np.float32)
+                rows[i][0].append(x)
+                rows[i][1].append(f)
+                sums[i][2] += float(np.sum(np.square(f @ matrices[i][0].T, dtype=np.float64)))
+                positions[i] += x.shape[0]
+                continue
             if out.conv:
                 batch, n = _conv_moments(targets[i].layer, values[out.gram],
                                          None if out.cross == out.gram else values[out.cross], matrices[i], buffers)
@@ -437,12 +478,20 @@ def collect_moments(joint: ir.Model, names, targets: list[Target], dataset, run_
             acc[2] += batch[2]
         if progress is not None:
             progress(feed_rows(data))
-    for t, w2, (gram, cross, energy), n in zip(targets, matrices, sums, positions):
+    for t, w2, (gram, cross, energy), (xs, fs), n in zip(targets, matrices, sums, rows, positions):
         scale, low, high = grid_of(t.layer, t.enc, w2)
-        if not (np.all(np.isfinite(gram)) and np.all(np.isfinite(cross)) and np.isfinite(energy)):
+        d = w2.shape[2]
+        if xs:  # G = X^T X and C = X^T F stay as their factors
+            x = np.concatenate(xs)[None]
+            f = x if fs[0] is xs[0] else np.concatenate(fs)[None]
+            finite = bool(np.all(np.isfinite(x)) and np.all(np.isfinite(f)) and np.isfinite(energy))
+            problem = LayerProblem(w2, scale, low, high, None, None, float(energy), n, rows=(x, f))
+        else:
+            finite = bool(np.all(np.isfinite(gram)) and np.all(np.isfinite(cross)) and np.isfinite(energy))
+            problem = LayerProblem(w2, scale, low, high, gram.reshape(-1, d, d), cross.reshape(-1, d, d),
+                                      float(energy), n)
+        if not finite:
             raise AimetCliError(f"the input of layer {t.layer.name!r} is NaN or Inf on the calibration data; "
                                 "check the data and the model", ErrorKind.DATA)
-        d = w2.shape[2]
-        t.problem = ar.LayerProblem(w2, scale, low, high, gram.reshape(-1, d, d), cross.reshape(-1, d, d),
-                                    float(energy), n)
+        t.problem = problem
     return cut

@@ -84,7 +84,7 @@ def search_layer(t: Target) -> tuple[Encoding, float, float, float]:
     channels = t.enc.num_channels
     losses = np.empty((len(grids), channels))
     for k, grid in enumerate(grids):
-        errors = sm.output_errors(w3, weight_matrix(t.layer, fake_quantize(w, grid)), p.gram)
+        errors = p.channel_energies(weight_matrix(t.layer, fake_quantize(w, grid)) - w3.astype(np.float64))
         losses[k] = np.bincount(rows, weights=errors.ravel(), minlength=channels)
     chosen = sm.choose(losses, t.enc.per_channel)
     enc = sm.assemble(grids, chosen)
@@ -113,7 +113,7 @@ def seq_mse(model: ir.Model, dataset, options, *, batch_size: int = 32,
     base = replace(options, scheme=QuantScheme.MIN_MAX)
     encodings = {k: v for k, v in param_encodings(model, placement, base).items() if k in weights}
     scratch = AdaroundResult()
-    targets = [t for t in _targets(model, encodings, scratch) if t.weight not in kept]
+    targets = [t for t in _targets(model, encodings, scratch, dataset.num_samples) if t.weight not in kept]
     result.skipped = scratch.skipped
     result.kept_frozen = sorted(kept)
     run_size = min(batch_size, reduction_run_size(dataset))

@@ -89,6 +89,11 @@ def main() -> None:
         ("equalize", [aimetcli, "equalize", str(src), "-o", str(DATA / "big_eq.onnx"), "-q"]),
         ("quantsim", [aimetcli, "quantsim", str(DATA / "big_folded.onnx"), "-o", str(DATA / "big_sim.onnx"),
                       "--data", str(DATA / "big_calib.npy"), "-q"]),
+        # AdaRound's bounded memory a layer (issue 18): 8 samples, so each Gemm keeps its patch rows
+        # (8 x 8192), not G and C (2 x 8192^2 float64); few iterations (each one updates 67 M weights)
+        ("adaround (W4, 10 iterations)", [aimetcli, "adaround", str(DATA / "big_folded.onnx"), "-o",
+                                          str(DATA / "big_ar.onnx"), "--data", str(DATA / "big_calib.npy"),
+                                          "--param-bw", "4", "--iterations", "10", "-q"]),
     ]:
         seconds, peak, code = run(cmd)
         rows.append({"command": name, "seconds": round(seconds, 1), "peak_gib": round(peak, 2),

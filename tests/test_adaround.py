@@ -20,6 +20,7 @@ from aimetcli import runtime
 from aimetcli.calibration.data import input_specs, open_data
 from aimetcli.cli import main
 from aimetcli.kernels import adaround as ar
+from aimetcli.kernels.adaround_problem import rank_bound
 from aimetcli.kernels.quant import encoding_from_range
 from aimetcli.quantsim.calibrate import calibration_weights, param_encodings
 from aimetcli.quantsim.config import load_config
@@ -117,7 +118,7 @@ def test_patch_moments_give_the_layers_own_output_error(op, tmp_path):
     opts = QuantOptions(param_bw=4, per_channel=op != "ConvTranspose")
     placement = place_quantizers(model, load_config(None), opts)
     encs = param_encodings(model, placement, opts)
-    targets = _targets(model, encs, AdaroundResult())
+    targets = _targets(model, encs, AdaroundResult(), 0)
     assert len(targets) == 1
     joint, names = moments_graph(calibration_weights(model, {}), calibration_weights(model, encs), targets)
     collect_moments(joint, names, targets, open_data(str(tmp_path / "d.npz"), input_specs(model)), 2, None)
@@ -203,14 +204,15 @@ def test_adaround_without_data_is_a_usage_error(tmp_path):
 
 
 def test_a_layer_whose_moments_exceed_the_limit_is_skipped_with_a_warning(tmp_path, monkeypatch):
-    """Bounded memory a layer: G and C of the Gemm (d = 128: 2 x 128^2 float64 = 256 KiB) over a
-    256 KiB limit; the two convolutions (d = 27 and 9) are still AdaRounded."""
+    """Bounded memory a layer: G and C of the Gemm (d = 128: 2 x 128^2 float64 = 256 KiB; over 64
+    samples, more positions than its patch rows would pay for) over a 256 KiB limit; the two
+    convolutions (d = 27 and 9) are still AdaRounded."""
     import aimetcli.adaround as adaround_module
 
     monkeypatch.setattr(adaround_module, "MOMENT_BYTES", 16 * 127 * 127)
     src = tmp_path / "m.onnx"
     onnx.save(_net(), src)
-    r = CliRunner().invoke(main, ["adaround", str(src), "-o", str(tmp_path / "a.onnx"), "--data", "random:8",
+    r = CliRunner().invoke(main, ["adaround", str(src), "-o", str(tmp_path / "a.onnx"), "--data", "random:64",
                                   "--param-bw", "4", "--iterations", "20", "--json", "-v"])
     assert r.exit_code == 0, r.output
     assert "second moments too big" in r.stderr and "0.0 GiB (1 x 128 x 128 float64" in r.stderr
@@ -223,7 +225,7 @@ def test_a_pass_graph_stops_at_its_layers_input():
     model = to_ir(_net())
     opts = QuantOptions(param_bw=4)
     encs = param_encodings(model, place_quantizers(model, load_config(None), opts), opts)
-    targets = _targets(model, encs, AdaroundResult())
+    targets = _targets(model, encs, AdaroundResult(), 0)
     joint, _ = moments_graph(calibration_weights(model, {}), calibration_weights(model, encs), targets[:1])
     ops = [n.op_type for n in joint.graph]
     assert "Relu" not in ops and "Gemm" in ops  # Gemm: the moment products; no Relu, Reshape of the model
@@ -377,7 +379,7 @@ def test_grouped_conv_moments_taken_a_sample_at_a_time_are_the_layers_output_err
 
 
 def test_a_gram_whose_diagonal_bounds_its_rank_high_is_not_decomposed(monkeypatch):
-    """_factor decomposes G only where its rank may be low (at most the positions, at most the
+    """factor decomposes G only where its rank may be low (at most the positions, at most the
     nonzero diagonal entries): a full-rank 96 x 96 G of 400 positions is not given to eigh; with
     60 of its 96 inputs always zero (bound 36) it is, and the rank is 36."""
     rng = np.random.default_rng(5)
@@ -385,7 +387,7 @@ def test_a_gram_whose_diagonal_bounds_its_rank_high_is_not_decomposed(monkeypatc
     gram = full.gram * 1.0
     gram[:, 36:, :] = 0
     gram[:, :, 36:] = 0
-    assert ar._rank_bound(full.gram) == 96 and ar._rank_bound(gram) == 36
+    assert rank_bound(full.gram) == 96 and rank_bound(gram) == 36
 
     def no_eigh(*args):
         raise AssertionError("eigh called")
@@ -403,3 +405,73 @@ def test_the_schedule_is_computed_once_per_iteration_count():
     first = ar._schedule(500, params)
     assert ar._schedule(500, params) is first and len(first) == 500
     assert first[0][0] is None and first[-1][0] is not None and not first[-1][2].flags.writeable
+
+
+def _as_rows(problem, x, f):
+    """The same problem with its moments as the patch rows X, F (float32), G and C dropped."""
+    from dataclasses import replace
+
+    return replace(problem, gram=None, cross=None, rows=(x.astype(np.float32)[None], f.astype(np.float32)[None]))
+
+
+def test_patch_rows_give_the_moments_products_and_loss():
+    """A layer held as its patch rows (G = X^T X, C = X^T F never formed) gives the products,
+    losses and per-channel error energies of its moments."""
+    rng = np.random.default_rng(6)
+    dense, x, f, _ = _problem(rng, 6, 80, 20)
+    x, f = x.astype(np.float32).astype(np.float64), f.astype(np.float32).astype(np.float64)
+    dense.gram, dense.cross = (x.T @ x)[None], (x.T @ f)[None]
+    rows = _as_rows(dense, x, f)
+    a = rng.standard_normal((1, 6, 80))
+    for name in ("gram_product", "cross_product", "cross_t_product", "channel_energies"):
+        np.testing.assert_allclose(getattr(rows, name)(a), getattr(dense, name)(a), rtol=1e-9, atol=1e-9)
+    for k in (dense.nearest(), dense.nearest() + rng.integers(-1, 2, dense.w.shape)):
+        assert rows.loss(k) == pytest.approx(dense.loss(k), rel=1e-9)
+
+
+def test_a_layer_held_as_its_patch_rows_rounds_as_from_its_moments():
+    """The iteration on the rows' factor (B = X^T, no eigendecomposition) rounds as the one on G's
+    factor from its eigenvectors, and as the dense product."""
+    rng = np.random.default_rng(4)
+    dense, x, f, _ = _problem(rng, 8, 96, 30)
+    rows = _as_rows(dense, x, f)
+    (slot,), *_ = ar._setup([rows])
+    assert slot.gram is None and slot.factor[0].shape == (1, 96, 30)
+    (from_rows,) = ar.optimize([rows], iterations=600)
+    (from_gram,) = ar.optimize([dense], iterations=600)
+    assert np.count_nonzero(from_rows.k != from_gram.k) <= 2
+    assert from_rows.loss_adaround == pytest.approx(from_gram.loss_adaround, rel=1e-4)
+
+
+@pytest.mark.parametrize("op", ["Gemm", "MatMul", "Conv"])
+def test_a_layer_with_few_positions_keeps_its_patch_rows_and_its_own_output_error(op, tmp_path):
+    """Fewer output positions over the data than ar.low_rank allows: the pass returns the layer's
+    patch rows, not G and C (Gemm d = 96 over 5 samples, MatMul over 2 x 5 rows, a 3 x 3 Conv on
+    3 x 3 maps, d = 144, over 4 samples), and the loss is still onnxruntime's output error."""
+    rng = np.random.default_rng(2)
+    if op == "Gemm":
+        node, x_shape, w = helper.make_node("Gemm", ["x", "W"], ["y"], transB=1), (5, 96), rand(4, 96, rng=rng)
+    elif op == "MatMul":
+        node, x_shape, w = helper.make_node("MatMul", ["x", "W"], ["y"]), (2, 5, 96), rand(96, 4, rng=rng)
+    else:
+        node, x_shape, w = helper.make_node("Conv", ["x", "W"], ["y"]), (4, 16, 3, 3), rand(6, 16, 3, 3, rng=rng)
+    proto = make_model([node], [("x", list(x_shape))], [("y", None)], [init("W", w)])
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x)
+    model = to_ir(proto)
+    data = open_data(str(tmp_path / "d.npz"), input_specs(model))
+    opts = QuantOptions(param_bw=4, per_channel=True)
+    encs = param_encodings(model, place_quantizers(model, load_config(None), opts), opts)
+    targets = _targets(model, encs, AdaroundResult(), data.num_samples)
+    joint, names = moments_graph(calibration_weights(model, {}), calibration_weights(model, encs), targets,
+                                 samples=data.num_samples)
+    collect_moments(joint, names, targets, data, 2, None)
+    p = targets[0].problem
+    assert p.rows is not None and p.gram is None and p.rows[0].shape[1] == p.positions
+    other = w + rand(*w.shape, scale=0.3)
+    k = weight_matrix(targets[0].layer, other) / p.scale
+    proto2 = onnx.ModelProto()
+    proto2.CopyFrom(proto)
+    proto2.graph.initializer[0].CopyFrom(init("W", other))
+    y0, y1 = (runtime.Session(m.SerializeToString(), runtime.SIMULATE).run({"x": x})[0] for m in (proto, proto2))
+    assert p.loss(k) == pytest.approx(float(np.sum((y1.astype(np.float64) - y0) ** 2)) / p.positions, rel=1e-4)

@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from aimetcli.kernels.adaround_problem import LayerProblem, LayerRounding
+from aimetcli.kernels.adaround_problem import factor as _factor
 from aimetcli.kernels.blas import single_threaded
 
 ZETA = 1.1
@@ -96,53 +98,13 @@ def beta_at(iteration: int, iterations: int, params: AdaroundParams) -> float | 
 
 
 @dataclass
-class LayerProblem:
-    """One layer's rounding problem: weight ``w`` [g, m, d] (g groups), its grid, its moments.
-
-    ``scale``: [g, m, 1] (per output channel) or [1, 1, 1]; ``low``/``high`` (same shape): the
-    grid's integers relative to zero, offset and offset + steps (W~ = scale * k, low <= k <= high).
-    ``gram`` G, ``cross`` C: [g, d, d] sums over ``positions`` output positions; ``energy``:
-    tr(W F W^T) = sum ||W f||^2, the loss's constant (only the reported losses need it).
-    """
-
-    w: np.ndarray
-    scale: np.ndarray
-    low: np.ndarray
-    high: np.ndarray
-    gram: np.ndarray
-    cross: np.ndarray
-    energy: float
-    positions: int
-
-    def loss(self, k: np.ndarray) -> float:
-        """E_pos ||W~ x - W f||^2 (summed over output channels) for W~ = scale * k, float64
-        (the products as matrix products: m d^2 multiply-adds, where a three-operand einsum loops)."""
-        wq = self.scale.astype(np.float64) * k
-        w = self.w.astype(np.float64)
-        total = float(np.vdot(wq @ self.gram, wq)) - 2 * float(np.vdot(wq @ self.cross, w)) + self.energy
-        return float(max(total, 0.0) / max(self.positions, 1))
-
-    def nearest(self) -> np.ndarray:
-        """Integers of round-to-nearest (half to even, as QuantizeLinear) on the grid."""
-        return np.clip(np.rint(self.w.astype(np.float64) / self.scale), self.low, self.high)
-
-
-@dataclass
-class LayerRounding:
-    k: np.ndarray  # [g, m, d] integers relative to zero: W~ = scale * k
-    loss_nearest: float
-    loss_adaround: float
-    changed: int  # weights rounded the other way than to nearest
-
-
-@dataclass
 class _Slot:
     """One problem's place in the flat state and its iteration constants (float32)."""
 
     problem: LayerProblem
     start: int
     stop: int
-    gram: np.ndarray = field(repr=False)  # 0.6 s^2 * 2 G / N (per channel: without s^2)
+    gram: np.ndarray | None = field(repr=False)  # 0.6 s^2 * 2 G / N (per channel: without s^2); None: ``factor``
     row_scale: np.ndarray | None = field(repr=False)  # s^2 [g, m, 1] per channel, None per tensor
     factor: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(repr=False)  # B, B^T, tc B (_factor)
     rows: _Rows | None = field(default=None, repr=False)  # the products on the moving weights alone
@@ -156,65 +118,49 @@ assert abs(ZETA - 1.0 + GAMMA) < 1e-12 and abs(_T_EDGE - 5 / 6) < 1e-12
 _FROZEN_Z = -20.0  # tanh(-20) = -1 in float32: h = 0, no gradient, never moves
 
 
-_RANK_TOL = 1e-10  # eigenvalues of G below this times the largest are float64 noise: G's rank is below them
-
-
-def _factor(gram: np.ndarray, m: int, positions: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """G2 = B B^T (B: [g, d, r], G2's eigenvectors scaled by the square roots of its eigenvalues),
-    where G2's rank r is low enough that tc B B^T (2 m d r multiply-adds) beats tc G2 (m d^2): G is
-    a sum of x x^T over the positions, so its rank is at most their number, below d for a Gemm
-    after a global pooling with fewer samples than input features (the full-size MobileNetV2's
-    classifier: 256 samples, d = 1280). Exact but for the eigenvalues under _RANK_TOL times the
-    largest (zero in exact arithmetic) and float32 rounding. None: the dense product, without
-    eigh where the rank's bound (``positions``, :func:`_rank_bound`) is already too high."""
-    g, d, _ = gram.shape
-    if d < 64 or 2 * min(positions, _rank_bound(gram)) > 0.8 * d:
-        return None
-    values, vectors = np.linalg.eigh(gram)
-    keep = values > _RANK_TOL * max(float(values.max()), 0.0)
-    rank = int(keep.sum(axis=1).max())
-    if rank == 0 or 2 * rank > 0.8 * d:
-        return None
-    order = np.argsort(~keep, axis=1, kind="stable")[:, :rank]  # each group's kept components first
-    b = np.take_along_axis(vectors * np.sqrt(np.where(keep, values, 0.0))[:, None, :], order[:, None, :], axis=2)
-    b = b.astype(np.float32)
-    return b, np.ascontiguousarray(b.transpose(0, 2, 1)), np.empty((g, m, rank), np.float32)
-
-
-def _rank_bound(gram: np.ndarray) -> int:
-    """An upper bound of G's rank without its eigenvalues (eigh of a 256 x 256 G costs about as
-    much as 500 iterations): the largest count of a group's nonzero diagonal entries (a zero
-    diagonal entry of a sum of x x^T is a zero row and column)."""
-    return int(np.count_nonzero(np.diagonal(gram, axis1=1, axis2=2), axis=1).max(initial=0))
+_SETUP_BLOCK = 1 << 20  # weights set up at once: bounds a big layer's float64 temporaries
 
 
 def _setup(problems: list[LayerProblem]):
-    """Flat constants: the slots, z0 = V0 / 2, the base integers and the linear term R'."""
+    """Flat constants: the slots, z0 = V0 / 2, the base integers and the linear term R'. The base
+    is floor(W / s) clipped to [low - 1, high] (float32, exact: the final clip to [low, high] gives
+    what the unclipped floor gives); a big layer is set up _SETUP_BLOCK weights at a time."""
+    total = sum(p.w.size for p in problems)
+    z, base, offset = (np.empty(total, np.float32) for _ in range(3))
     slots, pos = [], 0
-    z, base, offset = [], [], []
     for p in problems:
-        n_pos = max(p.positions, 1)
-        s = p.scale.astype(np.float64)
-        ratio = p.w.astype(np.float64) / s
-        floor = np.floor(ratio)
-        # free: floor + h stays inside [low, high] for every h in [0, 1]; elsewhere the clipped
-        # weight is a constant whose gradient is zero (frozen: h = 0, the final k is the same)
-        free = (floor >= p.low) & (floor + 1 <= p.high)
-        lo = np.clip(floor, p.low, p.high)
-        z.append(np.where(free, 0.5 * initial_v(np.where(free, ratio - floor, 0.5)), _FROZEN_Z).reshape(-1))
-        g2 = p.gram * (2.0 / n_pos)  # d/dW~ of the loss: W~ g2 - lin
-        lin = np.einsum("gmd,ged->gme", p.w.astype(np.float64), p.cross) * (2.0 / n_pos)
-        # grad_h = s (W~ g2 - lin), W~ = s (lo + h), h = 0.6 tc + 0.5:
-        #        = s^2 (0.6 tc) g2 - [s lin - s^2 (lo + 0.5) g2]
-        r = s * lin - s * s * ((lo + (ZETA + GAMMA) / 2) @ g2)
-        per_channel = s.size > 1
-        gram = _H_SLOPE * g2 if per_channel else _H_SLOPE * float(s.reshape(-1)[0]) ** 2 * g2
-        slots.append(_Slot(p, pos, pos + p.w.size, gram.astype(np.float32),
-                           (s * s).astype(np.float32) if per_channel else None, _factor(gram, p.w.shape[1], p.positions)))
-        base.append(np.broadcast_to(floor, p.w.shape).reshape(-1))
-        offset.append(r.reshape(-1))
+        g, m, d = p.w.shape
+        two = 2.0 / max(p.positions, 1)  # d/dW~ of the loss: W~ g2 - lin, g2 = 2 G / N
+        scale = p.scale.astype(np.float64)
+        per_channel = scale.size > 1
+        views = [a[pos:pos + p.w.size].reshape(p.w.shape) for a in (z, base, offset)]
+        step = max(1, _SETUP_BLOCK // max(g * d, 1))
+        for r0 in range(0, m, step):
+            rs = slice(r0, min(m, r0 + step))
+            s, low, high = (a[:, rs] if a.shape[1] > 1 else a for a in (scale, p.low, p.high))
+            w = p.w[:, rs].astype(np.float64)
+            ratio = w / s
+            floor = np.floor(ratio)
+            # free: floor + h stays inside [low, high] for every h in [0, 1]; elsewhere the clipped
+            # weight is a constant whose gradient is zero (frozen: h = 0, the final k is the same)
+            free = (floor >= low) & (floor + 1 <= high)
+            lo = np.clip(floor, low, high)
+            views[0][:, rs] = np.where(free, 0.5 * initial_v(np.where(free, ratio - floor, 0.5)), _FROZEN_Z)
+            views[1][:, rs] = np.clip(floor, low - 1, high)
+            # grad_h = s (W~ g2 - lin), W~ = s (lo + h), h = 0.6 tc + 0.5:
+            #        = s^2 (0.6 tc) g2 - [s lin - s^2 (lo + 0.5) g2]
+            views[2][:, rs] = s * (p.cross_t_product(w) * two) - s * s * (p.gram_product(lo + (ZETA + GAMMA) / 2) * two)
+        coef = _H_SLOPE * two * (1.0 if per_channel else float(scale.reshape(-1)[0]) ** 2)  # the slot's G2 = coef G
+        row_scale = (scale * scale).astype(np.float32) if per_channel else None
+        if p.rows is not None:  # G2 = B B^T with B = sqrt(coef) X^T: no d x d matrix
+            b = np.ascontiguousarray((p.rows[0].transpose(0, 2, 1) * np.float32(math.sqrt(coef))).astype(np.float32))
+            factor = (b, np.ascontiguousarray(b.transpose(0, 2, 1)), np.empty((g, m, b.shape[2]), np.float32))
+            slots.append(_Slot(p, pos, pos + p.w.size, None, row_scale, factor))
+        else:
+            gram = coef * p.gram
+            slots.append(_Slot(p, pos, pos + p.w.size, gram.astype(np.float32), row_scale, _factor(gram, m, p.positions)))
         pos += p.w.size
-    return slots, np.concatenate(z).astype(np.float32), np.concatenate(base), np.concatenate(offset).astype(np.float32)
+    return slots, z, base, offset
 
 
 def optimize(problems: list[LayerProblem], params: AdaroundParams = AdaroundParams(), *,
@@ -468,8 +414,8 @@ class _Rows:
     def update(slot: _Slot, tc: np.ndarray, moving: np.ndarray) -> None:
         """Gather the rows' blocks where that pays (first time or after enough weights froze)."""
         count = int(np.count_nonzero(moving))
-        if slot.rows is not None and count >= _ROWS_REBUILD * slot.rows.count:
-            return
+        if slot.gram is None or slot.rows is not None and count >= _ROWS_REBUILD * slot.rows.count:
+            return  # (no G: the layer's products are its factor's, already O(m d r))
         g, m, d = tc.shape
         dense = g * m * d * d
         width = int(moving.reshape(g * m, d).sum(axis=1).max(initial=0))
