@@ -72,3 +72,34 @@ def test_lift_constants_takes_the_ai_onnx_domain_too():
     assert LiftConstantsPass()(model).modified
     assert [n.op_type for n in model.graph] == ["Add"]
     np.testing.assert_array_equal(model.graph.initializers["w"].const_value.numpy(), [1.0, 2.0])
+
+
+def test_lift_constants_takes_transposed_and_repeated_parameters_of_a_torchscript_export():
+    """torch.onnx's TorchScript exporter without constant folding: a Linear's weight as
+    Transpose(W), a parameter equal to an earlier one as Identity(earlier). After prepare both
+    layers read initializers (so every technique takes them), each its own, and the model
+    computes what it did (onnxruntime, no graph optimizations)."""
+    from aimetcli import runtime
+    from aimetcli.layers import as_layer, check_weight
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Transpose", ["fc.weight"], ["fc_t"], perm=[1, 0]),
+             helper.make_node("MatMul", ["x", "fc_t"], ["h"], name="fc"),
+             helper.make_node("Identity", ["zero_bias"], ["fc2.bias"]),
+             helper.make_node("Gemm", ["h", "fc2.weight", "fc2.bias"], ["g"], transB=1, name="fc2"),
+             helper.make_node("Gemm", ["g", "fc3.weight", "zero_bias"], ["y"], transB=1, name="fc3")]
+    proto = make_model(nodes, [("x", [3, 6])], [("y", None)],
+                       [init("fc.weight", rand(5, 6, rng=rng)), init("fc2.weight", rand(4, 5, rng=rng)),
+                        init("fc3.weight", rand(4, 4, rng=rng)), init("zero_bias", np.zeros(4, np.float32))])
+    x = rng.standard_normal((3, 6)).astype(np.float32)
+    before = runtime.Session(proto.SerializeToString(), runtime.SIMULATE).run({"x": x})[0]
+    model, report = api.prepare(to_ir(proto))
+    assert report.lifted_constants
+    assert [n.op_type for n in model.graph] == ["MatMul", "Gemm", "Gemm"]
+    for node in model.graph:
+        assert check_weight(as_layer(node)).ok, node.name
+    fc2, fc3 = list(model.graph)[1:]
+    assert fc2.inputs[2] is not fc3.inputs[2]  # each layer its own bias
+    after = runtime.Session(_bytes(model), runtime.SIMULATE).run({"x": x})[0]
+    np.testing.assert_allclose(after, before, rtol=1e-6)
+    assert not LiftConstantsPass()(model).modified
