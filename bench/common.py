@@ -371,5 +371,14 @@ def write_section(name: str, title: str, body: str, machine_info: str | None = N
         fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def publish(name: str, title: str, body: str, print_only: bool) -> None:
+    """Section ``name`` of RESULTS.md (:func:`write_section`), or printed with ``print_only``; then the time."""
+    if print_only:
+        print(body)
+    else:
+        write_section(name, title, body)
+    log(f"done at {time.strftime('%H:%M UTC', time.gmtime())}")
+
+
 def log(*args) -> None:
     print(*args, file=sys.stderr, flush=True)

@@ -16,17 +16,14 @@ by side; this script is the measurement the 6x goal is checked against.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import statistics
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import common
 from zoo import N_CALIB, model_and_data
-from zoo_models import CORPUS, EXPORTED, ZOO, ZooModel
+from zoo_models import ZOO, ZooModel, corpus_arguments, kept_rows, selected
 
 RUNS = ZOO / "time_runs"
 JSON = common.DATA / "ptq_time.json"
@@ -108,32 +105,12 @@ def render(results: list[Timed], rounds: int) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", help="comma-separated model names (default: every corpus model whose file is cached)")
+    ap = corpus_arguments(__doc__)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--no-write", action="store_true", help="print the table instead of writing RESULTS.md")
     args = ap.parse_args()
-    models = [m for m in CORPUS + EXPORTED if (ZOO / "models" / f"{m.name}.onnx").exists() or m.wheel]
-    if args.models:
-        wanted = args.models.split(",")
-        models = [m for m in models if m.name in wanted]
-    previous = {r["model"]: r for r in json.loads(JSON.read_text())} if JSON.exists() else {}
-    results = []
-    for m in models:
-        common.log(f"{m.name} ...")
-        r = time_model(m, args.rounds)
-        results.append(r)
-        previous[m.name] = asdict(r)
-        JSON.write_text(json.dumps(list(previous.values()), indent=1))
-    everything = [Timed(**v) for v in previous.values()]
-    order = {m.name: i for i, m in enumerate(CORPUS + EXPORTED)}
-    everything.sort(key=lambda r: order.get(r.model, 99))
+    everything = [Timed(**v) for v in kept_rows(selected(args.models), JSON, lambda m: time_model(m, args.rounds))]
     body = render(everything, args.rounds)
-    if args.no_write:
-        print(body)
-    else:
-        common.write_section("ptq-time", "ptq's time against quantsim's on the real models (issue 15)", body)
-    common.log(f"done at {time.strftime('%H:%M UTC', time.gmtime())}")
+    common.publish("ptq-time", "ptq's time against quantsim's on the real models (issue 15)", body, args.no_write)
 
 
 if __name__ == "__main__":

