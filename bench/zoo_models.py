@@ -197,6 +197,8 @@ def kept_rows(models: list[ZooModel], path: Path, run, also: tuple[Path, ...] = 
     rows = {r["model"]: r for r in json.loads(path.read_text())} if path.exists() else {}
     for other in also:
         rows.update({r["model"]: r for r in json.loads(other.read_text())})
+    if also:
+        path.write_text(json.dumps(list(rows.values()), indent=1))
     for m in models:
         common.log(f"{m.name} ...")
         rows[m.name] = asdict(run(m))
