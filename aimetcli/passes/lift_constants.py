@@ -55,6 +55,21 @@ def _lift_tensor_constants(graph: ir.Graph) -> bool:
     return modified
 
 
+def _replace_with_initializer(graph: ir.Graph, node: ir.Node, array: np.ndarray) -> None:
+    """``node``'s one output becomes an initializer of that name holding ``array``; the node goes,
+    and so do its inputs that are initializers nothing else reads."""
+    out = node.outputs[0]
+    name = out.name
+    sources = list(node.inputs)
+    const = ir.Value(name=None, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                     const_value=g.tensor(array, name))
+    out.replace_all_uses_with(const)
+    graph.remove(node, safe=True)
+    const.name = name
+    graph.register_initializer(const)
+    g.remove_unused_initializers(graph, sources)
+
+
 def _lift_views_of_initializers(graph: ir.Graph) -> bool:
     """``Identity`` and ``Transpose`` of an initializer (module docstring) as initializers."""
     modified = False
@@ -68,15 +83,7 @@ def _lift_views_of_initializers(graph: ir.Graph) -> bool:
         if node.op_type == "Transpose":
             perm = node.attributes.get_ints("perm", None)
             array = np.transpose(array, perm if perm is not None else None)
-        array = np.ascontiguousarray(array).copy()
-        name = out.name
-        const = ir.Value(name=None, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                         const_value=g.tensor(array, name))
-        out.replace_all_uses_with(const)
-        graph.remove(node, safe=True)
-        const.name = name
-        graph.register_initializer(const)
-        g.remove_unused_initializers(graph, [source])
+        _replace_with_initializer(graph, node, np.array(array, order="C", copy=True))  # its own copy
         modified = True
     return modified
 
@@ -95,18 +102,8 @@ class LiftConstantsPass(ir.passes.InPlacePass):
                 continue
             fill = node.attributes.get_tensor("value", None)
             value = fill.numpy().reshape(-1)[:1] if fill is not None else np.zeros(1, np.float32)
-            array = np.full(tuple(int(d) for d in shape.reshape(-1)), value[0], dtype=value.dtype)
-            out = node.outputs[0]
-            name = out.name
-            const = ir.Value(name=None, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                             const_value=g.tensor(array, name))
-            out.replace_all_uses_with(const)
-            shape_value = node.inputs[0]
-            graph.remove(node, safe=True)
-            const.name = name
-            const.const_value.name = name
-            graph.register_initializer(const)
-            g.remove_unused_initializers(graph, [shape_value])
+            _replace_with_initializer(graph, node, np.full(tuple(int(d) for d in shape.reshape(-1)), value[0],
+                                                           dtype=value.dtype))
             modified = True
         modified = _lift_views_of_initializers(graph) or modified
         return ir.passes.PassResult(model, modified)
