@@ -36,10 +36,9 @@ import numpy as np
 import onnx_ir as ir
 
 from aimetcli import graph as g
-from aimetcli.adaround_moments import (Cut, Target, collect_moments, cut_names, moment_dims, moments_graph,
-                                       rows_per_sample, weight_from_matrix)
+from aimetcli.adaround_moments import (Cut, Target, collect_moments, cut_names, row_positions, moment_dims,
+                                       moments_graph, weight_from_matrix)
 from aimetcli.kernels import adaround as ar
-from aimetcli.kernels.adaround_problem import low_rank
 from aimetcli.kernels.quant import Encoding
 from aimetcli.layers import Layer, as_layer, weight_reason
 from aimetcli.model_ops import require_float_model
@@ -93,14 +92,14 @@ MOMENT_BYTES = 1 << 30
 CUT_BYTES = 256 << 20
 
 
-def moment_bytes(layer: Layer, shape: tuple[int, ...], samples: int) -> int:
-    """What a layer's moments hold over ``samples`` samples: G and C in float64 (16 g d^2 bytes), or
-    for a layer with few positions (``low_rank``) its patch rows X and F in float32."""
+def moment_bytes(layer: Layer, shape: tuple[int, ...], samples: int) -> tuple[int, str]:
+    """What a layer's moments hold over ``samples`` samples, in bytes and in words: G and C in
+    float64, or for a layer that keeps its patch rows (:func:`row_positions`) X and F in float32."""
     groups, d = moment_dims(layer, shape)
-    per_sample = rows_per_sample(layer)
-    if per_sample is not None and low_rank(d, samples * per_sample):
-        return 8 * samples * per_sample * d
-    return 16 * groups * d * d
+    positions = row_positions(layer, shape, samples)
+    if positions is not None:
+        return 8 * positions * d, f"{positions} x {d} float32 for the patch rows X and F"
+    return 16 * groups * d * d, f"{groups} x {d} x {d} float64 for G and C"
 
 
 def _targets(model: ir.Model, params: dict[str, Encoding], result: AdaroundResult, samples: int) -> list[Target]:
@@ -123,11 +122,8 @@ def _targets(model: ir.Model, params: dict[str, Encoding], result: AdaroundResul
         if reason is None and w.dtype != ir.DataType.FLOAT:
             reason = f"its weight is {w.dtype.name.lower()}, not float32"
         if reason is None:
-            need = moment_bytes(layer, tuple(w.shape), samples)
+            need, held = moment_bytes(layer, tuple(w.shape), samples)
             if need > MOMENT_BYTES:
-                groups, d = moment_dims(layer, tuple(w.shape))
-                held = f"{groups} x {d} x {d} float64 for G and C" if need == 16 * groups * d * d else \
-                    f"{need // (8 * d)} x {d} float32 for the patch rows X and F"
                 reason = (f"its second moments would take {need / 2**30:.1f} GiB ({held}; the limit is "
                           f"{MOMENT_BYTES / 2**30:g} GiB a layer)")
                 result.oversized.append(layer.name)

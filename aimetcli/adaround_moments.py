@@ -308,14 +308,23 @@ def rows_per_sample(layer: Layer) -> int | None:
     return int(np.prod(inner, dtype=np.int64)) if inner else 1
 
 
+def row_positions(layer: Layer, shape: tuple[int, ...], samples: int | None) -> int | None:
+    """The positions over ``samples`` samples of a layer that keeps its patch rows instead of G and
+    C (few positions: :func:`rows_per_sample`, ``low_rank``), else None."""
+    per_sample = rows_per_sample(layer) if samples else None
+    if per_sample is None or not low_rank(moment_dims(layer, shape)[1], samples * per_sample):
+        return None
+    return samples * per_sample
+
+
 def moments_graph(fp32: ir.Model, quantized: ir.Model | None, targets: list[Target], *,
                   start: Cut | None = None, keep: Collection[str] = (),
                   samples: int | None = None) -> tuple[ir.Model, list[_Outputs]]:
     """The joint graph and, per target, its outputs (:class:`_Outputs`): a copy of ``fp32``
     (tensors shared) with a copy of ``quantized``'s nodes (None: the layers' inputs come from the
     FP32 model, x = f) and the patches' nodes. Both models are left as they were. ``samples``:
-    the data's size; an ungrouped layer with few positions over them (:func:`rows_per_sample`,
-    ``low_rank``) returns its patch rows instead of their products.
+    the data's size; a layer with few positions over them (:func:`row_positions`) returns its patch
+    rows instead of their products.
 
     ``start``: tensors of both models already known (:class:`Cut`), fed as graph inputs; the
     nodes that computed them are not run. ``keep``: names of the FP32 model's tensors to return
@@ -345,8 +354,7 @@ def moments_graph(fp32: ir.Model, quantized: ir.Model | None, targets: list[Targ
         shape = tuple(t.layer.weight.shape)
         a_f = _patch_matrix(b, t.layer, x_f, shape, onehot)
         a_q = a_f if x_q is x_f else _patch_matrix(b, t.layer, x_q, shape, onehot)
-        per_sample = rows_per_sample(t.layer) if samples else None
-        if a_f[1] and per_sample is not None and low_rank(moment_dims(t.layer, shape)[1], samples * per_sample):
+        if a_f[1] and row_positions(t.layer, shape, samples) is not None:
             out = _Outputs(a_q[0].name, a_f[0].name, "", "", False, rows=True)
         elif a_f[1]:
             gram = _products(b, a_q[0], a_q[0])
