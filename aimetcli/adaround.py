@@ -36,8 +36,8 @@ import numpy as np
 import onnx_ir as ir
 
 from aimetcli import graph as g
-from aimetcli.adaround_moments import (Cut, Target, collect_moments, cut_names, row_positions, moment_dims,
-                                       moments_graph, weight_from_matrix)
+from aimetcli.adaround_moments import (Cut, Target, collect_moments, cut_names, moments_graph, row_positions,
+                                       weight_from_matrix)
 from aimetcli.kernels import adaround as ar
 from aimetcli.kernels.quant import Encoding
 from aimetcli.layers import Layer, as_layer, weight_reason
@@ -95,7 +95,7 @@ CUT_BYTES = 256 << 20
 def moment_bytes(layer: Layer, shape: tuple[int, ...], samples: int) -> tuple[int, str]:
     """What a layer's moments hold over ``samples`` samples, in bytes and in words: G and C in
     float64, or for a layer that keeps its patch rows (:func:`row_positions`) X and F in float32."""
-    groups, d = moment_dims(layer, shape)
+    groups, d = layer.matrix_dims(shape)
     positions = row_positions(layer, shape, samples)
     if positions is not None:
         return 8 * positions * d, f"{positions} x {d} float32 for the patch rows X and F"

@@ -283,36 +283,11 @@ def _group_products(a: np.ndarray, c: np.ndarray) -> np.ndarray:
     return total
 
 
-def moment_dims(layer: Layer, shape: tuple[int, ...]) -> tuple[int, int]:
-    """(groups, d) of :func:`weight_matrix`'s [g, m, d] for a weight of this shape."""
-    if layer.spec.group_axis is None:
-        return 1, int(shape[layer.spec.in_axis])
-    groups = layer.groups
-    return groups, layer.spec.in_channels(shape, groups) // groups * int(np.prod(shape[2:]))
-
-
-def rows_per_sample(layer: Layer) -> int | None:
-    """Output positions a sample of an ungrouped Gemm, MatMul or Conv has, from the declared
-    shapes (None where they do not tell, or for ConvTranspose)."""
-    if layer.op_type == "ConvTranspose" or layer.groups != 1:
-        return None
-    if layer.op_type == "Gemm":  # its input is a matrix: a row per sample
-        return 1
-    value = layer.node.inputs[0] if layer.spec.group_axis is None else layer.node.outputs[0]
-    dims = value.shape.dims if value is not None and value.shape is not None else None
-    if not dims or len(dims) < 2:
-        return None
-    inner = dims[1:-1] if layer.spec.group_axis is None else dims[2:]
-    if not all(isinstance(d, int) for d in inner):
-        return None
-    return int(np.prod(inner, dtype=np.int64)) if inner else 1
-
-
 def row_positions(layer: Layer, shape: tuple[int, ...], samples: int | None) -> int | None:
     """The positions over ``samples`` samples of a layer that keeps its patch rows instead of G and
-    C (few positions: :func:`rows_per_sample`, ``low_rank``), else None."""
-    per_sample = rows_per_sample(layer) if samples else None
-    if per_sample is None or not low_rank(moment_dims(layer, shape)[1], samples * per_sample):
+    C (few positions: ``Layer.positions_per_sample``, ``low_rank``), else None."""
+    per_sample = layer.positions_per_sample() if samples else None
+    if per_sample is None or not low_rank(layer.matrix_dims(shape)[1], samples * per_sample):
         return None
     return samples * per_sample
 

@@ -56,6 +56,28 @@ class Layer:
     def output(self) -> ir.Value:
         return self.node.outputs[0]
 
+    def matrix_dims(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        """(groups, d) of the weight of this ``shape`` as a [g, m, d] matrix (AdaRound's, SeqMSE's)."""
+        if self.spec.group_axis is None:
+            return 1, int(shape[self.spec.in_axis])
+        return self.groups, self.spec.in_channels(shape, self.groups) // self.groups * int(np.prod(shape[2:]))
+
+    def positions_per_sample(self) -> int | None:
+        """Output positions a sample of an ungrouped Gemm, MatMul or Conv has, from the declared
+        shapes (None where they do not tell, or for ConvTranspose)."""
+        if self.op_type == "ConvTranspose" or self.groups != 1:
+            return None
+        if self.op_type == "Gemm":  # its input is a matrix: a row per sample
+            return 1
+        value = self.node.inputs[0] if self.spec.group_axis is None else self.node.outputs[0]
+        dims = value.shape.dims if value is not None and value.shape is not None else None
+        if not dims or len(dims) < 2:
+            return None
+        inner = dims[1:-1] if self.spec.group_axis is None else dims[2:]
+        if not all(isinstance(d, int) for d in inner):
+            return None
+        return int(np.prod(inner, dtype=np.int64)) if inner else 1
+
     @property
     def pads_input(self) -> bool:
         """Whether the layer reads zero padding around its input: a Conv with non-zero ``pads``
