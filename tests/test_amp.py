@@ -106,8 +106,8 @@ def test_refine_keeps_the_cheap_steps_past_a_step_that_breaks_the_budget():
     assert points[chosen][0] == [0, 0, 1, 1, 1, 1]  # the walk's choice: two groups moved
     calls.clear()
     tried = refine(points[chosen][0], [e for _, e in points[chosen + 1:] if e], meets)
-    assert [(e.group, kept) for _, e, kept in tried] == [(2, False), (3, True), (4, True), (5, True)]
-    assert tried[-1][0] == [0, 0, 1, 0, 0, 0] and meets(tried[-1][0])
+    assert [(e.group, kept) for _, e, kept in tried] == [(2, False), (3, True), (4, True), (5, True), (2, False)]
+    assert tried[-2][0] == [0, 0, 1, 0, 0, 0] and meets(tried[-2][0])
     assert len(calls) == len(tried) + 1
 
 
@@ -124,10 +124,34 @@ def test_refine_in_least_loss_order_fits_more_groups_than_the_walks_order():
         return sum(loss[g] for g, c in enumerate(config) if c == 0) <= 0.35 + 1e-12
 
     walk_order = refine([1] * 4, moves, meets)
-    assert [kept for _, _, kept in walk_order] == [True, False, False, False]
+    assert [kept for _, _, kept in walk_order] == [True, False, False, False] + [False] * 3  # pass 2: none
     by_loss = refine([1] * 4, least_loss_first(moves), meets)
-    assert [(e.group, kept) for _, e, kept in by_loss] == [(1, True), (2, True), (3, True), (0, False)]
+    assert [(e.group, kept) for _, e, kept in by_loss] == [(1, True), (2, True), (3, True), (0, False), (0, False)]
     assert least_loss_first(list(reversed(moves[1:]))) == list(reversed(moves[1:]))  # ties: order kept
+
+
+def test_refine_tries_again_a_move_that_meets_the_budget_after_a_later_one():
+    """A metric that does not fall with every move (a coarser activation that happens to cancel
+    another's error): group 0's move alone misses the budget by a little, group 1's raises the
+    metric, and after it group 0's meets it. One pass undoes group 0; the second keeps it. A pass
+    that keeps nothing ends the search, and ``passes`` bounds it."""
+    from aimetcli.kernels.amp_search import refine
+
+    def metric(config):
+        return 10.0 - (0.5 if config[0] == 0 else 0.0) + (0.3 if config[1] == 0 else 0.0) \
+            - (5.0 if config[2] == 0 else 0.0)
+
+    moves = [Entry(0, 0, loss=0.1, saved=1.0), Entry(1, 0, loss=0.2, saved=1.0), Entry(2, 0, loss=0.3, saved=1.0)]
+
+    def meets(config):
+        return metric(config) >= 9.6
+
+    tried = refine([1, 1, 1], moves, meets)
+    assert [(e.group, kept) for _, e, kept in tried] == [(0, False), (1, True), (2, False), (0, True), (2, False),
+                                                          (2, False)]  # pass 3 keeps nothing: the end
+    assert [c for c, _, kept in tried if kept][-1] == [0, 0, 1]
+    once = refine([1, 1, 1], moves, meets, passes=1)
+    assert [(e.group, kept) for _, e, kept in once] == [(0, False), (1, True), (2, False)]
 
 
 def test_candidates_parse_and_order():

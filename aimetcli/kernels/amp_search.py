@@ -174,21 +174,38 @@ def least_loss_first(moves: list[Entry]) -> list[Entry]:
     return sorted(moves, key=lambda e: e.loss)  # stable: the walk's order on ties
 
 
-def refine(start: list[int], moves: list[Entry],
-           meets: Callable[[list[int]], bool]) -> list[tuple[list[int], Entry, bool]]:
+REFINE_PASSES = 3  # passes of :func:`refine` over the moves not kept, while a pass keeps one
+
+
+def refine(start: list[int], moves: list[Entry], meets: Callable[[list[int]], bool],
+           passes: int = REFINE_PASSES) -> list[tuple[list[int], Entry, bool]]:
     """From ``start`` (a configuration that meets the budget), each of ``moves`` in turn (a group
     to a cheaper candidate than it has so far) applied to the configuration kept so far, and kept
-    where ``meets`` still holds. Returns every move tried: (its configuration, the move, kept);
-    ``meets`` is called once per move tried."""
+    where ``meets`` still holds; then again over the moves not kept, from the configuration kept
+    by then, while the pass before kept one (at most ``passes`` passes). Returns every move
+    tried: (its configuration, the move, kept); ``meets`` is called once per move tried.
+
+    Why more than one pass: the measured metric does not fall with every move (on PP-OCRv5's
+    detector, session 14, 58 of the 131 moves refine kept raised the output SQNR, by up to
+    0.35 dB), so a move that missed the budget by a little may meet it once later moves are made.
+    """
     config = list(start)
     tried: list[tuple[list[int], Entry, bool]] = []
-    for e in moves:
-        if e.candidate >= config[e.group]:
-            continue
-        trial = list(config)
-        trial[e.group] = e.candidate
-        kept = meets(trial)
-        tried.append((trial, e, kept))
-        if kept:
-            config = trial
+    for _ in range(max(1, passes)):
+        undone: list[Entry] = []
+        kept_any = False
+        for e in moves:
+            if e.candidate >= config[e.group]:
+                continue
+            trial = list(config)
+            trial[e.group] = e.candidate
+            kept = meets(trial)
+            tried.append((trial, e, kept))
+            if kept:
+                config, kept_any = trial, True
+            else:
+                undone.append(e)
+        if not kept_any or not undone:
+            break
+        moves = undone
     return tried
