@@ -321,6 +321,43 @@ def test_the_row_by_row_product_gives_the_dense_gradient_at_the_moving_weights(p
     assert np.isnan(y.reshape(tc.shape)[~moving]).all()  # the frozen weights' y is not written
 
 
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_a_big_layer_is_optimised_in_row_blocks_and_rounds_as_a_whole(per_channel, monkeypatch):
+    """A layer over BLOCK_WEIGHTS is optimised a block of output channels at a time (the loss is a
+    sum over them), small layers together up to it: each flat state stays within the bound, and
+    the rounding and losses are those of the whole layer at once (a Gram and a patch-rows layer)."""
+    rng = np.random.default_rng(11)
+    dense, *_ = _problem(rng, 12, 10, 300)
+    small = _problem(rng, 2, 10, 300)[0]
+    rows = _as_rows(*_problem(rng, 7, 10, 6)[:3])
+    if per_channel:
+        for p in (dense, small, rows):
+            p.scale = p.scale * rng.uniform(0.7, 1.3, (1, p.w.shape[1], 1))
+            p.low, p.high = np.full(p.scale.shape, -4.0), np.full(p.scale.shape, 3.0)
+    def learned(p, k):  # the learned rounding even where nearest is better (that choice is per block)
+        near = p.nearest()
+        return ar.LayerRounding(k.astype(np.int32), p.quadratic(near), p.quadratic(k), int(np.count_nonzero(k != near)))
+
+    def run(block_weights, result):
+        monkeypatch.setattr(ar, "BLOCK_WEIGHTS", block_weights)
+        monkeypatch.setattr(ar, "_result", result)
+        return ar.optimize([dense, small, rows], iterations=300)
+
+    real_result, real_optimize, sizes = ar._result, ar._optimize, []
+    whole = run(1 << 22, learned)
+    monkeypatch.setattr(ar, "_optimize", lambda problems, *a: sizes.append([p.w.shape[1] for p in problems])
+                        or real_optimize(problems, *a))
+    blocks = run(50, learned)  # 5 rows of 10 weights
+    assert sizes == [[5], [5], [2, 2], [5], [2]]  # 12 = 5 + 5 + 2, 2, 7 = 5 + 2: the 2 + 2 share a state
+    for a, b in zip(whole, blocks):
+        assert b.k.shape == a.k.shape and np.array_equal(a.k, b.k)
+        assert np.isclose(a.loss_adaround, b.loss_adaround, rtol=1e-9) and np.isclose(a.loss_nearest, b.loss_nearest)
+        assert a.changed == b.changed
+    # with the fallback to nearest, taken per block: never worse than taken per layer
+    for a, b in zip(run(1 << 22, real_result), run(50, real_result)):
+        assert b.loss_adaround <= a.loss_adaround * (1 + 1e-9) and b.loss_adaround <= b.loss_nearest * (1 + 1e-9)
+
+
 def test_a_pass_starts_from_the_last_cut_and_rounds_as_from_the_inputs(monkeypatch):
     """The Gemm's pass is fed the cut the depthwise Conv's pass kept (its input r1, both models) and
     runs neither model's first Conv; the roundings equal those of passes from the inputs."""

@@ -36,12 +36,15 @@ Where this differs from AIMET, and why:
 * no activation function in the loss (AIMET applies a following Relu / Clip / Sigmoid /
   Tanh / Softmax to both outputs): with it the loss is not a quadratic form of the moments;
 * where the learned rounding's reconstruction loss (known exactly from the moments) exceeds
-  round-to-nearest's, the layer keeps round-to-nearest: AdaRound's relaxation does not
+  round-to-nearest's, the layer (a block of its output channels, for a layer over
+  BLOCK_WEIGHTS) keeps round-to-nearest: AdaRound's relaxation does not
   guarantee a better hard rounding (a 1 x 6 layer enumerated in tests/test_adaround.py: worse
   than nearest for 3 of 8 draws), and AIMET keeps whatever it learned;
 * every layer of a chunk is optimised at once (the element-wise steps on one flat vector of
   all their weights), which is the same arithmetic as one layer at a time: Adam and the
-  regulariser act on each weight alone.
+  regulariser act on each weight alone. A layer over BLOCK_WEIGHTS is optimised a block of
+  output channels at a time, the same arithmetic again (the loss and its gradient are sums over
+  output channels, each reading only its own row of W~): the state stays near 190 MB.
 """
 
 from __future__ import annotations
@@ -119,12 +122,18 @@ _FROZEN_Z = -20.0  # tanh(-20) = -1 in float32: h = 0, no gradient, never moves
 
 
 _SETUP_BLOCK = 1 << 20  # weights set up at once: bounds a big layer's float64 temporaries
+# weights optimised at once (a big layer's rows in blocks, small layers together): the iteration
+# state is about 45 bytes a weight, so this bounds it near 190 MB whatever the layer's size
+BLOCK_WEIGHTS = 1 << 22
 
 
-def _setup(problems: list[LayerProblem]):
+def _setup(problems: list[LayerProblem], shared: dict | None = None):
     """Flat constants: the slots, z0 = V0 / 2, the base integers and the linear term R'. The base
     is floor(W / s) clipped to [low - 1, high] (float32, exact: the final clip to [low, high] gives
-    what the unclipped floor gives); a big layer is set up _SETUP_BLOCK weights at a time."""
+    what the unclipped floor gives); a big layer is set up _SETUP_BLOCK weights at a time.
+    ``shared``: G2 in float32 and its factor by the moments they come from, for a layer's row
+    blocks (:func:`optimize`) to share."""
+    shared = {} if shared is None else shared
     total = sum(p.w.size for p in problems)
     z, base, offset = (np.empty(total, np.float32) for _ in range(3))
     slots, pos = [], 0
@@ -152,13 +161,18 @@ def _setup(problems: list[LayerProblem]):
             views[2][:, rs] = s * (p.cross_t_product(w) * two) - s * s * (p.gram_product(lo + (ZETA + GAMMA) / 2) * two)
         coef = _H_SLOPE * two * (1.0 if per_channel else float(scale.reshape(-1)[0]) ** 2)  # the slot's G2 = coef G
         row_scale = (scale * scale).astype(np.float32) if per_channel else None
-        if p.rows is not None:  # G2 = B B^T with B = sqrt(coef) X^T: no d x d matrix
-            b = np.ascontiguousarray((p.rows[0].transpose(0, 2, 1) * np.float32(math.sqrt(coef))).astype(np.float32))
-            factor = (b, np.ascontiguousarray(b.transpose(0, 2, 1)), np.empty((g, m, b.shape[2]), np.float32))
-            slots.append(_Slot(p, pos, pos + p.w.size, None, row_scale, factor))
-        else:
-            gram = coef * p.gram
-            slots.append(_Slot(p, pos, pos + p.w.size, gram.astype(np.float32), row_scale, _factor(gram, m, p.positions)))
+        key = (id(p.rows[0]) if p.rows is not None else id(p.gram), coef)
+        if key not in shared:
+            if p.rows is not None:  # G2 = B B^T with B = sqrt(coef) X^T: no d x d matrix
+                b = np.ascontiguousarray((p.rows[0].transpose(0, 2, 1) * np.float32(math.sqrt(coef))).astype(np.float32))
+                shared[key] = (None, (b, np.ascontiguousarray(b.transpose(0, 2, 1))))
+            else:
+                gram = coef * p.gram
+                fac = _factor(gram, m, p.positions)
+                shared[key] = (gram.astype(np.float32), fac[:2] if fac is not None else None)
+        gram32, fac2 = shared[key]
+        factor = (*fac2, np.empty((g, m, fac2[0].shape[2]), np.float32)) if fac2 is not None else None
+        slots.append(_Slot(p, pos, pos + p.w.size, gram32, row_scale, factor))
         pos += p.w.size
     return slots, z, base, offset
 
@@ -183,9 +197,29 @@ def optimize(problems: list[LayerProblem], params: AdaroundParams = AdaroundPara
     iterations = iterations if iterations is not None else params.iterations
     if not iterations or iterations < 1:
         raise ValueError("AdaRound needs a positive number of iterations")
-    if not problems:
-        return []
-    slots, z, floor, offset = _setup(problems)
+    pieces: list[tuple[int, LayerProblem]] = []  # (problem, a block of its rows), in order
+    for i, p in enumerate(problems):
+        g, m, d = p.w.shape
+        step = max(1, BLOCK_WEIGHTS // max(g * d, 1))
+        pieces += [(i, p if step >= m else p.row_block(slice(r, min(m, r + step)))) for r in range(0, m, step)]
+    shared: dict = {}
+    results: list[list[LayerRounding]] = [[] for _ in problems]
+    start = 0
+    while start < len(pieces):  # consecutive pieces together, up to BLOCK_WEIGHTS (or one piece)
+        stop, size = start + 1, pieces[start][1].w.size
+        while stop < len(pieces) and size + pieces[stop][1].w.size <= BLOCK_WEIGHTS:
+            size, stop = size + pieces[stop][1].w.size, stop + 1
+        batch = pieces[start:stop]
+        for (i, _), r in zip(batch, _optimize([p for _, p in batch], params, iterations, shared)):
+            results[i].append(r)
+        start = stop
+    return [_joined(p, r) for p, r in zip(problems, results)]
+
+
+def _optimize(problems: list[LayerProblem], params: AdaroundParams, iterations: int,
+              shared: dict) -> list[LayerRounding]:
+    """:func:`optimize` on problems computed together (one flat state)."""
+    slots, z, floor, offset = _setup(problems, shared)
     tc = np.empty(z.size, np.float32)  # clip(tanh(z)): every weight's, the products' input
     y_pair = np.empty((2, z.size), np.float32)  # g' and g'^2 (Adam's two moments updated in one step)
     views = [(s, tc[s.start:s.stop].reshape(s.problem.w.shape), y_pair[0, s.start:s.stop].reshape(s.problem.w.shape))
@@ -433,9 +467,17 @@ class _Rows:
 
 
 def _result(p: LayerProblem, k: np.ndarray) -> LayerRounding:
-    """The learned rounding, or nearest where that is better (the objective is known exactly)."""
+    """The learned rounding, or nearest where that is better (the objective is known exactly);
+    the losses without the constant and the positions' division (:meth:`LayerProblem.quadratic`)."""
     near = p.nearest()
-    loss_near, loss_k = p.loss(near), p.loss(k)
+    loss_near, loss_k = p.quadratic(near), p.quadratic(k)
     if loss_k > loss_near:
         k, loss_k = near, loss_near
-    return LayerRounding(k.astype(np.int64), loss_near, loss_k, int(np.count_nonzero(k != near)))
+    return LayerRounding(k.astype(np.int32), loss_near, loss_k, int(np.count_nonzero(k != near)))
+
+
+def _joined(p: LayerProblem, blocks: list[LayerRounding]) -> LayerRounding:
+    """A layer's rounding from its row blocks' (in order), with the layer's losses."""
+    k = blocks[0].k if len(blocks) == 1 else np.concatenate([b.k for b in blocks], axis=1)
+    return LayerRounding(k, p.loss_of(sum(b.loss_nearest for b in blocks)),
+                         p.loss_of(sum(b.loss_adaround for b in blocks)), sum(b.changed for b in blocks))

@@ -62,13 +62,31 @@ class LayerProblem:
         e = np.asarray(e, np.float64)
         return np.sum(self.gram_product(e) * e, axis=2)
 
-    def loss(self, k: np.ndarray) -> float:
-        """E_pos ||W~ x - W f||^2 (summed over output channels) for W~ = scale * k, float64
-        (the products as matrix products: m d^2 multiply-adds, where a three-operand einsum loops)."""
+    def quadratic(self, k: np.ndarray) -> float:
+        """sum_pos ||W~ x||^2 - 2 <W~ x, W f> for W~ = scale * k (the loss but its constant), float64
+        (the products as matrix products: m d^2 multiply-adds, where a three-operand einsum loops).
+        It sums over output channels: a layer's is the sum of its row blocks'."""
         wq = self.scale.astype(np.float64) * k
         w = self.w.astype(np.float64)
-        total = float(np.vdot(self.gram_product(wq), wq)) - 2 * float(np.vdot(self.cross_product(wq), w)) + self.energy
-        return float(max(total, 0.0) / max(self.positions, 1))
+        return float(np.vdot(self.gram_product(wq), wq)) - 2 * float(np.vdot(self.cross_product(wq), w))
+
+    def loss_of(self, quadratic: float) -> float:
+        """E_pos ||W~ x - W f||^2 from :meth:`quadratic`'s value."""
+        return float(max(quadratic + self.energy, 0.0) / max(self.positions, 1))
+
+    def loss(self, k: np.ndarray) -> float:
+        """E_pos ||W~ x - W f||^2 (summed over output channels) for W~ = scale * k."""
+        return self.loss_of(self.quadratic(k))
+
+    def row_block(self, rows: slice) -> LayerProblem:
+        """The problem of output channels ``rows`` of every group (the same moments): the loss is a
+        sum over output channels, so the blocks' roundings are the layer's. Its ``energy`` is 0
+        (the rows' share of the constant is not kept): compare its :meth:`quadratic` values."""
+        def pick(a: np.ndarray) -> np.ndarray:
+            return a[:, rows] if a.shape[1] > 1 else a
+
+        return LayerProblem(self.w[:, rows], pick(self.scale), pick(self.low), pick(self.high), self.gram,
+                            self.cross, 0.0, self.positions, self.rows)
 
     def nearest(self) -> np.ndarray:
         """Integers of round-to-nearest (half to even, as QuantizeLinear) on the grid."""
@@ -77,7 +95,7 @@ class LayerProblem:
 
 @dataclass
 class LayerRounding:
-    k: np.ndarray  # [g, m, d] integers relative to zero: W~ = scale * k
+    k: np.ndarray  # [g, m, d] int32 integers relative to zero: W~ = scale * k
     loss_nearest: float
     loss_adaround: float
     changed: int  # weights rounded the other way than to nearest

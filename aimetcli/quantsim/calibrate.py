@@ -153,16 +153,21 @@ def _weight_encoding(w: np.ndarray, pq, opts: QuantOptions, placement: Placement
 
 def calibration_weights(model: ir.Model, params: dict[str, Encoding]) -> ir.Model:
     """A copy of the model (tensors shared, graph_builder.editable_copy) with the weights of
-    ``params`` fake-quantized."""
+    ``params`` fake-quantized, each when first read (``ir.LazyTensor``): a graph pruned to a few
+    layers (an AdaRound pass from its cut) computes only theirs, not a copy of every weight."""
 
     def fake_quantized(name: str, tensor: ir.TensorProtocol) -> ir.TensorProtocol | None:
         enc = params.get(name)
         if enc is None:
             return None
-        arr = np.asarray(tensor.numpy())
-        # param_encodings refused NaN/Inf weights: the finite kernel is exact here
-        new = fake_quantize_finite(arr.astype(np.float32, copy=False), enc).astype(arr.dtype, copy=False)
-        return g.tensor(new, name)
+
+        def compute() -> ir.TensorProtocol:
+            arr = np.asarray(tensor.numpy())
+            # param_encodings refused NaN/Inf weights: the finite kernel is exact here
+            return g.tensor(fake_quantize_finite(arr.astype(np.float32, copy=False), enc).astype(arr.dtype, copy=False),
+                            name)
+
+        return ir.LazyTensor(compute, dtype=tensor.dtype, shape=tensor.shape, cache=True, name=name)
 
     return editable_copy(model, fake_quantized)
 
