@@ -152,9 +152,10 @@ def independent_chunks(targets: list[Target]) -> list[list[Target]]:
     return chunks
 
 
-def cuts(model: ir.Model, chunks: list[list[Target]]) -> list[set[str]]:
+def cuts(model: ir.Model, chunks: list[list[Target]]) -> list[tuple[set[str], set[int]]]:
     """Per chunk, the FP32 model's tensors at the cut before its layers: the outputs of the nodes
-    its layers' inputs depend on (or an earlier chunk's did) that a node outside them reads.
+    its layers' inputs depend on (or an earlier chunk's did) that a node outside them reads; and
+    the ids of those nodes (the ones behind the cut).
 
     A pass measures its chunk's inputs, so it computes its cut on the way, with the earlier
     chunks AdaRounded and its own layers not yet run: the next pass is fed that cut (both models,
@@ -170,8 +171,8 @@ def cuts(model: ir.Model, chunks: list[list[Target]]) -> list[set[str]]:
     for chunk in chunks:
         for t in chunk:
             done |= _upstream(t.layer.node)
-        out.append({v.name for n in nodes if id(n) in done for v in n.outputs
-                    if any(id(use.node) not in done for use in v.uses())})
+        out.append(({v.name for n in nodes if id(n) in done for v in n.outputs
+                     if any(id(use.node) not in done for use in v.uses())}, set(done)))
     return out
 
 
@@ -182,17 +183,25 @@ def measured_chunks(model: ir.Model, chunks: list[list[Target]], quantized: Call
     ``quantized()`` (called per pass: the model quantized as the caller has it then; None: the
     layers' inputs are the FP32 model's). Each pass starts from the cut the one before kept
     (:func:`cuts`, at most CUT_BYTES), so the caller may change the model between chunks
-    (AdaRound's roundings, SeqMSE's grids): its own layers lie after the next cut."""
+    (AdaRound's roundings, SeqMSE's grids): its own layers lie after the next cut. Once a pass
+    starts from a cut, the FP32 weights read only behind it are let go (the FP32 copy takes the
+    model's tensor there, which nothing runs again): a model's memory does not double as its
+    weights are replaced."""
     from aimetcli.quantsim.calibrate import calibration_weights
 
     fp32 = calibration_weights(model, {})
+    readers = {name: {id(use.node) for use in v.uses()} for name, v in model.graph.initializers.items()}
     resume: Cut | None = None
-    for chunk, cut in zip(chunks, cuts(model, chunks)):
+    for chunk, (cut, behind) in zip(chunks, cuts(model, chunks)):
         q = quantized()
         joint, names = moments_graph(fp32, q, chunk, start=resume, keep=cut, samples=dataset.num_samples)
         kept = collect_moments(joint, names, chunk, dataset, run_size, progress, start=resume,
                                keep=cut_names(cut, q is not None), keep_bytes=CUT_BYTES)
-        resume = kept if kept is not None else resume
+        if kept is not None:  # the next passes start from this cut or a later one
+            resume = kept
+            for name in [n for n, r in readers.items() if r and r <= behind]:
+                fp32.graph.initializers[name].const_value = model.graph.initializers[name].const_value
+                del readers[name]
         del q, joint
         # an onnx-ir model is a web of reference cycles (graph, nodes, values): without a collection
         # here each pass's quantized copy of every weight stays until Python's cyclic collector runs,

@@ -366,9 +366,12 @@ def test_a_pass_starts_from_the_last_cut_and_rounds_as_from_the_inputs(monkeypat
     graphs = []
     build = adaround_module.moments_graph
 
+    fp32_models = []
+
     def spy(*args, **kw):
         joint, names = build(*args, **kw)
         graphs.append(joint.graph)
+        fp32_models.append(args[0])
         return joint, names
 
     monkeypatch.setattr(adaround_module, "moments_graph", spy)
@@ -378,6 +381,12 @@ def test_a_pass_starts_from_the_last_cut_and_rounds_as_from_the_inputs(monkeypat
                        api.RunOptions(batch_size=5), params=params)
     assert [i.name for i in graphs[2].inputs] == ["aimetcli_ar/q/r1", "r1"]
     assert set(graphs[2].initializers).isdisjoint({"W1", "aimetcli_ar/q/W1", "B1"})
+    # the FP32 copy let go of the first Conv's weights once the passes started after it: it holds
+    # the AdaRounded model's tensors there (no later pass runs that Conv)
+    fp32, model = fp32_models[2], cut.model
+    assert fp32.graph.initializers["W1"].const_value is model.graph.initializers["W1"].const_value
+    assert fp32.graph.initializers["B1"].const_value is model.graph.initializers["B1"].const_value
+    assert fp32.graph.initializers["W3"].const_value is not model.graph.initializers["W3"].const_value
     monkeypatch.setattr(adaround_module, "CUT_BYTES", 0)
     graphs.clear()
     full = api.adaround(to_ir(_net()), open_data(data, input_specs(to_ir(_net()))), QuantOptions(param_bw=4),
