@@ -20,6 +20,7 @@ from aimetcli import runtime
 from aimetcli.calibration.data import input_specs, open_data
 from aimetcli.cli import main
 from aimetcli.kernels import adaround as ar
+from aimetcli.kernels.adaround_rows import MovingRows
 from aimetcli.kernels.adaround_problem import rank_bound
 from aimetcli.kernels.quant import encoding_from_range
 from aimetcli.quantsim.calibrate import calibration_weights, param_encodings
@@ -300,7 +301,7 @@ def test_layers_that_do_not_read_each_other_share_a_pass_and_round_as_one_by_one
 
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_the_row_by_row_product_gives_the_dense_gradient_at_the_moving_weights(per_channel):
-    """_Rows: the moving weights' gradient from per-row blocks of G plus the frozen weights' constant
+    """MovingRows: the moving weights' gradient from per-row blocks of G plus the frozen weights' constant
     share equals the dense product tc @ G2 (times s^2 per channel) there, for two groups."""
     rng = np.random.default_rng(3)
     a, *_ = _problem(rng, 6, 10, 200)
@@ -313,7 +314,7 @@ def test_the_row_by_row_product_gives_the_dense_gradient_at_the_moving_weights(p
     edge = np.float32(ar._T_EDGE)
     tc = np.where(moving, rng.uniform(-0.8, 0.8, moving.shape), np.where(rng.random(moving.shape) < 0.5, edge, -edge))
     tc = tc.astype(np.float32)
-    rows = ar._Rows(slot, tc, moving, int(moving.reshape(12, 10).sum(axis=1).max()))
+    rows = MovingRows(slot, tc, moving, int(moving.reshape(12, 10).sum(axis=1).max()))
     y = np.full(tc.size, np.nan, np.float32)
     rows.product(tc.reshape(-1), y)
     dense = (tc.astype(np.float64) @ slot.gram) * (slot.row_scale if per_channel else 1)
@@ -356,6 +357,29 @@ def test_a_big_layer_is_optimised_in_row_blocks_and_rounds_as_a_whole(per_channe
     # with the fallback to nearest, taken per block: never worse than taken per layer
     for a, b in zip(run(1 << 22, real_result), run(50, real_result)):
         assert b.loss_adaround <= a.loss_adaround * (1 + 1e-9) and b.loss_adaround <= b.loss_nearest * (1 + 1e-9)
+
+
+def test_a_big_pass_is_optimised_in_two_threads_as_in_one(monkeypatch):
+    """From PARALLEL_WEIGHTS in a pass, its weights are cut into at least two batches (row blocks of
+    at most half of them) optimised in two threads: the roundings and losses are exactly those of
+    the same batches one after another (each batch's arithmetic is its own)."""
+    import threading
+
+    rng = np.random.default_rng(12)
+    problems = [_problem(rng, 9, 10, 300)[0], _problem(rng, 4, 10, 300)[0]]  # 130 weights
+    threads, real = [], ar._optimize
+    monkeypatch.setattr(ar, "_optimize", lambda problems, *a: threads.append(threading.get_ident())
+                        or real(problems, *a))
+    monkeypatch.setattr(ar, "PARALLEL_WEIGHTS", 100)
+    together = ar.optimize(problems, iterations=300)  # batches of at most 65 weights: 6 + 3 rows, then 4
+    assert len(threads) == 3 and threading.get_ident() not in threads  # in the pool's threads
+    threads.clear()
+    monkeypatch.setattr(ar, "PARALLEL_WEIGHTS", 1 << 30)
+    monkeypatch.setattr(ar, "BLOCK_WEIGHTS", 65)
+    alone = ar.optimize(problems, iterations=300)
+    assert len(threads) == 3 and set(threads) == {threading.get_ident()}
+    for a, b in zip(together, alone):
+        assert np.array_equal(a.k, b.k) and a.loss_adaround == b.loss_adaround and a.changed == b.changed
 
 
 def test_a_pass_starts_from_the_last_cut_and_rounds_as_from_the_inputs(monkeypatch):

@@ -44,18 +44,22 @@ Where this differs from AIMET, and why:
   all their weights), which is the same arithmetic as one layer at a time: Adam and the
   regulariser act on each weight alone. A layer over BLOCK_WEIGHTS is optimised a block of
   output channels at a time, the same arithmetic again (the loss and its gradient are sums over
-  output channels, each reading only its own row of W~): the state stays near 190 MB.
+  output channels, each reading only its own row of W~): the state stays near 190 MB. A pass of
+  PARALLEL_WEIGHTS or more is cut so into two batches or more, optimised in two threads.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from aimetcli.kernels.adaround_problem import LayerProblem, LayerRounding
+from aimetcli.kernels.adaround_rows import MovingRows
 from aimetcli.kernels.adaround_problem import factor as _factor
 from aimetcli.kernels.blas import single_threaded
 
@@ -110,7 +114,7 @@ class _Slot:
     gram: np.ndarray | None = field(repr=False)  # 0.6 s^2 * 2 G / N (per channel: without s^2); None: ``factor``
     row_scale: np.ndarray | None = field(repr=False)  # s^2 [g, m, 1] per channel, None per tensor
     factor: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(repr=False)  # B, B^T, tc B (_factor)
-    rows: _Rows | None = field(default=None, repr=False)  # the products on the moving weights alone
+    rows: MovingRows | None = field(default=None, repr=False)  # the products on the moving weights alone
 
 
 # h = ((ZETA - GAMMA) / 2) t + (ZETA + GAMMA) / 2 = 0.6 t + 0.5 (t = tanh(V / 2)); it leaves (0, 1)
@@ -125,15 +129,41 @@ _SETUP_BLOCK = 1 << 20  # weights set up at once: bounds a big layer's float64 t
 # weights optimised at once (a big layer's rows in blocks, small layers together): the iteration
 # state is about 45 bytes a weight, so this bounds it near 190 MB whatever the layer's size
 BLOCK_WEIGHTS = 1 << 22
+# from this many weights in a pass, its layers are optimised as two halves or more (row blocks, and
+# layers grouped) in two threads: numpy's element-wise loops and BLAS release the GIL on big arrays
+PARALLEL_WEIGHTS = 1 << 17
 
 
-def _setup(problems: list[LayerProblem], shared: dict | None = None):
+class _Shared(dict):
+    """G2 in float32 and its factor by the moments they come from: a layer's row blocks share them
+    (:func:`optimize`'s threads too: made once, under a lock)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lock = threading.Lock()
+
+    def get(self, key, make):  # type: ignore[override]
+        with self.lock:
+            if key not in self:
+                self[key] = make()
+            return self[key]
+
+
+def _gram(p: LayerProblem, coef: float):
+    """(G2 = coef G in float32 or None, its factor (B, B^T) or None)."""
+    if p.rows is not None:  # G2 = B B^T with B = sqrt(coef) X^T: no d x d matrix
+        b = np.ascontiguousarray((p.rows[0].transpose(0, 2, 1) * np.float32(math.sqrt(coef))).astype(np.float32))
+        return None, (b, np.ascontiguousarray(b.transpose(0, 2, 1)))
+    gram = coef * p.gram
+    fac = _factor(gram, p.w.shape[1], p.positions)
+    return gram.astype(np.float32), fac[:2] if fac is not None else None
+
+
+def _setup(problems: list[LayerProblem], shared: _Shared | None = None):
     """Flat constants: the slots, z0 = V0 / 2, the base integers and the linear term R'. The base
     is floor(W / s) clipped to [low - 1, high] (float32, exact: the final clip to [low, high] gives
-    what the unclipped floor gives); a big layer is set up _SETUP_BLOCK weights at a time.
-    ``shared``: G2 in float32 and its factor by the moments they come from, for a layer's row
-    blocks (:func:`optimize`) to share."""
-    shared = {} if shared is None else shared
+    what the unclipped floor gives); a big layer is set up _SETUP_BLOCK weights at a time."""
+    shared = _Shared() if shared is None else shared
     total = sum(p.w.size for p in problems)
     z, base, offset = (np.empty(total, np.float32) for _ in range(3))
     slots, pos = [], 0
@@ -161,16 +191,8 @@ def _setup(problems: list[LayerProblem], shared: dict | None = None):
             views[2][:, rs] = s * (p.cross_t_product(w) * two) - s * s * (p.gram_product(lo + (ZETA + GAMMA) / 2) * two)
         coef = _H_SLOPE * two * (1.0 if per_channel else float(scale.reshape(-1)[0]) ** 2)  # the slot's G2 = coef G
         row_scale = (scale * scale).astype(np.float32) if per_channel else None
-        key = (id(p.rows[0]) if p.rows is not None else id(p.gram), coef)
-        if key not in shared:
-            if p.rows is not None:  # G2 = B B^T with B = sqrt(coef) X^T: no d x d matrix
-                b = np.ascontiguousarray((p.rows[0].transpose(0, 2, 1) * np.float32(math.sqrt(coef))).astype(np.float32))
-                shared[key] = (None, (b, np.ascontiguousarray(b.transpose(0, 2, 1))))
-            else:
-                gram = coef * p.gram
-                fac = _factor(gram, m, p.positions)
-                shared[key] = (gram.astype(np.float32), fac[:2] if fac is not None else None)
-        gram32, fac2 = shared[key]
+        gram32, fac2 = shared.get((id(p.rows[0]) if p.rows is not None else id(p.gram), coef),
+                                  functools.partial(_gram, p, coef))
         factor = (*fac2, np.empty((g, m, fac2[0].shape[2]), np.float32)) if fac2 is not None else None
         slots.append(_Slot(p, pos, pos + p.w.size, gram32, row_scale, factor))
         pos += p.w.size
@@ -197,27 +219,39 @@ def optimize(problems: list[LayerProblem], params: AdaroundParams = AdaroundPara
     iterations = iterations if iterations is not None else params.iterations
     if not iterations or iterations < 1:
         raise ValueError("AdaRound needs a positive number of iterations")
+    total = sum(p.w.size for p in problems)
+    parallel = total >= PARALLEL_WEIGHTS
+    limit = min(BLOCK_WEIGHTS, -(-total // 2)) if parallel else BLOCK_WEIGHTS
     pieces: list[tuple[int, LayerProblem]] = []  # (problem, a block of its rows), in order
     for i, p in enumerate(problems):
         g, m, d = p.w.shape
-        step = max(1, BLOCK_WEIGHTS // max(g * d, 1))
+        step = max(1, limit // max(g * d, 1))
         pieces += [(i, p if step >= m else p.row_block(slice(r, min(m, r + step)))) for r in range(0, m, step)]
-    shared: dict = {}
+    batches: list[list[tuple[int, LayerProblem]]] = []
+    for piece in pieces:  # consecutive pieces together, up to ``limit`` weights (or one piece)
+        if batches and sum(q.w.size for _, q in batches[-1]) + piece[1].w.size <= limit:
+            batches[-1].append(piece)
+        else:
+            batches.append([piece])
+    shared = _Shared()
+
+    def run(batch: list[tuple[int, LayerProblem]]) -> list[LayerRounding]:
+        return _optimize([q for _, q in batch], params, iterations, shared)
+
+    if parallel:
+        with ThreadPoolExecutor(2) as pool:
+            done = list(pool.map(run, batches))
+    else:
+        done = [run(batch) for batch in batches]
     results: list[list[LayerRounding]] = [[] for _ in problems]
-    start = 0
-    while start < len(pieces):  # consecutive pieces together, up to BLOCK_WEIGHTS (or one piece)
-        stop, size = start + 1, pieces[start][1].w.size
-        while stop < len(pieces) and size + pieces[stop][1].w.size <= BLOCK_WEIGHTS:
-            size, stop = size + pieces[stop][1].w.size, stop + 1
-        batch = pieces[start:stop]
-        for (i, _), r in zip(batch, _optimize([p for _, p in batch], params, iterations, shared)):
+    for batch, rounded in zip(batches, done):
+        for (i, _), r in zip(batch, rounded):
             results[i].append(r)
-        start = stop
     return [_joined(p, r) for p, r in zip(problems, results)]
 
 
 def _optimize(problems: list[LayerProblem], params: AdaroundParams, iterations: int,
-              shared: dict) -> list[LayerRounding]:
+              shared: _Shared) -> list[LayerRounding]:
     """:func:`optimize` on problems computed together (one flat state)."""
     slots, z, floor, offset = _setup(problems, shared)
     tc = np.empty(z.size, np.float32)  # clip(tanh(z)): every weight's, the products' input
@@ -235,7 +269,7 @@ def _optimize(problems: list[LayerProblem], params: AdaroundParams, iterations: 
             if not active.shrink():
                 break  # every weight's rounding is final
             for s, tv, _ in views:
-                _Rows.update(s, tv, moving[s.start:s.stop].reshape(tv.shape))
+                MovingRows.update(s, tv, moving[s.start:s.stop].reshape(tv.shape))
     z = active.final()
     return [_result(s.problem, np.clip(floor[s.start:s.stop].reshape(s.problem.w.shape)
                                        + (z[s.start:s.stop].reshape(s.problem.w.shape) >= 0),
@@ -245,7 +279,7 @@ def _optimize(problems: list[LayerProblem], params: AdaroundParams, iterations: 
 
 def _product_calls(views, tc: np.ndarray, y_all: np.ndarray) -> list[tuple]:
     """The reconstruction gradient d/dh of every layer as (function, arguments) calls, from the
-    flat tc into the flat y: dense, low-rank (factor) or row by row (:class:`_Rows`)."""
+    flat tc into the flat y: dense, low-rank (factor) or row by row (:class:`MovingRows`)."""
     calls: list[tuple] = []
     for s, tv, yv in views:
         if s.rows is not None:
@@ -399,71 +433,6 @@ class _Active:
         if self.index is not None:
             self.z_all[self.index] = self.z
         return self.z_all
-
-
-_ROWS_COST = 0.08  # a layer's products go row by row once that takes this fraction of the dense multiply-adds
-_ROWS_BYTES = 128 << 20  # ... and its rows' blocks of G take at most this much
-_ROWS_MIN_MACS = 1 << 18  # smaller layers stay dense (a few more numpy calls cost more than they save)
-_ROWS_REBUILD = 0.8  # the blocks are gathered again once the moving weights drop below this fraction
-
-
-class _Rows:
-    """A layer's reconstruction gradient on its moving weights alone, row by row.
-
-    The gradient the Adam step reads at a moving weight (r, j) (row r = an output channel of a
-    group) is y[r, j] = sum_k tc[r, k] G2[k, j] (times s_r^2 per channel). The frozen weights'
-    tc never change (:class:`_Active`), so their share is a constant, computed once; the moving
-    ones' is tc[r, M_r] G2[M_r, M_r] over the row's moving columns M_r. Per row that is a
-    |M_r| x |M_r| block of G2 (gathered, zero-padded to the longest row): sum_r |M_r|^2 instead
-    of m d^2 multiply-adds an iteration. Measured on the ResNet sample's 64 x 576 layer: 35% of
-    the weights move after 4,000 of 15,000 iterations, 10% after 9,000 (the rows' longest then
-    0.5 d and 0.15 d), so the rows cost about a fifth of the dense products over the whole run.
-    The same sums in another order: float32 rounding differs from the dense product's.
-    """
-
-    def __init__(self, slot: _Slot, tc: np.ndarray, moving: np.ndarray, width: int):
-        g, m, d = tc.shape
-        flags = moving.reshape(g * m, d)
-        counts = flags.sum(axis=1)
-        valid = np.arange(width) < counts[:, None]  # [rows, width]
-        cols = np.zeros(valid.shape, np.intp)
-        cols[valid] = np.nonzero(flags)[1]  # row-major: each row's moving columns in order
-        group = (np.arange(g * m) // m)[:, None, None]
-        block = slot.gram[group, cols[:, :, None], cols[:, None, :]]
-        block *= valid[:, :, None] & valid[:, None, :]
-        frozen = np.where(moving, np.float32(0), tc) @ slot.gram  # the frozen weights' share
-        if slot.row_scale is not None:
-            block *= np.broadcast_to(slot.row_scale, (g, m, 1)).reshape(-1, 1, 1)
-            frozen *= slot.row_scale
-        self.block = block
-        self.count = int(counts.sum())
-        self.index = slot.start + np.flatnonzero(moving)  # into the flat tc / y
-        self.pos = np.flatnonzero(valid)  # the moving weights' places in the padded rows
-        self.base = frozen[moving].astype(np.float32)
-        self.pad = np.zeros((g * m, 1, width), np.float32)
-        self.out = np.empty_like(self.pad)
-        self.y = np.empty(self.count, np.float32)
-
-    @staticmethod
-    def update(slot: _Slot, tc: np.ndarray, moving: np.ndarray) -> None:
-        """Gather the rows' blocks where that pays (first time or after enough weights froze)."""
-        count = int(np.count_nonzero(moving))
-        if slot.gram is None or slot.rows is not None and count >= _ROWS_REBUILD * slot.rows.count:
-            return  # (no G: the layer's products are its factor's, already O(m d r))
-        g, m, d = tc.shape
-        dense = g * m * d * d
-        width = int(moving.reshape(g * m, d).sum(axis=1).max(initial=0))
-        if dense >= _ROWS_MIN_MACS and g * m * width * width <= _ROWS_COST * dense \
-                and 4 * g * m * width * width <= _ROWS_BYTES:
-            slot.rows = _Rows(slot, tc, moving, max(width, 1))
-
-    def product(self, tc: np.ndarray, y: np.ndarray) -> None:
-        """y at the moving weights (the others' y is left as it was: their step is zero)."""
-        self.pad.reshape(-1)[self.pos] = tc[self.index]
-        np.matmul(self.pad, self.block, out=self.out)
-        self.out.reshape(-1).take(self.pos, None, self.y)
-        self.y += self.base
-        y[self.index] = self.y
 
 
 def _result(p: LayerProblem, k: np.ndarray) -> LayerRounding:
