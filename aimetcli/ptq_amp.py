@@ -6,7 +6,8 @@ It runs before AdaRound, which freezes each weight on its grid (a W4-rounded wei
 nothing from an 8-bit grid) and learns each layer's rounding with the layers before it at their
 own bitwidths, and before bias correction, whose correction depends on each layer's bitwidth:
 both then work on the mixed-precision sim. The search measures without them, so their gains
-come on top of a budget already met. Searching after AdaRound instead (the rounded weights at the
+come on top of a budget already met: a later stage that takes the model under the budget on
+the budget's data is not kept (:func:`budget_veto`). Searching after AdaRound instead (the rounded weights at the
 base bitwidth, the weights before it elsewhere) was measured and dropped: docs/design.md.
 """
 
@@ -75,5 +76,26 @@ def amp_stage(flow, current, best, opts: QuantOptions, amp: AmpOptions):
     flow.note(f"mixed precision ({result.budget})", True,
               f"{result.counts()}; the search's pick scored {'' if met else 'not '}within the budget")
     flow.row("+ mixed precision", t, sim, describe(result), None)
-    flow.mixed = result
+    flow.mixed, flow.budget_judge = result, judge
     return sim, mixed
+
+
+def budget_veto(result, judge, incumbent, candidate) -> str:
+    """Why a stage after the search is not kept whatever its gain on the calibration samples, or
+    "": with it the model misses the budget ``result`` (an AmpResult) on the budget's data, scored
+    by ``judge``, and scores there no better than ``incumbent`` (the model without it). A gain on
+    the held-out calibration samples can be a loss there: bias correction on PP-OCRv5's detector
+    (session 16) cleared its margin by +1.29 dB on them and took the evaluation SQNR from 14.53 to
+    14.29 dB, under the budget of 14.53 the search had met."""
+    def value(sim):
+        score = judge.score(sim)
+        return score.top1 if result.metric == "top1" else score.sqnr_db
+
+    after = value(candidate)
+    if after is None or after >= result.target - 1e-9:
+        return ""
+    before = value(incumbent)
+    if before is not None and after > before:
+        return ""  # under the budget, but closer to it than without
+    unit = "%" if result.metric == "top1" else " dB"
+    return f"vetoed: {after:.2f}{unit} with it, under the mixed-precision budget's {result.target:.2f}{unit}"

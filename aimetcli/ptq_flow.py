@@ -98,7 +98,8 @@ class _Flow:
         self.decisions: list[Decision] = []
         self.warnings: list[str] = []
         self.names: dict[int, str] = {}  # id(sim) -> the row that built it
-        self.mixed: Any = None  # ptq_amp.amp_stage's result
+        self.mixed: Any = None  # ptq_amp.amp_stage's result, and the judge of its budget
+        self.budget_judge: Judge | None = None
         self.start("FP32 reference outputs")
         t = time.perf_counter()
         # every sim is calibrated on all the samples: all of them judge, but bias correction, which
@@ -163,6 +164,10 @@ class _Flow:
         verdict = fn(self.fp32, incumbent.model, candidate.model, judge.data, batch_size=self.batch_size,
                      sqnr=judge.sqnr, margin_db=judge.margin(before, after), on=self.samples_label(held_out))
         veto = judge.veto(before, after) if verdict.kept else ""
+        if verdict.kept and not veto and self.mixed is not None:
+            from aimetcli.ptq_amp import budget_veto
+
+            veto = budget_veto(self.mixed, self.budget_judge, incumbent.model, candidate.model)
         return dataclasses.replace(verdict, kept=False, veto=veto) if veto else verdict
 
     def samples_label(self, held_out: bool) -> str:

@@ -371,3 +371,66 @@ def test_pareto_png_of_an_activation_only_search_plots_the_share_of_wide_activat
     labels.clear()
     points[1].weight_bytes = 80.0
     assert pareto_png(result) is not None and labels[1].startswith("weight size")
+
+
+def test_budget_veto_drops_a_later_stage_that_takes_the_model_under_the_budget():
+    """The rule alone: a stage after the search is vetoed when, with it, the budget's metric is
+    under the target and no better than without it; met, or under it but closer, it stands."""
+    from types import SimpleNamespace
+
+    from aimetcli.ptq_amp import budget_veto
+
+    scores = {}
+    judge = SimpleNamespace(score=lambda sim: SimpleNamespace(sqnr_db=scores[sim], top1=None))
+    budget = SimpleNamespace(metric="sqnr_db", target=14.53)
+    scores.update(without=14.54, under=14.29, met=14.60, closer=14.40, worse=14.10)
+    assert "under the mixed-precision budget's 14.53 dB" in budget_veto(budget, judge, "without", "under")
+    assert budget_veto(budget, judge, "without", "met") == ""
+    scores["without"] = 14.20  # the search's pick itself rebuilt under the budget
+    assert budget_veto(budget, judge, "without", "closer") == ""
+    assert budget_veto(budget, judge, "without", "worse").startswith("vetoed")
+
+
+def test_ptq_drops_bias_correction_that_breaks_the_budget_on_the_eval_data(tmp_path, monkeypatch):
+    """Bias correction is kept on the held-out calibration samples (forced here), but on the
+    budget's data (--eval) its sim scores under the --min-sqnr budget the search met (the budget's
+    judge made to score every sim but the search's pick 100 dB lower): ptq drops it, says why,
+    and exports the search's pick. Without that penalty the same flow keeps it."""
+    import aimetcli.ptq_amp as ptq_amp
+    import aimetcli.ptq_flow as ptq_flow
+    from aimetcli.ptq_judge import KeepVerdict
+
+    src = _files(tmp_path)
+    np.savez(tmp_path / "e.npz", x=rand(40, 2, 6, 6))
+    monkeypatch.setattr(ptq_flow, "bias_correction_verdict",
+                        lambda *a, **k: KeepVerdict(True, 10.0, 20.0, k.get("margin_db", 0.0)))
+    real_stage = ptq_amp.amp_stage
+
+    def run(penalty: float):
+        def stage(flow, *args):
+            sim, mixed = real_stage(flow, *args)
+            judge, pick = flow.budget_judge, sim.model
+
+            def score(model):
+                got = judge.score(model)
+                return got if model is pick else type(got)(got.sim, got.sqnr_db - penalty, got.top1, got.noise)
+
+            flow.budget_judge = type("Penalised", (), {"score": staticmethod(score)})()
+            return sim, mixed
+
+        monkeypatch.setattr(ptq_amp, "amp_stage", stage)
+        out = tmp_path / f"out{penalty:g}"
+        r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(out), "--data", str(tmp_path / "d.npz"), "--eval",
+                                      str(tmp_path / "e.npz"), "--min-sqnr", "5", "--no-equalize", "--no-adaround",
+                                      "--quant-scheme", "min-max", "--per-tensor", "--param-bw", "4", "--json"])
+        assert r.exit_code == 0, r.output
+        doc = json.loads(r.stdout)
+        ptq = doc["ptq"] if "ptq" in doc else doc
+        return next(d for d in ptq["decisions"] if d["choice"] == "bias correction"), ptq
+
+    kept, _ = run(0.0)
+    assert kept["kept"] is True
+    dropped, ptq = run(100.0)
+    assert dropped["kept"] is False and "under the mixed-precision budget's 5.00 dB" in dropped["reason"]
+    exported = next(s for s in ptq["stages"] if s["name"] == "sim.onnx")
+    assert "+ mixed precision" in exported["note"]
