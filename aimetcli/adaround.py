@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from aimetcli import big_tensors
 from aimetcli import graph as g
 from aimetcli.adaround_moments import (Cut, Target, collect_moments, cut_names, moments_graph, row_positions,
                                        weight_from_matrix)
@@ -91,6 +92,8 @@ MOMENT_BYTES = 1 << 30
 # A cut's tensors (both models, all the data) are kept for the next passes up to this many bytes;
 # a pass whose cut is bigger starts the next one from the last cut kept (:func:`cuts`).
 CUT_BYTES = 256 << 20
+# models with more weight bytes than this collect each pass's garbage (:func:`measured_chunks`)
+COLLECT_BYTES = 64 << 20
 
 
 def moment_bytes(layer: Layer, shape: tuple[int, ...], samples: int) -> tuple[int, str]:
@@ -190,6 +193,11 @@ def measured_chunks(model: ir.Model, chunks: list[list[Target]], quantized: Call
     from aimetcli.quantsim.calibrate import calibration_weights
 
     fp32 = calibration_weights(model, {})
+    # an onnx-ir model is a web of reference cycles (graph, nodes, values): each pass's quantized
+    # copy of the weights stays until Python's cyclic collector runs, which numpy's few large
+    # allocations hardly trigger (the 2.25 GiB chain: 23 GB and killed), so a big model's passes
+    # collect it (a collection costs ~35 ms on the MobileNetV2 sample: not for small models)
+    collect = big_tensors.tensor_bytes(model) > COLLECT_BYTES
     readers = {name: {id(use.node) for use in v.uses()} for name, v in model.graph.initializers.items()}
     resume: Cut | None = None
     for chunk, (cut, behind) in zip(chunks, cuts(model, chunks)):
@@ -203,10 +211,8 @@ def measured_chunks(model: ir.Model, chunks: list[list[Target]], quantized: Call
                 fp32.graph.initializers[name].const_value = model.graph.initializers[name].const_value
                 del readers[name]
         del q, joint
-        # an onnx-ir model is a web of reference cycles (graph, nodes, values): without a collection
-        # here each pass's quantized copy of every weight stays until Python's cyclic collector runs,
-        # which numpy's few large allocations hardly trigger (the 2.25 GiB chain: 23 GB and killed)
-        gc.collect()
+        if collect:
+            gc.collect()
         yield chunk
 
 
