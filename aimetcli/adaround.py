@@ -268,23 +268,33 @@ def adaround(model: ir.Model, dataset, options, *, batch_size: int = 32,
                                  if quantized_inputs else (lambda: None), dataset, run_size, progress):
         t1 = time.perf_counter()
         result.moments_seconds += t1 - t0
-        rounded = ar.optimize([t.problem for t in chunk], params, iterations=iterations)
-        seconds = time.perf_counter() - t1
-        result.optimize_seconds += seconds
-        total = sum(t.problem.w.size for t in chunk)
-        for t, r in zip(chunk, rounded):
-            w = t.layer.weight_array()
-            # float32(k) * scale: what DequantizeLinear gives for the integer k + zero point
-            wq = r.k.astype(np.float32) * t.enc.scale.reshape(t.problem.scale.shape)
-            g.set_constant(t.layer.weight, weight_from_matrix(t.layer, wq, w.shape))
-            row = LayerResult(t.layer.name, t.weight, list(w.shape), r.loss_nearest, r.loss_adaround,
-                              r.changed / max(w.size, 1), iterations, seconds * w.size / max(total, 1))
-            result.layers.append(row)
-            t.problem = None  # the moments are no longer needed
-            if on_layer is not None:
-                on_layer(row)
+        _round_chunk(chunk, params, iterations, result, on_layer)
+        result.optimize_seconds += time.perf_counter() - t1
         result.passes += 1
         t0 = time.perf_counter()
     record_frozen(model, {t.weight: t.enc for t in targets}, result.options)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _round_chunk(chunk: list[Target], params: ar.AdaroundParams, iterations: int, result: AdaroundResult,
+                 on_layer) -> None:
+    """Optimise a chunk's roundings and write its weights back (a function of its own: the
+    rounded integers and the replaced weights are let go before the next pass, not held by the
+    caller's loop through it: two copies of a layer on the 2.25 GiB chain)."""
+    t1 = time.perf_counter()
+    rounded = ar.optimize([t.problem for t in chunk], params, iterations=iterations)
+    seconds = time.perf_counter() - t1
+    total = sum(t.problem.w.size for t in chunk)
+    for t, r in zip(chunk, rounded):
+        shape = tuple(int(n) for n in t.layer.weight.const_value.shape)  # the weight's, not held
+        size = int(np.prod(shape))
+        # float32(k) * scale: what DequantizeLinear gives for the integer k + zero point
+        wq = r.k.astype(np.float32) * t.enc.scale.reshape(t.problem.scale.shape)
+        g.set_constant(t.layer.weight, weight_from_matrix(t.layer, wq, shape))
+        row = LayerResult(t.layer.name, t.weight, list(shape), r.loss_nearest, r.loss_adaround,
+                          r.changed / max(size, 1), iterations, seconds * size / max(total, 1))
+        result.layers.append(row)
+        t.problem = None  # the moments are no longer needed
+        if on_layer is not None:
+            on_layer(row)

@@ -455,6 +455,21 @@ def test_a_pass_frees_its_quantized_copy_before_the_next_pass_makes_one(monkeypa
     assert len(made) == 3  # one pass a layer
 
 
+def test_a_pass_fake_quantizes_only_the_weights_its_graph_reads(monkeypatch):
+    """The quantized copy a pass builds computes a weight when its pruned graph reads it: the
+    Conv and depthwise weights upstream of later layers, never the Gemm's (the last layer: no
+    pass reads its output). Merging the copy into the pass graph compared every weight with the
+    FP32 one and so computed them all (2 GB on the 2.25 GiB chain)."""
+    import aimetcli.quantsim.calibrate as calibrate
+
+    computed, real = [], calibrate.fake_quantize_finite
+    monkeypatch.setattr(calibrate, "fake_quantize_finite", lambda arr, enc: computed.append(arr.shape) or real(arr, enc))
+    model = to_ir(_net())
+    api.adaround(model, open_data("random:12", input_specs(model)), QuantOptions(param_bw=4),
+                 params=ar.AdaroundParams(iterations=20))
+    assert (10, 8 * 16) not in computed and (8, 3, 3, 3) in computed, computed
+
+
 def test_a_low_rank_gram_is_used_as_its_factor_and_rounds_as_the_dense_product():
     """A Gemm with fewer positions (30) than inputs (96): G's rank is 30, the iteration multiplies by
     its factor B B^T, and the roundings equal those of the dense product."""
