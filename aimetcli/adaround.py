@@ -266,10 +266,8 @@ def adaround(model: ir.Model, dataset, options, *, batch_size: int = 32,
     t0 = time.perf_counter()
     for chunk in measured_chunks(model, chunks, (lambda: calibration_weights(model, encodings))
                                  if quantized_inputs else (lambda: None), dataset, run_size, progress):
-        t1 = time.perf_counter()
-        result.moments_seconds += t1 - t0
+        result.moments_seconds += time.perf_counter() - t0
         _round_chunk(chunk, params, iterations, result, on_layer)
-        result.optimize_seconds += time.perf_counter() - t1
         result.passes += 1
         t0 = time.perf_counter()
     record_frozen(model, {t.weight: t.enc for t in targets}, result.options)
@@ -285,6 +283,7 @@ def _round_chunk(chunk: list[Target], params: ar.AdaroundParams, iterations: int
     t1 = time.perf_counter()
     rounded = ar.optimize([t.problem for t in chunk], params, iterations=iterations)
     seconds = time.perf_counter() - t1
+    result.optimize_seconds += seconds
     total = sum(t.problem.w.size for t in chunk)
     for t, r in zip(chunk, rounded):
         shape = tuple(int(n) for n in t.layer.weight.const_value.shape)  # the weight's, not held

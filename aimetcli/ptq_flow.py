@@ -98,8 +98,8 @@ class _Flow:
         self.decisions: list[Decision] = []
         self.warnings: list[str] = []
         self.names: dict[int, str] = {}  # id(sim) -> the row that built it
-        self.mixed: Any = None  # ptq_amp.amp_stage's result, and the judge of its budget
-        self.budget_judge: Judge | None = None
+        self.mixed: Any = None  # ptq_amp.amp_stage's result
+        self.budget_judge: Judge | None = None  # the judge its budget is measured by
         self.start("FP32 reference outputs")
         t = time.perf_counter()
         # every sim is calibrated on all the samples: all of them judge, but bias correction, which

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import statistics
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -47,7 +48,10 @@ def measure(rounds: int) -> dict[str, list[float]]:
 
 def main() -> None:
     rounds = max(repeats(ROUNDS), 1)
-    times = measure(rounds)
+    try:
+        times = measure(rounds)
+    finally:
+        shutil.rmtree(FOLD_OUT.parent, ignore_errors=True)
     med = {name: statistics.median(ts) for name, ts in times.items()}
     baseline = med['python -c "import click, rich" (baseline)']
     rows = [[name, fmt_s(med[name]), fmt_s(min(times[name])), fmt_s(max(times[name])), f"{med[name] / baseline:.2f}x"]

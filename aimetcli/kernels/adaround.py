@@ -134,19 +134,20 @@ BLOCK_WEIGHTS = 1 << 22
 PARALLEL_WEIGHTS = 1 << 17
 
 
-class _Shared(dict):
+class _Shared:
     """G2 in float32 and its factor by the moments they come from: a layer's row blocks share them
     (:func:`optimize`'s threads too: made once, under a lock)."""
 
     def __init__(self):
-        super().__init__()
-        self.lock = threading.Lock()
+        self._made: dict = {}
+        self._lock = threading.Lock()
 
-    def get(self, key, make):  # type: ignore[override]
-        with self.lock:
-            if key not in self:
-                self[key] = make()
-            return self[key]
+    def get(self, key, make):
+        """The value made for ``key``, ``make()`` the first time."""
+        with self._lock:
+            if key not in self._made:
+                self._made[key] = make()
+            return self._made[key]
 
 
 def _gram(p: LayerProblem, coef: float):
