@@ -316,6 +316,14 @@ def deployable(model: ir.Model, acts: dict[str, Encoding], params: dict[str, Enc
     return qdq
 
 
+def deployable_of_sim(sim: ir.Model, *, unsigned_weights: bool = True) -> ir.Model:
+    """The model_qdq.onnx :func:`export` writes for the quantsim model ``sim`` (left as it is), in
+    memory: what onnxruntime deploys, to be scored with its optimizations (ptq's budget check)."""
+    model = as_model(sim, copy=True)
+    acts, params = split(_source(model, None).encodings)
+    return deployable(model, acts, fill_axes(model, params), unsigned_weights=unsigned_weights)
+
+
 def _weights_to_uint8(model: ir.Model) -> None:
     """int8 weights with zero point 0 -> uint8 with zero point 128: same grid, no u8s8 saturation."""
     for node in model.graph:

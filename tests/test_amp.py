@@ -373,15 +373,17 @@ def test_pareto_png_of_an_activation_only_search_plots_the_share_of_wide_activat
     assert pareto_png(result) is not None and labels[1].startswith("weight size")
 
 
-def test_budget_veto_drops_a_later_stage_that_takes_the_model_under_the_budget():
+def test_budget_veto_drops_a_later_stage_that_takes_the_model_under_the_budget(monkeypatch):
     """The rule alone: a stage after the search is vetoed when, with it, the budget's metric is
     under the target and no better than without it; met, or under it but closer, it stands."""
     from types import SimpleNamespace
 
+    import aimetcli.ptq_amp as ptq_amp
     from aimetcli.ptq_amp import budget_veto
 
     scores = {}
-    judge = SimpleNamespace(score=lambda sim: SimpleNamespace(sqnr_db=scores[sim], top1=None))
+    judge = object()
+    monkeypatch.setattr(ptq_amp, "deployed_value", lambda j, metric, sim: scores[sim] if j is judge else None)
     budget = SimpleNamespace(metric="sqnr_db", target=14.53)
     scores.update(without=14.54, under=14.29, met=14.60, closer=14.40, worse=14.10)
     assert "under the mixed-precision budget's 14.53 dB" in budget_veto(budget, judge, "without", "under")
@@ -393,9 +395,9 @@ def test_budget_veto_drops_a_later_stage_that_takes_the_model_under_the_budget()
 
 def test_ptq_drops_bias_correction_that_breaks_the_budget_on_the_eval_data(tmp_path, monkeypatch):
     """Bias correction is kept on the held-out calibration samples (forced here), but on the
-    budget's data (--eval) its sim scores under the --min-sqnr budget the search met (the budget's
-    judge made to score every sim but the search's pick 100 dB lower): ptq drops it, says why,
-    and exports the search's pick. Without that penalty the same flow keeps it."""
+    budget's data (--eval) its deployable model scores under the --min-sqnr budget the search met
+    (every sim's but the search's pick made to score 100 dB lower): ptq drops it, says why, and
+    exports the search's pick. Without that penalty the same flow keeps it."""
     import aimetcli.ptq_amp as ptq_amp
     import aimetcli.ptq_flow as ptq_flow
     from aimetcli.ptq_judge import KeepVerdict
@@ -404,21 +406,22 @@ def test_ptq_drops_bias_correction_that_breaks_the_budget_on_the_eval_data(tmp_p
     np.savez(tmp_path / "e.npz", x=rand(40, 2, 6, 6))
     monkeypatch.setattr(ptq_flow, "bias_correction_verdict",
                         lambda *a, **k: KeepVerdict(True, 10.0, 20.0, k.get("margin_db", 0.0)))
-    real_stage = ptq_amp.amp_stage
+    real_stage, real_value = ptq_amp.amp_stage, ptq_amp.deployed_value
 
     def run(penalty: float):
+        pick: list = []
+
         def stage(flow, *args):
             sim, mixed = real_stage(flow, *args)
-            judge, pick = flow.budget_judge, sim.model
-
-            def score(model):
-                got = judge.score(model)
-                return got if model is pick else type(got)(got.sim, got.sqnr_db - penalty, got.top1, got.noise)
-
-            flow.budget_judge = type("Penalised", (), {"score": staticmethod(score)})()
+            pick.append(sim.model)
             return sim, mixed
 
+        def value(judge, metric, sim):
+            got = real_value(judge, metric, sim)
+            return got if not pick or sim is pick[0] else got - penalty
+
         monkeypatch.setattr(ptq_amp, "amp_stage", stage)
+        monkeypatch.setattr(ptq_amp, "deployed_value", value)
         out = tmp_path / f"out{penalty:g}"
         r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(out), "--data", str(tmp_path / "d.npz"), "--eval",
                                       str(tmp_path / "e.npz"), "--min-sqnr", "5", "--no-equalize", "--no-adaround",
@@ -434,3 +437,66 @@ def test_ptq_drops_bias_correction_that_breaks_the_budget_on_the_eval_data(tmp_p
     assert dropped["kept"] is False and "under the mixed-precision budget's 5.00 dB" in dropped["reason"]
     exported = next(s for s in ptq["stages"] if s["name"] == "sim.onnx")
     assert "+ mixed precision" in exported["note"]
+
+
+def test_step_back_finds_the_last_that_meets_from_the_end():
+    """step_back against a scan from the end: the last index that meets, -1 when none does; a
+    pick that meets costs one call, one a few steps past the last that meets a few calls."""
+    from aimetcli.steps.amp import step_back
+
+    for count in (1, 2, 3, 7, 64, 257):
+        for last in range(-1, count):
+            calls = []
+
+            def meets(k):
+                calls.append(k)
+                return k <= last
+
+            assert step_back(count, meets) == last, (count, last)
+            assert len(set(calls)) == len(calls), "no index asked twice"
+            if last == count - 1:
+                assert calls == [count - 1]
+            elif last >= 0:
+                back = count - 1 - last
+                assert len(calls) <= 2 * int(np.ceil(np.log2(back + 1))) + 1, (count, last, calls)
+    assert step_back(0, lambda k: True) == -1
+
+
+def test_mixed_precision_steps_back_when_the_pick_misses_deployed(tmp_path):
+    """The search's pick meets the budget as a sim, but its deployable model (here a callback that
+    lets only configurations with at least ``need`` wide rules meet) misses it: the search steps
+    back along the configurations it went through, to the cheapest that meets deployed, records
+    each check in the Pareto points and says so in its note. With every configuration meeting
+    deployed, the pick stands and is checked once."""
+    from aimetcli.options import AmpOptions, QuantOptions
+    from aimetcli.ptq_judge import Judge
+    from aimetcli.steps.amp import mixed_precision
+    from aimetcli.model_ops import as_model
+    from aimetcli.calibration.data import as_dataset
+
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(5).standard_normal((24, 2, 6, 6)).astype(np.float32))
+    model = as_model(_classifier(True))
+    data = as_dataset(str(tmp_path / "d.npz"), model)
+    judge = Judge(model, data, 24)
+    opts = QuantOptions(per_channel=False)
+    amp = AmpOptions(min_sqnr=42.0, candidates=())
+    seen = []
+
+    def anything(bits, exclude):
+        seen.append(len(bits) + len(exclude))
+        return 100.0
+
+    free = mixed_precision(model, data, judge, opts, amp, deployed=anything)
+    picked = next(p for p in free.pareto if p.chosen)
+    assert len(seen) == 1 and picked.deployed == 100.0 and "stepped back" not in free.note
+    need = seen[0] + 2  # two wide rules more than the pick has
+
+    def strict(bits, exclude):
+        return 100.0 if len(bits) + len(exclude) >= need else 0.0
+
+    held = mixed_precision(model, data, judge, opts, amp, deployed=strict)
+    chosen = next(p for p in held.pareto if p.chosen)
+    assert chosen.deployed == 100.0 and "stepped back" in held.note
+    assert len(held.bits) + len(held.exclude) >= need
+    assert any(p.deployed == 0.0 for p in held.pareto), "the pick was checked and missed"
+    assert held.relative_bitops >= free.relative_bitops

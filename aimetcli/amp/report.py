@@ -15,8 +15,12 @@ def _f(value, fmt: str) -> str:
 def pareto_rows(result) -> tuple[list[str], list[list[str]], str]:
     """(headers, rows, caption) of ``result``'s Pareto curve (steps.amp.AmpResult): the points
     scored, with the all-highest start, the chosen point and the end of the walk always shown."""
-    shown = [p for p in result.pareto if p.meets is not None or p.chosen or p.step in (0, len(result.pareto) - 1)]
+    shown = [p for p in result.pareto if p.meets is not None or p.deployed is not None or p.chosen
+             or p.step in (0, len(result.pareto) - 1)]
+    checked = any(p.deployed is not None for p in result.pareto)
+    unit = "top-1" if result.metric == "top1" else "SQNR dB"
     headers = ["step", "moved", "to", "bit-ops", "weights kB", "top-1", "SQNR dB", "budget"]
+    headers[-1:-1] = [f"deployed {unit}"] if checked else []
     rows = []
     for p in shown:
         budget = {True: "met", False: "missed", None: "-"}[p.meets]
@@ -25,7 +29,7 @@ def pareto_rows(result) -> tuple[list[str], list[list[str]], str]:
         budget += " <- chosen" if p.chosen else ""
         rows.append([str(p.step), p.group or "(start: every group at its highest)", p.candidate or "-",
                      f"{p.relative_bitops:.3f}", f"{p.weight_bytes / 1e3:.1f}", _f(p.top1, ".2f"), _f(p.sqnr_db, ".1f"),
-                     budget])
+                     *([_f(p.deployed, ".2f")] if checked else []), budget])
     final = ""
     if result.final_top1 is not None or result.final_sqnr_db is not None:
         final = (f" The chosen configuration as a plain sim (grids recalibrated): top-1 {_f(result.final_top1, '.2f')}, "
@@ -37,6 +41,8 @@ def pareto_rows(result) -> tuple[list[str], list[list[str]], str]:
                f"Target {result.target:.2f}{'%' if result.metric == 'top1' else ' dB'}; {len(result.pareto)} steps, "
                f"{len(shown)} scored or shown; {result.runs} runs of the switchable sim (phase 1 on "
                f"{result.phase1_samples} samples)." + final
+               + (" deployed: the budget's metric of model_qdq.onnx under onnxruntime's optimizations (its integer "
+                  "kernels), where the pick was checked." if checked else "")
                + (f" {result.note}." if result.note else ""))
     return headers, rows, caption
 

@@ -30,7 +30,7 @@ import dataclasses
 import glob
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnx_ir as ir
@@ -62,6 +62,8 @@ class ParetoPoint:
     top1: float | None = None
     sqnr_db: float | None = None
     meets: bool | None = None  # None: not scored
+    # the budget's metric of the deployable model (onnxruntime's integer kernels), where checked
+    deployed: float | None = None
     chosen: bool = False
     refined: bool = False  # tried after the walk, from the walk's chosen point (kernels/amp_search.refine)
 
@@ -207,12 +209,17 @@ def _available(groups, weights, acts) -> None:
 
 def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: AmpOptions,
                     run: RunOptions | None = None, *, reference_top1: float | None = None,
-                    on_start=None, judged_on: str = "evaluation") -> AmpResult:
+                    on_start=None, judged_on: str = "evaluation",
+                    deployed: Callable[[tuple, tuple], float | None] | None = None) -> AmpResult:
     """The module docstring's search on ``model`` (an FP32 model; left as it is) with the base
     ``options``; grids calibrated on ``calib``; the budget measured by ``judge`` (ptq_judge.Judge
     of the evaluation data with labels for ``amp.max_drop``; for ``amp.min_sqnr`` of the
     evaluation data, or of the calibration data without it: ``judged_on`` names which). Raises
-    when even the all-highest configuration misses the budget."""
+    when even the all-highest configuration misses the budget.
+
+    ``deployed(bits, exclude)``: the budget's metric of the deployable model of a configuration
+    (given as :func:`rules`). The search's pick is checked with it, and where it misses the budget
+    the search steps back along the configurations it went through (:func:`step_back`)."""
     from aimetcli.amp.groups import bits_of, cost, count_macs, find_groups
     from aimetcli.amp.switch import build_switchable
     from aimetcli.quantsim.insert import WIDE_OPSET
@@ -302,6 +309,7 @@ def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: A
         points = [(highest, None), (lowest, None)]
         walked = len(points)  # points of the walk; any after them were tried by refine
         chosen = 1
+        path = [0, 1]
         note = "The base bitwidths everywhere meet the budget: no search needed"
         times["phase1"] = 0.0
     else:
@@ -326,13 +334,36 @@ def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: A
         met = [i for i, (c, _) in enumerate(points) if tuple(c) in scores and meets(c)]
         chosen = max([chosen, *met])
         walked = len(points)
+        path = list(range(chosen + 1))
         if chosen >= 0:
             started(f"phase 2: trying the {len(points) - 1 - chosen} steps after the walk's choice one at a time")
             moves = least_loss_first([e for _, e in points[chosen + 1:] if e])
             for trial, move, kept in refine(points[chosen][0], moves, meets):
                 points.append((trial, move))
                 chosen = len(points) - 1 if kept else chosen
+                path += [chosen] if kept else []
     times["phase2"] = time.perf_counter() - t
+    checked: dict[int, float | None] = {}
+    stepped = ""
+    if deployed is not None and chosen >= 0:
+        t = time.perf_counter()
+        started("checking the pick as deployed (onnxruntime's integer kernels)")
+
+        def deploy_meets(k: int) -> bool:
+            i = path[k]
+            if i not in checked:
+                checked[i] = deployed(*rules(groups, points[i][0]))
+            v = checked[i]
+            return v is not None and v >= target - 1e-9
+
+        k = step_back(len(path), deploy_meets)
+        if k != len(path) - 1:
+            back = len(path) - 1 - max(k, 0)
+            stepped = (f"The search's pick, deployed, missed the budget: stepped back {back} of its "
+                       f"{len(path) - 1} moves" + ("" if k >= 0 else ", to every group at its highest candidate, "
+                                                   "which misses it deployed too"))
+        chosen = path[max(k, 0)]
+        times["deploy"] = time.perf_counter() - t
 
     pareto = []
     for i, (config, entry) in enumerate(points):
@@ -343,14 +374,45 @@ def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: A
         if tuple(config) in scores:
             p.top1, p.sqnr_db = scores[tuple(config)]
             p.meets = meets(config)
+        p.deployed = checked.get(i)
         p.chosen = i == chosen
         p.refined = i >= walked
         pareto.append(p)
     if note:
         pareto[0].candidate, pareto[1].candidate = "all highest", "all base"
     config = points[chosen][0]
+    note = ". ".join(n for n in (note, stepped) if n)
     return _result(amp.describe(judged_on), metric, target, reference_top1, candidates, groups, layers, config,
                    pareto, chosen, sensitivity, scorer.runs + ranker.runs, times, note, ranker.samples)
+
+
+def step_back(count: int, meets: Callable[[int], bool]) -> int:
+    """The last ``k`` in ``[0, count)`` with ``meets(k)``, looked for from the end: ``count - 1``
+    first, then 2, 4, 8, ... steps back until one meets, then by bisection between the last
+    that missed and the first that met (``meets`` assumed true up to some point and false after
+    it); -1 when none meets. A pick that meets costs one call; one that is k steps past the last
+    that meets, about 2 log2(k). (The search's moves change the output by hundredths of a dB:
+    the sim and the deployed model differ by a few of them, PP-OCRv5's detector by 0.15 dB.)"""
+    if count == 0:
+        return -1
+    missed, step = count - 1, 1
+    if meets(missed):
+        return missed
+    while True:
+        if missed == 0:
+            return -1
+        k = max(missed - step, 0)
+        if meets(k):
+            break
+        missed, step = k, step * 2
+    met = k  # meets(met), not meets(missed), met < missed
+    while missed - met > 1:
+        mid = (met + missed) // 2
+        if meets(mid):
+            met = mid
+        else:
+            missed = mid
+    return met
 
 
 def wide_share(groups, config: list[int]) -> float:
@@ -371,13 +433,27 @@ def _result(budget: str, metric: str, target: float, reference_top1, candidates,
     wbits = {g.weight: g.candidates[i].param_bw for g, i in zip(groups, config) if g.weight is not None}
     total = sum(la.weight_elements for la in layers)
     at_low = sum(la.weight_elements for la in layers if low is not None and wbits.get(la.weight) == low)
-    bits: list[BitsRule] = []
-    exclude: list[str] = []
     results = []
     for grp, i, sens in zip(groups, config, sensitivity):
-        c, b = grp.candidates[i], grp.candidates[0]
+        c = grp.candidates[i]
         results.append(GroupResult(grp.name, grp.kind, grp.weight, grp.activation, c.label(),
                                    c.param_bw if grp.weight else None, c.act_bw if grp.activation else None, sens))
+    bits, exclude = rules(groups, config)
+    point = pareto[chosen]
+    return AmpResult(budget, metric, target, reference_top1, [c.label() for c in candidates], results,
+                     pareto, chosen, point.top1, point.sqnr_db, final.relative_bitops, final.weight_bytes,
+                     base.relative_bitops, base.weight_bytes, at_low / total if total else 0.0,
+                     point.wide_activation_share,
+                     [f"--bits {r.pattern}={r.spec()}" for r in bits] + [f"--exclude {p}" for p in exclude], runs,
+                     times, tuple(bits), tuple(exclude), note, phase1_samples=phase1_samples)
+
+
+def rules(groups, config: list[int]) -> tuple[tuple[BitsRule, ...], tuple[str, ...]]:
+    """The ``--bits`` rules and ``--exclude`` patterns that give ``config`` over the base options."""
+    bits: list[BitsRule] = []
+    exclude: list[str] = []
+    for grp, i in zip(groups, config):
+        c, b = grp.candidates[i], grp.candidates[0]
         for tensor, want, base_bw, kind in ((grp.weight, c.param_bw, b.param_bw, "w"),
                                             (grp.activation, c.act_bw, b.act_bw, "a")):
             if tensor is None:
@@ -387,13 +463,7 @@ def _result(budget: str, metric: str, target: float, reference_top1, candidates,
                 exclude.append(pattern)
             elif want is not None and want != base_bw:
                 bits.append(BitsRule(pattern, want if kind == "w" else None, want if kind == "a" else None))
-    point = pareto[chosen]
-    return AmpResult(budget, metric, target, reference_top1, [c.label() for c in candidates], results,
-                     pareto, chosen, point.top1, point.sqnr_db, final.relative_bitops, final.weight_bytes,
-                     base.relative_bitops, base.weight_bytes, at_low / total if total else 0.0,
-                     point.wide_activation_share,
-                     [f"--bits {r.pattern}={r.spec()}" for r in bits] + [f"--exclude {p}" for p in exclude], runs,
-                     times, tuple(bits), tuple(exclude), note, phase1_samples=phase1_samples)
+    return tuple(bits), tuple(exclude)
 
 
 def describe(result: Any) -> str:
