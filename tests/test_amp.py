@@ -442,7 +442,7 @@ def test_ptq_drops_bias_correction_that_breaks_the_budget_on_the_eval_data(tmp_p
 def test_step_back_finds_the_last_that_meets_from_the_end():
     """step_back against a scan from the end: the last index that meets, -1 when none does; a
     pick that meets costs one call, one a few steps past the last that meets a few calls."""
-    from aimetcli.steps.amp import step_back
+    from aimetcli.kernels.amp_search import step_back
 
     for count in (1, 2, 3, 7, 64, 257):
         for last in range(-1, count):

@@ -37,7 +37,7 @@ import onnx_ir as ir
 
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.amp_search import (Entry, default_candidates, last_meeting, least_loss_first, noise_ratio, refine,
-                                         walk)
+                                         step_back, walk)
 from aimetcli.model_ops import clone, upgrade_opset
 from aimetcli.options import AmpOptions, QuantOptions, RunOptions
 from aimetcli.quantsim.per_layer import BitsRule
@@ -219,7 +219,8 @@ def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: A
 
     ``deployed(bits, exclude)``: the budget's metric of the deployable model of a configuration
     (given as :func:`rules`). The search's pick is checked with it, and where it misses the budget
-    the search steps back along the configurations it went through (:func:`step_back`)."""
+    the search steps back along the configurations it went through
+    (:func:`aimetcli.kernels.amp_search.step_back`)."""
     from aimetcli.amp.groups import bits_of, cost, count_macs, find_groups
     from aimetcli.amp.switch import build_switchable
     from aimetcli.quantsim.insert import WIDE_OPSET
@@ -384,35 +385,6 @@ def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: A
     note = ". ".join(n for n in (note, stepped) if n)
     return _result(amp.describe(judged_on), metric, target, reference_top1, candidates, groups, layers, config,
                    pareto, chosen, sensitivity, scorer.runs + ranker.runs, times, note, ranker.samples)
-
-
-def step_back(count: int, meets: Callable[[int], bool]) -> int:
-    """The last ``k`` in ``[0, count)`` with ``meets(k)``, looked for from the end: ``count - 1``
-    first, then 1, 3, 7, 15, ... steps back from it (the stride doubling) until one meets, then
-    by bisection between the last that missed and the first that met (``meets`` assumed true up to some point and false after
-    it); -1 when none meets. A pick that meets costs one call; one that is k steps past the last
-    that meets, about 2 log2(k). (The search's moves change the output by hundredths of a dB:
-    the sim and the deployed model differ by a few of them, PP-OCRv5's detector by 0.15 dB.)"""
-    if count == 0:
-        return -1
-    missed, step = count - 1, 1
-    if meets(missed):
-        return missed
-    while True:
-        if missed == 0:
-            return -1
-        k = max(missed - step, 0)
-        if meets(k):
-            break
-        missed, step = k, step * 2
-    met = k  # meets(met), not meets(missed), met < missed
-    while missed - met > 1:
-        mid = (met + missed) // 2
-        if meets(mid):
-            met = mid
-        else:
-            missed = mid
-    return met
 
 
 def wide_share(groups, config: list[int]) -> float:
