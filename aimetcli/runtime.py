@@ -34,15 +34,14 @@ Policies (what the session is for decides its options):
 Every session's working memory (its intermediate tensors) comes from one onnxruntime arena for
 the whole process (:func:`_shared_arena`, ``session.use_env_allocators``), not an arena per
 session: ptq makes dozens of sessions (a calibration and a scoring of every candidate sim), and
-each new arena first-touches its pages again, which the kernel charges as page faults. Measured
-(session 17, whole ptq processes, PP-OCRv6 rec small / timm EfficientNet-B0): minor faults
-0.9 / 1.1 M -> 0.36 / 0.37 M, system time 8.8-9.7 / 5.1-8.9 s -> 4.9-7.0 / 3.3-4.4 s, wall
-23.1-24.2 / 23.4-25.0 s -> 18.7-20.2 / 18.7-22.1 s; the same output bytes. The price: the arena
-keeps its largest size until the process ends (peak RSS 1.10 -> 1.45 GB on the recognizer).
+each new arena first-touches its pages again, which the kernel charges as page faults (2.5-3x
+more of them; the measurements: docs/design.md, "One onnxruntime arena for the process"). The
+price: the arena keeps its largest size until the process ends.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -93,15 +92,11 @@ LEVELS = {"none": SIMULATE, "basic": FOLD_CONSTANTS, "all": DEPLOY}
 PREPACK_LIMIT = 64 << 20
 
 
-_ARENA: list[bool] = []
-
-
+@functools.cache
 def _shared_arena() -> None:
-    """Register the process's one CPU arena with onnxruntime's environment (once)."""
-    if not _ARENA:
-        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))  # onnxruntime's defaults
-        _ARENA.append(True)
+    """Register the process's one CPU arena with onnxruntime's environment (once: cached)."""
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))  # onnxruntime's defaults
 
 
 class Session:

@@ -175,9 +175,10 @@ def step_back(count: int, meets: Callable[[int], bool]) -> int:
     """The last ``k`` in ``[0, count)`` with ``meets(k)``, looked for from the end: ``count - 1``
     first, then 1, 3, 7, 15, ... steps back from it (the stride doubling) until one meets, then
     by bisection between the last that missed and the first that met (``meets`` assumed true up
-    to some point and false after it); -1 when none meets. A pick that meets costs one call; one that is k steps past the last
-    that meets, about 2 log2(k). (The search's moves change the output by hundredths of a dB:
-    the sim and the deployed model differ by a few of them, PP-OCRv5's detector by 0.15 dB.)"""
+    to some point and false after it); -1 when none meets. A pick that meets costs one call; one
+    k steps past the last that meets, about 2 log2(k). (The search's moves change the output by
+    hundredths of a dB: the sim and the deployed model differ by a few of them, PP-OCRv5's
+    detector by 0.15 dB.)"""
     if count == 0:
         return -1
     missed, step = count - 1, 1
