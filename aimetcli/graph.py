@@ -237,6 +237,45 @@ def subgraph_node_count(node: ir.Node) -> int:
     return count
 
 
+def tensors_after(start: ir.Node, stop: ir.Node | None = None) -> set[str]:
+    """The names of ``start``'s outputs and of every tensor computed from them, walking forward
+    through every consumer but ``stop`` (not entered): what a change of ``start``'s outputs can
+    reach, up to ``stop``. It follows uses, so a walk can only name too much, never too little,
+    in the main graph (a consumer inside an If/Loop body is walked, the holder's outputs not)."""
+    names: set[str] = set()
+    seen: set[int] = set()
+    todo = [start]
+    while todo:
+        node = todo.pop()
+        for out in node.outputs:
+            if id(out) in seen:
+                continue
+            seen.add(id(out))
+            if out.name is not None:
+                names.add(out.name)
+            todo.extend(use.node for use in out.uses() if use.node is not stop)
+    return names
+
+
+def downstream_of(model: ir.Model, labels: Iterable[str]) -> frozenset[str] | None:
+    """:func:`tensors_after` each main-graph node labelled (:func:`node_label`) by ``labels``, all
+    together: the tensors a change of those nodes can reach. None where that cannot be told: a
+    label names no node or more than one, or the model holds subgraphs (a body's uses are not
+    followed out of its holder)."""
+    nodes: dict[str, ir.Node] = {}
+    for node in model.graph:
+        label = node_label(node)
+        if label in nodes or subgraph_node_count(node):
+            return None
+        nodes[label] = node
+    reached: set[str] = set()
+    for label in labels:
+        if label not in nodes:
+            return None
+        reached |= tensors_after(nodes[label])
+    return frozenset(reached)
+
+
 # ops whose weights make a network's bulk (what quantization is about)
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN")
 

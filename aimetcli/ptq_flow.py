@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 import onnx_ir as ir
 
+from aimetcli import graph as g
 from aimetcli import model_io
 from aimetcli.calibration.data import DataSource, as_dataset
 from aimetcli.model_ops import ModelSource, as_model, clone, require_float_model, sim_opset, upgrade_opset
@@ -395,7 +396,12 @@ def _bias_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, method: str) -
     if reach is None or reach > 0:
         flow.start("+ bias-correct: calibrating the corrected model")
         start = time.perf_counter() if variants else t
-        variants.insert(0, ("+ bias-correct", flow.simulate(corrected, opts, "+ bias-correct"), start))
+        # only the biases moved (not with mse, whose weights move onto their grids): the tensors no
+        # corrected layer reaches keep their FP32 values, and their observations
+        reached = g.downstream_of(corrected, (c.layer for c in bc.corrected)) \
+            if best.runs is not None and opts.weight_range is WeightRange.MIN_MAX else None
+        shared = best.runs.inherit(lambda name: name not in reached) if reached is not None else None
+        variants.insert(0, ("+ bias-correct", flow.simulate(corrected, opts, "+ bias-correct", shared), start))
     else:
         detail += (f"; not recalibrated: {RECALIBRATION_REACH_DB - reach:.1f} dB under the margin on the kept "
                    f"grids, beyond the {RECALIBRATION_REACH_DB:g} dB recalibrating has moved a gain")

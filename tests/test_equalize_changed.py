@@ -138,3 +138,78 @@ def api_quantsim(model, dataset, opts, run, shared):
     from aimetcli.steps.quantsim import quantsim
 
     return quantsim(model, dataset, opts, run, shared=shared)
+
+
+def test_recalibrating_a_corrected_model_observes_only_what_the_corrections_reach():
+    """ptq's "+ bias-correct" sim: bias correction moves only the corrected layers' biases, so the
+    tensors no corrected layer reaches (graph.downstream_of) keep their FP32 values; calibrated
+    with those observations inherited, the corrected model's sim runs over the others only and
+    gets the grids a fresh calibration gets."""
+    from aimetcli import graph as g
+
+    folded, _ = api.prepare(to_ir(chain_with_side(False)))
+    api.fold_bn(folded)
+    dataset = open_data("random:16", input_specs(folded))
+    run = api.RunOptions(batch_size=8)
+    opts = QuantOptions(scheme=QuantScheme.TF_ENHANCED, exclude=("c1", "s1"))  # c2 and c3 corrected
+    runs = SharedObservations.for_schemes((QuantScheme.TF_ENHANCED,))
+    api_quantsim(folded, dataset, opts, run, runs)
+    corrected = clone(folded)
+    summary = api.bias_correct(corrected, dataset, opts, run, method="empirical")
+    assert sorted(c.layer for c in summary.corrected) == ["c2", "c3"]
+    reached = g.downstream_of(corrected, [c.layer for c in summary.corrected])
+    assert reached is not None and {"y2", "a2", "out"} <= reached and not reached & {"x", "a1", "side"}
+    inherited = runs.inherit(lambda t: t not in reached)
+    _, reused, _ = api_quantsim(corrected, dataset, opts, run, inherited)
+    _, fresh, _ = api_quantsim(corrected, dataset, opts, run, None)
+    assert inherited.made == 1 and 0 < inherited.tensors_run < len(fresh.activations)
+    assert reused.activations.keys() == fresh.activations.keys()
+    for name, enc in fresh.activations.items():
+        np.testing.assert_allclose(reused.activations[name].scale, enc.scale, rtol=1e-5, err_msg=name)
+        np.testing.assert_array_equal(reused.activations[name].offset, enc.offset)
+
+
+def test_downstream_of_names_what_a_change_can_reach_or_says_it_cannot_tell():
+    from aimetcli import graph as g
+
+    model = to_ir(chain_with_side(False))
+    assert g.downstream_of(model, ["c2"]) == {"y2", "a2", "out"}
+    assert g.downstream_of(model, ["c1", "s1"]) >= {"y1", "z1", "a1", "y2", "out", "s1", "side"}
+    assert g.downstream_of(model, []) == frozenset()
+    assert g.downstream_of(model, ["no such node"]) is None
+    nodes = list(model.graph)
+    nodes[-1].name = "c2"  # two nodes labelled c2: which one changed cannot be told
+    assert g.downstream_of(model, ["c3"]) is None
+
+
+def test_an_observation_is_searched_once_for_its_grid(monkeypatch):
+    """Sims of one model that ask the same observation for the same grid (ptq's weight candidates,
+    the kept-grids sim) share its search; another setting searches again."""
+    from aimetcli.quantsim import calibrate
+
+    folded, _ = api.prepare(to_ir(chain_with_side(False)))
+    api.fold_bn(folded)
+    dataset = open_data("random:16", input_specs(folded))
+    run = api.RunOptions(batch_size=8)
+    runs = SharedObservations.for_schemes((QuantScheme.TF_ENHANCED,))
+    searched = []
+    real = calibrate.observe_encoding
+
+    def counting(obs, *args, **kw):
+        searched.append(obs)
+        return real(obs, *args, **kw)
+
+    def activation_searches() -> int:  # weights are searched through observe_encoding too
+        observed = {id(o) for seen in runs._seen.values() for o in seen.values()}
+        return sum(id(o) in observed for o in searched)
+
+    monkeypatch.setattr(calibrate, "observe_encoding", counting)
+    _, first, _ = api_quantsim(folded, dataset, QuantOptions(scheme=QuantScheme.TF_ENHANCED), run, runs)
+    n = activation_searches()
+    _, again, _ = api_quantsim(folded, dataset, QuantOptions(scheme=QuantScheme.TF_ENHANCED, per_channel=True),
+                               run, runs)
+    assert n == len(first.activations) and activation_searches() == n
+    assert again.activations == first.activations
+    _, other, _ = api_quantsim(folded, dataset, QuantOptions(scheme=QuantScheme.TF_ENHANCED, act_bw=6), run, runs)
+    assert activation_searches() == 2 * n and other.activations != first.activations
+

@@ -139,6 +139,22 @@ def test_histogram_per_channel_equals_separate_observers():
     assert lo.shape == (3,) and pc.nonfinite_count == 1
 
 
+def test_tf_enhanced_from_the_observers_bins_is_the_search_over_its_histogram():
+    """observe_encoding searches the observer's bins without building their edges
+    (range_search.tf_enhanced_encoding_of_bins): per channel, channels of few values (few
+    non-empty bins, searched a group at a time) and of many (row by row), the same grid as
+    tf_enhanced_encoding of the histogram, whatever the bitwidth and symmetry."""
+    w = RNG.normal(size=(48, 400)).astype(np.float32) * RNG.uniform(0.01, 3.0, size=(48, 1)).astype(np.float32)
+    w[:24, 9:] = 0.0  # half the channels: 9 values and zeros (few non-empty bins)
+    w[3, :9] = 0.5  # a channel of one value
+    obs = make_observer(QuantScheme.TF_ENHANCED, axis=0)
+    obs.update(w)
+    counts, edges = obs.histogram()
+    for bw, sym in ((8, True), (8, False), (4, True), (3, False)):
+        assert observe_encoding(obs, QuantScheme.TF_ENHANCED, bw, sym) == tf_enhanced_encoding(counts, edges, bw, sym,
+                                                                                               axis=0)
+
+
 def test_observe_encoding_per_scheme():
     x = np.concatenate([RNG.normal(size=50_000), [30.0]]).astype(np.float32)
     mm = make_observer(QuantScheme.MIN_MAX)

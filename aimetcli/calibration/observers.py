@@ -26,7 +26,7 @@ import numpy as np
 
 from aimetcli.kernels.quant import (AIMET_MIN_RANGE, Encoding, QuantScheme, encoding_from_range, is_unsigned_symmetric,
                                     unsigned_symmetric_encoding)
-from aimetcli.kernels.range_search import percentile_range, tf_enhanced_encoding
+from aimetcli.kernels.range_search import percentile_range, tf_enhanced_encoding_of_bins
 
 __all__ = [
     "DEFAULT_NUM_BINS",
@@ -300,6 +300,12 @@ class HistogramObserver:
             return self._counts[0].copy(), edges[0]
         return self._counts.copy(), edges
 
+    def bins(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(counts (C, B) int64, lo (C,), hi (C,)): each row's bins split [lo, hi] evenly; the
+        observer's own arrays (read them, do not write), :meth:`histogram` without its edges."""
+        self._require()
+        return self._counts, self._lo, self._hi
+
     def minmax(self):
         """Exact (min, max) of the finite values seen: floats per tensor, arrays per channel."""
         self._require()
@@ -353,13 +359,20 @@ def observe_encoding(observer: Observer, scheme: QuantScheme, bitwidth: int, sym
                                    axis=observer.axis, min_range=min_range)
     if not isinstance(observer, HistogramObserver):
         raise TypeError(f"scheme {scheme.value} needs a HistogramObserver, got {type(observer).__name__}")
-    counts, edges = observer.histogram()
     if scheme is QuantScheme.PERCENTILE:  # libpymo's percentile path has no minimum range
+        counts, edges = observer.histogram()
         lo, hi = percentile_range(counts, edges, percentile)
         return encoding_from_range(lo, hi, bitwidth, symmetric, strict_symmetric=strict_symmetric,
                                    axis=observer.axis, min_range=0.0)
-    return tf_enhanced_encoding(counts, edges, bitwidth, symmetric, strict_symmetric=strict_symmetric,
-                                axis=observer.axis, min_range=min_range)
+    return _tf_enhanced(observer, bitwidth, symmetric, strict_symmetric, min_range)
+
+
+def _tf_enhanced(observer: HistogramObserver, bitwidth: int, symmetric: bool, strict_symmetric: bool,
+                 min_range: float) -> Encoding:
+    """:func:`tf_enhanced_encoding` of the observer's histogram, from its bins (no edges array)."""
+    counts, lo, hi = observer.bins()
+    return tf_enhanced_encoding_of_bins(counts, lo, hi, bitwidth, symmetric, single=observer.axis is None,
+                                        strict_symmetric=strict_symmetric, axis=observer.axis, min_range=min_range)
 
 
 def _unsigned(observer: Observer, scheme: QuantScheme, bitwidth: int, percentile: float,
@@ -368,11 +381,10 @@ def _unsigned(observer: Observer, scheme: QuantScheme, bitwidth: int, percentile
     if scheme is QuantScheme.MIN_MAX:
         _, hi = observed_range(observer)
     else:
-        counts, edges = observer.histogram()
         if scheme is QuantScheme.PERCENTILE:
-            _, hi = percentile_range(counts, edges, percentile)
+            _, hi = percentile_range(*observer.histogram(), percentile)
             min_range = 0.0
         else:  # the symmetric search, then its positive half on the unsigned grid
-            sym = tf_enhanced_encoding(counts, edges, bitwidth, True, axis=observer.axis, min_range=min_range)
+            sym = _tf_enhanced(observer, bitwidth, True, False, min_range)
             hi = np.asarray(sym.max, np.float64)
     return unsigned_symmetric_encoding(hi, bitwidth, axis=observer.axis, min_range=min_range)

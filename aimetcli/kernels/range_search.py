@@ -34,6 +34,9 @@ p = 100 keeps the full non-empty range. (onnxruntime's calibrator instead splits
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 
 from aimetcli.kernels.quant import (
@@ -44,7 +47,7 @@ from aimetcli.kernels.quant import (
     num_steps,
 )
 
-__all__ = ["GAMMA", "percentile_range", "tf_enhanced_encoding", "tf_enhanced_range"]
+__all__ = ["GAMMA", "percentile_range", "tf_enhanced_encoding", "tf_enhanced_encoding_of_bins", "tf_enhanced_range"]
 
 GAMMA = 3.0  # weight of clipping noise against rounding noise (AIMET)
 ASYM_DELTA_CANDIDATES = 17
@@ -72,13 +75,56 @@ def _as_2d(hist, bin_edges) -> tuple[np.ndarray, np.ndarray, bool]:
     return h, e, single
 
 
-def _occupied_range(h: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Left edge of the first and right edge of the last non-empty bin, per row."""
-    nz = h > 0
-    first = np.argmax(nz, axis=1)
-    last = h.shape[1] - 1 - np.argmax(nz[:, ::-1], axis=1)
-    rows = np.arange(h.shape[0])
-    return e[rows, first], e[rows, last + 1]
+@dataclass(frozen=True)
+class _Occupied:
+    """The non-empty bins of C histogram rows, row after row in bin order: their ``counts`` and
+    ``mids`` (bin mid-points), ``first[r]`` the index of row r's first one, ``n[r]`` how many;
+    ``lo`` / ``hi``: the left edge of each row's first non-empty bin and the right edge of its
+    last. Empty bins cost nothing in the search, and a per-channel weight's row of 512 bins has
+    only as many non-empty ones as the channel has values."""
+
+    counts: np.ndarray  # (total,) float64
+    mids: np.ndarray  # (total,) float64
+    first: np.ndarray  # (C,) intp
+    n: np.ndarray  # (C,) intp
+    lo: np.ndarray  # (C,) float64
+    hi: np.ndarray
+
+    def rows(self, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(counts, mids) of ``rows``, each with ``n`` non-empty bins, as (G, n) arrays."""
+        at = self.first[rows][:, None] + np.arange(n)[None, :]
+        return self.counts[at], self.mids[at]
+
+    def row(self, r: int) -> tuple[np.ndarray, np.ndarray]:
+        sl = slice(self.first[r], self.first[r] + self.n[r])
+        return self.counts[sl], self.mids[sl]
+
+
+def _occupied(h: np.ndarray, edge: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> _Occupied:
+    """:class:`_Occupied` of counts ``h`` (C, B); ``edge(rows, j)``: the left edge of bin j of
+    each row (j = B: the right edge of the last bin)."""
+    rows, bins = np.nonzero(h > 0)
+    n = np.bincount(rows, minlength=h.shape[0])
+    first = np.concatenate([[0], np.cumsum(n)[:-1]])
+    left, right = edge(rows, bins), edge(rows, bins + 1)
+    ends = first + n - 1
+    return _Occupied(h[rows, bins].astype(np.float64), (left + right) * 0.5, first, n, left[first], right[ends])
+
+
+def _of_edges(h: np.ndarray, e: np.ndarray) -> _Occupied:
+    return _occupied(h, lambda rows, j: e[rows, j])
+
+
+def _of_range(h: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> _Occupied:
+    """Bins of equal width over [lo, hi] per row: edge j = lo + (hi - lo) * (j / B), the last one hi
+    (the float arithmetic of :meth:`HistogramObserver.histogram`'s edges, so the same numbers)."""
+    b = h.shape[1]
+    width = hi - lo
+
+    def edge(rows: np.ndarray, j: np.ndarray) -> np.ndarray:
+        return np.where(j == b, hi[rows], lo[rows] + width[rows] * (j / b))
+
+    return _occupied(h, edge)
 
 
 def _candidates(lo, hi, steps: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +153,7 @@ def _candidates(lo, hi, steps: int, symmetric: bool) -> tuple[np.ndarray, np.nda
     return deltas.reshape(c, -1), offsets.reshape(c, -1)
 
 
-def _best(h: np.ndarray, e: np.ndarray, deltas: np.ndarray, offsets: np.ndarray,
+def _best(occ: _Occupied, deltas: np.ndarray, offsets: np.ndarray,
           steps: int, gamma: float) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the (delta, offset) of least expected quantization + gamma * clipping noise.
 
@@ -122,25 +168,23 @@ def _best(h: np.ndarray, e: np.ndarray, deltas: np.ndarray, offsets: np.ndarray,
     c, k = deltas.shape
     best_d = np.empty(c)
     best_o = np.empty(c)
-    occupied_counts = np.count_nonzero(h > 0, axis=1)
-    small = occupied_counts * k <= _CHUNK_ELEMENTS
-    for n in np.unique(occupied_counts[small]):  # rows with few occupied bins (per-channel weights): together
-        rows = np.flatnonzero(small & (occupied_counts == n))
+    small = occ.n * k <= _CHUNK_ELEMENTS
+    for n in np.unique(occ.n[small]):  # rows with few occupied bins (per-channel weights): together
+        rows = np.flatnonzero(small & (occ.n == n))
         for start in range(0, rows.size, _ROWS_AT_ONCE):
             group = rows[start:start + _ROWS_AT_ONCE]
-            best_d[group], best_o[group] = _best_of_rows(h[group], e[group], deltas[group], offsets[group],
-                                                         int(n), steps, gamma)
+            counts, mids = occ.rows(group, int(n))
+            best_d[group], best_o[group] = _best_of_rows(counts, mids, deltas[group], offsets[group],
+                                                         steps, gamma)
     for row in np.flatnonzero(~small):
-        best_d[row], best_o[row] = _best_of_row(h[row], e[row], deltas[row], offsets[row], steps, gamma)
+        counts, mids = occ.row(row)
+        best_d[row], best_o[row] = _best_of_row(counts, mids, deltas[row], offsets[row], steps, gamma)
     return best_d, best_o
 
 
-def _best_of_row(h, e, d, o, steps: int, gamma: float) -> tuple[float, float]:
-    """:func:`_best` of one row, its candidates in blocks of about _CHUNK_ELEMENTS."""
+def _best_of_row(counts, mids, d, o, steps: int, gamma: float) -> tuple[float, float]:
+    """:func:`_best` of one row (its non-empty bins), its candidates in blocks of about _CHUNK_ELEMENTS."""
     k = d.size
-    occupied = h > 0  # empty bins cost nothing
-    counts = h[occupied]
-    mids = ((e[:-1] + e[1:]) * 0.5)[occupied]
     n = mids.size
     center = float(np.dot(counts, mids) / counts.sum())  # centring keeps the prefix sums well conditioned
     mc = mids - center
@@ -159,8 +203,7 @@ def _best_of_row(h, e, d, o, steps: int, gamma: float) -> tuple[float, float]:
         q = np.rint(u)  # grid index of each mid-point, before the offset shift
         below = q < o[sl, None]
         above = q > (o[sl] + steps)[:, None]
-        i0[sl] = np.count_nonzero(below, axis=1)
-        i1[sl] = n - np.count_nonzero(above, axis=1)
+        i0[sl], i1[sl] = _run_ends(below, above)
         q -= u
         q *= q
         np.logical_or(below, above, out=below)
@@ -175,13 +218,22 @@ def _best_of_row(h, e, d, o, steps: int, gamma: float) -> tuple[float, float]:
     return d[i], o[i]
 
 
-def _best_of_rows(h, e, d, o, n: int, steps: int, gamma: float) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_best_of_row` of G rows with ``n`` occupied bins each, in one pass (the same
-    arithmetic, elementwise, along a leading row axis)."""
+def _run_ends(below: np.ndarray, above: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(i0, i1) along the last axis: the kept run [i0, i1) between the bins clipped below and above.
+    The mid-points are sorted and d > 0, so their grid indices never decrease: ``below`` is a
+    prefix and ``above`` a suffix of each row, and the first False (True) ends it, which argmin
+    (argmax) finds without counting every element."""
+    n = below.shape[-1]
+    i0 = np.where(below[..., -1], n, np.argmin(below, axis=-1))
+    i1 = np.where(above[..., -1], np.argmax(above, axis=-1), n)
+    return i0, i1
+
+
+def _best_of_rows(counts, mids, d, o, steps: int, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_best_of_row` of G rows with ``n`` occupied bins each, (G, n) ``counts`` and ``mids``,
+    in one pass (the same arithmetic, elementwise, along a leading row axis)."""
     g, k = d.shape
-    occupied = h > 0
-    counts = h[occupied].reshape(g, n)
-    mids = ((e[:, :-1] + e[:, 1:]) * 0.5)[occupied].reshape(g, n)
+    n = counts.shape[1]
     center = np.array([float(np.dot(counts[r], mids[r]) / counts[r].sum()) for r in range(g)])
     mc = mids - center[:, None]
     zero = np.zeros((g, 1))
@@ -194,8 +246,7 @@ def _best_of_rows(h, e, d, o, n: int, steps: int, gamma: float) -> tuple[np.ndar
     q = np.rint(u)
     below = q < o[:, :, None]
     above = q > (o + steps)[:, :, None]
-    i0 = np.count_nonzero(below, axis=2)
-    i1 = n - np.count_nonzero(above, axis=2)
+    i0, i1 = _run_ends(below, above)
     q -= u
     q *= q
     np.logical_or(below, above, out=below)
@@ -212,20 +263,18 @@ def _best_of_rows(h, e, d, o, n: int, steps: int, gamma: float) -> tuple[np.ndar
     return d[np.arange(g), i], o[np.arange(g), i]
 
 
-def _search(hist, bin_edges, bitwidth: int, symmetric: bool, strict_symmetric: bool,
+def _search(occ: _Occupied, bitwidth: int, symmetric: bool, strict_symmetric: bool,
             min_range: float, gamma: float):
     bw = check_bitwidth(bitwidth)
-    h, e, single = _as_2d(hist, bin_edges)
     strict = bool(symmetric) and bool(strict_symmetric)
     steps = num_steps(bw, strict)
-    lo, hi = _occupied_range(h, e)
-    lo = np.minimum(lo, 0.0)
-    hi = np.maximum(hi, 0.0)
+    lo = np.minimum(occ.lo, 0.0)
+    hi = np.maximum(occ.hi, 0.0)
     hi = np.maximum(hi, lo + min_range)
     hi = np.maximum(hi, lo + steps * minimum_scale(steps))
     deltas, offsets = _candidates(lo, hi, steps, bool(symmetric))
-    d, o = _best(h, e, deltas, offsets, steps, gamma)
-    return bw, steps, single, d, o
+    d, o = _best(occ, deltas, offsets, steps, gamma)
+    return bw, steps, d, o
 
 
 def tf_enhanced_encoding(hist, bin_edges, bitwidth: int, symmetric: bool, *,
@@ -235,7 +284,24 @@ def tf_enhanced_encoding(hist, bin_edges, bitwidth: int, symmetric: bool, *,
 
     Per-channel histograms give a per-channel encoding (pass the tensor's ``axis``).
     """
-    bw, _, single, d, o = _search(hist, bin_edges, bitwidth, symmetric, strict_symmetric, min_range, gamma)
+    h, e, single = _as_2d(hist, bin_edges)
+    return _encoding(_of_edges(h, e), single, bitwidth, symmetric, strict_symmetric, axis, min_range, gamma)
+
+
+def tf_enhanced_encoding_of_bins(counts: np.ndarray, lo: np.ndarray, hi: np.ndarray, bitwidth: int,
+                                 symmetric: bool, *, single: bool, strict_symmetric: bool = False,
+                                 axis: int | None = None, min_range: float = AIMET_MIN_RANGE,
+                                 gamma: float = GAMMA) -> Encoding:
+    """:func:`tf_enhanced_encoding` of (C, B) ``counts`` of equal bins over [lo, hi] per row, as a
+    histogram observer keeps them (valid by construction: not checked), without the (C, B + 1)
+    edges; the same numbers. ``single``: one row, a per-tensor encoding."""
+    occ = _of_range(np.asarray(counts), np.asarray(lo, np.float64), np.asarray(hi, np.float64))
+    return _encoding(occ, single, bitwidth, symmetric, strict_symmetric, axis, min_range, gamma)
+
+
+def _encoding(occ: _Occupied, single: bool, bitwidth: int, symmetric: bool, strict_symmetric: bool,
+              axis: int | None, min_range: float, gamma: float) -> Encoding:
+    bw, _, d, o = _search(occ, bitwidth, symmetric, strict_symmetric, min_range, gamma)
     scale = d.astype(np.float32)
     offset = o.astype(np.int64)
     if single:
@@ -252,7 +318,8 @@ def tf_enhanced_range(hist, bin_edges, bitwidth: int, symmetric: bool, *,
     this range back through ``encoding_from_range`` gives the same delta, up to float
     rounding, since the symmetric formula divides -min by the negative step count.
     """
-    _, steps, single, d, o = _search(hist, bin_edges, bitwidth, symmetric, strict_symmetric, min_range, gamma)
+    h, e, single = _as_2d(hist, bin_edges)
+    _, steps, d, o = _search(_of_edges(h, e), bitwidth, symmetric, strict_symmetric, min_range, gamma)
     lo, hi = d * o, d * (o + steps)
     if single:
         return float(lo[0]), float(hi[0])
@@ -269,7 +336,8 @@ def percentile_range(hist, bin_edges, percentile: float):
         raise ValueError(f"percentile must be within 50..100, got {percentile}")
     h, e, single = _as_2d(hist, bin_edges)
     if p == 100.0:
-        lo, hi = _occupied_range(h, e)
+        occ = _of_edges(h, e)
+        lo, hi = occ.lo, occ.hi
     else:
         cdf = np.cumsum(h, axis=1)
         total = cdf[:, -1]

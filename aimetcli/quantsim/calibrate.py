@@ -61,6 +61,9 @@ class SharedObservations:
     def __init__(self, histogram_scheme: QuantScheme | None = None) -> None:
         self.histogram_scheme = None if histogram_scheme is QuantScheme.MIN_MAX else histogram_scheme
         self._seen: dict[tuple, dict[str, Any]] = {}  # (observer kind, id(dataset)) -> tensor -> observation
+        # (id(observation), settings) -> (observation, its encoding): sims of the model that ask an
+        # observation for the same grid (ptq's weight candidates, bias correction's kept grids) search once
+        self._encodings: dict[tuple, tuple[Any, Encoding]] = {}
         self.made = 0  # runs over the data made (tests count them)
         self.reused = 0  # calibrations served without a run
         self.tensors_run = 0  # tensors observed by those runs
@@ -85,12 +88,22 @@ class SharedObservations:
             self.reused += 1
         return {t: seen[t] for t in tensors}
 
+    def encoding(self, observation, settings: tuple, compute: Callable[[], Encoding]) -> Encoding:
+        """``compute()``, the grid of ``observation`` under ``settings`` (every setting it reads), once
+        per pair: an observation is never updated once observed, and the search is a pure function."""
+        key = (id(observation), settings)
+        hit = self._encodings.get(key)
+        if hit is None or hit[0] is not observation:
+            hit = self._encodings[key] = (observation, compute())
+        return hit[1]
+
     def inherit(self, unchanged: Callable[[str], bool]) -> SharedObservations:
         """The observations of another state of the model, one whose FP32 activations equal this
         one's on the tensors ``unchanged`` accepts (an exact rewrite: equalization changes only
         the tensors inside its scaling sets); the rest are observed again when asked for."""
         new = SharedObservations(self.histogram_scheme)
         new._seen = {key: {t: o for t, o in seen.items() if unchanged(t)} for key, seen in self._seen.items()}
+        new._encodings = dict(self._encodings)  # keyed by the observation: only the kept ones are asked again
         return new
 
 
@@ -356,10 +369,11 @@ def _encodings(model: ir.Model, placement: Placement, opts: QuantOptions, datase
         obs = observers[a.tensor]
         if getattr(obs, "nonfinite_count", 0):
             enc.nonfinite[a.tensor] = int(obs.nonfinite_count)
+        settings = (opts.scheme, a.bitwidth, a.symmetric, opts.percentile, strict(a), placement.unsigned_symmetric)
         try:
-            enc.activations[a.tensor] = observe_encoding(obs, opts.scheme, a.bitwidth, a.symmetric,
-                                                         percentile=opts.percentile, strict_symmetric=strict(a),
-                                                         unsigned_symmetric=placement.unsigned_symmetric)
+            enc.activations[a.tensor] = shared.encoding(obs, settings, lambda: observe_encoding(
+                obs, opts.scheme, a.bitwidth, a.symmetric, percentile=opts.percentile, strict_symmetric=strict(a),
+                unsigned_symmetric=placement.unsigned_symmetric))
         except EmptyObserverError as exc:
             raise AimetCliError(
                 f"calibration saw no finite value of tensor {a.tensor!r}; check the calibration data",

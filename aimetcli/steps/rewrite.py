@@ -165,30 +165,16 @@ def changed_activations(model: ir.Model, sets: list[list[str]], absorbed: list[t
     """
     nodes = {g.node_label(n): n for n in model.graph}
     changed: set[str] = set()
-
-    def walk(start: ir.Node, stop: ir.Node | None) -> None:
-        seen: set[int] = set()  # per walk: another walk's tensors may lie on this one's way
-        todo = [start]
-        while todo:
-            node = todo.pop()
-            for out in node.outputs:
-                if id(out) in seen:
-                    continue
-                seen.add(id(out))
-                if out.name is not None:
-                    changed.add(out.name)
-                todo.extend(use.node for use in out.uses() if use.node is not stop)
-
     scaled = [(names[i], names[i + 1]) for names in sets for i in range(len(names) - 1)]
     if any(name not in nodes for pair in scaled + absorbed for name in pair):
         return None
     for first, second in scaled:
-        walk(nodes[first], nodes[second])
+        changed.update(g.tensors_after(nodes[first], nodes[second]))
     for first, second in absorbed:  # exact only with no activation between the two layers
         adjacent = any(use.node is nodes[second] for out in nodes[first].outputs for use in out.uses())
-        walk(nodes[first], nodes[second] if adjacent else None)
+        changed.update(g.tensors_after(nodes[first], nodes[second] if adjacent else None))
     for relu in relu6_replaced:
         if relu not in nodes:
             return None
-        walk(nodes[relu], None)
+        changed.update(g.tensors_after(nodes[relu]))
     return frozenset(changed)
