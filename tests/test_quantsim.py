@@ -512,3 +512,45 @@ def test_histogram_grids_do_not_depend_on_the_run_size(tmp_path, monkeypatch):
     for t, counts in histograms[0].items():
         np.testing.assert_array_equal(counts, histograms[1][t], err_msg=t)
         np.testing.assert_array_equal(counts, histograms[2][t], err_msg=t)
+
+
+def test_a_probe_of_the_activation_sizes_serves_the_models_later_calibrations(tmp_path, monkeypatch):
+    """Where the declared shapes cannot tell how much a histogram run copies out (symbolic sizes),
+    a probe run measures it; the bytes per sample of each tensor are kept with the shared
+    observations (SharedObservations.sizes), so a later calibration of the model or of a state of
+    it (equalized, bias-corrected: the same activation sizes) decides without a probe run, the same."""
+    from aimetcli import runtime
+    from aimetcli.quantsim import calibrate
+    from aimetcli.quantsim.calibrate import SharedObservations
+    from aimetcli.steps.quantsim import quantsim
+
+    rng = np.random.default_rng(8)
+    inits = [init("W1", rng.standard_normal((6, 3, 3, 3)).astype(np.float32)),
+             init("W2", rng.standard_normal((4, 6, 1, 1)).astype(np.float32))]
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c1"], ["r1"]), helper.make_node("Conv", ["r1", "W2"], ["y"])]
+    proto = make_model(nodes, [("x", ["N", 3, "H", "W"])], [("y", None)], inits)
+    np.save(tmp_path / "x.npy", rng.standard_normal((12, 3, 6, 6)).astype(np.float32))
+    model, _ = api.prepare(to_ir(proto))
+    dataset = open_data(str(tmp_path / "x.npy"), input_specs(model))
+    monkeypatch.setattr(runtime, "histogram_run_size", lambda model, dataset: 12)
+    monkeypatch.setattr(runtime, "reduction_run_size", lambda dataset: 2)
+    decided = []
+    real = calibrate._runs_too_big
+
+    def recorded(session, names, *args):
+        before = dict(args[-1] or {})
+        decided.append((real(session, names, *args), all(n in before for n in names)))
+        return decided[-1][0]
+
+    monkeypatch.setattr(calibrate, "_runs_too_big", recorded)
+    opts = QuantOptions(scheme=QuantScheme.TF_ENHANCED)
+    for limit in (0, 1 << 40):  # too big, and not
+        monkeypatch.setattr(runtime, "HISTOGRAM_RUN_LIMIT", limit)
+        decided.clear()
+        shared = SharedObservations.for_schemes((QuantScheme.TF_ENHANCED,))
+        quantsim(model, dataset, opts, api.RunOptions(batch_size=12), shared=shared)
+        later = shared.inherit(lambda t: t != "r1")  # a rewrite changed r1: observed again
+        quantsim(api.clone(model), dataset, opts, api.RunOptions(batch_size=12), shared=later)
+        assert decided == [(limit == 0, False), (limit == 0, True)]
+        assert set(shared.sizes[id(dataset)]) == {"c1", "r1", "y"}

@@ -64,6 +64,9 @@ class SharedObservations:
         # (id(observation), settings) -> (observation, its encoding): sims of the model that ask an
         # observation for the same grid (ptq's weight candidates, bias correction's kept grids) search once
         self._encodings: dict[tuple, tuple[Any, Encoding]] = {}
+        # id(dataset) -> tensor -> bytes a sample of it takes, measured by a probe run (_runs_too_big):
+        # a rewrite keeps the activations' sizes, so the first calibration's probe answers for the others
+        self.sizes: dict[int, dict[str, float]] = {}
         self.made = 0  # runs over the data made (tests count them)
         self.reused = 0  # calibrations served without a run
         self.tensors_run = 0  # tensors observed by those runs
@@ -104,6 +107,7 @@ class SharedObservations:
         new = SharedObservations(self.histogram_scheme)
         new._seen = {key: {t: o for t, o in seen.items() if unchanged(t)} for key, seen in self._seen.items()}
         new._encodings = dict(self._encodings)  # keyed by the observation: only the kept ones are asked again
+        new.sizes = self.sizes  # the sizes do not change with the values: shared
         return new
 
 
@@ -364,7 +368,7 @@ def _encodings(model: ir.Model, placement: Placement, opts: QuantOptions, datase
     kind = opts.scheme if opts.scheme is not QuantScheme.MIN_MAX else (shared.histogram_scheme or opts.scheme)
     observers = shared.observe(kind.value, dataset, [a.tensor for a in todo],
                                lambda missing: _observe(model, _only(observed, missing), kind, dataset, batch_size,
-                                                        progress))
+                                                        progress, shared.sizes.setdefault(id(dataset), {})))
     for a in todo:
         obs = observers[a.tensor]
         if getattr(obs, "nonfinite_count", 0):
@@ -394,7 +398,7 @@ def _only(observed: Placement, tensors: list[str]) -> Placement:
 
 
 def _observe(model: ir.Model, observed: Placement, scheme: QuantScheme, dataset, batch_size: int,
-             progress: runtime.Progress | None) -> dict:
+             progress: runtime.Progress | None, sizes: dict[str, float] | None = None) -> dict:
     """An observer of ``scheme``'s kind per tensor of ``observed``, fed in one run over the data.
 
     Histograms: runs of ``runtime.histogram_run_size`` samples, each growing the range as AIMET's
@@ -406,7 +410,8 @@ def _observe(model: ir.Model, observed: Placement, scheme: QuantScheme, dataset,
     histograms over that range (:class:`HistogramObserver`'s ``value_range``): exact counts, the
     same whatever the run size, where the growing histogram of one run holding all the data is
     exact too. A tensor whose reductions show NaN or Inf (a NaN first in a tensor hides from
-    ReduceMin) keeps the growing histogram.
+    ReduceMin) keeps the growing histogram. ``sizes``: bytes per sample of the tensors earlier
+    probes of this model's states measured (SharedObservations.sizes), filled in by this one's.
     """
     graph_inputs = {v.name for v in model.graph.inputs}
     names = [a.tensor for a in observed.activations if a.tensor not in graph_inputs]
@@ -415,7 +420,7 @@ def _observe(model: ir.Model, observed: Placement, scheme: QuantScheme, dataset,
     run = min(batch_size, runtime.histogram_run_size(model, dataset))
     ranges: dict[str, tuple[float, float]] = {}
     if scheme is not QuantScheme.MIN_MAX and session is not None and _runs_too_big(session, names, model, dataset,
-                                                                                   run):
+                                                                                   run, sizes):
         ranges, _ = _reduced_minmax(model, names, dataset, batch_size, None, for_histograms=True)
         ranges = {n: r for n, r in ranges.items() if np.isfinite(r[0]) and np.isfinite(r[1])}
         ranges.update(_input_ranges(dataset, [a.tensor for a in fed], batch_size))
@@ -433,15 +438,23 @@ def _observe(model: ir.Model, observed: Placement, scheme: QuantScheme, dataset,
     return observers
 
 
-def _runs_too_big(session: runtime.Session, names: list[str], model: ir.Model, dataset, run: int) -> bool:
+def _runs_too_big(session: runtime.Session, names: list[str], model: ir.Model, dataset, run: int,
+                  sizes: dict[str, float] | None = None) -> bool:
     """Whether runs of ``run`` samples copy more than ``runtime.HISTOGRAM_RUN_LIMIT`` of activations
     out: False where the declared shapes count them (histogram_run_size bounded the run), else
-    measured on a run of the first ``reduction_run_size`` samples."""
+    measured on a run of the first ``reduction_run_size`` samples, unless ``sizes`` has every
+    tensor's bytes per sample from an earlier probe (then no run; a probe adds its tensors')."""
     probe = runtime.reduction_run_size(dataset)
     if run <= probe or g.activations_declared(model):
         return False
-    feeds = next(iter(dataset.batches(probe)))
-    per_sample = sum(np.asarray(v).nbytes for v in session.run(feeds, names)) / max(feed_rows(feeds), 1)
+    if sizes is None or any(n not in sizes for n in names):
+        feeds = next(iter(dataset.batches(probe)))
+        rows = max(feed_rows(feeds), 1)
+        measured = {n: np.asarray(v).nbytes / rows for n, v in zip(names, session.run(feeds, names))}
+        if sizes is None:
+            sizes = measured
+        sizes.update(measured)
+    per_sample = sum(sizes[n] for n in names)
     return per_sample * min(run, dataset.num_samples) > runtime.HISTOGRAM_RUN_LIMIT
 
 
