@@ -261,21 +261,43 @@ class Judge:
             hit = self._scores[id(sim)] = self._restricted(whole)
             return hit
         t = time.perf_counter()
-        outs = self._run(sim, optimization)
+        hit = self._scored(sim, self._run(sim, optimization))
         self.seconds += time.perf_counter() - t
-        rows = None if self._parent is None else self._rows  # a view's own run: its rows of the references
-        if outs is None or self._references is None or any(
-                getattr(o, "shape", None) != (r.shape if rows is None else r[rows].shape) or o.dtype.kind != "f"
-                for o, r in zip(outs, self._references)):
-            hit = Score(sim, None, None, None)
-        else:
-            _, noise = self._energies(outs, rows)
-            right = correct(outs[0], self.data.labels) if len(outs) == 1 else None
-            signal = self._signal if rows is None else self._signal[rows]
-            hit = Score(sim, self._sqnr(signal, noise), percent(right), noise if self._per_sample else None,
-                        right, None if self._argmax is None else self._argmax(outs[0]))
         self._scores[id(sim)] = hit
         return hit
+
+    def _scored(self, sim: ir.Model, runs: list[list] | None) -> Score:
+        """The Score of ``runs`` (the scored tensors of each run over the data, :meth:`_run`). Where
+        the references have a row per sample, each run is compared with its rows of them as it comes
+        (the per-sample energies, top-1 and argmax do not depend on how the samples were split into
+        runs), so the runs are never joined into one copy of the output; otherwise they are."""
+        if runs is None or self._references is None or not runs:
+            return Score(sim, None, None, None)
+        if not self._per_sample:  # the references' rows are not samples: compared whole (a view is per sample)
+            runs = [[_joined([run[i] for run in runs]) for i in range(len(runs[0]))]]
+        base = 0 if self._parent is None else self._rows.start  # a view's own run: its rows of the references
+        at = 0
+        noise, right, argmax = [], [], []
+        labels = self.data.labels
+        for outs in runs:
+            n = outs[0].shape[0] if self._per_sample and getattr(outs[0], "ndim", 0) else 0
+            rows = slice(base + at, base + at + n) if self._per_sample else None
+            if any(getattr(o, "shape", None) != (r.shape if rows is None else r[rows].shape) or o.dtype.kind != "f"
+                   for o, r in zip(outs, self._references)):
+                return Score(sim, None, None, None)
+            noise.append(self._energies(outs, rows)[1])
+            if len(outs) == 1:
+                right.append(correct(outs[0], labels if rows is None or labels is None else labels[at:at + n]))
+            if self._argmax is not None:
+                argmax.append(self._argmax(outs[0]))
+            at += n
+        if self._per_sample and at != self.data.num_samples:
+            return Score(sim, None, None, None)
+        every_noise = np.concatenate(noise)
+        hits = None if len(right) != len(runs) or any(r is None for r in right) else np.concatenate(right)
+        signal = self._signal if not self._per_sample else self._signal[base:base + at]
+        return Score(sim, self._sqnr(signal, every_noise), percent(hits), every_noise if self._per_sample else None,
+                     hits, np.concatenate(argmax) if argmax else None)
 
     def _restricted(self, whole: Score) -> Score:
         if whole.noise is None:
@@ -298,25 +320,27 @@ class Judge:
             names = _scored_parts(sim, self._output)
             if names is None or len(names) != len(self._parts):
                 return None
-        return self._outputs(sim, self.data, optimization=optimization, outputs=names)
+        return self._outputs(sim, self.data, optimization=optimization, outputs=names, joined=False)
 
     def _outputs(self, model: ir.Model, data, *, optimization: str = "none",
-                 outputs: list[str] | None = None) -> list:
+                 outputs: list[str] | None = None, joined: bool = True) -> list:
         """Tensors ``outputs`` of ``model`` (default: its outputs) over ``data``; those that are
         no graph output are made outputs of a serialized copy. Every model the judge runs goes
         through here (a test counts the runs by overriding it). The runs take
         runtime.reduction_run_size samples at most, whatever the batch size: each sample's
         outputs are the same in any run (nothing here mixes samples), and a run of 32 pages
-        384 x 384 of PP-OCR det v5 without optimizations held GBs of activations at once."""
+        384 x 384 of PP-OCR det v5 without optimizations held GBs of activations at once.
+        ``joined`` False: the runs' lists of tensors as they came (:meth:`_scored` reads them so)."""
         from aimetcli import runtime
 
         run = min(self.batch_size, runtime.reduction_run_size(data))
         graph_outputs = {o.name for o in model.graph.outputs}
-        if outputs is None or set(outputs) <= graph_outputs:
-            return model_outputs(model, data, batch_size=run, optimization=optimization, outputs=outputs)
-        session = runtime.Session(expose(model, outputs), runtime.LEVELS[optimization])
+        exposed = model if outputs is None or set(outputs) <= graph_outputs else expose(model, outputs)
+        session = runtime.Session(exposed, runtime.LEVELS[optimization])
         batches = [session.run(feeds, outputs) for feeds in data.batches(run)]
-        return [_joined([b[i] for b in batches]) for i in range(len(outputs))]
+        if not joined:
+            return batches
+        return [_joined([b[i] for b in batches]) for i in range(len(batches[0]))] if batches else []
 
     def sqnr(self, sim: ir.Model) -> float | None:
         return self.score(sim).sqnr_db

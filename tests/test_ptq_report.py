@@ -382,3 +382,29 @@ def test_the_judge_takes_no_argmax_for_top1_without_labels(tmp_path, monkeypatch
     sim, _, _ = api.quantsim(api.clone(model), data, QuantOptions())
     score = judge.score(sim)
     assert score.top1 is None and score.sqnr_db is not None
+
+
+def test_the_judge_scores_run_by_run_the_same_whatever_the_run_size(monkeypatch):
+    """Judge.score compares each run's rows with the references as the runs come (no copy of the
+    whole output): per-sample noise, top-1 and argmax equal, bit for bit, whatever the run size,
+    and the runs are never joined."""
+    from aimetcli import runtime
+    from aimetcli.calibration.data import input_specs, open_data
+
+    model, _ = api.prepare(to_ir(_logits_model(scale=1.0)))
+    data = open_data("random:10", input_specs(model))
+    data.labels = np.arange(10) % 4
+    sim, _, _ = api.quantsim(api.clone(model), data, QuantOptions(param_bw=4, act_bw=4))
+    scores = []
+    for run in (3, 10):
+        monkeypatch.setattr(runtime, "reduction_run_size", lambda dataset, run=run: run)
+        judge = ptq_flow.Judge(model, data, 10)
+        monkeypatch.setattr(ptq_judge, "_joined", lambda parts: pytest.fail("the runs were joined"))
+        scores.append(judge.score(sim))
+        monkeypatch.undo()
+    small, whole = scores
+    assert small.sqnr_db == whole.sqnr_db and small.top1 == whole.top1 and len(small.noise) == 10
+    np.testing.assert_array_equal(small.noise, whole.noise)
+    np.testing.assert_array_equal(small.correct, whole.correct)
+    assert small.argmax.shape == (10, 6)
+    np.testing.assert_array_equal(small.argmax, whole.argmax)
