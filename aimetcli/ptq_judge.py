@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
-from aimetcli import graph as g
 from aimetcli.graph_builder import expose
 from aimetcli.options import RunOptions
 from aimetcli.kernels.energy import energies
+from aimetcli.scored_tensors import balanced_agreement, far_apart, scored_parts, softmax_argmax
 from aimetcli.steps.evaluate import (_joined, correct, evaluate, model_outputs, percent, score_output,
                                      sqnr_of_energies)
 
@@ -167,8 +167,8 @@ class Judge:
         self.fp32, self.data, self.batch_size = fp32, data, batch_size
         t = time.perf_counter()
         names = self._names()
-        # the tensors that may be scored instead of an output (_scored_parts), run with the outputs
-        parts = {o: x for o in names if (x := _scored_parts(fp32, o)) is not None}
+        # the tensors that may be scored instead of an output (scored_tensors.scored_parts), run with the outputs
+        parts = {o: x for o in names if (x := scored_parts(fp32, o)) is not None}
         exposed: dict[str, np.ndarray] = {}
         if reference is None:
             extra = list(dict.fromkeys(name for x in parts.values() for name in x))
@@ -183,7 +183,7 @@ class Judge:
             if missing:  # the caller gave the outputs
                 exposed.update(zip(missing, self._outputs(fp32, data, outputs=missing)))
             refs = [exposed[p] for p in self._parts]
-            if len(refs) > 1 and not _far_apart(refs, reference[k].shape[0]):
+            if len(refs) > 1 and not far_apart(refs, reference[k].shape[0]):
                 self._parts = None  # a Concat of comparable inputs: its output is scored
             else:
                 self._references = refs
@@ -196,7 +196,7 @@ class Judge:
         self._signal = self._energies(refs)[0] if refs is not None else None
         single = refs is not None and len(refs) == 1
         # a Softmax's logits: the argmax along its axis, per sample and position (Judge.veto)
-        self._argmax = _softmax_argmax(fp32, self._output) if single and self._per_sample else None
+        self._argmax = softmax_argmax(fp32, self._output) if single and self._per_sample else None
         self._fp32_argmax = None if self._argmax is None else self._argmax(refs[0])
         self.top1_fp32 = None if data.labels is None or not single else self._top1(refs[0], data.labels)
         self._scores: dict[int, Score] = {}
@@ -317,7 +317,7 @@ class Judge:
             return None
         names = [self._output]
         if self._parts is not None:
-            names = _scored_parts(sim, self._output)
+            names = scored_parts(sim, self._output)
             if names is None or len(names) != len(self._parts):
                 return None
         return self._outputs(sim, self.data, optimization=optimization, outputs=names, joined=False)
@@ -373,98 +373,6 @@ class Judge:
         tiny = np.finfo(np.float64).tiny
         gains = 10 * np.log10((a[idx].sum(axis=1) + tiny) / (b[idx].sum(axis=1) + tiny))
         return float(max(MARGIN_DB, BOOTSTRAP_SIGMAS * np.std(gains)))
-
-
-# between a Softmax and the graph output: a sim's output quantizer (quantsim/insert.py) and ops
-# that move values without changing them (the version converter wraps an old Softmax in Reshapes)
-_PASS_THROUGH = frozenset({"QuantizeLinear", "DequantizeLinear", "Identity", "Reshape", "Flatten", "Squeeze",
-                           "Unsqueeze"})
-
-
-def _scored_node(model: ir.Model, output: str) -> ir.Node | None:
-    """The Softmax or multi-input Concat that computes graph output ``output`` (through a sim's
-    output quantizer and the value-preserving ops of _PASS_THROUGH), or None."""
-    from aimetcli.quantsim.insert import is_grid_node
-
-    value = next((o for o in model.graph.outputs if o.name == output), None)
-    node = value.producer() if value is not None else None
-    while node is not None and (node.op_type in _PASS_THROUGH or (node.op_type == "Clip" and is_grid_node(node))):
-        node = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
-    if node is None or node.domain not in ("", "ai.onnx") or not node.inputs:
-        return None
-    if node.op_type == "Softmax" and node.inputs[0] is not None:
-        return node
-    if node.op_type == "Concat" and len(node.inputs) > 1 and all(
-            v is not None and v.const_value is None and v.producer() is not None for v in node.inputs):
-        return node
-    return None
-
-
-def _scored_parts(model: ir.Model, output: str) -> list[str] | None:
-    """What ptq scores instead of graph output ``output`` (through a sim's output quantizer),
-    or None for the output itself:
-
-    - the input of the Softmax that computes it: a saturated softmax squashes the error of
-      every confident sample to nothing, so the SQNR of the probabilities is decided by the few
-      samples near the decision boundary (a 2-class text-direction classifier: 18 dB on its 32
-      calibration lines, 31 dB on 64 others, for the same sim), while the logits carry the
-      network's error on every sample;
-    - the inputs of the Concat that computes it, each a part scored on its own
-      (:meth:`Judge._energies`), when :func:`_far_apart` finds their ranges too far apart for
-      one grid: a YOLO head concatenates boxes in pixels with sigmoid scores in [0, 1], and the
-      SQNR of the whole output is that of the boxes alone (a trained YOLOv8n: 29 dB on the
-      output while its scores were at 5 dB)."""
-    node = _scored_node(model, output)
-    return None if node is None else [v.name for v in node.inputs]
-
-
-def _softmax_argmax(model: ir.Model, output: str) -> Callable[[np.ndarray], np.ndarray] | None:
-    """For an output computed by a Softmax: the function that maps the Softmax's input (its
-    logits, a row per sample) to the argmax along the Softmax's axis, per sample and position
-    (shape [samples, positions]); None for any other output. Softmax before opset 13 takes the
-    argmax over the axis and every axis after it (the input is coerced to 2-D there)."""
-    node = _scored_node(model, output)
-    if node is None or node.op_type != "Softmax":
-        return None
-    opset = g.opset_version(model)
-    attr = node.attributes.get("axis")
-    axis = attr.as_int() if attr is not None else (-1 if opset >= 13 else 1)
-
-    def argmax(x: np.ndarray) -> np.ndarray:
-        ax = axis + x.ndim if axis < 0 else axis
-        if opset < 13:
-            x = x.reshape(*x.shape[:ax], -1)
-            ax = x.ndim - 1
-        return np.argmax(x, axis=ax).reshape(x.shape[0], -1)
-
-    return argmax
-
-
-def _far_apart(refs: list[np.ndarray], samples: int) -> bool:
-    """Whether FP32's Concat inputs ``refs`` each have a row per sample and the narrowest
-    range (including 0, as a grid's) would keep fewer than MIN_CONCAT_LEVELS of an 8-bit grid
-    over the widest: the rule by which quantsim gives such a Concat's inputs grids of their own
-    (quantsim/placement.py, revise_after_calibration)."""
-    from aimetcli.quantsim.placement import MIN_CONCAT_LEVELS
-
-    if any(r.ndim == 0 or r.shape[0] != samples or r.size == 0 or r.dtype.kind != "f" for r in refs):
-        return False
-    spans = [max(float(np.max(r)), 0.0) - min(float(np.min(r)), 0.0) for r in refs]
-    widest = max(spans)
-    return widest > 0 and min(spans) / widest * 255 < MIN_CONCAT_LEVELS
-
-
-def balanced_agreement(reference: np.ndarray, argmax: np.ndarray) -> float:
-    """Class-balanced agreement of ``argmax`` with ``reference`` (integer classes, same shape):
-    the mean over the classes that occur in ``reference`` of the fraction of their positions
-    where ``argmax`` agrees. A recognizer's CTC output is blank at most steps (PP-OCRv5: 66% of
-    them), so plain agreement rates a model that reads blank everywhere above one that reads
-    the characters; here blank is one class among the others."""
-    ref = reference.ravel()
-    counts = np.bincount(ref)
-    hits = np.bincount(ref, weights=(argmax.ravel() == ref))
-    present = counts > 0
-    return float(np.mean(hits[present] / counts[present])) if present.any() else 1.0
 
 
 LAYER_ERROR_SAMPLES = 8

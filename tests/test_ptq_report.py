@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import helper, numpy_helper
 
-from aimetcli import api, ptq_flow, ptq_judge
+from aimetcli import api, ptq_flow, ptq_judge, scored_tensors
 from aimetcli.cli import main
 from aimetcli.quantsim.placement import QuantOptions
 from helpers import make_model, rand, run, to_ir
@@ -278,11 +278,11 @@ def test_the_judge_scores_class_probabilities_on_their_logits(tmp_path):
     from aimetcli.calibration.data import input_specs, open_data
 
     model, _ = api.prepare(to_ir(_softmax_classifier()))
-    assert ptq_judge._scored_parts(model, "probs") == ["logits"]
+    assert scored_tensors.scored_parts(model, "probs") == ["logits"]
     data = open_data("random:16", input_specs(model))
     sim, _, _ = api.quantsim(api.clone(model), data, QuantOptions(param_bw=4, act_bw=4))
     # the sim's Softmax reads the quantized logits
-    assert ptq_judge._scored_parts(sim, "probs") not in (None, ["logits"])
+    assert scored_tensors.scored_parts(sim, "probs") not in (None, ["logits"])
     judge = ptq_flow.Judge(model, data, 8)
     x = np.concatenate([b["x"] for b in data.batches(16)])
     w = numpy_helper.to_array(_softmax_classifier().graph.initializer[0])
@@ -326,7 +326,7 @@ def test_the_judge_vetoes_a_gain_that_reads_blank_everywhere(tmp_path):
     before, after = judge.score(incumbent), judge.score(candidate)
     assert after.sqnr_db > before.sqnr_db + 5  # the logits' SQNR alone would keep it
     assert np.all(after.argmax == 0) and np.mean(after.argmax == judge._fp32_argmax) == pytest.approx(4 / 6)
-    assert ptq_judge.balanced_agreement(judge._fp32_argmax, after.argmax) == pytest.approx(0.25)
+    assert scored_tensors.balanced_agreement(judge._fp32_argmax, after.argmax) == pytest.approx(0.25)
     assert "vetoed" in judge.veto(before, after) and judge.veto(after, before) == ""
     # through ptq's verdict: a gain far over the margin, dropped with the veto as its reason
     flow = ptq_flow._Flow.__new__(ptq_flow._Flow)
@@ -340,9 +340,9 @@ def test_the_judge_vetoes_a_gain_that_reads_blank_everywhere(tmp_path):
 
 def test_balanced_agreement_counts_each_class_once():
     ref = np.array([[0, 0, 0, 1], [0, 0, 2, 2]])
-    assert ptq_judge.balanced_agreement(ref, ref) == 1.0
-    assert ptq_judge.balanced_agreement(ref, np.zeros_like(ref)) == pytest.approx(1 / 3)
-    assert ptq_judge.balanced_agreement(ref, np.array([[1, 1, 1, 1], [2, 2, 2, 2]])) == pytest.approx(2 / 3)
+    assert scored_tensors.balanced_agreement(ref, ref) == 1.0
+    assert scored_tensors.balanced_agreement(ref, np.zeros_like(ref)) == pytest.approx(1 / 3)
+    assert scored_tensors.balanced_agreement(ref, np.array([[1, 1, 1, 1], [2, 2, 2, 2]])) == pytest.approx(2 / 3)
 
 
 @pytest.mark.parametrize("per_channel_wins", [False, True])
@@ -396,8 +396,8 @@ def test_the_judge_scores_run_by_run_the_same_whatever_the_run_size(monkeypatch)
     data.labels = np.arange(10) % 4
     sim, _, _ = api.quantsim(api.clone(model), data, QuantOptions(param_bw=4, act_bw=4))
     scores = []
-    for run in (3, 10):
-        monkeypatch.setattr(runtime, "reduction_run_size", lambda dataset, run=run: run)
+    for size in (3, 10):
+        monkeypatch.setattr(runtime, "reduction_run_size", lambda dataset, size=size: size)
         judge = ptq_flow.Judge(model, data, 10)
         monkeypatch.setattr(ptq_judge, "_joined", lambda parts: pytest.fail("the runs were joined"))
         scores.append(judge.score(sim))
