@@ -101,8 +101,9 @@ class _Occupied:
 
 
 def _occupied(h: np.ndarray, edge: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> _Occupied:
-    """:class:`_Occupied` of counts ``h`` (C, B); ``edge(rows, j)``: the left edge of bin j of
-    each row (j = B: the right edge of the last bin)."""
+    """:class:`_Occupied` of counts ``h`` (C, B), every row with a non-empty bin (both callers make
+    sure: ``_as_2d`` refuses an empty row, an observer raises before it has one); ``edge(rows, j)``:
+    the left edge of bin j of each row (j = B: the right edge of the last bin)."""
     rows, bins = np.nonzero(h > 0)
     n = np.bincount(rows, minlength=h.shape[0])
     first = np.concatenate([[0], np.cumsum(n)[:-1]])
