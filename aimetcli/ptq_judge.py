@@ -268,9 +268,9 @@ class Judge:
 
     def _scored(self, sim: ir.Model, runs: list[list] | None) -> Score:
         """The Score of ``runs`` (the scored tensors of each run over the data, :meth:`_run`). Where
-        the references have a row per sample, each run is compared with its rows of them as it comes
-        (the per-sample energies, top-1 and argmax do not depend on how the samples were split into
-        runs), so the runs are never joined into one copy of the output; otherwise they are."""
+        the references have a row per sample, each run is compared with its own rows of them (the
+        per-sample energies, top-1 and argmax do not depend on how the samples were split into
+        runs), so the runs are never joined into a second copy of the output; otherwise they are."""
         if runs is None or self._references is None or not runs:
             return Score(sim, None, None, None)
         if not self._per_sample:  # the references' rows are not samples: compared whole (a view is per sample)

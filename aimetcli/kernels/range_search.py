@@ -100,20 +100,20 @@ class _Occupied:
         return self.counts[sl], self.mids[sl]
 
 
-def _occupied(h: np.ndarray, edge: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> _Occupied:
+def _occupied(h: np.ndarray, edges: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]) -> _Occupied:
     """:class:`_Occupied` of counts ``h`` (C, B), every row with a non-empty bin (both callers make
-    sure: ``_as_2d`` refuses an empty row, an observer raises before it has one); ``edge(rows, j)``:
-    the left edge of bin j of each row (j = B: the right edge of the last bin)."""
+    sure: ``_as_2d`` refuses an empty row, an observer raises before it has one); ``edges(rows, j)``:
+    the left and right edges of bin j of each row."""
     rows, bins = np.nonzero(h > 0)
     n = np.bincount(rows, minlength=h.shape[0])
     first = np.concatenate([[0], np.cumsum(n)[:-1]])
-    left, right = edge(rows, bins), edge(rows, bins + 1)
+    left, right = edges(rows, bins)
     ends = first + n - 1
     return _Occupied(h[rows, bins].astype(np.float64), (left + right) * 0.5, first, n, left[first], right[ends])
 
 
 def _of_edges(h: np.ndarray, e: np.ndarray) -> _Occupied:
-    return _occupied(h, lambda rows, j: e[rows, j])
+    return _occupied(h, lambda rows, j: (e[rows, j], e[rows, j + 1]))
 
 
 def _of_range(h: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> _Occupied:
@@ -122,10 +122,11 @@ def _of_range(h: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> _Occupied:
     b = h.shape[1]
     width = hi - lo
 
-    def edge(rows: np.ndarray, j: np.ndarray) -> np.ndarray:
-        return np.where(j == b, hi[rows], lo[rows] + width[rows] * (j / b))
+    def edges(rows: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        start, span = lo[rows], width[rows]
+        return start + span * (j / b), np.where(j + 1 == b, hi[rows], start + span * ((j + 1) / b))
 
-    return _occupied(h, edge)
+    return _occupied(h, edges)
 
 
 def _candidates(lo, hi, steps: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -447,13 +447,11 @@ def _runs_too_big(session: runtime.Session, names: list[str], model: ir.Model, d
     probe = runtime.reduction_run_size(dataset)
     if run <= probe or g.activations_declared(model):
         return False
-    if sizes is None or any(n not in sizes for n in names):
+    sizes = {} if sizes is None else sizes
+    if any(n not in sizes for n in names):
         feeds = next(iter(dataset.batches(probe)))
         rows = max(feed_rows(feeds), 1)
-        measured = {n: np.asarray(v).nbytes / rows for n, v in zip(names, session.run(feeds, names))}
-        if sizes is None:
-            sizes = measured
-        sizes.update(measured)
+        sizes.update((n, np.asarray(v).nbytes / rows) for n, v in zip(names, session.run(feeds, names)))
     per_sample = sum(sizes[n] for n in names)
     return per_sample * min(run, dataset.num_samples) > runtime.HISTOGRAM_RUN_LIMIT
 
