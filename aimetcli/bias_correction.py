@@ -206,19 +206,21 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
         chunk = runtime.correction_run_size(model, dataset, batch_size)
         in_graph = _grids_in_graph(dataset, options, chunk)
         _describe(progress, "Correcting biases: preparing the sim")
-        sim, sim_proto, float_path, grids = _simulation(model, cfg, options, dataset, batch_size, progress, in_graph,
-                                                        activation_grids)
+        sim, sim_proto, float_path, grids, rounded = _simulation(model, cfg, options, dataset, batch_size, progress,
+                                                                 in_graph, activation_grids)
         sources = _float_sources(sim, [la.output.name for la in measured])
         targets = [Target(la.output.name, src, _output_rank(la), la.out_channels(la.weight_array()),
-                          id(la.node) not in analytical) for la, src in zip(measured, sources)]
+                          id(la.node) not in analytical, rounded.get(la.bias.name or "") if la.bias else None)
+                   for la, src in zip(measured, sources)]
         _describe(progress, "Correcting biases: FP32 means")
         fp32_means = _fp32_means(reference, targets, dataset, batch_size, chunk, progress)
         _describe(progress, f"Correcting biases: the correction run{'s' if len(fp32_means) > 1 else ''} "
                             f"({min(chunk, dataset.num_samples)} samples a run, every layer at once)")
-        joint, outputs, mean_inputs = correction_graph.build(sim_proto, float_path, targets, grids)
+        joint, outputs, mean_inputs, scales = correction_graph.build(sim_proto, float_path, targets, grids)
         means = [{mean_inputs[t.reference]: m[t.reference].astype(np.float32).reshape(t.mean_shape) for t in targets}
                  for m in fp32_means]
-        deltas, result.runs = _run_joint(joint, outputs, means, dataset, chunk, progress)
+        deltas, result.runs = _run_joint(joint, {**outputs, **{f"{r}\0scale": n for r, n in scales.items()}},
+                                         means, dataset, chunk, progress)
         result.grids_in_run = bool(grids)
         for layer in measured:
             diff = deltas[layer.output.name]
@@ -232,7 +234,12 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
                 result.corrected.append(LayerCorrection(layer.name, "analytical", n, float("nan"), shift))
             else:
                 w = layer.weight_array()
-                write_bias(layer, graph, names, bias_array(layer, w) + diff, w.dtype)
+                fixed = bias_array(layer, w) + diff
+                step = deltas.get(f"{layer.output.name}\0scale")
+                if step is not None:  # on the grid a runtime stores it on (quantsim/bias_grid.py), exactly
+                    step = step.astype(np.float32)
+                    fixed = np.rint(np.divide(fixed.astype(np.float32), step, dtype=np.float32)) * step
+                write_bias(layer, graph, names, fixed, w.dtype)
                 result.corrected.append(LayerCorrection(layer.name, "empirical", n, shift, 0.0))
     else:
         for layer in layers:
@@ -257,8 +264,8 @@ def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progres
                 known: Mapping[str, Encoding | None] | None = None):
     """The sim model quantsim would build from ``model``, and what the correction run needs of it.
 
-    Returns (sim, a copy of it with the weights fake-quantized, the float path, grids), both
-    copies sharing their tensors (quantsim.calibrate.calibration_weights). With ``in_graph``, activation grids that
+    Returns (sim, a copy of it with the weights fake-quantized, the float path, grids, the
+    biases rounded to a runtime's grid (:func:`_round_biases`)), both copies sharing their tensors (quantsim.calibrate.calibration_weights). With ``in_graph``, activation grids that
     the data decide are left to the correction run (placeholders here; the float path, weights
     fake-quantized, is the model they are measured on), so they follow every upstream correction
     as quantsim's calibration of the corrected model will. Otherwise the grids are calibrated
@@ -278,6 +285,7 @@ def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progres
     from aimetcli.model_ops import clone, sim_opset, upgrade_opset
     from aimetcli.quantsim.calibrate import (calibrate, calibration_weights, non_negative_outputs, observed_model,
                                              param_encodings)
+    from aimetcli.quantsim.bias_grid import LAYERS, bias_sites
     from aimetcli.quantsim.insert import insert_qdq
     from aimetcli.quantsim.placement import place_quantizers
 
@@ -319,15 +327,50 @@ def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progres
     ranks = {v.name: len(v.shape) for v in (*sim.graph.inputs, *(o for n in sim.graph for o in n.outputs))
              if v.shape is not None}
     record = {}
+    for node in list(sim.graph):  # a zero bias where correction may write one: quantsim will round it
+        layer = as_layer(node)
+        if layer is not None and node.op_type in LAYERS and layer.bias is None and layer.spec.bias_slot is not None:
+            w = layer.weight_array()
+            write_bias(layer, sim.graph, g.Names(sim), np.zeros(layer.out_channels(w), np.float32), w.dtype)
+    sites = bias_sites(sim.graph)  # before the quantizers go in
     # weights fake-quantized in the sim's copy (exactly QDQ, tested in test_quant_kernels) rather than
     # QDQ nodes: no weight QDQ to run or fold
     insert_qdq(sim, acts, {}, record=record)
+    rounded = _round_biases(sim, sites, acts, params, record)
     grids = []
     for tensor in in_graph_tensors:
         enc = acts[tensor]
         grids.append(Grid(tensor, record[tensor], enc.num_steps, enc.symmetric, tensor in nonneg, ranks.get(tensor),
                           ir.DataType.from_numpy(enc.container_dtype), enc.qmin, enc.qmax))
-    return sim, calibration_weights(sim, params), float_path, grids
+    return sim, calibration_weights(sim, params), float_path, grids, rounded
+
+
+def _round_biases(sim: ir.Model, sites, acts, params, record) -> dict[str, tuple[str, str, str]]:
+    """The biases a runtime stores as int32 (quantsim/bias_grid.py), rounded in the sim as
+    quantsim will round them, their grid's scale computed from the input quantizer's scale
+    value (computed in the correction run itself with in-graph grids): {bias: (its name, the
+    scale's, the rounded bias's)} (``correction_graph.Target.bias_grid``)."""
+    from aimetcli.quantsim.bias_grid import insert_rounding
+
+    graph = sim.graph
+    names = g.Names(sim)
+    out = {}
+    for site in sites:
+        if site.grid(acts, params) is None or site.input not in record:
+            continue
+        x_scale = graph.initializers[record[site.input].scale]
+        w_scale = g.add_initializer(graph, names.new(f"{site.weight}_scale_for_bias"),
+                                    np.asarray(params[site.weight].scale, np.float32))
+        mul = ir.Node("", "Mul", [x_scale, w_scale], name=names.new(f"{site.bias}_bias_scale"))
+        scale = mul.outputs[0]
+        scale.name = names.new(f"{site.bias}_bias_scale")
+        scale.type, scale.shape = ir.TensorType(ir.DataType.FLOAT), ir.Shape(list(w_scale.shape or []))
+        bias = graph.initializers[site.bias]
+        reader = next(iter(bias.uses())).node
+        graph.insert_before(reader, [mul])
+        rounded_value = insert_rounding(graph, names, bias, scale)
+        out[site.bias] = (site.bias, scale.name or "", rounded_value.name or "")
+    return out
 
 
 def _covers(known: Mapping[str, Encoding | None], placement) -> bool:

@@ -57,6 +57,9 @@ class Target:
     rank: int
     channels: int
     correct: bool
+    # the sim's names of the layer's float bias, its runtime grid's scale and the bias rounded
+    # to it (quantsim/bias_grid.py), when a runtime stores the bias as int32
+    bias_grid: tuple[str, str, str] | None = None
 
     @property
     def mean_shape(self) -> list[int]:
@@ -117,6 +120,25 @@ class _Builder(Builder):
             return self.op("ReduceMean", [x, self.const(np.array(axes, np.int64), np.int64)], keepdims=1)
         return self.op("ReduceMean", [x], axes=axes, keepdims=1)
 
+    def rounded_correction(self, t: Target, shift: ir.Value, values: dict[str, ir.Value], out: str
+                           ) -> tuple[ir.Value, ir.Value]:
+        """A layer whose bias a runtime rounds to the grid ``s`` (``t.bias_grid``: float bias
+        ``b``, ``s``, and ``b_r = s round(b / s)``, what the sim adds now): the corrected bias
+        is ``b' = s round((b_r + shift) / s)``, on the grid, so quantsim keeps it as it is.
+        Returns (``b' - b`` in the mean's shape, named ``out``: what bias correction adds to the
+        float bias; ``b' - b_r`` in that shape: what the sim's output moves by)."""
+        assert t.bias_grid is not None
+        bias, scale, rounded = (values[n] for n in t.bias_grid)
+        shape = self.const(np.array(t.mean_shape, np.int64), np.int64)
+        flat = self.op("Reshape", [shift, self.const(np.array([-1], np.int64), np.int64)])
+        target = self.op("Div", [self.op("Add", [rounded, flat]), scale])
+        whole = self.op("Clip", [self.op("Round", [target]), self.const(-(2.0 ** 31), np.float32),
+                                 self.const(2.0 ** 31 - 1, np.float32)])  # int32 saturates
+        new = self.op("Mul", [whole, scale])
+        written = self.op("Reshape", [self.op("Sub", [new, bias]), shape], out)
+        applied = self.op("Reshape", [self.op("Sub", [new, rounded]), shape])
+        return written, applied
+
     def grid(self, x: ir.Value, grid: Grid) -> None:
         """Nodes computing ``grid``'s scale, zero point and Clip bounds from tensor ``x``."""
         zero = self.const(0.0, np.float64)
@@ -151,8 +173,10 @@ class _Builder(Builder):
 
 def build(sim: ir.Model, float_path: ir.Model | None, targets: list[Target],
           grids: list[Grid]) -> tuple[ir.Model, dict[str, str], dict[str, str]]:
-    """The joint model, {layer output: name of its ``d`` output} and {layer output: name of the
-    graph input that takes its FP32 per-channel mean (shape ``Target.mean_shape``)}.
+    """The joint model, {layer output: name of its ``d`` output}, {layer output: name of the
+    graph input that takes its FP32 per-channel mean (shape ``Target.mean_shape``)} and, for the
+    targets with a ``bias_grid``, {layer output: name of the output giving that grid's scale}
+    (the corrected bias is snapped to it: ``d`` comes out of float arithmetic).
 
     ``sim`` and ``float_path`` are copies made for this (``calibrate.calibration_weights``, ``observed_model``): the
     joint model is ``sim`` extended, with the float path's nodes moved into it."""
@@ -185,6 +209,7 @@ def build(sim: ir.Model, float_path: ir.Model | None, targets: list[Target],
     after: dict[int, list[Callable[[], None]]] = {}  # id() of a sim/float value -> nodes to emit once it exists
     corrected_float: dict[int, ir.Value] = {}  # id() of a float value -> its corrected value
     d_values: dict[str, ir.Value] = {}
+    scales: dict[str, ir.Value] = {}  # layer output -> the scale of its bias's runtime grid
     for t in targets:
         fp_mean = ir.Value(name=b.name("aimetcli_bc/fp32_mean"), type=ir.TensorType(ir.DataType.FLOAT),
                            shape=ir.Shape(t.mean_shape))
@@ -196,6 +221,12 @@ def build(sim: ir.Model, float_path: ir.Model | None, targets: list[Target],
         outputs[t.reference] = d
 
         def emit(t=t, src=src, d=d, fp_mean=fp_mean, fixed=fixed):
+            if fixed and t.bias_grid is not None:
+                shift = b.op("Sub", [fp_mean, b.reduce_mean(src, t.rank)])
+                d_values[d], applied = b.rounded_correction(t, shift, sim_values, d)
+                b.redirect(src, b.op("Add", [src, applied], fixed))
+                scales[t.reference] = sim_values[t.bias_grid[1]]
+                return
             d_values[d] = b.op("Sub", [fp_mean, b.reduce_mean(src, t.rank)], d)
             if fixed:
                 b.redirect(src, b.op("Add", [src, d_values[d]], fixed))
@@ -227,5 +258,5 @@ def build(sim: ir.Model, float_path: ir.Model | None, targets: list[Target],
         b.place_after(node)
     if after:  # a value no node produces: a bug, not a user error
         raise AimetCliError(f"bias correction lost track of {len(after)} values; please report it", ErrorKind.RUNTIME)
-    add_outputs(graph, [d_values[d] for d in outputs.values()])
-    return sim, outputs, mean_inputs
+    add_outputs(graph, [d_values[d] for d in outputs.values()] + list(scales.values()))
+    return sim, outputs, mean_inputs, {ref: v.name or "" for ref, v in scales.items()}

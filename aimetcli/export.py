@@ -141,9 +141,11 @@ def strip_qdq(model: ir.Model, encodings: list[TensorEncoding]) -> int:
     ``encodings`` are the sim's (:func:`read_embedded`); they tell sims written before quantsim
     marked its narrow-grid nodes apart from the model's own clamps (:func:`_ours`).
     """
+    from aimetcli.quantsim.bias_grid import strip_rounding
+
     by_name = {te.name: te.encoding for te in encodings}
     graph = model.graph
-    removed = 0
+    removed = 4 * strip_rounding(graph)  # biases rounded to a runtime's grid: float again
     for node in list(graph):  # integers stored in the model (32-bit biases): back to their float values
         src = node.inputs[0] if g.is_op(node, "DequantizeLinear") else None
         if src is None or not src.is_initializer():

@@ -14,6 +14,9 @@ import numpy as np
 import onnx_ir as ir
 
 ONNX_DOMAINS = ("", "ai.onnx")
+# node metadata entry naming a node aimetcli inserted and export removes (quantsim/insert.py's
+# narrow-grid clamps, quantsim/bias_grid.py's bias rounding); onnxruntime ignores it
+ROLE_KEY = "aimetcli.role"
 
 
 def is_op(node: ir.Node | None, *op_types: str) -> bool:

@@ -38,6 +38,16 @@ def sim_of(proto, data, **opts):
     return sim, encs, summary
 
 
+def runtime_bias(b, x, w):
+    """The bias a runtime stores for input grid ``x`` and weight grid ``w``: int32 on the grid
+    float32(s_x * s_w), rounded half to even in float32 (onnxruntime's WeightBiasQuantization);
+    float when the input grid is narrow (its Clip, not a DequantizeLinear, feeds the layer)."""
+    if x.needs_clip:
+        return b
+    s = np.float32(x.scale) * w.scale.astype(np.float32)
+    return np.rint(np.divide(b, s, dtype=np.float32)) * s
+
+
 @pytest.mark.parametrize("param_bw, act_bw", [(8, 8), (6, 8), (4, 8), (8, 6), (8, 16), (16, 16)])
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_sim_equals_numpy_recomputation(tmp_path, param_bw, act_bw, per_channel):
@@ -48,13 +58,14 @@ def test_sim_equals_numpy_recomputation(tmp_path, param_bw, act_bw, per_channel)
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
     a, p = encs.activations, encs.params
     assert set(a) == {"x", "r", "y"}  # Gemm+Relu is a supergroup: h is not quantized
-    assert set(p) == {"W1", "W2"}  # biases stay float (AIMET default config)
+    assert set(p) == {"W1", "W2"}  # no bias grid of its own (AIMET default config)
     if per_channel:
         assert p["W1"].axis == 0 and p["W1"].scale.shape == (16,)
     xq = fake_quantize(x, a["x"])
-    h = xq @ fake_quantize(inits["W1"], p["W1"]).T + inits["B1"]
+    h = xq @ fake_quantize(inits["W1"], p["W1"]).T + runtime_bias(inits["B1"], a["x"], p["W1"])
     r = fake_quantize(np.maximum(h, 0), a["r"])
-    y = fake_quantize(r @ fake_quantize(inits["W2"], p["W2"]).T + inits["B2"], a["y"])
+    y = fake_quantize(r @ fake_quantize(inits["W2"], p["W2"]).T + runtime_bias(inits["B2"], a["r"], p["W2"]),
+                      a["y"])
     got = run(sim, {"x": x})[0]
     # float32 sums in another order may move a value across a rounding boundary: at most one step
     # one step, plus float32 rounding of q * scale at large |q| (16 bit)
@@ -136,6 +147,8 @@ def test_placement_follows_aimet_default_config():
     reasons = {s["tensor"]: s["reason"] for s in summary.skipped}
     assert "supergroup" in reasons["c1"] and "Reshape" in reasons["f"]
     assert op_count(sim, "QuantizeLinear") == 8 and op_count(sim, "DequantizeLinear") == 8
+    # conv1's bias rounded to the int32 grid s_input * s_W1 a runtime stores it on (quantsim/bias_grid.py)
+    assert op_count(sim, "Round") == 1
     # graph output keeps its name and is quantized
     assert [o.name for o in sim.graph.outputs] == ["logits"]
 

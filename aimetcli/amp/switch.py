@@ -15,6 +15,11 @@ Where for float, and ran 2-3x slower than the plain sim: Where reads both of its
 full). One onnxruntime session then scores every configuration with different feeds (as
 ``aimetcli analyze`` does), where AIMET's AMP recomputes its sim's encodings for each.
 
+A bias a runtime stores as int32 on the grid input scale x weight scale
+(``quantsim/bias_grid.py``) is fed too: its grid depends on the bitwidths of the layer's input
+and weight and on whether its output is quantized, so each configuration gets the bias the
+plain sim of that configuration stores.
+
 Every grid is fixed before the search: weights from the weights at each bitwidth, activations
 calibrated at each activation bitwidth with the weights at the base bitwidth (what quantsim does
 for a uniform sim). A plain sim with per-layer bitwidths calibrates each activation with the
@@ -33,7 +38,32 @@ import onnx_ir as ir
 from aimetcli import graph as g
 from aimetcli.amp.groups import Group
 from aimetcli.kernels.quant import Encoding, fake_quantize
+from aimetcli.quantsim.bias_grid import BiasSite, bias_sites
 from aimetcli.quantsim.insert import activation_chain, reroute
+
+
+@dataclass
+class BiasFeed:
+    """A fed bias: the layer's site, its float values, the grids its input and weight may take
+    (by bitwidth), and the arrays fed so far by (input bits, weight bits, output quantized)."""
+
+    site: BiasSite
+    values: np.ndarray
+    input_grids: dict[int, Encoding]
+    weight_grids: dict[int, Encoding]
+    fed: dict[tuple, np.ndarray] = field(default_factory=dict)
+
+    def array(self, bits: dict[str, int | None]) -> np.ndarray:
+        """The bias the plain sim of the configuration ``bits`` stores."""
+        xb, wb = bits.get(self.site.input), bits.get(self.site.weight)
+        reached = any(bits.get(t) is not None for t in self.site.chain)
+        key = (xb, wb, reached)
+        if key not in self.fed:
+            x = None if xb is None else self.input_grids.get(xb)
+            w = None if wb is None else self.weight_grids.get(wb)
+            grid = self.site.grid_of(x, w, reached)
+            self.fed[key] = self.values if grid is None else fake_quantize(self.values, grid)
+        return self.fed[key]
 
 
 @dataclass
@@ -45,6 +75,7 @@ class SwitchableSim:
     weight_inputs: dict[str, str] = field(default_factory=dict)  # tensor -> input name
     switches: dict[str, dict[int, str]] = field(default_factory=dict)  # activation -> bits -> input name
     switched: dict[str, str] = field(default_factory=dict)  # tensor -> the value its readers read now
+    biases: dict[str, BiasFeed] = field(default_factory=dict)  # input name -> the bias fed there
 
     def feeds(self, bits: dict[str, int | None]) -> dict[str, np.ndarray]:
         """The feeds giving each tensor of ``bits`` its bitwidth (None: float); a tensor not in
@@ -57,6 +88,8 @@ class SwitchableSim:
             chosen = bits.get(tensor)
             for b, name in by_bits.items():
                 out[name] = np.array(chosen == b)
+        for name, feed in self.biases.items():
+            out[name] = feed.array(bits)
         return out
 
 
@@ -89,9 +122,13 @@ def build_switchable(model: ir.Model, groups: list[Group], weights: dict[str, di
     names = g.Names(model)
     values = _values(graph)
     sim = SwitchableSim(model)
+    sites = [s for s in bias_sites(graph) if s.bias not in (fixed or {})]  # before the graph changes
     order = {node: i for i, node in enumerate(graph)}
     for tensor, enc in (fixed or {}).items():
         insert_param(graph, names, graph.initializers[tensor], enc, store_integers=True, order=order)
+    for site in sites:
+        if site.input in activations and site.weight in weights:
+            _feed_bias(graph, names, site, activations[site.input], weights[site.weight], sim)
     for grp in groups:
         if grp.weight is not None:
             _feed_weight(graph, names, grp, weights.get(grp.weight, {}), sim)
@@ -120,6 +157,18 @@ def _feed_weight(graph: ir.Graph, names: g.Names, grp: Group, grids: dict[int, E
     sim.weights[tensor] = arrays
     sim.weight_inputs[tensor] = fed.name or ""
     sim.switched[tensor] = fed.name or ""
+
+
+def _feed_bias(graph: ir.Graph, names: g.Names, site: BiasSite, input_grids: dict[int, Encoding],
+               weight_grids: dict[int, Encoding], sim: SwitchableSim) -> None:
+    """Replace the bias by a graph input fed per configuration (:class:`BiasFeed`)."""
+    value = graph.initializers[site.bias]
+    b = np.asarray(value.const_value.numpy(), np.float32)
+    fed = _input(graph, names, f"aimetcli_amp_bias/{site.bias}", ir.DataType.FLOAT, list(b.shape))
+    for use in list(value.uses()):
+        use.node.replace_input_with(use.idx, fed)
+    graph.initializers.pop(site.bias)
+    sim.biases[fed.name or ""] = BiasFeed(site, b, dict(input_grids), dict(weight_grids))
 
 
 def _chain(graph: ir.Graph, names: g.Names, value: ir.Value, grids: dict[int, Encoding],

@@ -3,6 +3,9 @@
 Activations:  T -> QuantizeLinear -> DequantizeLinear [-> Clip] -> every reader of T
 Weights:      W -> QuantizeLinear -> DequantizeLinear [-> Max -> Min] -> readers (simulation), or
               W becomes its integers (same name, integer type) -> DequantizeLinear (deployment)
+Biases:       on the grid a runtime derives (input scale x weight scale, quantsim/bias_grid.py):
+              b -> Div -> Round -> Mul -> the layer (simulation), or its int32 integers ->
+              DequantizeLinear (deployment); on the config's own 32-bit grid: stored integers
 
 The model then runs on stock onnxruntime and computes exactly what the numpy
 reference (kernels/quant.py: fake_quantize) computes: for grids narrower than their
@@ -36,7 +39,7 @@ SIM_OPSET = 13
 WIDE_OPSET = 21  # int16/uint16 QuantizeLinear
 
 
-ROLE_KEY = "aimetcli.role"
+ROLE_KEY = g.ROLE_KEY
 GRID_ROLE = "narrow-grid"
 
 
@@ -203,15 +206,26 @@ def insert_param(graph: ir.Graph, names: g.Names, value: ir.Value, enc: Encoding
 def insert_qdq(model: ir.Model, activations: dict[str, Encoding], params: dict[str, Encoding], *,
                store_integers: bool = False, record: dict[str, ActivationConstants] | None = None
                ) -> dict[str, str]:
-    """Insert every quantizer. Returns {graph output name: new name of its float value}.
+    """Insert every quantizer, and put each bias a runtime stores as int32 on that grid
+    (:mod:`aimetcli.quantsim.bias_grid`). Returns {graph output name: new name of its float value}.
 
     ``record``, when given, receives the names of each activation quantizer's constants.
     """
+    from aimetcli.quantsim.bias_grid import insert_rounding, runtime_bias_grids
+
     graph = model.graph
     names = g.Names(model)
     values = values_by_name(graph)
     renamed = {}
     order = {node: i for i, node in enumerate(graph)}
+    # biases a runtime stores on the accumulator's grid: rounded so here too (quantsim/bias_grid.py)
+    derived = runtime_bias_grids(graph, activations, params)
+    for tensor, enc in derived.items():
+        if store_integers:
+            insert_param(graph, names, graph.initializers[tensor], enc, store_integers=True, order=order)
+        else:
+            scale = g.add_initializer(graph, names.new(f"{tensor}_bias_scale"), np.asarray(enc.scale, np.float32))
+            insert_rounding(graph, names, graph.initializers[tensor], scale)
     for tensor, enc in params.items():
         # QuantizeLinear has no int32 output: 32-bit (bias) grids are always stored as integers
         insert_param(graph, names, graph.initializers[tensor], enc,
