@@ -45,10 +45,17 @@ def amp_opset(amp: AmpOptions, options: QuantOptions) -> int:
     return WIDE_OPSET if widest > 8 else sim_opset(options)
 
 
-def amp_stage(flow, current, best, opts: QuantOptions, amp: AmpOptions):
+def amp_stage(flow, current, best, opts: QuantOptions, amp: AmpOptions, schemes: tuple = ()):
     """Search, then simulate ``current`` with the chosen bitwidths: (sim, options); the
-    AmpResult goes to ``flow.mixed``. ``flow``: ptq's run state (ptq_flow._Flow)."""
-    from aimetcli.steps.amp import describe, mixed_precision
+    AmpResult goes to ``flow.mixed``. ``flow``: ptq's run state (ptq_flow._Flow).
+
+    ``schemes``: the range schemes ptq's flow tried. The flow chose ``opts.scheme`` at the base
+    bitwidths, and the widest candidate may want another: tf-enhanced clips weights for 8-bit
+    activations, and with 16-bit activations the weights' clipping is most of the error left
+    (PP-OCRv6 tiny rec, per-channel W8A16: 19.1 dB with tf-enhanced ranges, 21.5 with min-max).
+    Where the budget is out of reach with ``opts.scheme``, the search runs with the first of
+    the others that reaches it, and the later stages go on with that scheme."""
+    from aimetcli.steps.amp import BudgetOutOfReach, describe, mixed_precision
 
     t = time.perf_counter()
     # the budget is measured where ptq's table reports its scores: on the --eval data when given
@@ -67,9 +74,33 @@ def amp_stage(flow, current, best, opts: QuantOptions, amp: AmpOptions):
         sims[(bits, exclude)] = sim
         return deployed_value(judge, metric, sim.model)
 
-    result = mixed_precision(current, flow.calib, judge, opts, amp, RunOptions(flow.batch_size),
-                             reference_top1=judge.top1_fp32, on_start=flow.start,
-                             judged_on=flow.data_label if judge is flow.scorer else "calibration", deployed=deployed)
+    def search(o: QuantOptions):
+        nonlocal opts
+        opts = o  # the deployed check builds its sims with these
+        return mixed_precision(current, flow.calib, judge, o, amp, RunOptions(flow.batch_size),
+                               reference_top1=judge.top1_fp32, on_start=flow.start,
+                               judged_on=flow.data_label if judge is flow.scorer else "calibration", deployed=deployed)
+
+    first = opts
+    try:
+        result = search(opts)
+    except BudgetOutOfReach as missed:
+        result = None
+        for scheme in (sc for sc in schemes if sc is not first.scheme):
+            flow.start(f"mixed precision: the budget is out of reach with {first.scheme.value} ranges; "
+                       f"trying {scheme.value}")
+            try:
+                result = search(dataclasses.replace(first, scheme=scheme))
+            except BudgetOutOfReach:
+                continue
+            unit = "%" if amp.max_drop is not None else " dB"
+            flow.warnings.append(
+                f"mixed precision: the budget is out of reach with {first.scheme.value} ranges (every group at its "
+                f"highest candidate gives {missed.best:.2f}{unit}); searched with {scheme.value} ranges, which reach "
+                "it, and the later stages use them")
+            break
+        if result is None:
+            raise
     mixed = result.apply(opts)
     sim = sims.get((result.bits, result.exclude))
     if sim is None:

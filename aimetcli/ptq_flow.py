@@ -272,7 +272,7 @@ def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, op
     if adaround is None:
         adaround = adaround_by_default(options)
     if amp is not None:
-        best, opts = amp_stage(flow, current, best, opts, amp)
+        best, opts = amp_stage(flow, current, best, opts, amp, schemes)
     if adaround:
         current, best = _adaround_stage(flow, current, best, opts)
     else:

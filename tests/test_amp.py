@@ -500,3 +500,39 @@ def test_mixed_precision_steps_back_when_the_pick_misses_deployed(tmp_path):
     assert len(held.bits) + len(held.exclude) >= need
     assert any(p.deployed == 0.0 for p in held.pareto), "the pick was checked and missed"
     assert held.relative_bitops >= free.relative_bitops
+
+
+def test_ptq_searches_with_another_scheme_where_the_budget_is_out_of_reach(tmp_path, monkeypatch):
+    """The flow chooses its range scheme at the base bitwidths; where the widest candidate misses
+    the budget with it (tf-enhanced's clipped weights under 16-bit activations), the search runs
+    with the other scheme the flow tried, says so, and the later stages and the export use it."""
+    from aimetcli.steps import amp as amp_step
+
+    real = amp_step.mixed_precision
+    tried = []
+
+    def first_out_of_reach(model, calib, judge, options, *args, **kwargs):
+        tried.append(options.scheme)
+        if len(tried) == 1:
+            raise amp_step.BudgetOutOfReach("the budget is out of reach (first scheme)", 12.5)
+        return real(model, calib, judge, options, *args, **kwargs)
+
+    monkeypatch.setattr(amp_step, "mixed_precision", first_out_of_reach)
+    src = _files(tmp_path)
+    out = tmp_path / "out"
+    fast = ["--no-equalize", "--no-bias-correct", "--no-adaround", "--per-tensor", "--param-bw", "4"]
+    r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(out), "--data", str(tmp_path / "d.npz"),
+                                  "--min-sqnr", "30", "--quant-scheme", "auto", *fast, "--json"])
+    assert r.exit_code == 0, r.output
+    assert len(tried) == 2 and tried[0] is not tried[1]
+    assert (f"out of reach with {tried[0].value} ranges" in r.stderr
+            and f"searched with {tried[1].value} ranges" in r.stderr), r.stderr
+    doc = json.loads(r.stdout)
+    ptq = doc["ptq"] if "ptq" in doc else doc
+    assert ptq["options"]["scheme"] == tried[1].value, ptq["options"]
+    # out of reach with every scheme: the first scheme's error, nothing written
+    monkeypatch.setattr(amp_step, "mixed_precision", lambda *a, **k: (_ for _ in ()).throw(
+        amp_step.BudgetOutOfReach("the budget is out of reach: every group at its highest candidate", 1.0)))
+    r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(tmp_path / "out2"), "--data", str(tmp_path / "d.npz"),
+                                  "--min-sqnr", "30", "--quant-scheme", "auto", *fast])
+    assert r.exit_code == 1 and "out of reach" in r.stderr and not (tmp_path / "out2" / "report.json").exists()

@@ -49,6 +49,14 @@ CURVE_POINTS = 12  # points of the Pareto curve scored besides the bisection's, 
 PHASE1_SAMPLES = 256
 
 
+class BudgetOutOfReach(AimetCliError):
+    """Even every group at its highest candidate misses the budget: ``best`` is the value reached."""
+
+    def __init__(self, message: str, best: float):
+        super().__init__(message, ErrorKind.INPUT)
+        self.best = best
+
+
 @dataclass
 class ParetoPoint:
     """A configuration along phase 2's walk: after moving ``group`` to ``candidate``."""
@@ -297,9 +305,9 @@ def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: A
         best = value(measure(highest))
         what = (f"top-1 {best:.2f}% against a target of {target:.2f}% (FP32 {reference_top1:.2f}% less "
                 f"{amp.max_drop:g})" if by_max_drop else f"an output SQNR of {best:.1f} dB against {target:g} dB")
-        raise AimetCliError(f"the budget is out of reach: every group at its highest candidate "
-                            f"({candidates[-1].label()}) gives {what}; allow a larger drop or add a wider candidate "
-                            "(--amp-candidates ... ,float)", ErrorKind.INPUT)
+        raise BudgetOutOfReach(f"the budget is out of reach: every group at its highest candidate "
+                               f"({candidates[-1].label()}) gives {what}; allow a larger drop or add a wider candidate "
+                               "(--amp-candidates ... ,float)", best)
     cost_highest = cost(groups, layers, highest)
     entries: list[Entry] = []
     sensitivity: list[list[dict]] = [[] for _ in groups]
