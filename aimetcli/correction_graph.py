@@ -29,6 +29,14 @@ computed in double precision:
 so the sim quantizes each tensor exactly as quantsim will on the corrected model.
 The sim's constants for such a quantizer are replaced by the computed values,
 under the same names.
+
+Biases a runtime stores as int32 on the grid ``s = s_x * s_w`` (quantsim/bias_grid.py)
+are rounded in the sim as quantsim rounds them, ``s`` read from the input quantizer's
+scale (computed in the run with in-graph grids). A corrected layer's bias can only
+take values on that grid, so its correction is ``b' = s round((b_r + d) / s)`` (``b_r``
+the rounded bias the sim had), the sim's output moves by ``b' - b_r``, and every later
+layer is measured with what that rounding leaves: the shift left at a layer is at most
+half a step of its own grid, not the sum of the rounding of every layer before it.
 """
 
 from __future__ import annotations

@@ -94,6 +94,17 @@ class RunOptions:
     log: Callable[[str], None] | None = None
 
 
+class AmpCost(enum.Enum):
+    """What mixed precision's walk saves per step (steps/amp.py): BITOPS, each layer's MACs x
+    weight bits x input bits (AIMET's MAC cost); ACTIVATIONS, the activation quantizers above the
+    base bitwidth, each counted once (issue 19's "16-bit activations only where needed": a
+    16-bit tensor costs its runtime the wide path wherever it goes, and most activations of a
+    recognizer feed no weighted layer, so bit-ops gives them no saving at all)."""
+
+    BITOPS = "bitops"
+    ACTIVATIONS = "activations"
+
+
 @dataclass(frozen=True)
 class AmpOptions:
     """Mixed precision under a budget (``ptq --max-drop`` / ``--min-sqnr``; aimetcli/steps/amp.py).
@@ -101,11 +112,13 @@ class AmpOptions:
     ``min_sqnr``, dB of output SQNR against FP32 on the evaluation data (the calibration data
     when ptq has no ``--eval``). ``candidates``: each
     group's candidate bitwidths (``kernels.amp_search.Candidate``); empty: the base bitwidths,
-    W8A8 and W8A16 where wider, and float (``default_candidates``)."""
+    W8A8 and W8A16 where wider, and float (``default_candidates``). ``cost``: what the search
+    saves (:class:`AmpCost`)."""
 
     max_drop: float | None = None
     min_sqnr: float | None = None
     candidates: tuple = ()
+    cost: AmpCost = AmpCost.BITOPS
 
     def describe(self, judged_on: str = "evaluation") -> str:
         """The budget in words; ``judged_on``: the data an SQNR budget is measured on."""

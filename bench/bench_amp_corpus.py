@@ -11,8 +11,9 @@ and evaluation inputs from zoo_data.ensure, as bench/zoo.py makes them):
    output is a Softmax's (what ptq's judge scores), else of the first float output;
 2. the model "loses more than 3 dB at W8A8" when the best W8A16 sim's SQNR minus the best W8A8
    sim's is over ``--gap`` dB (3). The budget is then 1 dB below that best all-16-bit-activation
-   sim: ``aimetcli ptq --eval ... --min-sqnr (SQNR_A16 - 1) --amp-candidates w8a8,w8a16`` with that sim's
-   weight granularity (8-bit weights everywhere; the search sets each activation at 8 or 16 bits);
+   sim: ``aimetcli ptq --eval ... --min-sqnr (SQNR_A16 - 1) --amp-candidates w8a8,w8a16 --amp-cost
+   activations`` (``--cost``) with that sim's weight granularity (8-bit weights everywhere; the
+   search sets each activation at 8 or 16 bits);
 3. from report.json: the search's pick, the share of activation quantizers at 16 bits (the
    issue's goal: at most 25%), the search's phases; the deployable model_qdq.onnx scored on the
    evaluation data (onnxruntime with its default optimizations); met = that SQNR >= the budget.
@@ -73,7 +74,7 @@ def _sqnr(fp32, path: Path, name: str, x: np.ndarray, task: str, optimize: bool)
     return zoo_metrics.compare(fp32, zoo_metrics.session(str(path), optimize), name, x, task).sqnr_db
 
 
-def measure(m: ZooModel, granularities: list[str], gap: float, work: Path) -> dict:
+def measure(m: ZooModel, granularities: list[str], gap: float, work: Path, cost: str = "activations") -> dict:
     path = MODELS / f"{m.name}.onnx"
     fp32 = zoo_metrics.logits_session(str(path), optimize=True) or zoo_metrics.session(str(path), optimize=True)
     name = fp32.get_inputs()[0].name
@@ -104,11 +105,12 @@ def measure(m: ZooModel, granularities: list[str], gap: float, work: Path) -> di
     gran = best[16][0].split()[1]
     out = work / "ptq"
     args = ["ptq", str(path), "-o", str(out), "--data", str(ds.calib), "--eval", str(ds.eval), f"--{gran}",
-            "--min-sqnr", f"{target}", "--amp-candidates", CANDIDATES]
+            "--min-sqnr", f"{target}", "--amp-candidates", CANDIDATES, "--amp-cost", cost]
     common.log(f"  aimetcli {' '.join(args)}")
     wall, cpu, code, err = _aimetcli(args)
     row["load"].append(round(os.getloadavg()[0], 1))
-    row["ptq"] = {"target": target, "granularity": gran, "seconds": wall, "cpu": cpu, "exit": code, "error": err}
+    row["ptq"] = {"target": target, "granularity": gran, "seconds": wall, "cpu": cpu, "exit": code, "error": err,
+                  "cost": cost}
     if code != 0:
         return row
     report = json.loads((out / "report.json").read_text())["ptq"]
@@ -149,7 +151,7 @@ def render(rows: list[dict], gap: float) -> str:
         else:
             met = p["deploy_sqnr_db"] >= p["target"]
             sec = p["seconds_search"]
-            cells += [f"{p['target']:.2f} ({p['granularity']})", _db(p["search_sqnr_db"]), _db(p["rebuilt_sqnr_db"]),
+            cells += [f"{p['target']:.2f} ({p['granularity']}, {p.get('cost', 'bitops')})", _db(p["search_sqnr_db"]), _db(p["rebuilt_sqnr_db"]),
                       _db(p["deploy_sqnr_db"]), "met" if met else "MISSED",
                       f"{100 * p['share']:.0f}% ({p['a16']} of {p['activations']})", f"{p['relative_bitops']:.3f}",
                       f"{sec.get('build', 0):.0f} / {sec.get('phase1', 0):.0f} / {sec.get('phase2', 0):.0f}",
@@ -187,6 +189,8 @@ def main() -> None:
                     "bench/data/zoo/models)")
     ap.add_argument("--granularity", default="per-tensor,per-channel")
     ap.add_argument("--gap", type=float, default=3.0)
+    ap.add_argument("--cost", choices=("activations", "bitops"), default="activations",
+                    help="ptq's --amp-cost [activations: the issue counts activations at 16 bits]")
     ap.add_argument("--keep", type=Path, help="keep each model's sims and ptq output under DIR/<model>")
     ap.add_argument("--json", type=Path, default=RESULTS_JSON, help="where rows are kept [bench/data/amp_corpus.json]")
     ap.add_argument("--no-write", action="store_true")
@@ -207,7 +211,7 @@ def main() -> None:
             work = args.keep / m.name if args.keep else Path(tmp)
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
-            row = measure(m, args.granularity.split(","), args.gap, work)
+            row = measure(m, args.granularity.split(","), args.gap, work, args.cost)
         common.log(f"  {json.dumps({k: v for k, v in row.get('ptq', {}).items() if k != 'pareto'})}")
         merged = json.loads(args.json.read_text()) if args.json.exists() else {}  # another run may have written
         merged[m.name] = row

@@ -536,3 +536,33 @@ def test_ptq_searches_with_another_scheme_where_the_budget_is_out_of_reach(tmp_p
     r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(tmp_path / "out2"), "--data", str(tmp_path / "d.npz"),
                                   "--min-sqnr", "30", "--quant-scheme", "auto", *fast])
     assert r.exit_code == 1 and "out of reach" in r.stderr and not (tmp_path / "out2" / "report.json").exists()
+
+
+def test_ptq_amp_cost_activations_counts_wide_activations(tmp_path, monkeypatch):
+    """--amp-cost activations: each activation moved below its widest bitwidth saves the same,
+    so the walk takes them least phase-1 loss first, whatever MACs read them; the result says
+    which cost it walked by. On this model it keeps fewer 16-bit activations than bit-ops does
+    for the same budget (bit-ops gives the activations that feed no layer no saving)."""
+    monkeypatch.setattr(sys.modules[__name__], "_RNG", np.random.default_rng(5))
+    src = _files(tmp_path, softmax=True)
+    shares = {}
+    for cost in ("bitops", "activations"):
+        out = tmp_path / cost
+        r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(out), "--data", str(tmp_path / "d.npz"), "--min-sqnr",
+                                      "42", "--amp-candidates", "w8a8,w8a16", "--amp-cost", cost, *FAST[:-2], "--json"])
+        assert r.exit_code == 0, r.output
+        doc = json.loads(r.stdout)
+        mp = doc["ptq"]["mixed_precision"] if "ptq" in doc else doc["mixed_precision"]
+        assert mp["cost"] == cost and mp["final_sqnr_db"] >= 42 - 1e-6
+        shares[cost] = mp["wide_activation_share"]
+        walk = [p for p in mp["pareto"] if not p["refined"]][1:]
+        if cost == "activations":
+            assert "per activation moved below its widest bitwidth" in r.stderr
+            # every step moves one activation (candidates differ in activation bits only): each saves as much
+            losses = {g["name"]: g["sensitivity"][0]["loss"] for g in mp["groups"]}
+            steps = [losses[p["group"]] for p in walk]
+            assert steps == sorted(steps) or max(abs(a - b) for a, b in zip(steps, sorted(steps))) < 1e-9
+    assert shares["activations"] <= shares["bitops"], shares
+    r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(tmp_path / "x"), "--data", str(tmp_path / "d.npz"),
+                                  "--amp-cost", "activations", *FAST])
+    assert r.exit_code == 2 and "--amp-cost needs a budget" in r.stderr

@@ -35,7 +35,9 @@ def pareto_rows(result) -> tuple[list[str], list[list[str]], str]:
         final = (f" The chosen configuration as a plain sim (grids recalibrated): top-1 {_f(result.final_top1, '.2f')}, "
                  f"SQNR {_f(result.final_sqnr_db, '.1f')} dB.")
     caption = (f"Each step moves one group (a layer's weight and output, or an activation) to a cheaper candidate "
-               f"({', '.join(result.candidates)}), least error per bit-operation saved first; after the walk "
+               f"({', '.join(result.candidates)}), least error per "
+               f"{'activation moved below its widest bitwidth' if result.cost == 'activations' else 'bit-operation saved'}"
+               f" first; after the walk "
                f"(kept / undone), the steps past its choice tried one at a time from it. bit-ops: "
                f"MACs x weight bits x input bits relative to all 8-bit (float 32 bits); weights kB at those bits. "
                f"Target {result.target:.2f}{'%' if result.metric == 'top1' else ' dB'}; {len(result.pareto)} steps, "

@@ -350,6 +350,7 @@ class AmpArgs:
     max_drop: float | None
     min_sqnr: float | None
     candidates: str | None
+    cost: str = "bitops"
 
     @property
     def asked(self) -> bool:
@@ -359,16 +360,18 @@ class AmpArgs:
         """The usage error that needs no model (ptq_amp.check_amp has the others)."""
         if self.candidates and not self.asked:
             raise AimetCliError("--amp-candidates needs a budget: --max-drop or --min-sqnr", ErrorKind.USAGE)
+        if self.cost != "bitops" and not self.asked:
+            raise AimetCliError("--amp-cost needs a budget: --max-drop or --min-sqnr", ErrorKind.USAGE)
 
     def options(self):
         """The library's AmpOptions, or None when no budget was given."""
         if not self.asked:
             return None
         from aimetcli.kernels.amp_search import Candidate
-        from aimetcli.options import AmpOptions
+        from aimetcli.options import AmpCost, AmpOptions
 
         texts = [t for t in (self.candidates or "").split(",") if t.strip()]
-        return AmpOptions(self.max_drop, self.min_sqnr, tuple(Candidate.parse(t) for t in texts))
+        return AmpOptions(self.max_drop, self.min_sqnr, tuple(Candidate.parse(t) for t in texts), AmpCost(self.cost))
 
 
 def amp_options(func):
@@ -383,11 +386,17 @@ def amp_options(func):
         click.option("--amp-candidates", "amp_candidates", default=None, metavar="LIST",
                      help="Bitwidth candidates of each layer, e.g. w4a8,w8a8,w8a16,float [default: the "
                           "--param-bw/--act-bw pair, W8A8 and W8A16 where wider, float]."),
+        click.option("--amp-cost", "amp_cost", type=click.Choice(["bitops", "activations"]), default="bitops",
+                     show_default=True,
+                     help="What mixed precision saves: bit-operations (MACs x weight bits x input bits, AIMET's "
+                          "cost) or activations above the base bitwidth, each counted once (fewest 16-bit "
+                          "activations)."),
     ]
 
     @functools.wraps(func)
-    def wrapper(*args, max_drop: float | None, min_sqnr: float | None, amp_candidates: str | None, **kwargs):
-        return func(*args, amp=AmpArgs(max_drop, min_sqnr, amp_candidates), **kwargs)
+    def wrapper(*args, max_drop: float | None, min_sqnr: float | None, amp_candidates: str | None, amp_cost: str,
+                **kwargs):
+        return func(*args, amp=AmpArgs(max_drop, min_sqnr, amp_candidates, amp_cost), **kwargs)
 
     for option in reversed(options):
         wrapper = option(wrapper)

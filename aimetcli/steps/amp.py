@@ -39,7 +39,7 @@ from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.amp_search import (Entry, default_candidates, last_meeting, least_loss_first, noise_ratio, refine,
                                          step_back, walk)
 from aimetcli.model_ops import clone, upgrade_opset
-from aimetcli.options import AmpOptions, QuantOptions, RunOptions
+from aimetcli.options import AmpCost, AmpOptions, QuantOptions, RunOptions
 from aimetcli.quantsim.per_layer import BitsRule
 from aimetcli.steps.evaluate import _joined, correct, percent, sqnr_db
 
@@ -116,6 +116,7 @@ class AmpResult:
     exclude: tuple[str, ...] = ()
     note: str = ""
     phase1_samples: int = 0  # phase 1 ranks on the first samples of the budget's data
+    cost: str = "bitops"  # what the walk saves (options.AmpCost)
     # the chosen configuration rebuilt as a plain sim (ptq_amp.amp_stage), on the same data
     final_top1: float | None = None
     final_sqnr_db: float | None = None
@@ -285,10 +286,17 @@ def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: A
         return scores[key]
 
     def saving(config: list[int]) -> float:
-        """Relative bit-operations saved against the all-highest configuration, and a thousandth
-        of the weight bytes saved relative to all-8-bit weights: among equal bit-operations (an
-        output feeding no layer), the smaller model first."""
+        """What ``config`` saves against the all-highest configuration (``amp.cost``): relative
+        bit-operations, and a thousandth of the weight bytes saved relative to all-8-bit weights
+        (among equal bit-operations, an output feeding no layer, the smaller model first); or
+        the share of activations moved below their highest bitwidth, bit-operations and bytes
+        breaking ties."""
         c = cost(groups, layers, config)
+        if amp.cost is AmpCost.ACTIVATIONS:  # activations moved below their widest, bit-ops then bytes on ties
+            return (wide_share(groups, highest) - wide_share(groups, config)
+                    + 1e-3 * (cost_highest.relative_bitops - c.relative_bitops)
+                    + 1e-6 * (cost_highest.weight_bytes - c.weight_bytes) / max(1, sum(la.weight_elements
+                                                                                      for la in layers)))
         return (cost_highest.relative_bitops - c.relative_bitops
                 + 1e-3 * (cost_highest.weight_bytes - c.weight_bytes) / max(1, sum(la.weight_elements for la in layers)))
 
@@ -391,8 +399,10 @@ def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: A
         pareto[0].candidate, pareto[1].candidate = "all highest", "all base"
     config = points[chosen][0]
     note = ". ".join(n for n in (note, stepped) if n)
-    return _result(amp.describe(judged_on), metric, target, reference_top1, candidates, groups, layers, config,
-                   pareto, chosen, sensitivity, scorer.runs + ranker.runs, times, note, ranker.samples)
+    result = _result(amp.describe(judged_on), metric, target, reference_top1, candidates, groups, layers, config,
+                     pareto, chosen, sensitivity, scorer.runs + ranker.runs, times, note, ranker.samples)
+    result.cost = amp.cost.value
+    return result
 
 
 def wide_share(groups, config: list[int]) -> float:
