@@ -211,6 +211,20 @@ class Judge:
             return None
         return (self._parts[0] if self._parts is not None else self._output), self._reference
 
+    def scored(self) -> list[tuple[str, np.ndarray]] | None:
+        """(name in FP32, FP32's values) of every tensor this judge scores: the output, a
+        Softmax's logits, or a Concat's parts (scored_tensors.scored_parts); None for nothing."""
+        if self._output is None or self._references is None:
+            return None
+        return list(zip(self._parts if self._parts is not None else [self._output], self._references))
+
+    def sqnr_of(self, outs: list[np.ndarray], rows: slice | None = None) -> float:
+        """The SQNR (dB) this judge gives ``outs``, a model's values of :meth:`scored`'s tensors
+        (on the samples ``rows`` of the judge's data, when given), parts weighted as
+        :meth:`_energies` weighs them."""
+        signal, noise = self._energies(outs, rows)
+        return self._sqnr(signal, noise)
+
     @property
     def _reference(self) -> np.ndarray | None:
         """What is scored, when it is one tensor (the output or a Softmax's logits)."""

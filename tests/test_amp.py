@@ -16,7 +16,7 @@ from onnx import helper
 
 from aimetcli.cli import main
 from aimetcli.kernels.amp_search import Candidate, Entry, last_meeting, walk
-from helpers import init, make_model
+from helpers import init, make_model, to_ir
 from helpers import rand as _shared_rand
 
 _RNG = np.random.default_rng(19)  # its own: drawing from helpers.RNG would change later modules' data
@@ -566,3 +566,52 @@ def test_ptq_amp_cost_activations_counts_wide_activations(tmp_path, monkeypatch)
     r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(tmp_path / "x"), "--data", str(tmp_path / "d.npz"),
                                   "--amp-cost", "activations", *FAST])
     assert r.exit_code == 2 and "--amp-cost needs a budget" in r.stderr
+
+
+def _detector_head() -> onnx.ModelProto:
+    """x -> Conv -> Relu, then boxes (a Conv scaled to pixels, x 300) and scores (a Conv, Sigmoid)
+    -> Concat: a YOLO head, whose parts ptq's judge scores each on its own."""
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "wb"], ["cb"], name="box_conv"),
+             helper.make_node("Mul", ["cb", "pixels"], ["boxes"], name="to_pixels"),
+             helper.make_node("Conv", ["r1", "ws"], ["cs"], name="score_conv"),
+             helper.make_node("Sigmoid", ["cs"], ["scores"], name="sigmoid"),
+             helper.make_node("Concat", ["boxes", "scores"], ["y"], name="head", axis=1)]
+    return make_model(nodes, [("x", ["N", 2, 6, 6])], [("y", ["N", 7, 6, 6])],
+                      [init("w1", rand(6, 2, 3, 3)), init("b1", rand(6, scale=0.1)), init("wb", rand(4, 6, 1, 1)),
+                       init("pixels", np.array(300.0, np.float32)), init("ws", rand(3, 6, 1, 1))])
+
+
+def test_mixed_precision_scores_a_detector_head_in_parts(tmp_path):
+    """A Concat of boxes in pixels and scores in [0, 1]: ptq's judge scores each part on its own
+    (scored_tensors.scored_parts), and so does the search (it refused such heads before): its
+    SQNR of a configuration is the judge's SQNR of the same tensors, and ptq meets the budget."""
+    from aimetcli import api, ptq_judge
+    from aimetcli.calibration.data import input_specs, open_data
+    from aimetcli.options import QuantOptions
+
+    src = tmp_path / "m.onnx"
+    onnx.save(_detector_head(), src)
+    np.savez(tmp_path / "d.npz", x=rand(48, 2, 6, 6))
+    model, _ = api.prepare(to_ir(onnx.load(src)))
+    data = open_data(str(tmp_path / "d.npz"), input_specs(model))
+    judge = ptq_judge.Judge(model, data, 16)
+    assert [t for t, _ in judge.scored()] == ["boxes", "scores"]
+    sim, _, _ = api.quantsim(api.clone(model), data, QuantOptions())
+    parts = _run_names(sim, {"x": np.load(tmp_path / "d.npz")["x"]}, ["boxes_dequantized", "scores_dequantized"])
+    assert judge.sqnr_of(parts) == pytest.approx(judge.score(sim).sqnr_db, abs=1e-9)
+    r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(tmp_path / "out"), "--data", str(tmp_path / "d.npz"),
+                                  "--min-sqnr", "30", "--amp-candidates", "w8a8,w8a16", *FAST[:-2], "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    mp = doc["ptq"]["mixed_precision"] if "ptq" in doc else doc["mixed_precision"]
+    assert mp["final_sqnr_db"] >= 30 - 1e-6 and next(p for p in mp["pareto"] if p["chosen"])["sqnr_db"] >= 30 - 1e-6
+
+
+def _run_names(model, feeds, names):
+    from aimetcli import runtime
+    from aimetcli.graph_builder import expose
+
+    missing = [n for n in names if n not in {o.name for o in model.graph.outputs}]
+    return runtime.Session(expose(model, missing) if missing else model, runtime.SIMULATE).run(feeds, names)

@@ -41,7 +41,7 @@ from aimetcli.kernels.amp_search import (Entry, default_candidates, last_meeting
 from aimetcli.model_ops import clone, upgrade_opset
 from aimetcli.options import AmpCost, AmpOptions, QuantOptions, RunOptions
 from aimetcli.quantsim.per_layer import BitsRule
-from aimetcli.steps.evaluate import _joined, correct, percent, sqnr_db
+from aimetcli.steps.evaluate import _joined, correct, percent
 
 CURVE_POINTS = 12  # points of the Pareto curve scored besides the bisection's, evenly along the walk
 # Phase 1 ranks the groups on the first samples of the budget's data (AIMET's AMP takes a separate,
@@ -135,24 +135,25 @@ class AmpResult:
 
 class _Scorer:
     """Runs configurations of the switchable sim over the judge's data (or its first ``samples``
-    samples): the tensor the judge scores, its SQNR against FP32's and top-1 against the labels."""
+    samples): the tensors the judge scores (an output, a Softmax's logits, or a detector head's
+    parts), their SQNR against FP32's as the judge weighs them, and top-1 against the labels
+    where one tensor is scored."""
 
     def __init__(self, switchable, session, judge, batch_size: int, samples: int | None = None):
         from aimetcli.ptq_judge import _subset
 
-        self.sim, self.session = switchable, session
-        tensor = judge.scored_tensor()  # what ptq's judge scores (ptq_judge.Judge)
-        if tensor is None:
-            raise AimetCliError("mixed precision needs one floating-point output (or a Softmax's logits) to score; "
-                                "a detector head scored in parts is not supported: drop --max-drop/--min-sqnr",
-                                ErrorKind.UNSUPPORTED)
-        scored, reference = tensor
-        self.name = switchable.switched.get(scored, scored)
-        data, self.reference, self.labels = judge.data, reference, judge.data.labels
+        self.sim, self.session, self.judge = switchable, session, judge
+        tensors = judge.scored()  # what ptq's judge scores (ptq_judge.Judge)
+        if not tensors:
+            raise AimetCliError("mixed precision needs a floating-point output (or a Softmax's logits) to score: "
+                                "drop --max-drop/--min-sqnr", ErrorKind.UNSUPPORTED)
+        self.names = [switchable.switched.get(t, t) for t, _ in tensors]
+        data, self.labels = judge.data, judge.data.labels
+        self.rows: slice | None = None
         step = data.fixed_batch or 1
         keep = max(step, (samples or 0) // step * step)
         if samples is not None and judge._per_sample and data.num_samples > keep:
-            data, self.reference = _subset(data, 0, keep, "phase 1"), self.reference[:keep]
+            data, self.rows = _subset(data, 0, keep, "phase 1"), slice(0, keep)
             self.labels = None if self.labels is None else self.labels[:keep]
         self.samples = data.num_samples
         self.batches = list(data.batches(batch_size))
@@ -160,23 +161,26 @@ class _Scorer:
 
     def score(self, bits: dict[str, int | None]) -> tuple[float | None, float]:
         flags = self.sim.feeds(bits)
-        out = _joined([self.session.run({**feeds, **flags}, [self.name])[0] for feeds in self.batches])
+        runs = [self.session.run({**feeds, **flags}, self.names) for feeds in self.batches]
+        outs = [_joined([run[i] for run in runs]) for i in range(len(self.names))]
         self.runs += 1
-        return percent(correct(out, self.labels)), sqnr_db(self.reference, out)
+        top1 = percent(correct(outs[0], self.labels)) if len(outs) == 1 else None
+        return top1, self.judge.sqnr_of(outs, self.rows)
 
 
 def expose_scored(switchable, judge) -> None:
-    """Make the tensor ``judge`` scores (a Softmax's logits, which no graph outputs; or the
-    output) an output of the switchable sim, as read after its quantizer (the If cascade's
-    output), where a plain sim's judge reads it."""
+    """Make the tensors ``judge`` scores (a Softmax's logits or a Concat's parts, which no graph
+    outputs; or the output) outputs of the switchable sim, as read after their quantizers (the
+    If cascades' outputs), where a plain sim's judge reads them."""
     from aimetcli.graph_builder import expose
 
-    tensor = judge.scored_tensor()
-    if tensor is None:
+    tensors = judge.scored()
+    if not tensors:
         return  # _Scorer names the problem
-    name = switchable.switched.get(tensor[0], tensor[0])
-    if name not in {o.name for o in switchable.model.graph.outputs}:
-        switchable.model = expose(switchable.model, [name])
+    names = [switchable.switched.get(t, t) for t, _ in tensors]
+    missing = [n for n in names if n not in {o.name for o in switchable.model.graph.outputs}]
+    if missing:
+        switchable.model = expose(switchable.model, missing)
 
 
 def _encodings(model: ir.Model, calib, opts: QuantOptions, param_bws: set[int], act_bws: set[int],
