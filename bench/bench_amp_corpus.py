@@ -65,10 +65,34 @@ def _aimetcli(args: list[str]) -> tuple[float, float, int, str]:
     return wall, cpu, r.returncode, err
 
 
-def _sqnr(fp32, path: Path, name: str, x: np.ndarray, task: str, optimize: bool) -> float:
-    """SQNR of ``path`` against ``fp32`` over ``x``: of the logits when ``fp32`` is the session of a
-    Softmax's input (zoo_metrics.logits_session), as ptq's judge scores them; else of the first
-    float output."""
+_PARTS: dict[str, object] = {}  # model path -> ptq's judge of the evaluation data, where it scores parts
+
+
+def _parts_judge(model: Path, data: Path):
+    """ptq's judge (aimetcli.ptq_judge.Judge) of ``model`` on ``data`` where it scores a detector
+    head in parts (a Concat of boxes and scores), else None: the budget is then set and checked on
+    the judge's own SQNR (each part's error relative to that part), not on the whole output's,
+    which the boxes in pixels decide alone."""
+    key = str(model)
+    if key not in _PARTS:
+        from aimetcli import api, ptq_judge
+        from aimetcli.calibration.data import input_specs, open_data
+        from aimetcli.model_io import load_model
+
+        fp32, _ = api.prepare(load_model(str(model)).model)
+        judge = ptq_judge.Judge(fp32, open_data(str(data), input_specs(fp32)), 16)
+        _PARTS[key] = judge if len(judge.scored() or []) > 1 else None
+    return _PARTS[key]
+
+
+def _sqnr(fp32, path: Path, name: str, x: np.ndarray, task: str, optimize: bool, parts=None) -> float:
+    """SQNR of ``path`` against ``fp32`` over ``x``: as ``parts`` scores it (:func:`_parts_judge`);
+    of the logits when ``fp32`` is the session of a Softmax's input (zoo_metrics.logits_session),
+    as ptq's judge scores them; else of the first float output."""
+    if parts is not None:
+        from aimetcli.model_io import load_model
+
+        return parts.score(load_model(str(path)).model, optimization="all" if optimize else "none").sqnr_db
     if len(fp32.get_outputs()) == 1 and (q := zoo_metrics.logits_session(str(path), optimize)) is not None:
         return zoo_metrics.logits_sqnr(fp32, q, name, x)
     return zoo_metrics.compare(fp32, zoo_metrics.session(str(path), optimize), name, x, task).sqnr_db
@@ -81,6 +105,7 @@ def measure(m: ZooModel, granularities: list[str], gap: float, work: Path, cost:
     ds = zoo_data.ensure(m, name, N_CALIB, N_EVAL)
     with np.load(ds.eval) as z:
         x = np.ascontiguousarray(z[name])
+    parts = _parts_judge(path, ds.eval)
     row: dict = {"name": m.name, "task": m.task, "sims": {},
                  "measured": f"{time.strftime('%H:%M UTC', time.gmtime())}, {common.revision()}",
                  "load": [round(os.getloadavg()[0], 1)]}
@@ -90,7 +115,7 @@ def measure(m: ZooModel, granularities: list[str], gap: float, work: Path, cost:
             wall, cpu, code, err = _aimetcli(["quantsim", str(path), "-o", str(sim), "--data", str(ds.calib),
                                               "--act-bw", str(act), f"--{gran}"])
             key = f"W8A{act} {gran}"
-            row["sims"][key] = {"sqnr_db": _sqnr(fp32, sim, name, x, m.task, False) if code == 0 else None,
+            row["sims"][key] = {"sqnr_db": _sqnr(fp32, sim, name, x, m.task, False, parts) if code == 0 else None,
                                 "seconds": wall, "cpu": cpu, "error": err if code else ""}
             common.log(f"  {key}: {row['sims'][key]}")
     best = {a: max(((k, v["sqnr_db"]) for k, v in row["sims"].items() if k.startswith(f"W8A{a} ")
@@ -117,7 +142,7 @@ def measure(m: ZooModel, granularities: list[str], gap: float, work: Path, cost:
     mp = report["mixed_precision"]
     acts = [g for g in mp["groups"] if g["activation"]]
     row["ptq"].update({
-        "deploy_sqnr_db": _sqnr(fp32, out / "model_qdq.onnx", name, x, m.task, True),
+        "deploy_sqnr_db": _sqnr(fp32, out / "model_qdq.onnx", name, x, m.task, True, parts),
         "search_sqnr_db": mp["chosen_sqnr_db"], "rebuilt_sqnr_db": mp["final_sqnr_db"],
         "a16": sum(1 for g in acts if g["act_bw"] == 16), "activations": len(acts),
         "share": mp["wide_activation_share"], "seconds_search": mp["seconds"], "runs": mp["runs"],
