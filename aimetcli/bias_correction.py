@@ -39,7 +39,7 @@ samples.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -219,11 +219,12 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
         joint, outputs, mean_inputs, scales = correction_graph.build(sim_proto, float_path, targets, grids)
         means = [{mean_inputs[t.reference]: m[t.reference].astype(np.float32).reshape(t.mean_shape) for t in targets}
                  for m in fp32_means]
-        deltas, result.runs = _run_joint(joint, {**outputs, **{f"{r}\0scale": n for r, n in scales.items()}},
-                                         means, dataset, chunk, progress)
+        averaged, result.runs = _run_joint(joint, {**{("d", r): n for r, n in outputs.items()},
+                                                   **{("scale", r): n for r, n in scales.items()}},
+                                           means, dataset, chunk, progress)
         result.grids_in_run = bool(grids)
         for layer in measured:
-            diff = deltas[layer.output.name]
+            diff = averaged[("d", layer.output.name)]
             if not np.all(np.isfinite(diff)):
                 raise AimetCliError(f"the output of layer {layer.name!r} is NaN or Inf on the calibration data, "
                                     "so no mean shift can be measured; check the data and the model",
@@ -235,7 +236,7 @@ def correct_biases(model: ir.Model, dataset, options, *, method: str = "hybrid",
             else:
                 w = layer.weight_array()
                 fixed = bias_array(layer, w) + diff
-                step = deltas.get(f"{layer.output.name}\0scale")
+                step = averaged.get(("scale", layer.output.name))
                 if step is not None:  # on the grid a runtime stores it on (quantsim/bias_grid.py), exactly
                     step = step.astype(np.float32)
                     fixed = np.rint(np.divide(fixed.astype(np.float32), step, dtype=np.float32)) * step
@@ -327,11 +328,12 @@ def _simulation(model: ir.Model, cfg, options, dataset, batch_size: int, progres
     ranks = {v.name: len(v.shape) for v in (*sim.graph.inputs, *(o for n in sim.graph for o in n.outputs))
              if v.shape is not None}
     record = {}
+    names = g.Names(sim)
     for node in list(sim.graph):  # a zero bias where correction may write one: quantsim will round it
         layer = as_layer(node)
         if layer is not None and node.op_type in LAYERS and layer.bias is None and layer.spec.bias_slot is not None:
             w = layer.weight_array()
-            write_bias(layer, sim.graph, g.Names(sim), np.zeros(layer.out_channels(w), np.float32), w.dtype)
+            write_bias(layer, sim.graph, names, np.zeros(layer.out_channels(w), np.float32), w.dtype)
     sites = bias_sites(sim.graph)  # before the quantizers go in
     # weights fake-quantized in the sim's copy (exactly QDQ, tested in test_quant_kernels) rather than
     # QDQ nodes: no weight QDQ to run or fold
@@ -452,9 +454,10 @@ def _describe(progress, text: str) -> None:
         describe(text)
 
 
-def _run_joint(joint: ir.Model, outputs: dict[str, str], means: list[dict[str, np.ndarray]], dataset,
-               chunk: int, progress) -> tuple[dict[str, np.ndarray], int]:
-    """Sample-weighted mean of ``d`` over the chunks of the data (one chunk: AIMET's estimate exactly).
+def _run_joint(joint: ir.Model, outputs: Mapping[Hashable, str], means: list[dict[str, np.ndarray]], dataset,
+               chunk: int, progress) -> tuple[dict[Hashable, np.ndarray], int]:
+    """Sample-weighted mean of each output (by key: the ``d`` of a layer, its bias grid's scale)
+    over the chunks of the data (one chunk: AIMET's estimate exactly).
 
     ``means``: per chunk, the FP32 means of that chunk's samples (graph input name -> array)."""
     session = runtime.Session(joint, runtime.SIMULATE_FUSED)

@@ -180,7 +180,7 @@ class _Builder(Builder):
 
 
 def build(sim: ir.Model, float_path: ir.Model | None, targets: list[Target],
-          grids: list[Grid]) -> tuple[ir.Model, dict[str, str], dict[str, str]]:
+          grids: list[Grid]) -> tuple[ir.Model, dict[str, str], dict[str, str], dict[str, str]]:
     """The joint model, {layer output: name of its ``d`` output}, {layer output: name of the
     graph input that takes its FP32 per-channel mean (shape ``Target.mean_shape``)} and, for the
     targets with a ``bias_grid``, {layer output: name of the output giving that grid's scale}

@@ -145,7 +145,7 @@ def strip_qdq(model: ir.Model, encodings: list[TensorEncoding]) -> int:
 
     by_name = {te.name: te.encoding for te in encodings}
     graph = model.graph
-    removed = 4 * strip_rounding(graph)  # biases rounded to a runtime's grid: float again
+    removed = strip_rounding(graph)  # biases rounded to a runtime's grid: float again
     for node in list(graph):  # integers stored in the model (32-bit biases): back to their float values
         src = node.inputs[0] if g.is_op(node, "DequantizeLinear") else None
         if src is None or not src.is_initializer():

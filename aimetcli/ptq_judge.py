@@ -204,13 +204,6 @@ class Judge:
         self._parent: Judge | None = None
         self.seconds = time.perf_counter() - t  # spent running FP32 and the sims over the data
 
-    def scored_tensor(self) -> tuple[str, np.ndarray] | None:
-        """(name in FP32, FP32's values) of the one tensor this judge scores (the output, or a
-        Softmax's logits), or None when it scores several parts (a Concat's inputs) or nothing."""
-        if self._output is None or self._reference is None:
-            return None
-        return (self._parts[0] if self._parts is not None else self._output), self._reference
-
     def scored(self) -> list[tuple[str, np.ndarray]] | None:
         """(name in FP32, FP32's values) of every tensor this judge scores: the output, a
         Softmax's logits, or a Concat's parts (scored_tensors.scored_parts); None for nothing."""

@@ -166,7 +166,7 @@ def insert_rounding(graph: ir.Graph, names: g.Names, value: ir.Value, scale: ir.
 
 def strip_rounding(graph: ir.Graph) -> int:
     """Remove the sim's rounding chains (:func:`insert_rounding`): each layer reads its float bias
-    again. Returns the chains removed."""
+    again. Returns the nodes removed."""
     removed = 0
     for node in list(graph):
         if node.op_type != "Div" or node.metadata_props.get(g.ROLE_KEY) != ROLE or node.graph is None:
@@ -186,5 +186,5 @@ def strip_rounding(graph: ir.Graph) -> int:
         for n in reversed(chain):
             graph.remove(n, safe=True)
         g.remove_unused_initializers(graph, constants)
-        removed += 1
+        removed += len(chain)
     return removed

@@ -143,11 +143,11 @@ class _Scorer:
         from aimetcli.ptq_judge import _subset
 
         self.sim, self.session, self.judge = switchable, session, judge
-        tensors = judge.scored()  # what ptq's judge scores (ptq_judge.Judge)
-        if not tensors:
+        names = _scored_names(switchable, judge)
+        if not names:
             raise AimetCliError("mixed precision needs a floating-point output (or a Softmax's logits) to score: "
                                 "drop --max-drop/--min-sqnr", ErrorKind.UNSUPPORTED)
-        self.names = [switchable.switched.get(t, t) for t, _ in tensors]
+        self.names = names
         data, self.labels = judge.data, judge.data.labels
         self.rows: slice | None = None
         step = data.fixed_batch or 1
@@ -168,16 +168,20 @@ class _Scorer:
         return top1, self.judge.sqnr_of(outs, self.rows)
 
 
+def _scored_names(switchable, judge) -> list[str]:
+    """The switchable sim's names of the tensors ``judge`` scores (ptq_judge.Judge.scored), as
+    read after their quantizers (the If cascades' outputs), where a plain sim's judge reads
+    them; empty when the judge scores nothing."""
+    return [switchable.switched.get(t, t) for t, _ in judge.scored() or []]
+
+
 def expose_scored(switchable, judge) -> None:
     """Make the tensors ``judge`` scores (a Softmax's logits or a Concat's parts, which no graph
     outputs; or the output) outputs of the switchable sim, as read after their quantizers (the
     If cascades' outputs), where a plain sim's judge reads them."""
     from aimetcli.graph_builder import expose
 
-    tensors = judge.scored()
-    if not tensors:
-        return  # _Scorer names the problem
-    names = [switchable.switched.get(t, t) for t, _ in tensors]
+    names = _scored_names(switchable, judge)  # none: _Scorer names the problem
     missing = [n for n in names if n not in {o.name for o in switchable.model.graph.outputs}]
     if missing:
         switchable.model = expose(switchable.model, missing)
@@ -296,13 +300,11 @@ def mixed_precision(model: ir.Model, calib, judge, options: QuantOptions, amp: A
         the share of activations moved below their highest bitwidth, bit-operations and bytes
         breaking ties."""
         c = cost(groups, layers, config)
+        bitops = (cost_highest.relative_bitops - c.relative_bitops
+                  + 1e-3 * (cost_highest.weight_bytes - c.weight_bytes) / max(1, sum(la.weight_elements for la in layers)))
         if amp.cost is AmpCost.ACTIVATIONS:  # activations moved below their widest, bit-ops then bytes on ties
-            return (wide_share(groups, highest) - wide_share(groups, config)
-                    + 1e-3 * (cost_highest.relative_bitops - c.relative_bitops)
-                    + 1e-6 * (cost_highest.weight_bytes - c.weight_bytes) / max(1, sum(la.weight_elements
-                                                                                      for la in layers)))
-        return (cost_highest.relative_bitops - c.relative_bitops
-                + 1e-3 * (cost_highest.weight_bytes - c.weight_bytes) / max(1, sum(la.weight_elements for la in layers)))
+            return wide_share(groups, highest) - wide_share(groups, config) + 1e-3 * bitops
+        return bitops
 
     def value(score: tuple[float | None, float]) -> float:
         v = score[0] if by_max_drop else score[1]
