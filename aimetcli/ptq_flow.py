@@ -6,7 +6,8 @@ sim is calibrated on all the samples, so for the other choices (granularity, ran
 equalization) no sample is held out of anything, and they are judged on all the calibration
 samples. Every choice is a paired comparison of the candidate's sim against the incumbent's, both
 against FP32 (:class:`Judge`); the candidate wins only when its SQNR gain clears
-:meth:`Judge.margin`. The choices are taken in AIMET's order, each once (a coordinate
+:meth:`Judge.margin` (per-channel weights against per-tensor: unless they lose by more than it,
+a tie going to the finer grid, :func:`granularity_verdict`). The choices are taken in AIMET's order, each once (a coordinate
 search, not every combination, and no stage run once per scheme):
 
 1. fold-bn; the quantsim configuration: as quantsim would (the incumbent), per-channel weights
@@ -44,7 +45,8 @@ from aimetcli.quantsim.per_layer import check_patterns
 from aimetcli.quantsim.placement import place_quantizers
 from aimetcli.steps.bias_correct import bias_correct
 from aimetcli.ptq_judge import (MARGIN_DB, Judge, KeepVerdict, Score, bias_correction_verdict,  # noqa: F401
-                                equalization_verdict, keep_verdict, layer_errors, split_calibration)
+                                equalization_verdict, granularity_verdict, keep_verdict, layer_errors,
+                                split_calibration)
 from aimetcli.ptq_report import Decision, PtqSummary, Stage, add_to_report, used_options
 from aimetcli.steps.quantsim import quantsim
 from aimetcli.steps.rewrite import equalize, fold_bn
@@ -148,7 +150,7 @@ class _Flow:
         data if given."""
         gain = margin = None
         if verdict is not None and verdict.sqnr_before_db is not None and verdict.sqnr_after_db is not None:
-            gain, margin = verdict.sqnr_after_db - verdict.sqnr_before_db, verdict.margin_db
+            gain, margin = verdict.sqnr_after_db - verdict.sqnr_before_db, verdict.threshold_db
         if sim is None:
             return self.add(Stage(name, None, None, time.perf_counter() - t0, note, kept, None, self.data_label))
         held = self.judge.score(sim.model) if calibration or self.judge is self.held_judge else None
@@ -179,7 +181,7 @@ class _Flow:
 
     def decide(self, choice: str, verdict: KeepVerdict, reason_kept: str, reason_dropped: str) -> None:
         self.decisions.append(Decision(choice, verdict.kept, reason_kept if verdict.kept else verdict.veto or reason_dropped,
-                                       verdict.sqnr_before_db, verdict.sqnr_after_db, verdict.margin_db))
+                                       verdict.sqnr_before_db, verdict.sqnr_after_db, verdict.threshold_db))
 
 
 def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, options: QuantOptions | None = None,
@@ -247,7 +249,8 @@ def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, op
         t0 = time.perf_counter()
         flow.start(f"{name}: calibrating {_describe(candidate_opts)}")
         candidate = flow.simulate(current, candidate_opts, name, folded_runs)
-        verdict = flow.verdict(keep_verdict, best, candidate)
+        finer = candidate_opts.per_channel and not opts.per_channel  # per-tensor -> per-channel: ties go to it
+        verdict = flow.verdict(granularity_verdict if finer else keep_verdict, best, candidate)
         tried.append({"scheme": candidate_opts.scheme.value, "per_channel": candidate_opts.per_channel,
                       "calib_sqnr_db": verdict.sqnr_after_db})
         flow.decide(choice, verdict, f"{name} closer to FP32 on the calibration samples",

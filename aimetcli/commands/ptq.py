@@ -48,7 +48,8 @@ def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | Non
     decides), the other range scheme (--quant-scheme auto), equalization,
     AdaRound (below 8-bit weights unless --adaround/--no-adaround) and bias
     correction are each kept only where they bring the output closer to FP32 on
-    the calibration samples by more than a margin; AdaRound and bias correction
+    the calibration samples by more than a margin (per-channel weights unless
+    they lose by more than it: a tie goes to the finer grid); AdaRound and bias correction
     are fitted on the first three quarters and judged on the last, held out of them. The chosen
     model is exported. The table says what each number is on; --eval data only score.
     The output directory gets sim.onnx, what export writes, and report.json with
@@ -192,7 +193,8 @@ def stage_table(summary) -> Table:
               "scored on all of them only when kept" if held else "bias correction too: too few to hold some out")
     caption = [f"calib: output SQNR (dB) against FP32 on the {cal.get('samples')} calibration samples, which "
                f"judge every choice ({judged}): a change is kept when its gain (dB) exceeds the margin "
-               f"(>= {cal.get('margin_db', 0):.1f} dB, more where the samples disagree)."]
+               f"(>= {cal.get('margin_db', 0):.1f} dB, more where the samples disagree); per-channel weights unless they "
+               "lose by more than it (a tie goes to the finer grid)."]
     if any(s.veto for s in summary.stages):
         caption.append("veto: a gain not kept because the Softmax's argmax agrees less often with FP32's "
                        "(class-balanced; the row's note has the numbers).")
