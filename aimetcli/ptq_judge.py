@@ -81,10 +81,11 @@ class KeepVerdict:
 
 def keep_verdict(fp32: ir.Model, sim_before: ir.Model, sim_after: ir.Model, calib, *, batch_size: int = 32,
                  fp32_outputs: list | None = None, sqnr=None, margin_db: float = MARGIN_DB,
-                 on: str = "held-out calibration") -> KeepVerdict:
+                 on: str = "held-out calibration", ties: bool = False) -> KeepVerdict:
     """Keep a technique only if the quantized model gets closer to FP32 on ``calib`` by more than
     ``margin_db`` (the caller passes held-out calibration samples, never the evaluation data):
-    ``sim_before`` without it, ``sim_after`` with it. An unmeasurable SQNR keeps it.
+    ``sim_before`` without it, ``sim_after`` with it; with ``ties``, unless it moves away by more
+    than ``margin_db`` (:attr:`KeepVerdict.threshold_db`). An unmeasurable SQNR keeps it.
 
     ``sqnr``: the caller's measure of a sim's SQNR against ``fp32`` (ptq's :class:`Judge`
     remembers the sims it measured already); by default each sim is run here."""
@@ -96,8 +97,10 @@ def keep_verdict(fp32: ir.Model, sim_before: ir.Model, sim_after: ir.Model, cali
 
     b, a = sqnr(sim_before), sqnr(sim_after)
     if b is None or a is None:
-        return KeepVerdict(True, None, None, margin_db, on)
-    return KeepVerdict(a - b > margin_db, b, a, margin_db, on)
+        return KeepVerdict(True, None, None, margin_db, on, ties=ties)
+    verdict = KeepVerdict(True, b, a, margin_db, on, ties=ties)
+    verdict.kept = a - b > verdict.threshold_db
+    return verdict
 
 
 def granularity_verdict(fp32: ir.Model, sim_per_tensor: ir.Model, sim_per_channel: ir.Model, calib,
@@ -114,12 +117,7 @@ def granularity_verdict(fp32: ir.Model, sim_per_tensor: ir.Model, sim_per_channe
     grid, as AIMET's HTP configurations set it. Measured (docs/design.md, "A tie goes to the
     finer grid"): PP-OCRv5 rec, per-channel TF-enhanced +0.25 dB against a 0.30 margin before
     bias correction; after it, 45-70% of the texts read as FP32 does against 6% per-tensor."""
-    verdict = keep_verdict(fp32, sim_per_tensor, sim_per_channel, calib, **kw)
-    if verdict.sqnr_before_db is None or verdict.sqnr_after_db is None:
-        return verdict
-    gain = verdict.sqnr_after_db - verdict.sqnr_before_db
-    return KeepVerdict(gain > -verdict.margin_db, verdict.sqnr_before_db, verdict.sqnr_after_db,
-                       verdict.margin_db, verdict.on, ties=True)
+    return keep_verdict(fp32, sim_per_tensor, sim_per_channel, calib, ties=True, **kw)
 
 
 def bias_correction_verdict(fp32: ir.Model, sim_before: ir.Model, sim_after: ir.Model, calib,

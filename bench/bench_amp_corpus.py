@@ -65,24 +65,18 @@ def _aimetcli(args: list[str]) -> tuple[float, float, int, str]:
     return wall, cpu, r.returncode, err
 
 
-_PARTS: dict[str, object] = {}  # model path -> ptq's judge of the evaluation data, where it scores parts
-
-
 def _parts_judge(model: Path, data: Path):
     """ptq's judge (aimetcli.ptq_judge.Judge) of ``model`` on ``data`` where it scores a detector
     head in parts (a Concat of boxes and scores), else None: the budget is then set and checked on
     the judge's own SQNR (each part's error relative to that part), not on the whole output's,
     which the boxes in pixels decide alone."""
-    key = str(model)
-    if key not in _PARTS:
-        from aimetcli import api, ptq_judge
-        from aimetcli.calibration.data import input_specs, open_data
-        from aimetcli.model_io import load_model
+    from aimetcli import api, ptq_judge
+    from aimetcli.calibration.data import input_specs, open_data
+    from aimetcli.model_io import load_model
 
-        fp32, _ = api.prepare(load_model(str(model)).model)
-        judge = ptq_judge.Judge(fp32, open_data(str(data), input_specs(fp32)), 16)
-        _PARTS[key] = judge if len(judge.scored() or []) > 1 else None
-    return _PARTS[key]
+    fp32, _ = api.prepare(load_model(str(model)).model)
+    judge = ptq_judge.Judge(fp32, open_data(str(data), input_specs(fp32)), 16)
+    return judge if len(judge.scored() or []) > 1 else None
 
 
 def _sqnr(fp32, path: Path, name: str, x: np.ndarray, task: str, optimize: bool, parts=None) -> float:
