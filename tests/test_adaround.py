@@ -323,6 +323,33 @@ def test_the_row_by_row_product_gives_the_dense_gradient_at_the_moving_weights(p
 
 
 @pytest.mark.parametrize("per_channel", [False, True])
+def test_the_row_by_row_product_of_a_factored_layer_gives_its_gradient_at_the_moving_weights(per_channel):
+    """A layer iterated on G2's factor B (its patch rows, rank 30 < d = 96): MovingRows' blocks are
+    B[M_r] B[M_r]^T, and with the frozen weights' share they give tc B B^T (times s^2 per channel)
+    at the moving weights; with few weights moving, update() switches the layer to them."""
+    rng = np.random.default_rng(8)
+    dense, x, f, _ = _problem(rng, 60, 96, 30)
+    problem = _as_rows(dense, x, f)
+    if per_channel:
+        problem.scale = problem.scale * rng.uniform(0.7, 1.3, (1, 60, 1))
+        problem.low, problem.high = (np.broadcast_to(a, (1, 60, 1)).copy() for a in (problem.low, problem.high))
+    (slot,), *_ = ar._setup([problem])
+    assert slot.gram is None and slot.factor is not None
+    moving = rng.random(problem.w.shape) < 0.05
+    edge = np.float32(ar._T_EDGE)
+    tc = np.where(moving, rng.uniform(-0.8, 0.8, moving.shape), np.where(rng.random(moving.shape) < 0.5, edge, -edge))
+    tc = tc.astype(np.float32)
+    MovingRows.update(slot, tc, moving)
+    assert slot.rows is not None and slot.rows.count == np.count_nonzero(moving)
+    y = np.full(tc.size, np.nan, np.float32)
+    slot.rows.product(tc.reshape(-1), y)
+    b = slot.factor[0].astype(np.float64)
+    want = (tc.astype(np.float64) @ b @ b.transpose(0, 2, 1)) * (slot.row_scale if per_channel else 1)
+    assert np.allclose(y.reshape(tc.shape)[moving], want[moving], rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    assert np.isnan(y.reshape(tc.shape)[~moving]).all()
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
 def test_a_big_layer_is_optimised_in_row_blocks_and_rounds_as_a_whole(per_channel, monkeypatch):
     """A layer over BLOCK_WEIGHTS is optimised a block of output channels at a time (the loss is a
     sum over them), small layers together up to it: each flat state stays within the bound, and
