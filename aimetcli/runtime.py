@@ -15,6 +15,8 @@ Policies (what the session is for decides its options):
   every graph optimization, since only the numbers that leave the session matter.
 - SIMULATE: a QDQ sim emulated in float, exactly as numpy computes it: no optimization
   (onnxruntime's QDQ rewrites are integer kernels, not the simulation; equivalence tests need it).
+  What depends on initializers alone (the weights' QDQ, the bias grid) is computed once, by the
+  same kernels, and fed with every run (aimetcli/constant_part.py): the same bits, less work.
 - FOLD_CONSTANTS: constant folding only (ORT_ENABLE_BASIC): QDQ pairs stay float emulation.
 - DEPLOY: what a deployment runs, every optimization: QDQ pairs fuse into integer kernels.
 - SIMULATE_FUSED: the QDQ pairs stay float (session.disable_quant_qdq) while every other fusion
@@ -50,7 +52,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from aimetcli import big_tensors
+from aimetcli import big_tensors, constant_part
 from aimetcli import graph as g
 from aimetcli.errors import AimetCliError, ErrorKind
 
@@ -68,21 +70,24 @@ class Policy:
     """Session options for one purpose (see the module docstring). ``optimization``: onnxruntime's
     graph optimization level ("none", "basic" or "all"); ``keep_qdq``: no QDQ rewrite even at
     "all"; ``mem_pattern``: onnxruntime's memory pattern (off for a few big runs); ``spinning``: idle
-    intra-op workers busy-wait for work (off for sweeps)."""
+    intra-op workers busy-wait for work (off for sweeps); ``constant_part``: what depends on
+    initializers alone is computed once and fed (aimetcli/constant_part.py; without optimizations
+    onnxruntime would recompute it in every run)."""
 
     name: str
     optimization: str
     keep_qdq: bool = False
     mem_pattern: bool = True
     spinning: bool = True
+    constant_part: bool = False
 
 
 MEASURE = Policy("measure", "all")
-SIMULATE = Policy("simulate", "none")
+SIMULATE = Policy("simulate", "none", constant_part=True)
 FOLD_CONSTANTS = Policy("fold-constants", "basic")
 DEPLOY = Policy("deploy", "all")
 SIMULATE_FUSED = Policy("simulate-fused", "all", keep_qdq=True, mem_pattern=False)
-SWEEP = Policy("sweep", "none", spinning=False)
+SWEEP = Policy("sweep", "none", spinning=False, constant_part=True)
 
 # --ort-optimization NAME -> the policy it runs a model with
 LEVELS = {"none": SIMULATE, "basic": FOLD_CONSTANTS, "all": DEPLOY}
@@ -90,6 +95,8 @@ LEVELS = {"none": SIMULATE, "basic": FOLD_CONSTANTS, "all": DEPLOY}
 # Gemm/MatMul weights above this many bytes are neither prepacked nor handed over as initializers
 # (see Session)
 PREPACK_LIMIT = 64 << 20
+# A constant part reading more initializer bytes than this is left in the graph (Session._constant_part)
+CONSTANT_PART_LIMIT = 256 << 20
 
 
 @functools.cache
@@ -150,6 +157,10 @@ class Session:
         """The serialized protobuf without its big tensors' data; the arrays go to ``so`` (or
         :attr:`fed`)."""
         proto, names, arrays = model.declared_external()
+        if self.policy.constant_part:
+            self.fed = self._constant_part(proto, dict(zip(names, arrays)))
+            left = {t.name for t in proto.graph.initializer}
+            names, arrays = [n for n in names if n in left], [a for n, a in zip(names, arrays) if n in left]
         self._arrays = arrays
         if names:
             big = dict(zip(names, arrays))
@@ -157,12 +168,40 @@ class Session:
             matmul = {"Gemm", "MatMul"}
             if sum(a.nbytes for n, a in big.items() if readers.get(n, set()) & matmul) > PREPACK_LIMIT:
                 so.add_session_config_entry("session.disable_prepacking", "1")
-                self.fed = _feed_matmul_weights(proto, big, readers)
+                self.fed.update(_feed_matmul_weights(proto, big, readers))
             kept = [(n, a) for n, a in zip(names, arrays) if n not in self.fed]
             if kept:
                 so.add_external_initializers([n for n, _ in kept],
                                              [ort.OrtValue.ortvalue_from_numpy(a) for _, a in kept])
         return proto.SerializeToString()
+
+    @staticmethod
+    def _constant_part(proto, big: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Evaluate ``proto``'s constant part once (aimetcli/constant_part.py) and cut it off (in
+        place); its values, fed with every run. Nothing is cut where the part reads more than
+        CONSTANT_PART_LIMIT of initializers (its values would be a second copy of them held for the
+        session's life)."""
+        nodes = constant_part.constant_nodes(proto.graph)
+        outputs = constant_part.read_by_rest(proto.graph, nodes)
+        if not outputs:
+            return {}
+        part = constant_part.part_model(proto, nodes, outputs)
+        if sum(big[t.name].nbytes if t.name in big else len(t.raw_data) for t in part.graph.initializer) \
+                > CONSTANT_PART_LIMIT:
+            return {}
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.log_severity_level = 3
+        external = [t.name for t in part.graph.initializer if t.name in big]
+        if external:
+            so.add_external_initializers(external, [ort.OrtValue.ortvalue_from_numpy(big[n]) for n in external])
+        try:
+            session = ort.InferenceSession(part.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            values = dict(zip(outputs, session.run(outputs, {})))
+        except Exception:  # noqa: BLE001  (the whole graph then runs as it is; its own errors are reported)
+            return {}
+        constant_part.cut(proto, nodes, values)
+        return values
 
     @property
     def prepacks(self) -> bool:

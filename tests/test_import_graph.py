@@ -142,6 +142,7 @@ def test_the_steps_are_imported_from_above_only():
 
 
 PROTOBUF_SIDE = {"aimetcli.model_io", "aimetcli.big_tensors", "aimetcli.proto_wire", "aimetcli.model_ops",
+                 "aimetcli.constant_part",
                  "aimetcli.runtime"}
 
 
