@@ -113,11 +113,18 @@ def _speed_rows(name: str, doc: dict) -> list[str]:
 
 def _timed(cmd: list[str], report: str, pythonpath: str) -> tuple[float, float, int, float, dict]:
     """One whole `aimetcli adaround` process run from ``pythonpath``'s aimetcli: (wall s, CPU s
-    (user + sys), peak RSS bytes, load average at its start, its JSON)."""
+    (user + sys), peak RSS bytes, load average at its start, its JSON). It runs in the report's
+    directory: `python -m` puts the working directory first on sys.path, so from a checkout's
+    root every side would import that checkout's aimetcli whatever PYTHONPATH says."""
     os.environ["PYTHONPATH"] = pythonpath
+    where = os.path.dirname(os.path.abspath(report))
+    found = subprocess.run([sys.executable, "-c", "import aimetcli; print(aimetcli.__file__)"], cwd=where,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    if not Path(found).resolve().is_relative_to(Path(pythonpath).resolve()):
+        raise SystemExit(f"aimetcli is imported from {found}, not from {pythonpath}")
     load = os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = run_process(["sh", "-c", " ".join(shlex.quote(c) for c in cmd) + " > " + shlex.quote(report)])
+    done = run_process(["sh", "-c", " ".join(shlex.quote(c) for c in cmd) + " > " + shlex.quote(report)], cwd=where)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(report) as f:
         doc = json.load(f)
