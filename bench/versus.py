@@ -30,10 +30,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from identical_outputs import ROOT, WORK_TREE, git, source_tree  # noqa: E402
 
 
+def _env(tree: Path) -> dict[str, str]:
+    """The environment that imports ``tree``'s aimetcli. The runs start in the repository root (the
+    arguments' paths are relative to it), and ``python -m`` would put that directory first on
+    sys.path, ahead of PYTHONPATH: PYTHONSAFEPATH (Python >= 3.11) leaves it out."""
+    return {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0", "PYTHONSAFEPATH": "1"}
+
+
+def check_import(tree: Path) -> None:
+    """Refuse to time a side whose aimetcli would come from elsewhere than ``tree``."""
+    where = subprocess.run([sys.executable, "-c", "import aimetcli; print(aimetcli.__file__)"], cwd=ROOT,
+                           env=_env(tree), check=True, capture_output=True, text=True).stdout.strip()
+    if not Path(where).resolve().is_relative_to(tree.resolve()):
+        raise SystemExit(f"aimetcli is imported from {where}, not from {tree} (Python >= 3.11 needed: PYTHONSAFEPATH)")
+
+
 def run_once(tree: Path, args: list[str], scratch: Path) -> tuple[float, float]:
     """(wall seconds, CPU seconds: user + system) of one process."""
     out = Path(tempfile.mkdtemp(dir=scratch))
-    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
+    env = _env(tree)
     cmd = [sys.executable, "-m", "aimetcli", *[a.format(out=out) for a in args]]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
@@ -63,6 +78,8 @@ def main() -> int:
         trees = {"base": source_tree(base_rev, scratch), "head": source_tree(args.head, scratch)}
         load_before = os.getloadavg()
         times: dict[str, list[tuple[float, float]]] = {"base": [], "head": []}
+        for tree in trees.values():
+            check_import(tree)
         run_once(trees["base"], command, scratch)  # warm the page cache and .pyc files of both sides
         run_once(trees["head"], command, scratch)
         for i in range(args.n):
