@@ -47,7 +47,7 @@ from aimetcli import api  # noqa: E402
 from aimetcli import model_io  # noqa: E402
 from aimetcli.calibration.data import input_specs, open_data  # noqa: E402
 from aimetcli.quantsim.placement import QuantOptions  # noqa: E402
-from common import SAMPLE_MODELS, ensure_mobilenetv2, run_process, write_section  # noqa: E402
+from common import SAMPLE_MODELS, ensure_mobilenetv2, require_import_from, run_process, write_section  # noqa: E402
 
 
 def top1(path: str, opts: QuantOptions) -> float:
@@ -118,10 +118,7 @@ def _timed(cmd: list[str], report: str, pythonpath: str) -> tuple[float, float, 
     root every side would import that checkout's aimetcli whatever PYTHONPATH says."""
     os.environ["PYTHONPATH"] = pythonpath
     where = os.path.dirname(os.path.abspath(report))
-    found = subprocess.run([sys.executable, "-c", "import aimetcli; print(aimetcli.__file__)"], cwd=where,
-                           capture_output=True, text=True, check=True).stdout.strip()
-    if not Path(found).resolve().is_relative_to(Path(pythonpath).resolve()):
-        raise SystemExit(f"aimetcli is imported from {found}, not from {pythonpath}")
+    require_import_from(pythonpath, where)
     load = os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = run_process(["sh", "-c", " ".join(shlex.quote(c) for c in cmd) + " > " + shlex.quote(report)], cwd=where)

@@ -179,6 +179,16 @@ os.write(int(sys.argv[1]), f"{dt} {ru.ru_maxrss} {code} {ru.ru_utime + ru.ru_sti
 """
 
 
+def require_import_from(tree: str | os.PathLike, cwd: str | os.PathLike, env: dict[str, str] | None = None) -> None:
+    """Exit unless a Python started in ``cwd`` with ``env`` imports ``tree``'s aimetcli. A run that
+    compares two trees through PYTHONPATH needs this: ``python -m`` and ``-c`` put the working
+    directory first on sys.path, so started in a checkout's root every side imports that checkout."""
+    where = subprocess.run([PYTHON, "-c", "import aimetcli; print(aimetcli.__file__)"], cwd=cwd, env=env,
+                           check=True, capture_output=True, text=True).stdout.strip()
+    if not Path(where).resolve().is_relative_to(Path(tree).resolve()):
+        raise SystemExit(f"aimetcli is imported from {where}, not from {tree}: PYTHONPATH does not win here")
+
+
 def run_process(cmd: Sequence[str], *, cwd: str | os.PathLike | None = None, check: bool = True,
                 env: dict[str, str] | None = None) -> ProcessRun:
     """Run ``cmd`` (in ``env``, default this process's); its wall time, CPU time, peak RSS (ru_maxrss,

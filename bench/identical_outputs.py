@@ -28,6 +28,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import require_import_from
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK_TREE = "work tree"
 CALIB_SAMPLES = "200"  # calibration samples for the commands that calibrate (speed; the same both sides)
@@ -85,10 +87,7 @@ def run_side(tree: Path, out: Path, models: list[Path], calib: Path, evaluation:
     """Every command on every model, with ``tree``'s aimetcli: {(model, command): exit code}."""
     env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
     out.mkdir(parents=True)
-    where = subprocess.run([sys.executable, "-c", "import aimetcli; print(aimetcli.__file__)"], cwd=out, env=env,
-                           check=True, capture_output=True, text=True).stdout.strip()
-    if not Path(where).resolve().is_relative_to(tree.resolve()):
-        raise SystemExit(f"aimetcli is imported from {where}, not from {tree}: PYTHONPATH does not win here")
+    require_import_from(tree, out, env)
     codes = {}
     for model in models:
         for cmd in COMMANDS:

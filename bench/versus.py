@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import require_import_from  # noqa: E402
 from identical_outputs import ROOT, WORK_TREE, git, source_tree  # noqa: E402
 
 
@@ -35,14 +36,6 @@ def _env(tree: Path) -> dict[str, str]:
     arguments' paths are relative to it), and ``python -m`` would put that directory first on
     sys.path, ahead of PYTHONPATH: PYTHONSAFEPATH (Python >= 3.11) leaves it out."""
     return {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0", "PYTHONSAFEPATH": "1"}
-
-
-def check_import(tree: Path) -> None:
-    """Refuse to time a side whose aimetcli would come from elsewhere than ``tree``."""
-    where = subprocess.run([sys.executable, "-c", "import aimetcli; print(aimetcli.__file__)"], cwd=ROOT,
-                           env=_env(tree), check=True, capture_output=True, text=True).stdout.strip()
-    if not Path(where).resolve().is_relative_to(tree.resolve()):
-        raise SystemExit(f"aimetcli is imported from {where}, not from {tree} (Python >= 3.11 needed: PYTHONSAFEPATH)")
 
 
 def run_once(tree: Path, args: list[str], scratch: Path) -> tuple[float, float]:
@@ -78,8 +71,8 @@ def main() -> int:
         trees = {"base": source_tree(base_rev, scratch), "head": source_tree(args.head, scratch)}
         load_before = os.getloadavg()
         times: dict[str, list[tuple[float, float]]] = {"base": [], "head": []}
-        for tree in trees.values():
-            check_import(tree)
+        for tree in trees.values():  # (PYTHONSAFEPATH needs Python >= 3.11)
+            require_import_from(tree, ROOT, _env(tree))
         run_once(trees["base"], command, scratch)  # warm the page cache and .pyc files of both sides
         run_once(trees["head"], command, scratch)
         for i in range(args.n):
