@@ -17,6 +17,8 @@ Policies (what the session is for decides its options):
   (onnxruntime's QDQ rewrites are integer kernels, not the simulation; equivalence tests need it).
   What depends on initializers alone (the weights' QDQ, the bias grid) is computed once, by the
   same kernels, and fed with every run (aimetcli/constant_part.py): the same bits, less work.
+- LOAD: the model exactly as written, no optimization: the check that what a command writes
+  loads on stock onnxruntime (nothing run, so nothing cut off).
 - FOLD_CONSTANTS: constant folding only (ORT_ENABLE_BASIC): QDQ pairs stay float emulation.
 - DEPLOY: what a deployment runs, every optimization: QDQ pairs fuse into integer kernels.
 - SIMULATE_FUSED: the QDQ pairs stay float (session.disable_quant_qdq) while every other fusion
@@ -88,6 +90,7 @@ FOLD_CONSTANTS = Policy("fold-constants", "basic")
 DEPLOY = Policy("deploy", "all")
 SIMULATE_FUSED = Policy("simulate-fused", "all", keep_qdq=True, mem_pattern=False)
 SWEEP = Policy("sweep", "none", spinning=False, constant_part=True)
+LOAD = Policy("load", "none")
 
 # --ort-optimization NAME -> the policy it runs a model with
 LEVELS = {"none": SIMULATE, "basic": FOLD_CONSTANTS, "all": DEPLOY}
@@ -157,19 +160,19 @@ class Session:
         """The serialized protobuf without its big tensors' data; the arrays go to ``so`` (or
         :attr:`fed`)."""
         proto, names, arrays = model.declared_external()
+        big = dict(zip(names, arrays))
         if self.policy.constant_part:
-            self.fed = self._constant_part(proto, dict(zip(names, arrays)))
+            self.fed = self._constant_part(proto, big)
             left = {t.name for t in proto.graph.initializer}
-            names, arrays = [n for n in names if n in left], [a for n, a in zip(names, arrays) if n in left]
-        self._arrays = arrays
-        if names:
-            big = dict(zip(names, arrays))
+            big = {n: a for n, a in big.items() if n in left}
+        self._arrays = list(big.values())
+        if big:
             readers = _readers(proto)
             matmul = {"Gemm", "MatMul"}
             if sum(a.nbytes for n, a in big.items() if readers.get(n, set()) & matmul) > PREPACK_LIMIT:
                 so.add_session_config_entry("session.disable_prepacking", "1")
                 self.fed.update(_feed_matmul_weights(proto, big, readers))
-            kept = [(n, a) for n, a in zip(names, arrays) if n not in self.fed]
+            kept = [(n, a) for n, a in big.items() if n not in self.fed]
             if kept:
                 so.add_external_initializers([n for n, _ in kept],
                                              [ort.OrtValue.ortvalue_from_numpy(a) for _, a in kept])

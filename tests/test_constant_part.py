@@ -67,7 +67,8 @@ def test_a_simulated_session_feeds_the_constant_part_and_gives_the_same_bits():
     assert set(session.fed) == {"W_dq", "b_grid"}
     for got, want in zip(session.run({"x": x}), _plain(proto, x, all_outputs=True)):
         assert np.array_equal(got, want)
-    assert not runtime.Session(to_ir(proto), runtime.MEASURE).fed  # only the simulating policies
+    for policy in (runtime.MEASURE, runtime.LOAD):  # only the simulating policies
+        assert not runtime.Session(to_ir(proto), policy).fed
 
 
 def test_nothing_is_cut_past_the_limit(monkeypatch):

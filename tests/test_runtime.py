@@ -28,6 +28,7 @@ def _entry(options, key: str) -> str | None:
 @pytest.mark.parametrize("policy, level, qdq_kept, mem_pattern", [
     (runtime.MEASURE, ort.GraphOptimizationLevel.ORT_ENABLE_ALL, False, True),
     (runtime.SIMULATE, ort.GraphOptimizationLevel.ORT_DISABLE_ALL, False, True),
+    (runtime.LOAD, ort.GraphOptimizationLevel.ORT_DISABLE_ALL, False, True),
     (runtime.FOLD_CONSTANTS, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, False, True),
     (runtime.DEPLOY, ort.GraphOptimizationLevel.ORT_ENABLE_ALL, False, True),
     (runtime.SIMULATE_FUSED, ort.GraphOptimizationLevel.ORT_ENABLE_ALL, True, False),

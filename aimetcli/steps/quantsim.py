@@ -86,7 +86,7 @@ def quantsim(model: ModelSource, data: DataSource, options: QuantOptions | None 
     if check_loads and model_io.tensor_bytes(model) < model_io.IN_MEMORY_LIMIT:
         from aimetcli import runtime
 
-        runtime.Session(model, runtime.SIMULATE)
+        runtime.Session(model, runtime.LOAD)
     from aimetcli.export import embed
 
     embed(model, encodings_doc(encodings, options, "1.0.0"), encodings.params, options.as_record(),
