@@ -621,3 +621,50 @@ def test_a_layer_with_few_positions_keeps_its_patch_rows_and_its_own_output_erro
     proto2.graph.initializer[0].CopyFrom(init("W", other))
     y0, y1 = (runtime.Session(m.SerializeToString(), runtime.SIMULATE).run({"x": x})[0] for m in (proto, proto2))
     assert p.loss(k) == pytest.approx(float(np.sum((y1.astype(np.float64) - y0) ** 2)) / p.positions, rel=1e-4)
+
+
+def _depthwise(rng, g, d, n):
+    """A grouped layer of g groups of one output channel each (a depthwise conv's shape [g, 1, d])."""
+    parts = [_problem(rng, 1, d, n)[0] for _ in range(g)]
+    scale = np.concatenate([p.scale for p in parts])
+    return ar.LayerProblem(np.concatenate([p.w for p in parts]), scale, np.concatenate([p.low for p in parts]),
+                           np.concatenate([p.high for p in parts]), np.concatenate([p.gram for p in parts]),
+                           np.concatenate([p.cross for p in parts]), sum(p.energy for p in parts), n)
+
+
+def test_a_middle_sized_pass_is_optimised_as_two_halves_one_in_a_forked_process(monkeypatch):
+    """From SPLIT_WEIGHTS in a pass (below PARALLEL_WEIGHTS), each layer is cut in two halves, of its
+    output channels or, one channel a group, of its groups, and the second halves are optimised in
+    a forked child (kernels/forked.py): the roundings are exactly those of the same halves in this
+    process, and, with the learned rounding kept per half, those of the whole layers at once."""
+    import os
+
+    from aimetcli.kernels import forked
+
+    rng = np.random.default_rng(13)
+    problems = [_problem(rng, 9, 10, 300)[0], _depthwise(rng, 6, 9, 300), _problem(rng, 1, 12, 300)[0]]
+    pids, real = [], ar._optimize
+    monkeypatch.setattr(ar, "_optimize", lambda problems, *a: pids.append((os.getpid(), [p.w.shape for p in problems]))
+                        or real(problems, *a))
+    monkeypatch.setattr(ar, "SPLIT_WEIGHTS", 100)  # 90 + 54 + 12 weights
+    forked_run = ar.optimize(problems, iterations=300)
+    halves = [[(1, 4, 10), (3, 1, 9), (1, 1, 12)], [(1, 5, 10), (3, 1, 9)]]
+    # the child's call is not seen here: it ran in another process
+    assert [shapes for _, shapes in pids] == (halves[:1] if forked.available() else halves)
+    pids.clear()
+    monkeypatch.setattr(forked, "available", lambda: False)
+    here = ar.optimize(problems, iterations=300)
+    assert [shapes for _, shapes in pids] == halves and {pid for pid, _ in pids} == {os.getpid()}
+    for a, b in zip(forked_run, here):
+        assert a.k.shape == b.k.shape and np.array_equal(a.k, b.k) and a.loss_adaround == b.loss_adaround
+
+    def learned(p, k):  # the learned rounding even where nearest is better (that choice is per block)
+        near = p.nearest()
+        return ar.LayerRounding(k.astype(np.int32), p.quadratic(near), p.quadratic(k), int(np.count_nonzero(k != near)))
+
+    monkeypatch.setattr(ar, "_result", learned)
+    halves = ar.optimize(problems, iterations=300)
+    monkeypatch.setattr(ar, "SPLIT_WEIGHTS", 1 << 30)
+    whole = ar.optimize(problems, iterations=300)
+    for a, b in zip(whole, halves):
+        assert np.array_equal(a.k, b.k) and np.isclose(a.loss_adaround, b.loss_adaround, rtol=1e-9)

@@ -45,7 +45,10 @@ Where this differs from AIMET, and why:
   regulariser act on each weight alone. A layer over BLOCK_WEIGHTS is optimised a block of
   output channels at a time, the same arithmetic again (the loss and its gradient are sums over
   output channels, each reading only its own row of W~): the state stays near 190 MB. A pass of
-  PARALLEL_WEIGHTS or more is cut so into two batches or more, optimised in two threads.
+  PARALLEL_WEIGHTS or more is cut so into two batches or more, optimised in two threads; a pass
+  of SPLIT_WEIGHTS up to that, into two halves (output channels, or groups), the second
+  optimised in a forked child process (kernels/forked.py; in the caller where fork is missing:
+  the same halves, so the same roundings whichever ran them).
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from aimetcli.kernels import forked
 from aimetcli.kernels.adaround_problem import LayerProblem, LayerRounding
 from aimetcli.kernels.adaround_rows import MovingRows
 from aimetcli.kernels.adaround_problem import factor as _factor
@@ -132,6 +136,10 @@ BLOCK_WEIGHTS = 1 << 22
 # from this many weights in a pass, its layers are optimised as two halves or more (row blocks, and
 # layers grouped) in two threads: numpy's element-wise loops and BLAS release the GIL on big arrays
 PARALLEL_WEIGHTS = 1 << 17
+# from this many weights in a pass (up to PARALLEL_WEIGHTS), its layers are optimised as two
+# halves, the second in a forked process: a small layer's iteration is 25 numpy calls of under a
+# microsecond, whose interpreter time two threads cannot share
+SPLIT_WEIGHTS = 1 << 11
 
 
 class _Shared:
@@ -223,31 +231,38 @@ def optimize(problems: list[LayerProblem], params: AdaroundParams = AdaroundPara
     total = sum(p.w.size for p in problems)
     parallel = total >= PARALLEL_WEIGHTS
     limit = min(BLOCK_WEIGHTS, -(-total // 2)) if parallel else BLOCK_WEIGHTS
-    pieces: list[tuple[int, LayerProblem]] = []  # (problem, a block of its rows), in order
-    for i, p in enumerate(problems):
-        g, m, d = p.w.shape
-        step = max(1, limit // max(g * d, 1))
-        pieces += [(i, p if step >= m else p.row_block(slice(r, min(m, r + step)))) for r in range(0, m, step)]
-    batches: list[list[tuple[int, LayerProblem]]] = []
-    for piece in pieces:  # consecutive pieces together, up to ``limit`` weights (or one piece)
-        if batches and sum(q.w.size for _, q in batches[-1]) + piece[1].w.size <= limit:
-            batches[-1].append(piece)
-        else:
-            batches.append([piece])
     shared = _Shared()
 
-    def run(batch: list[tuple[int, LayerProblem]]) -> list[LayerRounding]:
-        return _optimize([q for _, q in batch], params, iterations, shared)
+    def run(batch: list[tuple[int, int, LayerProblem]]) -> list[LayerRounding]:
+        return _optimize([q for _, _, q in batch], params, iterations, shared)
 
-    if parallel:
-        with ThreadPoolExecutor(2) as pool:
-            done = list(pool.map(run, batches))
+    batches: list[list[tuple[int, int, LayerProblem]]] = []  # (problem, axis, a block of it)
+    if not parallel and total >= SPLIT_WEIGHTS:
+        halves = [[(i, axis, q) for axis, q in p.halves()] for i, p in enumerate(problems)]
+        batches = [[h[0] for h in halves], [h[1] for h in halves if len(h) > 1]]
+        if batches[1]:
+            done = list(forked.beside(functools.partial(run, batches[0]), functools.partial(run, batches[1])))
+        else:
+            batches, done = batches[:1], [run(batches[0])]
     else:
-        done = [run(batch) for batch in batches]
-    results: list[list[LayerRounding]] = [[] for _ in problems]
+        for i, p in enumerate(problems):
+            g, m, d = p.w.shape
+            step = max(1, limit // max(g * d, 1))
+            for r in range(0, m, step):  # consecutive blocks together, up to ``limit`` weights (or one)
+                piece = (i, 1, p if step >= m else p.row_block(slice(r, min(m, r + step))))
+                if batches and sum(q.w.size for _, _, q in batches[-1]) + piece[2].w.size <= limit:
+                    batches[-1].append(piece)
+                else:
+                    batches.append([piece])
+        if parallel:
+            with ThreadPoolExecutor(2) as pool:
+                done = list(pool.map(run, batches))
+        else:
+            done = [run(batch) for batch in batches]
+    results: list[list[tuple[int, LayerRounding]]] = [[] for _ in problems]
     for batch, rounded in zip(batches, done):
-        for (i, _), r in zip(batch, rounded):
-            results[i].append(r)
+        for (i, axis, _), r in zip(batch, rounded):
+            results[i].append((axis, r))
     return [_joined(p, r) for p, r in zip(problems, results)]
 
 
@@ -450,8 +465,10 @@ def _result(p: LayerProblem, k: np.ndarray) -> LayerRounding:
     return LayerRounding(k.astype(np.int32), loss_near, loss_k, int(np.count_nonzero(k != near)))
 
 
-def _joined(p: LayerProblem, blocks: list[LayerRounding]) -> LayerRounding:
-    """A layer's rounding from its row blocks' (in order), with the layer's losses."""
-    k = blocks[0].k if len(blocks) == 1 else np.concatenate([b.k for b in blocks], axis=1)
+def _joined(p: LayerProblem, parts: list[tuple[int, LayerRounding]]) -> LayerRounding:
+    """A layer's rounding from its blocks' (in order; each with the axis it was cut along: 1
+    output channels, 0 groups), with the layer's losses."""
+    blocks = [b for _, b in parts]
+    k = blocks[0].k if len(blocks) == 1 else np.concatenate([b.k for b in blocks], axis=parts[0][0])
     return LayerRounding(k, p.loss_of(sum(b.loss_nearest for b in blocks)),
                          p.loss_of(sum(b.loss_adaround for b in blocks)), sum(b.changed for b in blocks))

@@ -88,6 +88,27 @@ class LayerProblem:
         return LayerProblem(self.w[:, rows], pick(self.scale), pick(self.low), pick(self.high), self.gram,
                             self.cross, 0.0, self.positions, self.rows)
 
+    def group_block(self, groups: slice) -> LayerProblem:
+        """The problem of ``groups`` (a depthwise layer's channels): the loss is a sum over groups,
+        as over output channels (:meth:`row_block`; ``energy`` 0 the same way)."""
+        def pick(a: np.ndarray) -> np.ndarray:
+            return a[groups] if a.shape[0] > 1 else a
+
+        rows = (self.rows[0][groups], self.rows[1][groups]) if self.rows is not None else None
+        return LayerProblem(self.w[groups], pick(self.scale), pick(self.low), pick(self.high),
+                            self.gram[groups] if self.gram is not None else None,
+                            self.cross[groups] if self.cross is not None else None, 0.0, self.positions, rows)
+
+    def halves(self) -> list[tuple[int, LayerProblem]]:
+        """(axis, block) pairs that make the problem up, in order: two halves of its output
+        channels, or of its groups where there is one channel a group, or the problem whole."""
+        g, m, _ = self.w.shape
+        if m >= 2:
+            return [(1, self.row_block(slice(0, m // 2))), (1, self.row_block(slice(m // 2, m)))]
+        if g >= 2:
+            return [(0, self.group_block(slice(0, g // 2))), (0, self.group_block(slice(g // 2, g)))]
+        return [(1, self)]
+
     def nearest(self) -> np.ndarray:
         """Integers of round-to-nearest (half to even, as QuantizeLinear) on the grid."""
         return np.clip(np.rint(self.w.astype(np.float64) / self.scale), self.low, self.high)
