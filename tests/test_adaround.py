@@ -633,7 +633,7 @@ def _depthwise(rng, g, d, n):
 
 
 def test_a_middle_sized_pass_is_optimised_as_two_halves_one_in_a_forked_process(monkeypatch):
-    """From SPLIT_WEIGHTS in a pass (below PARALLEL_WEIGHTS), each layer is cut in two halves, of its
+    """From SPLIT_WORK weights x iterations in a pass (below PARALLEL_WEIGHTS), each layer is cut in two halves, of its
     output channels or, one channel a group, of its groups, and the second halves are optimised in
     a forked child (kernels/forked.py): the roundings are exactly those of the same halves in this
     process, and, with the learned rounding kept per half, those of the whole layers at once."""
@@ -646,7 +646,7 @@ def test_a_middle_sized_pass_is_optimised_as_two_halves_one_in_a_forked_process(
     pids, real = [], ar._optimize
     monkeypatch.setattr(ar, "_optimize", lambda problems, *a: pids.append((os.getpid(), [p.w.shape for p in problems]))
                         or real(problems, *a))
-    monkeypatch.setattr(ar, "SPLIT_WEIGHTS", 100)  # 90 + 54 + 12 weights
+    monkeypatch.setattr(ar, "SPLIT_WORK", 156 * 300)  # 90 + 54 + 12 weights, 300 iterations
     forked_run = ar.optimize(problems, iterations=300)
     halves = [[(1, 4, 10), (3, 1, 9), (1, 1, 12)], [(1, 5, 10), (3, 1, 9)]]
     # the child's call is not seen here: it ran in another process
@@ -664,7 +664,7 @@ def test_a_middle_sized_pass_is_optimised_as_two_halves_one_in_a_forked_process(
 
     monkeypatch.setattr(ar, "_result", learned)
     halves = ar.optimize(problems, iterations=300)
-    monkeypatch.setattr(ar, "SPLIT_WEIGHTS", 1 << 30)
+    monkeypatch.setattr(ar, "SPLIT_WORK", 156 * 300 + 1)
     whole = ar.optimize(problems, iterations=300)
     for a, b in zip(whole, halves):
         assert np.array_equal(a.k, b.k) and np.isclose(a.loss_adaround, b.loss_adaround, rtol=1e-9)

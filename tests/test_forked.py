@@ -34,14 +34,18 @@ def test_a_child_that_dies_or_raises_is_computed_here():
     assert forked.beside(lambda: 1, raises) == (1, "here")
 
 
-def test_an_error_in_the_callers_work_ends_the_child_and_propagates():
+def test_an_error_in_the_callers_work_ends_the_child_and_propagates(monkeypatch):
+    pids, real_fork = [], os.fork
+    monkeypatch.setattr(os, "fork", lambda: pids.append(real_fork()) or pids[-1])
+
     def mine():
         raise KeyError("mine")
 
     with pytest.raises(KeyError):
         forked.beside(mine, lambda: __import__("time").sleep(60))
-    with pytest.raises(ChildProcessError):  # the child was reaped: no process is left behind
-        os.waitpid(-1, os.WNOHANG)
+    assert len(pids) == 1 and pids[0] > 0
+    with pytest.raises(ChildProcessError):  # the child was killed and reaped: nothing is left of it
+        os.waitpid(pids[0], os.WNOHANG)
 
 
 def test_without_fork_both_run_here(monkeypatch):

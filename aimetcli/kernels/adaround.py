@@ -45,10 +45,10 @@ Where this differs from AIMET, and why:
   regulariser act on each weight alone. A layer over BLOCK_WEIGHTS is optimised a block of
   output channels at a time, the same arithmetic again (the loss and its gradient are sums over
   output channels, each reading only its own row of W~): the state stays near 190 MB. A pass of
-  PARALLEL_WEIGHTS or more is cut so into two batches or more, optimised in two threads; a pass
-  of SPLIT_WEIGHTS up to that, into two halves (output channels, or groups), the second
-  optimised in a forked child process (kernels/forked.py; in the caller where fork is missing:
-  the same halves, so the same roundings whichever ran them).
+  PARALLEL_WEIGHTS or more is cut so into two batches or more, optimised in two threads; a
+  smaller pass of SPLIT_WORK weight-iterations or more, into two halves (output channels, or
+  groups), the second optimised in a forked child process (kernels/forked.py; in the caller
+  where fork is missing: the same halves, so the same roundings whichever ran them).
 """
 
 from __future__ import annotations
@@ -136,10 +136,12 @@ BLOCK_WEIGHTS = 1 << 22
 # from this many weights in a pass, its layers are optimised as two halves or more (row blocks, and
 # layers grouped) in two threads: numpy's element-wise loops and BLAS release the GIL on big arrays
 PARALLEL_WEIGHTS = 1 << 17
-# from this many weights in a pass (up to PARALLEL_WEIGHTS), its layers are optimised as two
-# halves, the second in a forked process: a small layer's iteration is 25 numpy calls of under a
-# microsecond, whose interpreter time two threads cannot share
-SPLIT_WEIGHTS = 1 << 11
+# from this many weights times iterations in a pass (under PARALLEL_WEIGHTS), its layers are
+# optimised as two halves, the second in a forked process: a small layer's iteration is 25 numpy
+# calls of under a microsecond, whose interpreter time two threads cannot share. Measured: from
+# 2,048 weights at the default 15,000 iterations (docs/design.md); at 1,000 iterations such
+# passes were slower split (the halves' setup, made twice, outweighs their short runs)
+SPLIT_WORK = 2048 * 15000
 
 
 class _Shared:
@@ -237,7 +239,7 @@ def optimize(problems: list[LayerProblem], params: AdaroundParams = AdaroundPara
         return _optimize([q for _, _, q in batch], params, iterations, shared)
 
     batches: list[list[tuple[int, int, LayerProblem]]] = []  # (problem, axis, a block of it)
-    if not parallel and total >= SPLIT_WEIGHTS:
+    if not parallel and total * iterations >= SPLIT_WORK:
         halves = [[(i, axis, q) for axis, q in p.halves()] for i, p in enumerate(problems)]
         batches = [[h[0] for h in halves], [h[1] for h in halves if len(h) > 1]]
         if batches[1]:
