@@ -8,15 +8,17 @@ import pytest
 
 from aimetcli.kernels import forked
 
-pytestmark = pytest.mark.skipif(not forked.available(), reason="needs fork and two cores")
+needs_fork = pytest.mark.skipif(not forked.available(), reason="needs fork and two cores")
 
 
+@needs_fork
 def test_theirs_runs_in_a_child_and_mine_here():
     here = os.getpid()
     mine, theirs = forked.beside(os.getpid, lambda: (os.getpid(), [1.5] * 1000))
     assert mine == here and theirs[0] != here and theirs[1] == [1.5] * 1000
 
 
+@needs_fork
 def test_a_child_that_dies_or_raises_is_computed_here():
     here = os.getpid()
 
@@ -34,6 +36,7 @@ def test_a_child_that_dies_or_raises_is_computed_here():
     assert forked.beside(lambda: 1, raises) == (1, "here")
 
 
+@needs_fork
 def test_an_error_in_the_callers_work_ends_the_child_and_propagates(monkeypatch):
     pids, real_fork = [], os.fork
     monkeypatch.setattr(os, "fork", lambda: pids.append(real_fork()) or pids[-1])

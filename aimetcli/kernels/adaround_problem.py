@@ -82,22 +82,27 @@ class LayerProblem:
         """The problem of output channels ``rows`` of every group (the same moments): the loss is a
         sum over output channels, so the blocks' roundings are the layer's. Its ``energy`` is 0
         (the rows' share of the constant is not kept): compare its :meth:`quadratic` values."""
-        def pick(a: np.ndarray) -> np.ndarray:
-            return a[:, rows] if a.shape[1] > 1 else a
-
-        return LayerProblem(self.w[:, rows], pick(self.scale), pick(self.low), pick(self.high), self.gram,
-                            self.cross, 0.0, self.positions, self.rows)
+        return self._block(1, rows)
 
     def group_block(self, groups: slice) -> LayerProblem:
-        """The problem of ``groups`` (a depthwise layer's channels): the loss is a sum over groups,
-        as over output channels (:meth:`row_block`; ``energy`` 0 the same way)."""
-        def pick(a: np.ndarray) -> np.ndarray:
-            return a[groups] if a.shape[0] > 1 else a
+        """The problem of ``groups`` (a depthwise layer's channels, with their own moments): the
+        loss is a sum over groups, as over output channels (:meth:`row_block`; ``energy`` 0 the same way)."""
+        return self._block(0, groups)
 
-        rows = (self.rows[0][groups], self.rows[1][groups]) if self.rows is not None else None
-        return LayerProblem(self.w[groups], pick(self.scale), pick(self.low), pick(self.high),
-                            self.gram[groups] if self.gram is not None else None,
-                            self.cross[groups] if self.cross is not None else None, 0.0, self.positions, rows)
+    def _block(self, axis: int, part: slice) -> LayerProblem:
+        """The weights ``part`` along ``axis`` (0 groups, 1 output channels) and their grids; the
+        moments, per group, are cut along the groups only."""
+        at = (slice(None),) * axis + (part,)
+
+        def pick(a: np.ndarray) -> np.ndarray:  # a grid array: [g, m, 1], or [1, 1, 1] per tensor
+            return a[at] if a.shape[axis] > 1 else a
+
+        def moments(a: np.ndarray | None) -> np.ndarray | None:
+            return a[part] if axis == 0 and a is not None else a
+
+        rows = None if self.rows is None else (moments(self.rows[0]), moments(self.rows[1]))
+        return LayerProblem(self.w[at], pick(self.scale), pick(self.low), pick(self.high), moments(self.gram),
+                            moments(self.cross), 0.0, self.positions, rows)
 
     def halves(self) -> list[tuple[int, LayerProblem]]:
         """(axis, block) pairs that make the problem up, in order: two halves of its output
