@@ -39,8 +39,9 @@ from aimetcli import graph as g
 from aimetcli import model_io
 from aimetcli.calibration.data import DataSource, as_dataset
 from aimetcli.model_ops import ModelSource, as_model, clone, require_float_model, sim_opset, upgrade_opset
+from aimetcli.kernels.quant import QuantScheme
 from aimetcli.options import AmpOptions, QuantOptions, RunOptions, WeightRange
-from aimetcli.quantsim.calibrate import SharedObservations
+from aimetcli.quantsim.observations import SharedObservations
 from aimetcli.quantsim.per_layer import check_patterns
 from aimetcli.quantsim.placement import place_quantizers
 from aimetcli.steps.bias_correct import bias_correct
@@ -55,8 +56,6 @@ def scheme_candidates(options) -> tuple:
     """The range schemes ``ptq --quant-scheme auto`` tries, as AIMET's AutoQuant does in its
     'QuantScheme Selection' (min-max and tf-enhanced; AIMET keeps min-max where the bitwidth is
     16 or more, where the grid is fine enough that clipping cannot pay)."""
-    from aimetcli.kernels.quant import QuantScheme
-
     if options.param_bw >= 16 and options.act_bw >= 16:
         return (QuantScheme.MIN_MAX,)
     return (QuantScheme.MIN_MAX, QuantScheme.TF_ENHANCED)
@@ -103,19 +102,39 @@ class _Flow:
         self.names: dict[int, str] = {}  # id(sim) -> the row that built it
         self.mixed: Any = None  # ptq_amp.amp_stage's result
         self.budget_judge: Judge | None = None  # the judge its budget is measured by
+        self._judge_class = judge
+        self.judge: Judge = None  # type: ignore[assignment]  # made by make_judge, before any sim is judged
+        self.held_judge: Judge = None  # type: ignore[assignment]
+        self.data_label = "evaluation" if evaluation is not None and evaluation.spec != calib.spec else "calibration"
+        self.scorer = None
+        self._scorer_seconds = 0.0
+        if evaluation is not None:
+            self.start("FP32 reference outputs (evaluation data)")
+            t = time.perf_counter()
+            self.scorer = judge(self.fp32, evaluation, batch_size)
+            self._scorer_seconds = time.perf_counter() - t
+
+    def make_judge(self, kept: dict[str, list]) -> float:
+        """The judge of the calibration samples, its row, and the seconds it took. ``kept``: FP32's
+        values of its tensors (Judge.tensors) run by run, which the folded model's calibration run
+        kept (SharedObservations.keep): no FP32 run of its own where they are all there (folding is
+        exact: the folded model's outputs are FP32's within float rounding)."""
+        import numpy as np
+
         self.start("FP32 reference outputs")
         t = time.perf_counter()
+        values = {name: np.concatenate(runs) for name, runs in kept.items() if runs}
+        ran = any(name not in values for name in Judge.tensors(self.fp32))  # then the judge runs FP32
         # every sim is calibrated on all the samples: all of them judge, but bias correction, which
         # fits on ``fit`` and is judged on ``held``
-        self.judge = judge(self.fp32, calib, batch_size)
+        self.judge = self._judge_class(self.fp32, self.calib, self.batch_size, values)
         self.held_judge = self.judge.last(self.held) if self.split else self.judge
-        self.scorer = None
-        if evaluation is not None:
-            self.scorer = judge(self.fp32, evaluation, batch_size)
-        self.data_label = "evaluation" if evaluation is not None and evaluation.spec != calib.spec else "calibration"
+        seconds = time.perf_counter() - t
         scorer = self.scorer or self.judge
-        self.add(Stage("fp32", scorer.top1_fp32, None, time.perf_counter() - t, "reference", None, None,
-                       self.data_label))
+        self.add(Stage("fp32", scorer.top1_fp32, None, seconds + self._scorer_seconds,
+                       "reference" if ran else "reference (kept by fold-bn's calibration run)",
+                       None, None, self.data_label))
+        return seconds
 
     def start(self, what: str) -> None:
         if self.on_start is not None:
@@ -237,7 +256,9 @@ def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, op
     current = model
     opts = dataclasses.replace(options, scheme=schemes[0])
     folded_runs = SharedObservations.for_schemes(schemes)  # the folded model's runs over the data
+    kept = folded_runs.keep(calib, Judge.tensors(flow.fp32))  # its histogram run keeps FP32's outputs
     best = flow.simulate(current, opts, "fold-bn", folded_runs)
+    t += flow.make_judge(kept)
     as_quantsim = "as quantsim" if options.per_channel is not None or why_not_pc else "as quantsim's default"
     flow.row("fold-bn", t, best, f"{_describe(opts)} ({as_quantsim}); {len(fold_summary.folded)} BN folded, "
              f"{len(fold_summary.skipped)} left", None)
@@ -403,7 +424,9 @@ def _bias_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, method: str) -
         # corrected layer reaches keep their FP32 values, and their observations
         reached = g.downstream_of(corrected, (c.layer for c in bc.corrected)) \
             if best.runs is not None and opts.weight_range is WeightRange.MIN_MAX else None
-        shared = best.runs.inherit(lambda name: name not in reached) if reached is not None else None
+        # the corrected model's sim is a min-max one when the flow chose min-max: reductions, no histograms
+        shared = best.runs.inherit(lambda name: name not in reached, min_max_only=opts.scheme is QuantScheme.MIN_MAX) \
+            if reached is not None else None
         variants.insert(0, ("+ bias-correct", flow.simulate(corrected, opts, "+ bias-correct", shared), start))
     else:
         detail += (f"; not recalibrated: {RECALIBRATION_REACH_DB - reach:.1f} dB under the margin on the kept "

@@ -192,25 +192,24 @@ class Judge:
     :meth:`last` gives a judge of the last samples that reads this one's runs (ptq's held-out
     samples are the calibration set's last quarter), so no model runs twice."""
 
-    def __init__(self, fp32: ir.Model, data, batch_size: int, reference: list | None = None):
+    def __init__(self, fp32: ir.Model, data, batch_size: int, kept: dict[str, np.ndarray] | None = None):
+        """``kept``: FP32's values over ``data`` of every tensor :meth:`tensors` names, taken by a run
+        made anyway (ptq: the folded model's calibration run); None: the judge runs ``fp32``."""
         self.fp32, self.data, self.batch_size = fp32, data, batch_size
         t = time.perf_counter()
         names = self._names()
         # the tensors that may be scored instead of an output (scored_tensors.scored_parts), run with the outputs
         parts = {o: x for o in names if (x := scored_parts(fp32, o)) is not None}
-        exposed: dict[str, np.ndarray] = {}
-        if reference is None:
-            extra = list(dict.fromkeys(name for x in parts.values() for name in x))
-            runs = self._outputs(fp32, data, outputs=names + extra)
-            reference, exposed = runs[:len(names)], dict(zip(extra, runs[len(names):]))
+        wanted = self.tensors(fp32)
+        if kept is None or any(n not in kept for n in wanted):
+            kept = dict(zip(wanted, self._outputs(fp32, data, outputs=wanted)))
+        reference = [kept[n] for n in names]
+        exposed = {n: kept[n] for n in wanted}
         k = score_output(reference)
         self._output = names[k] if k is not None and k < len(names) else None
         self._references: list[np.ndarray] | None = [reference[k]] if self._output is not None else None
         self._parts: list[str] | None = parts.get(self._output) if self._output is not None else None
         if self._parts is not None:
-            missing = [p for p in self._parts if p not in exposed]
-            if missing:  # the caller gave the outputs
-                exposed.update(zip(missing, self._outputs(fp32, data, outputs=missing)))
             refs = [exposed[p] for p in self._parts]
             if len(refs) > 1 and not far_apart(refs, reference[k].shape[0]):
                 self._parts = None  # a Concat of comparable inputs: its output is scored
@@ -232,6 +231,14 @@ class Judge:
         self._rows = slice(0, data.num_samples)
         self._parent: Judge | None = None
         self.seconds = time.perf_counter() - t  # spent running FP32 and the sims over the data
+
+    @staticmethod
+    def tensors(fp32: ir.Model) -> list[str]:
+        """What a judge of ``fp32`` reads of FP32: its outputs, then the tensors that may be scored
+        instead of one (a Softmax's logits, a Concat's parts: scored_tensors.scored_parts)."""
+        names = [o.name for o in fp32.graph.outputs]
+        parts = (x for o in names if (x := scored_parts(fp32, o)) is not None)
+        return list(dict.fromkeys([*names, *(p for x in parts for p in x)]))
 
     def scored(self) -> list[tuple[str, np.ndarray]] | None:
         """(name in FP32, FP32's values) of every tensor this judge scores: the output, a

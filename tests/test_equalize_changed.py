@@ -14,7 +14,7 @@ from aimetcli import api
 from aimetcli.calibration.data import input_specs, open_data
 from aimetcli.kernels.quant import QuantScheme
 from aimetcli.model_ops import clone
-from aimetcli.quantsim.calibrate import SharedObservations
+from aimetcli.quantsim.observations import SharedObservations
 from aimetcli.quantsim.placement import QuantOptions
 from helpers import bn_inits, bn_node, init, make_model, rand, session, to_ir  # our own RNG: helpers' is shared
 

@@ -286,25 +286,28 @@ def test_ptq_scores_each_sim_once_on_the_calibration_samples(tmp_path):
                                      "export: model_qdq"]
     assert names[5].startswith("+ equalize, ")
     assert len({id(m) for m in seen}) == len(seen) and len({id(m) for m in held}) == len(held)
-    # FP32, the sims of fold-bn, per-channel, tf-enhanced, equalize with each scheme, the bias
-    # correction kept, the QDQ model; bias correction's two sims on the held-out samples
+    # the sims of fold-bn, per-channel, tf-enhanced, equalize with each scheme, the bias correction
+    # kept, the QDQ model (FP32's outputs come from fold-bn's calibration run, no run of the judge's);
+    # bias correction's two sims on the held-out samples
     stages = {s.name: s for s in summary.stages}
+    assert stages["fp32"].note == "reference (kept by fold-bn's calibration run)"
     kept = [n for n in ("+ bias-correct", "+ bias-correct, kept grids") if stages[n].kept]
     assert len(kept) == 1 and stages[kept[0]].calib_sqnr_db is not None
-    assert len(held) == 2 and len(seen) == 8
+    assert len(held) == 2 and len(seen) == 7
     assert sum(any(m is h for h in held) for m in seen) == 1  # only the kept one runs on all 24
 
 
 def test_ptq_onnxruntime_sessions_and_passes(tmp_path, monkeypatch):
     """What ptq runs in onnxruntime, by session policy (docs/design.md, "What ptq runs"): per
     policy, the sessions and the passes over the 24 calibration samples. A stage or a rerun
-    added to the flow shows here. simulate: FP32 and the seven sims scored (fold-bn, per-channel,
+    added to the flow shows here. simulate: the seven sims scored (fold-bn, per-channel,
     tf-enhanced, equalize with each scheme on all 24 samples; bias correction with its own grids and
     with the incumbent's, which needs no calibration run, on its 6 held-out samples: both
-    dropped, neither runs on all of them); measure: three calibrations, one
-    histogram run per model state (fold-bn; equalize, over only the tensors it changed) that serves
-    both schemes and the per-channel candidate (activation ranges see FP32 weights), bias
-    correction's, and its FP32 means over its 18 fit samples; simulate-fused: the correction run;
+    dropped, neither runs on all of them; FP32's outputs are kept by fold-bn's calibration run);
+    measure: three calibrations, one histogram run per model state (fold-bn; equalize, over only
+    the tensors it changed) that serves both schemes and the per-channel candidate (activation
+    ranges see FP32 weights), bias correction's (reductions: min-max was chosen), and its FP32
+    means over its 18 fit samples; simulate-fused: the correction run;
     deploy:
     model_qdq scored. The judge's runs take at most reduction_run_size samples."""
     from collections import Counter
@@ -333,9 +336,9 @@ def test_ptq_onnxruntime_sessions_and_passes(tmp_path, monkeypatch):
                       schemes=api.scheme_candidates(QuantOptions()))
     # min-max chosen: the correction run computes its grids (a tf-enhanced incumbent lends its own)
     assert summary.options["scheme"] == "min-max" and summary.decisions[1].kept is False
-    assert dict(sessions) == {"simulate": 8, "measure": 4, "simulate-fused": 1, "deploy": 1}
+    assert dict(sessions) == {"simulate": 7, "measure": 4, "simulate-fused": 1, "deploy": 1}
     assert not any(s.kept for s in summary.stages if s.name.startswith("+ bias-correct"))
-    assert {k: v / 24 for k, v in samples.items()} == {"simulate": 6 + 2 * 6 / 24, "measure": 3 + 18 / 24,
+    assert {k: v / 24 for k, v in samples.items()} == {"simulate": 5 + 2 * 6 / 24, "measure": 3 + 18 / 24,
                                                         "simulate-fused": 18 / 24, "deploy": 1}
     assert biggest["simulate"] <= runtime.reduction_run_size(calib) < calib.num_samples
 

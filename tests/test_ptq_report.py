@@ -291,6 +291,39 @@ def test_the_judge_scores_class_probabilities_on_their_logits(tmp_path):
     assert score.sqnr_db is not None and len(score.noise) == 16
 
 
+def test_the_judge_takes_fp32_from_a_calibration_run_that_kept_it(tmp_path):
+    """ptq's judge reads FP32's outputs (and a Softmax's logits) from the folded model's
+    calibration run (SharedObservations.keep), which copies every quantized activation out anyway:
+    the same references as a run of its own within float rounding, the same scores, and no FP32
+    run. A tensor the run did not keep: the judge runs FP32 itself."""
+    from aimetcli.calibration.data import input_specs, open_data
+    from aimetcli.kernels.quant import QuantScheme
+    from aimetcli.quantsim.observations import SharedObservations
+
+    model, _ = api.prepare(to_ir(_softmax_classifier()))
+    data = open_data("random:16", input_specs(model))
+    runs: list = []
+
+    class Counting(ptq_judge.Judge):
+        def _outputs(self, m, dataset, **kw):
+            runs.append(m)
+            return super()._outputs(m, dataset, **kw)
+
+    shared = SharedObservations.for_schemes((QuantScheme.MIN_MAX, QuantScheme.TF_ENHANCED))
+    kept = shared.keep(data, ptq_judge.Judge.tensors(model))
+    assert ptq_judge.Judge.tensors(model) == ["probs", "logits"]
+    sim, _, _ = api.quantsim(api.clone(model), data, QuantOptions(param_bw=4, act_bw=4), shared=shared)
+    values = {name: np.concatenate(parts) for name, parts in kept.items()}
+    assert set(values) == {"probs", "logits"} and len(kept["logits"]) >= 1
+    judge, own = Counting(model, data, 8, values), ptq_judge.Judge(model, data, 8)
+    assert runs == []
+    np.testing.assert_allclose(judge._reference, own._reference, rtol=1e-5, atol=1e-6)
+    assert abs(judge.sqnr(sim) - own.sqnr(sim)) < 1e-4
+    runs.clear()
+    Counting(model, data, 8, {"probs": values["probs"]})  # the logits missing: FP32 runs
+    assert len(runs) == 1 and runs[0] is model
+
+
 def _logits_model(add: np.ndarray | None = None, scale: float = 1.0) -> onnx.ModelProto:
     """x [N, T, C] -> Mul(scale) -> Add(add) -> Softmax(axis 2) -> probs: a CTC recognizer's
     head, the sims differing from FP32 (scale 1, add 0) by what they do to the logits."""

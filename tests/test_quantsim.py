@@ -431,7 +431,7 @@ def test_shared_observations_serve_sims_that_differ_in_weights(scheme):
     """Sims of one model that differ in their weight options and activation bitwidth (ptq's
     candidates, AMP's bitwidths) calibrate from one run over the data (activation ranges see FP32
     weights): the same encodings as a fresh run, the run made once."""
-    from aimetcli.quantsim.calibrate import SharedObservations
+    from aimetcli.quantsim.observations import SharedObservations
     from aimetcli.steps.quantsim import quantsim
 
     model, _ = api.prepare(to_ir(conv_model()))
@@ -454,7 +454,7 @@ def test_one_histogram_run_serves_min_max_and_tf_enhanced():
     """With a histogram scheme announced, a min-max sim observes with histograms (exact min and
     max) instead of onnxruntime's reductions: the same encodings as min-max alone, and the
     tf-enhanced sim that follows makes no run of its own."""
-    from aimetcli.quantsim.calibrate import SharedObservations
+    from aimetcli.quantsim.observations import SharedObservations
     from aimetcli.steps.quantsim import quantsim
 
     model, _ = api.prepare(to_ir(conv_model()))
@@ -475,7 +475,7 @@ def test_shared_observations_unused_where_seqmse_moves_the_weights():
     """--weight-range mse puts quantsim's copy's weights on their grids before calibration: the
     activations it observes are not the shared runs' (those saw the weights as they were)."""
     from aimetcli.options import WeightRange
-    from aimetcli.quantsim.calibrate import SharedObservations
+    from aimetcli.quantsim.observations import SharedObservations
     from aimetcli.steps.quantsim import quantsim
 
     model, _ = api.prepare(to_ir(conv_model()))
@@ -534,7 +534,7 @@ def test_a_probe_of_the_activation_sizes_serves_the_models_later_calibrations(tm
     it (equalized, bias-corrected: the same activation sizes) decides without a probe run, the same."""
     from aimetcli import runtime
     from aimetcli.quantsim import calibrate
-    from aimetcli.quantsim.calibrate import SharedObservations
+    from aimetcli.quantsim.observations import SharedObservations
     from aimetcli.steps.quantsim import quantsim
 
     rng = np.random.default_rng(8)
@@ -567,3 +567,47 @@ def test_a_probe_of_the_activation_sizes_serves_the_models_later_calibrations(tm
         quantsim(api.clone(model), dataset, opts, api.RunOptions(batch_size=12), shared=later)
         assert decided == [(limit == 0, False), (limit == 0, True)]
         assert set(shared.sizes[id(dataset)]) == {"c1", "r1", "y"}
+
+
+def test_observations_kept_for_min_max_sims_alone_take_one_reductions_run(tmp_path, monkeypatch):
+    """ptq's bias correction recalibrates the corrected model for the scheme the flow chose only;
+    when that is min-max, the inherited observations (histograms, from a flow that also tried
+    tf-enhanced) answer with their exact min and max for the tensors kept, and the changed ones
+    are reduced inside onnxruntime: one reductions run over them, no histogram run, and the same
+    grids as a fresh min-max calibration."""
+    from aimetcli.quantsim import calibrate
+    from aimetcli.quantsim.observations import SharedObservations
+    from aimetcli.steps.quantsim import quantsim
+
+    rng = np.random.default_rng(9)
+    inits = [init("W1", rng.standard_normal((6, 3, 3, 3)).astype(np.float32)),
+             init("W2", rng.standard_normal((4, 6, 1, 1)).astype(np.float32))]
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c1"], ["r1"]), helper.make_node("Conv", ["r1", "W2"], ["y"])]
+    proto = make_model(nodes, [("x", [12, 3, 6, 6])], [("y", None)], inits)
+    np.save(tmp_path / "x.npy", rng.standard_normal((12, 3, 6, 6)).astype(np.float32))
+    model, _ = api.prepare(to_ir(proto))
+    dataset = open_data(str(tmp_path / "x.npy"), input_specs(model))
+    run = api.RunOptions(batch_size=12)
+    shared = SharedObservations.for_schemes((QuantScheme.MIN_MAX, QuantScheme.TF_ENHANCED))
+    quantsim(model, dataset, QuantOptions(scheme=QuantScheme.TF_ENHANCED), run, shared=shared)
+    reduced, observed = [], []
+    real_reduced, real_observe = calibrate._reduced_minmax, calibrate._observe
+    monkeypatch.setattr(calibrate, "_reduced_minmax",
+                        lambda m, tensors, *a, **k: reduced.append(list(tensors)) or real_reduced(m, tensors, *a, **k))
+    monkeypatch.setattr(calibrate, "_observe",
+                        lambda m, placement, *a, **k: observed.append([q.tensor for q in placement.activations])
+                        or real_observe(m, placement, *a, **k))
+    later = shared.inherit(lambda t: t != "r1", min_max_only=True)
+    opts = QuantOptions(scheme=QuantScheme.MIN_MAX)
+    _, enc, _ = quantsim(api.clone(model), dataset, opts, run, shared=later)
+    assert reduced == [["r1"]] and observed == [["x"]]  # the graph input is read from the feeds
+    _, fresh, _ = quantsim(api.clone(model), dataset, opts, run)
+    assert set(enc.activations) == set(fresh.activations) == {"x", "c1", "r1", "y"}
+    for t, e in fresh.activations.items():
+        assert (e.min, e.max, e.scale, e.offset) == (enc.activations[t].min, enc.activations[t].max,
+                                                     enc.activations[t].scale, enc.activations[t].offset), t
+    # without the flag the histograms go on: a histogram run over the changed tensor
+    reduced.clear(), observed.clear()
+    quantsim(api.clone(model), dataset, opts, run, shared=shared.inherit(lambda t: t != "r1"))
+    assert reduced == [] and observed == [["r1"]]

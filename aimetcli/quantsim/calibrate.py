@@ -15,9 +15,7 @@ progress still counts batches.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -32,6 +30,7 @@ from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.quant import (Encoding, QuantScheme, encoding_from_range, fake_quantize_finite,
                                     is_unsigned_symmetric, unsigned_symmetric_encoding)
 from aimetcli.options import QuantOptions
+from aimetcli.quantsim.observations import SharedObservations
 from aimetcli.quantsim.placement import Placement, revise_after_calibration
 
 
@@ -40,75 +39,6 @@ class Encodings:
     activations: dict[str, Encoding] = field(default_factory=dict)
     params: dict[str, Encoding] = field(default_factory=dict)
     nonfinite: dict[str, int] = field(default_factory=dict)
-
-
-class SharedObservations:
-    """What calibration runs observed of one model's activations, for the next calibration of it.
-
-    Activation ranges are observed with FP32 weights (:func:`observed_model`), so sims of one
-    model on one dataset that differ only in their weight options (granularity, weight bitwidth,
-    weight scheme) observe exactly the same statistics: each tensor's observation is kept per
-    observer kind and dataset, and a calibration runs over the data only for the tensors not yet
-    observed (one run for all of them). ptq's per-channel candidate reuses its incumbent's run this
-    way. ``histogram_scheme``: a histogram scheme (tf-enhanced, percentile) that a later sim of the
-    model will ask for; a min-max sim then observes with that scheme's histograms (exact min and
-    max too: ``observe_encoding``) instead of onnxruntime's reductions, so both schemes' sims
-    calibrate from one run. The caller promises that the model's FP32 activations do not change
-    while the object is in use (ptq makes one per model state, and :meth:`inherit` carries the
-    observations of the tensors a rewrite leaves equal to the next state).
-    """
-
-    def __init__(self, histogram_scheme: QuantScheme | None = None) -> None:
-        self.histogram_scheme = None if histogram_scheme is QuantScheme.MIN_MAX else histogram_scheme
-        self._seen: dict[tuple, dict[str, Any]] = {}  # (observer kind, id(dataset)) -> tensor -> observation
-        # (id(observation), settings) -> (observation, its encoding): sims of the model that ask an
-        # observation for the same grid (ptq's weight candidates, bias correction's kept grids) search once
-        self._encodings: dict[tuple, tuple[Any, Encoding]] = {}
-        # id(dataset) -> tensor -> bytes a sample of it takes, measured by a probe run (_runs_too_big):
-        # a rewrite keeps the activations' sizes, so the first calibration's probe answers for the others
-        self.sizes: dict[int, dict[str, float]] = {}
-        self.made = 0  # runs over the data made (tests count them)
-        self.reused = 0  # calibrations served without a run
-        self.tensors_run = 0  # tensors observed by those runs
-
-    @classmethod
-    def for_schemes(cls, schemes: tuple) -> SharedObservations:
-        """For sims of the model under each of ``schemes``: the histogram scheme among them, if
-        any, observes for min-max too."""
-        return cls(next((sc for sc in schemes if sc is not QuantScheme.MIN_MAX), None))
-
-    def observe(self, kind: str, dataset, tensors: list[str],
-                compute: Callable[[list[str]], dict[str, Any]]) -> dict[str, Any]:
-        """Each of ``tensors``' observation of ``kind`` over ``dataset``; ``compute(missing)`` runs
-        once for those not yet observed and returns one entry per tensor it was given."""
-        seen = self._seen.setdefault((kind, id(dataset)), {})
-        missing = [t for t in tensors if t not in seen]
-        if missing:
-            seen.update(compute(missing))
-            self.made += 1
-            self.tensors_run += len(missing)
-        else:
-            self.reused += 1
-        return {t: seen[t] for t in tensors}
-
-    def encoding(self, observation, settings: tuple, compute: Callable[[], Encoding]) -> Encoding:
-        """``compute()``, the grid of ``observation`` under ``settings`` (every setting it reads), once
-        per pair: an observation is never updated once observed, and the search is a pure function."""
-        key = (id(observation), settings)
-        hit = self._encodings.get(key)
-        if hit is None or hit[0] is not observation:
-            hit = self._encodings[key] = (observation, compute())
-        return hit[1]
-
-    def inherit(self, unchanged: Callable[[str], bool]) -> SharedObservations:
-        """The observations of another state of the model, one whose FP32 activations equal this
-        one's on the tensors ``unchanged`` accepts (an exact rewrite: equalization changes only
-        the tensors inside its scaling sets); the rest are observed again when asked for."""
-        new = SharedObservations(self.histogram_scheme)
-        new._seen = {key: {t: o for t, o in seen.items() if unchanged(t)} for key, seen in self._seen.items()}
-        new._encodings = dict(self._encodings)  # keyed by the observation: only the kept ones are asked again
-        new.sizes = self.sizes  # the sizes do not change with the values: shared
-        return new
 
 
 def param_encodings(model: ir.Model, placement: Placement, opts: QuantOptions, *,
@@ -203,13 +133,15 @@ def observed_model(model: ir.Model) -> ir.Model:
     return calibration_weights(model, {})
 
 
-def calibration_model(model: ir.Model, placement: Placement) -> ir.Model:
-    """A copy (:func:`observed_model`) with the quantized activations exposed as outputs (their own type)."""
+def calibration_model(model: ir.Model, placement: Placement, extra: list[str] | tuple = ()) -> ir.Model:
+    """A copy (:func:`observed_model`) with the quantized activations (and the tensors ``extra``)
+    exposed as outputs (their own type)."""
     copy = observed_model(model)
     graph = copy.graph
     skip = {v.name for v in (*graph.outputs, *graph.inputs)}
     values = values_by_name(graph)
-    exposed = [values[aq.tensor] for aq in placement.activations if aq.tensor not in skip]
+    wanted = dict.fromkeys([*(aq.tensor for aq in placement.activations), *extra])
+    exposed = [values[t] for t in wanted if t not in skip]
     for value in exposed:  # a value of unknown type is declared float
         if value.dtype is None:
             value.type = ir.TensorType(ir.DataType.FLOAT)
@@ -368,7 +300,8 @@ def _encodings(model: ir.Model, placement: Placement, opts: QuantOptions, datase
     kind = opts.scheme if opts.scheme is not QuantScheme.MIN_MAX else (shared.histogram_scheme or opts.scheme)
     observers = shared.observe(kind.value, dataset, [a.tensor for a in todo],
                                lambda missing: _observe(model, _only(observed, missing), kind, dataset, batch_size,
-                                                        progress, shared.sizes.setdefault(id(dataset), {})))
+                                                        progress, shared.sizes.setdefault(id(dataset), {}),
+                                                        shared.taps.pop(id(dataset), None)))
     for a in todo:
         obs = observers[a.tensor]
         if getattr(obs, "nonfinite_count", 0):
@@ -398,7 +331,8 @@ def _only(observed: Placement, tensors: list[str]) -> Placement:
 
 
 def _observe(model: ir.Model, observed: Placement, scheme: QuantScheme, dataset, batch_size: int,
-             progress: runtime.Progress | None, sizes: dict[str, float] | None = None) -> dict:
+             progress: runtime.Progress | None, sizes: dict[str, float] | None = None,
+             tap: tuple[list[str], dict[str, list[np.ndarray]]] | None = None) -> dict:
     """An observer of ``scheme``'s kind per tensor of ``observed``, fed in one run over the data.
 
     Histograms: runs of ``runtime.histogram_run_size`` samples, each growing the range as AIMET's
@@ -412,11 +346,15 @@ def _observe(model: ir.Model, observed: Placement, scheme: QuantScheme, dataset,
     exact too. A tensor whose reductions show NaN or Inf (a NaN first in a tensor hides from
     ReduceMin) keeps the growing histogram. ``sizes``: bytes per sample of the tensors earlier
     probes of this model's states measured (SharedObservations.sizes), filled in by this one's.
+    ``tap``: (tensors, sink) of :meth:`SharedObservations.keep`: the run keeps their values too.
     """
     graph_inputs = {v.name for v in model.graph.inputs}
     names = [a.tensor for a in observed.activations if a.tensor not in graph_inputs]
     fed = [a for a in observed.activations if a.tensor in graph_inputs]
-    session = runtime.Session(calibration_model(model, observed), runtime.MEASURE) if names else None
+    produced = {v.name for n in model.graph for v in n.outputs}
+    kept, sink = ([t for t in tap[0] if t in produced], tap[1]) if tap is not None and names else ([], {})
+    extra = [t for t in kept if t not in names]
+    session = runtime.Session(calibration_model(model, observed, extra), runtime.MEASURE) if names else None
     run = min(batch_size, runtime.histogram_run_size(model, dataset))
     ranges: dict[str, tuple[float, float]] = {}
     if scheme is not QuantScheme.MIN_MAX and session is not None and _runs_too_big(session, names, model, dataset,
@@ -431,8 +369,11 @@ def _observe(model: ir.Model, observed: Placement, scheme: QuantScheme, dataset,
         for a in fed:
             observers[a.tensor].update(feeds[a.tensor])
         if session is not None:
-            for name, value in zip(names, session.run(feeds, names)):
-                observers[name].update(value)
+            values = dict(zip(names + extra, session.run(feeds, names + extra)))
+            for name in names:
+                observers[name].update(values[name])
+            for name in kept:
+                sink.setdefault(name, []).append(values[name])
         step.samples(feed_rows(feeds))
     step.finish()
     return observers

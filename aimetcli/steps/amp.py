@@ -193,7 +193,8 @@ def _encodings(model: ir.Model, calib, opts: QuantOptions, param_bws: set[int], 
     the base calibration, every other activation bitwidth calibrated as well (on FP32 weights,
     calibrate.observed_model, from the base's run over the data), every other weight bitwidth from
     the weights."""
-    from aimetcli.quantsim.calibrate import SharedObservations, calibrate, param_encodings
+    from aimetcli.quantsim.calibrate import calibrate, param_encodings
+    from aimetcli.quantsim.observations import SharedObservations
     from aimetcli.quantsim.placement import place_quantizers
 
     placement = place_quantizers(model, opts.config, opts)

@@ -22,7 +22,7 @@ from aimetcli.options import QuantOptions, RunOptions
 from aimetcli.records import jsonable
 
 if TYPE_CHECKING:
-    from aimetcli.quantsim.calibrate import SharedObservations
+    from aimetcli.quantsim.observations import SharedObservations
 
 
 @dataclass
