@@ -14,9 +14,9 @@ search, not every combination, and no stage run once per scheme):
    where allowed (:func:`per_channel_candidate`), then the other range scheme
    (:func:`scheme_candidates`) with the granularity chosen, and when per-channel lost, per-channel
    with the other scheme too (they interact: PP-OCRv5 rec, docs/design.md "A recognizer's blank");
-2. + equalize (kept or not; no sim at all when equalization found nothing to scale); when kept,
-   the other scheme is tried again on the equalized model (after fold-bn alone the schemes
-   ranked the other way than after the whole flow in 4 of 16 sample-model cases, docs/design.md);
+2. + equalize (kept or not; no sim at all when equalization found nothing to scale), with
+   per-tensor weights calibrated with each scheme (after fold-bn alone the schemes ranked the
+   other way than after the whole flow in 4 of 16 sample-model cases, docs/design.md);
 3. + adaround below 8-bit weights (kept or not; fitted and judged as bias correction);
 4. + bias-correct (kept or not);
 5. the incumbent's sim is exported (sim.onnx, and what export writes).
@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import onnx_ir as ir
 
 from aimetcli import graph as g
@@ -115,18 +116,14 @@ class _Flow:
             self._scorer_seconds = time.perf_counter() - t
 
     def make_judge(self, kept: dict[str, list]) -> float:
-        """The judge of the calibration samples, its row, and the seconds it took. ``kept``: FP32's
-        values of its tensors (Judge.tensors) run by run, which the folded model's calibration run
-        kept (SharedObservations.keep): no FP32 run of its own where they are all there (folding is
-        exact: the folded model's outputs are FP32's within float rounding)."""
-        import numpy as np
-
+        """The judge of the calibration samples (all of them judge, but bias correction, fitted on
+        ``fit`` and judged on ``held``), its row, and the seconds it took. ``kept``: FP32's values of
+        its tensors run by run, kept by the folded model's calibration run (SharedObservations.keep;
+        folding is exact); where one is missing, the judge runs FP32."""
         self.start("FP32 reference outputs")
         t = time.perf_counter()
         values = {name: np.concatenate(runs) for name, runs in kept.items() if runs}
-        ran = any(name not in values for name in Judge.tensors(self.fp32))  # then the judge runs FP32
-        # every sim is calibrated on all the samples: all of them judge, but bias correction, which
-        # fits on ``fit`` and is judged on ``held``
+        ran = any(name not in values for name in Judge.tensors(self.fp32))
         self.judge = self._judge_class(self.fp32, self.calib, self.batch_size, values)
         self.held_judge = self.judge.last(self.held) if self.split else self.judge
         seconds = time.perf_counter() - t
@@ -318,8 +315,10 @@ def _equalize_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, schemes: t
                     tried: list[dict], current_runs: SharedObservations) -> tuple[ir.Model, _Sim, Any]:
     """Equalize a copy of ``current`` and calibrate it with each range scheme in ``schemes``
     (equalization changes what the ranges see: after fold-bn alone the schemes ranked the other
-    way than after the whole flow in 4 of 16 sample-model cases, docs/design.md); the better
-    equalized sim is kept when it beats ``best`` by the margin. (model, sim, options) go on. When
+    way than after the whole flow in 4 of 16 sample-model cases, docs/design.md), or, with
+    per-channel weights, with the incumbent's scheme alone (the other scheme's equalized sim was
+    never kept there: 0 of 25 cases, docs/design.md); the better equalized sim is kept when it
+    beats ``best`` by the margin. (model, sim, options) go on. When
     equalize found nothing to change, no sim is built: the row says so. Tensors it left equal keep
     their observations in ``current_runs`` (no run over them again)."""
     t = time.perf_counter()
@@ -332,9 +331,13 @@ def _equalize_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, schemes: t
         return current, best, opts
     variants = []  # (row name, options, sim, start time)
     changed = eq.changed
-    equalized_runs = current_runs.inherit(lambda name: name not in changed) if changed is not None else \
-        SharedObservations.for_schemes(schemes)
-    for scheme in (opts.scheme, *(sc for sc in schemes if sc is not opts.scheme)):
+    # per-channel weights: the incumbent's scheme only (the other never won there, docs/design.md)
+    tried_schemes = (opts.scheme,) if opts.per_channel else \
+        (opts.scheme, *(sc for sc in schemes if sc is not opts.scheme))
+    min_max_only = tried_schemes == (QuantScheme.MIN_MAX,)
+    equalized_runs = current_runs.inherit(lambda name: name not in changed, min_max_only=min_max_only) \
+        if changed is not None else SharedObservations.for_schemes(tried_schemes)
+    for scheme in tried_schemes:
         name = "+ equalize" if scheme is opts.scheme else f"+ equalize, {scheme.value}"
         start = t if scheme is opts.scheme else time.perf_counter()
         o = dataclasses.replace(opts, scheme=scheme)

@@ -133,13 +133,18 @@ def test_ptq_one_command(tmp_path):
     per_channel_lost = next(s for s in doc["stages"] if s["name"] == "per-channel")["kept"] is False
     assert ("per-channel, tf-enhanced" in names) == per_channel_lost
     names = [n for n in names if n != "per-channel, tf-enhanced"]
+    # equalization with the other scheme too, but with per-channel weights (the chosen scheme's alone)
+    other = [n for n in names if n.startswith("+ equalize, ")]
+    if doc["options"]["per_channel"]:
+        assert other == []
+    else:
+        assert len(other) == 1 and other[0] in ("+ equalize, min-max", "+ equalize, tf-enhanced")
+    names = [n for n in names if n not in other]
     # bias correction: the corrected model calibrated, then on the incumbent's grids
-    assert names[:5] + names[6:] == ["fp32", "fold-bn", "per-channel", "tf-enhanced", "+ equalize",
-                                     "+ bias-correct", "+ bias-correct, kept grids", "sim.onnx",
-                                     "export: model_qdq"]
+    assert names == ["fp32", "fold-bn", "per-channel", "tf-enhanced", "+ equalize", "+ bias-correct",
+                     "+ bias-correct, kept grids", "sim.onnx", "export: model_qdq"]
     bias_rows = [s for s in doc["stages"] if s["name"].startswith("+ bias-correct")]
     assert sum(1 for s in bias_rows if "below the" in s["note"]) == 1  # one is the candidate, the other shown
-    assert names[5] in ("+ equalize, min-max", "+ equalize, tf-enhanced")
     assert doc["stages"][0]["top1"] == 100.0
     assert all(s["top1"] is not None for s in doc["stages"] if s["calib_sqnr_db"] is not None)
     # --quant-scheme auto (the default): both schemes tried; a change is kept only over the margin
@@ -280,28 +285,31 @@ def test_ptq_scores_each_sim_once_on_the_calibration_samples(tmp_path):
     summary = api.ptq(model, calib, None, QuantOptions(), outdir=str(tmp_path / "out"),
                       schemes=api.scheme_candidates(QuantOptions()), judge=Counting)
     names = [s.name for s in summary.stages]
+    # equalization with the other scheme too, unless the weights are per-channel
+    per_channel = bool(summary.options["per_channel"])
+    assert len([n for n in names if n.startswith("+ equalize, ")]) == (0 if per_channel else 1)
+    names = [n for n in names if not n.startswith("+ equalize, ")]
     # bias correction: the corrected model calibrated, then on the incumbent's grids
-    assert names[:5] + names[6:] == ["fp32", "fold-bn", "per-channel", "tf-enhanced", "+ equalize",
-                                     "+ bias-correct", "+ bias-correct, kept grids", "sim.onnx",
-                                     "export: model_qdq"]
-    assert names[5].startswith("+ equalize, ")
+    assert names == ["fp32", "fold-bn", "per-channel", "tf-enhanced", "+ equalize", "+ bias-correct",
+                     "+ bias-correct, kept grids", "sim.onnx", "export: model_qdq"]
     assert len({id(m) for m in seen}) == len(seen) and len({id(m) for m in held}) == len(held)
-    # the sims of fold-bn, per-channel, tf-enhanced, equalize with each scheme, the bias correction
-    # kept, the QDQ model (FP32's outputs come from fold-bn's calibration run, no run of the judge's);
-    # bias correction's two sims on the held-out samples
+    # the sims of fold-bn, per-channel, tf-enhanced, equalize (with each scheme: per-tensor), the
+    # bias correction kept, the QDQ model (FP32's outputs come from fold-bn's calibration run, no
+    # run of the judge's); bias correction's two sims on the held-out samples
     stages = {s.name: s for s in summary.stages}
     assert stages["fp32"].note == "reference (kept by fold-bn's calibration run)"
     kept = [n for n in ("+ bias-correct", "+ bias-correct, kept grids") if stages[n].kept]
     assert len(kept) == 1 and stages[kept[0]].calib_sqnr_db is not None
-    assert len(held) == 2 and len(seen) == 7
+    assert len(held) == 2 and len(seen) == (6 if per_channel else 7)
     assert sum(any(m is h for h in held) for m in seen) == 1  # only the kept one runs on all 24
 
 
 def test_ptq_onnxruntime_sessions_and_passes(tmp_path, monkeypatch):
     """What ptq runs in onnxruntime, by session policy (docs/design.md, "What ptq runs"): per
     policy, the sessions and the passes over the 24 calibration samples. A stage or a rerun
-    added to the flow shows here. simulate: the seven sims scored (fold-bn, per-channel,
-    tf-enhanced, equalize with each scheme on all 24 samples; bias correction with its own grids and
+    added to the flow shows here. simulate: the six sims scored (fold-bn, per-channel,
+    tf-enhanced, equalize with the chosen scheme on all 24 samples (per-channel weights: the other
+    scheme is not tried on the equalized model); bias correction with its own grids and
     with the incumbent's, which needs no calibration run, on its 6 held-out samples: both
     dropped, neither runs on all of them; FP32's outputs are kept by fold-bn's calibration run);
     measure: three calibrations, one histogram run per model state (fold-bn; equalize, over only
@@ -336,9 +344,10 @@ def test_ptq_onnxruntime_sessions_and_passes(tmp_path, monkeypatch):
                       schemes=api.scheme_candidates(QuantOptions()))
     # min-max chosen: the correction run computes its grids (a tf-enhanced incumbent lends its own)
     assert summary.options["scheme"] == "min-max" and summary.decisions[1].kept is False
-    assert dict(sessions) == {"simulate": 7, "measure": 4, "simulate-fused": 1, "deploy": 1}
+    assert summary.options["per_channel"] is True
+    assert dict(sessions) == {"simulate": 6, "measure": 4, "simulate-fused": 1, "deploy": 1}
     assert not any(s.kept for s in summary.stages if s.name.startswith("+ bias-correct"))
-    assert {k: v / 24 for k, v in samples.items()} == {"simulate": 5 + 2 * 6 / 24, "measure": 3 + 18 / 24,
+    assert {k: v / 24 for k, v in samples.items()} == {"simulate": 4 + 2 * 6 / 24, "measure": 3 + 18 / 24,
                                                         "simulate-fused": 18 / 24, "deploy": 1}
     assert biggest["simulate"] <= runtime.reduction_run_size(calib) < calib.num_samples
 
@@ -412,11 +421,14 @@ def test_ptq_scores_every_row_once_on_the_evaluation_data(tmp_path):
     names = [s.name for s in rows]
     corner = "per-channel, tf-enhanced" in names  # tried when per-channel lost with min-max
     names = [n for n in names if n != "per-channel, tf-enhanced"]
-    assert names[:4] + names[5:] == ["fold-bn", "per-channel", "tf-enhanced", "+ equalize", "+ bias-correct",
-                                     "+ bias-correct, kept grids", "sim.onnx", "export: model_qdq"]
-    assert names[4].startswith("+ equalize, ")
+    # equalization with the other scheme too, unless the weights are per-channel
+    other = len([n for n in names if n.startswith("+ equalize, ")])
+    assert other == (0 if summary.options["per_channel"] else 1)
+    names = [n for n in names if not n.startswith("+ equalize, ")]
+    assert names == ["fold-bn", "per-channel", "tf-enhanced", "+ equalize", "+ bias-correct",
+                     "+ bias-correct, kept grids", "sim.onnx", "export: model_qdq"]
     # FP32 and each model once (sim.onnx is a row's)
-    assert len(scored) == len({id(m) for m in scored}) == 9 + corner
+    assert len(scored) == len({id(m) for m in scored}) == 8 + other + corner
     alone = api.ptq(api.clone(model), calib, None, QuantOptions(), outdir=str(tmp_path / "out2"),
                     schemes=api.scheme_candidates(QuantOptions()))
     assert [d.kept for d in alone.decisions] == [d.kept for d in summary.decisions]
@@ -490,3 +502,23 @@ def test_ptq_adarounds_below_8_bit_weights_and_judges_it_on_the_held_out_samples
     assert decisions["adaround"]["kept"] is None and "--no-adaround" in decisions["adaround"]["reason"]
     _, decisions = ptq("--param-bw", "8", "--act-bw", "8", "-q")
     assert decisions["adaround"]["kept"] is None and "8-bit weights" in decisions["adaround"]["reason"]
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_equalize_tries_the_other_scheme_with_per_tensor_weights_only(tmp_path, per_channel):
+    """On the equalized model ptq calibrates with each range scheme when the weights are
+    per-tensor (equalization moves the weight ranges the schemes clip), with the incumbent's
+    alone when they are per-channel (the other scheme's equalized sim was never kept there:
+    docs/design.md, "Passes ptq no longer makes")."""
+    from aimetcli.calibration.data import input_specs, open_data
+
+    model, _ = api.prepare(to_ir(model_proto(np.random.default_rng(3))))
+    calib = open_data("random:24", input_specs(model))
+    summary = api.ptq(model, calib, None, QuantOptions(per_channel=per_channel), outdir=str(tmp_path / "out"),
+                      schemes=api.scheme_candidates(QuantOptions()))
+    rows = [s.name for s in summary.stages if s.name.startswith("+ equalize")]
+    if per_channel:
+        assert rows == ["+ equalize"]
+    else:
+        assert len(rows) == 2 and rows[0] == "+ equalize" and rows[1] in ("+ equalize, min-max",
+                                                                            "+ equalize, tf-enhanced")
