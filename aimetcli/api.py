@@ -26,9 +26,8 @@ from aimetcli.model_ops import (
     upgrade_opset,
 )
 from aimetcli.options import AmpOptions, EqualizeOptions, QuantOptions, RunOptions, WeightRange
-from aimetcli.ptq_flow import (
-    KeepVerdict, bias_correction_verdict, equalization_verdict, keep_verdict, ptq, scheme_candidates,
-)
+from aimetcli.ptq_candidates import scheme_candidates
+from aimetcli.ptq_flow import KeepVerdict, bias_correction_verdict, equalization_verdict, keep_verdict, ptq
 from aimetcli.ptq_report import PtqSummary, Stage
 from aimetcli.quantsim.config import QuantsimConfig, load_config
 from aimetcli.quantsim.per_layer import BitsRule

@@ -12,7 +12,7 @@ search, not every combination, and no stage run once per scheme):
 
 1. fold-bn; the quantsim configuration: as quantsim would (the incumbent), per-channel weights
    where allowed (:func:`per_channel_candidate`), then the other range scheme
-   (:func:`scheme_candidates`) with the granularity chosen, and when per-channel lost, per-channel
+   (`ptq_candidates.scheme_candidates`) with the granularity chosen, and when per-channel lost, per-channel
    with the other scheme too (they interact: PP-OCRv5 rec, docs/design.md "A recognizer's blank");
 2. + equalize (kept or not; no sim at all when equalization found nothing to scale), with
    per-tensor weights calibrated with each scheme (after fold-bn alone the schemes ranked the
@@ -45,6 +45,7 @@ from aimetcli.options import AmpOptions, QuantOptions, RunOptions, WeightRange
 from aimetcli.quantsim.observations import SharedObservations
 from aimetcli.quantsim.per_layer import check_patterns
 from aimetcli.quantsim.placement import place_quantizers
+from aimetcli.ptq_candidates import adaround_by_default, per_channel_candidate, why_no_adaround
 from aimetcli.steps.bias_correct import bias_correct
 from aimetcli.ptq_judge import (MARGIN_DB, Judge, KeepVerdict, Score, bias_correction_verdict,  # noqa: F401
                                 equalization_verdict, granularity_verdict, keep_verdict, layer_errors,
@@ -52,27 +53,6 @@ from aimetcli.ptq_judge import (MARGIN_DB, Judge, KeepVerdict, Score, bias_corre
 from aimetcli.ptq_report import Decision, PtqSummary, Stage, add_to_report, used_options
 from aimetcli.steps.quantsim import quantsim
 from aimetcli.steps.rewrite import equalize, fold_bn
-
-def scheme_candidates(options) -> tuple:
-    """The range schemes ``ptq --quant-scheme auto`` tries, as AIMET's AutoQuant does in its
-    'QuantScheme Selection' (min-max and tf-enhanced; AIMET keeps min-max where the bitwidth is
-    16 or more, where the grid is fine enough that clipping cannot pay)."""
-    if options.param_bw >= 16 and options.act_bw >= 16:
-        return (QuantScheme.MIN_MAX,)
-    return (QuantScheme.MIN_MAX, QuantScheme.TF_ENHANCED)
-
-
-def per_channel_candidate(options) -> str | None:
-    """None when per-channel weights are a candidate of ptq's choice, else why not: the user chose
-    (``--per-channel`` / ``--per-tensor``) or the config sets ``per_channel_quantization`` (the
-    target's runtime decides it there). With the default config, per-channel is allowed."""
-    if options.per_channel is not None:
-        return f"--{'per-channel' if options.per_channel else 'per-tensor'} given"
-    cfg = options.config
-    if cfg.source != "default" and cfg.per_channel_set:  # the shipped default leaves it to ptq
-        return f"the config sets per_channel_quantization {cfg.per_channel}"
-    return None
-
 
 def _describe(opts) -> str:
     granularity = {True: "per-channel", False: "per-tensor", None: "config granularity"}[opts.per_channel]
@@ -211,7 +191,7 @@ def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, op
     ``model``: a path, an ``onnx.ModelProto`` or an onnx-ir model (rewritten in place; the final
     FP32 model is ``summary.model``); ``calib`` and ``evaluation``: Datasets or specs (a path or
     'random:N'). ``run``: batch size and progress of every step.
-    ``schemes``: range schemes to try (:func:`scheme_candidates`); empty: ``options.scheme``.
+    ``schemes``: range schemes to try (`ptq_candidates.scheme_candidates`); empty: ``options.scheme``.
     ``per_channel``: True makes per-channel weights a candidate when ``options.per_channel`` is
     None (the CLI passes :func:`per_channel_candidate`'s verdict); None asks that function.
     ``evaluation``: data that score the rows (never decide); None: the rows show the held-out
@@ -297,7 +277,7 @@ def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, op
     if adaround:
         current, best = _adaround_stage(flow, current, best, opts)
     else:
-        flow.decisions.append(Decision("adaround", None, f"not tried: {_why_no_adaround(options)}"))
+        flow.decisions.append(Decision("adaround", None, f"not tried: {why_no_adaround(options)}"))
     if correct_bias:
         current, best = _bias_stage(flow, current, best, opts, method)
 
@@ -357,22 +337,6 @@ def _equalize_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, schemes: t
                                    (current, best), (equalized, sim), "goes on", "is used", held_out=False)
         going_on = (model, sim_on, o if sim_on is sim else opts)
     return going_on
-
-
-ADAROUND_BELOW_BITS = 8
-
-
-def adaround_by_default(options) -> bool:
-    """AdaRound is a stage of ptq by default below 8-bit weights: at 8 bits rounding to nearest
-    costs little (the sample models lose at most 0.2 points to it), and AdaRound's passes are
-    the slowest stage (docs/design.md, "AdaRound")."""
-    return options.param_bw < ADAROUND_BELOW_BITS
-
-
-def _why_no_adaround(options) -> str:
-    if options.param_bw < ADAROUND_BELOW_BITS:
-        return "--no-adaround given"
-    return f"{options.param_bw}-bit weights (on by default below {ADAROUND_BELOW_BITS}; --adaround to try it)"
 
 
 def _adaround_stage(flow: _Flow, current: ir.Model, best: _Sim, opts) -> tuple[ir.Model, _Sim]:

@@ -1,0 +1,44 @@
+"""What ptq tries, before it runs anything: the range schemes, whether per-channel weights are a
+candidate, whether AdaRound is a stage (the rules ptq_flow.py follows; the CLI and api read them too)."""
+
+from __future__ import annotations
+
+from aimetcli.kernels.quant import QuantScheme
+
+
+def scheme_candidates(options) -> tuple:
+    """The range schemes ``ptq --quant-scheme auto`` tries, as AIMET's AutoQuant does in its
+    'QuantScheme Selection' (min-max and tf-enhanced; AIMET keeps min-max where the bitwidth is
+    16 or more, where the grid is fine enough that clipping cannot pay)."""
+    if options.param_bw >= 16 and options.act_bw >= 16:
+        return (QuantScheme.MIN_MAX,)
+    return (QuantScheme.MIN_MAX, QuantScheme.TF_ENHANCED)
+
+
+def per_channel_candidate(options) -> str | None:
+    """None when per-channel weights are a candidate of ptq's choice, else why not: the user chose
+    (``--per-channel`` / ``--per-tensor``) or the config sets ``per_channel_quantization`` (the
+    target's runtime decides it there). With the default config, per-channel is allowed."""
+    if options.per_channel is not None:
+        return f"--{'per-channel' if options.per_channel else 'per-tensor'} given"
+    cfg = options.config
+    if cfg.source != "default" and cfg.per_channel_set:  # the shipped default leaves it to ptq
+        return f"the config sets per_channel_quantization {cfg.per_channel}"
+    return None
+
+
+ADAROUND_BELOW_BITS = 8
+
+
+def adaround_by_default(options) -> bool:
+    """AdaRound is a stage of ptq by default below 8-bit weights: at 8 bits rounding to nearest
+    costs little (the sample models lose at most 0.2 points to it), and AdaRound's passes are
+    the slowest stage (docs/design.md, "AdaRound")."""
+    return options.param_bw < ADAROUND_BELOW_BITS
+
+
+def why_no_adaround(options) -> str:
+    """Why AdaRound is not a stage of this ptq (the row's and report.json's reason)."""
+    if options.param_bw < ADAROUND_BELOW_BITS:
+        return "--no-adaround given"
+    return f"{options.param_bw}-bit weights (on by default below {ADAROUND_BELOW_BITS}; --adaround to try it)"
