@@ -103,13 +103,12 @@ class _Flow:
         self.start("FP32 reference outputs")
         t = time.perf_counter()
         values = {name: np.concatenate(runs) for name, runs in kept.items() if runs}
-        ran = any(name not in values for name in Judge.tensors(self.fp32))
         self.judge = self._judge_class(self.fp32, self.calib, self.batch_size, values)
         self.held_judge = self.judge.last(self.held) if self.split else self.judge
         seconds = time.perf_counter() - t
         scorer = self.scorer or self.judge
         self.add(Stage("fp32", scorer.top1_fp32, None, seconds + self._scorer_seconds,
-                       "reference" if ran else "reference (kept by fold-bn's calibration run)",
+                       "reference" if self.judge.ran_fp32 else "reference (kept by fold-bn's calibration run)",
                        None, None, self.data_label))
         return seconds
 

@@ -185,6 +185,16 @@ class Score:
     argmax: np.ndarray | None = None
 
 
+def _scored_parts_of(fp32: ir.Model, outputs: list[str]) -> dict[str, list[str]]:
+    """Per output of ``outputs``, the tensors scored instead of it (scored_tensors.scored_parts)."""
+    return {o: x for o in outputs if (x := scored_parts(fp32, o)) is not None}
+
+
+def _reads(outputs: list[str], parts: dict[str, list[str]]) -> list[str]:
+    """The outputs, then their parts, each once: what a judge reads of FP32."""
+    return list(dict.fromkeys([*outputs, *(p for x in parts.values() for p in x)]))
+
+
 class Judge:
     """Scores sims against FP32 on one dataset, each sim once: the scored output
     (score_output of FP32's outputs) only, its energies per sample (kernels/energy.py).
@@ -199,18 +209,20 @@ class Judge:
         t = time.perf_counter()
         names = self._names()
         # the tensors that may be scored instead of an output (scored_tensors.scored_parts), run with the outputs
-        parts = {o: x for o in names if (x := scored_parts(fp32, o)) is not None}
-        wanted = self.tensors(fp32)
-        if kept is None or any(n not in kept for n in wanted):
+        parts = _scored_parts_of(fp32, names)
+        wanted = _reads(names, parts)
+        # whether FP32 was run here (not all of ``wanted`` kept by the caller's run)
+        self.ran_fp32 = kept is None or any(n not in kept for n in wanted)
+        if self.ran_fp32:
             kept = dict(zip(wanted, self._outputs(fp32, data, outputs=wanted)))
+        assert kept is not None
         reference = [kept[n] for n in names]
-        exposed = {n: kept[n] for n in wanted}
         k = score_output(reference)
         self._output = names[k] if k is not None and k < len(names) else None
         self._references: list[np.ndarray] | None = [reference[k]] if self._output is not None else None
         self._parts: list[str] | None = parts.get(self._output) if self._output is not None else None
         if self._parts is not None:
-            refs = [exposed[p] for p in self._parts]
+            refs = [kept[p] for p in self._parts]
             if len(refs) > 1 and not far_apart(refs, reference[k].shape[0]):
                 self._parts = None  # a Concat of comparable inputs: its output is scored
             else:
@@ -237,8 +249,7 @@ class Judge:
         """What a judge of ``fp32`` reads of FP32: its outputs, then the tensors that may be scored
         instead of one (a Softmax's logits, a Concat's parts: scored_tensors.scored_parts)."""
         names = [o.name for o in fp32.graph.outputs]
-        parts = (x for o in names if (x := scored_parts(fp32, o)) is not None)
-        return list(dict.fromkeys([*names, *(p for x in parts for p in x)]))
+        return _reads(names, _scored_parts_of(fp32, names))
 
     def scored(self) -> list[tuple[str, np.ndarray]] | None:
         """(name in FP32, FP32's values) of every tensor this judge scores: the output, a

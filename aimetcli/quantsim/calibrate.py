@@ -30,7 +30,7 @@ from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.quant import (Encoding, QuantScheme, encoding_from_range, fake_quantize_finite,
                                     is_unsigned_symmetric, unsigned_symmetric_encoding)
 from aimetcli.options import QuantOptions
-from aimetcli.quantsim.observations import SharedObservations
+from aimetcli.quantsim.observations import REDUCTIONS, SharedObservations
 from aimetcli.quantsim.placement import Placement, revise_after_calibration
 
 
@@ -280,7 +280,7 @@ def _encodings(model: ir.Model, placement: Placement, opts: QuantOptions, datase
             todo.append(a)
     if opts.scheme is QuantScheme.MIN_MAX and shared.histogram_scheme is None:
         inner = [a.tensor for a in todo if a.tensor not in graph_inputs]
-        observed_ranges = shared.observe("reductions", dataset, inner,
+        observed_ranges = shared.observe(REDUCTIONS, dataset, inner,
                                          lambda missing: _ranges_or_none(model, missing, dataset, batch_size, progress))
         reduced = {t: r for t, r in observed_ranges.items() if r is not None}
         for a in todo:

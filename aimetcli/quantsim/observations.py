@@ -12,6 +12,10 @@ from aimetcli.calibration.observers import observed_range
 from aimetcli.kernels.quant import Encoding, QuantScheme
 
 
+# the observation kind of onnxruntime's in-graph min and max (calibrate._reduced_minmax): (min, max) per tensor
+REDUCTIONS = "reductions"
+
+
 class SharedObservations:
     """What calibration runs observed of one model's activations, for the next calibration of it.
 
@@ -98,7 +102,7 @@ class SharedObservations:
         if min_max_only and self.histogram_scheme is not None:
             for (kind, ds), seen in list(new._seen.items()):
                 if kind == self.histogram_scheme.value:
-                    into = new._seen.setdefault(("reductions", ds), {})
+                    into = new._seen.setdefault((REDUCTIONS, ds), {})
                     for t, o in seen.items():
                         if not getattr(o, "nonfinite_count", 0):  # a range with NaN/Inf: observed apart
                             into.setdefault(t, observed_range(o))
