@@ -14,9 +14,10 @@ search, not every combination, and no stage run once per scheme):
    where allowed (:func:`per_channel_candidate`), then the other range scheme
    (`ptq_candidates.scheme_candidates`) with the granularity chosen, and when per-channel lost, per-channel
    with the other scheme too (they interact: PP-OCRv5 rec, docs/design.md "A recognizer's blank");
-2. + equalize (kept or not; no sim at all when equalization found nothing to scale), with
-   per-tensor weights calibrated with each scheme (after fold-bn alone the schemes ranked the
-   other way than after the whole flow in 4 of 16 sample-model cases, docs/design.md);
+2. + equalize with per-tensor weights (kept or not; no sim at all when equalization found nothing
+   to scale), calibrated with each scheme (after fold-bn alone the schemes ranked the other way
+   than after the whole flow in 4 of 16 sample-model cases, docs/design.md); with per-channel
+   weights not tried unless asked (`ptq_candidates.why_not_equalized`);
 3. + adaround below 8-bit weights (kept or not; fitted and judged as bias correction);
 4. + bias-correct (kept or not);
 5. the incumbent's sim is exported (sim.onnx, and what export writes).
@@ -45,7 +46,7 @@ from aimetcli.options import AmpOptions, QuantOptions, RunOptions, WeightRange
 from aimetcli.quantsim.observations import SharedObservations
 from aimetcli.quantsim.per_layer import check_patterns
 from aimetcli.quantsim.placement import place_quantizers
-from aimetcli.ptq_candidates import adaround_by_default, per_channel_candidate, why_no_adaround
+from aimetcli.ptq_candidates import adaround_by_default, per_channel_candidate, why_no_adaround, why_not_equalized
 from aimetcli.steps.bias_correct import bias_correct
 from aimetcli.ptq_judge import (MARGIN_DB, Judge, KeepVerdict, Score, bias_correction_verdict,  # noqa: F401
                                 equalization_verdict, granularity_verdict, keep_verdict, layer_errors,
@@ -180,7 +181,7 @@ class _Flow:
 
 
 def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, options: QuantOptions | None = None,
-        run: RunOptions | None = None, *, outdir: str, equalize_model: bool = True, correct_bias: bool = True,
+        run: RunOptions | None = None, *, outdir: str, equalize_model: bool | None = None, correct_bias: bool = True,
         method: str = "hybrid", encoding_version: str = "1.0.0", schemes: tuple = (),
         per_channel: bool | None = None, on_stage=None, on_start=None, measure_layers: bool = False,
         adaround: bool | None = None, judge: Callable[..., Judge] = Judge, amp: AmpOptions | None = None) -> PtqSummary:
@@ -201,6 +202,8 @@ def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, op
     samples and judged on the held-out ones, as bias correction. ``judge``: the :class:`Judge`
     class that scores the sims (a test passes one that counts the runs). ``amp``: a budget; mixed
     precision is searched after equalization, before AdaRound (aimetcli/ptq_amp.py).
+    ``equalize_model``: True tries equalization whatever the weights' granularity, False never;
+    None: unless `ptq_candidates.why_not_equalized` on the configuration chosen before it.
     """
     model = as_model(model, float32=True)
     calib = as_dataset(calib, model)
@@ -267,6 +270,12 @@ def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, op
             try_config(f"per-channel, {scheme.value}", dataclasses.replace(opts, scheme=scheme, per_channel=True),
                        "per-channel weights")
 
+    if equalize_model is None:  # by default: a row says why not (--no-equalize: no row, as AdaRound's)
+        why_no_equalize = why_not_equalized(opts)
+        equalize_model = why_no_equalize is None
+        if why_no_equalize is not None:
+            flow.decisions.append(Decision("equalization", None, f"not tried: {why_no_equalize}"))
+            flow.row("+ equalize", time.perf_counter(), None, f"not tried: {why_no_equalize}", None)
     if equalize_model:
         current, best, opts = _equalize_stage(flow, current, best, opts, schemes, tried, folded_runs)
     if adaround is None:

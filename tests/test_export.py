@@ -140,6 +140,9 @@ def test_ptq_one_command(tmp_path):
     else:
         assert len(other) == 1 and other[0] in ("+ equalize, min-max", "+ equalize, tf-enhanced")
     names = [n for n in names if n not in other]
+    # with per-channel weights equalization is not tried by default: its row says why
+    equalize_row = next(s for s in doc["stages"] if s["name"] == "+ equalize")
+    assert equalize_row["note"].startswith("not tried: per-channel weights") == bool(doc["options"]["per_channel"])
     # bias correction: the corrected model calibrated, then on the incumbent's grids
     assert names == ["fp32", "fold-bn", "per-channel", "tf-enhanced", "+ equalize", "+ bias-correct",
                      "+ bias-correct, kept grids", "sim.onnx", "export: model_qdq"]
@@ -233,7 +236,7 @@ def test_ptq_goes_on_from_the_folded_model_when_equalization_lowered_the_sqnr(tm
 
     monkeypatch.setattr(ptq_flow, "equalization_verdict", dropped)
     r = CliRunner().invoke(main, ["ptq", str(src), "-o", str(tmp_path / "out"), "--data", str(tmp_path / "data.npz"),
-                                  "--no-bias-correct", "--quant-scheme", "min-max", "--json"])
+                                  "--no-bias-correct", "--quant-scheme", "min-max", "--equalize", "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     stages = {s["name"]: s for s in doc["stages"]}
@@ -293,28 +296,27 @@ def test_ptq_scores_each_sim_once_on_the_calibration_samples(tmp_path):
     assert names == ["fp32", "fold-bn", "per-channel", "tf-enhanced", "+ equalize", "+ bias-correct",
                      "+ bias-correct, kept grids", "sim.onnx", "export: model_qdq"]
     assert len({id(m) for m in seen}) == len(seen) and len({id(m) for m in held}) == len(held)
-    # the sims of fold-bn, per-channel, tf-enhanced, equalize (with each scheme: per-tensor), the
-    # bias correction kept, the QDQ model (FP32's outputs come from fold-bn's calibration run, no
+    # the sims of fold-bn, per-channel, tf-enhanced, equalize (per-tensor weights only, with each
+    # scheme), the bias correction kept, the QDQ model (FP32's outputs come from fold-bn's calibration run, no
     # run of the judge's); bias correction's two sims on the held-out samples
     stages = {s.name: s for s in summary.stages}
     assert stages["fp32"].note == "reference (kept by fold-bn's calibration run)"
     kept = [n for n in ("+ bias-correct", "+ bias-correct, kept grids") if stages[n].kept]
     assert len(kept) == 1 and stages[kept[0]].calib_sqnr_db is not None
-    assert len(held) == 2 and len(seen) == (6 if per_channel else 7)
+    assert len(held) == 2 and len(seen) == (5 if per_channel else 7)
     assert sum(any(m is h for h in held) for m in seen) == 1  # only the kept one runs on all 24
 
 
 def test_ptq_onnxruntime_sessions_and_passes(tmp_path, monkeypatch):
     """What ptq runs in onnxruntime, by session policy (docs/design.md, "What ptq runs"): per
     policy, the sessions and the passes over the 24 calibration samples. A stage or a rerun
-    added to the flow shows here. simulate: the six sims scored (fold-bn, per-channel,
-    tf-enhanced, equalize with the chosen scheme on all 24 samples (per-channel weights: the other
-    scheme is not tried on the equalized model); bias correction with its own grids and
+    added to the flow shows here. simulate: the five sims scored (fold-bn, per-channel,
+    tf-enhanced on all 24 samples; per-channel weights were chosen, so equalization is not tried;
+    bias correction with its own grids and
     with the incumbent's, which needs no calibration run, on its 6 held-out samples: both
     dropped, neither runs on all of them; FP32's outputs are kept by fold-bn's calibration run);
-    measure: three calibrations, one histogram run per model state (fold-bn; equalize, over only
-    the tensors it changed) that serves both schemes and the per-channel candidate (activation
-    ranges see FP32 weights), bias correction's (reductions: min-max was chosen), and its FP32
+    measure: two calibrations, the folded model's histogram run that serves both schemes and the
+    per-channel candidate (activation ranges see FP32 weights), bias correction's (reductions: min-max was chosen), and its FP32
     means over its 18 fit samples; simulate-fused: the correction run;
     deploy:
     model_qdq scored. The judge's runs take at most reduction_run_size samples."""
@@ -345,9 +347,9 @@ def test_ptq_onnxruntime_sessions_and_passes(tmp_path, monkeypatch):
     # min-max chosen: the correction run computes its grids (a tf-enhanced incumbent lends its own)
     assert summary.options["scheme"] == "min-max" and summary.decisions[1].kept is False
     assert summary.options["per_channel"] is True
-    assert dict(sessions) == {"simulate": 6, "measure": 4, "simulate-fused": 1, "deploy": 1}
+    assert dict(sessions) == {"simulate": 5, "measure": 3, "simulate-fused": 1, "deploy": 1}
     assert not any(s.kept for s in summary.stages if s.name.startswith("+ bias-correct"))
-    assert {k: v / 24 for k, v in samples.items()} == {"simulate": 4 + 2 * 6 / 24, "measure": 3 + 18 / 24,
+    assert {k: v / 24 for k, v in samples.items()} == {"simulate": 3 + 2 * 6 / 24, "measure": 2 + 18 / 24,
                                                         "simulate-fused": 18 / 24, "deploy": 1}
     assert biggest["simulate"] <= runtime.reduction_run_size(calib) < calib.num_samples
 
@@ -381,11 +383,12 @@ def _tf_enhanced_ptq(tmp_path, monkeypatch, reach: float = 3.0):
 def test_ptq_bias_correction_reuses_the_incumbents_grids(tmp_path, monkeypatch):
     """With a histogram scheme, bias correction takes the incumbent sim's activation grids
     (calibrated on all the samples) instead of calibrating its own sim on the fit samples: the
-    measure sessions are the two model states' histogram runs, the FP32 means over the 18 fit
-    samples and the corrected model's calibration, and no other (the kept-grids sim makes none)."""
+    measure sessions are the folded model's histogram run (per-channel weights: no equalized
+    model), the FP32 means over the 18 fit samples and the corrected model's calibration, and no
+    other (the kept-grids sim makes none)."""
     passes, summary = _tf_enhanced_ptq(tmp_path, monkeypatch)
     assert [s.name for s in summary.stages][-4:-2] == ["+ bias-correct", "+ bias-correct, kept grids"]
-    assert passes == 3 + 18 / 24
+    assert summary.options["per_channel"] and passes == 2 + 18 / 24
 
 
 def test_ptq_does_not_recalibrate_a_correction_out_of_reach(tmp_path, monkeypatch):
@@ -422,13 +425,15 @@ def test_ptq_scores_every_row_once_on_the_evaluation_data(tmp_path):
     corner = "per-channel, tf-enhanced" in names  # tried when per-channel lost with min-max
     names = [n for n in names if n != "per-channel, tf-enhanced"]
     # equalization with the other scheme too, unless the weights are per-channel
+    # (with per-channel weights equalization is not tried: no sim)
+    per_channel = bool(summary.options["per_channel"])
     other = len([n for n in names if n.startswith("+ equalize, ")])
-    assert other == (0 if summary.options["per_channel"] else 1)
+    assert other == (0 if per_channel else 1)
     names = [n for n in names if not n.startswith("+ equalize, ")]
-    assert names == ["fold-bn", "per-channel", "tf-enhanced", "+ equalize", "+ bias-correct",
-                     "+ bias-correct, kept grids", "sim.onnx", "export: model_qdq"]
+    assert names == ["fold-bn", "per-channel", "tf-enhanced", *(["+ equalize"] if not per_channel else []),
+                     "+ bias-correct", "+ bias-correct, kept grids", "sim.onnx", "export: model_qdq"]
     # FP32 and each model once (sim.onnx is a row's)
-    assert len(scored) == len({id(m) for m in scored}) == 8 + other + corner
+    assert len(scored) == len({id(m) for m in scored}) == 8 + other + corner - per_channel
     alone = api.ptq(api.clone(model), calib, None, QuantOptions(), outdir=str(tmp_path / "out2"),
                     schemes=api.scheme_candidates(QuantOptions()))
     assert [d.kept for d in alone.decisions] == [d.kept for d in summary.decisions]

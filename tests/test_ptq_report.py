@@ -224,6 +224,31 @@ def test_equalize_that_finds_nothing_builds_no_sim(tmp_path, monkeypatch):
     assert row.kept is None and "nothing to equalize" in row.note and len(calls) == 1
 
 
+@pytest.mark.parametrize("granularity, flag, tried", [
+    ("--per-channel", None, False), ("--per-tensor", None, True),
+    ("--per-channel", "--equalize", True), ("--per-tensor", "--no-equalize", False)])
+def test_equalization_is_tried_by_default_with_per_tensor_weights_only(tmp_path, labelled, monkeypatch,
+                                                                       granularity, flag, tried):
+    """With a scale per output channel, equalization is not a stage by default (it was kept on
+    none of the corpus models, docs/design.md): no equalized model is made, and the row and
+    report.json say why and how to ask for it; --equalize tries it anyway, and with per-tensor
+    weights it is tried unless --no-equalize (which leaves no row)."""
+    calls, real = [], ptq_flow.equalize
+    monkeypatch.setattr(ptq_flow, "equalize", lambda m: calls.append(1) or real(m))
+    _, doc = _ptq(tmp_path, labelled, granularity, "--no-bias-correct", *([flag] if flag else []))
+    assert (len(calls) == 1) == tried
+    rows = [s for s in doc["stages"] if s["name"].startswith("+ equalize")]
+    decisions = [d for d in doc["decisions"] if d["choice"] == "equalization"]
+    if tried:
+        assert rows and rows[0]["calib_sqnr_db"] is not None and decisions[0]["kept"] is not None
+    elif flag == "--no-equalize":
+        assert rows == [] and decisions == []
+    else:
+        why = "not tried: per-channel weights (--equalize to try it)"
+        assert [(r["note"], r["kept"], r["calib_sqnr_db"]) for r in rows] == [(why, None, None)]
+        assert [(d["kept"], d["reason"]) for d in decisions] == [(None, why)]
+
+
 def test_a_judge_of_the_last_samples_reads_the_whole_runs_and_agrees_with_its_own(tmp_path):
     """Judge.last: SQNR, per-sample noise and top-1 on the held-out samples, read from the runs
     over all the samples where there is one, else from its own run of the held-out samples, equal

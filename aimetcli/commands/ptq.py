@@ -25,7 +25,8 @@ from aimetcli.errors import AimetCliError, ErrorKind
 @click.option("--labels", "labels_key", default=None, help="Labels key in the evaluation .npz (top-1 per stage).")
 @click.option("--report", "report_path", default=None,
               help="Also write a self-contained HTML report (stage table, weight ranges, per-layer error).")
-@click.option("--no-equalize", is_flag=True, help="Skip cross-layer equalization.")
+@click.option("--equalize/--no-equalize", "equalize", default=None,
+              help="Try cross-layer equalization, kept only if it helps [default: with per-tensor weights].")
 @click.option("--no-bias-correct", is_flag=True, help="Skip bias correction.")
 @click.option("--adaround/--no-adaround", "adaround", default=None,
               help="Learn each weight's rounding (AdaRound) after equalization, kept only if it helps "
@@ -39,13 +40,14 @@ from aimetcli.errors import AimetCliError, ErrorKind
 @quant_options(auto_scheme=True)
 @common_options
 def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | None, labels_key: str | None,
-        report_path: str | None, no_equalize: bool, no_bias_correct: bool, adaround: bool | None,
+        report_path: str | None, equalize: bool | None, no_bias_correct: bool, adaround: bool | None,
         bias_correct_method: str, encoding_version: str, simplify: bool, quant: QuantArgs, sampling: DataArgs,
         amp: AmpArgs) -> None:
     """Fold BN, choose the quantization, equalize, adaround, bias-correct, calibrate and export.
 
     Per-channel weights (unless --per-channel/--per-tensor or the --config
-    decides), the other range scheme (--quant-scheme auto), equalization,
+    decides), the other range scheme (--quant-scheme auto), equalization
+    (with per-tensor weights unless --equalize/--no-equalize),
     AdaRound (below 8-bit weights unless --adaround/--no-adaround) and bias
     correction are each kept only where they bring the output closer to FP32 on
     the calibration samples by more than a margin (per-channel weights unless
@@ -96,7 +98,7 @@ def ptq(out: Output, model_in: str, output: str, data: str, eval_data: str | Non
     ranges_before = api.weight_ranges(model) if report_path is not None else None
     with StageProgress(out) as progress:
         summary = api.ptq(model, calib, evaluation, options, sampling.run(log=out.info), outdir=output,
-                          equalize_model=not no_equalize, correct_bias=not no_bias_correct, method=bias_correct_method,
+                          equalize_model=equalize, correct_bias=not no_bias_correct, method=bias_correct_method,
                           encoding_version=encoding_version, schemes=schemes, adaround=adaround,
                           on_stage=progress.stage,
                           on_start=progress.start, measure_layers=report_path is not None, amp=budget)
