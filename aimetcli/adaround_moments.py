@@ -367,6 +367,8 @@ def _prune(graph: ir.Graph, fed: dict[str, ir.DataType] | None = None) -> None:
             needed.update(id(v) for v in _read_values(node))
         else:
             dead.append(node)
+    for node in dead:  # a dead If's branches may read a dead node's output: they go with it
+        _detach_subgraphs(node)
     graph.remove(dead, safe=True)
     for name, value in list(graph.initializers.items()):
         if id(value) not in needed:
@@ -377,19 +379,31 @@ def _prune(graph: ir.Graph, fed: dict[str, ir.DataType] | None = None) -> None:
         graph.inputs.extend(read)
 
 
+def _subgraphs(node: ir.Node):
+    """The graphs of a node's attributes (If's branches, Loop's and Scan's bodies)."""
+    for attr in node.attributes.values():
+        if attr.type == ir.AttributeType.GRAPH:
+            yield attr.value
+        elif attr.type == ir.AttributeType.GRAPHS:
+            yield from attr.value
+
+
+def _detach_subgraphs(node: ir.Node) -> None:
+    """Make the nodes inside ``node``'s subgraphs (at any depth) read nothing, so that they no
+    longer count as users of outer values: ``node`` is being removed, and they with it."""
+    for sub in _subgraphs(node):
+        for inner in sub:
+            _detach_subgraphs(inner)
+            for i in range(len(inner.inputs)):
+                inner.replace_input_with(i, None)
+
+
 def _read_values(node: ir.Node):
     """The values a node reads, its subgraphs' reads of outer values included."""
     yield from (v for v in node.inputs if v is not None)
-    for attr in node.attributes.values():
-        if attr.type == ir.AttributeType.GRAPH:
-            subgraphs = [attr.value]
-        elif attr.type == ir.AttributeType.GRAPHS:
-            subgraphs = list(attr.value)
-        else:
-            continue
-        for sub in subgraphs:
-            for inner in sub:
-                yield from _read_values(inner)
+    for sub in _subgraphs(node):
+        for inner in sub:
+            yield from _read_values(inner)
 
 
 def _accumulate(total: np.ndarray | None, value: np.ndarray) -> np.ndarray:
