@@ -1,5 +1,7 @@
-"""What ptq tries, before it runs anything: the range schemes, whether per-channel weights are a
-candidate, whether AdaRound is a stage (the rules ptq_flow.py follows; the CLI and api read them too)."""
+"""What ptq tries: the range schemes, whether per-channel weights are a candidate, whether
+equalization and AdaRound are stages (the rules ptq_flow.py follows; the CLI and api read them
+too). All but equalization's are known before anything runs; equalization's reads the
+granularity the flow chose."""
 
 from __future__ import annotations
 

