@@ -270,7 +270,7 @@ def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, op
             try_config(f"per-channel, {scheme.value}", dataclasses.replace(opts, scheme=scheme, per_channel=True),
                        "per-channel weights")
 
-    if equalize_model is None:  # by default: a row says why not (--no-equalize: no row, as AdaRound's)
+    if equalize_model is None:  # by default: a row and a decision say why not (--no-equalize: neither)
         why_no_equalize = why_not_equalized(opts)
         equalize_model = why_no_equalize is None
         if why_no_equalize is not None:

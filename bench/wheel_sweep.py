@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 import common
-from zoo import error_line
+from zoo import command_line, error_line
+from zoo_data import DataSet
 from zoo_models import Wheel, read_member
 
 SWEEP = common.DATA / "wheel_sweep"
@@ -75,20 +76,13 @@ COMMANDS = ("fold-bn", "equalize", "bias-correct", "adaround", "quantsim", "expo
 
 
 def _command(cmd: str, model: Path, data: str, work: Path) -> list[str]:
-    aim, sim = common.AIMETCLI, work / "sim.onnx"
-    lines = {
-        "fold-bn": [aim, "fold-bn", model, "-o", work / "folded.onnx"],
-        "equalize": [aim, "equalize", model, "-o", work / "equalized.onnx"],
-        "bias-correct": [aim, "bias-correct", model, "-o", work / "bc.onnx", "--data", data],
-        "adaround": [aim, "adaround", model, "-o", work / "ar.onnx", "--data", data, "--param-bw", "4",
-                     "--iterations", "200"],
-        "quantsim": [aim, "quantsim", model, "-o", sim, "--data", data],
-        "export": [aim, "export", sim, "-o", work / "export"],
-        "evaluate": [aim, "evaluate", model, sim, "--data", data],
-        "ranges": [aim, "ranges", model],
-        "ptq": [aim, "ptq", model, "-o", work / "ptq", "--data", data],
-    }
-    return [str(a) for a in lines[cmd]]
+    """The zoo's invocation of ``cmd`` (zoo.command_line: ptq scores on the same data), and
+    adaround, which the zoo runs in bench/zoo_adaround.py, here at W4 with few iterations."""
+    if cmd == "adaround":
+        return [common.AIMETCLI, "adaround", str(model), "-o", str(work / "ar.onnx"), "--data", data,
+                "--param-bw", "4", "--iterations", "200"]
+    given = Path(data)  # a file, or random:8, which command_line passes on as the same text
+    return command_line(cmd, model, work, DataSet(given, given, given))[0]
 
 
 def sweep(m: SweepModel) -> list[tuple[str, int, float, str]]:
@@ -123,7 +117,8 @@ def main() -> None:
                           for m in chosen])
     errors = sorted({f"- {name}: {err}" for name, rows in results.items() for _, code, _, err in rows if code})
     body = (f"Each command its own process on synthetic inputs ({N} samples of seeded noise, or random:{N}; "
-            "adaround with --param-bw 4 --iterations 200): exit code · wall seconds. A robustness check, "
+            "adaround with --param-bw 4 --iterations 200; ptq with the same data as --eval, as the zoo runs it): "
+            "exit code · wall seconds. A robustness check, "
             "not an accuracy one (bench/zoo.py is that). export and evaluate read quantsim's sim.onnx: where "
             "quantsim refused the model, they fail on the missing file.\n\n" + table
             + "\n\nError lines of the non-zero exits (one per model and message):\n" + "\n".join(errors or ["- none"]))

@@ -4,6 +4,7 @@ moments, frozen grids through quantsim and export, and the command."""
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import onnx
@@ -696,8 +697,6 @@ def test_a_pass_prunes_a_node_whose_output_a_pruned_ifs_branch_reads(tmp_path):
     r = CliRunner().invoke(main, ["adaround", str(src), "-o", str(out), "--data", "random:16", "--param-bw", "4",
                                   "--iterations", "20", "--json"])
     assert r.exit_code == 0, r.output
-    import json
-
     assert [layer["weight"] for layer in json.loads(r.stdout)["layers"]] == ["W0", "W1"]
     x = rand(5, 4)
     assert run(onnx.load(out), {"x": x})[0].shape == (5, 6)
