@@ -29,6 +29,7 @@ themselves are the facade's (aimetcli/steps/), imported from their modules.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ from aimetcli.quantsim.per_layer import check_patterns
 from aimetcli.quantsim.placement import place_quantizers
 from aimetcli.ptq_candidates import adaround_by_default, per_channel_candidate, why_no_adaround, why_not_equalized
 from aimetcli.steps.bias_correct import bias_correct
-from aimetcli.ptq_judge import (MARGIN_DB, Judge, KeepVerdict, Score, bias_correction_verdict,  # noqa: F401
+from aimetcli.ptq_judge import (MARGIN_DB, SOURCE, Judge, KeepVerdict, Score, bias_correction_verdict,  # noqa: F401
                                 equalization_verdict, granularity_verdict, keep_verdict, layer_errors,
                                 split_calibration)
 from aimetcli.ptq_report import Decision, PtqSummary, Stage, add_to_report, used_options
@@ -84,7 +85,9 @@ class _Flow:
         self.names: dict[int, str] = {}  # id(sim) -> the row that built it
         self.mixed: Any = None  # ptq_amp.amp_stage's result
         self.budget_judge: Judge | None = None  # the judge its budget is measured by
-        self._judge_class = judge
+        # htp's kernels are QNN's, whose fixed-point arithmetic the float emulation is closer to
+        # than onnxruntime's integer kernels (Judge)
+        self._judge = functools.partial(judge, deployed=options.target != "htp")
         self.judge: Judge = None  # type: ignore[assignment]  # made by make_judge, before any sim is judged
         self.held_judge: Judge = None  # type: ignore[assignment]
         self.data_label = "evaluation" if evaluation is not None and evaluation.spec != calib.spec else "calibration"
@@ -93,7 +96,7 @@ class _Flow:
         if evaluation is not None:
             self.start("FP32 reference outputs (evaluation data)")
             t = time.perf_counter()
-            self.scorer = judge(self.fp32, evaluation, batch_size)
+            self.scorer = self._judge(self.fp32, evaluation, batch_size)
             self._scorer_seconds = time.perf_counter() - t
 
     def make_judge(self, kept: dict[str, list]) -> float:
@@ -104,7 +107,7 @@ class _Flow:
         self.start("FP32 reference outputs")
         t = time.perf_counter()
         values = {name: np.concatenate(runs) for name, runs in kept.items() if runs}
-        self.judge = self._judge_class(self.fp32, self.calib, self.batch_size, values)
+        self.judge = self._judge(self.fp32, self.calib, self.batch_size, values)
         self.held_judge = self.judge.last(self.held) if self.split else self.judge
         seconds = time.perf_counter() - t
         scorer = self.scorer or self.judge
@@ -134,6 +137,7 @@ class _Flow:
             if "BatchNormalization" not in w and w not in self.warnings:
                 self.warnings.append(w)
         self.names[id(sim)] = name
+        sim.meta[SOURCE] = (m, encodings)  # the judge deploys it from them (ptq_judge._deployable)
         return _Sim(sim, encodings, tuple(s["tensor"] for s in summary.skipped), shared)
 
     def source_of(self, sim: _Sim) -> str:

@@ -267,6 +267,22 @@ _FLOAT_INPUTS = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dt
                  "tensor(double)": np.dtype(np.float64)}
 
 
+@functools.cache
+def u8s8_exact() -> bool:
+    """Whether onnxruntime's u8s8 integer kernels (uint8 activations times int8 weights) are exact on
+    this CPU: on x86 only with VNNI or AMX, whose instructions sum the products in 32 bits; without
+    them the pairs of products are summed in saturating 16 bits (export.py's module docstring).
+    False where the CPU's flags cannot be read: the u8u8 kernels are exact everywhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(line.split()))
+    except OSError:
+        pass
+    return False
+
+
 # ---------------------------------------------------------------------------- run sizes
 def reduction_run_size(dataset) -> int:
     """Samples per onnxruntime calibration run.

@@ -277,13 +277,13 @@ def test_ptq_scores_each_sim_once_on_the_calibration_samples(tmp_path):
         def margin(self, incumbent, candidate):
             return 0.0  # a correction that gains is kept, whatever the toy model's noise (the runs are counted)
 
-        def _outputs(self, m, dataset, **kw):
-            if dataset.spec.endswith("(held out)"):
-                assert dataset.num_samples == 6
+        def _run(self, m, optimization):
+            if self.data.spec.endswith("(held out)"):
+                assert self.data.num_samples == 6
                 held.append(m)  # held, so that no id is reused
-            elif dataset.spec == "random:24":
+            elif self.data.spec == "random:24":
                 seen.append(m)
-            return super()._outputs(m, dataset, **kw)
+            return super()._run(m, optimization)
 
     summary = api.ptq(model, calib, None, QuantOptions(), outdir=str(tmp_path / "out"),
                       schemes=api.scheme_candidates(QuantOptions()), judge=Counting)
@@ -310,16 +310,15 @@ def test_ptq_scores_each_sim_once_on_the_calibration_samples(tmp_path):
 def test_ptq_onnxruntime_sessions_and_passes(tmp_path, monkeypatch):
     """What ptq runs in onnxruntime, by session policy (docs/design.md, "What ptq runs"): per
     policy, the sessions and the passes over the 24 calibration samples. A stage or a rerun
-    added to the flow shows here. simulate: the five sims scored (fold-bn, per-channel,
+    added to the flow shows here. deploy: the five sims scored as deployed (fold-bn, per-channel,
     tf-enhanced on all 24 samples; per-channel weights were chosen, so equalization is not tried;
     bias correction with its own grids and
     with the incumbent's, which needs no calibration run, on its 6 held-out samples: both
-    dropped, neither runs on all of them; FP32's outputs are kept by fold-bn's calibration run);
-    measure: two calibrations, the folded model's histogram run that serves both schemes and the
-    per-channel candidate (activation ranges see FP32 weights), bias correction's (reductions: min-max was chosen), and its FP32
-    means over its 18 fit samples; simulate-fused: the correction run;
-    deploy:
-    model_qdq scored. The judge's runs take at most reduction_run_size samples."""
+    dropped, neither runs on all of them; FP32's outputs are kept by fold-bn's calibration run),
+    and model_qdq scored; measure: two calibrations, the folded model's histogram run that serves
+    both schemes and the per-channel candidate (activation ranges see FP32 weights), bias
+    correction's (reductions: min-max was chosen), and its FP32 means over its 18 fit samples;
+    simulate-fused: the correction run. The judge's runs take at most reduction_run_size samples."""
     from collections import Counter
 
     from aimetcli import runtime
@@ -347,11 +346,11 @@ def test_ptq_onnxruntime_sessions_and_passes(tmp_path, monkeypatch):
     # min-max chosen: the correction run computes its grids (a tf-enhanced incumbent lends its own)
     assert summary.options["scheme"] == "min-max" and summary.decisions[1].kept is False
     assert summary.options["per_channel"] is True
-    assert dict(sessions) == {"simulate": 5, "measure": 3, "simulate-fused": 1, "deploy": 1}
+    assert dict(sessions) == {"measure": 3, "simulate-fused": 1, "deploy": 6}
     assert not any(s.kept for s in summary.stages if s.name.startswith("+ bias-correct"))
-    assert {k: v / 24 for k, v in samples.items()} == {"simulate": 3 + 2 * 6 / 24, "measure": 2 + 18 / 24,
-                                                        "simulate-fused": 18 / 24, "deploy": 1}
-    assert biggest["simulate"] <= runtime.reduction_run_size(calib) < calib.num_samples
+    assert {k: v / 24 for k, v in samples.items()} == {"measure": 2 + 18 / 24, "simulate-fused": 18 / 24,
+                                                        "deploy": 3 + 2 * 6 / 24 + 1}
+    assert biggest["deploy"] <= runtime.reduction_run_size(calib) < calib.num_samples
 
 
 def _tf_enhanced_ptq(tmp_path, monkeypatch, reach: float = 3.0):

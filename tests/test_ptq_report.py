@@ -42,7 +42,8 @@ def test_every_number_says_which_data_it_is_on(tmp_path, labelled):
     assert "dB (calibration)" in r.stderr  # progress lines
     assert "dB (evaluation)" in r.stderr
     text = " ".join(r.stderr.split())
-    assert ("calib: output SQNR (dB) against FP32 on the 32 calibration samples, which judge every choice "
+    assert ("calib: output SQNR (dB) against FP32 of each sim as deployed (its model_qdq.onnx in onnxruntime) "
+            "on the 32 calibration samples, which judge every choice "
             "(but bias correction, fitted on the first 24 and judged on the last 8, scored on all of them only when "
             "kept)") in text
     assert "eval: the same SQNR on the evaluation data, which decide nothing" in r.stderr

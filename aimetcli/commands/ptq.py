@@ -193,7 +193,9 @@ def stage_table(summary) -> Table:
         table.add_row(*cells, gain, f"{s.seconds:.1f}")
     judged = (f"but bias correction, fitted on the first {cal.get('fit_samples')} and judged on the last {held}, "
               "scored on all of them only when kept" if held else "bias correction too: too few to hold some out")
-    caption = [f"calib: output SQNR (dB) against FP32 on the {cal.get('samples')} calibration samples, which "
+    scored = "its float emulation" if opts.get("target") == "htp" else "its model_qdq.onnx in onnxruntime"
+    caption = [f"calib: output SQNR (dB) against FP32 of each sim as deployed ({scored}) on the "
+               f"{cal.get('samples')} calibration samples, which "
                f"judge every choice ({judged}): a change is kept when its gain (dB) exceeds the margin "
                f"(>= {cal.get('margin_db', 0):.1f} dB, more where the samples disagree); per-channel weights unless they "
                "lose by more than it (a tie goes to the finer grid)."]
