@@ -199,11 +199,10 @@ class Judge:
     """Scores sims against FP32 on one dataset, each sim once: the scored output
     (score_output of FP32's outputs) only, its energies per sample (kernels/energy.py).
 
-    A sim is scored as it is deployed (``deployed``, the default): its model_qdq.onnx
-    (export.deployable_of_sim) run with onnxruntime's optimizations, whose integer kernels are what
-    a user of model_qdq gets; or, with ``deployed`` False, its float emulation (runtime.SIMULATE),
-    the numbers QNN's fixed-point kernels are closer to. The two differ by a few tenths of a dB,
-    and the first runs 1.4-5x faster (docs/design.md, "The judge scores the deployed model").
+    A sim is scored as deployed (``deployed``, the default): its model_qdq.onnx (:func:`_deployable`)
+    under onnxruntime's optimizations, the integer kernels a user of model_qdq gets; with ``deployed``
+    False, its float emulation (runtime.SIMULATE), closer to QNN's fixed-point kernels. They differ by
+    up to a few tenths of a dB (docs/design.md, "The judge scores the deployed model").
 
     :meth:`last` gives a judge of the last samples that reads this one's runs (ptq's held-out
     samples are the calibration set's last quarter), so no model runs twice."""
@@ -445,8 +444,8 @@ class Judge:
         return float(max(MARGIN_DB, BOOTSTRAP_SIGMAS * np.std(gains)))
 
 
-# ir.Model.meta key of a sim ptq made: (the FP32 model it quantizes, its Encodings), which that
-# model keeps for the flow's whole run; its deployable model is made from them (:func:`_deployable`)
+# ir.Model.meta key of a sim ptq made: (the FP32 model it quantizes, its Encodings); the flow never
+# changes that model afterwards, so the sim's deployable model is made from them (:func:`_deployable`)
 SOURCE = "aimetcli.ptq.source"
 
 
