@@ -29,7 +29,7 @@ from aimetcli.encodings_read import loads
 from aimetcli.encodings_types import EncodingsError, EncodingsFile, QuantizerArgs, TensorEncoding
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.quant import Encoding, encoding_from_range, fake_quantize
-from aimetcli.model_ops import ModelSource, as_model, upgrade_opset
+from aimetcli.model_ops import ModelSource, as_model, clone, upgrade_opset
 from aimetcli.quantsim.insert import insert_qdq, is_grid_node
 
 QUANTSIM_METADATA_KEY = "aimetcli.quantsim"
@@ -308,8 +308,7 @@ def deployable(model: ir.Model, acts: dict[str, Encoding], params: dict[str, Enc
     """A QDQ copy of the FP32 ``model`` for onnxruntime (see the module docstring)."""
     from aimetcli.quantsim.insert import required_opset
 
-    qdq = ir.serde.deserialize_model(ir.serde.serialize_model(model))
-    qdq = upgrade_opset(qdq, required_opset([*acts.values(), *params.values()]))
+    qdq = upgrade_opset(clone(model), required_opset([*acts.values(), *params.values()]))
     insert_qdq(qdq, acts, params, store_integers=True)
     for key in [k for k in qdq.metadata_props if k.startswith("aimetcli.")]:
         del qdq.metadata_props[key]  # BN statistics and records are for our passes, not for deployment
