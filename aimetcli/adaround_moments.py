@@ -379,19 +379,10 @@ def _prune(graph: ir.Graph, fed: dict[str, ir.DataType] | None = None) -> None:
         graph.inputs.extend(read)
 
 
-def _subgraphs(node: ir.Node):
-    """The graphs of a node's attributes (If's branches, Loop's and Scan's bodies)."""
-    for attr in node.attributes.values():
-        if attr.type == ir.AttributeType.GRAPH:
-            yield attr.value
-        elif attr.type == ir.AttributeType.GRAPHS:
-            yield from attr.value
-
-
 def _detach_subgraphs(node: ir.Node) -> None:
     """Make the nodes inside ``node``'s subgraphs (at any depth) read nothing, so that they no
     longer count as users of outer values: ``node`` is being removed, and they with it."""
-    for sub in _subgraphs(node):
+    for sub in g.subgraphs(node):
         for inner in sub:
             _detach_subgraphs(inner)
             for i in range(len(inner.inputs)):
@@ -401,7 +392,7 @@ def _detach_subgraphs(node: ir.Node) -> None:
 def _read_values(node: ir.Node):
     """The values a node reads, its subgraphs' reads of outer values included."""
     yield from (v for v in node.inputs if v is not None)
-    for sub in _subgraphs(node):
+    for sub in g.subgraphs(node):
         for inner in sub:
             yield from _read_values(inner)
 

@@ -7,7 +7,7 @@ onnx-ir keeps use-def links, so every lookup here is O(uses of one value).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -223,21 +223,20 @@ def scalar_constant(value: ir.Value | None) -> float | None:
     return float(arr.reshape(()))
 
 
-def subgraph_node_count(node: ir.Node) -> int:
-    """Nodes inside ``node``'s subgraphs (If branches, Loop/Scan bodies), nested ones included."""
-    count = 0
+def subgraphs(node: ir.Node) -> Iterator[ir.Graph]:
+    """The graphs of ``node``'s attributes (If's branches, Loop's and Scan's bodies), not nested ones."""
     for attr in node.attributes.values():
         if attr.is_ref():
             continue
         if attr.type == ir.AttributeType.GRAPH:
-            graphs = [attr.as_graph()]
+            yield attr.as_graph()
         elif attr.type == ir.AttributeType.GRAPHS:
-            graphs = list(attr.as_graphs())
-        else:
-            continue
-        for graph in graphs:
-            count += sum(1 + subgraph_node_count(n) for n in graph)
-    return count
+            yield from attr.as_graphs()
+
+
+def subgraph_node_count(node: ir.Node) -> int:
+    """Nodes inside ``node``'s subgraphs (If branches, Loop/Scan bodies), nested ones included."""
+    return sum(1 + subgraph_node_count(n) for graph in subgraphs(node) for n in graph)
 
 
 def tensors_after(start: ir.Node, stop: ir.Node | None = None) -> set[str]:
