@@ -243,8 +243,9 @@ def ptq(model: ModelSource, calib: DataSource, evaluation: DataSource | None, op
     best = flow.simulate(current, opts, "fold-bn", folded_runs)
     t += flow.make_judge(kept)
     as_quantsim = "as quantsim" if options.per_channel is not None or why_not_pc else "as quantsim's default"
+    affine = f", {len(fold_summary.affine_folded)} bias Add/Mul folded" if fold_summary.affine_folded else ""
     flow.row("fold-bn", t, best, f"{_describe(opts)} ({as_quantsim}); {len(fold_summary.folded)} BN folded, "
-             f"{len(fold_summary.skipped)} left", None)
+             f"{len(fold_summary.skipped)} left{affine}", None)
     tried = [{"scheme": opts.scheme.value, "per_channel": opts.per_channel,
               "calib_sqnr_db": flow.judge.sqnr(best.model)}]
 

@@ -103,3 +103,20 @@ def test_lift_constants_takes_transposed_and_repeated_parameters_of_a_torchscrip
     after = runtime.Session(_bytes(model), runtime.SIMULATE).run({"x": x})[0]
     np.testing.assert_allclose(after, before, rtol=1e-6)
     assert not LiftConstantsPass()(model).modified
+
+
+def test_fold_channel_affine_twice_second_run_is_unmodified_and_keeps_no_state():
+    from aimetcli.passes.fold_channel_affine import FoldChannelAffinePass
+
+    nodes = [helper.make_node("Conv", ["x", "W"], ["y"], name="c"), helper.make_node("Add", ["y", "b"], ["z"])]
+    proto = make_model(nodes, [("x", [1, 4, 5, 5])], [("z", None)],
+                       [init("W", rand(8, 4, 3, 3)), init("b", rand(1, 8, 1, 1))])
+    model, _ = api.prepare(to_ir(proto))
+    fold = FoldChannelAffinePass()
+    first = fold(model)
+    assert first.modified and len(first.folded) == 1
+    assert vars(fold) == vars(FoldChannelAffinePass())
+    before = _bytes(model)
+    again = fold(model)
+    assert not again.modified and not again.folded and not again.skipped
+    assert _bytes(model) == before

@@ -36,7 +36,26 @@ def render_fold(out: Output, summary: api.FoldBnSummary, show_all: bool = False)
         for s in summary.skipped:
             table.add_row(s.bn, s.reason)
         out.info(table)
-    if not summary.folded and not summary.skipped:
+    if summary.affine_folded:
+        what = f"Folded {len(summary.affine_folded)} constant per-channel Add/Sub/Mul into the layer before it"
+        if show_all or out.verbose or len(summary.affine_folded) <= FOLD_ROWS:
+            table = Table(title=what, title_justify="left")
+            for col in ("node", "op", "into layer", "channels"):
+                table.add_column(col, overflow="fold")
+            for a in summary.affine_folded:
+                table.add_row(a.node, a.op, a.layer, str(a.channels))
+            out.info(table)
+        else:
+            out.info(f"{what} (--all lists them).")
+    if summary.affine_skipped:
+        table = Table(title=f"Left {len(summary.affine_skipped)} constant Add/Sub/Mul after a layer in place",
+                      title_justify="left")
+        table.add_column("node", overflow="fold")
+        table.add_column("reason", overflow="fold")
+        for s in summary.affine_skipped:
+            table.add_row(s.node, s.reason)
+        out.info(table)
+    if not summary.folded and not summary.skipped and not summary.affine_folded:
         out.info("No BatchNormalization in the model.")
 
 
@@ -54,7 +73,9 @@ def fold_bn(out: Output, model_in: str, output: str, simplify: bool, external_da
     folds (BN then layer) only into unpadded, ungrouped layers. BNs that cannot be
     folded exactly are left in place and listed with the reason. The folded BN
     statistics are kept in the model's metadata for later high-bias absorption
-    and analytical bias correction.
+    and analytical bias correction. A constant per-channel Add, Sub or Mul right
+    after a layer (a bias or a BN as exporters spell them out) is folded into the
+    layer's bias and weights too.
 
     \b
     Examples:

@@ -16,6 +16,7 @@ from aimetcli import graph as g
 from aimetcli.model_ops import ModelSource, as_model
 from aimetcli.options import EqualizeOptions
 from aimetcli.passes.fold_batchnorm import FoldBatchNormPass, FoldBatchNormResult
+from aimetcli.passes.fold_channel_affine import FoldChannelAffinePass, FoldChannelAffineResult
 from aimetcli.records import jsonable
 
 
@@ -25,19 +26,28 @@ class FoldBnSummary:
     skipped: list
     remaining_bn: int
     seconds: float
+    # constant per-channel Add / Sub / Mul folded into the layer before them (a bias or a BN
+    # spelled out), and those left with the reason (passes/fold_channel_affine.py)
+    affine_folded: list = field(default_factory=list)
+    affine_skipped: list = field(default_factory=list)
 
     def to_json(self) -> dict:
         return jsonable(self)
 
 
 def fold_bn(model: ModelSource) -> tuple[FoldBatchNormResult, FoldBnSummary]:
-    """Fold every foldable BatchNormalization. An onnx-ir model is modified in place; the folded
-    model is ``result.model`` (for a path or a protobuf, a new one)."""
+    """Fold every foldable BatchNormalization, and every constant per-channel Add / Sub / Mul
+    after a layer (a bias or a BN as exporters spell them out): before the BN folds (Conv -> Add
+    -> BN) and after them (Conv -> BN -> Mul -> Add). An onnx-ir model is modified in place; the
+    folded model is ``result.model`` (for a path or a protobuf, a new one)."""
     start = time.perf_counter()
     model = as_model(model)
+    first = cast(FoldChannelAffineResult, FoldChannelAffinePass()(model))
     result = cast(FoldBatchNormResult, FoldBatchNormPass()(model))
+    second = cast(FoldChannelAffineResult, FoldChannelAffinePass()(model))  # sees what the first left too
     remaining = sum(1 for n in model.graph.all_nodes() if g.is_op(n, "BatchNormalization"))
-    summary = FoldBnSummary(result.folded, result.skipped, remaining, time.perf_counter() - start)
+    summary = FoldBnSummary(result.folded, result.skipped, remaining, time.perf_counter() - start,
+                            first.folded + second.folded, second.skipped)
     return result, summary
 
 
@@ -120,14 +130,14 @@ def equalize(model: ModelSource, options: EqualizeOptions | None = None) -> Equa
     options = options or EqualizeOptions()
     start = time.perf_counter()
     model = as_model(model)
-    fold_result, _ = fold_bn(model)
+    fold_result, fold_summary = fold_bn(model)
     before = weight_ranges(model)  # after folding: what cross-layer scaling starts from
     relu6 = cast(ReplaceRelu6Result, ReplaceRelu6Pass()(model)) if options.replace_relu6 else None
     cls_result = cast(CrossLayerScalingResult, CrossLayerScalingPass(relu6_replaced=options.replace_relu6)(model)) \
         if options.cross_layer_scaling else None
     absorption = cast(HighBiasFoldResult, HighBiasFoldPass()(model)) if options.high_bias_fold else None
     after = weight_ranges(model)
-    changed = None if fold_result.folded else changed_activations(
+    changed = None if fold_result.folded or fold_summary.affine_folded else changed_activations(
         model, [s.layers for s in cls_result.sets] if cls_result else [],
         [(a.layer, a.into) for a in absorption.absorbed] if absorption else [], relu6.replaced if relu6 else [])
     return EqualizeSummary(
