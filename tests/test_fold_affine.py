@@ -193,3 +193,14 @@ def test_folded_bias_add_makes_model_qdq_an_integer_conv(tmp_path):
     after = _optimized_ops(_model_qdq(runner, folded, tmp_path / "b"), tmp_path / "b")
     assert "QLinearConv" not in before and "Conv" in before
     assert "QLinearConv" in after and "Conv" not in after
+
+
+def test_quantsim_warns_about_foldable_bias_adds_and_not_after_fold_bn(tmp_path):
+    proto = conv_then("Add", (1, 8, 1, 1))
+    model, _ = api.prepare(to_ir(proto))
+    _, _, summary = api.quantsim(model, "random:2")
+    assert any("1 layers are followed by a constant per-channel Add/Sub/Mul" in w and "fold-bn" in w
+               for w in summary.warnings)
+    api.fold_bn(model)
+    _, _, summary = api.quantsim(model, "random:2")
+    assert not any("Add/Sub/Mul" in w for w in summary.warnings)

@@ -32,7 +32,7 @@ from aimetcli.kernels import bn as bn_math
 from aimetcli.layers import Layer, as_layer, bias_array, check_rewrite, normalize_gemm, write_bias
 from aimetcli.verdict import Verdict, ok, skip
 
-__all__ = ["FoldChannelAffinePass", "FoldChannelAffineResult", "FoldedAffine", "SkippedAffine"]
+__all__ = ["FoldChannelAffinePass", "FoldChannelAffineResult", "FoldedAffine", "SkippedAffine", "foldable"]
 
 _OPS = ("Add", "Sub", "Mul")
 
@@ -111,6 +111,21 @@ def check_affine(node: ir.Node) -> Verdict[tuple[Layer, np.ndarray]]:
     return ok((layer, vec))
 
 
+def _is_candidate(node: ir.Node) -> bool:
+    """An Add / Sub / Mul of a constant and a layer's output (not a MatMul's of 3-D inputs: no bias slot)."""
+    if not g.is_op(node, *_OPS) or len(node.inputs) != 2 or all(g.constant(v) is None for v in node.inputs):
+        return False
+    producers = [v.producer() for v in node.inputs if v is not None and g.constant(v) is None]
+    layer = as_layer(producers[0]) if producers else None
+    return layer is not None and (layer.op_type != "MatMul" or layer.input_known_2d)
+
+
+def foldable(model: ir.Model) -> int:
+    """How many layers of ``model`` as it is (no change) :class:`FoldChannelAffinePass` would fold
+    something into (the first node of a chain such as Mul -> Add counts the layer once)."""
+    return sum(1 for node in model.graph if _is_candidate(node) and check_affine(node))
+
+
 class FoldChannelAffinePass(ir.passes.InPlacePass):
     """Fold every foldable per-channel constant Add / Sub / Mul after a layer, in the main graph
     (a chain such as Mul -> Add folds node by node)."""
@@ -120,13 +135,8 @@ class FoldChannelAffinePass(ir.passes.InPlacePass):
         names = g.Names(model)
         result = FoldChannelAffineResult(model, modified=False)
         for node in list(graph):
-            if not g.is_op(node, *_OPS) or len(node.inputs) != 2 or \
-                    all(g.constant(v) is None for v in node.inputs):
+            if not _is_candidate(node):
                 continue
-            producers = [v.producer() for v in node.inputs if v is not None and g.constant(v) is None]
-            layer = as_layer(producers[0]) if producers else None
-            if layer is None or (layer.op_type == "MatMul" and not layer.input_known_2d):
-                continue  # not after a layer, or after a MatMul of 3-D inputs (no bias slot): no candidate
             found = check_affine(node)
             label = g.node_label(node)
             if not found:
