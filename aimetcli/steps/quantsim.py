@@ -70,7 +70,7 @@ def quantsim(model: ModelSource, data: DataSource, options: QuantOptions | None 
     from aimetcli.passes.fold_channel_affine import foldable
 
     if affine := foldable(model):
-        warnings.append(f"{affine} layers are followed by a constant per-channel Add/Sub/Mul (a bias or a BN spelled "
+        warnings.append(f"{affine} layer{'s are' if affine > 1 else ' is'} followed by a constant per-channel Add/Sub/Mul (a bias or a BN spelled "
                         "out); run fold-bn first: it folds them into the layers' biases and weights, which model_qdq "
                         "then runs as integer layers")
     mismatch = bias_correction_mismatch(model, options)
