@@ -415,8 +415,10 @@ def _bias_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, method: str) -
     going_on = (current, best)
     for name, sim, start in variants:  # the rows: the recalibrated sim's first
         if sim is not chosen[1]:
-            flow.row(name, start, sim, f"{detail}; held-out SQNR {_db(held.sqnr(sim.model))} below the {chosen[0]} "
-                                       f"row's {_db(held.sqnr(chosen[1].model))}", False, calibration=False)
+            mine, theirs = held.sqnr(sim.model), held.sqnr(chosen[1].model)
+            where = "below" if mine is None or theirs is None or round(mine, 2) < round(theirs, 2) else "not above"
+            flow.row(name, start, sim, f"{detail}; held-out SQNR {_db(mine)} {where} the {chosen[0]} "
+                                       f"row's {_db(theirs)}", False, calibration=False)
             continue
         going_on = _technique(flow, name, "bias correction", bias_correction_verdict, start, detail,
                               (current, best), (corrected, sim), "is exported", "is exported", held_out=True)

@@ -71,12 +71,10 @@ class KeepVerdict:
         return f"{gain:+.2f} dB vs margin {self.margin_db:.2f}: {word}"
 
     def change(self) -> str:
-        """'before -> after dB', with enough decimals to show the two differ (up to 4)."""
+        """'before -> after dB', with enough decimals to show the two differ (up to 4; 'x dB, unchanged' else)."""
         b, a = self.sqnr_before_db, self.sqnr_after_db
-        digits = 1
-        while digits < 4 and f"{b:.{digits}f}" == f"{a:.{digits}f}":
-            digits += 1
-        return f"{b:.{digits}f} -> {a:.{digits}f} dB"
+        digits = next((d for d in range(1, 5) if f"{b:.{d}f}" != f"{a:.{d}f}"), None)
+        return f"{b:.1f} dB, unchanged" if digits is None else f"{b:.{digits}f} -> {a:.{digits}f} dB"
 
 
 def keep_verdict(fp32: ir.Model, sim_before: ir.Model, sim_after: ir.Model, calib, *, batch_size: int = 32,

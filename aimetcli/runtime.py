@@ -226,8 +226,25 @@ class Session:
         try:
             return self._session.run(list(outputs) if outputs is not None else None, feeds)
         except Exception as exc:
-            raise AimetCliError(f"onnxruntime failed while running the model: {_first_line(exc)}",
+            hint = self._one_sample_hint(feeds, outputs)
+            raise AimetCliError(f"onnxruntime failed while running the model: {_first_line(exc)}{hint}",
                                 ErrorKind.RUNTIME) from exc
+
+    def _one_sample_hint(self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None) -> str:
+        """Where a run of several samples failed: whether the first sample alone runs, as with an
+        export that fixes the batch size inside (a Reshape to [1, ...]) while its inputs leave it open."""
+        from aimetcli.calibration.dataset import feed_rows
+
+        rows = feed_rows(feeds)
+        if rows < 2 or any(k not in self.fed and (v.ndim == 0 or v.shape[0] != rows) for k, v in feeds.items()):
+            return ""
+        try:
+            self._session.run(list(outputs) if outputs is not None else None,
+                              {k: v if k in self.fed else v[:1] for k, v in feeds.items()})
+        except Exception:  # noqa: BLE001  (no hint: the model fails on one sample too)
+            return ""
+        return (f" (on a run of {rows} samples; one sample at a time runs: the model fixes its batch size inside "
+                "though its inputs leave it open; rerun with --batch-size 1)")
 
 
 def _readers(proto) -> dict[str, set[str]]:
@@ -340,7 +357,10 @@ def correction_run_size(model: ir.Model, dataset, batch_size: int) -> int:
     and a run over them all would need some 12 GB.)
 
     The per-channel means are exact over each run; with more data than one run takes, the
-    corrections of the runs are averaged (weighted by their samples).
+    corrections of the runs are averaged (weighted by their samples). ``batch_size`` 1 (the fix
+    :meth:`Session.run`'s error names for a model that runs one sample at a time): 1.
     """
+    if batch_size == 1:  # one sample a run everywhere: an export that fixes the batch inside runs no other way
+        return 1
     return max(batch_size, min(CHUNK_BYTES // dataset.sample_nbytes,
                                ACTIVATION_BUDGET // max(g.activation_bytes(model), 1)))

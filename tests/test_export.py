@@ -147,7 +147,7 @@ def test_ptq_one_command(tmp_path):
     assert names == ["fp32", "fold-bn", "per-channel", "tf-enhanced", "+ equalize", "+ bias-correct",
                      "+ bias-correct, kept grids", "sim.onnx", "export: model_qdq"]
     bias_rows = [s for s in doc["stages"] if s["name"].startswith("+ bias-correct")]
-    assert sum(1 for s in bias_rows if "below the" in s["note"]) == 1  # one is the candidate, the other shown
+    assert sum(1 for s in bias_rows if " row's " in s["note"]) == 1  # one is the candidate, the other shown
     assert doc["stages"][0]["top1"] == 100.0
     assert all(s["top1"] is not None for s in doc["stages"] if s["calib_sqnr_db"] is not None)
     # --quant-scheme auto (the default): both schemes tried; a change is kept only over the margin
@@ -210,7 +210,7 @@ def test_ptq_exports_the_model_without_a_correction_that_lowered_the_sqnr(tmp_pa
     doc = json.loads(r.stdout)
     stages = {s["name"]: s for s in doc["stages"]}
     # the better of the two corrected sims (own grids, kept grids) is the one judged
-    judged = [s for s in doc["stages"] if s["name"].startswith("+ bias-correct") and "below the" not in s["note"]]
+    judged = [s for s in doc["stages"] if s["name"].startswith("+ bias-correct") and " row's " not in s["note"]]
     assert len(judged) == 1 and "-10.00 dB vs margin 0.00: dropped" in judged[0]["note"]
     assert all(s["kept"] is False for s in doc["stages"] if s["name"].startswith("+ bias-correct"))
     # the row shows the corrected model's own numbers; the exported sim is the model without it

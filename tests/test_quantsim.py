@@ -611,3 +611,21 @@ def test_observations_kept_for_min_max_sims_alone_take_one_reductions_run(tmp_pa
     reduced.clear(), observed.clear()
     quantsim(api.clone(model), dataset, opts, run, shared=shared.inherit(lambda t: t != "r1"))
     assert reduced == [] and observed == [["r1"]]
+
+
+def test_recurrent_weights_left_float_are_said(tmp_path):
+    """A GRU's weights get no quantizer: a warning and a not-quantized entry say so (found on a
+    name romanizer's GRU encoder, whose sim quantized 1 weight of 3 and said nothing)."""
+    from onnx import helper as oh
+
+    from helpers import init, make_model, rand, to_ir
+
+    h = 4
+    nodes = [oh.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),  # [N, T, C] -> GRU's [T, N, C]
+             oh.make_node("GRU", ["xt", "W", "R"], ["y", "y_h"], hidden_size=h, name="gru")]
+    proto = make_model(nodes, [("x", [None, 5, 3])], [("y_h", None)],
+                       [init("W", rand(1, 3 * h, 3)), init("R", rand(1, 3 * h, h))])
+    _, _, summary = api.quantsim(to_ir(proto), "random:2")
+    assert any("1 GRU layer keeps its weights float" in w for w in summary.warnings)
+    assert {"tensor": "gru", "reason": "GRU weights stay float: quantsim quantizes the weights of Conv, "
+            "ConvTranspose, Gemm and MatMul only"} in summary.skipped

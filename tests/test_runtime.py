@@ -61,3 +61,29 @@ def test_failures_are_one_line_errors():
     with pytest.raises(AimetCliError, match="^onnxruntime failed while running the model: ") as info:
         session.run({"x": rand(3, 5)})
     assert "\n" not in str(info.value)
+
+
+def _batch_fixed_inside():
+    """Inputs [N, 4], but a Reshape to [1, 4] inside (an export that fixed the batch): only runs of
+    one sample work (found on khmersm's transformer, whose view() kept batch 1)."""
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["flat"]),
+             helper.make_node("Conv", ["img", "W", "B"], ["y"]),
+             helper.make_node("Reshape", ["y", "shape"], ["yf"]),
+             helper.make_node("Add", ["flat", "yf"], ["out"])]
+    proto = make_model(nodes, [("x", [None, 4]), ("img", [None, 4, 1, 1])], [("out", None)],
+                       [init("W", rand(4, 4, 1, 1)), init("B", rand(4)), init("shape", np.array([1, 4], np.int64))])
+    return proto
+
+
+def test_a_model_that_runs_one_sample_at_a_time_is_named_with_the_fix(tmp_path):
+    from aimetcli import api
+    from aimetcli.options import QuantOptions, RunOptions
+
+    np.savez(tmp_path / "d.npz", x=rand(6, 4), img=rand(6, 4, 1, 1))
+    data = str(tmp_path / "d.npz")
+    with pytest.raises(AimetCliError, match="one sample at a time runs.*rerun with --batch-size 1"):
+        api.quantsim(to_ir(_batch_fixed_inside()), data)
+    api.quantsim(to_ir(_batch_fixed_inside()), data, QuantOptions(), RunOptions(batch_size=1))
+    # bias correction's runs take more samples than the batch size, but one with --batch-size 1
+    summary = api.bias_correct(to_ir(_batch_fixed_inside()), data, QuantOptions(), RunOptions(batch_size=1))
+    assert summary.corrected

@@ -164,6 +164,11 @@ def place_quantizers(model: ir.Model, cfg: QuantsimConfig, opts: QuantOptions) -
     if cfg.model_output_quantized:
         for value in graph.outputs:
             add_act(value, "model_output")
+    recurrent = sorted({node.op_type for node in graph if g.is_op(node, *RECURRENT_OPS)})
+    if recurrent:
+        count = sum(1 for node in graph if g.is_op(node, *RECURRENT_OPS))
+        placement.warnings.append(f"{count} {'/'.join(recurrent)} layer{'s keep their' if count > 1 else ' keeps its'} "
+                                  "weights float: quantsim quantizes the weights of Conv, ConvTranspose, Gemm and MatMul only")
     apply_exclusions(model, placement, opts.exclude)
     apply_bits(model, placement, opts.bits)
     note_control_flow(model, placement)
@@ -249,9 +254,17 @@ def revise_after_calibration(model: ir.Model, placement: Placement, activations:
     placement.skipped += dropped.items()
 
 
+# Ops with weights that quantsim places no quantizer on (only Conv, ConvTranspose, Gemm and MatMul
+# weights are quantized): said per node, so a recurrent model is not called quantized in silence
+RECURRENT_OPS = ("GRU", "LSTM", "RNN")
+
+
 def _place_params(node: ir.Node, cfg: QuantsimConfig, opts: QuantOptions, placement: Placement) -> None:
     layer = as_layer(node)
     if layer is None:
+        if g.is_op(node, *RECURRENT_OPS) and any(g.constant(v) is not None for v in node.inputs[1:3]):
+            placement.skipped.append((g.node_label(node), f"{node.op_type} weights stay float: quantsim quantizes "
+                                                           "the weights of Conv, ConvTranspose, Gemm and MatMul only"))
         return
     op = node.op_type
     for kind, value in (("weight", layer.weight), ("bias", layer.bias)):
