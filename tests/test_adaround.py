@@ -700,3 +700,17 @@ def test_a_pass_prunes_a_node_whose_output_a_pruned_ifs_branch_reads(tmp_path):
     assert [layer["weight"] for layer in json.loads(r.stdout)["layers"]] == ["W0", "W1"]
     x = rand(5, 4)
     assert run(onnx.load(out), {"x": x})[0].shape == (5, 6)
+
+
+def test_layers_sharing_a_weight_are_said_not_adarounded(tmp_path):
+    """An unrolled LSTM's Gemms read one weight: not AdaRounded, and a warning says so (found on a
+    CRNN captcha reader whose 80 unrolled Gemms were left in silence)."""
+    nodes = [helper.make_node("Gemm", ["x", "W0"], ["h"], transB=1),
+             helper.make_node("Gemm", ["h", "W"], ["a"], transB=1),
+             helper.make_node("Gemm", ["a", "W"], ["out"], transB=1)]
+    proto = make_model(nodes, [("x", [None, 6])], [("out", None)], [init("W0", rand(5, 6)), init("W", rand(5, 5))])
+    onnx.save(proto, tmp_path / "m.onnx")
+    res = CliRunner().invoke(main, ["adaround", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "ar.onnx"),
+                                    "--data", "random:16", "--param-bw", "4", "--iterations", "20"])
+    assert res.exit_code == 0, res.output
+    assert "2 layers not AdaRounded: their weights are shared with other layers" in res.output

@@ -48,13 +48,16 @@ def render_fold(out: Output, summary: api.FoldBnSummary, show_all: bool = False)
         else:
             out.info(f"{what} (--all lists them).")
     if summary.affine_skipped:
-        table = Table(title=f"Left {len(summary.affine_skipped)} constant Add/Sub/Mul after a layer in place",
-                      title_justify="left")
-        table.add_column("node", overflow="fold")
-        table.add_column("reason", overflow="fold")
-        for s in summary.affine_skipped:
-            table.add_row(s.node, s.reason)
-        out.info(table)
+        what = f"Left {len(summary.affine_skipped)} constant Add/Sub/Mul after a layer in place"
+        if show_all or out.verbose or len(summary.affine_skipped) <= FOLD_ROWS:
+            table = Table(title=what, title_justify="left")
+            table.add_column("node", overflow="fold")
+            table.add_column("reason", overflow="fold")
+            for s in summary.affine_skipped:
+                table.add_row(s.node, s.reason)
+            out.info(table)
+        else:
+            out.info(f"{what} (--all lists them with the reason).")
     if not summary.folded and not summary.skipped and not summary.affine_folded:
         out.info("No BatchNormalization in the model.")
 
