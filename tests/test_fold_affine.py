@@ -204,3 +204,26 @@ def test_quantsim_warns_about_foldable_bias_adds_and_not_after_fold_bn(tmp_path)
     api.fold_bn(model)
     _, _, summary = api.quantsim(model, "random:2")
     assert not any("Add/Sub/Mul" in w for w in summary.warnings)
+
+
+def test_a_folded_bns_statistics_follow_a_mul_and_add_after_it():
+    """Conv -> BN -> Mul(s) -> Add(t): the layer's output is s * BN + t, and the statistics
+    high-bias absorption and analytical bias correction read say so, under the Add's name."""
+    from aimetcli.bn_stats import read_bn_stats
+
+    s, t = rand(1, 8, 1, 1), rand(1, 8, 1, 1)
+    inits = [init("W", rand(8, 4, 3, 3)), init("s", s), init("t", t)] + bn_inits("bn", 8)
+    nodes = [helper.make_node("Conv", ["x", "W"], ["y"]), bn_node("bn", "y", "yb"),
+             helper.make_node("Mul", ["yb", "s"], ["ys"]), helper.make_node("Add", ["ys", "t"], ["z"])]
+    proto = make_model(nodes, [("x", [2, 4, 6, 6])], [("z", None)], inits)
+    folded_bn_only = to_ir(proto)
+    api.prepare(folded_bn_only)
+    from aimetcli.passes.fold_batchnorm import FoldBatchNormPass
+
+    FoldBatchNormPass()(folded_bn_only)
+    before = read_bn_stats(folded_bn_only)["yb"]
+    model, _ = fold(proto)
+    after = read_bn_stats(model)
+    assert list(after) == ["z"]
+    np.testing.assert_allclose(after["z"].beta, before.beta * s.reshape(-1) + t.reshape(-1), rtol=1e-12)
+    np.testing.assert_allclose(after["z"].gamma, before.gamma * s.reshape(-1), rtol=1e-12)

@@ -17,7 +17,9 @@ the Conv): model_qdq.onnx ran such Convs in float with their weights dequantized
 and equalization saw no Conv -> Relu chain through the Add. A node stays in place with the
 reason when the layer's output also feeds something else, when its constant is not per channel
 or not finite, or when the layer's weight or bias cannot be rewritten. Add and Mul fold with
-the layer's output on either side; Sub only as ``y - c``.
+the layer's output on either side; Sub only as ``y - c``. A layer whose BN was folded before
+keeps its statistics (bn_stats.py) under its new output name, moved as its output is:
+beta + c, beta - c, or c beta and c gamma.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 import onnx_ir as ir
 
 from aimetcli import graph as g
+from aimetcli.bn_stats import BnStats, read_bn_stats, write_bn_stats
 from aimetcli.kernels import bn as bn_math
 from aimetcli.layers import Layer, as_layer, bias_array, check_rewrite, normalize_gemm, write_bias
 from aimetcli.verdict import Verdict, ok, skip
@@ -134,6 +137,8 @@ class FoldChannelAffinePass(ir.passes.InPlacePass):
         graph = model.graph
         names = g.Names(model)
         result = FoldChannelAffineResult(model, modified=False)
+        stats = read_bn_stats(model)
+        moved = False
         for node in list(graph):
             if not _is_candidate(node):
                 continue
@@ -143,8 +148,15 @@ class FoldChannelAffinePass(ir.passes.InPlacePass):
                 result.skipped.append(SkippedAffine(label, found.reason))
                 continue
             layer, vec = found.match
+            st = stats.pop(layer.output.name, None)  # a folded BN's N(beta, gamma^2) of the layer's output
             self._fold(graph, names, node, layer, vec)
+            if st is not None:  # the output moved as the constant says, under the node's output name
+                stats[layer.output.name] = BnStats(st.beta * vec, st.gamma * vec, st.bn) if node.op_type == "Mul" \
+                    else BnStats(st.beta + (vec if node.op_type == "Add" else -vec), st.gamma, st.bn)
+                moved = True
             result.folded.append(FoldedAffine(label, node.op_type, layer.name, vec.size))
+        if moved:
+            write_bn_stats(model, stats)
         result.modified = bool(result.folded)
         return result
 
