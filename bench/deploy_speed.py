@@ -12,7 +12,6 @@ and each model_qdq's output SQNR against FP32 on the evaluation samples, as depl
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -25,7 +24,8 @@ import onnxruntime as ort
 
 import common
 from zoo import model_and_data
-from zoo_models import CORPUS, EXPORTED, ZOO
+from ptq_versus import checkouts, corpus_models, versus_parser
+from zoo_models import ZOO
 
 PASSES = 5
 
@@ -51,19 +51,16 @@ def _sqnr(ref: np.ndarray, out: np.ndarray) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", required=True, help="the other checkout (its root, holding aimetcli/)")
-    ap.add_argument("--models", required=True)
+    ap = versus_parser(__doc__)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    here = str(Path(__file__).resolve().parent.parent)
-    checkouts = {"base": args.base, "this": here}
-    by_name = {m.name: m for m in CORPUS + EXPORTED}
+    sides = checkouts(args.base)
     rows = []
-    for name in args.models.split(","):
-        path, ds, input_name = model_and_data(by_name[name])
+    for model in corpus_models(args.models):
+        name = model.name
+        path, ds, input_name = model_and_data(model)
         qdq = {}
-        for label, root in checkouts.items():
+        for label, root in sides.items():
             out = ZOO / "deploy" / name / label
             shutil.rmtree(out, ignore_errors=True)
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +90,8 @@ def main() -> None:
                      f"{sqnr['base']:.2f}", f"{sqnr['this']:.2f}"])
     table = common.table(["model", "FP32 ms", "base model_qdq ms (/ FP32)", "this model_qdq ms (/ FP32)",
                           "base Convs", "this Convs", "base SQNR dB", "this SQNR dB"], rows)
-    body = (f"ptq (defaults, 32 calibration samples) from two checkouts (base: {args.base}; this: {here}); "
+    body = (f"ptq (defaults, 32 calibration samples) from two checkouts (base: {sides['base']}; this: "
+            f"{sides['this']}); "
             "each model in onnxruntime (CPU, all optimizations), one sample a run over the 32 calibration "
             f"samples, {PASSES} passes alternated, median ms per sample; Convs: how onnxruntime's optimized graph "
             "runs them (QLinearConv, or float Conv between DequantizeLinear and the rest); SQNR: the output "
