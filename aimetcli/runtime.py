@@ -140,7 +140,7 @@ class Session:
             so.add_session_config_entry("session.disable_quant_qdq", "1")
         if not policy.spinning:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.log_severity_level = 3
+        so.log_severity_level = 4  # failures reach the user as one line of ours (Session.run), not as its log
         _shared_arena()
         so.add_session_config_entry("session.use_env_allocators", "1")  # see the module docstring
         self.policy = policy
@@ -194,7 +194,7 @@ class Session:
             return {}
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        so.log_severity_level = 3
+        so.log_severity_level = 4  # failures reach the user as one line of ours (Session.run), not as its log
         external = [t.name for t in part.graph.initializer if t.name in big]
         if external:
             so.add_external_initializers(external, [ort.OrtValue.ortvalue_from_numpy(big[n]) for n in external])

@@ -87,3 +87,13 @@ def test_a_model_that_runs_one_sample_at_a_time_is_named_with_the_fix(tmp_path):
     # bias correction's runs take more samples than the batch size, but one with --batch-size 1
     summary = api.bias_correct(to_ir(_batch_fixed_inside()), data, QuantOptions(), RunOptions(batch_size=1))
     assert summary.corrected
+
+
+def test_a_failed_run_prints_no_onnxruntime_log_line(capfd):
+    """Session.run reports a failure in one line of its own (the error): onnxruntime's logger,
+    which writes to the process's stderr itself, stays quiet."""
+    proto = _batch_fixed_inside()
+    session = runtime.Session(to_ir(proto), runtime.SIMULATE)
+    with pytest.raises(AimetCliError):
+        session.run({"x": rand(3, 4), "img": rand(3, 4, 1, 1)})
+    assert "onnxruntime" not in capfd.readouterr().err
