@@ -227,3 +227,13 @@ def test_a_folded_bns_statistics_follow_a_mul_and_add_after_it():
     assert list(after) == ["z"]
     np.testing.assert_allclose(after["z"].beta, before.beta * s.reshape(-1) + t.reshape(-1), rtol=1e-12)
     np.testing.assert_allclose(after["z"].gamma, before.gamma * s.reshape(-1), rtol=1e-12)
+
+
+def test_matmul_of_2d_inputs_then_add_becomes_a_gemm_with_that_bias():
+    inits = [init("W", rand(5, 7)), init("c", rand(1, 7))]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["y"]), helper.make_node("Add", ["y", "c"], ["z"])]
+    proto = make_model(nodes, [("x", [3, 5])], [("z", None)], inits)
+    model, summary = fold(proto)
+    assert op_count(model, "Add") == op_count(model, "MatMul") == 0 and op_count(model, "Gemm") == 1
+    assert model.graph.outputs[0].name == "z" and len(summary.affine_folded) == 1
+    assert_same_outputs(proto, model, {"x": rand(3, 5)})
