@@ -122,10 +122,8 @@ def evaluate(models: Sequence[ModelSource], data: DataSource, run: RunOptions | 
     outputs = ([reference_outputs] if reference_outputs is not None and skip else []) + _run_models(
         loaded[skip:], levels[skip:], dataset, run.batch_size, run.progress)
     output_names = cast(list[str], [o.name for o in loaded[0].graph.outputs] if loaded else [])
-    k = score_output(outputs[0]) if outputs and outputs[0] else None
-    axis = softmax_axis(loaded[0], output_names[k]) if loaded and k is not None and k < len(output_names) else None
     summary = compare_outputs(outputs, dataset.labels, names or [f"model{i}" for i in range(len(loaded))],
-                              dataset.num_samples, output_names, axis)
+                              dataset.num_samples, output_names, loaded[0] if loaded else None)
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -138,7 +136,7 @@ def score_output(outputs: list) -> int | None:
     return next((k for k in floats if outputs[k].ndim >= 2), floats[0] if floats else None)
 
 
-def _predictions(logits, samples: int | None = None, axis: int | None = None):
+def _predictions(logits, samples: int | None = None, argmax=None):
     """Class predictions: the argmax over axis 1 (the class axis of [N, C] logits and the channel
     axis of NCHW ones), [N] for a classifier (trailing axes of size 1 dropped), [N, H, W] for a
     dense predictor such as a segmentation net (agreement is then counted per position).
@@ -146,15 +144,19 @@ def _predictions(logits, samples: int | None = None, axis: int | None = None):
     With ``samples`` (evaluate's two-model comparison), None where the output cannot hold
     classes that way: axis 0 is not the samples' (a time-first sequence [T, N, C]), the class
     axis has one entry (a detector's probability map), or a 3-D output whose class axis nobody
-    says ([N, C, L] and [N, L, C] look alike); ``axis``: the class axis a Softmax names."""
+    says ([N, C, L] and [N, L, C] look alike); ``argmax``: the Softmax's that computes the output
+    (scored_tensors.softmax_argmax: its class axis, per sample and position)."""
     if logits.ndim < 2:
         return None
     if samples is not None:
-        if logits.shape[0] != samples or (axis is None and logits.ndim == 3):
+        if logits.shape[0] != samples:
             return None
-        if logits.shape[axis if axis is not None else 1] < 2:
+        if argmax is not None:
+            pred = argmax(logits)
+            return None if pred.size == logits.size else pred  # one entry along the class axis
+        if logits.ndim == 3 or logits.shape[1] < 2:
             return None
-    pred = logits.argmax(axis=axis if axis is not None else 1)
+    pred = logits.argmax(axis=1)
     if pred.ndim > 1 and all(d == 1 for d in pred.shape[1:]):
         pred = pred.reshape(pred.shape[0])
     return pred
@@ -180,41 +182,30 @@ def percent(flags) -> float | None:
     return None if flags is None else float(np.mean(flags) * 100.0)
 
 
-def softmax_axis(model, output: str) -> int | None:
-    """The axis of the Softmax that computes graph output ``output`` (opset 13 on: the class axis
-    of its input; before, the input was coerced to 2-D, so only the default axis 1 of a 2-D
-    output counts); None for any other output."""
-    from aimetcli import graph as g
-    from aimetcli.scored_tensors import scored_node
-
-    node = scored_node(model, output)
-    if node is None or node.op_type != "Softmax":
-        return None
-    attr = node.attributes.get("axis")
-    if g.opset_version(model) >= 13:
-        return attr.as_int() if attr is not None else -1
-    return None if attr is not None and attr.as_int() != 1 else 1
-
-
 def compare_outputs(outputs: list[list], labels, names: list[str], samples: int,
-                    output_names: list[str], class_axis: int | None = None) -> EvaluateSummary:
+                    output_names: list[str], first_model=None) -> EvaluateSummary:
     """Top-1 of each model's scored output (:func:`score_output`) against ``labels`` (if any);
     for two models, SQNR and max abs error per floating-point output and how often their top-1
-    agree (over ``class_axis``, a Softmax's; see :func:`_predictions` for where there is no top-1)."""
+    agree (along the class axis of the Softmax that computes it in ``first_model``, where one
+    does; see :func:`_predictions` for where there is no top-1)."""
     import numpy as np
 
     from aimetcli.kernels.energy import energies
+    from aimetcli.scored_tensors import softmax_argmax
 
     k_scored = score_output(outputs[0]) if outputs and outputs[0] else None
+    scored_name = output_names[k_scored] if k_scored is not None and k_scored < len(output_names) else None
+    argmax = softmax_argmax(first_model, scored_name) if first_model is not None and scored_name else None
     top1: list[float | None] = []
     preds = []
     for outs in outputs:
         logits = outs[k_scored] if k_scored is not None and k_scored < len(outs) else None
-        top1.append(percent(hits(_predictions(logits) if logits is not None else None, labels)))
-        preds.append(_predictions(logits, samples, class_axis) if logits is not None else None)
+        top1.append(percent(hits(_predictions(logits), labels)) if logits is not None and labels is not None
+                    else None)
+        preds.append(_predictions(logits, samples, argmax) if logits is not None else None)
     summary = EvaluateSummary(names, samples, top1)
-    if k_scored is not None and k_scored < len(output_names):
-        summary.scored_output = output_names[k_scored]
+    if scored_name is not None:
+        summary.scored_output = scored_name
     if len(outputs) == 2:
         for k, name in enumerate(output_names):
             if k >= min(len(outputs[0]), len(outputs[1])):
