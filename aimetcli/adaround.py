@@ -67,6 +67,7 @@ class AdaroundResult:
     layers: list[LayerResult] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     oversized: list[str] = field(default_factory=list)  # skipped: moments over MOMENT_BYTES
+    shared: list[str] = field(default_factory=list)  # skipped: a weight other layers read too
     passes: int = 0
     iterations: int = 0
     samples: int = 0
@@ -123,6 +124,7 @@ def _targets(model: ir.Model, params: dict[str, Encoding], result: AdaroundResul
             reason = "its weight is not quantized by the config"
         if reason is None and readers.get(w.name, 0) > 1:
             reason = f"its weight {w.name} is shared with another layer"
+            result.shared.append(layer.name)
         if reason is None and w.dtype != ir.DataType.FLOAT:
             reason = f"its weight is {w.dtype.name.lower()}, not float32"
         if reason is None:

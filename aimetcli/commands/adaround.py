@@ -73,9 +73,8 @@ def adaround(out: Output, model_in: str, output: str, data: str, iterations: int
         out.warn(f"not AdaRounded, their second moments too big: {', '.join(summary.oversized)} (-v: sizes)")
     for layer, reason in summary.skipped:
         out.detail(f"not AdaRounded: {layer}: {reason}")
-    shared = sum(1 for _, reason in summary.skipped if "is shared with another layer" in reason)
-    if shared and summary.layers:
-        out.warn(f"{shared} layers not AdaRounded: their weights are shared with other layers (as an unrolled "
+    if summary.shared and summary.layers:
+        out.warn(f"{len(summary.shared)} layers not AdaRounded: their weights are shared with other layers (as an unrolled "
                  "LSTM's Gemms), which would need one rounding for all of them; -v lists them")
     if not summary.layers:
         out.warn(f"no layer AdaRounded ({len(summary.skipped)} skipped); -v lists them")

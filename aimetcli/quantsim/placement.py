@@ -164,10 +164,9 @@ def place_quantizers(model: ir.Model, cfg: QuantsimConfig, opts: QuantOptions) -
     if cfg.model_output_quantized:
         for value in graph.outputs:
             add_act(value, "model_output")
-    recurrent = sorted({node.op_type for node in graph if g.is_op(node, *RECURRENT_OPS)})
-    if recurrent:
-        count = sum(1 for node in graph if g.is_op(node, *RECURRENT_OPS))
-        placement.warnings.append(f"{count} {'/'.join(recurrent)} layer{'s keep their' if count > 1 else ' keeps its'} "
+    if recurrent := [node.op_type for node in graph if g.is_op(node, *RECURRENT_OPS)]:
+        n = len(recurrent)
+        placement.warnings.append(f"{n} {'/'.join(sorted(set(recurrent)))} layer{'s keep their' if n > 1 else ' keeps its'} "
                                   "weights float: quantsim quantizes the weights of Conv, ConvTranspose, Gemm and MatMul only")
     apply_exclusions(model, placement, opts.exclude)
     apply_bits(model, placement, opts.bits)
