@@ -18,46 +18,39 @@ if TYPE_CHECKING:
 FOLD_ROWS = 20
 
 
+def _listing(out: Output, title: str, columns: tuple[str, ...], rows: list[tuple], more: str | None) -> None:
+    """``rows`` as a table titled ``title``; with ``more`` (the words after the title when rows are
+    held back: --all, -v or at most FOLD_ROWS rows show them), the title and ``more`` only past that."""
+    if more is not None and len(rows) > FOLD_ROWS:
+        out.info(f"{title} ({more}).")
+        return
+    table = Table(title=title, title_justify="left")
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    out.info(table)
+
+
 def render_fold(out: Output, summary: api.FoldBnSummary, show_all: bool = False) -> None:
+    every = show_all or out.verbose
     if summary.folded:
-        table = Table(title=f"Folded {len(summary.folded)} BatchNormalization", title_justify="left")
-        for col in ("BatchNorm", "into layer", "direction", "channels"):
-            table.add_column(col, overflow="fold")
-        for p in summary.folded:
-            table.add_row(p.bn, p.layer, p.direction, str(p.channels))
-        if show_all or out.verbose or len(summary.folded) <= FOLD_ROWS:
-            out.info(table)
-        else:
-            out.info(f"Folded {len(summary.folded)} BatchNormalization (--all lists them).")
+        _listing(out, f"Folded {len(summary.folded)} BatchNormalization", ("BatchNorm", "into layer", "direction",
+                                                                           "channels"),
+                 [(p.bn, p.layer, p.direction, str(p.channels)) for p in summary.folded],
+                 None if every else "--all lists them")
     if summary.skipped:
-        table = Table(title=f"Left {len(summary.skipped)} BatchNormalization in place", title_justify="left")
-        table.add_column("BatchNorm", overflow="fold")
-        table.add_column("reason", overflow="fold")
-        for s in summary.skipped:
-            table.add_row(s.bn, s.reason)
-        out.info(table)
+        _listing(out, f"Left {len(summary.skipped)} BatchNormalization in place", ("BatchNorm", "reason"),
+                 [(s.bn, s.reason) for s in summary.skipped], None)
     if summary.affine_folded:
-        what = f"Folded {len(summary.affine_folded)} constant per-channel Add/Sub/Mul into the layer before it"
-        if show_all or out.verbose or len(summary.affine_folded) <= FOLD_ROWS:
-            table = Table(title=what, title_justify="left")
-            for col in ("node", "op", "into layer", "channels"):
-                table.add_column(col, overflow="fold")
-            for a in summary.affine_folded:
-                table.add_row(a.node, a.op, a.layer, str(a.channels))
-            out.info(table)
-        else:
-            out.info(f"{what} (--all lists them).")
+        _listing(out, f"Folded {len(summary.affine_folded)} constant per-channel Add/Sub/Mul into the layer before it",
+                 ("node", "op", "into layer", "channels"),
+                 [(a.node, a.op, a.layer, str(a.channels)) for a in summary.affine_folded],
+                 None if every else "--all lists them")
     if summary.affine_skipped:
-        what = f"Left {len(summary.affine_skipped)} constant Add/Sub/Mul after a layer in place"
-        if show_all or out.verbose or len(summary.affine_skipped) <= FOLD_ROWS:
-            table = Table(title=what, title_justify="left")
-            table.add_column("node", overflow="fold")
-            table.add_column("reason", overflow="fold")
-            for s in summary.affine_skipped:
-                table.add_row(s.node, s.reason)
-            out.info(table)
-        else:
-            out.info(f"{what} (--all lists them with the reason).")
+        _listing(out, f"Left {len(summary.affine_skipped)} constant Add/Sub/Mul after a layer in place",
+                 ("node", "reason"), [(s.node, s.reason) for s in summary.affine_skipped],
+                 None if every else "--all lists them with the reason")
     if not summary.folded and not summary.skipped and not summary.affine_folded:
         out.info("No BatchNormalization in the model.")
 
