@@ -3,7 +3,8 @@
 Random weights (``pretrained=False``: no hub download), seeded; the BatchNorm running
 statistics are then measured on real photos: BN momentum set to None (a cumulative
 average), train-mode forward passes over random crops of scikit-image's calibration
-photos (zoo_data.CALIB_PHOTOS, never the evaluation ones), then eval mode. Exported
+photos (zoo_data.CALIB_PHOTOS; seed 7: other crops than the zoo's calibration and
+evaluation ones), then eval mode. Exported
 with ``torch.onnx.export``: ``--exporter torchscript`` is dynamo=False, opset 17,
 do_constant_folding=False; ``--exporter dynamo`` is dynamo=True. Input ``x``
 [N, 3, 224, 224] with a dynamic batch, output ``logits``.
