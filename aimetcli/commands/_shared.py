@@ -96,8 +96,8 @@ def load_input(out: Output, source: str, *, simplify: bool = False,
                float32: bool = False, rewrites: bool = False) -> ir.Model:
     """Load the input model (after :func:`preflight` checked its paths). ``float32`` (commands that
     quantize): a float16/bfloat16 model is upcast, and an already quantized model refused.
-    ``rewrites`` (fold-bn, equalize): a warning for the latter, and for nodes inside If/Loop/Scan
-    subgraphs, which the rewrites leave alone."""
+    ``rewrites`` (fold-bn, equalize, bias-correct, adaround): a warning for the latter, and for
+    nodes inside If/Loop/Scan subgraphs, which the rewrites leave alone."""
     from aimetcli import api
     from aimetcli import graph as g
 

@@ -47,7 +47,7 @@ def adaround(out: Output, model_in: str, output: str, data: str, iterations: int
     from aimetcli.kernels.adaround import AdaroundParams
 
     options = quant.options()
-    model = load_input(out, model_in, float32=True)
+    model = load_input(out, model_in, float32=True, rewrites=True)
     dataset = open_dataset(model, data, sampling, out=out)
 
     def on_layer(row) -> None:

@@ -50,7 +50,7 @@ def bias_correct(out: Output, model_in: str, output: str, data: str | None, meth
     from aimetcli.bias_correction import progress_steps
 
     options = quant.options()
-    model = load_input(out, model_in, float32=True)
+    model = load_input(out, model_in, float32=True, rewrites=True)
     dataset = open_dataset(model, data, sampling, out=out) if data else None
     batches = progress_steps(model, dataset, sampling.batch_size, options)
     with progress_bar(out, batches, "Correcting biases") as bar:

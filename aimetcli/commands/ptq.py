@@ -242,8 +242,8 @@ class StageProgress:
         parts = []
         if stage.calib_sqnr_db is not None:
             parts.append(f"SQNR {stage.calib_sqnr_db:.1f} dB (calibration)")
-        if stage.sqnr_db is not None:
-            parts.append(f"{stage.sqnr_db:.1f} dB ({stage.data})")
+        if stage.sqnr_db is not None and not (stage.data == "calibration" and stage.calib_sqnr_db is not None):
+            parts.append(f"{stage.sqnr_db:.1f} dB ({stage.data})")  # (--eval the --data file: said once)
         if stage.top1 is not None:
             parts.append(f"top-1 {stage.top1:.2f}% ({stage.data})")
         kept = {True: " (kept)", False: " (dropped)", None: ""}[stage.kept]

