@@ -449,6 +449,11 @@ def _technique(flow: _Flow, row: str, choice: str, verdict_fn: Callable, t: floa
     return without
 
 
+# Below it the exported model's output noise is over a tenth of its signal: ptq says where to look
+# (a wheel's MiniLM kept 3 dB at W8A8 and 50 dB with 16-bit activations, and nothing said so).
+LOW_SQNR_DB = 10.0
+
+
 def _export(flow: _Flow, final: _Sim, opts, outdir: str, encoding_version: str, tried: list[dict],
             several: bool) -> PtqSummary:
     """Write what export writes, sim.onnx, and ptq's decisions into report.json; score model_qdq."""
@@ -462,6 +467,10 @@ def _export(flow: _Flow, final: _Sim, opts, outdir: str, encoding_version: str, 
     # onnxruntime's integer kernels, as deployed; scored on the same data as the other rows
     held = flow.judge.score(qdq, optimization="all")
     shown = flow.scorer.score(qdq, optimization="all") if flow.scorer is not None else held
+    if held.sqnr_db is not None and held.sqnr_db < LOW_SQNR_DB and flow.mixed is None:
+        flow.warnings.append(f"model_qdq.onnx keeps {held.sqnr_db:.1f} dB of output SQNR against FP32 on the "
+                             "calibration samples: `aimetcli analyze` lists the quantizers that lose it; keep "
+                             "them at 16 bits with --bits PATTERN=a16, or let ptq pick them with --min-sqnr DB")
     flow.add(Stage("export: model_qdq", shown.top1, shown.sqnr_db if flow.scorer is not None else None,
                    time.perf_counter() - t, "onnxruntime integer kernels", None, held.sqnr_db, flow.data_label))
     record = used_options(opts, final.encodings)

@@ -521,3 +521,15 @@ def test_eval_of_the_calibration_file_is_said_once(tmp_path, labelled):
     r, _ = _ptq(tmp_path, labelled, "--eval", str(tmp_path / "calib.npz"))
     lines = [ln for ln in r.stderr.splitlines() if "dB (calibration)" in ln]
     assert lines and all(ln.count("dB (calibration)") == 1 for ln in lines), lines
+
+
+def test_a_low_sqnr_export_says_where_to_look(tmp_path, labelled, monkeypatch):
+    """Under LOW_SQNR_DB the warning names analyze, --bits and --min-sqnr (a wheel's MiniLM kept 3 dB
+    at W8A8 and nothing said so); the test model's export is far above it and gets none."""
+    r, doc = _ptq(tmp_path, labelled)
+    assert not any("aimetcli analyze" in w for w in doc["warnings"]) and "aimetcli analyze" not in r.stderr
+    monkeypatch.setattr(ptq_flow, "LOW_SQNR_DB", 200.0)
+    r, doc = _ptq(tmp_path, labelled)
+    said = [w for w in doc["warnings"] if "aimetcli analyze" in w]
+    assert len(said) == 1 and "--bits PATTERN=a16" in said[0] and "--min-sqnr" in said[0]
+    assert "aimetcli analyze" in " ".join(r.stderr.split())
