@@ -131,9 +131,23 @@ def ranges(out: Output, model_in: str, plot: str | None, show_all: bool) -> None
     if plot:
         plot_ranges(plot, [("ranges", rows)], limit=None if show_all else MAX_LAYERS)
         _wrote_plot(out, plot, len(rows), show_all)
-    out.info(ranges_table(rows))
+    out.info(ranges_table(rows) if rows else _no_ranges(model))
     out.emit_json({"command": "ranges", "input": model_in,
                    "layers": [jsonable(r) for r in rows]})
+
+
+def _no_ranges(model) -> str:
+    """Why ``ranges`` has no row: the layers it found and the first one's reason, and the nodes
+    inside If/Loop subgraphs (an empty table said nothing)."""
+    from aimetcli import graph as g
+    from aimetcli.layers import as_layer, check_weight
+
+    reasons = [check_weight(la).reason for n in model.graph if (la := as_layer(n)) is not None]
+    why = [f"{len(reasons)} Conv/ConvTranspose/Gemm/MatMul in the main graph, none with constant float "
+           f"weights (the first: {reasons[0]})" if reasons else "no Conv, ConvTranspose, Gemm or MatMul in the main graph"]
+    if (flow := g.control_flow_nodes(model)) is not None:
+        why.append(f"{flow.nodes} nodes inside the subgraphs of {flow.describe()}, which ranges does not read")
+    return "No weight ranges to show: " + "; ".join(why) + "."
 
 
 COMMANDS = [equalize, ranges]
