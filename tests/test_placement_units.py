@@ -141,3 +141,17 @@ def test_a_bias_written_as_a_separate_add_is_inside_the_layer():
     assert reasons["fc"].startswith("inside a layer with bias written as 2 ops")
     assert reasons["cb"] == "inside supergroup Add+Relu"
     assert reasons["c2"] == reasons["bn"] == "inside supergroup Conv+BatchNormalization+Relu"
+
+
+def test_an_onnx_ml_op_is_named_as_one_not_as_a_custom_op():
+    """skl2onnx's Scaler before an MLP (a wheel's model): left unquantized, and called an ONNX-ML op
+    (report.json called the standard ai.onnx.ml domain's op a custom one)."""
+    scaler = helper.make_node("Scaler", ["x"], ["xs"], domain="ai.onnx.ml", offset=[0.5] * 4, scale=[2.0] * 4,
+                              name="scaler")
+    nodes = [scaler, helper.make_node("MatMul", ["xs", "w"], ["y"], name="fc")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [2, 4])],
+                              [helper.make_tensor_value_info("y", 1, None)], [init("w", np.ones((4, 3), np.float32))])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+    model, _ = api.prepare(to_ir(proto))
+    placement = place_quantizers(model, load_config(None), QuantOptions())
+    assert ("scaler", "ONNX-ML op ai.onnx.ml::Scaler left unquantized") in placement.skipped

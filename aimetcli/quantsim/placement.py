@@ -145,7 +145,8 @@ def place_quantizers(model: ir.Model, cfg: QuantsimConfig, opts: QuantOptions) -
     for node in graph:
         op = node.op_type
         if node.domain not in g.ONNX_DOMAINS:
-            placement.skipped.append((g.node_label(node), f"custom op {node.domain}::{op} left unquantized"))
+            kind = "ONNX-ML op" if node.domain == "ai.onnx.ml" else "custom op"
+            placement.skipped.append((g.node_label(node), f"{kind} {node.domain}::{op} left unquantized"))
             continue
         if cfg.op_input_quantized(op):
             for value in node.inputs:
