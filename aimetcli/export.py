@@ -31,6 +31,7 @@ from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.quant import Encoding, encoding_from_range, fake_quantize
 from aimetcli.model_ops import ModelSource, as_model, clone, upgrade_opset
 from aimetcli.quantsim.insert import insert_qdq, is_grid_node
+from aimetcli.targets import onnxruntime_notes
 
 QUANTSIM_METADATA_KEY = "aimetcli.quantsim"
 
@@ -473,6 +474,7 @@ def export(model: ModelSource, outdir: str, *, encodings_path: str | None = None
 
         check_export(fp32, target, params, acts)
     warnings = check_weights_fit(fp32, params, force=force) if encodings_path is not None else []
+    warnings += onnxruntime_notes(fp32, acts, params)
     fixed = [TensorEncoding(te.name, params.get(te.name, te.encoding) if te.kind == "param" else te.encoding, te.kind)
              for te in encodings]
     try:

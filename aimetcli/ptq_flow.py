@@ -462,6 +462,7 @@ def _export(flow: _Flow, final: _Sim, opts, outdir: str, encoding_version: str, 
     t = time.perf_counter()
     flow.start("export: writing and scoring model_qdq.onnx")
     exported = export_model(final.model, outdir, version=encoding_version, target=opts.target)
+    flow.warnings.extend(w for w in exported.warnings if w not in flow.warnings)
     model_io.save_model(final.model, os.path.join(outdir, "sim.onnx"))
     qdq = model_io.load_model(os.path.join(outdir, "model_qdq.onnx")).model
     # onnxruntime's integer kernels, as deployed; scored on the same data as the other rows
