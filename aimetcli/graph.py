@@ -158,6 +158,31 @@ def fixed_dim(d: int | ir.SymbolicDim | None) -> int | None:
     return d if isinstance(d, int) and d > 0 else None
 
 
+# ai.onnx.ml ops whose output has its input's shape (the ONNX-ML spec), and the output's element
+# type: None for the input's. onnx's shape inference has no shape function for them.
+_ONNX_ML_SAME_SHAPE = {"Scaler": ir.DataType.FLOAT, "Normalizer": ir.DataType.FLOAT, "Binarizer": None,
+                       "Imputer": None}
+
+
+def shapes_through_onnx_ml(model: ir.Model) -> bool:
+    """Give the outputs of the main graph's same-shape ai.onnx.ml ops (an sklearn pipeline's Scaler
+    before an MLP) their input's shape where it is known and theirs is not, so that a second shape
+    inference reaches the layers after them. Returns whether any output changed."""
+    changed = False
+    for node in model.graph:
+        kind = _ONNX_ML_SAME_SHAPE.get(node.op_type, "") if node.domain == "ai.onnx.ml" else ""
+        if kind == "" or not node.inputs or node.inputs[0] is None or node.inputs[0].shape is None:
+            continue
+        out = node.outputs[0]
+        if out.shape is None:
+            out.shape = ir.Shape(node.inputs[0].shape)
+            dtype = kind if kind is not None else node.inputs[0].dtype
+            if out.type is None and dtype is not None:
+                out.type = ir.TensorType(dtype)
+            changed = True
+    return changed
+
+
 def free_unknown_dims(model: ir.Model) -> int:
     """Declare the main graph's input and output sizes <= 0 unknown (``fixed_dim``), as the
     ONNX spec spells it: onnxruntime refuses to feed any other size to a dim declared 0.

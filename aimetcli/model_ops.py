@@ -87,6 +87,13 @@ def prepare(model: ir.Model, *, simplify: bool = False, float32: bool = False) -
             ShapeInferencePass(strict_mode=False)(model)
         except Exception as exc:
             report.shape_inference_error = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    if g.shapes_through_onnx_ml(model):  # onnx infers no ai.onnx.ml op's shape, nor the layers' after them
+        try:
+            from onnx_ir.passes.common import ShapeInferencePass
+
+            ShapeInferencePass(strict_mode=False)(model)
+        except Exception as exc:
+            report.shape_inference_error = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
     return model, report
 
 

@@ -155,3 +155,22 @@ def test_an_onnx_ml_op_is_named_as_one_not_as_a_custom_op():
     model, _ = api.prepare(to_ir(proto))
     placement = place_quantizers(model, load_config(None), QuantOptions())
     assert ("scaler", "ONNX-ML op ai.onnx.ml::Scaler left unquantized") in placement.skipped
+
+
+def test_layers_after_an_onnx_ml_scaler_get_their_shapes():
+    """onnx's shape inference has no shape function for ai.onnx.ml's Scaler, so the sklearn MLP's
+    MatMuls after it had inputs of unknown rank and bias-correct skipped all three; preparation now
+    gives the Scaler's output its input's shape and infers again."""
+    from aimetcli.layers import as_layer
+
+    scaler = helper.make_node("Scaler", ["x"], ["xs"], domain="ai.onnx.ml", offset=[0.5] * 4, scale=[2.0] * 4,
+                              name="scaler")
+    nodes = [scaler, helper.make_node("MatMul", ["xs", "w"], ["h"], name="fc"),
+             helper.make_node("Relu", ["h"], ["y"], name="relu")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, ["n", 4])],
+                              [helper.make_tensor_value_info("y", 1, None)], [init("w", np.ones((4, 3), np.float32))])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+    model, _ = api.prepare(to_ir(proto))
+    fc = next(n for n in model.graph if n.name == "fc")
+    assert as_layer(fc).input_known_2d
+    assert len(model.graph.node(0).outputs[0].shape) == 2
