@@ -81,20 +81,20 @@ def prepare(model: ir.Model, *, simplify: bool = False, float32: bool = False) -
                 f"the model computes in {kinds}: quantizing its float32 version ({upcast.tensors} tensors "
                 f"upcast); the models and encodings written are float32, as QNN/SNPE converters take them")
     if report.simplified or not model.meta.get(model_io.SHAPES_META, False):
-        try:
-            from onnx_ir.passes.common import ShapeInferencePass
-
-            ShapeInferencePass(strict_mode=False)(model)
-        except Exception as exc:
-            report.shape_inference_error = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        _infer_shapes(model, report)
     if g.shapes_through_onnx_ml(model):  # onnx infers no ai.onnx.ml op's shape, nor the layers' after them
-        try:
-            from onnx_ir.passes.common import ShapeInferencePass
-
-            ShapeInferencePass(strict_mode=False)(model)
-        except Exception as exc:
-            report.shape_inference_error = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        _infer_shapes(model, report)
     return model, report
+
+
+def _infer_shapes(model: ir.Model, report: PrepareReport) -> None:
+    """onnx's shape inference, in place; its failure goes to the report's first line, not up."""
+    from onnx_ir.passes.common import ShapeInferencePass
+
+    try:
+        ShapeInferencePass(strict_mode=False)(model)
+    except Exception as exc:
+        report.shape_inference_error = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
 
 def load(source: str, *, simplify: bool = False, float32: bool = False) -> tuple[ir.Model, PrepareReport]:

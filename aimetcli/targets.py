@@ -28,6 +28,7 @@ import onnx_ir as ir
 
 from aimetcli import graph as g
 from aimetcli.errors import AimetCliError, ErrorKind
+from aimetcli.quantsim.units import input_grid
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,8 @@ def onnxruntime_notes(model: ir.Model, acts: dict, params: dict) -> list[str]:
     for node in model.graph:
         if not g.is_op(node, "MatMul") or len(node.inputs) < 2 or node.inputs[0] is None or node.inputs[1] is None:
             continue
-        a, w = _grid_read(node.inputs[0], acts), params.get(node.inputs[1].name)
+        read = input_grid(node.inputs[0], acts)
+        a, w = read[1] if read else None, params.get(node.inputs[1].name)
         if a is not None and w is not None and a.bitwidth > 8 and w.bitwidth <= 8:
             hit += 1
     if not hit:
@@ -216,18 +218,3 @@ def onnxruntime_notes(model: ir.Model, acts: dict, params: dict) -> list[str]:
             f"them into MatMulNBits, which by default computes with 8-bit inputs; create its session with "
             f'the option {MATMUL_NBITS_OPTION}="1" to keep the 16 bits (ViT-tiny W8A16: 32.9 -> 34.2 dB)']
 
-
-# ops that move a quantized tensor's values without changing them: the grid read through them
-_MOVES = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Split", "Identity"})
-
-
-def _grid_read(value: ir.Value, acts: dict):
-    """The activation grid ``value`` carries: its own, or that of the tensor it was moved from."""
-    for _ in range(8):
-        if value.name in acts:
-            return acts[value.name]
-        node = value.producer()
-        if node is None or node.op_type not in _MOVES or not node.inputs or node.inputs[0] is None:
-            return None
-        value = node.inputs[0]
-    return None

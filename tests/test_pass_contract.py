@@ -183,6 +183,21 @@ def test_lift_constants_leaves_weights_read_from_inputs_or_dequantized():
     assert not LiftConstantsPass()(model).modified
 
 
+def test_lift_constants_leaves_a_weight_onnxruntime_cannot_compute():
+    """A chain onnxruntime refuses alone (a Reshape to a size the weight does not have) stays as it
+    is: preparation does not fail on it (the model's own run reports it, as before)."""
+    nodes = [helper.make_node("Cast", ["q"], ["f"], to=1),
+             helper.make_node("Reshape", ["f", "bad"], ["w"]),
+             helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")]
+    proto = helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", 1, [2, 6])], [helper.make_tensor_value_info("y", 1, None)],
+        [init("q", np.ones((6, 5), np.int8)), init("bad", np.array([7, 5], np.int64))]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    model = to_ir(proto)
+    assert not LiftConstantsPass()(model).modified
+    assert [n.op_type for n in model.graph] == ["Cast", "Reshape", "MatMul"]
+
+
 def test_fold_channel_affine_twice_second_run_is_unmodified_and_keeps_no_state():
     from aimetcli.passes.fold_channel_affine import FoldChannelAffinePass
 

@@ -12,15 +12,17 @@ from aimetcli.errors import AimetCliError, ErrorKind
 def render_export(out: Output, summary) -> None:
     ratio = summary.fp32_bytes / max(1, summary.qdq_bytes)
     # a tiny model's QDQ nodes can outweigh what its integer weights save
-    why = ("its QDQ nodes weigh about what the integer weights save" if summary.param_encodings
-           else "no weight is stored as integers")
+    if summary.param_encodings:
+        as_large, larger = ("its QDQ nodes weigh about what the integer weights save",
+                            "its QDQ nodes outweigh the integer weights")
+    else:
+        as_large = larger = "no weight is stored as integers"
     if round(ratio, 1) == 1.0 or round(1 / ratio, 1) == 1.0:
-        size = f"about the size of model.onnx ({why})"
+        size = f"about the size of model.onnx ({as_large})"
     elif ratio > 1:
         size = f"{ratio:.1f}x smaller than model.onnx"
     else:
-        size = (f"{summary.qdq_bytes / max(1, summary.fp32_bytes):.1f}x larger than model.onnx "
-                f"({'its QDQ nodes outweigh the integer weights' if summary.param_encodings else why})")
+        size = f"{summary.qdq_bytes / max(1, summary.fp32_bytes):.1f}x larger than model.onnx ({larger})"
     out.info(f"Wrote {summary.directory}/: {', '.join(summary.files)}")
     out.info(f"{summary.activation_encodings} activation and {summary.param_encodings} param encodings "
              f"({summary.encodings_version}); model_qdq.onnx is {summary.qdq_bytes / 1e6:.2f} MB, {size}.")

@@ -29,6 +29,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
 from aimetcli import graph as g
+from aimetcli.errors import AimetCliError
 
 
 # Tensor types deserialization and the passes produce; ``Attr.as_tensor`` tests the value against
@@ -114,9 +115,9 @@ def constant_producers(value: ir.Value) -> list[ir.Node] | None:
                 return None
             continue
         node = v.producer()
-        if node is None or id(node) in nodes:
-            if node is None:
-                return None
+        if node is None:  # a graph input
+            return None
+        if id(node) in nodes:
             continue
         if node.domain not in g.ONNX_DOMAINS or node.op_type not in _FOLDABLE or len(nodes) == _MAX_FOLDED:
             return None
@@ -168,8 +169,12 @@ def _fold_computed_weights(model: ir.Model) -> bool:
             nodes = constant_producers(value)
             if not nodes:
                 continue
-            array = _evaluate(model, nodes, value)
-            _replace_with_initializer(graph, value.producer(), np.array(array, order="C", copy=True))
+            try:
+                array = _evaluate(model, nodes, value)
+            except AimetCliError:  # onnxruntime cannot compute it alone: left computed, as it was
+                continue
+            # onnxruntime's output is the array's own memory: no copy to make
+            _replace_with_initializer(graph, value.producer(), np.ascontiguousarray(array))
             for dead in reversed(nodes[:-1]):  # the chain's other nodes, where nothing else reads them
                 if all(not out.uses() and not out.is_graph_output() for out in dead.outputs):
                     sources = list(dead.inputs)

@@ -52,7 +52,7 @@ from aimetcli.layers import as_layer
 from aimetcli.options import QuantOptions
 from aimetcli.quantsim.config import QuantsimConfig
 from aimetcli.quantsim.per_layer import apply_bits, apply_exclusions
-from aimetcli.quantsim.units import SAME_GRID_OPS, unit_inner
+from aimetcli.quantsim.units import input_grid, unit_inner
 from aimetcli.verdict import Verdict, skip
 
 # float16/bfloat16 tensors stay unquantized: QDQ scales would have to be float16 too.
@@ -205,18 +205,6 @@ def note_control_flow(model: ir.Model, placement: Placement) -> None:
 MIN_CONCAT_LEVELS = 16
 
 
-def _input_grid(value: ir.Value | None, activations: dict[str, Encoding]) -> tuple[str, Encoding] | None:
-    """The tensor whose grid ``value`` is on and that grid, through data movement; None when float."""
-    while value is not None:
-        if value.name in activations:
-            return value.name, activations[value.name]
-        node = value.producer()
-        if not g.is_op(node, *SAME_GRID_OPS):
-            return None
-        value = node.inputs[0]
-    return None
-
-
 def revise_after_calibration(model: ir.Model, placement: Placement, activations: dict[str, Encoding]) -> None:
     """Drop the output quantizer of each Concat that would destroy one of its inputs.
 
@@ -239,7 +227,7 @@ def revise_after_calibration(model: ir.Model, placement: Placement, activations:
         out = activations.get(node.outputs[0].name)
         if out is None or out.per_channel:
             continue
-        grids = [_input_grid(v, activations) for v in node.inputs]
+        grids = [input_grid(v, activations) for v in node.inputs]
         if len(grids) < 2 or any(grid is None or grid[1].per_channel for grid in grids):
             continue
         levels = {name: enc.num_steps * float(enc.scale) / float(out.scale) for name, enc in grids}

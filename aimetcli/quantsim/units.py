@@ -8,14 +8,32 @@ follows sole consumers, and returns the ops whose outputs stay float: all but th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypeVar
+
 import onnx_ir as ir
 
 from aimetcli import graph as g
 from aimetcli.verdict import Verdict, skip
 
+T = TypeVar("T")
+
 # ops whose output is on the grid of their first input (values moved, none computed)
 SAME_GRID_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Slice", "Gather",
                  "Expand", "Split", "Dropout")
+
+
+def input_grid(value: ir.Value | None, activations: Mapping[str, T]) -> tuple[str, T] | None:
+    """The tensor whose grid ``value`` is on and that grid (``activations``' entry), through data
+    movement (SAME_GRID_OPS); None when float."""
+    while value is not None:
+        if value.name in activations:
+            return value.name, activations[value.name]
+        node = value.producer()
+        if not g.is_op(node, *SAME_GRID_OPS):
+            return None
+        value = node.inputs[0]
+    return None
 
 
 def _next(value: ir.Value, op: str, *, other_constant: bool = False) -> ir.Node | None:
