@@ -458,6 +458,7 @@ def _export(flow: _Flow, final: _Sim, opts, outdir: str, encoding_version: str, 
             several: bool) -> PtqSummary:
     """Write what export writes, sim.onnx, and ptq's decisions into report.json; score model_qdq."""
     from aimetcli.export import export as export_model
+    from aimetcli.runtime import MATMUL_NBITS_OPTION
 
     t = time.perf_counter()
     flow.start("export: writing and scoring model_qdq.onnx")
@@ -465,15 +466,18 @@ def _export(flow: _Flow, final: _Sim, opts, outdir: str, encoding_version: str, 
     flow.warnings.extend(w for w in exported.warnings if w not in flow.warnings)
     model_io.save_model(final.model, os.path.join(outdir, "sim.onnx"))
     qdq = model_io.load_model(os.path.join(outdir, "model_qdq.onnx")).model
-    # onnxruntime's integer kernels, as deployed; scored on the same data as the other rows
-    held = flow.judge.score(qdq, optimization="all")
-    shown = flow.scorer.score(qdq, optimization="all") if flow.scorer is not None else held
+    # onnxruntime's integer kernels, as deployed with the options export names; on the other rows' data
+    held = flow.judge.score(qdq, optimization="advised")
+    shown = flow.scorer.score(qdq, optimization="advised") if flow.scorer is not None else held
     if held.sqnr_db is not None and held.sqnr_db < LOW_SQNR_DB and flow.mixed is None:
         flow.warnings.append(f"model_qdq.onnx keeps {held.sqnr_db:.1f} dB of output SQNR against FP32 on the "
                              "calibration samples: `aimetcli analyze` lists the quantizers that lose it; keep "
                              "them at 16 bits with --bits PATTERN=a16, or let ptq pick them with --min-sqnr DB")
+    advised = any(MATMUL_NBITS_OPTION in w for w in exported.warnings)  # the option the judge ran with
     flow.add(Stage("export: model_qdq", shown.top1, shown.sqnr_db if flow.scorer is not None else None,
-                   time.perf_counter() - t, "onnxruntime integer kernels", None, held.sqnr_db, flow.data_label))
+                   time.perf_counter() - t, "onnxruntime integer kernels" + (
+                       f", {MATMUL_NBITS_OPTION}=1 (warning below)" if advised else ""),
+                   None, held.sqnr_db, flow.data_label))
     record = used_options(opts, final.encodings)
     files = sorted({*exported.files, "sim.onnx"})
     deploy = (f"deploy: {os.path.join(outdir, 'model_qdq.onnx')} (onnxruntime) or {os.path.join(outdir, 'model.onnx')}"

@@ -198,7 +198,8 @@ class Judge:
     (score_output of FP32's outputs) only, its energies per sample (kernels/energy.py).
 
     A sim is scored as deployed (``deployed``, the default): its model_qdq.onnx (:func:`_deployable`)
-    under onnxruntime's optimizations, the integer kernels a user of model_qdq gets; with ``deployed``
+    under onnxruntime's optimizations with the session options export names (runtime.ADVISED), the
+    integer kernels a user of model_qdq gets; with ``deployed``
     False, its float emulation (runtime.SIMULATE), closer to QNN's fixed-point kernels. They differ by
     up to a few tenths of a dB (docs/design.md, "The judge scores the deployed model").
 
@@ -313,7 +314,8 @@ class Judge:
     def score(self, sim: ir.Model, optimization: str | None = None) -> Score:
         """The Score of ``sim`` (once per model: cached by identity). A quantsim model is run as the
         class docstring says, any other model without optimizations; with ``optimization`` ("none",
-        "basic", "all"), ``sim`` is run as it is under that level (a model_qdq.onnx read back: "all")."""
+        "basic", "all", "advised": runtime.JUDGED), ``sim`` is run as it is under that policy (a
+        model_qdq.onnx read back: "advised")."""
         hit = self._scores.get(id(sim))
         if hit is not None:
             return hit
@@ -381,7 +383,7 @@ class Judge:
             from aimetcli.export import QUANTSIM_METADATA_KEY
 
             deploy = self.deployed and QUANTSIM_METADATA_KEY in sim.metadata_props
-            sim, optimization = (_deployable(sim), "all") if deploy else (sim, "none")
+            sim, optimization = (_deployable(sim), "advised") if deploy else (sim, "none")
         names = [self._output]
         if self._parts is not None:
             names = scored_parts(sim, self._output)
@@ -403,7 +405,7 @@ class Judge:
         run = min(self.batch_size, runtime.reduction_run_size(data))
         graph_outputs = {o.name for o in model.graph.outputs}
         exposed = model if outputs is None or set(outputs) <= graph_outputs else expose(model, outputs)
-        session = runtime.Session(exposed, runtime.LEVELS[optimization])
+        session = runtime.Session(exposed, runtime.JUDGED[optimization])
         batches = [session.run(feeds, outputs) for feeds in data.batches(run)]
         if not joined:
             return batches

@@ -193,28 +193,31 @@ def check_export(model: ir.Model, target_name: str, params: dict, acts: dict) ->
                             f"(quantsim --target {target.name}) or export with --target generic", ErrorKind.UNSUPPORTED)
 
 
-# onnxruntime's default MatMulNBits accuracy level; level 1 computes in float
-MATMUL_NBITS_OPTION = "session.qdq_matmulnbits_accuracy_level"
-
-
 def onnxruntime_notes(model: ir.Model, acts: dict, params: dict) -> list[str]:
     """What a user deploying model_qdq.onnx on onnxruntime's CPU provider should set. onnxruntime
-    (1.32) fuses an 8-bit weight's DequantizeLinear into the MatMul that reads it (MatMulNBits),
-    and at its default accuracy level (4) that kernel requantizes the MatMul's other input to 8
-    bits at run time: a 16-bit activation there loses its extra bits (ViT-tiny W8A16, 34.2 dB
-    against FP32 as simulated, 32.9 dB so deployed; 34.2 dB with level 1, at about 1.3x the
-    latency). The fusion needs the weight to be a MatMul's second input."""
+    (1.32) fuses a weight's DequantizeLinear of 8 bits or fewer into the MatMul that reads it
+    (MatMulNBits) unless the MatMul's other input or its output is on an 8-bit grid (a QDQ MatMul:
+    an integer kernel, or float), and at its default accuracy level (4) MatMulNBits requantizes that
+    input to 8 bits at run time: a 16-bit or float activation there loses its extra bits (ViT-tiny W8A16,
+    34.2 dB against FP32 as simulated, 32.9 dB so deployed; 34.2 dB with level 1, at about 1.3x the
+    latency). The fusion needs the weight to be a MatMul's second input. ptq's judge scores the
+    deployed model with the option (runtime.ADVISED), which changes only the MatMuls counted here."""
+    from aimetcli.runtime import MATMUL_NBITS_OPTION
+
     hit = 0
     for node in model.graph:
         if not g.is_op(node, "MatMul") or len(node.inputs) < 2 or node.inputs[0] is None or node.inputs[1] is None:
             continue
         read = input_grid(node.inputs[0], acts)
-        a, w = read[1] if read else None, params.get(node.inputs[1].name)
-        if a is not None and w is not None and a.bitwidth > 8 and w.bitwidth <= 8:
+        w = params.get(node.inputs[1].name)
+        if w is None or w.bitwidth > 8 or node.inputs[0].name in params:
+            continue
+        out = acts.get(node.outputs[0].name)
+        if (read is None or read[1].bitwidth > 8) and (out is None or out.bitwidth > 8):
             hit += 1
     if not hit:
         return []
-    return [f"{hit} MatMul(s) read a 16-bit activation and an 8-bit weight: onnxruntime's CPU provider fuses "
-            f"them into MatMulNBits, which by default computes with 8-bit inputs; create its session with "
-            f'the option {MATMUL_NBITS_OPTION}="1" to keep the 16 bits (ViT-tiny W8A16: 32.9 -> 34.2 dB)']
-
+    return [f"{hit} MatMul(s) read a 16-bit or float activation and a weight of 8 bits or fewer: onnxruntime's "
+            f"CPU provider fuses them into MatMulNBits, which by default requantizes that activation to 8 bits; "
+            f'create its session with the option {MATMUL_NBITS_OPTION}="1" to keep it (ViT-tiny W8A16: '
+            f"32.9 -> 34.2 dB)"]

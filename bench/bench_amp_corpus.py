@@ -79,17 +79,20 @@ def _parts_judge(model: Path, data: Path):
     return judge if len(judge.scored() or []) > 1 else None
 
 
-def _sqnr(fp32, path: Path, name: str, x: np.ndarray, task: str, optimize: bool, parts=None) -> float:
+def _sqnr(fp32, path: Path, name: str, x: np.ndarray, task: str, optimize: bool, parts=None,
+          advised: bool = False) -> float:
     """SQNR of ``path`` against ``fp32`` over ``x``: as ``parts`` scores it (:func:`_parts_judge`);
     of the logits when ``fp32`` is the session of a Softmax's input (zoo_metrics.logits_session),
-    as ptq's judge scores them; else of the first float output."""
+    as ptq's judge scores them; else of the first float output. ``advised``: with the session
+    option export names (what ptq's judge runs)."""
     if parts is not None:
         from aimetcli.model_io import load_model
 
-        return parts.score(load_model(str(path)).model, optimization="all" if optimize else "none").sqnr_db
-    if len(fp32.get_outputs()) == 1 and (q := zoo_metrics.logits_session(str(path), optimize)) is not None:
+        level = ("advised" if advised else "all") if optimize else "none"
+        return parts.score(load_model(str(path)).model, optimization=level).sqnr_db
+    if len(fp32.get_outputs()) == 1 and (q := zoo_metrics.logits_session(str(path), optimize, advised)) is not None:
         return zoo_metrics.logits_sqnr(fp32, q, name, x)
-    return zoo_metrics.compare(fp32, zoo_metrics.session(str(path), optimize), name, x, task).sqnr_db
+    return zoo_metrics.compare(fp32, zoo_metrics.session(str(path), optimize, advised), name, x, task).sqnr_db
 
 
 def measure(m: ZooModel, granularities: list[str], gap: float, work: Path, cost: str = "activations") -> dict:
@@ -136,7 +139,8 @@ def measure(m: ZooModel, granularities: list[str], gap: float, work: Path, cost:
     mp = report["mixed_precision"]
     acts = [g for g in mp["groups"] if g["activation"]]
     row["ptq"].update({
-        "deploy_sqnr_db": _sqnr(fp32, out / "model_qdq.onnx", name, x, m.task, True, parts),
+        "deploy_sqnr_db": _sqnr(fp32, out / "model_qdq.onnx", name, x, m.task, True, parts, advised=True),
+        "deploy_default_sqnr_db": _sqnr(fp32, out / "model_qdq.onnx", name, x, m.task, True, parts),
         "search_sqnr_db": mp["chosen_sqnr_db"], "rebuilt_sqnr_db": mp["final_sqnr_db"],
         "a16": sum(1 for g in acts if g["act_bw"] == 16), "activations": len(acts),
         "share": mp["wide_activation_share"], "seconds_search": mp["seconds"], "runs": mp["runs"],
@@ -148,6 +152,14 @@ def measure(m: ZooModel, granularities: list[str], gap: float, work: Path, cost:
 
 def _db(v) -> str:
     return "-" if v is None else f"{v:.1f}"
+
+
+def _deployed(p: dict) -> str:
+    """The advised session's SQNR, and the default session's where it differs."""
+    default = p.get("deploy_default_sqnr_db")
+    if default is None or abs(default - p["deploy_sqnr_db"]) < 0.05:
+        return _db(p["deploy_sqnr_db"])
+    return f"{_db(p['deploy_sqnr_db'])} ({_db(default)} default)"
 
 
 def render(rows: list[dict], gap: float) -> str:
@@ -171,7 +183,7 @@ def render(rows: list[dict], gap: float) -> str:
             met = p["deploy_sqnr_db"] >= p["target"]
             sec = p["seconds_search"]
             cells += [f"{p['target']:.2f} ({p['granularity']}, {p.get('cost', 'bitops')})", _db(p["search_sqnr_db"]), _db(p["rebuilt_sqnr_db"]),
-                      _db(p["deploy_sqnr_db"]), "met" if met else "MISSED",
+                      _deployed(p), "met" if met else "MISSED",
                       f"{100 * p['share']:.0f}% ({p['a16']} of {p['activations']})", f"{p['relative_bitops']:.3f}",
                       f"{sec.get('build', 0):.0f} / {sec.get('phase1', 0):.0f} / {sec.get('phase2', 0):.0f}",
                       f"{p['seconds']:.0f} / {p['cpu']:.0f}"]
@@ -185,7 +197,8 @@ def render(rows: list[dict], gap: float) -> str:
             "weight granularity (--per-channel / --per-tensor; 8-bit weights, each activation at 8 or 16 bits). "
             "search / rebuilt: the chosen point in the switchable sim and rebuilt as a plain sim, scored where "
             "the budget is measured (ptq's judge, on the evaluation samples); deployed: ptq's model_qdq.onnx (after its other stages) on the "
-            "evaluation samples, with onnxruntime's default optimizations, scored as the sims are; met: deployed >= budget. A16 share: activation quantizers at 16 bits of those the "
+            "evaluation samples, with onnxruntime's default optimizations and the session option export names where it applies "
+            "(MatMulNBits' accuracy level: docs/design.md), scored as the sims are; in brackets the default session's where it differs; met: deployed >= budget. A16 share: activation quantizers at 16 bits of those the "
             "search sets (the issue asks at most 25%). bit-ops relative to all-W8A8. Each process timed once; "
             "load average before and after the model's runs.\n\n")
     text += common.table(head, out)

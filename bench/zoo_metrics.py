@@ -31,12 +31,21 @@ BATCH = 8
 MASK_THRESHOLD = 0.3
 
 
-def session(path: str, optimize: bool) -> ort.InferenceSession:
-    """onnxruntime with its default optimizations (a deployment) or none (QDQ as exact float emulation)."""
+def _options(optimize: bool, advised: bool) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    if advised:  # the option export names for MatMuls reading 16-bit or float activations
+        from aimetcli.runtime import MATMUL_NBITS_OPTION
+
+        opts.add_session_config_entry(MATMUL_NBITS_OPTION, "1")
+    return opts
+
+
+def session(path: str, optimize: bool, advised: bool = False) -> ort.InferenceSession:
+    """onnxruntime with its default optimizations (a deployment) or none (QDQ as exact float emulation);
+    ``advised``: with the session option aimetcli's export names (runtime.ADVISED)."""
+    return ort.InferenceSession(path, _options(optimize, advised), providers=["CPUExecutionProvider"])
 
 
 def first_float_output(sess: ort.InferenceSession, name: str, x: np.ndarray) -> np.ndarray:
@@ -236,7 +245,7 @@ _PASS_THROUGH = {"QuantizeLinear", "DequantizeLinear", "Identity", "Reshape", "F
                  "Clip"}
 
 
-def logits_session(path: str, optimize: bool) -> ort.InferenceSession | None:
+def logits_session(path: str, optimize: bool, advised: bool = False) -> ort.InferenceSession | None:
     """A session of the model at ``path`` whose only output is the input of the Softmax that
     computes its first output (through output quantizers and Reshape-like ops), or None when
     that output is no Softmax's. Class probabilities of a confident classifier are saturated, so
@@ -253,10 +262,7 @@ def logits_session(path: str, optimize: bool) -> ort.InferenceSession | None:
         return None
     del model.graph.output[:]
     model.graph.output.append(onnx.helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, None))
-    opts = ort.SessionOptions()
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), _options(optimize, advised), providers=["CPUExecutionProvider"])
 
 
 def logits_sqnr(fp32: ort.InferenceSession, quant: ort.InferenceSession, name: str, x: np.ndarray) -> float:

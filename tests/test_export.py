@@ -310,7 +310,7 @@ def test_ptq_scores_each_sim_once_on_the_calibration_samples(tmp_path):
 def test_ptq_onnxruntime_sessions_and_passes(tmp_path, monkeypatch):
     """What ptq runs in onnxruntime, by session policy (docs/design.md, "What ptq runs"): per
     policy, the sessions and the passes over the 24 calibration samples. A stage or a rerun
-    added to the flow shows here. deploy: the five sims scored as deployed (fold-bn, per-channel,
+    added to the flow shows here. deploy-advised: the five sims scored as deployed (fold-bn, per-channel,
     tf-enhanced on all 24 samples; per-channel weights were chosen, so equalization is not tried;
     bias correction with its own grids and
     with the incumbent's, which needs no calibration run, on its 6 held-out samples: both
@@ -346,11 +346,11 @@ def test_ptq_onnxruntime_sessions_and_passes(tmp_path, monkeypatch):
     # min-max chosen: the correction run computes its grids (a tf-enhanced incumbent lends its own)
     assert summary.options["scheme"] == "min-max" and summary.decisions[1].kept is False
     assert summary.options["per_channel"] is True
-    assert dict(sessions) == {"measure": 3, "simulate-fused": 1, "deploy": 6}
+    assert dict(sessions) == {"measure": 3, "simulate-fused": 1, "deploy-advised": 6}
     assert not any(s.kept for s in summary.stages if s.name.startswith("+ bias-correct"))
     assert {k: v / 24 for k, v in samples.items()} == {"measure": 2 + 18 / 24, "simulate-fused": 18 / 24,
-                                                        "deploy": 3 + 2 * 6 / 24 + 1}
-    assert biggest["deploy"] <= runtime.reduction_run_size(calib) < calib.num_samples
+                                                        "deploy-advised": 3 + 2 * 6 / 24 + 1}
+    assert biggest["deploy-advised"] <= runtime.reduction_run_size(calib) < calib.num_samples
 
 
 def _tf_enhanced_ptq(tmp_path, monkeypatch, reach: float = 3.0):

@@ -60,7 +60,7 @@ def test_the_judge_scores_a_sim_as_its_model_qdq_runs_in_onnxruntime(tmp_path, m
     # (on another CPU the float emulation's sums may round alike: then only the policies tell)
     assert Judge(model, data, 8).score(sim).sqnr_db == pytest.approx(_sqnr(ref, deployed), abs=1e-7)
     assert Judge(model, data, 8, deployed=False).score(sim).sqnr_db == pytest.approx(_sqnr(ref, emulated), abs=1e-7)
-    for deployed_, policy in ((True, "deploy"), (False, "simulate")):
+    for deployed_, policy in ((True, "deploy-advised"), (False, "simulate")):
         judge = Judge(model, data, 8, deployed=deployed_)
         made = []
         monkeypatch.setattr(runtime.Session, "__init__",
