@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import helper, numpy_helper
 
-from aimetcli import api, ptq_flow, ptq_judge
+from aimetcli import api, model_io, ptq_flow, ptq_judge
 from aimetcli import encodings as enc_io
 from aimetcli.cli import main
 from aimetcli.kernels.quant import QuantScheme
@@ -297,13 +297,13 @@ def test_ptq_scores_each_sim_once_on_the_calibration_samples(tmp_path):
                      "+ bias-correct, kept grids", "sim.onnx", "export: model_qdq"]
     assert len({id(m) for m in seen}) == len(seen) and len({id(m) for m in held}) == len(held)
     # the sims of fold-bn, per-channel, tf-enhanced, equalize (per-tensor weights only, with each
-    # scheme), the bias correction kept, the QDQ model (FP32's outputs come from fold-bn's calibration run, no
-    # run of the judge's); bias correction's two sims on the held-out samples
+    # scheme), the bias correction kept (FP32's outputs come from fold-bn's calibration run, no run of the
+    # judge's; model_qdq.onnx takes the kept sim's score); bias correction's two sims on the held-out samples
     stages = {s.name: s for s in summary.stages}
     assert stages["fp32"].note == "reference (kept by fold-bn's calibration run)"
     kept = [n for n in ("+ bias-correct", "+ bias-correct, kept grids") if stages[n].kept]
     assert len(kept) == 1 and stages[kept[0]].calib_sqnr_db is not None
-    assert len(held) == 2 and len(seen) == (5 if per_channel else 7)
+    assert len(held) == 2 and len(seen) == (4 if per_channel else 6)
     assert sum(any(m is h for h in held) for m in seen) == 1  # only the kept one runs on all 24
 
 
@@ -314,8 +314,8 @@ def test_ptq_onnxruntime_sessions_and_passes(tmp_path, monkeypatch):
     tf-enhanced on all 24 samples; per-channel weights were chosen, so equalization is not tried;
     bias correction with its own grids and
     with the incumbent's, which needs no calibration run, on its 6 held-out samples: both
-    dropped, neither runs on all of them; FP32's outputs are kept by fold-bn's calibration run),
-    and model_qdq scored; measure: two calibrations, the folded model's histogram run that serves
+    dropped, neither runs on all of them; FP32's outputs are kept by fold-bn's calibration run);
+    model_qdq is not run again (its score is the chosen sim's: the test below); measure: two calibrations, the folded model's histogram run that serves
     both schemes and the per-channel candidate (activation ranges see FP32 weights), bias
     correction's (reductions: min-max was chosen), and its FP32 means over its 18 fit samples;
     simulate-fused: the correction run. The judge's runs take at most reduction_run_size samples."""
@@ -346,11 +346,32 @@ def test_ptq_onnxruntime_sessions_and_passes(tmp_path, monkeypatch):
     # min-max chosen: the correction run computes its grids (a tf-enhanced incumbent lends its own)
     assert summary.options["scheme"] == "min-max" and summary.decisions[1].kept is False
     assert summary.options["per_channel"] is True
-    assert dict(sessions) == {"measure": 3, "simulate-fused": 1, "deploy-advised": 6}
+    assert dict(sessions) == {"measure": 3, "simulate-fused": 1, "deploy-advised": 5}
     assert not any(s.kept for s in summary.stages if s.name.startswith("+ bias-correct"))
     assert {k: v / 24 for k, v in samples.items()} == {"measure": 2 + 18 / 24, "simulate-fused": 18 / 24,
-                                                        "deploy-advised": 3 + 2 * 6 / 24 + 1}
+                                                        "deploy-advised": 3 + 2 * 6 / 24}
     assert biggest["deploy-advised"] <= runtime.reduction_run_size(calib) < calib.num_samples
+
+
+def test_ptq_reports_the_score_of_the_model_qdq_it_wrote(tmp_path):
+    """ptq's export row takes the judge's score of the chosen sim instead of running the written
+    model_qdq.onnx again: the file, run as the judge runs it (onnxruntime's optimizations and the
+    advised session option), gives the same SQNR on the calibration samples and on --eval (to the
+    order of the float64 sums: the judge may add a sim's per-sample energies from two runs)."""
+    from aimetcli import runtime
+    from aimetcli.calibration.data import input_specs, open_data
+    from aimetcli.ptq_judge import Judge
+
+    model, _ = api.prepare(to_ir(model_proto(np.random.default_rng(3))))
+    calib = open_data("random:24", input_specs(model))
+    evaluation = open_data("random:16", input_specs(model))
+    summary = api.ptq(model, calib, evaluation, QuantOptions(), outdir=str(tmp_path / "out"),
+                      schemes=api.scheme_candidates(QuantOptions()))
+    row = next(s for s in summary.stages if s.name == "export: model_qdq")
+    written = model_io.load_model(str(tmp_path / "out" / "model_qdq.onnx")).model
+    assert runtime.JUDGED["advised"] is runtime.ADVISED
+    assert row.calib_sqnr_db == pytest.approx(Judge(model, calib, 32).score(written, "advised").sqnr_db, rel=1e-6)
+    assert row.sqnr_db == pytest.approx(Judge(model, evaluation, 32).score(written, "advised").sqnr_db, rel=1e-6)
 
 
 def _tf_enhanced_ptq(tmp_path, monkeypatch, reach: float = 3.0):
@@ -431,8 +452,8 @@ def test_ptq_scores_every_row_once_on_the_evaluation_data(tmp_path):
     names = [n for n in names if not n.startswith("+ equalize, ")]
     assert names == ["fold-bn", "per-channel", "tf-enhanced", *(["+ equalize"] if not per_channel else []),
                      "+ bias-correct", "+ bias-correct, kept grids", "sim.onnx", "export: model_qdq"]
-    # FP32 and each model once (sim.onnx is a row's)
-    assert len(scored) == len({id(m) for m in scored}) == 8 + other + corner - per_channel
+    # FP32 and each model once (sim.onnx and model_qdq are the kept row's)
+    assert len(scored) == len({id(m) for m in scored}) == 7 + other + corner - per_channel
     alone = api.ptq(api.clone(model), calib, None, QuantOptions(), outdir=str(tmp_path / "out2"),
                     schemes=api.scheme_candidates(QuantOptions()))
     assert [d.kept for d in alone.decisions] == [d.kept for d in summary.decisions]
