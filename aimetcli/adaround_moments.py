@@ -123,6 +123,11 @@ class _Nodes(Builder):
     def const(self, array: np.ndarray) -> ir.Value:
         return self.initializer(array, self.name("const"))
 
+    def gemm(self, a: ir.Value, c: ir.Value, **attrs) -> ir.Value:
+        """Gemm(a, c) without a bias: below opset 11 Gemm requires its C input, so a zero one."""
+        inputs = [a, c] if self.opset >= 11 else [a, c, self.const(np.zeros((), np.float32))]
+        return self.op("Gemm", inputs, **attrs)
+
 
 def _patch_matrix(b: _Nodes, layer: Layer, x: ir.Value, w_shape: tuple[int, ...], onehot: dict) -> tuple[ir.Value, bool]:
     """Nodes turning the layer's input ``x`` into its patches: (name, rows) with rows True for
@@ -185,13 +190,13 @@ def _tap_slices(b: _Nodes, x: ir.Value, kernel: tuple[int, ...], attrs: dict) ->
 
 def _products(b: _Nodes, a: ir.Value, c: ir.Value) -> ir.Value:
     """sum over positions of a c^T, [d, d] from rows [positions, d] (Gemm, no copy)."""
-    return b.op("Gemm", [a, c], transA=1)
+    return b.gemm(a, c, transA=1)
 
 
 def _output_energy(b: _Nodes, t: Target, a: ir.Value) -> ir.Value:
     """sum ||W f||^2 over positions (the loss's constant, tr(W F W^T)), from the FP32 rows."""
     w2 = weight_matrix(t.layer, np.asarray(t.layer.weight_array(), np.float32))
-    return b.op("ReduceSumSquare", [b.op("Gemm", [a, b.const(np.ascontiguousarray(w2[0]))], transB=1)],
+    return b.op("ReduceSumSquare", [b.gemm(a, b.const(np.ascontiguousarray(w2[0])), transB=1)],
                   keepdims=0)
 
 

@@ -197,6 +197,28 @@ def test_adaround_command(tmp_path):
     assert y.shape == (2, 10)
 
 
+def test_adaround_on_an_opset_9_model(tmp_path):
+    """Gemm takes its bias input as required below opset 11: the moments graph's own Gemms (the
+    patch products, the output energy) gave one, or onnxruntime refused the graph (Yahoo's
+    open_nsfw from a wheel: tf2onnx 1.8, opset 9)."""
+    rng = np.random.default_rng(9)
+    inits = [init("W1", rand(8, 3, 3, 3, rng=rng)), init("B1", rand(8, rng=rng)),
+             init("W3", rand(10, 8 * 64, rng=rng)), init("B3", rand(10, rng=rng))]
+    nodes = [helper.make_node("Conv", ["input", "W1", "B1"], ["c1"], pads=[1] * 4, strides=[2, 2]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Flatten", ["r1"], ["f"], axis=1),
+             helper.make_node("Gemm", ["f", "W3", "B3"], ["logits"], transB=1)]
+    src, out = tmp_path / "m.onnx", tmp_path / "a.onnx"
+    onnx.save(make_model(nodes, [("input", [None, 3, 16, 16])], [("logits", None)], inits, opset=9), src)
+    r = CliRunner().invoke(main, ["adaround", str(src), "-o", str(out), "--data", "random:16", "--param-bw", "4",
+                                  "--iterations", "50", "--json"])
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(r.stdout)["layers"]) == 2
+    assert onnx.load(out).opset_import[0].version == 9
+    (y,) = runtime.Session(str(out), runtime.DEPLOY).run({"input": np.zeros((2, 3, 16, 16), np.float32)})
+    assert y.shape == (2, 10)
+
+
 def test_adaround_without_data_is_a_usage_error(tmp_path):
     src = tmp_path / "m.onnx"
     onnx.save(_net(), src)

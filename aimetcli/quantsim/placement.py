@@ -52,7 +52,7 @@ from aimetcli.layers import as_layer
 from aimetcli.options import QuantOptions
 from aimetcli.quantsim.config import QuantsimConfig
 from aimetcli.quantsim.per_layer import apply_bits, apply_exclusions
-from aimetcli.quantsim.units import input_grid, unit_inner
+from aimetcli.quantsim.units import SAME_GRID_OPS, input_grid, unit_inner
 from aimetcli.verdict import Verdict, skip
 
 # float16/bfloat16 tensors stay unquantized: QDQ scales would have to be float16 too.
@@ -94,6 +94,25 @@ def _is_float(value: ir.Value) -> bool:
     return value.dtype in FLOAT_TYPES
 
 
+def integer_cast(value: ir.Value) -> ir.Node | None:
+    """A Cast to a non-float type that reads ``value`` (directly or through data movement), or
+    None. Such a float tensor holds ids or counts (a Thai segmenter's character ids go Cast ->
+    Gather): on a grid, 1.0 becomes 0.992 and the Cast truncates it to 0, so it stays float."""
+    todo, seen = [value], set()
+    while todo:
+        value = todo.pop()
+        for node in value.consumers():
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if g.is_op(node, "Cast"):
+                if not ir.DataType(node.attributes.get_int("to", 0)).is_floating_point():
+                    return node
+            elif g.is_op(node, *SAME_GRID_OPS) and node.inputs and node.inputs[0] is value:
+                todo += list(node.outputs)
+    return None
+
+
 def _supergroup_inner(graph: ir.Graph, groups: list[tuple[str, ...]]) -> dict[ir.Node, Verdict]:
     """Nodes whose output is fused into the next op of a supergroup, each with the verdict that
     skips its output."""
@@ -132,6 +151,11 @@ def place_quantizers(model: ir.Model, cfg: QuantsimConfig, opts: QuantOptions) -
                 placement.skipped.append((value.name, "element type unknown (shape inference could not tell)"))
             return
         seen.add(value.name)
+        if (cast := integer_cast(value)) is not None:
+            placement.skipped.append((value.name, f"read by {g.node_label(cast)}, a Cast to "
+                                      f"{ir.DataType(cast.attributes.get_int('to', 0)).name.lower()}: ids or counts, "
+                                      "which a grid would change; left float"))
+            return
         rule = cfg.op_types.get(op)
         placement.activations.append(ActQuantizer(
             value.name, opts.act_bw, act_symmetric(op),
