@@ -31,8 +31,10 @@ def _segmenter() -> onnx.ModelProto:
              helper.make_node("Flatten", ["kind_emb"], ["kind_flat"], axis=1),
              helper.make_node("Concat", ["flat", "kind_flat"], ["both"], axis=1),
              helper.make_node("Gemm", ["both", "w", "b"], ["y"], name="fc")]
-    inits = [init("table", rand(VOCAB, DIM)), init("kind_table", rand(4, DIM)),
-             init("shape", np.array([0, -1], np.int64)), init("w", rand(21 * DIM + 21 * DIM, 5)), init("b", rand(5))]
+    rng = np.random.default_rng(1)
+    inits = [init("table", rand(VOCAB, DIM, rng=rng)), init("kind_table", rand(4, DIM, rng=rng)),
+             init("shape", np.array([0, -1], np.int64)), init("w", rand(21 * DIM + 21 * DIM, 5, rng=rng)),
+             init("b", rand(5, rng=rng))]
     return make_model(nodes, [("ids", ["N", 21]), ("kinds", ["N", 21])], [("y", None)], inits)
 
 
@@ -62,7 +64,7 @@ def test_float_ids_cast_to_integers_keep_no_quantizer(tmp_path):
     ref = run(onnx.load(tmp_path / "m.onnx"), feeds)[0]
     got = run(onnx.load(tmp_path / "sim.onnx"), feeds)[0]
     sqnr = 10 * np.log10(np.sum(ref ** 2) / np.sum((ref - got) ** 2))
-    assert sqnr > 30, sqnr
+    assert sqnr > 15, sqnr  # 38 dB; with grids on the ids 2.6 dB here (-0.2 dB on the segmenter)
 
 
 def test_quantsim_names_the_cast_it_left_float(tmp_path):
