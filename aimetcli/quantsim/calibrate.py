@@ -25,7 +25,8 @@ from aimetcli import runtime
 from aimetcli.graph_builder import Builder, add_outputs, editable_copy, taken_names, values_by_name
 from aimetcli.runtime import reduction_run_size  # noqa: F401  (adaround.py imports it from here)
 from aimetcli.calibration.data import feed_rows
-from aimetcli.calibration.observers import EmptyObserverError, MinMaxObserver, make_observer, observe_encoding
+from aimetcli.calibration.observers import (EmptyObserverError, MinMaxObserver, make_observer, observe_encoding,
+                                            observed_range)
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.quant import (Encoding, QuantScheme, encoding_from_range, fake_quantize_finite,
                                     is_unsigned_symmetric, unsigned_symmetric_encoding)
@@ -39,6 +40,7 @@ class Encodings:
     activations: dict[str, Encoding] = field(default_factory=dict)
     params: dict[str, Encoding] = field(default_factory=dict)
     nonfinite: dict[str, int] = field(default_factory=dict)
+    constant: dict[str, float] = field(default_factory=dict)  # model inputs with one value in all the data
 
 
 def param_encodings(model: ir.Model, placement: Placement, opts: QuantOptions, *,
@@ -306,6 +308,8 @@ def _encodings(model: ir.Model, placement: Placement, opts: QuantOptions, datase
         obs = observers[a.tensor]
         if getattr(obs, "nonfinite_count", 0):
             enc.nonfinite[a.tensor] = int(obs.nonfinite_count)
+        if a.tensor in graph_inputs and obs.observed and (extremes := observed_range(obs))[0] == extremes[1]:
+            enc.constant[a.tensor] = float(extremes[0])
         settings = (opts.scheme, a.bitwidth, a.symmetric, opts.percentile, strict(a), placement.unsigned_symmetric)
         try:
             enc.activations[a.tensor] = shared.encoding(obs, settings, lambda: observe_encoding(

@@ -88,6 +88,10 @@ def quantsim(model: ModelSource, data: DataSource, options: QuantOptions | None 
     warnings += placement.warnings
     for tensor, count in encodings.nonfinite.items():
         warnings.append(f"{count} NaN/Inf values in tensor {tensor!r} were ignored during calibration")
+    for tensor, value in encodings.constant.items():
+        warnings.append(f"input {tensor!r} is {value:g} in every calibration sample: its grid fits that value alone "
+                        "and clips what the input carries at run time; calibrate on samples where it varies (a "
+                        "streaming model's state: the values the model returns for it over real input)")
     # what we write must run on stock onnxruntime: check it loads (no optimizations: cheap)
     if check_loads and model_io.tensor_bytes(model) < model_io.IN_MEMORY_LIMIT:
         from aimetcli import runtime
