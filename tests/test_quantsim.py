@@ -296,6 +296,39 @@ def test_tf_enhanced_progress_counts_batches(tmp_path):
     assert sum(steps) == dataset.num_batches(64) == 1
 
 
+def test_a_batchnorm_fold_bn_cannot_fold_is_not_sent_back_to_fold_bn(tmp_path):
+    """quantsim told a user to run fold-bn on fold-bn's own output, whose BNs (after ReLU ->
+    MaxPool, before a padding conv: a captcha reader from a wheel) it cannot fold: it now says
+    which BNs fold-bn folds and which it cannot, with fold-bn's reason."""
+    from helpers import bn_inits, bn_node
+
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["c1"], name="conv1"), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+             bn_node("bn", "p1", "b1"),
+             helper.make_node("Conv", ["b1", "W2"], ["y"], pads=[1, 1, 1, 1], name="conv2")]
+    proto = make_model(nodes, [("x", ["N", 3, 8, 8])], [("y", None)],
+                       [init("W1", rand(4, 3, 1, 1)), init("W2", rand(4, 4, 3, 3)), *bn_inits("bn", 4)])
+    onnx.save(proto, tmp_path / "m.onnx")
+    runner = CliRunner()
+    r = runner.invoke(main, ["fold-bn", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "f.onnx")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["quantsim", str(tmp_path / "f.onnx"), "-o", str(tmp_path / "s.onnx"), "--data", "random:4"])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 0 and "run fold-bn first" not in said
+    assert "1 BatchNormalization left unfolded: fold-bn cannot fold it (bn: backward:" in said, said
+    # a BN right after a conv: fold-bn folds it, and quantsim says so
+    nodes[3:4] = []
+    nodes.insert(1, bn_node("bn0", "c1", "c1b"))
+    nodes[2] = helper.make_node("Relu", ["c1b"], ["r1"])
+    nodes[-1] = helper.make_node("Conv", ["p1", "W2"], ["y"], pads=[1, 1, 1, 1], name="conv2")
+    onnx.save(make_model(nodes, [("x", ["N", 3, 8, 8])], [("y", None)],
+                         [init("W1", rand(4, 3, 1, 1)), init("W2", rand(4, 4, 3, 3)), *bn_inits("bn0", 4)]),
+              tmp_path / "m2.onnx")
+    r = runner.invoke(main, ["quantsim", str(tmp_path / "m2.onnx"), "-o", str(tmp_path / "s2.onnx"), "--data", "random:4"])
+    said = " ".join(r.output.split())
+    assert "1 BatchNormalization that fold-bn folds; run fold-bn first" in said and "cannot fold" not in said
+
+
 @pytest.mark.parametrize("scheme", ["min-max", "tf-enhanced"])
 def test_an_input_constant_in_all_the_calibration_data_is_named(tmp_path, scheme):
     """A streaming model's state input fed zeros in every calibration sample gets a grid for 0

@@ -152,6 +152,27 @@ def _forward(bn: ir.Node, n: int) -> Verdict[Layer]:
     return ok(layer) if bias else bias
 
 
+def left_bns(model: ir.Model) -> tuple[list[str], list[SkippedBn]]:
+    """The main graph's BatchNormalization nodes as fold-bn would find them, nothing changed:
+    (the labels of those it folds, those it leaves with the reason; fold-bn's own checks)."""
+    folds, left = [], []
+    for bn in model.graph:
+        if not g.is_op(bn, "BatchNormalization"):
+            continue
+        found = _bn_params(bn)
+        if not found:
+            left.append(SkippedBn(g.node_label(bn), found.reason))
+            continue
+        n = found.match.s.size
+        back = _backward(bn, n)
+        forward = _forward(bn, n) if not back else back
+        if forward:
+            folds.append(g.node_label(bn))
+        else:
+            left.append(SkippedBn(g.node_label(bn), f"backward: {back.reason}; forward: {forward.reason}"))
+    return folds, left
+
+
 class FoldBatchNormPass(ir.passes.InPlacePass):
     """Fold every foldable BatchNormalization of the main graph."""
 

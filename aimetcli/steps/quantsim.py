@@ -63,10 +63,15 @@ def quantsim(model: ModelSource, data: DataSource, options: QuantOptions | None 
     dataset = as_dataset(data, model)
     require_float_model(model)
     warnings = []
-    bns = sum(1 for n in model.graph if g.is_op(n, "BatchNormalization"))
-    if bns:
-        warnings.append(f"the model still has {bns} BatchNormalization; run fold-bn first to simulate what "
-                        "runtimes execute")
+    from aimetcli.passes.fold_batchnorm import left_bns
+
+    folds, left = left_bns(model)
+    if folds:
+        warnings.append(f"the model still has {len(folds)} BatchNormalization that fold-bn folds; run fold-bn first "
+                        "to simulate what runtimes execute")
+    if left:
+        warnings.append(f"{len(left)} BatchNormalization left unfolded: fold-bn cannot fold "
+                        f"{'it' if len(left) == 1 else 'them'} ({left[0].bn}: {left[0].reason})")
     from aimetcli.passes.fold_channel_affine import foldable
 
     if affine := foldable(model):
