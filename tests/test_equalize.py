@@ -298,3 +298,65 @@ def test_cli_says_when_relu6_replacement_changed_the_fp32_model(tmp_path, keep):
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     assert ("Relu in place of ReLU6 changes the FP32 model" in r.stderr) is not keep
+
+
+def _siamese(second_a: str, second_b: str, inits_extra=()):
+    """Two branches a and b: Conv(W1) -> Relu -> Conv -> Relu, each branch's second conv reading
+    ``second_a`` / ``second_b``; the output is |a - b| (CapSpot's Siamese matcher, every conv
+    weight shared by its two branches)."""
+    rng = np.random.default_rng(4)
+    inits = [init("W1", rand(8, 3, 3, 3, rng=rng)), init("B1", rand(8, rng=rng)), init("W2", rand(6, 8, 3, 3, rng=rng)),
+             init("B2", rand(6, rng=rng)), *inits_extra]
+    nodes = []
+    for side, second in (("a", second_a), ("b", second_b)):
+        nodes += [helper.make_node("Conv", [side, "W1", "B1"], [f"{side}1"], name=f"conv1_{side}"),
+                  helper.make_node("Relu", [f"{side}1"], [f"{side}r"]),
+                  helper.make_node("Conv", [f"{side}r", second, "B2"], [f"{side}2"], name=f"conv2_{side}"),
+                  helper.make_node("Relu", [f"{side}2"], [f"{side}o"])]
+    nodes += [helper.make_node("Sub", ["ao", "bo"], ["d"]), helper.make_node("Abs", ["d"], ["y"])]
+    return make_model(nodes, [("a", ["N", 3, 10, 10]), ("b", ["N", 3, 10, 10])], [("y", None)], inits)
+
+
+def test_equalize_keeps_a_siamese_networks_weights_shared(tmp_path):
+    """Both branches read the same weights, so cross-layer scaling scales them alike: the copies
+    fold-bn and scaling made for each reader are one weight again (CapSpot's matcher went from
+    59.9 to 118.8 MB), and the outputs are the original's."""
+    from click.testing import CliRunner
+
+    from aimetcli.cli import main
+
+    proto = _siamese("W2", "W2")
+    onnx.save(proto, tmp_path / "m.onnx")
+    r = CliRunner().invoke(main, ["equalize", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "e.onnx")])
+    assert r.exit_code == 0, r.output
+    out = onnx.load(tmp_path / "e.onnx")
+    assert sorted(i.name for i in out.graph.initializer) == ["B1", "B2", "W1", "W2"]
+    assert "shared by several layers" not in r.output
+    feeds = {"a": rand(2, 3, 10, 10), "b": rand(2, 3, 10, 10)}
+    assert_same_outputs(proto, out, feeds)
+    # the weights were scaled (the model changed), and both branches read the one copy
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in out.graph.initializer}
+    assert not np.array_equal(weights["W1"], onnx.numpy_helper.to_array(proto.graph.initializer[0]))
+
+
+def test_equalize_says_when_shared_weights_had_to_be_copied(tmp_path):
+    """A weight shared by two layers that scaling treats differently (the convs before them
+    differ) stays a copy a reader: equalize says so."""
+    from click.testing import CliRunner
+
+    from aimetcli.cli import main
+
+    proto = _siamese("W2", "W2")
+    # branch b's first conv gets its own weights: its scales, and so its W2 copy, differ
+    rng = np.random.default_rng(8)
+    proto.graph.initializer.append(init("W1b", rand(8, 3, 3, 3, rng=rng) * 4))
+    for node in proto.graph.node:
+        if node.name == "conv1_b":
+            node.input[1] = "W1b"
+    onnx.save(proto, tmp_path / "m.onnx")
+    r = CliRunner().invoke(main, ["equalize", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "e.onnx")])
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.output.split())
+    # B1 and W2: each branch's first conv scales its bias and the second conv's input channels otherwise
+    assert "2 weight(s) shared by several layers (the first: B1)" in said, said
+    assert_same_outputs(proto, onnx.load(tmp_path / "e.onnx"), {"a": rand(2, 3, 10, 10), "b": rand(2, 3, 10, 10)})

@@ -42,3 +42,14 @@ def test_ranges_with_a_weight_has_its_table_and_no_such_line(tmp_path):
     text, doc = _ranges(tmp_path, make_model(nodes, [("x", [2, 3])], [("y", None)], [init("w", rand(3, 4))]))
     assert len(doc["layers"]) == 1 and "No weight ranges" not in text
     assert np.isfinite(doc["layers"][0]["spread"])
+
+
+def test_ranges_says_a_quantize_dynamic_model_is_quantized_already(tmp_path):
+    """A quantize_dynamic output (pyfrspell's lemma model from a wheel) has integer weights: ranges
+    says so, as the quantizing commands do, instead of 'no Conv ... in the main graph' alone."""
+    from test_export_checks import integer_model
+
+    text, doc = _ranges(tmp_path, integer_model())
+    assert doc["layers"] == []
+    assert "quantized with integer operators (DynamicQuantizeLinear, MatMulInteger" in text
+    assert "show the float model it came from" in text

@@ -74,8 +74,8 @@ def adaround(out: Output, model_in: str, output: str, data: str, iterations: int
     for layer, reason in summary.skipped:
         out.detail(f"not AdaRounded: {layer}: {reason}")
     if summary.shared and summary.layers:
-        out.warn(f"{len(summary.shared)} layers not AdaRounded: their weights are shared with other layers (as an unrolled "
-                 "LSTM's Gemms), which would need one rounding for all of them; -v lists them")
+        out.warn(f"{len(summary.shared)} layers not AdaRounded: their weights are shared with other layers (a Siamese "
+                 "network's branches, an unrolled LSTM's Gemms), which would need one rounding for all of them; -v lists them")
     if not summary.layers:
         out.warn(f"no layer AdaRounded ({len(summary.skipped)} skipped); -v lists them")
     out.emit_json({"command": "adaround", "input": model_in, "output": output, **summary.to_json()})

@@ -87,6 +87,9 @@ def equalize(out: Output, model_in: str, output: str, keep_relu6: bool, no_bias_
                  "sample: 28.8 dB output SQNR against the original, same top-1); `aimetcli evaluate` of the two "
                  "models measures it on your data, --keep-relu6 avoids it, and `ptq` keeps equalization only "
                  "where it helps.")
+    if summary.unshared:
+        out.warn(f"{len(summary.unshared)} weight(s) shared by several layers (the first: {summary.unshared[0]}) "
+                 "are now a copy a layer, scaled differently: the model is larger by those copies")
     for stop in summary.stops:
         out.detail(f"chain stops at {stop.layer}: {stop.reason}")
     for layer, reason in summary.bias_skipped:
@@ -145,6 +148,9 @@ def _no_ranges(model) -> str:
     reasons = [check_weight(la).reason for n in model.graph if (la := as_layer(n)) is not None]
     why = [f"{len(reasons)} Conv/ConvTranspose/Gemm/MatMul in the main graph, none with constant float "
            f"weights (the first: {reasons[0]})" if reasons else "no Conv, ConvTranspose, Gemm or MatMul in the main graph"]
+    if integer_ops := g.integer_op_types(model):  # their weights are integers already
+        why.append(f"the model is quantized with integer operators ({', '.join(integer_ops[:4])}: an onnxruntime "
+                   "quantize_dynamic or QOperator output); show the float model it came from")
     if (flow := g.control_flow_nodes(model)) is not None:
         why.append(f"{flow.nodes} nodes inside the subgraphs of {flow.describe()}, which ranges does not read")
     return "No weight ranges to show: " + "; ".join(why) + "."

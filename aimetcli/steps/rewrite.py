@@ -42,9 +42,11 @@ def fold_bn(model: ModelSource) -> tuple[FoldBatchNormResult, FoldBnSummary]:
     folded model is ``result.model`` (for a path or a protobuf, a new one)."""
     start = time.perf_counter()
     model = as_model(model)
+    shared = g.shared_constants(model.graph)
     first = cast(FoldChannelAffineResult, FoldChannelAffinePass()(model))
     result = cast(FoldBatchNormResult, FoldBatchNormPass()(model))
     second = cast(FoldChannelAffineResult, FoldChannelAffinePass()(model))  # sees what the first left too
+    g.reshare(model.graph, shared)  # a weight shared by layers folded alike stays one weight
     remaining = sum(1 for n in model.graph.all_nodes() if g.is_op(n, "BatchNormalization"))
     summary = FoldBnSummary(result.folded, result.skipped, remaining, time.perf_counter() - start,
                             first.folded + second.folded, second.skipped)
@@ -95,6 +97,9 @@ class EqualizeSummary:
     model: ir.Model | None = field(default=None, repr=False)  # the equalized model; not in the JSON
     # the tensors whose FP32 values equalization changed (:func:`changed_activations`); None: unknown
     changed: frozenset[str] | None = field(default=None, repr=False)
+    # shared weights (read by several layers) that the rewrites left as one copy a reader: the
+    # readers were scaled differently (graph.reshare); copies scaled alike are shared again
+    unshared: list[str] = field(default_factory=list)
 
     @property
     def median_spread_before(self) -> float:
@@ -130,12 +135,14 @@ def equalize(model: ModelSource, options: EqualizeOptions | None = None) -> Equa
     options = options or EqualizeOptions()
     start = time.perf_counter()
     model = as_model(model)
+    shared = g.shared_constants(model.graph)
     fold_result, fold_summary = fold_bn(model)
     before = weight_ranges(model)  # after folding: what cross-layer scaling starts from
     relu6 = cast(ReplaceRelu6Result, ReplaceRelu6Pass()(model)) if options.replace_relu6 else None
     cls_result = cast(CrossLayerScalingResult, CrossLayerScalingPass(relu6_replaced=options.replace_relu6)(model)) \
         if options.cross_layer_scaling else None
     absorption = cast(HighBiasFoldResult, HighBiasFoldPass()(model)) if options.high_bias_fold else None
+    _, unshared = g.reshare(model.graph, shared)
     after = weight_ranges(model)
     changed = None if fold_result.folded or fold_summary.affine_folded else changed_activations(
         model, [s.layers for s in cls_result.sets] if cls_result else [],
@@ -154,6 +161,7 @@ def equalize(model: ModelSource, options: EqualizeOptions | None = None) -> Equa
         bias_skipped=absorption.skipped if absorption else [],
         model=model,
         changed=changed,
+        unshared=unshared,
     )
 
 
