@@ -127,30 +127,29 @@ def shared_constants(graph: ir.Graph) -> list[tuple[str, list[tuple[ir.Node, int
             if len(value.uses()) > 1 and value.name is not None]
 
 
-def reshare(graph: ir.Graph, groups: list[tuple[str, list[tuple[ir.Node, int]]]]) -> tuple[int, list[str]]:
+def reshare(graph: ir.Graph, groups: list[tuple[str, list[tuple[ir.Node, int]]]]) -> list[str]:
     """Read again one initializer at the slots of each of ``groups`` (:func:`shared_constants`
     before a rewrite that gave some slots copies: :func:`private_constant`) where every slot's
-    constant has the same dtype, shape and bytes: a rewrite that treated every reader alike (a
+    constant has the same dtype, shape and values: a rewrite that treated every reader alike (a
     Siamese network's two branches scaled alike) leaves the model the size it was, the constant
-    under its first name. Returns (the groups shared again, the names of those still apart)."""
-    again, apart = 0, []
+    under its first name. Returns the names of the groups still apart (copies that differ)."""
+    apart = []
     for name, slots in groups:
         values = [node.inputs[index] for node, index in slots]
         if any(v is None or v.const_value is None for v in values) or len({id(v) for v in values}) == 1:
             continue
         first = values[0]
         a = first.const_value.numpy()
-        if all(v.const_value.dtype == first.const_value.dtype and v.const_value.numpy().shape == a.shape
-               and np.array_equal(v.const_value.numpy(), a) for v in values[1:]):
-            for node, index in slots:
-                node.replace_input_with(index, first)
-            remove_unused_initializers(graph, values[1:])
-            if name not in graph.initializers and first.name != name:
-                first.name = name
-            again += 1
-        else:
+        if not all(v.const_value.dtype == first.const_value.dtype and np.array_equal(v.const_value.numpy(), a)
+                   for v in values[1:]):
             apart.append(name)
-    return again, apart
+            continue
+        for node, index in slots:
+            node.replace_input_with(index, first)
+        remove_unused_initializers(graph, values[1:])
+        if name not in graph.initializers and first.name != name:
+            first.name = name
+    return apart
 
 
 def bypass(node: ir.Node, replacement: ir.Value) -> None:

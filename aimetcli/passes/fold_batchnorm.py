@@ -152,24 +152,33 @@ def _forward(bn: ir.Node, n: int) -> Verdict[Layer]:
     return ok(layer) if bias else bias
 
 
+def _fold_site(bn: ir.Node) -> Verdict[tuple[_BnParams, str, Layer]]:
+    """(the BN's s and t, "backward" or "forward", the layer it folds into), backward first as
+    AIMET folds; or why it folds into neither."""
+    found = _bn_params(bn)
+    if not found:
+        return found
+    n = found.match.s.size
+    back = _backward(bn, n)
+    if back:
+        return ok((found.match, "backward", back.match))
+    forward = _forward(bn, n)
+    if forward:
+        return ok((found.match, "forward", forward.match))
+    return skip(f"backward: {back.reason}; forward: {forward.reason}")
+
+
 def left_bns(model: ir.Model) -> tuple[list[str], list[SkippedBn]]:
     """The main graph's BatchNormalization nodes as fold-bn would find them, nothing changed:
-    (the labels of those it folds, those it leaves with the reason; fold-bn's own checks)."""
+    (the labels of those it folds, those it leaves with the reason: :func:`_fold_site`)."""
     folds, left = [], []
     for bn in model.graph:
-        if not g.is_op(bn, "BatchNormalization"):
-            continue
-        found = _bn_params(bn)
-        if not found:
-            left.append(SkippedBn(g.node_label(bn), found.reason))
-            continue
-        n = found.match.s.size
-        back = _backward(bn, n)
-        forward = _forward(bn, n) if not back else back
-        if forward:
-            folds.append(g.node_label(bn))
-        else:
-            left.append(SkippedBn(g.node_label(bn), f"backward: {back.reason}; forward: {forward.reason}"))
+        if g.is_op(bn, "BatchNormalization"):
+            site = _fold_site(bn)
+            if site:
+                folds.append(g.node_label(bn))
+            else:
+                left.append(SkippedBn(g.node_label(bn), site.reason))
     return folds, left
 
 
@@ -189,24 +198,17 @@ class FoldBatchNormPass(ir.passes.InPlacePass):
             if not g.is_op(bn, "BatchNormalization"):
                 continue
             label = g.node_label(bn)
-            found = _bn_params(bn)
-            if not found:
-                result.skipped.append(SkippedBn(label, found.reason))
+            site = _fold_site(bn)
+            if not site:
+                result.skipped.append(SkippedBn(label, site.reason))
                 continue
-            params = found.match
-            n = params.s.size
-            back = _backward(bn, n)
-            if back:
-                out_name = self._fold_backward(graph, names, bn, back.match, params)
+            params, direction, layer = site.match
+            if direction == "backward":
+                out_name = self._fold_backward(graph, names, bn, layer, params)
                 stats[out_name] = BnStats(params.beta.copy(), params.gamma.copy(), label)
-                result.folded.append(FoldedPair(label, back.match.name, "backward", n))
-                continue
-            forward = _forward(bn, n)
-            if forward:
-                self._fold_forward(graph, names, bn, forward.match, params)
-                result.folded.append(FoldedPair(label, forward.match.name, "forward", n))
-                continue
-            result.skipped.append(SkippedBn(label, f"backward: {back.reason}; forward: {forward.reason}"))
+            else:
+                self._fold_forward(graph, names, bn, layer, params)
+            result.folded.append(FoldedPair(label, layer.name, direction, params.s.size))
         if result.folded:
             write_bn_stats(model, stats)
             result.modified = True

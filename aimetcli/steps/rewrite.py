@@ -142,7 +142,7 @@ def equalize(model: ModelSource, options: EqualizeOptions | None = None) -> Equa
     cls_result = cast(CrossLayerScalingResult, CrossLayerScalingPass(relu6_replaced=options.replace_relu6)(model)) \
         if options.cross_layer_scaling else None
     absorption = cast(HighBiasFoldResult, HighBiasFoldPass()(model)) if options.high_bias_fold else None
-    _, unshared = g.reshare(model.graph, shared)
+    unshared = g.reshare(model.graph, shared)
     after = weight_ranges(model)
     changed = None if fold_result.folded or fold_summary.affine_folded else changed_activations(
         model, [s.layers for s in cls_result.sets] if cls_result else [],
