@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
@@ -31,7 +32,7 @@ from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.quant import Encoding, encoding_from_range, fake_quantize
 from aimetcli.model_ops import ModelSource, as_model, clone, upgrade_opset
 from aimetcli.quantsim.insert import insert_qdq, is_grid_node
-from aimetcli.targets import onnxruntime_notes
+from aimetcli.targets import onnxruntime_notes, onnxruntime_session_options
 
 QUANTSIM_METADATA_KEY = "aimetcli.quantsim"
 
@@ -355,8 +356,7 @@ def report(model_name: str, encodings: list[TensorEncoding], skipped: list[dict]
 
 
 def load_encodings_file(path: str, model: ir.Model) -> EncodingsFile:
-    from pathlib import Path
-
+    """The encodings file at ``path`` read against ``model``'s tensors (refused with the reason)."""
     p = Path(path)
     if not p.is_file():
         raise AimetCliError(f"--encodings {path}: no such file", ErrorKind.CONFIG)
@@ -423,6 +423,7 @@ class ExportSummary:
     unsigned_weights: bool
     batch_size: int | None = None
     warnings: list[str] = field(default_factory=list)
+    session_options: dict[str, str] = field(default_factory=dict)  # targets.onnxruntime_session_options
 
 
 def _source(model: ir.Model, encodings_path: str | None) -> Embedded:
@@ -451,8 +452,6 @@ def export(model: ModelSource, outdir: str, *, encodings_path: str | None = None
     ``model``: a path, an ``onnx.ModelProto`` or an onnx-ir model, left as it is (a sim's QDQ
     nodes are stripped from a copy, :func:`model_ops.clone`).
     """
-    from pathlib import Path
-
     from aimetcli import encodings_write, model_io
 
     out = Path(outdir)
@@ -497,4 +496,4 @@ def export(model: ModelSource, outdir: str, *, encodings_path: str | None = None
         model_io.commit_staged(tmp, out, names)
     return ExportSummary(str(out), sorted(names), version, len(acts), len(params),
                          sizes[f"{model_name}.onnx"], sizes[f"{model_name}_qdq.onnx"], unsigned_weights,
-                         batch_size, warnings)
+                         batch_size, warnings, onnxruntime_session_options(fp32, acts, params))

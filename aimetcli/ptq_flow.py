@@ -458,7 +458,6 @@ def _export(flow: _Flow, final: _Sim, opts, outdir: str, encoding_version: str, 
             several: bool) -> PtqSummary:
     """Write what export writes, sim.onnx, and ptq's decisions into report.json; score model_qdq."""
     from aimetcli.export import export as export_model
-    from aimetcli.runtime import MATMUL_NBITS_OPTION
 
     t = time.perf_counter()
     flow.start("export: writing and scoring model_qdq.onnx")
@@ -477,10 +476,9 @@ def _export(flow: _Flow, final: _Sim, opts, outdir: str, encoding_version: str, 
         flow.warnings.append(f"model_qdq.onnx keeps {held.sqnr_db:.1f} dB of output SQNR against FP32 on the "
                              "calibration samples: `aimetcli analyze` lists the quantizers that lose it; keep "
                              "them at 16 bits with --bits PATTERN=a16, or let ptq pick them with --min-sqnr DB")
-    advised = any(MATMUL_NBITS_OPTION in w for w in exported.warnings)  # the option the judge ran with
     flow.add(Stage("export: model_qdq", shown.top1, shown.sqnr_db if flow.scorer is not None else None,
-                   time.perf_counter() - t, "onnxruntime integer kernels" + (
-                       f", {MATMUL_NBITS_OPTION}=1 (warning below)" if advised else ""),
+                   time.perf_counter() - t, "onnxruntime integer kernels" + "".join(  # the options the judge ran with
+                       f", {key}={value} (warning below)" for key, value in exported.session_options.items()),
                    None, held.sqnr_db, flow.data_label))
     record = used_options(opts, final.encodings)
     files = sorted({*exported.files, "sim.onnx"})

@@ -193,17 +193,14 @@ def check_export(model: ir.Model, target_name: str, params: dict, acts: dict) ->
                             f"(quantsim --target {target.name}) or export with --target generic", ErrorKind.UNSUPPORTED)
 
 
-def onnxruntime_notes(model: ir.Model, acts: dict, params: dict) -> list[str]:
-    """What a user deploying model_qdq.onnx on onnxruntime's CPU provider should set. onnxruntime
-    (1.32) fuses a weight's DequantizeLinear of 8 bits or fewer into the MatMul that reads it
-    (MatMulNBits) unless the MatMul's other input or its output is on an 8-bit grid (a QDQ MatMul:
-    an integer kernel, or float), and at its default accuracy level (4) MatMulNBits requantizes that
-    input to 8 bits at run time: a 16-bit or float activation there loses its extra bits (ViT-tiny W8A16,
-    34.2 dB against FP32 as simulated, 32.9 dB so deployed; 34.2 dB with level 1, at about 1.3x the
-    latency). The fusion needs the weight to be a MatMul's second input. ptq's judge scores the
-    deployed model with the option (runtime.ADVISED), which changes only the MatMuls counted here."""
-    from aimetcli.runtime import MATMUL_NBITS_OPTION
-
+def _nbits_matmuls(model: ir.Model, acts: dict, params: dict) -> int:
+    """How many MatMuls onnxruntime's CPU provider (1.32) runs as MatMulNBits reading a 16-bit or
+    float activation. It fuses a weight's DequantizeLinear of 8 bits or fewer into the MatMul that
+    reads it (MatMulNBits) unless the MatMul's other input or its output is on an 8-bit grid (a QDQ
+    MatMul: an integer kernel, or float), and at its default accuracy level (4) MatMulNBits
+    requantizes that input to 8 bits at run time: a 16-bit or float activation there loses its extra
+    bits (ViT-tiny W8A16, 34.2 dB against FP32 as simulated, 32.9 dB so deployed; 34.2 dB with level 1,
+    at about 1.3x the latency). The fusion needs the weight to be a MatMul's second input."""
     hit = 0
     for node in model.graph:
         if not g.is_op(node, "MatMul") or len(node.inputs) < 2 or node.inputs[0] is None or node.inputs[1] is None:
@@ -215,6 +212,25 @@ def onnxruntime_notes(model: ir.Model, acts: dict, params: dict) -> list[str]:
         out = acts.get(node.outputs[0].name)
         if (read is None or read[1].bitwidth > 8) and (out is None or out.bitwidth > 8):
             hit += 1
+    return hit
+
+
+def onnxruntime_session_options(model: ir.Model, acts: dict, params: dict) -> dict[str, str]:
+    """The session config entries (key -> value, for ``SessionOptions.add_session_config_entry``) that
+    model_qdq.onnx needs on onnxruntime's CPU provider to compute what its sim computes: the
+    MatMulNBits accuracy level 1 where :func:`_nbits_matmuls` finds any. ptq's judge scores the
+    deployed model with them (runtime.ADVISED), which changes only those MatMuls."""
+    from aimetcli.runtime import MATMUL_NBITS_OPTION
+
+    return {MATMUL_NBITS_OPTION: "1"} if _nbits_matmuls(model, acts, params) else {}
+
+
+def onnxruntime_notes(model: ir.Model, acts: dict, params: dict) -> list[str]:
+    """What a user deploying model_qdq.onnx on onnxruntime's CPU provider should set, and why
+    (:func:`_nbits_matmuls`, :func:`onnxruntime_session_options`)."""
+    from aimetcli.runtime import MATMUL_NBITS_OPTION
+
+    hit = _nbits_matmuls(model, acts, params)
     if not hit:
         return []
     return [f"{hit} MatMul(s) read a 16-bit or float activation and a weight of 8 bits or fewer: onnxruntime's "

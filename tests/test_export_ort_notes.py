@@ -26,7 +26,10 @@ def _matmul_model():
     return make_model(nodes, [("x", ["batch", 8, K])], [("y", None)], [init("w", rand(K, N))])
 
 
-def _export(tmp_path, *flags):
+def _export(tmp_path, *flags, json_out: list | None = None):
+    """export's stderr as one line; with ``json_out``, its --json summary appended there."""
+    import json
+
     import onnx
 
     onnx.save(_matmul_model(), tmp_path / "m.onnx")
@@ -35,17 +38,23 @@ def _export(tmp_path, *flags):
     sim = runner.invoke(main, ["quantsim", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "sim.onnx"), "--data",
                                str(tmp_path / "x.npy"), "--per-channel", *flags])
     assert sim.exit_code == 0, sim.output
-    out = runner.invoke(main, ["export", str(tmp_path / "sim.onnx"), "-o", str(tmp_path / "exp")])
+    out = runner.invoke(main, ["export", str(tmp_path / "sim.onnx"), "-o", str(tmp_path / "exp"),
+                               *(["--json"] if json_out is not None else [])])
     assert out.exit_code == 0, out.output
+    if json_out is not None:
+        json_out.append(json.loads(out.stdout))
     return " ".join(out.stderr.split())
 
 
 def test_a16_matmul_gets_the_session_option_and_a8_does_not(tmp_path):
     (tmp_path / "a16").mkdir()
     (tmp_path / "a8").mkdir()
-    said = _export(tmp_path / "a16", "--act-bw", "16")
+    summaries: list = []
+    said = _export(tmp_path / "a16", "--act-bw", "16", json_out=summaries)
     assert f'{MATMUL_NBITS_OPTION}="1"' in said and "1 MatMul(s) read a 16-bit or float activation" in said
-    assert MATMUL_NBITS_OPTION not in _export(tmp_path / "a8")
+    assert MATMUL_NBITS_OPTION not in _export(tmp_path / "a8", json_out=summaries)
+    # --json gives a deploy script the session config entries to set (ptq's export row reads the same field)
+    assert [s["session_options"] for s in summaries] == [{MATMUL_NBITS_OPTION: "1"}, {}]
 
 
 def test_the_option_brings_the_deployed_model_back_to_its_sim(tmp_path):
@@ -158,3 +167,24 @@ def test_the_judge_scores_a_16_bit_matmul_as_its_sim_with_the_advised_option():
     assert runtime.ADVISED.config == ((MATMUL_NBITS_OPTION, "1"),)
     assert abs(advised - emulated) < 0.01
     assert default < advised - 1.0, (default, advised)
+
+
+def test_ptq_export_row_names_the_options_its_judge_ran_with(tmp_path):
+    """ptq's export row states the session options model_qdq.onnx was scored with, from export's
+    summary (not from its warnings' text); --json's export block carries them too."""
+    import json
+
+    import onnx
+
+    onnx.save(_matmul_model(), tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", rand(16, 8, K))
+    rows = {}
+    for bits in ("16", "8"):
+        out = CliRunner().invoke(main, ["ptq", str(tmp_path / "m.onnx"), "-o", str(tmp_path / bits), "--data",
+                                        str(tmp_path / "x.npy"), "--act-bw", bits, "--json"])
+        assert out.exit_code == 0, out.output
+        doc = json.loads(out.stdout)
+        rows[bits] = [s["note"] for s in doc["stages"] if s["name"] == "export: model_qdq"]
+        assert doc["export"]["session_options"] == ({MATMUL_NBITS_OPTION: "1"} if bits == "16" else {})
+    assert rows["16"] == [f"onnxruntime integer kernels, {MATMUL_NBITS_OPTION}=1 (warning below)"]
+    assert rows["8"] == ["onnxruntime integer kernels"]
