@@ -36,7 +36,8 @@ Policies (what the session is for decides its options):
   MobileNetV2 sample: 69-97 ms of CPU spinning, 50-56 ms not; how much spinning costs depends on
   the machine's other jobs: docs/design.md, analyze).
 
-:data:`LEVELS` maps the command line's ``--ort-optimization`` names to policies.
+:data:`LEVELS` maps the optimization level names (none, basic, all) to policies; :data:`JUDGED` adds
+"advised" (ADVISED): the names evaluate's ``--ort-optimization`` and ptq's judge take.
 
 Every session's working memory (its intermediate tensors) comes from one onnxruntime arena for
 the whole process (:func:`_shared_arena`, ``session.use_env_allocators``), not an arena per
@@ -100,9 +101,9 @@ SIMULATE_FUSED = Policy("simulate-fused", "all", keep_qdq=True, mem_pattern=Fals
 SWEEP = Policy("sweep", "none", spinning=False, constant_part=True)
 LOAD = Policy("load", "none")
 
-# --ort-optimization NAME -> the policy it runs a model with
+# optimization level name -> the policy it runs a model with
 LEVELS = {"none": SIMULATE, "basic": FOLD_CONSTANTS, "all": DEPLOY}
-# what ptq's judge may run a model under: the levels, and "advised" (ADVISED)
+# what evaluate's --ort-optimization and ptq's judge run a model under: the levels, and "advised" (ADVISED)
 JUDGED = {**LEVELS, "advised": ADVISED}
 
 # Gemm/MatMul weights above this many bytes are neither prepacked nor handed over as initializers

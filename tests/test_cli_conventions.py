@@ -50,7 +50,7 @@ def test_encoding_version_and_bias_method_help_in_ptq(runner):
 
 def test_ort_optimization_shows_basic(runner, model_path):
     text = runner.invoke(main, ["evaluate", "--help"], terminal_width=200).output
-    assert "[none|basic|all]" in text
+    assert "[none|basic|all|advised]" in text
     r = runner.invoke(main, ["evaluate", str(model_path), str(model_path), "--data", "random:4",
                              "--ort-optimization", "basic", "-q"])
     assert r.exit_code == 0, r.stderr

@@ -188,3 +188,24 @@ def test_ptq_export_row_names_the_options_its_judge_ran_with(tmp_path):
         assert doc["export"]["session_options"] == ({MATMUL_NBITS_OPTION: "1"} if bits == "16" else {})
     assert rows["16"] == [f"onnxruntime integer kernels, {MATMUL_NBITS_OPTION}=1 (warning below)"]
     assert rows["8"] == ["onnxruntime integer kernels"]
+
+
+def test_evaluate_advised_runs_model_qdq_as_ptq_scores_it(tmp_path):
+    """evaluate --ort-optimization advised is runtime.ADVISED: the W8A16 MatMul's model_qdq.onnx
+    then computes what its sim does, where 'all' (the default session) does not."""
+    import json
+
+    from aimetcli import runtime
+    from aimetcli.commands.quantsim import ORT_LEVELS
+
+    assert ORT_LEVELS == tuple(runtime.JUDGED)
+    _export(tmp_path, "--act-bw", "16")
+    np.save(tmp_path / "eval.npy", rand(8, 8, K, rng=np.random.default_rng(3)))
+    error = {}
+    for level in ("all", "advised"):
+        out = CliRunner().invoke(main, ["evaluate", str(tmp_path / "sim.onnx"), str(tmp_path / "exp" / "model_qdq.onnx"),
+                                        "--data", str(tmp_path / "eval.npy"), "--ort-optimization", f"none,{level}",
+                                        "--json"])
+        assert out.exit_code == 0, out.output
+        error[level] = json.loads(out.stdout)["comparisons"][0]["max_abs_error"]
+    assert error["advised"] < 1e-4 < error["all"], error

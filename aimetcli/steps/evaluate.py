@@ -86,7 +86,7 @@ def _run_models(models: list[ir.Model], levels: list[str], dataset, batch_size: 
 
     if not models:
         return []
-    sessions = [runtime.Session(m, runtime.LEVELS[lvl]) for m, lvl in zip(models, levels)]
+    sessions = [runtime.Session(m, runtime.JUDGED[lvl]) for m, lvl in zip(models, levels)]
     collected: list[list[list[np.ndarray]]] = [[] for _ in sessions]
     for feeds in dataset.batches(batch_size):
         for i, sess in enumerate(sessions):
