@@ -202,20 +202,21 @@ def sim_opset(options) -> int:
 
 
 def clone(model: ir.Model) -> ir.Model:
-    """A copy of the model that shares its big weights instead of copying them (a serialization
-    round trip of the rest). Shared numpy arrays are made read-only, so that no pass scales one
-    in place under the other model (passes copy what they cannot write)."""
+    """A copy of the model (onnx-ir's clone: new graphs, nodes and values) that shares its
+    tensors (initializers, Constant nodes' values) instead of copying them. Shared numpy arrays
+    are made read-only, so that no pass scales one in place under the other model (passes copy
+    what they cannot write). 4-5x faster than the serialization round trip it replaces (session
+    29: 7 against 36 ms on PP-OCRv6 det small; ptq clones every sim it builds)."""
     import numpy as np
 
-    with big_tensors.big_tensors_set_aside(model, numpy_only=False) as taken:
-        copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
-    for name, tensor in taken.tensors.items():
-        value = copy.graph.initializers.get(name)
-        if value is not None:
+    copy = model.clone(deep_copy=True)
+    for graph in (model.graph, *model.graph.subgraphs()):
+        tensors = [v.const_value for v in graph.initializers.values()]
+        tensors += [a.value for n in graph for a in n.attributes.values() if a.type == ir.AttributeType.TENSOR]
+        for tensor in tensors:
             raw = getattr(tensor, "raw", None)
             if isinstance(raw, np.ndarray):
                 raw.flags.writeable = False
-            value.const_value = tensor
     carry_bn_stats(model, copy)
     return copy
 
