@@ -20,6 +20,7 @@ from aimetcli.graph_builder import expose
 from aimetcli.options import RunOptions
 from aimetcli.kernels.energy import energies
 from aimetcli.scored_tensors import balanced_agreement, far_apart, scored_parts, softmax_argmax
+from aimetcli.calibration.samples import SamplesFirst
 from aimetcli.steps.evaluate import (_joined, correct, evaluate, model_outputs, percent, score_output,
                                      sqnr_of_energies)
 
@@ -405,8 +406,8 @@ class Judge:
         run = min(self.batch_size, runtime.reduction_run_size(data))
         graph_outputs = {o.name for o in model.graph.outputs}
         exposed = model if outputs is None or set(outputs) <= graph_outputs else expose(model, outputs)
-        session = runtime.Session(exposed, runtime.JUDGED[optimization])
-        batches = [session.run(feeds, outputs) for feeds in data.batches(run)]
+        session, first = runtime.Session(exposed, runtime.JUDGED[optimization]), SamplesFirst(exposed, outputs)
+        batches = [first(session.run(feeds, outputs), feeds) for feeds in data.batches(run)]
         if not joined:
             return batches
         return [_joined([b[i] for b in batches]) for i in range(len(batches[0]))] if batches else []

@@ -27,6 +27,7 @@ from aimetcli.runtime import reduction_run_size  # noqa: F401  (adaround.py impo
 from aimetcli.calibration.data import feed_rows
 from aimetcli.calibration.observers import (EmptyObserverError, MinMaxObserver, make_observer, observe_encoding,
                                             observed_range)
+from aimetcli.calibration.samples import SamplesFirst
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.quant import (Encoding, QuantScheme, encoding_from_range, fake_quantize_finite,
                                     is_unsigned_symmetric, unsigned_symmetric_encoding)
@@ -41,6 +42,7 @@ class Encodings:
     params: dict[str, Encoding] = field(default_factory=dict)
     nonfinite: dict[str, int] = field(default_factory=dict)
     constant: dict[str, float] = field(default_factory=dict)  # model inputs with one value in all the data
+    empty: list[str] = field(default_factory=list)  # tensors with no value in any sample (a dim of length 0)
 
 
 def param_encodings(model: ir.Model, placement: Placement, opts: QuantOptions, *,
@@ -259,6 +261,10 @@ def calibrate(model: ir.Model, placement: Placement, opts: QuantOptions, dataset
     quantizers they drop, with the reason), so what is returned is what gets inserted.
     ``shared``: runs over the data already made for this model (:class:`SharedObservations`)."""
     enc = _encodings(model, placement, opts, dataset, batch_size, progress, shared or SharedObservations())
+    if enc.empty:  # nothing to quantize, and no grid to give
+        placement.activations = [a for a in placement.activations if a.tensor not in enc.empty]
+        placement.skipped += [(t, "empty in every calibration sample (a dimension of length 0): nothing to quantize")
+                              for t in enc.empty]
     revise_after_calibration(model, placement, enc.activations)
     return enc
 
@@ -306,6 +312,9 @@ def _encodings(model: ir.Model, placement: Placement, opts: QuantOptions, datase
                                                         shared.taps.pop(id(dataset), None)))
     for a in todo:
         obs = observers[a.tensor]
+        if not obs.observed and not obs.nonfinite_count:  # no value, and no NaN or Inf: only 0-length batches
+            enc.empty.append(a.tensor)
+            continue
         if getattr(obs, "nonfinite_count", 0):
             enc.nonfinite[a.tensor] = int(obs.nonfinite_count)
         if a.tensor in graph_inputs and obs.observed and (extremes := observed_range(obs))[0] == extremes[1]:
@@ -357,6 +366,7 @@ def _observe(model: ir.Model, observed: Placement, scheme: QuantScheme, dataset,
     fed = [a for a in observed.activations if a.tensor in graph_inputs]
     produced = {v.name for n in model.graph for v in n.outputs}
     kept, sink = ([t for t in tap[0] if t in produced], tap[1]) if tap is not None and names else ([], {})
+    first = SamplesFirst(model, kept)
     extra = [t for t in kept if t not in names]
     session = runtime.Session(calibration_model(model, observed, extra), runtime.MEASURE) if names else None
     run = min(batch_size, runtime.histogram_run_size(model, dataset))
@@ -376,8 +386,8 @@ def _observe(model: ir.Model, observed: Placement, scheme: QuantScheme, dataset,
             values = dict(zip(names + extra, session.run(feeds, names + extra)))
             for name in names:
                 observers[name].update(values[name])
-            for name in kept:
-                sink.setdefault(name, []).append(values[name])
+            for name, value in zip(kept, first([values[n] for n in kept], feeds)):  # samples first, as the judge's
+                sink.setdefault(name, []).append(value)
         step.samples(feed_rows(feeds))
     step.finish()
     return observers

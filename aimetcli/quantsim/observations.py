@@ -104,7 +104,7 @@ class SharedObservations:
                 if kind == self.histogram_scheme.value:
                     into = new._seen.setdefault((REDUCTIONS, ds), {})
                     for t, o in seen.items():
-                        if not getattr(o, "nonfinite_count", 0):  # a range with NaN/Inf: observed apart
+                        if not getattr(o, "nonfinite_count", 0) and o.observed:  # NaN/Inf or empty: observed apart
                             into.setdefault(t, observed_range(o))
         new._encodings = dict(self._encodings)  # keyed by the observation: only the kept ones are asked again
         new.sizes = self.sizes  # the sizes do not change with the values: shared

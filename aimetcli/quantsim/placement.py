@@ -41,6 +41,7 @@ candidate left unquantized with the reason (``-v``).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import onnx_ir as ir
@@ -196,6 +197,15 @@ def place_quantizers(model: ir.Model, cfg: QuantsimConfig, opts: QuantOptions) -
     apply_exclusions(model, placement, opts.exclude)
     apply_bits(model, placement, opts.bits)
     note_control_flow(model, placement)
+    if not placement.activations and not placement.params:  # a sim of it would be the FP32 model, called quantized
+        ops = Counter(f"{node.domain}::{node.op_type}" if node.domain not in g.ONNX_DOMAINS else node.op_type
+                      for node in graph)
+        raise AimetCliError(
+            f"nothing to quantize: no tensor of the model takes a quantizer (its ops: "
+            f"{', '.join(f'{op} x{n}' for op, n in ops.most_common(4)) or 'none'}"
+            f"{'; --exclude left none' if opts.exclude else ''}); aimetcli quantizes float32 weights of Conv, "
+            "ConvTranspose, Gemm and MatMul and the float32 activations of the main graph's ONNX ops",
+            ErrorKind.UNSUPPORTED)
     if opts.target != "generic":  # what the target cannot run: refused before calibration
         from aimetcli.targets import check_placement
 

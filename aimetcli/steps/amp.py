@@ -35,6 +35,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx_ir as ir
 
+from aimetcli.calibration.samples import SamplesFirst
 from aimetcli.errors import AimetCliError, ErrorKind
 from aimetcli.kernels.amp_search import (Entry, default_candidates, last_meeting, least_loss_first, noise_ratio, refine,
                                          step_back, walk)
@@ -147,7 +148,7 @@ class _Scorer:
         if not names:
             raise AimetCliError("mixed precision needs a floating-point output (or a Softmax's logits) to score: "
                                 "drop --max-drop/--min-sqnr", ErrorKind.UNSUPPORTED)
-        self.names = names
+        self.names, self.first = names, SamplesFirst(switchable.model, names)
         data, self.labels = judge.data, judge.data.labels
         self.rows: slice | None = None
         step = data.fixed_batch or 1
@@ -161,7 +162,8 @@ class _Scorer:
 
     def score(self, bits: dict[str, int | None]) -> tuple[float | None, float]:
         flags = self.sim.feeds(bits)
-        runs = [self.session.run({**feeds, **flags}, self.names) for feeds in self.batches]
+        runs = [self.first(self.session.run({**feeds, **flags}, self.names), feeds)
+                for feeds in self.batches]
         outs = [_joined([run[i] for run in runs]) for i in range(len(self.names))]
         self.runs += 1
         top1 = percent(correct(outs[0], self.labels)) if len(outs) == 1 else None

@@ -26,6 +26,7 @@ import onnx_ir as ir
 
 from aimetcli import graph as g
 from aimetcli.calibration.data import DataSource
+from aimetcli.calibration.samples import SamplesFirst
 from aimetcli.graph_builder import insert_after_producer
 from aimetcli.model_ops import ModelSource, as_model
 from aimetcli.options import QuantOptions, RunOptions
@@ -240,12 +241,12 @@ def analyze_sim(fp32: ir.Model, sim: ir.Model, data, *, batch_size: int = 32, pr
     ref = reference[k]
     layers = layer_errors(fp32, sim, data, batch_size=batch_size)
     switches = switchable(sim)
-    session = runtime.Session(sim, runtime.SWEEP)
+    session, first = runtime.Session(sim, runtime.SWEEP), SamplesFirst(sim, [output])
     batches = list(data.batches(batch_size))
 
     def sqnr(on: set[int]) -> float:
         flags = {s.input: np.array(i in on) for i, s in enumerate(switches)}
-        out = _joined([session.run({**feeds, **flags}, [output])[0] for feeds in batches])
+        out = _joined([first(session.run({**feeds, **flags}, [output]), feeds)[0] for feeds in batches])
         if progress is not None:
             progress(1)
         return sqnr_db(ref, out)

@@ -15,6 +15,7 @@ from typing import cast
 import onnx_ir as ir
 
 from aimetcli.calibration.data import DataSource, Dataset, as_dataset
+from aimetcli.calibration.samples import SamplesFirst
 from aimetcli.model_ops import ModelSource, as_model
 from aimetcli.options import RunOptions
 from aimetcli.records import jsonable
@@ -87,10 +88,11 @@ def _run_models(models: list[ir.Model], levels: list[str], dataset, batch_size: 
     if not models:
         return []
     sessions = [runtime.Session(m, runtime.JUDGED[lvl]) for m, lvl in zip(models, levels)]
+    first = [SamplesFirst(m, outputs) for m in models]
     collected: list[list[list[np.ndarray]]] = [[] for _ in sessions]
     for feeds in dataset.batches(batch_size):
         for i, sess in enumerate(sessions):
-            collected[i].append(sess.run(feeds, outputs))
+            collected[i].append(first[i](sess.run(feeds, outputs), feeds))
         if progress is not None:
             progress(1)
     return [[_joined([b[k] for b in batches]) for k in range(len(batches[0]))] if batches else []
