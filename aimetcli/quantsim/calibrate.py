@@ -33,7 +33,7 @@ from aimetcli.kernels.quant import (Encoding, QuantScheme, encoding_from_range, 
                                     is_unsigned_symmetric, unsigned_symmetric_encoding)
 from aimetcli.options import QuantOptions
 from aimetcli.quantsim.observations import REDUCTIONS, SharedObservations
-from aimetcli.quantsim.placement import Placement, revise_after_calibration
+from aimetcli.quantsim.placement import MASK_FLOOR, Placement, revise_after_calibration
 
 
 @dataclass
@@ -43,6 +43,7 @@ class Encodings:
     nonfinite: dict[str, int] = field(default_factory=dict)
     constant: dict[str, float] = field(default_factory=dict)  # model inputs with one value in all the data
     empty: list[str] = field(default_factory=list)  # tensors with no value in any sample (a dim of length 0)
+    masked: dict[str, float] = field(default_factory=dict)  # observed max of tensors seen below MASK_FLOOR
 
 
 def param_encodings(model: ir.Model, placement: Placement, opts: QuantOptions, *,
@@ -265,7 +266,7 @@ def calibrate(model: ir.Model, placement: Placement, opts: QuantOptions, dataset
         placement.activations = [a for a in placement.activations if a.tensor not in enc.empty]
         placement.skipped += [(t, "empty in every calibration sample (a dimension of length 0): nothing to quantize")
                               for t in enc.empty]
-    revise_after_calibration(model, placement, enc.activations)
+    revise_after_calibration(model, placement, enc.activations, enc.masked)
     return enc
 
 
@@ -294,6 +295,8 @@ def _encodings(model: ir.Model, placement: Placement, opts: QuantOptions, datase
         for a in todo:
             if a.tensor in reduced:
                 lo, hi = reduced[a.tensor]
+                if lo < MASK_FLOOR:
+                    enc.masked[a.tensor] = hi
                 if is_unsigned_symmetric(a.symmetric, placement.unsigned_symmetric, lo):
                     enc.activations[a.tensor] = unsigned_symmetric_encoding(hi, a.bitwidth)
                 else:
@@ -319,6 +322,8 @@ def _encodings(model: ir.Model, placement: Placement, opts: QuantOptions, datase
             enc.nonfinite[a.tensor] = int(obs.nonfinite_count)
         if a.tensor in graph_inputs and obs.observed and (extremes := observed_range(obs))[0] == extremes[1]:
             enc.constant[a.tensor] = float(extremes[0])
+        if obs.observed and (extremes := observed_range(obs))[0] < MASK_FLOOR:
+            enc.masked[a.tensor] = float(extremes[1])
         settings = (opts.scheme, a.bitwidth, a.symmetric, opts.percentile, strict(a), placement.unsigned_symmetric)
         try:
             enc.activations[a.tensor] = shared.encoding(obs, settings, lambda: observe_encoding(

@@ -31,7 +31,8 @@ onnxruntime's quantize_static (QDQ) leaves all of these float too: its QDQ regis
 only Conv/Gemm/MatMul, pooling, data movement, Resize, Where and the fused normalizations.
 
 After calibration, :func:`revise_after_calibration` drops the output quantizer of a Concat
-whose inputs' ranges are too far apart to share one grid (see there). Control flow: nodes inside
+whose inputs' ranges are too far apart to share one grid, and clamps the grid of an additive
+attention mask's sum as AIMET does (see there). Control flow: nodes inside
 If/Loop/Scan subgraphs are not quantized; a model whose weights are all there is refused,
 otherwise the float nodes are named in a warning (:func:`aimetcli.graph.control_flow_nodes`).
 
@@ -239,7 +240,8 @@ def note_control_flow(model: ir.Model, placement: Placement) -> None:
 MIN_CONCAT_LEVELS = 16
 
 
-def revise_after_calibration(model: ir.Model, placement: Placement, activations: dict[str, Encoding]) -> None:
+def revise_after_calibration(model: ir.Model, placement: Placement, activations: dict[str, Encoding],
+                             masked: dict[str, float] | None = None) -> None:
     """Drop the output quantizer of each Concat that would destroy one of its inputs.
 
     One grid over a Concat spans the union of its inputs' ranges: an input whose range is
@@ -274,6 +276,59 @@ def revise_after_calibration(model: ir.Model, placement: Placement, activations:
         del activations[name]
     placement.activations = [a for a in placement.activations if a.tensor not in dropped]
     placement.skipped += dropped.items()
+    _clamp_attention_masks(model, placement, activations, masked or {})
+
+
+# AIMET's mask override (aimet_torch and aimet_tensorflow transformer_utils.MASK_OVERRIDE_VALUE): the
+# encoding min of an attention head's mask Add, whatever the mask's own large negative
+MASK_OVERRIDE_MIN = -6.0
+# A Softmax input calibrated below this holds an additive attention mask (0 where attended; -1e4, or
+# float32's lowest where not: Hugging Face exports): no score gets there (e^-1000 is 0 in float64)
+MASK_FLOOR = -1000.0
+
+
+def _clamp_attention_masks(model: ir.Model, placement: Placement, activations: dict[str, Encoding],
+                           masked: dict[str, float]) -> None:
+    """Give the sum of an additive attention mask and the scores the grid [MASK_OVERRIDE_MIN, max].
+
+    scores + mask, where the mask is 0 or a huge negative (a padded batch), reaches Softmax; its
+    min-max grid spans [-3.4e38, max] and rounds every score to 0 (attention turns uniform: a
+    MiniLM's output falls to about 0 dB with padded calibration text). AIMET clamps the encoding min
+    of the mask Add of the attention blocks it knows (BERT, DistilBERT, GPT-2, ...) to -6: the
+    masked positions then weigh e^-6 of a score of 0 instead of nothing, and the scores keep
+    their grid. Here: an Add or Sub whose calibrated min is under MASK_FLOOR (``masked``: its
+    observed max, which its grid, one step of ~1e36, no longer tells) and whose output reaches only
+    Softmax / LogSoftmax (through data movement); per tensor, at its own bitwidth."""
+    from aimetcli.kernels.quant import encoding_from_range
+
+    clamped = []
+    for node in model.graph:
+        name = node.outputs[0].name if g.is_op(node, "Add", "Sub") and node.outputs else ""
+        if (enc := activations.get(name)) is None or name not in masked or enc.per_channel or enc.symmetric:
+            continue
+        hi = max(masked[name], 0.0)
+        if _read_only_by(node.outputs[0], ("Softmax", "LogSoftmax")):
+            activations[node.outputs[0].name] = encoding_from_range(MASK_OVERRIDE_MIN, hi, enc.bitwidth, False)
+            clamped.append(node.outputs[0].name)
+    if clamped:
+        placement.warnings.append(
+            f"{len(clamped)} attention mask sum(s) read by Softmax (first {clamped[0]!r}) calibrated below "
+            f"{MASK_FLOOR:g}: their grids start at {MASK_OVERRIDE_MIN:g}, as AIMET's mask override does, so "
+            "the scores keep their resolution")
+
+
+def _read_only_by(value: ir.Value, ops: tuple[str, ...]) -> bool:
+    """Every reader of ``value``, through data movement (SAME_GRID_OPS), is one of ``ops``."""
+    readers = list(value.uses())
+    if not readers or value.is_graph_output():
+        return False
+    for node, _ in readers:
+        if g.is_op(node, *SAME_GRID_OPS):
+            if not all(_read_only_by(out, ops) for out in node.outputs):
+                return False
+        elif not g.is_op(node, *ops):
+            return False
+    return True
 
 
 # Ops with weights that quantsim places no quantizer on (only Conv, ConvTranspose, Gemm and MatMul
