@@ -22,17 +22,23 @@ from helpers import init, make_model, rand
 S, D = 6, 8
 
 
-def _head(fill: float) -> onnx.ModelProto:
+def _head(fill: float, filled: bool = False) -> onnx.ModelProto:
+    """``filled``: torch's masked_fill, Where(mask == 0, fill, scores), instead of scores + (1 - mask) * fill."""
+    if filled:
+        mask = [helper.make_node("Less", ["m", "half"], ["off"]), helper.make_node("Unsqueeze", ["off", "axis1"], ["off3"]),
+                helper.make_node("Where", ["off3", "fill", "scores"], ["masked"])]
+    else:
+        mask = [helper.make_node("Sub", ["one", "m"], ["off"]), helper.make_node("Mul", ["off", "fill"], ["add_mask"]),
+                helper.make_node("Unsqueeze", ["add_mask", "axis1"], ["mask3"]),
+                helper.make_node("Add", ["scores", "mask3"], ["masked"])]
     nodes = [helper.make_node("MatMul", ["x", "wq"], ["q"]), helper.make_node("MatMul", ["x", "wk"], ["k"]),
              helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
-             helper.make_node("MatMul", ["q", "kt"], ["scores"]),
-             helper.make_node("Sub", ["one", "m"], ["off"]), helper.make_node("Mul", ["off", "fill"], ["add_mask"]),
-             helper.make_node("Unsqueeze", ["add_mask", "axis1"], ["mask3"]),
-             helper.make_node("Add", ["scores", "mask3"], ["masked"]),
+             helper.make_node("MatMul", ["q", "kt"], ["scores"]), *mask,
              helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
              helper.make_node("MatMul", ["p", "x"], ["y"])]
     inits = [init("wq", rand(D, D, scale=0.3)), init("wk", rand(D, D, scale=0.3)),  # scores within a few units
              init("one", np.array(1.0, np.float32)), init("fill", np.array(fill, np.float32)),
+             init("half", np.array(0.5, np.float32)),
              onnx.numpy_helper.from_array(np.array([1], np.int64), "axis1")]
     return make_model(nodes, [("x", ["batch", S, D]), ("m", ["batch", S])], [("y", None)], inits)
 
@@ -44,8 +50,8 @@ def _data(path, n: int, seed: int):
              m=(np.arange(S)[None] < lengths[:, None]).astype(np.float32))
 
 
-def _sim(tmp_path, fill: float):
-    onnx.save(_head(fill), tmp_path / "m.onnx")
+def _sim(tmp_path, fill: float, filled: bool = False):
+    onnx.save(_head(fill, filled), tmp_path / "m.onnx")
     _data(tmp_path / "calib.npz", 32, 1)
     _data(tmp_path / "eval.npz", 32, 2)
     runner = CliRunner()
@@ -59,9 +65,10 @@ def _sim(tmp_path, fill: float):
     return out.stderr, enc["masked"], json.loads(ev.stdout)["comparisons"][0]["sqnr_db"]
 
 
-@pytest.mark.parametrize("fill", [-1e4, float(np.finfo(np.float32).min)])
-def test_a_mask_sum_read_by_softmax_gets_the_clamped_grid(tmp_path, fill):
-    said, enc, sqnr = _sim(tmp_path, fill)
+@pytest.mark.parametrize("fill,filled", [(-1e4, False), (float(np.finfo(np.float32).min), False),
+                                         (float(np.finfo(np.float32).min), True)])
+def test_a_mask_sum_read_by_softmax_gets_the_clamped_grid(tmp_path, fill, filled):
+    said, enc, sqnr = _sim(tmp_path, fill, filled)
     assert "attention mask sum(s) read by Softmax (first 'masked')" in " ".join(said.split())
     lo = enc["scale"][0] * enc["offset"][0]
     assert lo == pytest.approx(MASK_OVERRIDE_MIN, abs=enc["scale"][0])

@@ -296,14 +296,15 @@ def _clamp_attention_masks(model: ir.Model, placement: Placement, activations: d
     MiniLM's output falls to about 0 dB with padded calibration text). AIMET clamps the encoding min
     of the mask Add of the attention blocks it knows (BERT, DistilBERT, GPT-2, ...) to -6: the
     masked positions then weigh e^-6 of a score of 0 instead of nothing, and the scores keep
-    their grid. Here: an Add or Sub whose calibrated min is under MASK_FLOOR (``masked``: its
+    their grid. A mask filled in (torch's masked_fill: Where(mask, fill, scores)) is the same
+    tensor. Here: an Add, Sub or Where whose calibrated min is under MASK_FLOOR (``masked``: its
     observed max, which its grid, one step of ~1e36, no longer tells) and whose output reaches only
     Softmax / LogSoftmax (through data movement); per tensor, at its own bitwidth."""
     from aimetcli.kernels.quant import encoding_from_range
 
     clamped = []
     for node in model.graph:
-        name = node.outputs[0].name if g.is_op(node, "Add", "Sub") and node.outputs else ""
+        name = node.outputs[0].name if g.is_op(node, "Add", "Sub", "Where") and node.outputs else ""
         if (enc := activations.get(name)) is None or name not in masked or enc.per_channel or enc.symmetric:
             continue
         hi = max(masked[name], 0.0)
