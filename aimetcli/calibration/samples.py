@@ -27,11 +27,13 @@ class SamplesFirst:
     run keeps axis 0), found on the first run and kept."""
 
     def __init__(self, model: ir.Model, names: Sequence[str] | None = None):
-        values = {v.name: v for n in model.graph for v in n.outputs}
-        values.update((v.name, v) for v in model.graph.outputs)
         batch = {d.value for v in model.graph.inputs if v.shape is not None and len(v.shape) > 0
                  and isinstance(d := v.shape[0], ir.SymbolicDim) and d.value}
         names = [v.name or "" for v in model.graph.outputs] if names is None else names
+        values: dict[str, ir.Value] = {}
+        if batch:  # no named batch dim: no declared shape can name one
+            values = {v.name: v for n in model.graph for v in n.outputs if v.name}
+            values.update((v.name, v) for v in model.graph.outputs if v.name)
         self._declared = [self._named(values.get(n), batch) for n in names]
         self._axes: list[int] | None = None
 

@@ -33,7 +33,7 @@ from aimetcli.kernels.quant import (Encoding, QuantScheme, encoding_from_range, 
                                     is_unsigned_symmetric, unsigned_symmetric_encoding)
 from aimetcli.options import QuantOptions
 from aimetcli.quantsim.observations import REDUCTIONS, SharedObservations
-from aimetcli.quantsim.placement import MASK_FLOOR, Placement, revise_after_calibration
+from aimetcli.quantsim.placement import MASK_FLOOR, Placement, drop_quantizers, revise_after_calibration
 
 
 @dataclass
@@ -262,10 +262,8 @@ def calibrate(model: ir.Model, placement: Placement, opts: QuantOptions, dataset
     quantizers they drop, with the reason), so what is returned is what gets inserted.
     ``shared``: runs over the data already made for this model (:class:`SharedObservations`)."""
     enc = _encodings(model, placement, opts, dataset, batch_size, progress, shared or SharedObservations())
-    if enc.empty:  # nothing to quantize, and no grid to give
-        placement.activations = [a for a in placement.activations if a.tensor not in enc.empty]
-        placement.skipped += [(t, "empty in every calibration sample (a dimension of length 0): nothing to quantize")
-                              for t in enc.empty]
+    drop_quantizers(placement, enc.activations, dict.fromkeys(  # nothing to quantize, and no grid to give
+        enc.empty, "empty in every calibration sample (a dimension of length 0): nothing to quantize"))
     revise_after_calibration(model, placement, enc.activations, enc.masked)
     return enc
 

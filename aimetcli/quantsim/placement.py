@@ -272,11 +272,17 @@ def revise_after_calibration(model: ir.Model, placement: Placement, activations:
             dropped[node.outputs[0].name] = (
                 f"Concat of ranges too far apart for one grid: its input {narrow} would keep {levels[narrow]:.1f} "
                 f"of {out.num_steps + 1} levels (fewer than {MIN_CONCAT_LEVELS}); each input keeps its own grid")
-    for name in dropped:
-        del activations[name]
-    placement.activations = [a for a in placement.activations if a.tensor not in dropped]
-    placement.skipped += dropped.items()
+    drop_quantizers(placement, activations, dropped)
     _clamp_attention_masks(model, placement, activations, masked or {})
+
+
+def drop_quantizers(placement: Placement, activations: dict[str, Encoding], reasons: dict[str, str]) -> None:
+    """Remove the activation quantizers of the tensors ``reasons`` names from ``placement`` and
+    their encodings from ``activations``, each recorded in ``placement.skipped`` with its reason."""
+    for name in reasons:
+        activations.pop(name, None)
+    placement.activations = [a for a in placement.activations if a.tensor not in reasons]
+    placement.skipped += reasons.items()
 
 
 # AIMET's mask override (aimet_torch and aimet_tensorflow transformer_utils.MASK_OVERRIDE_VALUE): the
@@ -307,10 +313,9 @@ def _clamp_attention_masks(model: ir.Model, placement: Placement, activations: d
         name = node.outputs[0].name if g.is_op(node, "Add", "Sub", "Where") and node.outputs else ""
         if (enc := activations.get(name)) is None or name not in masked or enc.per_channel or enc.symmetric:
             continue
-        hi = max(masked[name], 0.0)
         if _read_only_by(node.outputs[0], ("Softmax", "LogSoftmax")):
-            activations[node.outputs[0].name] = encoding_from_range(MASK_OVERRIDE_MIN, hi, enc.bitwidth, False)
-            clamped.append(node.outputs[0].name)
+            activations[name] = encoding_from_range(MASK_OVERRIDE_MIN, max(masked[name], 0.0), enc.bitwidth, False)
+            clamped.append(name)
     if clamped:
         placement.warnings.append(
             f"{len(clamped)} attention mask sum(s) read by Softmax (first {clamped[0]!r}) calibrated below "
