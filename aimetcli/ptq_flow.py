@@ -47,7 +47,8 @@ from aimetcli.options import AmpOptions, QuantOptions, RunOptions, WeightRange
 from aimetcli.quantsim.observations import SharedObservations
 from aimetcli.quantsim.per_layer import check_patterns
 from aimetcli.quantsim.placement import place_quantizers
-from aimetcli.ptq_candidates import adaround_by_default, per_channel_candidate, why_no_adaround, why_not_equalized
+from aimetcli.ptq_candidates import (RECALIBRATION_REACH_DB, adaround_by_default, bias_moves_in_steps,
+                                     per_channel_candidate, why_no_adaround, why_not_equalized, why_not_recalibrated)
 from aimetcli.steps.bias_correct import bias_correct
 from aimetcli.ptq_judge import (MARGIN_DB, SOURCE, Judge, KeepVerdict, Score, bias_correction_verdict,  # noqa: F401
                                 equalization_verdict, granularity_verdict, keep_verdict, layer_errors,
@@ -368,17 +369,13 @@ def _adaround_stage(flow: _Flow, current: ir.Model, best: _Sim, opts) -> tuple[i
                       (rounded, sim), "goes on", "is used", held_out=True)
 
 
-# Recalibrating the corrected model moved bias correction's held-out gain from the incumbent's grids
-# by -3.1 to +2.1 dB over the 24 corpus models (docs/design.md, "Bias correction's grids").
-RECALIBRATION_REACH_DB = 3.0
-
-
 def _bias_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, method: str) -> tuple[ir.Model, _Sim]:
     """Bias-correct a copy of ``current`` on the fit samples; kept when its sim beats ``best``. Its
     sim takes the better on the held-out samples of two sets of activation grids: the incumbent's
     (the uncorrected FP32 model's ranges; no calibration run) and its own (quantsim calibrates the
     corrected model, as AIMET does), unless the first is so far below the margin that recalibrating
-    cannot reach it (RECALIBRATION_REACH_DB). Neither wins everywhere (docs/design.md)."""
+    cannot reach it (RECALIBRATION_REACH_DB) or the biases moved too little to move the grids
+    (`ptq_candidates.why_not_recalibrated`). Neither wins everywhere (docs/design.md)."""
     t = time.perf_counter()
     flow.start(f"+ bias-correct: {method} correction on {flow.fit.num_samples} samples")
     corrected = clone(current)
@@ -397,7 +394,14 @@ def _bias_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, method: str) -
     after = held.score(variants[0][1].model) if variants else None
     reach = None if after is None or before.sqnr_db is None or after.sqnr_db is None else \
         after.sqnr_db - before.sqnr_db + RECALIBRATION_REACH_DB - held.margin(before, after)
-    if reach is None or reach > 0:
+    skip = None if reach is None or reach > 0 else (
+        f"{RECALIBRATION_REACH_DB - reach:.1f} dB under the margin on the kept grids, beyond the "
+        f"{RECALIBRATION_REACH_DB:g} dB recalibrating has moved a gain")
+    if skip is None and variants:
+        moves = bias_moves_in_steps(current, corrected, (c.layer for c in bc.corrected), best.encodings.activations)
+        skip = why_not_recalibrated(moves)
+        detail += f"; biases moved a median {float(np.median(moves)):.2f} steps of their grids" if moves and not skip else ""
+    if skip is None:
         flow.start("+ bias-correct: calibrating the corrected model")
         start = time.perf_counter() if variants else t
         # only the biases moved (not with mse, whose weights move onto their grids): the tensors no
@@ -409,8 +413,7 @@ def _bias_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, method: str) -
             if reached is not None else None
         variants.insert(0, ("+ bias-correct", flow.simulate(corrected, opts, "+ bias-correct", shared), start))
     else:
-        detail += (f"; not recalibrated: {RECALIBRATION_REACH_DB - reach:.1f} dB under the margin on the kept "
-                   f"grids, beyond the {RECALIBRATION_REACH_DB:g} dB recalibrating has moved a gain")
+        detail += f"; not recalibrated: {skip}"
     chosen = max(variants, key=lambda v: float("-inf") if (db := held.sqnr(v[1].model)) is None else db)
     going_on = (current, best)
     for name, sim, start in variants:  # the rows: the recalibrated sim's first

@@ -44,6 +44,16 @@ def sim(tmp_path):
     return make
 
 
+@pytest.fixture
+def recalibrating(monkeypatch):
+    """ptq recalibrates every corrected model (RECALIBRATION_STEPS 0): the toy models' corrections
+    move their biases by less than the bound, and the tests using this count the runs and rows of
+    a flow that builds both of bias correction's sims."""
+    from aimetcli import ptq_candidates
+
+    monkeypatch.setattr(ptq_candidates, "RECALIBRATION_STEPS", 0.0)
+
+
 def all_names(m: onnx.ModelProto) -> set[str]:
     return ({i.name for i in m.graph.input} | {t.name for t in m.graph.initializer}
             | {o for n in m.graph.node for o in n.output})
@@ -114,7 +124,7 @@ def test_encodings_for_another_model_are_refused(tmp_path, sim):
     assert not (tmp_path / "d" / "model.onnx").exists()
 
 
-def test_ptq_one_command(tmp_path):
+def test_ptq_one_command(tmp_path, recalibrating):
     src = tmp_path / "m.onnx"
     proto = model_proto()
     onnx.save(proto, src)
@@ -262,7 +272,7 @@ def test_equalization_verdict_compares_with_fp32_on_the_calibration_data(tmp_pat
     assert not worse.kept and worse.sqnr_before_db > worse.sqnr_after_db
 
 
-def test_ptq_scores_each_sim_once_on_the_calibration_samples(tmp_path):
+def test_ptq_scores_each_sim_once_on_the_calibration_samples(tmp_path, recalibrating):
     """The table's calibration scores and the verdicts' SQNRs are the same measurement: ptq runs
     FP32 and every sim over the calibration samples at most once, whatever asks for it. Bias
     correction, fitted on the first 18, is judged on the last 6: its two sims run on those alone,
@@ -307,7 +317,7 @@ def test_ptq_scores_each_sim_once_on_the_calibration_samples(tmp_path):
     assert sum(any(m is h for h in held) for m in seen) == 1  # only the kept one runs on all 24
 
 
-def test_ptq_onnxruntime_sessions_and_passes(tmp_path, monkeypatch):
+def test_ptq_onnxruntime_sessions_and_passes(tmp_path, monkeypatch, recalibrating):
     """What ptq runs in onnxruntime, by session policy (docs/design.md, "What ptq runs"): per
     policy, the sessions and the passes over the 24 calibration samples. A stage or a rerun
     added to the flow shows here. deploy-advised: the five sims scored as deployed (fold-bn, per-channel,
@@ -374,9 +384,12 @@ def test_ptq_reports_the_score_of_the_model_qdq_it_wrote(tmp_path):
     assert row.sqnr_db == pytest.approx(Judge(model, evaluation, 32).score(written, "advised").sqnr_db, rel=1e-6)
 
 
-def _tf_enhanced_ptq(tmp_path, monkeypatch, reach: float = 3.0):
-    """ptq with tf-enhanced ranges only and RECALIBRATION_REACH_DB = ``reach``: the passes over
-    the 24 calibration samples made by measure sessions, and the summary."""
+def _tf_enhanced_ptq(tmp_path, monkeypatch, reach: float = 3.0, steps: float = 0.0):
+    """ptq with tf-enhanced ranges only, RECALIBRATION_REACH_DB = ``reach`` and
+    RECALIBRATION_STEPS = ``steps`` (0: every correction moves enough to recalibrate): the passes
+    over the 24 calibration samples made by measure sessions, and the summary."""
+    from aimetcli import ptq_candidates
+
     from collections import Counter
 
     from aimetcli import runtime
@@ -391,6 +404,7 @@ def _tf_enhanced_ptq(tmp_path, monkeypatch, reach: float = 3.0):
 
     monkeypatch.setattr(runtime.Session, "run", counted)
     monkeypatch.setattr(ptq_flow, "RECALIBRATION_REACH_DB", reach)
+    monkeypatch.setattr(ptq_candidates, "RECALIBRATION_STEPS", steps)
     model, _ = api.prepare(to_ir(model_proto(np.random.default_rng(0))))
     calib = open_data("random:24", input_specs(model))
     summary = api.ptq(model, calib, None, QuantOptions(scheme=QuantScheme.TF_ENHANCED),
@@ -422,7 +436,19 @@ def test_ptq_does_not_recalibrate_a_correction_out_of_reach(tmp_path, monkeypatc
     assert short == full - 1  # the corrected model's calibration run
 
 
-def test_ptq_scores_every_row_once_on_the_evaluation_data(tmp_path):
+def test_ptq_does_not_recalibrate_a_correction_that_barely_moved_the_biases(tmp_path, monkeypatch):
+    """Where the corrected biases moved a median under RECALIBRATION_STEPS steps of their
+    outputs' grids, the corrected model is not calibrated again: the row gives the median
+    move, and only the kept-grids sim is judged."""
+    full, _ = _tf_enhanced_ptq(tmp_path, monkeypatch)
+    short, summary = _tf_enhanced_ptq(tmp_path, monkeypatch, steps=1e9)
+    rows = [s for s in summary.stages if s.name.startswith("+ bias-correct")]
+    assert [s.name for s in rows] == ["+ bias-correct, kept grids"]
+    assert "not recalibrated: the median corrected bias moved" in rows[0].note
+    assert short == full - 1
+
+
+def test_ptq_scores_every_row_once_on_the_evaluation_data(tmp_path, recalibrating):
     """The evaluation data score the rows (a dropped stage's row shows its own model) and decide
     nothing: every model is run over them once, and the choices are the same without them."""
     from aimetcli.calibration.data import input_specs, open_data
