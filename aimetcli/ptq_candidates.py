@@ -125,14 +125,18 @@ def _first_grid(value: ir.Value, grids: Mapping[str, Encoding | None], hops: int
     return None
 
 
+def median_move(moves: list[float]) -> float | None:
+    """The median of :func:`bias_moves_in_steps`' moves (None with none): the number the
+    recalibration rule reads, and ptq's row shows."""
+    return float(np.median(moves)) if moves else None
+
+
 def why_not_recalibrated(moves: list[float]) -> str | None:
     """None when the bias-corrected model's own activation grids are worth a calibration run, else
     why not: its corrected layers' biases moved a median under RECALIBRATION_STEPS steps of
     their output grids. With no layer to measure (no output with a grid) it is recalibrated."""
-    if not moves:
-        return None
-    median = float(np.median(moves))
-    if median >= RECALIBRATION_STEPS:
+    median = median_move(moves)
+    if median is None or median >= RECALIBRATION_STEPS:
         return None
     return (f"the median corrected bias moved {median:.2f} steps of its output's grid, under the "
             f"{RECALIBRATION_STEPS:g} from which recalibrating has paid")

@@ -47,7 +47,7 @@ from aimetcli.options import AmpOptions, QuantOptions, RunOptions, WeightRange
 from aimetcli.quantsim.observations import SharedObservations
 from aimetcli.quantsim.per_layer import check_patterns
 from aimetcli.quantsim.placement import place_quantizers
-from aimetcli.ptq_candidates import (RECALIBRATION_REACH_DB, adaround_by_default, bias_moves_in_steps,
+from aimetcli.ptq_candidates import (RECALIBRATION_REACH_DB, adaround_by_default, bias_moves_in_steps, median_move,
                                      per_channel_candidate, why_no_adaround, why_not_equalized, why_not_recalibrated)
 from aimetcli.steps.bias_correct import bias_correct
 from aimetcli.ptq_judge import (MARGIN_DB, SOURCE, Judge, KeepVerdict, Score, bias_correction_verdict,  # noqa: F401
@@ -399,8 +399,8 @@ def _bias_stage(flow: _Flow, current: ir.Model, best: _Sim, opts, method: str) -
         f"{RECALIBRATION_REACH_DB:g} dB recalibrating has moved a gain")
     if skip is None and variants:
         moves = bias_moves_in_steps(current, corrected, (c.layer for c in bc.corrected), best.encodings.activations)
-        skip = why_not_recalibrated(moves)
-        detail += f"; biases moved a median {float(np.median(moves)):.2f} steps of their grids" if moves and not skip else ""
+        skip, median = why_not_recalibrated(moves), median_move(moves)
+        detail += f"; biases moved a median {median:.2f} steps of their grids" if median is not None and not skip else ""
     if skip is None:
         flow.start("+ bias-correct: calibrating the corrected model")
         start = time.perf_counter() if variants else t
