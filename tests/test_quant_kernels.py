@@ -481,6 +481,60 @@ def test_tf_enhanced_per_channel_rows_are_independent():
         assert enc.scale[c] == one.scale and enc.offset[c] == one.offset
 
 
+def _docstring_costs(counts, edges, deltas, offsets, steps):
+    """The module docstring's cost of every candidate, straight from its formula (longdouble)."""
+    mids = ((edges[:-1] + edges[1:]) / 2).astype(np.longdouble)
+    h = counts.astype(np.longdouble)
+    d = deltas.astype(np.longdouble)[:, None]
+    o = offsets.astype(np.longdouble)[:, None]
+    q = np.rint(mids[None, :] / d - o)
+    e = (np.clip(q, 0, steps) + o) * d - mids[None, :]
+    return (h[None, :] * e * e * np.where((q < 0) | (q > steps), 3.0, 1.0)).sum(axis=1)
+
+
+@pytest.mark.parametrize("sym", [False, True])
+@pytest.mark.parametrize("bw", [8, 4])
+def test_tf_enhanced_picks_the_least_cost_of_every_candidate(sym, bw):
+    """The search skips candidates whose clipping alone exceeds a cost it knows: what it picks is
+    still the least cost of the docstring's formula over all candidates (to the kernel's float
+    arithmetic: its clipping noise comes from prefix sums)."""
+    from aimetcli.kernels.range_search import _candidates
+
+    rng = np.random.default_rng(20 + bw)
+    steps = 2**bw - 1
+    for trial in range(40):
+        x = rng.standard_t(1 + trial % 6, 3000 + 50 * trial) * rng.uniform(1e-3, 10)
+        if trial % 4 == 0:
+            x = np.maximum(x, 0)
+        if trial % 5 == 0:
+            x[: 3 * trial] = 40 * x.max()  # a cluster of outliers
+        counts, edges = np.histogram(x, bins=[512, 64, 7, 1][trial % 4])
+        lo, hi = tf_enhanced_range(counts, edges, bw, sym)
+        occupied = np.flatnonzero(counts)
+        first, last = edges[occupied[0]], edges[occupied[-1] + 1]
+        obs_lo, obs_hi = min(first, 0.0), max(last, 0.0)
+        obs_hi = max(obs_hi, obs_lo + 0.01)
+        deltas, offsets = _candidates(np.array([obs_lo]), np.array([obs_hi]), steps, sym)
+        costs = _docstring_costs(counts.astype(float), edges, deltas[0], offsets[0], steps)
+        least = costs.min()
+        won = int(np.flatnonzero(np.isclose(deltas[0] * offsets[0], lo, rtol=1e-12, atol=0)
+                                 & np.isclose(deltas[0] * (offsets[0] + steps), hi, rtol=1e-12, atol=0))[0])
+        assert costs[won] <= least * (1 + 1e-9), (trial, won, int(np.argmin(costs)))
+
+
+def test_tf_enhanced_ties_go_to_the_widest_grid():
+    """A channel far below the minimum range puts every value on grid index 0 under every
+    symmetric candidate: their costs are equal up to float noise, and the widest grid wins (the
+    most room for the int32 bias grid s_x * s_w a runtime derives from it)."""
+    rng = np.random.default_rng(21)
+    counts, edges = np.histogram(rng.normal(0, 1e-11, 500), bins=512)
+    enc = tf_enhanced_encoding(counts, edges, 8, True)
+    widest = 2 * AIMET_MIN_RANGE / 255 * 101 / 100  # d_max * 101 / 100, d_max = 2 max(|lo|, |hi|) / N
+    assert float(enc.scale) == pytest.approx(widest, rel=1e-3)
+    asym = tf_enhanced_encoding(counts, edges, 8, False)
+    assert float(asym.scale) >= AIMET_MIN_RANGE / 255 * 0.999  # the widest delta, d0 * 17 / 16 clamped
+
+
 def test_tf_enhanced_is_fast_enough():
     import time
 
