@@ -86,9 +86,10 @@ def add_outputs(graph: ir.Graph, values: Sequence[ir.Value], dtype: ir.DataType 
             present.add(id(value))
 
 
-def expose(model: ir.Model, names: Sequence[str]) -> ir.Model:
-    """A copy of ``model`` (:func:`editable_copy`) with ``names`` among its outputs (float, any shape)."""
-    copy = editable_copy(model)
+def expose(model: ir.Model, names: Sequence[str], *, in_place: bool = False) -> ir.Model:
+    """A copy of ``model`` (:func:`editable_copy`) with ``names`` among its outputs (float, any
+    shape); ``in_place``: ``model`` itself, extended (a model its caller made for this alone)."""
+    copy = model if in_place else editable_copy(model)
     values = values_by_name(copy.graph)
     add_outputs(copy.graph, [values[n] for n in names], FLOAT)
     return copy

@@ -380,32 +380,32 @@ class Judge:
         :meth:`score` says."""
         if self._output is None or self._output not in {o.name for o in sim.graph.outputs}:
             return None
+        from aimetcli.export import QUANTSIM_METADATA_KEY
+        deploy = optimization is None and self.deployed and QUANTSIM_METADATA_KEY in sim.metadata_props
         if optimization is None:
-            from aimetcli.export import QUANTSIM_METADATA_KEY
-
-            deploy = self.deployed and QUANTSIM_METADATA_KEY in sim.metadata_props
             sim, optimization = (_deployable(sim), "advised") if deploy else (sim, "none")
         names = [self._output]
         if self._parts is not None:
             names = scored_parts(sim, self._output)
             if names is None or len(names) != len(self._parts):
                 return None
-        return self._outputs(sim, self.data, optimization=optimization, outputs=names, joined=False)
+        return self._outputs(sim, self.data, optimization=optimization, outputs=names, joined=False, owned=deploy)
 
     def _outputs(self, model: ir.Model, data, *, optimization: str = "none",
-                 outputs: list[str] | None = None, joined: bool = True) -> list:
+                 outputs: list[str] | None = None, joined: bool = True, owned: bool = False) -> list:
         """Tensors ``outputs`` of ``model`` (default: its outputs) over ``data``; those that are
         no graph output are made outputs of a serialized copy. Every model the judge runs goes
         through here (a test counts the runs by overriding it). The runs take
         runtime.reduction_run_size samples at most, whatever the batch size: each sample's
         outputs are the same in any run (nothing here mixes samples), and a run of 32 pages
         384 x 384 of PP-OCR det v5 without optimizations held GBs of activations at once.
-        ``joined`` False: the runs' lists of tensors as they came (:meth:`_scored` reads them so)."""
+        ``joined`` False: the runs' lists of tensors as they came (:meth:`_scored` reads them so).
+        ``owned``: ``model`` is made for this run alone (a deployable): no copy to add outputs to."""
         from aimetcli import runtime
 
         run = min(self.batch_size, runtime.reduction_run_size(data))
         graph_outputs = {o.name for o in model.graph.outputs}
-        exposed = model if outputs is None or set(outputs) <= graph_outputs else expose(model, outputs)
+        exposed = model if outputs is None or set(outputs) <= graph_outputs else expose(model, outputs, in_place=owned)
         session, first = runtime.Session(exposed, runtime.JUDGED[optimization]), SamplesFirst(exposed, outputs)
         batches = [first(session.run(feeds, outputs), feeds) for feeds in data.batches(run)]
         if not joined:

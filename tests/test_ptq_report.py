@@ -533,3 +533,32 @@ def test_a_low_sqnr_export_says_where_to_look(tmp_path, labelled, monkeypatch):
     said = [w for w in doc["warnings"] if "aimetcli analyze" in w]
     assert len(said) == 1 and "--bits PATTERN=a16" in said[0] and "--min-sqnr" in said[0]
     assert "aimetcli analyze" in " ".join(r.stderr.split())
+
+
+def test_the_deployed_judge_extends_its_own_deployable_and_leaves_the_sim_alone():
+    """Scoring a sim's logits (no graph output) as deployed: the outputs are added to the
+    deployable the judge made for the run (no copy of it), never to the sim; a second score of the
+    same sim is the same."""
+    from aimetcli.calibration.data import input_specs, open_data
+
+    model, _ = api.prepare(to_ir(_softmax_classifier()))
+    data = open_data("random:16", input_specs(model))
+    sim, _, _ = api.quantsim(api.clone(model), data, QuantOptions(param_bw=4, act_bw=4))
+    outputs_before = [v.name for v in sim.graph.outputs]
+    seen: list = []
+
+    class Watching(ptq_judge.Judge):
+        def _outputs(self, m, dataset, **kw):
+            seen.append((m, kw.get("owned"), [v.name for v in m.graph.outputs]))
+            result = super()._outputs(m, dataset, **kw)
+            seen[-1] += ([v.name for v in m.graph.outputs],)
+            return result
+
+    judge = Watching(model, data, 8, deployed=True)
+    seen.clear()  # the FP32 run
+    first, second = judge.score(sim), judge.score(api.clone(sim))
+    deployable, owned, before, after = seen[0]
+    assert deployable is not sim and owned is True
+    assert "logits" not in before and after[: len(before)] == before and len(after) > len(before)
+    assert [v.name for v in sim.graph.outputs] == outputs_before
+    assert first.sqnr_db is not None and first.sqnr_db == second.sqnr_db
