@@ -255,10 +255,12 @@ class HistogramObserver:
         step = max(1, _CHUNK // per_block)  # values per channel and bincount
         width = min(step, n)
         t_buf = np.empty((per_block, width), work)
-        i_buf = np.empty((per_block, width), np.intp)
+        # int32 indices: float32 -> int32 converts 5x faster than -> int64, which bincount's own
+        # conversion does not give back (1.90 -> 1.53 ns a value); lanes x per_block x row < 2**26
+        i_buf = np.empty((per_block, width), np.int32)
         # index = lane * (channels * row) + channel * row + bin
-        offsets = (np.arange(per_block, dtype=np.intp) * row)[:, None] + (
-            (np.arange(width, dtype=np.intp) % lanes) * (per_block * row))
+        offsets = (np.arange(per_block, dtype=np.int32) * row)[:, None] + (
+            (np.arange(width, dtype=np.int32) % lanes) * (per_block * row))
         for c0 in range(0, c, per_block):
             k = min(per_block, c - c0)
             lo, inv_w = lo_all[c0:c0 + k], inv_all[c0:c0 + k]
