@@ -62,7 +62,7 @@ _CHUNK_ELEMENTS = 1 << 14
 # int32 grid a runtime stores the layer's bias on (input scale x weight scale, quantsim/bias_grid.py):
 # PP-OCRv5 det has such channels in 25 of its weights.
 TIE = 1e-12
-_ROWS_AT_ONCE = 256  # rows of as many occupied bins searched together (_best)
+_ROWS_AT_ONCE = 256  # rows searched together, padded to the most occupied bins among them (_best)
 
 
 def _as_2d(hist, bin_edges) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -234,13 +234,15 @@ def _best_of_rows(counts, mids, d, o, steps: int, gamma: float) -> tuple[np.ndar
                  + uc * uc * (s0[:, n:] - s0[rows, i1]))
     clipping = gamma * (np.maximum(clip_low, 0.0) + np.maximum(clip_high, 0.0))
     costs = np.full((g, k), np.inf)
+    every = np.arange(g)
     first = np.argmin(clipping, axis=1)  # its full cost bounds every row's least
-    _fill_costs(costs, np.arange(g), first, counts, mids, d, inv, i0, i1, clipping)
-    left_r, left_k = np.nonzero(clipping <= costs[np.arange(g), first][:, None] * (1.0 + TIE))
-    _fill_costs(costs, left_r, left_k, counts, mids, d, inv, i0, i1, clipping)
+    _fill_costs(costs, every, first, counts, mids, d, inv, i0, i1, clipping)
+    left = clipping <= costs[every, first][:, None] * (1.0 + TIE)
+    left[every, first] = False  # costed already
+    _fill_costs(costs, *np.nonzero(left), counts, mids, d, inv, i0, i1, clipping)
     least = costs <= costs.min(axis=1, keepdims=True) * (1.0 + TIE)
     i = k - 1 - np.argmax(least[:, ::-1], axis=1)  # the last of the least: the widest grid
-    return d[np.arange(g), i], o[np.arange(g), i]
+    return d[every, i], o[every, i]
 
 
 def _fill_costs(costs: np.ndarray, r: np.ndarray, kk: np.ndarray, counts, mids, d, inv, i0, i1,
@@ -248,11 +250,11 @@ def _fill_costs(costs: np.ndarray, r: np.ndarray, kk: np.ndarray, counts, mids, 
     """costs[r, kk] = d^2 * rounding noise + clipping of those (row, candidate) pairs, the
     rounding noise summed over the kept bins [i0, i1) of the row."""
     step = max(1, _CHUNK_ELEMENTS // mids.shape[1])
+    j = np.arange(mids.shape[1])[None, :]
     for part in range(0, r.size, step):
         pr, pk = r[part:part + step], kk[part:part + step]
         u = mids[pr] * inv[pr, pk][:, None]  # m / d
         q = np.rint(u)
-        j = np.arange(mids.shape[1])[None, :]
         clipped = (j < i0[pr, pk][:, None]) | (j >= i1[pr, pk][:, None])
         q -= u
         q *= q
